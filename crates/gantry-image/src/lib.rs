@@ -1,0 +1,26 @@
+//! Images for Gantry: references, the content-addressed store, secure layer
+//! unpacking, registry pull and push, and Dockerfile builds.
+//!
+//! Pure parts (`dockerfile`, `types`, `reference`, `digest`) do no I/O; the
+//! store owns everything under `<data>/images`; `registry` speaks the OCI
+//! distribution protocol through oci-client; `build` runs RUN steps in
+//! containers of the native runtime.
+
+pub mod digest;
+pub mod dockerfile;
+pub mod reference;
+pub mod registry;
+pub mod store;
+pub mod types;
+pub mod unpack;
+
+pub use digest::Digest;
+pub use reference::{BadReference, ImageRef};
+pub use registry::{pull, push, Progress, ProgressFn, RegistryError, RegistryOptions};
+pub use store::{ImageRecord, LocalImage, Store, StoreError};
+
+/// Installs rustls' ring provider as the process default once; reqwest and
+/// oci-client are built without a provider of their own.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

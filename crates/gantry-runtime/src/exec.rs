@@ -1,0 +1,249 @@
+//! `exec`: a new process inside a running container. The caller forks a
+//! helper that joins the container's cgroup and namespaces; since a pid
+//! namespace applies only to children, the helper forks once more, and that
+//! grandchild enters the container's root, drops privileges like the init
+//! did and executes the command. The helper passes on its exit code.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
+use nix::sys::wait::waitpid;
+use nix::unistd::{fork, ForkResult};
+
+use crate::init::{exec_as, resolve_user, InitError};
+use crate::monitor::{exit_code, term_size, RawMode};
+use crate::{alive, Runtime, RuntimeError, Status};
+
+/// What to run with `exec`.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOptions {
+    /// The command and its arguments.
+    pub args: Vec<String>,
+    /// Extra `KEY=value` pairs on top of the container's environment.
+    pub env: Vec<String>,
+    /// Run as this user instead of the container's.
+    pub user: Option<String>,
+    /// Working directory instead of the container's.
+    pub workdir: Option<String>,
+    /// Allocate a pseudo-terminal.
+    pub tty: bool,
+}
+
+pub(crate) fn exec(rt: &Runtime, id: &str, opts: &ExecOptions) -> Result<i32, RuntimeError> {
+    let cfg = rt.config(id)?;
+    let st = rt.state(id)?;
+    let pid = match (st.status, st.pid) {
+        (Status::Running, Some(p)) if alive(p, st.pid_start) => p,
+        _ => return Err(RuntimeError::NotRunning(id.to_owned())),
+    };
+    let open = |what: &str| -> Result<File, RuntimeError> {
+        let p = format!("/proc/{pid}/{what}");
+        File::open(&p).map_err(|e| RuntimeError::io("open", p.as_ref(), e))
+    };
+    let mut nss = Vec::new();
+    for (name, flag) in [
+        ("ns/ipc", CloneFlags::CLONE_NEWIPC),
+        ("ns/uts", CloneFlags::CLONE_NEWUTS),
+        ("ns/net", CloneFlags::CLONE_NEWNET),
+        ("ns/pid", CloneFlags::CLONE_NEWPID),
+        ("ns/mnt", CloneFlags::CLONE_NEWNS),
+    ] {
+        nss.push((open(name)?, flag));
+    }
+    let root = open("root")?;
+    let mut env = cfg.process.env.clone();
+    env.extend(opts.env.iter().cloned());
+    if opts.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm".into());
+    }
+    let path_env = env
+        .iter()
+        .rev()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .to_owned();
+    let user = opts
+        .user
+        .clone()
+        .unwrap_or_else(|| cfg.process.user.clone());
+    let cwd = opts
+        .workdir
+        .clone()
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| {
+            if cfg.process.cwd.is_empty() {
+                "/".into()
+            } else {
+                cfg.process.cwd.clone()
+            }
+        });
+    let seccomp = crate::security::default_seccomp()
+        .map_err(|e| RuntimeError::Other(format!("seccomp profile: {e}")))?;
+    let cg = rt.cgroup(id);
+    let pty = if opts.tty {
+        Some(
+            nix::pty::openpty(None, None)
+                .map_err(|e| RuntimeError::Other(format!("openpty: {e}")))?,
+        )
+    } else {
+        None
+    };
+    if let (Some(p), Ok(ws)) = (&pty, term_size(0)) {
+        // SAFETY: TIOCSWINSZ reads a winsize we own.
+        unsafe { libc::ioctl(p.slave.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    }
+    let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+        .map_err(|e| RuntimeError::Other(format!("pipe: {e}")))?;
+
+    // SAFETY: the CLI is single-threaded when it calls exec; the children
+    // run only our code and end in execve or _exit.
+    match unsafe { fork() }.map_err(|e| RuntimeError::Other(format!("fork: {e}")))? {
+        ForkResult::Child => {
+            drop(err_r);
+            let code = helper(
+                &*cg,
+                &nss,
+                &root,
+                pty.as_ref().map(|p| &p.slave),
+                &err_w,
+                || {
+                    let user = resolve_user(&user)?;
+                    exec_as(&user, &cwd, &path_env, &opts.args, env.clone(), &seccomp)
+                        .map(|n| match n {})
+                },
+            );
+            // SAFETY: leaving the forked helper without the parent's atexit handlers.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            drop(err_w);
+            let slave_master = pty.map(|p| {
+                drop(p.slave);
+                p.master
+            });
+            if let Some(master) = slave_master {
+                proxy_tty(&master);
+            }
+            let status =
+                waitpid(child, None).map_err(|e| RuntimeError::Other(format!("wait: {e}")))?;
+            let mut msg = String::new();
+            let _ = File::from(err_r).read_to_string(&mut msg);
+            let code = exit_code(status);
+            if !msg.is_empty() {
+                let (c, text) = msg.split_once(' ').unwrap_or(("126", &msg));
+                return Err(RuntimeError::Start {
+                    code: c.parse().unwrap_or(code),
+                    msg: text.to_owned(),
+                });
+            }
+            Ok(code)
+        }
+    }
+}
+
+/// Runs in the forked helper: joins cgroup and namespaces, forks the process
+/// that will exec, and returns its exit code.
+fn helper(
+    cg: &dyn crate::Cgroup,
+    nss: &[(File, CloneFlags)],
+    root: &File,
+    slave: Option<&OwnedFd>,
+    err_w: &OwnedFd,
+    run: impl FnOnce() -> Result<(), InitError>,
+) -> i32 {
+    let report = |code: i32, msg: String| {
+        let _ = nix::unistd::write(err_w, format!("{code} {msg}").as_bytes());
+        code
+    };
+    if let Err(e) = cg.add(std::process::id() as i32) {
+        return report(126, format!("join cgroup: {e}"));
+    }
+    for (f, flag) in nss {
+        if let Err(e) = nix::sched::setns(f.as_fd(), *flag) {
+            return report(126, format!("join namespace: {e}"));
+        }
+    }
+    // SAFETY: single-threaded forked helper, as in `exec`.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            if let Err(e) = nix::unistd::fchdir(root.as_fd()).and_then(|_| nix::unistd::chroot("."))
+            {
+                // SAFETY: ending the grandchild.
+                unsafe { libc::_exit(report(126, format!("enter container root: {e}"))) }
+            }
+            let _ = nix::unistd::setsid();
+            if let Some(s) = slave {
+                for i in 0..3 {
+                    // SAFETY: dup2 onto our standard fds.
+                    unsafe { libc::dup2(s.as_raw_fd(), i) };
+                }
+                // SAFETY: make the pty our controlling terminal.
+                unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
+            }
+            let e = match run() {
+                Ok(()) => InitError {
+                    code: 126,
+                    msg: "exec returned".into(),
+                },
+                Err(e) => e,
+            };
+            // SAFETY: ending the grandchild.
+            unsafe { libc::_exit(report(e.code, e.msg)) }
+        }
+        Ok(ForkResult::Parent { child }) => match waitpid(child, None) {
+            Ok(st) => exit_code(st),
+            Err(_) => 126,
+        },
+        Err(e) => report(126, format!("fork: {e}")),
+    }
+}
+
+/// Copies our terminal to the pty master and back until the command ends.
+fn proxy_tty(master: &OwnedFd) {
+    let _raw = RawMode::enter(0);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let mut out_master = File::from(master.try_clone().expect("dup pty master"));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut stdin = std::io::stdin();
+            let mut buf = [0u8; 4096];
+            loop {
+                let mut fds = [nix::poll::PollFd::new(
+                    stdin.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                )];
+                if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16)).unwrap_or(0) == 0
+                {
+                    if done.load(std::sync::atomic::Ordering::SeqCst) {
+                        return;
+                    }
+                    continue;
+                }
+                match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if out_master.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        let mut input = File::from(master.try_clone().expect("dup pty master"));
+        let mut buf = [0u8; 4096];
+        let mut stdout = std::io::stdout();
+        loop {
+            match input.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let _ = stdout.write_all(&buf[..n]);
+                    let _ = stdout.flush();
+                }
+            }
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+}

@@ -1,0 +1,563 @@
+//! The monitor: the process that owns one running container, as conmon does
+//! for Podman. It clones the container's init into new namespaces, puts it
+//! in its cgroup and network, pumps its output into the log, records its exit
+//! in `state.json` and applies the restart policy. A detached container's
+//! monitor is a daemon of its own, so the container outlives the CLI call
+//! that started it; a foreground `run` is its own monitor and also copies
+//! output to the terminal and signals to the container.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use nix::fcntl::OFlag;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sched::CloneFlags;
+use nix::sys::signal::{self, SigHandler, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{pipe2, Pid};
+
+use crate::init::{child_main, ChildArgs};
+use crate::spec::{ContainerConfig, NetworkMode, Status};
+use crate::{net, Runtime, RuntimeError};
+
+/// How a start ended before the process ran: Docker's exit code and why.
+#[derive(Debug, Clone)]
+pub(crate) struct StartFailure {
+    pub(crate) code: i32,
+    pub(crate) msg: String,
+}
+
+/// The parent's ends of a running container.
+struct Running {
+    pid: Pid,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    stdin: Option<OwnedFd>,
+}
+
+static PENDING_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn remember_signal(sig: libc::c_int) {
+    PENDING_SIGNAL.store(sig, Ordering::SeqCst);
+}
+
+/// Where the monitor reports the first start: the CLI waiting for `-d`.
+pub(crate) enum Report {
+    /// Write `ok PID` or `err CODE MSG` to this pipe.
+    Pipe(OwnedFd),
+    /// Foreground: the caller gets the result as a return value.
+    Caller,
+}
+
+impl Runtime {
+    /// Runs the monitor loop for container `id` in this process until the
+    /// container has ended for good. Returns the last exit code.
+    pub(crate) fn monitor(
+        &self,
+        id: &str,
+        mut report: Option<Report>,
+        foreground: bool,
+    ) -> Result<i32, RuntimeError> {
+        let dir = self.dir(id);
+        let config = self.config(id)?;
+        let cg = self.cgroups.cgroup(&self.cgroup_parent, id);
+        let bridge = net::BridgeNet::default_for(&self.data_dir);
+        self.update_state(id, |s| {
+            s.monitor_pid = Some(std::process::id() as i32);
+            s.stop_requested = false;
+            s.error = None;
+        })?;
+        if foreground {
+            for sig in [
+                Signal::SIGINT,
+                Signal::SIGTERM,
+                Signal::SIGHUP,
+                Signal::SIGQUIT,
+            ] {
+                // SAFETY: the handler only stores into an atomic.
+                unsafe {
+                    let _ = signal::signal(sig, SigHandler::Handler(remember_signal));
+                }
+            }
+        }
+        let seccomp = crate::security::default_seccomp()
+            .map_err(|e| RuntimeError::Other(format!("seccomp profile: {e}")))?;
+        let mut log = crate::logs::LogWriter::open(&dir, config.log_max_size, config.log_max_files)
+            .map_err(|e| RuntimeError::io("open log", &dir, e))?;
+        let mut fill = config
+            .mounts
+            .iter()
+            .filter_map(|m| match &m.kind {
+                crate::spec::MountKind::Volume { name } if self.volumes().take_fresh(name) => {
+                    Some(name.clone())
+                }
+                _ => None,
+            })
+            .collect::<Vec<_>>();
+        let mut backoff = Duration::from_millis(100);
+        let code = loop {
+            let oom_before = cg.stats().map(|s| s.oom_kills).unwrap_or(0);
+            let started = Instant::now();
+            let spawned = cg
+                .create(&config.resources)
+                .map_err(|e| StartFailure {
+                    code: 125,
+                    msg: e.to_string(),
+                })
+                .and_then(|()| self.spawn(&config, &dir, &*cg, &bridge, &fill, &seccomp));
+            fill.clear();
+            let running = match spawned {
+                Ok(r) => r,
+                Err(f) => {
+                    self.update_state(id, |s| {
+                        s.status = Status::Exited;
+                        s.exit_code = Some(f.code);
+                        s.error = Some(f.msg.clone());
+                        s.finished_at = Some(Utc::now());
+                        s.pid = None;
+                    })?;
+                    match report.take() {
+                        Some(Report::Pipe(fd)) => send(&fd, &format!("err {} {}", f.code, f.msg)),
+                        Some(Report::Caller) => {
+                            self.finish(id, &config, &*cg, &bridge);
+                            return Err(RuntimeError::Start {
+                                code: f.code,
+                                msg: f.msg,
+                            });
+                        }
+                        None => {}
+                    }
+                    break f.code;
+                }
+            };
+            let pid = running.pid.as_raw();
+            self.update_state(id, |s| {
+                s.status = Status::Running;
+                s.pid = Some(pid);
+                s.pid_start = crate::proc_start_time(pid);
+                s.started_at = Some(Utc::now());
+                s.exit_code = None;
+                s.oom_killed = false;
+            })?;
+            if let Some(Report::Pipe(fd)) = report.take() {
+                send(&fd, &format!("ok {pid}"));
+            }
+            report = None;
+            let status = pump(running, &mut log, foreground, config.process.tty);
+            let _ = log.flush();
+            // The init died; the pid namespace is torn down with it, but make
+            // sure nothing escaped into the cgroup.
+            let _ = cg.kill_all(Duration::from_secs(5));
+            let oom = cg
+                .stats()
+                .map(|s| s.oom_kills > oom_before)
+                .unwrap_or(false);
+            let code = status;
+            let st = self.update_state(id, |s| {
+                s.status = Status::Exited;
+                s.exit_code = Some(code);
+                s.oom_killed = oom;
+                s.finished_at = Some(Utc::now());
+                s.pid = None;
+            })?;
+            if st.stop_requested || !config.restart.should_restart(code, st.restart_count) {
+                break code;
+            }
+            // A process that ran for a while resets the backoff, as Docker.
+            if started.elapsed() > Duration::from_secs(10) {
+                backoff = Duration::from_millis(100);
+            }
+            self.update_state(id, |s| {
+                s.status = Status::Restarting;
+                s.restart_count += 1;
+            })?;
+            let until = Instant::now() + backoff;
+            while Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(20));
+                if self.state(id).map(|s| s.stop_requested).unwrap_or(true) {
+                    break;
+                }
+            }
+            if self.state(id).map(|s| s.stop_requested).unwrap_or(true) {
+                self.update_state(id, |s| s.status = Status::Exited)?;
+                break code;
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(60));
+        };
+        self.finish(id, &config, &*cg, &bridge);
+        Ok(code)
+    }
+
+    /// Releases what a stopped container holds; removes it for `--rm`.
+    fn finish(
+        &self,
+        id: &str,
+        config: &ContainerConfig,
+        cg: &dyn crate::cgroup::Cgroup,
+        bridge: &net::BridgeNet,
+    ) {
+        let _ = cg.kill_all(Duration::from_secs(5));
+        if let Err(e) = cg.remove() {
+            tracing::warn!(container = id, "remove cgroup: {e}");
+        }
+        if config.network == NetworkMode::Bridge {
+            let _ = net::detach(id);
+            let _ = bridge.release(id);
+        }
+        let _ = self.update_state(id, |s| {
+            s.monitor_pid = None;
+            s.ip = None;
+        });
+        if config.auto_remove {
+            let _ = fs::remove_dir_all(self.dir(id));
+        }
+    }
+
+    fn spawn(
+        &self,
+        config: &ContainerConfig,
+        dir: &Path,
+        cg: &dyn crate::cgroup::Cgroup,
+        bridge: &net::BridgeNet,
+        fill: &[String],
+        seccomp: &seccompiler::BpfProgram,
+    ) -> Result<Running, StartFailure> {
+        let sys = |what: &str| {
+            let what = what.to_owned();
+            move |e: nix::Error| StartFailure {
+                code: 125,
+                msg: format!("{what}: {e}"),
+            }
+        };
+        for sub in ["rootfs", "upper", "work"] {
+            fs::create_dir_all(dir.join(sub)).map_err(|e| StartFailure {
+                code: 125,
+                msg: format!("create {sub}: {e}"),
+            })?;
+        }
+        let ip = if config.network == NetworkMode::Bridge {
+            Some(bridge.lease(&config.id).map_err(|e| StartFailure {
+                code: 125,
+                msg: e.to_string(),
+            })?)
+        } else {
+            None
+        };
+        write_etc_files(config, dir, ip).map_err(|e| StartFailure {
+            code: 125,
+            msg: format!("write /etc files: {e}"),
+        })?;
+
+        let (sync_r, sync_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+        let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+        // The child's stdio, and the ends we keep.
+        let (child_io, keep): ([OwnedFd; 3], [Option<OwnedFd>; 3]) = if config.process.tty {
+            let pty = nix::pty::openpty(None, None).map_err(sys("openpty"))?;
+            set_cloexec(pty.master.as_raw_fd());
+            set_cloexec(pty.slave.as_raw_fd());
+            if let Ok(ws) = term_size(0) {
+                // SAFETY: TIOCSWINSZ reads a winsize we own.
+                unsafe { libc::ioctl(pty.slave.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+            }
+            let s1 = pty.slave.try_clone().map_err(|e| {
+                sys("dup")(nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+            })?;
+            let s2 = pty.slave.try_clone().map_err(|e| {
+                sys("dup")(nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+            })?;
+            let m2 = pty.master.try_clone().map_err(|e| {
+                sys("dup")(nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+            })?;
+            (
+                [pty.slave, s1, s2],
+                [config.process.stdin.then_some(m2), Some(pty.master), None],
+            )
+        } else {
+            let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+            let (errs_r, errs_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+            let (in_child, in_keep) = if config.process.stdin {
+                let (r, w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+                (r, Some(w))
+            } else {
+                let null = fs::File::open("/dev/null").map_err(|e| {
+                    sys("open /dev/null")(nix::errno::Errno::from_raw(
+                        e.raw_os_error().unwrap_or(0),
+                    ))
+                })?;
+                (OwnedFd::from(null), None)
+            };
+            (
+                [in_child, out_w, errs_w],
+                [in_keep, Some(out_r), Some(errs_r)],
+            )
+        };
+        let args = ChildArgs {
+            config,
+            dir,
+            sync_read: sync_r.as_raw_fd(),
+            err_write: err_w.as_raw_fd(),
+            stdio: [
+                child_io[0].as_raw_fd(),
+                child_io[1].as_raw_fd(),
+                child_io[2].as_raw_fd(),
+            ],
+            close: [sync_w.as_raw_fd(), err_r.as_raw_fd()]
+                .into_iter()
+                .chain(keep.iter().flatten().map(|f| f.as_raw_fd()))
+                .collect(),
+            fill_volumes: fill,
+            seccomp,
+        };
+        let mut flags = CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWPID
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWIPC;
+        if config.network != NetworkMode::Host {
+            flags |= CloneFlags::CLONE_NEWNET;
+        }
+        let mut stack = vec![0u8; 512 * 1024];
+        // SAFETY: the monitor is single-threaded here (the CLI forks it
+        // before starting any thread, and the netlink runtime is gone), so
+        // the child, a copy of this process, runs `child_main` without locks
+        // held by threads that do not exist in it; it ends in execve or _exit.
+        let pid = unsafe {
+            nix::sched::clone(
+                Box::new(|| child_main(&args)),
+                &mut stack,
+                flags,
+                Some(libc::SIGCHLD),
+            )
+        }
+        .map_err(sys("clone"))?;
+        drop(child_io);
+        drop(sync_r);
+        drop(err_w);
+        let abort = |f: StartFailure| {
+            let _ = signal::kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+            f
+        };
+        if let Err(e) = cg.add(pid.as_raw()) {
+            return Err(abort(StartFailure {
+                code: 125,
+                msg: e.to_string(),
+            }));
+        }
+        if let Some(ip) = ip {
+            if let Err(e) = net::attach(bridge, &config.id, pid.as_raw(), ip) {
+                return Err(abort(StartFailure {
+                    code: 125,
+                    msg: format!("network: {e}"),
+                }));
+            }
+            let _ = self.update_state(&config.id, |s| s.ip = Some(ip));
+        }
+        let mut sync_w = fs::File::from(sync_w);
+        let _ = sync_w.write_all(b"1");
+        drop(sync_w);
+        let mut msg = String::new();
+        let _ = fs::File::from(err_r).read_to_string(&mut msg);
+        if !msg.is_empty() {
+            let _ = waitpid(pid, None);
+            let (code, text) = msg.split_once(' ').unwrap_or(("125", &msg));
+            return Err(StartFailure {
+                code: code.parse().unwrap_or(125),
+                msg: text.to_owned(),
+            });
+        }
+        let [stdin, stdout, stderr] = keep;
+        Ok(Running {
+            pid,
+            stdout,
+            stderr,
+            stdin,
+        })
+    }
+}
+
+fn set_cloexec(fd: RawFd) {
+    // SAFETY: F_SETFD on an fd we own.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+}
+
+pub(crate) fn term_size(fd: RawFd) -> std::io::Result<libc::winsize> {
+    // SAFETY: winsize is plain data; TIOCGWINSZ fills it.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: see above.
+    if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(ws)
+}
+
+fn send(fd: &OwnedFd, msg: &str) {
+    let _ = nix::unistd::write(fd, msg.as_bytes());
+}
+
+/// Docker's exit code for a wait status.
+pub(crate) fn exit_code(status: WaitStatus) -> i32 {
+    match status {
+        WaitStatus::Exited(_, c) => c,
+        WaitStatus::Signaled(_, sig, _) => 128 + sig as i32,
+        _ => 255,
+    }
+}
+
+/// Copies the container's output to the log (and, in the foreground, to our
+/// own stdout/stderr; our stdin to it) until it closes, then reaps the init.
+fn pump(mut r: Running, log: &mut crate::logs::LogWriter, foreground: bool, tty: bool) -> i32 {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut raw_guard = None;
+    let mut forward_stdin = foreground && r.stdin.is_some();
+    if foreground && tty {
+        raw_guard = RawMode::enter(0);
+    }
+    loop {
+        if r.stdout.is_none() && r.stderr.is_none() {
+            break;
+        }
+        let sig = PENDING_SIGNAL.swap(0, Ordering::SeqCst);
+        if sig != 0 {
+            if let Ok(s) = Signal::try_from(sig) {
+                let _ = signal::kill(r.pid, s);
+            }
+        }
+        // SAFETY: fd 0 is our stdin and outlives this loop iteration.
+        let our_stdin = unsafe { BorrowedFd::borrow_raw(0) };
+        let mut fds = Vec::with_capacity(3);
+        let mut which = Vec::with_capacity(3);
+        for (i, f) in [&r.stdout, &r.stderr].into_iter().enumerate() {
+            if let Some(f) = f {
+                fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
+                which.push(i);
+            }
+        }
+        if forward_stdin {
+            fds.push(PollFd::new(our_stdin, PollFlags::POLLIN));
+            which.push(2);
+        }
+        match poll(&mut fds, PollTimeout::from(500u16)) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => break,
+        }
+        let ready: Vec<(usize, PollFlags)> = fds
+            .iter()
+            .zip(&which)
+            .map(|(f, &w)| (w, f.revents().unwrap_or(PollFlags::empty())))
+            .collect();
+        drop(fds);
+        for (w, ev) in ready {
+            if ev.is_empty() {
+                continue;
+            }
+            if w == 2 {
+                let n = nix::unistd::read(our_stdin, &mut buf).unwrap_or(0);
+                if n == 0 {
+                    forward_stdin = false;
+                    if !tty {
+                        r.stdin = None; // EOF to the container
+                    }
+                } else if let Some(i) = &r.stdin {
+                    let _ = nix::unistd::write(i, &buf[..n]);
+                }
+                continue;
+            }
+            let slot = if w == 0 { &mut r.stdout } else { &mut r.stderr };
+            let n = match slot.as_ref().map(|f| nix::unistd::read(f, &mut buf)) {
+                Some(Ok(n)) => n,
+                Some(Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN)) => continue,
+                _ => 0, // EOF, or EIO from a pty whose slave closed
+            };
+            if n == 0 {
+                *slot = None;
+                continue;
+            }
+            let _ = log.write(w, &buf[..n]);
+            if foreground {
+                let mut out: Box<dyn Write> = if w == 0 {
+                    Box::new(std::io::stdout())
+                } else {
+                    Box::new(std::io::stderr())
+                };
+                let _ = out.write_all(&buf[..n]);
+                let _ = out.flush();
+            }
+        }
+    }
+    drop(raw_guard);
+    loop {
+        match waitpid(r.pid, None) {
+            Err(nix::errno::Errno::EINTR) => {
+                let sig = PENDING_SIGNAL.swap(0, Ordering::SeqCst);
+                if let Ok(s) = Signal::try_from(sig) {
+                    let _ = signal::kill(r.pid, s);
+                }
+            }
+            Ok(st) => return exit_code(st),
+            Err(_) => return 255,
+        }
+    }
+}
+
+/// Puts a terminal in raw mode and restores it on drop.
+pub(crate) struct RawMode {
+    fd: RawFd,
+    saved: nix::sys::termios::Termios,
+}
+
+impl RawMode {
+    /// Enters raw mode on `fd` if it is a terminal.
+    pub(crate) fn enter(fd: RawFd) -> Option<Self> {
+        // SAFETY: fd is one of our standard fds, open for our lifetime.
+        let b = unsafe { BorrowedFd::borrow_raw(fd) };
+        let saved = nix::sys::termios::tcgetattr(b).ok()?;
+        let mut raw = saved.clone();
+        nix::sys::termios::cfmakeraw(&mut raw);
+        nix::sys::termios::tcsetattr(b, nix::sys::termios::SetArg::TCSANOW, &raw).ok()?;
+        Some(Self { fd, saved })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        // SAFETY: as in `enter`.
+        let b = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        let _ = nix::sys::termios::tcsetattr(b, nix::sys::termios::SetArg::TCSANOW, &self.saved);
+    }
+}
+
+fn write_etc_files(
+    config: &ContainerConfig,
+    dir: &Path,
+    ip: Option<std::net::Ipv4Addr>,
+) -> std::io::Result<()> {
+    let mut hosts = String::from(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
+    );
+    if let Some(ip) = ip {
+        hosts.push_str(&format!("{ip}\t{}\n", config.hostname));
+    }
+    fs::write(dir.join("hosts"), hosts)?;
+    fs::write(dir.join("hostname"), format!("{}\n", config.hostname))?;
+    // The host's resolvers, minus loopback ones a container cannot reach.
+    let host = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let mut resolv: String = host
+        .lines()
+        .filter(|l| {
+            !(l.starts_with("nameserver") && (l.contains(" 127.") || l.contains(" ::1")))
+                || config.network == NetworkMode::Host
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if !resolv.contains("nameserver") {
+        resolv.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
+    }
+    fs::write(dir.join("resolv.conf"), resolv)
+}

@@ -1,0 +1,341 @@
+//! The `bridge` network on one host: a Linux bridge (`gantry0` by default)
+//! holding the gateway address, and for each container a veth pair with one
+//! end on the bridge and the other, renamed `eth0`, in the container's
+//! namespace. Everything is programmed over rtnetlink; no `ip` is spawned.
+//!
+//! Addresses come from a lease file under the data dir, shared by every
+//! Gantry process on the host and guarded by `flock`.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use futures::TryStreamExt;
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+/// A failure setting up or tearing down a container's network.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// A netlink request failed.
+    #[error("netlink: {what}: {err}")]
+    Netlink {
+        /// What was being done.
+        what: String,
+        /// The kernel's answer.
+        #[source]
+        err: rtnetlink::Error,
+    },
+    /// Local I/O (lease file, namespace file).
+    #[error("{what}: {err}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        err: io::Error,
+    },
+    /// Every address of the subnet is leased.
+    #[error("no free address left in {0}")]
+    Exhausted(String),
+}
+
+fn nl(what: &str) -> impl FnOnce(rtnetlink::Error) -> NetError + '_ {
+    move |err| NetError::Netlink {
+        what: what.to_owned(),
+        err,
+    }
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> NetError {
+    let what = what.into();
+    move |err| NetError::Io { what, err }
+}
+
+/// The host bridge and its subnet.
+#[derive(Debug, Clone)]
+pub struct BridgeNet {
+    /// Interface name.
+    pub name: String,
+    /// The bridge's own address, the containers' default gateway.
+    pub gateway: Ipv4Addr,
+    /// Subnet prefix length.
+    pub prefix: u8,
+    /// MTU for container interfaces.
+    pub mtu: u32,
+    /// Where leases are kept.
+    pub lease_file: PathBuf,
+}
+
+impl BridgeNet {
+    /// The default local bridge: `gantry0`, 10.88.0.1/16.
+    pub fn default_for(data_dir: &Path) -> Self {
+        Self {
+            name: "gantry0".into(),
+            gateway: Ipv4Addr::new(10, 88, 0, 1),
+            prefix: 16,
+            mtu: 1500,
+            lease_file: data_dir.join("net").join("leases.json"),
+        }
+    }
+
+    fn network(&self) -> u32 {
+        u32::from(self.gateway) & mask(self.prefix)
+    }
+
+    /// Leases the lowest free address to `owner`.
+    pub fn lease(&self, owner: &str) -> Result<Ipv4Addr, NetError> {
+        self.with_leases(|leases| {
+            if let Some((ip, _)) = leases.iter().find(|(_, o)| *o == owner) {
+                return Ok(*ip);
+            }
+            let net = self.network();
+            let size = 1u32 << (32 - self.prefix);
+            let ip = (1..size - 1)
+                .map(|i| Ipv4Addr::from(net + i))
+                .find(|ip| *ip != self.gateway && !leases.contains_key(ip))
+                .ok_or_else(|| NetError::Exhausted(format!("{}/{}", self.gateway, self.prefix)))?;
+            leases.insert(ip, owner.to_owned());
+            Ok(ip)
+        })
+    }
+
+    /// Releases every address leased to `owner`.
+    pub fn release(&self, owner: &str) -> Result<(), NetError> {
+        self.with_leases(|leases| {
+            leases.retain(|_, o| o != owner);
+            Ok(())
+        })
+    }
+
+    fn with_leases<T>(
+        &self,
+        f: impl FnOnce(&mut BTreeMap<Ipv4Addr, String>) -> Result<T, NetError>,
+    ) -> Result<T, NetError> {
+        let dir = self.lease_file.parent().unwrap_or(Path::new("/"));
+        fs::create_dir_all(dir).map_err(io_err("create network state dir"))?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.lease_file.with_extension("lock"))
+            .map_err(io_err("open lease lock"))?;
+        let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).map_err(
+            |(_, e)| NetError::Io {
+                what: "lock leases".into(),
+                err: e.into(),
+            },
+        )?;
+        let mut leases: BTreeMap<Ipv4Addr, String> = match fs::read(&self.lease_file) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
+            Err(_) => BTreeMap::new(),
+        };
+        let out = f(&mut leases)?;
+        let tmp = self.lease_file.with_extension("tmp");
+        fs::write(&tmp, serde_json::to_vec(&leases).unwrap_or_default())
+            .map_err(io_err("write leases"))?;
+        fs::rename(&tmp, &self.lease_file).map_err(io_err("write leases"))?;
+        Ok(out)
+    }
+}
+
+fn mask(prefix: u8) -> u32 {
+    if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix)
+    }
+}
+
+/// The host-side veth name for a container.
+pub fn host_veth(id: &str) -> String {
+    format!("gv{}", &id[..id.len().min(11)])
+}
+
+fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, NetError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(io_err("start netlink runtime"))?;
+    Ok(rt.block_on(f))
+}
+
+async fn connect() -> Result<Handle, NetError> {
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(io_err("open netlink socket"))?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, NetError> {
+    let mut links = handle.link().get().match_name(name.to_owned()).execute();
+    match links.try_next().await {
+        Ok(Some(l)) => Ok(Some(l.header.index)),
+        Ok(None) => Ok(None),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) => Err(nl("look up link")(e)),
+    }
+}
+
+/// Connects the container whose init is `pid` to the bridge with address
+/// `ip`: creates the bridge if needed, a veth pair, moves one end into the
+/// container, names it `eth0`, and sets its address and default route.
+pub fn attach(net: &BridgeNet, id: &str, pid: i32, ip: Ipv4Addr) -> Result<(), NetError> {
+    let host = host_veth(id);
+    let peer = format!("gp{}", &id[..id.len().min(11)]);
+    block_on(async {
+        let handle = connect().await?;
+        let bridge = match link_index(&handle, &net.name).await? {
+            Some(i) => i,
+            None => {
+                let add = handle
+                    .link()
+                    .add(LinkBridge::new(&net.name).build())
+                    .execute()
+                    .await;
+                match add {
+                    Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
+                    other => other.map_err(nl("create bridge"))?,
+                }
+                let i = link_index(&handle, &net.name)
+                    .await?
+                    .ok_or_else(|| NetError::Exhausted("bridge vanished".into()))?;
+                let _ = handle
+                    .address()
+                    .add(i, IpAddr::V4(net.gateway), net.prefix)
+                    .execute()
+                    .await;
+                i
+            }
+        };
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(bridge).up().build())
+            .execute()
+            .await
+            .map_err(nl("bring bridge up"))?;
+        handle
+            .link()
+            .add(LinkVeth::new(&host, &peer).mtu(net.mtu).build())
+            .execute()
+            .await
+            .map_err(nl("create veth"))?;
+        let hi = link_index(&handle, &host)
+            .await?
+            .ok_or_else(|| NetError::Exhausted("veth vanished".into()))?;
+        let pi = link_index(&handle, &peer)
+            .await?
+            .ok_or_else(|| NetError::Exhausted("veth peer vanished".into()))?;
+        handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(hi)
+                    .controller(bridge)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl("attach veth to bridge"))?;
+        handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(pi)
+                    .setns_by_pid(pid as u32)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl("move veth into container"))
+    })??;
+
+    // Configure the container's end from inside its namespace: a thread
+    // joins the namespace and opens its own netlink socket there.
+    let ns = File::open(format!("/proc/{pid}/ns/net")).map_err(io_err("open container netns"))?;
+    let gateway = net.gateway;
+    let prefix = net.prefix;
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<(), NetError> {
+            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| io_err("enter container netns")(e.into()))?;
+            block_on(async {
+                let handle = connect().await?;
+                let i = link_index(&handle, &peer)
+                    .await?
+                    .ok_or_else(|| NetError::Exhausted("veth missing in container".into()))?;
+                handle
+                    .link()
+                    .set(LinkUnspec::new_with_index(i).name("eth0".into()).build())
+                    .execute()
+                    .await
+                    .map_err(nl("rename eth0"))?;
+                handle
+                    .address()
+                    .add(i, IpAddr::V4(ip), prefix)
+                    .execute()
+                    .await
+                    .map_err(nl("set container address"))?;
+                handle
+                    .link()
+                    .set(LinkUnspec::new_with_index(i).up().build())
+                    .execute()
+                    .await
+                    .map_err(nl("bring eth0 up"))?;
+                handle
+                    .route()
+                    .add(
+                        RouteMessageBuilder::<Ipv4Addr>::new()
+                            .gateway(gateway)
+                            .build(),
+                    )
+                    .execute()
+                    .await
+                    .map_err(nl("add default route"))
+            })?
+        })
+        .join()
+        .unwrap_or_else(|_| Err(NetError::Exhausted("netns thread panicked".into())))
+    })
+}
+
+/// Removes the host end of a container's veth (the kernel removes the pair
+/// with the namespace anyway; this covers a namespace kept alive elsewhere).
+pub fn detach(id: &str) -> Result<(), NetError> {
+    let host = host_veth(id);
+    block_on(async {
+        let handle = connect().await?;
+        if let Some(i) = link_index(&handle, &host).await? {
+            match handle.link().del(i).execute().await {
+                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(()),
+                r => r.map_err(nl("delete veth")),
+            }
+        } else {
+            Ok(())
+        }
+    })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases_are_unique_and_released() {
+        let t = tempfile::tempdir().unwrap();
+        let mut net = BridgeNet::default_for(t.path());
+        net.gateway = Ipv4Addr::new(10, 9, 0, 1);
+        net.prefix = 29;
+        let a = net.lease("a").unwrap();
+        let b = net.lease("b").unwrap();
+        assert_eq!(a, Ipv4Addr::new(10, 9, 0, 2));
+        assert_eq!(b, Ipv4Addr::new(10, 9, 0, 3));
+        assert_eq!(net.lease("a").unwrap(), a, "same owner, same address");
+        for o in ["c", "d", "e"] {
+            net.lease(o).unwrap();
+        }
+        assert!(matches!(net.lease("f"), Err(NetError::Exhausted(_))));
+        net.release("b").unwrap();
+        assert_eq!(net.lease("f").unwrap(), b);
+    }
+}

@@ -1,0 +1,187 @@
+//! Named volumes with the local driver: a directory under
+//! `<data>/volumes/<name>/_data`, created on first use and filled from the
+//! image's content at the mount point the first time a container mounts it.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A volume as `volume inspect` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Volume {
+    /// The volume's name.
+    pub name: String,
+    /// Always `local`.
+    pub driver: String,
+    /// Where its data lives on the host.
+    pub mountpoint: PathBuf,
+    /// When it was made.
+    pub created: DateTime<Utc>,
+    /// Free-form labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A volume operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    /// The name is not one Docker would accept.
+    #[error("invalid volume name {0:?}: use letters, digits, '_', '.' and '-', starting with a letter or digit")]
+    BadName(String),
+    /// No such volume.
+    #[error("no such volume: {0}")]
+    NotFound(String),
+    /// A container still uses it.
+    #[error("volume {name} is in use by container {container}")]
+    InUse {
+        /// The volume.
+        name: String,
+        /// One container that mounts it.
+        container: String,
+    },
+    /// Filesystem trouble.
+    #[error("volume {name}: {err}")]
+    Io {
+        /// The volume.
+        name: String,
+        /// The cause.
+        #[source]
+        err: io::Error,
+    },
+}
+
+/// The volumes of one data dir.
+pub struct Volumes {
+    root: PathBuf,
+}
+
+/// Whether `name` is a valid volume name (Docker's `[a-zA-Z0-9][a-zA-Z0-9_.-]+`).
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && name.len() >= 2
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+impl Volumes {
+    /// Volumes under `<data_dir>/volumes`.
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            root: data_dir.join("volumes"),
+        }
+    }
+
+    fn meta(&self, name: &str) -> PathBuf {
+        self.root.join(name).join("volume.json")
+    }
+
+    /// Creates a volume, or returns the existing one of that name.
+    pub fn create(
+        &self,
+        name: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Volume, VolumeError> {
+        if !valid_name(name) {
+            return Err(VolumeError::BadName(name.to_owned()));
+        }
+        if let Ok(v) = self.inspect(name) {
+            return Ok(v);
+        }
+        let io = |err| VolumeError::Io {
+            name: name.to_owned(),
+            err,
+        };
+        let dir = self.root.join(name);
+        let data = dir.join("_data");
+        fs::create_dir_all(&data).map_err(io)?;
+        let v = Volume {
+            name: name.to_owned(),
+            driver: "local".into(),
+            mountpoint: data,
+            created: Utc::now(),
+            labels,
+        };
+        // Marks the volume as not yet filled from an image.
+        fs::write(dir.join("fresh"), b"").map_err(io)?;
+        let tmp = dir.join("volume.json.tmp");
+        fs::write(&tmp, serde_json::to_vec_pretty(&v).unwrap_or_default()).map_err(io)?;
+        fs::rename(&tmp, self.meta(name)).map_err(io)?;
+        Ok(v)
+    }
+
+    /// One volume.
+    pub fn inspect(&self, name: &str) -> Result<Volume, VolumeError> {
+        let b = fs::read(self.meta(name)).map_err(|_| VolumeError::NotFound(name.to_owned()))?;
+        serde_json::from_slice(&b).map_err(|e| VolumeError::Io {
+            name: name.to_owned(),
+            err: io::Error::other(e),
+        })
+    }
+
+    /// All volumes, by name.
+    pub fn list(&self) -> Vec<Volume> {
+        let mut out: Vec<Volume> = fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| self.inspect(&e.file_name().to_string_lossy()).ok())
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Removes a volume and its data (the caller checks it is unused).
+    pub fn remove(&self, name: &str) -> Result<(), VolumeError> {
+        self.inspect(name)?;
+        fs::remove_dir_all(self.root.join(name)).map_err(|err| VolumeError::Io {
+            name: name.to_owned(),
+            err,
+        })
+    }
+
+    /// True once for a volume that has never been mounted: the caller
+    /// then fills it from the image.
+    pub fn take_fresh(&self, name: &str) -> bool {
+        fs::remove_file(self.root.join(name).join("fresh")).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_docker() {
+        for ok in ["data", "my_vol.1", "a-b", "9x"] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in ["", "a", "-x", "a/b", "../x", "a b", ".hidden"] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn create_list_remove() {
+        let t = tempfile::tempdir().unwrap();
+        let v = Volumes::new(t.path());
+        let a = v.create("data", BTreeMap::new()).unwrap();
+        assert!(a.mountpoint.is_dir());
+        assert_eq!(
+            v.create("data", BTreeMap::new()).unwrap().created,
+            a.created
+        );
+        assert!(matches!(
+            v.create("../x", BTreeMap::new()),
+            Err(VolumeError::BadName(_))
+        ));
+        assert_eq!(v.list().len(), 1);
+        assert!(v.take_fresh("data"));
+        assert!(!v.take_fresh("data"));
+        v.remove("data").unwrap();
+        assert!(matches!(v.inspect("data"), Err(VolumeError::NotFound(_))));
+    }
+}
