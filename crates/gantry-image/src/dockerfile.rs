@@ -593,7 +593,7 @@ fn variable(
             .position(|&c| c == '}')
             .ok_or("unterminated ${ in word")?;
         let inner: String = rest[1..end].iter().collect();
-        let (name, op, word) = match inner.find(|c: char| c == ':' || c == '-' || c == '+') {
+        let (name, op, word) = match inner.find([':', '-', '+']) {
             Some(p) => {
                 let (n, tail) = inner.split_at(p);
                 let op_len = if tail.starts_with(':') { 2 } else { 1 };

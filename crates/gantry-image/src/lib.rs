@@ -6,8 +6,10 @@
 //! distribution protocol through oci-client; `build` runs RUN steps in
 //! containers of the native runtime.
 
+pub mod build;
 pub mod digest;
 pub mod dockerfile;
+pub mod pack;
 pub mod reference;
 pub mod registry;
 pub mod store;

@@ -159,6 +159,11 @@ impl Store {
         Ok(Self { root })
     }
 
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Where a blob lives.
     pub fn blob_path(&self, d: &Digest) -> PathBuf {
         self.root.join("blobs/sha256").join(d.hex())
@@ -414,7 +419,7 @@ impl Store {
     /// All images, newest first.
     pub fn list(&self) -> Vec<ImageRecord> {
         let mut v: Vec<ImageRecord> = self.read_index().images.into_values().collect();
-        v.sort_by(|a, b| b.stored.cmp(&a.stored));
+        v.sort_by_key(|i| std::cmp::Reverse(i.stored));
         v
     }
 
@@ -722,10 +727,7 @@ mod tests {
             img.record.manifest
         );
         assert_eq!(
-            s.resolve(&img.id().short().to_owned())
-                .unwrap()
-                .record
-                .config,
+            s.resolve(img.id().short()).unwrap().record.config,
             img.record.config
         );
         assert!(matches!(s.resolve("nope"), Err(StoreError::NotFound(_))));

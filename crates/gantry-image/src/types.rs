@@ -243,3 +243,94 @@ mod tests {
         assert_eq!(i.linux_amd64().unwrap().digest, "sha256:2");
     }
 }
+
+impl RunConfig {
+    /// The argv a container runs, by Docker's rules: `--entrypoint`
+    /// replaces the image's entrypoint and drops its Cmd; otherwise user
+    /// arguments replace the image's Cmd and follow its Entrypoint.
+    pub fn argv(&self, entrypoint: Option<&[String]>, cmd: &[String]) -> Vec<String> {
+        let (ep, default_cmd) = match entrypoint {
+            Some(e) => (
+                e.iter().filter(|s| !s.is_empty()).cloned().collect(),
+                Vec::new(),
+            ),
+            None => (
+                self.entrypoint.clone().unwrap_or_default(),
+                self.cmd.clone().unwrap_or_default(),
+            ),
+        };
+        let cmd = if cmd.is_empty() {
+            default_cmd
+        } else {
+            cmd.to_vec()
+        };
+        ep.into_iter().chain(cmd).collect()
+    }
+
+    /// The image's environment with `overrides` (`K=V`, or `K` alone to take
+    /// the caller's value) applied by key, in order.
+    pub fn env_with(&self, overrides: &[String]) -> Vec<String> {
+        let mut env = self.env.clone().unwrap_or_default();
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            env.insert(
+                0,
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            );
+        }
+        for o in overrides {
+            let kv = if o.contains('=') {
+                o.clone()
+            } else {
+                match std::env::var(o) {
+                    Ok(v) => format!("{o}={v}"),
+                    Err(_) => continue,
+                }
+            };
+            let key = kv.split('=').next().unwrap_or_default().to_owned();
+            env.retain(|e| e.split('=').next() != Some(key.as_str()));
+            env.push(kv);
+        }
+        env
+    }
+}
+
+#[cfg(test)]
+mod run_tests {
+    use super::*;
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn entrypoint_and_cmd_merge_like_docker() {
+        let c = RunConfig {
+            entrypoint: Some(v(&["/bin/ep"])),
+            cmd: Some(v(&["default"])),
+            ..Default::default()
+        };
+        assert_eq!(c.argv(None, &[]), v(&["/bin/ep", "default"]));
+        assert_eq!(c.argv(None, &v(&["mine"])), v(&["/bin/ep", "mine"]));
+        assert_eq!(c.argv(Some(&v(&["/bin/other"])), &[]), v(&["/bin/other"]));
+        assert_eq!(c.argv(Some(&v(&[""])), &v(&["sh"])), v(&["sh"]));
+        let c = RunConfig {
+            cmd: Some(v(&["sh"])),
+            ..Default::default()
+        };
+        assert_eq!(c.argv(None, &v(&["echo", "x"])), v(&["echo", "x"]));
+        assert_eq!(RunConfig::default().argv(None, &[]), Vec::<String>::new());
+    }
+
+    #[test]
+    fn env_overrides_by_key() {
+        let c = RunConfig {
+            env: Some(v(&["PATH=/bin", "A=1", "B=2"])),
+            ..Default::default()
+        };
+        assert_eq!(
+            c.env_with(&v(&["A=9", "C=3"])),
+            v(&["PATH=/bin", "B=2", "A=9", "C=3"])
+        );
+        assert!(RunConfig::default().env_with(&[])[0].starts_with("PATH="));
+    }
+}

@@ -36,8 +36,8 @@ pub use cgroup::{shares_to_weight, Cgroup, CgroupError, CgroupStats, CgroupVersi
 pub use exec::ExecOptions;
 pub use fs::secure_join;
 pub use spec::{
-    ContainerConfig, Mount, MountKind, NetworkMode, PortMapping, Process, RestartPolicy, State,
-    Status,
+    new_id, ContainerConfig, Mount, MountKind, NetworkMode, PortMapping, Process, RestartPolicy,
+    State, Status,
 };
 pub use volume::{valid_name as valid_volume_name, Volume, VolumeError, Volumes};
 
@@ -245,7 +245,7 @@ impl Runtime {
                 })
             })
             .collect();
-        out.sort_by(|a, b| b.config.created.cmp(&a.config.created));
+        out.sort_by_key(|c| std::cmp::Reverse(c.config.created));
         out
     }
 

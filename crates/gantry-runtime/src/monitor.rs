@@ -234,6 +234,19 @@ impl Runtime {
                 msg: format!("{what}: {e}"),
             }
         };
+        // clone() copies only the calling thread; a lock held by another
+        // thread would stay locked forever in the child.
+        let threads = fs::read_dir("/proc/self/task")
+            .map(|d| d.count())
+            .unwrap_or(1);
+        if threads > 1 {
+            return Err(StartFailure {
+                code: 125,
+                msg: format!(
+                    "internal error: the monitor has {threads} threads and cannot fork safely"
+                ),
+            });
+        }
         for sub in ["rootfs", "upper", "work"] {
             fs::create_dir_all(dir.join(sub)).map_err(|e| StartFailure {
                 code: 125,

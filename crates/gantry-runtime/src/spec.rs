@@ -12,6 +12,54 @@ use serde::{Deserialize, Serialize};
 
 use crate::cgroup::Resources;
 
+impl ContainerConfig {
+    /// A container with Docker's defaults for everything but what is given:
+    /// bridge network, no restart, SIGTERM with 10 s grace, 10 MiB logs x 3.
+    pub fn new(
+        name: &str,
+        image: &str,
+        image_id: &str,
+        layers: Vec<PathBuf>,
+        process: Process,
+    ) -> Self {
+        let id = new_id();
+        Self {
+            hostname: id[..12].to_owned(),
+            name: if name.is_empty() {
+                format!("gantry_{}", &id[..8])
+            } else {
+                name.to_owned()
+            },
+            id,
+            image: image.to_owned(),
+            image_id: image_id.to_owned(),
+            created: Utc::now(),
+            layers,
+            process,
+            read_only: false,
+            mounts: Vec::new(),
+            resources: Resources::default(),
+            network: NetworkMode::Bridge,
+            ports: Vec::new(),
+            restart: RestartPolicy::No,
+            stop_signal: libc::SIGTERM,
+            stop_timeout: 10,
+            auto_remove: false,
+            labels: BTreeMap::new(),
+            log_max_size: 10 << 20,
+            log_max_files: 3,
+        }
+    }
+}
+
+/// A fresh random 64-hex-digit container id.
+pub fn new_id() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 32];
+    rand::rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// Everything needed to (re)start a container, fixed at creation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ContainerConfig {

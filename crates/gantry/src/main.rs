@@ -1,1 +1,201 @@
-fn main() {}
+//! `gantry`: the one binary. Docker's verbs and flags over Gantry's image
+//! store and native runtime. This crate only parses arguments, wires the
+//! libraries together and prints; the work is in the library crates.
+
+mod containers;
+mod images;
+mod output;
+mod parse;
+mod volumes;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Gantry: a self-hosted container platform in one binary.
+#[derive(Parser)]
+#[command(name = "gantry", version, about, propagate_version = true)]
+struct Cli {
+    /// Where images, containers and volumes live.
+    #[arg(
+        long,
+        global = true,
+        env = "GANTRY_DATA_DIR",
+        default_value = "/var/lib/gantry"
+    )]
+    data_dir: PathBuf,
+    /// Registries (host:port) to reach over plain HTTP; loopback ones always are.
+    #[arg(
+        long = "insecure-registry",
+        global = true,
+        env = "GANTRY_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    insecure_registries: Vec<String>,
+    /// Print the whole error chain and debug logs.
+    #[arg(long, global = true)]
+    debug: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Manage images.
+    #[command(subcommand)]
+    Image(images::ImageCmd),
+    /// Pull an image (same as `image pull`).
+    Pull(images::PullArgs),
+    /// Push an image (same as `image push`).
+    Push(images::PushArgs),
+    /// Build an image from a Dockerfile (same as `image build`).
+    Build(images::BuildArgs),
+    /// List images (same as `image ls`).
+    Images(images::LsArgs),
+    /// Remove images (same as `image rm`).
+    Rmi(images::RmArgs),
+    /// Log in to a registry.
+    Login(images::LoginArgs),
+    /// Log out of a registry.
+    Logout {
+        /// The registry.
+        registry: String,
+    },
+    /// Create and start a container.
+    Run(Box<containers::RunArgs>),
+    /// List containers.
+    Ps(containers::PsArgs),
+    /// Start stopped containers.
+    Start {
+        /// Containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Stop running containers: the stop signal, then SIGKILL after the grace period.
+    Stop(containers::StopArgs),
+    /// Send a signal to running containers.
+    Kill(containers::KillArgs),
+    /// Remove containers.
+    Rm(containers::RmArgs),
+    /// Show a container's output.
+    Logs(containers::LogsArgs),
+    /// Show containers' configuration and state as JSON.
+    Inspect {
+        /// Containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Run a command in a running container.
+    Exec(containers::ExecArgs),
+    /// Block until containers stop; print their exit codes.
+    Wait {
+        /// Containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Manage volumes.
+    #[command(subcommand)]
+    Volume(volumes::VolumeCmd),
+}
+
+/// Everything a command needs from the global flags.
+pub(crate) struct Ctx {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) registry: gantry_image::RegistryOptions,
+}
+
+impl Ctx {
+    pub(crate) fn store(&self) -> anyhow::Result<gantry_image::Store> {
+        Ok(gantry_image::Store::open(&self.data_dir)?)
+    }
+    pub(crate) fn runtime(&self) -> anyhow::Result<gantry_runtime::Runtime> {
+        Ok(gantry_runtime::Runtime::new(&self.data_dir)?)
+    }
+}
+
+/// An error that carries the exit code to end with (Docker's 125/126/127,
+/// or a container's own code).
+#[derive(Debug)]
+pub(crate) struct Exit(pub(crate) u8);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}", self.0)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = if cli.debug { "debug" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GANTRY_LOG")
+                .unwrap_or_else(|_| filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    gantry_image::install_crypto_provider();
+    let ctx = Ctx {
+        data_dir: cli.data_dir.clone(),
+        registry: gantry_image::RegistryOptions {
+            insecure: cli.insecure_registries.clone(),
+            credentials: None,
+        },
+    };
+    match dispatch(&ctx, cli.cmd) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            if let Some(Exit(code)) = e.downcast_ref::<Exit>() {
+                return ExitCode::from(*code);
+            }
+            if cli.debug {
+                eprintln!("Error: {e:?}");
+            } else {
+                let mut msg = e.to_string();
+                // One line: the outermost context and the root cause.
+                if let Some(root) = e.chain().last() {
+                    let root = root.to_string();
+                    if !msg.contains(&root) {
+                        msg = format!("{msg}: {root}");
+                    }
+                }
+                eprintln!("Error: {msg}");
+            }
+            let code = e
+                .chain()
+                .find_map(|c| match c.downcast_ref::<gantry_runtime::RuntimeError>() {
+                    Some(gantry_runtime::RuntimeError::Start { code, .. }) => Some(*code as u8),
+                    _ => None,
+                })
+                .unwrap_or(1);
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn dispatch(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<u8> {
+    match cmd {
+        Cmd::Image(c) => images::run(ctx, c),
+        Cmd::Pull(a) => images::run(ctx, images::ImageCmd::Pull(a)),
+        Cmd::Push(a) => images::run(ctx, images::ImageCmd::Push(a)),
+        Cmd::Build(a) => images::run(ctx, images::ImageCmd::Build(a)),
+        Cmd::Images(a) => images::run(ctx, images::ImageCmd::Ls(a)),
+        Cmd::Rmi(a) => images::run(ctx, images::ImageCmd::Rm(a)),
+        Cmd::Login(a) => images::login(ctx, a),
+        Cmd::Logout { registry } => images::logout(ctx, &registry),
+        Cmd::Run(a) => containers::run(ctx, *a),
+        Cmd::Ps(a) => containers::ps(ctx, a),
+        Cmd::Start { containers: c } => containers::start(ctx, &c),
+        Cmd::Stop(a) => containers::stop(ctx, a),
+        Cmd::Kill(a) => containers::kill(ctx, a),
+        Cmd::Rm(a) => containers::rm(ctx, a),
+        Cmd::Logs(a) => containers::logs(ctx, a),
+        Cmd::Inspect { containers: c } => containers::inspect(ctx, &c),
+        Cmd::Exec(a) => containers::exec(ctx, a),
+        Cmd::Wait { containers: c } => containers::wait(ctx, &c),
+        Cmd::Volume(c) => volumes::run(ctx, c),
+    }
+}

@@ -1,0 +1,231 @@
+//! Parsing of Docker-style command-line values: sizes, CPU counts, mounts,
+//! port mappings, signals, env files. Pure functions with tests.
+
+use std::path::PathBuf;
+
+use gantry_runtime::{Mount, MountKind, PortMapping};
+
+/// Parses a size like Docker's `-m`: `512`, `64k`, `64m`, `1g`, `1.5g`
+/// (binary units, optional trailing `b`).
+pub(crate) fn size(s: &str) -> Result<u64, String> {
+    let bad = || {
+        format!("invalid size {s:?}: use a number with an optional unit b, k, m or g (e.g. 64m)")
+    };
+    let t = s.trim().to_ascii_lowercase();
+    let t = t
+        .strip_suffix('b')
+        .filter(|r| !r.is_empty() && r.ends_with(|c: char| c.is_ascii_alphabetic()))
+        .unwrap_or(&t);
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        Some('t') => (&t[..t.len() - 1], 1 << 40),
+        Some('b') => (&t[..t.len() - 1], 1),
+        Some(c) if c.is_ascii_digit() => (t, 1),
+        _ => return Err(bad()),
+    };
+    let v: f64 = num.parse().map_err(|_| bad())?;
+    if !(v.is_finite() && v > 0.0) {
+        return Err(bad());
+    }
+    Ok((v * mult as f64) as u64)
+}
+
+/// `--cpus 0.5` to millionths of a CPU.
+pub(crate) fn cpus(s: &str) -> Result<u64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("invalid --cpus {s:?}: give a number of CPUs such as 0.5"))?;
+    if !(v.is_finite() && v > 0.0 && v <= 1024.0) {
+        return Err(format!("invalid --cpus {s:?}: must be above 0"));
+    }
+    Ok((v * 1_000_000.0).round() as u64)
+}
+
+/// `-v SRC:DST[:ro|rw]`: an absolute SRC is a bind mount, anything else a
+/// named volume.
+pub(crate) fn volume(s: &str) -> Result<Mount, String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let (src, dst, mode) = match parts.as_slice() {
+        [src, dst] => (*src, *dst, ""),
+        [src, dst, mode] => (*src, *dst, *mode),
+        _ => return Err(format!("invalid volume {s:?}: use SRC:DST[:ro]")),
+    };
+    if !dst.starts_with('/') {
+        return Err(format!(
+            "invalid volume {s:?}: the container path {dst:?} must be absolute"
+        ));
+    }
+    let read_only = match mode {
+        "" | "rw" => false,
+        "ro" => true,
+        m => return Err(format!("invalid volume mode {m:?} in {s:?}: use ro or rw")),
+    };
+    if src.starts_with('/') || src.starts_with('.') {
+        let p = std::path::absolute(src).map_err(|e| format!("bind source {src}: {e}"))?;
+        if !p.exists() {
+            return Err(format!("bind source path does not exist: {}", p.display()));
+        }
+        return Ok(Mount {
+            kind: MountKind::Bind,
+            source: p,
+            destination: dst.to_owned(),
+            read_only,
+        });
+    }
+    if !gantry_runtime::valid_volume_name(src) {
+        return Err(format!(
+            "invalid volume name {src:?}: use letters, digits, '_', '.' and '-', or an absolute path for a bind mount"
+        ));
+    }
+    Ok(Mount {
+        kind: MountKind::Volume {
+            name: src.to_owned(),
+        },
+        source: PathBuf::new(),
+        destination: dst.to_owned(),
+        read_only,
+    })
+}
+
+/// `-p HOST:CTR` (optionally `IP:HOST:CTR` with IP 0.0.0.0, and `/tcp`).
+pub(crate) fn port(s: &str) -> Result<PortMapping, String> {
+    let bad = || format!("invalid port mapping {s:?}: use HOST:CONTAINER, e.g. 8080:80");
+    let spec = s.strip_suffix("/tcp").unwrap_or(s);
+    if spec.ends_with("/udp") {
+        return Err(format!("{s}: only TCP ports can be published"));
+    }
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (h, c) = match parts.as_slice() {
+        [h, c] => (*h, *c),
+        [ip, h, c] if *ip == "0.0.0.0" || ip.is_empty() => (*h, *c),
+        _ => return Err(bad()),
+    };
+    let host_port: u16 = h.parse().map_err(|_| bad())?;
+    let container_port: u16 = c.parse().map_err(|_| bad())?;
+    if host_port == 0 || container_port == 0 {
+        return Err(bad());
+    }
+    Ok(PortMapping {
+        host_port,
+        container_port,
+    })
+}
+
+/// A signal by name (`TERM`, `SIGTERM`) or number.
+pub(crate) fn signal(s: &str) -> Result<nix::sys::signal::Signal, String> {
+    use std::str::FromStr;
+    if let Ok(n) = s.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n).map_err(|_| format!("invalid signal {s:?}"));
+    }
+    let up = s.to_ascii_uppercase();
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
+    nix::sys::signal::Signal::from_str(&name).map_err(|_| format!("invalid signal {s:?}"))
+}
+
+/// Lines of an env file: `K=V`, `K` (taken from our environment), comments
+/// and blank lines skipped.
+pub(crate) fn env_file(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `K=V` pairs for `--build-arg` and `--label`.
+pub(crate) fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => match std::env::var(s) {
+            Ok(v) if !s.is_empty() => Ok((s.to_owned(), v)),
+            _ => Err(format!("invalid {s:?}: use KEY=VALUE")),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(size("64m").unwrap(), 64 << 20);
+        assert_eq!(size("64M").unwrap(), 64 << 20);
+        assert_eq!(size("64mb").unwrap(), 64 << 20);
+        assert_eq!(size("1g").unwrap(), 1 << 30);
+        assert_eq!(size("1.5k").unwrap(), 1536);
+        assert_eq!(size("100").unwrap(), 100);
+        assert_eq!(size("100b").unwrap(), 100);
+        for bad in ["", "m", "-1m", "12x", "1.2.3m", "nan", "0"] {
+            assert!(size(bad).is_err(), "{bad}");
+        }
+        assert!(size("12x").unwrap_err().contains("invalid size"));
+    }
+
+    #[test]
+    fn cpu_counts() {
+        assert_eq!(cpus("0.5").unwrap(), 500_000);
+        assert_eq!(cpus("2").unwrap(), 2_000_000);
+        assert!(cpus("0").is_err());
+        assert!(cpus("lots").is_err());
+    }
+
+    #[test]
+    fn volumes() {
+        let m = volume("data:/var/lib/data:ro").unwrap();
+        assert_eq!(
+            m.kind,
+            MountKind::Volume {
+                name: "data".into()
+            }
+        );
+        assert!(m.read_only);
+        let m = volume("/tmp:/host").unwrap();
+        assert_eq!(m.kind, MountKind::Bind);
+        assert!(volume("/definitely/not/here:/x")
+            .unwrap_err()
+            .contains("does not exist"));
+        assert!(volume("data:relative").is_err());
+        assert!(volume("data:/x:rx").is_err());
+        assert!(volume("a/b:/x").is_err());
+        assert!(volume("justone").is_err());
+    }
+
+    #[test]
+    fn ports() {
+        assert_eq!(
+            port("8080:80").unwrap(),
+            PortMapping {
+                host_port: 8080,
+                container_port: 80
+            }
+        );
+        assert_eq!(port("0.0.0.0:8080:80/tcp").unwrap().host_port, 8080);
+        for bad in ["80", "a:b", "0:80", "70000:80", "1.2.3.4:1:2", "53:53/udp"] {
+            assert!(port(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn signals() {
+        use nix::sys::signal::Signal;
+        assert_eq!(signal("TERM").unwrap(), Signal::SIGTERM);
+        assert_eq!(signal("sigkill").unwrap(), Signal::SIGKILL);
+        assert_eq!(signal("9").unwrap(), Signal::SIGKILL);
+        assert!(signal("NOPE").is_err());
+    }
+
+    #[test]
+    fn env_files() {
+        assert_eq!(
+            env_file("# c\nA=1\n\n B=two words \n"),
+            vec!["A=1", "B=two words"]
+        );
+    }
+}
