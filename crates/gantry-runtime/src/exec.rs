@@ -13,8 +13,8 @@ use nix::sched::CloneFlags;
 use nix::sys::wait::waitpid;
 use nix::unistd::{fork, ForkResult};
 
-use crate::init::{exec_as, resolve_user, InitError};
-use crate::monitor::{exit_code, term_size, RawMode};
+use crate::init::{exec_as, resolve_user, setup_pty, InitError};
+use crate::monitor::{exit_code, recv_fd, term_size, RawMode};
 use crate::{alive, Runtime, RuntimeError, Status};
 
 /// What to run with `exec`.
@@ -83,18 +83,20 @@ pub(crate) fn exec(rt: &Runtime, id: &str, opts: &ExecOptions) -> Result<i32, Ru
     let seccomp = crate::security::default_seccomp()
         .map_err(|e| RuntimeError::Other(format!("seccomp profile: {e}")))?;
     let cg = rt.cgroup(id);
-    let pty = if opts.tty {
-        Some(
-            nix::pty::openpty(None, None)
-                .map_err(|e| RuntimeError::Other(format!("openpty: {e}")))?,
+    // With -t the process opens its pty inside the container (so that
+    // ttyname works there) and sends us the master.
+    let (tty_parent, tty_child) = if opts.tty {
+        let (a, b) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
         )
+        .map_err(|e| RuntimeError::Other(format!("socketpair: {e}")))?;
+        (Some(a), Some(b))
     } else {
-        None
+        (None, None)
     };
-    if let (Some(p), Ok(ws)) = (&pty, term_size(0)) {
-        // SAFETY: TIOCSWINSZ reads a winsize we own.
-        unsafe { libc::ioctl(p.slave.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
-    }
     let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
         .map_err(|e| RuntimeError::Other(format!("pipe: {e}")))?;
 
@@ -103,28 +105,23 @@ pub(crate) fn exec(rt: &Runtime, id: &str, opts: &ExecOptions) -> Result<i32, Ru
     match unsafe { fork() }.map_err(|e| RuntimeError::Other(format!("fork: {e}")))? {
         ForkResult::Child => {
             drop(err_r);
-            let code = helper(
-                &*cg,
-                &nss,
-                &root,
-                pty.as_ref().map(|p| &p.slave),
-                &err_w,
-                || {
-                    let user = resolve_user(&user)?;
-                    exec_as(&user, &cwd, &path_env, &opts.args, env.clone(), &seccomp)
-                        .map(|n| match n {})
-                },
-            );
+            drop(tty_parent);
+            let code = helper(&*cg, &nss, &root, tty_child.as_ref(), &err_w, || {
+                let user = resolve_user(&user)?;
+                exec_as(&user, &cwd, &path_env, &opts.args, env.clone(), &seccomp)
+                    .map(|n| match n {})
+            });
             // SAFETY: leaving the forked helper without the parent's atexit handlers.
             unsafe { libc::_exit(code) }
         }
         ForkResult::Parent { child } => {
             drop(err_w);
-            let slave_master = pty.map(|p| {
-                drop(p.slave);
-                p.master
-            });
-            if let Some(master) = slave_master {
+            drop(tty_child);
+            if let Some(master) = tty_parent.as_ref().and_then(recv_fd) {
+                if let Ok(ws) = term_size(0) {
+                    // SAFETY: TIOCSWINSZ reads a winsize we own.
+                    unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+                }
                 proxy_tty(&master);
             }
             let status =
@@ -150,7 +147,7 @@ fn helper(
     cg: &dyn crate::Cgroup,
     nss: &[(File, CloneFlags)],
     root: &File,
-    slave: Option<&OwnedFd>,
+    tty_socket: Option<&OwnedFd>,
     err_w: &OwnedFd,
     run: impl FnOnce() -> Result<(), InitError>,
 ) -> i32 {
@@ -175,13 +172,11 @@ fn helper(
                 unsafe { libc::_exit(report(126, format!("enter container root: {e}"))) }
             }
             let _ = nix::unistd::setsid();
-            if let Some(s) = slave {
-                for i in 0..3 {
-                    // SAFETY: dup2 onto our standard fds.
-                    unsafe { libc::dup2(s.as_raw_fd(), i) };
+            if let Some(s) = tty_socket {
+                if let Err(e) = setup_pty(s.as_raw_fd()) {
+                    // SAFETY: ending the grandchild.
+                    unsafe { libc::_exit(report(e.code, e.msg)) }
                 }
-                // SAFETY: make the pty our controlling terminal.
-                unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
             }
             let e = match run() {
                 Ok(()) => InitError {

@@ -52,8 +52,11 @@ pub(crate) struct ChildArgs<'a> {
     pub(crate) sync_read: RawFd,
     /// Write end of the error pipe (close-on-exec).
     pub(crate) err_write: RawFd,
-    /// stdin, stdout, stderr for the process (a pty slave three times for -t).
+    /// stdin, stdout, stderr for the process (replaced by a pty for -t).
     pub(crate) stdio: [RawFd; 3],
+    /// For -t: the socket on which the child sends the pty master it opens
+    /// inside the container's own devpts.
+    pub(crate) tty_socket: Option<RawFd>,
     /// All other fds the child inherits and must not pass on.
     pub(crate) close: Vec<RawFd>,
     /// Volumes created for this container that should be filled from the
@@ -103,10 +106,6 @@ fn run(a: &ChildArgs<'_>) -> Result<Never, InitError> {
             return Err(fail(format!("dup2: {}", std::io::Error::last_os_error())));
         }
     }
-    if cfg.process.tty {
-        // SAFETY: TIOCSCTTY on our stdin, a pty slave, in a new session.
-        unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
-    }
     if cfg.network != crate::spec::NetworkMode::Host {
         sethostname(&cfg.hostname).ctx(|| "sethostname".into())?;
         loopback_up().ctx(|| "bring up loopback".into())?;
@@ -121,6 +120,9 @@ fn run(a: &ChildArgs<'_>) -> Result<Never, InitError> {
     umount2(".", MntFlags::MNT_DETACH).ctx(|| "detach old root".into())?;
     chdir("/").ctx(|| "chdir /".into())?;
     mask_paths();
+    if let Some(sock) = a.tty_socket {
+        setup_pty(sock)?;
+    }
     if cfg.read_only {
         mount(
             None::<&str>,
@@ -201,6 +203,32 @@ pub(crate) fn exec_as(
         code,
         msg: format!("exec {:?}: {e}", args[0]),
     })
+}
+
+/// Opens a pty in the container's devpts (so `ttyname` works inside), makes
+/// its slave our stdio and controlling terminal, and sends the master to
+/// the monitor.
+pub(crate) fn setup_pty(sock: RawFd) -> Result<(), InitError> {
+    use nix::fcntl::OFlag;
+    let master =
+        nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY).ctx(|| "open /dev/ptmx".into())?;
+    nix::pty::grantpt(&master).ctx(|| "grantpt".into())?;
+    nix::pty::unlockpt(&master).ctx(|| "unlockpt".into())?;
+    let name = nix::pty::ptsname_r(&master).ctx(|| "ptsname".into())?;
+    let slave = nix::fcntl::open(name.as_str(), OFlag::O_RDWR, nix::sys::stat::Mode::empty())
+        .ctx(|| format!("open {name}"))?;
+    for i in 0..3 {
+        // SAFETY: dup2 onto our standard fds.
+        unsafe { libc::dup2(slave.as_raw_fd(), i) };
+    }
+    // SAFETY: TIOCSCTTY on our stdin, the pty slave, in our new session.
+    unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
+    let fds = [master.as_raw_fd()];
+    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+    let iov = [std::io::IoSlice::new(b"t")];
+    nix::sys::socket::sendmsg::<()>(sock, &iov, &cmsg, nix::sys::socket::MsgFlags::empty(), None)
+        .ctx(|| "send pty to monitor".into())?;
+    Ok(())
 }
 
 fn borrow(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {

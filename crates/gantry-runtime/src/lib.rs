@@ -19,6 +19,7 @@ mod init;
 pub mod logs;
 mod monitor;
 pub mod net;
+mod proxy;
 mod security;
 mod spec;
 mod volume;

@@ -100,6 +100,7 @@ impl Runtime {
             })
             .collect::<Vec<_>>();
         let mut backoff = Duration::from_millis(100);
+        let mut forwarder: Option<crate::proxy::Forwarder> = None;
         let code = loop {
             let oom_before = cg.stats().map(|s| s.oom_kills).unwrap_or(0);
             let started = Instant::now();
@@ -136,6 +137,37 @@ impl Runtime {
                 }
             };
             let pid = running.pid.as_raw();
+            if forwarder.is_none() && !config.ports.is_empty() {
+                let ip = self.state(id)?.ip.unwrap_or(std::net::Ipv4Addr::LOCALHOST);
+                match crate::proxy::Forwarder::start(&config.ports, ip) {
+                    Ok(f) => forwarder = f,
+                    Err(msg) => {
+                        let _ = signal::kill(running.pid, Signal::SIGKILL);
+                        let _ = waitpid(running.pid, None);
+                        let f = StartFailure { code: 125, msg };
+                        self.update_state(id, |s| {
+                            s.status = Status::Exited;
+                            s.exit_code = Some(f.code);
+                            s.error = Some(f.msg.clone());
+                            s.pid = None;
+                        })?;
+                        match report.take() {
+                            Some(Report::Pipe(fd)) => {
+                                send(&fd, &format!("err {} {}", f.code, f.msg))
+                            }
+                            Some(Report::Caller) => {
+                                self.finish(id, &config, &*cg, &bridge);
+                                return Err(RuntimeError::Start {
+                                    code: f.code,
+                                    msg: f.msg,
+                                });
+                            }
+                            None => {}
+                        }
+                        break f.code;
+                    }
+                }
+            }
             self.update_state(id, |s| {
                 s.status = Status::Running;
                 s.pid = Some(pid);
@@ -189,6 +221,7 @@ impl Runtime {
             }
             backoff = (backoff * 2).min(Duration::from_secs(60));
         };
+        drop(forwarder);
         self.finish(id, &config, &*cg, &bridge);
         Ok(code)
     }
@@ -268,28 +301,27 @@ impl Runtime {
 
         let (sync_r, sync_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
         let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
-        // The child's stdio, and the ends we keep.
-        let (child_io, keep): ([OwnedFd; 3], [Option<OwnedFd>; 3]) = if config.process.tty {
-            let pty = nix::pty::openpty(None, None).map_err(sys("openpty"))?;
-            set_cloexec(pty.master.as_raw_fd());
-            set_cloexec(pty.slave.as_raw_fd());
-            if let Ok(ws) = term_size(0) {
-                // SAFETY: TIOCSWINSZ reads a winsize we own.
-                unsafe { libc::ioctl(pty.slave.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
-            }
-            let s1 = pty.slave.try_clone().map_err(|e| {
-                sys("dup")(nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)))
-            })?;
-            let s2 = pty.slave.try_clone().map_err(|e| {
-                sys("dup")(nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)))
-            })?;
-            let m2 = pty.master.try_clone().map_err(|e| {
-                sys("dup")(nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)))
-            })?;
-            (
-                [pty.slave, s1, s2],
-                [config.process.stdin.then_some(m2), Some(pty.master), None],
+        // The child's stdio, and the ends we keep. With -t the child opens
+        // the pty itself, inside its devpts, and sends us the master.
+        let (tty_parent, tty_child) = if config.process.tty {
+            let (a, b) = nix::sys::socket::socketpair(
+                nix::sys::socket::AddressFamily::Unix,
+                nix::sys::socket::SockType::Stream,
+                None,
+                nix::sys::socket::SockFlag::SOCK_CLOEXEC,
             )
+            .map_err(sys("socketpair"))?;
+            (Some(a), Some(b))
+        } else {
+            (None, None)
+        };
+        let null = || -> Result<OwnedFd, StartFailure> {
+            fs::File::open("/dev/null").map(OwnedFd::from).map_err(|e| {
+                sys("open /dev/null")(nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+            })
+        };
+        let (child_io, keep): ([OwnedFd; 3], [Option<OwnedFd>; 3]) = if config.process.tty {
+            ([null()?, null()?, null()?], [None, None, None])
         } else {
             let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
             let (errs_r, errs_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
@@ -297,12 +329,7 @@ impl Runtime {
                 let (r, w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
                 (r, Some(w))
             } else {
-                let null = fs::File::open("/dev/null").map_err(|e| {
-                    sys("open /dev/null")(nix::errno::Errno::from_raw(
-                        e.raw_os_error().unwrap_or(0),
-                    ))
-                })?;
-                (OwnedFd::from(null), None)
+                (null()?, None)
             };
             (
                 [in_child, out_w, errs_w],
@@ -319,9 +346,11 @@ impl Runtime {
                 child_io[1].as_raw_fd(),
                 child_io[2].as_raw_fd(),
             ],
+            tty_socket: tty_child.as_ref().map(|s| s.as_raw_fd()),
             close: [sync_w.as_raw_fd(), err_r.as_raw_fd()]
                 .into_iter()
                 .chain(keep.iter().flatten().map(|f| f.as_raw_fd()))
+                .chain(tty_parent.iter().map(|f| f.as_raw_fd()))
                 .collect(),
             fill_volumes: fill,
             seccomp,
@@ -348,6 +377,7 @@ impl Runtime {
         }
         .map_err(sys("clone"))?;
         drop(child_io);
+        drop(tty_child);
         drop(sync_r);
         drop(err_w);
         let abort = |f: StartFailure| {
@@ -373,6 +403,25 @@ impl Runtime {
         let mut sync_w = fs::File::from(sync_w);
         let _ = sync_w.write_all(b"1");
         drop(sync_w);
+        let mut keep = keep;
+        if let Some(sock) = &tty_parent {
+            // The child sends the master once its devpts is mounted, or
+            // closes the socket by failing first.
+            if let Some(master) = recv_fd(sock) {
+                set_cloexec(master.as_raw_fd());
+                if let Ok(ws) = term_size(0) {
+                    // SAFETY: TIOCSWINSZ reads a winsize we own.
+                    unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+                }
+                let m2 = master.try_clone().ok();
+                keep = [
+                    config.process.stdin.then_some(m2).flatten(),
+                    Some(master),
+                    None,
+                ];
+            }
+        }
+        drop(tty_parent);
         let mut msg = String::new();
         let _ = fs::File::from(err_r).read_to_string(&mut msg);
         if !msg.is_empty() {
@@ -391,6 +440,28 @@ impl Runtime {
             stdin,
         })
     }
+}
+
+/// Receives one fd sent with SCM_RIGHTS; None if the peer closed first.
+pub(crate) fn recv_fd(sock: &OwnedFd) -> Option<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let mut buf = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = nix::sys::socket::recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ok()?;
+    for c in msg.cmsgs().ok()? {
+        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
+            // SAFETY: the kernel just gave us this fd; nobody else owns it.
+            return fds.first().map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+    }
+    None
 }
 
 fn set_cloexec(fd: RawFd) {

@@ -70,14 +70,20 @@ pub struct BridgeNet {
 }
 
 impl BridgeNet {
-    /// The default local bridge: `gantry0`, 10.88.0.1/16.
-    pub fn default_for(data_dir: &Path) -> Self {
+    /// The default local bridge: `gantry0`, 10.88.0.1/16. The bridge is a
+    /// resource of the host (of its network namespace), not of one data
+    /// dir, so its leases live under `/run/gantry`, shared by every Gantry
+    /// process on the host and gone, like the bridge, at reboot.
+    pub fn default_for(_data_dir: &Path) -> Self {
+        let ns = std::fs::metadata("/proc/self/ns/net")
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap_or(0);
         Self {
             name: "gantry0".into(),
             gateway: Ipv4Addr::new(10, 88, 0, 1),
             prefix: 16,
             mtu: 1500,
-            lease_file: data_dir.join("net").join("leases.json"),
+            lease_file: PathBuf::from(format!("/run/gantry/net/gantry0-{ns}.json")),
         }
     }
 
@@ -324,6 +330,7 @@ mod tests {
     fn leases_are_unique_and_released() {
         let t = tempfile::tempdir().unwrap();
         let mut net = BridgeNet::default_for(t.path());
+        net.lease_file = t.path().join("leases.json");
         net.gateway = Ipv4Addr::new(10, 9, 0, 1);
         net.prefix = 29;
         let a = net.lease("a").unwrap();

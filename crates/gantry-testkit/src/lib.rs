@@ -1,1 +1,377 @@
-//! placeholder
+//! Test fixtures that start real peers and real kernel objects, and always
+//! clean up after themselves, even when a test panics (everything is undone
+//! in `Drop`, which runs during unwinding).
+//!
+//! - [`Registry`]: Debian's `docker-registry` (Distribution v2) on a free
+//!   loopback port with temporary storage, optionally with htpasswd auth.
+//! - [`Lan`]: simulated hosts, each a network namespace with its own address
+//!   on a bridge that lives in a namespace of its own.
+//! - [`require_root`]: skips a root-only test on a laptop, fails it under CI.
+//!
+//! Names are unique per process and call (`gantry-t<pid>-<n>`), so tests may
+//! run in parallel, and start with `gantry` so that leftovers are easy to
+//! spot.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// True when the test may go on as root. Without root it prints why it is
+/// skipped and returns false; under CI (`CI` set) it panics instead, so CI
+/// can never pass by skipping.
+pub fn require_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test} needs root and CI runs as root: it must not be skipped"
+    );
+    eprintln!("SKIPPED {test}: needs root (namespaces, cgroups, mounts)");
+    false
+}
+
+/// A unique name for a kernel object or file of this test run.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}{}x{}",
+        std::process::id() % 100_000,
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// A free TCP port on loopback (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// Polls `f` until it returns `Some` or the deadline passes; the panic says
+/// what was awaited and what was last seen.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match f() {
+            Ok(v) => return v,
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
+}
+
+/// A running loopback registry.
+pub struct Registry {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Starts an anonymous registry.
+    pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Starts a registry that requires HTTP basic auth with one user.
+    pub fn start_with_auth(user: &str, password: &str) -> Self {
+        Self::start_with(Some((user, password)))
+    }
+
+    fn start_with(auth: Option<(&str, &str)>) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut cfg = format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+            dir.path().join("data").display()
+        );
+        if let Some((u, p)) = auth {
+            let hash = bcrypt::hash(p, 5).expect("bcrypt");
+            let file = dir.path().join("htpasswd");
+            std::fs::write(&file, format!("{u}:{hash}\n")).expect("write htpasswd");
+            cfg.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: gantry-test\n    path: {}\n",
+                file.display()
+            ));
+        }
+        let cfg_path = dir.path().join("config.yml");
+        std::fs::write(&cfg_path, cfg).expect("write registry config");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start docker-registry (apt-get install docker-registry)");
+        let mut reg = Self { child, addr, dir };
+        let url = format!("http://{}/v2/", reg.addr);
+        let mut stderr = reg.child.stderr.take().map(BufReader::new);
+        wait_for("the registry to answer", Duration::from_secs(20), || {
+            if let Ok(Some(status)) = reg.child.try_wait() {
+                let mut msg = String::new();
+                if let Some(e) = stderr.as_mut() {
+                    let _ = e.read_line(&mut msg);
+                }
+                panic!("docker-registry exited with {status}: {msg}");
+            }
+            let out = Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &url])
+                .output()
+                .map_err(|e| e.to_string())?;
+            let code = String::from_utf8_lossy(&out.stdout).into_owned();
+            if code == "200" || code == "401" {
+                Ok(())
+            } else {
+                Err(format!("HTTP {code}"))
+            }
+        });
+        // Keep draining its stderr so it never blocks on a full pipe.
+        if let Some(mut e) = stderr {
+            std::thread::spawn(move || {
+                let mut l = String::new();
+                while e.read_line(&mut l).unwrap_or(0) > 0 {
+                    l.clear();
+                }
+            });
+        }
+        reg
+    }
+
+    /// Where its blobs are stored.
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip {args:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// A simulated host: a network namespace with one address on the LAN.
+pub struct Host {
+    /// The namespace's name (`ip netns` name).
+    pub name: String,
+    /// Its LAN address.
+    pub addr: String,
+}
+
+impl Host {
+    /// The namespace file, for `nsenter --net=...`.
+    pub fn netns_path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    /// A command that runs inside this host's network namespace. (nsenter,
+    /// not `ip netns exec`, which remounts /sys and hides the cgroups.)
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.netns_path().display()))
+            .arg(program);
+        c
+    }
+}
+
+/// Several simulated hosts on a bridge kept in its own namespace (never the
+/// root one, where a Docker daemon's FORWARD DROP would eat the traffic).
+pub struct Lan {
+    lan: String,
+    /// The hosts, in order; host i has address 192.168.<subnet>.(10+i).
+    pub hosts: Vec<Host>,
+}
+
+impl Lan {
+    /// Creates `n` hosts. Panics (after undoing what it made) on failure.
+    pub fn new(n: usize) -> Self {
+        let tag = unique("");
+        let subnet = 100 + (std::process::id() + u32::from(tag.len() as u8)) % 100;
+        let mut lan = Self {
+            lan: format!("gantry-t{tag}-lan"),
+            hosts: Vec::new(),
+        };
+        let setup = |lan: &mut Self| -> Result<(), String> {
+            ip(&["netns", "add", &lan.lan])?;
+            ip(&["-n", &lan.lan, "link", "set", "lo", "up"])?;
+            ip(&["-n", &lan.lan, "link", "add", "br0", "type", "bridge"])?;
+            ip(&["-n", &lan.lan, "link", "set", "br0", "up"])?;
+            for i in 0..n {
+                let name = format!("gantry-t{tag}-h{i}");
+                let addr = format!("192.168.{subnet}.{}", 10 + i);
+                ip(&["netns", "add", &name])?;
+                lan.hosts.push(Host {
+                    name: name.clone(),
+                    addr: addr.clone(),
+                });
+                let veth = format!("h{i}");
+                ip(&[
+                    "-n", &lan.lan, "link", "add", &veth, "type", "veth", "peer", "name", "eth0",
+                    "netns", &name,
+                ])?;
+                ip(&["-n", &lan.lan, "link", "set", &veth, "master", "br0", "up"])?;
+                ip(&[
+                    "-n",
+                    &name,
+                    "addr",
+                    "add",
+                    &format!("{addr}/24"),
+                    "dev",
+                    "eth0",
+                ])?;
+                ip(&["-n", &name, "link", "set", "eth0", "up"])?;
+                ip(&["-n", &name, "link", "set", "lo", "up"])?;
+            }
+            Ok(())
+        };
+        if let Err(e) = setup(&mut lan) {
+            drop(lan);
+            panic!("simulated LAN: {e}");
+        }
+        lan
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        // Keep going past failures: every namespace gets its chance.
+        let mut errors = Vec::new();
+        for h in &self.hosts {
+            if let Err(e) = ip(&["netns", "del", &h.name]) {
+                errors.push(e);
+            }
+        }
+        if let Err(e) = ip(&["netns", "del", &self.lan]) {
+            errors.push(e);
+        }
+        if !errors.is_empty() && !std::thread::panicking() {
+            eprintln!("Lan cleanup: {}", errors.join("; "));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_starts_and_stops() {
+        if !require_root("registry_starts_and_stops") && which("docker-registry").is_none() {
+            return;
+        }
+        let reg = Registry::start();
+        let out = Command::new("curl")
+            .args(["-sf", &format!("http://{}/v2/_catalog", reg.addr)])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            r#"{"repositories":[]}"#
+        );
+        let addr = reg.addr.clone();
+        drop(reg);
+        let out = Command::new("curl")
+            .args(["-s", &format!("http://{addr}/v2/")])
+            .status()
+            .unwrap();
+        assert!(!out.success(), "registry still answers after drop");
+    }
+
+    #[test]
+    fn authenticated_registry_refuses_anonymous() {
+        if !require_root("authenticated_registry_refuses_anonymous") {
+            return;
+        }
+        let reg = Registry::start_with_auth("alice", "s3cret");
+        let code = |extra: &[&str]| {
+            let mut c = Command::new("curl");
+            c.args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+                .args(extra)
+                .arg(format!("http://{}/v2/", reg.addr));
+            String::from_utf8(c.output().unwrap().stdout).unwrap()
+        };
+        assert_eq!(code(&[]), "401");
+        assert_eq!(code(&["-u", "alice:s3cret"]), "200");
+        assert_eq!(code(&["-u", "alice:wrong"]), "401");
+    }
+
+    #[test]
+    fn hosts_reach_each_other_and_are_removed() {
+        if !require_root("hosts_reach_each_other_and_are_removed") {
+            return;
+        }
+        let lan = Lan::new(2);
+        let ok = lan.hosts[0]
+            .command("ping")
+            .args(["-c", "1", "-W", "2", &lan.hosts[1].addr])
+            .output()
+            .unwrap();
+        assert!(
+            ok.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&ok.stdout),
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        let names: Vec<String> = lan.hosts.iter().map(|h| h.name.clone()).collect();
+        drop(lan);
+        let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        let list = String::from_utf8_lossy(&list.stdout);
+        for n in names {
+            assert!(!list.contains(&n), "{n} left behind");
+        }
+    }
+
+    #[test]
+    fn lan_is_cleaned_up_after_a_panic() {
+        if !require_root("lan_is_cleaned_up_after_a_panic") {
+            return;
+        }
+        let names = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let n2 = names.clone();
+        let r = std::panic::catch_unwind(move || {
+            let lan = Lan::new(1);
+            n2.lock().unwrap().push(lan.hosts[0].name.clone());
+            panic!("boom");
+        });
+        assert!(r.is_err());
+        let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        let list = String::from_utf8_lossy(&list.stdout);
+        for n in names.lock().unwrap().iter() {
+            assert!(!list.contains(n.as_str()), "{n} left behind after a panic");
+        }
+    }
+
+    fn which(p: &str) -> Option<PathBuf> {
+        std::env::var_os("PATH")?
+            .to_str()?
+            .split(':')
+            .map(|d| Path::new(d).join(p))
+            .find(|p| p.exists())
+    }
+}

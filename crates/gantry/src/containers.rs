@@ -89,11 +89,19 @@ pub(crate) struct RunArgs {
     /// Labels.
     #[arg(short, long = "label")]
     label: Vec<String>,
-    /// Image.
-    image: String,
-    /// Command and arguments.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    cmd: Vec<String>,
+    /// The image, then the command and its arguments (everything after the
+    /// image belongs to the command, as with Docker).
+    #[arg(value_name = "IMAGE [COMMAND [ARG...]]", required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+impl RunArgs {
+    fn image(&self) -> &str {
+        &self.args[0]
+    }
+    fn cmd(&self) -> &[String] {
+        &self.args[1..]
+    }
 }
 
 #[derive(Args)]
@@ -174,11 +182,9 @@ pub(crate) struct ExecArgs {
     /// Working directory.
     #[arg(short, long)]
     workdir: Option<String>,
-    /// Container.
-    container: String,
-    /// Command and arguments.
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
-    cmd: Vec<String>,
+    /// The container, then the command and its arguments.
+    #[arg(value_name = "CONTAINER COMMAND [ARG...]", required = true, num_args = 2.., trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
 }
 
 /// Fails with Docker's exit code 125 after printing the error.
@@ -189,16 +195,16 @@ fn fail125(e: impl std::fmt::Display) -> anyhow::Error {
 
 fn build_config(ctx: &Ctx, a: &RunArgs) -> anyhow::Result<ContainerConfig> {
     let store = ctx.store()?;
-    let img = crate::images::local_or_pull(ctx, &store, &a.image)
+    let img = crate::images::local_or_pull(ctx, &store, a.image())
         .map_err(|e| fail125(format!("{e:#}")))?;
     let layers = store.lowerdirs(&img).map_err(fail125)?;
     let rc = &img.config.config;
     let entrypoint = a.entrypoint.as_ref().map(|e| vec![e.clone()]);
-    let args = rc.argv(entrypoint.as_deref(), &a.cmd);
+    let args = rc.argv(entrypoint.as_deref(), a.cmd());
     if args.is_empty() {
         return Err(fail125(format!(
             "no command specified: the image {} has no Cmd or Entrypoint",
-            a.image
+            a.image()
         )));
     }
     let mut overrides = Vec::new();
@@ -225,7 +231,7 @@ fn build_config(ctx: &Ctx, a: &RunArgs) -> anyhow::Result<ContainerConfig> {
         stdin: a.interactive,
     };
     let name = a.name.clone().unwrap_or_default();
-    let mut cfg = ContainerConfig::new(&name, &a.image, &img.record.config, layers, process);
+    let mut cfg = ContainerConfig::new(&name, a.image(), &img.record.config, layers, process);
     if let Some(h) = &a.hostname {
         cfg.hostname = h.clone();
     }
@@ -586,10 +592,10 @@ pub(crate) fn inspect(ctx: &Ctx, names: &[String]) -> anyhow::Result<u8> {
 
 pub(crate) fn exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<u8> {
     let rt = ctx.runtime()?;
-    let id = rt.find(&a.container)?;
+    let id = rt.find(&a.args[0])?;
     let _ = a.interactive; // stdin is always passed through to exec
     let opts = ExecOptions {
-        args: a.cmd,
+        args: a.args[1..].to_vec(),
         env: a.env,
         user: a.user,
         workdir: a.workdir,

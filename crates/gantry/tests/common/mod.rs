@@ -1,0 +1,165 @@
+//! Shared fixture for the end-to-end tests: a throwaway data dir and the
+//! real `gantry` binary. Dropping it force-removes every container it made
+//! and checks that nothing stayed behind in the kernel.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub use gantry_testkit::{require_root, unique, wait_for, Registry};
+
+pub struct G {
+    pub data: tempfile::TempDir,
+    pub home: tempfile::TempDir,
+}
+
+pub fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn errtext(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+impl G {
+    /// A fresh Gantry, or None when the test must be skipped (not root, not CI).
+    pub fn new(test: &str) -> Option<Self> {
+        if !require_root(test) {
+            return None;
+        }
+        Some(Self {
+            data: tempfile::Builder::new()
+                .prefix("gantry-test")
+                .tempdir()
+                .expect("data dir"),
+            home: tempfile::tempdir().expect("home dir"),
+        })
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_gantry"));
+        c.env("GANTRY_DATA_DIR", self.data.path())
+            .env("HOME", self.home.path())
+            .env_remove("DOCKER_CONFIG")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs gantry and returns its output, whatever the status.
+    pub fn out(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run gantry")
+    }
+
+    /// Runs gantry, asserts success, returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.out(args);
+        assert!(
+            o.status.success(),
+            "gantry {args:?} failed with {:?}\nstdout: {}\nstderr: {}",
+            o.status.code(),
+            text(&o),
+            errtext(&o)
+        );
+        text(&o)
+    }
+
+    /// Runs gantry, asserts it fails with `code`, returns stderr.
+    pub fn fails(&self, args: &[&str], code: i32) -> String {
+        let o = self.out(args);
+        assert_eq!(
+            o.status.code(),
+            Some(code),
+            "gantry {args:?}: wanted exit {code}\nstdout: {}\nstderr: {}",
+            text(&o),
+            errtext(&o)
+        );
+        errtext(&o)
+    }
+
+    /// A build context with busybox-static and a Dockerfile.
+    pub fn context(&self, dockerfile: &str) -> tempfile::TempDir {
+        let ctx = tempfile::tempdir().expect("context");
+        std::fs::copy(busybox(), ctx.path().join("busybox")).expect("copy busybox");
+        std::fs::write(ctx.path().join("Dockerfile"), dockerfile).expect("write Dockerfile");
+        ctx
+    }
+
+    /// Builds the basic busybox image as `tag`.
+    pub fn busybox_image(&self, tag: &str) {
+        let ctx = self.context(BUSYBOX_DOCKERFILE);
+        self.ok(&["build", "-q", "-t", tag, ctx.path().to_str().unwrap()]);
+    }
+
+    pub fn id_of(&self, name: &str) -> String {
+        let v: serde_json::Value = serde_json::from_str(&self.ok(&["inspect", name])).unwrap();
+        v[0]["Id"].as_str().unwrap().to_owned()
+    }
+
+    pub fn inspect(&self, name: &str) -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_str(&self.ok(&["inspect", name])).unwrap();
+        v[0].clone()
+    }
+
+    pub fn store_tmp_is_empty(&self) -> bool {
+        std::fs::read_dir(self.data.path().join("images/tmp"))
+            .map(|d| d.count() == 0)
+            .unwrap_or(true)
+    }
+}
+
+pub const BUSYBOX_DOCKERFILE: &str = "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nCMD [\"sh\"]\n";
+
+pub fn busybox() -> PathBuf {
+    PathBuf::from("/bin/busybox")
+}
+
+/// Cgroup directories, mounts and veths that mention a container id.
+pub fn leftovers(id: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for ctrl in ["memory", "cpu", "pids", "freezer", "cpuacct", "blkio"] {
+        let p = Path::new("/sys/fs/cgroup")
+            .join(ctrl)
+            .join("gantry")
+            .join(id);
+        if p.exists() {
+            out.push(p.display().to_string());
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for l in mounts.lines().filter(|l| l.contains(id)) {
+        out.push(format!("mount: {l}"));
+    }
+    let links = Command::new("ip")
+        .args(["-o", "link"])
+        .output()
+        .map(|o| text(&o))
+        .unwrap_or_default();
+    let veth = format!("gv{}", &id[..11.min(id.len())]);
+    for l in links.lines().filter(|l| l.contains(&veth)) {
+        out.push(format!("link: {l}"));
+    }
+    out
+}
+
+impl Drop for G {
+    fn drop(&mut self) {
+        let ids = self.out(&["ps", "-aq"]);
+        let full: Vec<String> = std::fs::read_dir(self.data.path().join("containers"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.len() == 64)
+            .collect();
+        for id in text(&ids).split_whitespace() {
+            let _ = self.out(&["rm", "-f", id]);
+        }
+        if !std::thread::panicking() {
+            for id in full {
+                let left = leftovers(&id);
+                assert!(left.is_empty(), "container {id} left behind: {left:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,723 @@
+//! Containers on the native runtime, as root, against the real kernel.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn run_captures_output_and_exit_codes() {
+    let Some(g) = G::new("run_captures_output_and_exit_codes") else {
+        return;
+    };
+    g.busybox_image("bb");
+    let out = g.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "bb",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; hostname; cat /proc/1/cmdline | tr '\\0' ' '",
+    ]);
+    assert!(out.starts_with("out\n"), "{out}");
+    assert!(
+        out.contains("sh -c"),
+        "pid 1 in its own pid namespace: {out}"
+    );
+    g.fails(&["run", "--rm", "bb", "sh", "-c", "exit 42"], 42);
+    let e = g.fails(&["run", "--rm", "bb", "no-such-binary"], 127);
+    assert!(e.contains("executable file not found"), "{e}");
+    let e = g.fails(&["run", "--rm", "bb", "/etc"], 126);
+    assert!(e.contains("permission denied"), "{e}");
+    // 137 after SIGKILL from outside (pid 1 cannot be killed from inside).
+    g.ok(&["run", "-d", "--name", "victim", "bb", "sleep", "100"]);
+    g.ok(&["kill", "victim"]);
+    assert_eq!(g.ok(&["wait", "victim"]), "137\n");
+    g.ok(&["rm", "victim"]);
+    assert_eq!(
+        g.ok(&["ps", "-aq"]).trim(),
+        "",
+        "--rm removed every container"
+    );
+}
+
+#[test]
+fn entrypoint_cmd_and_env_follow_docker() {
+    let Some(g) = G::new("entrypoint_cmd_and_env_follow_docker") else {
+        return;
+    };
+    let ctx = g.context(
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nENV A=from-image B=keep\nWORKDIR /srv/app\nENTRYPOINT [\"echo\", \"ep\"]\nCMD [\"default\"]\n",
+    );
+    g.ok(&["build", "-q", "-t", "ep", ctx.path().to_str().unwrap()]);
+    assert_eq!(g.ok(&["run", "--rm", "ep"]), "ep default\n");
+    assert_eq!(g.ok(&["run", "--rm", "ep", "mine", "too"]), "ep mine too\n");
+    assert_eq!(
+        g.ok(&["run", "--rm", "--entrypoint", "pwd", "ep"]),
+        "/srv/app\n"
+    );
+    let env_file = ctx.path().join("env");
+    std::fs::write(&env_file, "# comment\nC=from-file\nA=file-loses\n").unwrap();
+    let out = g.ok(&[
+        "run",
+        "--rm",
+        "--env-file",
+        env_file.to_str().unwrap(),
+        "-e",
+        "A=from-cli",
+        "--entrypoint",
+        "sh",
+        "ep",
+        "-c",
+        "echo $A $B $C",
+    ]);
+    assert_eq!(out, "from-cli keep from-file\n");
+    assert_eq!(
+        g.ok(&["run", "--rm", "-w", "/tmp", "--entrypoint", "pwd", "ep"]),
+        "/tmp\n"
+    );
+    assert_eq!(
+        g.ok(&["run", "--rm", "-u", "1000:1000", "--entrypoint", "id", "ep"])
+            .trim(),
+        "uid=1000 gid=1000 groups=1000"
+    );
+}
+
+#[test]
+fn memory_limit_kills_with_137() {
+    let Some(g) = G::new("memory_limit_kills_with_137") else {
+        return;
+    };
+    g.busybox_image("bb");
+    // tail keeps the whole newline-free stream in memory.
+    g.fails(
+        &[
+            "run",
+            "--name",
+            "oom",
+            "-m",
+            "16m",
+            "bb",
+            "sh",
+            "-c",
+            "head -c 200m /dev/zero | tail",
+        ],
+        137,
+    );
+    let st = g.inspect("oom");
+    assert_eq!(st["State"]["OOMKilled"], true, "{st}");
+    assert_eq!(st["HostConfig"]["Memory"], 16 << 20);
+    // Under the limit, fine.
+    g.ok(&[
+        "run",
+        "--rm",
+        "-m",
+        "64m",
+        "bb",
+        "sh",
+        "-c",
+        "head -c 8m /dev/zero | tail > /dev/null",
+    ]);
+    let e = g.fails(&["run", "--rm", "-m", "lots", "bb", "true"], 125);
+    assert!(e.contains("invalid size"), "{e}");
+}
+
+#[test]
+fn cpu_quota_throttles() {
+    let Some(g) = G::new("cpu_quota_throttles") else {
+        return;
+    };
+    g.busybox_image("bb");
+    let id = g
+        .ok(&[
+            "run",
+            "-d",
+            "--cpus",
+            "0.2",
+            "bb",
+            "sh",
+            "-c",
+            "while :; do :; done",
+        ])
+        .trim()
+        .to_owned();
+    let cg = format!("/sys/fs/cgroup/cpu/gantry/{id}");
+    assert_eq!(
+        std::fs::read_to_string(format!("{cg}/cpu.cfs_quota_us"))
+            .unwrap()
+            .trim(),
+        "20000"
+    );
+    let usage = || -> u64 {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/cpuacct/gantry/{id}/cpuacct.usage"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let u0 = usage();
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_millis(1500));
+    let used = (usage() - u0) as f64 / t0.elapsed().as_nanos() as f64;
+    let stat = std::fs::read_to_string(format!("{cg}/cpu.stat")).unwrap();
+    let throttled: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("nr_throttled "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(throttled > 0, "{stat}");
+    assert!(
+        used < 0.35,
+        "a busy loop under --cpus 0.2 used {used:.2} of a CPU"
+    );
+    g.ok(&["rm", "-f", &id]);
+}
+
+#[test]
+fn pids_limit_holds() {
+    let Some(g) = G::new("pids_limit_holds") else {
+        return;
+    };
+    g.busybox_image("bb");
+    let id = g.ok(&["run", "-d", "--pids-limit", "8", "bb", "sleep", "60"]);
+    let id = id.trim();
+    let dir = format!("/sys/fs/cgroup/pids/gantry/{id}");
+    assert_eq!(
+        std::fs::read_to_string(format!("{dir}/pids.max"))
+            .unwrap()
+            .trim(),
+        "8"
+    );
+    // exec joins the container's cgroup, so its children count too.
+    let o = g.out(&[
+        "exec",
+        id,
+        "sh",
+        "-c",
+        "for i in $(seq 20); do sleep 30 & done; echo started",
+    ]);
+    let err = errtext(&o);
+    assert!(err.contains("fork"), "forks beyond the limit fail: {err}");
+    let current: u64 = std::fs::read_to_string(format!("{dir}/pids.current"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(current <= 8, "{current} processes ran under --pids-limit 8");
+    let events = std::fs::read_to_string(format!("{dir}/pids.events")).unwrap();
+    assert_ne!(events.trim(), "max 0", "{events}");
+}
+
+#[test]
+fn stop_waits_the_grace_period_then_kills() {
+    let Some(g) = G::new("stop_waits_the_grace_period_then_kills") else {
+        return;
+    };
+    g.busybox_image("bb");
+    // sleep as pid 1 has no SIGTERM handler, so the kernel ignores SIGTERM.
+    g.ok(&["run", "-d", "--name", "stubborn", "bb", "sleep", "100"]);
+    let t = Instant::now();
+    g.ok(&["stop", "-t", "1", "stubborn"]);
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(950),
+        "stop returned after {took:?}, before the grace period"
+    );
+    assert!(took < Duration::from_secs(6), "stop took {took:?}");
+    assert_eq!(g.inspect("stubborn")["State"]["ExitCode"], 137);
+    // A process that handles SIGTERM ends at once with its own code.
+    g.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "polite",
+        "bb",
+        "sh",
+        "-c",
+        "trap 'exit 3' TERM; while :; do sleep 0.1; done",
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    g.ok(&["stop", "-t", "10", "polite"]);
+    assert!(t.elapsed() < Duration::from_secs(3));
+    assert_eq!(g.inspect("polite")["State"]["ExitCode"], 3);
+    // --stop-signal is honoured.
+    g.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "usr1",
+        "--stop-signal",
+        "USR1",
+        "bb",
+        "sh",
+        "-c",
+        "trap 'exit 7' USR1; while :; do sleep 0.1; done",
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    g.ok(&["stop", "usr1"]);
+    assert_eq!(g.inspect("usr1")["State"]["ExitCode"], 7);
+    // Stopped containers start again.
+    g.ok(&["start", "polite"]);
+    assert_eq!(g.inspect("polite")["State"]["Status"], "running");
+}
+
+#[test]
+fn exec_runs_inside_the_container() {
+    let Some(g) = G::new("exec_runs_inside_the_container") else {
+        return;
+    };
+    g.busybox_image("bb");
+    g.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "box",
+        "-e",
+        "X=ctr",
+        "bb",
+        "sh",
+        "-c",
+        "echo hi > /marker; sleep 100",
+    ]);
+    wait_for("marker", Duration::from_secs(5), || {
+        let o = g.out(&["exec", "box", "cat", "/marker"]);
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(errtext(&o))
+        }
+    });
+    assert_eq!(g.ok(&["exec", "box", "sh", "-c", "echo $X $Y"]), "ctr\n");
+    assert_eq!(
+        g.ok(&["exec", "-e", "Y=mine", "box", "sh", "-c", "echo $X $Y"]),
+        "ctr mine\n"
+    );
+    assert_eq!(g.ok(&["exec", "-w", "/bin", "box", "pwd"]), "/bin\n");
+    assert_eq!(g.ok(&["exec", "-u", "123", "box", "id", "-u"]), "123\n");
+    // Same pid namespace: pid 1 is the container's init.
+    let init = g.ok(&["exec", "box", "cat", "/proc/1/cmdline"]);
+    assert!(init.contains("sleep"), "{init}");
+    let tty = g.ok(&["exec", "-t", "box", "tty"]);
+    assert!(
+        tty.trim().starts_with("/dev/pts/"),
+        "exec -t gives a pty of the container's own: {tty}"
+    );
+    g.fails(&["exec", "box", "sh", "-c", "exit 5"], 5);
+    g.fails(&["exec", "box", "nope"], 127);
+    g.ok(&["kill", "box"]);
+    g.ok(&["wait", "box"]);
+    let e = g.fails(&["exec", "box", "true"], 1);
+    assert!(e.contains("not running"), "{e}");
+}
+
+#[test]
+fn logs_are_captured_and_followed() {
+    let Some(g) = G::new("logs_are_captured_and_followed") else {
+        return;
+    };
+    g.busybox_image("bb");
+    g.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "talker",
+        "bb",
+        "sh",
+        "-c",
+        "echo first; echo oops >&2; sleep 1; echo second; sleep 1; echo third",
+    ]);
+    let follow = g.cmd().args(["logs", "-f", "talker"]).output().unwrap();
+    assert_eq!(
+        text(&follow),
+        "first\nsecond\nthird\n",
+        "logs -f ends when the container does"
+    );
+    assert_eq!(errtext(&follow), "oops\n");
+    assert_eq!(g.ok(&["logs", "--tail", "1", "talker"]), "third\n");
+    let ts = g.ok(&["logs", "-t", "talker"]);
+    assert!(
+        ts.lines().all(|l| l.len() > 30 && l.as_bytes()[4] == b'-'),
+        "{ts}"
+    );
+    let id = g.id_of("talker");
+    let raw = std::fs::read_to_string(
+        g.data
+            .path()
+            .join("containers")
+            .join(&id)
+            .join("container.log"),
+    )
+    .unwrap();
+    let first: serde_json::Value = serde_json::from_str(raw.lines().next().unwrap()).unwrap();
+    assert_eq!(first["log"], "first\n");
+    assert_eq!(first["stream"], "stdout");
+    assert!(first["time"].is_string());
+}
+
+#[test]
+fn detached_containers_outlive_the_cli_and_restart_by_policy() {
+    let Some(g) = G::new("detached_containers_outlive_the_cli_and_restart_by_policy") else {
+        return;
+    };
+    g.busybox_image("bb");
+    g.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "flaky",
+        "--restart",
+        "on-failure:2",
+        "bb",
+        "sh",
+        "-c",
+        "echo run; exit 1",
+    ]);
+    wait_for("two restarts", Duration::from_secs(10), || {
+        let s = g.inspect("flaky");
+        if s["State"]["Status"] == "exited" && s["State"]["RestartCount"] == 2 {
+            Ok(())
+        } else {
+            Err(s["State"].to_string())
+        }
+    });
+    assert_eq!(g.ok(&["logs", "flaky"]), "run\nrun\nrun\n");
+    g.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "always",
+        "--restart",
+        "always",
+        "bb",
+        "sh",
+        "-c",
+        "exit 0",
+    ]);
+    wait_for("a restart", Duration::from_secs(5), || {
+        let s = g.inspect("always");
+        if s["State"]["RestartCount"].as_u64().unwrap_or(0) >= 1 {
+            Ok(())
+        } else {
+            Err(s["State"].to_string())
+        }
+    });
+    g.ok(&["stop", "always"]);
+    let count = g.inspect("always")["State"]["RestartCount"]
+        .as_u64()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let s = g.inspect("always");
+    assert_eq!(
+        s["State"]["Status"], "exited",
+        "stop ends an always-restarting container"
+    );
+    assert_eq!(s["State"]["RestartCount"].as_u64().unwrap(), count);
+}
+
+#[test]
+fn volumes_outlive_containers_and_binds_and_tmpfs_work() {
+    let Some(g) = G::new("volumes_outlive_containers_and_binds_and_tmpfs_work") else {
+        return;
+    };
+    let ctx = g.context("FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN mkdir -p /seed && echo seeded > /seed/file\n");
+    g.ok(&["build", "-q", "-t", "bb", ctx.path().to_str().unwrap()]);
+    g.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "data:/data",
+        "bb",
+        "sh",
+        "-c",
+        "echo kept > /data/f",
+    ]);
+    assert_eq!(
+        g.ok(&["run", "--rm", "-v", "data:/data:ro", "bb", "cat", "/data/f"]),
+        "kept\n"
+    );
+    let e = g.fails(
+        &[
+            "run",
+            "--rm",
+            "-v",
+            "data:/data:ro",
+            "bb",
+            "touch",
+            "/data/x",
+        ],
+        1,
+    );
+    assert!(e.contains("Read-only"), "{e}");
+    // A new volume is filled from the image at its mount point.
+    assert_eq!(
+        g.ok(&[
+            "run",
+            "--rm",
+            "-v",
+            "seedvol:/seed",
+            "bb",
+            "cat",
+            "/seed/file"
+        ]),
+        "seeded\n"
+    );
+    let ls = g.ok(&["volume", "ls", "-q"]);
+    assert_eq!(ls, "data\nseedvol\n");
+    let v: serde_json::Value = serde_json::from_str(&g.ok(&["volume", "inspect", "data"])).unwrap();
+    assert!(v[0]["mountpoint"]
+        .as_str()
+        .unwrap()
+        .starts_with(g.data.path().to_str().unwrap()));
+    // In use by a running container: refused.
+    g.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "user",
+        "-v",
+        "data:/data",
+        "bb",
+        "sleep",
+        "100",
+    ]);
+    let e = g.fails(&["volume", "rm", "data"], 1);
+    assert!(e.contains("in use"), "{e}");
+    g.ok(&["rm", "-f", "user"]);
+    g.ok(&["volume", "rm", "data"]);
+    // Bind mount and tmpfs.
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("h"), "from host").unwrap();
+    let bind = format!("{}:/host", host.path().display());
+    assert_eq!(
+        g.ok(&["run", "--rm", "-v", &bind, "bb", "cat", "/host/h"]),
+        "from host"
+    );
+    g.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        &bind,
+        "bb",
+        "sh",
+        "-c",
+        "echo back > /host/back",
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("back")).unwrap(),
+        "back\n"
+    );
+    let mounts = g.ok(&[
+        "run",
+        "--rm",
+        "--tmpfs",
+        "/scratch",
+        "bb",
+        "grep",
+        " /scratch ",
+        "/proc/mounts",
+    ]);
+    assert!(mounts.starts_with("tmpfs /scratch tmpfs"), "{mounts}");
+    let e = g.fails(&["run", "--rm", "-v", "bad/name:/x", "bb", "true"], 125);
+    assert!(e.contains("invalid volume name"), "{e}");
+}
+
+#[test]
+fn isolation_read_only_and_capabilities() {
+    let Some(g) = G::new("isolation_read_only_and_capabilities") else {
+        return;
+    };
+    g.busybox_image("bb");
+    let e = g.fails(&["run", "--rm", "--read-only", "bb", "touch", "/x"], 1);
+    assert!(e.contains("Read-only file system"), "{e}");
+    // /sys is read-only, /proc/kcore hidden, no CAP_SYS_ADMIN: mount is refused.
+    g.fails(&["run", "--rm", "bb", "touch", "/sys/x"], 1);
+    for masked in [
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/timer_list",
+        "/proc/sched_debug",
+    ] {
+        if std::path::Path::new(masked).exists() {
+            let n = g.ok(&[
+                "run",
+                "--rm",
+                "bb",
+                "sh",
+                "-c",
+                &format!("cat {masked} | wc -c"),
+            ]);
+            assert_eq!(n.trim(), "0", "{masked} is masked");
+        }
+    }
+    let o = g.out(&["run", "--rm", "bb", "mount", "-t", "tmpfs", "t", "/mnt"]);
+    assert!(!o.status.success());
+    let e = errtext(&o);
+    assert!(
+        e.contains("ermission denied") || e.contains("not permitted"),
+        "{e}"
+    );
+    let caps = g.ok(&["run", "--rm", "bb", "grep", "CapEff", "/proc/self/status"]);
+    assert_eq!(
+        caps.split_whitespace().nth(1),
+        Some("00000000a80425fb"),
+        "Docker's default set: {caps}"
+    );
+    let caps = g.ok(&[
+        "run",
+        "--rm",
+        "-u",
+        "1000",
+        "bb",
+        "grep",
+        "CapEff",
+        "/proc/self/status",
+    ]);
+    assert_eq!(caps.split_whitespace().nth(1), Some("0000000000000000"));
+    let nnp = g.ok(&[
+        "run",
+        "--rm",
+        "bb",
+        "grep",
+        "NoNewPrivs",
+        "/proc/self/status",
+    ]);
+    assert!(nnp.contains('1'), "{nnp}");
+    let sec = g.ok(&["run", "--rm", "bb", "grep", "Seccomp:", "/proc/self/status"]);
+    assert!(sec.contains('2'), "seccomp filter mode: {sec}");
+    // The host's files are not visible.
+    g.fails(&["run", "--rm", "bb", "ls", "/work"], 1);
+    // -t gives a real pty.
+    let tty = g.ok(&["run", "--rm", "-t", "bb", "tty"]);
+    assert!(tty.trim().starts_with("/dev/pts/"), "{tty}");
+}
+
+#[test]
+fn bridge_network_and_published_ports() {
+    let Some(g) = G::new("bridge_network_and_published_ports") else {
+        return;
+    };
+    let ctx = g.context(
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN mkdir /www && echo served > /www/index.html\nCMD [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/www\"]\n",
+    );
+    g.ok(&["build", "-q", "-t", "web", ctx.path().to_str().unwrap()]);
+    let port = gantry_testkit::free_port().to_string();
+    g.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        &format!("{port}:80"),
+        "web",
+    ]);
+    let ip = g.inspect("web")["NetworkSettings"]["IPAddress"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(ip.starts_with("10.88."), "{ip}");
+    let get = |url: String| {
+        wait_for(&url.clone(), Duration::from_secs(5), move || {
+            let o = std::process::Command::new("curl")
+                .args(["-sf", "-m", "2", &url])
+                .output()
+                .map_err(|e| e.to_string())?;
+            if o.status.success() {
+                Ok(text(&o))
+            } else {
+                Err(errtext(&o))
+            }
+        })
+    };
+    assert_eq!(
+        get(format!("http://{ip}/")),
+        "served\n",
+        "the host reaches the container by its address"
+    );
+    assert_eq!(
+        get(format!("http://127.0.0.1:{port}/")),
+        "served\n",
+        "the published port answers"
+    );
+    // A second container reaches the first over the bridge.
+    let out = g.ok(&[
+        "run",
+        "--rm",
+        "web",
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        &format!("http://{ip}/"),
+    ]);
+    assert_eq!(out, "served\n");
+    // The same port twice: a clear error, and the container is not left running.
+    let e = g.fails(
+        &[
+            "run",
+            "-d",
+            "--name",
+            "web2",
+            "-p",
+            &format!("{port}:80"),
+            "web",
+        ],
+        125,
+    );
+    assert!(
+        e.contains("already allocated") || e.contains("in use"),
+        "{e}"
+    );
+    assert_eq!(g.inspect("web2")["State"]["Status"], "exited");
+    // --network none: loopback only.
+    let links = g.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "web",
+        "ls",
+        "/sys/class/net",
+    ]);
+    assert_eq!(links, "lo\n");
+    g.ok(&["rm", "-f", "web"]);
+    assert!(std::process::Command::new("curl")
+        .args(["-sf", "-m", "1", &format!("http://127.0.0.1:{port}/")])
+        .status()
+        .map(|s| !s.success())
+        .unwrap());
+}
+
+#[test]
+fn containers_are_found_by_name_and_prefix_and_ps_formats() {
+    let Some(g) = G::new("containers_are_found_by_name_and_prefix_and_ps_formats") else {
+        return;
+    };
+    g.busybox_image("bb");
+    let id = g
+        .ok(&["run", "-d", "--name", "named", "bb", "sleep", "100"])
+        .trim()
+        .to_owned();
+    assert_eq!(id.len(), 64);
+    g.ok(&["inspect", &id[..6]]);
+    let e = g.fails(&["run", "-d", "--name", "named", "bb", "true"], 125);
+    assert!(e.contains("already in use"), "{e}");
+    let ps: serde_json::Value = serde_json::from_str(&g.ok(&["ps", "--format", "json"])).unwrap();
+    assert_eq!(ps.as_array().unwrap().len(), 1);
+    assert_eq!(ps[0]["Name"], "named");
+    let table = g.ok(&["ps"]);
+    assert!(
+        table.contains("CONTAINER ID") && table.contains("named") && table.contains("Up "),
+        "{table}"
+    );
+    let e = g.fails(&["rm", "named"], 1);
+    assert!(e.contains("is running"), "{e}");
+    let e = g.fails(&["stop", "ghost"], 1);
+    assert!(e.contains("no such container: ghost"), "{e}");
+    g.ok(&["rm", "-f", "named"]);
+    assert!(leftovers(&id).is_empty(), "{:?}", leftovers(&id));
+}
