@@ -523,7 +523,7 @@ fn step(
             let mode = chmod.as_ref().and_then(|m| u32::from_str_radix(m, 8).ok());
             let mut h = Sha256::new();
             for (rel, full) in &files {
-                hash_tree(&mut h, rel, full)
+                hash_tree(&mut h, rel, full, ignore)
                     .map_err(|e| err(format!("read {}: {e}", full.display())))?;
             }
             layer_key_extra = format!(
@@ -553,6 +553,7 @@ fn step(
                         mode,
                         add,
                         srcs.len() > 1,
+                        ignore,
                     )
                     .map_err(err)
                 },
@@ -778,7 +779,7 @@ fn prune_mountpoints(upper: &Path) {
     }
 }
 
-fn hash_tree(h: &mut Sha256, rel: &str, full: &Path) -> std::io::Result<()> {
+fn hash_tree(h: &mut Sha256, rel: &str, full: &Path, ignore: &DockerIgnore) -> std::io::Result<()> {
     let md = fs::symlink_metadata(full)?;
     h.update(rel.as_bytes());
     h.update(format!("{:o}{}", md.mode(), md.len()).as_bytes());
@@ -789,7 +790,10 @@ fn hash_tree(h: &mut Sha256, rel: &str, full: &Path) -> std::io::Result<()> {
             .collect();
         names.sort();
         for n in names {
-            hash_tree(h, &format!("{rel}/{}", n.to_string_lossy()), &full.join(&n))?;
+            let child = join_rel(rel, &n.to_string_lossy());
+            if !ignore.ignored(&child) {
+                hash_tree(h, &child, &full.join(&n), ignore)?;
+            }
         }
     } else if md.file_type().is_symlink() {
         h.update(fs::read_link(full)?.to_string_lossy().as_bytes());
@@ -983,6 +987,7 @@ fn copy_into(
     mode: Option<u32>,
     add: bool,
     many: bool,
+    ignore: &DockerIgnore,
 ) -> Result<Option<PathBuf>, String> {
     let dest_abs = if dest.starts_with('/') {
         dest.to_owned()
@@ -997,7 +1002,7 @@ fn copy_into(
         if md.is_dir() {
             let target = layer.join(&dest_rel);
             mkdirs(layer, &dest_rel, owner).map_err(io)?;
-            copy_dir(full, &target, owner, mode).map_err(io)?;
+            copy_dir(full, rel, &target, owner, mode, ignore).map_err(io)?;
         } else if add && is_archive(full) {
             mkdirs(layer, &dest_rel, owner).map_err(io)?;
             let f = fs::File::open(full).map_err(io)?;
@@ -1069,9 +1074,30 @@ fn copy_file(src: &Path, dst: &Path, owner: (u32, u32), mode: Option<u32>) -> st
     Ok(())
 }
 
-fn copy_dir(src: &Path, dst: &Path, owner: (u32, u32), mode: Option<u32>) -> std::io::Result<()> {
+fn join_rel(base: &str, name: &str) -> String {
+    if base.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{base}/{name}")
+    }
+}
+
+/// Copies a context directory (at context path `rel`) into the layer,
+/// leaving out what `.dockerignore` excludes.
+fn copy_dir(
+    src: &Path,
+    rel: &str,
+    dst: &Path,
+    owner: (u32, u32),
+    mode: Option<u32>,
+    ignore: &DockerIgnore,
+) -> std::io::Result<()> {
     for e in fs::read_dir(src)? {
         let e = e?;
+        let child_rel = join_rel(rel, &e.file_name().to_string_lossy());
+        if ignore.ignored(&child_rel) {
+            continue;
+        }
         let s = e.path();
         let d = dst.join(e.file_name());
         if e.file_type()?.is_dir() {
@@ -1081,7 +1107,7 @@ fn copy_dir(src: &Path, dst: &Path, owner: (u32, u32), mode: Option<u32>) -> std
             let m = e.metadata()?.mode() & 0o7777;
             fs::set_permissions(&d, fs::Permissions::from_mode(mode.unwrap_or(m)))?;
             let _ = std::os::unix::fs::lchown(&d, Some(owner.0), Some(owner.1));
-            copy_dir(&s, &d, owner, mode)?;
+            copy_dir(&s, &child_rel, &d, owner, mode, ignore)?;
         } else {
             copy_file(&s, &d, owner, mode)?;
         }

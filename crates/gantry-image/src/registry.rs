@@ -95,6 +95,15 @@ fn classify(registry: &str, reference: &str, e: OciDistributionError) -> Registr
             registry,
             why: error_chain(&r),
         },
+        E::RequestError(r) if matches!(r.status().map(|s| s.as_u16()), Some(401 | 403)) => {
+            RegistryError::AuthRefused {
+                registry,
+                why: error_chain(&r),
+            }
+        }
+        E::RequestError(r) if r.status().map(|s| s.as_u16()) == Some(404) => {
+            RegistryError::NotFound(reference.to_owned())
+        }
         E::RequestError(r) => RegistryError::Protocol {
             registry,
             why: error_chain(&r),
@@ -232,6 +241,18 @@ impl RegistryOptions {
             .auth(probe.inner(), &auth, RegistryOperation::Pull)
             .await
             .map_err(|e| classify(registry, registry, e))?;
+        // A registry with plain basic auth hands out no token, so the step
+        // above proves nothing: make one authenticated request. "Not found"
+        // for the probe repository means the credentials were accepted.
+        match client.list_tags(probe.inner(), &auth, Some(1), None).await {
+            Ok(_) => {}
+            Err(e) => match classify(registry, registry, e) {
+                RegistryError::NotFound(_) => {}
+                RegistryError::Protocol { why, .. }
+                    if why.contains("NameUnknown") || why.contains("404") => {}
+                other => return Err(other),
+            },
+        }
         let path = self.credentials_path();
         let mut file = CredentialsFile::load(&path)?.unwrap_or_default();
         file.set(registry, user, password);
@@ -648,10 +669,13 @@ pub async fn push(
     let auth = opts.auth_for(target.registry())?;
     let reg = target.registry().to_owned();
     let name = target.to_string();
-    client
-        .auth(target.inner(), &auth, RegistryOperation::Push)
-        .await
-        .map_err(|e| classify(&reg, &name, e))?;
+    // Push needs both scopes: blob existence checks are pull requests.
+    for op in [RegistryOperation::Push, RegistryOperation::Pull] {
+        client
+            .auth(target.inner(), &auth, op)
+            .await
+            .map_err(|e| classify(&reg, &name, e))?;
+    }
     client
         .store_auth_if_needed(target.inner().resolve_registry(), &auth)
         .await;

@@ -602,6 +602,26 @@ impl Store {
         Ok(())
     }
 
+    /// Removes this process's temp entries (after a failed operation whose
+    /// tasks have all ended).
+    pub fn discard_own_tmp(&self) {
+        let mine = format!("-{}-", std::process::id());
+        for e in fs::read_dir(self.root.join("tmp"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if e.file_name().to_string_lossy().contains(&mine) {
+                let p = e.path();
+                let _ = if p.is_dir() {
+                    fs::remove_dir_all(&p)
+                } else {
+                    fs::remove_file(&p)
+                };
+            }
+        }
+    }
+
     /// Removes temp entries whose owning process is gone.
     pub fn clean_tmp(&self) {
         let tmp = self.root.join("tmp");

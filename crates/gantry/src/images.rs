@@ -227,9 +227,13 @@ pub(crate) fn pull_image(
     } else {
         progress("downloading")
     };
-    let img = block_on(gantry_image::pull(store, r, &ctx.registry, prog))?
-        .with_context(|| format!("pull {r}"))?;
-    Ok(img)
+    // The runtime is gone when block_on returns, so no task of the pull
+    // still writes: what it left in the store's temp dir can go.
+    let res = block_on(gantry_image::pull(store, r, &ctx.registry, prog))?;
+    if res.is_err() {
+        store.discard_own_tmp();
+    }
+    res.with_context(|| format!("pull {r}"))
 }
 
 /// The local image for `name`, pulled first if it is not here (as `docker run`).

@@ -55,6 +55,13 @@ enum Cmd {
     Images(images::LsArgs),
     /// Remove images (same as `image rm`).
     Rmi(images::RmArgs),
+    /// Give an image another name (same as `image tag`).
+    Tag {
+        /// Existing image.
+        source: String,
+        /// New reference.
+        target: String,
+    },
     /// Log in to a registry.
     Login(images::LoginArgs),
     /// Log out of a registry.
@@ -184,6 +191,7 @@ fn dispatch(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<u8> {
         Cmd::Build(a) => images::run(ctx, images::ImageCmd::Build(a)),
         Cmd::Images(a) => images::run(ctx, images::ImageCmd::Ls(a)),
         Cmd::Rmi(a) => images::run(ctx, images::ImageCmd::Rm(a)),
+        Cmd::Tag { source, target } => images::run(ctx, images::ImageCmd::Tag { source, target }),
         Cmd::Login(a) => images::login(ctx, a),
         Cmd::Logout { registry } => images::logout(ctx, &registry),
         Cmd::Run(a) => containers::run(ctx, *a),

@@ -2,7 +2,7 @@
 //! real `gantry` binary. Dropping it force-removes every container it made
 //! and checks that nothing stayed behind in the kernel.
 
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

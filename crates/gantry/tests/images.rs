@@ -1,0 +1,643 @@
+//! Images end to end: build, push to and pull from a real loopback
+//! registry (Debian's docker-registry), images made by a third-party client
+//! (skopeo), hostile layers, auth, and failures that must leave nothing.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use sha2::{Digest as _, Sha256};
+
+fn sha(b: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(b)))
+}
+
+fn curl(args: &[&str]) -> std::process::Output {
+    Command::new("curl").args(args).output().expect("curl")
+}
+
+/// Uploads a blob with the registry API (monolithic upload).
+fn upload_blob(reg: &Registry, repo: &str, data: &[u8]) -> String {
+    let digest = sha(data);
+    let out = curl(&[
+        "-s",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-X",
+        "POST",
+        &format!("http://{}/v2/{repo}/blobs/uploads/", reg.addr),
+    ]);
+    let headers = text(&out);
+    let loc = headers
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Location: ")
+                .or_else(|| l.strip_prefix("location: "))
+        })
+        .expect("upload location")
+        .trim()
+        .to_owned();
+    let url = if loc.starts_with("http") {
+        loc
+    } else {
+        format!("http://{}{loc}", reg.addr)
+    };
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), data).unwrap();
+    let put = curl(&[
+        "-sf",
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/octet-stream",
+        "--data-binary",
+        &format!("@{}", f.path().display()),
+        &format!("{url}{sep}digest={digest}"),
+    ]);
+    assert!(put.status.success(), "blob upload: {}", errtext(&put));
+    digest
+}
+
+/// Pushes an image made by hand (not by Gantry) with the raw registry API.
+fn push_raw(reg: &Registry, repo: &str, tag: &str, layers: &[Vec<u8>], diff_ids: &[String]) {
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["/bin/busybox", "true"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    });
+    let config = serde_json::to_vec(&config).unwrap();
+    let cd = upload_blob(reg, repo, &config);
+    let ls: Vec<_> = layers
+        .iter()
+        .map(|l| {
+            let d = upload_blob(reg, repo, l);
+            serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": l.len()})
+        })
+        .collect();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+        "layers": ls,
+    });
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let put = curl(&[
+        "-sf",
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/vnd.oci.image.manifest.v1+json",
+        "--data-binary",
+        &format!("@{}", f.path().display()),
+        &format!("http://{}/v2/{repo}/manifests/{tag}", reg.addr),
+    ]);
+    assert!(put.status.success(), "manifest upload: {}", errtext(&put));
+}
+
+/// A tar with raw entry names, as a hostile archive would carry.
+fn raw_tar(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, kind, data, link) in entries {
+        let mut h = tar::Header::new_gnu();
+        let name = &mut h.as_old_mut().name;
+        name[..path.len()].copy_from_slice(path.as_bytes());
+        if let Some(l) = link {
+            h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
+        }
+        h.set_entry_type(*kind);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o755);
+        h.set_cksum();
+        b.append(&h, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+const APP_DOCKERFILE: &str = r#"FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+ARG VERSION=dev
+ENV APP_VERSION=$VERSION GREETING="hello there"
+WORKDIR /app
+COPY site/ /app/site/
+RUN echo "built $APP_VERSION" > /app/built.txt && mkdir -p /app/tmp && echo junk > /app/tmp/junk
+LABEL org.opencontainers.image.title="demo app"
+EXPOSE 8080
+HEALTHCHECK --interval=5s --timeout=2s --retries=3 CMD wget -q -O /dev/null http://localhost:8080/ || exit 1
+CMD ["sh", "-c", "cat /app/built.txt /app/site/index.html; echo $GREETING"]
+"#;
+
+fn app_context(g: &G) -> tempfile::TempDir {
+    let ctx = g.context(APP_DOCKERFILE);
+    std::fs::create_dir(ctx.path().join("site")).unwrap();
+    std::fs::write(ctx.path().join("site/index.html"), "<h1>site</h1>\n").unwrap();
+    std::fs::write(ctx.path().join("site/secret.key"), "do not ship").unwrap();
+    std::fs::write(ctx.path().join(".dockerignore"), "site/*.key\n").unwrap();
+    ctx
+}
+
+#[test]
+fn build_push_delete_pull_run() {
+    let Some(g) = G::new("build_push_delete_pull_run") else {
+        return;
+    };
+    let reg = Registry::start();
+    let ctx = app_context(&g);
+    let tag = format!("{}/team/app:v1", reg.addr);
+    let out = g.ok(&[
+        "build",
+        "-t",
+        &tag,
+        "--build-arg",
+        "VERSION=1.2",
+        ctx.path().to_str().unwrap(),
+    ]);
+    assert!(out.contains("Step 12/12"), "{out}");
+    let first = g.inspect_image(&tag);
+    // The image config carries what the Dockerfile said.
+    let cfg = &first["Config"]["config"];
+    assert_eq!(cfg["WorkingDir"], "/app");
+    assert_eq!(cfg["Labels"]["org.opencontainers.image.title"], "demo app");
+    assert!(cfg["ExposedPorts"].get("8080/tcp").is_some());
+    assert_eq!(cfg["Healthcheck"]["Test"][0], "CMD-SHELL");
+    assert_eq!(cfg["Healthcheck"]["Interval"], 5_000_000_000u64);
+    assert!(cfg["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e == "APP_VERSION=1.2"));
+    assert_eq!(
+        first["Manifest"]["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    // An unchanged rebuild adds no layer and gives the same image.
+    let again = g.ok(&[
+        "build",
+        "-t",
+        &tag,
+        "--build-arg",
+        "VERSION=1.2",
+        ctx.path().to_str().unwrap(),
+    ]);
+    assert_eq!(again.matches("Using cache").count(), 4, "{again}");
+    assert_eq!(g.inspect_image(&tag)["Id"], first["Id"]);
+    // .dockerignore kept the key out.
+    g.fails(&["run", "--rm", &tag, "ls", "/app/site/secret.key"], 1);
+
+    let pushed = g.ok(&["push", &tag]);
+    assert!(pushed.contains("digest: sha256:"), "{pushed}");
+    g.ok(&["rmi", &tag]);
+    assert!(g.ok(&["images", "-q"]).trim().is_empty());
+    g.ok(&["image", "prune"]);
+    g.ok(&["pull", &tag]);
+    assert_eq!(
+        g.inspect_image(&tag)["Id"],
+        first["Id"],
+        "the same image came back"
+    );
+    assert_eq!(
+        g.ok(&["run", "--rm", &tag]),
+        "built 1.2\n<h1>site</h1>\nhello there\n"
+    );
+
+    // A fresh Gantry elsewhere pulls it too, layers verified and unpacked.
+    let g2 = G::new("build_push_delete_pull_run").unwrap();
+    assert_eq!(
+        g2.ok(&["run", "--rm", &tag, "cat", "/app/built.txt"]),
+        "built 1.2\n"
+    );
+    // Pushing to another repository of the same registry mounts the blobs.
+    let other = format!("{}/other/app:v1", reg.addr);
+    g.ok(&["tag", &tag, &other]);
+    let out = g.cmd().args(["push", &other]).output().unwrap();
+    assert!(out.status.success());
+    let progress = errtext(&out);
+    assert!(
+        progress.contains("mounted from another repository") || progress.contains("already exists"),
+        "{progress}"
+    );
+    // skopeo, a third-party client, accepts what Gantry built and pushed.
+    let insp = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", &format!("docker://{tag}")])
+        .output()
+        .unwrap();
+    assert!(insp.status.success(), "{}", errtext(&insp));
+    let v: serde_json::Value = serde_json::from_slice(&insp.stdout).unwrap();
+    assert_eq!(v["Architecture"], "amd64");
+    assert_eq!(v["Layers"].as_array().unwrap().len(), 4);
+    let dir = tempfile::tempdir().unwrap();
+    let copy = Command::new("skopeo")
+        .args([
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{tag}"),
+            &format!("oci:{}:v1", dir.path().display()),
+        ])
+        .output()
+        .unwrap();
+    assert!(copy.status.success(), "skopeo copy: {}", errtext(&copy));
+}
+
+#[test]
+fn image_pushed_by_skopeo_pulls_and_runs() {
+    let Some(g) = G::new("image_pushed_by_skopeo_pulls_and_runs") else {
+        return;
+    };
+    let reg = Registry::start();
+    // A docker-archive (docker save format) made by hand; skopeo pushes it
+    // as a Docker schema 2 image with its own compression.
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy(busybox(), root.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
+    std::os::unix::fs::symlink("busybox", root.join("bin/echo")).unwrap();
+    let st = Command::new("tar")
+        .args([
+            "-C",
+            root.to_str().unwrap(),
+            "-cf",
+            work.path().join("layer.tar").to_str().unwrap(),
+            "bin",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let layer = std::fs::read(work.path().join("layer.tar")).unwrap();
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["sh", "-c", "echo made by skopeo; echo $FROM_SKOPEO"], "Env": ["PATH=/bin", "FROM_SKOPEO=yes"]},
+        "rootfs": {"type": "layers", "diff_ids": [sha(&layer)]},
+    });
+    std::fs::write(
+        work.path().join("config.json"),
+        serde_json::to_vec(&config).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        work.path().join("manifest.json"),
+        r#"[{"Config":"config.json","RepoTags":["handmade:latest"],"Layers":["layer.tar"]}]"#,
+    )
+    .unwrap();
+    let archive = work.path().join("archive.tar");
+    let st = Command::new("tar")
+        .args([
+            "-C",
+            work.path().to_str().unwrap(),
+            "-cf",
+            archive.to_str().unwrap(),
+            "manifest.json",
+            "config.json",
+            "layer.tar",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let dest = format!("{}/handmade:latest", reg.addr);
+    let out = Command::new("skopeo")
+        .args([
+            "copy",
+            "--dest-tls-verify=false",
+            &format!("docker-archive:{}", archive.display()),
+            &format!("docker://{dest}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "skopeo push: {}", errtext(&out));
+    g.ok(&["pull", &dest]);
+    let img = g.inspect_image(&dest);
+    assert_eq!(
+        img["Manifest"]["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    assert_eq!(g.ok(&["run", "--rm", &dest]), "made by skopeo\nyes\n");
+}
+
+#[test]
+fn whiteouts_hide_lower_files_locally_and_after_a_round_trip() {
+    let Some(g) = G::new("whiteouts_hide_lower_files_locally_and_after_a_round_trip") else {
+        return;
+    };
+    let reg = Registry::start();
+    let ctx = g.context(
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+         RUN mkdir -p /d/sub /keep && echo a > /gone && echo b > /d/sub/old && echo c > /keep/stays\n\
+         RUN rm /gone && rm -rf /d && mkdir -p /d && echo new > /d/fresh\n",
+    );
+    let tag = format!("{}/wh:1", reg.addr);
+    g.ok(&["build", "-q", "-t", &tag, ctx.path().to_str().unwrap()]);
+    let check = |g: &G| {
+        let out = g.ok(&[
+            "run",
+            "--rm",
+            &tag,
+            "sh",
+            "-c",
+            "ls /gone 2>&1; ls /d; cat /keep/stays",
+        ]);
+        assert!(out.contains("No such file"), "{out}");
+        assert!(
+            out.contains("fresh") && !out.contains("sub"),
+            "opaque dir hides the old content: {out}"
+        );
+        assert!(out.ends_with("c\n"), "{out}");
+    };
+    check(&g);
+    g.ok(&["push", &tag]);
+    let g2 = G::new("whiteouts_hide_lower_files_locally_and_after_a_round_trip").unwrap();
+    g2.ok(&["pull", &tag]);
+    check(&g2);
+}
+
+#[test]
+fn malicious_layers_are_refused_and_nothing_is_written() {
+    let Some(g) = G::new("malicious_layers_are_refused_and_nothing_is_written") else {
+        return;
+    };
+    let reg = Registry::start();
+    let victim = tempfile::tempdir().unwrap();
+    let target = victim.path().join("pwned");
+    let rel_escape = format!("../../../../../../../../..{}", target.display());
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "dotdot",
+            raw_tar(&[(rel_escape.as_str(), tar::EntryType::Regular, b"x", None)]),
+            "'..'",
+        ),
+        (
+            "absolute",
+            raw_tar(&[(
+                target.to_str().unwrap(),
+                tar::EntryType::Regular,
+                b"x",
+                None,
+            )]),
+            "absolute path",
+        ),
+        (
+            "symlink",
+            raw_tar(&[
+                (
+                    "esc",
+                    tar::EntryType::Symlink,
+                    b"",
+                    Some(victim.path().to_str().unwrap()),
+                ),
+                ("esc/pwned", tar::EntryType::Regular, b"x", None),
+            ]),
+            "symlink",
+        ),
+        (
+            "hardlink",
+            raw_tar(&[("pw", tar::EntryType::Link, b"", Some("/etc/passwd"))]),
+            "hard link",
+        ),
+    ];
+    for (name, layer, why) in cases {
+        let gz = gzip(&layer);
+        push_raw(
+            &reg,
+            &format!("evil/{name}"),
+            "latest",
+            &[gz],
+            &[sha(&layer)],
+        );
+        let r = format!("{}/evil/{name}:latest", reg.addr);
+        let e = g.fails(&["pull", &r], 1);
+        assert!(e.contains("refused") && e.contains(why), "{name}: {e}");
+        assert_eq!(
+            e.lines().filter(|l| l.starts_with("Error")).count(),
+            1,
+            "one error line: {e}"
+        );
+        assert!(!target.exists(), "{name} wrote outside the layer");
+        assert!(g.store_tmp_is_empty(), "{name} left temp files");
+        assert!(
+            g.ok(&["images", "-q"]).trim().is_empty(),
+            "{name} left an image"
+        );
+        let layers = std::fs::read_dir(g.data.path().join("images/layers"))
+            .unwrap()
+            .count();
+        assert_eq!(layers, 0, "{name} left an unpacked layer");
+    }
+}
+
+#[test]
+fn registry_credentials_work_like_docker_login() {
+    let Some(g) = G::new("registry_credentials_work_like_docker_login") else {
+        return;
+    };
+    let reg = Registry::start_with_auth("alice", "s3cret");
+    g.busybox_image("bb");
+    let tag = format!("{}/private/bb:1", reg.addr);
+    g.ok(&["tag", "bb", &tag]);
+    let e = g.fails(&["push", &tag], 1);
+    assert!(
+        e.contains("refused the credentials") && e.contains("gantry login"),
+        "{e}"
+    );
+    let e = g.fails(&["login", "-u", "alice", "-p", "wrong", &reg.addr], 1);
+    assert!(e.contains("refused"), "{e}");
+    let o = g
+        .cmd()
+        .args(["login", "-u", "alice", "--password-stdin", &reg.addr])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(b"s3cret\n")?;
+            c.wait_with_output()
+        });
+    let o = o.unwrap();
+    assert!(o.status.success(), "{}", errtext(&o));
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(g.home.path().join(".docker/config.json")).unwrap())
+            .unwrap();
+    assert!(
+        cfg["auths"][&reg.addr]["auth"].is_string(),
+        "Docker's format: {cfg}"
+    );
+    g.ok(&["push", &tag]);
+    g.ok(&["rmi", &tag]);
+    g.ok(&["pull", &tag]);
+    g.ok(&["logout", &reg.addr]);
+    g.ok(&["rmi", &tag]);
+    let e = g.fails(&["pull", &tag], 1);
+    assert!(e.contains("refused"), "{e}");
+}
+
+#[test]
+fn failures_are_one_clear_line_and_leave_nothing() {
+    let Some(g) = G::new("failures_are_one_clear_line_and_leave_nothing") else {
+        return;
+    };
+    let reg = Registry::start();
+    let one_line = |e: &str| {
+        assert_eq!(
+            e.lines().filter(|l| l.starts_with("Error")).count(),
+            1,
+            "one error line: {e}"
+        );
+        assert!(
+            e.trim_end().lines().last().unwrap().starts_with("Error: "),
+            "the error comes last: {e}"
+        );
+    };
+    // Unknown image on a registry.
+    let e = g.fails(&["pull", &format!("{}/nothing:here", reg.addr)], 1);
+    assert!(e.contains("not found"), "{e}");
+    one_line(&e);
+    // Bad reference.
+    let e = g.fails(&["pull", "Bad/UPPER:case"], 1);
+    assert!(e.contains("invalid reference format"), "{e}");
+    one_line(&e);
+    // Registry unreachable.
+    let port = gantry_testkit::free_port();
+    let e = g.fails(&["pull", &format!("127.0.0.1:{port}/x")], 1);
+    assert!(e.contains("unreachable"), "{e}");
+    one_line(&e);
+    // run of an unknown image: Docker's 125.
+    let e = g.fails(&["run", "--rm", &format!("127.0.0.1:{port}/x")], 125);
+    assert!(e.contains("unreachable"), "{e}");
+    // Bad Dockerfile lines name their line.
+    let ctx = g.context("FROM scratch\nCOPY busybox /bin/busybox\nFROBNICATE now\n");
+    let e = g.fails(&["build", ctx.path().to_str().unwrap()], 1);
+    assert!(
+        e.contains("Dockerfile line 3: unknown instruction: FROBNICATE"),
+        "{e}"
+    );
+    one_line(&e);
+    // A failing RUN: its line and code, and no container, temp dir or image left.
+    let ctx = g.context("FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"exit 3\"]\n");
+    let e = g.fails(&["build", "-t", "broken", ctx.path().to_str().unwrap()], 1);
+    assert!(
+        e.contains("Dockerfile line 3") && e.contains("non-zero code: 3"),
+        "{e}"
+    );
+    assert!(
+        g.ok(&["ps", "-aq"]).trim().is_empty(),
+        "the RUN container is gone"
+    );
+    assert!(g.store_tmp_is_empty());
+    assert!(g.out(&["image", "inspect", "broken"]).status.code() == Some(1));
+    assert_eq!(
+        std::fs::read_dir(g.data.path().join("containers"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().len() == 64)
+            .count(),
+        0
+    );
+    // Missing COPY source.
+    let ctx = g.context("FROM scratch\nCOPY nothere /x\n");
+    let e = g.fails(&["build", ctx.path().to_str().unwrap()], 1);
+    assert!(
+        e.contains("line 2") && e.contains("not found in build context"),
+        "{e}"
+    );
+    // A corrupted blob in the registry: digest mismatch, nothing kept.
+    g.busybox_image("bb");
+    let tag = format!("{}/corrupt:1", reg.addr);
+    g.ok(&["tag", "bb", &tag]);
+    g.ok(&["push", &tag]);
+    let layer = g.inspect_image(&tag)["Manifest"]["layers"][1]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_owned();
+    let blob = reg
+        .storage()
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&layer[..2])
+        .join(&layer)
+        .join("data");
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+    let g2 = G::new("failures_are_one_clear_line_and_leave_nothing").unwrap();
+    let e = g2.fails(&["pull", &tag], 1);
+    assert!(e.to_lowercase().contains("digest"), "{e}");
+    assert!(g2.store_tmp_is_empty());
+    assert!(g2.ok(&["images", "-q"]).trim().is_empty());
+    assert!(!g2
+        .data
+        .path()
+        .join("images/blobs/sha256")
+        .join(&layer)
+        .exists());
+    // No such container / invalid size.
+    let e = g.fails(&["logs", "ghost"], 1);
+    assert!(e.contains("no such container: ghost"), "{e}");
+    let e = g.fails(&["run", "--rm", "-m", "12q", "bb", "true"], 125);
+    assert!(e.contains("invalid size"), "{e}");
+    one_line(&e);
+    // A failed start with --rm leaves no container, cgroup, veth or mount.
+    let e = g.fails(&["run", "--rm", "bb", "/no/such/program"], 127);
+    one_line(&e);
+    assert!(g.ok(&["ps", "-aq"]).trim().is_empty());
+}
+
+#[test]
+fn image_management_commands() {
+    let Some(g) = G::new("image_management_commands") else {
+        return;
+    };
+    g.busybox_image("bb");
+    g.ok(&["tag", "bb", "bb:second"]);
+    let ls = g.ok(&["images"]);
+    assert!(
+        ls.contains("REPOSITORY") && ls.contains("second") && ls.contains("latest"),
+        "{ls}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&g.ok(&["image", "ls", "--format", "json"])).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 1);
+    assert_eq!(json[0]["tags"].as_array().unwrap().len(), 2);
+    // In use by a container: rm refused without --force.
+    g.ok(&["run", "--name", "user", "bb", "true"]);
+    assert_eq!(
+        g.ok(&["rmi", "bb:second"]),
+        "Untagged: docker.io/library/bb:second\n"
+    );
+    let e = g.fails(&["rmi", "bb"], 1);
+    assert!(e.contains("in use by container user"), "{e}");
+    g.ok(&["rmi", "-f", "bb"]);
+    // The container still runs from its untagged image.
+    g.ok(&["start", "user"]);
+    assert_eq!(g.ok(&["wait", "user"]), "0\n");
+    g.ok(&["rm", "user"]);
+    let pruned = g.ok(&["image", "prune"]);
+    assert!(pruned.contains("Total: 1 image(s) removed"), "{pruned}");
+    assert_eq!(
+        std::fs::read_dir(g.data.path().join("images/layers"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert_eq!(
+        std::fs::read_dir(g.data.path().join("images/blobs/sha256"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+impl G {
+    fn inspect_image(&self, name: &str) -> serde_json::Value {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.ok(&["image", "inspect", name])).unwrap();
+        v[0].clone()
+    }
+}
