@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what Gantry's build, demo and tests need on Debian 12, as root.
+# Idempotent: packages already present are left alone.
+set -euo pipefail
+pkgs=(
+  build-essential pkg-config      # crates that compile C
+  iproute2 iputils-ping curl ca-certificates
+  busybox-static                  # demo and test images are built from it
+  docker-registry skopeo          # a real OCI registry and a third-party client
+  runc hyperfine                  # start-latency benchmark peers
+  util-linux                      # nsenter for simulated hosts
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null; then
+  echo "cargo is missing: install Rust (rustup) first" >&2
+  exit 1
+fi
