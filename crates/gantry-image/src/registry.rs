@@ -412,6 +412,7 @@ pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
 /// Counts bytes written to a file and reports them.
 struct CountingWriter<W> {
     inner: W,
+    hasher: sha2::Sha256,
     done: u64,
     last: u64,
     digest: String,
@@ -427,6 +428,7 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for CountingWriter<W> {
         let this = &mut *self;
         let r = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
         if let std::task::Poll::Ready(Ok(n)) = &r {
+            sha2::Digest::update(&mut this.hasher, &buf[..*n]);
             this.done += *n as u64;
             if this.done - this.last >= 256 * 1024 {
                 this.last = this.done;
@@ -552,54 +554,37 @@ pub async fn pull(
                         path: tmp.clone(),
                         err: e,
                     })?;
-                let writer = CountingWriter {
+                let mut writer = CountingWriter {
                     inner: file,
+                    hasher: sha2::Sha256::default(),
                     done: 0,
                     last: 0,
                     digest: desc.digest.clone(),
                     progress: progress.clone(),
                 };
-                let res = client.pull_blob(r.inner(), &to_oci(&desc), writer).await;
+                let res = client
+                    .pull_blob(r.inner(), &to_oci(&desc), &mut writer)
+                    .await;
                 if let Err(e) = res {
                     let _ = tokio::fs::remove_file(&tmp).await;
                     return Err(classify(&reg, &name, e));
                 }
-                // oci-client checked the digest while streaming; check the
-                // bytes on disk too before they become the blob.
-                let tmp2 = tmp.clone();
-                let store2 = store.clone();
-                let d2 = d.clone();
-                tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
-                    let f = std::fs::File::open(&tmp2).map_err(|e| StoreError::Io {
-                        what: "open",
-                        path: tmp2.clone(),
-                        err: e,
-                    })?;
-                    let (actual, _) = {
-                        let mut w = crate::digest::HashingWriter::new(std::io::sink());
-                        std::io::copy(&mut std::io::BufReader::new(f), &mut w).map_err(|e| {
-                            StoreError::Io {
-                                what: "read",
-                                path: tmp2.clone(),
-                                err: e,
-                            }
-                        })?;
-                        w.finish()
-                    };
-                    if actual != d2 {
-                        let _ = std::fs::remove_file(&tmp2);
-                        return Err(StoreError::DigestMismatch {
-                            expected: d2.to_string(),
-                            actual: actual.to_string(),
-                        });
-                    }
-                    store2.commit_blob(&tmp2, &d2)
-                })
-                .await
-                .map_err(|e| RegistryError::Protocol {
-                    registry: reg.clone(),
-                    why: e.to_string(),
-                })??;
+                // Our own check of exactly the bytes written, before they
+                // become the blob (oci-client checks its stream too).
+                let actual = format!(
+                    "sha256:{}",
+                    hex::encode(sha2::Digest::finalize(writer.hasher))
+                );
+                drop(writer.inner);
+                if actual != d.as_str() {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                    return Err(RegistryError::DigestMismatch {
+                        reference: name.clone(),
+                        expected: d.to_string(),
+                        actual,
+                    });
+                }
+                store.commit_blob(&tmp, &d)?;
                 store.add_source(&d, &repo)?;
             }
             Ok::<Digest, RegistryError>(d)

@@ -151,6 +151,8 @@ pub trait Cgroup: Send + Sync {
     fn remove(&self) -> Result<(), CgroupError>;
     /// Reads usage figures.
     fn stats(&self) -> Result<CgroupStats, CgroupError>;
+    /// How many OOM kills happened here (a cheap subset of `stats`).
+    fn oom_kills(&self) -> u64;
     /// The directories that make up this cgroup (one per v1 controller).
     fn dirs(&self) -> Vec<PathBuf>;
 }
@@ -279,11 +281,14 @@ impl Cgroup for V1 {
     }
 
     fn kill_all(&self, timeout: Duration) -> Result<(), CgroupError> {
+        let procs = self.dir("pids").join("cgroup.procs");
+        if read_pids(&procs)?.is_empty() {
+            return Ok(());
+        }
         // Freeze first so that nothing forks between reading the list and
         // killing it; frozen tasks still die of SIGKILL once thawed.
         let freezer = self.dir("freezer").join("freezer.state");
         let frozen = freezer.exists() && write(&freezer, "FROZEN").is_ok();
-        let procs = self.dir("pids").join("cgroup.procs");
         for pid in read_pids(&procs)? {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
@@ -320,6 +325,10 @@ impl Cgroup for V1 {
             throttled_ns: read_keyed(&cpu.join("cpu.stat"), "throttled_time")?,
             pids: read_pids(&self.dir("pids").join("cgroup.procs"))?.len() as u64,
         })
+    }
+
+    fn oom_kills(&self) -> u64 {
+        read_keyed(&self.dir("memory").join("memory.oom_control"), "oom_kill").unwrap_or(0)
     }
 
     fn dirs(&self) -> Vec<PathBuf> {
@@ -421,6 +430,10 @@ impl Cgroup for V2 {
             throttled_ns: read_keyed(&cg.join("cpu.stat"), "throttled_usec")? * 1000,
             pids: read_pids(&cg.join("cgroup.procs"))?.len() as u64,
         })
+    }
+
+    fn oom_kills(&self) -> u64 {
+        read_keyed(&self.dir().join("memory.events"), "oom_kill").unwrap_or(0)
     }
 
     fn dirs(&self) -> Vec<PathBuf> {

@@ -102,7 +102,7 @@ impl Runtime {
         let mut backoff = Duration::from_millis(100);
         let mut forwarder: Option<crate::proxy::Forwarder> = None;
         let code = loop {
-            let oom_before = cg.stats().map(|s| s.oom_kills).unwrap_or(0);
+            let oom_before = cg.oom_kills();
             let started = Instant::now();
             let spawned = cg
                 .create(&config.resources)
@@ -185,10 +185,7 @@ impl Runtime {
             // The init died; the pid namespace is torn down with it, but make
             // sure nothing escaped into the cgroup.
             let _ = cg.kill_all(Duration::from_secs(5));
-            let oom = cg
-                .stats()
-                .map(|s| s.oom_kills > oom_before)
-                .unwrap_or(false);
+            let oom = cg.oom_kills() > oom_before;
             let code = status;
             let st = self.update_state(id, |s| {
                 s.status = Status::Exited;
@@ -239,7 +236,7 @@ impl Runtime {
             tracing::warn!(container = id, "remove cgroup: {e}");
         }
         if config.network == NetworkMode::Bridge {
-            let _ = net::detach(id);
+            // The veth goes with the container's namespace (see net::attach).
             let _ = bridge.release(id);
         }
         let _ = self.update_state(id, |s| {

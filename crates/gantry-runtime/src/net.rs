@@ -14,6 +14,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 /// A failure setting up or tearing down a container's network.
@@ -185,11 +186,16 @@ async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, NetError
 }
 
 /// Connects the container whose init is `pid` to the bridge with address
-/// `ip`: creates the bridge if needed, a veth pair, moves one end into the
-/// container, names it `eth0`, and sets its address and default route.
+/// `ip`: creates the bridge if needed, and a veth pair whose peer is born
+/// as `eth0` inside the container's namespace (moving a device between
+/// namespaces costs two network RCU grace periods, ~20 ms), then sets its
+/// address and default route from inside.
+///
+/// There is no `detach` on the container's way out: the kernel destroys
+/// both ends of the pair with the container's namespace, asynchronously,
+/// where a delete request would wait for the same grace periods.
 pub fn attach(net: &BridgeNet, id: &str, pid: i32, ip: Ipv4Addr) -> Result<(), NetError> {
     let host = host_veth(id);
-    let peer = format!("gp{}", &id[..id.len().min(11)]);
     block_on(async {
         let handle = connect().await?;
         let bridge = match link_index(&handle, &net.name).await? {
@@ -221,18 +227,24 @@ pub fn attach(net: &BridgeNet, id: &str, pid: i32, ip: Ipv4Addr) -> Result<(), N
             .execute()
             .await
             .map_err(nl("bring bridge up"))?;
+        let peer = LinkUnspec::new_with_name("eth0")
+            .mtu(net.mtu)
+            .setns_by_pid(pid as u32)
+            .build();
+        let veth = rtnetlink::LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(host.clone())
+            .mtu(net.mtu)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .build();
         handle
             .link()
-            .add(LinkVeth::new(&host, &peer).mtu(net.mtu).build())
+            .add(veth)
             .execute()
             .await
             .map_err(nl("create veth"))?;
         let hi = link_index(&handle, &host)
             .await?
             .ok_or_else(|| NetError::Exhausted("veth vanished".into()))?;
-        let pi = link_index(&handle, &peer)
-            .await?
-            .ok_or_else(|| NetError::Exhausted("veth peer vanished".into()))?;
         handle
             .link()
             .set(
@@ -243,17 +255,7 @@ pub fn attach(net: &BridgeNet, id: &str, pid: i32, ip: Ipv4Addr) -> Result<(), N
             )
             .execute()
             .await
-            .map_err(nl("attach veth to bridge"))?;
-        handle
-            .link()
-            .set(
-                LinkUnspec::new_with_index(pi)
-                    .setns_by_pid(pid as u32)
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(nl("move veth into container"))
+            .map_err(nl("attach veth to bridge"))
     })??;
 
     // Configure the container's end from inside its namespace: a thread
@@ -267,15 +269,9 @@ pub fn attach(net: &BridgeNet, id: &str, pid: i32, ip: Ipv4Addr) -> Result<(), N
                 .map_err(|e| io_err("enter container netns")(e.into()))?;
             block_on(async {
                 let handle = connect().await?;
-                let i = link_index(&handle, &peer)
+                let i = link_index(&handle, "eth0")
                     .await?
                     .ok_or_else(|| NetError::Exhausted("veth missing in container".into()))?;
-                handle
-                    .link()
-                    .set(LinkUnspec::new_with_index(i).name("eth0".into()).build())
-                    .execute()
-                    .await
-                    .map_err(nl("rename eth0"))?;
                 handle
                     .address()
                     .add(i, IpAddr::V4(ip), prefix)
