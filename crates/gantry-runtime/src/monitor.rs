@@ -110,7 +110,29 @@ impl Runtime {
                     code: 125,
                     msg: e.to_string(),
                 })
-                .and_then(|()| self.spawn(&config, &dir, &*cg, &bridge, &fill, &seccomp));
+                .and_then(|()| self.spawn(&config, &dir, &*cg, &bridge, &fill, &seccomp))
+                .and_then(|running| {
+                    // Published ports are bound once, at the first start.
+                    if forwarder.is_some() || config.ports.is_empty() {
+                        return Ok(running);
+                    }
+                    let ip = self
+                        .state(id)
+                        .ok()
+                        .and_then(|s| s.ip)
+                        .unwrap_or(std::net::Ipv4Addr::LOCALHOST);
+                    match crate::proxy::Forwarder::start(&config.ports, ip) {
+                        Ok(f) => {
+                            forwarder = f;
+                            Ok(running)
+                        }
+                        Err(msg) => {
+                            let _ = signal::kill(running.pid, Signal::SIGKILL);
+                            let _ = waitpid(running.pid, None);
+                            Err(StartFailure { code: 125, msg })
+                        }
+                    }
+                });
             fill.clear();
             let running = match spawned {
                 Ok(r) => r,
@@ -137,37 +159,6 @@ impl Runtime {
                 }
             };
             let pid = running.pid.as_raw();
-            if forwarder.is_none() && !config.ports.is_empty() {
-                let ip = self.state(id)?.ip.unwrap_or(std::net::Ipv4Addr::LOCALHOST);
-                match crate::proxy::Forwarder::start(&config.ports, ip) {
-                    Ok(f) => forwarder = f,
-                    Err(msg) => {
-                        let _ = signal::kill(running.pid, Signal::SIGKILL);
-                        let _ = waitpid(running.pid, None);
-                        let f = StartFailure { code: 125, msg };
-                        self.update_state(id, |s| {
-                            s.status = Status::Exited;
-                            s.exit_code = Some(f.code);
-                            s.error = Some(f.msg.clone());
-                            s.pid = None;
-                        })?;
-                        match report.take() {
-                            Some(Report::Pipe(fd)) => {
-                                send(&fd, &format!("err {} {}", f.code, f.msg))
-                            }
-                            Some(Report::Caller) => {
-                                self.finish(id, &config, &*cg, &bridge);
-                                return Err(RuntimeError::Start {
-                                    code: f.code,
-                                    msg: f.msg,
-                                });
-                            }
-                            None => {}
-                        }
-                        break f.code;
-                    }
-                }
-            }
             self.update_state(id, |s| {
                 s.status = Status::Running;
                 s.pid = Some(pid);
