@@ -89,6 +89,9 @@ pub(crate) struct RunArgs {
     /// Labels.
     #[arg(short, long = "label")]
     label: Vec<String>,
+    /// Log options: max-size=SIZE (rotate at), max-file=N (files kept).
+    #[arg(long = "log-opt", value_name = "KEY=VALUE")]
+    log_opt: Vec<String>,
     /// The image, then the command and its arguments (everything after the
     /// image belongs to the command, as with Docker).
     #[arg(value_name = "IMAGE [COMMAND [ARG...]]", required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
@@ -277,6 +280,27 @@ fn build_config(ctx: &Ctx, a: &RunArgs) -> anyhow::Result<ContainerConfig> {
         .map_err(fail125)?;
     cfg.resources.cpu_shares = a.cpu_shares;
     cfg.resources.pids = a.pids_limit;
+    for o in &a.log_opt {
+        match o.split_once('=') {
+            Some(("max-size", v)) => {
+                cfg.log_max_size =
+                    parse::size(v).map_err(|e| fail125(format!("--log-opt max-size: {e}")))?
+            }
+            Some(("max-file", v)) => {
+                let n: u32 = v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                    fail125(format!(
+                        "--log-opt max-file: {v:?} is not a number of files >= 1"
+                    ))
+                })?;
+                cfg.log_max_files = n - 1;
+            }
+            _ => {
+                return Err(fail125(format!(
+                    "unknown --log-opt {o:?}: use max-size=SIZE or max-file=N"
+                )))
+            }
+        }
+    }
     for l in &a.label {
         let (k, v) = parse::key_value(l).map_err(fail125)?;
         cfg.labels.insert(k, v);

@@ -227,6 +227,8 @@ pub(crate) fn pull_image(
     } else {
         progress("downloading")
     };
+    // Leftovers of pulls that crashed (their process is gone) go first.
+    store.clean_tmp();
     // The runtime is gone when block_on returns, so no task of the pull
     // still writes: what it left in the store's temp dir can go.
     let res = block_on(gantry_image::pull(store, r, &ctx.registry, prog))?;

@@ -355,6 +355,36 @@ fn logs_are_captured_and_followed() {
     .unwrap();
     let first: serde_json::Value = serde_json::from_str(raw.lines().next().unwrap()).unwrap();
     assert_eq!(first["log"], "first\n");
+    // Rotation by size: Docker's --log-opt max-size and max-file.
+    g.ok(&[
+        "run",
+        "--name",
+        "chatty",
+        "--log-opt",
+        "max-size=2k",
+        "--log-opt",
+        "max-file=3",
+        "bb",
+        "sh",
+        "-c",
+        "for i in $(seq 200); do echo line-$i; done",
+    ]);
+    let dir = g.data.path().join("containers").join(g.id_of("chatty"));
+    assert!(dir.join("container.log.1").exists() && dir.join("container.log.2").exists());
+    assert!(
+        !dir.join("container.log.3").exists(),
+        "max-file=3 keeps three files"
+    );
+    let kept = g.ok(&["logs", "chatty"]);
+    assert!(
+        kept.ends_with("line-200\n") && !kept.contains("line-1\n"),
+        "{kept}"
+    );
+    let e = g.fails(
+        &["run", "--rm", "--log-opt", "colour=red", "bb", "true"],
+        125,
+    );
+    assert!(e.contains("unknown --log-opt"), "{e}");
     assert_eq!(first["stream"], "stdout");
     assert!(first["time"].is_string());
 }
@@ -719,5 +749,5 @@ fn containers_are_found_by_name_and_prefix_and_ps_formats() {
     let e = g.fails(&["stop", "ghost"], 1);
     assert!(e.contains("no such container: ghost"), "{e}");
     g.ok(&["rm", "-f", "named"]);
-    assert!(leftovers(&id).is_empty(), "{:?}", leftovers(&id));
+    assert_nothing_left(&id);
 }

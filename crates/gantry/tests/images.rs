@@ -454,6 +454,7 @@ fn registry_credentials_work_like_docker_login() {
         .cmd()
         .args(["login", "-u", "alice", "--password-stdin", &reg.addr])
         .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .and_then(|mut c| {
             use std::io::Write;
@@ -583,7 +584,15 @@ fn failures_are_one_clear_line_and_leave_nothing() {
     let e = g.fails(&["run", "--rm", "-m", "12q", "bb", "true"], 125);
     assert!(e.contains("invalid size"), "{e}");
     one_line(&e);
-    // A failed start with --rm leaves no container, cgroup, veth or mount.
+    // A failed start leaves no cgroup, veth or mount behind...
+    g.fails(&["run", "--name", "failed", "bb", "/no/such/program"], 127);
+    let id = g.inspect_container("failed")["Id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_nothing_left(&id);
+    g.ok(&["rm", "failed"]);
+    // ...and with --rm, no container either.
     let e = g.fails(&["run", "--rm", "bb", "/no/such/program"], 127);
     one_line(&e);
     assert!(g.ok(&["ps", "-aq"]).trim().is_empty());
@@ -635,9 +644,127 @@ fn image_management_commands() {
 }
 
 impl G {
+    fn inspect_container(&self, name: &str) -> serde_json::Value {
+        self.inspect(name)
+    }
+
     fn inspect_image(&self, name: &str) -> serde_json::Value {
         let v: serde_json::Value =
             serde_json::from_str(&self.ok(&["image", "inspect", name])).unwrap();
         v[0].clone()
     }
+}
+
+#[test]
+fn build_instructions_add_chown_chmod_user() {
+    let Some(g) = G::new("build_instructions_add_chown_chmod_user") else {
+        return;
+    };
+    let ctx = g.context(
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+         RUN mkdir -p /etc && mkdir -m 1777 /tmp && echo 'app:x:1000:1000::/home/app:/bin/sh' > /etc/passwd && echo 'app:x:1000:' > /etc/group\n\
+         ADD bundle.tar.gz /opt/\n\
+         COPY --chown=app:app conf.txt /etc/conf.txt\n\
+         COPY --chmod=600 conf.txt /etc/conf600.txt\n\
+         USER app\n\
+         RUN id -u > /tmp/whoami\n\
+         CMD [\"sh\", \"-c\", \"cat /opt/bundle/file; stat -c '%u:%g' /etc/conf.txt; stat -c '%a' /etc/conf600.txt; cat /tmp/whoami; id -un\"]\n",
+    );
+    std::fs::write(ctx.path().join("conf.txt"), "conf").unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_path("bundle/file").unwrap();
+    h.set_size(8);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append(&h, &b"bundled\n"[..]).unwrap();
+    std::fs::write(
+        ctx.path().join("bundle.tar.gz"),
+        gzip(&b.into_inner().unwrap()),
+    )
+    .unwrap();
+    g.ok(&["build", "-q", "-t", "instr", ctx.path().to_str().unwrap()]);
+    assert_eq!(
+        g.ok(&["run", "--rm", "instr"]),
+        "bundled\n1000:1000\n600\n1000\napp\n"
+    );
+    let cfg = g.inspect_image("instr");
+    assert_eq!(cfg["Config"]["config"]["User"], "app");
+    // A changed context file invalidates the cache from that step on.
+    std::fs::write(ctx.path().join("conf.txt"), "changed").unwrap();
+    let out = g.ok(&["build", "-t", "instr", ctx.path().to_str().unwrap()]);
+    assert_eq!(
+        out.matches("Using cache").count(),
+        4,
+        "the steps before the changed COPY: {out}"
+    );
+}
+
+#[test]
+fn pulls_survive_crashes_and_run_concurrently() {
+    let Some(g) = G::new("pulls_survive_crashes_and_run_concurrently") else {
+        return;
+    };
+    let reg = Registry::start();
+    let ctx = g.context(&format!(
+        "{BUSYBOX_DOCKERFILE}RUN head -c 40m /dev/urandom > /big\n"
+    ));
+    let tag = format!("{}/big:1", reg.addr);
+    g.ok(&["build", "-q", "-t", &tag, ctx.path().to_str().unwrap()]);
+    g.ok(&["push", "-q", &tag]);
+    // Every stored blob must hash to its name, whenever a pull dies.
+    let check_blobs = |g: &G| {
+        let dir = g.data.path().join("images/blobs/sha256");
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let data = std::fs::read(e.path()).unwrap();
+            assert_eq!(
+                sha(&data),
+                format!("sha256:{}", e.file_name().to_string_lossy()),
+                "a half-written blob is in use"
+            );
+        }
+    };
+    let g2 = G::new("pulls_survive_crashes_and_run_concurrently").unwrap();
+    for delay in [30u64, 120, 300] {
+        let mut child = g2.cmd().args(["pull", "-q", &tag]).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        let _ = child.kill();
+        let _ = child.wait();
+        check_blobs(&g2);
+        // A tag only ever points at a complete image.
+        if g2.out(&["image", "inspect", &tag]).status.success() {
+            g2.ok(&["run", "--rm", &tag, "true"]);
+        }
+        let _ = g2.out(&["rmi", "-f", &tag]);
+    }
+    g2.ok(&["pull", "-q", &tag]);
+    assert!(
+        g2.store_tmp_is_empty(),
+        "a new pull cleans up after crashed ones"
+    );
+    assert_eq!(
+        g2.ok(&["run", "--rm", &tag, "sh", "-c", "wc -c < /big"])
+            .trim(),
+        "41943040"
+    );
+    // Three pulls of the same image at once, into one store.
+    let g3 = G::new("pulls_survive_crashes_and_run_concurrently").unwrap();
+    let pulls: Vec<_> = (0..3)
+        .map(|_| {
+            g3.cmd()
+                .args(["pull", "-q", &tag])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for p in pulls {
+        let o = p.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", errtext(&o));
+    }
+    check_blobs(&g3);
+    assert!(g3.store_tmp_is_empty());
+    assert_eq!(g3.ok(&["images", "-q"]).lines().count(), 1);
+    g3.ok(&["run", "--rm", &tag, "true"]);
 }

@@ -142,6 +142,24 @@ pub fn leftovers(id: &str) -> Vec<String> {
     out
 }
 
+/// Waits (briefly) until nothing of container `id` is left: the kernel
+/// removes a veth pair with its namespace asynchronously, within
+/// milliseconds of the container's end.
+pub fn assert_nothing_left(id: &str) {
+    wait_for(
+        &format!("container {id} to leave nothing behind"),
+        std::time::Duration::from_secs(3),
+        || {
+            let left = leftovers(id);
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:?}"))
+            }
+        },
+    );
+}
+
 impl Drop for G {
     fn drop(&mut self) {
         let ids = self.out(&["ps", "-aq"]);
@@ -157,8 +175,7 @@ impl Drop for G {
         }
         if !std::thread::panicking() {
             for id in full {
-                let left = leftovers(&id);
-                assert!(left.is_empty(), "container {id} left behind: {left:?}");
+                assert_nothing_left(&id);
             }
         }
     }
