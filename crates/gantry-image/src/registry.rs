@@ -182,8 +182,29 @@ pub struct RegistryOptions {
 }
 
 impl RegistryOptions {
+    fn plain_http(&self, r: &ImageRef) -> bool {
+        r.is_loopback() || self.insecure.iter().any(|i| i == r.registry())
+    }
+
+    /// Adds what to do when HTTPS to a registry failed at the transport:
+    /// it may speak plain HTTP, which Gantry (like Docker) only uses when
+    /// told to.
+    fn hint(&self, r: &ImageRef, e: RegistryError) -> RegistryError {
+        match e {
+            RegistryError::Protocol { registry, why } | RegistryError::Unreachable { registry, why }
+                if !self.plain_http(r) =>
+            {
+                RegistryError::Unreachable {
+                    why: format!("{why} (over HTTPS; if it serves plain HTTP, pass --insecure-registry {registry})"),
+                    registry,
+                }
+            }
+            other => other,
+        }
+    }
+
     fn client(&self, r: &ImageRef) -> Client {
-        let plain = r.is_loopback() || self.insecure.iter().any(|i| i == r.registry());
+        let plain = self.plain_http(r);
         let protocol = if plain {
             ClientProtocol::HttpsExcept(vec![r.registry().to_owned()])
         } else {
@@ -463,6 +484,17 @@ pub async fn pull(
     opts: &RegistryOptions,
     progress: ProgressFn,
 ) -> Result<LocalImage, RegistryError> {
+    pull_inner(store, r, opts, progress)
+        .await
+        .map_err(|e| opts.hint(r, e))
+}
+
+async fn pull_inner(
+    store: &Store,
+    r: &ImageRef,
+    opts: &RegistryOptions,
+    progress: ProgressFn,
+) -> Result<LocalImage, RegistryError> {
     let client = opts.client(r);
     let auth = opts.auth_for(r.registry())?;
     let name = r.to_string();
@@ -644,6 +676,18 @@ fn to_oci(d: &crate::types::Descriptor) -> oci_client::manifest::OciDescriptor {
 /// blob known to live in another repository of the same registry is
 /// mounted from there instead of uploaded. Returns the manifest digest.
 pub async fn push(
+    store: &Store,
+    image: &LocalImage,
+    target: &ImageRef,
+    opts: &RegistryOptions,
+    progress: ProgressFn,
+) -> Result<String, RegistryError> {
+    push_inner(store, image, target, opts, progress)
+        .await
+        .map_err(|e| opts.hint(target, e))
+}
+
+async fn push_inner(
     store: &Store,
     image: &LocalImage,
     target: &ImageRef,

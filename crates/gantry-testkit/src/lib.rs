@@ -86,10 +86,22 @@ impl Registry {
         Self::start_with(Some((user, password)))
     }
 
+    /// Starts an anonymous registry on a simulated host, at its LAN address.
+    pub fn start_on(host: &Host) -> Self {
+        Self::start_at(None, Some(host))
+    }
+
     fn start_with(auth: Option<(&str, &str)>) -> Self {
+        Self::start_at(auth, None)
+    }
+
+    fn start_at(auth: Option<(&str, &str)>, host: Option<&Host>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
+        let addr = match host {
+            Some(h) => format!("{}:{port}", h.addr),
+            None => format!("127.0.0.1:{port}"),
+        };
         let mut cfg = format!(
             "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
             dir.path().join("data").display()
@@ -105,8 +117,19 @@ impl Registry {
         }
         let cfg_path = dir.path().join("config.yml");
         std::fs::write(&cfg_path, cfg).expect("write registry config");
-        let child = Command::new("docker-registry")
-            .arg("serve")
+        let mut cmd = match host {
+            Some(h) => {
+                let mut c = h.command("docker-registry");
+                c.arg("serve");
+                c
+            }
+            None => {
+                let mut c = Command::new("docker-registry");
+                c.arg("serve");
+                c
+            }
+        };
+        let child = cmd
             .arg(&cfg_path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -124,7 +147,11 @@ impl Registry {
                 }
                 panic!("docker-registry exited with {status}: {msg}");
             }
-            let out = Command::new("curl")
+            let mut curl = match host {
+                Some(h) => h.command("curl"),
+                None => Command::new("curl"),
+            };
+            let out = curl
                 .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &url])
                 .output()
                 .map_err(|e| e.to_string())?;

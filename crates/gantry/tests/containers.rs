@@ -751,3 +751,82 @@ fn containers_are_found_by_name_and_prefix_and_ps_formats() {
     g.ok(&["rm", "-f", "named"]);
     assert_nothing_left(&id);
 }
+
+#[test]
+fn stdin_hostname_generated_files_and_shares() {
+    let Some(g) = G::new("stdin_hostname_generated_files_and_shares") else {
+        return;
+    };
+    let ctx = g.context(&format!("{BUSYBOX_DOCKERFILE}STOPSIGNAL SIGUSR2\n"));
+    g.ok(&["build", "-q", "-t", "bb", ctx.path().to_str().unwrap()]);
+    // -i passes our stdin through and closes it at its end.
+    let out = g
+        .cmd()
+        .args([
+            "run",
+            "--rm",
+            "-i",
+            "bb",
+            "sh",
+            "-c",
+            "tr a-z A-Z; echo done",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(b"hello\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(text(&out), "HELLO\ndone\n");
+    // Generated /etc files.
+    let out = g.ok(&[
+        "run",
+        "--rm",
+        "--hostname",
+        "box1",
+        "bb",
+        "sh",
+        "-c",
+        "hostname; cat /etc/hostname; grep -c box1 /etc/hosts; grep -c nameserver /etc/resolv.conf",
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(&lines[..3], ["box1", "box1", "1"], "{out}");
+    assert_ne!(lines[3], "0", "a resolver is configured: {out}");
+    // CPU shares reach the cgroup; the image's STOPSIGNAL is the default.
+    let id = g.ok(&[
+        "run",
+        "-d",
+        "-c",
+        "512",
+        "bb",
+        "sh",
+        "-c",
+        "trap 'exit 12' USR2; while :; do sleep 0.1; done",
+    ]);
+    let id = id.trim();
+    assert_eq!(
+        std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/gantry/{id}/cpu.shares"))
+            .unwrap()
+            .trim(),
+        "512"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    g.ok(&["stop", id]);
+    assert_eq!(
+        g.ok(&["wait", id]),
+        "12\n",
+        "stopped with the image's STOPSIGNAL"
+    );
+    // volume prune removes what no container refers to.
+    g.ok(&["volume", "create", "unused"]);
+    g.ok(&["run", "--name", "keeper", "-v", "used:/u", "bb", "true"]);
+    let pruned = g.ok(&["volume", "prune"]);
+    assert!(
+        pruned.contains("Deleted: unused") && !pruned.contains("Deleted: used"),
+        "{pruned}"
+    );
+    assert_eq!(g.ok(&["volume", "ls", "-q"]), "used\n");
+}

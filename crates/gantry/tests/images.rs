@@ -64,9 +64,21 @@ fn upload_blob(reg: &Registry, repo: &str, data: &[u8]) -> String {
 
 /// Pushes an image made by hand (not by Gantry) with the raw registry API.
 fn push_raw(reg: &Registry, repo: &str, tag: &str, layers: &[Vec<u8>], diff_ids: &[String]) {
+    push_raw_cmd(reg, repo, tag, layers, diff_ids, &["/bin/busybox", "true"]);
+}
+
+/// As `push_raw` with a Cmd; returns the manifest's digest and size.
+fn push_raw_cmd(
+    reg: &Registry,
+    repo: &str,
+    tag: &str,
+    layers: &[Vec<u8>],
+    diff_ids: &[String],
+    cmd: &[&str],
+) -> (String, usize) {
     let config = serde_json::json!({
         "architecture": "amd64", "os": "linux",
-        "config": {"Cmd": ["/bin/busybox", "true"]},
+        "config": {"Cmd": cmd},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     });
     let config = serde_json::to_vec(&config).unwrap();
@@ -83,14 +95,26 @@ fn push_raw(reg: &Registry, repo: &str, tag: &str, layers: &[Vec<u8>], diff_ids:
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
         "layers": ls,
     });
+    let body = serde_json::to_vec(&manifest).unwrap();
+    put_manifest(
+        reg,
+        repo,
+        tag,
+        &body,
+        "application/vnd.oci.image.manifest.v1+json",
+    );
+    (sha(&body), body.len())
+}
+
+fn put_manifest(reg: &Registry, repo: &str, tag: &str, body: &[u8], media: &str) {
     let f = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(f.path(), serde_json::to_vec(&manifest).unwrap()).unwrap();
+    std::fs::write(f.path(), body).unwrap();
     let put = curl(&[
         "-sf",
         "-X",
         "PUT",
         "-H",
-        "Content-Type: application/vnd.oci.image.manifest.v1+json",
+        &format!("Content-Type: {media}"),
         "--data-binary",
         &format!("@{}", f.path().display()),
         &format!("http://{}/v2/{repo}/manifests/{tag}", reg.addr),
@@ -767,4 +791,120 @@ fn pulls_survive_crashes_and_run_concurrently() {
     assert!(g3.store_tmp_is_empty());
     assert_eq!(g3.ok(&["images", "-q"]).lines().count(), 1);
     g3.ok(&["run", "--rm", &tag, "true"]);
+}
+
+#[test]
+fn manifest_lists_pick_linux_amd64() {
+    let Some(g) = G::new("manifest_lists_pick_linux_amd64") else {
+        return;
+    };
+    let reg = Registry::start();
+    let bb = std::fs::read(busybox()).unwrap();
+    let layer = raw_tar(&[
+        ("bin/", tar::EntryType::Directory, b"", None),
+        ("bin/busybox", tar::EntryType::Regular, &bb, None),
+    ]);
+    let gz = gzip(&layer);
+    let diff = vec![sha(&layer)];
+    let arm = push_raw_cmd(
+        &reg,
+        "multi",
+        "arm",
+        std::slice::from_ref(&gz),
+        &diff,
+        &["/bin/busybox", "echo", "arm64"],
+    );
+    let amd = push_raw_cmd(
+        &reg,
+        "multi",
+        "amd",
+        &[gz],
+        &diff,
+        &["/bin/busybox", "echo", "amd64"],
+    );
+    let entry = |(d, n): &(String, usize), arch: &str| {
+        serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d, "size": n,
+                           "platform": {"architecture": arch, "os": "linux"}})
+    };
+    for (media, tag, entries) in [
+        (
+            "application/vnd.oci.image.index.v1+json",
+            "oci",
+            vec![entry(&arm, "arm64"), entry(&amd, "amd64")],
+        ),
+        (
+            "application/vnd.docker.distribution.manifest.list.v2+json",
+            "docker",
+            vec![entry(&arm, "arm64"), entry(&amd, "amd64")],
+        ),
+        (
+            "application/vnd.oci.image.index.v1+json",
+            "armonly",
+            vec![entry(&arm, "arm64")],
+        ),
+    ] {
+        let index =
+            serde_json::json!({"schemaVersion": 2, "mediaType": media, "manifests": entries});
+        put_manifest(
+            &reg,
+            "multi",
+            tag,
+            &serde_json::to_vec(&index).unwrap(),
+            media,
+        );
+    }
+    for tag in ["oci", "docker"] {
+        let r = format!("{}/multi:{tag}", reg.addr);
+        assert_eq!(g.ok(&["run", "--rm", &r]), "amd64\n", "{tag}");
+        assert_eq!(g.inspect_image(&r)["ManifestDigest"], amd.0.as_str());
+    }
+    let e = g.fails(&["pull", &format!("{}/multi:armonly", reg.addr)], 1);
+    assert!(e.contains("no linux/amd64 variant"), "{e}");
+}
+
+#[test]
+fn remote_registries_need_an_explicit_insecure_setting() {
+    let Some(g) = G::new("remote_registries_need_an_explicit_insecure_setting") else {
+        return;
+    };
+    // Two simulated hosts: the registry on one, Gantry on the other.
+    let lan = Lan::new(2);
+    let reg = Registry::start_on(&lan.hosts[0]);
+    g.busybox_image("bb");
+    let tag = format!("{}/remote/bb:1", reg.addr);
+    g.ok(&["tag", "bb", &tag]);
+    let on_h1 = |args: &[&str]| g.cmd_on(&lan.hosts[1]).args(args).output().unwrap();
+    let o = on_h1(&["push", &tag]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = errtext(&o);
+    assert!(
+        e.contains(&format!("--insecure-registry {}", reg.addr)),
+        "{e}"
+    );
+    let o = on_h1(&["--insecure-registry", &reg.addr, "push", &tag]);
+    assert!(o.status.success(), "{}", errtext(&o));
+    g.ok(&["rmi", &tag]);
+    g.ok(&["rmi", "bb"]);
+    let o = on_h1(&[
+        "--insecure-registry",
+        &reg.addr,
+        "run",
+        "--rm",
+        &tag,
+        "sh",
+        "-c",
+        "echo pulled from another host",
+    ]);
+    assert!(o.status.success(), "{}", errtext(&o));
+    assert_eq!(text(&o), "pulled from another host\n");
+    // The environment variable works as the flag does.
+    g.ok(&["rmi", &tag]);
+    let o = g
+        .cmd_on(&lan.hosts[1])
+        .env("GANTRY_INSECURE_REGISTRIES", &reg.addr)
+        .args(["pull", "-q", &tag])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", errtext(&o));
+    drop(reg);
 }

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-pub use gantry_testkit::{require_root, unique, wait_for, Registry};
+pub use gantry_testkit::{require_root, unique, wait_for, Host, Lan, Registry};
 
 pub struct G {
     pub data: tempfile::TempDir,
@@ -39,6 +39,16 @@ impl G {
 
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_gantry"));
+        c.env("GANTRY_DATA_DIR", self.data.path())
+            .env("HOME", self.home.path())
+            .env_remove("DOCKER_CONFIG")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// gantry run inside a simulated host's network namespace.
+    pub fn cmd_on(&self, host: &Host) -> Command {
+        let mut c = host.command(env!("CARGO_BIN_EXE_gantry"));
         c.env("GANTRY_DATA_DIR", self.data.path())
             .env("HOME", self.home.path())
             .env_remove("DOCKER_CONFIG")
