@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks, side by side in one run (see BENCHMARKS.md):
 #  1. container start: `gantry run --rm IMG true` (no network, and bridge +
-#     veth) against `runc run` on the same rootfs, and `docker run --rm` when
-#     a dockerd answers on /var/run/docker.sock;
+#     veth) against `runc run` on the same rootfs and `docker run --rm
+#     --network none` on a dockerd of the benchmark's own (the same image,
+#     pulled from a loopback registry);
 #  2. pull throughput of a 100 MB image from a loopback registry, against
 #     skopeo copying the same image to a local directory.
 # Prints medians and ratios as Markdown. Needs root.
@@ -14,13 +15,31 @@ G="$PWD/target/release/gantry"
 RUNS=${RUNS:-40}
 work=$(mktemp -d /tmp/gantry-bench.XXXXXX)
 reg_pid=""
+dockerd_pid=""
 cleanup() {
   [ -n "$reg_pid" ] && kill "$reg_pid" 2>/dev/null || true
+  if [ -n "$dockerd_pid" ]; then
+    kill "$dockerd_pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.1; done
+  fi
   GANTRY_DATA_DIR="$work/data" "$G" rm -f $(GANTRY_DATA_DIR="$work/data" "$G" ps -aq 2>/dev/null) >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 export GANTRY_DATA_DIR="$work/data"
+
+# A loopback registry: the pull benchmark's source, and how dockerd gets
+# the benchmark image.
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat > "$work/reg.yml" <<YML
+version: 0.1
+log: {level: error, accesslog: {disabled: true}}
+storage: {filesystem: {rootdirectory: $work/reg}}
+http: {addr: 127.0.0.1:$port}
+YML
+docker-registry serve "$work/reg.yml" >/dev/null 2>&1 &
+reg_pid=$!
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
 
 # --- 1. start latency -------------------------------------------------------
 mkdir -p "$work/ctx"
@@ -47,8 +66,16 @@ cmds=(
   -n "gantry run --rm (bridge + veth)" "$G run --rm bench true"
   -n "runc run (netns, no veth)" "runc run --bundle $bundle gantry-bench"
 )
-if [ -S /var/run/docker.sock ] && docker version >/dev/null 2>&1; then
-  docker image inspect busybox >/dev/null 2>&1 && cmds+=(-n "docker run --rm" "docker run --rm busybox true")
+if command -v dockerd >/dev/null; then
+  "$G" tag bench "127.0.0.1:$port/bench:1" && "$G" push -q "127.0.0.1:$port/bench:1" >/dev/null
+  dockerd --data-root "$work/docker" --exec-root "$work/docker-exec" -H "unix://$work/docker.sock" \
+    --pidfile "$work/docker.pid" --iptables=false --ip-forward=false --ip-masq=false --bridge=none \
+    >"$work/dockerd.log" 2>&1 &
+  dockerd_pid=$!
+  D="docker -H unix://$work/docker.sock"
+  for _ in $(seq 150); do $D version >/dev/null 2>&1 && break; sleep 0.2; done
+  $D pull -q "127.0.0.1:$port/bench:1" >/dev/null
+  cmds+=(-n "docker run --rm --network none" "$D run --rm --network none 127.0.0.1:$port/bench:1 true")
 fi
 hyperfine -N --warmup 5 --runs "$RUNS" --export-json "$work/start.json" "${cmds[@]}" >/dev/null
 python3 - "$work/start.json" <<'PY'
@@ -63,16 +90,6 @@ for k, v in med.items():
 PY
 
 # --- 2. pull throughput -----------------------------------------------------
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$work/reg.yml" <<YML
-version: 0.1
-log: {level: error, accesslog: {disabled: true}}
-storage: {filesystem: {rootdirectory: $work/reg}}
-http: {addr: 127.0.0.1:$port}
-YML
-docker-registry serve "$work/reg.yml" >/dev/null 2>&1 &
-reg_pid=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
 printf 'FROM bench\nRUN head -c 100m /dev/urandom > /big\n' > "$work/ctx/Dockerfile"
 big="127.0.0.1:$port/big:1"
 "$G" build -q -t "$big" "$work/ctx" >/dev/null

@@ -187,6 +187,90 @@ impl Drop for Registry {
     }
 }
 
+/// A Docker Engine (Debian's dockerd, API 1.41) of the test's own, in
+/// temporary directories, with its networking switched off so that it
+/// changes nothing of the host's (no iptables rules, no bridge).
+pub struct DockerEngine {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl DockerEngine {
+    /// Starts dockerd and waits until it answers.
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("dockerd-test")
+            .tempdir()
+            .expect("temp dir");
+        let p = |s: &str| dir.path().join(s).display().to_string();
+        let child = Command::new("dockerd")
+            .args([
+                "--data-root",
+                &p("data"),
+                "--exec-root",
+                &p("exec"),
+                "--pidfile",
+                &p("pid"),
+            ])
+            .args(["-H", &format!("unix://{}", p("docker.sock"))])
+            .args([
+                "--iptables=false",
+                "--ip-forward=false",
+                "--ip-masq=false",
+                "--bridge=none",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dockerd (apt-get install docker.io)");
+        let engine = Self { child, dir };
+        wait_for("dockerd to answer", Duration::from_secs(30), || {
+            let o = engine
+                .docker(&["version", "--format", "{{.Server.Version}}"])
+                .map_err(|e| e.to_string())?;
+            if o.status.success() {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&o.stderr).into_owned())
+            }
+        });
+        engine
+    }
+
+    /// Runs the docker CLI against this engine.
+    pub fn docker(&self, args: &[&str]) -> std::io::Result<std::process::Output> {
+        Command::new("docker")
+            .arg("-H")
+            .arg(format!(
+                "unix://{}",
+                self.dir.path().join("docker.sock").display()
+            ))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+    }
+}
+
+impl Drop for DockerEngine {
+    fn drop(&mut self) {
+        // SIGTERM lets dockerd unmount and stop its containerd.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip")
         .args(args)

@@ -908,3 +908,44 @@ fn remote_registries_need_an_explicit_insecure_setting() {
     assert!(o.status.success(), "{}", errtext(&o));
     drop(reg);
 }
+
+#[test]
+fn docker_engine_pulls_and_runs_what_gantry_built() {
+    let Some(g) = G::new("docker_engine_pulls_and_runs_what_gantry_built") else {
+        return;
+    };
+    let reg = Registry::start();
+    let ctx = app_context(&g);
+    let tag = format!("{}/team/app:v2", reg.addr);
+    g.ok(&[
+        "build",
+        "-q",
+        "-t",
+        &tag,
+        "--build-arg",
+        "VERSION=2.0",
+        ctx.path().to_str().unwrap(),
+    ]);
+    g.ok(&["push", "-q", &tag]);
+    let docker = DockerEngine::start();
+    let pull = docker.docker(&["pull", "-q", &tag]).unwrap();
+    assert!(pull.status.success(), "docker pull: {}", errtext(&pull));
+    let run = docker
+        .docker(&["run", "--rm", "--network", "none", &tag])
+        .unwrap();
+    assert!(run.status.success(), "docker run: {}", errtext(&run));
+    assert_eq!(text(&run), "built 2.0\n<h1>site</h1>\nhello there\n");
+    let insp = docker
+        .docker(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{.Config.WorkingDir}} {{json .Config.Healthcheck.Test}}",
+            &tag,
+        ])
+        .unwrap();
+    assert_eq!(
+        text(&insp).trim(),
+        r#"/app ["CMD-SHELL","wget -q -O /dev/null http://localhost:8080/ || exit 1"]"#
+    );
+}
