@@ -9,6 +9,7 @@ pkgs=(
   docker-registry skopeo          # a real OCI registry and a third-party client
   runc hyperfine                  # start-latency benchmark peers
   util-linux                      # nsenter for simulated hosts
+  openssl                         # signs the test token server's JWTs
   docker.io                       # Docker Engine: proves built images are ones Docker accepts
 )
 missing=()

@@ -12,6 +12,10 @@
 //! run in parallel, and start with `gantry` so that leftovers are easy to
 //! spot.
 
+mod token;
+
+pub use token::TokenServer;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -72,30 +76,39 @@ pub struct Registry {
     child: Child,
     /// `127.0.0.1:PORT`.
     pub addr: String,
+    _token: Option<TokenServer>,
     dir: tempfile::TempDir,
+}
+
+/// How a test registry authenticates.
+enum Auth<'a> {
+    None,
+    Basic(&'a str, &'a str),
+    Token(&'a str, &'a str),
 }
 
 impl Registry {
     /// Starts an anonymous registry.
     pub fn start() -> Self {
-        Self::start_with(None)
+        Self::start_at(Auth::None, None)
     }
 
     /// Starts a registry that requires HTTP basic auth with one user.
     pub fn start_with_auth(user: &str, password: &str) -> Self {
-        Self::start_with(Some((user, password)))
+        Self::start_at(Auth::Basic(user, password), None)
+    }
+
+    /// Starts a registry behind a bearer-token server that accepts one user.
+    pub fn start_with_token_auth(user: &str, password: &str) -> Self {
+        Self::start_at(Auth::Token(user, password), None)
     }
 
     /// Starts an anonymous registry on a simulated host, at its LAN address.
     pub fn start_on(host: &Host) -> Self {
-        Self::start_at(None, Some(host))
+        Self::start_at(Auth::None, Some(host))
     }
 
-    fn start_with(auth: Option<(&str, &str)>) -> Self {
-        Self::start_at(auth, None)
-    }
-
-    fn start_at(auth: Option<(&str, &str)>, host: Option<&Host>) -> Self {
+    fn start_at(auth: Auth<'_>, host: Option<&Host>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let addr = match host {
@@ -106,14 +119,29 @@ impl Registry {
             "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
             dir.path().join("data").display()
         );
-        if let Some((u, p)) = auth {
-            let hash = bcrypt::hash(p, 5).expect("bcrypt");
-            let file = dir.path().join("htpasswd");
-            std::fs::write(&file, format!("{u}:{hash}\n")).expect("write htpasswd");
-            cfg.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: gantry-test\n    path: {}\n",
-                file.display()
-            ));
+        let mut token = None;
+        match auth {
+            Auth::None => {}
+            Auth::Basic(u, p) => {
+                let hash = bcrypt::hash(p, 5).expect("bcrypt");
+                let file = dir.path().join("htpasswd");
+                std::fs::write(&file, format!("{u}:{hash}\n")).expect("write htpasswd");
+                cfg.push_str(&format!(
+                    "auth:\n  htpasswd:\n    realm: gantry-test\n    path: {}\n",
+                    file.display()
+                ));
+            }
+            Auth::Token(u, p) => {
+                let t = TokenServer::start(dir.path(), u, p);
+                cfg.push_str(&format!(
+                    "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                    t.realm,
+                    token::SERVICE,
+                    token::ISSUER,
+                    t.cert.display()
+                ));
+                token = Some(t);
+            }
         }
         let cfg_path = dir.path().join("config.yml");
         std::fs::write(&cfg_path, cfg).expect("write registry config");
@@ -136,7 +164,12 @@ impl Registry {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start docker-registry (apt-get install docker-registry)");
-        let mut reg = Self { child, addr, dir };
+        let mut reg = Self {
+            child,
+            addr,
+            _token: token,
+            dir,
+        };
         let url = format!("http://{}/v2/", reg.addr);
         let mut stderr = reg.child.stderr.take().map(BufReader::new);
         wait_for("the registry to answer", Duration::from_secs(20), || {

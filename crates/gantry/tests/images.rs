@@ -949,3 +949,33 @@ fn docker_engine_pulls_and_runs_what_gantry_built() {
         r#"/app ["CMD-SHELL","wget -q -O /dev/null http://localhost:8080/ || exit 1"]"#
     );
 }
+
+#[test]
+fn bearer_token_registries_work() {
+    let Some(g) = G::new("bearer_token_registries_work") else {
+        return;
+    };
+    let reg = Registry::start_with_token_auth("bob", "t0ken-pass");
+    g.busybox_image("bb");
+    let tag = format!("{}/secure/bb:1", reg.addr);
+    g.ok(&["tag", "bb", &tag]);
+    let e = g.fails(&["push", &tag], 1);
+    assert!(e.contains("refused the credentials"), "{e}");
+    let e = g.fails(&["login", "-u", "bob", "-p", "nope", &reg.addr], 1);
+    assert!(e.contains("refused"), "{e}");
+    g.ok(&["login", "-u", "bob", "-p", "t0ken-pass", &reg.addr]);
+    g.ok(&["push", &tag]);
+    let g2 = G::new("bearer_token_registries_work").unwrap();
+    let e = g2.fails(&["pull", &tag], 1);
+    assert!(e.contains("refused"), "anonymous pull is refused: {e}");
+    std::fs::create_dir_all(g2.home.path().join(".docker")).unwrap();
+    std::fs::copy(
+        g.home.path().join(".docker/config.json"),
+        g2.home.path().join(".docker/config.json"),
+    )
+    .unwrap();
+    assert_eq!(
+        g2.ok(&["run", "--rm", &tag, "echo", "via token"]),
+        "via token\n"
+    );
+}
