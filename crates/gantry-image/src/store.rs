@@ -541,7 +541,7 @@ impl Store {
             }
             Ok(())
         })?;
-        self.gc(in_use)?;
+        self.gc()?;
         Ok(out)
     }
 
@@ -559,13 +559,13 @@ impl Store {
                 .filter_map(|k| idx.images.remove(&k).map(|r| r.config))
                 .collect::<Vec<_>>())
         })?;
-        self.gc(in_use)?;
+        self.gc()?;
         Ok(removed)
     }
 
     /// Deletes blobs and unpacked layers no image in the index refers to,
     /// and leftovers in `tmp/` from crashed operations of dead processes.
-    pub fn gc(&self, _in_use: &BTreeMap<String, String>) -> Result<(), StoreError> {
+    pub fn gc(&self) -> Result<(), StoreError> {
         self.with_index(|idx| {
             let mut keep = BTreeSet::new();
             for r in idx.images.values() {

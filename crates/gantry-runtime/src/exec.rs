@@ -30,6 +30,8 @@ pub struct ExecOptions {
     pub workdir: Option<String>,
     /// Allocate a pseudo-terminal.
     pub tty: bool,
+    /// Pass our stdin to the process (`-i`); otherwise it reads /dev/null.
+    pub stdin: bool,
 }
 
 pub(crate) fn exec(rt: &Runtime, id: &str, opts: &ExecOptions) -> Result<i32, RuntimeError> {
@@ -106,11 +108,19 @@ pub(crate) fn exec(rt: &Runtime, id: &str, opts: &ExecOptions) -> Result<i32, Ru
         ForkResult::Child => {
             drop(err_r);
             drop(tty_parent);
-            let code = helper(&*cg, &nss, &root, tty_child.as_ref(), &err_w, || {
-                let user = resolve_user(&user)?;
-                exec_as(&user, &cwd, &path_env, &opts.args, env.clone(), &seccomp)
-                    .map(|n| match n {})
-            });
+            let code = helper(
+                &*cg,
+                &nss,
+                &root,
+                tty_child.as_ref(),
+                opts.stdin,
+                &err_w,
+                || {
+                    let user = resolve_user(&user)?;
+                    exec_as(&user, &cwd, &path_env, &opts.args, env.clone(), &seccomp)
+                        .map(|n| match n {})
+                },
+            );
             // SAFETY: leaving the forked helper without the parent's atexit handlers.
             unsafe { libc::_exit(code) }
         }
@@ -148,6 +158,7 @@ fn helper(
     nss: &[(File, CloneFlags)],
     root: &File,
     tty_socket: Option<&OwnedFd>,
+    stdin: bool,
     err_w: &OwnedFd,
     run: impl FnOnce() -> Result<(), InitError>,
 ) -> i32 {
@@ -172,6 +183,12 @@ fn helper(
                 unsafe { libc::_exit(report(126, format!("enter container root: {e}"))) }
             }
             let _ = nix::unistd::setsid();
+            if !stdin && tty_socket.is_none() {
+                if let Ok(null) = File::open("/dev/null") {
+                    // SAFETY: dup2 onto our stdin, owned by no Rust object.
+                    unsafe { libc::dup2(null.as_raw_fd(), 0) };
+                }
+            }
             if let Some(s) = tty_socket {
                 if let Err(e) = setup_pty(s.as_raw_fd()) {
                     // SAFETY: ending the grandchild.

@@ -617,13 +617,13 @@ pub(crate) fn inspect(ctx: &Ctx, names: &[String]) -> anyhow::Result<u8> {
 pub(crate) fn exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<u8> {
     let rt = ctx.runtime()?;
     let id = rt.find(&a.args[0])?;
-    let _ = a.interactive; // stdin is always passed through to exec
     let opts = ExecOptions {
         args: a.args[1..].to_vec(),
         env: a.env,
         user: a.user,
         workdir: a.workdir,
         tty: a.tty,
+        stdin: a.interactive,
     };
     match rt.exec(&id, &opts) {
         Ok(code) => Ok(code.clamp(0, 255) as u8),

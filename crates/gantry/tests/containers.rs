@@ -302,6 +302,22 @@ fn exec_runs_inside_the_container() {
     // Same pid namespace: pid 1 is the container's init.
     let init = g.ok(&["exec", "box", "cat", "/proc/1/cmdline"]);
     assert!(init.contains("sleep"), "{init}");
+    // -i passes stdin; without it the process reads /dev/null.
+    let piped = |args: &[&str]| {
+        g.cmd()
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(b"piped\n")?;
+                c.wait_with_output()
+            })
+            .unwrap()
+    };
+    assert_eq!(text(&piped(&["exec", "-i", "box", "cat"])), "piped\n");
+    assert_eq!(text(&piped(&["exec", "box", "cat"])), "");
     let tty = g.ok(&["exec", "-t", "box", "tty"]);
     assert!(
         tty.trim().starts_with("/dev/pts/"),
