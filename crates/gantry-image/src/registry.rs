@@ -625,6 +625,9 @@ async fn pull_inner(
 
     // The config first: it is small and says what the layers must be.
     let config_digest = fetch(manifest.config.clone()).await?;
+    progress(Progress::Done {
+        digest: config_digest.to_string(),
+    });
     let config_bytes = store.read_blob(&config_digest)?;
     let _: crate::types::ImageConfig =
         serde_json::from_slice(&config_bytes).map_err(|e| RegistryError::Protocol {
