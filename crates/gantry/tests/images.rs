@@ -979,3 +979,30 @@ fn bearer_token_registries_work() {
         "via token\n"
     );
 }
+
+#[test]
+fn build_from_a_registry_image_pulls_it() {
+    let Some(g) = G::new("build_from_a_registry_image_pulls_it") else {
+        return;
+    };
+    let reg = Registry::start();
+    g.busybox_image("bb");
+    let base = format!("{}/base/bb:1", reg.addr);
+    g.ok(&["tag", "bb", &base]);
+    g.ok(&["push", "-q", &base]);
+    // A fresh store: the base comes from the registry during the build.
+    let g2 = G::new("build_from_a_registry_image_pulls_it").unwrap();
+    let ctx = g2.context(&format!("ARG BASE={base}\nFROM $BASE\nENV FROM_BASE=yes\nRUN echo derived > /derived\nCMD [\"sh\", \"-c\", \"cat /derived; echo $FROM_BASE\"]\n"));
+    g2.ok(&["build", "-q", "-t", "derived", ctx.path().to_str().unwrap()]);
+    assert_eq!(g2.ok(&["run", "--rm", "derived"]), "derived\nyes\n");
+    let img = g2.inspect_image("derived");
+    assert_eq!(
+        img["Manifest"]["layers"].as_array().unwrap().len(),
+        3,
+        "the base's two layers and one more"
+    );
+    assert!(
+        g2.ok(&["images"]).contains("base/bb"),
+        "the base image is kept, tagged"
+    );
+}
