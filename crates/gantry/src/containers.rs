@@ -234,6 +234,11 @@ fn build_config(ctx: &Ctx, a: &RunArgs) -> anyhow::Result<ContainerConfig> {
         stdin: a.interactive,
     };
     let name = a.name.clone().unwrap_or_default();
+    if !name.is_empty() && !parse::container_name(&name) {
+        return Err(fail125(format!(
+            "invalid container name {name:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+        )));
+    }
     let mut cfg = ContainerConfig::new(&name, a.image(), &img.record.config, layers, process);
     if let Some(h) = &a.hostname {
         cfg.hostname = h.clone();
