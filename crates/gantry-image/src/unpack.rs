@@ -474,6 +474,59 @@ mod tests {
     }
 
     #[test]
+    fn xattrs_modes_and_owners_are_kept() {
+        let t = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        // A PAX header carrying an xattr, then the file it belongs to.
+        let mut pax = Vec::new();
+        let rec = "SCHILY.xattr.user.gantry=yes";
+        let line = format!(
+            "{} {rec}\n",
+            rec.len() + 3 + (rec.len() + 3).to_string().len() - 1
+        );
+        pax.extend_from_slice(line.as_bytes());
+        let mut h = tar::Header::new_ustar();
+        h.set_path("././@PaxHeader").unwrap();
+        h.set_entry_type(tar::EntryType::XHeader);
+        h.set_size(pax.len() as u64);
+        h.set_cksum();
+        b.append(&h, &pax[..]).unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_path("f").unwrap();
+        h.set_size(1);
+        h.set_mode(0o4750);
+        h.set_uid(1234);
+        h.set_gid(5678);
+        h.set_cksum();
+        b.append(&h, &b"x"[..]).unwrap();
+        unpack(&b.into_inner().unwrap()[..], t.path()).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let md = fs::metadata(t.path().join("f")).unwrap();
+        assert_eq!(md.mode() & 0o7777, 0o4750);
+        if nix::unistd::geteuid().is_root() {
+            assert_eq!((md.uid(), md.gid()), (1234, 5678));
+        }
+        let p = CString::new(t.path().join("f").as_os_str().as_bytes()).unwrap();
+        let mut buf = [0u8; 8];
+        // SAFETY: valid C strings and buffer.
+        let n = unsafe {
+            libc::lgetxattr(
+                p.as_ptr(),
+                c"user.gantry".as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        // "where possible": only a filesystem without user xattrs may lack it.
+        let probe = t.path().join("probe");
+        fs::write(&probe, "").unwrap();
+        if lsetxattr(&probe, "user.probe", b"1").is_ok() {
+            assert_eq!(n, 3, "the xattr was not restored");
+            assert_eq!(&buf[..3], b"yes");
+        }
+    }
+
+    #[test]
     fn garbage_is_a_clear_error() {
         let t = tempfile::tempdir().unwrap();
         let mut junk = vec![0x1f, 0x8b];

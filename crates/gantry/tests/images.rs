@@ -714,6 +714,16 @@ fn build_instructions_add_chown_chmod_user() {
     );
     let cfg = g.inspect_image("instr");
     assert_eq!(cfg["Config"]["config"]["User"], "app");
+    // Owners and modes survive packing, a registry round trip and unpacking.
+    let reg = Registry::start();
+    let remote = format!("{}/instr:1", reg.addr);
+    g.ok(&["tag", "instr", &remote]);
+    g.ok(&["push", "-q", &remote]);
+    let g2 = G::new("build_instructions_add_chown_chmod_user").unwrap();
+    assert_eq!(
+        g2.ok(&["run", "--rm", &remote]),
+        "bundled\n1000:1000\n600\n1000\napp\n"
+    );
     // A changed context file invalidates the cache from that step on.
     std::fs::write(ctx.path().join("conf.txt"), "changed").unwrap();
     let out = g.ok(&["build", "-t", "instr", ctx.path().to_str().unwrap()]);
