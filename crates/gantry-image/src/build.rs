@@ -24,10 +24,7 @@ use crate::dockerfile::{self, Command, DockerfileError, Kind};
 use crate::pack::pack_dir;
 use crate::reference::ImageRef;
 use crate::store::{LocalImage, Store, StoreError};
-use crate::types::{
-    Descriptor, Healthcheck, History, ImageConfig, Manifest, RootFs, OCI_CONFIG, OCI_LAYER_GZIP,
-    OCI_MANIFEST,
-};
+use crate::types::{Healthcheck, History, ImageConfig};
 
 /// A build that failed.
 #[derive(Debug, thiserror::Error)]
@@ -1132,44 +1129,8 @@ fn finish(store: &Store, s: State, tag: Option<&ImageRef>) -> Result<LocalImage,
     let mut config = s.config;
     config.created = Some(s.created);
     config.history = s.history;
-    config.rootfs = RootFs {
-        kind: "layers".into(),
-        diff_ids: s.layers.iter().map(|(_, d, _)| d.to_string()).collect(),
-    };
-    let config_bytes = serde_json::to_vec(&config).map_err(|e| BuildError::Step {
-        line: 0,
-        msg: e.to_string(),
-    })?;
-    let config_digest = store.put_blob(&config_bytes, None)?;
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: Some(OCI_MANIFEST.into()),
-        config: Descriptor {
-            media_type: OCI_CONFIG.into(),
-            digest: config_digest.to_string(),
-            size: config_bytes.len() as u64,
-            platform: None,
-            annotations: None,
-        },
-        layers: s
-            .layers
-            .iter()
-            .map(|(d, _, size)| Descriptor {
-                media_type: OCI_LAYER_GZIP.into(),
-                digest: d.to_string(),
-                size: *size,
-                platform: None,
-                annotations: None,
-            })
-            .collect(),
-        annotations: None,
-    };
-    let manifest_bytes = serde_json::to_vec(&manifest).map_err(|e| BuildError::Step {
-        line: 0,
-        msg: e.to_string(),
-    })?;
-    let md = store.put_blob(&manifest_bytes, None)?;
-    Ok(store.add_image(&md, tag)?)
+    let layers: Vec<(Digest, Digest, u64)> = s.layers;
+    Ok(store.put_image(config, &layers, tag)?)
 }
 
 #[cfg(test)]

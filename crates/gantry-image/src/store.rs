@@ -25,7 +25,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::{Digest, HashingWriter};
 use crate::reference::ImageRef;
-use crate::types::{ImageConfig, Manifest};
+use crate::types::{
+    Descriptor, ImageConfig, Manifest, RootFs, OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST,
+};
+
+fn to_json<T: Serialize>(what: &'static str, v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(|err| StoreError::BadJson {
+        what,
+        digest: String::new(),
+        err,
+    })
+}
 use crate::unpack::{unpack, UnpackError};
 
 /// A store operation that failed.
@@ -376,6 +386,42 @@ impl Store {
         self.resolve(&manifest.to_string())
     }
 
+    /// Writes an OCI image whose gzip layers are already stored: sets the
+    /// config's diff ids from `layers` (blob digest, diff id, size, bottom
+    /// first), stores config and manifest, and records the image.
+    pub fn put_image(
+        &self,
+        mut config: ImageConfig,
+        layers: &[(Digest, Digest, u64)],
+        tag: Option<&ImageRef>,
+    ) -> Result<LocalImage, StoreError> {
+        config.rootfs = RootFs {
+            kind: "layers".into(),
+            diff_ids: layers.iter().map(|(_, d, _)| d.to_string()).collect(),
+        };
+        let config_bytes = to_json("config", &config)?;
+        let config_digest = self.put_blob(&config_bytes, None)?;
+        let descriptor = |media_type: &str, digest: &Digest, size: u64| Descriptor {
+            media_type: media_type.into(),
+            digest: digest.to_string(),
+            size,
+            platform: None,
+            annotations: None,
+        };
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: Some(OCI_MANIFEST.into()),
+            config: descriptor(OCI_CONFIG, &config_digest, config_bytes.len() as u64),
+            layers: layers
+                .iter()
+                .map(|(d, _, size)| descriptor(OCI_LAYER_GZIP, d, *size))
+                .collect(),
+            annotations: None,
+        };
+        let manifest_digest = self.put_blob(&to_json("manifest", &manifest)?, None)?;
+        self.add_image(&manifest_digest, tag)
+    }
+
     /// Remembers that `blob` exists in `repository` on a registry.
     pub fn add_source(&self, blob: &Digest, repository: &str) -> Result<(), StoreError> {
         self.with_index(|idx| {
@@ -654,7 +700,6 @@ fn rand_suffix() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{Descriptor, RootFs, OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST};
 
     fn layer_blob(name: &str) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
@@ -673,37 +718,16 @@ mod tests {
         let cfg = ImageConfig {
             architecture: "amd64".into(),
             os: "linux".into(),
-            rootfs: RootFs {
-                kind: "layers".into(),
-                diff_ids: vec![layer.to_string()],
-            },
             ..Default::default()
         };
-        let cfg_bytes = serde_json::to_vec(&cfg).unwrap();
-        let c = s.put_blob(&cfg_bytes, None).unwrap();
-        let m = Manifest {
-            schema_version: 2,
-            media_type: Some(OCI_MANIFEST.into()),
-            config: Descriptor {
-                media_type: OCI_CONFIG.into(),
-                digest: c.to_string(),
-                size: cfg_bytes.len() as u64,
-                platform: None,
-                annotations: None,
-            },
-            layers: vec![Descriptor {
-                media_type: OCI_LAYER_GZIP.into(),
-                digest: layer.to_string(),
-                size: 10,
-                platform: None,
-                annotations: None,
-            }],
-            annotations: None,
-        };
-        let md = s.put_blob(&serde_json::to_vec(&m).unwrap(), None).unwrap();
-        s.add_image(&md, Some(&ImageRef::parse(tag).unwrap()))
+        let img = s
+            .put_image(
+                cfg,
+                &[(layer.clone(), layer, 10)],
+                Some(&ImageRef::parse(tag).unwrap()),
+            )
             .unwrap();
-        md
+        Digest::parse(&img.record.manifest).unwrap()
     }
 
     #[test]

@@ -303,21 +303,11 @@ fn exec_runs_inside_the_container() {
     let init = g.ok(&["exec", "box", "cat", "/proc/1/cmdline"]);
     assert!(init.contains("sleep"), "{init}");
     // -i passes stdin; without it the process reads /dev/null.
-    let piped = |args: &[&str]| {
-        g.cmd()
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut c| {
-                use std::io::Write;
-                c.stdin.take().unwrap().write_all(b"piped\n")?;
-                c.wait_with_output()
-            })
-            .unwrap()
-    };
-    assert_eq!(text(&piped(&["exec", "-i", "box", "cat"])), "piped\n");
-    assert_eq!(text(&piped(&["exec", "box", "cat"])), "");
+    assert_eq!(
+        text(&g.with_stdin(&["exec", "-i", "box", "cat"], b"piped\n")),
+        "piped\n"
+    );
+    assert_eq!(text(&g.with_stdin(&["exec", "box", "cat"], b"piped\n")), "");
     let tty = g.ok(&["exec", "-t", "box", "tty"]);
     assert!(
         tty.trim().starts_with("/dev/pts/"),
@@ -776,9 +766,8 @@ fn stdin_hostname_generated_files_and_shares() {
     let ctx = g.context(&format!("{BUSYBOX_DOCKERFILE}STOPSIGNAL SIGUSR2\n"));
     g.ok(&["build", "-q", "-t", "bb", ctx.path().to_str().unwrap()]);
     // -i passes our stdin through and closes it at its end.
-    let out = g
-        .cmd()
-        .args([
+    let out = g.with_stdin(
+        &[
             "run",
             "--rm",
             "-i",
@@ -786,16 +775,9 @@ fn stdin_hostname_generated_files_and_shares() {
             "sh",
             "-c",
             "tr a-z A-Z; echo done",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(b"hello\n")?;
-            c.wait_with_output()
-        })
-        .unwrap();
+        ],
+        b"hello\n",
+    );
     assert_eq!(text(&out), "HELLO\ndone\n");
     // Generated /etc files.
     let out = g.ok(&[

@@ -474,18 +474,10 @@ fn registry_credentials_work_like_docker_login() {
     );
     let e = g.fails(&["login", "-u", "alice", "-p", "wrong", &reg.addr], 1);
     assert!(e.contains("refused"), "{e}");
-    let o = g
-        .cmd()
-        .args(["login", "-u", "alice", "--password-stdin", &reg.addr])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(b"s3cret\n")?;
-            c.wait_with_output()
-        });
-    let o = o.unwrap();
+    let o = g.with_stdin(
+        &["login", "-u", "alice", "--password-stdin", &reg.addr],
+        b"s3cret\n",
+    );
     assert!(o.status.success(), "{}", errtext(&o));
     let cfg: serde_json::Value =
         serde_json::from_slice(&std::fs::read(g.home.path().join(".docker/config.json")).unwrap())

@@ -61,6 +61,25 @@ impl G {
         self.cmd().args(args).output().expect("run gantry")
     }
 
+    /// Runs gantry with `input` on its stdin; returns its output.
+    pub fn with_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut c = self
+            .cmd()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run gantry");
+        c.stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("write stdin");
+        c.wait_with_output().expect("wait for gantry")
+    }
+
     /// Runs gantry, asserts success, returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.out(args);
