@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks, side by side in one run (see BENCHMARKS.md):
 #  1. container start: `gantry run --rm IMG true` (no network, and bridge +
-#     veth) against `runc run` on the same rootfs and `docker run --rm
+#     veth) against `runc run` and `youki run` (libcontainer 0.7, the
+#     runtime library the stack suggested, built from crates.io into
+#     target/bench-peers on first use) on the same rootfs, and `docker run --rm
 #     --network none` on a dockerd of the benchmark's own (the same image,
 #     pulled from a loopback registry);
 #  2. pull throughput of a 100 MB image from a loopback registry, against
@@ -12,6 +14,12 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cargo build --release --locked -q
 G="$PWD/target/release/gantry"
+YOUKI="$PWD/target/bench-peers/bin/youki"
+if [ ! -x "$YOUKI" ]; then
+  echo "building youki 0.7.0 (libcontainer) as a benchmark peer, once..." >&2
+  cargo install -q youki --version 0.7.0 --no-default-features --features v1,v2,seccomp \
+    --root "$PWD/target/bench-peers" >&2 || true
+fi
 RUNS=${RUNS:-40}
 work=$(mktemp -d /tmp/gantry-bench.XXXXXX)
 reg_pid=""
@@ -66,6 +74,12 @@ cmds=(
   -n "gantry run --rm (bridge + veth)" "$G run --rm bench true"
   -n "runc run (netns, no veth)" "runc run --bundle $bundle gantry-bench"
 )
+if [ -x "$YOUKI" ]; then
+  # Its own copy of the bundle: a cgroup path of its own.
+  cp -a "$bundle" "$work/ybundle"
+  sed -i 's|/gantry-bench-runc|/gantry-bench-youki|' "$work/ybundle/config.json"
+  cmds+=(-n "youki run (libcontainer 0.7)" "$YOUKI run --bundle $work/ybundle gantry-bench-y")
+fi
 if command -v dockerd >/dev/null; then
   "$G" tag bench "127.0.0.1:$port/bench:1" && "$G" push -q "127.0.0.1:$port/bench:1" >/dev/null
   dockerd --data-root "$work/docker" --exec-root "$work/docker-exec" -H "unix://$work/docker.sock" \
