@@ -418,40 +418,9 @@ fn healthcheck(rest: &str) -> Result<Kind, String> {
     Ok(Kind::Healthcheck(Some(spec)))
 }
 
-/// Parses Go-style durations (`30s`, `1m30s`, `500ms`, `1h`) into nanoseconds.
+/// Go-style durations in nanoseconds (see `gantry_units::duration_ns`).
 pub fn duration_ns(s: &str) -> Result<u64, String> {
-    let bad = || format!("invalid duration {s:?}: use e.g. 30s, 1m30s, 500ms");
-    if s.is_empty() {
-        return Err(bad());
-    }
-    if s == "0" {
-        return Ok(0);
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let n = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        let (num, tail) = rest.split_at(n);
-        let v: f64 = num.parse().map_err(|_| bad())?;
-        let u = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(u);
-        let mult = match unit {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return Err(bad()),
-        };
-        total += v * mult;
-        rest = tail;
-    }
-    Ok(total as u64)
+    gantry_units::duration_ns(s)
 }
 
 /// Splits on unquoted whitespace, keeping quotes and escapes for later
@@ -783,16 +752,5 @@ CMD httpd -f
         assert!(process_word("\"open", &env).is_err());
         assert!(process_word("${A", &env).is_err());
         assert!(process_word("${}", &env).is_err());
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(duration_ns("30s").unwrap(), 30_000_000_000);
-        assert_eq!(duration_ns("1m30s").unwrap(), 90_000_000_000);
-        assert_eq!(duration_ns("500ms").unwrap(), 500_000_000);
-        assert_eq!(duration_ns("1.5h").unwrap(), 5_400_000_000_000);
-        for bad in ["", "10", "5x", "s"] {
-            assert!(duration_ns(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 pub struct Resources {
     /// Memory limit in bytes.
     pub memory: Option<u64>,
-    /// CPU quota in millionths of a CPU (`--cpus 0.5` is 500_000).
+    /// CPU quota in billionths of a CPU, Docker's NanoCPUs (`--cpus 0.5` is 500_000_000).
     pub nano_cpus: Option<u64>,
     /// Relative CPU weight, Docker's `--cpu-shares` (2..=262144, default 1024).
     pub cpu_shares: Option<u64>,
@@ -257,7 +257,7 @@ impl Cgroup for V1 {
         let cpu = self.dir("cpu");
         if let Some(nano) = res.nano_cpus {
             write(&cpu.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
-            let quota = (nano * CPU_PERIOD_US / 1_000_000).max(1000);
+            let quota = (nano * CPU_PERIOD_US / 1_000_000_000).max(1000);
             write(&cpu.join("cpu.cfs_quota_us"), &quota.to_string())?;
         }
         if let Some(shares) = res.cpu_shares {
@@ -382,7 +382,7 @@ impl Cgroup for V2 {
             }
         }
         if let Some(nano) = res.nano_cpus {
-            let quota = (nano * CPU_PERIOD_US / 1_000_000).max(1000);
+            let quota = (nano * CPU_PERIOD_US / 1_000_000_000).max(1000);
             write(&cg.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
         }
         if let Some(shares) = res.cpu_shares {
@@ -492,7 +492,7 @@ mod tests {
         let cg = v.cgroup("gantry", "c1");
         cg.create(&Resources {
             memory: Some(64 << 20),
-            nano_cpus: Some(500_000),
+            nano_cpus: Some(500_000_000),
             cpu_shares: Some(512),
             pids: Some(20),
         })

@@ -580,7 +580,7 @@ fn inspect_json(c: &Listed) -> serde_json::Value {
         },
         "HostConfig": {
             "Memory": c.config.resources.memory,
-            "NanoCpus": c.config.resources.nano_cpus.map(|n| n * 1000),
+            "NanoCpus": c.config.resources.nano_cpus,
             "CpuShares": c.config.resources.cpu_shares,
             "PidsLimit": c.config.resources.pids,
             "ReadonlyRootfs": c.config.read_only,

@@ -5,42 +5,14 @@ use std::path::PathBuf;
 
 use gantry_runtime::{Mount, MountKind, PortMapping};
 
-/// Parses a size like Docker's `-m`: `512`, `64k`, `64m`, `1g`, `1.5g`
-/// (binary units, optional trailing `b`).
+/// A size like Docker's `-m` (see `gantry_units::size`).
 pub(crate) fn size(s: &str) -> Result<u64, String> {
-    let bad = || {
-        format!("invalid size {s:?}: use a number with an optional unit b, k, m or g (e.g. 64m)")
-    };
-    let t = s.trim().to_ascii_lowercase();
-    let t = t
-        .strip_suffix('b')
-        .filter(|r| !r.is_empty() && r.ends_with(|c: char| c.is_ascii_alphabetic()))
-        .unwrap_or(&t);
-    let (num, mult) = match t.chars().last() {
-        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
-        Some('m') => (&t[..t.len() - 1], 1 << 20),
-        Some('g') => (&t[..t.len() - 1], 1 << 30),
-        Some('t') => (&t[..t.len() - 1], 1 << 40),
-        Some('b') => (&t[..t.len() - 1], 1),
-        Some(c) if c.is_ascii_digit() => (t, 1),
-        _ => return Err(bad()),
-    };
-    let v: f64 = num.parse().map_err(|_| bad())?;
-    if !(v.is_finite() && v > 0.0) {
-        return Err(bad());
-    }
-    Ok((v * mult as f64) as u64)
+    gantry_units::size(s)
 }
 
-/// `--cpus 0.5` to millionths of a CPU.
+/// `--cpus 0.5` to NanoCPUs.
 pub(crate) fn cpus(s: &str) -> Result<u64, String> {
-    let v: f64 = s
-        .parse()
-        .map_err(|_| format!("invalid --cpus {s:?}: give a number of CPUs such as 0.5"))?;
-    if !(v.is_finite() && v > 0.0 && v <= 1024.0) {
-        return Err(format!("invalid --cpus {s:?}: must be above 0"));
-    }
-    Ok((v * 1_000_000.0).round() as u64)
+    gantry_units::nano_cpus(s)
 }
 
 /// `-v SRC:DST[:ro|rw]`: an absolute SRC is a bind mount, anything else a
@@ -159,29 +131,6 @@ pub(crate) fn key_value(s: &str) -> Result<(String, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(size("64m").unwrap(), 64 << 20);
-        assert_eq!(size("64M").unwrap(), 64 << 20);
-        assert_eq!(size("64mb").unwrap(), 64 << 20);
-        assert_eq!(size("1g").unwrap(), 1 << 30);
-        assert_eq!(size("1.5k").unwrap(), 1536);
-        assert_eq!(size("100").unwrap(), 100);
-        assert_eq!(size("100b").unwrap(), 100);
-        for bad in ["", "m", "-1m", "12x", "1.2.3m", "nan", "0"] {
-            assert!(size(bad).is_err(), "{bad}");
-        }
-        assert!(size("12x").unwrap_err().contains("invalid size"));
-    }
-
-    #[test]
-    fn cpu_counts() {
-        assert_eq!(cpus("0.5").unwrap(), 500_000);
-        assert_eq!(cpus("2").unwrap(), 2_000_000);
-        assert!(cpus("0").is_err());
-        assert!(cpus("lots").is_err());
-    }
 
     #[test]
     fn volumes() {
