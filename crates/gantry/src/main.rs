@@ -6,6 +6,7 @@ mod containers;
 mod images;
 mod output;
 mod parse;
+mod stacks;
 mod volumes;
 
 use std::path::PathBuf;
@@ -104,6 +105,9 @@ enum Cmd {
     /// Manage volumes.
     #[command(subcommand)]
     Volume(volumes::VolumeCmd),
+    /// Stacks: compose files of services.
+    #[command(subcommand)]
+    Stack(stacks::StackCmd),
 }
 
 /// Everything a command needs from the global flags.
@@ -205,5 +209,6 @@ fn dispatch(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<u8> {
         Cmd::Exec(a) => containers::exec(ctx, a),
         Cmd::Wait { containers: c } => containers::wait(ctx, &c),
         Cmd::Volume(c) => volumes::run(ctx, c),
+        Cmd::Stack(c) => stacks::run(c),
     }
 }

@@ -1,0 +1,902 @@
+//! Stack files: compose-spec YAML as Docker users write it, turned into a
+//! validated, normalised [`Stack`] that the manager can deploy. Pure: the
+//! caller reads the files; `.env` values and `env_file` contents come in
+//! through arguments and a loader.
+//!
+//! Steps: variables are interpolated on the text (so positions hold), the
+//! YAML is parsed (syntax and type errors carry file, line and column),
+//! unknown keys become warnings that name them, and every value is checked
+//! and converted (sizes, CPUs, durations, constraints, ports, mounts,
+//! references between services) with its position. [`Stack::to_yaml`] is
+//! what `gantry stack config` prints.
+
+mod interpolate;
+mod keys;
+mod raw;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_saphyr::Spanned;
+
+pub use interpolate::{interpolate, parse_env_file, InterpolationError};
+
+use gantry_sched::{Constraint, Strategy};
+use raw::{ListOrDict, Scalar, StringOrList};
+
+/// A stack file that cannot be deployed: where and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}:{column}: {msg}")]
+pub struct StackError {
+    /// The file's name as given.
+    pub file: String,
+    /// 1-based line (0 when the problem has no single place).
+    pub line: u64,
+    /// 1-based column.
+    pub column: u64,
+    /// What is wrong.
+    pub msg: String,
+}
+
+/// CPU and memory amounts of a service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Amounts {
+    /// Billionths of a CPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nano_cpus: Option<u64>,
+    /// Bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
+    /// Processes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+}
+
+/// How a published port is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortMode {
+    /// Every node forwards the port to a task anywhere.
+    Ingress,
+    /// Only the node running the task listens.
+    Host,
+}
+
+/// A published port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Port {
+    /// Port in the container.
+    pub target: u16,
+    /// Port on the nodes (none: only reachable inside the cluster).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub published: Option<u16>,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// Ingress or host.
+    pub mode: PortMode,
+}
+
+/// A mount of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// `volume`, `bind` or `tmpfs`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Volume name or host path (empty for tmpfs).
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub source: String,
+    /// Path in the container.
+    pub target: String,
+    /// Mounted read-only.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub read_only: bool,
+}
+
+/// A health check; durations in nanoseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Healthcheck {
+    /// `["CMD", ...]`, `["CMD-SHELL", "..."]` or `["NONE"]`.
+    pub test: Vec<String>,
+    /// Between checks.
+    pub interval_ns: u64,
+    /// For one check.
+    pub timeout_ns: u64,
+    /// Grace after start.
+    pub start_period_ns: u64,
+    /// Failures before unhealthy.
+    pub retries: u32,
+}
+
+/// When the orchestrator restarts a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    /// `none`, `on-failure` or `any`.
+    pub condition: String,
+    /// Wait before restarting, nanoseconds.
+    pub delay_ns: u64,
+    /// 0: no limit.
+    pub max_attempts: u32,
+    /// Window in which attempts count, nanoseconds (0: unbounded).
+    pub window_ns: u64,
+}
+
+/// How an update or a rollback proceeds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpdateConfig {
+    /// Tasks updated at once (0: all).
+    pub parallelism: u32,
+    /// Between batches, nanoseconds.
+    pub delay_ns: u64,
+    /// `stop-first` or `start-first`.
+    pub order: String,
+    /// `pause`, `continue` or `rollback`.
+    pub failure_action: String,
+    /// How long a new task is watched for failure, nanoseconds.
+    pub monitor_ns: u64,
+    /// Failures tolerated during an update.
+    pub max_failure_ratio: f64,
+}
+
+/// Replicated or global.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A number of replicas.
+    Replicated {
+        /// How many.
+        replicas: u32,
+    },
+    /// One task per eligible node.
+    Global,
+}
+
+/// A service of a stack, normalised.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    /// Image reference.
+    pub image: String,
+    /// Replaces the image's Cmd.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Replaces the image's Entrypoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    /// Environment (env_file first, then `environment`).
+    pub environment: BTreeMap<String, String>,
+    /// Container labels (routing labels live here).
+    pub labels: BTreeMap<String, String>,
+    /// Published ports.
+    pub ports: Vec<Port>,
+    /// Mounts.
+    pub volumes: Vec<Mount>,
+    /// Health check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<Healthcheck>,
+    /// Services that must start first.
+    pub depends_on: Vec<String>,
+    /// Networks of the stack it joins.
+    pub networks: Vec<String>,
+    /// Replicated or global.
+    pub mode: Mode,
+    /// Limits per task.
+    pub limits: Amounts,
+    /// Reservations per task (used for placement).
+    pub reservations: Amounts,
+    /// Placement constraints.
+    pub constraints: Vec<String>,
+    /// Spread over these node labels.
+    pub spread_over: Vec<String>,
+    /// Scoring strategy (`x-gantry: {strategy: binpack}`).
+    pub strategy: Strategy,
+    /// Restart policy.
+    pub restart_policy: RestartPolicy,
+    /// Rolling update.
+    pub update_config: UpdateConfig,
+    /// Rollback.
+    pub rollback_config: UpdateConfig,
+    /// Service labels (deploy.labels).
+    pub service_labels: BTreeMap<String, String>,
+    /// Container user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Working directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// Hostname.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Stop signal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// Stop grace period, nanoseconds.
+    pub stop_grace_period_ns: u64,
+}
+
+/// A validated stack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stack {
+    /// Services by name.
+    pub services: BTreeMap<String, Service>,
+    /// Named volumes it declares.
+    pub volumes: BTreeSet<String>,
+    /// Networks it declares (`default` always exists).
+    pub networks: BTreeSet<String>,
+    /// Service names in an order that honours depends_on.
+    pub start_order: Vec<String>,
+}
+
+impl Stack {
+    /// The normalised stack as YAML (`gantry stack config`).
+    pub fn to_yaml(&self) -> String {
+        serde_saphyr::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// A parsed stack and what was worth a warning.
+#[derive(Debug, Clone)]
+pub struct Parsed {
+    /// The stack.
+    pub stack: Stack,
+    /// Unknown or ignored keys, by path.
+    pub warnings: Vec<String>,
+}
+
+/// Loads an `env_file` by the name written in the stack file.
+pub type EnvFileLoader<'a> = dyn Fn(&str) -> Result<String, String> + 'a;
+
+struct Ctx<'a> {
+    file: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err<T>(&self, at: &serde_saphyr::Location, msg: impl Into<String>) -> Result<T, StackError> {
+        Err(StackError {
+            file: self.file.to_owned(),
+            line: at.line(),
+            column: at.column(),
+            msg: msg.into(),
+        })
+    }
+    fn nowhere(&self, msg: impl Into<String>) -> StackError {
+        StackError {
+            file: self.file.to_owned(),
+            line: 0,
+            column: 0,
+            msg: msg.into(),
+        }
+    }
+    fn duration(&self, v: &Option<Spanned<String>>, default: u64) -> Result<u64, StackError> {
+        match v {
+            None => Ok(default),
+            Some(s) => gantry_units::duration_ns(&s.value).or_else(|e| self.err(&s.referenced, e)),
+        }
+    }
+    fn choice(
+        &self,
+        v: &Option<Spanned<String>>,
+        allowed: &[&str],
+        default: &str,
+        what: &str,
+    ) -> Result<String, StackError> {
+        match v {
+            None => Ok(default.to_owned()),
+            Some(s) if allowed.contains(&s.value.as_str()) => Ok(s.value.clone()),
+            Some(s) => self.err(
+                &s.referenced,
+                format!(
+                    "invalid {what} {:?}: use one of {}",
+                    s.value,
+                    allowed.join(", ")
+                ),
+            ),
+        }
+    }
+}
+
+fn dict(
+    v: Option<ListOrDict>,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> BTreeMap<String, String> {
+    match v {
+        None => BTreeMap::new(),
+        Some(ListOrDict::Dict(m)) => m
+            .into_iter()
+            .filter_map(|(k, v)| match v {
+                Some(v) => Some((k, v.text())),
+                None => lookup(&k).map(|v| (k, v)),
+            })
+            .collect(),
+        Some(ListOrDict::List(l)) => l
+            .into_iter()
+            .filter_map(|e| match e.split_once('=') {
+                Some((k, v)) => Some((k.to_owned(), v.to_owned())),
+                None => lookup(&e).map(|v| (e, v)),
+            })
+            .collect(),
+    }
+}
+
+fn list(v: Option<StringOrList>, shell: bool) -> Option<Vec<String>> {
+    v.map(|v| match v {
+        StringOrList::Many(l) => l,
+        // Compose splits a string command like a shell would (simply).
+        StringOrList::One(s) if shell => s.split_whitespace().map(str::to_owned).collect(),
+        StringOrList::One(s) => vec![s],
+    })
+}
+
+/// Parses, interpolates and validates a stack file.
+///
+/// `file` names it in errors; `env` holds the variables (the process
+/// environment with `.env` values added as `docker compose` does);
+/// `load_env_file` reads a service's `env_file` entries.
+pub fn parse(
+    file: &str,
+    text: &str,
+    env: &BTreeMap<String, String>,
+    load_env_file: &EnvFileLoader<'_>,
+) -> Result<Parsed, StackError> {
+    let ctx = Ctx { file };
+    let lookup = |k: &str| env.get(k).cloned();
+    let text = interpolate(text, &lookup).map_err(|e| StackError {
+        file: file.to_owned(),
+        line: e.line as u64,
+        column: e.column as u64,
+        msg: e.msg,
+    })?;
+    let yaml_err = |e: serde_saphyr::Error| {
+        let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+        let first = e.to_string().lines().next().unwrap_or_default().to_owned();
+        // Drop the library's own "error: line L column C: " prefix.
+        let msg = first
+            .split_once(": ")
+            .filter(|(p, _)| p.starts_with("error"))
+            .map(|(_, rest)| {
+                rest.split_once(": ")
+                    .map_or(
+                        rest,
+                        |(pos, m)| if pos.starts_with("line ") { m } else { rest },
+                    )
+                    .to_owned()
+            })
+            .unwrap_or(first);
+        StackError {
+            file: file.to_owned(),
+            line,
+            column,
+            msg,
+        }
+    };
+    let doc: serde_json::Value = serde_saphyr::from_str(&text).map_err(yaml_err)?;
+    if !doc.is_object() {
+        return Err(ctx.nowhere("a stack file is a mapping with a services key"));
+    }
+    let warnings = keys::warnings(&doc);
+    let raw: raw::File = serde_saphyr::from_str(&text).map_err(yaml_err)?;
+    let volumes: BTreeSet<String> = raw.volumes.unwrap_or_default().into_keys().collect();
+    let mut networks: BTreeSet<String> = raw.networks.unwrap_or_default().into_keys().collect();
+    networks.insert("default".into());
+    let raw_services = raw
+        .services
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ctx.nowhere("the stack has no services"))?;
+    let names: BTreeSet<String> = raw_services.keys().cloned().collect();
+    let mut services = BTreeMap::new();
+    let mut deps_at = BTreeMap::new();
+    for (name, s) in raw_services {
+        if !valid_name(&name) {
+            return Err(ctx.nowhere(format!(
+                "invalid service name {name:?}: use lowercase letters, digits, '-' and '_'"
+            )));
+        }
+        let svc = service(
+            &ctx,
+            &name,
+            s,
+            &names,
+            &volumes,
+            &networks,
+            &lookup,
+            load_env_file,
+            &mut deps_at,
+        )?;
+        services.insert(name, svc);
+    }
+    let start_order = order(&ctx, &services, &deps_at)?;
+    Ok(Parsed {
+        stack: Stack {
+            services,
+            volumes,
+            networks,
+            start_order,
+        },
+        warnings,
+    })
+}
+
+fn valid_name(n: &str) -> bool {
+    n.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && n.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+#[allow(clippy::too_many_arguments)]
+fn service(
+    ctx: &Ctx<'_>,
+    name: &str,
+    s: raw::Service,
+    names: &BTreeSet<String>,
+    volumes: &BTreeSet<String>,
+    networks: &BTreeSet<String>,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    load_env_file: &EnvFileLoader<'_>,
+    deps_at: &mut BTreeMap<String, serde_saphyr::Location>,
+) -> Result<Service, StackError> {
+    let image = match s.image {
+        Some(i) if !i.value.trim().is_empty() => i.value,
+        Some(i) => return ctx.err(&i.referenced, format!("service {name}: image is empty")),
+        None => {
+            return Err(ctx.nowhere(format!(
+                "service {name} has no image (a stack deploys images; build is not supported)"
+            )))
+        }
+    };
+    let mut environment = BTreeMap::new();
+    if let Some(files) = s.env_file {
+        let at = files.referenced;
+        for f in list(Some(files.value), false).unwrap_or_default() {
+            let text = load_env_file(&f)
+                .or_else(|e| ctx.err(&at, format!("service {name}: env_file {f}: {e}")))?;
+            let pairs = parse_env_file(&text).or_else(|(line, e)| {
+                ctx.err(
+                    &at,
+                    format!("service {name}: env_file {f} line {line}: {e}"),
+                )
+            })?;
+            environment.extend(pairs);
+        }
+    }
+    environment.extend(dict(s.environment, lookup));
+    let mut ports = Vec::new();
+    for p in s.ports.unwrap_or_default() {
+        ports.push(
+            port(&p.value).or_else(|e| ctx.err(&p.referenced, format!("service {name}: {e}")))?,
+        );
+    }
+    let mut mounts = Vec::new();
+    for v in s.volumes.unwrap_or_default() {
+        let m =
+            mount(&v.value).or_else(|e| ctx.err(&v.referenced, format!("service {name}: {e}")))?;
+        if m.kind == "volume" && !volumes.contains(&m.source) {
+            return ctx.err(&v.referenced, format!("service {name} uses volume {:?}, which is not declared under the top-level volumes key", m.source));
+        }
+        mounts.push(m);
+    }
+    for t in list(s.tmpfs, false).unwrap_or_default() {
+        mounts.push(Mount {
+            kind: "tmpfs".into(),
+            source: String::new(),
+            target: t.split(':').next().unwrap_or_default().to_owned(),
+            read_only: false,
+        });
+    }
+    let healthcheck = match s.healthcheck {
+        None => None,
+        Some(h) if h.disable == Some(true) => Some(Healthcheck {
+            test: vec!["NONE".into()],
+            interval_ns: 0,
+            timeout_ns: 0,
+            start_period_ns: 0,
+            retries: 0,
+        }),
+        Some(h) => Some(Healthcheck {
+            test: match h.test {
+                Some(StringOrList::One(s)) => vec!["CMD-SHELL".into(), s],
+                Some(StringOrList::Many(v))
+                    if matches!(
+                        v.first().map(String::as_str),
+                        Some("CMD" | "CMD-SHELL" | "NONE")
+                    ) =>
+                {
+                    v
+                }
+                Some(StringOrList::Many(_)) => {
+                    return Err(ctx.nowhere(format!(
+                        "service {name}: healthcheck.test must start with CMD, CMD-SHELL or NONE"
+                    )))
+                }
+                None => return Err(ctx.nowhere(format!("service {name}: healthcheck has no test"))),
+            },
+            interval_ns: ctx.duration(&h.interval, 30_000_000_000)?,
+            timeout_ns: ctx.duration(&h.timeout, 30_000_000_000)?,
+            start_period_ns: ctx.duration(&h.start_period, 0)?,
+            retries: h.retries.unwrap_or(3),
+        }),
+    };
+    let depends_on = match s.depends_on {
+        None => Vec::new(),
+        Some(d) => {
+            let list: Vec<String> = match d.value {
+                raw::DependsOn::List(l) => l,
+                raw::DependsOn::Map(m) => m.into_keys().collect(),
+            };
+            for dep in &list {
+                if !names.contains(dep) {
+                    return ctx.err(
+                        &d.referenced,
+                        format!("service {name} depends on {dep:?}, which is not in the stack"),
+                    );
+                }
+            }
+            deps_at.insert(name.to_owned(), d.referenced);
+            list
+        }
+    };
+    let nets = match s.networks {
+        None => vec!["default".to_owned()],
+        Some(n) => {
+            let l = list(Some(n.value), false).unwrap_or_default();
+            for x in &l {
+                if !networks.contains(x) {
+                    return ctx.err(&n.referenced, format!("service {name} uses network {x:?}, which is not declared under the top-level networks key"));
+                }
+            }
+            l
+        }
+    };
+    let d = s.deploy.unwrap_or_default();
+    let mode = match d.mode.as_ref().map(|m| (m.value.as_str(), m.referenced)) {
+        None | Some(("replicated", _)) => {
+            let replicas = match &d.replicas {
+                None => 1,
+                Some(r) => match &r.value {
+                    Scalar::Int(i) if *i >= 0 && *i <= i64::from(u32::MAX) => *i as u32,
+                    Scalar::Str(t) if t.parse::<u32>().is_ok() => t.parse().unwrap_or(1),
+                    other => {
+                        return ctx.err(
+                            &r.referenced,
+                            format!(
+                                "service {name}: replicas must be a whole number, got {:?}",
+                                other.text()
+                            ),
+                        )
+                    }
+                },
+            };
+            Mode::Replicated { replicas }
+        }
+        Some(("global", _)) => {
+            if let Some(r) = &d.replicas {
+                return ctx.err(
+                    &r.referenced,
+                    format!("service {name}: replicas cannot be set with mode: global"),
+                );
+            }
+            Mode::Global
+        }
+        Some((other, at)) => {
+            return ctx.err(
+                &at,
+                format!("service {name}: invalid mode {other:?}: use replicated or global"),
+            );
+        }
+    };
+    let res = d.resources.unwrap_or_default();
+    let limits = amounts(ctx, name, res.limits)?;
+    let reservations = amounts(ctx, name, res.reservations)?;
+    let placement = d.placement.unwrap_or_default();
+    let mut constraints = Vec::new();
+    for c in placement.constraints.unwrap_or_default() {
+        let parsed = Constraint::parse(&c.value)
+            .or_else(|e| ctx.err(&c.referenced, format!("service {name}: {e}")))?;
+        constraints.push(parsed.to_string());
+    }
+    let mut spread_over = Vec::new();
+    for p in placement.preferences.unwrap_or_default() {
+        match p.value.spread.strip_prefix("node.labels.") {
+            Some(l) if !l.is_empty() => spread_over.push(l.to_owned()),
+            _ => {
+                return ctx.err(
+                    &p.referenced,
+                    format!(
+                        "service {name}: spread preference must be node.labels.KEY, got {:?}",
+                        p.value.spread
+                    ),
+                )
+            }
+        }
+    }
+    let rp = d.restart_policy.unwrap_or_default();
+    let restart_policy = RestartPolicy {
+        condition: ctx.choice(
+            &rp.condition,
+            &["none", "on-failure", "any"],
+            "any",
+            "restart condition",
+        )?,
+        delay_ns: ctx.duration(&rp.delay, 5_000_000_000)?,
+        max_attempts: rp.max_attempts.unwrap_or(0),
+        window_ns: ctx.duration(&rp.window, 0)?,
+    };
+    let update_config = update(ctx, d.update_config.unwrap_or_default(), "pause")?;
+    let rollback_config = update(ctx, d.rollback_config.unwrap_or_default(), "pause")?;
+    let strategy = match s.x_gantry.and_then(|x| x.strategy) {
+        None => Strategy::Spread,
+        Some(st) => match st.value.as_str() {
+            "spread" => Strategy::Spread,
+            "binpack" => Strategy::Binpack,
+            other => {
+                return ctx.err(
+                    &st.referenced,
+                    format!(
+                    "service {name}: invalid x-gantry.strategy {other:?}: use spread or binpack"
+                ),
+                )
+            }
+        },
+    };
+    Ok(Service {
+        image,
+        command: list(s.command, true),
+        entrypoint: list(s.entrypoint, true),
+        environment,
+        labels: dict(s.labels, lookup),
+        ports,
+        volumes: mounts,
+        healthcheck,
+        depends_on,
+        networks: nets,
+        mode,
+        limits,
+        reservations,
+        constraints,
+        spread_over,
+        strategy,
+        restart_policy,
+        update_config,
+        rollback_config,
+        service_labels: dict(d.labels, lookup),
+        user: s.user.map(|u| u.text()),
+        working_dir: s.working_dir,
+        hostname: s.hostname,
+        stop_signal: s.stop_signal,
+        stop_grace_period_ns: ctx.duration(&s.stop_grace_period, 10_000_000_000)?,
+    })
+}
+
+fn amounts(ctx: &Ctx<'_>, name: &str, a: Option<raw::Amounts>) -> Result<Amounts, StackError> {
+    let Some(a) = a else {
+        return Ok(Amounts::default());
+    };
+    let nano_cpus = match a.cpus {
+        None => None,
+        Some(c) => Some(
+            gantry_units::nano_cpus(&c.value.text())
+                .or_else(|e| ctx.err(&c.referenced, format!("service {name}: {e}")))?,
+        ),
+    };
+    let memory = match a.memory {
+        None => None,
+        Some(m) => Some(
+            gantry_units::size(&m.value.text())
+                .or_else(|e| ctx.err(&m.referenced, format!("service {name}: {e}")))?,
+        ),
+    };
+    Ok(Amounts {
+        nano_cpus,
+        memory,
+        pids: a.pids,
+    })
+}
+
+fn update(
+    ctx: &Ctx<'_>,
+    u: raw::UpdateConfig,
+    default_action: &str,
+) -> Result<UpdateConfig, StackError> {
+    Ok(UpdateConfig {
+        parallelism: u.parallelism.unwrap_or(1),
+        delay_ns: ctx.duration(&u.delay, 0)?,
+        order: ctx.choice(
+            &u.order,
+            &["stop-first", "start-first"],
+            "stop-first",
+            "order",
+        )?,
+        failure_action: ctx.choice(
+            &u.failure_action,
+            &["pause", "continue", "rollback"],
+            default_action,
+            "failure_action",
+        )?,
+        monitor_ns: ctx.duration(&u.monitor, 5_000_000_000)?,
+        max_failure_ratio: u.max_failure_ratio.unwrap_or(0.0),
+    })
+}
+
+fn port(p: &raw::Port) -> Result<Port, String> {
+    let bad = |s: &str| format!("invalid port {s:?}: use [HOST:]CONTAINER[/tcp|udp]");
+    match p {
+        raw::Port::Short(s) => {
+            let s = s.text();
+            let (spec, protocol) = match s.rsplit_once('/') {
+                Some((a, p @ ("tcp" | "udp"))) => (a.to_owned(), p.to_owned()),
+                Some(_) => return Err(bad(&s)),
+                None => (s.clone(), "tcp".to_owned()),
+            };
+            let parts: Vec<&str> = spec.split(':').collect();
+            let (published, target) = match parts.as_slice() {
+                [t] => (None, *t),
+                [h, t] => (Some(*h), *t),
+                [_ip, h, t] => (Some(*h), *t),
+                _ => return Err(bad(&s)),
+            };
+            let target: u16 = target
+                .parse()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| bad(&s))?;
+            let published = match published {
+                None | Some("") => None,
+                Some(h) => Some(
+                    h.parse::<u16>()
+                        .ok()
+                        .filter(|p| *p > 0)
+                        .ok_or_else(|| bad(&s))?,
+                ),
+            };
+            Ok(Port {
+                target,
+                published,
+                protocol,
+                mode: PortMode::Ingress,
+            })
+        }
+        raw::Port::Long {
+            target,
+            published,
+            protocol,
+            mode,
+        } => {
+            if *target == 0 {
+                return Err("invalid port: target must be 1-65535".into());
+            }
+            let published = match published {
+                None => None,
+                Some(p) => Some(
+                    p.text()
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|p| *p > 0)
+                        .ok_or_else(|| format!("invalid published port {:?}", p.text()))?,
+                ),
+            };
+            let protocol = protocol.clone().unwrap_or_else(|| "tcp".into());
+            if protocol != "tcp" && protocol != "udp" {
+                return Err(format!("invalid protocol {protocol:?}: use tcp or udp"));
+            }
+            let mode = match mode.as_deref() {
+                None | Some("ingress") => PortMode::Ingress,
+                Some("host") => PortMode::Host,
+                Some(m) => return Err(format!("invalid port mode {m:?}: use ingress or host")),
+            };
+            Ok(Port {
+                target: *target,
+                published,
+                protocol,
+                mode,
+            })
+        }
+    }
+}
+
+fn mount(v: &raw::Volume) -> Result<Mount, String> {
+    match v {
+        raw::Volume::Short(s) => {
+            let parts: Vec<&str> = s.split(':').collect();
+            let (src, dst, mode) = match parts.as_slice() {
+                [dst] => ("", *dst, ""),
+                [src, dst] => (*src, *dst, ""),
+                [src, dst, mode] => (*src, *dst, *mode),
+                _ => return Err(format!("invalid volume {s:?}: use [SOURCE:]TARGET[:ro]")),
+            };
+            if !dst.starts_with('/') {
+                return Err(format!(
+                    "invalid volume {s:?}: the target must be an absolute path"
+                ));
+            }
+            let read_only = match mode {
+                "" | "rw" => false,
+                "ro" => true,
+                m => return Err(format!("invalid volume mode {m:?} in {s:?}: use ro or rw")),
+            };
+            if src.is_empty() {
+                return Err(format!(
+                    "invalid volume {s:?}: anonymous volumes are not supported in a stack; name it"
+                ));
+            }
+            let kind = if src.starts_with('/') || src.starts_with('.') {
+                "bind"
+            } else {
+                "volume"
+            };
+            Ok(Mount {
+                kind: kind.into(),
+                source: src.into(),
+                target: dst.into(),
+                read_only,
+            })
+        }
+        raw::Volume::Long {
+            kind,
+            source,
+            target,
+            read_only,
+        } => {
+            if !matches!(kind.as_str(), "volume" | "bind" | "tmpfs") {
+                return Err(format!(
+                    "invalid volume type {kind:?}: use volume, bind or tmpfs"
+                ));
+            }
+            if !target.starts_with('/') {
+                return Err(format!(
+                    "invalid volume target {target:?}: must be an absolute path"
+                ));
+            }
+            let source = source.clone().unwrap_or_default();
+            if kind != "tmpfs" && source.is_empty() {
+                return Err(format!("a {kind} mount needs a source"));
+            }
+            Ok(Mount {
+                kind: kind.clone(),
+                source,
+                target: target.clone(),
+                read_only: read_only.unwrap_or(false),
+            })
+        }
+    }
+}
+
+/// Orders services so that each comes after what it depends on; a cycle
+/// is an error naming its services.
+fn order(
+    ctx: &Ctx<'_>,
+    services: &BTreeMap<String, Service>,
+    deps_at: &BTreeMap<String, serde_saphyr::Location>,
+) -> Result<Vec<String>, StackError> {
+    let mut done: Vec<String> = Vec::new();
+    let mut left: BTreeSet<&String> = services.keys().collect();
+    while !left.is_empty() {
+        let ready: Vec<&String> = left
+            .iter()
+            .copied()
+            .filter(|n| services[*n].depends_on.iter().all(|d| done.contains(d)))
+            .collect();
+        if ready.is_empty() {
+            let cycle: Vec<&str> = left.iter().map(|s| s.as_str()).collect();
+            let msg = format!("depends_on forms a cycle among {}", cycle.join(", "));
+            return match left.iter().find_map(|n| deps_at.get(*n)) {
+                Some(at) => ctx.err(at, msg),
+                None => Err(ctx.nowhere(msg)),
+            };
+        }
+        for r in ready {
+            left.remove(r);
+            done.push(r.clone());
+        }
+    }
+    Ok(done)
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Replicated { replicas } => write!(f, "replicated {replicas}"),
+            Self::Global => write!(f, "global"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

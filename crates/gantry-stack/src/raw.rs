@@ -1,0 +1,180 @@
+//! The compose file as written: loose types (string or list, string or
+//! number), with the positions of values that are validated later.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// A YAML scalar as compose allows it in most places.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Scalar {
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl Scalar {
+    pub(crate) fn text(&self) -> String {
+        match self {
+            Self::Str(s) => s.clone(),
+            Self::Int(i) => i.to_string(),
+            Self::Float(f) => f.to_string(),
+            Self::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum StringOrList {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum ListOrDict {
+    List(Vec<String>),
+    Dict(BTreeMap<String, Option<Scalar>>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct File {
+    pub(crate) services: Option<BTreeMap<String, Service>>,
+    pub(crate) volumes: Option<BTreeMap<String, Option<serde::de::IgnoredAny>>>,
+    pub(crate) networks: Option<BTreeMap<String, Option<serde::de::IgnoredAny>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Service {
+    pub(crate) image: Option<Spanned<String>>,
+    pub(crate) command: Option<StringOrList>,
+    pub(crate) entrypoint: Option<StringOrList>,
+    pub(crate) environment: Option<ListOrDict>,
+    pub(crate) env_file: Option<Spanned<StringOrList>>,
+    pub(crate) labels: Option<ListOrDict>,
+    pub(crate) ports: Option<Vec<Spanned<Port>>>,
+    pub(crate) volumes: Option<Vec<Spanned<Volume>>>,
+    pub(crate) tmpfs: Option<StringOrList>,
+    pub(crate) healthcheck: Option<Healthcheck>,
+    pub(crate) depends_on: Option<Spanned<DependsOn>>,
+    pub(crate) deploy: Option<Deploy>,
+    pub(crate) networks: Option<Spanned<StringOrList>>,
+    pub(crate) hostname: Option<String>,
+    pub(crate) user: Option<Scalar>,
+    pub(crate) working_dir: Option<String>,
+    pub(crate) stop_signal: Option<String>,
+    pub(crate) stop_grace_period: Option<Spanned<String>>,
+    #[serde(rename = "x-gantry")]
+    pub(crate) x_gantry: Option<XGantry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct XGantry {
+    pub(crate) strategy: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Port {
+    Short(Scalar),
+    Long {
+        target: u16,
+        published: Option<Scalar>,
+        protocol: Option<String>,
+        mode: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Volume {
+    Short(String),
+    Long {
+        #[serde(rename = "type")]
+        kind: String,
+        source: Option<String>,
+        target: String,
+        read_only: Option<bool>,
+    },
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Healthcheck {
+    pub(crate) test: Option<StringOrList>,
+    pub(crate) interval: Option<Spanned<String>>,
+    pub(crate) timeout: Option<Spanned<String>>,
+    pub(crate) start_period: Option<Spanned<String>>,
+    pub(crate) retries: Option<u32>,
+    pub(crate) disable: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum DependsOn {
+    List(Vec<String>),
+    Map(BTreeMap<String, Option<DependsOnCondition>>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct DependsOnCondition {
+    #[allow(dead_code)]
+    pub(crate) condition: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Deploy {
+    pub(crate) mode: Option<Spanned<String>>,
+    pub(crate) replicas: Option<Spanned<Scalar>>,
+    pub(crate) resources: Option<Resources>,
+    pub(crate) placement: Option<Placement>,
+    pub(crate) restart_policy: Option<RestartPolicy>,
+    pub(crate) update_config: Option<UpdateConfig>,
+    pub(crate) rollback_config: Option<UpdateConfig>,
+    pub(crate) labels: Option<ListOrDict>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Resources {
+    pub(crate) limits: Option<Amounts>,
+    pub(crate) reservations: Option<Amounts>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Amounts {
+    pub(crate) cpus: Option<Spanned<Scalar>>,
+    pub(crate) memory: Option<Spanned<Scalar>>,
+    pub(crate) pids: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Placement {
+    pub(crate) constraints: Option<Vec<Spanned<String>>>,
+    pub(crate) preferences: Option<Vec<Spanned<Preference>>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct Preference {
+    pub(crate) spread: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RestartPolicy {
+    pub(crate) condition: Option<Spanned<String>>,
+    pub(crate) delay: Option<Spanned<String>>,
+    pub(crate) max_attempts: Option<u32>,
+    pub(crate) window: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct UpdateConfig {
+    pub(crate) parallelism: Option<u32>,
+    pub(crate) delay: Option<Spanned<String>>,
+    pub(crate) order: Option<Spanned<String>>,
+    pub(crate) failure_action: Option<Spanned<String>>,
+    pub(crate) monitor: Option<Spanned<String>>,
+    pub(crate) max_failure_ratio: Option<f64>,
+}

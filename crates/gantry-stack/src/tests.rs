@@ -1,0 +1,224 @@
+use super::*;
+
+const FULL: &str = r#"
+version: "3.8"
+x-common: &common
+  labels:
+    team: core
+services:
+  web:
+    image: localhost:5000/web:${TAG:-latest}
+    command: httpd -f -p 80
+    environment:
+      GREETING: hello
+      FROM_ENV:
+    env_file: web.env
+    <<: *common
+    ports:
+      - "8080:80"
+      - target: 443
+        published: 8443
+        mode: host
+    volumes:
+      - data:/data
+      - /srv/static:/static:ro
+      - type: tmpfs
+        target: /cache
+    healthcheck:
+      test: wget -q -O /dev/null http://localhost/ || exit 1
+      interval: 5s
+      retries: 2
+    depends_on: [api]
+    deploy:
+      replicas: ${REPLICAS:-3}
+      resources:
+        limits: {cpus: "0.5", memory: 64M}
+        reservations: {cpus: 0.25, memory: 32m}
+      placement:
+        constraints: ["node.labels.zone == east", "node.role != manager"]
+        preferences:
+          - spread: node.labels.rack
+      restart_policy: {condition: on-failure, delay: 2s, max_attempts: 3}
+      update_config: {parallelism: 2, order: start-first, failure_action: rollback, monitor: 10s}
+    x-gantry:
+      strategy: binpack
+  api:
+    image: localhost:5000/api:1
+    deploy:
+      mode: global
+volumes:
+  data:
+"#;
+
+fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn no_files(name: &str) -> Result<String, String> {
+    Err(format!("{name}: no such file"))
+}
+
+fn parse_ok(text: &str) -> Parsed {
+    parse("stack.yml", text, &env(&[]), &no_files).unwrap()
+}
+
+fn parse_err(text: &str) -> StackError {
+    parse("stack.yml", text, &env(&[]), &no_files).unwrap_err()
+}
+
+#[test]
+fn a_full_compose_file_normalises() {
+    let load = |n: &str| {
+        if n == "web.env" {
+            Ok("FROM_FILE=1\nGREETING=overridden-by-environment\n".to_owned())
+        } else {
+            Err("missing".into())
+        }
+    };
+    let p = parse(
+        "stack.yml",
+        FULL,
+        &env(&[("TAG", "2.0"), ("FROM_ENV", "host-value")]),
+        &load,
+    )
+    .unwrap();
+    let web = &p.stack.services["web"];
+    assert_eq!(web.image, "localhost:5000/web:2.0");
+    assert_eq!(
+        web.command.as_deref(),
+        Some(&["httpd".to_owned(), "-f".into(), "-p".into(), "80".into()][..])
+    );
+    assert_eq!(web.environment["GREETING"], "hello");
+    assert_eq!(web.environment["FROM_ENV"], "host-value");
+    assert_eq!(web.environment["FROM_FILE"], "1");
+    assert_eq!(web.labels["team"], "core", "YAML merge keys work");
+    assert_eq!(
+        web.ports[0],
+        Port {
+            target: 80,
+            published: Some(8080),
+            protocol: "tcp".into(),
+            mode: PortMode::Ingress
+        }
+    );
+    assert_eq!(web.ports[1].mode, PortMode::Host);
+    assert_eq!(
+        web.volumes
+            .iter()
+            .map(|m| m.kind.as_str())
+            .collect::<Vec<_>>(),
+        vec!["volume", "bind", "tmpfs"]
+    );
+    assert!(web.volumes[1].read_only);
+    let hc = web.healthcheck.as_ref().unwrap();
+    assert_eq!(hc.test[0], "CMD-SHELL");
+    assert_eq!((hc.interval_ns, hc.retries), (5_000_000_000, 2));
+    assert_eq!(web.mode, Mode::Replicated { replicas: 3 });
+    assert_eq!(
+        web.limits,
+        Amounts {
+            nano_cpus: Some(500_000_000),
+            memory: Some(64 << 20),
+            pids: None
+        }
+    );
+    assert_eq!(web.reservations.nano_cpus, Some(250_000_000));
+    assert_eq!(
+        web.constraints,
+        vec!["node.labels.zone==east", "node.role!=manager"]
+    );
+    assert_eq!(web.spread_over, vec!["rack"]);
+    assert_eq!(web.strategy, Strategy::Binpack);
+    assert_eq!(web.restart_policy.condition, "on-failure");
+    assert_eq!(web.update_config.order, "start-first");
+    assert_eq!(web.update_config.failure_action, "rollback");
+    assert_eq!(p.stack.services["api"].mode, Mode::Global);
+    assert_eq!(p.stack.start_order, vec!["api", "web"], "depends_on first");
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    // The normalised form parses back to the same stack.
+    let yaml = p.stack.to_yaml();
+    let back: Stack = serde_saphyr::from_str(&yaml).unwrap();
+    assert_eq!(back, p.stack);
+}
+
+#[test]
+fn deploying_the_same_text_gives_the_same_stack() {
+    assert_eq!(
+        parse_ok(FULL.replace("env_file: web.env", "").as_str()).stack,
+        parse_ok(FULL.replace("env_file: web.env", "").as_str()).stack
+    );
+}
+
+#[test]
+fn unknown_keys_warn_by_name() {
+    let p = parse_ok("services:\n  web:\n    image: x\n    replica: 3\n    deploy:\n      replicas: 2\n      placment: {}\n");
+    assert_eq!(
+        p.warnings,
+        vec![
+            "unknown key services.web.deploy.placment is ignored",
+            "unknown key services.web.replica is ignored"
+        ]
+    );
+}
+
+#[test]
+fn invalid_values_point_at_file_line_and_column() {
+    let cases: &[(&str, u64, u64, &str)] = &[
+        ("services:\n  web:\n    image: x\n    deploy:\n      resources:\n        limits:\n          memory: 64q\n", 7, 19, "invalid size"),
+        ("services:\n  web:\n    image: x\n    deploy:\n      resources:\n        limits: {cpus: lots}\n", 6, 24, "invalid CPU count"),
+        ("services:\n  web:\n    image: x\n    deploy:\n      replicas: many\n", 5, 17, "replicas must be a whole number"),
+        ("services:\n  web:\n    image: x\n    deploy:\n      placement:\n        constraints: [\"node.cpu == 2\"]\n", 6, 23, "invalid placement constraint"),
+        ("services:\n  web:\n    image: x\n    ports: [\"80:http\"]\n", 4, 13, "invalid port"),
+        ("services:\n  web:\n    image: x\n    volumes: [\"undeclared:/data\"]\n", 4, 15, "not declared"),
+        ("services:\n  web:\n    image: x\n    depends_on: [db]\n", 4, 17, "depends on \"db\""),
+        ("services:\n  web:\n    image: x\n    healthcheck:\n      test: [\"CMD\", \"true\"]\n      interval: soon\n", 6, 17, "invalid duration"),
+        ("services:\n  web:\n    image: x\n    deploy:\n      mode: daemon\n", 5, 13, "invalid mode"),
+        ("services:\n  web:\n    image: x\n    deploy:\n      update_config: {order: sideways}\n", 5, 30, "invalid order"),
+        ("services:\n  web:\n    image: [1, 2\n", 3, 12, ""),
+        ("services:\n  web:\n    image: x\n    password: ${SECRET:?set SECRET}\n", 4, 15, "required variable SECRET"),
+    ];
+    for (text, line, column, msg) in cases {
+        let e = parse_err(text);
+        assert_eq!((e.line, e.column), (*line, *column), "{text}\n=> {e}");
+        assert!(e.msg.contains(msg), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("stack.yml:{line}:{column}: ")),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn whole_file_problems() {
+    assert!(parse_err("services: {}\n").msg.contains("no services"));
+    assert!(parse_err("just a string\n").msg.contains("mapping"));
+    assert!(parse_err("services:\n  web:\n    command: echo\n")
+        .msg
+        .contains("no image"));
+    assert!(parse_err("services:\n  Web:\n    image: x\n")
+        .msg
+        .contains("invalid service name"));
+    let e = parse_err("services:\n  a:\n    image: x\n    depends_on: [b]\n  b:\n    image: x\n    depends_on: [a]\n");
+    assert!(e.msg.contains("cycle among a, b"), "{e}");
+    let e = parse_err("services:\n  web:\n    image: x\n    deploy: {mode: global, replicas: 2}\n");
+    assert!(e.msg.contains("cannot be set with mode: global"), "{e}");
+    let e = parse(
+        "s.yml",
+        "services:\n  web:\n    image: x\n    env_file: missing.env\n",
+        &env(&[]),
+        &no_files,
+    )
+    .unwrap_err();
+    assert!(e.msg.contains("env_file missing.env"), "{e}");
+}
+
+proptest::proptest! {
+    #[test]
+    fn arbitrary_text_never_panics(text in "(services:|  web:|    image: x|    deploy:|      replicas: [0-9a-z]{0,3}|[ :\\-\\[\\]{}\"$]|[a-z]{1,6}|\n){0,40}") {
+        let _ = parse("fuzz.yml", &text, &BTreeMap::new(), &no_files);
+    }
+}

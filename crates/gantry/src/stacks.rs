@@ -1,0 +1,74 @@
+//! `gantry stack ...`. For now `config`: the stack file after interpolation
+//! and validation, normalised, as `docker compose config` prints it; it
+//! fails on whatever a deploy would refuse.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub(crate) enum StackCmd {
+    /// Print the normalised stack without deploying it.
+    Config {
+        /// The stack file.
+        #[arg(short = 'f', long = "file", alias = "compose-file", short_alias = 'c')]
+        file: PathBuf,
+        /// Variables for interpolation (default: .env beside the file, if any).
+        #[arg(long = "env-file")]
+        env_file: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "yaml")]
+        format: ConfigFormat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum ConfigFormat {
+    Yaml,
+    Json,
+}
+
+/// Reads and validates a stack file, printing its warnings.
+pub(crate) fn load(file: &Path, env_file: Option<&Path>) -> anyhow::Result<gantry_stack::Stack> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("read stack file {}", file.display()))?;
+    let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    // As docker compose: .env fills in, the shell's environment wins.
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    let dotenv = env_file
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| dir.join(".env"));
+    if env_file.is_some() || dotenv.exists() {
+        let t = std::fs::read_to_string(&dotenv)
+            .with_context(|| format!("read env file {}", dotenv.display()))?;
+        let pairs = gantry_stack::parse_env_file(&t)
+            .map_err(|(line, e)| anyhow::anyhow!("{}:{line}: {e}", dotenv.display()))?;
+        env.extend(pairs);
+    }
+    env.extend(std::env::vars());
+    let load = |name: &str| std::fs::read_to_string(dir.join(name)).map_err(|e| e.to_string());
+    let parsed = gantry_stack::parse(&file.display().to_string(), &text, &env, &load)?;
+    for w in &parsed.warnings {
+        eprintln!("Warning: {w}");
+    }
+    Ok(parsed.stack)
+}
+
+pub(crate) fn run(cmd: StackCmd) -> anyhow::Result<u8> {
+    match cmd {
+        StackCmd::Config {
+            file,
+            env_file,
+            format,
+        } => {
+            let stack = load(&file, env_file.as_deref())?;
+            match format {
+                ConfigFormat::Yaml => print!("{}", stack.to_yaml()),
+                ConfigFormat::Json => crate::output::json(&stack)?,
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,63 @@
+//! `gantry stack config`: interpolation, warnings and located errors, as a
+//! user sees them. Needs no root.
+
+use std::process::Command;
+
+fn gantry(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("TAG")
+        .output()
+        .expect("run gantry")
+}
+
+#[test]
+fn stack_config_normalises_warns_and_locates_errors() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join(".env"), "TAG=3.1\n").unwrap();
+    std::fs::write(d.path().join("web.env"), "FROM_FILE=yes\n").unwrap();
+    let stack = "services:\n  web:\n    image: localhost:5000/web:${TAG}\n    env_file: web.env\n    restart: always\n    deploy:\n      replicas: ${REPLICAS:-2}\n";
+    std::fs::write(d.path().join("stack.yml"), stack).unwrap();
+    let o = gantry(
+        d.path(),
+        &["stack", "config", "-f", "stack.yml", "--format", "json"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["services"]["web"]["image"], "localhost:5000/web:3.1");
+    assert_eq!(v["services"]["web"]["environment"]["FROM_FILE"], "yes");
+    assert_eq!(v["services"]["web"]["mode"]["replicated"]["replicas"], 2);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("Warning: services.web.restart is not supported in a stack"),
+        "{err}"
+    );
+    // An --env-file replaces .env.
+    std::fs::write(d.path().join("other.env"), "TAG=9\n").unwrap();
+    let o = gantry(
+        d.path(),
+        &[
+            "stack",
+            "config",
+            "-f",
+            "stack.yml",
+            "--env-file",
+            "other.env",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("localhost:5000/web:9"));
+    // An invalid value: one line with file, line and column, exit 1.
+    std::fs::write(
+        d.path().join("bad.yml"),
+        "services:\n  web:\n    image: x\n    deploy:\n      replicas: lots\n",
+    )
+    .unwrap();
+    let o = gantry(d.path(), &["stack", "config", "-f", "bad.yml"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        err.trim(),
+        "Error: bad.yml:5:17: service web: replicas must be a whole number, got \"lots\""
+    );
+}
