@@ -1,0 +1,308 @@
+//! The cluster state and the commands that change it. Pure: `apply`
+//! either changes the state or rejects the command and changes nothing, so
+//! replaying the same log always gives the same state (what a Raft state
+//! machine needs).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use gantry_sched::{Availability, Resources};
+
+/// A node as the manager records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Unique id (from its certificate).
+    pub id: String,
+    /// Host name.
+    pub hostname: String,
+    /// Address other nodes reach it at.
+    pub addr: String,
+    /// A manager (else a worker).
+    pub manager: bool,
+    /// CPU architecture.
+    pub arch: String,
+    /// Operator labels.
+    pub labels: BTreeMap<String, String>,
+    /// Active, pause or drain.
+    pub availability: Availability,
+    /// Up (heartbeats arrive) or down.
+    pub up: bool,
+    /// What it has.
+    pub capacity: Resources,
+}
+
+/// A service: its stack, name and spec (the normalised stack-file service,
+/// kept as JSON so that this crate does not depend on the parser).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    /// `STACK_SERVICE`.
+    pub name: String,
+    /// The stack it belongs to.
+    pub stack: String,
+    /// Bumped by every change of spec; tasks remember the version they run.
+    pub version: u64,
+    /// The spec.
+    pub spec: String,
+}
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    /// Not yet placed (the reason is kept with the task).
+    Pending,
+    /// On a node, being prepared (image pull).
+    Assigned,
+    /// Running.
+    Running,
+    /// Ended by itself or failed.
+    Failed,
+    /// Ended because it was asked to.
+    Shutdown,
+}
+
+/// One task of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// Unique id.
+    pub id: String,
+    /// Its service.
+    pub service: String,
+    /// The service version it runs.
+    pub version: u64,
+    /// Replica slot (0 for global tasks).
+    pub slot: u32,
+    /// Its node, once placed.
+    pub node: Option<String>,
+    /// What the orchestrator wants.
+    pub desired: TaskState,
+    /// What the node last reported.
+    pub state: TaskState,
+    /// Why it is pending or failed.
+    pub message: String,
+}
+
+/// A change to the cluster state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    /// A node joined, or re-registered with new facts.
+    PutNode(NodeRecord),
+    /// A node went up or down.
+    SetNodeUp {
+        /// The node.
+        id: String,
+        /// Up or down.
+        up: bool,
+    },
+    /// `node update --availability`, `drain`, `activate`.
+    SetAvailability {
+        /// The node.
+        id: String,
+        /// The new availability.
+        availability: Availability,
+    },
+    /// `node update --label-add/--label-rm`.
+    SetLabels {
+        /// The node.
+        id: String,
+        /// The labels, whole.
+        labels: BTreeMap<String, String>,
+    },
+    /// `node rm`: only a down node without live tasks.
+    RemoveNode {
+        /// The node.
+        id: String,
+    },
+    /// Create or change a service (the version is bumped by the store).
+    PutService {
+        /// `STACK_SERVICE`.
+        name: String,
+        /// Its stack.
+        stack: String,
+        /// The spec.
+        spec: String,
+    },
+    /// Remove a service and its tasks.
+    RemoveService {
+        /// The service.
+        name: String,
+    },
+    /// Create or change a task.
+    PutTask(TaskRecord),
+    /// Forget an ended task.
+    RemoveTask {
+        /// The task.
+        id: String,
+    },
+    /// A piece of cluster metadata (join token hash, CA certificate, ...).
+    SetMeta {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+}
+
+/// A command that would break the state's rules.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    /// The node does not exist.
+    #[error("no such node: {0}")]
+    NoSuchNode(String),
+    /// The service does not exist.
+    #[error("no such service: {0}")]
+    NoSuchService(String),
+    /// The task does not exist.
+    #[error("no such task: {0}")]
+    NoSuchTask(String),
+    /// The node is up or still runs tasks.
+    #[error("node {0} is up or still has tasks: drain it and stop its agent first")]
+    NodeBusy(String),
+    /// The task names a node that does not exist.
+    #[error("task {task} names unknown node {node}")]
+    UnknownNode {
+        /// The task.
+        task: String,
+        /// The node.
+        node: String,
+    },
+}
+
+/// The whole cluster state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Nodes by id.
+    pub nodes: BTreeMap<String, NodeRecord>,
+    /// Services by name.
+    pub services: BTreeMap<String, ServiceRecord>,
+    /// Tasks by id.
+    pub tasks: BTreeMap<String, TaskRecord>,
+    /// Cluster metadata.
+    pub meta: BTreeMap<String, String>,
+}
+
+impl State {
+    /// Checks a command without applying it.
+    pub fn check(&self, cmd: &Command) -> Result<(), Rejected> {
+        let node = |id: &String| {
+            if self.nodes.contains_key(id) {
+                Ok(())
+            } else {
+                Err(Rejected::NoSuchNode(id.clone()))
+            }
+        };
+        match cmd {
+            Command::PutNode(_) | Command::SetMeta { .. } | Command::PutService { .. } => Ok(()),
+            Command::SetNodeUp { id, .. }
+            | Command::SetAvailability { id, .. }
+            | Command::SetLabels { id, .. } => node(id),
+            Command::RemoveNode { id } => {
+                node(id)?;
+                let live = self.tasks.values().any(|t| {
+                    t.node.as_ref() == Some(id)
+                        && matches!(t.state, TaskState::Assigned | TaskState::Running)
+                });
+                if self.nodes[id].up || live {
+                    return Err(Rejected::NodeBusy(id.clone()));
+                }
+                Ok(())
+            }
+            Command::RemoveService { name } => {
+                if self.services.contains_key(name) {
+                    Ok(())
+                } else {
+                    Err(Rejected::NoSuchService(name.clone()))
+                }
+            }
+            Command::PutTask(t) => {
+                if !self.services.contains_key(&t.service) {
+                    return Err(Rejected::NoSuchService(t.service.clone()));
+                }
+                match &t.node {
+                    Some(n) if !self.nodes.contains_key(n) => Err(Rejected::UnknownNode {
+                        task: t.id.clone(),
+                        node: n.clone(),
+                    }),
+                    _ => Ok(()),
+                }
+            }
+            Command::RemoveTask { id } => {
+                if self.tasks.contains_key(id) {
+                    Ok(())
+                } else {
+                    Err(Rejected::NoSuchTask(id.clone()))
+                }
+            }
+        }
+    }
+
+    /// Applies a command, or rejects it and changes nothing.
+    pub fn apply(&mut self, cmd: &Command) -> Result<(), Rejected> {
+        self.check(cmd)?;
+        match cmd.clone() {
+            Command::PutNode(n) => {
+                self.nodes.insert(n.id.clone(), n);
+            }
+            Command::SetNodeUp { id, up } => {
+                if let Some(n) = self.nodes.get_mut(&id) {
+                    n.up = up;
+                }
+            }
+            Command::SetAvailability { id, availability } => {
+                if let Some(n) = self.nodes.get_mut(&id) {
+                    n.availability = availability;
+                }
+            }
+            Command::SetLabels { id, labels } => {
+                if let Some(n) = self.nodes.get_mut(&id) {
+                    n.labels = labels;
+                }
+            }
+            Command::RemoveNode { id } => {
+                self.nodes.remove(&id);
+                // Ended tasks that pointed at it keep their history, unplaced.
+                for t in self
+                    .tasks
+                    .values_mut()
+                    .filter(|t| t.node.as_ref() == Some(&id))
+                {
+                    t.node = None;
+                }
+            }
+            Command::PutService { name, stack, spec } => {
+                let version = self.services.get(&name).map_or(1, |s| {
+                    if s.spec == spec {
+                        s.version
+                    } else {
+                        s.version + 1
+                    }
+                });
+                self.services.insert(
+                    name.clone(),
+                    ServiceRecord {
+                        name,
+                        stack,
+                        version,
+                        spec,
+                    },
+                );
+            }
+            Command::RemoveService { name } => {
+                self.services.remove(&name);
+                self.tasks.retain(|_, t| t.service != name);
+            }
+            Command::PutTask(t) => {
+                self.tasks.insert(t.id.clone(), t);
+            }
+            Command::RemoveTask { id } => {
+                self.tasks.remove(&id);
+            }
+            Command::SetMeta { key, value } => {
+                self.meta.insert(key, value);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,217 @@
+use std::collections::BTreeMap;
+
+use gantry_sched::{Availability, Resources};
+use proptest::prelude::*;
+
+use super::*;
+
+fn node(id: &str) -> NodeRecord {
+    NodeRecord {
+        id: id.into(),
+        hostname: format!("h-{id}"),
+        addr: "192.168.1.10".into(),
+        manager: false,
+        arch: "x86_64".into(),
+        labels: BTreeMap::new(),
+        availability: Availability::Active,
+        up: true,
+        capacity: Resources {
+            nano_cpus: 2_000_000_000,
+            memory: 4 << 30,
+        },
+    }
+}
+
+fn task(id: &str, service: &str, node: Option<&str>, state: TaskState) -> TaskRecord {
+    TaskRecord {
+        id: id.into(),
+        service: service.into(),
+        version: 1,
+        slot: 1,
+        node: node.map(str::to_owned),
+        desired: TaskState::Running,
+        state,
+        message: String::new(),
+    }
+}
+
+fn put_service(name: &str, spec: &str) -> Command {
+    Command::PutService {
+        name: name.into(),
+        stack: "app".into(),
+        spec: spec.into(),
+    }
+}
+
+#[test]
+fn state_survives_reopen_with_nothing_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let before = {
+        let mut s = Store::open(&path).unwrap();
+        s.apply(Command::PutNode(node("n1"))).unwrap();
+        s.apply(put_service("app_web", "{\"image\":\"web:1\"}"))
+            .unwrap();
+        s.apply(Command::PutTask(task(
+            "t1",
+            "app_web",
+            Some("n1"),
+            TaskState::Running,
+        )))
+        .unwrap();
+        s.apply(Command::SetMeta {
+            key: "join_token_sha256".into(),
+            value: "abc".into(),
+        })
+        .unwrap();
+        assert_eq!(s.index(), 4);
+        s.state().clone()
+    };
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.state(), &before);
+    assert_eq!(s.index(), 4);
+}
+
+#[test]
+fn rejected_commands_change_and_log_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let mut s = Store::open(&path).unwrap();
+    s.apply(Command::PutNode(node("n1"))).unwrap();
+    let e = s
+        .apply(Command::PutTask(task(
+            "t1",
+            "nope",
+            None,
+            TaskState::Pending,
+        )))
+        .unwrap_err();
+    assert_eq!(e.to_string(), "no such service: nope");
+    s.apply(put_service("svc", "{}")).unwrap();
+    let e = s
+        .apply(Command::PutTask(task(
+            "t1",
+            "svc",
+            Some("ghost"),
+            TaskState::Assigned,
+        )))
+        .unwrap_err();
+    assert!(e.to_string().contains("unknown node ghost"));
+    let e = s
+        .apply(Command::RemoveNode { id: "n1".into() })
+        .unwrap_err();
+    assert!(e.to_string().contains("is up or still has tasks"));
+    assert_eq!(s.index(), 2);
+    assert_eq!(s.log_len().unwrap(), 2);
+    drop(s);
+    assert_eq!(Store::open(&path).unwrap().index(), 2);
+}
+
+#[test]
+fn same_spec_keeps_the_version_a_change_bumps_it() {
+    let mut st = State::default();
+    st.apply(&put_service("web", "a")).unwrap();
+    st.apply(&put_service("web", "a")).unwrap();
+    assert_eq!(
+        st.services["web"].version, 1,
+        "deploying the same file twice changes nothing"
+    );
+    st.apply(&put_service("web", "b")).unwrap();
+    assert_eq!(st.services["web"].version, 2);
+}
+
+#[test]
+fn removing_a_service_removes_its_tasks() {
+    let mut st = State::default();
+    st.apply(&put_service("web", "a")).unwrap();
+    st.apply(&put_service("db", "a")).unwrap();
+    st.apply(&Command::PutTask(task(
+        "t1",
+        "web",
+        None,
+        TaskState::Pending,
+    )))
+    .unwrap();
+    st.apply(&Command::PutTask(task(
+        "t2",
+        "db",
+        None,
+        TaskState::Pending,
+    )))
+    .unwrap();
+    st.apply(&Command::RemoveService { name: "web".into() })
+        .unwrap();
+    assert_eq!(st.tasks.keys().collect::<Vec<_>>(), vec!["t2"]);
+}
+
+#[test]
+fn snapshots_trim_the_log_and_keep_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let mut s = Store::open(&path).unwrap().snapshot_every(5);
+    for i in 0..12 {
+        s.apply(Command::SetMeta {
+            key: format!("k{i}"),
+            value: i.to_string(),
+        })
+        .unwrap();
+    }
+    assert_eq!(
+        s.log_len().unwrap(),
+        2,
+        "snapshots at 5 and 10 trimmed the log"
+    );
+    let before = s.state().clone();
+    drop(s);
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.state(), &before);
+    assert_eq!(s.index(), 12);
+}
+
+fn arb_command() -> impl Strategy<Value = Command> {
+    let id = prop::sample::select(vec!["a", "b", "c"]);
+    prop_oneof![
+        id.clone().prop_map(|i| Command::PutNode(node(i))),
+        (id.clone(), any::<bool>()).prop_map(|(i, up)| Command::SetNodeUp { id: i.into(), up }),
+        id.clone()
+            .prop_map(|i| Command::RemoveNode { id: i.into() }),
+        (id.clone(), 0u8..3).prop_map(|(i, s)| put_service(i, &s.to_string())),
+        id.clone()
+            .prop_map(|i| Command::RemoveService { name: i.into() }),
+        (
+            id.clone(),
+            id.clone(),
+            proptest::option::of(id.clone()),
+            0u8..3
+        )
+            .prop_map(|(t, s, n, st)| {
+                let state =
+                    [TaskState::Pending, TaskState::Running, TaskState::Failed][st as usize];
+                Command::PutTask(task(t, s, n, state))
+            }),
+        id.prop_map(|i| Command::RemoveTask { id: i.into() }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn reopening_gives_back_the_same_state(cmds in proptest::collection::vec(arb_command(), 0..40), every in 1u64..8) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let mut s = Store::open(&path).unwrap().snapshot_every(every);
+        let mut mirror = State::default();
+        for c in cmds {
+            let stored = s.apply(c.clone()).is_ok();
+            let pure = mirror.apply(&c).is_ok();
+            prop_assert_eq!(stored, pure, "store and pure state machine disagree on {:?}", c);
+        }
+        prop_assert_eq!(s.state(), &mirror);
+        let index = s.index();
+        drop(s);
+        let s = Store::open(&path).unwrap();
+        prop_assert_eq!(s.state(), &mirror);
+        prop_assert_eq!(s.index(), index);
+    }
+}
