@@ -1,0 +1,297 @@
+//! Cluster trust, as Swarm does it: at init the manager makes a cluster CA;
+//! a join token carries the CA's fingerprint (so a joining agent can check
+//! it talks to the right cluster before it trusts anything) and a secret
+//! (so the manager knows the agent may join); agents get node certificates
+//! and every agent–manager connection is mutual TLS against the cluster CA
+//! alone. The CLI holds an admin certificate from the same CA.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+
+/// The name every manager certificate carries, so that agents verify the
+/// manager by cluster membership rather than by an address that may change.
+pub const MANAGER_NAME: &str = "gantry-manager";
+
+/// A PKI operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// Certificate generation or parsing failed.
+    #[error("certificate: {0}")]
+    Cert(#[from] rcgen::Error),
+    /// TLS configuration failed.
+    #[error("tls: {0}")]
+    Tls(#[from] rustls::Error),
+    /// A PEM document does not parse.
+    #[error("bad PEM: {0}")]
+    Pem(String),
+    /// A join token is malformed.
+    #[error(
+        "invalid join token: {0} (expected GTKN-1-<64 hex>-<32 hex>, from `gantry join-token`)"
+    )]
+    BadToken(&'static str),
+}
+
+/// What a certificate lets its holder do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The manager (serves the cluster API).
+    Manager,
+    /// A worker node.
+    Worker,
+    /// The operator's CLI.
+    Admin,
+}
+
+impl Role {
+    fn unit(self) -> &'static str {
+        match self {
+            Self::Manager => "manager",
+            Self::Worker => "worker",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+/// A certificate and its private key, PEM.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The certificate.
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
+}
+
+/// The cluster's certificate authority.
+#[derive(Debug, Clone)]
+pub struct ClusterCa {
+    cluster: String,
+    cert_pem: String,
+    key_pem: String,
+}
+
+fn ca_params(cluster: &str) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("gantry cluster CA {cluster}"));
+    dn.push(DnType::OrganizationName, format!("gantry-{cluster}"));
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p
+}
+
+fn certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| PkiError::Pem(e.to_string()))
+}
+
+fn key(pem: &str) -> Result<PrivateKeyDer<'static>, PkiError> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| PkiError::Pem(e.to_string()))
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl ClusterCa {
+    /// Makes a new CA for a cluster (ECDSA P-256, valid for ten years).
+    pub fn generate(cluster: &str) -> Result<Self, PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = ca_params(cluster);
+        params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+        let cert = params.self_signed(&key)?;
+        Ok(Self {
+            cluster: cluster.to_owned(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Reloads a CA kept in the cluster store.
+    pub fn from_pem(cluster: &str, cert_pem: &str, key_pem: &str) -> Self {
+        Self {
+            cluster: cluster.to_owned(),
+            cert_pem: cert_pem.to_owned(),
+            key_pem: key_pem.to_owned(),
+        }
+    }
+
+    /// The CA certificate (PEM), the trust anchor of the cluster.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The CA's private key (PEM); kept only in the manager's store.
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
+    /// SHA-256 of the CA certificate (DER), hex: what join tokens carry.
+    pub fn fingerprint(&self) -> Result<String, PkiError> {
+        fingerprint(&self.cert_pem)
+    }
+
+    /// Issues a certificate for a node or the admin, usable as both TLS
+    /// client and server, with `name` as common name and subject names.
+    pub fn issue(&self, name: &str, role: Role, extra_sans: &[String]) -> Result<Issued, PkiError> {
+        let ca_key = KeyPair::from_pem(&self.key_pem)?;
+        let issuer = Issuer::new(ca_params(&self.cluster), ca_key);
+        let mut sans = vec![name.to_owned()];
+        if role == Role::Manager {
+            sans.push(MANAGER_NAME.to_owned());
+        }
+        sans.extend(extra_sans.iter().cloned());
+        let mut p = CertificateParams::new(sans)?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        dn.push(DnType::OrganizationalUnitName, role.unit());
+        dn.push(DnType::OrganizationName, format!("gantry-{}", self.cluster));
+        p.distinguished_name = dn;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        p.not_before = rcgen::date_time_ymd(2024, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2031, 1, 1);
+        let key = KeyPair::generate()?;
+        let cert = p.signed_by(&key, &issuer)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    fn roots(&self) -> Result<rustls::RootCertStore, PkiError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in certs(&self.cert_pem)? {
+            roots.add(c)?;
+        }
+        Ok(roots)
+    }
+
+    /// A server config that accepts only clients with a certificate from
+    /// this CA.
+    pub fn server_config(&self, me: &Issued) -> Result<rustls::ServerConfig, PkiError> {
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(self.roots()?),
+            provider(),
+        )
+        .build()
+        .map_err(|e| PkiError::Tls(rustls::Error::General(e.to_string())))?;
+        Ok(rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs(&me.cert_pem)?, key(&me.key_pem)?)?)
+    }
+
+    /// A client config that trusts only this CA and presents `me`.
+    pub fn client_config(&self, me: &Issued) -> Result<rustls::ClientConfig, PkiError> {
+        Ok(rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(self.roots()?)
+            .with_client_auth_cert(certs(&me.cert_pem)?, key(&me.key_pem)?)?)
+    }
+}
+
+/// SHA-256 (hex) of the first certificate in a PEM document.
+pub fn fingerprint(cert_pem: &str) -> Result<String, PkiError> {
+    let c = certs(cert_pem)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| PkiError::Pem("no certificate".into()))?;
+    Ok(hex::encode(Sha256::digest(c.as_ref())))
+}
+
+/// `GTKN-1-<CA fingerprint>-<secret>`: what an agent needs to join.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JoinToken {
+    /// The CA's fingerprint, hex.
+    pub ca_fingerprint: String,
+    /// 128 random bits, hex.
+    pub secret: String,
+}
+
+impl JoinToken {
+    /// A fresh token for a CA.
+    pub fn generate(ca: &ClusterCa) -> Result<Self, PkiError> {
+        use rand::RngCore;
+        let mut b = [0u8; 16];
+        rand::rng().fill_bytes(&mut b);
+        Ok(Self {
+            ca_fingerprint: ca.fingerprint()?,
+            secret: hex::encode(b),
+        })
+    }
+
+    /// Parses a token as `gantry join-token` prints it.
+    pub fn parse(s: &str) -> Result<Self, PkiError> {
+        let rest = s
+            .trim()
+            .strip_prefix("GTKN-1-")
+            .ok_or(PkiError::BadToken("wrong prefix"))?;
+        let (fp, secret) = rest
+            .split_once('-')
+            .ok_or(PkiError::BadToken("missing secret"))?;
+        let hex_of = |v: &str, n: usize| {
+            v.len() == n
+                && v.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        };
+        if !hex_of(fp, 64) {
+            return Err(PkiError::BadToken("bad CA fingerprint"));
+        }
+        if !hex_of(secret, 32) {
+            return Err(PkiError::BadToken("bad secret"));
+        }
+        Ok(Self {
+            ca_fingerprint: fp.to_owned(),
+            secret: secret.to_owned(),
+        })
+    }
+
+    /// What the manager stores instead of the secret.
+    pub fn secret_hash(&self) -> String {
+        hex::encode(Sha256::digest(self.secret.as_bytes()))
+    }
+
+    /// Whether a presented token matches the stored hash, in constant time.
+    pub fn matches(&self, stored_hash: &str) -> bool {
+        let a = self.secret_hash();
+        a.len() == stored_hash.len()
+            && a.bytes()
+                .zip(stored_hash.bytes())
+                .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+                == 0
+    }
+}
+
+impl fmt::Display for JoinToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GTKN-1-{}-{}", self.ca_fingerprint, self.secret)
+    }
+}
+
+impl fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the secret by accident.
+        write!(f, "JoinToken(GTKN-1-{}-***)", self.ca_fingerprint)
+    }
+}
+
+#[cfg(test)]
+mod tests;
