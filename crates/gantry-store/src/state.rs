@@ -81,6 +81,16 @@ pub struct TaskRecord {
     pub state: TaskState,
     /// Why it is pending or failed.
     pub message: String,
+    /// The container's exit code, once it ended.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// Restarts of this slot before this task (for max_attempts).
+    #[serde(default)]
+    pub attempt: u32,
+    /// When `state` last changed, milliseconds since the epoch (for the
+    /// restart delay).
+    #[serde(default)]
+    pub updated_ms: u64,
 }
 
 /// A change to the cluster state.

@@ -32,6 +32,9 @@ fn task(id: &str, service: &str, node: Option<&str>, state: TaskState) -> TaskRe
         desired: TaskState::Running,
         state,
         message: String::new(),
+        exit_code: None,
+        attempt: 0,
+        updated_ms: 0,
     }
 }
 

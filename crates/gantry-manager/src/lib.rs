@@ -1,0 +1,14 @@
+//! Gantry's manager. So far its pure core: [`reconcile`], one orchestration
+//! step of a service over the cluster state. The server (API over mutual
+//! TLS, agent streams, heartbeats) will wrap I/O around it.
+//!
+//! **Architecture invariant:** orchestration decisions are pure functions
+//! of the store's [`gantry_store::State`]; the server only feeds them state
+//! and time and applies the commands they return through the store.
+
+pub mod reconcile;
+
+pub use reconcile::{reconcile, snapshot, task_spec, ReconcileError};
+
+#[cfg(test)]
+mod tests;

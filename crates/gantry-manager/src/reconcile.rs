@@ -1,0 +1,327 @@
+//! One reconciliation step for one service: desired against actual, as
+//! store [`Command`]s. Pure: the caller gives the state, the time and a way
+//! to make task ids, and applies what comes back (then calls again; a
+//! converged service yields nothing).
+//!
+//! What it does:
+//! - a task on a node that is down, drained, gone or no longer eligible is
+//!   shut down and its slot filled elsewhere at once (host failure);
+//! - a failed task is replaced in its slot under the restart policy
+//!   (condition, delay, max attempts), or left shut down;
+//! - replicated services get slots `1..=replicas`, surplus slots are shut
+//!   down; global services get one task per eligible node;
+//! - new tasks are placed by the scheduler; those that fit nowhere wait as
+//!   pending, with the scheduler's reason.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use gantry_sched::{Assigned, Cluster, Constraint, Node, Resources, TaskSpec};
+use gantry_stack::{Mode, PortMode, Service};
+use gantry_store::{Command, State, TaskRecord, TaskState};
+
+/// Why a service cannot be reconciled at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReconcileError {
+    /// No such service in the state.
+    NoSuchService(String),
+    /// Its stored spec does not parse.
+    BadSpec(String),
+}
+
+const EXHAUSTED: &str = "restart attempts exhausted";
+const NOT_RESTARTED: &str = "not restarted by policy";
+
+fn live(t: &TaskRecord) -> bool {
+    t.desired == TaskState::Running && !matches!(t.state, TaskState::Failed | TaskState::Shutdown)
+}
+
+fn holds_resources(t: &TaskRecord) -> bool {
+    t.node.is_some()
+        && t.desired == TaskState::Running
+        && matches!(
+            t.state,
+            TaskState::Pending | TaskState::Assigned | TaskState::Running
+        )
+}
+
+/// The scheduler's view of a service's tasks.
+pub fn task_spec(name: &str, s: &Service) -> TaskSpec {
+    TaskSpec {
+        service: name.to_owned(),
+        reservations: Resources {
+            nano_cpus: s.reservations.nano_cpus.unwrap_or(0),
+            memory: s.reservations.memory.unwrap_or(0),
+        },
+        // The stack parser validated these already.
+        constraints: s
+            .constraints
+            .iter()
+            .filter_map(|c| Constraint::parse(c).ok())
+            .collect(),
+        spread_over: s.spread_over.first().cloned(),
+        host_ports: s
+            .ports
+            .iter()
+            .filter(|p| p.mode == PortMode::Host)
+            .filter_map(|p| p.published)
+            .collect(),
+        volumes: s
+            .volumes
+            .iter()
+            .filter(|m| m.kind == "volume")
+            .map(|m| m.source.clone())
+            .collect(),
+        strategy: s.strategy,
+    }
+}
+
+/// The cluster as the scheduler sees it: nodes and every task that holds
+/// resources on one.
+pub fn snapshot(state: &State) -> Cluster {
+    let nodes = state
+        .nodes
+        .values()
+        .map(|n| Node {
+            id: n.id.clone(),
+            hostname: n.hostname.clone(),
+            manager: n.manager,
+            arch: n.arch.clone(),
+            labels: n.labels.clone(),
+            availability: n.availability,
+            ready: n.up,
+            capacity: n.capacity,
+        })
+        .collect();
+    let mut reservations: BTreeMap<&str, (Resources, Vec<u16>)> = BTreeMap::new();
+    for (name, svc) in &state.services {
+        if let Ok(s) = serde_json::from_str::<Service>(&svc.spec) {
+            let ts = task_spec(name, &s);
+            reservations.insert(name, (ts.reservations, ts.host_ports));
+        }
+    }
+    let tasks: Vec<Assigned> = state
+        .tasks
+        .values()
+        .filter(|t| holds_resources(t))
+        .map(|t| {
+            let (res, ports) = reservations
+                .get(t.service.as_str())
+                .cloned()
+                .unwrap_or_default();
+            Assigned {
+                node: t.node.clone().unwrap_or_default(),
+                service: t.service.clone(),
+                reservations: res,
+                host_ports: ports,
+            }
+        })
+        .collect();
+    Cluster::new(nodes, &tasks, &BTreeMap::new())
+}
+
+/// One reconciliation step for service `name`.
+pub fn reconcile(
+    state: &State,
+    name: &str,
+    now_ms: u64,
+    new_id: &mut dyn FnMut() -> String,
+) -> Result<Vec<Command>, ReconcileError> {
+    let rec = state
+        .services
+        .get(name)
+        .ok_or_else(|| ReconcileError::NoSuchService(name.to_owned()))?;
+    let svc: Service =
+        serde_json::from_str(&rec.spec).map_err(|e| ReconcileError::BadSpec(e.to_string()))?;
+    let spec = task_spec(name, &svc);
+    let mut cluster = snapshot(state);
+    let mut out = Vec::new();
+    let shutdown = |t: &TaskRecord, why: &str| {
+        let mut t = t.clone();
+        t.desired = TaskState::Shutdown;
+        t.message = why.to_owned();
+        Command::PutTask(t)
+    };
+    let tasks: Vec<&TaskRecord> = state.tasks.values().filter(|t| t.service == name).collect();
+
+    // Live tasks whose node can no longer hold them go, and their slots
+    // are refilled below.
+    let mut live_tasks: Vec<&TaskRecord> = Vec::new();
+    for t in tasks.iter().copied().filter(|t| live(t)) {
+        let node_ok = match &t.node {
+            None => true, // pending: placed below
+            Some(n) => state
+                .nodes
+                .get(n)
+                .is_some_and(|n| n.up && n.availability == gantry_sched::Availability::Active),
+        };
+        if node_ok {
+            live_tasks.push(t);
+        } else {
+            let why = match t.node.as_ref().and_then(|n| state.nodes.get(n)) {
+                None => "node removed; rescheduled",
+                Some(n) if !n.up => "node down; rescheduled",
+                Some(_) => "node drained; rescheduled",
+            };
+            out.push(shutdown(t, why));
+            if let Some(n) = &t.node {
+                cluster.remove(&Assigned {
+                    node: n.clone(),
+                    service: name.to_owned(),
+                    reservations: spec.reservations,
+                    host_ports: spec.host_ports.clone(),
+                });
+            }
+        }
+    }
+
+    // Failed tasks: restart in their slot per policy, or let them rest.
+    let policy = &svc.restart_policy;
+    // A slot whose task ended for good under this version stays empty
+    // until the service changes.
+    let mut blocked_slots: BTreeSet<u32> = tasks
+        .iter()
+        .filter(|t| {
+            t.desired == TaskState::Shutdown
+                && t.state == TaskState::Failed
+                && t.version == rec.version
+        })
+        .filter(|t| t.message == EXHAUSTED || t.message == NOT_RESTARTED)
+        .map(|t| t.slot)
+        .collect();
+    let mut restarts: Vec<(u32, u32, Option<String>)> = Vec::new(); // (slot, attempt, node for global)
+    for t in tasks
+        .iter()
+        .copied()
+        .filter(|t| t.desired == TaskState::Running && t.state == TaskState::Failed)
+    {
+        let exhausted = policy.max_attempts > 0 && t.attempt + 1 > policy.max_attempts;
+        let wanted = match policy.condition.as_str() {
+            "none" => false,
+            "on-failure" => t.exit_code != Some(0),
+            _ => true,
+        };
+        if !wanted || exhausted {
+            out.push(shutdown(
+                t,
+                if exhausted { EXHAUSTED } else { NOT_RESTARTED },
+            ));
+            blocked_slots.insert(t.slot);
+            continue;
+        }
+        if now_ms < t.updated_ms + policy.delay_ns / 1_000_000 {
+            blocked_slots.insert(t.slot); // waiting out the restart delay
+            continue;
+        }
+        out.push(shutdown(t, "failed; restarted"));
+        restarts.push((t.slot, t.attempt + 1, t.node.clone()));
+    }
+
+    let mut new_tasks: Vec<(u32, u32)> = Vec::new(); // (slot, attempt)
+    match svc.mode {
+        Mode::Replicated { replicas } => {
+            let mut filled: BTreeSet<u32> = live_tasks.iter().map(|t| t.slot).collect();
+            for (slot, attempt, _) in &restarts {
+                if *slot <= replicas && filled.insert(*slot) {
+                    new_tasks.push((*slot, *attempt));
+                }
+            }
+            for slot in 1..=replicas {
+                if !filled.contains(&slot) && !blocked_slots.contains(&slot) {
+                    filled.insert(slot);
+                    new_tasks.push((slot, 0));
+                }
+            }
+            for t in live_tasks.iter().filter(|t| t.slot > replicas) {
+                out.push(shutdown(t, "scaled down"));
+            }
+        }
+        Mode::Global => {
+            // Nodes that already run one (or wait out a restart) are
+            // covered; the scheduler names the eligible rest.
+            let (targets, _) = cluster.global_targets(&spec);
+            let waiting: BTreeSet<&String> = tasks
+                .iter()
+                .filter(|t| t.desired == TaskState::Running && t.state == TaskState::Failed)
+                .filter_map(|t| t.node.as_ref())
+                .collect();
+            for node in targets {
+                if waiting.contains(&node)
+                    && !restarts.iter().any(|(_, _, n)| n.as_ref() == Some(&node))
+                {
+                    continue;
+                }
+                let attempt = restarts
+                    .iter()
+                    .find(|(_, _, n)| n.as_ref() == Some(&node))
+                    .map_or(0, |r| r.1);
+                out.push(Command::PutTask(TaskRecord {
+                    id: new_id(),
+                    service: name.to_owned(),
+                    version: rec.version,
+                    slot: 0,
+                    node: Some(node),
+                    desired: TaskState::Running,
+                    state: TaskState::Assigned,
+                    message: String::new(),
+                    exit_code: None,
+                    attempt,
+                    updated_ms: now_ms,
+                }));
+            }
+            return Ok(out);
+        }
+    }
+
+    // Place new tasks and the pending ones that still wait.
+    let pending: Vec<&TaskRecord> = live_tasks
+        .iter()
+        .copied()
+        .filter(|t| t.node.is_none())
+        .collect();
+    let want = new_tasks.len() + pending.len();
+    let placement = cluster.place(&spec, want);
+    let mut nodes = placement.nodes.into_iter();
+    let reason = placement.reason.map(|r| r.to_string()).unwrap_or_default();
+    for t in pending {
+        let mut t = t.clone();
+        match nodes.next() {
+            Some(n) => {
+                t.node = Some(n);
+                t.state = TaskState::Assigned;
+                t.message.clear();
+                t.updated_ms = now_ms;
+                out.push(Command::PutTask(t));
+            }
+            None if t.message != reason => {
+                t.message = reason.clone();
+                out.push(Command::PutTask(t));
+            }
+            None => {}
+        }
+    }
+    for (slot, attempt) in new_tasks {
+        let node = nodes.next();
+        out.push(Command::PutTask(TaskRecord {
+            id: new_id(),
+            service: name.to_owned(),
+            version: rec.version,
+            slot,
+            state: if node.is_some() {
+                TaskState::Assigned
+            } else {
+                TaskState::Pending
+            },
+            message: if node.is_some() {
+                String::new()
+            } else {
+                reason.clone()
+            },
+            node,
+            desired: TaskState::Running,
+            exit_code: None,
+            attempt,
+            updated_ms: now_ms,
+        }));
+    }
+    Ok(out)
+}

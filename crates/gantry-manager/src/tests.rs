@@ -1,0 +1,351 @@
+use std::collections::BTreeMap;
+
+use gantry_sched::{Availability, Resources};
+use gantry_store::{Command, NodeRecord, State, TaskRecord, TaskState};
+
+use super::*;
+
+const GB: u64 = 1 << 30;
+
+fn node(id: &str) -> NodeRecord {
+    NodeRecord {
+        id: id.into(),
+        hostname: id.into(),
+        addr: String::new(),
+        manager: false,
+        arch: "x86_64".into(),
+        labels: BTreeMap::new(),
+        availability: Availability::Active,
+        up: true,
+        capacity: Resources {
+            nano_cpus: 2_000_000_000,
+            memory: 4 * GB,
+        },
+    }
+}
+
+fn cluster(n: usize, yaml: &str) -> State {
+    let mut st = State::default();
+    for i in 1..=n {
+        st.apply(&Command::PutNode(node(&format!("n{i}")))).unwrap();
+    }
+    put_stack(&mut st, yaml);
+    st
+}
+
+fn put_stack(st: &mut State, yaml: &str) {
+    let parsed =
+        gantry_stack::parse("s.yml", yaml, &BTreeMap::new(), &|_| Err("no files".into())).unwrap();
+    for (name, svc) in parsed.stack.services {
+        st.apply(&Command::PutService {
+            name,
+            stack: "app".into(),
+            spec: serde_json::to_string(&svc).unwrap(),
+        })
+        .unwrap();
+    }
+}
+
+/// Reconciles until nothing changes, acting as the agents too: assigned
+/// tasks start running.
+fn converge(st: &mut State, svc: &str, now: u64) -> usize {
+    let mut n = 0;
+    let mut changes = 0;
+    for _ in 0..20 {
+        let cmds = reconcile(st, svc, now, &mut || {
+            n += 1;
+            format!("t{n}-{now}")
+        })
+        .unwrap();
+        if cmds.is_empty() {
+            return changes;
+        }
+        changes += cmds.len();
+        for c in cmds {
+            st.apply(&c).unwrap();
+        }
+        let started: Vec<TaskRecord> = st
+            .tasks
+            .values()
+            .filter(|t| t.state == TaskState::Assigned && t.desired == TaskState::Running)
+            .cloned()
+            .map(|mut t| {
+                t.state = TaskState::Running;
+                t
+            })
+            .collect();
+        for t in started {
+            st.apply(&Command::PutTask(t)).unwrap();
+        }
+    }
+    panic!("did not converge");
+}
+
+fn running_per_node(st: &State, svc: &str) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for t in st.tasks.values().filter(|t| {
+        t.service == svc && t.desired == TaskState::Running && t.state == TaskState::Running
+    }) {
+        *m.entry(t.node.clone().unwrap()).or_default() += 1;
+    }
+    m
+}
+
+const WEB6: &str = "services:\n  web:\n    image: web:1\n    deploy:\n      replicas: 6\n";
+
+#[test]
+fn six_replicas_land_two_two_two_and_a_converged_service_yields_nothing() {
+    let mut st = cluster(3, WEB6);
+    converge(&mut st, "web", 0);
+    assert_eq!(
+        running_per_node(&st, "web")
+            .into_values()
+            .collect::<Vec<_>>(),
+        vec![2, 2, 2]
+    );
+    assert!(reconcile(&st, "web", 1, &mut || "x".into())
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn a_dead_host_s_replicas_move_and_do_not_come_back_twice() {
+    let mut st = cluster(3, WEB6);
+    converge(&mut st, "web", 0);
+    st.apply(&Command::SetNodeUp {
+        id: "n3".into(),
+        up: false,
+    })
+    .unwrap();
+    converge(&mut st, "web", 1000);
+    assert_eq!(
+        running_per_node(&st, "web")
+            .into_values()
+            .collect::<Vec<_>>(),
+        vec![3, 3],
+        "6 again on the living hosts"
+    );
+    let stale: Vec<_> = st
+        .tasks
+        .values()
+        .filter(|t| t.node.as_deref() == Some("n3"))
+        .collect();
+    assert!(stale
+        .iter()
+        .all(|t| t.desired == TaskState::Shutdown && t.message == "node down; rescheduled"));
+    // The host returns: its agent stops the stale tasks; nothing new runs.
+    st.apply(&Command::SetNodeUp {
+        id: "n3".into(),
+        up: true,
+    })
+    .unwrap();
+    assert_eq!(converge(&mut st, "web", 2000), 0);
+    let live = st
+        .tasks
+        .values()
+        .filter(|t| t.service == "web" && t.desired == TaskState::Running)
+        .count();
+    assert_eq!(live, 6, "never more replicas than desired");
+}
+
+#[test]
+fn drain_moves_tasks_off_a_node() {
+    let mut st = cluster(3, WEB6);
+    converge(&mut st, "web", 0);
+    st.apply(&Command::SetAvailability {
+        id: "n1".into(),
+        availability: Availability::Drain,
+    })
+    .unwrap();
+    converge(&mut st, "web", 10);
+    let per = running_per_node(&st, "web");
+    assert!(!per.contains_key("n1"), "{per:?}");
+    assert_eq!(per.values().sum::<usize>(), 6);
+}
+
+#[test]
+fn scaling_down_and_up() {
+    let mut st = cluster(3, WEB6);
+    converge(&mut st, "web", 0);
+    put_stack(
+        &mut st,
+        "services:\n  web:\n    image: web:1\n    deploy:\n      replicas: 2\n",
+    );
+    converge(&mut st, "web", 10);
+    assert_eq!(running_per_node(&st, "web").values().sum::<usize>(), 2);
+    put_stack(
+        &mut st,
+        "services:\n  web:\n    image: web:1\n    deploy:\n      replicas: 5\n",
+    );
+    converge(&mut st, "web", 20);
+    assert_eq!(running_per_node(&st, "web").values().sum::<usize>(), 5);
+}
+
+fn fail(st: &mut State, svc: &str, code: i32, at: u64) -> TaskRecord {
+    let mut t = st
+        .tasks
+        .values()
+        .find(|t| t.service == svc && t.state == TaskState::Running)
+        .unwrap()
+        .clone();
+    t.state = TaskState::Failed;
+    t.exit_code = Some(code);
+    t.updated_ms = at;
+    st.apply(&Command::PutTask(t.clone())).unwrap();
+    t
+}
+
+#[test]
+fn failed_tasks_restart_after_the_delay_until_attempts_run_out() {
+    let yaml = "services:\n  job:\n    image: j:1\n    deploy:\n      replicas: 1\n      restart_policy: {condition: on-failure, delay: 5s, max_attempts: 2}\n";
+    let mut st = cluster(1, yaml);
+    converge(&mut st, "job", 0);
+    fail(&mut st, "job", 1, 1_000);
+    assert!(
+        reconcile(&st, "job", 3_000, &mut || "x".into())
+            .unwrap()
+            .is_empty(),
+        "within the delay: wait"
+    );
+    converge(&mut st, "job", 6_001);
+    let t = st
+        .tasks
+        .values()
+        .find(|t| t.desired == TaskState::Running)
+        .unwrap()
+        .clone();
+    assert_eq!((t.attempt, t.slot), (1, 1));
+    fail(&mut st, "job", 1, 7_000);
+    converge(&mut st, "job", 13_000);
+    assert_eq!(
+        st.tasks
+            .values()
+            .find(|t| t.desired == TaskState::Running)
+            .unwrap()
+            .attempt,
+        2
+    );
+    fail(&mut st, "job", 1, 14_000);
+    converge(&mut st, "job", 30_000);
+    assert!(
+        st.tasks.values().all(|t| t.desired == TaskState::Shutdown),
+        "attempts exhausted"
+    );
+    // A clean exit is not restarted under on-failure.
+    let mut st = cluster(1, yaml);
+    converge(&mut st, "job", 0);
+    fail(&mut st, "job", 0, 10);
+    converge(&mut st, "job", 100_000);
+    assert!(st.tasks.values().all(|t| t.desired == TaskState::Shutdown));
+}
+
+#[test]
+fn global_services_follow_nodes_that_join() {
+    let mut st = cluster(
+        3,
+        "services:\n  agent:\n    image: a:1\n    deploy:\n      mode: global\n",
+    );
+    converge(&mut st, "agent", 0);
+    assert_eq!(running_per_node(&st, "agent").len(), 3);
+    st.apply(&Command::PutNode(node("n4"))).unwrap();
+    converge(&mut st, "agent", 10);
+    assert_eq!(
+        running_per_node(&st, "agent")
+            .into_values()
+            .collect::<Vec<_>>(),
+        vec![1, 1, 1, 1]
+    );
+}
+
+#[test]
+fn what_fits_nowhere_waits_with_the_reason_and_runs_when_room_appears() {
+    let yaml = "services:\n  big:\n    image: b:1\n    deploy:\n      replicas: 2\n      resources: {reservations: {memory: 3G}}\n";
+    let mut st = cluster(1, yaml);
+    converge(&mut st, "big", 0);
+    let pending: Vec<_> = st
+        .tasks
+        .values()
+        .filter(|t| t.state == TaskState::Pending)
+        .collect();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        pending[0].message,
+        "no suitable node (insufficient memory on 1 node)"
+    );
+    st.apply(&Command::PutNode(node("n2"))).unwrap();
+    converge(&mut st, "big", 10);
+    assert_eq!(
+        running_per_node(&st, "big")
+            .into_values()
+            .collect::<Vec<_>>(),
+        vec![1, 1]
+    );
+}
+
+#[test]
+fn unknown_services_are_an_error() {
+    assert_eq!(
+        reconcile(&State::default(), "ghost", 0, &mut || "x".into()).unwrap_err(),
+        ReconcileError::NoSuchService("ghost".into())
+    );
+}
+
+#[derive(Debug, Clone)]
+enum Event {
+    Down(usize),
+    Up(usize),
+    Drain(usize),
+    Activate(usize),
+    Join,
+    Fail,
+}
+
+fn arb_event() -> impl proptest::strategy::Strategy<Value = Event> {
+    use proptest::prelude::*;
+    prop_oneof![
+        (1usize..5).prop_map(Event::Down),
+        (1usize..5).prop_map(Event::Up),
+        (1usize..5).prop_map(Event::Drain),
+        (1usize..5).prop_map(Event::Activate),
+        Just(Event::Join),
+        Just(Event::Fail),
+    ]
+}
+
+proptest::proptest! {
+    #[test]
+    fn replicas_stay_at_the_desired_count_through_any_events(
+        events in proptest::collection::vec(arb_event(), 0..25),
+        replicas in 1u32..8,
+    ) {
+        let yaml = format!("services:\n  web:\n    image: w:1\n    deploy:\n      replicas: {replicas}\n      restart_policy: {{delay: 0s}}\n");
+        let mut st = cluster(3, &yaml);
+        let mut now = 0;
+        converge(&mut st, "web", now);
+        let mut nodes = 3;
+        for e in events {
+            now += 1000;
+            let id = |i: usize| format!("n{}", (i - 1) % nodes + 1);
+            match e {
+                Event::Down(i) => { st.apply(&Command::SetNodeUp { id: id(i), up: false }).unwrap(); }
+                Event::Up(i) => { st.apply(&Command::SetNodeUp { id: id(i), up: true }).unwrap(); }
+                Event::Drain(i) => { st.apply(&Command::SetAvailability { id: id(i), availability: Availability::Drain }).unwrap(); }
+                Event::Activate(i) => { st.apply(&Command::SetAvailability { id: id(i), availability: Availability::Active }).unwrap(); }
+                Event::Join => { nodes += 1; st.apply(&Command::PutNode(node(&format!("n{nodes}")))).unwrap(); }
+                Event::Fail => {
+                    if st.tasks.values().any(|t| t.state == TaskState::Running && t.desired == TaskState::Running) {
+                        fail(&mut st, "web", 1, now);
+                    }
+                }
+            }
+            converge(&mut st, "web", now + 1);
+            let live = st.tasks.values().filter(|t| t.service == "web" && t.desired == TaskState::Running).count();
+            let any_usable = st.nodes.values().any(|n| n.up && n.availability == Availability::Active);
+            proptest::prop_assert!(live <= replicas as usize, "{live} live tasks for {replicas} replicas");
+            if any_usable {
+                let running = running_per_node(&st, "web").values().sum::<usize>();
+                proptest::prop_assert_eq!(running, replicas as usize);
+            }
+        }
+    }
+}
