@@ -794,38 +794,17 @@ fn port(p: &raw::Port) -> Result<Port, String> {
 fn mount(v: &raw::Volume) -> Result<Mount, String> {
     match v {
         raw::Volume::Short(s) => {
-            let parts: Vec<&str> = s.split(':').collect();
-            let (src, dst, mode) = match parts.as_slice() {
-                [dst] => ("", *dst, ""),
-                [src, dst] => (*src, *dst, ""),
-                [src, dst, mode] => (*src, *dst, *mode),
-                _ => return Err(format!("invalid volume {s:?}: use [SOURCE:]TARGET[:ro]")),
-            };
-            if !dst.starts_with('/') {
-                return Err(format!(
-                    "invalid volume {s:?}: the target must be an absolute path"
-                ));
-            }
-            let read_only = match mode {
-                "" | "rw" => false,
-                "ro" => true,
-                m => return Err(format!("invalid volume mode {m:?} in {s:?}: use ro or rw")),
-            };
-            if src.is_empty() {
+            let v = gantry_units::volume_spec(s)?;
+            let Some(source) = v.source else {
                 return Err(format!(
                     "invalid volume {s:?}: anonymous volumes are not supported in a stack; name it"
                 ));
-            }
-            let kind = if src.starts_with('/') || src.starts_with('.') {
-                "bind"
-            } else {
-                "volume"
             };
             Ok(Mount {
-                kind: kind.into(),
-                source: src.into(),
-                target: dst.into(),
-                read_only,
+                kind: if v.bind { "bind" } else { "volume" }.into(),
+                source,
+                target: v.target,
+                read_only: v.read_only,
             })
         }
         raw::Volume::Long {

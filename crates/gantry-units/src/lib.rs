@@ -76,6 +76,47 @@ pub fn duration_ns(s: &str) -> Result<u64, String> {
     Ok(total as u64)
 }
 
+/// A volume as Docker's `-v` and compose's short syntax write it:
+/// `[SOURCE:]TARGET[:ro|rw]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeSpec {
+    /// Host path or volume name; `None` for an anonymous volume.
+    pub source: Option<String>,
+    /// Absolute path in the container.
+    pub target: String,
+    /// `:ro`.
+    pub read_only: bool,
+    /// The source is a host path (absolute or `./relative`), not a name.
+    pub bind: bool,
+}
+
+/// Parses `[SOURCE:]TARGET[:ro|rw]`.
+pub fn volume_spec(s: &str) -> Result<VolumeSpec, String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let (src, dst, mode) = match parts.as_slice() {
+        [dst] => ("", *dst, ""),
+        [src, dst] => (*src, *dst, ""),
+        [src, dst, mode] => (*src, *dst, *mode),
+        _ => return Err(format!("invalid volume {s:?}: use [SOURCE:]TARGET[:ro]")),
+    };
+    if !dst.starts_with('/') {
+        return Err(format!(
+            "invalid volume {s:?}: the target {dst:?} must be an absolute path"
+        ));
+    }
+    let read_only = match mode {
+        "" | "rw" => false,
+        "ro" => true,
+        m => return Err(format!("invalid volume mode {m:?} in {s:?}: use ro or rw")),
+    };
+    Ok(VolumeSpec {
+        source: (!src.is_empty()).then(|| src.to_owned()),
+        target: dst.to_owned(),
+        read_only,
+        bind: src.starts_with('/') || src.starts_with('.'),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +142,21 @@ mod tests {
         assert_eq!(nano_cpus("2").unwrap(), 2_000_000_000);
         assert!(nano_cpus("0").is_err());
         assert!(nano_cpus("lots").is_err());
+    }
+
+    #[test]
+    fn volume_specs() {
+        let v = volume_spec("data:/var/lib/data:ro").unwrap();
+        assert_eq!(
+            (v.source.as_deref(), v.target.as_str(), v.read_only, v.bind),
+            (Some("data"), "/var/lib/data", true, false)
+        );
+        assert!(volume_spec("/srv:/x").unwrap().bind);
+        assert!(volume_spec("./site:/x:rw").unwrap().bind);
+        assert_eq!(volume_spec("/anon").unwrap().source, None);
+        for bad in ["data:relative", "a:/x:rx", "a:b:c:d"] {
+            assert!(volume_spec(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -18,21 +18,10 @@ pub(crate) fn cpus(s: &str) -> Result<u64, String> {
 /// `-v SRC:DST[:ro|rw]`: an absolute SRC is a bind mount, anything else a
 /// named volume.
 pub(crate) fn volume(s: &str) -> Result<Mount, String> {
-    let parts: Vec<&str> = s.split(':').collect();
-    let (src, dst, mode) = match parts.as_slice() {
-        [src, dst] => (*src, *dst, ""),
-        [src, dst, mode] => (*src, *dst, *mode),
-        _ => return Err(format!("invalid volume {s:?}: use SRC:DST[:ro]")),
-    };
-    if !dst.starts_with('/') {
-        return Err(format!(
-            "invalid volume {s:?}: the container path {dst:?} must be absolute"
-        ));
-    }
-    let read_only = match mode {
-        "" | "rw" => false,
-        "ro" => true,
-        m => return Err(format!("invalid volume mode {m:?} in {s:?}: use ro or rw")),
+    let v = gantry_units::volume_spec(s)?;
+    let (src, dst, read_only) = match &v.source {
+        Some(src) => (src.as_str(), v.target.as_str(), v.read_only),
+        None => return Err(format!("invalid volume {s:?}: use SRC:DST[:ro]")),
     };
     if src.starts_with('/') || src.starts_with('.') {
         let p = std::path::absolute(src).map_err(|e| format!("bind source {src}: {e}"))?;
