@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use gantry_sched::{Assigned, Cluster, Constraint, Node, Resources, TaskSpec};
 use gantry_stack::{Mode, PortMode, Service};
-use gantry_store::{Command, State, TaskRecord, TaskState};
+use gantry_store::{Command, ServiceRecord, State, TaskRecord, TaskState, UpdateStatus};
 
 /// Why a service cannot be reconciled at all.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +117,162 @@ pub fn snapshot(state: &State) -> Cluster {
         })
         .collect();
     Cluster::new(nodes, &tasks, &BTreeMap::new())
+}
+
+/// The spec with what does not change a task's container left out: a
+/// change of replicas or of the update settings rolls no task.
+fn task_identity(spec: &str) -> Option<serde_json::Value> {
+    let mut v: serde_json::Value = serde_json::from_str(spec).ok()?;
+    let o = v.as_object_mut()?;
+    for k in ["mode", "update_config", "rollback_config", "restart_policy"] {
+        o.remove(k);
+    }
+    Some(v)
+}
+
+/// Whether a task runs something other than the service's current spec.
+fn outdated(rec: &ServiceRecord, t: &TaskRecord) -> bool {
+    if t.version == rec.version {
+        return false;
+    }
+    match &rec.previous {
+        Some((v, spec)) if *v == t.version => task_identity(spec) != task_identity(&rec.spec),
+        _ => true,
+    }
+}
+
+enum Rollout {
+    /// Commands, and slots to fill with a task of the current version.
+    Steps {
+        commands: Vec<Command>,
+        replace: Vec<u32>,
+    },
+    /// Stop here this round (rollback or pause decided).
+    Stop(Vec<Command>),
+}
+
+/// The rolling update (or rollback) of a replicated service, health-gated:
+/// a new task counts once it has run for `monitor` without failing; at
+/// most `parallelism` are in flight; failures beyond `max_failure_ratio`
+/// trigger `failure_action`.
+fn rollout(
+    rec: &ServiceRecord,
+    svc: &Service,
+    tasks: &[&TaskRecord],
+    live: &[&TaskRecord],
+    replicas: u32,
+    now_ms: u64,
+) -> Rollout {
+    let mut commands = Vec::new();
+    let set = |status: UpdateStatus| Command::SetUpdate {
+        name: rec.name.clone(),
+        status,
+    };
+    let old: Vec<&TaskRecord> = live.iter().copied().filter(|t| outdated(rec, t)).collect();
+    let (since, rolling_back) = match &rec.update {
+        UpdateStatus::Paused { .. } | UpdateStatus::RolledBack { .. } => {
+            return Rollout::Steps {
+                commands,
+                replace: Vec::new(),
+            };
+        }
+        UpdateStatus::Updating { since_ms } if *since_ms > 0 => (*since_ms, false),
+        UpdateStatus::RollingBack { since_ms, .. } => (*since_ms, true),
+        _ if old.is_empty() => {
+            return Rollout::Steps {
+                commands,
+                replace: Vec::new(),
+            }
+        }
+        _ => {
+            commands.push(set(UpdateStatus::Updating { since_ms: now_ms }));
+            (now_ms, false)
+        }
+    };
+    if old.is_empty() {
+        commands.push(set(match &rec.update {
+            UpdateStatus::RollingBack { reason, .. } => UpdateStatus::RolledBack {
+                reason: reason.clone(),
+            },
+            _ => UpdateStatus::Completed,
+        }));
+        return Rollout::Steps {
+            commands,
+            replace: Vec::new(),
+        };
+    }
+    let cfg = if rolling_back {
+        &svc.rollback_config
+    } else {
+        &svc.update_config
+    };
+    let monitor_ms = cfg.monitor_ns / 1_000_000;
+    let failed = tasks
+        .iter()
+        .filter(|t| {
+            t.version == rec.version && t.state == TaskState::Failed && t.updated_ms >= since
+        })
+        .count();
+    if !rolling_back && failed > 0 && failed as f64 > cfg.max_failure_ratio * f64::from(replicas) {
+        let reason = format!(
+            "{failed} task(s) of version {} failed during the update",
+            rec.version
+        );
+        match cfg.failure_action.as_str() {
+            "rollback" if rec.previous.is_some() => {
+                commands.push(Command::RollbackService {
+                    name: rec.name.clone(),
+                    reason,
+                    at_ms: now_ms,
+                });
+                return Rollout::Stop(commands);
+            }
+            "continue" => {}
+            _ => {
+                commands.push(set(UpdateStatus::Paused { reason }));
+                return Rollout::Stop(commands);
+            }
+        }
+    }
+    // New-version tasks by slot, and which of them are still being watched.
+    let new: Vec<&TaskRecord> = live.iter().copied().filter(|t| !outdated(rec, t)).collect();
+    let settled =
+        |t: &TaskRecord| t.state == TaskState::Running && now_ms >= t.updated_ms + monitor_ms;
+    let in_flight = new
+        .iter()
+        .filter(|t| !settled(t) && t.updated_ms >= since)
+        .count();
+    // start-first: an old task goes once its slot's new task has settled.
+    for o in &old {
+        if new.iter().any(|n| n.slot == o.slot && settled(n)) {
+            let mut t = (*o).clone();
+            t.desired = TaskState::Shutdown;
+            t.message = "replaced by the update".into();
+            commands.push(Command::PutTask(t));
+        }
+    }
+    let parallelism = if cfg.parallelism == 0 {
+        replicas as usize
+    } else {
+        cfg.parallelism as usize
+    };
+    let room = parallelism.saturating_sub(in_flight);
+    let mut replace = Vec::new();
+    let mut pending_old: Vec<&&TaskRecord> = old
+        .iter()
+        .filter(|o| !new.iter().any(|n| n.slot == o.slot))
+        .collect();
+    pending_old.sort_by_key(|t| t.slot);
+    for o in pending_old.into_iter().take(room) {
+        if cfg.order == "stop-first" {
+            let mut t = (**o).clone();
+            t.desired = TaskState::Shutdown;
+            t.message = "replaced by the update".into();
+            commands.push(Command::PutTask(t));
+        }
+        replace.push(o.slot);
+    }
+    Rollout::Steps { commands, replace }
 }
 
 /// One reconciliation step for service `name`.
@@ -233,6 +389,21 @@ pub fn reconcile(
             }
             for t in live_tasks.iter().filter(|t| t.slot > replicas) {
                 out.push(shutdown(t, "scaled down"));
+            }
+            let kept: Vec<&TaskRecord> = live_tasks
+                .iter()
+                .copied()
+                .filter(|t| t.slot <= replicas)
+                .collect();
+            match rollout(rec, &svc, &tasks, &kept, replicas, now_ms) {
+                Rollout::Steps { commands, replace } => {
+                    out.extend(commands);
+                    new_tasks.extend(replace.into_iter().map(|slot| (slot, 0)));
+                }
+                Rollout::Stop(commands) => {
+                    out.extend(commands);
+                    return Ok(out);
+                }
             }
         }
         Mode::Global => {

@@ -349,3 +349,191 @@ proptest::proptest! {
         }
     }
 }
+
+/// Like `converge`, stepping the clock, with agents that start tasks of
+/// every version except `broken`, whose tasks fail at once. Returns the
+/// most tasks handed to agents in one step and the fewest running.
+fn roll(
+    st: &mut State,
+    svc: &str,
+    start: u64,
+    broken: Option<&str>,
+    steps: usize,
+) -> (usize, usize) {
+    let mut now = start;
+    let mut n = 0;
+    let mut min_running = usize::MAX;
+    let mut max_new = 0;
+    for _ in 0..steps {
+        now += 500;
+        let cmds = reconcile(st, svc, now, &mut || {
+            n += 1;
+            format!("r{n}-{now}")
+        })
+        .unwrap();
+        for c in cmds {
+            st.apply(&c).unwrap();
+        }
+        max_new = max_new.max(
+            st.tasks
+                .values()
+                .filter(|t| t.state == TaskState::Assigned && t.desired == TaskState::Running)
+                .count(),
+        );
+        let image = |t: &TaskRecord| {
+            let spec = if t.version == st.services[svc].version {
+                st.services[svc].spec.clone()
+            } else {
+                st.services[svc]
+                    .previous
+                    .clone()
+                    .map(|p| p.1)
+                    .unwrap_or_default()
+            };
+            serde_json::from_str::<serde_json::Value>(&spec).unwrap()["image"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        };
+        let started: Vec<TaskRecord> = st
+            .tasks
+            .values()
+            .filter(|t| t.state == TaskState::Assigned && t.desired == TaskState::Running)
+            .cloned()
+            .map(|mut t| {
+                t.state = if Some(image(&t).as_str()) == broken {
+                    TaskState::Failed
+                } else {
+                    TaskState::Running
+                };
+                t.exit_code = (t.state == TaskState::Failed).then_some(1);
+                t.updated_ms = now;
+                t
+            })
+            .collect();
+        for t in started {
+            st.apply(&Command::PutTask(t)).unwrap();
+        }
+        // Agents stop what is asked to stop.
+        let stopped: Vec<TaskRecord> = st
+            .tasks
+            .values()
+            .filter(|t| t.desired == TaskState::Shutdown && t.state == TaskState::Running)
+            .cloned()
+            .map(|mut t| {
+                t.state = TaskState::Shutdown;
+                t
+            })
+            .collect();
+        for t in stopped {
+            st.apply(&Command::PutTask(t)).unwrap();
+        }
+        let running = st
+            .tasks
+            .values()
+            .filter(|t| t.service == svc && t.state == TaskState::Running)
+            .count();
+        min_running = min_running.min(running);
+    }
+    (max_new, min_running)
+}
+
+fn web(image: &str, replicas: u32, extra: &str) -> String {
+    format!("services:\n  web:\n    image: {image}\n    deploy:\n      replicas: {replicas}\n      update_config: {{parallelism: 1, monitor: 1s{extra}}}\n")
+}
+
+fn images(st: &State) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for t in st.tasks.values().filter(|t| t.state == TaskState::Running) {
+        let spec = if t.version == st.services["web"].version {
+            st.services["web"].spec.clone()
+        } else {
+            st.services["web"].previous.clone().unwrap().1
+        };
+        let img = serde_json::from_str::<serde_json::Value>(&spec).unwrap()["image"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        *m.entry(img).or_default() += 1;
+    }
+    m
+}
+
+#[test]
+fn a_rolling_update_replaces_tasks_one_by_one_and_completes() {
+    let mut st = cluster(3, &web("web:1", 4, ""));
+    roll(&mut st, "web", 0, None, 4);
+    put_stack(&mut st, &web("web:2", 4, ""));
+    let (max_new, min_running) = roll(&mut st, "web", 10_000, None, 40);
+    assert_eq!(max_new, 1, "parallelism 1: one task at a time");
+    assert!(
+        min_running >= 3,
+        "stop-first takes down one at a time: {min_running}"
+    );
+    assert_eq!(images(&st), BTreeMap::from([("web:2".to_string(), 4)]));
+    assert_eq!(
+        st.services["web"].update,
+        gantry_store::UpdateStatus::Completed
+    );
+}
+
+#[test]
+fn start_first_never_runs_fewer_than_desired() {
+    let mut st = cluster(3, &web("web:1", 3, ", order: start-first"));
+    roll(&mut st, "web", 0, None, 4);
+    put_stack(&mut st, &web("web:2", 3, ", order: start-first"));
+    let (_, min_running) = roll(&mut st, "web", 10_000, None, 40);
+    assert!(
+        min_running >= 3,
+        "start-first dipped to {min_running} running"
+    );
+    assert_eq!(images(&st), BTreeMap::from([("web:2".to_string(), 3)]));
+}
+
+#[test]
+fn scaling_rolls_no_task() {
+    let mut st = cluster(3, &web("web:1", 3, ""));
+    roll(&mut st, "web", 0, None, 4);
+    let before: Vec<String> = st.tasks.keys().cloned().collect();
+    put_stack(&mut st, &web("web:1", 4, ""));
+    roll(&mut st, "web", 10_000, None, 10);
+    let kept = before
+        .iter()
+        .filter(|id| st.tasks[*id].state == TaskState::Running)
+        .count();
+    assert_eq!(kept, 3, "the three old tasks keep running; one is added");
+    assert_eq!(images(&st), BTreeMap::from([("web:1".to_string(), 4)]));
+}
+
+#[test]
+fn a_broken_image_rolls_back_by_itself() {
+    let mut st = cluster(3, &web("web:1", 3, ", failure_action: rollback"));
+    roll(&mut st, "web", 0, None, 4);
+    put_stack(&mut st, &web("web:broken", 3, ", failure_action: rollback"));
+    roll(&mut st, "web", 10_000, Some("web:broken"), 40);
+    let svc = &st.services["web"];
+    assert!(
+        matches!(svc.update, gantry_store::UpdateStatus::RolledBack { .. }),
+        "{:?}",
+        svc.update
+    );
+    assert!(svc.spec.contains("web:1"));
+    assert_eq!(images(&st), BTreeMap::from([("web:1".to_string(), 3)]));
+}
+
+#[test]
+fn a_failing_update_can_pause_instead() {
+    let mut st = cluster(3, &web("web:1", 3, ", failure_action: pause"));
+    roll(&mut st, "web", 0, None, 4);
+    put_stack(&mut st, &web("web:broken", 3, ", failure_action: pause"));
+    roll(&mut st, "web", 10_000, Some("web:broken"), 40);
+    assert!(matches!(
+        st.services["web"].update,
+        gantry_store::UpdateStatus::Paused { .. }
+    ));
+    assert_eq!(
+        images(&st).get("web:1"),
+        Some(&2),
+        "the update stopped after its first failed task"
+    );
+}

@@ -15,7 +15,9 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
 
-pub use state::{Command, NodeRecord, Rejected, ServiceRecord, State, TaskRecord, TaskState};
+pub use state::{
+    Command, NodeRecord, Rejected, ServiceRecord, State, TaskRecord, TaskState, UpdateStatus,
+};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");

@@ -44,6 +44,43 @@ pub struct ServiceRecord {
     pub version: u64,
     /// The spec.
     pub spec: String,
+    /// The version and spec before the last change, for rollback.
+    #[serde(default)]
+    pub previous: Option<(u64, String)>,
+    /// Where the rollout of the current version stands.
+    #[serde(default)]
+    pub update: UpdateStatus,
+}
+
+/// The rollout of a service's current version.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum UpdateStatus {
+    /// Nothing to roll out.
+    #[default]
+    Completed,
+    /// Replacing tasks batch by batch since `since_ms`.
+    Updating {
+        /// When the rollout started.
+        since_ms: u64,
+    },
+    /// Stopped after failures (failure_action pause).
+    Paused {
+        /// Why.
+        reason: String,
+    },
+    /// Going back to the previous version since `since_ms`.
+    RollingBack {
+        /// When the rollback started.
+        since_ms: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Back on the previous version.
+    RolledBack {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Where a task is in its life.
@@ -134,6 +171,23 @@ pub enum Command {
         /// The spec.
         spec: String,
     },
+    /// Record how the rollout stands.
+    SetUpdate {
+        /// The service.
+        name: String,
+        /// The new status.
+        status: UpdateStatus,
+    },
+    /// Go back to the previous version (`gantry service rollback`, or an
+    /// update whose failure_action is rollback).
+    RollbackService {
+        /// The service.
+        name: String,
+        /// Why.
+        reason: String,
+        /// Now, milliseconds since the epoch.
+        at_ms: u64,
+    },
     /// Remove a service and its tasks.
     RemoveService {
         /// The service.
@@ -170,6 +224,9 @@ pub enum Rejected {
     /// The node is up or still runs tasks.
     #[error("node {0} is up or still has tasks: drain it and stop its agent first")]
     NodeBusy(String),
+    /// The service has no previous version.
+    #[error("service {0} has no previous version to roll back to")]
+    NothingToRollBack(String),
     /// The task names a node that does not exist.
     #[error("task {task} names unknown node {node}")]
     UnknownNode {
@@ -219,13 +276,18 @@ impl State {
                 }
                 Ok(())
             }
-            Command::RemoveService { name } => {
+            Command::RemoveService { name } | Command::SetUpdate { name, .. } => {
                 if self.services.contains_key(name) {
                     Ok(())
                 } else {
                     Err(Rejected::NoSuchService(name.clone()))
                 }
             }
+            Command::RollbackService { name, .. } => match self.services.get(name) {
+                None => Err(Rejected::NoSuchService(name.clone())),
+                Some(s) if s.previous.is_none() => Err(Rejected::NothingToRollBack(name.clone())),
+                Some(_) => Ok(()),
+            },
             Command::PutTask(t) => {
                 if !self.services.contains_key(&t.service) {
                     return Err(Rejected::NoSuchService(t.service.clone()));
@@ -282,22 +344,55 @@ impl State {
                 }
             }
             Command::PutService { name, stack, spec } => {
-                let version = self.services.get(&name).map_or(1, |s| {
-                    if s.spec == spec {
-                        s.version
-                    } else {
-                        s.version + 1
+                let rec = match self.services.get(&name) {
+                    // The same spec again changes nothing.
+                    Some(old) if old.spec == spec => old.clone(),
+                    Some(old) => {
+                        // Version numbers are never reused, across rollbacks too.
+                        let newest = old
+                            .previous
+                            .as_ref()
+                            .map_or(old.version, |p| p.0.max(old.version));
+                        ServiceRecord {
+                            name: name.clone(),
+                            stack,
+                            version: newest + 1,
+                            spec,
+                            previous: Some((old.version, old.spec.clone())),
+                            update: UpdateStatus::Updating { since_ms: 0 },
+                        }
                     }
-                });
-                self.services.insert(
-                    name.clone(),
-                    ServiceRecord {
-                        name,
+                    None => ServiceRecord {
+                        name: name.clone(),
                         stack,
-                        version,
+                        version: 1,
                         spec,
+                        previous: None,
+                        update: UpdateStatus::Completed,
                     },
-                );
+                };
+                self.services.insert(name, rec);
+            }
+            Command::SetUpdate { name, status } => {
+                if let Some(s) = self.services.get_mut(&name) {
+                    s.update = status;
+                }
+            }
+            Command::RollbackService {
+                name,
+                reason,
+                at_ms,
+            } => {
+                if let Some(s) = self.services.get_mut(&name) {
+                    if let Some((v, spec)) = s.previous.take() {
+                        s.previous = Some((s.version, std::mem::replace(&mut s.spec, spec)));
+                        s.version = v;
+                        s.update = UpdateStatus::RollingBack {
+                            since_ms: at_ms,
+                            reason,
+                        };
+                    }
+                }
             }
             Command::RemoveService { name } => {
                 self.services.remove(&name);
