@@ -242,15 +242,6 @@ fn rollout(
         .iter()
         .filter(|t| !settled(t) && t.updated_ms >= since)
         .count();
-    // start-first: an old task goes once its slot's new task has settled.
-    for o in &old {
-        if new.iter().any(|n| n.slot == o.slot && settled(n)) {
-            let mut t = (*o).clone();
-            t.desired = TaskState::Shutdown;
-            t.message = "replaced by the update".into();
-            commands.push(Command::PutTask(t));
-        }
-    }
     let parallelism = if cfg.parallelism == 0 {
         replicas as usize
     } else {
@@ -395,14 +386,67 @@ pub fn reconcile(
                 .copied()
                 .filter(|t| t.slot <= replicas)
                 .collect();
-            match rollout(rec, &svc, &tasks, &kept, replicas, now_ms) {
-                Rollout::Steps { commands, replace } => {
-                    out.extend(commands);
-                    new_tasks.extend(replace.into_iter().map(|slot| (slot, 0)));
+            // Two tasks in one slot (start-first update, rebalance move):
+            // once the newest has run for `monitor`, the others go.
+            let monitor_ms = svc.update_config.monitor_ns / 1_000_000;
+            let settled = |t: &TaskRecord| {
+                t.state == TaskState::Running && now_ms >= t.updated_ms + monitor_ms
+            };
+            let mut by_slot: BTreeMap<u32, Vec<&TaskRecord>> = BTreeMap::new();
+            for t in &kept {
+                by_slot.entry(t.slot).or_default().push(t);
+            }
+            let mut doubled = false;
+            for group in by_slot.values().filter(|g| g.len() > 1) {
+                doubled = true;
+                let newest = group
+                    .iter()
+                    .copied()
+                    .max_by_key(|t| (t.updated_ms, t.id.clone()))
+                    .expect("non-empty");
+                if settled(newest) {
+                    for t in group.iter().filter(|t| t.id != newest.id) {
+                        out.push(shutdown(t, "superseded in its slot"));
+                    }
                 }
+            }
+            let (commands, replace) = match rollout(rec, &svc, &tasks, &kept, replicas, now_ms) {
+                Rollout::Steps { commands, replace } => (commands, replace),
                 Rollout::Stop(commands) => {
                     out.extend(commands);
                     return Ok(out);
+                }
+            };
+            let quiet = commands.is_empty()
+                && replace.is_empty()
+                && new_tasks.is_empty()
+                && !doubled
+                && kept.iter().all(|t| settled(t))
+                && !kept.iter().any(|t| outdated(rec, t));
+            out.extend(commands);
+            new_tasks.extend(replace.into_iter().map(|slot| (slot, 0)));
+            // Rebalance, one move at a time and start-first, only when the
+            // service is otherwise at rest (moby/swarmkit#310).
+            if quiet && svc.rebalance && spec.strategy == gantry_sched::Strategy::Spread {
+                if let Some(m) = cluster.rebalance(&spec, 1).into_iter().next() {
+                    let on_from = kept
+                        .iter()
+                        .filter(|t| t.node.as_deref() == Some(m.from.as_str()));
+                    if let Some(t) = on_from.max_by_key(|t| t.slot) {
+                        out.push(Command::PutTask(TaskRecord {
+                            id: new_id(),
+                            service: name.to_owned(),
+                            version: rec.version,
+                            slot: t.slot,
+                            node: Some(m.to),
+                            desired: TaskState::Running,
+                            state: TaskState::Assigned,
+                            message: "rebalanced".into(),
+                            exit_code: None,
+                            attempt: 0,
+                            updated_ms: now_ms,
+                        }));
+                    }
                 }
             }
         }

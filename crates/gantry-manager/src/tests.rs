@@ -318,7 +318,7 @@ proptest::proptest! {
         events in proptest::collection::vec(arb_event(), 0..25),
         replicas in 1u32..8,
     ) {
-        let yaml = format!("services:\n  web:\n    image: w:1\n    deploy:\n      replicas: {replicas}\n      restart_policy: {{delay: 0s}}\n");
+        let yaml = format!("services:\n  web:\n    image: w:1\n    deploy:\n      replicas: {replicas}\n      restart_policy: {{delay: 0s}}\n      update_config: {{monitor: 0s}}\n");
         let mut st = cluster(3, &yaml);
         let mut now = 0;
         converge(&mut st, "web", now);
@@ -338,13 +338,20 @@ proptest::proptest! {
                     }
                 }
             }
-            converge(&mut st, "web", now + 1);
+            roll(&mut st, "web", now, None, 12);
+            now += 6_000;
             let live = st.tasks.values().filter(|t| t.service == "web" && t.desired == TaskState::Running).count();
             let any_usable = st.nodes.values().any(|n| n.up && n.availability == Availability::Active);
-            proptest::prop_assert!(live <= replicas as usize, "{live} live tasks for {replicas} replicas");
+            // Start-first moves overlap by one task, never more.
+            proptest::prop_assert!(live <= replicas as usize + 1, "{live} live tasks for {replicas} replicas");
             if any_usable {
-                let running = running_per_node(&st, "web").values().sum::<usize>();
-                proptest::prop_assert_eq!(running, replicas as usize);
+                let served: std::collections::BTreeSet<u32> = st
+                    .tasks
+                    .values()
+                    .filter(|t| t.service == "web" && t.desired == TaskState::Running && t.state == TaskState::Running)
+                    .map(|t| t.slot)
+                    .collect();
+                proptest::prop_assert_eq!(served.len(), replicas as usize, "every slot is served");
             }
         }
     }
@@ -535,5 +542,53 @@ fn a_failing_update_can_pause_instead() {
         images(&st).get("web:1"),
         Some(&2),
         "the update stopped after its first failed task"
+    );
+}
+
+#[test]
+fn a_returning_node_gets_its_share_back_gradually_and_start_first() {
+    let yaml = "services:\n  web:\n    image: w:1\n    deploy:\n      replicas: 6\n      update_config: {monitor: 1s}\n";
+    let mut st = cluster(3, yaml);
+    roll(&mut st, "web", 0, None, 4);
+    st.apply(&Command::SetNodeUp {
+        id: "n3".into(),
+        up: false,
+    })
+    .unwrap();
+    roll(&mut st, "web", 10_000, None, 4);
+    assert_eq!(
+        running_per_node(&st, "web")
+            .into_values()
+            .collect::<Vec<_>>(),
+        vec![3, 3]
+    );
+    st.apply(&Command::SetNodeUp {
+        id: "n3".into(),
+        up: true,
+    })
+    .unwrap();
+    let (max_new, min_running) = roll(&mut st, "web", 20_000, None, 40);
+    assert_eq!(max_new, 1, "one move at a time");
+    assert!(
+        min_running >= 6,
+        "never below the desired count while moving: {min_running}"
+    );
+    assert_eq!(
+        running_per_node(&st, "web")
+            .into_values()
+            .collect::<Vec<_>>(),
+        vec![2, 2, 2]
+    );
+    // Turned off, nothing moves.
+    let off = "services:\n  web:\n    image: w:1\n    deploy:\n      replicas: 6\n    x-gantry: {rebalance: false}\n";
+    let mut st = cluster(2, off);
+    roll(&mut st, "web", 0, None, 4);
+    st.apply(&Command::PutNode(node("n3"))).unwrap();
+    roll(&mut st, "web", 10_000, None, 20);
+    assert_eq!(
+        running_per_node(&st, "web")
+            .into_values()
+            .collect::<Vec<_>>(),
+        vec![3, 3]
     );
 }

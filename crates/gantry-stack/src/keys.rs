@@ -83,7 +83,7 @@ fn allowed(path: &[&str]) -> Option<&'static [&'static str]> {
             "tmpfs",
         ],
         ["services", _, "depends_on", _] => &["condition", "restart", "required"],
-        ["services", _, "x-gantry"] => &["strategy"],
+        ["services", _, "x-gantry"] => &["strategy", "rebalance"],
         ["volumes" | "networks", _] => &[
             "driver",
             "driver_opts",

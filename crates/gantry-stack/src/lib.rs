@@ -189,6 +189,9 @@ pub struct Service {
     pub spread_over: Vec<String>,
     /// Scoring strategy (`x-gantry: {strategy: binpack}`).
     pub strategy: Strategy,
+    /// Even out replicas when nodes join or return (`x-gantry: {rebalance: false}` turns it off).
+    #[serde(default = "yes")]
+    pub rebalance: bool,
     /// Restart policy.
     pub restart_policy: RestartPolicy,
     /// Rolling update.
@@ -415,6 +418,10 @@ pub fn parse(
     })
 }
 
+fn yes() -> bool {
+    true
+}
+
 fn valid_name(n: &str) -> bool {
     n.starts_with(|c: char| c.is_ascii_alphanumeric())
         && n.chars()
@@ -621,6 +628,11 @@ fn service(
     };
     let update_config = update(ctx, d.update_config.unwrap_or_default(), "pause")?;
     let rollback_config = update(ctx, d.rollback_config.unwrap_or_default(), "pause")?;
+    let rebalance = s
+        .x_gantry
+        .as_ref()
+        .and_then(|x| x.rebalance)
+        .unwrap_or(true);
     let strategy = match s.x_gantry.and_then(|x| x.strategy) {
         None => Strategy::Spread,
         Some(st) => match st.value.as_str() {
@@ -653,6 +665,7 @@ fn service(
         constraints,
         spread_over,
         strategy,
+        rebalance,
         restart_policy,
         update_config,
         rollback_config,

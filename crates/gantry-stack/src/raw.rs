@@ -75,6 +75,7 @@ pub(crate) struct Service {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct XGantry {
     pub(crate) strategy: Option<Spanned<String>>,
+    pub(crate) rebalance: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
