@@ -46,8 +46,51 @@ fn put_stack(st: &mut State, yaml: &str) {
     }
 }
 
-/// Reconciles until nothing changes, acting as the agents too: assigned
-/// tasks start running.
+/// What the agents would do: start assigned tasks (those whose image is
+/// `broken` fail at once) and stop what is asked to stop.
+fn agents(st: &mut State, now: u64, broken: Option<&str>) {
+    let changed: Vec<TaskRecord> = st
+        .tasks
+        .values()
+        .filter_map(|t| {
+            let mut t = t.clone();
+            match (t.desired, t.state) {
+                (TaskState::Running, TaskState::Assigned) => {
+                    let fails = broken.is_some() && Some(image_of(st, &t).as_str()) == broken;
+                    t.state = if fails {
+                        TaskState::Failed
+                    } else {
+                        TaskState::Running
+                    };
+                    t.exit_code = fails.then_some(1);
+                    t.updated_ms = now;
+                }
+                (TaskState::Shutdown, TaskState::Running) => t.state = TaskState::Shutdown,
+                _ => return None,
+            }
+            Some(t)
+        })
+        .collect();
+    for t in changed {
+        st.apply(&Command::PutTask(t)).unwrap();
+    }
+}
+
+/// The image a task runs: its version's spec, current or previous.
+fn image_of(st: &State, t: &TaskRecord) -> String {
+    let svc = &st.services[&t.service];
+    let spec = if t.version == svc.version {
+        svc.spec.clone()
+    } else {
+        svc.previous.clone().map(|p| p.1).unwrap_or_default()
+    };
+    serde_json::from_str::<serde_json::Value>(&spec).unwrap()["image"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Reconciles until nothing changes, acting as the agents too.
 fn converge(st: &mut State, svc: &str, now: u64) -> usize {
     let mut n = 0;
     let mut changes = 0;
@@ -64,19 +107,7 @@ fn converge(st: &mut State, svc: &str, now: u64) -> usize {
         for c in cmds {
             st.apply(&c).unwrap();
         }
-        let started: Vec<TaskRecord> = st
-            .tasks
-            .values()
-            .filter(|t| t.state == TaskState::Assigned && t.desired == TaskState::Running)
-            .cloned()
-            .map(|mut t| {
-                t.state = TaskState::Running;
-                t
-            })
-            .collect();
-        for t in started {
-            st.apply(&Command::PutTask(t)).unwrap();
-        }
+        agents(st, now, None);
     }
     panic!("did not converge");
 }
@@ -387,54 +418,7 @@ fn roll(
                 .filter(|t| t.state == TaskState::Assigned && t.desired == TaskState::Running)
                 .count(),
         );
-        let image = |t: &TaskRecord| {
-            let spec = if t.version == st.services[svc].version {
-                st.services[svc].spec.clone()
-            } else {
-                st.services[svc]
-                    .previous
-                    .clone()
-                    .map(|p| p.1)
-                    .unwrap_or_default()
-            };
-            serde_json::from_str::<serde_json::Value>(&spec).unwrap()["image"]
-                .as_str()
-                .unwrap_or("")
-                .to_owned()
-        };
-        let started: Vec<TaskRecord> = st
-            .tasks
-            .values()
-            .filter(|t| t.state == TaskState::Assigned && t.desired == TaskState::Running)
-            .cloned()
-            .map(|mut t| {
-                t.state = if Some(image(&t).as_str()) == broken {
-                    TaskState::Failed
-                } else {
-                    TaskState::Running
-                };
-                t.exit_code = (t.state == TaskState::Failed).then_some(1);
-                t.updated_ms = now;
-                t
-            })
-            .collect();
-        for t in started {
-            st.apply(&Command::PutTask(t)).unwrap();
-        }
-        // Agents stop what is asked to stop.
-        let stopped: Vec<TaskRecord> = st
-            .tasks
-            .values()
-            .filter(|t| t.desired == TaskState::Shutdown && t.state == TaskState::Running)
-            .cloned()
-            .map(|mut t| {
-                t.state = TaskState::Shutdown;
-                t
-            })
-            .collect();
-        for t in stopped {
-            st.apply(&Command::PutTask(t)).unwrap();
-        }
+        agents(st, now, broken);
         let running = st
             .tasks
             .values()
@@ -452,16 +436,7 @@ fn web(image: &str, replicas: u32, extra: &str) -> String {
 fn images(st: &State) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for t in st.tasks.values().filter(|t| t.state == TaskState::Running) {
-        let spec = if t.version == st.services["web"].version {
-            st.services["web"].spec.clone()
-        } else {
-            st.services["web"].previous.clone().unwrap().1
-        };
-        let img = serde_json::from_str::<serde_json::Value>(&spec).unwrap()["image"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        *m.entry(img).or_default() += 1;
+        *m.entry(image_of(st, t)).or_default() += 1;
     }
     m
 }
