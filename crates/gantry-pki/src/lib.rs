@@ -145,11 +145,12 @@ impl ClusterCa {
         fingerprint(&self.cert_pem)
     }
 
-    /// Issues a certificate for a node or the admin, usable as both TLS
-    /// client and server, with `name` as common name and subject names.
-    pub fn issue(&self, name: &str, role: Role, extra_sans: &[String]) -> Result<Issued, PkiError> {
-        let ca_key = KeyPair::from_pem(&self.key_pem)?;
-        let issuer = Issuer::new(ca_params(&self.cluster), ca_key);
+    fn leaf_params(
+        &self,
+        name: &str,
+        role: Role,
+        extra_sans: &[String],
+    ) -> Result<CertificateParams, PkiError> {
         let mut sans = vec![name.to_owned()];
         if role == Role::Manager {
             sans.push(MANAGER_NAME.to_owned());
@@ -168,12 +169,34 @@ impl ClusterCa {
         ];
         p.not_before = rcgen::date_time_ymd(2024, 1, 1);
         p.not_after = rcgen::date_time_ymd(2031, 1, 1);
+        Ok(p)
+    }
+
+    fn issuer(&self) -> Result<Issuer<'static, KeyPair>, PkiError> {
+        let ca_key = KeyPair::from_pem(&self.key_pem)?;
+        Ok(Issuer::new(ca_params(&self.cluster), ca_key))
+    }
+
+    /// Issues a certificate for a node or the admin, usable as both TLS
+    /// client and server, with `name` as common name and subject names.
+    pub fn issue(&self, name: &str, role: Role, extra_sans: &[String]) -> Result<Issued, PkiError> {
         let key = KeyPair::generate()?;
-        let cert = p.signed_by(&key, &issuer)?;
+        let cert = self
+            .leaf_params(name, role, extra_sans)?
+            .signed_by(&key, &self.issuer()?)?;
         Ok(Issued {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         })
+    }
+
+    /// Signs a joining node's certificate request (its private key never
+    /// leaves the node). Only the request's public key is used: the name
+    /// and role are the manager's choice, whatever the request asks for.
+    pub fn sign_request(&self, csr_pem: &str, name: &str, role: Role) -> Result<String, PkiError> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+        csr.params = self.leaf_params(name, role, &[])?;
+        Ok(csr.signed_by(&self.issuer()?)?.pem())
     }
 
     fn roots(&self) -> Result<rustls::RootCertStore, PkiError> {
@@ -199,12 +222,118 @@ impl ClusterCa {
             .with_single_cert(certs(&me.cert_pem)?, key(&me.key_pem)?)?)
     }
 
+    /// A server config for the manager's port: clients with a certificate
+    /// from this CA are verified; clients without one are let through to
+    /// the TLS layer so that they can join, and the API refuses them every
+    /// route but the join.
+    pub fn server_config_join(&self, me: &Issued) -> Result<rustls::ServerConfig, PkiError> {
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(self.roots()?),
+            provider(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| PkiError::Tls(rustls::Error::General(e.to_string())))?;
+        Ok(rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs(&me.cert_pem)?, key(&me.key_pem)?)?)
+    }
+
+    /// A client config that trusts only this CA and presents no certificate
+    /// (a node joining).
+    pub fn client_config_anonymous(&self) -> Result<rustls::ClientConfig, PkiError> {
+        Ok(rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(self.roots()?)
+            .with_no_client_auth())
+    }
+
     /// A client config that trusts only this CA and presents `me`.
     pub fn client_config(&self, me: &Issued) -> Result<rustls::ClientConfig, PkiError> {
         Ok(rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(self.roots()?)
             .with_client_auth_cert(certs(&me.cert_pem)?, key(&me.key_pem)?)?)
+    }
+}
+
+/// A new key and a certificate request for it, both PEM: what a joining
+/// node sends (the request) and keeps (the key).
+pub fn new_request() -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate()?;
+    let csr = CertificateParams::new(Vec::<String>::new())?.serialize_request(&key)?;
+    Ok((key.serialize_pem(), csr.pem()?))
+}
+
+/// Who a verified peer certificate (DER) names: its common name and role.
+pub fn peer_identity(der: &[u8]) -> Option<(String, Role)> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let subject = cert.subject();
+    let cn = subject.iter_common_name().next()?.as_str().ok()?.to_owned();
+    let role = match subject.iter_organizational_unit().next()?.as_str().ok()? {
+        "manager" => Role::Manager,
+        "worker" => Role::Worker,
+        "admin" => Role::Admin,
+        _ => return None,
+    };
+    Some((cn, role))
+}
+
+/// A client config that trusts any server certificate. Only for fetching
+/// the CA certificate before a join, whose hash is then checked against
+/// the join token's fingerprint: nothing else may go over it.
+pub fn fetch_ca_config() -> Result<rustls::ClientConfig, PkiError> {
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider())))
+        .with_no_client_auth())
+}
+
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 

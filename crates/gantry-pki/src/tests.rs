@@ -157,3 +157,55 @@ fn join_tokens_carry_the_fingerprint_and_hide_the_secret() {
         assert!(JoinToken::parse(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn a_signed_request_gives_the_managers_name_and_role_whatever_it_asked() {
+    let ca = ClusterCa::generate("prod").unwrap();
+    let manager = ca.issue("mgr-1", Role::Manager, &[]).unwrap();
+    // The node asks for nothing in particular; even a request naming the
+    // manager would get the name and role the manager chooses.
+    let (key_pem, csr_pem) = new_request().unwrap();
+    let cert_pem = ca.sign_request(&csr_pem, "node-7", Role::Worker).unwrap();
+    let worker = Issued { cert_pem, key_pem };
+    let der = certs(&worker.cert_pem).unwrap().remove(0);
+    assert_eq!(
+        peer_identity(der.as_ref()),
+        Some(("node-7".to_owned(), Role::Worker))
+    );
+    let (port, server) = echo_server(&ca, &manager);
+    assert_eq!(
+        talk(port, ca.client_config(&worker).unwrap()).unwrap(),
+        "hello\n"
+    );
+    server.join().unwrap().unwrap();
+    assert!(ca.sign_request("not a request", "x", Role::Worker).is_err());
+}
+
+#[test]
+fn the_fetched_ca_is_only_trusted_by_its_fingerprint() {
+    let ca = ClusterCa::generate("prod").unwrap();
+    let other = ClusterCa::generate("prod").unwrap();
+    let token = JoinToken::generate(&ca).unwrap();
+    assert_eq!(fingerprint(ca.cert_pem()).unwrap(), token.ca_fingerprint);
+    assert_ne!(fingerprint(other.cert_pem()).unwrap(), token.ca_fingerprint);
+    // The join port lets a client without a certificate complete TLS.
+    let manager = ca.issue("mgr-1", Role::Manager, &[]).unwrap();
+    let config = Arc::new(ca.server_config_join(&manager).unwrap());
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let h = std::thread::spawn(move || {
+        let (sock, _) = l.accept().unwrap();
+        let conn = rustls::ServerConnection::new(config).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        let mut line = String::new();
+        BufReader::new(&mut tls).read_line(&mut line).unwrap();
+        tls.write_all(line.as_bytes()).unwrap();
+        tls.flush().unwrap();
+        tls.conn.peer_certificates().map(|c| c.len()).unwrap_or(0)
+    });
+    assert_eq!(
+        talk(port, ca.client_config_anonymous().unwrap()).unwrap(),
+        "hello\n"
+    );
+    assert_eq!(h.join().unwrap(), 0);
+}
