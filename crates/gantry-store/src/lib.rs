@@ -138,6 +138,36 @@ impl Store {
         Ok(next)
     }
 
+    /// Checks, logs and applies several commands in one durable write:
+    /// all of them or, if one is rejected (against the state the ones
+    /// before it leave), none. Returns the last index.
+    pub fn apply_batch(&mut self, cmds: &[Command]) -> Result<u64, StoreError> {
+        if cmds.is_empty() {
+            return Ok(self.index);
+        }
+        let mut next_state = self.state.clone();
+        let mut entries = Vec::with_capacity(cmds.len());
+        for cmd in cmds {
+            next_state.apply(cmd)?;
+            entries.push(serde_json::to_vec(cmd).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+        }
+        let w = self.db.begin_write().map_err(dberr)?;
+        {
+            let mut log = w.open_table(LOG).map_err(dberr)?;
+            for (i, bytes) in entries.iter().enumerate() {
+                log.insert(self.index + 1 + i as u64, bytes.as_slice())
+                    .map_err(dberr)?;
+            }
+        }
+        w.commit().map_err(dberr)?;
+        self.state = next_state;
+        self.index += cmds.len() as u64;
+        if self.index - self.snapshot_index >= self.snapshot_every {
+            self.snapshot()?;
+        }
+        Ok(self.index)
+    }
+
     /// Writes the state as a snapshot and trims the log it covers.
     pub fn snapshot(&mut self) -> Result<(), StoreError> {
         let snap = Snapshot {

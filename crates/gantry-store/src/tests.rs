@@ -218,3 +218,33 @@ proptest! {
         prop_assert_eq!(s.index(), index);
     }
 }
+
+#[test]
+fn a_batch_is_written_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    {
+        let mut s = Store::open(&path).unwrap();
+        s.apply_batch(&[
+            Command::PutNode(node("n1")),
+            put_service("web", "{}"),
+            Command::PutTask(task("t1", "web", Some("n1"), TaskState::Running)),
+        ])
+        .unwrap();
+        assert_eq!(s.index(), 3);
+        // The second command names a node that does not exist: nothing of
+        // the batch may stay, not even the first.
+        let err = s
+            .apply_batch(&[
+                Command::PutTask(task("t2", "web", Some("n1"), TaskState::Running)),
+                Command::PutTask(task("t3", "web", Some("ghost"), TaskState::Running)),
+            ])
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Rejected(_)), "{err}");
+        assert_eq!(s.index(), 3);
+        assert!(!s.state().tasks.contains_key("t2"));
+    }
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.index(), 3);
+    assert_eq!(s.state().tasks.len(), 1);
+}
