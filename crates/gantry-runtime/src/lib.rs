@@ -457,6 +457,22 @@ impl Runtime {
     }
 }
 
+/// A signal by number or name, with or without `SIG` (`TERM`, `SIGKILL`,
+/// `9`), as Docker's `--stop-signal` and `kill -s` take it.
+pub fn parse_signal(s: &str) -> Result<Signal, String> {
+    use std::str::FromStr;
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| format!("invalid signal {s:?}"));
+    }
+    let up = s.to_ascii_uppercase();
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
+    Signal::from_str(&name).map_err(|_| format!("invalid signal {s:?}"))
+}
+
 fn parse_report(msg: &str) -> Result<i32, RuntimeError> {
     if let Some(pid) = msg.strip_prefix("ok ") {
         return pid

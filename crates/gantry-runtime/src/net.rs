@@ -92,34 +92,45 @@ impl BridgeNet {
         u32::from(self.gateway) & mask(self.prefix)
     }
 
-    /// Leases the lowest free address to `owner`.
+    /// Leases a free address to `owner`: the first free one after the
+    /// last address handed out, wrapping around (as Docker's IPAM does),
+    /// so that an address just released is not reused at once, while
+    /// neighbours may still hold the old container's MAC for it.
     pub fn lease(&self, owner: &str) -> Result<Ipv4Addr, NetError> {
-        self.with_leases(|leases| {
-            if let Some((ip, _)) = leases.iter().find(|(_, o)| *o == owner) {
+        self.with_leases(|l| {
+            if let Some((ip, _)) = l.leases.iter().find(|(_, o)| *o == owner) {
                 return Ok(*ip);
             }
             let net = self.network();
             let size = 1u32 << (32 - self.prefix);
-            let ip = (1..size - 1)
+            let start = l
+                .last
+                .map(|a| u32::from(a).wrapping_sub(net))
+                .filter(|i| *i < size)
+                .unwrap_or(0);
+            let ip = (1..size)
+                .map(|k| (start + k) % size)
+                .filter(|i| *i != 0 && *i != size - 1)
                 .map(|i| Ipv4Addr::from(net + i))
-                .find(|ip| *ip != self.gateway && !leases.contains_key(ip))
+                .find(|ip| *ip != self.gateway && !l.leases.contains_key(ip))
                 .ok_or_else(|| NetError::Exhausted(format!("{}/{}", self.gateway, self.prefix)))?;
-            leases.insert(ip, owner.to_owned());
+            l.leases.insert(ip, owner.to_owned());
+            l.last = Some(ip);
             Ok(ip)
         })
     }
 
     /// Releases every address leased to `owner`.
     pub fn release(&self, owner: &str) -> Result<(), NetError> {
-        self.with_leases(|leases| {
-            leases.retain(|_, o| o != owner);
+        self.with_leases(|l| {
+            l.leases.retain(|_, o| o != owner);
             Ok(())
         })
     }
 
     fn with_leases<T>(
         &self,
-        f: impl FnOnce(&mut BTreeMap<Ipv4Addr, String>) -> Result<T, NetError>,
+        f: impl FnOnce(&mut Leases) -> Result<T, NetError>,
     ) -> Result<T, NetError> {
         let dir = self.lease_file.parent().unwrap_or(Path::new("/"));
         fs::create_dir_all(dir).map_err(io_err("create network state dir"))?;
@@ -135,9 +146,12 @@ impl BridgeNet {
                 err: e.into(),
             },
         )?;
-        let mut leases: BTreeMap<Ipv4Addr, String> = match fs::read(&self.lease_file) {
-            Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
-            Err(_) => BTreeMap::new(),
+        let mut leases: Leases = match fs::read(&self.lease_file) {
+            // Also the older form: the map alone.
+            Ok(b) => serde_json::from_slice(&b)
+                .or_else(|_| serde_json::from_slice(&b).map(|leases| Leases { last: None, leases }))
+                .unwrap_or_default(),
+            Err(_) => Leases::default(),
         };
         let out = f(&mut leases)?;
         let tmp = self.lease_file.with_extension("tmp");
@@ -146,6 +160,15 @@ impl BridgeNet {
         fs::rename(&tmp, &self.lease_file).map_err(io_err("write leases"))?;
         Ok(out)
     }
+}
+
+/// The lease file: addresses by owner, and the last one handed out.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Leases {
+    #[serde(default)]
+    last: Option<Ipv4Addr>,
+    #[serde(default)]
+    leases: BTreeMap<Ipv4Addr, String>,
 }
 
 fn mask(prefix: u8) -> u32 {
@@ -340,5 +363,25 @@ mod tests {
         assert!(matches!(net.lease("f"), Err(NetError::Exhausted(_))));
         net.release("b").unwrap();
         assert_eq!(net.lease("f").unwrap(), b);
+    }
+
+    #[test]
+    fn a_released_address_is_not_reused_at_once() {
+        let t = tempfile::tempdir().unwrap();
+        let mut net = BridgeNet::default_for(t.path());
+        net.lease_file = t.path().join("leases.json");
+        net.gateway = Ipv4Addr::new(10, 9, 0, 1);
+        net.prefix = 29; // .2 to .6 for containers
+        let a = net.lease("a").unwrap();
+        net.release("a").unwrap();
+        let b = net.lease("b").unwrap();
+        assert_ne!(a, b, "the address just released came back at once");
+        assert_eq!(b, Ipv4Addr::new(10, 9, 0, 3));
+        // Wrapping around past the end, skipping the gateway and broadcast.
+        for o in ["c", "d", "e"] {
+            net.lease(o).unwrap();
+        }
+        assert_eq!(net.lease("f").unwrap(), a);
+        assert!(matches!(net.lease("g"), Err(NetError::Exhausted(_))));
     }
 }
