@@ -508,9 +508,28 @@ fn service(
                 {
                     v
                 }
+                // Gantry's extensions: ["HTTP", PORT, PATH] (a 2xx or 3xx
+                // answer is healthy) and ["TCP", PORT] (a connection is).
+                Some(StringOrList::Many(v))
+                    if matches!(v.first().map(String::as_str), Some("HTTP" | "TCP")) =>
+                {
+                    let port_ok = v.get(1).is_some_and(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+                    let arity_ok = if v[0] == "HTTP" {
+                        (2..=3).contains(&v.len())
+                            && v.get(2).is_none_or(|p| p.starts_with('/'))
+                    } else {
+                        v.len() == 2
+                    };
+                    if !port_ok || !arity_ok {
+                        return Err(ctx.nowhere(format!(
+                            "service {name}: healthcheck.test {v:?}: use [\"HTTP\", PORT, \"/path\"] or [\"TCP\", PORT]"
+                        )));
+                    }
+                    v
+                }
                 Some(StringOrList::Many(_)) => {
                     return Err(ctx.nowhere(format!(
-                        "service {name}: healthcheck.test must start with CMD, CMD-SHELL or NONE"
+                        "service {name}: healthcheck.test must start with CMD, CMD-SHELL, NONE, HTTP or TCP"
                     )))
                 }
                 None => return Err(ctx.nowhere(format!("service {name}: healthcheck has no test"))),

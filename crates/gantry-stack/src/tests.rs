@@ -222,3 +222,28 @@ proptest::proptest! {
         let _ = parse("fuzz.yml", &text, &BTreeMap::new(), &no_files);
     }
 }
+
+#[test]
+fn http_and_tcp_health_checks_are_checked() {
+    let ok = "services:\n  a:\n    image: x\n    healthcheck:\n      test: [\"HTTP\", \"80\", \"/healthz\"]\n  b:\n    image: x\n    healthcheck:\n      test: [\"TCP\", \"5432\"]\n";
+    let p = gantry_stack_parse(ok).unwrap();
+    assert_eq!(
+        p.stack.services["a"].healthcheck.as_ref().unwrap().test,
+        ["HTTP", "80", "/healthz"]
+    );
+    for bad in [
+        "[\"HTTP\", \"http\"]",
+        "[\"TCP\"]",
+        "[\"HTTP\", \"80\", \"nopath\"]",
+        "[\"TCP\", \"0\"]",
+        "[\"PING\", \"1\"]",
+    ] {
+        let y = format!("services:\n  a:\n    image: x\n    healthcheck:\n      test: {bad}\n");
+        let e = gantry_stack_parse(&y).unwrap_err();
+        assert!(e.msg.contains("healthcheck.test"), "{bad}: {e}");
+    }
+}
+
+fn gantry_stack_parse(y: &str) -> Result<Parsed, StackError> {
+    parse("s.yml", y, &BTreeMap::new(), &|_| Err("no".into()))
+}
