@@ -179,10 +179,15 @@ fn rollout(
         UpdateStatus::Updating { since_ms } if *since_ms > 0 => (*since_ms, false),
         UpdateStatus::RollingBack { since_ms, .. } => (*since_ms, true),
         _ if old.is_empty() => {
+            // Nothing left to replace (a first version, or old tasks that
+            // all ended): the change is rolled out.
+            if rec.update != UpdateStatus::Completed {
+                commands.push(set(UpdateStatus::Completed));
+            }
             return Rollout::Steps {
                 commands,
                 replace: Vec::new(),
-            }
+            };
         }
         _ => {
             commands.push(set(UpdateStatus::Updating { since_ms: now_ms }));
@@ -332,7 +337,7 @@ pub fn reconcile(
                 && t.state == TaskState::Failed
                 && t.version == rec.version
         })
-        .filter(|t| t.message == EXHAUSTED || t.message == NOT_RESTARTED)
+        .filter(|t| t.message.starts_with(EXHAUSTED) || t.message.starts_with(NOT_RESTARTED))
         .map(|t| t.slot)
         .collect();
     let mut restarts: Vec<(u32, u32, Option<String>)> = Vec::new(); // (slot, attempt, node for global)
@@ -347,10 +352,18 @@ pub fn reconcile(
             "on-failure" => t.exit_code != Some(0),
             _ => true,
         };
+        // Keep why it failed after the verdict, for `service ps`.
+        let because = |verdict: &str| {
+            if t.message.is_empty() {
+                verdict.to_owned()
+            } else {
+                format!("{verdict}: {}", t.message)
+            }
+        };
         if !wanted || exhausted {
             out.push(shutdown(
                 t,
-                if exhausted { EXHAUSTED } else { NOT_RESTARTED },
+                &because(if exhausted { EXHAUSTED } else { NOT_RESTARTED }),
             ));
             blocked_slots.insert(t.slot);
             continue;
@@ -359,7 +372,7 @@ pub fn reconcile(
             blocked_slots.insert(t.slot); // waiting out the restart delay
             continue;
         }
-        out.push(shutdown(t, "failed; restarted"));
+        out.push(shutdown(t, &because("restarted")));
         restarts.push((t.slot, t.attempt + 1, t.node.clone()));
     }
 
