@@ -2,6 +2,7 @@
 //! store and native runtime. This crate only parses arguments, wires the
 //! libraries together and prints; the work is in the library crates.
 
+mod cluster;
 mod containers;
 mod images;
 mod output;
@@ -34,6 +35,12 @@ struct Cli {
         value_delimiter = ','
     )]
     insecure_registries: Vec<String>,
+    /// The manager to talk to (HOST[:PORT]); default: the one in the admin credential.
+    #[arg(short = 'H', long, global = true, env = "GANTRY_HOST")]
+    host: Option<String>,
+    /// Where the admin credential lives (default: ~/.config/gantry).
+    #[arg(long, global = true, env = "GANTRY_CONFIG_DIR")]
+    config_dir: Option<PathBuf>,
     /// Print the whole error chain and debug logs.
     #[arg(long, global = true)]
     debug: bool,
@@ -108,11 +115,42 @@ enum Cmd {
     /// Stacks: compose files of services.
     #[command(subcommand)]
     Stack(stacks::StackCmd),
+    /// Run the manager (with --dev, also this host as a node).
+    Server(cluster::ServerArgs),
+    /// Run a node agent.
+    Agent(cluster::AgentArgs),
+    /// The single-threaded runtime helper of the agent.
+    #[command(hide = true)]
+    AgentHelper {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Print (or rotate) the token nodes join with.
+    JoinToken {
+        /// Make a new token; the old one stops working.
+        #[arg(long)]
+        rotate: bool,
+        /// Only the token.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Deploy or update a stack (same as `stack deploy`).
+    Deploy(cluster::DeployArgs),
+    /// Manage services.
+    #[command(subcommand)]
+    Service(cluster::ServiceCmd),
+    /// Manage nodes.
+    #[command(subcommand)]
+    Node(cluster::NodeCmd),
+    /// Follow cluster events.
+    Events(cluster::EventsArgs),
 }
 
 /// Everything a command needs from the global flags.
 pub(crate) struct Ctx {
     pub(crate) data_dir: PathBuf,
+    pub(crate) host: Option<String>,
+    pub(crate) config_dir: PathBuf,
     pub(crate) registry: gantry_image::RegistryOptions,
 }
 
@@ -149,8 +187,16 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     gantry_image::install_crypto_provider();
+    if let Cmd::AgentHelper { args } = &cli.cmd {
+        return ExitCode::from(gantry_agent::helper_main(&cli.data_dir, args).clamp(0, 255) as u8);
+    }
     let ctx = Ctx {
         data_dir: cli.data_dir.clone(),
+        host: cli.host.clone(),
+        config_dir: cli
+            .config_dir
+            .clone()
+            .unwrap_or_else(gantry_api::AdminConfig::dir),
         registry: gantry_image::RegistryOptions {
             insecure: cli.insecure_registries.clone(),
             credentials: None,
@@ -209,6 +255,15 @@ fn dispatch(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<u8> {
         Cmd::Exec(a) => containers::exec(ctx, a),
         Cmd::Wait { containers: c } => containers::wait(ctx, &c),
         Cmd::Volume(c) => volumes::run(ctx, c),
+        Cmd::Stack(stacks::StackCmd::Cluster(c)) => cluster::stack(ctx, c),
         Cmd::Stack(c) => stacks::run(c),
+        Cmd::Server(a) => cluster::server(ctx, a),
+        Cmd::Agent(a) => cluster::agent(ctx, a),
+        Cmd::AgentHelper { .. } => unreachable!("handled before the context is made"),
+        Cmd::JoinToken { rotate, quiet } => cluster::join_token(ctx, rotate, quiet),
+        Cmd::Deploy(a) => cluster::deploy(ctx, a),
+        Cmd::Service(c) => cluster::service(ctx, c),
+        Cmd::Node(c) => cluster::node(ctx, c),
+        Cmd::Events(a) => cluster::events(ctx, a),
     }
 }

@@ -76,17 +76,7 @@ pub(crate) fn port(s: &str) -> Result<PortMapping, String> {
 
 /// A signal by name (`TERM`, `SIGTERM`) or number.
 pub(crate) fn signal(s: &str) -> Result<nix::sys::signal::Signal, String> {
-    use std::str::FromStr;
-    if let Ok(n) = s.parse::<i32>() {
-        return nix::sys::signal::Signal::try_from(n).map_err(|_| format!("invalid signal {s:?}"));
-    }
-    let up = s.to_ascii_uppercase();
-    let name = if up.starts_with("SIG") {
-        up
-    } else {
-        format!("SIG{up}")
-    };
-    nix::sys::signal::Signal::from_str(&name).map_err(|_| format!("invalid signal {s:?}"))
+    gantry_runtime::parse_signal(s)
 }
 
 /// Lines of an env file: `K=V`, `K` (taken from our environment), comments

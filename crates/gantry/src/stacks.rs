@@ -22,6 +22,8 @@ pub(crate) enum StackCmd {
         #[arg(long, value_enum, default_value = "yaml")]
         format: ConfigFormat,
     },
+    #[command(flatten)]
+    Cluster(crate::cluster::ClusterStackCmd),
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -69,6 +71,7 @@ pub(crate) fn run(cmd: StackCmd) -> anyhow::Result<u8> {
                 ConfigFormat::Json => crate::output::json(&stack)?,
             }
         }
+        StackCmd::Cluster(_) => unreachable!("dispatched by main"),
     }
     Ok(0)
 }

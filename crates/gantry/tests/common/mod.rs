@@ -7,7 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-pub use gantry_testkit::{require_root, unique, wait_for, DockerEngine, Host, Lan, Registry};
+pub use gantry_testkit::{
+    free_port, require_root, unique, wait_for, DockerEngine, Host, Lan, Registry,
+};
 
 pub struct G {
     pub data: tempfile::TempDir,

@@ -1,0 +1,272 @@
+//! Gantry's node agent. It joins the cluster once (token, then a node
+//! certificate kept under its data dir), then:
+//! - follows its assignment stream from the manager and makes the node's
+//!   containers match it: a new task is pulled, created and started; a task
+//!   that left the set is stopped and removed;
+//! - watches its containers and runs their health checks (CMD, CMD-SHELL,
+//!   and Gantry's HTTP and TCP checks); a task counts as running once
+//!   healthy, and an unhealthy one is stopped and reported failed;
+//! - reports everything it runs with every heartbeat, so that a restarted
+//!   manager re-learns the node at once.
+//!
+//! When it starts again it re-adopts the task containers it finds instead
+//! of killing them.
+//!
+//! **Architecture invariant:** the agent is a tokio program, and the
+//! runtime forks; every runtime call that forks or waits goes through the
+//! single-threaded helper ([`helper_main`], a re-exec of the `gantry`
+//! binary), never from the agent's threads.
+
+mod health;
+mod helper;
+mod tasks;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use gantry_api::{ApiError, Assignments, Client, NodeInfo, StatusReport};
+use gantry_pki::{ClusterCa, Issued};
+
+pub use helper::helper_main;
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Images, containers and volumes; the node identity lives in
+    /// `DATA_DIR/agent`.
+    pub data_dir: PathBuf,
+    /// The manager (`HOST[:PORT]`); taken from the identity if absent.
+    pub manager: Option<String>,
+    /// The join token, needed only for the first start.
+    pub token: Option<String>,
+    /// The address other nodes reach this one at (default: the local
+    /// address of the route to the manager).
+    pub advertise: Option<String>,
+    /// Node labels given at join.
+    pub labels: BTreeMap<String, String>,
+    /// The host name to register (default: the system's).
+    pub hostname: Option<String>,
+    /// Between heartbeats.
+    pub heartbeat: Duration,
+    /// The `gantry` binary, for the single-threaded runtime helper.
+    pub helper: PathBuf,
+    /// How images are pulled.
+    pub registry: gantry_image::RegistryOptions,
+}
+
+/// An agent failure.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Joining failed.
+    #[error("join: {0}")]
+    Join(#[from] gantry_api::JoinError),
+    /// The API failed.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// Nothing to go on.
+    #[error("{0}")]
+    Config(String),
+    /// I/O.
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+}
+
+/// What a node keeps after joining: its id, the manager, the cluster CA
+/// and its own certificate and key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Identity {
+    /// The node id the manager gave.
+    pub node_id: String,
+    /// The manager's address.
+    pub manager: String,
+    /// The cluster CA.
+    pub ca_pem: String,
+    /// The node certificate.
+    pub cert_pem: String,
+    /// Its key.
+    pub key_pem: String,
+}
+
+impl Identity {
+    fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join("agent/identity.json")
+    }
+
+    /// The identity saved under `data_dir`, if any.
+    pub fn load(data_dir: &Path) -> Option<Self> {
+        serde_json::from_slice(&std::fs::read(Self::path(data_dir)).ok()?).ok()
+    }
+
+    /// Saves it under `data_dir`, readable by root only.
+    pub fn save(&self, data_dir: &Path) -> Result<(), AgentError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let p = Self::path(data_dir);
+        let io = |e| AgentError::Io(format!("write {}", p.display()), e);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).map_err(io)?;
+        }
+        let tmp = p.with_extension("tmp");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io)?;
+        f.write_all(&serde_json::to_vec_pretty(self).unwrap_or_default())
+            .map_err(io)?;
+        std::fs::rename(&tmp, &p).map_err(io)
+    }
+}
+
+/// The node's facts as the manager wants them.
+pub fn node_info(cfg: &AgentConfig, manager: &str) -> NodeInfo {
+    let hostname = cfg.hostname.clone().unwrap_or_else(|| {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".into())
+    });
+    let addr = cfg.advertise.clone().unwrap_or_else(|| {
+        // The local end of the route to the manager.
+        gantry_api::resolve(manager)
+            .ok()
+            .and_then(|m| {
+                let s = std::net::UdpSocket::bind(("0.0.0.0", 0)).ok()?;
+                s.connect(m).ok()?;
+                Some(s.local_addr().ok()?.ip().to_string())
+            })
+            .unwrap_or_default()
+    });
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024;
+    let disk = nix::sys::statvfs::statvfs(&cfg.data_dir)
+        .map(|s| s.blocks_available() * s.fragment_size())
+        .unwrap_or(0);
+    NodeInfo {
+        hostname,
+        addr,
+        arch: std::env::consts::ARCH.to_owned(),
+        nano_cpus: cpus * 1_000_000_000,
+        memory,
+        disk,
+        labels: cfg.labels.clone(),
+    }
+}
+
+/// Joins with the token unless an identity exists (or is given).
+pub async fn identity(cfg: &AgentConfig) -> Result<Identity, AgentError> {
+    if let Some(mut id) = Identity::load(&cfg.data_dir) {
+        if let Some(m) = &cfg.manager {
+            id.manager = m.clone();
+        }
+        return Ok(id);
+    }
+    let manager = cfg.manager.clone().ok_or_else(|| {
+        AgentError::Config(
+            "this node has not joined a cluster yet: give --manager and --token".into(),
+        )
+    })?;
+    let token = cfg.token.clone().ok_or_else(|| {
+        AgentError::Config(
+            "this node has not joined a cluster yet: give --token (from `gantry join-token` on the manager)"
+                .into(),
+        )
+    })?;
+    let info = node_info(cfg, &manager);
+    let (resp, key_pem) = Client::join(&manager, &token, info).await?;
+    let id = Identity {
+        node_id: resp.node_id,
+        manager,
+        ca_pem: resp.ca_pem,
+        cert_pem: resp.cert_pem,
+        key_pem,
+    };
+    id.save(&cfg.data_dir)?;
+    tracing::info!(node = %id.node_id, "joined the cluster");
+    Ok(id)
+}
+
+/// Runs the agent until the process ends.
+pub async fn run(cfg: AgentConfig, id: Identity) -> Result<(), AgentError> {
+    let ca = ClusterCa::from_pem("", &id.ca_pem, "");
+    let me = Issued {
+        cert_pem: id.cert_pem.clone(),
+        key_pem: id.key_pem.clone(),
+    };
+    let tls = ca
+        .client_config(&me)
+        .map_err(|e| AgentError::Config(format!("node credential: {e}")))?;
+    let client = Client::new(&id.manager, tls)?;
+    let agent = Arc::new(tasks::Agent::new(cfg.clone(), id.node_id.clone()));
+    agent.adopt();
+    tokio::spawn(agent.clone().monitor());
+    tokio::spawn(watch(agent.clone(), client.clone()));
+    report(agent, client, cfg, id.manager).await;
+    Ok(())
+}
+
+async fn watch(agent: Arc<tasks::Agent>, client: Client) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let a2 = agent.clone();
+        let r = client
+            .watch("/v1/agent/watch", move |a: Assignments| {
+                a2.assign(a);
+                true
+            })
+            .await;
+        match r {
+            Ok(()) => {
+                tracing::info!("assignment stream ended; reconnecting");
+                backoff = Duration::from_millis(100);
+            }
+            Err(e) => tracing::warn!("assignment stream: {e}"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+async fn report(agent: Arc<tasks::Agent>, client: Client, cfg: AgentConfig, manager: String) {
+    let info = Mutex::new(node_info(&cfg, &manager));
+    let mut failing = false;
+    loop {
+        let report = StatusReport {
+            info: info.lock().expect("info lock").clone(),
+            tasks: agent.statuses(),
+        };
+        match client.post::<_, ()>("/v1/agent/status", &report).await {
+            Ok(()) => {
+                if failing {
+                    tracing::info!("manager reachable again");
+                }
+                failing = false;
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!("heartbeat: {e}");
+                }
+                failing = true;
+            }
+        }
+        agent.forget_ended();
+        tokio::select! {
+            _ = agent.changed.notified() => {}
+            _ = tokio::time::sleep(cfg.heartbeat) => {}
+        }
+    }
+}

@@ -1,0 +1,589 @@
+//! The node's tasks: what the manager assigned, the containers that run
+//! them, and their state as reported.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gantry_api::{Assignment, Assignments, TaskState, TaskStatus};
+use gantry_image::{ImageRef, LocalImage, Store};
+use gantry_runtime::{ContainerConfig, Mount, MountKind, PortMapping, Process, Runtime, Status};
+use gantry_stack::{PortMode, Service};
+use tokio::sync::Notify;
+
+use crate::health::Check;
+use crate::helper;
+use crate::AgentConfig;
+
+/// Labels on every task container.
+pub(crate) const TASK_LABEL: &str = "gantry.task.id";
+const SERVICE_LABEL: &str = "gantry.service.name";
+const STACK_LABEL: &str = "gantry.stack.namespace";
+const NODE_LABEL: &str = "gantry.node.id";
+
+/// Ended tasks are still reported for this long, then forgotten.
+const KEEP_ENDED: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    /// Pulling and starting.
+    Preparing,
+    /// The container was started.
+    Up,
+    /// Stopping (or asked to while preparing).
+    Stopping,
+    /// The container ended or is gone.
+    Ended(Instant),
+}
+
+struct Local {
+    /// In the manager's latest assignment set (adopted tasks count as
+    /// wanted until the first set says otherwise).
+    wanted: bool,
+    assignment: Option<Assignment>,
+    container: Option<String>,
+    status: TaskStatus,
+    phase: Phase,
+}
+
+pub(crate) struct Agent {
+    cfg: AgentConfig,
+    node_id: String,
+    rt: Option<Runtime>,
+    tasks: Mutex<BTreeMap<String, Local>>,
+    /// Something worth reporting at once happened.
+    pub(crate) changed: Notify,
+    assigned: AtomicBool,
+}
+
+fn status(id: &str, state: TaskState, message: impl Into<String>) -> TaskStatus {
+    TaskStatus {
+        id: id.to_owned(),
+        state,
+        exit_code: None,
+        message: message.into(),
+        container: None,
+    }
+}
+
+fn terminal(s: TaskState) -> bool {
+    matches!(s, TaskState::Failed | TaskState::Shutdown)
+}
+
+impl Agent {
+    pub(crate) fn new(cfg: AgentConfig, node_id: String) -> Self {
+        let rt = match Runtime::new(&cfg.data_dir) {
+            Ok(rt) => Some(rt),
+            Err(e) => {
+                tracing::error!("runtime: {e}");
+                None
+            }
+        };
+        Self {
+            cfg,
+            node_id,
+            rt,
+            tasks: Mutex::new(BTreeMap::new()),
+            changed: Notify::new(),
+            assigned: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Local>> {
+        self.tasks.lock().expect("tasks lock")
+    }
+
+    /// Takes back the task containers already on the node.
+    pub(crate) fn adopt(&self) {
+        let Some(rt) = &self.rt else { return };
+        let mut map = self.lock();
+        for c in rt.list() {
+            let Some(task) = c.config.labels.get(TASK_LABEL) else {
+                continue;
+            };
+            if c.config.labels.get(NODE_LABEL) != Some(&self.node_id) {
+                continue;
+            }
+            let running = matches!(c.state.status, Status::Running | Status::Restarting);
+            let mut st = if running {
+                status(
+                    task,
+                    TaskState::Running,
+                    "re-adopted after an agent restart",
+                )
+            } else {
+                let mut s = status(task, TaskState::Failed, "ended while the agent was away");
+                s.exit_code = c.state.exit_code;
+                s
+            };
+            st.container = Some(c.config.id.clone());
+            tracing::info!(task, container = %c.config.id, running, "re-adopted");
+            map.insert(
+                task.clone(),
+                Local {
+                    wanted: true,
+                    assignment: None,
+                    container: Some(c.config.id.clone()),
+                    status: st,
+                    phase: if running {
+                        Phase::Up
+                    } else {
+                        Phase::Ended(Instant::now())
+                    },
+                },
+            );
+        }
+    }
+
+    /// What to report: every task the node knows of.
+    pub(crate) fn statuses(&self) -> Vec<TaskStatus> {
+        self.lock().values().map(|l| l.status.clone()).collect()
+    }
+
+    /// Forgets tasks that ended a while ago and have no container left.
+    pub(crate) fn forget_ended(&self) {
+        self.lock().retain(|_, l| match l.phase {
+            Phase::Ended(t) => l.container.is_some() || t.elapsed() < KEEP_ENDED,
+            _ => true,
+        });
+    }
+
+    /// Makes the node match a new assignment set.
+    pub(crate) fn assign(self: &Arc<Self>, set: Assignments) {
+        let first = !self.assigned.swap(true, Ordering::SeqCst);
+        tracing::debug!(tasks = set.tasks.len(), "assignment set");
+        let wanted: BTreeMap<String, Assignment> = set
+            .tasks
+            .into_iter()
+            .map(|a| (a.task.id.clone(), a))
+            .collect();
+        let mut map = self.lock();
+        for (id, a) in &wanted {
+            match map.get_mut(id) {
+                None => {
+                    map.insert(
+                        id.clone(),
+                        Local {
+                            wanted: true,
+                            assignment: Some(a.clone()),
+                            container: None,
+                            status: status(id, TaskState::Assigned, "preparing"),
+                            phase: Phase::Preparing,
+                        },
+                    );
+                    tokio::spawn(self.clone().start(id.clone()));
+                }
+                Some(l) if l.assignment.is_none() => {
+                    // Re-adopted: now we know its spec, and its health check.
+                    l.assignment = Some(a.clone());
+                    if l.phase == Phase::Up {
+                        if let (Some(check), Some(c)) = (self.check_of(a), l.container.clone()) {
+                            tokio::spawn(self.clone().health(id.clone(), c, check, true));
+                        }
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        for (id, l) in map.iter_mut() {
+            if wanted.contains_key(id) {
+                l.wanted = true;
+                continue;
+            }
+            l.wanted = false;
+            match l.phase {
+                Phase::Preparing => l.phase = Phase::Stopping,
+                Phase::Up => {
+                    l.phase = Phase::Stopping;
+                    tokio::spawn(self.clone().stop(id.clone(), true));
+                }
+                Phase::Ended(_) if l.container.is_some() => {
+                    l.phase = Phase::Stopping;
+                    tokio::spawn(self.clone().stop(id.clone(), true));
+                }
+                _ => {}
+            }
+        }
+        if first {
+            tracing::info!(tasks = wanted.len(), "first assignment set received");
+        }
+        drop(map);
+        self.changed.notify_one();
+    }
+
+    fn check_of(&self, a: &Assignment) -> Option<Check> {
+        let svc: Service = serde_json::from_str(&a.spec).ok()?;
+        let image = Store::open(&self.cfg.data_dir)
+            .ok()
+            .and_then(|s| s.resolve(&svc.image).ok())
+            .and_then(|i| i.config.config.healthcheck.clone());
+        Check::of(svc.healthcheck.as_ref(), image.as_ref())
+    }
+
+    fn set(&self, id: &str, f: impl FnOnce(&mut Local)) {
+        if let Some(l) = self.lock().get_mut(id) {
+            f(l);
+        }
+        self.changed.notify_one();
+    }
+
+    async fn start(self: Arc<Self>, id: String) {
+        let Some(a) = self.lock().get(&id).and_then(|l| l.assignment.clone()) else {
+            return;
+        };
+        let r = self.prepare_and_start(&a).await;
+        let mut stop = false;
+        let mut health = None;
+        self.set(&id, |l| match r {
+            Ok((cid, check)) => {
+                l.container = Some(cid.clone());
+                l.status.container = Some(cid.clone());
+                if l.phase == Phase::Stopping {
+                    stop = true;
+                } else {
+                    l.phase = Phase::Up;
+                    match check {
+                        Some(c) => {
+                            l.status.message = "starting: waiting for the health check".into();
+                            health = Some((cid, c));
+                        }
+                        None => {
+                            l.status.state = TaskState::Running;
+                            l.status.message = "started".into();
+                        }
+                    }
+                }
+            }
+            Err(msg) => {
+                tracing::warn!(task = %id, "cannot start: {msg}");
+                l.status.state = TaskState::Failed;
+                l.status.message = msg;
+                l.phase = Phase::Ended(Instant::now());
+            }
+        });
+        if stop {
+            self.clone().stop(id.clone(), true).await;
+        } else if let Some((cid, c)) = health {
+            self.health(id, cid, c, false).await;
+        }
+    }
+
+    async fn prepare_and_start(&self, a: &Assignment) -> Result<(String, Option<Check>), String> {
+        let svc: Service =
+            serde_json::from_str(&a.spec).map_err(|e| format!("bad service spec: {e}"))?;
+        let store = Store::open(&self.cfg.data_dir).map_err(|e| e.to_string())?;
+        let img = match store.resolve(&svc.image) {
+            Ok(i) => i,
+            Err(gantry_image::StoreError::NotFound(_)) => {
+                self.set(&a.task.id, |l| {
+                    l.status.message = format!("pulling {}", svc.image)
+                });
+                let r = ImageRef::parse(&svc.image).map_err(|e| e.to_string())?;
+                gantry_image::pull(&store, &r, &self.cfg.registry, Arc::new(|_| {}))
+                    .await
+                    .map_err(|e| format!("pull {}: {e}", svc.image))?
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        let check = Check::of(
+            svc.healthcheck.as_ref(),
+            img.config.config.healthcheck.as_ref(),
+        );
+        let cfg = self.container_config(a, &svc, &store, &img)?;
+        let input = serde_json::to_vec(&cfg).map_err(|e| e.to_string())?;
+        let (code, err) = helper::call(
+            &self.cfg.helper,
+            &self.cfg.data_dir,
+            &["start"],
+            Some(input),
+            Duration::from_secs(60),
+        )
+        .await?;
+        if code != 0 {
+            return Err(if err.is_empty() {
+                format!("start failed (exit {code})")
+            } else {
+                err
+            });
+        }
+        Ok((cfg.id, check))
+    }
+
+    fn container_config(
+        &self,
+        a: &Assignment,
+        svc: &Service,
+        store: &Store,
+        img: &LocalImage,
+    ) -> Result<ContainerConfig, String> {
+        let rc = &img.config.config;
+        let cmd = svc.command.clone().unwrap_or_default();
+        let args = rc.argv(svc.entrypoint.as_deref(), &cmd);
+        if args.is_empty() {
+            return Err(format!(
+                "no command: the image {} has no Cmd or Entrypoint",
+                svc.image
+            ));
+        }
+        let env: Vec<String> = svc
+            .environment
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let process = Process {
+            args,
+            env: rc.env_with(&env),
+            cwd: svc
+                .working_dir
+                .clone()
+                .or_else(|| rc.working_dir.clone())
+                .unwrap_or_default(),
+            user: svc
+                .user
+                .clone()
+                .or_else(|| rc.user.clone())
+                .unwrap_or_default(),
+            tty: false,
+            stdin: false,
+        };
+        let t = &a.task;
+        let slot = if t.slot == 0 {
+            self.node_id.clone()
+        } else {
+            t.slot.to_string()
+        };
+        let name = format!("{}.{slot}.{}", t.service, t.id);
+        let layers = store.lowerdirs(img).map_err(|e| e.to_string())?;
+        let mut c = ContainerConfig::new(&name, &svc.image, &img.record.config, layers, process);
+        if let Some(h) = &svc.hostname {
+            c.hostname = h.clone();
+        }
+        c.resources.memory = svc.limits.memory;
+        c.resources.nano_cpus = svc.limits.nano_cpus;
+        c.resources.pids = svc.limits.pids;
+        c.ports = svc
+            .ports
+            .iter()
+            .filter(|p| p.mode == PortMode::Host && p.protocol == "tcp")
+            .filter_map(|p| {
+                Some(PortMapping {
+                    host_port: p.published?,
+                    container_port: p.target,
+                })
+            })
+            .collect();
+        if let Some(s) = svc.stop_signal.clone().or_else(|| rc.stop_signal.clone()) {
+            c.stop_signal = gantry_runtime::parse_signal(&s)? as i32;
+        }
+        c.stop_timeout = svc.stop_grace_period_ns.div_ceil(1_000_000_000);
+        c.labels = svc.labels.clone();
+        c.labels.insert(TASK_LABEL.into(), t.id.clone());
+        c.labels.insert(SERVICE_LABEL.into(), t.service.clone());
+        c.labels.insert(STACK_LABEL.into(), a.stack.clone());
+        c.labels.insert(NODE_LABEL.into(), self.node_id.clone());
+        let rt = self.rt.as_ref().ok_or("the runtime is not available")?;
+        for m in &svc.volumes {
+            let mount = match m.kind.as_str() {
+                "volume" => {
+                    // Named volumes belong to their stack, as in Swarm.
+                    let vname = format!("{}_{}", a.stack, m.source);
+                    let labels = [(STACK_LABEL.to_owned(), a.stack.clone())].into();
+                    let v = rt
+                        .volumes()
+                        .create(&vname, labels)
+                        .map_err(|e| format!("volume {vname}: {e}"))?;
+                    Mount {
+                        kind: MountKind::Volume { name: vname },
+                        source: v.mountpoint,
+                        destination: m.target.clone(),
+                        read_only: m.read_only,
+                    }
+                }
+                "bind" => Mount {
+                    kind: MountKind::Bind,
+                    source: m.source.clone().into(),
+                    destination: m.target.clone(),
+                    read_only: m.read_only,
+                },
+                _ => Mount {
+                    kind: MountKind::Tmpfs,
+                    source: Default::default(),
+                    destination: m.target.clone(),
+                    read_only: false,
+                },
+            };
+            c.mounts.push(mount);
+        }
+        Ok(c)
+    }
+
+    /// Stops the task's container and, with `remove`, removes it.
+    async fn stop(self: Arc<Self>, id: String, remove: bool) {
+        let (cid, secs) = {
+            let map = self.lock();
+            let Some(l) = map.get(&id) else { return };
+            let secs = l
+                .assignment
+                .as_ref()
+                .and_then(|a| serde_json::from_str::<Service>(&a.spec).ok())
+                .map_or(10, |s| s.stop_grace_period_ns.div_ceil(1_000_000_000));
+            (l.container.clone(), secs)
+        };
+        let mut err = None;
+        if let Some(cid) = &cid {
+            let h = &self.cfg.helper;
+            let d = &self.cfg.data_dir;
+            let wait = Duration::from_secs(secs + 30);
+            match helper::call(h, d, &["stop", cid, &secs.to_string()], None, wait).await {
+                Ok((0, _)) => {}
+                Ok((_, e)) | Err(e) => err = Some(e),
+            }
+            if remove {
+                match helper::call(h, d, &["rm", cid], None, wait).await {
+                    Ok((0, _)) => {}
+                    Ok((_, e)) | Err(e) => err = Some(e),
+                }
+            }
+        }
+        if let Some(e) = &err {
+            tracing::warn!(task = %id, "stop: {e}");
+        }
+        let mut again = false;
+        self.set(&id, |l| {
+            if remove && err.is_none() {
+                l.container = None;
+            }
+            if !terminal(l.status.state) {
+                l.status.state = TaskState::Shutdown;
+                l.status.message = "stopped".into();
+            }
+            l.phase = Phase::Ended(Instant::now());
+            // Unassigned while it was being stopped for another reason.
+            if !remove && !l.wanted && l.container.is_some() {
+                l.phase = Phase::Stopping;
+                again = true;
+            }
+        });
+        if again {
+            Box::pin(self.stop(id, true)).await;
+        }
+    }
+
+    /// Runs a task's health check until the task is no longer up. The task
+    /// turns running at its first success; `retries` failures in a row
+    /// (after the start period) make it failed, and its container stops.
+    async fn health(self: Arc<Self>, id: String, cid: String, check: Check, adopted: bool) {
+        let started = Instant::now();
+        let mut failures = 0u32;
+        let mut healthy = adopted;
+        // Until the first success, probe every second (Docker's
+        // start_interval); then every interval.
+        let mut next = Duration::from_millis(200);
+        loop {
+            tokio::time::sleep(next).await;
+            let ip = {
+                let map = self.lock();
+                match map.get(&id) {
+                    Some(l) if l.phase == Phase::Up && l.container.as_deref() == Some(&cid) => {}
+                    _ => return,
+                }
+                self.rt
+                    .as_ref()
+                    .and_then(|rt| rt.state(&cid).ok())
+                    .and_then(|s| s.ip)
+            };
+            let r = check
+                .probe(&self.cfg.helper, &self.cfg.data_dir, &cid, ip)
+                .await;
+            match r {
+                Ok(()) => {
+                    failures = 0;
+                    if !healthy {
+                        healthy = true;
+                        self.set(&id, |l| {
+                            if l.phase == Phase::Up && !terminal(l.status.state) {
+                                l.status.state = TaskState::Running;
+                                l.status.message = "healthy".into();
+                            }
+                        });
+                    }
+                }
+                Err(e) => {
+                    if !healthy && started.elapsed() < check.start_period {
+                        // Grace: failures do not count yet.
+                    } else {
+                        failures += 1;
+                        tracing::info!(task = %id, failures, "health check failed: {e}");
+                        if failures >= check.retries {
+                            let mut up = false;
+                            self.set(&id, |l| {
+                                if l.phase == Phase::Up {
+                                    up = true;
+                                    l.phase = Phase::Stopping;
+                                    l.status.state = TaskState::Failed;
+                                    l.status.message = format!("unhealthy: {e}");
+                                }
+                            });
+                            if up {
+                                self.clone().stop(id.clone(), false).await;
+                            }
+                            return;
+                        }
+                    }
+                }
+            }
+            next = if healthy {
+                check.interval
+            } else {
+                check.interval.min(Duration::from_secs(1))
+            };
+        }
+    }
+
+    /// Watches the containers of tasks that are up; a container that ended
+    /// makes its task failed (with its exit code).
+    pub(crate) async fn monitor(self: Arc<Self>) {
+        let Some(rt) = &self.rt else { return };
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let up: Vec<(String, String)> = self
+                .lock()
+                .iter()
+                .filter(|(_, l)| l.phase == Phase::Up)
+                .filter_map(|(id, l)| Some((id.clone(), l.container.clone()?)))
+                .collect();
+            for (id, cid) in up {
+                let st = rt.state(&cid);
+                let ended = match &st {
+                    Ok(s) => !matches!(s.status, Status::Running | Status::Restarting),
+                    Err(_) => true,
+                };
+                if !ended {
+                    continue;
+                }
+                self.set(&id, |l| {
+                    if l.phase != Phase::Up {
+                        return;
+                    }
+                    l.phase = Phase::Ended(Instant::now());
+                    l.status.state = TaskState::Failed;
+                    match &st {
+                        Ok(s) => {
+                            l.status.exit_code = s.exit_code;
+                            l.status.message = if s.oom_killed {
+                                "OOM killed".into()
+                            } else {
+                                format!("exited with code {}", s.exit_code.unwrap_or(-1))
+                            };
+                        }
+                        Err(e) => {
+                            l.container = None;
+                            l.status.message = format!("container gone: {e}");
+                        }
+                    }
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! The mutual-TLS client of the cluster API, and the admin credential the
+//! CLI keeps in the user's config dir.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use gantry_pki::{ClusterCa, Issued, JoinToken, MANAGER_NAME};
+
+use crate::{JoinRequest, JoinResponse, NodeInfo, DEFAULT_PORT};
+
+/// A request to the manager that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The manager could not be reached or the connection broke.
+    #[error("cannot reach the manager at {addr}: {msg}")]
+    Unreachable {
+        /// The address tried.
+        addr: String,
+        /// Why.
+        msg: String,
+    },
+    /// The manager answered with an error.
+    #[error("{message}")]
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// The manager's message.
+        message: String,
+    },
+    /// Anything else (bad address, bad answer, TLS setup).
+    #[error("{0}")]
+    Other(String),
+}
+
+impl ApiError {
+    /// The HTTP status, if the manager answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A join that could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The token does not parse.
+    #[error(transparent)]
+    Token(#[from] gantry_pki::PkiError),
+    /// The manager's CA is not the one the token names.
+    #[error("the manager at {0} belongs to another cluster: its CA does not match the join token's fingerprint")]
+    WrongCluster(String),
+    /// The API failed (the manager refused the token, ...).
+    #[error(transparent)]
+    Api(#[from] ApiError),
+}
+
+/// Parses `https://HOST:PORT`, `HOST:PORT` or `HOST` (default port).
+pub fn resolve(manager: &str) -> Result<SocketAddr, ApiError> {
+    let hostport = manager
+        .trim()
+        .trim_start_matches("https://")
+        .trim_end_matches('/');
+    let with_port = if hostport.parse::<SocketAddr>().is_ok()
+        || hostport.rsplit_once(':').is_some_and(|(h, p)| {
+            !h.is_empty() && !h.ends_with(':') && p.parse::<u16>().is_ok() && !h.contains(':')
+        }) {
+        hostport.to_owned()
+    } else if hostport.contains(':') && !hostport.starts_with('[') {
+        format!("[{hostport}]:{DEFAULT_PORT}")
+    } else {
+        format!("{hostport}:{DEFAULT_PORT}")
+    };
+    with_port
+        .to_socket_addrs()
+        .map_err(|e| ApiError::Other(format!("manager address {manager:?}: {e}")))?
+        .next()
+        .ok_or_else(|| ApiError::Other(format!("manager address {manager:?} resolves to nothing")))
+}
+
+/// A client of one manager.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    stream: reqwest::Client,
+    addr: SocketAddr,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    message: String,
+}
+
+impl Client {
+    /// A client of the manager at `manager`, over `tls` (which decides what
+    /// this side presents and trusts).
+    pub fn new(manager: &str, tls: rustls::ClientConfig) -> Result<Self, ApiError> {
+        let addr = resolve(manager)?;
+        let build = |timeout: Option<Duration>| {
+            let mut b = reqwest::Client::builder()
+                .tls_backend_preconfigured(tls.clone())
+                .resolve(MANAGER_NAME, addr)
+                .http1_only()
+                .no_proxy()
+                .connect_timeout(Duration::from_secs(3));
+            b = match timeout {
+                Some(t) => b.timeout(t),
+                // Streams: the manager sends a line at least every 2 s.
+                None => b.read_timeout(Duration::from_secs(6)),
+            };
+            b.build()
+                .map_err(|e| ApiError::Other(format!("http client: {e}")))
+        };
+        Ok(Self {
+            http: build(Some(Duration::from_secs(30)))?,
+            stream: build(None)?,
+            addr,
+        })
+    }
+
+    /// A client with the admin credential.
+    pub fn admin(cfg: &AdminConfig, manager: Option<&str>) -> Result<Self, ApiError> {
+        let ca = ClusterCa::from_pem("", &cfg.ca_pem, "");
+        let me = Issued {
+            cert_pem: cfg.cert_pem.clone(),
+            key_pem: cfg.key_pem.clone(),
+        };
+        let tls = ca
+            .client_config(&me)
+            .map_err(|e| ApiError::Other(format!("admin credential: {e}")))?;
+        Self::new(manager.unwrap_or(&cfg.manager), tls)
+    }
+
+    /// The manager's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://{MANAGER_NAME}:{}{path}", self.addr.port())
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> ApiError {
+        let mut msg = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg = format!("{msg}: {s}");
+            src = s.source();
+        }
+        ApiError::Unreachable {
+            addr: self.addr.to_string(),
+            msg,
+        }
+    }
+
+    async fn check(&self, resp: reqwest::Response) -> Result<reqwest::Response, ApiError> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let body = resp.bytes().await.unwrap_or_default();
+        let message = serde_json::from_slice::<ErrorBody>(&body)
+            .map(|b| b.message)
+            .unwrap_or_else(|_| {
+                format!(
+                    "manager answered {status}: {}",
+                    String::from_utf8_lossy(&body).trim()
+                )
+            });
+        Err(ApiError::Status {
+            status: status.as_u16(),
+            message,
+        })
+    }
+
+    async fn json<T: DeserializeOwned>(&self, resp: reqwest::Response) -> Result<T, ApiError> {
+        let resp = self.check(resp).await?;
+        let body = resp.bytes().await.map_err(|e| self.unreachable(e))?;
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::Other(format!("the manager's answer does not parse: {e}")))
+    }
+
+    /// `GET path`.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiError> {
+        let resp = self
+            .http
+            .get(self.url(path))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.json(resp).await
+    }
+
+    /// `POST path` with a JSON body.
+    pub async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ApiError> {
+        let resp = self
+            .http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.json(resp).await
+    }
+
+    /// `DELETE path`.
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiError> {
+        let resp = self
+            .http
+            .delete(self.url(path))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.json(resp).await
+    }
+
+    /// `GET path` as a stream of JSON lines: `f` gets each value (blank
+    /// keep-alive lines are skipped) and returns false to stop. Returns
+    /// when the stream ends or breaks.
+    pub async fn watch<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        mut f: impl FnMut(T) -> bool,
+    ) -> Result<(), ApiError> {
+        let resp = self
+            .stream
+            .get(self.url(path))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let mut resp = self.check(resp).await?;
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.unreachable(e))? {
+            buf.extend_from_slice(&chunk);
+            while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=nl).collect();
+                let line = &line[..line.len() - 1];
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let v: T = serde_json::from_slice(line).map_err(|e| {
+                    ApiError::Other(format!("the manager's stream does not parse: {e}"))
+                })?;
+                if !f(v) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Joins the cluster of `token` at `manager`: fetches the manager's CA
+    /// and checks it against the token's fingerprint before trusting
+    /// anything, then sends a certificate request for a key made here.
+    /// Returns the manager's answer and the node's private key (PEM).
+    pub async fn join(
+        manager: &str,
+        token: &str,
+        info: NodeInfo,
+    ) -> Result<(JoinResponse, String), JoinError> {
+        let parsed = JoinToken::parse(token)?;
+        let fetch = Self::new(manager, gantry_pki::fetch_ca_config()?)?;
+        let ca_pem: String = fetch.get("/v1/ca").await?;
+        if gantry_pki::fingerprint(&ca_pem).ok().as_deref() != Some(&parsed.ca_fingerprint) {
+            return Err(JoinError::WrongCluster(fetch.addr.to_string()));
+        }
+        let ca = ClusterCa::from_pem("", &ca_pem, "");
+        let anon = Self::new(manager, ca.client_config_anonymous()?)?;
+        let (key_pem, csr_pem) = gantry_pki::new_request()?;
+        let resp: JoinResponse = anon
+            .post(
+                "/v1/join",
+                &JoinRequest {
+                    token: token.trim().to_owned(),
+                    csr_pem,
+                    info,
+                },
+            )
+            .await?;
+        Ok((resp, key_pem))
+    }
+}
+
+/// The CLI's credential: the manager's address, the cluster CA and an
+/// admin certificate. Made by the manager at init; kept 0600 in
+/// `$GANTRY_CONFIG_DIR` or `$XDG_CONFIG_HOME/gantry` or `~/.config/gantry`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminConfig {
+    /// `HOST:PORT` of the manager.
+    pub manager: String,
+    /// The cluster CA certificate.
+    pub ca_pem: String,
+    /// The admin certificate.
+    pub cert_pem: String,
+    /// Its key.
+    pub key_pem: String,
+}
+
+impl AdminConfig {
+    /// The user's config dir for Gantry.
+    pub fn dir() -> PathBuf {
+        if let Some(d) = std::env::var_os("GANTRY_CONFIG_DIR") {
+            return PathBuf::from(d);
+        }
+        if let Some(d) = std::env::var_os("XDG_CONFIG_HOME") {
+            return PathBuf::from(d).join("gantry");
+        }
+        let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+        PathBuf::from(home).join(".config/gantry")
+    }
+
+    /// The credential file in `dir`.
+    pub fn path_in(dir: &Path) -> PathBuf {
+        dir.join("admin.json")
+    }
+
+    /// Loads the credential from `dir`.
+    pub fn load(dir: &Path) -> Result<Self, String> {
+        let p = Self::path_in(dir);
+        let text = std::fs::read(&p).map_err(|e| {
+            format!(
+                "no admin credential at {} ({e}): start a manager with `gantry server` on this host, \
+                 or copy its admin.json here",
+                p.display()
+            )
+        })?;
+        serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", p.display()))
+    }
+
+    /// Saves the credential in `dir`, readable by its owner only.
+    pub fn save(&self, dir: &Path) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::create_dir_all(dir)?;
+        let p = Self::path_in(dir);
+        let tmp = p.with_extension("json.tmp");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(self).unwrap_or_default())?;
+        f.sync_all()?;
+        std::fs::rename(tmp, p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manager_addresses_take_the_default_port() {
+        assert_eq!(
+            resolve("127.0.0.1").unwrap(),
+            "127.0.0.1:4243".parse().unwrap()
+        );
+        assert_eq!(
+            resolve("https://10.1.2.3:99/").unwrap(),
+            "10.1.2.3:99".parse().unwrap()
+        );
+        assert_eq!(resolve("[::1]:5").unwrap(), "[::1]:5".parse().unwrap());
+        assert_eq!(resolve("::1").unwrap(), "[::1]:4243".parse().unwrap());
+        assert!(resolve("no such host.invalid:1").is_err());
+    }
+}

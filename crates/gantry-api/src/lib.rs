@@ -1,0 +1,20 @@
+//! The cluster API between the manager, its agents and the CLI: the wire
+//! types (JSON over HTTP/1.1) and a client that speaks mutual TLS against
+//! the cluster CA, verifying the manager by the name every manager
+//! certificate carries ([`gantry_pki::MANAGER_NAME`]) rather than by an
+//! address that may change.
+//!
+//! Routes (all under `/v1`):
+//! - `GET /ca`, `POST /join`: without a client certificate (a joining node);
+//! - `POST /agent/status` (heartbeat and task reports), `GET /agent/watch`
+//!   (assignments, a stream of JSON lines): node certificates;
+//! - everything else: the admin certificate.
+
+mod client;
+mod types;
+
+pub use client::{resolve, AdminConfig, ApiError, Client, JoinError};
+pub use types::*;
+
+/// The manager's port when none is given.
+pub const DEFAULT_PORT: u16 = 4243;

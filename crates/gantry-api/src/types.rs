@@ -1,0 +1,220 @@
+//! What goes over the wire.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use gantry_sched::Availability;
+pub use gantry_store::{NodeRecord, ServiceRecord, TaskRecord, TaskState, UpdateStatus};
+
+/// What a node tells the manager about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Host name.
+    pub hostname: String,
+    /// Address other nodes and the manager reach it at.
+    pub addr: String,
+    /// CPU architecture (`x86_64`, `aarch64`).
+    pub arch: String,
+    /// Billionths of a CPU it has.
+    pub nano_cpus: u64,
+    /// Memory it has, bytes.
+    pub memory: u64,
+    /// Free disk under its data dir, bytes.
+    pub disk: u64,
+    /// Labels given with `--label` at start.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `POST /v1/join`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The join token (`gantry join-token`).
+    pub token: String,
+    /// A certificate request for the node's own key.
+    pub csr_pem: String,
+    /// The node.
+    pub info: NodeInfo,
+}
+
+/// The answer to a join.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinResponse {
+    /// The id the manager gave the node.
+    pub node_id: String,
+    /// Its certificate.
+    pub cert_pem: String,
+    /// The cluster CA.
+    pub ca_pem: String,
+}
+
+/// How a task's container is doing, as its node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskStatus {
+    /// The task.
+    pub id: String,
+    /// Assigned (preparing, or running but not yet healthy), running,
+    /// failed or shut down.
+    pub state: TaskState,
+    /// The exit code once it ended.
+    pub exit_code: Option<i32>,
+    /// What happened (pull progress, health, start error).
+    pub message: String,
+    /// The container's id.
+    pub container: Option<String>,
+}
+
+/// `POST /v1/agent/status`: a heartbeat that carries everything the node
+/// runs, so that a restarted manager re-learns it at once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The node's facts.
+    pub info: NodeInfo,
+    /// Every task container the node has.
+    pub tasks: Vec<TaskStatus>,
+}
+
+/// One task a node must run (or stop).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The task.
+    pub task: TaskRecord,
+    /// Its stack.
+    pub stack: String,
+    /// The service spec of the task's version (JSON of
+    /// `gantry_stack::Service`).
+    pub spec: String,
+}
+
+/// A line of `GET /v1/agent/watch`: the node's whole assignment set,
+/// sent at once and again whenever it changes. A task missing from it must
+/// not run on the node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignments {
+    /// The tasks.
+    pub tasks: Vec<Assignment>,
+}
+
+/// `POST /v1/stacks/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployRequest {
+    /// Services by short name, as JSON of `gantry_stack::Service`.
+    pub services: BTreeMap<String, String>,
+    /// Remove the stack's services that the file no longer has.
+    pub prune: bool,
+}
+
+/// What a deploy changed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DeployResponse {
+    /// Services created.
+    pub created: Vec<String>,
+    /// Services whose spec changed (rolled out).
+    pub updated: Vec<String>,
+    /// Services left as they were.
+    pub unchanged: Vec<String>,
+    /// Services removed (with prune).
+    pub removed: Vec<String>,
+}
+
+/// A stack in `stack ls`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StackView {
+    /// Its name.
+    pub name: String,
+    /// How many services.
+    pub services: usize,
+}
+
+/// A service with its counts, for `service ls` and `inspect`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceView {
+    /// The record (name, stack, version, spec, rollout).
+    #[serde(flatten)]
+    pub record: ServiceRecord,
+    /// `replicated` or `global`.
+    pub mode: String,
+    /// Tasks running (and healthy).
+    pub running: u32,
+    /// Tasks wanted.
+    pub desired: u32,
+    /// The image of the current version.
+    pub image: String,
+}
+
+/// `POST /v1/nodes/{id}`: `node update`, `drain`, `activate`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NodeUpdate {
+    /// New availability.
+    pub availability: Option<Availability>,
+    /// Labels to add or change.
+    #[serde(default)]
+    pub label_add: BTreeMap<String, String>,
+    /// Labels to remove.
+    #[serde(default)]
+    pub label_rm: Vec<String>,
+}
+
+/// A node in `node ls` and `inspect`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeView {
+    /// The record.
+    #[serde(flatten)]
+    pub record: NodeRecord,
+    /// Tasks it runs now (assigned or running, wanted or being stopped).
+    pub tasks: usize,
+    /// Milliseconds since its last heartbeat (none: not seen since the
+    /// manager started).
+    pub last_seen_ms: Option<u64>,
+}
+
+/// `POST /v1/services/{name}/update`: `service update` and `scale`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ServiceUpdate {
+    /// New image.
+    pub image: Option<String>,
+    /// Environment variables to set.
+    #[serde(default)]
+    pub env_add: BTreeMap<String, String>,
+    /// Environment variables to remove.
+    #[serde(default)]
+    pub env_rm: Vec<String>,
+    /// Container labels to set.
+    #[serde(default)]
+    pub label_add: BTreeMap<String, String>,
+    /// Container labels to remove.
+    #[serde(default)]
+    pub label_rm: Vec<String>,
+    /// New replica count (replicated services only).
+    pub replicas: Option<u32>,
+    /// New command.
+    pub command: Option<Vec<String>>,
+    /// Roll every task even if nothing changed.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// A cluster event (`gantry events`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// When, RFC 3339.
+    pub time: String,
+    /// `node`, `task` or `service`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// What happened (`up`, `down`, `running`, `failed`, `update`, ...).
+    pub action: String,
+    /// The node, task or service.
+    pub id: String,
+    /// More about it (`service`, `node`, `state`, `message`, ...).
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// `GET /v1/join-token`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinTokenView {
+    /// The token.
+    pub token: String,
+    /// The addresses the manager advertises.
+    pub manager: String,
+}

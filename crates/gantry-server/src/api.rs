@@ -1,0 +1,876 @@
+//! The cluster API: one TLS port, routes by the client certificate's role.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use gantry_api::{
+    Assignment, Assignments, DeployRequest, DeployResponse, Event, JoinRequest, JoinResponse,
+    JoinTokenView, NodeUpdate, NodeView, ServiceUpdate, ServiceView, StackView, StatusReport,
+};
+use gantry_pki::{JoinToken, Role};
+use gantry_stack::{Mode, Service};
+use gantry_store::{Command, Rejected, State as Cluster, StoreError, TaskRecord, TaskState};
+
+use crate::{new_id, node_record, now_ms, Shared};
+
+/// Who is calling: the verified client certificate's name and role, or
+/// nobody (a node joining).
+#[derive(Clone)]
+struct Peer(Option<(String, Role)>);
+
+/// An API error: a status and a message, as `{"message": ...}`.
+struct Fail(StatusCode, String);
+
+impl IntoResponse for Fail {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "message": self.1 }))).into_response()
+    }
+}
+
+impl From<StoreError> for Fail {
+    fn from(e: StoreError) -> Self {
+        match &e {
+            StoreError::Rejected(
+                Rejected::NoSuchNode(_) | Rejected::NoSuchService(_) | Rejected::NoSuchTask(_),
+            ) => Fail(StatusCode::NOT_FOUND, e.to_string()),
+            StoreError::Rejected(_) => Fail(StatusCode::CONFLICT, e.to_string()),
+            _ => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+}
+
+fn bad(msg: impl Into<String>) -> Fail {
+    Fail(StatusCode::BAD_REQUEST, msg.into())
+}
+
+fn not_found(msg: impl Into<String>) -> Fail {
+    Fail(StatusCode::NOT_FOUND, msg.into())
+}
+
+type Sh = State<Arc<Shared>>;
+type Res<T> = Result<Json<T>, Fail>;
+
+impl Peer {
+    fn admin(&self) -> Result<(), Fail> {
+        match &self.0 {
+            Some((_, Role::Admin)) => Ok(()),
+            Some(_) => Err(Fail(
+                StatusCode::FORBIDDEN,
+                "this route needs the admin credential".into(),
+            )),
+            None => Err(Fail(
+                StatusCode::UNAUTHORIZED,
+                "a client certificate of this cluster is required".into(),
+            )),
+        }
+    }
+    fn node(&self) -> Result<String, Fail> {
+        match &self.0 {
+            Some((id, Role::Worker)) => Ok(id.clone()),
+            Some(_) => Err(Fail(
+                StatusCode::FORBIDDEN,
+                "this route needs a node certificate".into(),
+            )),
+            None => Err(Fail(
+                StatusCode::UNAUTHORIZED,
+                "a client certificate of this cluster is required".into(),
+            )),
+        }
+    }
+}
+
+pub(crate) async fn serve(sh: Arc<Shared>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let app = router(sh);
+    loop {
+        let (tcp, from) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(e)) => {
+                        tracing::info!(%from, "TLS handshake refused: {e}");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            let peer = Peer(
+                tls.get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| gantry_pki::peer_identity(c.as_ref())),
+            );
+            let svc = hyper_util::service::TowerToHyperService::new(app.layer(Extension(peer)));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                .await;
+        });
+    }
+}
+
+fn router(sh: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/ca", get(ca))
+        .route("/v1/join", post(join))
+        .route("/v1/agent/status", post(agent_status))
+        .route("/v1/agent/watch", get(agent_watch))
+        .route("/v1/join-token", get(join_token))
+        .route("/v1/join-token/rotate", post(rotate_token))
+        .route("/v1/nodes", get(nodes))
+        .route(
+            "/v1/nodes/{id}",
+            get(node_inspect).post(node_update).delete(node_rm),
+        )
+        .route("/v1/stacks", get(stacks))
+        .route("/v1/stacks/{name}", post(deploy).delete(stack_rm))
+        .route("/v1/services", get(services))
+        .route(
+            "/v1/services/{name}",
+            get(service_inspect).delete(service_rm),
+        )
+        .route("/v1/services/{name}/update", post(service_update))
+        .route("/v1/services/{name}/rollback", post(service_rollback))
+        .route("/v1/tasks", get(tasks))
+        .route("/v1/events", get(events))
+        .with_state(sh)
+}
+
+async fn ca(State(sh): Sh) -> Json<String> {
+    Json(sh.ca.cert_pem().to_owned())
+}
+
+async fn join(State(sh): Sh, Json(req): Json<JoinRequest>) -> Res<JoinResponse> {
+    let token = JoinToken::parse(&req.token).map_err(|e| bad(e.to_string()))?;
+    let stored = sh
+        .meta("join_token")
+        .and_then(|t| JoinToken::parse(&t).ok())
+        .ok_or_else(|| Fail(StatusCode::INTERNAL_SERVER_ERROR, "no join token".into()))?;
+    if token.ca_fingerprint != stored.ca_fingerprint || !token.matches(&stored.secret_hash()) {
+        tracing::warn!(hostname = %req.info.hostname, "join refused: wrong token");
+        return Err(Fail(
+            StatusCode::FORBIDDEN,
+            "invalid join token: get the current one with `gantry join-token` on the manager"
+                .into(),
+        ));
+    }
+    let id = new_id();
+    let cert_pem = sh
+        .ca
+        .sign_request(&req.csr_pem, &id, Role::Worker)
+        .map_err(|e| bad(format!("certificate request: {e}")))?;
+    sh.apply(vec![Command::PutNode(node_record(&id, &req.info, false))])?;
+    sh.seen
+        .lock()
+        .expect("seen lock")
+        .insert(id.clone(), Instant::now());
+    tracing::info!(node = %id, hostname = %req.info.hostname, "node joined");
+    Ok(Json(JoinResponse {
+        node_id: id,
+        cert_pem,
+        ca_pem: sh.ca.cert_pem().to_owned(),
+    }))
+}
+
+/// The commands a node's report implies.
+fn report_commands(s: &Cluster, id: &str, r: &StatusReport) -> Vec<Command> {
+    let Some(n) = s.nodes.get(id) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut facts = node_record(id, &r.info, n.manager);
+    facts.labels = n.labels.clone();
+    facts.availability = n.availability;
+    facts.up = n.up;
+    if &facts != n {
+        out.push(Command::PutNode(facts));
+    }
+    if !n.up {
+        out.push(Command::SetNodeUp {
+            id: id.to_owned(),
+            up: true,
+        });
+    }
+    let reported: BTreeMap<&str, &gantry_api::TaskStatus> =
+        r.tasks.iter().map(|t| (t.id.as_str(), t)).collect();
+    let now = now_ms();
+    for t in s.tasks.values().filter(|t| t.node.as_deref() == Some(id)) {
+        let terminal = matches!(t.state, TaskState::Failed | TaskState::Shutdown);
+        let mut next = t.clone();
+        match reported.get(t.id.as_str()) {
+            Some(st) if !terminal => {
+                if st.state == t.state && st.exit_code == t.exit_code {
+                    continue;
+                }
+                next.state = st.state;
+                next.exit_code = st.exit_code;
+                if !st.message.is_empty() {
+                    next.message = st.message.clone();
+                }
+            }
+            Some(_) => continue,
+            None if terminal => continue,
+            None if t.desired != TaskState::Running => {
+                next.state = TaskState::Shutdown;
+            }
+            None if t.state == TaskState::Running => {
+                next.state = TaskState::Failed;
+                next.message = "container vanished from its node".into();
+            }
+            None => continue,
+        }
+        if next.state != t.state {
+            next.updated_ms = now;
+        }
+        out.push(Command::PutTask(next));
+    }
+    out
+}
+
+async fn agent_status(
+    State(sh): Sh,
+    Extension(peer): Extension<Peer>,
+    Json(report): Json<StatusReport>,
+) -> Res<()> {
+    let id = peer.node()?;
+    if !sh.read(|s| s.nodes.contains_key(&id)) {
+        return Err(not_found(format!(
+            "node {id} was removed from the cluster: join again with a token"
+        )));
+    }
+    sh.seen
+        .lock()
+        .expect("seen lock")
+        .insert(id.clone(), Instant::now());
+    sh.update(|s| report_commands(s, &id, &report))?;
+    Ok(Json(()))
+}
+
+/// The tasks a node must run now, each with the spec of its version.
+fn assignments(s: &Cluster, node: &str) -> Assignments {
+    let tasks = s
+        .tasks
+        .values()
+        .filter(|t| {
+            t.node.as_deref() == Some(node)
+                && t.desired == TaskState::Running
+                && !matches!(t.state, TaskState::Failed | TaskState::Shutdown)
+        })
+        .filter_map(|t| {
+            let rec = s.services.get(&t.service)?;
+            let spec = match &rec.previous {
+                Some((v, spec)) if *v == t.version && t.version != rec.version => spec.clone(),
+                _ => rec.spec.clone(),
+            };
+            Some(Assignment {
+                task: t.clone(),
+                stack: rec.stack.clone(),
+                spec,
+            })
+        })
+        .collect();
+    Assignments { tasks }
+}
+
+fn lines(rx: mpsc::Receiver<Bytes>) -> Body {
+    Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    }))
+}
+
+async fn agent_watch(State(sh): Sh, Extension(peer): Extension<Peer>) -> Result<Body, Fail> {
+    let id = peer.node()?;
+    if !sh.read(|s| s.nodes.contains_key(&id)) {
+        return Err(not_found(format!("node {id} was removed from the cluster")));
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let mut changed = sh.changed.subscribe();
+    tokio::spawn(async move {
+        let mut last: Option<Assignments> = None;
+        loop {
+            let a = sh.read(|s| assignments(s, &id));
+            if last.as_ref() != Some(&a) {
+                tracing::debug!(node = %id, tasks = a.tasks.len(), "sending assignments");
+                let mut line = serde_json::to_vec(&a).unwrap_or_default();
+                line.push(b'\n');
+                if tx.send(Bytes::from(line)).await.is_err() {
+                    return;
+                }
+                last = Some(a);
+            }
+            tokio::select! {
+                r = changed.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                    if tx.send(Bytes::from_static(b"\n")).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    Ok(lines(rx))
+}
+
+async fn join_token(State(sh): Sh, Extension(peer): Extension<Peer>) -> Res<JoinTokenView> {
+    peer.admin()?;
+    Ok(Json(JoinTokenView {
+        token: sh.meta("join_token").unwrap_or_default(),
+        manager: manager_addr(&sh),
+    }))
+}
+
+fn manager_addr(sh: &Shared) -> String {
+    let port = sh.cfg.listen.port();
+    if sh.cfg.advertise.is_empty() {
+        sh.cfg.listen.to_string()
+    } else if sh.cfg.advertise.contains(':') {
+        sh.cfg.advertise.clone()
+    } else {
+        format!("{}:{port}", sh.cfg.advertise)
+    }
+}
+
+async fn rotate_token(State(sh): Sh, Extension(peer): Extension<Peer>) -> Res<JoinTokenView> {
+    peer.admin()?;
+    let token = JoinToken::generate(&sh.ca).map_err(|e| bad(e.to_string()))?;
+    sh.apply(vec![Command::SetMeta {
+        key: "join_token".into(),
+        value: token.to_string(),
+    }])?;
+    Ok(Json(JoinTokenView {
+        token: token.to_string(),
+        manager: manager_addr(&sh),
+    }))
+}
+
+fn node_view(sh: &Shared, s: &Cluster, id: &str) -> Option<NodeView> {
+    let rec = s.nodes.get(id)?.clone();
+    let tasks = s
+        .tasks
+        .values()
+        // What runs there now, wanted or not yet stopped (a drained node
+        // is empty once this is 0).
+        .filter(|t| {
+            t.node.as_deref() == Some(id)
+                && matches!(t.state, TaskState::Assigned | TaskState::Running)
+        })
+        .count();
+    let last_seen_ms = sh
+        .seen
+        .lock()
+        .expect("seen lock")
+        .get(id)
+        .map(|t| t.elapsed().as_millis() as u64);
+    Some(NodeView {
+        record: rec,
+        tasks,
+        last_seen_ms,
+    })
+}
+
+/// A node by id, unique id prefix or hostname.
+fn find_node(s: &Cluster, key: &str) -> Result<String, Fail> {
+    if s.nodes.contains_key(key) {
+        return Ok(key.to_owned());
+    }
+    let by_name: Vec<&String> = s
+        .nodes
+        .values()
+        .filter(|n| n.hostname == key)
+        .map(|n| &n.id)
+        .collect();
+    let hits = if by_name.is_empty() {
+        s.nodes.keys().filter(|id| id.starts_with(key)).collect()
+    } else {
+        by_name
+    };
+    match hits.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(not_found(format!("no such node: {key}"))),
+        _ => Err(bad(format!("node {key:?} is ambiguous: use its id"))),
+    }
+}
+
+async fn nodes(State(sh): Sh, Extension(peer): Extension<Peer>) -> Res<Vec<NodeView>> {
+    peer.admin()?;
+    let s = sh.state();
+    Ok(Json(
+        s.nodes
+            .keys()
+            .filter_map(|id| node_view(&sh, &s, id))
+            .collect(),
+    ))
+}
+
+async fn node_inspect(
+    State(sh): Sh,
+    Extension(peer): Extension<Peer>,
+    Path(key): Path<String>,
+) -> Res<NodeView> {
+    peer.admin()?;
+    let s = sh.state();
+    let id = find_node(&s, &key)?;
+    node_view(&sh, &s, &id)
+        .map(Json)
+        .ok_or_else(|| not_found(format!("no such node: {key}")))
+}
+
+async fn node_update(
+    State(sh): Sh,
+    Extension(peer): Extension<Peer>,
+    Path(key): Path<String>,
+    Json(u): Json<NodeUpdate>,
+) -> Res<NodeView> {
+    peer.admin()?;
+    let id = sh.read(|s| find_node(s, &key))?;
+    sh.update(|s| {
+        let mut cmds = Vec::new();
+        let Some(n) = s.nodes.get(&id) else {
+            return cmds;
+        };
+        if let Some(a) = u.availability {
+            if a != n.availability {
+                cmds.push(Command::SetAvailability {
+                    id: id.clone(),
+                    availability: a,
+                });
+            }
+        }
+        let mut labels = n.labels.clone();
+        for k in &u.label_rm {
+            labels.remove(k);
+        }
+        labels.extend(u.label_add.clone());
+        if labels != n.labels {
+            cmds.push(Command::SetLabels {
+                id: id.clone(),
+                labels,
+            });
+        }
+        cmds
+    })?;
+    let s = sh.state();
+    node_view(&sh, &s, &id)
+        .map(Json)
+        .ok_or_else(|| not_found(format!("no such node: {key}")))
+}
+
+#[derive(Deserialize)]
+struct Force {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn node_rm(
+    State(sh): Sh,
+    Extension(peer): Extension<Peer>,
+    Path(key): Path<String>,
+    Query(f): Query<Force>,
+) -> Res<String> {
+    peer.admin()?;
+    let id = sh.read(|s| find_node(s, &key))?;
+    let mut cmds = Vec::new();
+    if f.force {
+        // Forget it as if it had died: down, its tasks ended.
+        cmds.push(Command::SetNodeUp {
+            id: id.clone(),
+            up: false,
+        });
+        for t in sh.read(|s| {
+            s.tasks
+                .values()
+                .filter(|t| t.node.as_deref() == Some(id.as_str()))
+                .cloned()
+                .collect::<Vec<_>>()
+        }) {
+            if matches!(t.state, TaskState::Assigned | TaskState::Running) {
+                let mut t = t;
+                t.state = TaskState::Shutdown;
+                t.desired = TaskState::Shutdown;
+                t.message = "node removed".into();
+                cmds.push(Command::PutTask(t));
+            }
+        }
+    }
+    cmds.push(Command::RemoveNode { id: id.clone() });
+    sh.apply(cmds)?;
+    sh.seen.lock().expect("seen lock").remove(&id);
+    Ok(Json(id))
+}
+
+fn service_view(s: &Cluster, name: &str) -> Option<ServiceView> {
+    let rec = s.services.get(name)?.clone();
+    let svc: Option<Service> = serde_json::from_str(&rec.spec).ok();
+    let tasks: Vec<&TaskRecord> = s.tasks.values().filter(|t| t.service == name).collect();
+    let running = tasks
+        .iter()
+        .filter(|t| t.desired == TaskState::Running && t.state == TaskState::Running)
+        .count() as u32;
+    let (mode, desired) = match svc.as_ref().map(|s| s.mode) {
+        Some(Mode::Replicated { replicas }) => ("replicated", replicas),
+        _ => (
+            "global",
+            tasks
+                .iter()
+                .filter(|t| t.desired == TaskState::Running)
+                .count() as u32,
+        ),
+    };
+    Some(ServiceView {
+        mode: mode.into(),
+        running,
+        desired,
+        image: svc.map(|s| s.image).unwrap_or_default(),
+        record: rec,
+    })
+}
+
+async fn services(State(sh): Sh, Extension(peer): Extension<Peer>) -> Res<Vec<ServiceView>> {
+    peer.admin()?;
+    let s = sh.state();
+    Ok(Json(
+        s.services
+            .keys()
+            .filter_map(|n| service_view(&s, n))
+            .collect(),
+    ))
+}
+
+async fn service_inspect(
+    State(sh): Sh,
+    Extension(peer): Extension<Peer>,
+    Path(name): Path<String>,
+) -> Res<ServiceView> {
+    peer.admin()?;
+    sh.read(|s| service_view(s, &name))
+        .map(Json)
+        .ok_or_else(|| not_found(format!("no such service: {name}")))
+}
+
+async fn service_rm(
+    State(sh): Sh,
+    Extension(peer): Extension<Peer>,
+    Path(name): Path<String>,
+) -> Res<String> {
+    peer.admin()?;
+    sh.apply(vec![Command::RemoveService { name: name.clone() }])?;
+    Ok(Json(name))
+}
+
+fn apply_update(svc: &mut Service, u: &ServiceUpdate) -> Result<(), Fail> {
+    if let Some(i) = &u.image {
+        if i.trim().is_empty() {
+            return Err(bad("--image must not be empty"));
+        }
+        svc.image = i.clone();
+    }
+    for k in &u.env_rm {
+        svc.environment.remove(k);
+    }
+    svc.environment.extend(u.env_add.clone());
+    for k in &u.label_rm {
+        svc.labels.remove(k);
+    }
+    svc.labels.extend(u.label_add.clone());
+    if let Some(c) = &u.command {
+        svc.command = Some(c.clone());
+    }
+    if let Some(n) = u.replicas {
+        match &mut svc.mode {
+            Mode::Replicated { replicas } => *replicas = n,
+            Mode::Global => {
+                return Err(bad(
+                    "scale can only be used with replicated services; this one is global",
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn service_update(
+    State(sh): Sh,
+    Extension(peer): Extension<Peer>,
+    Path(name): Path<String>,
+    Json(u): Json<ServiceUpdate>,
+) -> Res<ServiceView> {
+    peer.admin()?;
+    let mut failed = None;
+    sh.update(|s| {
+        let Some(rec) = s.services.get(&name) else {
+            failed = Some(not_found(format!("no such service: {name}")));
+            return Vec::new();
+        };
+        let mut svc: Service = match serde_json::from_str(&rec.spec) {
+            Ok(v) => v,
+            Err(e) => {
+                failed = Some(Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
+                return Vec::new();
+            }
+        };
+        if let Err(e) = apply_update(&mut svc, &u) {
+            failed = Some(e);
+            return Vec::new();
+        }
+        vec![Command::PutService {
+            name: name.clone(),
+            stack: rec.stack.clone(),
+            spec: serde_json::to_string(&svc).unwrap_or_default(),
+        }]
+    })?;
+    if let Some(f) = failed {
+        return Err(f);
+    }
+    sh.read(|s| service_view(s, &name))
+        .map(Json)
+        .ok_or_else(|| not_found(format!("no such service: {name}")))
+}
+
+async fn service_rollback(
+    State(sh): Sh,
+    Extension(peer): Extension<Peer>,
+    Path(name): Path<String>,
+) -> Res<ServiceView> {
+    peer.admin()?;
+    sh.apply(vec![Command::RollbackService {
+        name: name.clone(),
+        reason: "rollback requested".into(),
+        at_ms: now_ms(),
+    }])?;
+    sh.read(|s| service_view(s, &name))
+        .map(Json)
+        .ok_or_else(|| not_found(format!("no such service: {name}")))
+}
+
+fn valid_stack_name(n: &str) -> bool {
+    let mut b = n.bytes();
+    b.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.')
+        && n.len() <= 63
+}
+
+async fn deploy(
+    State(sh): Sh,
+    Extension(peer): Extension<Peer>,
+    Path(stack): Path<String>,
+    Json(req): Json<DeployRequest>,
+) -> Res<DeployResponse> {
+    peer.admin()?;
+    if !valid_stack_name(&stack) {
+        return Err(bad(format!(
+            "invalid stack name {stack:?}: letters, digits, '-' and '.', starting with a letter or digit"
+        )));
+    }
+    if req.services.is_empty() {
+        return Err(bad("the stack has no services"));
+    }
+    let mut specs = BTreeMap::new();
+    for (short, spec) in &req.services {
+        let svc: Service = serde_json::from_str(spec)
+            .map_err(|e| bad(format!("service {short}: invalid spec: {e}")))?;
+        // Normalised JSON, so that the same file twice is the same spec.
+        specs.insert(
+            format!("{stack}_{short}"),
+            serde_json::to_string(&svc).unwrap_or_default(),
+        );
+    }
+    let mut resp = DeployResponse::default();
+    sh.update(|s| {
+        let mut cmds = Vec::new();
+        for (name, spec) in &specs {
+            match s.services.get(name) {
+                None => resp.created.push(name.clone()),
+                Some(old) if &old.spec == spec => {
+                    resp.unchanged.push(name.clone());
+                    continue;
+                }
+                Some(_) => resp.updated.push(name.clone()),
+            }
+            cmds.push(Command::PutService {
+                name: name.clone(),
+                stack: stack.clone(),
+                spec: spec.clone(),
+            });
+        }
+        if req.prune {
+            for (name, rec) in &s.services {
+                if rec.stack == stack && !specs.contains_key(name) {
+                    resp.removed.push(name.clone());
+                    cmds.push(Command::RemoveService { name: name.clone() });
+                }
+            }
+        }
+        cmds
+    })?;
+    Ok(Json(resp))
+}
+
+async fn stacks(State(sh): Sh, Extension(peer): Extension<Peer>) -> Res<Vec<StackView>> {
+    peer.admin()?;
+    let mut by: BTreeMap<String, usize> = BTreeMap::new();
+    sh.read(|s| {
+        for rec in s.services.values() {
+            *by.entry(rec.stack.clone()).or_default() += 1;
+        }
+    });
+    Ok(Json(
+        by.into_iter()
+            .map(|(name, services)| StackView { name, services })
+            .collect(),
+    ))
+}
+
+async fn stack_rm(
+    State(sh): Sh,
+    Extension(peer): Extension<Peer>,
+    Path(stack): Path<String>,
+) -> Res<Vec<String>> {
+    peer.admin()?;
+    let mut removed = Vec::new();
+    sh.update(|s| {
+        s.services
+            .values()
+            .filter(|r| r.stack == stack)
+            .map(|r| {
+                removed.push(r.name.clone());
+                Command::RemoveService {
+                    name: r.name.clone(),
+                }
+            })
+            .collect()
+    })?;
+    if removed.is_empty() {
+        return Err(not_found(format!("no such stack: {stack}")));
+    }
+    Ok(Json(removed))
+}
+
+#[derive(Deserialize)]
+struct TaskQuery {
+    service: Option<String>,
+    stack: Option<String>,
+    node: Option<String>,
+}
+
+async fn tasks(
+    State(sh): Sh,
+    Extension(peer): Extension<Peer>,
+    Query(q): Query<TaskQuery>,
+) -> Res<Vec<TaskRecord>> {
+    peer.admin()?;
+    let s = sh.state();
+    if let Some(n) = &q.service {
+        if !s.services.contains_key(n) {
+            return Err(not_found(format!("no such service: {n}")));
+        }
+    }
+    let node = match &q.node {
+        Some(k) => Some(find_node(&s, k)?),
+        None => None,
+    };
+    let stack_services: Option<BTreeSet<&String>> = q.stack.as_ref().map(|st| {
+        s.services
+            .values()
+            .filter(|r| &r.stack == st)
+            .map(|r| &r.name)
+            .collect()
+    });
+    let mut out: Vec<TaskRecord> = s
+        .tasks
+        .values()
+        .filter(|t| q.service.as_ref().is_none_or(|n| &t.service == n))
+        .filter(|t| node.is_none() || t.node == node)
+        .filter(|t| {
+            stack_services
+                .as_ref()
+                .is_none_or(|set| set.contains(&t.service))
+        })
+        .cloned()
+        .collect();
+    // By slot (global tasks: by node), the task that should run first,
+    // then its history, newest first.
+    let key = |t: &TaskRecord| {
+        (
+            t.service.clone(),
+            t.slot,
+            if t.slot == 0 { t.node.clone() } else { None },
+            t.desired != TaskState::Running,
+            std::cmp::Reverse(t.updated_ms),
+        )
+    };
+    out.sort_by_key(key);
+    Ok(Json(out))
+}
+
+#[derive(Deserialize)]
+struct EventQuery {
+    since: Option<String>,
+    #[serde(default)]
+    follow: Option<bool>,
+}
+
+async fn events(
+    State(sh): Sh,
+    Extension(peer): Extension<Peer>,
+    Query(q): Query<EventQuery>,
+) -> Result<Body, Fail> {
+    peer.admin()?;
+    let mut live = sh.events.subscribe();
+    let past: Vec<Event> = match &q.since {
+        Some(s) => sh.events.since(s),
+        None => Vec::new(),
+    };
+    let follow = q.follow.unwrap_or(true);
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let to_line = |e: &Event| {
+        let mut l = serde_json::to_vec(e).unwrap_or_default();
+        l.push(b'\n');
+        Bytes::from(l)
+    };
+    tokio::spawn(async move {
+        for e in &past {
+            if tx.send(to_line(e)).await.is_err() {
+                return;
+            }
+        }
+        if !follow {
+            return;
+        }
+        loop {
+            tokio::select! {
+                r = live.recv() => match r {
+                    Ok(e) => if tx.send(to_line(&e)).await.is_err() { return },
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => return,
+                },
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                    if tx.send(Bytes::from_static(b"\n")).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    Ok(lines(rx))
+}

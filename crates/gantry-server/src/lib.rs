@@ -1,0 +1,285 @@
+//! Gantry's manager process. It owns the cluster store, serves the cluster
+//! API over mutual TLS (one port: nodes join on it without a certificate,
+//! everything else needs one from the cluster CA), tracks node heartbeats,
+//! streams each node its assignments, and runs the orchestration loop that
+//! feeds the store's state to [`gantry_manager::reconcile`] and applies what
+//! it returns.
+//!
+//! **Architecture invariant:** every change of cluster state goes through
+//! [`Shared::apply`], one store batch at a time; events and the wake-up of
+//! assignment streams follow from the commands applied, nowhere else.
+
+mod api;
+mod events;
+mod orchestrate;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gantry_api::{AdminConfig, Event, NodeInfo};
+use gantry_pki::{ClusterCa, Issued, JoinToken, Role};
+use gantry_sched::{Availability, Resources};
+use gantry_store::{Command, NodeRecord, State, Store, StoreError};
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch, Notify};
+
+/// How the manager runs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The state lives in `DATA_DIR/manager`.
+    pub data_dir: PathBuf,
+    /// Where the API listens.
+    pub listen: SocketAddr,
+    /// The address nodes and the CLI reach the manager at (put in its
+    /// certificate and in `join-token`'s hint).
+    pub advertise: String,
+    /// A node is down after this long without a heartbeat.
+    pub grace: Duration,
+    /// Where the admin credential is written (the user's config dir).
+    pub config_dir: PathBuf,
+}
+
+/// A manager-side failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Certificates failed.
+    #[error(transparent)]
+    Pki(#[from] gantry_pki::PkiError),
+    /// I/O (listening, writing the credential).
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+}
+
+/// What every part of the manager shares.
+pub(crate) struct Shared {
+    pub(crate) cfg: ServerConfig,
+    pub(crate) store: Mutex<Store>,
+    pub(crate) ca: ClusterCa,
+    /// When each node last sent a heartbeat.
+    pub(crate) seen: Mutex<HashMap<String, Instant>>,
+    pub(crate) started: Instant,
+    /// The store index after each applied batch: assignment streams wait
+    /// on it.
+    pub(crate) changed: watch::Sender<u64>,
+    /// Wakes the orchestration loop.
+    pub(crate) kick: Notify,
+    pub(crate) events: events::Events,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A random id like Swarm's: 25 characters of `[a-z0-9]`.
+pub(crate) fn new_id() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut r = rand::rng();
+    (0..25)
+        .map(|_| ALPHABET[r.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+impl Shared {
+    /// Applies commands as one store batch, then records their events and
+    /// wakes the streams.
+    pub(crate) fn apply(&self, cmds: Vec<Command>) -> Result<(), StoreError> {
+        self.update(|_| cmds)
+    }
+
+    /// Read-modify-write: decides commands from the state and applies them
+    /// under one lock, so that no report can slip in between and be lost.
+    pub(crate) fn update(&self, f: impl FnOnce(&State) -> Vec<Command>) -> Result<(), StoreError> {
+        let mut store = self.store.lock().expect("store lock");
+        let cmds = f(store.state());
+        if cmds.is_empty() {
+            return Ok(());
+        }
+        let before = store.state().clone();
+        let index = store.apply_batch(&cmds)?;
+        let evs = events::of(&before, store.state(), &cmds);
+        drop(store);
+        self.events.publish(evs);
+        self.changed.send_replace(index);
+        self.kick.notify_one();
+        Ok(())
+    }
+
+    /// A copy of the state.
+    pub(crate) fn state(&self) -> State {
+        self.store.lock().expect("store lock").state().clone()
+    }
+
+    /// Reads the state without copying it.
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        f(self.store.lock().expect("store lock").state())
+    }
+
+    pub(crate) fn meta(&self, key: &str) -> Option<String> {
+        self.read(|s| s.meta.get(key).cloned())
+    }
+}
+
+/// A running manager.
+pub struct Manager {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Manager {
+    /// Opens (or initialises) the cluster state, writes the admin
+    /// credential, and starts serving.
+    pub async fn start(cfg: ServerConfig) -> Result<Self, ServerError> {
+        let dir = cfg.data_dir.join("manager");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ServerError::Io(format!("create {}", dir.display()), e))?;
+        let mut store = Store::open(&dir.join("state.redb"))?;
+        let meta = |s: &Store, k: &str| s.state().meta.get(k).cloned();
+        let ca = match (meta(&store, "ca_cert"), meta(&store, "ca_key")) {
+            (Some(c), Some(k)) => {
+                ClusterCa::from_pem(&meta(&store, "cluster_id").unwrap_or_default(), &c, &k)
+            }
+            _ => {
+                let cluster = new_id();
+                let ca = ClusterCa::generate(&cluster)?;
+                let token = JoinToken::generate(&ca)?;
+                store.apply_batch(&[
+                    Command::SetMeta {
+                        key: "cluster_id".into(),
+                        value: cluster,
+                    },
+                    Command::SetMeta {
+                        key: "ca_cert".into(),
+                        value: ca.cert_pem().to_owned(),
+                    },
+                    Command::SetMeta {
+                        key: "ca_key".into(),
+                        value: ca.key_pem().to_owned(),
+                    },
+                    Command::SetMeta {
+                        key: "join_token".into(),
+                        value: token.to_string(),
+                    },
+                ])?;
+                ca
+            }
+        };
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| ServerError::Io(format!("listen on {}", cfg.listen), e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| ServerError::Io("local address".into(), e))?;
+        let mut sans = vec![cfg.advertise.clone(), addr.ip().to_string()];
+        sans.retain(|s| !s.is_empty());
+        sans.dedup();
+        let me = ca.issue("manager", Role::Manager, &sans)?;
+        // The admin credential for the CLI on this host.
+        let admin = ca.issue("admin", Role::Admin, &[])?;
+        let reach = if addr.ip().is_unspecified() {
+            format!("127.0.0.1:{}", addr.port())
+        } else {
+            addr.to_string()
+        };
+        AdminConfig {
+            manager: reach,
+            ca_pem: ca.cert_pem().to_owned(),
+            cert_pem: admin.cert_pem,
+            key_pem: admin.key_pem,
+        }
+        .save(&cfg.config_dir)
+        .map_err(|e| ServerError::Io(format!("write {}", cfg.config_dir.display()), e))?;
+        let (changed, _) = watch::channel(store.index());
+        let shared = Arc::new(Shared {
+            cfg,
+            store: Mutex::new(store),
+            ca: ca.clone(),
+            seen: Mutex::new(HashMap::new()),
+            started: Instant::now(),
+            changed,
+            kick: Notify::new(),
+            events: events::Events::new(),
+        });
+        let tls = Arc::new(ca.server_config_join(&me)?);
+        let tasks = vec![
+            tokio::spawn(api::serve(shared.clone(), listener, tls)),
+            tokio::spawn(orchestrate::run(shared.clone())),
+        ];
+        tracing::info!(%addr, "manager listening");
+        Ok(Self {
+            shared,
+            addr,
+            tasks,
+        })
+    }
+
+    /// Where the API listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Adds this host as a node of its own cluster (`gantry server --dev`):
+    /// a node record and a node certificate, without a token. Returns the
+    /// node id and its credential.
+    pub fn local_node(&self, info: &NodeInfo) -> Result<(String, Issued), ServerError> {
+        let existing = self.shared.read(|s| {
+            s.nodes
+                .values()
+                .find(|n| n.manager && n.hostname == info.hostname)
+                .map(|n| n.id.clone())
+        });
+        let id = existing.unwrap_or_else(new_id);
+        let cred = self.shared.ca.issue(&id, Role::Worker, &[])?;
+        let mut rec = node_record(&id, info, true);
+        if let Some(old) = self.shared.read(|s| s.nodes.get(&id).cloned()) {
+            rec.availability = old.availability;
+            rec.labels = old.labels;
+        }
+        self.shared.apply(vec![Command::PutNode(rec)])?;
+        Ok((id, cred))
+    }
+
+    /// The cluster CA certificate.
+    pub fn ca_pem(&self) -> String {
+        self.shared.ca.cert_pem().to_owned()
+    }
+
+    /// Stops serving (the state is already durable).
+    pub fn stop(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+
+    /// Subscribes to cluster events (for tests and the dev server).
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.shared.events.subscribe()
+    }
+}
+
+pub(crate) fn node_record(id: &str, info: &NodeInfo, manager: bool) -> NodeRecord {
+    NodeRecord {
+        id: id.to_owned(),
+        hostname: info.hostname.clone(),
+        addr: info.addr.clone(),
+        manager,
+        arch: info.arch.clone(),
+        labels: info.labels.clone(),
+        availability: Availability::Active,
+        up: true,
+        capacity: Resources {
+            nano_cpus: info.nano_cpus,
+            memory: info.memory,
+        },
+    }
+}

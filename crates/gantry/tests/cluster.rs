@@ -1,0 +1,985 @@
+//! The cluster end to end, on simulated hosts: a manager on host 0, agents
+//! on the others (each with its own data dir, address and host name), a
+//! real registry on host 0 that every node pulls from. Processes are the
+//! real `gantry server` and `gantry agent`; the CLI talks to the manager
+//! with the admin credential the manager wrote.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const GRACE: &str = "3s";
+
+/// A manager, agents and a registry on a simulated LAN. Dropping it kills
+/// the processes and removes every container the agents made.
+struct Cluster {
+    g: G,
+    lan: Lan,
+    reg: Registry,
+    port: u16,
+    cfg: tempfile::TempDir,
+    logs: tempfile::TempDir,
+    manager: Option<Child>,
+    agents: Vec<Agent>,
+    /// `REGISTRY/bb:1`: busybox that serves a page on 8080.
+    image: String,
+}
+
+struct Agent {
+    host: usize,
+    data: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Cluster {
+    /// A manager on host 0 and `agents` hosts for agents (not started).
+    fn new(test: &str, hosts: usize) -> Option<Self> {
+        let g = G::new(test)?;
+        let lan = Lan::new(hosts + 1);
+        let reg = Registry::start_on(&lan.hosts[0]);
+        let image = format!("{}/test/bb:1", reg.addr);
+        g.busybox_image(&image);
+        let mut cl = Self {
+            g,
+            reg,
+            port: free_port(),
+            cfg: tempfile::tempdir().unwrap(),
+            logs: tempfile::tempdir().unwrap(),
+            manager: None,
+            agents: (1..=hosts)
+                .map(|host| Agent {
+                    host,
+                    data: tempfile::Builder::new()
+                        .prefix("gantry-agent")
+                        .tempdir()
+                        .unwrap(),
+                    child: None,
+                })
+                .collect(),
+            image,
+            lan,
+        };
+        cl.push(&cl.image.clone());
+        cl.start_manager();
+        Some(cl)
+    }
+
+    fn push(&self, image: &str) {
+        let o = self
+            .g
+            .cmd_on(&self.lan.hosts[0])
+            .args(["--insecure-registry", &self.reg.addr, "push", "-q", image])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "push {image}: {}", errtext(&o));
+    }
+
+    fn manager_addr(&self) -> String {
+        format!("{}:{}", self.lan.hosts[0].addr, self.port)
+    }
+
+    fn log(&self, name: &str) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.logs.path().join(name))
+            .unwrap()
+    }
+
+    fn start_manager(&mut self) {
+        let child = self.lan.hosts[0]
+            .command(env!("CARGO_BIN_EXE_gantry"))
+            .args(["--data-dir"])
+            .arg(self.g.data.path())
+            .args([
+                "server",
+                "--listen",
+                &format!("0.0.0.0:{}", self.port),
+                "--advertise",
+                &self.lan.hosts[0].addr,
+                "--heartbeat-grace",
+                GRACE,
+            ])
+            .env("GANTRY_CONFIG_DIR", self.cfg.path())
+            .env("GANTRY_LOG", "info,gantry_server=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(self.log("manager.log"))
+            .spawn()
+            .unwrap();
+        self.manager = Some(child);
+        wait_for("the manager to answer", Duration::from_secs(10), || {
+            let o = self.admin(&["node", "ls", "--format", "json"]);
+            if o.status.success() {
+                Ok(())
+            } else {
+                Err(errtext(&o))
+            }
+        });
+    }
+
+    fn kill_manager(&mut self) {
+        if let Some(mut c) = self.manager.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs the CLI against the manager (from host 0, with the admin
+    /// credential).
+    fn admin(&self, args: &[&str]) -> Output {
+        self.g
+            .cmd_on(&self.lan.hosts[0])
+            .env("GANTRY_CONFIG_DIR", self.cfg.path())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn admin_ok(&self, args: &[&str]) -> String {
+        let o = self.admin(args);
+        assert!(
+            o.status.success(),
+            "gantry {args:?}: {:?}\n{}{}\nmanager log:\n{}",
+            o.status.code(),
+            text(&o),
+            errtext(&o),
+            self.tail("manager.log")
+        );
+        text(&o)
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.admin_ok(args)).unwrap()
+    }
+
+    fn tail(&self, name: &str) -> String {
+        let t = std::fs::read_to_string(self.logs.path().join(name)).unwrap_or_default();
+        let lines: Vec<&str> = t.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    fn token(&self) -> String {
+        self.admin_ok(&["join-token", "-q"]).trim().to_owned()
+    }
+
+    fn agent_command(&self, i: usize, token: &str) -> Command {
+        let a = &self.agents[i];
+        let mut c = self.lan.hosts[a.host].command(env!("CARGO_BIN_EXE_gantry"));
+        c.arg("--data-dir")
+            .arg(a.data.path())
+            .args(["--insecure-registry", &self.reg.addr, "agent"])
+            .args(["--manager", &self.manager_addr()])
+            .args(["--hostname", &format!("node-{}", a.host)])
+            .args(["--label", &format!("zone=z{}", a.host)]);
+        if !token.is_empty() {
+            c.args(["--token", token]);
+        }
+        c.env("GANTRY_LOG", "info,gantry_agent=debug")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Starts agent `i` (joining with the current token the first time)
+    /// and waits until its node is ready.
+    fn start_agent(&mut self, i: usize) {
+        let token = self.token();
+        let log = self.log(&format!("agent{i}.log"));
+        let child = self
+            .agent_command(i, &token)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.agents[i].child = Some(child);
+        let name = format!("node-{}", self.agents[i].host);
+        wait_for(
+            &format!("{name} to be ready"),
+            Duration::from_secs(15),
+            || {
+                let nodes = self.json(&["node", "ls", "--format", "json"]);
+                let up = nodes
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|n| n["hostname"] == name.as_str() && n["up"] == true);
+                if up {
+                    Ok(())
+                } else {
+                    Err(format!("{nodes}"))
+                }
+            },
+        );
+    }
+
+    fn kill_agent(&mut self, i: usize) {
+        if let Some(mut c) = self.agents[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The gantry CLI on agent `i`'s host with its data dir.
+    fn on_agent(&self, i: usize, args: &[&str]) -> Output {
+        let a = &self.agents[i];
+        self.lan.hosts[a.host]
+            .command(env!("CARGO_BIN_EXE_gantry"))
+            .arg("--data-dir")
+            .arg(a.data.path())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Running container ids on agent `i`.
+    fn containers(&self, i: usize) -> Vec<String> {
+        let o = self.on_agent(i, &["ps", "-q"]);
+        assert!(o.status.success(), "ps: {}", errtext(&o));
+        text(&o).split_whitespace().map(str::to_owned).collect()
+    }
+
+    /// Kills every container of agent `i` (a host that died with them).
+    fn kill_containers(&self, i: usize) {
+        let ids = text(&self.on_agent(i, &["ps", "-aq"]));
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids);
+            self.on_agent(i, &args);
+        }
+    }
+
+    fn deploy(&self, stack: &str, yaml: &str) -> Output {
+        let f = self.logs.path().join(format!("{stack}.yml"));
+        std::fs::write(&f, yaml).unwrap();
+        self.admin(&["deploy", "-d", "-f", f.to_str().unwrap(), stack])
+    }
+
+    fn hostnames(&self) -> BTreeMap<String, String> {
+        self.json(&["node", "ls", "--format", "json"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                (
+                    n["id"].as_str().unwrap().to_owned(),
+                    n["hostname"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    fn tasks(&self, service: &str) -> Vec<Value> {
+        self.json(&["service", "ps", service, "--format", "json"])
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// Running tasks of a service per host name.
+    fn running(&self, service: &str) -> BTreeMap<String, usize> {
+        let names = self.hostnames();
+        let mut out = BTreeMap::new();
+        for t in self.tasks(service) {
+            if t["desired"] == "running" && t["state"] == "running" {
+                let n = t["node"].as_str().unwrap_or_default();
+                *out.entry(names.get(n).cloned().unwrap_or_default())
+                    .or_default() += 1;
+            }
+        }
+        out
+    }
+
+    fn wait_running(&self, service: &str, want: &[(&str, usize)], within: Duration) {
+        let want: BTreeMap<String, usize> =
+            want.iter().map(|(h, n)| ((*h).to_owned(), *n)).collect();
+        wait_for(&format!("{service} to run as {want:?}"), within, || {
+            let r = self.running(service);
+            if r == want {
+                Ok(())
+            } else {
+                Err(format!("{r:?}; tasks: {:?}", self.tasks(service)))
+            }
+        });
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.agents.len() {
+            self.kill_agent(i);
+        }
+        self.kill_manager();
+        for i in 0..self.agents.len() {
+            self.kill_containers(i);
+        }
+        if std::thread::panicking() {
+            for f in std::fs::read_dir(self.logs.path()).unwrap().flatten() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".log") {
+                    eprintln!("--- {name}:\n{}", self.tail(&name));
+                }
+            }
+        }
+    }
+}
+
+fn web(replicas: u32, extra: &str) -> String {
+    format!(
+        r#"services:
+  web:
+    image: IMAGE
+    command: ["sh", "-c", "echo $$HOSTNAME > /index.html && exec httpd -f -p 8080 -h /"]
+    stop_grace_period: 1s
+    healthcheck:
+      test: ["HTTP", "8080", "/index.html"]
+      interval: 1s
+      retries: 2
+    deploy:
+      replicas: {replicas}
+{extra}"#
+    )
+}
+
+#[test]
+fn nodes_join_only_with_the_right_token() {
+    let Some(mut cl) = Cluster::new("nodes_join_only_with_the_right_token", 1) else {
+        return;
+    };
+    // No token: the agent says what it needs and stops.
+    let o = cl.agent_command(0, "").output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(errtext(&o).contains("--token"), "{}", errtext(&o));
+    // A malformed token.
+    let o = cl.agent_command(0, "SWMTKN-1-abc").output().unwrap();
+    assert!(
+        errtext(&o).contains("invalid join token"),
+        "{}",
+        errtext(&o)
+    );
+    // The right CA but a wrong secret: the manager refuses.
+    let token = cl.token();
+    let wrong = format!("{}{}", &token[..token.len() - 32], "0".repeat(32));
+    let o = cl.agent_command(0, &wrong).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        errtext(&o).contains("invalid join token"),
+        "{}",
+        errtext(&o)
+    );
+    // A token of another cluster: the agent refuses the manager.
+    let fp = "ab".repeat(32);
+    let other = format!("GTKN-1-{fp}-{}", "1".repeat(32));
+    let o = cl.agent_command(0, &other).output().unwrap();
+    assert!(errtext(&o).contains("another cluster"), "{}", errtext(&o));
+    // Nothing joined.
+    assert_eq!(
+        cl.json(&["node", "ls", "--format", "json"]),
+        serde_json::json!([])
+    );
+    // A rotated token: the old one no longer joins, the new one does.
+    cl.admin_ok(&["join-token", "--rotate"]);
+    let o = cl.agent_command(0, &token).output().unwrap();
+    assert!(
+        errtext(&o).contains("invalid join token"),
+        "{}",
+        errtext(&o)
+    );
+    cl.start_agent(0);
+    // An admin certificate from another cluster's CA is refused by the
+    // manager, even by a client that trusts the manager.
+    let stranger = tempfile::tempdir().unwrap();
+    let mine: Value =
+        serde_json::from_slice(&std::fs::read(cl.cfg.path().join("admin.json")).unwrap()).unwrap();
+    let other = gantry_pki::ClusterCa::generate("other").unwrap();
+    let forged = other.issue("admin", gantry_pki::Role::Admin, &[]).unwrap();
+    let mut cred = mine.clone();
+    cred["cert_pem"] = forged.cert_pem.into();
+    cred["key_pem"] = forged.key_pem.into();
+    std::fs::write(
+        stranger.path().join("admin.json"),
+        serde_json::to_vec(&cred).unwrap(),
+    )
+    .unwrap();
+    let o =
+        cl.g.cmd_on(&cl.lan.hosts[0])
+            .env("GANTRY_CONFIG_DIR", stranger.path())
+            .args(["node", "ls"])
+            .output()
+            .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        errtext(&o).contains("cannot reach the manager"),
+        "{}",
+        errtext(&o)
+    );
+    // A node certificate cannot do what the admin does.
+    let node: Value = serde_json::from_slice(
+        &std::fs::read(cl.agents[0].data.path().join("agent/identity.json")).unwrap(),
+    )
+    .unwrap();
+    let mut cred = mine;
+    cred["cert_pem"] = node["cert_pem"].clone();
+    cred["key_pem"] = node["key_pem"].clone();
+    std::fs::write(
+        stranger.path().join("admin.json"),
+        serde_json::to_vec(&cred).unwrap(),
+    )
+    .unwrap();
+    let o =
+        cl.g.cmd_on(&cl.lan.hosts[0])
+            .env("GANTRY_CONFIG_DIR", stranger.path())
+            .args(["node", "ls"])
+            .output()
+            .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(errtext(&o).contains("admin credential"), "{}", errtext(&o));
+}
+
+/// Counts running tasks of `service` whenever asked, remembering the most
+/// seen at once.
+struct Sampler {
+    max: usize,
+    min: usize,
+}
+
+impl Sampler {
+    fn new() -> Self {
+        Self {
+            max: 0,
+            min: usize::MAX,
+        }
+    }
+    fn sample(&mut self, cl: &Cluster, service: &str) -> BTreeMap<String, usize> {
+        let r = cl.running(service);
+        let n: usize = r.values().sum();
+        self.max = self.max.max(n);
+        self.min = self.min.min(n);
+        r
+    }
+}
+
+#[test]
+fn services_spread_fail_over_come_back_and_drain() {
+    let Some(mut cl) = Cluster::new("services_spread_fail_over_come_back_and_drain", 3) else {
+        return;
+    };
+    cl.start_agent(0);
+    cl.start_agent(1);
+    let stack = web(6, "")
+        + r#"  mon:
+    image: IMAGE
+    command: ["sleep", "100000"]
+    stop_grace_period: 1s
+    deploy:
+      mode: global
+  pinned:
+    image: IMAGE
+    command: ["sleep", "100000"]
+    stop_grace_period: 1s
+    deploy:
+      placement:
+        constraints: ["node.labels.zone == z2"]
+  huge:
+    image: IMAGE
+    command: ["sleep", "100000"]
+    deploy:
+      resources:
+        reservations:
+          cpus: "64"
+"#;
+    let o = cl.deploy("app", &stack.replace("IMAGE", &cl.image));
+    assert!(o.status.success(), "{}", errtext(&o));
+    cl.wait_running(
+        "app_web",
+        &[("node-1", 3), ("node-2", 3)],
+        Duration::from_secs(30),
+    );
+    cl.wait_running(
+        "app_mon",
+        &[("node-1", 1), ("node-2", 1)],
+        Duration::from_secs(10),
+    );
+    cl.wait_running("app_pinned", &[("node-2", 1)], Duration::from_secs(10));
+    // Reservations that fit nowhere: pending, and service ps says why.
+    let huge = cl.tasks("app_huge");
+    assert_eq!(huge.len(), 1, "{huge:?}");
+    assert_eq!(huge[0]["state"], "pending");
+    let why = huge[0]["message"].as_str().unwrap();
+    assert!(why.contains("2 node"), "{why}");
+    let table = cl.admin_ok(&["service", "ps", "huge"]);
+    assert!(table.contains("Pending"), "{table}");
+
+    // A third node joins: the global service follows it, and web is
+    // rebalanced to 2/2/2 without ever running fewer than 6.
+    cl.start_agent(2);
+    cl.wait_running(
+        "app_mon",
+        &[("node-1", 1), ("node-2", 1), ("node-3", 1)],
+        Duration::from_secs(10),
+    );
+    let mut s = Sampler::new();
+    wait_for("web rebalanced to 2/2/2", Duration::from_secs(60), || {
+        let r = s.sample(&cl, "app_web");
+        if r.values().all(|n| *n == 2) && r.len() == 3 {
+            Ok(())
+        } else {
+            Err(format!("{r:?}"))
+        }
+    });
+    assert!(s.min >= 6, "web dropped to {} during the rebalance", s.min);
+
+    // Host death: node-3's agent and containers die. The service is back
+    // to 6 on the other hosts within 10 s.
+    let t0 = Instant::now();
+    cl.kill_agent(2);
+    cl.kill_containers(2);
+    let mut s = Sampler::new();
+    wait_for(
+        "web back to 6 without node-3",
+        Duration::from_secs(10),
+        || {
+            let r = s.sample(&cl, "app_web");
+            let n: usize = r
+                .iter()
+                .filter(|(h, _)| h.as_str() != "node-3")
+                .map(|(_, n)| n)
+                .sum();
+            if n == 6 {
+                Ok(())
+            } else {
+                Err(format!("{r:?}; tasks: {:#?}", cl.tasks("app_web")))
+            }
+        },
+    );
+    let failover = t0.elapsed();
+    eprintln!(
+        "FAILOVER: a replica lost with its host ran elsewhere after {:.2} s (heartbeat grace {GRACE})",
+        failover.as_secs_f64()
+    );
+    let nodes = cl.json(&["node", "ls", "--format", "json"]);
+    assert!(
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["hostname"] == "node-3" && n["up"] == false),
+        "{nodes}"
+    );
+
+    // The host returns (same data dir: same node, no token needed): no
+    // more than 6 ever run, and it gets its share back.
+    let child = cl
+        .agent_command(2, "")
+        .stdout(Stdio::null())
+        .stderr(cl.log("agent2.log"))
+        .spawn()
+        .unwrap();
+    cl.agents[2].child = Some(child);
+    let mut s = Sampler::new();
+    wait_for("web back to 2/2/2", Duration::from_secs(60), || {
+        let r = s.sample(&cl, "app_web");
+        if r.values().all(|n| *n == 2) && r.len() == 3 {
+            Ok(())
+        } else {
+            Err(format!("{r:?}"))
+        }
+    });
+    assert!(
+        s.max <= 7,
+        "{} running at once (start-first moves add one)",
+        s.max
+    );
+    assert!(s.min >= 6, "web dropped to {}", s.min);
+    cl.wait_running(
+        "app_mon",
+        &[("node-1", 1), ("node-2", 1), ("node-3", 1)],
+        Duration::from_secs(10),
+    );
+
+    // Drain node-1: its tasks move away before the command returns.
+    let out = cl.admin_ok(&["node", "drain", "node-1"]);
+    assert!(out.contains("drained"), "{out}");
+    cl.wait_running(
+        "app_web",
+        &[("node-2", 3), ("node-3", 3)],
+        Duration::from_secs(30),
+    );
+    assert!(cl.containers(0).is_empty(), "{:?}", cl.containers(0));
+    let table = cl.admin_ok(&["node", "ls"]);
+    assert!(table.contains("Drain"), "{table}");
+    // Pause is not drain: nothing moves back until it is active again.
+    cl.admin_ok(&["node", "activate", "node-1"]);
+    cl.admin_ok(&["node", "update", "--label-add", "tier=front", "node-1"]);
+    let n = cl.json(&["node", "inspect", "node-1"]);
+    assert_eq!(n[0]["labels"]["tier"], "front", "{n}");
+
+    // stack ps and rm.
+    let table = cl.admin_ok(&["stack", "ps", "app"]);
+    assert!(table.contains("app_web.1"), "{table}");
+    cl.admin_ok(&["stack", "rm", "app"]);
+    wait_for("every container to go", Duration::from_secs(30), || {
+        let left: Vec<String> = (0..3).flat_map(|i| cl.containers(i)).collect();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    });
+}
+
+#[test]
+fn managers_restart_agents_readopt_and_bad_updates_roll_back() {
+    let Some(mut cl) = Cluster::new(
+        "managers_restart_agents_readopt_and_bad_updates_roll_back",
+        2,
+    ) else {
+        return;
+    };
+    // An image whose entrypoint fails at once.
+    let broken = format!("{}/test/bb:broken", cl.reg.addr);
+    let ctx = cl.g.context(&format!(
+        "{BUSYBOX_DOCKERFILE}ENTRYPOINT [\"/bin/false\"]\n"
+    ));
+    cl.g.ok(&["build", "-q", "-t", &broken, ctx.path().to_str().unwrap()]);
+    cl.push(&broken);
+    cl.start_agent(0);
+    cl.start_agent(1);
+    let stack = web(
+        4,
+        "      update_config:\n        parallelism: 1\n        monitor: 3s\n        failure_action: rollback\n",
+    )
+    .replace("IMAGE", &cl.image);
+    let o = cl.deploy("app", &stack);
+    assert!(o.status.success(), "{}", errtext(&o));
+    cl.wait_running(
+        "app_web",
+        &[("node-1", 2), ("node-2", 2)],
+        Duration::from_secs(30),
+    );
+    // Deploying the same file again changes nothing.
+    let before: Vec<Value> = cl.tasks("app_web");
+    let out = cl.admin_ok(&[
+        "deploy",
+        "-f",
+        cl.logs.path().join("app.yml").to_str().unwrap(),
+        "app",
+    ]);
+    assert!(out.contains("up to date"), "{out}");
+    assert_eq!(cl.tasks("app_web"), before);
+
+    // The manager restarts: state kept, agents reconnect, containers untouched.
+    let containers: Vec<Vec<String>> = (0..2).map(|i| cl.containers(i)).collect();
+    assert_eq!(containers[0].len(), 2, "{containers:?}");
+    assert_eq!(containers[1].len(), 2, "{containers:?}");
+    cl.kill_manager();
+    std::thread::sleep(Duration::from_millis(500));
+    cl.start_manager();
+    let tasks: Vec<String> = before
+        .iter()
+        .filter(|t| t["desired"] == "running")
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect();
+    wait_for("agents to report again", Duration::from_secs(10), || {
+        let nodes = cl.json(&["node", "ls", "--format", "json"]);
+        let seen = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["up"] == true && n["last_seen_ms"].as_u64().is_some_and(|ms| ms < 1500));
+        if seen {
+            Ok(())
+        } else {
+            Err(format!("{nodes}"))
+        }
+    });
+    // Longer than the grace: nobody went down, nothing was moved.
+    std::thread::sleep(Duration::from_secs(4));
+    let now: Vec<String> = cl
+        .tasks("app_web")
+        .iter()
+        .filter(|t| t["desired"] == "running" && t["state"] == "running")
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(now, tasks);
+    assert_eq!(
+        (0..2).map(|i| cl.containers(i)).collect::<Vec<_>>(),
+        containers
+    );
+
+    // An agent restarts while its containers keep running: it re-adopts
+    // them, nothing restarts.
+    cl.kill_agent(0);
+    let log = cl.log("agent0.log");
+    let child = cl
+        .agent_command(0, "")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    cl.agents[0].child = Some(child);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(cl.containers(0), containers[0]);
+    cl.wait_running(
+        "app_web",
+        &[("node-1", 2), ("node-2", 2)],
+        Duration::from_secs(5),
+    );
+
+    // A partition: node-1's agent is gone past the grace but its
+    // containers live on. Its tasks run elsewhere; when it is back, the
+    // stale containers are stopped.
+    cl.kill_agent(0);
+    cl.wait_running("app_web", &[("node-2", 4)], Duration::from_secs(15));
+    assert_eq!(
+        cl.containers(0).len(),
+        2,
+        "the partitioned node still runs its two"
+    );
+    let log = cl.log("agent0.log");
+    let child = cl
+        .agent_command(0, "")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    cl.agents[0].child = Some(child);
+    wait_for("stale containers to stop", Duration::from_secs(15), || {
+        let c = cl.containers(0);
+        // Rebalance may already have started new tasks there: none of the
+        // old containers may remain.
+        let stale: Vec<&String> = c.iter().filter(|id| containers[0].contains(id)).collect();
+        if stale.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{stale:?}"))
+        }
+    });
+
+    // A rolling update to a broken image rolls back by itself.
+    cl.wait_running(
+        "app_web",
+        &[("node-1", 2), ("node-2", 2)],
+        Duration::from_secs(60),
+    );
+    let o = cl.admin(&["service", "update", "--image", &broken, "web"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", text(&o), errtext(&o));
+    assert!(text(&o).contains("rolled back"), "{}", text(&o));
+    let svc = cl.json(&["service", "inspect", "web"]);
+    assert_eq!(svc[0]["spec"]["image"], cl.image.as_str(), "{svc}");
+    assert_eq!(svc[0]["update"]["state"], "rolled_back", "{svc}");
+    cl.wait_running(
+        "app_web",
+        &[("node-1", 2), ("node-2", 2)],
+        Duration::from_secs(30),
+    );
+    // The events tell the story.
+    let ev = cl.admin_ok(&[
+        "events",
+        "--since",
+        "5m",
+        "--no-follow",
+        "--filter",
+        "type=service",
+    ]);
+    assert!(ev.contains("rollback_started"), "{ev}");
+    assert!(ev.contains("rollback_completed"), "{ev}");
+}
+
+/// The dev server: manager and agent in one process on this host.
+struct Dev {
+    g: G,
+    cfg: tempfile::TempDir,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Dev {
+    fn start(test: &str) -> Option<Self> {
+        let g = G::new(test)?;
+        let cfg = tempfile::tempdir().unwrap();
+        let log = cfg.path().join("server.log");
+        let port = free_port();
+        let child = g
+            .cmd()
+            .env("GANTRY_CONFIG_DIR", cfg.path())
+            .env("GANTRY_LOG", "info")
+            .args(["server", "--dev", "--listen", &format!("127.0.0.1:{port}")])
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let d = Self { g, cfg, child, log };
+        wait_for("the dev server", Duration::from_secs(10), || {
+            let o = d.cli(&["node", "ls", "--format", "json"]);
+            let v: Value = serde_json::from_slice(&o.stdout).map_err(|e| e.to_string())?;
+            if v.as_array()
+                .is_some_and(|a| a.len() == 1 && a[0]["up"] == true)
+            {
+                Ok(())
+            } else {
+                Err(format!("{v}"))
+            }
+        });
+        Some(d)
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        self.g
+            .cmd()
+            .env("GANTRY_CONFIG_DIR", self.cfg.path())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn state(&self) -> (String, String) {
+        let o = self.cli(&["service", "ls", "--format", "json"]);
+        let n = self.cli(&["node", "ls", "--format", "json"]);
+        // Node heartbeats move; compare what matters.
+        let mut nodes: Value = serde_json::from_slice(&n.stdout).unwrap();
+        for n in nodes.as_array_mut().unwrap() {
+            n.as_object_mut().unwrap().remove("last_seen_ms");
+        }
+        (text(&o), nodes.to_string())
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- server.log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_dev_server_runs_stacks_and_refuses_bad_input() {
+    let Some(d) = Dev::start("a_dev_server_runs_stacks_and_refuses_bad_input") else {
+        return;
+    };
+    d.g.busybox_image("bb:1");
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(
+        dir.path(),
+        "stack.yml",
+        &web(2, "").replace("IMAGE", "bb:1"),
+    );
+    // Without -d, deploy follows the rollout to the end.
+    let o = d.cli(&["deploy", "-f", &good, "app"]);
+    assert!(o.status.success(), "{}{}", text(&o), errtext(&o));
+    assert!(text(&o).contains("app_web: 2/2 running"), "{}", text(&o));
+    let before = d.state();
+
+    // A malformed stack file: file, line and column; nothing changes.
+    let bad = write(
+        dir.path(),
+        "bad.yml",
+        "services:\n  web:\n    image: bb:1\n    deploy:\n      replicas: lots\n",
+    );
+    let o = d.cli(&["deploy", "-f", &bad, "app"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(errtext(&o).contains("bad.yml:5:"), "{}", errtext(&o));
+    // Unknown services and nodes.
+    let o = d.cli(&["service", "ps", "nope"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        errtext(&o).contains("no such service: nope"),
+        "{}",
+        errtext(&o)
+    );
+    let o = d.cli(&["node", "drain", "nope"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        errtext(&o).contains("no such node: nope"),
+        "{}",
+        errtext(&o)
+    );
+    let o = d.cli(&["service", "scale", "web=x"]);
+    assert_eq!(o.status.code(), Some(1));
+    let o = d.cli(&["service", "rollback", "web"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        errtext(&o).contains("no previous version"),
+        "{}",
+        errtext(&o)
+    );
+    let o = d.cli(&["deploy", "-f", &good, "bad name!"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        errtext(&o).contains("invalid stack name"),
+        "{}",
+        errtext(&o)
+    );
+    assert_eq!(d.state(), before);
+
+    // An impossible constraint and a registry that does not answer: the
+    // stack deploys, the tasks say why they do not run.
+    let other = write(
+        dir.path(),
+        "other.yml",
+        r#"services:
+  nowhere:
+    image: bb:1
+    command: ["sleep", "1000"]
+    deploy:
+      placement:
+        constraints: ["node.labels.region == mars"]
+  unreachable:
+    image: 127.0.0.1:9/nothing/here:1
+    deploy:
+      restart_policy:
+        condition: none
+"#,
+    );
+    let o = d.cli(&["deploy", "-d", "-f", &other, "other"]);
+    assert!(o.status.success(), "{}", errtext(&o));
+    wait_for("the reasons", Duration::from_secs(20), || {
+        let ps = text(&d.cli(&["stack", "ps", "other"]));
+        if ps.contains("constraint") && ps.contains("pull 127.0.0.1:9/nothing/here:1") {
+            Ok(())
+        } else {
+            Err(ps)
+        }
+    });
+
+    // Scale and update follow to the end; service ls shows the counts.
+    let o = d.cli(&["service", "scale", "web=3"]);
+    assert!(o.status.success(), "{}", errtext(&o));
+    let ls = text(&d.cli(&["service", "ls"]));
+    assert!(ls.contains("3/3"), "{ls}");
+    let o = d.cli(&["service", "update", "--env-add", "COLOR=blue", "web"]);
+    assert!(o.status.success(), "{}{}", text(&o), errtext(&o));
+    let svc: Value = serde_json::from_slice(&d.cli(&["service", "inspect", "web"]).stdout).unwrap();
+    assert_eq!(svc[0]["spec"]["environment"]["COLOR"], "blue");
+    assert_eq!(svc[0]["version"], 3, "{svc}");
+    // Removing the stacks removes every container.
+    assert!(d.cli(&["stack", "rm", "app", "other"]).status.success());
+    wait_for("containers to go", Duration::from_secs(30), || {
+        let ps = text(&d.cli(&["ps", "-aq"]));
+        if ps.trim().is_empty() {
+            Ok(())
+        } else {
+            Err(ps)
+        }
+    });
+    let ls = d.cli(&["stack", "ls", "--format", "json"]);
+    assert_eq!(text(&ls).trim(), "[]");
+}
