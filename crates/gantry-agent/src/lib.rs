@@ -103,24 +103,9 @@ impl Identity {
 
     /// Saves it under `data_dir`, readable by root only.
     pub fn save(&self, data_dir: &Path) -> Result<(), AgentError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let p = Self::path(data_dir);
-        let io = |e| AgentError::Io(format!("write {}", p.display()), e);
-        if let Some(d) = p.parent() {
-            std::fs::create_dir_all(d).map_err(io)?;
-        }
-        let tmp = p.with_extension("tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io)?;
-        f.write_all(&serde_json::to_vec_pretty(self).unwrap_or_default())
-            .map_err(io)?;
-        std::fs::rename(&tmp, &p).map_err(io)
+        gantry_api::write_secret(&p, self)
+            .map_err(|e| AgentError::Io(format!("write {}", p.display()), e))
     }
 }
 

@@ -338,21 +338,28 @@ impl AdminConfig {
 
     /// Saves the credential in `dir`, readable by its owner only.
     pub fn save(&self, dir: &Path) -> std::io::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::create_dir_all(dir)?;
-        let p = Self::path_in(dir);
-        let tmp = p.with_extension("json.tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(self).unwrap_or_default())?;
-        f.sync_all()?;
-        std::fs::rename(tmp, p)
+        write_secret(&Self::path_in(dir), self)
     }
+}
+
+/// Writes `value` as JSON to `path`, readable by its owner only, whole or
+/// not at all (temp file, fsync, rename): credentials and keys.
+pub fn write_secret<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(&serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?)?;
+    f.sync_all()?;
+    std::fs::rename(tmp, path)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 mod client;
 mod types;
 
-pub use client::{resolve, AdminConfig, ApiError, Client, JoinError};
+pub use client::{resolve, write_secret, AdminConfig, ApiError, Client, JoinError};
 pub use types::*;
 
 /// The manager's port when none is given.

@@ -8,7 +8,7 @@
 
 pub mod reconcile;
 
-pub use reconcile::{reconcile, snapshot, task_spec, ReconcileError};
+pub use reconcile::{reconcile, snapshot, task_spec, volume_name, ReconcileError};
 
 #[cfg(test)]
 mod tests;

@@ -44,8 +44,14 @@ fn holds_resources(t: &TaskRecord) -> bool {
         )
 }
 
+/// A named volume as it exists on a node: stacks own their volumes, as in
+/// Swarm (`STACK_VOLUME`), so two stacks' `data` are two volumes.
+pub fn volume_name(stack: &str, source: &str) -> String {
+    format!("{stack}_{source}")
+}
+
 /// The scheduler's view of a service's tasks.
-pub fn task_spec(name: &str, s: &Service) -> TaskSpec {
+pub fn task_spec(name: &str, stack: &str, s: &Service) -> TaskSpec {
     TaskSpec {
         service: name.to_owned(),
         reservations: Resources {
@@ -69,14 +75,15 @@ pub fn task_spec(name: &str, s: &Service) -> TaskSpec {
             .volumes
             .iter()
             .filter(|m| m.kind == "volume")
-            .map(|m| m.source.clone())
+            .map(|m| volume_name(stack, &m.source))
             .collect(),
         strategy: s.strategy,
     }
 }
 
-/// The cluster as the scheduler sees it: nodes and every task that holds
-/// resources on one.
+/// The cluster as the scheduler sees it: nodes, every task that holds
+/// resources on one, and where named volumes live (the node of the latest
+/// task that used each: local volumes do not move).
 pub fn snapshot(state: &State) -> Cluster {
     let nodes = state
         .nodes
@@ -93,12 +100,40 @@ pub fn snapshot(state: &State) -> Cluster {
         })
         .collect();
     let mut reservations: BTreeMap<&str, (Resources, Vec<u16>)> = BTreeMap::new();
+    let mut service_volumes: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (name, svc) in &state.services {
         if let Ok(s) = serde_json::from_str::<Service>(&svc.spec) {
-            let ts = task_spec(name, &s);
+            let ts = task_spec(name, &svc.stack, &s);
             reservations.insert(name, (ts.reservations, ts.host_ports));
+            // Affinity is for a single replica (a database and its data);
+            // replicas of a bigger service each use their node's own
+            // volume of that name, as in Swarm.
+            if s.mode == (Mode::Replicated { replicas: 1 }) {
+                service_volumes.insert(name, ts.volumes);
+            }
         }
     }
+    let mut volumes: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    for t in state.tasks.values() {
+        let Some(node) = &t.node else { continue };
+        // A task that never started made no volume.
+        if matches!(t.state, TaskState::Pending | TaskState::Assigned)
+            && t.desired != TaskState::Running
+        {
+            continue;
+        }
+        for v in service_volumes
+            .get(t.service.as_str())
+            .into_iter()
+            .flatten()
+        {
+            let e = volumes.entry(v.clone()).or_insert((0, node.clone()));
+            if t.updated_ms >= e.0 {
+                *e = (t.updated_ms, node.clone());
+            }
+        }
+    }
+    let volumes: BTreeMap<String, String> = volumes.into_iter().map(|(v, (_, n))| (v, n)).collect();
     let tasks: Vec<Assigned> = state
         .tasks
         .values()
@@ -116,7 +151,7 @@ pub fn snapshot(state: &State) -> Cluster {
             }
         })
         .collect();
-    Cluster::new(nodes, &tasks, &BTreeMap::new())
+    Cluster::new(nodes, &tasks, &volumes)
 }
 
 /// The spec with what does not change a task's container left out: a
@@ -271,6 +306,36 @@ fn rollout(
     Rollout::Steps { commands, replace }
 }
 
+/// Whether a dependency (a short name in the same stack) runs as wanted.
+fn dependency_ready(state: &State, stack: &str, dep: &str) -> bool {
+    let full = format!("{stack}_{dep}");
+    let Some((name, rec)) = state
+        .services
+        .get_key_value(&full)
+        .or_else(|| state.services.get_key_value(dep))
+        .filter(|(_, r)| r.stack == stack)
+    else {
+        // Gone from the stack: nothing to wait for.
+        return true;
+    };
+    let Ok(svc) = serde_json::from_str::<Service>(&rec.spec) else {
+        return true;
+    };
+    let wanted: Vec<&TaskRecord> = state
+        .tasks
+        .values()
+        .filter(|t| &t.service == name && t.desired == TaskState::Running)
+        .collect();
+    let running = wanted
+        .iter()
+        .filter(|t| t.state == TaskState::Running)
+        .count();
+    match svc.mode {
+        Mode::Replicated { replicas } => running >= replicas as usize,
+        Mode::Global => running > 0 && running == wanted.len(),
+    }
+}
+
 /// One reconciliation step for service `name`.
 pub fn reconcile(
     state: &State,
@@ -284,7 +349,19 @@ pub fn reconcile(
         .ok_or_else(|| ReconcileError::NoSuchService(name.to_owned()))?;
     let svc: Service =
         serde_json::from_str(&rec.spec).map_err(|e| ReconcileError::BadSpec(e.to_string()))?;
-    let spec = task_spec(name, &svc);
+    // depends_on: a service starts once the services it depends on run
+    // (healthy, where they have a check); after that it lives on its own,
+    // as with `docker compose up`.
+    if !svc.depends_on.is_empty() && !state.tasks.values().any(|t| t.service == name) {
+        let waiting = svc
+            .depends_on
+            .iter()
+            .any(|d| !dependency_ready(state, &rec.stack, d));
+        if waiting {
+            return Ok(Vec::new());
+        }
+    }
+    let spec = task_spec(name, &rec.stack, &svc);
     let mut cluster = snapshot(state);
     let mut out = Vec::new();
     let shutdown = |t: &TaskRecord, why: &str| {

@@ -21,6 +21,7 @@ fn node(id: &str) -> NodeRecord {
             nano_cpus: 2_000_000_000,
             memory: 4 * GB,
         },
+        disk: 0,
     }
 }
 
@@ -566,4 +567,83 @@ fn a_returning_node_gets_its_share_back_gradually_and_start_first() {
             .collect::<Vec<_>>(),
         vec![3, 3]
     );
+}
+
+#[test]
+fn a_service_starts_after_what_it_depends_on_runs() {
+    let mut st = cluster(
+        2,
+        "services:\n  db:\n    image: db\n  app:\n    image: app\n    depends_on: [db]\n    deploy:\n      replicas: 2\n",
+    );
+    // Nothing of app while db does not run yet.
+    assert_eq!(converge(&mut st, "app", 0), 0);
+    let mut n = 0;
+    for c in reconcile(&st, "db", 0, &mut || {
+        n += 1;
+        format!("db{n}")
+    })
+    .unwrap()
+    {
+        st.apply(&c).unwrap();
+    }
+    let app = reconcile(&st, "app", 0, &mut || "x".into()).unwrap();
+    assert!(app.is_empty(), "db is only assigned: {app:?}");
+    agents(&mut st, 10, None);
+    assert!(converge(&mut st, "app", 20) > 0);
+    agents(&mut st, 30, None);
+    assert_eq!(running_per_node(&st, "app").values().sum::<usize>(), 2);
+    // Once started, app lives on its own: db failing does not stop it.
+    fail(&mut st, "db", 1, 40);
+    assert_eq!(converge(&mut st, "app", 50), 0);
+}
+
+#[test]
+fn a_single_replica_goes_back_to_the_node_with_its_volume() {
+    let mut st = cluster(
+        3,
+        "services:\n  db:\n    image: db\n    volumes: [\"data:/var/lib/db\"]\nvolumes:\n  data: {}\n",
+    );
+    converge(&mut st, "db", 0);
+    agents(&mut st, 10, None);
+    let home = running_per_node(&st, "db").into_keys().next().unwrap();
+    // Its node goes down: the task cannot follow its data elsewhere.
+    st.apply(&Command::SetNodeUp {
+        id: home.clone(),
+        up: false,
+    })
+    .unwrap();
+    converge(&mut st, "db", 100);
+    let pending: Vec<&TaskRecord> = st
+        .tasks
+        .values()
+        .filter(|t| t.desired == TaskState::Running && t.state == TaskState::Pending)
+        .collect();
+    assert_eq!(pending.len(), 1, "{:?}", st.tasks);
+    assert!(
+        pending[0]
+            .message
+            .contains("volume app_data lives on another node"),
+        "{}",
+        pending[0].message
+    );
+    // It comes back: the task goes home.
+    st.apply(&Command::SetNodeUp {
+        id: home.clone(),
+        up: true,
+    })
+    .unwrap();
+    converge(&mut st, "db", 200);
+    agents(&mut st, 210, None);
+    assert_eq!(
+        running_per_node(&st, "db").into_keys().collect::<Vec<_>>(),
+        vec![home]
+    );
+    // A replicated service of several uses each node's own volume.
+    put_stack(
+        &mut st,
+        "services:\n  db:\n    image: db\n    volumes: [\"data:/var/lib/db\"]\n    deploy:\n      replicas: 3\nvolumes:\n  data: {}\n",
+    );
+    converge(&mut st, "db", 300);
+    agents(&mut st, 310, None);
+    assert_eq!(running_per_node(&st, "db").len(), 3);
 }

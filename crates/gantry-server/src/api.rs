@@ -203,6 +203,10 @@ fn report_commands(s: &Cluster, id: &str, r: &StatusReport) -> Vec<Command> {
     facts.labels = n.labels.clone();
     facts.availability = n.availability;
     facts.up = n.up;
+    // Free disk moves all the time; record it when it moved by 5 %.
+    if facts.disk.abs_diff(n.disk) <= n.disk / 20 {
+        facts.disk = n.disk;
+    }
     if &facts != n {
         out.push(Command::PutNode(facts));
     }

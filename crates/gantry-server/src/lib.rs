@@ -281,5 +281,6 @@ pub(crate) fn node_record(id: &str, info: &NodeInfo, manager: bool) -> NodeRecor
             nano_cpus: info.nano_cpus,
             memory: info.memory,
         },
+        disk: info.disk,
     }
 }

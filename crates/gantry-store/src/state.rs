@@ -30,6 +30,9 @@ pub struct NodeRecord {
     pub up: bool,
     /// What it has.
     pub capacity: Resources,
+    /// Free disk under its data dir when it last reported, bytes.
+    #[serde(default)]
+    pub disk: u64,
 }
 
 /// A service: its stack, name and spec (the normalised stack-file service,

@@ -19,6 +19,7 @@ fn node(id: &str) -> NodeRecord {
             nano_cpus: 2_000_000_000,
             memory: 4 << 30,
         },
+        disk: 0,
     }
 }
 

@@ -894,40 +894,18 @@ fn a_dev_server_runs_stacks_and_refuses_bad_input() {
         "bad.yml",
         "services:\n  web:\n    image: bb:1\n    deploy:\n      replicas: lots\n",
     );
-    let o = d.cli(&["deploy", "-f", &bad, "app"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(errtext(&o).contains("bad.yml:5:"), "{}", errtext(&o));
-    // Unknown services and nodes.
-    let o = d.cli(&["service", "ps", "nope"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        errtext(&o).contains("no such service: nope"),
-        "{}",
-        errtext(&o)
-    );
-    let o = d.cli(&["node", "drain", "nope"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        errtext(&o).contains("no such node: nope"),
-        "{}",
-        errtext(&o)
-    );
-    let o = d.cli(&["service", "scale", "web=x"]);
-    assert_eq!(o.status.code(), Some(1));
-    let o = d.cli(&["service", "rollback", "web"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        errtext(&o).contains("no previous version"),
-        "{}",
-        errtext(&o)
-    );
-    let o = d.cli(&["deploy", "-f", &good, "bad name!"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        errtext(&o).contains("invalid stack name"),
-        "{}",
-        errtext(&o)
-    );
+    let refused = |args: &[&str], why: &str| {
+        let o = d.cli(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", text(&o));
+        assert!(errtext(&o).contains(why), "{args:?}: {}", errtext(&o));
+    };
+    refused(&["deploy", "-f", &bad, "app"], "bad.yml:5:");
+    // Unknown services and nodes, bad values.
+    refused(&["service", "ps", "nope"], "no such service: nope");
+    refused(&["node", "drain", "nope"], "no such node: nope");
+    refused(&["service", "scale", "web=x"], "must be a number");
+    refused(&["service", "rollback", "web"], "no previous version");
+    refused(&["deploy", "-f", &good, "bad name!"], "invalid stack name");
     assert_eq!(d.state(), before);
 
     // An impossible constraint and a registry that does not answer: the
@@ -970,8 +948,107 @@ fn a_dev_server_runs_stacks_and_refuses_bad_input() {
     let svc: Value = serde_json::from_slice(&d.cli(&["service", "inspect", "web"]).stdout).unwrap();
     assert_eq!(svc[0]["spec"]["environment"]["COLOR"], "blue");
     assert_eq!(svc[0]["version"], 3, "{svc}");
+    // And back by hand.
+    let o = d.cli(&["service", "rollback", "web"]);
+    assert!(o.status.success(), "{}{}", text(&o), errtext(&o));
+    let svc: Value = serde_json::from_slice(&d.cli(&["service", "inspect", "web"]).stdout).unwrap();
+    assert!(
+        svc[0]["spec"]["environment"].get("COLOR").is_none(),
+        "{svc}"
+    );
+    assert_eq!(svc[0]["version"], 2, "{svc}");
+
+    // Health checks in the container (CMD, CMD-SHELL), depends_on waiting
+    // for health, and an unhealthy task replaced.
+    let deps = write(
+        dir.path(),
+        "deps.yml",
+        r#"services:
+  db:
+    image: bb:1
+    command: ["sh", "-c", "sleep 2; touch /ready; exec sleep 100000"]
+    stop_grace_period: 1s
+    healthcheck:
+      test: ["CMD-SHELL", "test -f /ready"]
+      interval: 1s
+      retries: 1
+      start_period: 30s
+  app:
+    image: bb:1
+    command: ["sleep", "100000"]
+    stop_grace_period: 1s
+    depends_on: [db]
+  sick:
+    image: bb:1
+    command: ["sleep", "100000"]
+    stop_grace_period: 1s
+    healthcheck:
+      test: ["CMD", "false"]
+      interval: 1s
+      retries: 1
+"#,
+    );
+    let o = d.cli(&["deploy", "-d", "-f", &deps, "deps"]);
+    assert!(o.status.success(), "{}", errtext(&o));
+    wait_for("app to run", Duration::from_secs(30), || {
+        let ls = text(&d.cli(&["service", "ls"]));
+        if ls
+            .lines()
+            .any(|l| l.contains("deps_app") && l.contains("1/1"))
+        {
+            Ok(())
+        } else {
+            Err(ls)
+        }
+    });
+    let events = |svc: &str| -> Vec<Value> {
+        let o = d.cli(&[
+            "events",
+            "--since",
+            "5m",
+            "--no-follow",
+            "--format",
+            "json",
+            "--filter",
+            &format!("service={svc}"),
+        ]);
+        text(&o)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let first = |evs: &[Value], action: &str| -> String {
+        evs.iter()
+            .find(|e| e["action"] == action)
+            .unwrap_or_else(|| panic!("no {action} in {evs:?}"))["time"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let db_healthy = first(&events("deps_db"), "running");
+    let app_created = first(&events("deps_app"), "assigned");
+    assert!(
+        app_created >= db_healthy,
+        "app was created at {app_created}, before db was healthy at {db_healthy}"
+    );
+    wait_for(
+        "the sick task to be replaced",
+        Duration::from_secs(30),
+        || {
+            let ps = text(&d.cli(&["service", "ps", "sick"]));
+            if ps.contains("unhealthy") {
+                Ok(())
+            } else {
+                Err(ps)
+            }
+        },
+    );
+
     // Removing the stacks removes every container.
-    assert!(d.cli(&["stack", "rm", "app", "other"]).status.success());
+    assert!(d
+        .cli(&["stack", "rm", "app", "other", "deps"])
+        .status
+        .success());
     wait_for("containers to go", Duration::from_secs(30), || {
         let ps = text(&d.cli(&["ps", "-aq"]));
         if ps.trim().is_empty() {
