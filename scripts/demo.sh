@@ -34,12 +34,57 @@ echo
 echo "== curl http://$ip/ (the container's own address on the gantry0 bridge)"
 curl -sS "http://$ip/"
 echo
+
+# A one-host cluster: manager and agent in one process, a stack of two
+# replicas behind a host-mode published port.
+echo "== gantry server --dev (manager + this host as its node)"
+pkill -f "gantry server --dev" 2>/dev/null || true
+sleep 0.5
+setsid nohup "$G" server --dev > /var/log/gantry-dev.log 2>&1 < /dev/null &
+for _ in $(seq 100); do "$G" node ls >/dev/null 2>&1 && break; sleep 0.1; done
+"$G" node ls
+stack="$ctx/stack.yml"
+cat > "$stack" <<'STACK'
+services:
+  web:
+    image: gantry-demo:latest
+    command: ["sh", "-c", "echo \"<h1>Hello from task $$HOSTNAME</h1>\" > /www/index.html && exec httpd -f -p 80 -h /www"]
+    ports:
+      - target: 80
+        published: 8081
+        mode: host
+    healthcheck:
+      test: ["HTTP", "80", "/"]
+      interval: 2s
+    deploy:
+      replicas: 1
+  worker:
+    image: gantry-demo:latest
+    command: ["sleep", "1000000"]
+    healthcheck:
+      disable: true   # the image's check is for its web server
+    deploy:
+      replicas: 2
+STACK
+echo "== gantry deploy -f stack.yml demo"
+"$G" deploy -f "$stack" demo
+"$G" service ls
+"$G" service ps web --no-history
+for _ in $(seq 50); do curl -sf -o /dev/null http://127.0.0.1:8081/ && break; sleep 0.1; done
+echo "== curl http://127.0.0.1:8081/ (the stack's published port)"
+curl -sS http://127.0.0.1:8081/
+echo
 cat <<MSG
 
-The demo container keeps running. Try:
+The demo container and the one-host cluster keep running
+(server log: /var/log/gantry-dev.log). Try:
   $G ps
   $G logs -f gantry-demo
   $G exec -it gantry-demo sh
+  $G service ps web
+  $G service scale worker=4
+  $G events
+  $G stack rm demo; pkill -f "gantry server --dev"
   $G stop gantry-demo && $G rm gantry-demo
 (data dir: $GANTRY_DATA_DIR)
 MSG

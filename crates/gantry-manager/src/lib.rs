@@ -8,7 +8,9 @@
 
 pub mod reconcile;
 
-pub use reconcile::{reconcile, snapshot, task_spec, volume_name, ReconcileError};
+pub use reconcile::{
+    reconcile, snapshot, task_spec, volume_name, ReconcileError, DEFAULT_STRATEGY_KEY,
+};
 
 #[cfg(test)]
 mod tests;

@@ -50,8 +50,25 @@ pub fn volume_name(stack: &str, source: &str) -> String {
     format!("{stack}_{source}")
 }
 
-/// The scheduler's view of a service's tasks.
-pub fn task_spec(name: &str, stack: &str, s: &Service) -> TaskSpec {
+/// The cluster's default scoring strategy (`gantry server
+/// --default-strategy`), kept in the state's metadata.
+pub const DEFAULT_STRATEGY_KEY: &str = "default_strategy";
+
+fn default_strategy(state: &State) -> gantry_sched::Strategy {
+    match state.meta.get(DEFAULT_STRATEGY_KEY).map(String::as_str) {
+        Some("binpack") => gantry_sched::Strategy::Binpack,
+        _ => gantry_sched::Strategy::Spread,
+    }
+}
+
+/// The scheduler's view of a service's tasks; `default` is the strategy
+/// of services that name none.
+pub fn task_spec(
+    name: &str,
+    stack: &str,
+    s: &Service,
+    default: gantry_sched::Strategy,
+) -> TaskSpec {
     TaskSpec {
         service: name.to_owned(),
         reservations: Resources {
@@ -77,7 +94,7 @@ pub fn task_spec(name: &str, stack: &str, s: &Service) -> TaskSpec {
             .filter(|m| m.kind == "volume")
             .map(|m| volume_name(stack, &m.source))
             .collect(),
-        strategy: s.strategy,
+        strategy: s.strategy.unwrap_or(default),
     }
 }
 
@@ -103,7 +120,7 @@ pub fn snapshot(state: &State) -> Cluster {
     let mut service_volumes: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (name, svc) in &state.services {
         if let Ok(s) = serde_json::from_str::<Service>(&svc.spec) {
-            let ts = task_spec(name, &svc.stack, &s);
+            let ts = task_spec(name, &svc.stack, &s, gantry_sched::Strategy::Spread);
             reservations.insert(name, (ts.reservations, ts.host_ports));
             // Affinity is for a single replica (a database and its data);
             // replicas of a bigger service each use their node's own
@@ -361,7 +378,7 @@ pub fn reconcile(
             return Ok(Vec::new());
         }
     }
-    let spec = task_spec(name, &rec.stack, &svc);
+    let spec = task_spec(name, &rec.stack, &svc, default_strategy(state));
     let mut cluster = snapshot(state);
     let mut out = Vec::new();
     let shutdown = |t: &TaskRecord, why: &str| {

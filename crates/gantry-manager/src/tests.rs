@@ -647,3 +647,29 @@ fn a_single_replica_goes_back_to_the_node_with_its_volume() {
     agents(&mut st, 310, None);
     assert_eq!(running_per_node(&st, "db").len(), 3);
 }
+
+#[test]
+fn services_without_a_strategy_take_the_cluster_default() {
+    let mut st = cluster(
+        3,
+        "services:\n  web:\n    image: web\n    deploy:\n      replicas: 6\n      resources:\n        reservations:\n          memory: 1G\n",
+    );
+    st.apply(&Command::SetMeta {
+        key: crate::DEFAULT_STRATEGY_KEY.into(),
+        value: "binpack".into(),
+    })
+    .unwrap();
+    converge(&mut st, "web", 0);
+    // Binpack fills a node (4 GB: four tasks) before the next, instead of
+    // spreading 2/2/2.
+    let mut counts: Vec<usize> = running_per_node(&st, "web").into_values().collect();
+    counts.sort();
+    assert_eq!(counts, vec![2, 4]);
+    // A service that names its strategy keeps it.
+    put_stack(
+        &mut st,
+        "services:\n  api:\n    image: api\n    deploy:\n      replicas: 3\n    x-gantry:\n      strategy: spread\n",
+    );
+    converge(&mut st, "api", 10);
+    assert_eq!(running_per_node(&st, "api").len(), 3);
+}

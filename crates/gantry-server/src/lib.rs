@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub grace: Duration,
     /// Where the admin credential is written (the user's config dir).
     pub config_dir: PathBuf,
+    /// The scoring strategy of services that name none.
+    pub default_strategy: gantry_sched::Strategy,
 }
 
 /// A manager-side failure.
@@ -174,6 +176,16 @@ impl Manager {
                 ca
             }
         };
+        let strategy = match cfg.default_strategy {
+            gantry_sched::Strategy::Spread => "spread",
+            gantry_sched::Strategy::Binpack => "binpack",
+        };
+        if meta(&store, gantry_manager::DEFAULT_STRATEGY_KEY).as_deref() != Some(strategy) {
+            store.apply(Command::SetMeta {
+                key: gantry_manager::DEFAULT_STRATEGY_KEY.into(),
+                value: strategy.into(),
+            })?;
+        }
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| ServerError::Io(format!("listen on {}", cfg.listen), e))?;

@@ -187,8 +187,10 @@ pub struct Service {
     pub constraints: Vec<String>,
     /// Spread over these node labels.
     pub spread_over: Vec<String>,
-    /// Scoring strategy (`x-gantry: {strategy: binpack}`).
-    pub strategy: Strategy,
+    /// Scoring strategy (`x-gantry: {strategy: binpack}` or the service
+    /// label `gantry.strategy`); none: the cluster's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
     /// Even out replicas when nodes join or return (`x-gantry: {rebalance: false}` turns it off).
     #[serde(default = "yes")]
     pub rebalance: bool,
@@ -652,19 +654,32 @@ fn service(
         .as_ref()
         .and_then(|x| x.rebalance)
         .unwrap_or(true);
+    let service_labels = dict(d.labels, lookup);
+    let strategy_of = |v: &str| match v {
+        "spread" => Some(Strategy::Spread),
+        "binpack" => Some(Strategy::Binpack),
+        _ => None,
+    };
     let strategy = match s.x_gantry.and_then(|x| x.strategy) {
-        None => Strategy::Spread,
-        Some(st) => match st.value.as_str() {
-            "spread" => Strategy::Spread,
-            "binpack" => Strategy::Binpack,
-            other => {
+        Some(st) => match strategy_of(&st.value) {
+            Some(v) => Some(v),
+            None => {
                 return ctx.err(
                     &st.referenced,
                     format!(
-                    "service {name}: invalid x-gantry.strategy {other:?}: use spread or binpack"
-                ),
+                        "service {name}: invalid x-gantry.strategy {:?}: use spread or binpack",
+                        st.value
+                    ),
                 )
             }
+        },
+        None => match service_labels.get("gantry.strategy") {
+            None => None,
+            Some(v) => Some(strategy_of(v).ok_or_else(|| {
+                ctx.nowhere(format!(
+                    "service {name}: invalid label gantry.strategy={v:?}: use spread or binpack"
+                ))
+            })?),
         },
     };
     Ok(Service {
@@ -688,7 +703,7 @@ fn service(
         restart_policy,
         update_config,
         rollback_config,
-        service_labels: dict(d.labels, lookup),
+        service_labels,
         user: s.user.map(|u| u.text()),
         working_dir: s.working_dir,
         hostname: s.hostname,

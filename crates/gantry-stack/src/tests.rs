@@ -131,7 +131,7 @@ fn a_full_compose_file_normalises() {
         vec!["node.labels.zone==east", "node.role!=manager"]
     );
     assert_eq!(web.spread_over, vec!["rack"]);
-    assert_eq!(web.strategy, Strategy::Binpack);
+    assert_eq!(web.strategy, Some(Strategy::Binpack));
     assert_eq!(web.restart_policy.condition, "on-failure");
     assert_eq!(web.update_config.order, "start-first");
     assert_eq!(web.update_config.failure_action, "rollback");
@@ -246,4 +246,16 @@ fn http_and_tcp_health_checks_are_checked() {
 
 fn gantry_stack_parse(y: &str) -> Result<Parsed, StackError> {
     parse("s.yml", y, &BTreeMap::new(), &|_| Err("no".into()))
+}
+
+#[test]
+fn the_strategy_comes_from_x_gantry_a_label_or_the_cluster() {
+    let y = "services:\n  a:\n    image: x\n    deploy:\n      labels:\n        gantry.strategy: binpack\n  b:\n    image: x\n";
+    let p = gantry_stack_parse(y).unwrap();
+    assert_eq!(p.stack.services["a"].strategy, Some(Strategy::Binpack));
+    assert_eq!(p.stack.services["b"].strategy, None, "the cluster decides");
+    let bad =
+        "services:\n  a:\n    image: x\n    deploy:\n      labels: [\"gantry.strategy=tightly\"]\n";
+    let e = gantry_stack_parse(bad).unwrap_err();
+    assert!(e.msg.contains("gantry.strategy"), "{e}");
 }

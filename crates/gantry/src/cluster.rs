@@ -35,6 +35,9 @@ pub(crate) struct ServerArgs {
     /// A node is down after this long without a heartbeat.
     #[arg(long, default_value = "3s")]
     heartbeat_grace: String,
+    /// How services that name no strategy are placed: spread or binpack.
+    #[arg(long, default_value = "spread", value_parser = ["spread", "binpack"])]
+    default_strategy: String,
     /// With --dev: labels of this node.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     label: Vec<String>,
@@ -305,6 +308,11 @@ pub(crate) fn server(ctx: &Ctx, a: ServerArgs) -> anyhow::Result<u8> {
         advertise: a.advertise.clone().unwrap_or_default(),
         grace,
         config_dir: ctx.config_dir.clone(),
+        default_strategy: if a.default_strategy == "binpack" {
+            gantry_sched::Strategy::Binpack
+        } else {
+            gantry_sched::Strategy::Spread
+        },
     };
     let helper = helper_binary()?;
     let registry = ctx.registry.clone();

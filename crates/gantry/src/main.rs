@@ -178,7 +178,12 @@ impl std::error::Error for Exit {}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = if cli.debug { "debug" } else { "warn" };
+    // The long-running processes say what they do; commands only warn.
+    let filter = match (&cli.cmd, cli.debug) {
+        (_, true) => "debug",
+        (Cmd::Server(_) | Cmd::Agent(_), false) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("GANTRY_LOG")

@@ -958,8 +958,8 @@ fn a_dev_server_runs_stacks_and_refuses_bad_input() {
     );
     assert_eq!(svc[0]["version"], 2, "{svc}");
 
-    // Health checks in the container (CMD, CMD-SHELL), depends_on waiting
-    // for health, and an unhealthy task replaced.
+    // Health checks (CMD-SHELL and CMD in the container, TCP from the node),
+    // depends_on waiting for health, and an unhealthy task replaced.
     let deps = write(
         dir.path(),
         "deps.yml",
@@ -975,9 +975,12 @@ fn a_dev_server_runs_stacks_and_refuses_bad_input() {
       start_period: 30s
   app:
     image: bb:1
-    command: ["sleep", "100000"]
+    command: ["httpd", "-f", "-p", "8080"]
     stop_grace_period: 1s
     depends_on: [db]
+    healthcheck:
+      test: ["TCP", "8080"]
+      interval: 1s
   sick:
     image: bb:1
     command: ["sleep", "100000"]
