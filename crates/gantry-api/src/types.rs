@@ -189,9 +189,6 @@ pub struct ServiceUpdate {
     pub replicas: Option<u32>,
     /// New command.
     pub command: Option<Vec<String>>,
-    /// Roll every task even if nothing changed.
-    #[serde(default)]
-    pub force: bool,
 }
 
 /// A cluster event (`gantry events`).

@@ -791,7 +791,6 @@ pub(crate) fn service(ctx: &Ctx, cmd: ServiceCmd) -> anyhow::Result<u8> {
                 label_rm: a.label_rm.clone(),
                 replicas: a.replicas,
                 command: None,
-                force: false,
             };
             let _: ServiceView = call(c.post(&format!("/v1/services/{name}/update"), &u))?;
             println!("{name}");

@@ -906,6 +906,13 @@ fn a_dev_server_runs_stacks_and_refuses_bad_input() {
     refused(&["service", "scale", "web=x"], "must be a number");
     refused(&["service", "rollback", "web"], "no previous version");
     refused(&["deploy", "-f", &good, "bad name!"], "invalid stack name");
+    refused(&["node", "rm", "vm-that-is-not"], "no such node");
+    let me = text(&d.cli(&["node", "ls", "--format", "json"]));
+    let me: Value = serde_json::from_str(&me).unwrap();
+    refused(
+        &["node", "rm", me[0]["id"].as_str().unwrap()],
+        "is up or still has tasks",
+    );
     assert_eq!(d.state(), before);
 
     // An impossible constraint and a registry that does not answer: the
