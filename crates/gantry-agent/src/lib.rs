@@ -149,6 +149,7 @@ pub fn node_info(cfg: &AgentConfig, manager: &str) -> NodeInfo {
         memory,
         disk,
         labels: cfg.labels.clone(),
+        vtep_mac: None,
     }
 }
 
@@ -185,6 +186,24 @@ pub async fn identity(cfg: &AgentConfig) -> Result<Identity, AgentError> {
     Ok(id)
 }
 
+/// Removes everything the agent made on this host: its task containers
+/// and the overlay's devices (with every route and entry on them). Call it
+/// from a single-threaded process (it removes containers).
+pub fn cleanup(data_dir: &Path) -> Result<usize, AgentError> {
+    let mut removed = 0;
+    if let Ok(rt) = gantry_runtime::Runtime::new(data_dir) {
+        for c in rt.list() {
+            if c.config.labels.contains_key(tasks::TASK_LABEL) {
+                rt.remove(&c.config.id, true)
+                    .map_err(|e| AgentError::Config(format!("remove {}: {e}", c.config.name)))?;
+                removed += 1;
+            }
+        }
+    }
+    gantry_net::Overlay::cleanup().map_err(|e| AgentError::Config(e.to_string()))?;
+    Ok(removed)
+}
+
 /// Runs the agent until the process ends.
 pub async fn run(cfg: AgentConfig, id: Identity) -> Result<(), AgentError> {
     let ca = ClusterCa::from_pem("", &id.ca_pem, "");
@@ -196,7 +215,12 @@ pub async fn run(cfg: AgentConfig, id: Identity) -> Result<(), AgentError> {
         .client_config(&me)
         .map_err(|e| AgentError::Config(format!("node credential: {e}")))?;
     let client = Client::new(&id.manager, tls)?;
-    let agent = Arc::new(tasks::Agent::new(cfg.clone(), id.node_id.clone()));
+    let underlay = node_info(&cfg, &id.manager).addr;
+    let agent = Arc::new(tasks::Agent::new(
+        cfg.clone(),
+        id.node_id.clone(),
+        underlay.parse().ok(),
+    ));
     agent.adopt();
     tokio::spawn(agent.clone().monitor());
     tokio::spawn(watch(agent.clone(), client.clone()));
@@ -230,8 +254,10 @@ async fn report(agent: Arc<tasks::Agent>, client: Client, cfg: AgentConfig, mana
     let info = Mutex::new(node_info(&cfg, &manager));
     let mut failing = false;
     loop {
+        let mut facts = info.lock().expect("info lock").clone();
+        facts.vtep_mac = agent.vtep_mac();
         let report = StatusReport {
-            info: info.lock().expect("info lock").clone(),
+            info: facts,
             tasks: agent.statuses(),
         };
         match client.post::<_, ()>("/v1/agent/status", &report).await {

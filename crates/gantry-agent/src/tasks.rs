@@ -47,9 +47,20 @@ struct Local {
     phase: Phase,
 }
 
+/// The node's overlay as set up, and the peers last programmed.
+struct Net {
+    overlay: gantry_net::Overlay,
+    mac: [u8; 6],
+    mtu: u32,
+    peers: Vec<gantry_net::PeerNode>,
+}
+
 pub(crate) struct Agent {
     cfg: AgentConfig,
     node_id: String,
+    /// The node's underlay address (the VXLAN source).
+    underlay: Option<std::net::Ipv4Addr>,
+    net: Mutex<Option<Net>>,
     rt: Option<Runtime>,
     tasks: Mutex<BTreeMap<String, Local>>,
     /// Something worth reporting at once happened.
@@ -72,7 +83,11 @@ fn terminal(s: TaskState) -> bool {
 }
 
 impl Agent {
-    pub(crate) fn new(cfg: AgentConfig, node_id: String) -> Self {
+    pub(crate) fn new(
+        cfg: AgentConfig,
+        node_id: String,
+        underlay: Option<std::net::Ipv4Addr>,
+    ) -> Self {
         let rt = match Runtime::new(&cfg.data_dir) {
             Ok(rt) => Some(rt),
             Err(e) => {
@@ -83,6 +98,8 @@ impl Agent {
         Self {
             cfg,
             node_id,
+            underlay,
+            net: Mutex::new(None),
             rt,
             tasks: Mutex::new(BTreeMap::new()),
             changed: Notify::new(),
@@ -149,10 +166,92 @@ impl Agent {
         });
     }
 
+    /// The VTEP's MAC, once the overlay is up.
+    pub(crate) fn vtep_mac(&self) -> Option<String> {
+        self.net
+            .lock()
+            .expect("net lock")
+            .as_ref()
+            .map(|n| gantry_net::format_mac(&n.mac))
+    }
+
+    /// Sets up the node's overlay when its block arrives (or changes) and
+    /// programs the peers when they change.
+    fn network(&self, set: &Assignments) {
+        let (Some(nn), Some(local)) = (&set.network, self.underlay) else {
+            return;
+        };
+        let wanted = gantry_net::Overlay {
+            block: nn.block,
+            vni: nn.vni,
+            local,
+        };
+        let mut net = self.net.lock().expect("net lock");
+        if net.as_ref().map(|n| &n.overlay) != Some(&wanted) {
+            match wanted.setup() {
+                Ok((mac, mtu)) => {
+                    tracing::info!(block = %nn.block, vni = nn.vni, mac = %gantry_net::format_mac(&mac), mtu, "overlay up");
+                    *net = Some(Net {
+                        overlay: wanted,
+                        mac,
+                        mtu,
+                        peers: Vec::new(),
+                    });
+                    self.changed.notify_one();
+                }
+                Err(e) => {
+                    tracing::error!("overlay setup: {e}");
+                    return;
+                }
+            }
+        }
+        let Some(n) = net.as_mut() else { return };
+        let mut peers: Vec<gantry_net::PeerNode> = set
+            .peers
+            .iter()
+            .filter_map(|p| {
+                Some(gantry_net::PeerNode {
+                    underlay: p.addr.parse().ok()?,
+                    block: p.block,
+                    mac: gantry_net::parse_mac(&p.vtep_mac)?,
+                })
+            })
+            .collect();
+        peers.sort();
+        if peers != n.peers {
+            match n.overlay.sync_peers(&peers) {
+                Ok(()) => {
+                    tracing::info!(peers = peers.len(), "overlay peers programmed");
+                    n.peers = peers;
+                }
+                Err(e) => tracing::error!("overlay peers: {e}"),
+            }
+        }
+    }
+
+    /// Where a task joins the network: the overlay with its address when
+    /// both are there, else the node's local bridge.
+    fn network_mode(&self, a: &Assignment) -> gantry_runtime::NetworkMode {
+        let net = self.net.lock().expect("net lock");
+        match (a.task.addr, net.as_ref()) {
+            (Some(ip), Some(n)) if n.overlay.block.contains(ip) => {
+                gantry_runtime::NetworkMode::Overlay(gantry_runtime::OverlayAddr {
+                    bridge: gantry_net::BRIDGE.into(),
+                    ip,
+                    prefix: n.overlay.block.prefix,
+                    gateway: n.overlay.block.gateway(),
+                    mtu: n.mtu,
+                })
+            }
+            _ => gantry_runtime::NetworkMode::Bridge,
+        }
+    }
+
     /// Makes the node match a new assignment set.
     pub(crate) fn assign(self: &Arc<Self>, set: Assignments) {
         let first = !self.assigned.swap(true, Ordering::SeqCst);
         tracing::debug!(tasks = set.tasks.len(), "assignment set");
+        self.network(&set);
         let wanted: BTreeMap<String, Assignment> = set
             .tasks
             .into_iter()
@@ -356,6 +455,7 @@ impl Agent {
         let name = format!("{}.{slot}.{}", t.service, t.id);
         let layers = store.lowerdirs(img).map_err(|e| e.to_string())?;
         let mut c = ContainerConfig::new(&name, &svc.image, &img.record.config, layers, process);
+        c.network = self.network_mode(a);
         if let Some(h) = &svc.hostname {
             c.hostname = h.clone();
         }

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use gantry_ipam::Net;
 use gantry_sched::Availability;
 pub use gantry_store::{NodeRecord, ServiceRecord, TaskRecord, TaskState, UpdateStatus};
 
@@ -24,6 +25,9 @@ pub struct NodeInfo {
     pub disk: u64,
     /// Labels given with `--label` at start.
     pub labels: BTreeMap<String, String>,
+    /// The MAC address of its VXLAN endpoint, once the overlay is up.
+    #[serde(default)]
+    pub vtep_mac: Option<String>,
 }
 
 /// `POST /v1/join`.
@@ -93,6 +97,36 @@ pub struct Assignment {
 pub struct Assignments {
     /// The tasks.
     pub tasks: Vec<Assignment>,
+    /// The node's part of the overlay (none until it has a block).
+    #[serde(default)]
+    pub network: Option<NodeNetwork>,
+    /// The other nodes that are up, with what the overlay needs to reach
+    /// them.
+    #[serde(default)]
+    pub peers: Vec<Peer>,
+}
+
+/// A node's part of the overlay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeNetwork {
+    /// Its block: the gateway (first address) goes on its bridge, the
+    /// network address on its VXLAN device.
+    pub block: Net,
+    /// The cluster's VXLAN network id.
+    pub vni: u32,
+}
+
+/// Another node as the overlay sees it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Peer {
+    /// Its id.
+    pub id: String,
+    /// Its underlay address.
+    pub addr: String,
+    /// Its block.
+    pub block: Net,
+    /// Its VXLAN endpoint's MAC.
+    pub vtep_mac: String,
 }
 
 /// `POST /v1/stacks/{name}`.

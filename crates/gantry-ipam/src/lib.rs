@@ -173,10 +173,15 @@ impl Plan {
     }
 }
 
-/// The next free task address of `block`: the first one after the highest
-/// in use, wrapping around, so that an address just released is not handed
-/// out again at once (neighbours may still hold the old MAC for it).
-pub fn next_addr(block: Net, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+/// The next free task address of `block`: the first one after `last` (the
+/// address handed out last; if none, the highest in use), wrapping around,
+/// so that an address just released is not handed out again at once
+/// (neighbours may still hold the old MAC for it).
+pub fn next_addr(
+    block: Net,
+    used: &BTreeSet<Ipv4Addr>,
+    last_given: Option<Ipv4Addr>,
+) -> Option<Ipv4Addr> {
     let first = 2; // .0 is the VTEP, .1 the gateway
     let last = block.size().checked_sub(2)?; // before the broadcast
     if last < first {
@@ -185,13 +190,19 @@ pub fn next_addr(block: Net, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
     let offset = |ip: &Ipv4Addr| u64::from(u32::from(*ip).wrapping_sub(u32::from(block.addr)));
     let n = last - first + 1;
     // Where to start looking: just after the highest address in use.
-    let start = used
-        .iter()
-        .filter(|ip| block.contains(**ip))
-        .map(offset)
-        .filter(|o| (first..=last).contains(o))
-        .max()
-        .map_or(0, |o| (o - first + 1) % n);
+    let start = match last_given
+        .filter(|ip| block.contains(*ip))
+        .map(|ip| offset(&ip))
+    {
+        Some(o) if (first..=last).contains(&o) => Some(o),
+        _ => used
+            .iter()
+            .filter(|ip| block.contains(**ip))
+            .map(offset)
+            .filter(|o| (first..=last).contains(o))
+            .max(),
+    }
+    .map_or(0, |o| (o - first + 1) % n);
     (0..n)
         .map(|k| block.nth(first + (start + k) % n))
         .find(|ip| !used.contains(ip))

@@ -43,7 +43,7 @@ fn blocks_are_carved_in_order_and_never_twice() {
 fn a_block_has_no_255_ceiling() {
     let block: Net = "10.32.16.0/20".parse().unwrap();
     let mut used = BTreeSet::new();
-    while let Some(a) = next_addr(block, &used) {
+    while let Some(a) = next_addr(block, &used, None) {
         used.insert(a);
     }
     assert_eq!(
@@ -60,14 +60,24 @@ fn a_block_has_no_255_ceiling() {
 fn a_released_address_is_not_reused_at_once() {
     let block: Net = "10.32.3.0/29".parse().unwrap(); // .2 to .6
     let mut used = BTreeSet::new();
-    let a = next_addr(block, &used).unwrap();
+    let a = next_addr(block, &used, None).unwrap();
     assert_eq!(a, Ipv4Addr::new(10, 32, 3, 2));
     used.insert(a);
-    let b = next_addr(block, &used).unwrap();
+    let b = next_addr(block, &used, None).unwrap();
     used.insert(b);
     used.remove(&a);
-    let c = next_addr(block, &used).unwrap();
+    let c = next_addr(block, &used, None).unwrap();
     assert_eq!(c, Ipv4Addr::new(10, 32, 3, 4), "after the highest, not {a}");
+    // The highest released: only the last handed out keeps it from coming
+    // straight back.
+    used.insert(c);
+    used.remove(&c);
+    assert_eq!(next_addr(block, &used, None), Some(c), "without memory");
+    assert_eq!(
+        next_addr(block, &used, Some(c)),
+        Some(Ipv4Addr::new(10, 32, 3, 5)),
+        "with it"
+    );
 }
 
 proptest! {
@@ -91,7 +101,7 @@ proptest! {
             let b = keys[bi];
             let used = per_block.get_mut(&b).unwrap();
             if alloc {
-                match next_addr(b, used) {
+                match next_addr(b, used, None) {
                     Some(a) => {
                         prop_assert!(!used.contains(&a), "{a} handed out twice");
                         prop_assert!(b.contains(a));

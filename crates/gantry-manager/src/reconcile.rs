@@ -552,6 +552,7 @@ pub fn reconcile(
                             exit_code: None,
                             attempt: 0,
                             updated_ms: now_ms,
+                            addr: None,
                         }));
                     }
                 }
@@ -588,6 +589,7 @@ pub fn reconcile(
                     exit_code: None,
                     attempt,
                     updated_ms: now_ms,
+                    addr: None,
                 }));
             }
             return Ok(out);
@@ -643,6 +645,7 @@ pub fn reconcile(
             exit_code: None,
             attempt,
             updated_ms: now_ms,
+            addr: None,
         }));
     }
     Ok(out)

@@ -22,6 +22,9 @@ fn node(id: &str) -> NodeRecord {
             memory: 4 * GB,
         },
         disk: 0,
+        block: None,
+        vtep_mac: None,
+        last_addr: None,
     }
 }
 
@@ -672,4 +675,54 @@ fn services_without_a_strategy_take_the_cluster_default() {
     );
     converge(&mut st, "api", 10);
     assert_eq!(running_per_node(&st, "api").len(), 3);
+}
+
+#[test]
+fn placed_tasks_get_addresses_of_their_node_s_block_released_when_they_end() {
+    let mut st = cluster(2, WEB6);
+    for (i, n) in ["n1", "n2"].iter().enumerate() {
+        let mut rec = st.nodes[*n].clone();
+        rec.block = Some(format!("10.32.{i}.0/24").parse().unwrap());
+        st.apply(&Command::PutNode(rec)).unwrap();
+    }
+    assert_eq!(
+        crate::network::block_for_new_node(&st).unwrap().to_string(),
+        "10.32.2.0/24"
+    );
+    let mut cmds = reconcile(&st, "web", 0, &mut || format!("t{}", st.tasks.len())).unwrap();
+    // Ids must differ; give each its own.
+    for (i, c) in cmds.iter_mut().enumerate() {
+        if let Command::PutTask(t) = c {
+            t.id = format!("task{i}");
+        }
+    }
+    crate::network::assign_addresses(&st, &mut cmds);
+    for c in &cmds {
+        st.apply(c).unwrap();
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for t in st.tasks.values() {
+        let a = t.addr.expect("an address");
+        let block = st.nodes[t.node.as_deref().unwrap()].block.unwrap();
+        assert!(block.contains(a) && a != block.gateway(), "{a} in {block}");
+        assert!(seen.insert(a), "{a} twice");
+    }
+    // A task ends: its address is free again, but the next task of that
+    // node gets a new one first.
+    let mut ended = st.tasks["task0"].clone();
+    let freed = ended.addr.unwrap();
+    ended.state = TaskState::Failed;
+    st.apply(&Command::PutTask(ended.clone())).unwrap();
+    let mut again = vec![Command::PutTask(TaskRecord {
+        id: "next".into(),
+        addr: None,
+        state: TaskState::Assigned,
+        ..ended
+    })];
+    crate::network::assign_addresses(&st, &mut again);
+    let Command::PutTask(t) = &again[0] else {
+        unreachable!()
+    };
+    assert_ne!(t.addr, Some(freed));
+    assert!(t.addr.is_some());
 }

@@ -37,8 +37,8 @@ pub use cgroup::{shares_to_weight, Cgroup, CgroupError, CgroupStats, CgroupVersi
 pub use exec::ExecOptions;
 pub use fs::secure_join;
 pub use spec::{
-    new_id, ContainerConfig, Mount, MountKind, NetworkMode, PortMapping, Process, RestartPolicy,
-    State, Status,
+    new_id, ContainerConfig, Mount, MountKind, NetworkMode, OverlayAddr, PortMapping, Process,
+    RestartPolicy, State, Status,
 };
 pub use volume::{valid_name as valid_volume_name, Volume, VolumeError, Volumes};
 

@@ -274,14 +274,26 @@ impl Runtime {
                 msg: format!("create {sub}: {e}"),
             })?;
         }
-        let ip = if config.network == NetworkMode::Bridge {
-            Some(bridge.lease(&config.id).map_err(|e| StartFailure {
+        // The overlay's address is the manager's; the bridge's is leased here.
+        let overlay = match &config.network {
+            NetworkMode::Overlay(o) => Some(net::BridgeNet {
+                name: o.bridge.clone(),
+                gateway: o.gateway,
+                prefix: o.prefix,
+                mtu: o.mtu,
+                lease_file: bridge.lease_file.clone(),
+            }),
+            _ => None,
+        };
+        let ip = match &config.network {
+            NetworkMode::Bridge => Some(bridge.lease(&config.id).map_err(|e| StartFailure {
                 code: 125,
                 msg: e.to_string(),
-            })?)
-        } else {
-            None
+            })?),
+            NetworkMode::Overlay(o) => Some(o.ip),
+            _ => None,
         };
+        let bridge = overlay.as_ref().unwrap_or(bridge);
         write_etc_files(config, dir, ip).map_err(|e| StartFailure {
             code: 125,
             msg: format!("write /etc files: {e}"),

@@ -233,17 +233,18 @@ pub fn attach(net: &BridgeNet, id: &str, pid: i32, ip: Ipv4Addr) -> Result<(), N
                     Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
                     other => other.map_err(nl("create bridge"))?,
                 }
-                let i = link_index(&handle, &net.name)
+                link_index(&handle, &net.name)
                     .await?
-                    .ok_or_else(|| NetError::Exhausted("bridge vanished".into()))?;
-                let _ = handle
-                    .address()
-                    .add(i, IpAddr::V4(net.gateway), net.prefix)
-                    .execute()
-                    .await;
-                i
+                    .ok_or_else(|| NetError::Exhausted("bridge vanished".into()))?
             }
         };
+        // The bridge may hold several networks' gateways (the local
+        // bridge network's and a node's overlay block): ensure ours.
+        let _ = handle
+            .address()
+            .add(bridge, IpAddr::V4(net.gateway), net.prefix)
+            .execute()
+            .await;
         handle
             .link()
             .set(LinkUnspec::new_with_index(bridge).up().build())
@@ -265,6 +266,25 @@ pub fn attach(net: &BridgeNet, id: &str, pid: i32, ip: Ipv4Addr) -> Result<(), N
             .execute()
             .await
             .map_err(nl("create veth"))?;
+        // The host may still hold an earlier container's MAC for this
+        // address: forget it, or the host's first packets (health checks)
+        // go to the old MAC until the entry times out.
+        let mut neigh = handle.neighbours().get().execute();
+        let mut stale = Vec::new();
+        while let Ok(Some(n)) = neigh.try_next().await {
+            let same = n.header.ifindex == bridge
+                && n.attributes.iter().any(|a| {
+                    matches!(a, rtnetlink::packet_route::neighbour::NeighbourAttribute::Destination(
+                        rtnetlink::packet_route::neighbour::NeighbourAddress::Inet(v),
+                    ) if *v == ip)
+                });
+            if same {
+                stale.push(n);
+            }
+        }
+        for n in stale {
+            let _ = handle.neighbours().del(n).execute().await;
+        }
         let hi = link_index(&handle, &host)
             .await?
             .ok_or_else(|| NetError::Exhausted("veth vanished".into()))?;

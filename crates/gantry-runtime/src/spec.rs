@@ -171,6 +171,32 @@ pub enum NetworkMode {
     Bridge,
     /// The host's namespace.
     Host,
+    /// Its own namespace with a veth onto a node's overlay bridge and an
+    /// address the cluster manager gave (a task of a service).
+    Overlay(OverlayAddr),
+}
+
+/// A task's place on the cluster overlay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayAddr {
+    /// The bridge to join (the node's, holding the gateway).
+    pub bridge: String,
+    /// The task's address.
+    pub ip: std::net::Ipv4Addr,
+    /// The block's prefix length.
+    pub prefix: u8,
+    /// The node's gateway.
+    pub gateway: std::net::Ipv4Addr,
+    /// The overlay's MTU (the underlay's minus the VXLAN overhead).
+    pub mtu: u32,
+}
+
+impl NetworkMode {
+    /// Whether the container has a veth on a host bridge (bridge or
+    /// overlay), where published ports can reach it.
+    pub fn has_veth(&self) -> bool {
+        matches!(self, Self::Bridge | Self::Overlay(_))
+    }
 }
 
 /// A published port: traffic to `host_port` on the host reaches

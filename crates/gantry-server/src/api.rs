@@ -180,7 +180,16 @@ async fn join(State(sh): Sh, Json(req): Json<JoinRequest>) -> Res<JoinResponse> 
         .ca
         .sign_request(&req.csr_pem, &id, Role::Worker)
         .map_err(|e| bad(format!("certificate request: {e}")))?;
-    sh.apply(vec![Command::PutNode(node_record(&id, &req.info, false))])?;
+    let mut full = false;
+    sh.update(|s| {
+        let mut rec = node_record(&id, &req.info, false);
+        rec.block = gantry_manager::network::block_for_new_node(s);
+        full = rec.block.is_none();
+        vec![Command::PutNode(rec)]
+    })?;
+    if full {
+        tracing::warn!(node = %id, "the cluster CIDR has no free block left: the node joins without an overlay");
+    }
     sh.seen
         .lock()
         .expect("seen lock")
@@ -200,6 +209,9 @@ fn report_commands(s: &Cluster, id: &str, r: &StatusReport) -> Vec<Command> {
     };
     let mut out = Vec::new();
     let mut facts = node_record(id, &r.info, n.manager);
+    facts.block = n.block;
+    facts.last_addr = n.last_addr;
+    facts.vtep_mac = r.info.vtep_mac.clone().or_else(|| n.vtep_mac.clone());
     facts.labels = n.labels.clone();
     facts.availability = n.availability;
     facts.up = n.up;
@@ -294,7 +306,36 @@ fn assignments(s: &Cluster, node: &str) -> Assignments {
             })
         })
         .collect();
-    Assignments { tasks }
+    let network = s
+        .nodes
+        .get(node)
+        .and_then(|n| n.block)
+        .map(|block| gantry_api::NodeNetwork {
+            block,
+            vni: s
+                .meta
+                .get(crate::VNI_KEY)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(crate::DEFAULT_VNI),
+        });
+    let peers = s
+        .nodes
+        .values()
+        .filter(|n| n.id != node && n.up)
+        .filter_map(|n| {
+            Some(gantry_api::Peer {
+                id: n.id.clone(),
+                addr: n.addr.clone(),
+                block: n.block?,
+                vtep_mac: n.vtep_mac.clone()?,
+            })
+        })
+        .collect();
+    Assignments {
+        tasks,
+        network,
+        peers,
+    }
 }
 
 fn lines(rx: mpsc::Receiver<Bytes>) -> Body {

@@ -42,7 +42,17 @@ pub struct ServerConfig {
     pub config_dir: PathBuf,
     /// The scoring strategy of services that name none.
     pub default_strategy: gantry_sched::Strategy,
+    /// The overlay's CIDR and block size (none: as recorded, else the
+    /// default 10.32.0.0/12 in /24 blocks). Fixed once nodes have blocks.
+    pub network: Option<gantry_ipam::Plan>,
+    /// The overlay's VXLAN network id.
+    pub vni: u32,
 }
+
+/// Metadata key of the overlay's VXLAN network id.
+pub(crate) const VNI_KEY: &str = "vni";
+/// The VXLAN network id when none is given.
+pub const DEFAULT_VNI: u32 = 1;
 
 /// A manager-side failure.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +63,9 @@ pub enum ServerError {
     /// Certificates failed.
     #[error(transparent)]
     Pki(#[from] gantry_pki::PkiError),
+    /// A setting that cannot be.
+    #[error("{0}")]
+    Config(String),
     /// I/O (listening, writing the credential).
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
@@ -186,6 +199,33 @@ impl Manager {
                 value: strategy.into(),
             })?;
         }
+        use gantry_manager::network::{BLOCK_PREFIX_KEY, CIDR_KEY};
+        let recorded = gantry_manager::network::plan(store.state());
+        let has_blocks = store.state().nodes.values().any(|n| n.block.is_some());
+        let plan = match cfg.network {
+            Some(p) if p != recorded && has_blocks => {
+                return Err(ServerError::Config(format!(
+                    "the cluster's overlay is {} in /{} blocks and nodes hold blocks of it: it cannot change to {} in /{}",
+                    recorded.cidr, recorded.block_prefix, p.cidr, p.block_prefix
+                )))
+            }
+            Some(p) => p,
+            None => recorded,
+        };
+        let mut net_meta = Vec::new();
+        for (k, v) in [
+            (CIDR_KEY, plan.cidr.to_string()),
+            (BLOCK_PREFIX_KEY, plan.block_prefix.to_string()),
+            (VNI_KEY, cfg.vni.to_string()),
+        ] {
+            if meta(&store, k).as_deref() != Some(v.as_str()) {
+                net_meta.push(Command::SetMeta {
+                    key: k.into(),
+                    value: v,
+                });
+            }
+        }
+        store.apply_batch(&net_meta)?;
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| ServerError::Io(format!("listen on {}", cfg.listen), e))?;
@@ -253,11 +293,19 @@ impl Manager {
         let id = existing.unwrap_or_else(new_id);
         let cred = self.shared.ca.issue(&id, Role::Worker, &[])?;
         let mut rec = node_record(&id, info, true);
-        if let Some(old) = self.shared.read(|s| s.nodes.get(&id).cloned()) {
-            rec.availability = old.availability;
-            rec.labels = old.labels;
-        }
-        self.shared.apply(vec![Command::PutNode(rec)])?;
+        self.shared.update(|s| {
+            match s.nodes.get(&id) {
+                Some(old) => {
+                    rec.availability = old.availability;
+                    rec.labels = old.labels.clone();
+                    rec.block = old.block;
+                    rec.last_addr = old.last_addr;
+                    rec.vtep_mac = old.vtep_mac.clone();
+                }
+                None => rec.block = gantry_manager::network::block_for_new_node(s),
+            }
+            vec![Command::PutNode(rec)]
+        })?;
         Ok((id, cred))
     }
 
@@ -294,5 +342,8 @@ pub(crate) fn node_record(id: &str, info: &NodeInfo, manager: bool) -> NodeRecor
             memory: info.memory,
         },
         disk: info.disk,
+        block: None,
+        vtep_mac: None,
+        last_addr: None,
     }
 }

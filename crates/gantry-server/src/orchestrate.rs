@@ -53,6 +53,21 @@ fn step(sh: &Shared) -> Result<(), StoreError> {
             })
             .collect()
     })?;
+    // Nodes from before the overlay (or from a full CIDR) get a block.
+    sh.update(|s| {
+        let mut st = s.clone();
+        let mut out = Vec::new();
+        for n in s.nodes.values().filter(|n| n.block.is_none()) {
+            if let Some(b) = gantry_manager::network::block_for_new_node(&st) {
+                let mut rec = n.clone();
+                rec.block = Some(b);
+                let cmd = Command::PutNode(rec);
+                let _ = st.apply(&cmd);
+                out.push(cmd);
+            }
+        }
+        out
+    })?;
     let names: Vec<String> = sh.read(|s| s.services.keys().cloned().collect());
     for name in names {
         // A service converges in a few rounds (shut down, then place).
@@ -60,8 +75,9 @@ fn step(sh: &Shared) -> Result<(), StoreError> {
             let mut any = false;
             sh.update(
                 |s| match gantry_manager::reconcile(s, &name, now_ms(), &mut || new_id()) {
-                    Ok(cmds) => {
+                    Ok(mut cmds) => {
                         any = !cmds.is_empty();
+                        gantry_manager::network::assign_addresses(s, &mut cmds);
                         cmds
                     }
                     Err(e) => {

@@ -4,9 +4,11 @@
 //! machine needs).
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
+use gantry_ipam::Net;
 use gantry_sched::{Availability, Resources};
 
 /// A node as the manager records it.
@@ -33,6 +35,15 @@ pub struct NodeRecord {
     /// Free disk under its data dir when it last reported, bytes.
     #[serde(default)]
     pub disk: u64,
+    /// Its block of the overlay (its gateway and its tasks' addresses).
+    #[serde(default)]
+    pub block: Option<Net>,
+    /// The MAC address of its VXLAN endpoint, once it reported one.
+    #[serde(default)]
+    pub vtep_mac: Option<String>,
+    /// The task address of its block handed out last (addresses go round).
+    #[serde(default)]
+    pub last_addr: Option<Ipv4Addr>,
 }
 
 /// A service: its stack, name and spec (the normalised stack-file service,
@@ -131,6 +142,9 @@ pub struct TaskRecord {
     /// restart delay).
     #[serde(default)]
     pub updated_ms: u64,
+    /// Its overlay address, from its node's block, while it lives.
+    #[serde(default)]
+    pub addr: Option<Ipv4Addr>,
 }
 
 /// A change to the cluster state.

@@ -20,6 +20,9 @@ fn node(id: &str) -> NodeRecord {
             memory: 4 << 30,
         },
         disk: 0,
+        block: None,
+        vtep_mac: None,
+        last_addr: None,
     }
 }
 
@@ -36,6 +39,7 @@ fn task(id: &str, service: &str, node: Option<&str>, state: TaskState) -> TaskRe
         exit_code: None,
         attempt: 0,
         updated_ms: 0,
+        addr: None,
     }
 }
 

@@ -38,6 +38,16 @@ pub(crate) struct ServerArgs {
     /// How services that name no strategy are placed: spread or binpack.
     #[arg(long, default_value = "spread", value_parser = ["spread", "binpack"])]
     default_strategy: String,
+    /// The overlay's address range (default 10.32.0.0/12); fixed once
+    /// nodes have joined.
+    #[arg(long)]
+    cluster_cidr: Option<String>,
+    /// The size of each node's block of it, as a prefix length.
+    #[arg(long, default_value_t = 24)]
+    block_prefix: u8,
+    /// The overlay's VXLAN network id.
+    #[arg(long, default_value_t = gantry_server::DEFAULT_VNI)]
+    vni: u32,
     /// With --dev: labels of this node.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     label: Vec<String>,
@@ -63,6 +73,10 @@ pub(crate) struct AgentArgs {
     /// Between heartbeats.
     #[arg(long, default_value = "1s")]
     heartbeat: String,
+    /// Remove everything the agent made on this host (task containers, the
+    /// overlay's devices and routes) and exit.
+    #[arg(long)]
+    cleanup: bool,
 }
 
 #[derive(Args)]
@@ -308,6 +322,15 @@ pub(crate) fn server(ctx: &Ctx, a: ServerArgs) -> anyhow::Result<u8> {
         advertise: a.advertise.clone().unwrap_or_default(),
         grace,
         config_dir: ctx.config_dir.clone(),
+        network: match &a.cluster_cidr {
+            Some(c) => Some(gantry_ipam::Plan::new(c.parse()?, a.block_prefix)?),
+            None if a.block_prefix != 24 => Some(gantry_ipam::Plan::new(
+                gantry_ipam::Plan::default_plan().cidr,
+                a.block_prefix,
+            )?),
+            None => None,
+        },
+        vni: a.vni,
         default_strategy: if a.default_strategy == "binpack" {
             gantry_sched::Strategy::Binpack
         } else {
@@ -360,6 +383,12 @@ pub(crate) fn server(ctx: &Ctx, a: ServerArgs) -> anyhow::Result<u8> {
 }
 
 pub(crate) fn agent(ctx: &Ctx, a: AgentArgs) -> anyhow::Result<u8> {
+    if a.cleanup {
+        // Before any thread exists: removing containers may wait on them.
+        let n = gantry_agent::cleanup(&ctx.data_dir)?;
+        println!("Removed {n} task container(s) and the overlay's devices");
+        return Ok(0);
+    }
     let labels = a
         .label
         .iter()

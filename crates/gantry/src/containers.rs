@@ -337,7 +337,7 @@ fn build_config(ctx: &Ctx, a: &RunArgs) -> anyhow::Result<ContainerConfig> {
         });
     }
     for p in &a.publish {
-        if cfg.network != NetworkMode::Bridge {
+        if !cfg.network.has_veth() {
             return Err(fail125(
                 "ports can only be published with the bridge network",
             ));

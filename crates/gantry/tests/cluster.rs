@@ -1070,3 +1070,158 @@ fn a_dev_server_runs_stacks_and_refuses_bad_input() {
     let ls = d.cli(&["stack", "ls", "--format", "json"]);
     assert_eq!(text(&ls).trim(), "[]");
 }
+
+/// `ip` or `bridge` inside a simulated host.
+fn ip_on(host: &Host, tool: &str, args: &[&str]) -> String {
+    let o = Command::new(tool)
+        .arg("-n")
+        .arg(&host.name)
+        .args(args)
+        .output()
+        .unwrap();
+    text(&o)
+}
+
+#[test]
+fn containers_reach_each_other_across_hosts_on_the_overlay() {
+    let Some(mut cl) = Cluster::new("containers_reach_each_other_across_hosts_on_the_overlay", 3)
+    else {
+        return;
+    };
+    for i in 0..3 {
+        cl.start_agent(i);
+    }
+    let o = cl.deploy("app", &web(3, "").replace("IMAGE", &cl.image));
+    assert!(o.status.success(), "{}", errtext(&o));
+    cl.wait_running(
+        "app_web",
+        &[("node-1", 1), ("node-2", 1), ("node-3", 1)],
+        Duration::from_secs(30),
+    );
+    let names = cl.hostnames();
+    // Each task's overlay address, by host name.
+    let addr: BTreeMap<String, String> = cl
+        .tasks("app_web")
+        .iter()
+        .filter(|t| t["state"] == "running")
+        .map(|t| {
+            (
+                names[t["node"].as_str().unwrap()].clone(),
+                t["addr"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("no overlay address: {t}"))
+                    .to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(addr.len(), 3, "{addr:?}");
+    let blocks: std::collections::BTreeSet<String> = addr
+        .values()
+        .map(|a| a.rsplit_once('.').unwrap().0.to_owned())
+        .collect();
+    assert_eq!(blocks.len(), 3, "one block per node: {addr:?}");
+
+    // A container on host 1 reaches the ones on hosts 2 and 3, by address,
+    // over TCP; the page names the container that answered.
+    let web1 = cl.containers(0);
+    assert_eq!(web1.len(), 1);
+    for target in ["node-2", "node-3"] {
+        let i = if target == "node-2" { 1 } else { 2 };
+        let id = &cl.containers(i)[0];
+        let url = format!("http://{}:8080/index.html", addr[target]);
+        // (busybox-static's wget crashes in glibc's resolver; nc does not.)
+        let get = format!(
+            "printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {} 8080",
+            addr[target]
+        );
+        let o = cl.on_agent(0, &["exec", &web1[0], "sh", "-c", &get]);
+        let diag = || {
+            let h = &cl.lan.hosts[1];
+            format!(
+                "status {:?} out {:?}\nin container: {:?} {:?}\nroutes:\n{}\nneigh:\n{}\nfdb:\n{}\nlinks:\n{}\naddrs:\n{}\nping: {}",
+                o.status,
+                text(&o),
+                cl.on_agent(0, &["exec", &web1[0], "ping", "-c1", "-W2", &addr[target]]),
+                cl.on_agent(0, &["exec", &web1[0], "ip", "route"]),
+                ip_on(h, "ip", &["route"]),
+                ip_on(h, "ip", &["neigh"]),
+                ip_on(h, "bridge", &["fdb", "show", "dev", "gantry.vx"]),
+                ip_on(h, "ip", &["-d", "link", "show", "gantry.vx"]),
+                ip_on(h, "ip", &["-o", "addr"]),
+                text(&h.command("ping").args(["-c1", "-W2", &addr[target]]).output().unwrap()),
+            )
+        };
+        assert!(o.status.success(), "{url}: {}{}", errtext(&o), diag());
+        let page = text(&o);
+        let body = page.rsplit("\r\n\r\n").next().unwrap_or_default().trim();
+        assert!(
+            !body.is_empty() && id.starts_with(body),
+            "{url} answered {page:?}, not {id}"
+        );
+    }
+    // A host reaches a container on another host by its overlay address.
+    let o = cl.lan.hosts[1]
+        .command("curl")
+        .args([
+            "-sf",
+            "-m",
+            "5",
+            &format!("http://{}:8080/index.html", addr["node-3"]),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "host 1 to node-3's task: {}",
+        errtext(&o)
+    );
+
+    // The VXLAN device's MTU is the underlay's minus 50, and so is the
+    // containers'.
+    let link = ip_on(&cl.lan.hosts[1], "ip", &["-o", "link", "show", "gantry.vx"]);
+    assert!(link.contains("mtu 1450"), "{link}");
+    let o = cl.on_agent(0, &["exec", &web1[0], "cat", "/sys/class/net/eth0/mtu"]);
+    assert_eq!(text(&o).trim(), "1450");
+
+    // node-3 leaves: within a few seconds the others forget its block,
+    // neighbour and FDB entries.
+    let block3 = format!("{}.0/24", addr["node-3"].rsplit_once('.').unwrap().0);
+    assert!(ip_on(&cl.lan.hosts[1], "ip", &["route"]).contains(&block3));
+    cl.kill_agent(2);
+    wait_for(
+        "node-1 to drop node-3's route",
+        Duration::from_secs(10),
+        || {
+            let routes = ip_on(&cl.lan.hosts[1], "ip", &["route"]);
+            let fdb = ip_on(
+                &cl.lan.hosts[1],
+                "bridge",
+                &["fdb", "show", "dev", "gantry.vx"],
+            );
+            let neigh = ip_on(
+                &cl.lan.hosts[1],
+                "ip",
+                &["neigh", "show", "dev", "gantry.vx"],
+            );
+            let peers_left = fdb.lines().filter(|l| l.contains(" dst ")).count();
+            if !routes.contains(&block3) && peers_left == 1 && neigh.lines().count() == 1 {
+                Ok(())
+            } else {
+                Err(format!("routes:\n{routes}\nfdb:\n{fdb}\nneigh:\n{neigh}"))
+            }
+        },
+    );
+
+    // --cleanup leaves nothing of Gantry on the host.
+    cl.kill_agent(0);
+    let o = cl.on_agent(0, &["agent", "--cleanup"]);
+    assert!(o.status.success(), "{}", errtext(&o));
+    let links = ip_on(&cl.lan.hosts[1], "ip", &["-o", "link"]);
+    assert!(
+        !links.contains("gantry0") && !links.contains("gantry.vx") && !links.contains(": gv"),
+        "{links}"
+    );
+    let routes = ip_on(&cl.lan.hosts[1], "ip", &["route"]);
+    assert!(!routes.contains("10.32."), "{routes}");
+    assert!(text(&cl.on_agent(0, &["ps", "-aq"])).trim().is_empty());
+}

@@ -1,0 +1,86 @@
+//! Overlay addresses for nodes and tasks, decided from the state (pure):
+//! a joining node gets the next free block of the cluster CIDR; a task
+//! placed on a node gets the next free address of that node's block. An
+//! address is in use while its task lives (not failed or shut down), so it
+//! is released when the task ends and never held by two live tasks.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use gantry_ipam::{next_addr, Net, Plan};
+use gantry_store::{Command, State, TaskRecord, TaskState};
+
+/// Metadata keys of the address plan (`gantry server --cluster-cidr`,
+/// `--block-prefix`).
+pub const CIDR_KEY: &str = "cluster_cidr";
+/// See [`CIDR_KEY`].
+pub const BLOCK_PREFIX_KEY: &str = "block_prefix";
+
+/// The cluster's address plan as the state records it (the default plan
+/// if none is recorded).
+pub fn plan(state: &State) -> Plan {
+    let cidr = state.meta.get(CIDR_KEY).and_then(|c| c.parse::<Net>().ok());
+    let prefix = state
+        .meta
+        .get(BLOCK_PREFIX_KEY)
+        .and_then(|p| p.parse::<u8>().ok());
+    match (cidr, prefix) {
+        (Some(c), Some(p)) => Plan::new(c, p).unwrap_or_else(|_| Plan::default_plan()),
+        _ => Plan::default_plan(),
+    }
+}
+
+/// The next free block for a joining node.
+pub fn block_for_new_node(state: &State) -> Option<Net> {
+    let used: BTreeSet<Net> = state.nodes.values().filter_map(|n| n.block).collect();
+    plan(state).next_block(&used)
+}
+
+fn holds_addr(t: &TaskRecord) -> bool {
+    !matches!(t.state, TaskState::Failed | TaskState::Shutdown)
+}
+
+/// Gives every task that a batch places on a node (and that has no address
+/// yet) an address of that node's block, as if the batch were applied:
+/// tasks the batch ends free their addresses only after it. Records each
+/// node's last address handed out (a `PutNode` appended to the batch), so
+/// addresses go round the block.
+pub fn assign_addresses(state: &State, cmds: &mut Vec<Command>) {
+    let mut used: BTreeMap<&str, BTreeSet<Ipv4Addr>> = BTreeMap::new();
+    for t in state.tasks.values().filter(|t| holds_addr(t)) {
+        if let (Some(n), Some(a)) = (&t.node, t.addr) {
+            used.entry(n.as_str()).or_default().insert(a);
+        }
+    }
+    let mut last: BTreeMap<String, Ipv4Addr> = BTreeMap::new();
+    for cmd in cmds.iter_mut() {
+        let Command::PutTask(t) = cmd else { continue };
+        if t.addr.is_some() || t.desired != TaskState::Running || !holds_addr(t) {
+            continue;
+        }
+        let Some(node) = state.nodes.get(t.node.as_deref().unwrap_or_default()) else {
+            continue;
+        };
+        let Some(block) = node.block else { continue };
+        let prev = last.get(&node.id).copied().or(node.last_addr);
+        let set = used.entry(node.id.as_str()).or_default();
+        if let Some(a) = next_addr(block, set, prev) {
+            set.insert(a);
+            t.addr = Some(a);
+            last.insert(node.id.clone(), a);
+        }
+    }
+    // Nodes updated in this batch keep their other changes.
+    for (id, a) in last {
+        let mut rec = cmds
+            .iter()
+            .rev()
+            .find_map(|c| match c {
+                Command::PutNode(n) if n.id == id => Some(n.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| state.nodes[&id].clone());
+        rec.last_addr = Some(a);
+        cmds.push(Command::PutNode(rec));
+    }
+}
