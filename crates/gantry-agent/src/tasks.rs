@@ -61,6 +61,8 @@ pub(crate) struct Agent {
     /// The node's underlay address (the VXLAN source).
     underlay: Option<std::net::Ipv4Addr>,
     net: Mutex<Option<Net>>,
+    /// Service discovery records, served on the node's gateway.
+    dns: Arc<gantry_dns::Table>,
     rt: Option<Runtime>,
     tasks: Mutex<BTreeMap<String, Local>>,
     /// Something worth reporting at once happened.
@@ -100,6 +102,7 @@ impl Agent {
             node_id,
             underlay,
             net: Mutex::new(None),
+            dns: Arc::new(gantry_dns::Table::default()),
             rt,
             tasks: Mutex::new(BTreeMap::new()),
             changed: Notify::new(),
@@ -191,6 +194,16 @@ impl Agent {
             match wanted.setup() {
                 Ok((mac, mtu)) => {
                     tracing::info!(block = %nn.block, vni = nn.vni, mac = %gantry_net::format_mac(&mac), mtu, "overlay up");
+                    // The containers' resolver, on the gateway.
+                    let at = std::net::SocketAddr::from((nn.block.gateway(), 53));
+                    let table = self.dns.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) =
+                            gantry_dns::serve(at, table, gantry_dns::host_resolvers()).await
+                        {
+                            tracing::error!("DNS server on {at}: {e}");
+                        }
+                    });
                     *net = Some(Net {
                         overlay: wanted,
                         mac,
@@ -252,6 +265,7 @@ impl Agent {
         let first = !self.assigned.swap(true, Ordering::SeqCst);
         tracing::debug!(tasks = set.tasks.len(), "assignment set");
         self.network(&set);
+        self.dns.set(&set.dns);
         let wanted: BTreeMap<String, Assignment> = set
             .tasks
             .into_iter()

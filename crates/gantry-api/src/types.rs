@@ -104,6 +104,11 @@ pub struct Assignments {
     /// them.
     #[serde(default)]
     pub peers: Vec<Peer>,
+    /// Service discovery: `SERVICE`, `SERVICE.STACK` and `STACK_SERVICE`
+    /// to the running tasks' addresses, `tasks.SERVICE` to every live
+    /// task's.
+    #[serde(default)]
+    pub dns: BTreeMap<String, Vec<std::net::Ipv4Addr>>,
 }
 
 /// A node's part of the overlay.

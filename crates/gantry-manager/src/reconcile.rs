@@ -389,6 +389,23 @@ pub fn reconcile(
     };
     let tasks: Vec<&TaskRecord> = state.tasks.values().filter(|t| t.service == name).collect();
 
+    // Live tasks of the previous version whose container the change does
+    // not touch (replicas, update or restart settings) become tasks of the
+    // current version, so that a later change does not mistake them for
+    // outdated ones: a change of replicas rolls no task, now or later.
+    let restamp: Vec<Command> = tasks
+        .iter()
+        .filter(|t| live(t) && t.version != rec.version && !outdated(rec, t))
+        .map(|t| {
+            let mut t = (*t).clone();
+            t.version = rec.version;
+            Command::PutTask(t)
+        })
+        .collect();
+    if !restamp.is_empty() {
+        return Ok(restamp);
+    }
+
     // Live tasks whose node can no longer hold them go, and their slots
     // are refilled below.
     let mut live_tasks: Vec<&TaskRecord> = Vec::new();

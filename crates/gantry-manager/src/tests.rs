@@ -489,6 +489,23 @@ fn scaling_rolls_no_task() {
         .count();
     assert_eq!(kept, 3, "the three old tasks keep running; one is added");
     assert_eq!(images(&st), BTreeMap::from([("web:1".to_string(), 4)]));
+    // Again and again: tasks two changes old are not outdated either.
+    put_stack(&mut st, &web("web:1", 2, ""));
+    roll(&mut st, "web", 20_000, None, 10);
+    put_stack(&mut st, &web("web:1", 5, ""));
+    roll(&mut st, "web", 30_000, None, 10);
+    let kept = before
+        .iter()
+        .filter(|id| {
+            st.tasks
+                .get(*id)
+                .is_some_and(|t| t.state == TaskState::Running)
+        })
+        .count();
+    assert_eq!(
+        kept, 2,
+        "slots 1 and 2 kept their first tasks through three scalings"
+    );
 }
 
 #[test]

@@ -630,6 +630,14 @@ fn write_etc_files(
     }
     fs::write(dir.join("hosts"), hosts)?;
     fs::write(dir.join("hostname"), format!("{}\n", config.hostname))?;
+    // A task on the overlay asks its node's DNS server (service discovery,
+    // which forwards the rest).
+    if let NetworkMode::Overlay(o) = &config.network {
+        return fs::write(
+            dir.join("resolv.conf"),
+            format!("nameserver {}\noptions ndots:0\n", o.gateway),
+        );
+    }
     // The host's resolvers, minus loopback ones a container cannot reach.
     let host = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let mut resolv: String = host

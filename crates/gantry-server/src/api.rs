@@ -335,7 +335,50 @@ fn assignments(s: &Cluster, node: &str) -> Assignments {
         tasks,
         network,
         peers,
+        dns: dns_records(s),
     }
+}
+
+/// The cluster's service names and their tasks' overlay addresses.
+fn dns_records(s: &Cluster) -> BTreeMap<String, Vec<std::net::Ipv4Addr>> {
+    let mut out: BTreeMap<String, Vec<std::net::Ipv4Addr>> = BTreeMap::new();
+    for rec in s.services.values() {
+        let short = rec
+            .name
+            .strip_prefix(&format!("{}_", rec.stack))
+            .unwrap_or(&rec.name);
+        let mut running = Vec::new();
+        let mut live = Vec::new();
+        for t in s.tasks.values().filter(|t| t.service == rec.name) {
+            let Some(a) = t.addr else { continue };
+            if t.desired != TaskState::Running {
+                continue;
+            }
+            match t.state {
+                TaskState::Running => {
+                    running.push(a);
+                    live.push(a);
+                }
+                TaskState::Assigned => live.push(a),
+                _ => {}
+            }
+        }
+        for name in [
+            short.to_owned(),
+            format!("{short}.{}", rec.stack),
+            rec.name.clone(),
+        ] {
+            out.entry(name).or_default().extend(&running);
+        }
+        for name in [format!("tasks.{short}"), format!("tasks.{}", rec.name)] {
+            out.entry(name).or_default().extend(&live);
+        }
+    }
+    for v in out.values_mut() {
+        v.sort();
+        v.dedup();
+    }
+    out
 }
 
 fn lines(rx: mpsc::Receiver<Bytes>) -> Body {

@@ -1159,6 +1159,60 @@ fn containers_reach_each_other_across_hosts_on_the_overlay() {
             "{url} answered {page:?}, not {id}"
         );
     }
+    // By name: the node's DNS server answers the service's healthy tasks,
+    // in rotating order, and tasks.SERVICE; other names are forwarded (and
+    // fail here: the simulated hosts have no resolver).
+    let lookup = |name: &str| -> Vec<String> {
+        let o = cl.on_agent(0, &["exec", &web1[0], "nslookup", name]);
+        let out = text(&o);
+        let mut v: Vec<String> = out
+            .lines()
+            .skip_while(|l| !l.starts_with("Name:"))
+            .filter_map(|l| l.strip_prefix("Address:"))
+            .map(|a| a.trim().to_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let mut all: Vec<String> = addr.values().cloned().collect();
+    all.sort();
+    for name in ["web", "web.app", "app_web", "tasks.web"] {
+        assert_eq!(lookup(name), all, "{name}");
+    }
+    let get = "printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 5 web 8080";
+    let o = cl.on_agent(0, &["exec", &web1[0], "sh", "-c", get]);
+    assert!(
+        text(&o).contains("200 OK"),
+        "by name: {}{}",
+        text(&o),
+        errtext(&o)
+    );
+    // DNS follows a scale-up and a scale-down.
+    cl.admin_ok(&["service", "scale", "web=5"]);
+    let t0 = Instant::now();
+    wait_for("5 addresses for web", Duration::from_secs(2), || {
+        let l = lookup("web");
+        if l.len() == 5 {
+            Ok(())
+        } else {
+            Err(format!("{l:?}"))
+        }
+    });
+    eprintln!(
+        "DNS: 5 records {:?} after the scale-up converged",
+        t0.elapsed()
+    );
+    cl.admin_ok(&["service", "scale", "web=3"]);
+    wait_for("3 addresses for web", Duration::from_secs(2), || {
+        let l = lookup("tasks.web");
+        if l.len() == 3 {
+            Ok(())
+        } else {
+            let o = cl.on_agent(0, &["exec", &web1[0], "nslookup", "tasks.web"]);
+            Err(format!("{l:?} {o:?} {:?}", cl.tasks("app_web")))
+        }
+    });
+
     // A host reaches a container on another host by its overlay address.
     let o = cl.lan.hosts[1]
         .command("curl")

@@ -1,0 +1,269 @@
+//! Service discovery, as Swarm's embedded DNS: every node runs a DNS server
+//! on its overlay gateway, the containers' only resolver. It answers
+//! `SERVICE`, `SERVICE.STACK` and `STACK_SERVICE` with the addresses of the
+//! service's running (healthy) tasks, in rotating order, and
+//! `tasks.SERVICE` with every live task's; any other name is forwarded to
+//! the host's resolvers.
+//!
+//! The records come whole from the manager with each assignment message
+//! ([`Table::set`]), so they follow tasks within the time that message
+//! takes.
+//!
+//! **Architecture invariant:** [`answer`] is pure (query bytes and a table
+//! in, an answer or "forward" out); only [`serve`] does I/O.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{RData, Record, RecordType};
+
+/// Seconds a cluster answer may be cached: short, tasks move.
+pub const TTL: u32 = 5;
+
+/// The cluster's names and their addresses.
+#[derive(Debug, Default)]
+pub struct Table {
+    names: RwLock<HashMap<String, Vec<Ipv4Addr>>>,
+    turn: AtomicUsize,
+}
+
+fn key(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+impl Table {
+    /// Replaces every record (names are case-insensitive).
+    pub fn set(&self, records: &BTreeMap<String, Vec<Ipv4Addr>>) {
+        let map = records.iter().map(|(k, v)| (key(k), v.clone())).collect();
+        *self.names.write().expect("dns table") = map;
+    }
+
+    /// The addresses of a name, rotated by one on every lookup (none: not
+    /// a cluster name).
+    pub fn lookup(&self, name: &str) -> Option<Vec<Ipv4Addr>> {
+        let names = self.names.read().expect("dns table");
+        let mut v = names.get(&key(name))?.clone();
+        if !v.is_empty() {
+            let k = self.turn.fetch_add(1, Ordering::Relaxed) % v.len();
+            v.rotate_left(k);
+        }
+        Some(v)
+    }
+}
+
+/// What to do with a query.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Send these bytes back.
+    Reply(Vec<u8>),
+    /// Not a cluster name: ask the host's resolvers.
+    Forward,
+    /// Not a DNS query at all: drop it.
+    Drop,
+}
+
+/// Answers a query from the table.
+pub fn answer(table: &Table, query: &[u8]) -> Answer {
+    let Ok(q) = Message::from_vec(query) else {
+        return Answer::Drop;
+    };
+    if q.message_type() != MessageType::Query {
+        return Answer::Drop;
+    }
+    let mut r = Message::new();
+    r.set_id(q.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(q.op_code())
+        .set_recursion_desired(q.recursion_desired())
+        .set_recursion_available(true);
+    r.add_queries(q.queries().to_vec());
+    let [question] = q.queries() else {
+        r.set_response_code(ResponseCode::FormErr);
+        return Answer::Reply(r.to_vec().unwrap_or_default());
+    };
+    if q.op_code() != OpCode::Query {
+        r.set_response_code(ResponseCode::NotImp);
+        return Answer::Reply(r.to_vec().unwrap_or_default());
+    }
+    let name = question.name().to_ascii();
+    let Some(addrs) = table.lookup(&name) else {
+        return Answer::Forward;
+    };
+    r.set_authoritative(true);
+    // A known name: A records, or no data for other types (not NXDOMAIN,
+    // which would make resolvers give up on the A query too).
+    if question.query_type() == RecordType::A {
+        for a in addrs {
+            r.add_answer(Record::from_rdata(
+                question.name().clone(),
+                TTL,
+                RData::A(A(a)),
+            ));
+        }
+    }
+    Answer::Reply(r.to_vec().unwrap_or_default())
+}
+
+fn servfail(query: &[u8]) -> Option<Vec<u8>> {
+    let q = Message::from_vec(query).ok()?;
+    let mut r = Message::new();
+    r.set_id(q.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(q.op_code())
+        .set_recursion_desired(q.recursion_desired())
+        .set_response_code(ResponseCode::ServFail);
+    r.add_queries(q.queries().to_vec());
+    r.to_vec().ok()
+}
+
+async fn forward(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
+    for up in upstreams {
+        let Ok(sock) = tokio::net::UdpSocket::bind(("0.0.0.0", 0)).await else {
+            continue;
+        };
+        if sock.send_to(query, up).await.is_err() {
+            continue;
+        }
+        let mut buf = vec![0u8; 4096];
+        if let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf)).await
+        {
+            buf.truncate(n);
+            return Some(buf);
+        }
+    }
+    None
+}
+
+/// The host's resolvers, from `/etc/resolv.conf` (loopback ones too: the
+/// agent runs on the host, unlike the containers).
+pub fn host_resolvers() -> Vec<SocketAddr> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+/// Serves DNS over UDP on `addr` until the task is dropped.
+pub async fn serve(
+    addr: SocketAddr,
+    table: Arc<Table>,
+    upstreams: Vec<SocketAddr>,
+) -> std::io::Result<()> {
+    let sock = Arc::new(tokio::net::UdpSocket::bind(addr).await?);
+    tracing::info!(%addr, "DNS server listening");
+    let upstreams = Arc::new(upstreams);
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (n, from) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("dns: {e}");
+                continue;
+            }
+        };
+        let query = buf[..n].to_vec();
+        match answer(&table, &query) {
+            Answer::Reply(r) => {
+                let _ = sock.send_to(&r, from).await;
+            }
+            Answer::Drop => {}
+            Answer::Forward => {
+                let (sock, ups) = (sock.clone(), upstreams.clone());
+                tokio::spawn(async move {
+                    let reply = match forward(&query, &ups).await {
+                        Some(r) => Some(r),
+                        None => servfail(&query),
+                    };
+                    if let Some(r) = reply {
+                        let _ = sock.send_to(&r, from).await;
+                    }
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::Query;
+    use hickory_proto::rr::Name;
+
+    fn query(name: &str, t: RecordType) -> Vec<u8> {
+        let mut m = Message::new();
+        m.set_id(7).set_recursion_desired(true);
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), t));
+        m.to_vec().unwrap()
+    }
+
+    fn addrs(reply: Answer) -> Vec<Ipv4Addr> {
+        let Answer::Reply(b) = reply else {
+            panic!("no reply: {reply:?}")
+        };
+        let m = Message::from_vec(&b).unwrap();
+        assert_eq!(m.id(), 7);
+        m.answers()
+            .iter()
+            .filter_map(|r| match r.data() {
+                RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn table() -> Table {
+        let t = Table::default();
+        let a = Ipv4Addr::new(10, 32, 0, 2);
+        let b = Ipv4Addr::new(10, 32, 1, 2);
+        t.set(&BTreeMap::from([
+            ("web".to_owned(), vec![a, b]),
+            (
+                "tasks.web".to_owned(),
+                vec![a, b, Ipv4Addr::new(10, 32, 2, 2)],
+            ),
+            ("empty".to_owned(), vec![]),
+        ]));
+        t
+    }
+
+    #[test]
+    fn cluster_names_answer_in_rotating_order() {
+        let t = table();
+        let first = addrs(answer(&t, &query("web.", RecordType::A)));
+        let second = addrs(answer(&t, &query("WEB.", RecordType::A)));
+        assert_eq!(first.len(), 2);
+        assert_eq!(second.len(), 2);
+        assert_ne!(first, second, "the order rotates");
+        assert_eq!(
+            addrs(answer(&t, &query("tasks.web.", RecordType::A))).len(),
+            3
+        );
+        // A service without healthy tasks: an empty answer, not NXDOMAIN.
+        assert!(addrs(answer(&t, &query("empty.", RecordType::A))).is_empty());
+        // Known name, other type: no data.
+        assert!(addrs(answer(&t, &query("web.", RecordType::AAAA))).is_empty());
+    }
+
+    #[test]
+    fn other_names_are_forwarded_and_garbage_dropped() {
+        let t = table();
+        assert_eq!(
+            answer(&t, &query("example.com.", RecordType::A)),
+            Answer::Forward
+        );
+        assert_eq!(answer(&t, b"\x00\x01garbage"), Answer::Drop);
+        assert_eq!(answer(&t, &[]), Answer::Drop);
+        let sf = servfail(&query("example.com.", RecordType::A)).unwrap();
+        let m = Message::from_vec(&sf).unwrap();
+        assert_eq!(m.response_code(), ResponseCode::ServFail);
+    }
+}
