@@ -19,6 +19,7 @@
 
 mod health;
 mod helper;
+mod ingress;
 mod tasks;
 
 use std::collections::BTreeMap;
@@ -191,17 +192,26 @@ pub async fn identity(cfg: &AgentConfig) -> Result<Identity, AgentError> {
 /// from a single-threaded process (it removes containers).
 pub fn cleanup(data_dir: &Path) -> Result<usize, AgentError> {
     let mut removed = 0;
+    let mut failed = Vec::new();
     if let Ok(rt) = gantry_runtime::Runtime::new(data_dir) {
         for c in rt.list() {
             if c.config.labels.contains_key(tasks::TASK_LABEL) {
-                rt.remove(&c.config.id, true)
-                    .map_err(|e| AgentError::Config(format!("remove {}: {e}", c.config.name)))?;
-                removed += 1;
+                // Keep going: everything that can go, goes.
+                match rt.remove(&c.config.id, true) {
+                    Ok(()) => removed += 1,
+                    Err(e) => failed.push(format!("remove {}: {e}", c.config.name)),
+                }
             }
         }
     }
-    gantry_net::Overlay::cleanup().map_err(|e| AgentError::Config(e.to_string()))?;
-    Ok(removed)
+    if let Err(e) = gantry_net::Overlay::cleanup() {
+        failed.push(e.to_string());
+    }
+    if failed.is_empty() {
+        Ok(removed)
+    } else {
+        Err(AgentError::Config(failed.join("; ")))
+    }
 }
 
 /// Runs the agent until the process ends.

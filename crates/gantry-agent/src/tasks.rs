@@ -63,6 +63,8 @@ pub(crate) struct Agent {
     net: Mutex<Option<Net>>,
     /// Service discovery records, served on the node's gateway.
     dns: Arc<gantry_dns::Table>,
+    /// Ingress-mode published ports.
+    ingress: crate::ingress::Ingress,
     rt: Option<Runtime>,
     tasks: Mutex<BTreeMap<String, Local>>,
     /// Something worth reporting at once happened.
@@ -103,6 +105,7 @@ impl Agent {
             underlay,
             net: Mutex::new(None),
             dns: Arc::new(gantry_dns::Table::default()),
+            ingress: crate::ingress::Ingress::default(),
             rt,
             tasks: Mutex::new(BTreeMap::new()),
             changed: Notify::new(),
@@ -266,6 +269,7 @@ impl Agent {
         tracing::debug!(tasks = set.tasks.len(), "assignment set");
         self.network(&set);
         self.dns.set(&set.dns);
+        self.ingress.set(&set.ingress, &self.dns);
         let wanted: BTreeMap<String, Assignment> = set
             .tasks
             .into_iter()

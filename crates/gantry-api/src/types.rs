@@ -109,6 +109,21 @@ pub struct Assignments {
     /// task's.
     #[serde(default)]
     pub dns: BTreeMap<String, Vec<std::net::Ipv4Addr>>,
+    /// Ingress-mode published ports of the cluster: every node forwards
+    /// them to a running task of their service, wherever it runs.
+    #[serde(default)]
+    pub ingress: Vec<IngressPort>,
+}
+
+/// A port published in ingress mode.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct IngressPort {
+    /// The port on every node.
+    pub published: u16,
+    /// The port in the tasks.
+    pub target: u16,
+    /// The service (`STACK_SERVICE`, a DNS name of its running tasks).
+    pub service: String,
 }
 
 /// A node's part of the overlay.

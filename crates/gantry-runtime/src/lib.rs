@@ -443,11 +443,20 @@ impl Runtime {
             let _ = net::BridgeNet::default_for(&self.data_dir).release(id);
         }
         let dir = self.dir(id);
-        match stdfs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(RuntimeError::io("remove", &dir, e))
+        // A process that is letting go of the container (its monitor's
+        // last state write, a helper finishing a stop) may add a file while
+        // the tree goes: try again briefly.
+        let mut tries = 0;
+        loop {
+            match stdfs::remove_dir_all(&dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty && tries < 20 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(RuntimeError::io("remove", &dir, e)),
+                Ok(()) => return Ok(()),
             }
-            _ => Ok(()),
         }
     }
 

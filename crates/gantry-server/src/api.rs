@@ -336,7 +336,31 @@ fn assignments(s: &Cluster, node: &str) -> Assignments {
         network,
         peers,
         dns: dns_records(s),
+        ingress: ingress_ports(s),
     }
+}
+
+/// Every service's TCP ports published in ingress mode.
+fn ingress_ports(s: &Cluster) -> Vec<gantry_api::IngressPort> {
+    let mut out: Vec<gantry_api::IngressPort> = s
+        .services
+        .values()
+        .filter_map(|rec| Some((rec, serde_json::from_str::<Service>(&rec.spec).ok()?)))
+        .flat_map(|(rec, svc)| {
+            svc.ports
+                .into_iter()
+                .filter(|p| p.mode == gantry_stack::PortMode::Ingress && p.protocol == "tcp")
+                .filter_map(move |p| {
+                    Some(gantry_api::IngressPort {
+                        published: p.published?,
+                        target: p.target,
+                        service: rec.name.clone(),
+                    })
+                })
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// The cluster's service names and their tasks' overlay addresses.
