@@ -67,8 +67,19 @@ pub enum Answer {
     Drop,
 }
 
+/// How a query arrived: over UDP an answer must fit the client's payload
+/// size (512 bytes without EDNS) or come back truncated, so that the client
+/// asks again over TCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// A datagram.
+    Udp,
+    /// A stream.
+    Tcp,
+}
+
 /// Answers a query from the table.
-pub fn answer(table: &Table, query: &[u8]) -> Answer {
+pub fn answer(table: &Table, query: &[u8], transport: Transport) -> Answer {
     let Ok(q) = Message::from_vec(query) else {
         return Answer::Drop;
     };
@@ -106,7 +117,14 @@ pub fn answer(table: &Table, query: &[u8]) -> Answer {
             ));
         }
     }
-    Answer::Reply(r.to_vec().unwrap_or_default())
+    let bytes = r.to_vec().unwrap_or_default();
+    if transport == Transport::Udp && bytes.len() > usize::from(q.max_payload().max(512)) {
+        // Too big for the datagram: no answers, the TC bit, ask over TCP.
+        r.take_answers();
+        r.set_truncated(true);
+        return Answer::Reply(r.to_vec().unwrap_or_default());
+    }
+    Answer::Reply(bytes)
 }
 
 fn servfail(query: &[u8]) -> Option<Vec<u8>> {
@@ -152,15 +170,54 @@ pub fn host_resolvers() -> Vec<SocketAddr> {
         .collect()
 }
 
-/// Serves DNS over UDP on `addr` until the task is dropped.
+/// Answers DNS over TCP: length-prefixed messages, several per connection.
+async fn serve_tcp(l: tokio::net::TcpListener, table: Arc<Table>, upstreams: Arc<Vec<SocketAddr>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut conn, _)) = l.accept().await else {
+            continue;
+        };
+        let (table, ups) = (table.clone(), upstreams.clone());
+        tokio::spawn(async move {
+            loop {
+                let read = async {
+                    let n = conn.read_u16().await? as usize;
+                    let mut q = vec![0u8; n];
+                    conn.read_exact(&mut q).await?;
+                    Ok::<_, std::io::Error>(q)
+                };
+                let Ok(Ok(query)) = tokio::time::timeout(Duration::from_secs(10), read).await
+                else {
+                    return;
+                };
+                let reply = match answer(&table, &query, Transport::Tcp) {
+                    Answer::Reply(r) => Some(r),
+                    Answer::Drop => return,
+                    Answer::Forward => forward(&query, &ups).await.or_else(|| servfail(&query)),
+                };
+                let Some(r) = reply else { return };
+                let Ok(len) = u16::try_from(r.len()) else {
+                    return;
+                };
+                if conn.write_u16(len).await.is_err() || conn.write_all(&r).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Serves DNS over UDP and TCP on `addr` until the task is dropped.
 pub async fn serve(
     addr: SocketAddr,
     table: Arc<Table>,
     upstreams: Vec<SocketAddr>,
 ) -> std::io::Result<()> {
     let sock = Arc::new(tokio::net::UdpSocket::bind(addr).await?);
+    let tcp = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "DNS server listening");
     let upstreams = Arc::new(upstreams);
+    tokio::spawn(serve_tcp(tcp, table.clone(), upstreams.clone()));
     let mut buf = vec![0u8; 4096];
     loop {
         let (n, from) = match sock.recv_from(&mut buf).await {
@@ -171,7 +228,7 @@ pub async fn serve(
             }
         };
         let query = buf[..n].to_vec();
-        match answer(&table, &query) {
+        match answer(&table, &query, Transport::Udp) {
             Answer::Reply(r) => {
                 let _ = sock.send_to(&r, from).await;
             }
@@ -220,6 +277,31 @@ mod tests {
             .collect()
     }
 
+    fn answer_udp(t: &Table, q: &[u8]) -> Answer {
+        answer(t, q, Transport::Udp)
+    }
+
+    #[test]
+    fn answers_too_big_for_udp_are_truncated_and_whole_over_tcp() {
+        let t = Table::default();
+        let many: Vec<Ipv4Addr> = (0..200u32)
+            .map(|i| Ipv4Addr::from(0x0a20_0000 + i))
+            .collect();
+        t.set(&BTreeMap::from([("tasks.big".to_owned(), many)]));
+        let Answer::Reply(udp) = answer(&t, &query("tasks.big.", RecordType::A), Transport::Udp)
+        else {
+            panic!("no reply")
+        };
+        let m = Message::from_vec(&udp).unwrap();
+        assert!(m.truncated() && m.answers().is_empty() && udp.len() <= 512);
+        let tcp = addrs(answer(
+            &t,
+            &query("tasks.big.", RecordType::A),
+            Transport::Tcp,
+        ));
+        assert_eq!(tcp.len(), 200);
+    }
+
     fn table() -> Table {
         let t = Table::default();
         let a = Ipv4Addr::new(10, 32, 0, 2);
@@ -238,30 +320,30 @@ mod tests {
     #[test]
     fn cluster_names_answer_in_rotating_order() {
         let t = table();
-        let first = addrs(answer(&t, &query("web.", RecordType::A)));
-        let second = addrs(answer(&t, &query("WEB.", RecordType::A)));
+        let first = addrs(answer_udp(&t, &query("web.", RecordType::A)));
+        let second = addrs(answer_udp(&t, &query("WEB.", RecordType::A)));
         assert_eq!(first.len(), 2);
         assert_eq!(second.len(), 2);
         assert_ne!(first, second, "the order rotates");
         assert_eq!(
-            addrs(answer(&t, &query("tasks.web.", RecordType::A))).len(),
+            addrs(answer_udp(&t, &query("tasks.web.", RecordType::A))).len(),
             3
         );
         // A service without healthy tasks: an empty answer, not NXDOMAIN.
-        assert!(addrs(answer(&t, &query("empty.", RecordType::A))).is_empty());
+        assert!(addrs(answer_udp(&t, &query("empty.", RecordType::A))).is_empty());
         // Known name, other type: no data.
-        assert!(addrs(answer(&t, &query("web.", RecordType::AAAA))).is_empty());
+        assert!(addrs(answer_udp(&t, &query("web.", RecordType::AAAA))).is_empty());
     }
 
     #[test]
     fn other_names_are_forwarded_and_garbage_dropped() {
         let t = table();
         assert_eq!(
-            answer(&t, &query("example.com.", RecordType::A)),
+            answer_udp(&t, &query("example.com.", RecordType::A)),
             Answer::Forward
         );
-        assert_eq!(answer(&t, b"\x00\x01garbage"), Answer::Drop);
-        assert_eq!(answer(&t, &[]), Answer::Drop);
+        assert_eq!(answer_udp(&t, b"\x00\x01garbage"), Answer::Drop);
+        assert_eq!(answer_udp(&t, &[]), Answer::Drop);
         let sf = servfail(&query("example.com.", RecordType::A)).unwrap();
         let m = Message::from_vec(&sf).unwrap();
         assert_eq!(m.response_code(), ResponseCode::ServFail);

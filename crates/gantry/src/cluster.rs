@@ -892,6 +892,7 @@ pub(crate) fn node(ctx: &Ctx, cmd: NodeCmd) -> anyhow::Result<u8> {
                         "AVAILABILITY",
                         "MANAGER STATUS",
                         "ADDRESS",
+                        "BLOCK",
                         "TASKS",
                     ],
                     v.into_iter()
@@ -903,6 +904,7 @@ pub(crate) fn node(ctx: &Ctx, cmd: NodeCmd) -> anyhow::Result<u8> {
                                 capitalised(&state_name(&n.record.availability)),
                                 if n.record.manager { "Leader" } else { "" }.into(),
                                 n.record.addr.clone(),
+                                n.record.block.map(|b| b.to_string()).unwrap_or_default(),
                                 n.tasks.to_string(),
                             ]
                         })
