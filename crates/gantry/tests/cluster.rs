@@ -1179,6 +1179,19 @@ fn containers_reach_each_other_across_hosts_on_the_overlay() {
     for name in ["web", "web.app", "app_web", "tasks.web"] {
         assert_eq!(lookup(name), all, "{name}");
     }
+    // The same over TCP, as a resolver does when UDP answers are too big:
+    // a length-prefixed query for `web` gets its three A records.
+    let gateway = format!("{}.1", addr["node-1"].rsplit_once('.').unwrap().0);
+    let tcp_query = format!(
+        "printf '\\x00\\x15\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x03web\\x00\\x00\\x01\\x00\\x01' | nc -w 2 {gateway} 53 | wc -c"
+    );
+    let o = cl.on_agent(0, &["exec", &web1[0], "sh", "-c", &tcp_query]);
+    assert_eq!(
+        text(&o).trim(),
+        (2 + 21 + 3 * 16).to_string(),
+        "length prefix, header and question, three answers: {}",
+        errtext(&o)
+    );
     let get = "printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 5 web 8080";
     let o = cl.on_agent(0, &["exec", &web1[0], "sh", "-c", get]);
     assert!(
