@@ -11,6 +11,8 @@ pkgs=(
   util-linux                      # nsenter for simulated hosts
   openssl                         # signs the test token server's JWTs
   docker.io                       # Docker Engine: proves built images are ones Docker accepts
+  libclang-dev                    # bindgen for rustables (nftables over netlink) at build time
+  nftables iperf3                 # tests read the firewall with nft; the overlay benchmark
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -65,6 +65,8 @@ pub(crate) struct Agent {
     dns: Arc<gantry_dns::Table>,
     /// Ingress-mode published ports.
     ingress: crate::ingress::Ingress,
+    /// The firewall last applied.
+    firewall: Mutex<Option<gantry_net::Firewall>>,
     rt: Option<Runtime>,
     tasks: Mutex<BTreeMap<String, Local>>,
     /// Something worth reporting at once happened.
@@ -106,6 +108,7 @@ impl Agent {
             net: Mutex::new(None),
             dns: Arc::new(gantry_dns::Table::default()),
             ingress: crate::ingress::Ingress::default(),
+            firewall: Mutex::new(None),
             rt,
             tasks: Mutex::new(BTreeMap::new()),
             changed: Notify::new(),
@@ -245,6 +248,45 @@ impl Agent {
         }
     }
 
+    /// Masquerade and host protection, once the overlay is up: open to
+    /// containers are DNS and the ports published on this node (ingress
+    /// ports, and host-mode ports of its tasks).
+    fn firewall(&self, set: &Assignments) {
+        let Some(nn) = &set.network else { return };
+        let mut open: Vec<u16> = set.ingress.iter().map(|p| p.published).collect();
+        for a in &set.tasks {
+            if let Ok(svc) = serde_json::from_str::<Service>(&a.spec) {
+                open.extend(
+                    svc.ports
+                        .iter()
+                        .filter(|p| p.mode == PortMode::Host)
+                        .filter_map(|p| p.published),
+                );
+            }
+        }
+        open.sort();
+        open.dedup();
+        let bridge_net = gantry_runtime::net::BridgeNet::default_for(&self.cfg.data_dir);
+        let wanted = gantry_net::Firewall {
+            container_nets: vec![
+                nn.cidr,
+                gantry_ipam::Net::new(bridge_net.gateway, bridge_net.prefix),
+            ],
+            open_ports: open,
+        };
+        let mut fw = self.firewall.lock().expect("firewall lock");
+        if fw.as_ref() == Some(&wanted) {
+            return;
+        }
+        match wanted.apply() {
+            Ok(()) => {
+                tracing::info!(open = ?wanted.open_ports, "firewall applied");
+                *fw = Some(wanted);
+            }
+            Err(e) => tracing::error!("firewall: {e}"),
+        }
+    }
+
     /// Where a task joins the network: the overlay with its address when
     /// both are there, else the node's local bridge.
     fn network_mode(&self, a: &Assignment) -> gantry_runtime::NetworkMode {
@@ -270,6 +312,7 @@ impl Agent {
         self.network(&set);
         self.dns.set(&set.dns);
         self.ingress.set(&set.ingress, &self.dns);
+        self.firewall(&set);
         let wanted: BTreeMap<String, Assignment> = set
             .tasks
             .into_iter()

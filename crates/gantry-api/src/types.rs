@@ -134,6 +134,8 @@ pub struct NodeNetwork {
     pub block: Net,
     /// The cluster's VXLAN network id.
     pub vni: u32,
+    /// The cluster's whole overlay range.
+    pub cidr: Net,
 }
 
 /// Another node as the overlay sees it.

@@ -18,6 +18,10 @@
 //! neighbours and FDB entries are removed, so a node that left is
 //! forgotten at the next sync.
 
+mod firewall;
+
+pub use firewall::Firewall;
+
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -445,6 +449,7 @@ async fn sync_async(peers: Vec<PeerNode>) -> Result<(), OverlayError> {
 }
 
 async fn cleanup_async() -> Result<(), OverlayError> {
+    Firewall::remove()?;
     let handle = connect().await?;
     for name in [VXLAN, BRIDGE] {
         if let Some(l) = link(&handle, name).await? {

@@ -317,6 +317,7 @@ fn assignments(s: &Cluster, node: &str) -> Assignments {
                 .get(crate::VNI_KEY)
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(crate::DEFAULT_VNI),
+            cidr: gantry_manager::network::plan(s).cidr,
         });
     let peers = s
         .nodes

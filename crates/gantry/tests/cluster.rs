@@ -1261,6 +1261,67 @@ fn containers_reach_each_other_across_hosts_on_the_overlay() {
             },
         );
     }
+    let in_web1 = |script: &str| text(&cl.on_agent(0, &["exec", &web1[0], "sh", "-c", script]));
+    // From a container: its own host's published port is open (hairpin)...
+    let hairpin = in_web1(&format!(
+        "printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {} 8088",
+        cl.lan.hosts[1].addr
+    ));
+    assert!(hairpin.contains("200 OK"), "hairpin: {hairpin:?}");
+    // ...the registry on host 0, which knows no overlay route, answers:
+    // the container's traffic leaves masqueraded behind host 1's address...
+    let (reg_ip, reg_port) = cl.reg.addr.split_once(':').unwrap();
+    let out = in_web1(&format!(
+        "printf 'GET /v2/ HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {reg_ip} {reg_port}"
+    ));
+    assert!(out.contains("200 OK"), "to the registry on host 0: {out:?}");
+    // ...and the host's other services are closed to it, though open to
+    // the LAN.
+    let mut listener = cl.lan.hosts[1]
+        .command("busybox")
+        .args(["nc", "-l", "-p", "9999"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    for target in [
+        cl.lan.hosts[1].addr.clone(),
+        format!("{}.1", addr["node-1"].rsplit_once('.').unwrap().0),
+    ] {
+        let r = in_web1(&format!(
+            "nc -w 2 {target} 9999 </dev/null && echo open || echo closed"
+        ));
+        assert_eq!(
+            r.trim(),
+            "closed",
+            "host 1's port 9999 at {target} from its container"
+        );
+    }
+    let o = cl.lan.hosts[0]
+        .command("busybox")
+        .args(["nc", "-w", "2", &cl.lan.hosts[1].addr, "9999"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "host 0 reaches host 1's port 9999: {}",
+        errtext(&o)
+    );
+    let _ = listener.kill();
+    let _ = listener.wait();
+    let o = cl.lan.hosts[1]
+        .command("nft")
+        .args(["list", "table", "inet", "gantry"])
+        .output()
+        .unwrap();
+    let ruleset = text(&o);
+    assert!(
+        ruleset.contains("masquerade") && ruleset.contains("tcp dport 8088 accept"),
+        "{ruleset}{}",
+        errtext(&o)
+    );
     cl.admin_ok(&["stack", "rm", "edge"]);
 
     // A host reaches a container on another host by its overlay address.
@@ -1331,5 +1392,12 @@ fn containers_reach_each_other_across_hosts_on_the_overlay() {
     });
     let routes = ip_on(&cl.lan.hosts[1], "ip", &["route"]);
     assert!(!routes.contains("10.32."), "{routes}");
+    let tables = cl.lan.hosts[1]
+        .command("nft")
+        .args(["list", "tables"])
+        .output()
+        .map(|o| text(&o))
+        .unwrap_or_default();
+    assert!(!tables.contains("gantry"), "{tables}");
     assert!(text(&cl.on_agent(0, &["ps", "-aq"])).trim().is_empty());
 }
