@@ -855,6 +855,17 @@ impl Drop for Dev {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The dev node's overlay lives in this host's own namespace: take
+        // it down, but not the bridge, which other tests' containers share.
+        let _ = Command::new("ip")
+            .args(["link", "del", "gantry.vx"])
+            .output();
+        let _ = Command::new("ip")
+            .args(["addr", "del", "10.32.0.1/24", "dev", "gantry0"])
+            .output();
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", "gantry"])
+            .output();
         if std::thread::panicking() {
             eprintln!(
                 "--- server.log:\n{}",
