@@ -273,6 +273,12 @@ impl Agent {
                 gantry_ipam::Net::new(bridge_net.gateway, bridge_net.prefix),
             ],
             open_ports: open,
+            overlay: Some(nn.cidr),
+            networks: set.networks.clone(),
+            infra: std::iter::once(nn.block)
+                .chain(set.peers.iter().map(|p| p.block))
+                .flat_map(|b| [b.vtep(), b.gateway()])
+                .collect(),
         };
         let mut fw = self.firewall.lock().expect("firewall lock");
         if fw.as_ref() == Some(&wanted) {

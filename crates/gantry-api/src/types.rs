@@ -113,6 +113,10 @@ pub struct Assignments {
     /// them to a running task of their service, wherever it runs.
     #[serde(default)]
     pub ingress: Vec<IngressPort>,
+    /// Stack networks (`STACK_NETWORK`) and the overlay addresses of the
+    /// live tasks on each: tasks reach each other only within one.
+    #[serde(default)]
+    pub networks: BTreeMap<String, Vec<std::net::Ipv4Addr>>,
 }
 
 /// A port published in ingress mode.

@@ -13,11 +13,19 @@
 //! **Architecture invariant:** the table is Gantry's alone, so replacing
 //! or deleting it never touches rules of anyone else.
 
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
 use gantry_ipam::Net;
 use ipnetwork::IpNetwork;
+use rustables::expr::{
+    Cmp, CmpOp, HighLevelPayload, IPv4HeaderField, LLHeaderField, Lookup, Meta, MetaType,
+    NetworkHeaderField,
+};
+use rustables::set::SetBuilder;
 use rustables::{
     Batch, Chain, ChainPolicy, ChainType, Hook, HookClass, MsgType, Protocol, ProtocolFamily, Rule,
-    Table,
+    Set, Table,
 };
 
 use crate::{OverlayError, BRIDGE};
@@ -32,6 +40,14 @@ pub struct Firewall {
     pub container_nets: Vec<Net>,
     /// TCP ports published on this node, open to its containers too.
     pub open_ports: Vec<u16>,
+    /// The overlay: task addresses within it reach each other only inside
+    /// one of `networks` (none: no isolation).
+    pub overlay: Option<Net>,
+    /// Stack networks and their tasks' addresses.
+    pub networks: BTreeMap<String, Vec<Ipv4Addr>>,
+    /// The nodes' own overlay addresses (gateways and VTEPs), which reach
+    /// and are reached by every task (health checks, ingress, DNS).
+    pub infra: Vec<Ipv4Addr>,
 }
 
 fn net(n: Net) -> Result<IpNetwork, OverlayError> {
@@ -44,6 +60,134 @@ fn built<T>(r: Result<T, rustables::error::BuilderError>) -> Result<T, OverlayEr
 
 fn table() -> Table {
     Table::new(ProtocolFamily::Inet).with_name(TABLE)
+}
+
+/// The bridge-family table: traffic between two containers of one node
+/// crosses `gantry0` as frames, never the IP forward hook.
+fn bridge_table() -> Table {
+    Table::new(ProtocolFamily::Bridge).with_name(TABLE)
+}
+
+/// `ether type ip`: in the bridge family, the dependency of IPv4 matches
+/// (as `nft` writes it, so that `nft list` reads it back).
+fn ether_ip(rule: &mut Rule) {
+    rule.add_expr(HighLevelPayload::LinkLayer(LLHeaderField::EtherType).build());
+    rule.add_expr(Cmp::new(CmpOp::Eq, 0x0800u16.to_be_bytes()));
+}
+
+/// Matches an IPv4 source or destination address in `set`, with the
+/// dependency `nft` expects in front (the family of the packet).
+fn ip_in(mut rule: Rule, set: &Set, source: bool, bridge: bool) -> Result<Rule, OverlayError> {
+    if bridge {
+        ether_ip(&mut rule);
+    } else {
+        rule.add_expr(Meta::new(MetaType::NfProto));
+        rule.add_expr(Cmp::new(CmpOp::Eq, [libc::NFPROTO_IPV4 as u8]));
+    }
+    rule.add_expr(
+        HighLevelPayload::Network(NetworkHeaderField::IPv4(if source {
+            IPv4HeaderField::Saddr
+        } else {
+            IPv4HeaderField::Daddr
+        }))
+        .build(),
+    );
+    rule.add_expr(Lookup::new(set)?);
+    Ok(rule)
+}
+
+/// Adds the isolation chain to a table: within the overlay, a task
+/// reaches another only inside a network both are on; the nodes' own
+/// addresses reach and are reached by all.
+fn isolation(
+    batch: &mut Batch,
+    t: &Table,
+    fw: &Firewall,
+    overlay: Net,
+    bridge: bool,
+) -> Result<(), OverlayError> {
+    let fwd = Chain::new(t)
+        .with_name("isolate")
+        .with_hook(Hook::new(HookClass::Forward, 0))
+        .with_type(ChainType::Filter)
+        .with_policy(ChainPolicy::Accept);
+    batch.add(&fwd, MsgType::Add);
+    let mut next_id = 0u32;
+    let mut set_of = |name: String, addrs: &[Ipv4Addr]| -> Result<Set, OverlayError> {
+        let mut b = SetBuilder::<Ipv4Addr>::new(name, t)?;
+        for a in addrs {
+            b.add(a);
+        }
+        let (set, elems) = b.finish();
+        // The kernel wants an id for a set made in a transaction (rules of
+        // the same transaction refer to it by that id).
+        next_id += 1;
+        let mut set = set.with_id(next_id);
+        // (The builder leaves the set's family unset; the table's it is.)
+        set.family = if bridge {
+            ProtocolFamily::Bridge
+        } else {
+            ProtocolFamily::Inet
+        };
+        batch.add(&set, MsgType::Add);
+        if !addrs.is_empty() {
+            batch.add(&elems, MsgType::Add);
+        }
+        Ok(set)
+    };
+    let infra = set_of("infra".into(), &fw.infra)?;
+    let nets = fw
+        .networks
+        .values()
+        .enumerate()
+        .map(|(i, addrs)| set_of(format!("net{i}"), addrs))
+        .collect::<Result<Vec<_>, _>>()?;
+    for set in &nets {
+        let r = ip_in(Rule::new(&fwd)?, set, true, bridge)?;
+        batch.add(&ip_in(r, set, false, bridge)?.accept(), MsgType::Add);
+    }
+    batch.add(
+        &ip_in(Rule::new(&fwd)?, &infra, true, bridge)?.accept(),
+        MsgType::Add,
+    );
+    batch.add(
+        &ip_in(Rule::new(&fwd)?, &infra, false, bridge)?.accept(),
+        MsgType::Add,
+    );
+    let r = ip_net(Rule::new(&fwd)?, overlay, true, bridge)?;
+    let r = ip_net(r, overlay, false, bridge)?;
+    batch.add(&r.drop(), MsgType::Add);
+    Ok(())
+}
+
+/// Matches an IPv4 source or destination address inside `net`, with the
+/// family's dependency in front.
+fn ip_net(mut rule: Rule, net: Net, source: bool, bridge: bool) -> Result<Rule, OverlayError> {
+    if bridge {
+        ether_ip(&mut rule);
+    } else {
+        rule.add_expr(Meta::new(MetaType::NfProto));
+        rule.add_expr(Cmp::new(CmpOp::Eq, [libc::NFPROTO_IPV4 as u8]));
+    }
+    rule.add_expr(
+        HighLevelPayload::Network(NetworkHeaderField::IPv4(if source {
+            IPv4HeaderField::Saddr
+        } else {
+            IPv4HeaderField::Daddr
+        }))
+        .build(),
+    );
+    let mask = if net.prefix == 0 {
+        0u32
+    } else {
+        u32::MAX << (32 - net.prefix)
+    };
+    rule.add_expr(rustables::expr::Bitwise::new(
+        mask.to_be_bytes(),
+        0u32.to_be_bytes(),
+    )?);
+    rule.add_expr(Cmp::new(CmpOp::Eq, net.addr.octets()));
+    Ok(rule)
 }
 
 impl Firewall {
@@ -103,22 +247,27 @@ impl Firewall {
             );
         }
         batch.add(&from_containers()?.drop(), MsgType::Add);
+        if let Some(overlay) = self.overlay {
+            isolation(&mut batch, &t, self, overlay, false)?;
+            let bt = bridge_table();
+            batch.add(&bt, MsgType::Add);
+            batch.add(&bt, MsgType::Del);
+            batch.add(&bt, MsgType::Add);
+            isolation(&mut batch, &bt, self, overlay, true)?;
+        }
         batch
             .send()
             .map_err(|e| OverlayError::Other(format!("nftables: {e:?}")))
     }
 
-    /// Deletes the table, if there is one.
+    /// Deletes the tables, if there are any (adding first makes the
+    /// delete succeed either way, in one transaction).
     pub fn remove() -> Result<(), OverlayError> {
-        let exists = rustables::list_tables()
-            .map_err(|e| OverlayError::Other(format!("nftables: {e:?}")))?
-            .iter()
-            .any(|t| t.get_name().map(String::as_str) == Some(TABLE));
-        if !exists {
-            return Ok(());
-        }
         let mut batch = Batch::new();
-        batch.add(&table(), MsgType::Del);
+        for t in [table(), bridge_table()] {
+            batch.add(&t, MsgType::Add);
+            batch.add(&t, MsgType::Del);
+        }
         batch
             .send()
             .map_err(|e| OverlayError::Other(format!("nftables: {e:?}")))

@@ -338,7 +338,35 @@ fn assignments(s: &Cluster, node: &str) -> Assignments {
         peers,
         dns: dns_records(s),
         ingress: ingress_ports(s),
+        networks: network_members(s),
     }
+}
+
+/// Each stack network and the addresses of its live tasks.
+fn network_members(s: &Cluster) -> BTreeMap<String, Vec<std::net::Ipv4Addr>> {
+    let mut out: BTreeMap<String, Vec<std::net::Ipv4Addr>> = BTreeMap::new();
+    for rec in s.services.values() {
+        let Ok(svc) = serde_json::from_str::<Service>(&rec.spec) else {
+            continue;
+        };
+        let addrs: Vec<std::net::Ipv4Addr> = s
+            .tasks
+            .values()
+            .filter(|t| t.service == rec.name && t.desired == TaskState::Running)
+            .filter(|t| matches!(t.state, TaskState::Assigned | TaskState::Running))
+            .filter_map(|t| t.addr)
+            .collect();
+        for n in &svc.networks {
+            out.entry(format!("{}_{n}", rec.stack))
+                .or_default()
+                .extend(&addrs);
+        }
+    }
+    for v in out.values_mut() {
+        v.sort();
+        v.dedup();
+    }
+    out
 }
 
 /// Every service's TCP ports published in ingress mode.

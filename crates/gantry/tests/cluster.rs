@@ -863,9 +863,11 @@ impl Drop for Dev {
         let _ = Command::new("ip")
             .args(["addr", "del", "10.32.0.1/24", "dev", "gantry0"])
             .output();
-        let _ = Command::new("nft")
-            .args(["delete", "table", "inet", "gantry"])
-            .output();
+        for family in ["inet", "bridge"] {
+            let _ = Command::new("nft")
+                .args(["delete", "table", family, "gantry"])
+                .output();
+        }
         if std::thread::panicking() {
             eprintln!(
                 "--- server.log:\n{}",
@@ -1411,4 +1413,69 @@ fn containers_reach_each_other_across_hosts_on_the_overlay() {
         .unwrap_or_default();
     assert!(!tables.contains("gantry"), "{tables}");
     assert!(text(&cl.on_agent(0, &["ps", "-aq"])).trim().is_empty());
+}
+
+#[test]
+fn stack_networks_are_isolated() {
+    let Some(mut cl) = Cluster::new("stack_networks_are_isolated", 2) else {
+        return;
+    };
+    cl.start_agent(0);
+    cl.start_agent(1);
+    for stack in ["red", "blue"] {
+        let o = cl.deploy(stack, &web(2, "").replace("IMAGE", &cl.image));
+        assert!(o.status.success(), "{}", errtext(&o));
+    }
+    for svc in ["red_web", "blue_web"] {
+        cl.wait_running(
+            svc,
+            &[("node-1", 1), ("node-2", 1)],
+            Duration::from_secs(30),
+        );
+    }
+    let names = cl.hostnames();
+    let addr = |svc: &str, host: &str| -> String {
+        cl.tasks(svc)
+            .iter()
+            .find(|t| t["state"] == "running" && names[t["node"].as_str().unwrap()] == host)
+            .and_then(|t| t["addr"].as_str().map(str::to_owned))
+            .unwrap()
+    };
+    // A red task on node-1 (the first container there of red).
+    let red1 = cl
+        .containers(0)
+        .into_iter()
+        .find(|id| {
+            let o = cl.on_agent(0, &["inspect", id]);
+            text(&o).contains("red_web")
+        })
+        .expect("red's container on node-1");
+    let get = |to: &str| {
+        let script = format!("printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {to} 8080");
+        text(&cl.on_agent(0, &["exec", &red1, "sh", "-c", &script]))
+    };
+    // Within red, across hosts: open.
+    assert!(get(&addr("red_web", "node-2")).contains("200 OK"));
+    // To blue, on the same host (bridged) and across hosts (routed): shut.
+    for host in ["node-1", "node-2"] {
+        let out = get(&addr("blue_web", host));
+        assert!(
+            !out.contains("200 OK"),
+            "red reached blue on {host}: {out:?}"
+        );
+    }
+    // Names resolve as before; the firewall, not DNS, keeps them apart.
+    for family in ["inet", "bridge"] {
+        let o = cl.lan.hosts[1]
+            .command("nft")
+            .args(["list", "table", family, "gantry"])
+            .output()
+            .unwrap();
+        let ruleset = text(&o);
+        assert!(
+            ruleset.contains("@net0") && ruleset.contains("drop"),
+            "{family}: {ruleset}{}",
+            errtext(&o)
+        );
+    }
 }
