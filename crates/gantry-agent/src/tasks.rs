@@ -254,16 +254,21 @@ impl Agent {
     fn firewall(&self, set: &Assignments) {
         let Some(nn) = &set.network else { return };
         let mut open: Vec<u16> = set.ingress.iter().map(|p| p.published).collect();
+        let mut dnat = Vec::new();
         for a in &set.tasks {
             if let Ok(svc) = serde_json::from_str::<Service>(&a.spec) {
-                open.extend(
-                    svc.ports
-                        .iter()
-                        .filter(|p| p.mode == PortMode::Host)
-                        .filter_map(|p| p.published),
-                );
+                for p in svc.ports.iter().filter(|p| p.mode == PortMode::Host) {
+                    let Some(published) = p.published else {
+                        continue;
+                    };
+                    open.push(published);
+                    if let (Some(ip), "tcp") = (a.task.addr, p.protocol.as_str()) {
+                        dnat.push((published, ip, p.target));
+                    }
+                }
             }
         }
+        dnat.sort();
         open.sort();
         open.dedup();
         let bridge_net = gantry_runtime::net::BridgeNet::default_for(&self.cfg.data_dir);
@@ -279,6 +284,7 @@ impl Agent {
                 .chain(set.peers.iter().map(|p| p.block))
                 .flat_map(|b| [b.vtep(), b.gateway()])
                 .collect(),
+            dnat,
         };
         let mut fw = self.firewall.lock().expect("firewall lock");
         if fw.as_ref() == Some(&wanted) {

@@ -19,8 +19,8 @@ use std::net::Ipv4Addr;
 use gantry_ipam::Net;
 use ipnetwork::IpNetwork;
 use rustables::expr::{
-    Cmp, CmpOp, HighLevelPayload, IPv4HeaderField, LLHeaderField, Lookup, Meta, MetaType,
-    NetworkHeaderField,
+    Cmp, CmpOp, HighLevelPayload, IPv4HeaderField, Immediate, LLHeaderField, Lookup, Meta,
+    MetaType, Nat, NatType, NetworkHeaderField, Register,
 };
 use rustables::set::SetBuilder;
 use rustables::{
@@ -48,6 +48,10 @@ pub struct Firewall {
     /// The nodes' own overlay addresses (gateways and VTEPs), which reach
     /// and are reached by every task (health checks, ingress, DNS).
     pub infra: Vec<Ipv4Addr>,
+    /// Host-mode published ports of this node's tasks: (published, task
+    /// address, target). Traffic from other machines is DNATed in the
+    /// kernel, so the task sees the client's own address.
+    pub dnat: Vec<(u16, Ipv4Addr, u16)>,
 }
 
 fn net(n: Net) -> Result<IpNetwork, OverlayError> {
@@ -247,6 +251,33 @@ impl Firewall {
             );
         }
         batch.add(&from_containers()?.drop(), MsgType::Add);
+        if !self.dnat.is_empty() {
+            let pre = Chain::new(&t)
+                .with_name("pre")
+                .with_hook(Hook::new(HookClass::PreRouting, -100))
+                .with_type(ChainType::Nat)
+                .with_policy(ChainPolicy::Accept);
+            batch.add(&pre, MsgType::Add);
+            for (published, ip, target) in &self.dnat {
+                let mut r = Rule::new(&pre)?;
+                r.add_expr(Meta::new(MetaType::NfProto));
+                r.add_expr(Cmp::new(CmpOp::Eq, [libc::NFPROTO_IPV4 as u8]));
+                let mut r = r.dport(*published, Protocol::TCP);
+                r.add_expr(Immediate::new_data(ip.octets().to_vec(), Register::Reg1));
+                r.add_expr(Immediate::new_data(
+                    target.to_be_bytes().to_vec(),
+                    Register::Reg2,
+                ));
+                r.add_expr(
+                    Nat::default()
+                        .with_nat_type(NatType::DNat)
+                        .with_family(ProtocolFamily::Ipv4)
+                        .with_ip_register(Register::Reg1)
+                        .with_port_register(Register::Reg2),
+                );
+                batch.add(&r, MsgType::Add);
+            }
+        }
         if let Some(overlay) = self.overlay {
             isolation(&mut batch, &t, self, overlay, false)?;
             let bt = bridge_table();

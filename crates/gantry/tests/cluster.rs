@@ -1465,6 +1465,44 @@ fn stack_networks_are_isolated() {
         );
     }
     // Names resolve as before; the firewall, not DNS, keeps them apart.
+    // A host-mode published port: from another machine the kernel DNATs
+    // to the task, which sees the client's own address.
+    let cgi = r#"services:
+  who:
+    image: IMAGE
+    command: ["sh", "-c", "mkdir -p /www/cgi-bin && printf '#!/bin/sh\necho Content-Type: text/plain\necho\necho $$REMOTE_ADDR\n' > /www/cgi-bin/ip && chmod +x /www/cgi-bin/ip && exec httpd -f -p 8080 -h /www"]
+    stop_grace_period: 1s
+    ports:
+      - target: 8080
+        published: 8089
+        mode: host
+    deploy:
+      placement:
+        constraints: ["node.hostname == node-1"]
+"#
+    .replace("IMAGE", &cl.image);
+    let o = cl.deploy("seen", &cgi);
+    assert!(o.status.success(), "{}", errtext(&o));
+    cl.wait_running("seen_who", &[("node-1", 1)], Duration::from_secs(30));
+    let url = format!("http://{}:8089/cgi-bin/ip", cl.lan.hosts[1].addr);
+    let seen = wait_for("the host-mode port", Duration::from_secs(10), || {
+        let o = cl.lan.hosts[0]
+            .command("curl")
+            .args(["-sf", "-m", "3", &url])
+            .output()
+            .unwrap();
+        if o.status.success() {
+            Ok(text(&o).trim().to_owned())
+        } else {
+            Err(errtext(&o))
+        }
+    });
+    // (busybox httpd listens on IPv6 too and prints v4 clients mapped.)
+    let seen = seen.trim_start_matches("[::ffff:").trim_end_matches(']');
+    assert_eq!(
+        seen, cl.lan.hosts[0].addr,
+        "the task saw the client as {seen}"
+    );
     for family in ["inet", "bridge"] {
         let o = cl.lan.hosts[1]
             .command("nft")
