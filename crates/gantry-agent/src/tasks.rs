@@ -323,6 +323,7 @@ impl Agent {
         tracing::debug!(tasks = set.tasks.len(), "assignment set");
         self.network(&set);
         self.dns.set(&set.dns);
+        self.dns.set_networks(&set.networks);
         self.ingress.set(&set.ingress, &self.dns);
         self.firewall(&set);
         let wanted: BTreeMap<String, Assignment> = set

@@ -12,7 +12,7 @@
 //! **Architecture invariant:** [`answer`] is pure (query bytes and a table
 //! in, an answer or "forward" out); only [`serve`] does I/O.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -25,10 +25,12 @@ use hickory_proto::rr::{RData, Record, RecordType};
 /// Seconds a cluster answer may be cached: short, tasks move.
 pub const TTL: u32 = 5;
 
-/// The cluster's names and their addresses.
+/// The cluster's names and their addresses, and the stack networks that
+/// scope them.
 #[derive(Debug, Default)]
 pub struct Table {
     names: RwLock<HashMap<String, Vec<Ipv4Addr>>>,
+    networks: RwLock<Vec<BTreeSet<Ipv4Addr>>>,
     turn: AtomicUsize,
 }
 
@@ -43,11 +45,34 @@ impl Table {
         *self.names.write().expect("dns table") = map;
     }
 
+    /// Replaces the networks: sets of task addresses that may talk.
+    pub fn set_networks(&self, networks: &BTreeMap<String, Vec<Ipv4Addr>>) {
+        *self.networks.write().expect("dns table") = networks
+            .values()
+            .map(|v| v.iter().copied().collect())
+            .collect();
+    }
+
     /// The addresses of a name, rotated by one on every lookup (none: not
     /// a cluster name).
     pub fn lookup(&self, name: &str) -> Option<Vec<Ipv4Addr>> {
+        self.lookup_from(name, None)
+    }
+
+    /// The addresses of a name as a task at `from` sees them: only tasks
+    /// that share a network with it (a querier on no network, the host,
+    /// sees all).
+    pub fn lookup_from(&self, name: &str, from: Option<Ipv4Addr>) -> Option<Vec<Ipv4Addr>> {
         let names = self.names.read().expect("dns table");
         let mut v = names.get(&key(name))?.clone();
+        if let Some(from) = from {
+            let nets = self.networks.read().expect("dns table");
+            let mine: Vec<&BTreeSet<Ipv4Addr>> =
+                nets.iter().filter(|n| n.contains(&from)).collect();
+            if !mine.is_empty() {
+                v.retain(|a| mine.iter().any(|n| n.contains(a)));
+            }
+        }
         if !v.is_empty() {
             let k = self.turn.fetch_add(1, Ordering::Relaxed) % v.len();
             v.rotate_left(k);
@@ -78,8 +103,8 @@ pub enum Transport {
     Tcp,
 }
 
-/// Answers a query from the table.
-pub fn answer(table: &Table, query: &[u8], transport: Transport) -> Answer {
+/// Answers a query from the table, as the querier at `from` sees it.
+pub fn answer(table: &Table, query: &[u8], transport: Transport, from: Option<Ipv4Addr>) -> Answer {
     let Ok(q) = Message::from_vec(query) else {
         return Answer::Drop;
     };
@@ -102,7 +127,7 @@ pub fn answer(table: &Table, query: &[u8], transport: Transport) -> Answer {
         return Answer::Reply(r.to_vec().unwrap_or_default());
     }
     let name = question.name().to_ascii();
-    let Some(addrs) = table.lookup(&name) else {
+    let Some(addrs) = table.lookup_from(&name, from) else {
         return Answer::Forward;
     };
     r.set_authoritative(true);
@@ -170,11 +195,18 @@ pub fn host_resolvers() -> Vec<SocketAddr> {
         .collect()
 }
 
+fn v4(a: SocketAddr) -> Option<Ipv4Addr> {
+    match a.ip() {
+        std::net::IpAddr::V4(v) => Some(v),
+        std::net::IpAddr::V6(v) => v.to_ipv4_mapped(),
+    }
+}
+
 /// Answers DNS over TCP: length-prefixed messages, several per connection.
 async fn serve_tcp(l: tokio::net::TcpListener, table: Arc<Table>, upstreams: Arc<Vec<SocketAddr>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     loop {
-        let Ok((mut conn, _)) = l.accept().await else {
+        let Ok((mut conn, peer)) = l.accept().await else {
             continue;
         };
         let (table, ups) = (table.clone(), upstreams.clone());
@@ -190,7 +222,7 @@ async fn serve_tcp(l: tokio::net::TcpListener, table: Arc<Table>, upstreams: Arc
                 else {
                     return;
                 };
-                let reply = match answer(&table, &query, Transport::Tcp) {
+                let reply = match answer(&table, &query, Transport::Tcp, v4(peer)) {
                     Answer::Reply(r) => Some(r),
                     Answer::Drop => return,
                     Answer::Forward => forward(&query, &ups).await.or_else(|| servfail(&query)),
@@ -228,7 +260,7 @@ pub async fn serve(
             }
         };
         let query = buf[..n].to_vec();
-        match answer(&table, &query, Transport::Udp) {
+        match answer(&table, &query, Transport::Udp, v4(from)) {
             Answer::Reply(r) => {
                 let _ = sock.send_to(&r, from).await;
             }
@@ -278,7 +310,7 @@ mod tests {
     }
 
     fn answer_udp(t: &Table, q: &[u8]) -> Answer {
-        answer(t, q, Transport::Udp)
+        answer(t, q, Transport::Udp, None)
     }
 
     #[test]
@@ -288,8 +320,12 @@ mod tests {
             .map(|i| Ipv4Addr::from(0x0a20_0000 + i))
             .collect();
         t.set(&BTreeMap::from([("tasks.big".to_owned(), many)]));
-        let Answer::Reply(udp) = answer(&t, &query("tasks.big.", RecordType::A), Transport::Udp)
-        else {
+        let Answer::Reply(udp) = answer(
+            &t,
+            &query("tasks.big.", RecordType::A),
+            Transport::Udp,
+            None,
+        ) else {
             panic!("no reply")
         };
         let m = Message::from_vec(&udp).unwrap();
@@ -298,6 +334,7 @@ mod tests {
             &t,
             &query("tasks.big.", RecordType::A),
             Transport::Tcp,
+            None,
         ));
         assert_eq!(tcp.len(), 200);
     }
@@ -333,6 +370,22 @@ mod tests {
         assert!(addrs(answer_udp(&t, &query("empty.", RecordType::A))).is_empty());
         // Known name, other type: no data.
         assert!(addrs(answer_udp(&t, &query("web.", RecordType::AAAA))).is_empty());
+    }
+
+    #[test]
+    fn a_task_sees_only_the_tasks_of_its_networks() {
+        let t = table();
+        let (a, b) = (Ipv4Addr::new(10, 32, 0, 2), Ipv4Addr::new(10, 32, 1, 2));
+        let me = Ipv4Addr::new(10, 32, 0, 9);
+        t.set_networks(&BTreeMap::from([
+            ("red_default".to_owned(), vec![a, me]),
+            ("blue_default".to_owned(), vec![b]),
+        ]));
+        let q = query("web.", RecordType::A);
+        assert_eq!(addrs(answer(&t, &q, Transport::Udp, Some(me))), vec![a]);
+        // The host (on no network) sees every task.
+        let host = Ipv4Addr::new(10, 32, 0, 1);
+        assert_eq!(addrs(answer(&t, &q, Transport::Udp, Some(host))).len(), 2);
     }
 
     #[test]

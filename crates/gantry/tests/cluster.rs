@@ -1464,7 +1464,18 @@ fn stack_networks_are_isolated() {
             "red reached blue on {host}: {out:?}"
         );
     }
-    // Names resolve as before; the firewall, not DNS, keeps them apart.
+    // Names are scoped too: `web` is red's web for a red task.
+    let o = cl.on_agent(0, &["exec", &red1, "nslookup", "web"]);
+    let mut seen: Vec<String> = text(&o)
+        .lines()
+        .skip_while(|l| !l.starts_with("Name:"))
+        .filter_map(|l| l.strip_prefix("Address:"))
+        .map(|a| a.trim().to_owned())
+        .collect();
+    seen.sort();
+    let mut red: Vec<String> = vec![addr("red_web", "node-1"), addr("red_web", "node-2")];
+    red.sort();
+    assert_eq!(seen, red, "{}", text(&o));
     // A host-mode published port: from another machine the kernel DNATs
     // to the task, which sees the client's own address.
     let cgi = r#"services:
