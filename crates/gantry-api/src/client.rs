@@ -36,16 +36,6 @@ pub enum ApiError {
     Other(String),
 }
 
-impl ApiError {
-    /// The HTTP status, if the manager answered.
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            Self::Status { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
-}
-
 /// A join that could not be done.
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
@@ -134,11 +124,6 @@ impl Client {
             .client_config(&me)
             .map_err(|e| ApiError::Other(format!("admin credential: {e}")))?;
         Self::new(manager.unwrap_or(&cfg.manager), tls)
-    }
-
-    /// The manager's address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
     }
 
     fn url(&self, path: &str) -> String {

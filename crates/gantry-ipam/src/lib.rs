@@ -64,6 +64,11 @@ impl Net {
         }
     }
 
+    /// Its netmask (`/24`: 255.255.255.0).
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(mask(self.prefix))
+    }
+
     /// How many addresses it spans.
     pub fn size(&self) -> u64 {
         1u64 << (32 - self.prefix)

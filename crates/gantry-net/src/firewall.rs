@@ -79,14 +79,14 @@ fn ether_ip(rule: &mut Rule) {
     rule.add_expr(Cmp::new(CmpOp::Eq, 0x0800u16.to_be_bytes()));
 }
 
-/// Matches an IPv4 source or destination address in `set`, with the
-/// dependency `nft` expects in front (the family of the packet).
-fn ip_in(mut rule: Rule, set: &Set, source: bool, bridge: bool) -> Result<Rule, OverlayError> {
+/// Loads the IPv4 source or destination address of the packet, with the
+/// dependency `nft` expects in front (`ether type ip` in a bridge table,
+/// `meta nfproto ipv4` in an inet one), so that `nft list` reads it back.
+fn ip_field(rule: &mut Rule, source: bool, bridge: bool) {
     if bridge {
-        ether_ip(&mut rule);
+        ether_ip(rule);
     } else {
-        rule.add_expr(Meta::new(MetaType::NfProto));
-        rule.add_expr(Cmp::new(CmpOp::Eq, [libc::NFPROTO_IPV4 as u8]));
+        ipv4(rule);
     }
     rule.add_expr(
         HighLevelPayload::Network(NetworkHeaderField::IPv4(if source {
@@ -96,6 +96,17 @@ fn ip_in(mut rule: Rule, set: &Set, source: bool, bridge: bool) -> Result<Rule, 
         }))
         .build(),
     );
+}
+
+/// `meta nfproto ipv4`: the family of the packet in an inet table.
+fn ipv4(rule: &mut Rule) {
+    rule.add_expr(Meta::new(MetaType::NfProto));
+    rule.add_expr(Cmp::new(CmpOp::Eq, [libc::NFPROTO_IPV4 as u8]));
+}
+
+/// Matches an IPv4 source or destination address in `set`.
+fn ip_in(mut rule: Rule, set: &Set, source: bool, bridge: bool) -> Result<Rule, OverlayError> {
+    ip_field(&mut rule, source, bridge);
     rule.add_expr(Lookup::new(set)?);
     Ok(rule)
 }
@@ -164,30 +175,11 @@ fn isolation(
     Ok(())
 }
 
-/// Matches an IPv4 source or destination address inside `net`, with the
-/// family's dependency in front.
+/// Matches an IPv4 source or destination address inside `net`.
 fn ip_net(mut rule: Rule, net: Net, source: bool, bridge: bool) -> Result<Rule, OverlayError> {
-    if bridge {
-        ether_ip(&mut rule);
-    } else {
-        rule.add_expr(Meta::new(MetaType::NfProto));
-        rule.add_expr(Cmp::new(CmpOp::Eq, [libc::NFPROTO_IPV4 as u8]));
-    }
-    rule.add_expr(
-        HighLevelPayload::Network(NetworkHeaderField::IPv4(if source {
-            IPv4HeaderField::Saddr
-        } else {
-            IPv4HeaderField::Daddr
-        }))
-        .build(),
-    );
-    let mask = if net.prefix == 0 {
-        0u32
-    } else {
-        u32::MAX << (32 - net.prefix)
-    };
+    ip_field(&mut rule, source, bridge);
     rule.add_expr(rustables::expr::Bitwise::new(
-        mask.to_be_bytes(),
+        net.netmask().octets(),
         0u32.to_be_bytes(),
     )?);
     rule.add_expr(Cmp::new(CmpOp::Eq, net.addr.octets()));
@@ -260,8 +252,7 @@ impl Firewall {
             batch.add(&pre, MsgType::Add);
             for (published, ip, target) in &self.dnat {
                 let mut r = Rule::new(&pre)?;
-                r.add_expr(Meta::new(MetaType::NfProto));
-                r.add_expr(Cmp::new(CmpOp::Eq, [libc::NFPROTO_IPV4 as u8]));
+                ipv4(&mut r);
                 let mut r = r.dport(*published, Protocol::TCP);
                 r.add_expr(Immediate::new_data(ip.octets().to_vec(), Register::Reg1));
                 r.add_expr(Immediate::new_data(

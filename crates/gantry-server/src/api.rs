@@ -460,11 +460,15 @@ async fn agent_watch(State(sh): Sh, Extension(peer): Extension<Peer>) -> Result<
                 }
                 last = Some(a);
             }
-            tokio::select! {
-                r = changed.changed() => if r.is_err() { return },
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {
-                    if tx.send(Bytes::from_static(b"\n")).await.is_err() {
-                        return;
+            // Wait for a change of state; keep the stream alive meanwhile
+            // without recomputing what cannot have changed.
+            loop {
+                tokio::select! {
+                    r = changed.changed() => if r.is_err() { return } else { break },
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                        if tx.send(Bytes::from_static(b"\n")).await.is_err() {
+                            return;
+                        }
                     }
                 }
             }

@@ -19,12 +19,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gantry_api::{AdminConfig, Event, NodeInfo};
+use gantry_api::{AdminConfig, NodeInfo};
 use gantry_pki::{ClusterCa, Issued, JoinToken, Role};
 use gantry_sched::{Availability, Resources};
 use gantry_store::{Command, NodeRecord, State, Store, StoreError};
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, watch, Notify};
+use tokio::sync::{watch, Notify};
 
 /// How the manager runs.
 #[derive(Debug, Clone)]
@@ -319,11 +319,6 @@ impl Manager {
         for t in &self.tasks {
             t.abort();
         }
-    }
-
-    /// Subscribes to cluster events (for tests and the dev server).
-    pub fn events(&self) -> broadcast::Receiver<Event> {
-        self.shared.events.subscribe()
     }
 }
 
