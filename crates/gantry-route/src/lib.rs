@@ -1,0 +1,240 @@
+//! The edge proxy's routes, pure: what a route says ([`RouteSpec`]), where
+//! routes come from (service labels, Gantry's own and docker-flow-proxy's,
+//! in [`labels`]; docker-flow-proxy's reconfigure queries in [`dfp`]), and
+//! the [`Table`] that picks the route of a request by host and path.
+//!
+//! **Architecture invariant:** nothing here does I/O or keeps time; the
+//! proxy (`gantry-proxy`) builds a new [`Table`] on every change and swaps
+//! it in whole, so a lookup never sees half a change.
+
+pub mod dfp;
+pub mod labels;
+mod table;
+
+use serde::{Deserialize, Serialize};
+
+pub use table::{Hit, Table};
+
+/// How a route's path matches the request's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathType {
+    /// The request path starts with it (DFP's `path_beg`).
+    #[default]
+    Prefix,
+    /// The request path is it (DFP's `path`).
+    Exact,
+    /// The request path ends with it (DFP's `path_end`).
+    Suffix,
+    /// The regular expression matches the request path (DFP's `path_reg`).
+    Regex,
+}
+
+/// Whether a route is served over HTTPS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpsMode {
+    /// A certificate is obtained for the route's names; plain HTTP
+    /// redirects to HTTPS once it exists.
+    #[default]
+    Auto,
+    /// HTTP always redirects to HTTPS (DFP's `httpsOnly`).
+    Redirect,
+    /// Plain HTTP only: no certificate, no redirect.
+    Off,
+}
+
+/// How a route spreads requests over its backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Each in turn.
+    #[default]
+    RoundRobin,
+    /// The one with the fewest requests in flight.
+    LeastConn,
+}
+
+/// One HTTP route: requests for these names and this path go to this
+/// service's tasks on this port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteSpec {
+    /// The service (`STACK_SERVICE`, or a name a DFP client gave).
+    pub service: String,
+    /// Host names, lower case; a leading `*` matches any host ending with
+    /// the rest (`*.example.com`, DFP's `*example.com`). Empty: any host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// The path to match; `/` matches everything.
+    pub path: String,
+    /// How [`path`](Self::path) matches.
+    #[serde(default)]
+    pub path_type: PathType,
+    /// The port in the tasks.
+    pub port: u16,
+    /// Remove a prefix path before forwarding.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Regular expression and replacement applied to the path before
+    /// forwarding (DFP's `reqPathSearchReplace`).
+    #[serde(default)]
+    pub replace: Vec<(String, String)>,
+    /// HTTPS.
+    #[serde(default)]
+    pub https: HttpsMode,
+    /// Host names that redirect (301) to the first of [`hosts`](Self::hosts).
+    #[serde(default)]
+    pub redirect_from: Vec<String>,
+    /// Balancing.
+    #[serde(default)]
+    pub balance: Balance,
+    /// Pin a client to a backend with a cookie.
+    #[serde(default)]
+    pub sticky: bool,
+    /// A path the proxy requests on every backend to check its health.
+    #[serde(default)]
+    pub health_path: Option<String>,
+}
+
+impl RouteSpec {
+    /// A route of `service` on `port` for every host and path.
+    pub fn new(service: &str, port: u16) -> Self {
+        Self {
+            service: service.to_owned(),
+            hosts: Vec::new(),
+            path: "/".to_owned(),
+            path_type: PathType::Prefix,
+            port,
+            strip_prefix: false,
+            replace: Vec::new(),
+            https: HttpsMode::Auto,
+            redirect_from: Vec::new(),
+            balance: Balance::RoundRobin,
+            sticky: false,
+            health_path: None,
+        }
+    }
+
+    /// Checks names, paths and expressions.
+    pub fn validate(&self) -> Result<(), RouteError> {
+        if self.service.is_empty() {
+            return Err(RouteError::Invalid("a route needs a service".into()));
+        }
+        if self.port == 0 {
+            return Err(RouteError::Invalid(format!(
+                "route of {}: port 0 is not a port",
+                self.service
+            )));
+        }
+        for h in self.hosts.iter().chain(&self.redirect_from) {
+            check_host(h)?;
+        }
+        match self.path_type {
+            PathType::Regex => {
+                regex::Regex::new(&self.path).map_err(|e| {
+                    RouteError::Invalid(format!("path {:?} is not a regular expression: {e}", self.path))
+                })?;
+            }
+            PathType::Prefix | PathType::Exact => {
+                if !self.path.starts_with('/') {
+                    return Err(RouteError::Invalid(format!(
+                        "path {:?} must start with /",
+                        self.path
+                    )));
+                }
+            }
+            PathType::Suffix => {}
+        }
+        if self.path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(RouteError::Invalid(format!("path {:?} holds a space or control character", self.path)));
+        }
+        for (search, _) in &self.replace {
+            regex::Regex::new(search).map_err(|e| {
+                RouteError::Invalid(format!("{search:?} is not a regular expression: {e}"))
+            })?;
+        }
+        if let Some(p) = self.health_path.as_ref().filter(|p| !p.starts_with('/')) {
+            return Err(RouteError::Invalid(format!("health path {p:?} must start with /")));
+        }
+        Ok(())
+    }
+
+    /// The names that need a certificate: the exact host names (a
+    /// wildcard needs DNS-01, which Gantry does not do) and the
+    /// redirecting names.
+    pub fn tls_names(&self) -> Vec<String> {
+        if self.https == HttpsMode::Off {
+            return Vec::new();
+        }
+        self.hosts
+            .iter()
+            .chain(&self.redirect_from)
+            .filter(|h| !h.starts_with('*'))
+            .cloned()
+            .collect()
+    }
+}
+
+/// A host name or pattern that is not one.
+fn check_host(h: &str) -> Result<(), RouteError> {
+    let name = h.strip_prefix('*').unwrap_or(h);
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_' || c == ':')
+        && !name.contains("..");
+    if ok {
+        Ok(())
+    } else {
+        Err(RouteError::Invalid(format!("{h:?} is not a host name")))
+    }
+}
+
+/// Lower case, without a port or a trailing dot.
+pub fn normalize_host(h: &str) -> String {
+    let h = h.trim();
+    let h = if h.starts_with('[') {
+        h.split(']').next().map(|s| format!("{s}]")).unwrap_or_default()
+    } else {
+        h.rsplit_once(':')
+            .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+            .map(|(h, _)| h.to_owned())
+            .unwrap_or_else(|| h.to_owned())
+    };
+    h.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// A route that cannot be.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// A bad value.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Splits a comma-separated list, trimmed, without empty items.
+pub(crate) fn list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `true`/`false` and the usual spellings.
+pub(crate) fn boolean(key: &str, v: &str) -> Result<bool, RouteError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" | "" => Ok(false),
+        _ => Err(RouteError::Invalid(format!("{key}: {v:?} is not true or false"))),
+    }
+}
+
+/// A port number.
+pub(crate) fn port(key: &str, v: &str) -> Result<u16, RouteError> {
+    match v.trim().parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(RouteError::Invalid(format!("{key}: {v:?} is not a port"))),
+    }
+}
