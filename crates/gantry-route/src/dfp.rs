@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::{HttpsMode, PathType, RouteError, RouteSpec, boolean, list, port};
+use crate::{boolean, list, port, HttpsMode, PathType, RouteError, RouteSpec};
 
 /// The highest destination index (`servicePath.10`).
 pub const MAX_INDEX: usize = 10;
@@ -125,7 +125,9 @@ pub fn reconfigure(q: &Query) -> Result<Reconfigure, DfpError> {
                 if paths.is_empty() && domains.is_empty() {
                     return Err(DfpError {
                         status: 409,
-                        message: "When using reqMode http, servicePath or serviceDomain are mandatory".into(),
+                        message:
+                            "When using reqMode http, servicePath or serviceDomain are mandatory"
+                                .into(),
                     });
                 }
                 let path_type = match pick("pathType").unwrap_or("path_beg") {
@@ -228,7 +230,9 @@ fn service_name(q: &Query) -> Result<String, DfpError> {
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         || name.len() > 200
     {
-        return Err(DfpError::bad(format!("serviceName {name:?} is not a service name")));
+        return Err(DfpError::bad(format!(
+            "serviceName {name:?} is not a service name"
+        )));
     }
     Ok(name.to_owned())
 }
@@ -370,11 +374,17 @@ mod tests {
     #[test]
     fn errors_carry_dfps_status_and_message() {
         let e = reconfigure(&q("servicePath=/demo&port=8080")).unwrap_err();
-        assert_eq!((e.status, e.message.as_str()), (400, "serviceName parameter is mandatory."));
+        assert_eq!(
+            (e.status, e.message.as_str()),
+            (400, "serviceName parameter is mandatory.")
+        );
         let e = reconfigure(&q("serviceName=a&port=8080")).unwrap_err();
         assert_eq!(e.status, 409);
         let e = reconfigure(&q("serviceName=a&servicePath=/x")).unwrap_err();
-        assert_eq!((e.status, e.message.as_str()), (400, "port parameter is mandatory."));
+        assert_eq!(
+            (e.status, e.message.as_str()),
+            (400, "port parameter is mandatory.")
+        );
         let e = reconfigure(&q("serviceName=a")).unwrap_err();
         assert_eq!(e.status, 400);
         for bad in [
@@ -396,7 +406,10 @@ mod tests {
             assert_eq!(e.status, 400, "{bad}: {e}");
         }
         assert_eq!(remove(&q("")).unwrap_err().status, 400);
-        assert_eq!(remove(&q("serviceName=a&distribute=true")).unwrap(), ("a".into(), true));
+        assert_eq!(
+            remove(&q("serviceName=a&distribute=true")).unwrap(),
+            ("a".into(), true)
+        );
     }
 
     #[test]
@@ -414,7 +427,13 @@ mod tests {
         assert_eq!(a.path_type, PathType::Regex);
         assert_eq!(a.https, HttpsMode::Redirect);
         assert_eq!(a.redirect_from, ["old.example.com"]);
-        assert_eq!(a.replace, [("/a/".to_owned(), "/".to_owned()), ("^/b".to_owned(), "/c".to_owned())]);
+        assert_eq!(
+            a.replace,
+            [
+                ("/a/".to_owned(), "/".to_owned()),
+                ("^/b".to_owned(), "/c".to_owned())
+            ]
+        );
         assert_eq!(r.routes[1].path, "/b");
     }
 
@@ -426,9 +445,19 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(r.routes.len(), 2);
-        assert_eq!((r.routes[0].path.as_str(), r.routes[0].port), ("/api", 8080));
-        assert_eq!((r.routes[1].path.as_str(), r.routes[1].port), ("/admin", 9090));
-        assert_eq!(r.routes[1].hosts, ["app.example.com"], "falls back on the unindexed domain");
+        assert_eq!(
+            (r.routes[0].path.as_str(), r.routes[0].port),
+            ("/api", 8080)
+        );
+        assert_eq!(
+            (r.routes[1].path.as_str(), r.routes[1].port),
+            ("/admin", 9090)
+        );
+        assert_eq!(
+            r.routes[1].hosts,
+            ["app.example.com"],
+            "falls back on the unindexed domain"
+        );
         assert_eq!(
             r.tcp,
             [TcpRoute {

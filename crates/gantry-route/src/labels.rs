@@ -25,7 +25,7 @@
 use std::collections::BTreeMap;
 
 use crate::dfp::{self, TcpRoute};
-use crate::{Balance, HttpsMode, PathType, RouteError, RouteSpec, boolean, list, port};
+use crate::{boolean, list, port, Balance, HttpsMode, PathType, RouteError, RouteSpec};
 
 /// The prefix of Gantry's labels.
 pub const PREFIX: &str = "gantry.http.";
@@ -82,7 +82,12 @@ fn gantry_routes(
         for (key, v) in keys {
             let l = label(key);
             match key {
-                "host" => r.hosts = list(v).into_iter().map(|h| h.to_ascii_lowercase()).collect(),
+                "host" => {
+                    r.hosts = list(v)
+                        .into_iter()
+                        .map(|h| h.to_ascii_lowercase())
+                        .collect()
+                }
                 "path" => r.path = v.trim().to_owned(),
                 "path_type" => {
                     r.path_type = match v.trim() {
@@ -112,7 +117,10 @@ fn gantry_routes(
                     }
                 }
                 "redirect_from" => {
-                    r.redirect_from = list(v).into_iter().map(|h| h.to_ascii_lowercase()).collect()
+                    r.redirect_from = list(v)
+                        .into_iter()
+                        .map(|h| h.to_ascii_lowercase())
+                        .collect()
                 }
                 "balance" => {
                     r.balance = match v.trim() {
@@ -243,7 +251,10 @@ mod tests {
         // Without notify, DFP's labels mean nothing.
         let (r, _) = routes("s", &labels(&[("com.df.servicePath", "/x")])).unwrap();
         assert!(r.is_empty());
-        let e = routes("s", &labels(&[("com.df.notify", "true"), ("com.df.servicePath", "/x")]));
+        let e = routes(
+            "s",
+            &labels(&[("com.df.notify", "true"), ("com.df.servicePath", "/x")]),
+        );
         assert!(e.unwrap_err().to_string().contains("port"));
     }
 }

@@ -132,7 +132,10 @@ impl RouteSpec {
         match self.path_type {
             PathType::Regex => {
                 regex::Regex::new(&self.path).map_err(|e| {
-                    RouteError::Invalid(format!("path {:?} is not a regular expression: {e}", self.path))
+                    RouteError::Invalid(format!(
+                        "path {:?} is not a regular expression: {e}",
+                        self.path
+                    ))
                 })?;
             }
             PathType::Prefix | PathType::Exact => {
@@ -145,8 +148,15 @@ impl RouteSpec {
             }
             PathType::Suffix => {}
         }
-        if self.path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(RouteError::Invalid(format!("path {:?} holds a space or control character", self.path)));
+        if self
+            .path
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(RouteError::Invalid(format!(
+                "path {:?} holds a space or control character",
+                self.path
+            )));
         }
         for (search, _) in &self.replace {
             regex::Regex::new(search).map_err(|e| {
@@ -154,7 +164,9 @@ impl RouteSpec {
             })?;
         }
         if let Some(p) = self.health_path.as_ref().filter(|p| !p.starts_with('/')) {
-            return Err(RouteError::Invalid(format!("health path {p:?} must start with /")));
+            return Err(RouteError::Invalid(format!(
+                "health path {p:?} must start with /"
+            )));
         }
         Ok(())
     }
@@ -195,7 +207,10 @@ fn check_host(h: &str) -> Result<(), RouteError> {
 pub fn normalize_host(h: &str) -> String {
     let h = h.trim();
     let h = if h.starts_with('[') {
-        h.split(']').next().map(|s| format!("{s}]")).unwrap_or_default()
+        h.split(']')
+            .next()
+            .map(|s| format!("{s}]"))
+            .unwrap_or_default()
     } else {
         h.rsplit_once(':')
             .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
@@ -227,7 +242,9 @@ pub(crate) fn boolean(key: &str, v: &str) -> Result<bool, RouteError> {
     match v.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" | "" => Ok(false),
-        _ => Err(RouteError::Invalid(format!("{key}: {v:?} is not true or false"))),
+        _ => Err(RouteError::Invalid(format!(
+            "{key}: {v:?} is not true or false"
+        ))),
     }
 }
 

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use regex::Regex;
 
-use crate::{PathType, RouteSpec, normalize_host};
+use crate::{normalize_host, PathType, RouteSpec};
 
 struct Entry<T> {
     spec: RouteSpec,
@@ -156,7 +156,9 @@ impl<T> Table<T> {
             .chain(
                 self.wildcard
                     .iter()
-                    .filter(|(suffix, _)| host.ends_with(suffix.as_str()) && host.len() > suffix.len())
+                    .filter(|(suffix, _)| {
+                        host.ends_with(suffix.as_str()) && host.len() > suffix.len()
+                    })
                     .map(|(_, v)| v),
             )
             .chain(std::iter::once(&self.any));
@@ -240,22 +242,42 @@ mod tests {
             (route("any", &[], "/", PathType::Prefix), "any"),
             (route("api", &[], "/api", PathType::Prefix), "api"),
             (route("www", &["www.a.com"], "/", PathType::Prefix), "www"),
-            (route("wapi", &["www.a.com"], "/api", PathType::Prefix), "wapi"),
-            (route("exact", &["www.a.com"], "/api/x", PathType::Exact), "exact"),
+            (
+                route("wapi", &["www.a.com"], "/api", PathType::Prefix),
+                "wapi",
+            ),
+            (
+                route("exact", &["www.a.com"], "/api/x", PathType::Exact),
+                "exact",
+            ),
             (route("wild", &["*.a.com"], "/", PathType::Prefix), "wild"),
             (route("deep", &["*.b.a.com"], "/", PathType::Prefix), "deep"),
-            (route("png", &["img.a.com"], ".png", PathType::Suffix), "png"),
-            (route("re", &["re.a.com"], "^/v[0-9]+/", PathType::Regex), "re"),
+            (
+                route("png", &["img.a.com"], ".png", PathType::Suffix),
+                "png",
+            ),
+            (
+                route("re", &["re.a.com"], "^/v[0-9]+/", PathType::Regex),
+                "re",
+            ),
         ]);
         assert_eq!(service(&t, "www.a.com", "/"), Some("www"));
         assert_eq!(service(&t, "WWW.A.COM:8080", "/api/y"), Some("wapi"));
         assert_eq!(service(&t, "www.a.com.", "/api/x"), Some("exact"));
         assert_eq!(service(&t, "x.a.com", "/api"), Some("wild"));
         assert_eq!(service(&t, "x.b.a.com", "/"), Some("deep"));
-        assert_eq!(service(&t, "a.com", "/"), Some("any"), "a wildcard needs a label in front");
+        assert_eq!(
+            service(&t, "a.com", "/"),
+            Some("any"),
+            "a wildcard needs a label in front"
+        );
         assert_eq!(service(&t, "other.org", "/api/z"), Some("api"));
         assert_eq!(service(&t, "img.a.com", "/cat.png"), Some("png"));
-        assert_eq!(service(&t, "img.a.com", "/cat.jpg"), Some("wild"), "falls through to the wildcard");
+        assert_eq!(
+            service(&t, "img.a.com", "/cat.jpg"),
+            Some("wild"),
+            "falls through to the wildcard"
+        );
         assert_eq!(service(&t, "re.a.com", "/v2/x"), Some("re"));
         assert_eq!(service(&t, "re.a.com", "/vx/x"), Some("wild"));
     }

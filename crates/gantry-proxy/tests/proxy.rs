@@ -1,0 +1,450 @@
+//! The proxy against real backends (small hyper servers on loopback
+//! addresses) and real clients (curl, raw sockets). No root needed.
+
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gantry_proxy::{CertPem, Proxy, ProxyConfig, Route};
+use gantry_route::{Balance, HttpsMode, RouteSpec};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A backend on `ip:port` that answers `ID METHOD PATH` and the request's
+/// forwarding headers, and echoes bytes after an Upgrade.
+async fn backend(ip: Ipv4Addr, port: u16, id: &'static str) {
+    let l = TcpListener::bind((ip, port)).await.unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let svc = service_fn(move |mut req: Request<hyper::body::Incoming>| async move {
+                    if req.headers().contains_key("upgrade") {
+                        let up = hyper::upgrade::on(&mut req);
+                        tokio::spawn(async move {
+                            let Ok(up) = up.await else { return };
+                            let mut io = TokioIo::new(up);
+                            let mut buf = [0u8; 1024];
+                            loop {
+                                match io.read(&mut buf).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => {
+                                        let mut out = id.as_bytes().to_vec();
+                                        out.push(b':');
+                                        out.extend(&buf[..n]);
+                                        if io.write_all(&out).await.is_err() {
+                                            return;
+                                        }
+                                    }
+                                }
+                            }
+                        });
+                        let r = Response::builder()
+                            .status(101)
+                            .header("connection", "upgrade")
+                            .header("upgrade", "echo")
+                            .body(Full::new(Bytes::new()))
+                            .unwrap();
+                        return Ok::<_, Infallible>(r);
+                    }
+                    let h = |k: &str| {
+                        req.headers()
+                            .get(k)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("-")
+                            .to_owned()
+                    };
+                    let body = format!(
+                        "{id} {} {}\nxff={}\nproto={}\nxhost={}\nforwarded={}\nhost={}\n",
+                        req.method(),
+                        req.uri(),
+                        h("x-forwarded-for"),
+                        h("x-forwarded-proto"),
+                        h("x-forwarded-host"),
+                        h("forwarded"),
+                        h("host"),
+                    );
+                    let mut r = Response::new(Full::new(Bytes::from(body)));
+                    if req.uri().path() == "/unhealthy" {
+                        *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+                    }
+                    Ok(r)
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+async fn echo(s: &mut TcpStream, msg: &[u8]) -> String {
+    let mut buf = vec![0u8; 64];
+    s.write_all(msg).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).to_string()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Fixture {
+    proxy: Arc<Proxy>,
+    http: SocketAddr,
+    https: SocketAddr,
+    port: u16,
+}
+
+async fn fixture(config: ProxyConfig) -> Fixture {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let port = free_port();
+    for (i, id) in [(2, "b2"), (3, "b3"), (4, "b4")] {
+        backend(Ipv4Addr::new(127, 0, 0, i), port, id).await;
+    }
+    let http_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let https_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (http, https) = (http_l.local_addr().unwrap(), https_l.local_addr().unwrap());
+    let proxy = Proxy::new(ProxyConfig {
+        https_port: https.port(),
+        ..config
+    });
+    tokio::spawn(gantry_proxy::serve_http(proxy.clone(), http_l));
+    tokio::spawn(gantry_proxy::serve_https(proxy.clone(), https_l));
+    tokio::spawn(proxy.clone().check_health());
+    Fixture {
+        proxy,
+        http,
+        https,
+        port,
+    }
+}
+
+fn route(service: &str, hosts: &[&str], path: &str, port: u16, backends: &[u8]) -> Route {
+    let mut spec = RouteSpec::new(service, port);
+    spec.hosts = hosts.iter().map(|h| (*h).to_owned()).collect();
+    spec.path = path.into();
+    Route {
+        spec,
+        backends: backends
+            .iter()
+            .map(|i| Ipv4Addr::new(127, 0, 0, *i))
+            .collect(),
+    }
+}
+
+/// curl, returning (status, headers+body).
+async fn curl(args: &[&str]) -> (u16, String) {
+    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new("curl")
+            .args(["-sS", "-i", "--max-time", "10"])
+            .args(&args)
+            .output()
+            .expect("curl runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let status = text
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("HTTP/"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (status, text)
+    })
+    .await
+    .unwrap()
+}
+
+fn host_url(f: &Fixture, host: &str, path: &str) -> [String; 3] {
+    [
+        "-H".into(),
+        format!("Host: {host}"),
+        format!("http://{}{path}", f.http),
+    ]
+}
+
+async fn get(f: &Fixture, host: &str, path: &str) -> (u16, String) {
+    let a = host_url(f, host, path);
+    curl(&a.iter().map(String::as_str).collect::<Vec<_>>()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_balance_forward_and_answer_for_themselves() {
+    let f = fixture(ProxyConfig::default()).await;
+    let mut api = route("api", &["shop.test"], "/api", f.port, &[4]);
+    api.spec.strip_prefix = true;
+    f.proxy.set_routes(&[
+        route("web", &["shop.test", "*.shop.test"], "/", f.port, &[2, 3]),
+        api,
+        route("empty", &["empty.test"], "/", f.port, &[]),
+    ]);
+    // Round robin over two backends.
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let (s, body) = get(&f, "shop.test", "/x?q=1").await;
+        assert_eq!(s, 200, "{body}");
+        let line = body
+            .lines()
+            .find(|l| l.starts_with('b'))
+            .unwrap()
+            .to_owned();
+        assert!(line.ends_with("GET /x?q=1"), "{line}");
+        seen.push(line[..2].to_owned());
+    }
+    seen.sort();
+    assert_eq!(seen, ["b2", "b2", "b3", "b3"]);
+    // Path prefix stripped; forwarding headers set.
+    let (s, body) = get(&f, "SHOP.test:80", "/api/users").await;
+    assert_eq!(s, 200);
+    assert!(body.contains("b4 GET /users"), "{body}");
+    assert!(body.contains("xff=127.0.0.1\n"), "{body}");
+    assert!(body.contains("proto=http\n"), "{body}");
+    assert!(body.contains("xhost=shop.test\n"), "{body}");
+    assert!(
+        body.contains("forwarded=for=127.0.0.1;proto=http;host=\"SHOP.test:80\""),
+        "{body}"
+    );
+    // A wildcard.
+    assert_eq!(get(&f, "a.shop.test", "/").await.0, 200);
+    // No route: 404. A route with no healthy task: 503 and Retry-After.
+    let (s, body) = get(&f, "nowhere.test", "/").await;
+    assert_eq!(s, 404, "{body}");
+    let (s, body) = get(&f, "empty.test", "/").await;
+    assert_eq!(s, 503, "{body}");
+    assert!(
+        body.to_ascii_lowercase().contains("retry-after: 5"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_backend_is_retried_ejected_and_checked() {
+    let f = fixture(ProxyConfig {
+        check_every: Duration::from_millis(200),
+        ..ProxyConfig::default()
+    })
+    .await;
+    // 127.0.0.9 listens on nothing: connections are refused.
+    f.proxy
+        .set_routes(&[route("web", &["r.test"], "/", f.port, &[9, 2])]);
+    for _ in 0..6 {
+        let (s, body) = get(&f, "r.test", "/").await;
+        assert_eq!(s, 200, "GETs are retried on another backend: {body}");
+    }
+    // A POST with a body is not retried, but the dead one is ejected now.
+    for _ in 0..4 {
+        let a = host_url(&f, "r.test", "/");
+        let (s, _) = curl(&["-d", "x=1", &a[0], &a[1], &a[2]]).await;
+        assert_eq!(s, 200);
+    }
+    // Only dead backends: 502 after trying them (they are ejected now,
+    // so a new route with only them answers 503).
+    f.proxy
+        .set_routes(&[route("dead", &["d.test"], "/", 1, &[2])]);
+    let (s, body) = get(&f, "d.test", "/").await;
+    assert_eq!(s, 502, "{body}");
+    let (s, _) = get(&f, "d.test", "/").await;
+    assert_eq!(s, 503);
+    // Active checks: a health path that fails takes the backend out.
+    let mut r = route("web", &["h.test"], "/", f.port, &[2]);
+    r.spec.health_path = Some("/health".into());
+    let mut sick = route("sick", &["s.test"], "/", f.port, &[3]);
+    sick.spec.health_path = Some("/unhealthy".into());
+    f.proxy.set_routes(&[r, sick]);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        get(&f, "h.test", "/").await.0,
+        200,
+        "its health path answers 200"
+    );
+    assert_eq!(
+        get(&f, "s.test", "/").await.0,
+        503,
+        "its health path answers 500"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_survive_route_changes() {
+    let f = fixture(ProxyConfig::default()).await;
+    f.proxy
+        .set_routes(&[route("ws", &["ws.test"], "/", f.port, &[3])]);
+    let mut s = TcpStream::connect(f.http).await.unwrap();
+    s.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(echo(&mut s, b"hello").await, "b3:hello");
+    // Routes change (even the WebSocket's own route goes away): the open
+    // connection is untouched.
+    f.proxy
+        .set_routes(&[route("other", &["o.test"], "/", f.port, &[2])]);
+    assert_eq!(echo(&mut s, b"still").await, "b3:still");
+    assert_eq!(get(&f, "ws.test", "/").await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_http2_redirects_and_sticky_sessions() {
+    let f = fixture(ProxyConfig::default()).await;
+    let ca = rcgen::CertifiedIssuer::self_signed(
+        {
+            let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            p.distinguished_name
+                .push(rcgen::DnType::CommonName, "gantry proxy test CA");
+            p
+        },
+        rcgen::KeyPair::generate().unwrap(),
+    )
+    .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["secure.test".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let dir = tempfile_dir();
+    let ca_path = format!("{dir}/ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let errors = f.proxy.set_certs(&[
+        CertPem {
+            names: vec!["secure.test".into()],
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        },
+        CertPem {
+            names: vec!["broken.test".into()],
+            cert_pem: "not a pem".into(),
+            key_pem: String::new(),
+        },
+    ]);
+    assert_eq!(errors.len(), 1, "the broken one is reported");
+    let mut sticky = route("web", &["secure.test"], "/", f.port, &[2, 3, 4]);
+    sticky.spec.sticky = true;
+    sticky.spec.balance = Balance::LeastConn;
+    let mut plain = route("plain", &["plain.test"], "/", f.port, &[2]);
+    plain.spec.https = HttpsMode::Off;
+    let mut forced = route("forced", &["forced.test"], "/", f.port, &[2]);
+    forced.spec.https = HttpsMode::Redirect;
+    forced.spec.redirect_from = vec!["old.test".into()];
+    f.proxy.set_routes(&[sticky, plain, forced]);
+
+    // HTTP with a certificate redirects to HTTPS.
+    let (s, body) = get(&f, "secure.test", "/p?x=1").await;
+    assert_eq!(s, 301, "{body}");
+    assert!(
+        body.contains(&format!(
+            "location: https://secure.test:{}/p?x=1",
+            f.https.port()
+        )),
+        "{body}"
+    );
+    assert_eq!(get(&f, "plain.test", "/").await.0, 200, "https off: served");
+    assert_eq!(
+        get(&f, "forced.test", "/").await.0,
+        301,
+        "httpsOnly: redirected"
+    );
+    let (s, body) = get(&f, "old.test", "/a").await;
+    assert_eq!(s, 301);
+    assert!(body.contains("location: https://forced.test:"), "{body}");
+
+    // HTTPS over HTTP/2, the certificate verified by curl.
+    let resolve = format!("secure.test:{}:127.0.0.1", f.https.port());
+    let url = format!("https://secure.test:{}/h2", f.https.port());
+    let (s, body) = curl(&["--http2", "--cacert", &ca_path, "--resolve", &resolve, &url]).await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body.starts_with("HTTP/2 200"), "{body}");
+    assert!(body.contains("proto=https"), "{body}");
+    let cookie = body
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: gantry_sticky="))
+        .and_then(|c| c.split(';').next())
+        .expect("a sticky cookie")
+        .to_owned();
+    let id = body.lines().find(|l| l.starts_with('b')).unwrap()[..2].to_owned();
+    for _ in 0..4 {
+        let (s, body) = curl(&[
+            "--http2",
+            "--cacert",
+            &ca_path,
+            "--resolve",
+            &resolve,
+            "-b",
+            &format!("gantry_sticky={cookie}"),
+            &url,
+        ])
+        .await;
+        assert_eq!(s, 200);
+        assert!(
+            body.contains(&format!("{id} GET /h2")),
+            "sticky to {id}: {body}"
+        );
+        assert!(!body.contains("set-cookie"), "{body}");
+    }
+    // No certificate for the name: the handshake fails.
+    let resolve = format!("plain.test:{}:127.0.0.1", f.https.port());
+    let url = format!("https://plain.test:{}/", f.https.port());
+    let (s, _) = curl(&["--cacert", &ca_path, "--resolve", &resolve, &url]).await;
+    assert_eq!(s, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_address_comes_through_proxy_protocol() {
+    let f = fixture(ProxyConfig {
+        trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
+        ..ProxyConfig::default()
+    })
+    .await;
+    f.proxy
+        .set_routes(&[route("web", &["pp.test"], "/", f.port, &[2])]);
+    let (s, body) = curl(&[
+        "--haproxy-protocol",
+        "-H",
+        "Host: pp.test",
+        &format!("http://{}/", f.http),
+    ])
+    .await;
+    assert_eq!(s, 200, "{body}");
+    // curl sends its own connection's addresses; a v1 header by hand
+    // carries another client.
+    let mut c = TcpStream::connect(f.http).await.unwrap();
+    c.write_all(b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 80\r\nGET / HTTP/1.1\r\nHost: pp.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).await.unwrap();
+    assert!(out.contains("xff=203.0.113.7\n"), "{out}");
+    // A trusted peer without a header is dropped.
+    let (s, _) = get(&f, "pp.test", "/").await;
+    assert_eq!(s, 0);
+}
+
+fn tempfile_dir() -> String {
+    let d = std::env::temp_dir().join(format!("gantry-proxy-test-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.to_string_lossy().into_owned()
+}
