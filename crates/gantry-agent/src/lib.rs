@@ -17,6 +17,7 @@
 //! single-threaded helper ([`helper_main`], a re-exec of the `gantry`
 //! binary), never from the agent's threads.
 
+mod edge;
 mod health;
 mod helper;
 mod ingress;
@@ -32,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use gantry_api::{ApiError, Assignments, Client, NodeInfo, StatusReport};
 use gantry_pki::{ClusterCa, Issued};
 
+pub use edge::EdgeConfig;
 pub use helper::helper_main;
 
 /// How the agent runs.
@@ -57,6 +59,8 @@ pub struct AgentConfig {
     pub helper: PathBuf,
     /// How images are pulled.
     pub registry: gantry_image::RegistryOptions,
+    /// The edge proxy, unless `None`.
+    pub edge: Option<EdgeConfig>,
 }
 
 /// An agent failure.
@@ -231,6 +235,10 @@ pub async fn run(cfg: AgentConfig, id: Identity) -> Result<(), AgentError> {
         id.node_id.clone(),
         underlay.parse().ok(),
     ));
+    if let Some(e) = &cfg.edge {
+        let edge = edge::Edge::start(e, client.clone()).await?;
+        agent.set_edge(edge);
+    }
     agent.adopt();
     tokio::spawn(agent.clone().monitor());
     tokio::spawn(watch(agent.clone(), client.clone()));

@@ -72,6 +72,8 @@ pub(crate) struct Agent {
     /// Something worth reporting at once happened.
     pub(crate) changed: Notify,
     assigned: AtomicBool,
+    /// The edge proxy, when this node runs one.
+    edge: std::sync::OnceLock<Arc<crate::edge::Edge>>,
 }
 
 fn status(id: &str, state: TaskState, message: impl Into<String>) -> TaskStatus {
@@ -113,7 +115,13 @@ impl Agent {
             tasks: Mutex::new(BTreeMap::new()),
             changed: Notify::new(),
             assigned: AtomicBool::new(false),
+            edge: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Gives the agent its edge proxy (once).
+    pub(crate) fn set_edge(&self, edge: Arc<crate::edge::Edge>) {
+        let _ = self.edge.set(edge);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Local>> {
@@ -254,6 +262,9 @@ impl Agent {
     fn firewall(&self, set: &Assignments) {
         let Some(nn) = &set.network else { return };
         let mut open: Vec<u16> = set.ingress.iter().map(|p| p.published).collect();
+        // The edge proxy is public: containers reach it too (a task
+        // calling a routed name that points at its own node).
+        open.extend(self.edge.get().map(|e| e.ports.clone()).unwrap_or_default());
         let mut dnat = Vec::new();
         for a in &set.tasks {
             if let Ok(svc) = serde_json::from_str::<Service>(&a.spec) {
@@ -325,6 +336,9 @@ impl Agent {
         self.dns.set(&set.dns);
         self.dns.set_networks(&set.networks);
         self.ingress.set(&set.ingress, &self.dns);
+        if let Some(e) = self.edge.get() {
+            e.apply(&set);
+        }
         self.firewall(&set);
         let wanted: BTreeMap<String, Assignment> = set
             .tasks

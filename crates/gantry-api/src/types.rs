@@ -117,6 +117,70 @@ pub struct Assignments {
     /// live tasks on each: tasks reach each other only within one.
     #[serde(default)]
     pub networks: BTreeMap<String, Vec<std::net::Ipv4Addr>>,
+    /// The edge proxy's HTTP routes on this node, with their healthy
+    /// tasks.
+    #[serde(default)]
+    pub routes: Vec<ProxyRoute>,
+    /// The certificates the proxy serves.
+    #[serde(default)]
+    pub certs: Vec<Cert>,
+    /// Pending ACME HTTP-01 challenges: token to key authorization.
+    #[serde(default)]
+    pub http01: BTreeMap<String, String>,
+    /// Pending ACME TLS-ALPN-01 challenge certificates.
+    #[serde(default)]
+    pub alpn01: Vec<Cert>,
+}
+
+/// An HTTP route and where its requests go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyRoute {
+    /// The route.
+    pub spec: gantry_route::RouteSpec,
+    /// The overlay addresses of its service's healthy tasks.
+    pub backends: Vec<std::net::Ipv4Addr>,
+}
+
+/// A certificate and its key, for these names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cert {
+    /// The names.
+    pub names: Vec<String>,
+    /// The chain, leaf first.
+    pub cert_pem: String,
+    /// The key.
+    pub key_pem: String,
+}
+
+/// A docker-flow-proxy reconfigure or remove, passed on by an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DfpRequest {
+    /// The query parameters.
+    pub query: BTreeMap<String, String>,
+}
+
+/// A certificate as `gantry cert ls` shows it (no key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertView {
+    /// Its key: the first name.
+    pub name: String,
+    /// Every name.
+    pub names: Vec<String>,
+    /// `internal`, `acme` or `user`.
+    pub source: String,
+    /// Expiry (RFC 3339).
+    pub not_after: String,
+    /// The chain.
+    pub cert_pem: String,
+}
+
+/// `gantry cert add`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertAdd {
+    /// The chain, leaf first.
+    pub cert_pem: String,
+    /// The key.
+    pub key_pem: String,
 }
 
 /// A port published in ingress mode.

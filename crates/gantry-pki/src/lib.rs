@@ -190,6 +190,43 @@ impl ClusterCa {
         })
     }
 
+    /// Issues a web server certificate for `names` (host names or IP
+    /// addresses), valid from an hour ago for `days` days: what the edge
+    /// CA gives names no public CA can validate (`.test`, `.local`,
+    /// `.internal`, addresses). Returns it with its expiry in
+    /// milliseconds since the epoch.
+    pub fn issue_web(&self, names: &[String], days: i64) -> Result<(Issued, u64), PkiError> {
+        let key = KeyPair::generate()?;
+        let mut p = CertificateParams::new(names.to_vec())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(
+            DnType::CommonName,
+            names.first().map(String::as_str).unwrap_or("gantry"),
+        );
+        dn.push(DnType::OrganizationName, format!("gantry-{}", self.cluster));
+        p.distinguished_name = dn;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs() as i64;
+        let ts = |secs: i64| {
+            rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_secs(secs.max(0) as u64)
+        };
+        let not_after = now + days * 86_400;
+        p.not_before = ts(now - 3600);
+        p.not_after = ts(not_after);
+        let cert = p.signed_by(&key, &self.issuer()?)?;
+        Ok((
+            Issued {
+                cert_pem: cert.pem(),
+                key_pem: key.serialize_pem(),
+            },
+            not_after as u64 * 1000,
+        ))
+    }
+
     /// Signs a joining node's certificate request (its private key never
     /// leaves the node). Only the request's public key is used: the name
     /// and role are the manager's choice, whatever the request asks for.
@@ -279,6 +316,63 @@ pub fn peer_identity(der: &[u8]) -> Option<(String, Role)> {
         _ => return None,
     };
     Some((cn, role))
+}
+
+/// The names (DNS and IP subject alternative names, else the common name)
+/// and expiry (milliseconds since the epoch) of the first certificate of
+/// a PEM chain.
+pub fn cert_info(pem: &str) -> Result<(Vec<String>, u64), PkiError> {
+    use x509_parser::extensions::GeneralName;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let chain = certs(pem)?;
+    let der = chain
+        .first()
+        .ok_or_else(|| PkiError::Pem("no certificate in the PEM".into()))?;
+    let (_, cert) =
+        X509Certificate::from_der(der.as_ref()).map_err(|e| PkiError::Pem(e.to_string()))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::DNSName(d) => names.push(d.to_ascii_lowercase()),
+                GeneralName::IPAddress(b) => match b.len() {
+                    4 => names.push(std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string()),
+                    16 => {
+                        let mut a = [0u8; 16];
+                        a.copy_from_slice(b);
+                        names.push(std::net::Ipv6Addr::from(a).to_string());
+                    }
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+    if names.is_empty() {
+        if let Some(cn) = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|c| c.as_str().ok())
+        {
+            names.push(cn.to_ascii_lowercase());
+        }
+    }
+    let not_after = cert.validity().not_after.timestamp().max(0) as u64 * 1000;
+    Ok((names, not_after))
+}
+
+/// Checks that a PEM key matches the first certificate of a PEM chain.
+pub fn check_key_pair(cert_pem: &str, key_pem: &str) -> Result<(), PkiError> {
+    let chain = certs(cert_pem)?;
+    let key = key(key_pem)?;
+    let signer = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(PkiError::Tls)?;
+    rustls::sign::CertifiedKey::new(chain, signer)
+        .keys_match()
+        .map_err(PkiError::Tls)
 }
 
 /// A client config that trusts any server certificate. Only for fetching

@@ -209,3 +209,23 @@ fn the_fetched_ca_is_only_trusted_by_its_fingerprint() {
     );
     assert_eq!(h.join().unwrap(), 0);
 }
+
+#[test]
+fn web_certificates_carry_their_names_and_expiry() {
+    let ca = ClusterCa::generate("c1-edge").unwrap();
+    let names = vec!["www.shop.test".to_owned(), "10.1.2.3".to_owned()];
+    let (issued, not_after) = ca.issue_web(&names, 90).unwrap();
+    let (got, exp) = cert_info(&issued.cert_pem).unwrap();
+    assert_eq!(got, names);
+    assert_eq!(exp, not_after);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(exp > now + 89 * 86_400_000 && exp < now + 91 * 86_400_000);
+    check_key_pair(&issued.cert_pem, &issued.key_pem).unwrap();
+    let other = ca.issue_web(&names, 1).unwrap().0;
+    assert!(check_key_pair(&issued.cert_pem, &other.key_pem).is_err());
+    assert!(cert_info("junk").is_err());
+    assert!(cert_info("").is_err());
+}

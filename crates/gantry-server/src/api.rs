@@ -28,10 +28,10 @@ use crate::{new_id, node_record, now_ms, Shared};
 /// Who is calling: the verified client certificate's name and role, or
 /// nobody (a node joining).
 #[derive(Clone)]
-struct Peer(Option<(String, Role)>);
+pub(crate) struct Peer(Option<(String, Role)>);
 
 /// An API error: a status and a message, as `{"message": ...}`.
-struct Fail(StatusCode, String);
+pub(crate) struct Fail(pub(crate) StatusCode, pub(crate) String);
 
 impl IntoResponse for Fail {
     fn into_response(self) -> Response {
@@ -43,7 +43,10 @@ impl From<StoreError> for Fail {
     fn from(e: StoreError) -> Self {
         match &e {
             StoreError::Rejected(
-                Rejected::NoSuchNode(_) | Rejected::NoSuchService(_) | Rejected::NoSuchTask(_),
+                Rejected::NoSuchNode(_)
+                | Rejected::NoSuchService(_)
+                | Rejected::NoSuchTask(_)
+                | Rejected::NoSuchCert(_),
             ) => Fail(StatusCode::NOT_FOUND, e.to_string()),
             StoreError::Rejected(_) => Fail(StatusCode::CONFLICT, e.to_string()),
             _ => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -63,7 +66,22 @@ type Sh = State<Arc<Shared>>;
 type Res<T> = Result<Json<T>, Fail>;
 
 impl Peer {
-    fn admin(&self) -> Result<(), Fail> {
+    /// A node (its id) or the admin (`None`).
+    pub(crate) fn node_or_admin(&self) -> Result<Option<String>, Fail> {
+        match &self.0 {
+            Some((id, Role::Worker)) => Ok(Some(id.clone())),
+            Some((_, Role::Admin)) => Ok(None),
+            Some(_) => Err(Fail(
+                StatusCode::FORBIDDEN,
+                "this route needs a node or admin certificate".into(),
+            )),
+            None => Err(Fail(
+                StatusCode::UNAUTHORIZED,
+                "a client certificate of this cluster is required".into(),
+            )),
+        }
+    }
+    pub(crate) fn admin(&self) -> Result<(), Fail> {
         match &self.0 {
             Some((_, Role::Admin)) => Ok(()),
             Some(_) => Err(Fail(
@@ -154,6 +172,18 @@ fn router(sh: Arc<Shared>) -> Router {
         .route("/v1/services/{name}/rollback", post(service_rollback))
         .route("/v1/tasks", get(tasks))
         .route("/v1/events", get(events))
+        .route("/v1/dfp/reconfigure", post(crate::edge::dfp_reconfigure))
+        .route("/v1/dfp/remove", post(crate::edge::dfp_remove))
+        .route("/v1/dfp/config", get(crate::edge::dfp_config))
+        .route(
+            "/v1/certs",
+            get(crate::edge::cert_ls).post(crate::edge::cert_add),
+        )
+        .route(
+            "/v1/certs/{name}",
+            axum::routing::delete(crate::edge::cert_rm),
+        )
+        .route("/v1/edge-ca", get(crate::edge::edge_ca))
         .with_state(sh)
 }
 
@@ -332,13 +362,22 @@ fn assignments(s: &Cluster, node: &str) -> Assignments {
             })
         })
         .collect();
+    let (routes, tcp_routes) = crate::edge::routes_for(s, node);
+    let mut ingress = ingress_ports(s);
+    ingress.extend(tcp_routes);
+    ingress.sort();
+    ingress.dedup_by_key(|p| p.published);
     Assignments {
         tasks,
         network,
         peers,
         dns: dns_records(s),
-        ingress: ingress_ports(s),
+        ingress,
         networks: network_members(s),
+        routes,
+        certs: crate::edge::certs(s),
+        http01: BTreeMap::new(),
+        alpn01: Vec::new(),
     }
 }
 
@@ -778,6 +817,10 @@ async fn service_update(
             failed = Some(e);
             return Vec::new();
         }
+        if let Err(e) = crate::edge::label_routes(&name, &svc) {
+            failed = Some(bad(format!("service {name}: {e}")));
+            return Vec::new();
+        }
         vec![Command::PutService {
             name: name.clone(),
             stack: rec.stack.clone(),
@@ -840,6 +883,7 @@ async fn deploy(
             serde_json::to_string(&svc).unwrap_or_default(),
         );
     }
+    crate::edge::check_labels(&specs).map_err(bad)?;
     let mut resp = DeployResponse::default();
     sh.update(|s| {
         let mut cmds = Vec::new();

@@ -10,6 +10,7 @@
 //! assignment streams follow from the commands applied, nowhere else.
 
 mod api;
+mod edge;
 mod events;
 mod orchestrate;
 
@@ -76,6 +77,8 @@ pub(crate) struct Shared {
     pub(crate) cfg: ServerConfig,
     pub(crate) store: Mutex<Store>,
     pub(crate) ca: ClusterCa,
+    /// Signs the edge proxies' certificates for internal names.
+    pub(crate) edge_ca: ClusterCa,
     /// When each node last sent a heartbeat.
     pub(crate) seen: Mutex<HashMap<String, Instant>>,
     pub(crate) started: Instant,
@@ -189,6 +192,30 @@ impl Manager {
                 ca
             }
         };
+        let edge_ca = match (meta(&store, "edge_ca_cert"), meta(&store, "edge_ca_key")) {
+            (Some(c), Some(k)) => ClusterCa::from_pem(
+                &format!("{}-edge", meta(&store, "cluster_id").unwrap_or_default()),
+                &c,
+                &k,
+            ),
+            _ => {
+                let edge = ClusterCa::generate(&format!(
+                    "{}-edge",
+                    meta(&store, "cluster_id").unwrap_or_default()
+                ))?;
+                store.apply_batch(&[
+                    Command::SetMeta {
+                        key: "edge_ca_cert".into(),
+                        value: edge.cert_pem().to_owned(),
+                    },
+                    Command::SetMeta {
+                        key: "edge_ca_key".into(),
+                        value: edge.key_pem().to_owned(),
+                    },
+                ])?;
+                edge
+            }
+        };
         let strategy = match cfg.default_strategy {
             gantry_sched::Strategy::Spread => "spread",
             gantry_sched::Strategy::Binpack => "binpack",
@@ -256,6 +283,7 @@ impl Manager {
             cfg,
             store: Mutex::new(store),
             ca: ca.clone(),
+            edge_ca,
             seen: Mutex::new(HashMap::new()),
             started: Instant::now(),
             changed,

@@ -91,6 +91,7 @@ fn step(sh: &Shared) -> Result<(), StoreError> {
             }
         }
     }
+    crate::edge::internal_certs(sh)?;
     sh.update(trim_history)
 }
 

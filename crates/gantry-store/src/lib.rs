@@ -16,7 +16,8 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
 
 pub use state::{
-    Command, NodeRecord, Rejected, ServiceRecord, State, TaskRecord, TaskState, UpdateStatus,
+    CertRecord, CertSource, Command, NodeRecord, Rejected, RouteRecord, ServiceRecord, State,
+    TaskRecord, TaskState, UpdateStatus,
 };
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");

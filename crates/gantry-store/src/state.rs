@@ -9,6 +9,8 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use gantry_ipam::Net;
+use gantry_route::dfp::TcpRoute;
+use gantry_route::RouteSpec;
 use gantry_sched::{Availability, Resources};
 
 /// A node as the manager records it.
@@ -147,6 +149,60 @@ pub struct TaskRecord {
     pub addr: Option<Ipv4Addr>,
 }
 
+/// Routes given through the docker-flow-proxy API (label routes come
+/// from the services themselves).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteRecord {
+    /// DFP's `serviceName`.
+    pub service: String,
+    /// The only node whose proxy serves them (a reconfigure without
+    /// `distribute`); `None`: every proxy.
+    pub node: Option<String>,
+    /// HTTP routes.
+    pub routes: Vec<RouteSpec>,
+    /// TCP routes.
+    pub tcp: Vec<TcpRoute>,
+}
+
+impl RouteRecord {
+    /// Its key in [`State::routes`].
+    pub fn key(service: &str, node: Option<&str>) -> String {
+        match node {
+            Some(n) => format!("{service}@{n}"),
+            None => service.to_owned(),
+        }
+    }
+}
+
+/// Where a certificate came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertSource {
+    /// The cluster's edge CA (names under .local, .test, .internal, IPs).
+    Internal,
+    /// An ACME CA.
+    Acme,
+    /// Given by an operator (`gantry cert add`, DFP's `cert`).
+    User,
+}
+
+/// A certificate the proxies serve.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertRecord {
+    /// Its key: its first name.
+    pub name: String,
+    /// Every name it serves.
+    pub names: Vec<String>,
+    /// The chain, leaf first.
+    pub cert_pem: String,
+    /// The private key.
+    pub key_pem: String,
+    /// Expiry, milliseconds since the epoch.
+    pub not_after_ms: u64,
+    /// Where it came from.
+    pub source: CertSource,
+}
+
 /// A change to the cluster state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -217,6 +273,20 @@ pub enum Command {
         /// The task.
         id: String,
     },
+    /// Set the DFP routes of a service (on one node or all).
+    PutRoutes(RouteRecord),
+    /// Remove DFP routes (no-op when absent, as DFP's remove).
+    RemoveRoutes {
+        /// [`RouteRecord::key`].
+        key: String,
+    },
+    /// Add or replace a certificate.
+    PutCert(CertRecord),
+    /// Remove a certificate.
+    RemoveCert {
+        /// Its name.
+        name: String,
+    },
     /// A piece of cluster metadata (join token hash, CA certificate, ...).
     SetMeta {
         /// The key.
@@ -238,6 +308,9 @@ pub enum Rejected {
     /// The task does not exist.
     #[error("no such task: {0}")]
     NoSuchTask(String),
+    /// The certificate does not exist.
+    #[error("no such certificate: {0}")]
+    NoSuchCert(String),
     /// The node is up or still runs tasks.
     #[error("node {0} is up or still has tasks: drain it and stop its agent first")]
     NodeBusy(String),
@@ -265,6 +338,12 @@ pub struct State {
     pub tasks: BTreeMap<String, TaskRecord>,
     /// Cluster metadata.
     pub meta: BTreeMap<String, String>,
+    /// Routes given through the DFP API, by [`RouteRecord::key`].
+    #[serde(default)]
+    pub routes: BTreeMap<String, RouteRecord>,
+    /// Certificates by name.
+    #[serde(default)]
+    pub certs: BTreeMap<String, CertRecord>,
 }
 
 impl State {
@@ -278,7 +357,19 @@ impl State {
             }
         };
         match cmd {
-            Command::PutNode(_) | Command::SetMeta { .. } | Command::PutService { .. } => Ok(()),
+            Command::PutNode(_)
+            | Command::SetMeta { .. }
+            | Command::PutService { .. }
+            | Command::PutRoutes(_)
+            | Command::RemoveRoutes { .. }
+            | Command::PutCert(_) => Ok(()),
+            Command::RemoveCert { name } => {
+                if self.certs.contains_key(name) {
+                    Ok(())
+                } else {
+                    Err(Rejected::NoSuchCert(name.clone()))
+                }
+            }
             Command::SetNodeUp { id, .. }
             | Command::SetAvailability { id, .. }
             | Command::SetLabels { id, .. } => node(id),
@@ -423,6 +514,19 @@ impl State {
             }
             Command::SetMeta { key, value } => {
                 self.meta.insert(key, value);
+            }
+            Command::PutRoutes(r) => {
+                self.routes
+                    .insert(RouteRecord::key(&r.service, r.node.as_deref()), r);
+            }
+            Command::RemoveRoutes { key } => {
+                self.routes.remove(&key);
+            }
+            Command::PutCert(c) => {
+                self.certs.insert(c.name.clone(), c);
+            }
+            Command::RemoveCert { name } => {
+                self.certs.remove(&name);
             }
         }
         Ok(())

@@ -51,6 +51,41 @@ pub(crate) struct ServerArgs {
     /// With --dev: labels of this node.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     label: Vec<String>,
+    #[command(flatten)]
+    edge: EdgeArgs,
+}
+
+/// The node's edge proxy.
+#[derive(Args, Clone)]
+pub(crate) struct EdgeArgs {
+    /// The edge proxy's HTTP listener.
+    #[arg(long = "http", value_name = "ADDR", default_value = "0.0.0.0:80")]
+    http: SocketAddr,
+    /// The edge proxy's HTTPS listener.
+    #[arg(long = "https", value_name = "ADDR", default_value = "0.0.0.0:443")]
+    https: SocketAddr,
+    /// The docker-flow-proxy API (reconfigure, remove, ...); loopback by
+    /// default, as anyone who reaches it can change the routes.
+    #[arg(long = "dfp", value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    dfp: SocketAddr,
+    /// An address (a load balancer in front) whose connections start with
+    /// a PROXY protocol header; repeat for several.
+    #[arg(long = "trusted-proxy", value_name = "IP")]
+    trusted_proxy: Vec<std::net::IpAddr>,
+    /// Run no edge proxy (and no DFP API) on this node.
+    #[arg(long)]
+    no_proxy: bool,
+}
+
+impl EdgeArgs {
+    fn config(&self) -> Option<gantry_agent::EdgeConfig> {
+        (!self.no_proxy).then(|| gantry_agent::EdgeConfig {
+            http: Some(self.http),
+            https: Some(self.https),
+            dfp: Some(self.dfp),
+            trusted_proxies: self.trusted_proxy.clone(),
+        })
+    }
 }
 
 #[derive(Args)]
@@ -77,6 +112,8 @@ pub(crate) struct AgentArgs {
     /// overlay's devices and routes) and exit.
     #[arg(long)]
     cleanup: bool,
+    #[command(flatten)]
+    edge: EdgeArgs,
 }
 
 #[derive(Args)]
@@ -358,6 +395,7 @@ pub(crate) fn server(ctx: &Ctx, a: ServerArgs) -> anyhow::Result<u8> {
                 heartbeat: Duration::from_secs(1),
                 helper,
                 registry,
+                edge: a.edge.config(),
             };
             let info = gantry_agent::node_info(&acfg, acfg.manager.as_deref().unwrap_or_default());
             let (node_id, cred) = m.local_node(&info)?;
@@ -404,6 +442,7 @@ pub(crate) fn agent(ctx: &Ctx, a: AgentArgs) -> anyhow::Result<u8> {
         heartbeat: duration(&a.heartbeat, "--heartbeat")?,
         helper: helper_binary()?,
         registry: ctx.registry.clone(),
+        edge: a.edge.config(),
     };
     multi_thread(async move {
         let id = gantry_agent::identity(&cfg).await?;
@@ -874,6 +913,100 @@ fn availability(s: &str) -> anyhow::Result<Availability> {
 
 fn update_node(c: &Client, node: &str, u: &NodeUpdate) -> anyhow::Result<NodeView> {
     call(c.post(&format!("/v1/nodes/{node}"), u))
+}
+
+/// `gantry cert`: the edge proxies' certificates.
+#[derive(Subcommand)]
+pub(crate) enum CertCmd {
+    /// List certificates (internal, ACME and operators').
+    Ls {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Add a certificate for the names it carries: a chain and its key,
+    /// in one PEM file or two.
+    Add {
+        /// The certificate chain (PEM), with the key or without.
+        cert: PathBuf,
+        /// The private key (PEM), if not in the first file.
+        key: Option<PathBuf>,
+    },
+    /// Remove a certificate.
+    Rm {
+        /// Its name (the first it carries).
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Print the edge CA certificate, which signs names under .test,
+    /// .local and .internal: give it to clients to trust.
+    Ca,
+}
+
+pub(crate) fn cert(ctx: &Ctx, cmd: CertCmd) -> anyhow::Result<u8> {
+    let c = client(ctx)?;
+    match cmd {
+        CertCmd::Ls { format } => {
+            let v: Vec<gantry_api::CertView> = call(c.get("/v1/certs"))?;
+            if format == Format::Json {
+                output::json(&v)?;
+            } else {
+                output::table(
+                    &["NAME", "NAMES", "SOURCE", "EXPIRES"],
+                    v.into_iter()
+                        .map(|c| vec![c.name, c.names.join(","), c.source, c.not_after])
+                        .collect(),
+                );
+            }
+        }
+        CertCmd::Add { cert, key } => {
+            let read = |p: &PathBuf| {
+                std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))
+            };
+            let first = read(&cert)?;
+            let key_pem = match &key {
+                Some(k) => read(k)?,
+                None => first.clone(),
+            };
+            let pick = |pem: &str, want_key: bool| {
+                let mut out = String::new();
+                let mut on = false;
+                for line in pem.lines() {
+                    if line.starts_with("-----BEGIN ") {
+                        on = line.contains("PRIVATE KEY") == want_key;
+                    }
+                    if on {
+                        out.push_str(line);
+                        out.push('\n');
+                    }
+                    if line.starts_with("-----END ") {
+                        on = false;
+                    }
+                }
+                out
+            };
+            let add = gantry_api::CertAdd {
+                cert_pem: pick(&first, false),
+                key_pem: pick(&key_pem, true),
+            };
+            if add.key_pem.is_empty() {
+                anyhow::bail!("no private key: give it in the file or as a second file");
+            }
+            let v: gantry_api::CertView = call(c.post("/v1/certs", &add))?;
+            println!("{} ({}), until {}", v.name, v.names.join(", "), v.not_after);
+        }
+        CertCmd::Rm { names } => {
+            for n in names {
+                let () = call(c.delete(&format!("/v1/certs/{n}")))?;
+                println!("{n}");
+            }
+        }
+        CertCmd::Ca => {
+            let pem: String = call(c.get("/v1/edge-ca"))?;
+            print!("{pem}");
+        }
+    }
+    Ok(0)
 }
 
 pub(crate) fn node(ctx: &Ctx, cmd: NodeCmd) -> anyhow::Result<u8> {

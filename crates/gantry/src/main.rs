@@ -144,6 +144,9 @@ enum Cmd {
     Node(cluster::NodeCmd),
     /// Follow cluster events.
     Events(cluster::EventsArgs),
+    /// The edge proxies' certificates.
+    #[command(subcommand)]
+    Cert(cluster::CertCmd),
 }
 
 /// Everything a command needs from the global flags.
@@ -270,5 +273,6 @@ fn dispatch(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<u8> {
         Cmd::Service(c) => cluster::service(ctx, c),
         Cmd::Node(c) => cluster::node(ctx, c),
         Cmd::Events(a) => cluster::events(ctx, a),
+        Cmd::Cert(c) => cluster::cert(ctx, c),
     }
 }

@@ -798,7 +798,13 @@ impl Dev {
             .cmd()
             .env("GANTRY_CONFIG_DIR", cfg.path())
             .env("GANTRY_LOG", "info")
-            .args(["server", "--dev", "--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "server",
+                "--dev",
+                "--no-proxy",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
@@ -1514,4 +1520,290 @@ fn stack_networks_are_isolated() {
             errtext(&o)
         );
     }
+}
+
+/// curl on a simulated host; returns (HTTP status, headers and body).
+fn curl_on(host: &Host, args: &[&str]) -> (u16, String) {
+    let o = host
+        .command("curl")
+        .args(["-sS", "-i", "--max-time", "10"])
+        .args(args)
+        .output()
+        .unwrap();
+    let out = format!("{}{}", text(&o), errtext(&o));
+    let status = out
+        .lines()
+        .rfind(|l| l.starts_with("HTTP/"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, out)
+}
+
+/// The body's first line: which task answered.
+fn who(out: &str) -> String {
+    out.split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn the_edge_proxy_routes_by_labels_and_the_dfp_api() {
+    let Some(mut cl) = Cluster::new("the_edge_proxy_routes_by_labels_and_the_dfp_api", 3) else {
+        return;
+    };
+    for i in 0..3 {
+        cl.start_agent(i);
+    }
+    let stack = r#"services:
+  web:
+    image: IMAGE
+    command: ["sh", "-c", "mkdir -p /w/demo && echo $$HOSTNAME > /w/index.html && cp /w/index.html /w/demo/ && exec httpd -f -p 8080 -h /w"]
+    stop_grace_period: 1s
+    healthcheck:
+      test: ["HTTP", "8080", "/index.html"]
+      interval: 1s
+      retries: 2
+    deploy:
+      replicas: 3
+      labels:
+        gantry.http.host: www.shop.test
+        gantry.http.port: "8080"
+  api:
+    image: IMAGE
+    command: ["sh", "-c", "mkdir -p /w/api && echo api > /w/api/index.html && exec httpd -f -p 8080 -h /w"]
+    stop_grace_period: 1s
+    deploy:
+      labels:
+        com.df.notify: "true"
+        com.df.serviceDomain: www.shop.test
+        com.df.servicePath: /api
+        com.df.port: "8080"
+"#
+    .replace("IMAGE", &cl.image);
+    let o = cl.deploy("shop", &stack);
+    assert!(o.status.success(), "{}", errtext(&o));
+    cl.wait_running(
+        "shop_web",
+        &[("node-1", 1), ("node-2", 1), ("node-3", 1)],
+        Duration::from_secs(40),
+    );
+    wait_for("the api to run", Duration::from_secs(20), || {
+        let r = cl.running("shop_api");
+        if r.values().sum::<usize>() == 1 {
+            Ok(())
+        } else {
+            Err(format!("{r:?}"))
+        }
+    });
+    let client = &cl.lan.hosts[0];
+    let node = |i: usize| cl.lan.hosts[i].addr.clone();
+    // The edge CA signed www.shop.test at once; clients trust it.
+    let ca = cl.logs.path().join("edge-ca.pem");
+    std::fs::write(&ca, cl.admin_ok(&["cert", "ca"])).unwrap();
+    let ca = ca.to_str().unwrap().to_owned();
+    wait_for("the internal certificate", Duration::from_secs(10), || {
+        let ls = cl.admin_ok(&["cert", "ls"]);
+        if ls.contains("www.shop.test") && ls.contains("internal") {
+            Ok(())
+        } else {
+            Err(ls)
+        }
+    });
+    // HTTPS from another host through node-1's proxy, over HTTP/2,
+    // balanced over the three replicas on three hosts.
+    let https = |i: usize, path: &str| {
+        curl_on(
+            client,
+            &[
+                "--http2",
+                "--cacert",
+                &ca,
+                "--resolve",
+                &format!("www.shop.test:443:{}", node(i)),
+                &format!("https://www.shop.test{path}"),
+            ],
+        )
+    };
+    let mut seen = BTreeMap::new();
+    wait_for("HTTPS through the proxy", Duration::from_secs(10), || {
+        let (s, out) = https(1, "/index.html");
+        if s == 200 {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    });
+    for _ in 0..6 {
+        let (s, out) = https(1, "/index.html");
+        assert_eq!(s, 200, "{out}");
+        assert!(out.starts_with("HTTP/2 200"), "{out}");
+        *seen.entry(who(&out)).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 3, "three replicas answer in turn: {seen:?}");
+    assert!(seen.values().all(|n| *n == 2), "{seen:?}");
+    // Any node's proxy serves it; DFP's labels route /api to the api.
+    let (s, out) = https(3, "/api/index.html");
+    assert_eq!((s, who(&out).as_str()), (200, "api"), "{out}");
+    // Plain HTTP redirects to HTTPS once the certificate exists.
+    let (s, out) = curl_on(
+        client,
+        &[
+            "-H",
+            "Host: www.shop.test",
+            &format!("http://{}/x?y=1", node(2)),
+        ],
+    );
+    assert_eq!(s, 301, "{out}");
+    assert!(
+        out.contains("location: https://www.shop.test/x?y=1"),
+        "{out}"
+    );
+
+    // The docker-flow-proxy API on node-1 (loopback there), with DFP's
+    // documented example.
+    let dfp = |i: usize, q: &str| {
+        curl_on(
+            &cl.lan.hosts[i],
+            &[&format!("http://127.0.0.1:8080/v1/docker-flow-proxy/{q}")],
+        )
+    };
+    let (s, out) = dfp(1, "reconfigure?serviceName=web&servicePath=/demo&port=8080");
+    assert_eq!(s, 200, "{out}");
+    assert!(out.contains(r#""Status":"OK""#), "{out}");
+    let plain = |i: usize, path: &str| curl_on(client, &[&format!("http://{}{path}", node(i))]);
+    wait_for("the DFP route on node-1", Duration::from_secs(2), || {
+        let (s, out) = plain(1, "/demo/index.html");
+        if s == 200 {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    });
+    // Not distributed: only node-1's proxy has it.
+    let (s, out) = plain(2, "/demo/index.html");
+    assert_eq!(s, 404, "{out}");
+    assert!(out.contains("no route"), "{out}");
+    let (s, out) = dfp(
+        1,
+        "reconfigure?serviceName=web&servicePath=/demo&port=8080&distribute=true",
+    );
+    assert_eq!(s, 200, "{out}");
+    let t0 = Instant::now();
+    wait_for(
+        "the distributed route on node-2",
+        Duration::from_secs(2),
+        || {
+            let (s, out) = plain(2, "/demo/index.html");
+            if s == 200 {
+                Ok(())
+            } else {
+                Err(out)
+            }
+        },
+    );
+    eprintln!(
+        "DFP distribute: live on another node after {:?}",
+        t0.elapsed()
+    );
+    // DFP's errors, with its status codes.
+    for (q, want) in [
+        ("reconfigure?servicePath=/x&port=80", 400),
+        ("reconfigure?serviceName=web&port=8080", 409),
+        ("reconfigure?serviceName=web&servicePath=/x", 400),
+        (
+            "reconfigure?serviceName=web&servicePath=/x&port=80&pathType=bogus",
+            400,
+        ),
+        ("remove", 400),
+    ] {
+        let (s, out) = dfp(1, q);
+        assert_eq!(s, want, "{q}: {out}");
+        assert!(out.contains(r#""Status":"NOK""#), "{q}: {out}");
+    }
+    let (_, out) = dfp(1, "reconfigure?port=80");
+    assert!(out.contains("serviceName parameter is mandatory."), "{out}");
+    assert_eq!(dfp(1, "ping").0, 200);
+    let (s, out) = dfp(1, "config");
+    assert_eq!(s, 200);
+    assert!(
+        out.contains("/demo") && out.contains("www.shop.test"),
+        "{out}"
+    );
+    let (s, out) = dfp(1, "certs");
+    assert_eq!(s, 200);
+    assert!(out.contains("www.shop.test"), "{out}");
+    // A route to a service with no running task: 503 with Retry-After.
+    let (s, _) = dfp(
+        1,
+        "reconfigure?serviceName=ghost&servicePath=/ghost&port=80&distribute=true",
+    );
+    assert_eq!(s, 200);
+    wait_for("the ghost route", Duration::from_secs(2), || {
+        let (s, out) = plain(3, "/ghost");
+        if s == 503 && out.to_ascii_lowercase().contains("retry-after") {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    });
+
+    // Routes change under load: not one request fails.
+    let wrk = cl.lan.hosts[0]
+        .command("wrk")
+        .args([
+            "-t1",
+            "-c8",
+            "-d4s",
+            &format!("http://{}/demo/index.html", node(1)),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for i in 0..15 {
+        // Another service's routes come and go: the table is swapped
+        // whole every time.
+        let (s, out) = dfp(
+            1,
+            &format!(
+                "reconfigure?serviceName=churn{i}&servicePath=/churn{i}&port=8080&distribute=true"
+            ),
+        );
+        assert_eq!(s, 200, "{out}");
+        std::thread::sleep(Duration::from_millis(100));
+        let (s, out) = dfp(1, &format!("remove?serviceName=churn{i}&distribute=true"));
+        assert_eq!(s, 200, "{out}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = wrk.wait_with_output().unwrap();
+    let report = text(&o);
+    eprintln!("{report}");
+    assert!(report.contains("requests in"), "{report}");
+    assert!(
+        !report.contains("Non-2xx"),
+        "requests failed while routes changed: {report}"
+    );
+    assert!(!report.contains("Socket errors"), "{report}");
+
+    // remove: the path is gone again.
+    let (s, _) = dfp(1, "remove?serviceName=web&distribute=true");
+    assert_eq!(s, 200);
+    wait_for("the route removed", Duration::from_secs(2), || {
+        let (s, out) = plain(1, "/demo/index.html");
+        if s == 404 {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    });
+    // Bad labels are refused at deploy, with the label named.
+    let bad = stack.replace("gantry.http.port: \"8080\"", "gantry.http.port: eighty");
+    let o = cl.deploy("shop", &bad);
+    assert!(!o.status.success());
+    assert!(errtext(&o).contains("gantry.http.port"), "{}", errtext(&o));
 }

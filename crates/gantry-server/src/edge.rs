@@ -1,0 +1,419 @@
+//! The edge proxy's side of the manager: routes (from service labels and
+//! from the docker-flow-proxy API) resolved to healthy task addresses for
+//! each node, certificates (the edge CA's for internal names, operators'
+//! own), and the DFP and certificate routes of the API.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+
+use gantry_api::{Cert, CertAdd, CertView, DfpRequest, IngressPort, ProxyRoute};
+use gantry_route::dfp::{self, TcpRoute};
+use gantry_route::{RouteError, RouteSpec};
+use gantry_stack::Service;
+use gantry_store::{
+    CertRecord, CertSource, Command, RouteRecord, ServiceRecord, State as Cluster, TaskState,
+};
+
+use crate::api::{Fail, Peer};
+use crate::{now_ms, Shared};
+
+/// Internal certificates last this long, and are renewed when a third of
+/// it is left (as ACME ones are 30 days before expiry).
+const INTERNAL_DAYS: i64 = 90;
+const RENEW_BEFORE_MS: u64 = 30 * 86_400_000;
+
+/// A service's routes from its labels (container labels, overridden by
+/// service labels).
+pub(crate) fn label_routes(
+    name: &str,
+    svc: &Service,
+) -> Result<(Vec<RouteSpec>, Vec<TcpRoute>), RouteError> {
+    let mut labels = svc.labels.clone();
+    labels.extend(svc.service_labels.clone());
+    gantry_route::labels::routes(name, &labels)
+}
+
+/// The overlay addresses of a service's running tasks.
+fn running(s: &Cluster, service: &str) -> Vec<Ipv4Addr> {
+    let mut out: Vec<Ipv4Addr> = s
+        .tasks
+        .values()
+        .filter(|t| t.service == service)
+        .filter(|t| t.desired == TaskState::Running && t.state == TaskState::Running)
+        .filter_map(|t| t.addr)
+        .collect();
+    out.sort();
+    out
+}
+
+/// The services a DFP `serviceName` means: the service of that full name,
+/// else every service of that short name.
+fn resolve<'a>(s: &'a Cluster, name: &str) -> Vec<&'a ServiceRecord> {
+    if let Some(rec) = s.services.get(name) {
+        return vec![rec];
+    }
+    s.services
+        .values()
+        .filter(|r| r.name.strip_prefix(&format!("{}_", r.stack)) == Some(name))
+        .collect()
+}
+
+/// The HTTP routes a node's proxy serves, and the TCP routes it forwards.
+pub(crate) fn routes_for(s: &Cluster, node: &str) -> (Vec<ProxyRoute>, Vec<IngressPort>) {
+    let mut http = Vec::new();
+    let mut tcp = Vec::new();
+    for rec in s.services.values() {
+        let Ok(svc) = serde_json::from_str::<Service>(&rec.spec) else {
+            continue;
+        };
+        let Ok((routes, tcps)) = label_routes(&rec.name, &svc) else {
+            continue;
+        };
+        let backends = running(s, &rec.name);
+        http.extend(routes.into_iter().map(|spec| ProxyRoute {
+            spec,
+            backends: backends.clone(),
+        }));
+        tcp.extend(tcps.into_iter().map(|t| IngressPort {
+            published: t.src_port,
+            target: t.port,
+            service: rec.name.clone(),
+        }));
+    }
+    for r in s.routes.values() {
+        if r.node.as_deref().is_some_and(|n| n != node) {
+            continue;
+        }
+        let recs = resolve(s, &r.service);
+        let mut backends: Vec<Ipv4Addr> =
+            recs.iter().flat_map(|rec| running(s, &rec.name)).collect();
+        backends.sort();
+        backends.dedup();
+        http.extend(r.routes.iter().map(|spec| ProxyRoute {
+            spec: spec.clone(),
+            backends: backends.clone(),
+        }));
+        if let Some(rec) = recs.first() {
+            tcp.extend(r.tcp.iter().map(|t| IngressPort {
+                published: t.src_port,
+                target: t.port,
+                service: rec.name.clone(),
+            }));
+        }
+    }
+    (http, tcp)
+}
+
+/// The certificates every proxy serves.
+pub(crate) fn certs(s: &Cluster) -> Vec<Cert> {
+    s.certs
+        .values()
+        .map(|c| Cert {
+            names: c.names.clone(),
+            cert_pem: c.cert_pem.clone(),
+            key_pem: c.key_pem.clone(),
+        })
+        .collect()
+}
+
+/// Names no public CA validates: the edge CA signs them at once.
+pub(crate) fn is_internal(name: &str) -> bool {
+    name.parse::<std::net::IpAddr>().is_ok()
+        || name == "localhost"
+        || [".local", ".test", ".internal", ".localhost"]
+            .iter()
+            .any(|s| name.ends_with(s))
+}
+
+/// Every name some route wants a certificate for.
+pub(crate) fn wanted_names(s: &Cluster) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for rec in s.services.values() {
+        if let Ok(svc) = serde_json::from_str::<Service>(&rec.spec) {
+            if let Ok((routes, _)) = label_routes(&rec.name, &svc) {
+                names.extend(routes.iter().flat_map(RouteSpec::tls_names));
+            }
+        }
+    }
+    for r in s.routes.values() {
+        names.extend(r.routes.iter().flat_map(RouteSpec::tls_names));
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Whether a certificate other than an internal one serves `name`.
+fn covered(s: &Cluster, name: &str, now: u64) -> bool {
+    s.certs.values().any(|c| {
+        c.not_after_ms > now + RENEW_BEFORE_MS
+            && c.names.iter().any(|n| {
+                n == name
+                    || n.strip_prefix('*').is_some_and(|suffix| {
+                        name.strip_suffix(suffix)
+                            .is_some_and(|l| !l.is_empty() && !l.contains('.'))
+                    })
+            })
+    })
+}
+
+/// Issues edge-CA certificates for internal names that have none (or
+/// whose certificate expires within 30 days), and drops internal ones no
+/// route wants any more.
+pub(crate) fn internal_certs(sh: &Shared) -> Result<(), gantry_store::StoreError> {
+    let now = now_ms();
+    let (missing, stale) = sh.read(|s| {
+        let wanted = wanted_names(s);
+        let missing: Vec<String> = wanted
+            .iter()
+            .filter(|n| is_internal(n) && !covered(s, n, now))
+            .cloned()
+            .collect();
+        let stale: Vec<String> = s
+            .certs
+            .values()
+            .filter(|c| c.source == CertSource::Internal)
+            .filter(|c| !c.names.iter().any(|n| wanted.contains(n)))
+            .map(|c| c.name.clone())
+            .collect();
+        (missing, stale)
+    });
+    if missing.is_empty() && stale.is_empty() {
+        return Ok(());
+    }
+    let mut cmds: Vec<Command> = stale
+        .into_iter()
+        .map(|name| Command::RemoveCert { name })
+        .collect();
+    for name in missing {
+        match sh
+            .edge_ca
+            .issue_web(std::slice::from_ref(&name), INTERNAL_DAYS)
+        {
+            Ok((issued, not_after_ms)) => {
+                tracing::info!(%name, "certificate issued by the edge CA");
+                cmds.push(Command::PutCert(CertRecord {
+                    name: name.clone(),
+                    names: vec![name],
+                    cert_pem: issued.cert_pem,
+                    key_pem: issued.key_pem,
+                    not_after_ms,
+                    source: CertSource::Internal,
+                }));
+            }
+            Err(e) => tracing::warn!(%name, "edge CA: {e}"),
+        }
+    }
+    sh.apply(cmds)
+}
+
+/// A DFP reply with its status.
+fn dfp_reply(status: StatusCode, reply: dfp::Reply) -> Response {
+    (status, Json(reply)).into_response()
+}
+
+/// `POST /v1/dfp/reconfigure`: from an agent's DFP API (or the CLI). The
+/// node of the caller is the one a non-distributed change applies to.
+pub(crate) async fn dfp_reconfigure(
+    State(sh): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+    Json(req): Json<DfpRequest>,
+) -> Result<Response, Fail> {
+    let node = peer.node_or_admin()?;
+    let r = match dfp::reconfigure(&req.query) {
+        Ok(r) => r,
+        Err(e) => {
+            let name = req.query.get("serviceName").cloned().unwrap_or_default();
+            return Ok(dfp_reply(
+                StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+                dfp::Reply::nok(&name, &e.message),
+            ));
+        }
+    };
+    let scope = if r.distribute { None } else { node };
+    let rec = RouteRecord {
+        service: r.service.clone(),
+        node: scope,
+        routes: r.routes.clone(),
+        tcp: r.tcp.clone(),
+    };
+    sh.apply(vec![Command::PutRoutes(rec)])?;
+    Ok(dfp_reply(StatusCode::OK, dfp::Reply::ok(&r)))
+}
+
+/// `POST /v1/dfp/remove`.
+pub(crate) async fn dfp_remove(
+    State(sh): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+    Json(req): Json<DfpRequest>,
+) -> Result<Response, Fail> {
+    let node = peer.node_or_admin()?;
+    let (service, distribute) = match dfp::remove(&req.query) {
+        Ok(x) => x,
+        Err(e) => {
+            return Ok(dfp_reply(
+                StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+                dfp::Reply::nok("", &e.message),
+            ));
+        }
+    };
+    // A distributed remove takes the service off every proxy; a local one
+    // off this node's (its own routes and the cluster-wide ones it sees).
+    let keys: Vec<String> = sh.read(|s| {
+        s.routes
+            .values()
+            .filter(|r| r.service == service)
+            .filter(|r| distribute || r.node.is_none() || r.node == node)
+            .map(|r| RouteRecord::key(&r.service, r.node.as_deref()))
+            .collect()
+    });
+    sh.apply(
+        keys.into_iter()
+            .map(|key| Command::RemoveRoutes { key })
+            .collect(),
+    )?;
+    Ok(dfp_reply(
+        StatusCode::OK,
+        dfp::Reply::removed(&service, distribute),
+    ))
+}
+
+/// `GET /v1/dfp/config`: the routes a node's proxy serves, as text.
+pub(crate) async fn dfp_config(
+    State(sh): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+) -> Result<Json<String>, Fail> {
+    let node = peer.node_or_admin()?.unwrap_or_default();
+    let (http, tcp) = sh.read(|s| routes_for(s, &node));
+    let mut out = String::new();
+    for r in http {
+        let s = &r.spec;
+        let hosts = if s.hosts.is_empty() {
+            "*".to_owned()
+        } else {
+            s.hosts.join(",")
+        };
+        let backends: Vec<String> = r
+            .backends
+            .iter()
+            .map(|b| format!("{b}:{}", s.port))
+            .collect();
+        out.push_str(&format!(
+            "http {hosts}{} ({:?}) -> {} [{}] https={:?} balance={:?}{}\n",
+            s.path,
+            s.path_type,
+            s.service,
+            backends.join(" "),
+            s.https,
+            s.balance,
+            if s.sticky { " sticky" } else { "" },
+        ));
+    }
+    for t in tcp {
+        out.push_str(&format!(
+            "tcp :{} -> {}:{}\n",
+            t.published, t.service, t.target
+        ));
+    }
+    Ok(Json(out))
+}
+
+/// `GET /v1/certs`.
+pub(crate) async fn cert_ls(
+    State(sh): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+) -> Result<Json<Vec<CertView>>, Fail> {
+    peer.node_or_admin()?;
+    Ok(Json(sh.read(|s| {
+        s.certs
+            .values()
+            .map(|c| CertView {
+                name: c.name.clone(),
+                names: c.names.clone(),
+                source: match c.source {
+                    CertSource::Internal => "internal",
+                    CertSource::Acme => "acme",
+                    CertSource::User => "user",
+                }
+                .into(),
+                not_after: chrono::DateTime::from_timestamp_millis(c.not_after_ms as i64)
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_default(),
+                cert_pem: c.cert_pem.clone(),
+            })
+            .collect()
+    })))
+}
+
+/// `POST /v1/certs`: an operator's certificate, checked, for the names
+/// it carries.
+pub(crate) async fn cert_add(
+    State(sh): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+    Json(req): Json<CertAdd>,
+) -> Result<Json<CertView>, Fail> {
+    peer.node_or_admin()?;
+    let bad = |m: String| Fail(StatusCode::BAD_REQUEST, m);
+    let (names, not_after_ms) =
+        gantry_pki::cert_info(&req.cert_pem).map_err(|e| bad(format!("certificate: {e}")))?;
+    gantry_pki::check_key_pair(&req.cert_pem, &req.key_pem)
+        .map_err(|e| bad(format!("key: {e}")))?;
+    let name = names
+        .first()
+        .cloned()
+        .ok_or_else(|| bad("the certificate names no host".into()))?;
+    if not_after_ms <= now_ms() {
+        return Err(bad(format!("the certificate for {name} has expired")));
+    }
+    let rec = CertRecord {
+        name: name.clone(),
+        names: names.clone(),
+        cert_pem: req.cert_pem.clone(),
+        key_pem: req.key_pem,
+        not_after_ms,
+        source: CertSource::User,
+    };
+    sh.apply(vec![Command::PutCert(rec)])?;
+    Ok(Json(CertView {
+        name,
+        names,
+        source: "user".into(),
+        not_after: chrono::DateTime::from_timestamp_millis(not_after_ms as i64)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default(),
+        cert_pem: req.cert_pem,
+    }))
+}
+
+/// `DELETE /v1/certs/{name}`.
+pub(crate) async fn cert_rm(
+    State(sh): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+    Path(name): Path<String>,
+) -> Result<Json<()>, Fail> {
+    peer.admin()?;
+    sh.apply(vec![Command::RemoveCert { name }])?;
+    Ok(Json(()))
+}
+
+/// The edge CA certificate, for clients to trust internal names.
+pub(crate) async fn edge_ca(State(sh): State<Arc<Shared>>) -> Json<String> {
+    Json(sh.edge_ca.cert_pem().to_owned())
+}
+
+/// Checks the routes of the services of a deploy or update.
+pub(crate) fn check_labels(specs: &BTreeMap<String, String>) -> Result<(), String> {
+    for (name, spec) in specs {
+        let Ok(svc) = serde_json::from_str::<Service>(spec) else {
+            continue;
+        };
+        label_routes(name, &svc).map_err(|e| format!("service {name}: {e}"))?;
+    }
+    Ok(())
+}
