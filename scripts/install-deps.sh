@@ -13,6 +13,7 @@ pkgs=(
   docker.io                       # Docker Engine: proves built images are ones Docker accepts
   libclang-dev                    # bindgen for rustables (nftables over netlink) at build time
   nftables iperf3                 # tests read the firewall with nft; the overlay benchmark
+  pebble                          # a real ACME CA (and its DNS server) for the certificate tests
 )
 missing=()
 for p in "${pkgs[@]}"; do

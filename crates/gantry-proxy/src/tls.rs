@@ -41,7 +41,7 @@ pub(crate) struct Certs {
     alpn: HashMap<String, Arc<CertifiedKey>>,
 }
 
-fn load(c: &CertPem) -> Result<Arc<CertifiedKey>, CertError> {
+fn load(c: &CertPem, check: bool) -> Result<Arc<CertifiedKey>, CertError> {
     let err = |reason: String| CertError {
         names: c.names.join(","),
         reason,
@@ -57,8 +57,10 @@ fn load(c: &CertPem) -> Result<Arc<CertifiedKey>, CertError> {
     let key = rustls::crypto::ring::sign::any_supported_type(&key)
         .map_err(|e| err(format!("unusable key: {e}")))?;
     let ck = CertifiedKey::new(chain, key);
-    ck.keys_match()
-        .map_err(|e| err(format!("the key does not match: {e}")))?;
+    if check {
+        ck.keys_match()
+            .map_err(|e| err(format!("the key does not match: {e}")))?;
+    }
     Ok(Arc::new(ck))
 }
 
@@ -67,7 +69,7 @@ impl Certs {
         let mut out = Self::default();
         let mut errors = Vec::new();
         for c in certs {
-            match load(c) {
+            match load(c, true) {
                 Ok(k) => {
                     for n in &c.names {
                         let n = n.to_ascii_lowercase();
@@ -90,7 +92,9 @@ impl Certs {
         self.alpn = certs
             .iter()
             .filter_map(|c| {
-                let k = load(c)
+                // Its critical acmeIdentifier extension is unknown to
+                // webpki, so the key check (which parses it) is skipped.
+                let k = load(c, false)
                     .map_err(|e| tracing::warn!("tls-alpn-01 challenge: {e}"))
                     .ok()?;
                 Some(

@@ -448,3 +448,58 @@ fn tempfile_dir() -> String {
     std::fs::create_dir_all(&d).unwrap();
     d.to_string_lossy().into_owned()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_challenges_are_answered() {
+    let f = fixture(ProxyConfig::default()).await;
+    // HTTP-01: the token's key authorization, on plain HTTP, for any host.
+    let mut http01 = std::collections::HashMap::new();
+    http01.insert("tok123".to_owned(), "tok123.thumb".to_owned());
+    // TLS-ALPN-01: a certificate with the acmeIdentifier extension, only
+    // to clients that ask for acme-tls/1.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(vec!["alpn.test".to_owned()]).unwrap();
+    p.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(&[7u8; 32])];
+    let cert = p.self_signed(&key).unwrap();
+    f.proxy.set_challenges(
+        http01,
+        &[CertPem {
+            names: vec!["alpn.test".into()],
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }],
+    );
+    let (s, body) = get(&f, "any.test", "/.well-known/acme-challenge/tok123").await;
+    assert_eq!(s, 200);
+    assert!(body.ends_with("tok123.thumb"), "{body}");
+    assert_eq!(
+        get(&f, "any.test", "/.well-known/acme-challenge/other")
+            .await
+            .0,
+        404
+    );
+    let addr = f.https.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("openssl")
+            .args([
+                "s_client",
+                "-alpn",
+                "acme-tls/1",
+                "-servername",
+                "alpn.test",
+                "-connect",
+                &addr,
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ALPN protocol: acme-tls/1"), "{text}");
+    assert!(
+        text.contains("unhandled critical extension"),
+        "the challenge certificate: {text}"
+    );
+}

@@ -15,6 +15,7 @@
 //! | `balance` | `round_robin` or `least_conn` | `round_robin` |
 //! | `sticky` | pin clients to a task with a cookie | `false` |
 //! | `health` | a path the proxy checks on every task | |
+//! | `acme` | the ACME challenge: `http-01` or `tls-alpn-01` | `http-01` |
 //!
 //! And docker-flow-proxy's, read when `com.df.notify=true`: every
 //! `com.df.X` is DFP's query parameter `X` (`serviceDomain`,
@@ -25,7 +26,9 @@
 use std::collections::BTreeMap;
 
 use crate::dfp::{self, TcpRoute};
-use crate::{boolean, list, port, Balance, HttpsMode, PathType, RouteError, RouteSpec};
+use crate::{
+    boolean, list, port, AcmeChallenge, Balance, HttpsMode, PathType, RouteError, RouteSpec,
+};
 
 /// The prefix of Gantry's labels.
 pub const PREFIX: &str = "gantry.http.";
@@ -135,9 +138,20 @@ fn gantry_routes(
                 }
                 "sticky" => r.sticky = boolean(&l, v)?,
                 "health" => r.health_path = Some(v.trim().to_owned()),
+                "acme" => {
+                    r.acme = match v.trim() {
+                        "http-01" => AcmeChallenge::Http01,
+                        "tls-alpn-01" => AcmeChallenge::TlsAlpn01,
+                        _ => {
+                            return Err(RouteError::Invalid(format!(
+                                "{l}: {v:?} is not http-01 or tls-alpn-01"
+                            )));
+                        }
+                    }
+                }
                 _ => {
                     return Err(RouteError::Invalid(format!(
-                        "unknown label {l} (host, path, path_type, port, strip_prefix, https, redirect_from, balance, sticky, health)"
+                        "unknown label {l} (host, path, path_type, port, strip_prefix, https, redirect_from, balance, sticky, health, acme)"
                     )));
                 }
             }
@@ -222,6 +236,7 @@ mod tests {
             ("gantry.http.path", "no-slash"),
             ("gantry.http.host", "bad host"),
             ("gantry.http.health", "healthz"),
+            ("gantry.http.acme", "dns-01"),
         ] {
             let e = routes("s", &labels(&[(k, v)])).unwrap_err().to_string();
             assert!(e.contains("gantry.http."), "{k}={v}: {e}");

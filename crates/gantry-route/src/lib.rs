@@ -55,6 +55,17 @@ pub enum Balance {
     LeastConn,
 }
 
+/// How an ACME CA checks that we hold a route's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AcmeChallenge {
+    /// A token served over plain HTTP on port 80.
+    #[default]
+    Http01,
+    /// A special certificate offered on port 443 (ALPN `acme-tls/1`).
+    TlsAlpn01,
+}
+
 /// One HTTP route: requests for these names and this path go to this
 /// service's tasks on this port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +105,9 @@ pub struct RouteSpec {
     /// A path the proxy requests on every backend to check its health.
     #[serde(default)]
     pub health_path: Option<String>,
+    /// The ACME challenge for its certificate.
+    #[serde(default)]
+    pub acme: AcmeChallenge,
 }
 
 impl RouteSpec {
@@ -112,6 +126,7 @@ impl RouteSpec {
             balance: Balance::RoundRobin,
             sticky: false,
             health_path: None,
+            acme: AcmeChallenge::Http01,
         }
     }
 

@@ -376,8 +376,22 @@ fn assignments(s: &Cluster, node: &str) -> Assignments {
         networks: network_members(s),
         routes,
         certs: crate::edge::certs(s),
-        http01: BTreeMap::new(),
-        alpn01: Vec::new(),
+        http01: s
+            .challenges
+            .values()
+            .filter(|c| !c.token.is_empty())
+            .map(|c| (c.token.clone(), c.key_auth.clone()))
+            .collect(),
+        alpn01: s
+            .challenges
+            .values()
+            .filter(|c| c.token.is_empty())
+            .map(|c| gantry_api::Cert {
+                names: vec![c.name.clone()],
+                cert_pem: c.cert_pem.clone(),
+                key_pem: c.key_pem.clone(),
+            })
+            .collect(),
     }
 }
 

@@ -131,26 +131,28 @@ pub(crate) fn is_internal(name: &str) -> bool {
             .any(|s| name.ends_with(s))
 }
 
-/// Every name some route wants a certificate for.
-pub(crate) fn wanted_names(s: &Cluster) -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
+/// Every name some route wants a certificate for, with the ACME
+/// challenge its route asks for.
+pub(crate) fn wanted(s: &Cluster) -> BTreeMap<String, gantry_route::AcmeChallenge> {
+    let mut out = BTreeMap::new();
+    let mut add = |r: &RouteSpec| {
+        for n in r.tls_names() {
+            out.entry(n).or_insert(r.acme);
+        }
+    };
     for rec in s.services.values() {
         if let Ok(svc) = serde_json::from_str::<Service>(&rec.spec) {
             if let Ok((routes, _)) = label_routes(&rec.name, &svc) {
-                names.extend(routes.iter().flat_map(RouteSpec::tls_names));
+                routes.iter().for_each(&mut add);
             }
         }
     }
-    for r in s.routes.values() {
-        names.extend(r.routes.iter().flat_map(RouteSpec::tls_names));
-    }
-    names.sort();
-    names.dedup();
-    names
+    s.routes.values().flat_map(|r| &r.routes).for_each(add);
+    out
 }
 
-/// Whether a certificate other than an internal one serves `name`.
-fn covered(s: &Cluster, name: &str, now: u64) -> bool {
+/// Whether a certificate that is not about to expire serves `name`.
+pub(crate) fn covered(s: &Cluster, name: &str, now: u64) -> bool {
     s.certs.values().any(|c| {
         c.not_after_ms > now + RENEW_BEFORE_MS
             && c.names.iter().any(|n| {
@@ -169,7 +171,7 @@ fn covered(s: &Cluster, name: &str, now: u64) -> bool {
 pub(crate) fn internal_certs(sh: &Shared) -> Result<(), gantry_store::StoreError> {
     let now = now_ms();
     let (missing, stale) = sh.read(|s| {
-        let wanted = wanted_names(s);
+        let wanted: Vec<String> = wanted(s).into_keys().collect();
         let missing: Vec<String> = wanted
             .iter()
             .filter(|n| is_internal(n) && !covered(s, n, now))

@@ -178,6 +178,46 @@ pub(crate) fn of(before: &State, after: &State, cmds: &[Command]) -> Vec<Event> 
                     ));
                 }
             }
+            Command::PutRoutes(r)
+                if before.routes.get(&gantry_store::RouteRecord::key(
+                    &r.service,
+                    r.node.as_deref(),
+                )) != Some(r) =>
+            {
+                out.push(event(
+                    "route",
+                    "update",
+                    &r.service,
+                    &[
+                        ("node", r.node.clone().unwrap_or_default()),
+                        ("routes", (r.routes.len() + r.tcp.len()).to_string()),
+                    ],
+                ))
+            }
+            Command::RemoveRoutes { key } => {
+                if let Some(r) = before.routes.get(key) {
+                    out.push(event(
+                        "route",
+                        "remove",
+                        &r.service,
+                        &[("node", r.node.clone().unwrap_or_default())],
+                    ))
+                }
+            }
+            Command::PutCert(c) => out.push(event(
+                "certificate",
+                if before.certs.contains_key(&c.name) {
+                    "renew"
+                } else {
+                    "issue"
+                },
+                &c.name,
+                &[
+                    ("source", format!("{:?}", c.source).to_ascii_lowercase()),
+                    ("names", c.names.join(",")),
+                ],
+            )),
+            Command::RemoveCert { name } => out.push(event("certificate", "remove", name, &[])),
             _ => {}
         }
     }

@@ -9,6 +9,8 @@
 //! [`Shared::apply`], one store batch at a time; events and the wake-up of
 //! assignment streams follow from the commands applied, nowhere else.
 
+mod acme;
+pub use acme::{AcmeConfig, LETS_ENCRYPT};
 mod api;
 mod edge;
 mod events;
@@ -48,6 +50,8 @@ pub struct ServerConfig {
     pub network: Option<gantry_ipam::Plan>,
     /// The overlay's VXLAN network id.
     pub vni: u32,
+    /// Certificates for public names.
+    pub acme: AcmeConfig,
 }
 
 /// Metadata key of the overlay's VXLAN network id.
@@ -294,6 +298,7 @@ impl Manager {
         let tasks = vec![
             tokio::spawn(api::serve(shared.clone(), listener, tls)),
             tokio::spawn(orchestrate::run(shared.clone())),
+            tokio::spawn(acme::run(shared.clone())),
         ];
         tracing::info!(%addr, "manager listening");
         Ok(Self {

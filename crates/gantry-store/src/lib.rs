@@ -16,8 +16,8 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
 
 pub use state::{
-    CertRecord, CertSource, Command, NodeRecord, Rejected, RouteRecord, ServiceRecord, State,
-    TaskRecord, TaskState, UpdateStatus,
+    CertRecord, CertSource, ChallengeRecord, Command, NodeRecord, Rejected, RouteRecord,
+    ServiceRecord, State, TaskRecord, TaskState, UpdateStatus,
 };
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");

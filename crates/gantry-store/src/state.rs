@@ -203,6 +203,32 @@ pub struct CertRecord {
     pub source: CertSource,
 }
 
+/// A pending ACME challenge, answered by every proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChallengeRecord {
+    /// The name being validated.
+    pub name: String,
+    /// HTTP-01: the token in the URL path; TLS-ALPN-01: empty.
+    pub token: String,
+    /// HTTP-01: the key authorization to answer with.
+    pub key_auth: String,
+    /// TLS-ALPN-01: the validation certificate (PEM) for the name.
+    pub cert_pem: String,
+    /// Its key.
+    pub key_pem: String,
+}
+
+impl ChallengeRecord {
+    /// Its key in [`State::challenges`].
+    pub fn key(&self) -> String {
+        if self.token.is_empty() {
+            format!("tls-alpn-01/{}", self.name)
+        } else {
+            format!("http-01/{}", self.token)
+        }
+    }
+}
+
 /// A change to the cluster state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -287,6 +313,13 @@ pub enum Command {
         /// Its name.
         name: String,
     },
+    /// Publish an ACME challenge to every proxy.
+    PutChallenge(ChallengeRecord),
+    /// Withdraw one.
+    RemoveChallenge {
+        /// [`ChallengeRecord::key`].
+        key: String,
+    },
     /// A piece of cluster metadata (join token hash, CA certificate, ...).
     SetMeta {
         /// The key.
@@ -344,6 +377,9 @@ pub struct State {
     /// Certificates by name.
     #[serde(default)]
     pub certs: BTreeMap<String, CertRecord>,
+    /// Pending ACME challenges by [`ChallengeRecord::key`].
+    #[serde(default)]
+    pub challenges: BTreeMap<String, ChallengeRecord>,
 }
 
 impl State {
@@ -362,7 +398,9 @@ impl State {
             | Command::PutService { .. }
             | Command::PutRoutes(_)
             | Command::RemoveRoutes { .. }
-            | Command::PutCert(_) => Ok(()),
+            | Command::PutCert(_)
+            | Command::PutChallenge(_)
+            | Command::RemoveChallenge { .. } => Ok(()),
             Command::RemoveCert { name } => {
                 if self.certs.contains_key(name) {
                     Ok(())
@@ -527,6 +565,12 @@ impl State {
             }
             Command::RemoveCert { name } => {
                 self.certs.remove(&name);
+            }
+            Command::PutChallenge(c) => {
+                self.challenges.insert(c.key(), c);
+            }
+            Command::RemoveChallenge { key } => {
+                self.challenges.remove(&key);
             }
         }
         Ok(())

@@ -12,8 +12,10 @@
 //! run in parallel, and start with `gantry` so that leftovers are easy to
 //! spot.
 
+mod pebble;
 mod token;
 
+pub use pebble::{self_signed_cert, Pebble};
 pub use token::TokenServer;
 
 use std::io::{BufRead, BufReader};

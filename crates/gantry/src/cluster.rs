@@ -51,6 +51,19 @@ pub(crate) struct ServerArgs {
     /// With --dev: labels of this node.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     label: Vec<String>,
+    /// The ACME directory certificates for public names come from.
+    #[arg(long, value_name = "URL", default_value = gantry_server::LETS_ENCRYPT)]
+    acme_directory: String,
+    /// The ACME account's contact e-mail.
+    #[arg(long, value_name = "EMAIL")]
+    acme_email: Option<String>,
+    /// A root CA (PEM) to trust for a private ACME directory's HTTPS.
+    #[arg(long, value_name = "FILE")]
+    acme_ca_root: Option<PathBuf>,
+    /// Order no certificates over ACME (internal names still get the edge
+    /// CA's, and `gantry cert add` still works).
+    #[arg(long)]
+    no_acme: bool,
     #[command(flatten)]
     edge: EdgeArgs,
 }
@@ -368,6 +381,11 @@ pub(crate) fn server(ctx: &Ctx, a: ServerArgs) -> anyhow::Result<u8> {
             None => None,
         },
         vni: a.vni,
+        acme: gantry_server::AcmeConfig {
+            directory: (!a.no_acme).then(|| a.acme_directory.clone()),
+            email: a.acme_email.clone(),
+            ca_root: a.acme_ca_root.clone(),
+        },
         default_strategy: if a.default_strategy == "binpack" {
             gantry_sched::Strategy::Binpack
         } else {

@@ -29,6 +29,10 @@ struct Cluster {
     agents: Vec<Agent>,
     /// `REGISTRY/bb:1`: busybox that serves a page on 8080.
     image: String,
+    /// More arguments for `gantry server`.
+    manager_args: Vec<String>,
+    /// An ACME CA, when the test has one.
+    pebble: Option<Pebble>,
 }
 
 struct Agent {
@@ -40,8 +44,19 @@ struct Agent {
 impl Cluster {
     /// A manager on host 0 and `agents` hosts for agents (not started).
     fn new(test: &str, hosts: usize) -> Option<Self> {
+        Self::new_with(test, hosts, |_| (Vec::new(), None))
+    }
+
+    /// The same, with more `gantry server` arguments (and an ACME CA)
+    /// made from the LAN.
+    fn new_with(
+        test: &str,
+        hosts: usize,
+        extra: impl FnOnce(&Lan) -> (Vec<String>, Option<Pebble>),
+    ) -> Option<Self> {
         let g = G::new(test)?;
         let lan = Lan::new(hosts + 1);
+        let (manager_args, pebble) = extra(&lan);
         let reg = Registry::start_on(&lan.hosts[0]);
         let image = format!("{}/test/bb:1", reg.addr);
         g.busybox_image(&image);
@@ -64,6 +79,8 @@ impl Cluster {
                 .collect(),
             image,
             lan,
+            manager_args,
+            pebble,
         };
         cl.push(&cl.image.clone());
         cl.start_manager();
@@ -106,6 +123,7 @@ impl Cluster {
                 "--heartbeat-grace",
                 GRACE,
             ])
+            .args(&self.manager_args)
             .env("GANTRY_CONFIG_DIR", self.cfg.path())
             .env("GANTRY_LOG", "info,gantry_server=debug")
             .stdin(Stdio::null())
@@ -1806,4 +1824,165 @@ fn the_edge_proxy_routes_by_labels_and_the_dfp_api() {
     let o = cl.deploy("shop", &bad);
     assert!(!o.status.success());
     assert!(errtext(&o).contains("gantry.http.port"), "{}", errtext(&o));
+}
+
+#[test]
+fn certificates_come_from_acme_by_http01_and_tls_alpn01_and_renew() {
+    let Some(mut cl) = Cluster::new_with(
+        "certificates_come_from_acme_by_http01_and_tls_alpn01_and_renew",
+        2,
+        |lan| {
+            // Pebble on host 0; its DNS sends every name to node-1.
+            let pebble = Pebble::start_on(&lan.hosts[0], &lan.hosts[1].addr);
+            let args = vec![
+                "--acme-directory".to_owned(),
+                pebble.directory.clone(),
+                "--acme-ca-root".to_owned(),
+                pebble.api_ca.to_string_lossy().into_owned(),
+                "--acme-email".to_owned(),
+                "ops@example.org".to_owned(),
+            ];
+            (args, Some(pebble))
+        },
+    ) else {
+        return;
+    };
+    cl.start_agent(0);
+    cl.start_agent(1);
+    // A certificate for www.renew.example that expires in 10 days: ACME
+    // renews it (30 days before expiry).
+    let dir = cl.logs.path().to_owned();
+    self_signed_cert(
+        &dir,
+        "short",
+        "www.renew.example",
+        10,
+        &["-addext", "subjectAltName=DNS:www.renew.example"],
+    );
+    let short = dir.join("short.pem");
+    let key = dir.join("short.key");
+    cl.admin_ok(&[
+        "cert",
+        "add",
+        short.to_str().unwrap(),
+        key.to_str().unwrap(),
+    ]);
+    let stack = r#"services:
+  a:
+    image: IMAGE
+    command: ["sh", "-c", "echo a > /index.html && exec httpd -f -p 8080 -h /"]
+    stop_grace_period: 1s
+    deploy:
+      placement:
+        constraints: ["node.hostname == node-1"]
+      labels:
+        gantry.http.host: www.acme-a.example
+        gantry.http.port: "8080"
+  b:
+    image: IMAGE
+    command: ["sh", "-c", "echo b > /index.html && exec httpd -f -p 8080 -h /"]
+    stop_grace_period: 1s
+    deploy:
+      labels:
+        gantry.http.host: www.acme-b.example
+        gantry.http.port: "8080"
+        gantry.http.acme: tls-alpn-01
+  r:
+    image: IMAGE
+    command: ["sh", "-c", "echo r > /index.html && exec httpd -f -p 8080 -h /"]
+    stop_grace_period: 1s
+    deploy:
+      labels:
+        gantry.http.host: www.renew.example
+        gantry.http.port: "8080"
+"#
+    .replace("IMAGE", &cl.image);
+    let o = cl.deploy("site", &stack);
+    assert!(o.status.success(), "{}", errtext(&o));
+    let certs = |cl: &Cluster| -> BTreeMap<String, String> {
+        cl.json(&["cert", "ls", "--format", "json"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["name"].as_str().unwrap().to_owned(),
+                    c["source"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let t0 = Instant::now();
+    wait_for(
+        "three certificates from ACME",
+        Duration::from_secs(60),
+        || {
+            let c = certs(&cl);
+            let acme = [
+                "www.acme-a.example",
+                "www.acme-b.example",
+                "www.renew.example",
+            ]
+            .iter()
+            .all(|n| c.get(*n).map(String::as_str) == Some("acme"));
+            if acme {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{c:?}\n{}\n{}",
+                    cl.tail("manager.log"),
+                    cl.pebble.as_ref().unwrap().logs()
+                ))
+            }
+        },
+    );
+    eprintln!(
+        "ACME: three certificates (HTTP-01, TLS-ALPN-01, a renewal) in {:?}",
+        t0.elapsed()
+    );
+    // Events record the issues and the renewal.
+    let events = cl.admin_ok(&[
+        "events",
+        "--since",
+        "10m",
+        "--no-follow",
+        "--filter",
+        "type=certificate",
+    ]);
+    assert!(
+        events.contains("renew") && events.contains("www.renew.example"),
+        "{events}"
+    );
+    // curl trusting Pebble's root gets a valid HTTPS answer, from any node.
+    let root = cl.logs.path().join("pebble-root.pem");
+    std::fs::write(&root, cl.pebble.as_ref().unwrap().issuing_root()).unwrap();
+    for (name, body, node) in [
+        ("www.acme-a.example", "a", 1),
+        ("www.acme-b.example", "b", 2),
+        ("www.renew.example", "r", 1),
+    ] {
+        let resolve = format!("{name}:443:{}", cl.lan.hosts[node].addr);
+        let url = format!("https://{name}/index.html");
+        wait_for(
+            &format!("HTTPS for {name}"),
+            Duration::from_secs(15),
+            || {
+                let (s, out) = curl_on(
+                    &cl.lan.hosts[0],
+                    &[
+                        "--cacert",
+                        root.to_str().unwrap(),
+                        "--resolve",
+                        &resolve,
+                        &url,
+                    ],
+                );
+                if s == 200 && who(&out) == body {
+                    Ok(())
+                } else {
+                    Err(out)
+                }
+            },
+        );
+    }
 }

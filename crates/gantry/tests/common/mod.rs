@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 pub use gantry_testkit::{
-    free_port, require_root, unique, wait_for, DockerEngine, Host, Lan, Registry,
+    free_port, require_root, self_signed_cert, unique, wait_for, DockerEngine, Host, Lan, Pebble,
+    Registry,
 };
 
 pub struct G {
