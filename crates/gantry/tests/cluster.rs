@@ -1755,6 +1755,52 @@ fn the_edge_proxy_routes_by_labels_and_the_dfp_api() {
     let (s, out) = dfp(1, "certs");
     assert_eq!(s, 200);
     assert!(out.contains("www.shop.test"), "{out}");
+    // A TCP route (reqMode=tcp): node-1 forwards its port 5433 to the
+    // service's tasks.
+    let (s, out) = dfp(
+        1,
+        "reconfigure?serviceName=web&reqMode=tcp&srcPort=5433&port=8080",
+    );
+    assert_eq!(s, 200, "{out}");
+    wait_for("the TCP route", Duration::from_secs(3), || {
+        let (s, out) = curl_on(client, &[&format!("http://{}:5433/index.html", node(1))]);
+        if s == 200 {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    });
+    // DFP's `cert`: PUT a PEM bundle (chain and key).
+    self_signed_cert(
+        cl.logs.path(),
+        "own",
+        "own.example.org",
+        30,
+        &["-addext", "subjectAltName=DNS:own.example.org"],
+    );
+    let bundle = cl.logs.path().join("bundle.pem");
+    std::fs::write(
+        &bundle,
+        std::fs::read_to_string(cl.logs.path().join("own.pem")).unwrap()
+            + &std::fs::read_to_string(cl.logs.path().join("own.key")).unwrap(),
+    )
+    .unwrap();
+    let (s, out) = curl_on(
+        &cl.lan.hosts[1],
+        &[
+            "-X",
+            "PUT",
+            "--data-binary",
+            &format!("@{}", bundle.display()),
+            "http://127.0.0.1:8080/v1/docker-flow-proxy/cert?certName=own",
+        ],
+    );
+    assert_eq!(s, 200, "{out}");
+    let ls = cl.admin_ok(&["cert", "ls"]);
+    assert!(
+        ls.contains("own.example.org") && ls.contains("user"),
+        "{ls}"
+    );
     // A route to a service with no running task: 503 with Retry-After.
     let (s, _) = dfp(
         1,
