@@ -95,6 +95,28 @@ for name in direct gantry nginx haproxy; do
 done
 echo
 
+# Latency without queueing: one connection, one request at a time, so what
+# each proxy adds to a request shows (wrk2's fixed rates are not packaged).
+declare -A L50 L99
+for name in direct gantry nginx haproxy; do
+  case $name in direct) port=9000;; gantry) port=8001;; nginx) port=8002;; haproxy) port=8003;; esac
+  a=(); b=()
+  for _ in $(seq "$RUNS"); do
+    out=$(wrk -t1 -c1 -d"${SECS}s" --latency "http://127.0.0.1:$port/" 2>/dev/null)
+    a+=("$(echo "$out" | awk '$1=="50%" {print $2}' | to_us)")
+    b+=("$(echo "$out" | awk '$1=="99%" {print $2}' | to_us)")
+  done
+  L50[$name]=$(printf '%s\n' "${a[@]}" | median)
+  L99[$name]=$(printf '%s\n' "${b[@]}" | median)
+done
+echo "| one request at a time | p50 (µs) | p99 (µs) | added at p50 / p99 (µs) |"
+echo "|---|---|---|---|"
+for name in direct gantry nginx haproxy; do
+  awk -v n="$name" -v a="${L50[$name]}" -v b="${L99[$name]}" -v da="${L50[direct]}" -v db="${L99[direct]}" \
+    'BEGIN {printf "| %s | %d | %d | %s |\n", n, a, b, (n=="direct" ? "-" : sprintf("%d / %d", a-da, b-db))}'
+done
+echo
+
 # TLS handshakes a second: a certificate from a throwaway CA, and wrk
 # opening a new connection for each request.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=bench.test \

@@ -92,11 +92,20 @@ async fn status(addr: SocketAddr, path: &str) -> u16 {
 fn main() {
     let a = args();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(a.threads)
-        .enable_all()
-        .build()
-        .unwrap();
+    // One thread: tokio's current-thread scheduler (what nginx's one
+    // worker and HAProxy's nbthread 1 compare with); more: work stealing.
+    let rt = if a.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(a.threads)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
     rt.block_on(async move {
         let proxy = Proxy::new(ProxyConfig::default());
         proxy.set_routes(&[route(a.backend, "/")]);

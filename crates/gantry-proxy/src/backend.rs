@@ -23,6 +23,8 @@ pub struct Backend {
     unhealthy: AtomicBool,
     /// The sticky-session cookie value that picks it.
     pub(crate) cookie: String,
+    /// `ADDR:PORT` as a URI authority, made once.
+    pub(crate) authority: hyper::http::uri::Authority,
 }
 
 fn now_ms() -> u64 {
@@ -48,6 +50,10 @@ impl Backend {
             ejected_until: AtomicU64::new(0),
             unhealthy: AtomicBool::new(false),
             cookie: format!("{h:016x}"),
+            authority: addr
+                .to_string()
+                .parse()
+                .expect("a socket address is an authority"),
         }
     }
 

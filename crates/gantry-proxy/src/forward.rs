@@ -273,6 +273,9 @@ async fn forward(
     let mut headers = parts.headers;
     strip_hop(&mut headers, upgrade);
     forwarded_headers(&mut headers, conn, host);
+    let Ok(pq) = hyper::http::uri::PathAndQuery::try_from(path_and_query) else {
+        return (text(StatusCode::BAD_REQUEST, "bad path\n"), None);
+    };
     let mut tried: Vec<SocketAddr> = Vec::new();
     loop {
         let Some(b) = pool.pick(spec.balance, sticky.as_deref(), &tried) else {
@@ -300,8 +303,17 @@ async fn forward(
         let mut up = Request::new(body.take().unwrap_or_else(empty));
         *up.method_mut() = parts.method.clone();
         *up.version_mut() = Version::HTTP_11;
-        *up.headers_mut() = headers.clone();
-        match format!("http://{}{}", b.addr, path_and_query).parse() {
+        // Another attempt needs the headers again; the last one takes them.
+        *up.headers_mut() = if retryable {
+            headers.clone()
+        } else {
+            std::mem::take(&mut headers)
+        };
+        let mut uri = hyper::http::uri::Parts::default();
+        uri.scheme = Some(hyper::http::uri::Scheme::HTTP);
+        uri.authority = Some(b.authority.clone());
+        uri.path_and_query = Some(pq.clone());
+        match hyper::Uri::from_parts(uri) {
             Ok(uri) => *up.uri_mut() = uri,
             Err(_) => return (text(StatusCode::BAD_REQUEST, "bad path\n"), None),
         }
@@ -391,15 +403,16 @@ async fn tunnel(
 
 fn forwarded_headers(h: &mut HeaderMap, conn: Conn, host: &str) {
     let ip = conn.client.ip();
+    let ip_s = ip.to_string();
     let proto = if conn.tls { "https" } else { "http" };
     let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip.to_string(),
+        Some(prev) => format!("{prev}, {ip_s}"),
+        None => ip_s.clone(),
     };
     let node = if ip.is_ipv6() {
-        format!("\"[{ip}]\"")
+        format!("\"[{ip_s}]\"")
     } else {
-        ip.to_string()
+        ip_s
     };
     let fwd_host = gantry_route::normalize_host(host);
     let fwd = format!(
