@@ -14,6 +14,7 @@ pkgs=(
   libclang-dev                    # bindgen for rustables (nftables over netlink) at build time
   nftables iperf3                 # tests read the firewall with nft; the overlay benchmark
   pebble                          # a real ACME CA (and its DNS server) for the certificate tests
+  prometheus                      # promtool checks the metrics exposition
 )
 missing=()
 for p in "${pkgs[@]}"; do
@@ -23,6 +24,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # Packages only: no service starts (tests start their own daemons).
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+  chmod +x /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 if ! command -v cargo >/dev/null; then

@@ -96,6 +96,11 @@ impl Edge {
         }))
     }
 
+    /// The proxy's metrics (Prometheus text, no `# EOF`).
+    pub(crate) fn encode_metrics(&self, out: &mut String) {
+        self.proxy.encode_metrics(out);
+    }
+
     /// Takes the routes, certificates and challenges of an assignment set.
     pub(crate) fn apply(&self, set: &Assignments) {
         let routes: Vec<Route> = set

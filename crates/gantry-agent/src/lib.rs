@@ -21,6 +21,7 @@ mod edge;
 mod health;
 mod helper;
 mod ingress;
+mod metrics;
 mod tasks;
 
 use std::collections::BTreeMap;
@@ -61,6 +62,8 @@ pub struct AgentConfig {
     pub registry: gantry_image::RegistryOptions,
     /// The edge proxy, unless `None`.
     pub edge: Option<EdgeConfig>,
+    /// Where `/metrics` is served (Prometheus), unless `None`.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// An agent failure.
@@ -235,9 +238,23 @@ pub async fn run(cfg: AgentConfig, id: Identity) -> Result<(), AgentError> {
         id.node_id.clone(),
         underlay.parse().ok(),
     ));
-    if let Some(e) = &cfg.edge {
-        let edge = edge::Edge::start(e, client.clone()).await?;
-        agent.set_edge(edge);
+    let edge = match &cfg.edge {
+        Some(e) => {
+            let edge = edge::Edge::start(e, client.clone()).await?;
+            agent.set_edge(edge.clone());
+            Some(edge)
+        }
+        None => None,
+    };
+    if let Some(addr) = cfg.metrics {
+        let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            AgentError::Io(
+                format!("metrics: listen on {addr} (change it with --metrics ADDR)"),
+                e,
+            )
+        })?;
+        tracing::info!(addr = ?l.local_addr().ok(), "metrics on /metrics");
+        tokio::spawn(metrics::serve(l, edge));
     }
     agent.adopt();
     tokio::spawn(agent.clone().monitor());

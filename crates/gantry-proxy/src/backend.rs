@@ -148,6 +148,7 @@ mod tests {
                 .map(|i| Arc::new(Backend::new(SocketAddr::from(([10, 0, 0, i], 80)))))
                 .collect(),
             next: AtomicUsize::new(0),
+            metrics: crate::metrics::Metrics::new().route(&gantry_route::RouteSpec::new("s", 80)),
         }
     }
 

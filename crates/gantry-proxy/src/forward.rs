@@ -149,7 +149,14 @@ pub(crate) async fn handle(
     let method = req.method().clone();
     let host = request_host(&req);
     let path = req.uri().path().to_owned();
-    let (resp, backend) = route(&proxy, conn, req, &host).await;
+    let (resp, backend, metrics) = route(&proxy, conn, req, &host).await;
+    match &metrics {
+        Some(m) => m.observe(resp.status().as_u16(), started.elapsed().as_secs_f64()),
+        None if resp.status() == StatusCode::NOT_FOUND => {
+            proxy.metrics.unrouted.inc();
+        }
+        None => {}
+    }
     tracing::info!(
         target: "gantry::access",
         client = %conn.client,
@@ -164,17 +171,19 @@ pub(crate) async fn handle(
     Ok(resp)
 }
 
-async fn route(
-    proxy: &Arc<Proxy>,
-    conn: Conn,
-    req: Request<Incoming>,
-    host: &str,
-) -> (Response<Body>, Option<SocketAddr>) {
+/// A response, the backend that gave it, and the route's metrics.
+type Routed = (
+    Response<Body>,
+    Option<SocketAddr>,
+    Option<Arc<crate::metrics::RouteMetrics>>,
+);
+
+async fn route(proxy: &Arc<Proxy>, conn: Conn, req: Request<Incoming>, host: &str) -> Routed {
     let path = req.uri().path();
     if !conn.tls {
         if let Some(token) = path.strip_prefix("/.well-known/acme-challenge/") {
             if let Some(ka) = proxy.challenges.load().get(token) {
-                return (text(StatusCode::OK, ka.clone()), None);
+                return (text(StatusCode::OK, ka.clone()), None, None);
             }
         }
     }
@@ -196,6 +205,7 @@ async fn route(
                 ),
             ),
             None,
+            None,
         ),
         Some(Hit::Redirect { host: to, spec }) => {
             let scheme = if spec.https == HttpsMode::Off && !conn.tls {
@@ -204,7 +214,7 @@ async fn route(
                 "https"
             };
             let loc = format!("{scheme}://{}{pq}", with_port(proxy, to, scheme));
-            (redirect(StatusCode::MOVED_PERMANENTLY, &loc), None)
+            (redirect(StatusCode::MOVED_PERMANENTLY, &loc), None, None)
         }
         Some(Hit::Route { spec, value, path }) => {
             let to_https = !conn.tls
@@ -221,23 +231,16 @@ async fn route(
                 };
                 let h = gantry_route::normalize_host(host);
                 let loc = format!("https://{}{pq}", with_port(proxy, &h, "https"));
-                return (redirect(status, &loc), None);
+                return (redirect(status, &loc), None, Some(value.metrics.clone()));
             }
             let query = req
                 .uri()
                 .query()
                 .map(|q| format!("?{q}"))
                 .unwrap_or_default();
-            forward(
-                proxy,
-                conn,
-                req,
-                host,
-                spec,
-                value,
-                format!("{path}{query}"),
-            )
-            .await
+            let pq = format!("{path}{query}");
+            let (resp, b) = forward(proxy, conn, req, host, spec, value, pq).await;
+            (resp, b, Some(value.metrics.clone()))
         }
     }
 }
@@ -337,10 +340,14 @@ async fn forward(
                 let connect = e.is_connect();
                 if connect {
                     b.eject(proxy.config.eject_for.as_millis() as u64);
+                    proxy.metrics.backend_errors.inc();
                     tracing::warn!(backend = %b.addr, service = %spec.service, "backend refused: {e}");
                     if retryable {
                         continue;
                     }
+                }
+                if !connect {
+                    proxy.metrics.backend_errors.inc();
                 }
                 tracing::warn!(backend = %b.addr, service = %spec.service, "backend failed: {e}");
                 return (
@@ -356,7 +363,8 @@ async fn forward(
                 if switching {
                     if let Some(client_up) = client_upgrade {
                         let backend_up = hyper::upgrade::on(&mut resp);
-                        tokio::spawn(tunnel(client_up, backend_up, guard, b.clone()));
+                        let open = proxy.metrics.tunnels.clone();
+                        tokio::spawn(tunnel(client_up, backend_up, guard, b.clone(), open));
                         return (resp.map(|_| empty()), Some(b.addr));
                     }
                 }
@@ -369,9 +377,13 @@ async fn forward(
                         resp.headers_mut().append(header::SET_COOKIE, v);
                     }
                 }
+                let metrics = pool.metrics.clone();
                 let resp = resp.map(|body| {
                     body.map_frame(move |f| {
                         let _in_flight = &guard;
+                        if let Some(d) = f.data_ref() {
+                            metrics.bytes(d.len());
+                        }
                         f
                     })
                     .boxed()
@@ -388,7 +400,9 @@ async fn tunnel(
     backend: hyper::upgrade::OnUpgrade,
     _in_flight: crate::backend::InFlight,
     b: Arc<Backend>,
+    open: prometheus_client::metrics::gauge::Gauge<i64, std::sync::atomic::AtomicI64>,
 ) {
+    open.inc();
     match tokio::try_join!(client, backend) {
         Ok((c, s)) => {
             let mut c = TokioIo::new(c);
@@ -399,6 +413,7 @@ async fn tunnel(
         }
         Err(e) => tracing::debug!(backend = %b.addr, "upgrade failed: {e}"),
     }
+    open.dec();
 }
 
 fn forwarded_headers(h: &mut HeaderMap, conn: Conn, host: &str) {

@@ -22,6 +22,7 @@
 mod backend;
 mod forward;
 mod listen;
+mod metrics;
 mod tls;
 
 use std::collections::HashMap;
@@ -85,6 +86,7 @@ impl Default for ProxyConfig {
 pub(crate) struct Pool {
     pub(crate) backends: Vec<Arc<Backend>>,
     pub(crate) next: std::sync::atomic::AtomicUsize,
+    pub(crate) metrics: Arc<metrics::RouteMetrics>,
 }
 
 /// The proxy: shared by its listeners.
@@ -98,6 +100,7 @@ pub struct Proxy {
     /// Backends by address, so their state survives a route change.
     /// Only the control plane locks it.
     known: Mutex<HashMap<SocketAddr, std::sync::Weak<Backend>>>,
+    pub(crate) metrics: metrics::Metrics,
 }
 
 impl Proxy {
@@ -111,6 +114,7 @@ impl Proxy {
             certs: ArcSwap::from_pointee(tls::Certs::default()),
             challenges: ArcSwap::from_pointee(HashMap::new()),
             known: Mutex::new(HashMap::new()),
+            metrics: metrics::Metrics::new(),
         })
     }
 
@@ -141,11 +145,14 @@ impl Proxy {
                         Pool {
                             backends,
                             next: Default::default(),
+                            metrics: self.metrics.route(&r.spec),
                         },
                     )
                 })
                 .collect(),
         );
+        self.metrics
+            .retain(&routes.iter().map(|r| &r.spec).collect::<Vec<_>>());
         self.table.store(Arc::new(table));
         known.retain(|_, w| w.strong_count() > 0);
     }
@@ -170,6 +177,12 @@ impl Proxy {
     /// Whether a certificate covers `host`.
     pub fn has_cert(&self, host: &str) -> bool {
         self.certs.load().get(host).is_some()
+    }
+
+    /// The proxy's metrics, in the Prometheus text format (without the
+    /// final `# EOF`, so that a caller can add its own after).
+    pub fn encode_metrics(&self, out: &mut String) {
+        self.metrics.encode(out);
     }
 
     /// The number of routes now.

@@ -88,6 +88,10 @@ pub(crate) struct EdgeArgs {
     /// Run no edge proxy (and no DFP API) on this node.
     #[arg(long)]
     no_proxy: bool,
+    /// Where the node's Prometheus metrics are served (`/metrics`);
+    /// loopback by default, `0.0.0.0:9323` for a Prometheus elsewhere.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9323")]
+    metrics: SocketAddr,
 }
 
 impl EdgeArgs {
@@ -414,6 +418,7 @@ pub(crate) fn server(ctx: &Ctx, a: ServerArgs) -> anyhow::Result<u8> {
                 helper,
                 registry,
                 edge: a.edge.config(),
+                metrics: Some(a.edge.metrics),
             };
             let info = gantry_agent::node_info(&acfg, acfg.manager.as_deref().unwrap_or_default());
             let (node_id, cred) = m.local_node(&info)?;
@@ -461,6 +466,7 @@ pub(crate) fn agent(ctx: &Ctx, a: AgentArgs) -> anyhow::Result<u8> {
         helper: helper_binary()?,
         registry: ctx.registry.clone(),
         edge: a.edge.config(),
+        metrics: Some(a.edge.metrics),
     };
     multi_thread(async move {
         let id = gantry_agent::identity(&cfg).await?;

@@ -820,6 +820,8 @@ impl Dev {
                 "server",
                 "--dev",
                 "--no-proxy",
+                "--metrics",
+                "127.0.0.1:0",
                 "--listen",
                 &format!("127.0.0.1:{port}"),
             ])
@@ -1854,6 +1856,41 @@ fn the_edge_proxy_routes_by_labels_and_the_dfp_api() {
     );
     assert!(!report.contains("Socket errors"), "{report}");
 
+    // The proxy's metrics on node-1's /metrics: per route and status
+    // class, and an exposition promtool finds nothing wrong with.
+    let (s, out) = curl_on(&cl.lan.hosts[1], &["http://127.0.0.1:9323/metrics"]);
+    assert_eq!(s, 200, "{out}");
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    let served: f64 = body
+        .lines()
+        .find(|l| {
+            l.starts_with("gantry_proxy_requests_total{")
+                && l.contains(r#"route="*/demo""#)
+                && l.contains(r#"code="2xx""#)
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no 2xx count for /demo: {body}"));
+    assert!(served >= 1000.0, "{served}");
+    assert!(
+        body.contains("gantry_proxy_request_duration_seconds_bucket{"),
+        "{body}"
+    );
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (apt install prometheus)");
+    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), body.as_bytes()).unwrap();
+    let o = promtool.wait_with_output().unwrap();
+    assert!(
+        o.status.success() && text(&o).trim().is_empty() && errtext(&o).trim().is_empty(),
+        "promtool: {}{}",
+        text(&o),
+        errtext(&o)
+    );
     // remove: the path is gone again.
     let (s, _) = dfp(1, "remove?serviceName=web&distribute=true");
     assert_eq!(s, 200);

@@ -1,0 +1,97 @@
+//! The agent's Prometheus endpoint: `GET /metrics` in Prometheus' text
+//! format 0.0.4 (what Debian's promtool checks, and every Prometheus
+//! scrapes). Today it carries the edge proxy's metrics.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper::{Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+use crate::edge::Edge;
+
+/// Serves `/metrics` on `l` until the task is dropped.
+pub(crate) async fn serve(l: TcpListener, edge: Option<Arc<Edge>>) {
+    loop {
+        let Ok((s, _)) = l.accept().await else {
+            continue;
+        };
+        let edge = edge.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let edge = edge.clone();
+                async move {
+                    if req.uri().path() != "/metrics" {
+                        let mut r = Response::new(Full::new(Bytes::from_static(b"not found\n")));
+                        *r.status_mut() = StatusCode::NOT_FOUND;
+                        return Ok::<_, Infallible>(r);
+                    }
+                    let mut out = String::new();
+                    if let Some(e) = &edge {
+                        e.encode_metrics(&mut out);
+                    }
+                    let mut r = Response::new(Full::new(Bytes::from(text_format(&out))));
+                    r.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static(
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        ),
+                    );
+                    Ok(r)
+                }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(s), svc)
+                .await;
+        });
+    }
+}
+
+/// OpenMetrics text (prometheus-client's) to Prometheus text 0.0.4: a
+/// counter's HELP and TYPE name its `_total` samples, and there is no
+/// `# EOF`.
+pub(crate) fn text_format(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (*p, rest)));
+        match meta {
+            Some((p, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(name) && !name.ends_with("_total") {
+                    out.push_str(&format!("{p}{name}_total {tail}"));
+                } else {
+                    out.push_str(line);
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn openmetrics_counters_become_text_format() {
+        let om = "# HELP a_requests Requests.\n# TYPE a_requests counter\na_requests_total{x=\"1\"} 3\n# HELP g Open.\n# TYPE g gauge\ng 1\n# EOF\n";
+        assert_eq!(
+            super::text_format(om),
+            "# HELP a_requests_total Requests.\n# TYPE a_requests_total counter\na_requests_total{x=\"1\"} 3\n# HELP g Open.\n# TYPE g gauge\ng 1\n"
+        );
+    }
+}
