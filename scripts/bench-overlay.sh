@@ -18,6 +18,9 @@ work=$(mktemp -d /tmp/gantry-bench-overlay.XXXXXX)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # The manager and agents run under nsenter in subshells: $! is the
+  # subshell's, so they are found by their data dirs too.
+  pkill -f -- "$work" 2>/dev/null || true
   sleep 0.3
   for i in 1 2; do
     nsenter --net=/run/netns/$tag-h$i "$G" --data-dir "$work/a$i" agent --cleanup >/dev/null 2>&1 || true
