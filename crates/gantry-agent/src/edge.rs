@@ -35,8 +35,12 @@ pub struct EdgeConfig {
 /// The running proxy.
 pub(crate) struct Edge {
     proxy: Arc<Proxy>,
+    cfg: EdgeConfig,
+    client: Client,
+    /// The listening tasks, while this node is an edge node.
+    serving: std::sync::Mutex<Option<Vec<tokio::task::JoinHandle<()>>>>,
     /// The ports it listens on, open to containers too.
-    pub(crate) ports: Vec<u16>,
+    ports: Vec<u16>,
     last: std::sync::Mutex<(Vec<Route>, Vec<CertPem>)>,
 }
 
@@ -50,7 +54,8 @@ async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, AgentError> {
 }
 
 impl Edge {
-    /// Binds the listeners and starts serving (with no routes yet).
+    /// Binds the listeners and starts serving (with no routes yet); a
+    /// port that cannot be had fails the start.
     pub(crate) async fn start(cfg: &EdgeConfig, client: Client) -> Result<Arc<Self>, AgentError> {
         let http = match cfg.http {
             Some(a) => Some(bind("http", a).await?),
@@ -76,24 +81,89 @@ impl Edge {
             https_port,
             ..ProxyConfig::default()
         });
+        tokio::spawn(proxy.clone().check_health());
+        let edge = Arc::new(Self {
+            proxy,
+            cfg: cfg.clone(),
+            client,
+            serving: std::sync::Mutex::new(None),
+            ports,
+            last: Default::default(),
+        });
+        let tasks = edge.serve(http, https, dfp);
+        *edge.serving.lock().expect("edge lock") = Some(tasks);
+        Ok(edge)
+    }
+
+    fn serve(
+        &self,
+        http: Option<TcpListener>,
+        https: Option<TcpListener>,
+        dfp: Option<TcpListener>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
         if let Some(l) = http {
             tracing::info!(addr = ?l.local_addr().ok(), "edge proxy: http");
-            tokio::spawn(gantry_proxy::serve_http(proxy.clone(), l));
+            tasks.push(tokio::spawn(gantry_proxy::serve_http(
+                self.proxy.clone(),
+                l,
+            )));
         }
         if let Some(l) = https {
             tracing::info!(addr = ?l.local_addr().ok(), "edge proxy: https");
-            tokio::spawn(gantry_proxy::serve_https(proxy.clone(), l));
+            tasks.push(tokio::spawn(gantry_proxy::serve_https(
+                self.proxy.clone(),
+                l,
+            )));
         }
         if let Some(l) = dfp {
             tracing::info!(addr = ?l.local_addr().ok(), "docker-flow-proxy API");
-            tokio::spawn(serve_dfp(l, client));
+            tasks.push(tokio::spawn(serve_dfp(l, self.client.clone())));
         }
-        tokio::spawn(proxy.clone().check_health());
-        Ok(Arc::new(Self {
-            proxy,
-            ports,
-            last: Default::default(),
-        }))
+        tasks
+    }
+
+    /// The ports it listens on now (none while not an edge node).
+    pub(crate) fn ports(&self) -> Vec<u16> {
+        if self.serving.lock().expect("edge lock").is_some() {
+            self.ports.clone()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Starts or stops listening: when some nodes carry the label
+    /// `gantry.edge=true`, only those are edge nodes. Open connections
+    /// are left to finish.
+    fn set_serving(&self, edge: bool) {
+        let mut serving = self.serving.lock().expect("edge lock");
+        match (edge, serving.is_some()) {
+            (false, true) => {
+                for t in serving.take().unwrap_or_default() {
+                    t.abort();
+                }
+                tracing::info!("not an edge node: the proxy stopped listening");
+            }
+            (true, false) => {
+                let bind = |a: Option<SocketAddr>| -> Option<TcpListener> {
+                    let a = a?;
+                    std::net::TcpListener::bind(a)
+                        .and_then(|l| {
+                            l.set_nonblocking(true)?;
+                            TcpListener::from_std(l)
+                        })
+                        .map_err(|e| tracing::error!(addr = %a, "edge proxy: listen: {e}"))
+                        .ok()
+                };
+                let (h, s, d) = (
+                    bind(self.cfg.http),
+                    bind(self.cfg.https),
+                    bind(self.cfg.dfp),
+                );
+                *serving = Some(self.serve(h, s, d));
+            }
+            _ => {}
+        }
     }
 
     /// The proxy's metrics (Prometheus text, no `# EOF`).
@@ -103,6 +173,7 @@ impl Edge {
 
     /// Takes the routes, certificates and challenges of an assignment set.
     pub(crate) fn apply(&self, set: &Assignments) {
+        self.set_serving(set.edge);
         let routes: Vec<Route> = set
             .routes
             .iter()

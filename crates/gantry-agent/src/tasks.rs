@@ -264,7 +264,7 @@ impl Agent {
         let mut open: Vec<u16> = set.ingress.iter().map(|p| p.published).collect();
         // The edge proxy is public: containers reach it too (a task
         // calling a routed name that points at its own node).
-        open.extend(self.edge.get().map(|e| e.ports.clone()).unwrap_or_default());
+        open.extend(self.edge.get().map(|e| e.ports()).unwrap_or_default());
         let mut dnat = Vec::new();
         for a in &set.tasks {
             if let Ok(svc) = serde_json::from_str::<Service>(&a.spec) {

@@ -130,6 +130,14 @@ pub struct Assignments {
     /// Pending ACME TLS-ALPN-01 challenge certificates.
     #[serde(default)]
     pub alpn01: Vec<Cert>,
+    /// Whether this node runs the edge proxy: all nodes, unless some carry
+    /// the label `gantry.edge=true`, then only those.
+    #[serde(default = "yes")]
+    pub edge: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// An HTTP route and where its requests go.

@@ -362,7 +362,12 @@ fn assignments(s: &Cluster, node: &str) -> Assignments {
             })
         })
         .collect();
-    let (routes, tcp_routes) = crate::edge::routes_for(s, node);
+    let edge = crate::edge::is_edge(s, node);
+    let (routes, tcp_routes) = if edge {
+        crate::edge::routes_for(s, node)
+    } else {
+        Default::default()
+    };
     let mut ingress = ingress_ports(s);
     ingress.extend(tcp_routes);
     ingress.sort();
@@ -375,6 +380,7 @@ fn assignments(s: &Cluster, node: &str) -> Assignments {
         ingress,
         networks: network_members(s),
         routes,
+        edge,
         certs: crate::edge::certs(s),
         http01: s
             .challenges

@@ -64,6 +64,17 @@ fn resolve<'a>(s: &'a Cluster, name: &str) -> Vec<&'a ServiceRecord> {
         .collect()
 }
 
+/// The node label that makes edge nodes.
+pub(crate) const EDGE_LABEL: &str = "gantry.edge";
+
+/// Whether a node runs the edge proxy: every node, unless some nodes
+/// carry `gantry.edge=true`; then only those.
+pub(crate) fn is_edge(s: &Cluster, node: &str) -> bool {
+    let marked =
+        |n: &gantry_store::NodeRecord| n.labels.get(EDGE_LABEL).map(String::as_str) == Some("true");
+    !s.nodes.values().any(marked) || s.nodes.get(node).is_some_and(marked)
+}
+
 /// The HTTP routes a node's proxy serves, and the TCP routes it forwards.
 pub(crate) fn routes_for(s: &Cluster, node: &str) -> (Vec<ProxyRoute>, Vec<IngressPort>) {
     let mut http = Vec::new();

@@ -1902,6 +1902,37 @@ fn the_edge_proxy_routes_by_labels_and_the_dfp_api() {
             Err(out)
         }
     });
+    // Edge nodes: once a node carries gantry.edge=true, only such nodes
+    // run the proxy; without the label anywhere, every node does again.
+    cl.admin_ok(&[
+        "node",
+        "update",
+        "--label-add",
+        "gantry.edge=true",
+        "node-1",
+    ]);
+    wait_for("node-2's proxy to stop", Duration::from_secs(5), || {
+        let (s, out) = plain(2, "/");
+        if s == 0 {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    });
+    let (s, out) = curl_on(
+        client,
+        &["-H", "Host: www.shop.test", &format!("http://{}/", node(1))],
+    );
+    assert_eq!(s, 301, "node-1 is an edge node: {out}");
+    cl.admin_ok(&["node", "update", "--label-rm", "gantry.edge", "node-1"]);
+    wait_for("node-2's proxy back", Duration::from_secs(5), || {
+        let (s, out) = plain(2, "/nothing-here");
+        if s == 404 {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    });
     // Bad labels are refused at deploy, with the label named.
     let bad = stack.replace("gantry.http.port: \"8080\"", "gantry.http.port: eighty");
     let o = cl.deploy("shop", &bad);
