@@ -16,8 +16,9 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null
   rm -f /usr/sbin/policy-rc.d
 fi
-cargo build --release --locked -q -p gantry-proxy --example standalone
+cargo build --release --locked -q -p gantry-proxy --example standalone --example bare_hyper
 P="$PWD/target/release/examples/standalone"
+BARE="$PWD/target/release/examples/bare_hyper"
 SECS=${SECS:-10}
 CONNS=${CONNS:-32}
 RUNS=${RUNS:-3}
@@ -64,8 +65,9 @@ nginx -c "$work/backend.conf" & pids+=($!)
 nginx -c "$work/nginx.conf" & pids+=($!)
 haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
 "$P" --listen 127.0.0.1:8001 --backend 127.0.0.1:9000 --threads 1 2>/dev/null & pids+=($!)
+"$BARE" 127.0.0.1:8009 127.0.0.1:9000 & pids+=($!)
 sleep 1
-for port in 9000 8001 8002 8003; do curl -sf "http://127.0.0.1:$port/" >/dev/null || { echo "nothing answers on $port" >&2; exit 1; }; done
+for port in 9000 8001 8002 8003 8009; do curl -sf "http://127.0.0.1:$port/" >/dev/null || { echo "nothing answers on $port" >&2; exit 1; }; done
 
 # wrk: requests/s, and latency p50/p99 (µs) from --latency.
 run_wrk() { # port
@@ -74,8 +76,8 @@ run_wrk() { # port
 to_us() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v+0} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else if (v ~ /s$/) {sub(/s/,"",v); print v*1e6}}'; }
 median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.0f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 declare -A RPS P50 P99
-for name in direct gantry nginx haproxy; do
-  case $name in direct) port=9000;; gantry) port=8001;; nginx) port=8002;; haproxy) port=8003;; esac
+for name in direct gantry nginx haproxy hyper-alone; do
+  case $name in direct) port=9000;; gantry) port=8001;; nginx) port=8002;; haproxy) port=8003;; hyper-alone) port=8009;; esac
   r=(); a=(); b=()
   for _ in $(seq "$RUNS"); do
     out=$(run_wrk $port)
@@ -89,7 +91,7 @@ for name in direct gantry nginx haproxy; do
 done
 echo "| path | requests/s | vs nginx | p50 (µs) | p99 (µs) | p99 added over direct (µs) |"
 echo "|---|---|---|---|---|---|"
-for name in direct gantry nginx haproxy; do
+for name in direct gantry nginx haproxy hyper-alone; do
   awk -v n="$name" -v r="${RPS[$name]}" -v ng="${RPS[nginx]}" -v p5="${P50[$name]}" -v p9="${P99[$name]}" -v d="${P99[direct]}" \
     'BEGIN {printf "| %s | %d | %.2fx | %d | %d | %s |\n", n, r, r/ng, p5, p9, (n=="direct" ? "-" : sprintf("%d", p9-d))}'
 done
