@@ -27,7 +27,9 @@ fn main() {
             Client::builder(TokioExecutor::new()).build(c);
         let l = tokio::net::TcpListener::bind(&listen).await.unwrap();
         loop {
-            let Ok((s, _)) = l.accept().await else { continue };
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
             let _ = s.set_nodelay(true);
             let client = client.clone();
             let backend = backend.clone();

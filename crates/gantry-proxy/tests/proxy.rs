@@ -503,3 +503,37 @@ async fn acme_challenges_are_answered() {
         "the challenge certificate: {text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_clients_are_closed() {
+    let f = fixture(ProxyConfig {
+        header_timeout: Duration::from_millis(500),
+        ..ProxyConfig::default()
+    })
+    .await;
+    f.proxy.set_routes(&[route("web", &[], "/", f.port, &[2])]);
+    // A keep-alive connection left idle after its request is closed.
+    let mut s = TcpStream::connect(f.http).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let t0 = std::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("closed within the timeout")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the idle connection is closed");
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    // A client that never finishes its request head is closed too.
+    let mut s = TcpStream::connect(f.http).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.te").await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("closed within the timeout")
+        .unwrap_or(0);
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(n == 0 || head.starts_with("HTTP/1.1 408"), "{head}");
+}
