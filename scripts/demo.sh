@@ -23,13 +23,13 @@ DOCKERFILE
 echo "== gantry image build -t gantry-demo:latest"
 "$G" image build -t gantry-demo:latest "$ctx"
 "$G" rm -f gantry-demo >/dev/null 2>&1 || true
-echo "== gantry run -d --name gantry-demo -p 8080:80 gantry-demo"
-"$G" run -d --name gantry-demo -p 8080:80 gantry-demo
+echo "== gantry run -d --name gantry-demo -p 8090:80 gantry-demo"
+"$G" run -d --name gantry-demo -p 8090:80 gantry-demo
 "$G" ps
 ip=$("$G" inspect gantry-demo | sed -n 's/.*"IPAddress": "\(.*\)".*/\1/p')
-for _ in $(seq 50); do curl -sf -o /dev/null http://127.0.0.1:8080/ && break; sleep 0.1; done
-echo "== curl http://127.0.0.1:8080/ (published port)"
-curl -sS http://127.0.0.1:8080/
+for _ in $(seq 50); do curl -sf -o /dev/null http://127.0.0.1:8090/ && break; sleep 0.1; done
+echo "== curl http://127.0.0.1:8090/ (published port)"
+curl -sS http://127.0.0.1:8090/
 echo
 echo "== curl http://$ip/ (the container's own address on the gantry0 bridge)"
 curl -sS "http://$ip/"
@@ -58,6 +58,9 @@ services:
       interval: 2s
     deploy:
       replicas: 1
+      labels:
+        gantry.http.host: www.demo.test   # the edge proxy on :80/:443
+        gantry.http.port: "80"
   worker:
     image: gantry-demo:latest
     command: ["sleep", "1000000"]
@@ -74,6 +77,14 @@ for _ in $(seq 50); do curl -sf -o /dev/null http://127.0.0.1:8081/ && break; sl
 echo "== curl http://127.0.0.1:8081/ (the stack's published port)"
 curl -sS http://127.0.0.1:8081/
 echo
+"$G" cert ca > "$ctx/edge-ca.pem"
+for _ in $(seq 100); do
+  curl -sf -o /dev/null --cacert "$ctx/edge-ca.pem" --resolve www.demo.test:443:127.0.0.1 https://www.demo.test/ && break
+  sleep 0.1
+done
+echo "== curl https://www.demo.test/ (the edge proxy, a certificate from the cluster's edge CA)"
+curl -sS --cacert "$ctx/edge-ca.pem" --resolve www.demo.test:443:127.0.0.1 https://www.demo.test/
+echo
 cat <<MSG
 
 The demo container and the one-host cluster keep running
@@ -81,6 +92,7 @@ The demo container and the one-host cluster keep running
   $G ps
   $G logs -f gantry-demo
   $G exec -it gantry-demo sh
+  $G cert ca > edge-ca.pem; curl --cacert edge-ca.pem --resolve www.demo.test:443:127.0.0.1 https://www.demo.test/
   $G service ps web
   $G service scale worker=4
   $G events
