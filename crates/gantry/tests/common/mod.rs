@@ -4,6 +4,8 @@
 
 #![allow(dead_code, unreachable_pub, unused_imports)]
 
+pub mod cluster;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 

@@ -1,0 +1,392 @@
+//! The cluster fixture: a manager, agents and a registry on simulated
+//! hosts, shared by the cluster and edge tests.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::*;
+
+pub const GRACE: &str = "3s";
+
+/// A manager, agents and a registry on a simulated LAN. Dropping it kills
+/// the processes and removes every container the agents made.
+pub struct Cluster {
+    pub g: G,
+    pub lan: Lan,
+    pub reg: Registry,
+    pub port: u16,
+    pub cfg: tempfile::TempDir,
+    pub logs: tempfile::TempDir,
+    pub manager: Option<Child>,
+    pub agents: Vec<Agent>,
+    /// `REGISTRY/bb:1`: busybox that serves a page on 8080.
+    pub image: String,
+    /// More arguments for `gantry server`.
+    pub manager_args: Vec<String>,
+    /// An ACME CA, when the test has one.
+    pub pebble: Option<Pebble>,
+}
+
+pub struct Agent {
+    pub host: usize,
+    pub data: tempfile::TempDir,
+    pub child: Option<Child>,
+}
+
+impl Cluster {
+    /// A manager on host 0 and `agents` hosts for agents (not started).
+    pub fn new(test: &str, hosts: usize) -> Option<Self> {
+        Self::new_with(test, hosts, |_| (Vec::new(), None))
+    }
+
+    /// The same, with more `gantry server` arguments (and an ACME CA)
+    /// made from the LAN.
+    pub fn new_with(
+        test: &str,
+        hosts: usize,
+        extra: impl FnOnce(&Lan) -> (Vec<String>, Option<Pebble>),
+    ) -> Option<Self> {
+        let g = G::new(test)?;
+        let lan = Lan::new(hosts + 1);
+        let (manager_args, pebble) = extra(&lan);
+        let reg = Registry::start_on(&lan.hosts[0]);
+        let image = format!("{}/test/bb:1", reg.addr);
+        g.busybox_image(&image);
+        let mut cl = Self {
+            g,
+            reg,
+            port: free_port(),
+            cfg: tempfile::tempdir().unwrap(),
+            logs: tempfile::tempdir().unwrap(),
+            manager: None,
+            agents: (1..=hosts)
+                .map(|host| Agent {
+                    host,
+                    data: tempfile::Builder::new()
+                        .prefix("gantry-agent")
+                        .tempdir()
+                        .unwrap(),
+                    child: None,
+                })
+                .collect(),
+            image,
+            lan,
+            manager_args,
+            pebble,
+        };
+        cl.push(&cl.image.clone());
+        cl.start_manager();
+        Some(cl)
+    }
+
+    pub fn push(&self, image: &str) {
+        let o = self
+            .g
+            .cmd_on(&self.lan.hosts[0])
+            .args(["--insecure-registry", &self.reg.addr, "push", "-q", image])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "push {image}: {}", errtext(&o));
+    }
+
+    pub fn manager_addr(&self) -> String {
+        format!("{}:{}", self.lan.hosts[0].addr, self.port)
+    }
+
+    pub fn log(&self, name: &str) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.logs.path().join(name))
+            .unwrap()
+    }
+
+    pub fn start_manager(&mut self) {
+        let child = self.lan.hosts[0]
+            .command(env!("CARGO_BIN_EXE_gantry"))
+            .args(["--data-dir"])
+            .arg(self.g.data.path())
+            .args([
+                "server",
+                "--listen",
+                &format!("0.0.0.0:{}", self.port),
+                "--advertise",
+                &self.lan.hosts[0].addr,
+                "--heartbeat-grace",
+                GRACE,
+            ])
+            .args(&self.manager_args)
+            .env("GANTRY_CONFIG_DIR", self.cfg.path())
+            .env("GANTRY_LOG", "info,gantry_server=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(self.log("manager.log"))
+            .spawn()
+            .unwrap();
+        self.manager = Some(child);
+        wait_for("the manager to answer", Duration::from_secs(10), || {
+            let o = self.admin(&["node", "ls", "--format", "json"]);
+            if o.status.success() {
+                Ok(())
+            } else {
+                Err(errtext(&o))
+            }
+        });
+    }
+
+    pub fn kill_manager(&mut self) {
+        if let Some(mut c) = self.manager.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs the CLI against the manager (from host 0, with the admin
+    /// credential).
+    pub fn admin(&self, args: &[&str]) -> Output {
+        self.g
+            .cmd_on(&self.lan.hosts[0])
+            .env("GANTRY_CONFIG_DIR", self.cfg.path())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn admin_ok(&self, args: &[&str]) -> String {
+        let o = self.admin(args);
+        assert!(
+            o.status.success(),
+            "gantry {args:?}: {:?}\n{}{}\nmanager log:\n{}",
+            o.status.code(),
+            text(&o),
+            errtext(&o),
+            self.tail("manager.log")
+        );
+        text(&o)
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.admin_ok(args)).unwrap()
+    }
+
+    pub fn tail(&self, name: &str) -> String {
+        let t = std::fs::read_to_string(self.logs.path().join(name)).unwrap_or_default();
+        let lines: Vec<&str> = t.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn token(&self) -> String {
+        self.admin_ok(&["join-token", "-q"]).trim().to_owned()
+    }
+
+    pub fn agent_command(&self, i: usize, token: &str) -> Command {
+        let a = &self.agents[i];
+        let mut c = self.lan.hosts[a.host].command(env!("CARGO_BIN_EXE_gantry"));
+        c.arg("--data-dir")
+            .arg(a.data.path())
+            .args(["--insecure-registry", &self.reg.addr, "agent"])
+            .args(["--manager", &self.manager_addr()])
+            .args(["--hostname", &format!("node-{}", a.host)])
+            .args(["--label", &format!("zone=z{}", a.host)]);
+        if !token.is_empty() {
+            c.args(["--token", token]);
+        }
+        c.env("GANTRY_LOG", "info,gantry_agent=debug")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Starts agent `i` (joining with the current token the first time)
+    /// and waits until its node is ready.
+    pub fn start_agent(&mut self, i: usize) {
+        let token = self.token();
+        let log = self.log(&format!("agent{i}.log"));
+        let child = self
+            .agent_command(i, &token)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.agents[i].child = Some(child);
+        let name = format!("node-{}", self.agents[i].host);
+        wait_for(
+            &format!("{name} to be ready"),
+            Duration::from_secs(15),
+            || {
+                let nodes = self.json(&["node", "ls", "--format", "json"]);
+                let up = nodes
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|n| n["hostname"] == name.as_str() && n["up"] == true);
+                if up {
+                    Ok(())
+                } else {
+                    Err(format!("{nodes}"))
+                }
+            },
+        );
+    }
+
+    pub fn kill_agent(&mut self, i: usize) {
+        if let Some(mut c) = self.agents[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The gantry CLI on agent `i`'s host with its data dir.
+    pub fn on_agent(&self, i: usize, args: &[&str]) -> Output {
+        let a = &self.agents[i];
+        self.lan.hosts[a.host]
+            .command(env!("CARGO_BIN_EXE_gantry"))
+            .arg("--data-dir")
+            .arg(a.data.path())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Running container ids on agent `i`.
+    pub fn containers(&self, i: usize) -> Vec<String> {
+        let o = self.on_agent(i, &["ps", "-q"]);
+        assert!(o.status.success(), "ps: {}", errtext(&o));
+        text(&o).split_whitespace().map(str::to_owned).collect()
+    }
+
+    /// Kills every container of agent `i` (a host that died with them).
+    pub fn kill_containers(&self, i: usize) {
+        let ids = text(&self.on_agent(i, &["ps", "-aq"]));
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids);
+            self.on_agent(i, &args);
+        }
+    }
+
+    pub fn deploy(&self, stack: &str, yaml: &str) -> Output {
+        let f = self.logs.path().join(format!("{stack}.yml"));
+        std::fs::write(&f, yaml).unwrap();
+        self.admin(&["deploy", "-d", "-f", f.to_str().unwrap(), stack])
+    }
+
+    pub fn hostnames(&self) -> BTreeMap<String, String> {
+        self.json(&["node", "ls", "--format", "json"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                (
+                    n["id"].as_str().unwrap().to_owned(),
+                    n["hostname"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    pub fn tasks(&self, service: &str) -> Vec<Value> {
+        self.json(&["service", "ps", service, "--format", "json"])
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// Running tasks of a service per host name.
+    pub fn running(&self, service: &str) -> BTreeMap<String, usize> {
+        let names = self.hostnames();
+        let mut out = BTreeMap::new();
+        for t in self.tasks(service) {
+            if t["desired"] == "running" && t["state"] == "running" {
+                let n = t["node"].as_str().unwrap_or_default();
+                *out.entry(names.get(n).cloned().unwrap_or_default())
+                    .or_default() += 1;
+            }
+        }
+        out
+    }
+
+    pub fn wait_running(&self, service: &str, want: &[(&str, usize)], within: Duration) {
+        let want: BTreeMap<String, usize> =
+            want.iter().map(|(h, n)| ((*h).to_owned(), *n)).collect();
+        wait_for(&format!("{service} to run as {want:?}"), within, || {
+            let r = self.running(service);
+            if r == want {
+                Ok(())
+            } else {
+                Err(format!("{r:?}; tasks: {:?}", self.tasks(service)))
+            }
+        });
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.agents.len() {
+            self.kill_agent(i);
+        }
+        self.kill_manager();
+        for i in 0..self.agents.len() {
+            self.kill_containers(i);
+        }
+        if std::thread::panicking() {
+            for f in std::fs::read_dir(self.logs.path()).unwrap().flatten() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".log") {
+                    eprintln!("--- {name}:\n{}", self.tail(&name));
+                }
+            }
+        }
+    }
+}
+
+pub fn web(replicas: u32, extra: &str) -> String {
+    format!(
+        r#"services:
+  web:
+    image: IMAGE
+    command: ["sh", "-c", "echo $$HOSTNAME > /index.html && exec httpd -f -p 8080 -h /"]
+    stop_grace_period: 1s
+    healthcheck:
+      test: ["HTTP", "8080", "/index.html"]
+      interval: 1s
+      retries: 2
+    deploy:
+      replicas: {replicas}
+{extra}"#
+    )
+}
+
+/// curl on a simulated host; returns (HTTP status, headers and body).
+pub fn curl_on(host: &Host, args: &[&str]) -> (u16, String) {
+    let o = host
+        .command("curl")
+        .args(["-sS", "-i", "--max-time", "10"])
+        .args(args)
+        .output()
+        .unwrap();
+    let out = format!("{}{}", text(&o), errtext(&o));
+    let status = out
+        .lines()
+        .rfind(|l| l.starts_with("HTTP/"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, out)
+}
+
+/// The body's first line: which task answered.
+pub fn who(out: &str) -> String {
+    out.split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
