@@ -148,7 +148,9 @@ pub(crate) async fn handle(
     let started = Instant::now();
     let method = req.method().clone();
     let host = request_host(&req);
-    let path = req.uri().path().to_owned();
+    let path = tracing::enabled!(target: "gantry::access", tracing::Level::INFO)
+        .then(|| req.uri().path().to_owned())
+        .unwrap_or_default();
     let (resp, backend, metrics) = route(&proxy, conn, req, &host).await;
     match &metrics {
         Some(m) => m.observe(resp.status().as_u16(), started.elapsed().as_secs_f64()),
@@ -306,8 +308,13 @@ async fn forward(
         let mut up = Request::new(body.take().unwrap_or_else(empty));
         *up.method_mut() = parts.method.clone();
         *up.version_mut() = Version::HTTP_11;
-        // Another attempt needs the headers again; the last one takes them.
-        *up.headers_mut() = if retryable {
+        // Another attempt needs the headers again; the last possible one
+        // (no other backend left to try) takes them.
+        let another = pool
+            .backends
+            .iter()
+            .any(|o| o.addr != b.addr && !tried.contains(&o.addr) && o.healthy());
+        *up.headers_mut() = if retryable && another {
             headers.clone()
         } else {
             std::mem::take(&mut headers)
