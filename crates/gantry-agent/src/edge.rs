@@ -2,21 +2,18 @@
 //! and the docker-flow-proxy API beside it, passed on to the manager so
 //! that its routes live in the cluster state.
 
-use std::collections::{BTreeMap, HashMap};
-use std::convert::Infallible;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use gantry_api::{Assignments, CertAdd, CertView, Client, DfpRequest};
+use gantry_api::{Assignments, Cert, CertAdd, CertView, Client, DfpRequest};
 use gantry_proxy::{CertPem, Proxy, ProxyConfig, Route};
 use gantry_route::dfp;
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
+use http_body_util::BodyExt;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
+use crate::http::{reply, Body};
 use crate::AgentError;
 
 /// Where the proxy listens; `None` turns a listener off.
@@ -35,71 +32,79 @@ pub struct EdgeConfig {
 /// The running proxy.
 pub(crate) struct Edge {
     proxy: Arc<Proxy>,
-    cfg: EdgeConfig,
     client: Client,
+    /// Where it listens, as bound at start: HTTP, HTTPS, the DFP API.
+    addrs: [Option<SocketAddr>; 3],
     /// The listening tasks, while this node is an edge node.
-    serving: std::sync::Mutex<Option<Vec<tokio::task::JoinHandle<()>>>>,
-    /// The ports it listens on, open to containers too.
-    ports: Vec<u16>,
-    last: std::sync::Mutex<(Vec<Route>, Vec<CertPem>)>,
+    serving: Mutex<Option<Vec<tokio::task::JoinHandle<()>>>>,
+    /// What the last assignment set held, so only changes are applied.
+    last: Mutex<Last>,
 }
 
-async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, AgentError> {
-    TcpListener::bind(addr).await.map_err(|e| {
-        AgentError::Io(
-            format!("edge proxy: listen for {what} on {addr} (change it with --{what} ADDR, or run with --no-proxy)"),
-            e,
-        )
-    })
+#[derive(Default)]
+struct Last {
+    routes: Vec<Route>,
+    certs: Vec<Cert>,
+    http01: BTreeMap<String, String>,
+    alpn01: Vec<Cert>,
+}
+
+/// The listeners' flags, in `addrs`' order.
+const FLAGS: [&str; 3] = ["http", "https", "dfp"];
+
+/// Binds the listeners that have an address; fails on the first that
+/// cannot be had, naming its flag.
+fn bind(
+    addrs: [Option<SocketAddr>; 3],
+) -> Result<[Option<TcpListener>; 3], (&'static str, SocketAddr, std::io::Error)> {
+    let mut out: [Option<TcpListener>; 3] = Default::default();
+    for (i, a) in addrs.iter().enumerate() {
+        if let Some(a) = *a {
+            let l = std::net::TcpListener::bind(a)
+                .and_then(|l| {
+                    l.set_nonblocking(true)?;
+                    TcpListener::from_std(l)
+                })
+                .map_err(|e| (FLAGS[i], a, e))?;
+            out[i] = Some(l);
+        }
+    }
+    Ok(out)
 }
 
 impl Edge {
     /// Binds the listeners and starts serving (with no routes yet); a
     /// port that cannot be had fails the start.
     pub(crate) async fn start(cfg: &EdgeConfig, client: Client) -> Result<Arc<Self>, AgentError> {
-        let http = match cfg.http {
-            Some(a) => Some(bind("http", a).await?),
-            None => None,
-        };
-        let https = match cfg.https {
-            Some(a) => Some(bind("https", a).await?),
-            None => None,
-        };
-        let dfp = match cfg.dfp {
-            Some(a) => Some(bind("dfp", a).await?),
-            None => None,
-        };
-        let port = |l: &Option<TcpListener>| {
-            l.as_ref()
-                .and_then(|l| l.local_addr().ok())
-                .map(|a| a.port())
-        };
-        let https_port = port(&https).unwrap_or(443);
-        let ports: Vec<u16> = [port(&http), port(&https)].into_iter().flatten().collect();
+        let listeners = bind([cfg.http, cfg.https, cfg.dfp]).map_err(|(flag, a, e)| {
+            AgentError::Io(
+                format!("edge proxy: listen on {a} (change it with --{flag} ADDR, or run with --no-proxy)"),
+                e,
+            )
+        })?;
+        let addrs = listeners
+            .each_ref()
+            .map(|l| l.as_ref().and_then(|l| l.local_addr().ok()));
         let proxy = Proxy::new(ProxyConfig {
             trusted_proxies: cfg.trusted_proxies.clone(),
-            https_port,
+            https_port: addrs[1].map_or(443, |a| a.port()),
             ..ProxyConfig::default()
         });
         tokio::spawn(proxy.clone().check_health());
         let edge = Arc::new(Self {
             proxy,
-            cfg: cfg.clone(),
             client,
-            serving: std::sync::Mutex::new(None),
-            ports,
+            addrs,
+            serving: Mutex::new(None),
             last: Default::default(),
         });
-        let tasks = edge.serve(http, https, dfp);
-        *edge.serving.lock().expect("edge lock") = Some(tasks);
+        *edge.serving.lock().expect("edge lock") = Some(edge.serve(listeners));
         Ok(edge)
     }
 
     fn serve(
         &self,
-        http: Option<TcpListener>,
-        https: Option<TcpListener>,
-        dfp: Option<TcpListener>,
+        [http, https, dfp]: [Option<TcpListener>; 3],
     ) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = Vec::new();
         if let Some(l) = http {
@@ -118,18 +123,21 @@ impl Edge {
         }
         if let Some(l) = dfp {
             tracing::info!(addr = ?l.local_addr().ok(), "docker-flow-proxy API");
-            tasks.push(tokio::spawn(serve_dfp(l, self.client.clone())));
+            let client = self.client.clone();
+            tasks.push(tokio::spawn(crate::http::serve(l, move |req| {
+                dfp_request(client.clone(), req)
+            })));
         }
         tasks
     }
 
-    /// The ports it listens on now (none while not an edge node).
+    /// The proxy's ports while it listens (none while not an edge node):
+    /// open to containers too.
     pub(crate) fn ports(&self) -> Vec<u16> {
-        if self.serving.lock().expect("edge lock").is_some() {
-            self.ports.clone()
-        } else {
-            Vec::new()
+        if self.serving.lock().expect("edge lock").is_none() {
+            return Vec::new();
         }
+        self.addrs[..2].iter().flatten().map(|a| a.port()).collect()
     }
 
     /// Starts or stops listening: when some nodes carry the label
@@ -144,24 +152,12 @@ impl Edge {
                 }
                 tracing::info!("not an edge node: the proxy stopped listening");
             }
-            (true, false) => {
-                let bind = |a: Option<SocketAddr>| -> Option<TcpListener> {
-                    let a = a?;
-                    std::net::TcpListener::bind(a)
-                        .and_then(|l| {
-                            l.set_nonblocking(true)?;
-                            TcpListener::from_std(l)
-                        })
-                        .map_err(|e| tracing::error!(addr = %a, "edge proxy: listen: {e}"))
-                        .ok()
-                };
-                let (h, s, d) = (
-                    bind(self.cfg.http),
-                    bind(self.cfg.https),
-                    bind(self.cfg.dfp),
-                );
-                *serving = Some(self.serve(h, s, d));
-            }
+            (true, false) => match bind(self.addrs) {
+                Ok(listeners) => *serving = Some(self.serve(listeners)),
+                Err((flag, a, e)) => {
+                    tracing::error!(addr = %a, "edge proxy: listen for {flag}: {e}")
+                }
+            },
             _ => {}
         }
     }
@@ -171,52 +167,39 @@ impl Edge {
         self.proxy.encode_metrics(out);
     }
 
-    /// Takes the routes, certificates and challenges of an assignment set.
+    /// Takes the routes, certificates and challenges of an assignment
+    /// set, each only when it changed.
     pub(crate) fn apply(&self, set: &Assignments) {
         self.set_serving(set.edge);
-        let routes: Vec<Route> = set
-            .routes
-            .iter()
-            .map(|r| Route {
-                spec: r.spec.clone(),
-                backends: r.backends.clone(),
-            })
-            .collect();
-        let certs: Vec<CertPem> = set.certs.iter().map(pem).collect();
         let mut last = self.last.lock().expect("edge lock");
-        if last.0 != routes {
-            self.proxy.set_routes(&routes);
-            tracing::info!(routes = routes.len(), "edge proxy: routes swapped");
+        if last.routes != set.routes {
+            self.proxy.set_routes(&set.routes);
+            tracing::info!(routes = set.routes.len(), "edge proxy: routes swapped");
+            last.routes = set.routes.clone();
         }
-        if last.1 != certs {
+        if last.certs != set.certs {
+            let certs: Vec<CertPem> = set.certs.iter().map(pem).collect();
             for e in self.proxy.set_certs(&certs) {
                 tracing::warn!("edge proxy: {e}");
             }
+            last.certs = set.certs.clone();
         }
-        let alpn: Vec<CertPem> = set.alpn01.iter().map(pem).collect();
-        let http01: HashMap<String, String> = set.http01.clone().into_iter().collect();
-        self.proxy.set_challenges(http01, &alpn);
-        *last = (routes, certs);
+        if last.http01 != set.http01 || last.alpn01 != set.alpn01 {
+            let alpn: Vec<CertPem> = set.alpn01.iter().map(pem).collect();
+            self.proxy
+                .set_challenges(set.http01.clone().into_iter().collect(), &alpn);
+            last.http01 = set.http01.clone();
+            last.alpn01 = set.alpn01.clone();
+        }
     }
 }
 
-fn pem(c: &gantry_api::Cert) -> CertPem {
+fn pem(c: &Cert) -> CertPem {
     CertPem {
         names: c.names.clone(),
         cert_pem: c.cert_pem.clone(),
         key_pem: c.key_pem.clone(),
     }
-}
-
-type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
-
-fn reply(status: StatusCode, ctype: &str, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()).boxed());
-    *r.status_mut() = status;
-    if let Ok(v) = ctype.parse() {
-        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
-    }
-    r
 }
 
 fn json(status: StatusCode, v: &impl serde::Serialize) -> Response<Body> {
@@ -225,24 +208,6 @@ fn json(status: StatusCode, v: &impl serde::Serialize) -> Response<Body> {
         "application/json",
         serde_json::to_vec(v).unwrap_or_default(),
     )
-}
-
-async fn serve_dfp(l: TcpListener, client: Client) {
-    loop {
-        let Ok((s, _)) = l.accept().await else {
-            continue;
-        };
-        let client = client.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let client = client.clone();
-                async move { Ok::<_, Infallible>(dfp_request(client, req).await) }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(s), svc)
-                .await;
-        });
-    }
 }
 
 /// One request to the docker-flow-proxy API.

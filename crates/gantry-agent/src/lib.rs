@@ -20,6 +20,7 @@
 mod edge;
 mod health;
 mod helper;
+mod http;
 mod ingress;
 mod metrics;
 mod tasks;

@@ -2,53 +2,34 @@
 //! format 0.0.4 (what Debian's promtool checks, and every Prometheus
 //! scrapes). Today it carries the edge proxy's metrics.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper::{Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::StatusCode;
 use tokio::net::TcpListener;
 
 use crate::edge::Edge;
+use crate::http::reply;
 
 /// Serves `/metrics` on `l` until the task is dropped.
 pub(crate) async fn serve(l: TcpListener, edge: Option<Arc<Edge>>) {
-    loop {
-        let Ok((s, _)) = l.accept().await else {
-            continue;
-        };
+    crate::http::serve(l, move |req| {
         let edge = edge.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let edge = edge.clone();
-                async move {
-                    if req.uri().path() != "/metrics" {
-                        let mut r = Response::new(Full::new(Bytes::from_static(b"not found\n")));
-                        *r.status_mut() = StatusCode::NOT_FOUND;
-                        return Ok::<_, Infallible>(r);
-                    }
-                    let mut out = String::new();
-                    if let Some(e) = &edge {
-                        e.encode_metrics(&mut out);
-                    }
-                    let mut r = Response::new(Full::new(Bytes::from(text_format(&out))));
-                    r.headers_mut().insert(
-                        hyper::header::CONTENT_TYPE,
-                        hyper::header::HeaderValue::from_static(
-                            "text/plain; version=0.0.4; charset=utf-8",
-                        ),
-                    );
-                    Ok(r)
-                }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(s), svc)
-                .await;
-        });
-    }
+        async move {
+            if req.uri().path() != "/metrics" {
+                return reply(StatusCode::NOT_FOUND, "text/plain", "not found\n");
+            }
+            let mut out = String::new();
+            if let Some(e) = &edge {
+                e.encode_metrics(&mut out);
+            }
+            reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                text_format(&out),
+            )
+        }
+    })
+    .await
 }
 
 /// OpenMetrics text (prometheus-client's) to Prometheus text 0.0.4: a

@@ -120,7 +120,7 @@ pub struct Assignments {
     /// The edge proxy's HTTP routes on this node, with their healthy
     /// tasks.
     #[serde(default)]
-    pub routes: Vec<ProxyRoute>,
+    pub routes: Vec<gantry_route::Route>,
     /// The certificates the proxy serves.
     #[serde(default)]
     pub certs: Vec<Cert>,
@@ -138,15 +138,6 @@ pub struct Assignments {
 
 fn yes() -> bool {
     true
-}
-
-/// An HTTP route and where its requests go.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProxyRoute {
-    /// The route.
-    pub spec: gantry_route::RouteSpec,
-    /// The overlay addresses of its service's healthy tasks.
-    pub backends: Vec<std::net::Ipv4Addr>,
 }
 
 /// A certificate and its key, for these names.

@@ -130,6 +130,33 @@ async fn link(
     }
 }
 
+/// Gives a device an address (kept if it has it) and its MTU, and brings
+/// it up.
+async fn address_up(
+    handle: &Handle,
+    dev: u32,
+    addr: std::net::Ipv4Addr,
+    prefix: u8,
+    mtu: u32,
+    what: &str,
+) -> Result<(), OverlayError> {
+    match handle
+        .address()
+        .add(dev, IpAddr::V4(addr), prefix)
+        .execute()
+        .await
+    {
+        Err(e) if exists(&e) => {}
+        r => r.map_err(nl(&format!("add the {what}'s address")))?,
+    }
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(dev).mtu(mtu).up().build())
+        .execute()
+        .await
+        .map_err(nl(&format!("bring the {what} up")))
+}
+
 async fn index(handle: &Handle, name: &str) -> Result<u32, OverlayError> {
     link(handle, name)
         .await?
@@ -209,21 +236,15 @@ impl Overlay {
             }
         }
         let br = index(&handle, BRIDGE).await?;
-        match handle
-            .address()
-            .add(br, IpAddr::V4(self.block.gateway()), self.block.prefix)
-            .execute()
-            .await
-        {
-            Err(e) if exists(&e) => {}
-            r => r.map_err(nl("add gateway address"))?,
-        }
-        handle
-            .link()
-            .set(LinkUnspec::new_with_index(br).mtu(mtu).up().build())
-            .execute()
-            .await
-            .map_err(nl("bring bridge up"))?;
+        address_up(
+            &handle,
+            br,
+            self.block.gateway(),
+            self.block.prefix,
+            mtu,
+            "bridge",
+        )
+        .await?;
         // The VXLAN device: recreated if its VNI or source changed.
         if let Some(l) = link(&handle, VXLAN).await? {
             if !self.matches(&l) {
@@ -252,21 +273,7 @@ impl Overlay {
             }
         }
         let vx = index(&handle, VXLAN).await?;
-        match handle
-            .address()
-            .add(vx, IpAddr::V4(self.block.vtep()), 32)
-            .execute()
-            .await
-        {
-            Err(e) if exists(&e) => {}
-            r => r.map_err(nl("add VTEP address"))?,
-        }
-        handle
-            .link()
-            .set(LinkUnspec::new_with_index(vx).mtu(mtu).up().build())
-            .execute()
-            .await
-            .map_err(nl("bring VXLAN device up"))?;
+        address_up(&handle, vx, self.block.vtep(), 32, mtu, "VXLAN device").await?;
         let l = link(&handle, VXLAN)
             .await?
             .ok_or_else(|| OverlayError::Other("VXLAN device vanished".into()))?;

@@ -90,7 +90,7 @@ fn strip_hop(h: &mut HeaderMap, keep_upgrade: bool) {
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .collect();
     for n in HOP.iter().chain(&named) {
-        if keep_upgrade && (n == header::CONNECTION || n == header::UPGRADE || n == "upgrade") {
+        if keep_upgrade && (n == header::CONNECTION || n == header::UPGRADE) {
             continue;
         }
         h.remove(n);
@@ -184,7 +184,7 @@ async fn route(proxy: &Arc<Proxy>, conn: Conn, req: Request<Incoming>, host: &st
     let path = req.uri().path();
     if !conn.tls {
         if let Some(token) = path.strip_prefix("/.well-known/acme-challenge/") {
-            if let Some(ka) = proxy.challenges.load().get(token) {
+            if let Some(ka) = proxy.challenges.load().http01.get(token) {
                 return (text(StatusCode::OK, ka.clone()), None, None);
             }
         }

@@ -26,12 +26,13 @@ mod metrics;
 mod tls;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use gantry_route::{RouteSpec, Table};
+pub use gantry_route::Route;
+use gantry_route::Table;
 
 pub use backend::Backend;
 pub use listen::{serve_http, serve_https};
@@ -39,15 +40,6 @@ pub use tls::{CertError, CertPem};
 
 /// The cookie of sticky sessions.
 pub const STICKY_COOKIE: &str = forward::STICKY_COOKIE;
-
-/// One route with the addresses of its service's healthy tasks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    /// The route.
-    pub spec: RouteSpec,
-    /// The tasks' overlay addresses (the port is the route's).
-    pub backends: Vec<Ipv4Addr>,
-}
 
 /// How the proxy behaves.
 #[derive(Debug, Clone)]
@@ -94,8 +86,8 @@ pub struct Proxy {
     pub(crate) config: ProxyConfig,
     pub(crate) table: ArcSwap<Table<Pool>>,
     pub(crate) certs: ArcSwap<tls::Certs>,
-    /// HTTP-01 tokens to key authorizations.
-    pub(crate) challenges: ArcSwap<HashMap<String, String>>,
+    /// Pending ACME challenges.
+    pub(crate) challenges: ArcSwap<tls::Challenges>,
     pub(crate) client: forward::Client,
     /// Backends by address, so their state survives a route change.
     /// Only the control plane locks it.
@@ -112,7 +104,7 @@ impl Proxy {
             config,
             table: ArcSwap::from_pointee(Table::default()),
             certs: ArcSwap::from_pointee(tls::Certs::default()),
-            challenges: ArcSwap::from_pointee(HashMap::new()),
+            challenges: ArcSwap::from_pointee(tls::Challenges::default()),
             known: Mutex::new(HashMap::new()),
             metrics: metrics::Metrics::new(),
         })
@@ -168,10 +160,8 @@ impl Proxy {
     /// Replaces the pending ACME challenges: HTTP-01 tokens with their key
     /// authorizations, and TLS-ALPN-01 certificates by name.
     pub fn set_challenges(&self, http01: HashMap<String, String>, alpn: &[CertPem]) {
-        self.challenges.store(Arc::new(http01));
-        let mut certs = (**self.certs.load()).clone();
-        certs.set_alpn(alpn);
-        self.certs.store(Arc::new(certs));
+        self.challenges
+            .store(Arc::new(tls::Challenges::new(http01, alpn)));
     }
 
     /// Whether a certificate covers `host`.

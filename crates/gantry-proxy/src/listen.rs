@@ -15,24 +15,7 @@ use crate::Proxy;
 
 /// Serves plain HTTP on `listener` until the task is dropped.
 pub async fn serve_http(proxy: Arc<Proxy>, listener: TcpListener) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!("proxy accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let proxy = proxy.clone();
-        tokio::spawn(async move {
-            let mut stream = stream;
-            let Some(client) = client_addr(&proxy, &mut stream, peer).await else {
-                return;
-            };
-            serve(proxy, stream, Conn { client, tls: false }).await;
-        });
-    }
+    accept(proxy, listener, None).await
 }
 
 /// Serves HTTPS on `listener`, with the certificate of each handshake's
@@ -40,8 +23,15 @@ pub async fn serve_http(proxy: Arc<Proxy>, listener: TcpListener) {
 pub async fn serve_https(proxy: Arc<Proxy>, listener: TcpListener) {
     let acceptor =
         tokio_rustls::TlsAcceptor::from(Arc::new(crate::tls::server_config(proxy.clone())));
+    accept(proxy, listener, Some(acceptor)).await
+}
+
+/// The accept loop of both listeners: each connection gets its client
+/// address (PROXY protocol), its TLS handshake when `tls` is given, and
+/// then HTTP.
+async fn accept(proxy: Arc<Proxy>, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let (mut stream, peer) = match listener.accept().await {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!("proxy accept: {e}");
@@ -50,15 +40,17 @@ pub async fn serve_https(proxy: Arc<Proxy>, listener: TcpListener) {
             }
         };
         let proxy = proxy.clone();
-        let acceptor = acceptor.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let mut stream = stream;
             let Some(client) = client_addr(&proxy, &mut stream, peer).await else {
                 return;
             };
+            let Some(acceptor) = tls else {
+                return serve(proxy, stream, Conn { client, tls: false }).await;
+            };
             let handshake =
                 tokio::time::timeout(proxy.config.header_timeout, acceptor.accept(stream));
-            let tls = match handshake.await {
+            let stream = match handshake.await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(%client, "tls handshake: {e}");
@@ -66,11 +58,11 @@ pub async fn serve_https(proxy: Arc<Proxy>, listener: TcpListener) {
                 }
                 Err(_) => return,
             };
-            if tls.get_ref().1.alpn_protocol() == Some(crate::tls::ACME_TLS) {
+            if stream.get_ref().1.alpn_protocol() == Some(crate::tls::ACME_TLS) {
                 // A TLS-ALPN-01 validation: the handshake was the answer.
                 return;
             }
-            serve(proxy, tls, Conn { client, tls: true }).await;
+            serve(proxy, stream, Conn { client, tls: true }).await;
         });
     }
 }

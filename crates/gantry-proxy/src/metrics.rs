@@ -71,60 +71,56 @@ pub(crate) struct Metrics {
 
 impl Metrics {
     pub(crate) fn new() -> Self {
-        let mut registry = Registry::with_prefix("gantry_proxy");
-        let requests = Family::<CodeLabels, Counter>::default();
-        let duration =
-            Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(histogram);
-        let bytes = Family::<RouteLabels, Counter>::default();
-        let m = Self {
+        let mut m = Self {
+            registry: Registry::with_prefix("gantry_proxy"),
+            requests: Family::default(),
+            duration: Family::new_with_constructor(histogram),
+            bytes: Family::default(),
             unrouted: Counter::default(),
             connections: Gauge::default(),
             tunnels: Gauge::default(),
             routes: Gauge::default(),
             backend_errors: Counter::default(),
             live: Mutex::new(HashSet::new()),
-            requests,
-            duration,
-            bytes,
-            registry: Registry::default(),
         };
-        registry.register(
+        let r = &mut m.registry;
+        r.register(
             "requests",
             "Responses by route, service and status class",
             m.requests.clone(),
         );
-        registry.register(
+        r.register(
             "request_duration_seconds",
             "From a request's head to its response's head",
             m.duration.clone(),
         );
-        registry.register(
+        r.register(
             "response_bytes",
             "Response body bytes sent",
             m.bytes.clone(),
         );
-        registry.register(
+        r.register(
             "unrouted_requests",
             "Requests no route matched (404)",
             m.unrouted.clone(),
         );
-        registry.register(
+        r.register(
             "open_connections",
             "Client connections open",
             m.connections.clone(),
         );
-        registry.register(
+        r.register(
             "open_tunnels",
             "Upgraded connections (WebSocket...) open",
             m.tunnels.clone(),
         );
-        registry.register("routes", "Routes in the table", m.routes.clone());
-        registry.register(
+        r.register("routes", "Routes in the table", m.routes.clone());
+        r.register(
             "backend_errors",
             "Backends that refused a connection or failed to answer",
             m.backend_errors.clone(),
         );
-        Self { registry, ..m }
+        m
     }
 
     /// The handles of a route, creating its series.

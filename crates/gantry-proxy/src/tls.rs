@@ -32,13 +32,42 @@ pub struct CertError {
 }
 
 /// The certificates in force.
-#[derive(Default, Clone)]
+#[derive(Default)]
 pub(crate) struct Certs {
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// (suffix with its dot, key)
     wildcard: Vec<(String, Arc<CertifiedKey>)>,
+}
+
+/// The pending ACME challenges, swapped apart from the certificates.
+#[derive(Default)]
+pub(crate) struct Challenges {
+    /// HTTP-01 tokens to key authorizations.
+    pub(crate) http01: HashMap<String, String>,
     /// TLS-ALPN-01 challenge certificates by name.
     alpn: HashMap<String, Arc<CertifiedKey>>,
+}
+
+impl Challenges {
+    pub(crate) fn new(http01: HashMap<String, String>, alpn: &[CertPem]) -> Self {
+        let alpn = alpn
+            .iter()
+            .filter_map(|c| {
+                // Its critical acmeIdentifier extension is unknown to
+                // webpki, so the key check (which parses it) is skipped.
+                let k = load(c, false)
+                    .map_err(|e| tracing::warn!("tls-alpn-01 challenge: {e}"))
+                    .ok()?;
+                Some(
+                    c.names
+                        .iter()
+                        .map(move |n| (n.to_ascii_lowercase(), k.clone())),
+                )
+            })
+            .flatten()
+            .collect();
+        Self { http01, alpn }
+    }
 }
 
 fn load(c: &CertPem, check: bool) -> Result<Arc<CertifiedKey>, CertError> {
@@ -88,25 +117,6 @@ impl Certs {
         (out, errors)
     }
 
-    pub(crate) fn set_alpn(&mut self, certs: &[CertPem]) {
-        self.alpn = certs
-            .iter()
-            .filter_map(|c| {
-                // Its critical acmeIdentifier extension is unknown to
-                // webpki, so the key check (which parses it) is skipped.
-                let k = load(c, false)
-                    .map_err(|e| tracing::warn!("tls-alpn-01 challenge: {e}"))
-                    .ok()?;
-                Some(
-                    c.names
-                        .iter()
-                        .map(move |n| (n.to_ascii_lowercase(), k.clone())),
-                )
-            })
-            .flatten()
-            .collect();
-    }
-
     /// The certificate for a name: exact, else the longest wildcard (one
     /// label deep, as TLS wildcards are).
     pub(crate) fn get(&self, name: &str) -> Option<Arc<CertifiedKey>> {
@@ -139,14 +149,19 @@ pub(crate) const ACME_TLS: &[u8] = b"acme-tls/1";
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let name = hello.server_name()?.to_owned();
-        let certs = self.0.certs.load();
         let acme = hello
             .alpn()
             .is_some_and(|mut protos| protos.any(|p| p == ACME_TLS));
         if acme {
-            return certs.alpn.get(&name.to_ascii_lowercase()).cloned();
+            return self
+                .0
+                .challenges
+                .load()
+                .alpn
+                .get(&name.to_ascii_lowercase())
+                .cloned();
         }
-        certs.get(&name)
+        self.0.certs.load().get(&name)
     }
 }
 

@@ -326,7 +326,8 @@ async fn https_http2_redirects_and_sticky_sessions() {
         .unwrap()
         .signed_by(&key, &ca)
         .unwrap();
-    let dir = tempfile_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_string_lossy().into_owned();
     let ca_path = format!("{dir}/ca.pem");
     std::fs::write(&ca_path, ca.pem()).unwrap();
     let errors = f.proxy.set_certs(&[
@@ -441,12 +442,6 @@ async fn the_client_address_comes_through_proxy_protocol() {
     // A trusted peer without a header is dropped.
     let (s, _) = get(&f, "pp.test", "/").await;
     assert_eq!(s, 0);
-}
-
-fn tempfile_dir() -> String {
-    let d = std::env::temp_dir().join(format!("gantry-proxy-test-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.to_string_lossy().into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

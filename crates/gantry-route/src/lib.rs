@@ -110,6 +110,16 @@ pub struct RouteSpec {
     pub acme: AcmeChallenge,
 }
 
+/// A route with the overlay addresses of its service's healthy tasks: what
+/// the manager sends each proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// The route.
+    pub spec: RouteSpec,
+    /// The tasks' addresses (the port is the route's).
+    pub backends: Vec<std::net::Ipv4Addr>,
+}
+
 impl RouteSpec {
     /// A route of `service` on `port` for every host and path.
     pub fn new(service: &str, port: u16) -> Self {

@@ -193,7 +193,6 @@ async fn order(
         .new_order(&NewOrder::new(&ids))
         .await
         .map_err(e("new order"))?;
-    let mut published = false;
     {
         let mut authzs = order.authorizations();
         while let Some(authz) = authzs.next().await {
@@ -235,11 +234,9 @@ async fn order(
             // Every proxy gets it in its next assignment message, within
             // milliseconds; leave them a moment before the CA looks.
             tokio::time::sleep(Duration::from_millis(500)).await;
-            published = true;
             ch.set_ready().await.map_err(e("challenge ready"))?;
         }
     }
-    let _ = published;
     let retry = RetryPolicy::new()
         .initial_delay(Duration::from_millis(250))
         .timeout(Duration::from_secs(90));

@@ -12,9 +12,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
-use gantry_api::{Cert, CertAdd, CertView, DfpRequest, IngressPort, ProxyRoute};
+use gantry_api::{Cert, CertAdd, CertView, DfpRequest, IngressPort};
 use gantry_route::dfp::{self, TcpRoute};
-use gantry_route::{RouteError, RouteSpec};
+use gantry_route::{Route, RouteError, RouteSpec};
 use gantry_stack::Service;
 use gantry_store::{
     CertRecord, CertSource, Command, RouteRecord, ServiceRecord, State as Cluster, TaskState,
@@ -76,7 +76,7 @@ pub(crate) fn is_edge(s: &Cluster, node: &str) -> bool {
 }
 
 /// The HTTP routes a node's proxy serves, and the TCP routes it forwards.
-pub(crate) fn routes_for(s: &Cluster, node: &str) -> (Vec<ProxyRoute>, Vec<IngressPort>) {
+pub(crate) fn routes_for(s: &Cluster, node: &str) -> (Vec<Route>, Vec<IngressPort>) {
     let mut http = Vec::new();
     let mut tcp = Vec::new();
     for rec in s.services.values() {
@@ -87,7 +87,7 @@ pub(crate) fn routes_for(s: &Cluster, node: &str) -> (Vec<ProxyRoute>, Vec<Ingre
             continue;
         };
         let backends = running(s, &rec.name);
-        http.extend(routes.into_iter().map(|spec| ProxyRoute {
+        http.extend(routes.into_iter().map(|spec| Route {
             spec,
             backends: backends.clone(),
         }));
@@ -106,7 +106,7 @@ pub(crate) fn routes_for(s: &Cluster, node: &str) -> (Vec<ProxyRoute>, Vec<Ingre
             recs.iter().flat_map(|rec| running(s, &rec.name)).collect();
         backends.sort();
         backends.dedup();
-        http.extend(r.routes.iter().map(|spec| ProxyRoute {
+        http.extend(r.routes.iter().map(|spec| Route {
             spec: spec.clone(),
             backends: backends.clone(),
         }));
@@ -180,6 +180,16 @@ pub(crate) fn covered(s: &Cluster, name: &str, now: u64) -> bool {
 /// whose certificate expires within 30 days), and drops internal ones no
 /// route wants any more.
 pub(crate) fn internal_certs(sh: &Shared) -> Result<(), gantry_store::StoreError> {
+    // Only after a change of state, or once a minute for renewals: this
+    // reads every service's routes.
+    {
+        let index = *sh.changed.borrow();
+        let mut last = sh.certs_checked.lock().expect("certs lock");
+        if last.0 == index && last.1.elapsed() < std::time::Duration::from_secs(60) {
+            return Ok(());
+        }
+        *last = (index, std::time::Instant::now());
+    }
     let now = now_ms();
     let (missing, stale) = sh.read(|s| {
         let wanted: Vec<String> = wanted(s).into_keys().collect();
@@ -343,25 +353,7 @@ pub(crate) async fn cert_ls(
     Extension(peer): Extension<Peer>,
 ) -> Result<Json<Vec<CertView>>, Fail> {
     peer.node_or_admin()?;
-    Ok(Json(sh.read(|s| {
-        s.certs
-            .values()
-            .map(|c| CertView {
-                name: c.name.clone(),
-                names: c.names.clone(),
-                source: match c.source {
-                    CertSource::Internal => "internal",
-                    CertSource::Acme => "acme",
-                    CertSource::User => "user",
-                }
-                .into(),
-                not_after: chrono::DateTime::from_timestamp_millis(c.not_after_ms as i64)
-                    .map(|t| t.to_rfc3339())
-                    .unwrap_or_default(),
-                cert_pem: c.cert_pem.clone(),
-            })
-            .collect()
-    })))
+    Ok(Json(sh.read(|s| s.certs.values().map(view).collect())))
 }
 
 /// `POST /v1/certs`: an operator's certificate, checked, for the names
@@ -385,23 +377,29 @@ pub(crate) async fn cert_add(
         return Err(bad(format!("the certificate for {name} has expired")));
     }
     let rec = CertRecord {
-        name: name.clone(),
-        names: names.clone(),
-        cert_pem: req.cert_pem.clone(),
+        name,
+        names,
+        cert_pem: req.cert_pem,
         key_pem: req.key_pem,
         not_after_ms,
         source: CertSource::User,
     };
+    let out = view(&rec);
     sh.apply(vec![Command::PutCert(rec)])?;
-    Ok(Json(CertView {
-        name,
-        names,
-        source: "user".into(),
-        not_after: chrono::DateTime::from_timestamp_millis(not_after_ms as i64)
+    Ok(Json(out))
+}
+
+/// A certificate as the API shows it (without its key).
+fn view(c: &CertRecord) -> CertView {
+    CertView {
+        name: c.name.clone(),
+        names: c.names.clone(),
+        source: c.source.name().into(),
+        not_after: chrono::DateTime::from_timestamp_millis(c.not_after_ms as i64)
             .map(|t| t.to_rfc3339())
             .unwrap_or_default(),
-        cert_pem: req.cert_pem,
-    }))
+        cert_pem: c.cert_pem.clone(),
+    }
 }
 
 /// `DELETE /v1/certs/{name}`.

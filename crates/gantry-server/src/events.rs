@@ -213,7 +213,7 @@ pub(crate) fn of(before: &State, after: &State, cmds: &[Command]) -> Vec<Event> 
                 },
                 &c.name,
                 &[
-                    ("source", format!("{:?}", c.source).to_ascii_lowercase()),
+                    ("source", c.source.name().to_owned()),
                     ("names", c.names.join(",")),
                 ],
             )),

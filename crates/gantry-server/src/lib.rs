@@ -89,6 +89,9 @@ pub(crate) struct Shared {
     /// The store index after each applied batch: assignment streams wait
     /// on it.
     pub(crate) changed: watch::Sender<u64>,
+    /// The store index and time the internal certificates were last
+    /// checked at.
+    pub(crate) certs_checked: Mutex<(u64, Instant)>,
     /// Wakes the orchestration loop.
     pub(crate) kick: Notify,
     pub(crate) events: events::Events,
@@ -288,6 +291,7 @@ impl Manager {
             store: Mutex::new(store),
             ca: ca.clone(),
             edge_ca,
+            certs_checked: Mutex::new((u64::MAX, Instant::now())),
             seen: Mutex::new(HashMap::new()),
             started: Instant::now(),
             changed,

@@ -186,6 +186,17 @@ pub enum CertSource {
     User,
 }
 
+impl CertSource {
+    /// Its name in views and events.
+    pub fn name(self) -> &'static str {
+        match self {
+            CertSource::Internal => "internal",
+            CertSource::Acme => "acme",
+            CertSource::User => "user",
+        }
+    }
+}
+
 /// A certificate the proxies serve.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CertRecord {
