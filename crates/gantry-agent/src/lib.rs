@@ -22,6 +22,7 @@ mod health;
 mod helper;
 mod http;
 mod ingress;
+mod logs;
 mod metrics;
 mod tasks;
 
@@ -37,6 +38,7 @@ use gantry_pki::{ClusterCa, Issued};
 
 pub use edge::EdgeConfig;
 pub use helper::helper_main;
+pub use logs::Retention;
 
 /// How the agent runs.
 #[derive(Debug, Clone)]
@@ -65,6 +67,8 @@ pub struct AgentConfig {
     pub edge: Option<EdgeConfig>,
     /// Where `/metrics` is served (Prometheus), unless `None`.
     pub metrics: Option<std::net::SocketAddr>,
+    /// How long and how much of ended tasks' logs are kept.
+    pub log_retention: Retention,
 }
 
 /// An agent failure.
@@ -258,6 +262,16 @@ pub async fn run(cfg: AgentConfig, id: Identity) -> Result<(), AgentError> {
         tokio::spawn(metrics::serve(l, edge));
     }
     agent.adopt();
+    if let Some(rt) = &agent.rt {
+        let host = node_info(&cfg, &id.manager).hostname;
+        tokio::spawn(logs::serve(
+            rt.clone(),
+            cfg.data_dir.clone(),
+            host,
+            client.clone(),
+        ));
+        tokio::spawn(logs::retain(cfg.data_dir.clone(), cfg.log_retention));
+    }
     tokio::spawn(agent.clone().monitor());
     tokio::spawn(watch(agent.clone(), client.clone()));
     report(agent, client, cfg, id.manager).await;

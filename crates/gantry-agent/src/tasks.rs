@@ -18,7 +18,8 @@ use crate::AgentConfig;
 
 /// Labels on every task container.
 pub(crate) const TASK_LABEL: &str = "gantry.task.id";
-const SERVICE_LABEL: &str = "gantry.service.name";
+pub(crate) const SERVICE_LABEL: &str = "gantry.service.name";
+pub(crate) const SLOT_LABEL: &str = "gantry.task.slot";
 const STACK_LABEL: &str = "gantry.stack.namespace";
 const NODE_LABEL: &str = "gantry.node.id";
 
@@ -67,7 +68,7 @@ pub(crate) struct Agent {
     ingress: crate::ingress::Ingress,
     /// The firewall last applied.
     firewall: Mutex<Option<gantry_net::Firewall>>,
-    rt: Option<Runtime>,
+    pub(crate) rt: Option<Arc<Runtime>>,
     tasks: Mutex<BTreeMap<String, Local>>,
     /// Something worth reporting at once happened.
     pub(crate) changed: Notify,
@@ -97,7 +98,7 @@ impl Agent {
         underlay: Option<std::net::Ipv4Addr>,
     ) -> Self {
         let rt = match Runtime::new(&cfg.data_dir) {
-            Ok(rt) => Some(rt),
+            Ok(rt) => Some(Arc::new(rt)),
             Err(e) => {
                 tracing::error!("runtime: {e}");
                 None
@@ -568,6 +569,7 @@ impl Agent {
         c.labels = svc.labels.clone();
         c.labels.insert(TASK_LABEL.into(), t.id.clone());
         c.labels.insert(SERVICE_LABEL.into(), t.service.clone());
+        c.labels.insert(SLOT_LABEL.into(), t.slot.to_string());
         c.labels.insert(STACK_LABEL.into(), a.stack.clone());
         c.labels.insert(NODE_LABEL.into(), self.node_id.clone());
         let rt = self.rt.as_ref().ok_or("the runtime is not available")?;
@@ -628,6 +630,12 @@ impl Agent {
                 Ok((_, e)) | Err(e) => err = Some(e),
             }
             if remove {
+                // Its logs outlive it, under the retention.
+                if let Some(rt) = &self.rt {
+                    if let Err(e) = crate::logs::keep(rt, d, cid, self.cfg.log_retention) {
+                        tracing::warn!(task = %id, "keeping the logs: {e}");
+                    }
+                }
                 match helper::call(h, d, &["rm", cid], None, wait).await {
                     Ok((0, _)) => {}
                     Ok((_, e)) | Err(e) => err = Some(e),

@@ -78,6 +78,7 @@ pub fn resolve(manager: &str) -> Result<SocketAddr, ApiError> {
 pub struct Client {
     http: reqwest::Client,
     stream: reqwest::Client,
+    upload: reqwest::Client,
     addr: SocketAddr,
 }
 
@@ -91,7 +92,7 @@ impl Client {
     /// this side presents and trusts).
     pub fn new(manager: &str, tls: rustls::ClientConfig) -> Result<Self, ApiError> {
         let addr = resolve(manager)?;
-        let build = |timeout: Option<Duration>| {
+        let build = |timeout: Option<Option<Duration>>| {
             let mut b = reqwest::Client::builder()
                 .tls_backend_preconfigured(tls.clone())
                 .resolve(MANAGER_NAME, addr)
@@ -99,7 +100,9 @@ impl Client {
                 .no_proxy()
                 .connect_timeout(Duration::from_secs(3));
             b = match timeout {
-                Some(t) => b.timeout(t),
+                Some(Some(t)) => b.timeout(t),
+                // Uploads: the manager answers only at their end.
+                Some(None) => b,
                 // Streams: the manager sends a line at least every 2 s.
                 None => b.read_timeout(Duration::from_secs(6)),
             };
@@ -107,8 +110,9 @@ impl Client {
                 .map_err(|e| ApiError::Other(format!("http client: {e}")))
         };
         Ok(Self {
-            http: build(Some(Duration::from_secs(30)))?,
+            http: build(Some(Some(Duration::from_secs(30))))?,
             stream: build(None)?,
+            upload: build(Some(None))?,
             addr,
         })
     }
@@ -216,6 +220,41 @@ impl Client {
         path: &str,
         mut f: impl FnMut(T) -> bool,
     ) -> Result<(), ApiError> {
+        let mut bad = None;
+        self.watch_raw(path, |lines| {
+            for line in lines.split(|b| *b == b'\n') {
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                match serde_json::from_slice(line) {
+                    Ok(v) => {
+                        if !f(v) {
+                            return false;
+                        }
+                    }
+                    Err(e) => {
+                        bad = Some(ApiError::Other(format!(
+                            "the manager's stream does not parse: {e}"
+                        )));
+                        return false;
+                    }
+                }
+            }
+            true
+        })
+        .await?;
+        bad.map_or(Ok(()), Err)
+    }
+
+    /// `GET path` as a stream of lines: `f` gets the complete lines of
+    /// each chunk received, newlines included (so that a fast stream is
+    /// parsed in place and written out in batches), and returns false to
+    /// stop.
+    pub async fn watch_raw(
+        &self,
+        path: &str,
+        mut f: impl FnMut(&[u8]) -> bool,
+    ) -> Result<(), ApiError> {
         let resp = self
             .stream
             .get(self.url(path))
@@ -226,20 +265,35 @@ impl Client {
         let mut buf: Vec<u8> = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| self.unreachable(e))? {
             buf.extend_from_slice(&chunk);
-            while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=nl).collect();
-                let line = &line[..line.len() - 1];
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                let v: T = serde_json::from_slice(line).map_err(|e| {
-                    ApiError::Other(format!("the manager's stream does not parse: {e}"))
-                })?;
-                if !f(v) {
+            if let Some(last) = buf.iter().rposition(|b| *b == b'\n') {
+                let go_on = f(&buf[..=last]);
+                buf.drain(..=last);
+                if !go_on {
                     return Ok(());
                 }
             }
         }
+        Ok(())
+    }
+
+    /// `POST path` with a body streamed from `body` (until its senders are
+    /// gone); returns when the manager has answered.
+    pub async fn post_stream(
+        &self,
+        path: &str,
+        body: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    ) -> Result<(), ApiError> {
+        let chunks = futures::stream::unfold(body, |mut rx| async move {
+            rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx))
+        });
+        let resp = self
+            .upload
+            .post(self.url(path))
+            .body(reqwest::Body::wrap_stream(chunks))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.check(resp).await?;
         Ok(())
     }
 

@@ -338,3 +338,72 @@ pub struct JoinTokenView {
     /// The addresses the manager advertises.
     pub manager: String,
 }
+
+/// `GET /v1/logs`: which logs, and how many.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogQuery {
+    /// A service, by full (`STACK_NAME`) or short name.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// A task, by id or a unique prefix of one.
+    #[serde(default)]
+    pub task: Option<String>,
+    /// Only the last N lines of each task.
+    #[serde(default)]
+    pub tail: Option<usize>,
+    /// Only lines from this time on (RFC 3339).
+    #[serde(default)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only lines before this time (RFC 3339).
+    #[serde(default)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Keep following new lines, and tasks that start later.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+/// A line of `GET /v1/agent/logs`: the manager asks the agent for the logs
+/// of some tasks, to be sent as `POST /v1/agent/logs/ID`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogSubscription {
+    /// The subscription, for the agent's `POST`.
+    pub id: u64,
+    /// Tasks of these services (full names)...
+    pub services: Vec<String>,
+    /// ...or these tasks.
+    pub tasks: Vec<String>,
+    /// What the client asked for.
+    pub query: LogQuery,
+}
+
+/// One line of a task's output, as it travels to the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// When the container wrote it.
+    pub time: chrono::DateTime<chrono::Utc>,
+    /// The node's host name.
+    pub node: String,
+    /// The task.
+    pub task: String,
+    /// Its service (full name).
+    pub service: String,
+    /// Its replica slot.
+    pub slot: u32,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// The text, with its newline when it had one.
+    pub line: String,
+}
+
+/// What travels in a log stream, agent to manager and manager to client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFrame {
+    /// A line.
+    Entry(LogEntry),
+    /// The sender has sent every line it had when asked (in time order);
+    /// what follows is new.
+    CaughtUp,
+    /// Something the client should know (a node that did not answer).
+    Warning(String),
+}

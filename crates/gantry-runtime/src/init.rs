@@ -67,6 +67,33 @@ pub(crate) struct ChildArgs<'a> {
 }
 
 /// Runs in the cloned child. Never returns on success.
+/// Gives the program the signal dispositions and mask a fresh process has:
+/// an ignored signal stays ignored across `execve` (Rust ignores SIGPIPE),
+/// and `yes | head` in a container must end when `head` does.
+pub(crate) fn reset_signals() {
+    use nix::sys::signal::{SigSet, SigmaskHow};
+    // The kernel's `struct sigaction`, zeroed: SIG_DFL, no flags, empty
+    // mask. The raw call, because libc refuses the real-time signals it
+    // keeps for itself (32 and 33), which are ignored here too.
+    let dfl = [0u64; 4];
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: a valid, zeroed kernel sigaction; no handler of ours.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                dfl.as_ptr(),
+                std::ptr::null_mut::<u64>(),
+                8usize,
+            );
+        }
+    }
+    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+}
+
 pub(crate) fn child_main(args: &ChildArgs<'_>) -> isize {
     let err = match run(args) {
         Ok(never) => match never {},
@@ -192,6 +219,7 @@ pub(crate) fn exec_as(
         env.push(format!("HOME={}", user.home));
     }
     let envp = cstrings(&env)?;
+    reset_signals();
     // Last: after this, the filter refuses mount/setns/... to us too.
     seccompiler::apply_filter(seccomp).ctx(|| "seccomp".into())?;
     let e = nix::unistd::execve(&exe, &argv, &envp).unwrap_err();

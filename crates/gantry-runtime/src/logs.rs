@@ -34,6 +34,8 @@ pub struct LogWriter {
     max_size: u64,
     max_files: u32,
     partial: [Vec<u8>; 2],
+    /// Encoded lines not yet written (one write per chunk read).
+    out: Vec<u8>,
 }
 
 impl LogWriter {
@@ -49,48 +51,78 @@ impl LogWriter {
             max_size: max_size.max(1024),
             max_files,
             partial: [Vec::new(), Vec::new()],
+            out: Vec::with_capacity(64 * 1024),
         })
     }
 
     /// Takes a chunk read from stream 0 (stdout) or 1 (stderr) and writes
-    /// every complete line; a partial line waits for its end (or 16 KiB).
+    /// every complete line (all of them in one write, stamped with the
+    /// time they were read); a partial line waits for its end (or 16 KiB).
     pub fn write(&mut self, stream: usize, data: &[u8]) -> io::Result<()> {
-        self.partial[stream].extend_from_slice(data);
-        while let Some(pos) = self.partial[stream].iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.partial[stream].drain(..=pos).collect();
-            self.emit(stream, &line)?;
+        let time = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+        let mut rest = data;
+        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+            let (line, tail) = rest.split_at(pos + 1);
+            if self.partial[stream].is_empty() {
+                self.emit(stream, line, &time)?;
+            } else {
+                let mut whole = std::mem::take(&mut self.partial[stream]);
+                whole.extend_from_slice(line);
+                self.emit(stream, &whole, &time)?;
+            }
+            rest = tail;
         }
+        self.partial[stream].extend_from_slice(rest);
         if self.partial[stream].len() >= 16 * 1024 {
             let line = std::mem::take(&mut self.partial[stream]);
-            self.emit(stream, &line)?;
+            self.emit(stream, &line, &time)?;
         }
-        Ok(())
+        self.write_out()
     }
 
     /// Writes out partial lines (at the process's end).
     pub fn flush(&mut self) -> io::Result<()> {
+        let time = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
         for s in 0..2 {
             if !self.partial[s].is_empty() {
                 let line = std::mem::take(&mut self.partial[s]);
-                self.emit(s, &line)?;
+                self.emit(s, &line, &time)?;
             }
+        }
+        self.write_out()
+    }
+
+    /// Encodes one line as `{"log":..,"stream":..,"time":..}` (what
+    /// serde makes of a [`LogLine`]) into the pending output.
+    fn emit(&mut self, stream: usize, bytes: &[u8], time: &str) -> io::Result<()> {
+        let start = self.out.len();
+        self.out.extend_from_slice(b"{\"log\":");
+        serde_json::to_writer(&mut self.out, &String::from_utf8_lossy(bytes))
+            .map_err(io::Error::other)?;
+        self.out.extend_from_slice(if stream == 0 {
+            b",\"stream\":\"stdout\",\"time\":\""
+        } else {
+            b",\"stream\":\"stderr\",\"time\":\""
+        });
+        self.out.extend_from_slice(time.as_bytes());
+        self.out.extend_from_slice(b"\"}\n");
+        let len = (self.out.len() - start) as u64;
+        if self.size + start as u64 + len > self.max_size && self.size + start as u64 > 0 {
+            // This line starts a new file: what came before goes to the old.
+            let line = self.out.split_off(start);
+            self.write_out()?;
+            self.rotate()?;
+            self.out = line;
         }
         Ok(())
     }
 
-    fn emit(&mut self, stream: usize, bytes: &[u8]) -> io::Result<()> {
-        let line = LogLine {
-            log: String::from_utf8_lossy(bytes).into_owned(),
-            stream: if stream == 0 { "stdout" } else { "stderr" }.to_owned(),
-            time: Utc::now(),
-        };
-        let mut json = serde_json::to_vec(&line).map_err(io::Error::other)?;
-        json.push(b'\n');
-        if self.size + json.len() as u64 > self.max_size && self.size > 0 {
-            self.rotate()?;
+    fn write_out(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.file.write_all(&self.out)?;
+            self.size += self.out.len() as u64;
+            self.out.clear();
         }
-        self.file.write_all(&json)?;
-        self.size += json.len() as u64;
         Ok(())
     }
 
@@ -118,27 +150,149 @@ fn rotated(base: &Path, i: u32) -> PathBuf {
     PathBuf::from(format!("{}.{i}", base.display()))
 }
 
-/// Reads a container's log: all rotated files oldest first, then the current.
-pub fn read_all(dir: &Path) -> io::Result<Vec<LogLine>> {
-    let base = dir.join(LOG_FILE);
-    let mut files: Vec<PathBuf> = (1..1000)
-        .map(|i| rotated(&base, i))
-        .take_while(|p| p.exists())
-        .collect();
-    files.reverse();
-    files.push(base);
-    let mut out = Vec::new();
-    for f in files {
-        let file = match File::open(&f) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
+/// Reads a container's log in order, from its oldest rotated file (or from
+/// the end) on, and keeps reading as the log grows and rotates: each call
+/// of [`Cursor::next_line`] gives the next complete line there is now.
+/// Memory stays one line, whatever the log's size.
+pub struct Cursor {
+    base: PathBuf,
+    /// Rotated files still to read, oldest first.
+    pending: Vec<PathBuf>,
+    /// The file being read, its inode, and whether it is the current log
+    /// (which may grow) rather than a rotated one (which may not).
+    cur: Option<(BufReader<File>, u64, bool)>,
+    /// A line read in part.
+    buf: Vec<u8>,
+}
+
+impl Cursor {
+    /// A cursor at the start of the oldest rotated file.
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        let base = dir.join(LOG_FILE);
+        let mut pending: Vec<PathBuf> = (1..1000)
+            .map(|i| rotated(&base, i))
+            .take_while(|p| p.exists())
+            .collect();
+        pending.reverse();
+        Ok(Self {
+            base,
+            pending,
+            cur: None,
+            buf: Vec::new(),
+        })
+    }
+
+    /// A cursor at the end of the current log: only lines written from now.
+    pub fn at_end(dir: &Path) -> io::Result<Self> {
+        let base = dir.join(LOG_FILE);
+        let mut c = Self {
+            base,
+            pending: Vec::new(),
+            cur: None,
+            buf: Vec::new(),
         };
-        for line in BufReader::new(file).lines() {
-            if let Ok(l) = serde_json::from_str::<LogLine>(&line?) {
-                out.push(l);
+        match File::open(&c.base) {
+            Ok(mut f) => {
+                let ino = f.metadata()?.ino();
+                f.seek(SeekFrom::End(0))?;
+                c.cur = Some((BufReader::new(f), ino, true));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        Ok(c)
+    }
+
+    /// The next complete line, or `None` when there is none yet.
+    /// Unparseable lines are skipped.
+    pub fn next_line(&mut self) -> io::Result<Option<LogLine>> {
+        while let Some(raw) = self.next_raw()? {
+            if let Ok(l) = serde_json::from_slice::<LogLine>(raw) {
+                return Ok(Some(l));
             }
         }
+        Ok(None)
+    }
+
+    /// The next complete line as written (JSON, with its newline), or
+    /// `None` when there is none yet.
+    pub fn next_raw(&mut self) -> io::Result<Option<&[u8]>> {
+        if self.buf.ends_with(b"\n") {
+            self.buf.clear();
+        }
+        loop {
+            if self.cur.is_none() && !self.open_next()? {
+                return Ok(None);
+            }
+            let (reader, ino, current) = self.cur.as_mut().expect("a file is open");
+            let n = reader.read_until(b'\n', &mut self.buf)?;
+            if self.buf.ends_with(b"\n") {
+                return Ok(Some(&self.buf));
+            }
+            if n > 0 {
+                continue;
+            }
+            // At the end of this file.
+            if !*current {
+                self.buf.clear();
+                self.cur = None;
+                continue;
+            }
+            match fs::metadata(&self.base) {
+                // Rotated away: what is left of it was read above (the
+                // writer renames only after whole lines); go on with the
+                // new file.
+                Ok(md) if md.ino() != *ino => {
+                    if reader.read_until(b'\n', &mut self.buf)? > 0 {
+                        continue;
+                    }
+                    self.buf.clear();
+                    self.cur = None;
+                    continue;
+                }
+                // Truncated in place (no rotated files kept).
+                Ok(md) if md.len() < reader.stream_position()? => {
+                    reader.seek(SeekFrom::Start(0))?;
+                    self.buf.clear();
+                    continue;
+                }
+                _ => return Ok(None),
+            }
+        }
+    }
+
+    /// Opens the next file to read; false when there is none yet.
+    fn open_next(&mut self) -> io::Result<bool> {
+        while !self.pending.is_empty() {
+            let p = self.pending.remove(0);
+            match File::open(&p) {
+                Ok(f) => {
+                    let ino = f.metadata()?.ino();
+                    self.cur = Some((BufReader::new(f), ino, false));
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        match File::open(&self.base) {
+            Ok(f) => {
+                let ino = f.metadata()?.ino();
+                self.cur = Some((BufReader::new(f), ino, true));
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Reads a container's log: all rotated files oldest first, then the current.
+pub fn read_all(dir: &Path) -> io::Result<Vec<LogLine>> {
+    let mut c = Cursor::open(dir)?;
+    let mut out = Vec::new();
+    while let Some(l) = c.next_line()? {
+        out.push(l);
     }
     Ok(out)
 }
@@ -151,43 +305,15 @@ pub fn follow(
     mut emit: impl FnMut(&LogLine) -> io::Result<()>,
     done: impl Fn() -> bool,
 ) -> io::Result<()> {
-    let base = dir.join(LOG_FILE);
-    let mut file = File::open(&base)?;
-    let mut ino = file.metadata()?.ino();
-    file.seek(SeekFrom::End(0))?;
-    let mut reader = BufReader::new(file);
-    let mut buf = String::new();
+    let mut c = Cursor::at_end(dir)?;
     loop {
-        buf.clear();
-        let n = reader.read_line(&mut buf)?;
-        if n > 0 && buf.ends_with('\n') {
-            if let Ok(l) = serde_json::from_str::<LogLine>(&buf) {
-                emit(&l)?;
-            }
-            continue;
-        }
-        if n > 0 {
-            // A line being written: go back and read it whole later.
-            reader.seek(SeekFrom::Current(-(n as i64)))?;
-        }
-        // At the end: has the file been rotated away?
-        match fs::metadata(&base) {
-            Ok(md) if md.ino() != ino => {
-                let f = File::open(&base)?;
-                ino = f.metadata()?.ino();
-                reader = BufReader::new(f);
-                continue;
-            }
-            _ => {}
+        while let Some(l) = c.next_line()? {
+            emit(&l)?;
         }
         if done() {
             // One last read for what came before the end.
-            buf.clear();
-            while reader.read_line(&mut buf)? > 0 {
-                if let Ok(l) = serde_json::from_str::<LogLine>(&buf) {
-                    emit(&l)?;
-                }
-                buf.clear();
+            while let Some(l) = c.next_line()? {
+                emit(&l)?;
             }
             return Ok(());
         }

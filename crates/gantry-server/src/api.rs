@@ -54,11 +54,11 @@ impl From<StoreError> for Fail {
     }
 }
 
-fn bad(msg: impl Into<String>) -> Fail {
+pub(crate) fn bad(msg: impl Into<String>) -> Fail {
     Fail(StatusCode::BAD_REQUEST, msg.into())
 }
 
-fn not_found(msg: impl Into<String>) -> Fail {
+pub(crate) fn not_found(msg: impl Into<String>) -> Fail {
     Fail(StatusCode::NOT_FOUND, msg.into())
 }
 
@@ -94,7 +94,7 @@ impl Peer {
             )),
         }
     }
-    fn node(&self) -> Result<String, Fail> {
+    pub(crate) fn node(&self) -> Result<String, Fail> {
         match &self.0 {
             Some((id, Role::Worker)) => Ok(id.clone()),
             Some(_) => Err(Fail(
@@ -172,6 +172,9 @@ fn router(sh: Arc<Shared>) -> Router {
         .route("/v1/services/{name}/rollback", post(service_rollback))
         .route("/v1/tasks", get(tasks))
         .route("/v1/events", get(events))
+        .route("/v1/logs", get(crate::logs::logs))
+        .route("/v1/agent/logs", get(crate::logs::agent_stream))
+        .route("/v1/agent/logs/{id}", post(crate::logs::agent_answer))
         .route("/v1/dfp/reconfigure", post(crate::edge::dfp_reconfigure))
         .route("/v1/dfp/remove", post(crate::edge::dfp_remove))
         .route("/v1/dfp/config", get(crate::edge::dfp_config))
@@ -493,7 +496,7 @@ fn dns_records(s: &Cluster) -> BTreeMap<String, Vec<std::net::Ipv4Addr>> {
     out
 }
 
-fn lines(rx: mpsc::Receiver<Bytes>) -> Body {
+pub(crate) fn lines(rx: mpsc::Receiver<Bytes>) -> Body {
     Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
     }))

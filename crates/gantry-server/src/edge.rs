@@ -54,7 +54,7 @@ fn running(s: &Cluster, service: &str) -> Vec<Ipv4Addr> {
 
 /// The services a DFP `serviceName` means: the service of that full name,
 /// else every service of that short name.
-fn resolve<'a>(s: &'a Cluster, name: &str) -> Vec<&'a ServiceRecord> {
+pub(crate) fn resolve<'a>(s: &'a Cluster, name: &str) -> Vec<&'a ServiceRecord> {
     if let Some(rec) = s.services.get(name) {
         return vec![rec];
     }

@@ -14,6 +14,7 @@ pub use acme::{AcmeConfig, LETS_ENCRYPT};
 mod api;
 mod edge;
 mod events;
+mod logs;
 mod orchestrate;
 
 use std::collections::HashMap;
@@ -95,6 +96,8 @@ pub(crate) struct Shared {
     /// Wakes the orchestration loop.
     pub(crate) kick: Notify,
     pub(crate) events: events::Events,
+    /// Log subscriptions between clients and agents.
+    pub(crate) logs: logs::Broker,
 }
 
 fn now_ms() -> u64 {
@@ -297,6 +300,7 @@ impl Manager {
             changed,
             kick: Notify::new(),
             events: events::Events::new(),
+            logs: logs::Broker::default(),
         });
         let tls = Arc::new(ca.server_config_join(&me)?);
         let tasks = vec![

@@ -66,6 +66,8 @@ pub(crate) struct ServerArgs {
     no_acme: bool,
     #[command(flatten)]
     edge: EdgeArgs,
+    #[command(flatten)]
+    logs: LogArgs,
 }
 
 /// The node's edge proxy.
@@ -92,6 +94,28 @@ pub(crate) struct EdgeArgs {
     /// loopback by default, `0.0.0.0:9323` for a Prometheus elsewhere.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9323")]
     metrics: SocketAddr,
+}
+
+/// How long the node keeps ended tasks' logs.
+#[derive(Args, Clone)]
+pub(crate) struct LogArgs {
+    /// Logs of tasks that ended longer ago are removed (e.g. 168h).
+    #[arg(long, value_name = "DURATION", default_value = "168h")]
+    log_max_age: String,
+    /// The oldest ended tasks' logs are removed while all of them are
+    /// bigger (e.g. 1GB).
+    #[arg(long, value_name = "SIZE", default_value = "1GB")]
+    log_max_size: String,
+}
+
+impl LogArgs {
+    fn retention(&self) -> anyhow::Result<gantry_agent::Retention> {
+        Ok(gantry_agent::Retention {
+            max_age: duration(&self.log_max_age, "--log-max-age")?,
+            max_size: crate::parse::size(&self.log_max_size)
+                .map_err(|e| anyhow::anyhow!("--log-max-size: {e}"))?,
+        })
+    }
 }
 
 impl EdgeArgs {
@@ -131,6 +155,8 @@ pub(crate) struct AgentArgs {
     cleanup: bool,
     #[command(flatten)]
     edge: EdgeArgs,
+    #[command(flatten)]
+    logs: LogArgs,
 }
 
 #[derive(Args)]
@@ -159,6 +185,8 @@ pub(crate) enum ServiceCmd {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// Every replica's output from every node, merged in time order.
+    Logs(crate::logs::LogsArgs),
     /// List a service's tasks.
     Ps {
         /// The service.
@@ -419,6 +447,7 @@ pub(crate) fn server(ctx: &Ctx, a: ServerArgs) -> anyhow::Result<u8> {
                 registry,
                 edge: a.edge.config(),
                 metrics: Some(a.edge.metrics),
+                log_retention: a.logs.retention()?,
             };
             let info = gantry_agent::node_info(&acfg, acfg.manager.as_deref().unwrap_or_default());
             let (node_id, cred) = m.local_node(&info)?;
@@ -467,6 +496,7 @@ pub(crate) fn agent(ctx: &Ctx, a: AgentArgs) -> anyhow::Result<u8> {
         registry: ctx.registry.clone(),
         edge: a.edge.config(),
         metrics: Some(a.edge.metrics),
+        log_retention: a.logs.retention()?,
     };
     multi_thread(async move {
         let id = gantry_agent::identity(&cfg).await?;
@@ -481,7 +511,7 @@ pub(crate) fn agent(ctx: &Ctx, a: AgentArgs) -> anyhow::Result<u8> {
 }
 
 /// A client of the manager with the admin credential.
-fn client(ctx: &Ctx) -> anyhow::Result<Client> {
+pub(crate) fn client(ctx: &Ctx) -> anyhow::Result<Client> {
     let cfg = AdminConfig::load(&ctx.config_dir).map_err(|e| anyhow::anyhow!(e))?;
     Ok(Client::admin(&cfg, ctx.host.as_deref())?)
 }
@@ -796,6 +826,7 @@ pub(crate) fn stack(ctx: &Ctx, cmd: ClusterStackCmd) -> anyhow::Result<u8> {
 pub(crate) fn service(ctx: &Ctx, cmd: ServiceCmd) -> anyhow::Result<u8> {
     let c = client(ctx)?;
     match cmd {
+        ServiceCmd::Logs(a) => return crate::logs::service_logs(ctx, a),
         ServiceCmd::Ls { format } => {
             let v: Vec<ServiceView> = call(c.get("/v1/services"))?;
             if format == Format::Json {
@@ -1152,7 +1183,7 @@ pub(crate) fn node(ctx: &Ctx, cmd: NodeCmd) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-fn since_time(s: &str) -> anyhow::Result<String> {
+pub(crate) fn since_time(s: &str) -> anyhow::Result<String> {
     if chrono::DateTime::parse_from_rfc3339(s).is_ok() {
         return Ok(s.to_owned());
     }

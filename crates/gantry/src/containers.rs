@@ -154,21 +154,6 @@ pub(crate) struct RmArgs {
 }
 
 #[derive(Args)]
-pub(crate) struct LogsArgs {
-    /// Follow new output.
-    #[arg(short, long)]
-    follow: bool,
-    /// Lines from the end (a number or "all").
-    #[arg(short = 'n', long, default_value = "all")]
-    tail: String,
-    /// Show timestamps.
-    #[arg(short, long)]
-    timestamps: bool,
-    /// Container.
-    container: String,
-}
-
-#[derive(Args)]
 pub(crate) struct ExecArgs {
     /// Keep stdin open.
     #[arg(short, long)]
@@ -507,22 +492,27 @@ pub(crate) fn wait(ctx: &Ctx, names: &[String]) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-pub(crate) fn logs(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<u8> {
+pub(crate) fn logs(ctx: &Ctx, a: &crate::logs::LogsArgs) -> anyhow::Result<u8> {
     let rt = ctx.runtime()?;
-    let id = rt.find(&a.container)?;
+    let id = rt.find(&a.target)?;
     let dir = rt.container_dir(&id);
-    let lines = gantry_runtime::logs::read_all(&dir).context("read logs")?;
-    let skip = match a.tail.as_str() {
-        "all" | "-1" => 0,
-        n => {
-            let n: usize = n
-                .parse()
-                .map_err(|_| anyhow::anyhow!("invalid --tail {n:?}: a number or all"))?;
-            lines.len().saturating_sub(n)
-        }
+    let (since, until) = a.window()?;
+    let in_range = |l: &gantry_runtime::logs::LogLine| {
+        since.is_none_or(|s| l.time >= s) && until.is_none_or(|u| l.time < u)
     };
+    let lines: Vec<_> = gantry_runtime::logs::read_all(&dir)
+        .context("read logs")?
+        .into_iter()
+        .filter(|l| in_range(l))
+        .collect();
+    let skip = a.tail()?.map_or(0, |n| lines.len().saturating_sub(n));
     let print = |l: &gantry_runtime::logs::LogLine| -> std::io::Result<()> {
-        let text = if a.timestamps {
+        if !in_range(l) {
+            return Ok(());
+        }
+        let text = if a.format == crate::output::Format::Json {
+            format!("{}\n", serde_json::to_string(l).unwrap_or_default())
+        } else if a.timestamps {
             format!(
                 "{} {}",
                 l.time.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
@@ -531,7 +521,7 @@ pub(crate) fn logs(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<u8> {
         } else {
             l.log.clone()
         };
-        if l.stream == "stderr" {
+        if l.stream == "stderr" && a.format != crate::output::Format::Json {
             let mut e = std::io::stderr().lock();
             e.write_all(text.as_bytes())?;
             e.flush()

@@ -5,6 +5,7 @@
 mod cluster;
 mod containers;
 mod images;
+mod logs;
 mod output;
 mod parse;
 mod stacks;
@@ -94,7 +95,7 @@ enum Cmd {
     /// Remove containers.
     Rm(containers::RmArgs),
     /// Show a container's output.
-    Logs(containers::LogsArgs),
+    Logs(logs::LogsArgs),
     /// Show containers' configuration and state as JSON.
     Inspect {
         /// Containers.
@@ -258,7 +259,7 @@ fn dispatch(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<u8> {
         Cmd::Stop(a) => containers::stop(ctx, a),
         Cmd::Kill(a) => containers::kill(ctx, a),
         Cmd::Rm(a) => containers::rm(ctx, a),
-        Cmd::Logs(a) => containers::logs(ctx, a),
+        Cmd::Logs(a) => logs::logs(ctx, a),
         Cmd::Inspect { containers: c } => containers::inspect(ctx, &c),
         Cmd::Exec(a) => containers::exec(ctx, a),
         Cmd::Wait { containers: c } => containers::wait(ctx, &c),

@@ -28,6 +28,20 @@ fn run_captures_output_and_exit_codes() {
         "pid 1 in its own pid namespace: {out}"
     );
     g.fails(&["run", "--rm", "bb", "sh", "-c", "exit 42"], 42);
+    // A fresh process's signals: nothing ignored or blocked (Rust ignores
+    // SIGPIPE, which must not leak in: `yes | head` has to end).
+    let sig = g.ok(&[
+        "run",
+        "--rm",
+        "bb",
+        "sh",
+        "-c",
+        "grep -E '^Sig(Ign|Blk)' /proc/self/status; yes | head -n 1",
+    ]);
+    assert_eq!(
+        sig,
+        "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\ny\n"
+    );
     let e = g.fails(&["run", "--rm", "bb", "no-such-binary"], 127);
     assert!(e.contains("executable file not found"), "{e}");
     let e = g.fails(&["run", "--rm", "bb", "/etc"], 126);

@@ -1,0 +1,216 @@
+//! Operations end to end on simulated hosts: cluster-wide logs, metrics
+//! and stats.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::BufRead;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::cluster::*;
+use common::*;
+use serde_json::Value;
+
+fn entries(out: &str) -> Vec<Value> {
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[test]
+fn service_logs_merge_every_node_in_time_order_and_follow_new_replicas() {
+    let Some(mut cl) = Cluster::new(
+        "service_logs_merge_every_node_in_time_order_and_follow_new_replicas",
+        3,
+    ) else {
+        return;
+    };
+    for i in 0..3 {
+        cl.start_agent(i);
+    }
+    let stack = r#"services:
+  talk:
+    image: IMAGE
+    command: ["sh", "-c", "i=0; while true; do echo \"$$HOSTNAME out $$i\"; echo \"$$HOSTNAME err $$i\" >&2; i=$$((i+1)); sleep 0.1; done"]
+    stop_grace_period: 1s
+    deploy:
+      replicas: 3
+"#
+    .replace("IMAGE", &cl.image);
+    let o = cl.deploy("logs", &stack);
+    assert!(o.status.success(), "{}", errtext(&o));
+    cl.wait_running(
+        "logs_talk",
+        &[("node-1", 1), ("node-2", 1), ("node-3", 1)],
+        Duration::from_secs(40),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Every replica of every node, both streams, in time order.
+    let all = entries(&cl.admin_ok(&["service", "logs", "--format", "json", "talk"]));
+    let nodes: BTreeSet<&str> = all.iter().map(|e| e["node"].as_str().unwrap()).collect();
+    assert_eq!(nodes, BTreeSet::from(["node-1", "node-2", "node-3"]));
+    let streams: BTreeSet<&str> = all.iter().map(|e| e["stream"].as_str().unwrap()).collect();
+    assert_eq!(streams, BTreeSet::from(["stderr", "stdout"]));
+    let times: Vec<chrono::DateTime<chrono::Utc>> = all
+        .iter()
+        .map(|e| e["time"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(all.len() >= 30, "{} lines", all.len());
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "not in time order: {times:?}"
+    );
+    // Each task's own lines in its order, nothing lost between them.
+    let mut per_task: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for e in &all {
+        let line = e["line"].as_str().unwrap();
+        if e["stream"] == "stdout" {
+            let n = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+            per_task
+                .entry(e["task"].as_str().unwrap())
+                .or_default()
+                .push(n);
+        }
+    }
+    assert_eq!(per_task.len(), 3);
+    for (t, ns) in &per_task {
+        assert!(ns.windows(2).all(|w| w[1] == w[0] + 1), "task {t}: {ns:?}");
+        assert_eq!(ns[0], 0, "task {t} starts at its first line");
+    }
+
+    // --tail per task; the plain format's prefix; a task by id.
+    let tail = entries(&cl.admin_ok(&[
+        "service",
+        "logs",
+        "--format",
+        "json",
+        "--tail",
+        "2",
+        "logs_talk",
+    ]));
+    assert_eq!(tail.len(), 6, "{tail:?}");
+    let plain = cl.admin(&[
+        "service",
+        "logs",
+        "--tail",
+        "2",
+        "--no-task-ids",
+        "logs_talk",
+    ]);
+    assert!(plain.status.success(), "{}", errtext(&plain));
+    let out = text(&plain);
+    for n in 1..=3 {
+        assert!(
+            out.contains(&format!("@node-{n}    | ")),
+            "prefix for node-{n} in {out}"
+        );
+    }
+    assert!(errtext(&plain).contains(" err "), "stderr to stderr");
+    let task = per_task.keys().next().unwrap().to_string();
+    let one = entries(&cl.admin_ok(&["logs", "--format", "json", "--tail", "3", &task]));
+    assert_eq!(one.len(), 3);
+    assert!(one.iter().all(|e| e["task"] == task.as_str()));
+    let since = entries(&cl.admin_ok(&[
+        "service",
+        "logs",
+        "--format",
+        "json",
+        "--since",
+        "1s",
+        "logs_talk",
+    ]));
+    assert!(since.len() < all.len() && !since.is_empty());
+    let o = cl.admin(&["service", "logs", "nosuch"]);
+    assert!(
+        !o.status.success() && errtext(&o).contains("no such service"),
+        "{}",
+        errtext(&o)
+    );
+
+    // -f: lines keep coming, and a replica that starts later joins in.
+    let mut follow =
+        cl.g.cmd_on(&cl.lan.hosts[0])
+            .env("GANTRY_CONFIG_DIR", cl.cfg.path())
+            .args([
+                "service",
+                "logs",
+                "-f",
+                "--tail",
+                "0",
+                "--format",
+                "json",
+                "logs_talk",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let reader = {
+        let seen = seen.clone();
+        let out = follow.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines() {
+                let Ok(l) = l else { break };
+                if let Ok(v) = serde_json::from_str::<Value>(&l) {
+                    seen.lock().unwrap().push(v);
+                }
+            }
+        })
+    };
+    let tasks_seen = |seen: &Mutex<Vec<Value>>| -> BTreeSet<String> {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .map(|e| e["task"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    wait_for("followed lines of 3 tasks", Duration::from_secs(15), || {
+        let t = tasks_seen(&seen);
+        if t.len() == 3 {
+            Ok(())
+        } else {
+            Err(format!("{t:?}"))
+        }
+    });
+    cl.admin_ok(&["service", "scale", "-d", "logs_talk=4"]);
+    wait_for(
+        "a 4th task's lines while following",
+        Duration::from_secs(30),
+        || {
+            let t = tasks_seen(&seen);
+            if t.len() == 4 {
+                Ok(())
+            } else {
+                Err(format!("{t:?}"))
+            }
+        },
+    );
+    let _ = follow.kill();
+    let _ = follow.wait();
+    reader.join().unwrap();
+
+    // Scaled down, the removed replicas' logs are kept on their nodes.
+    cl.admin_ok(&["service", "scale", "-d", "logs_talk=1"]);
+    wait_for("one replica", Duration::from_secs(30), || {
+        let r = cl.running("logs_talk");
+        let gone = cl
+            .tasks("logs_talk")
+            .iter()
+            .filter(|t| t["state"] == "running")
+            .count();
+        if r.values().sum::<usize>() == 1 && gone == 1 {
+            Ok(())
+        } else {
+            Err(format!("{r:?}"))
+        }
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let kept = entries(&cl.admin_ok(&["service", "logs", "--format", "json", "logs_talk"]));
+    let t: BTreeSet<&str> = kept.iter().map(|e| e["task"].as_str().unwrap()).collect();
+    assert_eq!(t.len(), 4, "logs of all 4 tasks, 3 of them ended: {t:?}");
+}
