@@ -33,7 +33,7 @@ COPY busybox /bin/busybox
 RUN ["/bin/busybox", "--install", "-s", "/bin"]
 DOCKERFILE
 "$G" image build -t bench-logs:1 "$work/ctx" >/dev/null
-"$G" server --dev --listen "127.0.0.1:$port" --no-proxy --metrics 127.0.0.1:0 > "$work/server.log" 2>&1 &
+"$G" server --dev --listen "127.0.0.1:$port" --no-proxy --metrics 127.0.0.1:0 --manager-metrics 127.0.0.1:0 > "$work/server.log" 2>&1 &
 server=$!
 for _ in $(seq 100); do "$G" node ls >/dev/null 2>&1 && break; sleep 0.1; done
 line=$(printf 'x%.0s' $(seq 99))

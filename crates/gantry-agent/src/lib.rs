@@ -24,6 +24,7 @@ mod http;
 mod ingress;
 mod logs;
 mod metrics;
+mod stats;
 mod tasks;
 
 use std::collections::BTreeMap;
@@ -251,6 +252,11 @@ pub async fn run(cfg: AgentConfig, id: Identity) -> Result<(), AgentError> {
         }
         None => None,
     };
+    let host = node_info(&cfg, &id.manager).hostname;
+    let stats = Arc::new(stats::Stats::default());
+    if let Some(rt) = &agent.rt {
+        tokio::spawn(stats.clone().run(rt.clone()));
+    }
     if let Some(addr) = cfg.metrics {
         let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
             AgentError::Io(
@@ -259,7 +265,13 @@ pub async fn run(cfg: AgentConfig, id: Identity) -> Result<(), AgentError> {
             )
         })?;
         tracing::info!(addr = ?l.local_addr().ok(), "metrics on /metrics");
-        tokio::spawn(metrics::serve(l, edge));
+        tokio::spawn(metrics::serve(
+            l,
+            edge,
+            stats.clone(),
+            agent.dns.clone(),
+            host.clone(),
+        ));
     }
     agent.adopt();
     if let Some(rt) = &agent.rt {
@@ -274,7 +286,7 @@ pub async fn run(cfg: AgentConfig, id: Identity) -> Result<(), AgentError> {
     }
     tokio::spawn(agent.clone().monitor());
     tokio::spawn(watch(agent.clone(), client.clone()));
-    report(agent, client, cfg, id.manager).await;
+    report(agent, client, cfg, id.manager, stats).await;
     Ok(())
 }
 
@@ -300,7 +312,13 @@ async fn watch(agent: Arc<tasks::Agent>, client: Client) {
     }
 }
 
-async fn report(agent: Arc<tasks::Agent>, client: Client, cfg: AgentConfig, manager: String) {
+async fn report(
+    agent: Arc<tasks::Agent>,
+    client: Client,
+    cfg: AgentConfig,
+    manager: String,
+    stats: Arc<stats::Stats>,
+) {
     let info = Mutex::new(node_info(&cfg, &manager));
     let mut failing = false;
     loop {
@@ -309,6 +327,7 @@ async fn report(agent: Arc<tasks::Agent>, client: Client, cfg: AgentConfig, mana
         let report = StatusReport {
             info: facts,
             tasks: agent.statuses(),
+            stats: stats.latest(),
         };
         match client.post::<_, ()>("/v1/agent/status", &report).await {
             Ok(()) => {

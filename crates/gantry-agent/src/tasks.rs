@@ -20,7 +20,7 @@ use crate::AgentConfig;
 pub(crate) const TASK_LABEL: &str = "gantry.task.id";
 pub(crate) const SERVICE_LABEL: &str = "gantry.service.name";
 pub(crate) const SLOT_LABEL: &str = "gantry.task.slot";
-const STACK_LABEL: &str = "gantry.stack.namespace";
+pub(crate) const STACK_LABEL: &str = "gantry.stack.namespace";
 const NODE_LABEL: &str = "gantry.node.id";
 
 /// Ended tasks are still reported for this long, then forgotten.
@@ -63,7 +63,7 @@ pub(crate) struct Agent {
     underlay: Option<std::net::Ipv4Addr>,
     net: Mutex<Option<Net>>,
     /// Service discovery records, served on the node's gateway.
-    dns: Arc<gantry_dns::Table>,
+    pub(crate) dns: Arc<gantry_dns::Table>,
     /// Ingress-mode published ports.
     ingress: crate::ingress::Ingress,
     /// The firewall last applied.

@@ -76,6 +76,9 @@ pub struct StatusReport {
     pub info: NodeInfo,
     /// Every task container the node has.
     pub tasks: Vec<TaskStatus>,
+    /// Its figures, when it has read them.
+    #[serde(default)]
+    pub stats: Option<NodeStats>,
 }
 
 /// One task a node must run (or stop).
@@ -289,6 +292,12 @@ pub struct NodeView {
     /// Milliseconds since its last heartbeat (none: not seen since the
     /// manager started).
     pub last_seen_ms: Option<u64>,
+    /// CPU in use, percent of all its CPUs (from its last report).
+    #[serde(default)]
+    pub cpu_percent: Option<f64>,
+    /// Memory in use, bytes (from its last report).
+    #[serde(default)]
+    pub mem_used: Option<u64>,
 }
 
 /// `POST /v1/services/{name}/update`: `service update` and `scale`.
@@ -406,4 +415,71 @@ pub enum LogFrame {
     CaughtUp,
     /// Something the client should know (a node that did not answer).
     Warning(String),
+}
+
+/// One task's container figures, as its node last read them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskStats {
+    /// The task.
+    pub task: String,
+    /// Its service (full name).
+    pub service: String,
+    /// Its stack.
+    pub stack: String,
+    /// Its replica slot.
+    pub slot: u32,
+    /// The container's name.
+    pub container: String,
+    /// CPU in use over the last interval, in percent of one CPU (as
+    /// `docker stats`).
+    pub cpu_percent: f64,
+    /// CPU time used, nanoseconds.
+    pub cpu_ns: u64,
+    /// Periods in which the CPU quota throttled it.
+    pub throttled_periods: u64,
+    /// Time spent throttled, nanoseconds.
+    pub throttled_ns: u64,
+    /// Memory in use (the cgroup's figure, page cache included), bytes.
+    pub memory_usage: u64,
+    /// The memory limit, bytes (`None`: unlimited).
+    pub memory_limit: Option<u64>,
+    /// Processes the OOM killer killed.
+    pub oom_kills: u64,
+    /// Processes.
+    pub pids: u64,
+    /// Bytes read from block devices.
+    pub blk_read: u64,
+    /// Bytes written to block devices.
+    pub blk_write: u64,
+    /// Network counters of its namespace, devices but `lo` (none when it
+    /// shares the host's network): bytes and packets received and sent.
+    pub net: Option<[u64; 4]>,
+}
+
+/// A node's figures, sent with its status reports.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeStats {
+    /// When they were read, milliseconds since the epoch.
+    pub time_ms: u64,
+    /// CPUs.
+    pub cpus: u64,
+    /// CPU in use over the last interval, percent of all CPUs.
+    pub cpu_percent: f64,
+    /// Memory, bytes.
+    pub mem_total: u64,
+    /// Memory available to new work, bytes.
+    pub mem_available: u64,
+    /// The running task containers.
+    pub tasks: Vec<TaskStats>,
+}
+
+/// `GET /v1/stats`: a node's latest figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatsView {
+    /// The node's id.
+    pub node: String,
+    /// Its host name.
+    pub hostname: String,
+    /// Its figures.
+    pub stats: NodeStats,
 }

@@ -32,13 +32,47 @@ pub struct Table {
     names: RwLock<HashMap<String, Vec<Ipv4Addr>>>,
     networks: RwLock<Vec<BTreeSet<Ipv4Addr>>>,
     turn: AtomicUsize,
+    counts: [std::sync::atomic::AtomicU64; 4],
 }
+
+/// What became of the queries served so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Answered from the cluster's names.
+    pub answered: u64,
+    /// Forwarded to the host's resolvers, and answered by them.
+    pub forwarded: u64,
+    /// Forwarded, with no answer from upstream (SERVFAIL sent).
+    pub failed: u64,
+    /// Not DNS queries: dropped.
+    pub dropped: u64,
+}
+
+const ANSWERED: usize = 0;
+const FORWARDED: usize = 1;
+const FAILED: usize = 2;
+const DROPPED: usize = 3;
 
 fn key(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
 impl Table {
+    fn count(&self, what: usize) {
+        self.counts[what].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// What became of the queries served so far.
+    pub fn counts(&self) -> Counts {
+        let c = |i: usize| self.counts[i].load(std::sync::atomic::Ordering::Relaxed);
+        Counts {
+            answered: c(ANSWERED),
+            forwarded: c(FORWARDED),
+            failed: c(FAILED),
+            dropped: c(DROPPED),
+        }
+    }
+
     /// Replaces every record (names are case-insensitive).
     pub fn set(&self, records: &BTreeMap<String, Vec<Ipv4Addr>>) {
         let map = records.iter().map(|(k, v)| (key(k), v.clone())).collect();
@@ -223,9 +257,15 @@ async fn serve_tcp(l: tokio::net::TcpListener, table: Arc<Table>, upstreams: Arc
                     return;
                 };
                 let reply = match answer(&table, &query, Transport::Tcp, v4(peer)) {
-                    Answer::Reply(r) => Some(r),
-                    Answer::Drop => return,
-                    Answer::Forward => forward(&query, &ups).await.or_else(|| servfail(&query)),
+                    Answer::Reply(r) => {
+                        table.count(ANSWERED);
+                        Some(r)
+                    }
+                    Answer::Drop => {
+                        table.count(DROPPED);
+                        return;
+                    }
+                    Answer::Forward => forward_counted(&table, &query, &ups).await,
                 };
                 let Some(r) = reply else { return };
                 let Ok(len) = u16::try_from(r.len()) else {
@@ -236,6 +276,20 @@ async fn serve_tcp(l: tokio::net::TcpListener, table: Arc<Table>, upstreams: Arc
                 }
             }
         });
+    }
+}
+
+/// Forwards a query upstream, or makes a SERVFAIL, and counts which.
+async fn forward_counted(table: &Table, query: &[u8], ups: &[SocketAddr]) -> Option<Vec<u8>> {
+    match forward(query, ups).await {
+        Some(r) => {
+            table.count(FORWARDED);
+            Some(r)
+        }
+        None => {
+            table.count(FAILED);
+            servfail(query)
+        }
     }
 }
 
@@ -262,16 +316,14 @@ pub async fn serve(
         let query = buf[..n].to_vec();
         match answer(&table, &query, Transport::Udp, v4(from)) {
             Answer::Reply(r) => {
+                table.count(ANSWERED);
                 let _ = sock.send_to(&r, from).await;
             }
-            Answer::Drop => {}
+            Answer::Drop => table.count(DROPPED),
             Answer::Forward => {
-                let (sock, ups) = (sock.clone(), upstreams.clone());
+                let (sock, ups, table) = (sock.clone(), upstreams.clone(), table.clone());
                 tokio::spawn(async move {
-                    let reply = match forward(&query, &ups).await {
-                        Some(r) => Some(r),
-                        None => servfail(&query),
-                    };
+                    let reply = forward_counted(&table, &query, &ups).await;
                     if let Some(r) = reply {
                         let _ = sock.send_to(&r, from).await;
                     }

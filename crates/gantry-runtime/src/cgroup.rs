@@ -135,6 +135,44 @@ pub struct CgroupStats {
     pub throttled_ns: u64,
     /// Processes in the group.
     pub pids: u64,
+    /// Bytes read from block devices.
+    #[serde(default)]
+    pub blk_read: u64,
+    /// Bytes written to block devices.
+    #[serde(default)]
+    pub blk_write: u64,
+}
+
+/// Sums `MAJ:MIN Read N` / `MAJ:MIN Write N` lines (v1's
+/// `blkio.throttle.io_service_bytes`).
+fn blkio_v1(text: &str) -> (u64, u64) {
+    let (mut r, mut w) = (0, 0);
+    for l in text.lines() {
+        let mut f = l.split_whitespace();
+        let (Some(_dev), Some(op), Some(n)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let n: u64 = n.parse().unwrap_or(0);
+        match op {
+            "Read" => r += n,
+            "Write" => w += n,
+            _ => {}
+        }
+    }
+    (r, w)
+}
+
+/// Sums `rbytes=` and `wbytes=` of v2's `io.stat`.
+fn io_stat_v2(text: &str) -> (u64, u64) {
+    let (mut r, mut w) = (0, 0);
+    for kv in text.split_whitespace() {
+        if let Some(n) = kv.strip_prefix("rbytes=") {
+            r += n.parse().unwrap_or(0);
+        } else if let Some(n) = kv.strip_prefix("wbytes=") {
+            w += n.parse().unwrap_or(0);
+        }
+    }
+    (r, w)
 }
 
 /// One container's cgroup, on whichever version the host runs.
@@ -315,7 +353,13 @@ impl Cgroup for V1 {
         let mem = self.dir("memory");
         let limit = read_u64(&mem.join("memory.limit_in_bytes"))?;
         let cpu = self.dir("cpu");
+        let (blk_read, blk_write) = blkio_v1(
+            &fs::read_to_string(self.dir("blkio").join("blkio.throttle.io_service_bytes"))
+                .unwrap_or_default(),
+        );
         Ok(CgroupStats {
+            blk_read,
+            blk_write,
             memory_usage: read_u64(&mem.join("memory.usage_in_bytes"))?,
             // v1 reports "unlimited" as the largest page-aligned i64.
             memory_limit: (limit < (1 << 62)).then_some(limit),
@@ -421,7 +465,11 @@ impl Cgroup for V2 {
     fn stats(&self) -> Result<CgroupStats, CgroupError> {
         let cg = self.dir();
         let max = fs::read_to_string(cg.join("memory.max")).unwrap_or_default();
+        let (blk_read, blk_write) =
+            io_stat_v2(&fs::read_to_string(cg.join("io.stat")).unwrap_or_default());
         Ok(CgroupStats {
+            blk_read,
+            blk_write,
             memory_usage: read_u64(&cg.join("memory.current"))?,
             memory_limit: max.trim().parse().ok(),
             oom_kills: read_keyed(&cg.join("memory.events"), "oom_kill")?,
@@ -444,6 +492,15 @@ impl Cgroup for V2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn block_io_sums_every_device() {
+        let v1 = "8:0 Read 4096\n8:0 Write 8192\n8:0 Sync 1\n8:0 Total 12288\n8:16 Read 10\nTotal 12298\n";
+        assert_eq!(blkio_v1(v1), (4106, 8192));
+        let v2 =
+            "8:0 rbytes=100 wbytes=200 rios=1 wios=2 dbytes=0 dios=0\n8:16 rbytes=1 wbytes=2\n";
+        assert_eq!(io_stat_v2(v2), (101, 202));
+    }
 
     fn fake_v2(root: &Path) {
         fs::write(
@@ -535,6 +592,7 @@ mod tests {
         )
         .unwrap();
         fs::write(dir.join("cgroup.procs"), "7\n8\n").unwrap();
+        fs::write(dir.join("io.stat"), "8:0 rbytes=5 wbytes=6 rios=1\n").unwrap();
         let s = cg.stats().unwrap();
         assert_eq!(
             s,
@@ -546,6 +604,8 @@ mod tests {
                 nr_throttled: 2,
                 throttled_ns: 70_000,
                 pids: 2,
+                blk_read: 5,
+                blk_write: 6,
             }
         );
     }

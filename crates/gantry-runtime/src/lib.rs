@@ -22,6 +22,7 @@ pub mod net;
 mod proxy;
 mod security;
 mod spec;
+pub mod stats;
 mod volume;
 
 use std::fs as stdfs;

@@ -105,6 +105,9 @@ pub(crate) async fn run(sh: Arc<Shared>) {
         match result {
             Ok(rec) => {
                 tracing::info!(%name, "certificate issued over ACME");
+                sh.counters
+                    .acme_issued
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 backoff.remove(&name);
                 if let Err(e) = sh.apply(vec![Command::PutCert(rec)]) {
                     tracing::error!(%name, "storing the certificate: {e}");
@@ -118,6 +121,9 @@ pub(crate) async fn run(sh: Arc<Shared>) {
                 b.delay = (b.delay * 2).min(Duration::from_secs(3600));
                 b.next = Instant::now() + b.delay;
                 tracing::warn!(%name, retry_in = ?b.delay, "ACME order failed: {e}");
+                sh.counters
+                    .acme_failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
     }

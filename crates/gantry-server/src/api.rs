@@ -173,6 +173,7 @@ fn router(sh: Arc<Shared>) -> Router {
         .route("/v1/tasks", get(tasks))
         .route("/v1/events", get(events))
         .route("/v1/logs", get(crate::logs::logs))
+        .route("/v1/stats", get(stats))
         .route("/v1/agent/logs", get(crate::logs::agent_stream))
         .route("/v1/agent/logs/{id}", post(crate::logs::agent_answer))
         .route("/v1/dfp/reconfigure", post(crate::edge::dfp_reconfigure))
@@ -313,6 +314,9 @@ async fn agent_status(
         .expect("seen lock")
         .insert(id.clone(), Instant::now());
     sh.update(|s| report_commands(s, &id, &report))?;
+    if let Some(st) = report.stats {
+        sh.stats.lock().expect("stats lock").insert(id, st);
+    }
     Ok(Json(()))
 }
 
@@ -589,10 +593,15 @@ fn node_view(sh: &Shared, s: &Cluster, id: &str) -> Option<NodeView> {
         .expect("seen lock")
         .get(id)
         .map(|t| t.elapsed().as_millis() as u64);
+    let stats = sh.stats.lock().expect("stats lock").get(id).cloned();
     Some(NodeView {
         record: rec,
         tasks,
         last_seen_ms,
+        cpu_percent: stats.as_ref().map(|s| s.cpu_percent),
+        mem_used: stats
+            .as_ref()
+            .map(|s| s.mem_total.saturating_sub(s.mem_available)),
     })
 }
 
@@ -1085,4 +1094,28 @@ async fn events(
         }
     });
     Ok(lines(rx))
+}
+
+/// `GET /v1/stats`: every node's latest figures, with its tasks'.
+async fn stats(
+    State(sh): Sh,
+    Extension(peer): Extension<Peer>,
+) -> Res<Vec<gantry_api::NodeStatsView>> {
+    peer.admin()?;
+    let stats = sh.stats.lock().expect("stats lock").clone();
+    let mut out: Vec<gantry_api::NodeStatsView> = sh.read(|s| {
+        s.nodes
+            .values()
+            .filter(|n| n.up)
+            .filter_map(|n| {
+                Some(gantry_api::NodeStatsView {
+                    node: n.id.clone(),
+                    hostname: n.hostname.clone(),
+                    stats: stats.get(&n.id)?.clone(),
+                })
+            })
+            .collect()
+    });
+    out.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+    Ok(Json(out))
 }

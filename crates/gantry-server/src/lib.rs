@@ -15,6 +15,7 @@ mod api;
 mod edge;
 mod events;
 mod logs;
+mod metrics;
 mod orchestrate;
 
 use std::collections::HashMap;
@@ -53,6 +54,8 @@ pub struct ServerConfig {
     pub vni: u32,
     /// Certificates for public names.
     pub acme: AcmeConfig,
+    /// Where the cluster's Prometheus metrics are served, unless `None`.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Metadata key of the overlay's VXLAN network id.
@@ -98,6 +101,9 @@ pub(crate) struct Shared {
     pub(crate) events: events::Events,
     /// Log subscriptions between clients and agents.
     pub(crate) logs: logs::Broker,
+    /// Each node's latest figures, from its reports.
+    pub(crate) stats: Mutex<HashMap<String, gantry_api::NodeStats>>,
+    pub(crate) counters: metrics::Counters,
 }
 
 fn now_ms() -> u64 {
@@ -301,13 +307,26 @@ impl Manager {
             kick: Notify::new(),
             events: events::Events::new(),
             logs: logs::Broker::default(),
+            stats: Mutex::new(HashMap::new()),
+            counters: metrics::Counters::default(),
         });
         let tls = Arc::new(ca.server_config_join(&me)?);
-        let tasks = vec![
+        let mut tasks = Vec::new();
+        if let Some(addr) = shared.cfg.metrics {
+            let l = TcpListener::bind(addr).await.map_err(|e| {
+                ServerError::Io(
+                    format!("metrics: listen on {addr} (change it with --manager-metrics ADDR)"),
+                    e,
+                )
+            })?;
+            tracing::info!(addr = ?l.local_addr().ok(), "cluster metrics on /metrics");
+            tasks.push(tokio::spawn(metrics::serve(shared.clone(), l)));
+        }
+        tasks.extend([
             tokio::spawn(api::serve(shared.clone(), listener, tls)),
             tokio::spawn(orchestrate::run(shared.clone())),
             tokio::spawn(acme::run(shared.clone())),
-        ];
+        ]);
         tracing::info!(%addr, "manager listening");
         Ok(Self {
             shared,

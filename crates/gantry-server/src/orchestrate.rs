@@ -78,6 +78,20 @@ fn step(sh: &Shared) -> Result<(), StoreError> {
                     Ok(mut cmds) => {
                         any = !cmds.is_empty();
                         gantry_manager::network::assign_addresses(s, &mut cmds);
+                        // A task put with a node it did not have was placed.
+                        let placed = cmds
+                            .iter()
+                            .filter(|c| match c {
+                                Command::PutTask(t) => {
+                                    t.node.is_some()
+                                        && s.tasks.get(&t.id).is_none_or(|old| old.node.is_none())
+                                }
+                                _ => false,
+                            })
+                            .count();
+                        sh.counters
+                            .placed
+                            .fetch_add(placed as u64, std::sync::atomic::Ordering::Relaxed);
                         cmds
                     }
                     Err(e) => {

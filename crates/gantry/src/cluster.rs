@@ -64,6 +64,10 @@ pub(crate) struct ServerArgs {
     /// CA's, and `gantry cert add` still works).
     #[arg(long)]
     no_acme: bool,
+    /// Where the cluster's Prometheus metrics are served (`/metrics`):
+    /// every node's and task's figures, and the manager's own.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9324")]
+    manager_metrics: SocketAddr,
     #[command(flatten)]
     edge: EdgeArgs,
     #[command(flatten)]
@@ -418,6 +422,7 @@ pub(crate) fn server(ctx: &Ctx, a: ServerArgs) -> anyhow::Result<u8> {
             email: a.acme_email.clone(),
             ca_root: a.acme_ca_root.clone(),
         },
+        metrics: Some(a.manager_metrics),
         default_strategy: if a.default_strategy == "binpack" {
             gantry_sched::Strategy::Binpack
         } else {
@@ -1082,6 +1087,8 @@ pub(crate) fn node(ctx: &Ctx, cmd: NodeCmd) -> anyhow::Result<u8> {
                         "ADDRESS",
                         "BLOCK",
                         "TASKS",
+                        "CPU %",
+                        "MEMORY",
                     ],
                     v.into_iter()
                         .map(|n| {
@@ -1094,6 +1101,15 @@ pub(crate) fn node(ctx: &Ctx, cmd: NodeCmd) -> anyhow::Result<u8> {
                                 n.record.addr.clone(),
                                 n.record.block.map(|b| b.to_string()).unwrap_or_default(),
                                 n.tasks.to_string(),
+                                n.cpu_percent
+                                    .map(|c| format!("{c:.1}%"))
+                                    .unwrap_or_else(|| "-".into()),
+                                match (n.mem_used, n.record.capacity.memory) {
+                                    (Some(u), t) if t > 0 => {
+                                        format!("{} / {}", output::size(u), output::size(t))
+                                    }
+                                    _ => "-".into(),
+                                },
                             ]
                         })
                         .collect(),

@@ -9,6 +9,7 @@ mod logs;
 mod output;
 mod parse;
 mod stacks;
+mod stats;
 mod volumes;
 
 use std::path::PathBuf;
@@ -145,6 +146,9 @@ enum Cmd {
     Node(cluster::NodeCmd),
     /// Follow cluster events.
     Events(cluster::EventsArgs),
+    /// A live table of the cluster's task containers' CPU, memory, network
+    /// and disk use.
+    Stats(stats::StatsArgs),
     /// The edge proxies' certificates.
     #[command(subcommand)]
     Cert(cluster::CertCmd),
@@ -274,6 +278,7 @@ fn dispatch(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<u8> {
         Cmd::Service(c) => cluster::service(ctx, c),
         Cmd::Node(c) => cluster::node(ctx, c),
         Cmd::Events(a) => cluster::events(ctx, a),
+        Cmd::Stats(a) => stats::stats(ctx, a),
         Cmd::Cert(c) => cluster::cert(ctx, c),
     }
 }

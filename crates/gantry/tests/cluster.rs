@@ -471,6 +471,8 @@ impl Dev {
                 "--no-proxy",
                 "--metrics",
                 "127.0.0.1:0",
+                "--manager-metrics",
+                "127.0.0.1:0",
                 "--listen",
                 &format!("127.0.0.1:{port}"),
             ])

@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::cluster::*;
@@ -316,21 +316,7 @@ fn the_edge_proxy_routes_by_labels_and_the_dfp_api() {
         body.contains("gantry_proxy_request_duration_seconds_bucket{"),
         "{body}"
     );
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (apt install prometheus)");
-    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), body.as_bytes()).unwrap();
-    let o = promtool.wait_with_output().unwrap();
-    assert!(
-        o.status.success() && text(&o).trim().is_empty() && errtext(&o).trim().is_empty(),
-        "promtool: {}{}",
-        text(&o),
-        errtext(&o)
-    );
+    promtool_ok(&body);
     // remove: the path is gone again.
     let (s, _) = dfp(1, "remove?serviceName=web&distribute=true");
     assert_eq!(s, 200);

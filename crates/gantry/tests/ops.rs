@@ -214,3 +214,146 @@ fn service_logs_merge_every_node_in_time_order_and_follow_new_replicas() {
     let t: BTreeSet<&str> = kept.iter().map(|e| e["task"].as_str().unwrap()).collect();
     assert_eq!(t.len(), 4, "logs of all 4 tasks, 3 of them ended: {t:?}");
 }
+
+fn cgroup_file(id_prefix: &str, ctrl: &str, file: &str) -> String {
+    let root = std::path::Path::new("/sys/fs/cgroup")
+        .join(ctrl)
+        .join("gantry");
+    let dir = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(id_prefix))
+        .unwrap_or_else(|| panic!("no cgroup {id_prefix} under {}", root.display()))
+        .path();
+    std::fs::read_to_string(dir.join(file)).unwrap()
+}
+
+#[test]
+fn container_metrics_match_their_cgroup_and_pass_promtool() {
+    let Some(mut cl) = Cluster::new("container_metrics_match_their_cgroup_and_pass_promtool", 1)
+    else {
+        return;
+    };
+    cl.start_agent(0);
+    let stack = r#"services:
+  hog:
+    image: IMAGE
+    command: ["sh", "-c", "dd if=/dev/zero of=/fill bs=1M count=24; exec sleep 100000"]
+    stop_grace_period: 1s
+    deploy:
+      resources:
+        limits:
+          memory: 64M
+"#
+    .replace("IMAGE", &cl.image);
+    let o = cl.deploy("m", &stack);
+    assert!(o.status.success(), "{}", errtext(&o));
+    cl.wait_running("m_hog", &[("node-1", 1)], Duration::from_secs(40));
+    let ids = cl.containers(0);
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let id = &ids[0];
+    let task = cl.tasks("m_hog")[0]["id"].as_str().unwrap().to_owned();
+    let host = &cl.lan.hosts[1];
+    let want = [r#"service="m_hog""#, r#"stack="m""#, r#"node="node-1""#];
+    let mut body = String::new();
+    wait_for("the container's metrics", Duration::from_secs(15), || {
+        body = metrics_on(host, "127.0.0.1:9323");
+        match sample(&body, "gantry_container_memory_usage_bytes", &want) {
+            Some(v) if v > 24e6 => Ok(()),
+            v => Err(format!("{v:?}")),
+        }
+    });
+    assert!(body.contains(&format!(r#"task="{task}""#)), "{body}");
+    let limit: f64 = cgroup_file(id, "memory", "memory.limit_in_bytes")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(limit, 64.0 * 1024.0 * 1024.0);
+    assert_eq!(
+        sample(&body, "gantry_container_memory_limit_bytes", &want),
+        Some(limit)
+    );
+    let usage: f64 = cgroup_file(id, "memory", "memory.usage_in_bytes")
+        .trim()
+        .parse()
+        .unwrap();
+    let reported = sample(&body, "gantry_container_memory_usage_bytes", &want).unwrap();
+    assert!(
+        (reported - usage).abs() / usage < 0.05,
+        "memory: metric {reported}, cgroup {usage}"
+    );
+    let procs = cgroup_file(id, "pids", "cgroup.procs").lines().count() as f64;
+    assert_eq!(sample(&body, "gantry_container_pids", &want), Some(procs));
+    let cpu: f64 = cgroup_file(id, "cpuacct", "cpuacct.usage")
+        .trim()
+        .parse()
+        .unwrap();
+    let cpu_metric = sample(&body, "gantry_container_cpu_usage_seconds_total", &want).unwrap();
+    assert!(
+        cpu_metric > 0.0 && cpu_metric <= cpu / 1e9 + 1e-9,
+        "cpu: metric {cpu_metric}, cgroup {}",
+        cpu / 1e9
+    );
+    assert_eq!(
+        sample(&body, "gantry_container_oom_kills_total", &want),
+        Some(0.0)
+    );
+    assert!(
+        sample(
+            &body,
+            "gantry_node_memory_total_bytes",
+            &[r#"node="node-1""#]
+        )
+        .unwrap()
+            > 0.0
+    );
+    assert!(body.contains("gantry_dns_queries_total{"), "{body}");
+    promtool_ok(&body);
+
+    // The manager's cluster view: the same container, by node, and its own
+    // families.
+    let mut view = String::new();
+    wait_for("the cluster view", Duration::from_secs(15), || {
+        view = metrics_on(&cl.lan.hosts[0], "127.0.0.1:9324");
+        match sample(&view, "gantry_container_memory_limit_bytes", &want) {
+            Some(v) if v == limit => Ok(()),
+            v => Err(format!("{v:?}")),
+        }
+    });
+    assert_eq!(
+        sample(&view, "gantry_cluster_nodes", &[r#"state="up""#]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&view, "gantry_cluster_tasks", &[r#"state="running""#]),
+        Some(1.0)
+    );
+    assert!(
+        view.contains("gantry_scheduler_placements_total 1"),
+        "{view}"
+    );
+    promtool_ok(&view);
+
+    // gantry stats and node ls.
+    let rows: Vec<Value> =
+        serde_json::from_str(&cl.admin_ok(&["stats", "--no-stream", "--format", "json", "hog"]))
+            .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["task"], task.as_str());
+    assert_eq!(rows[0]["node"], "node-1");
+    assert_eq!(rows[0]["memory_limit"], 64 * 1024 * 1024);
+    let table = cl.admin_ok(&["stats", "--no-stream"]);
+    assert!(
+        table.contains("m_hog.1.") && table.contains("/ 67.109MB"),
+        "{table}"
+    );
+    assert!(
+        table.contains("SERVICE") && table.contains("m_hog"),
+        "{table}"
+    );
+    let nodes = cl.json(&["node", "ls", "--format", "json"]);
+    assert!(nodes[0]["cpu_percent"].is_number(), "{nodes}");
+    assert!(nodes[0]["mem_used"].as_u64().unwrap() > 0, "{nodes}");
+    let ls = cl.admin_ok(&["node", "ls"]);
+    assert!(ls.contains("CPU %") && ls.contains("MEMORY"), "{ls}");
+}

@@ -390,3 +390,38 @@ pub fn who(out: &str) -> String {
         .unwrap_or_default()
         .to_owned()
 }
+
+/// `/metrics` of a simulated host's endpoint: the body.
+pub fn metrics_on(host: &Host, addr: &str) -> String {
+    let (s, out) = curl_on(host, &[&format!("http://{addr}/metrics")]);
+    assert_eq!(s, 200, "{out}");
+    out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned()
+}
+
+/// The value of the first sample of `name` whose labels include every
+/// `key="value"` of `labels`.
+pub fn sample(body: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|x| l.contains(x)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Debian's promtool finds nothing wrong with an exposition.
+pub fn promtool_ok(body: &str) {
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (apt install prometheus)");
+    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), body.as_bytes()).unwrap();
+    let o = promtool.wait_with_output().unwrap();
+    assert!(
+        o.status.success() && text(&o).trim().is_empty() && errtext(&o).trim().is_empty(),
+        "promtool: {}{}\n{body}",
+        text(&o),
+        errtext(&o)
+    );
+}
