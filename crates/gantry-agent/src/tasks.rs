@@ -59,6 +59,8 @@ struct Net {
 pub(crate) struct Agent {
     cfg: AgentConfig,
     node_id: String,
+    /// The node's host name, as registered.
+    hostname: String,
     /// The node's underlay address (the VXLAN source).
     underlay: Option<std::net::Ipv4Addr>,
     net: Mutex<Option<Net>>,
@@ -105,6 +107,7 @@ impl Agent {
             }
         };
         Self {
+            hostname: crate::node_info(&cfg, "").hostname,
             cfg,
             node_id,
             underlay,
@@ -514,11 +517,17 @@ impl Agent {
                 svc.image
             ));
         }
-        let env: Vec<String> = svc
-            .environment
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        // Where the task runs, as Nomad's NOMAD_* variables (the service's
+        // own environment wins).
+        let t = &a.task;
+        let mut env: Vec<String> = vec![
+            format!("GANTRY_NODE_HOSTNAME={}", self.hostname),
+            format!("GANTRY_NODE_ID={}", self.node_id),
+            format!("GANTRY_SERVICE_NAME={}", t.service),
+            format!("GANTRY_TASK_ID={}", t.id),
+            format!("GANTRY_TASK_SLOT={}", t.slot),
+        ];
+        env.extend(svc.environment.iter().map(|(k, v)| format!("{k}={v}")));
         let process = Process {
             args,
             env: rc.env_with(&env),
@@ -535,7 +544,6 @@ impl Agent {
             tty: false,
             stdin: false,
         };
-        let t = &a.task;
         let slot = if t.slot == 0 {
             self.node_id.clone()
         } else {

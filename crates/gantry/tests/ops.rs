@@ -34,7 +34,7 @@ fn service_logs_merge_every_node_in_time_order_and_follow_new_replicas() {
     let stack = r#"services:
   talk:
     image: IMAGE
-    command: ["sh", "-c", "i=0; while true; do echo \"$$HOSTNAME out $$i\"; echo \"$$HOSTNAME err $$i\" >&2; i=$$((i+1)); sleep 0.1; done"]
+    command: ["sh", "-c", "i=0; while true; do echo \"$$GANTRY_NODE_HOSTNAME out $$i\"; echo \"$$GANTRY_NODE_HOSTNAME err $$i\" >&2; i=$$((i+1)); sleep 0.1; done"]
     stop_grace_period: 1s
     deploy:
       replicas: 3
@@ -68,6 +68,8 @@ fn service_logs_merge_every_node_in_time_order_and_follow_new_replicas() {
     let mut per_task: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
     for e in &all {
         let line = e["line"].as_str().unwrap();
+        // The agent tells a task its node (GANTRY_NODE_HOSTNAME).
+        assert_eq!(line.split_whitespace().next(), e["node"].as_str(), "{e}");
         if e["stream"] == "stdout" {
             let n = line.split_whitespace().nth(2).unwrap().parse().unwrap();
             per_task
