@@ -79,4 +79,15 @@ s1=$(cpu "$server")
 pkill -f "service logs -f --tail 0 --format json bench_spam" || true
 wait "$fpid" 2>/dev/null || true
 cat "$work/follow.out"
-echo "manager+agent process CPU: $(python3 -c "print(f'{($s1-$s0)/$hz/$SECS*100:.0f} %')") of one core"
+# The pipeline alone: the whole kept backlog (the rotated files, about
+# 30 MB of JSON lines) read without following, while the writer runs on.
+b0=$(cpu "$server")
+t0=$(date +%s.%N)
+lines=$("$G" service logs --format json bench_spam 2>/dev/null | wc -l)
+t1=$(date +%s.%N)
+b1=$(cpu "$server")
+python3 -c "
+el = $t1 - $t0
+print(f'backlog: {$lines} lines ({$lines*100/1e6:.0f} MB of output) in {el:.2f} s: {$lines*100/el/1e6:.0f} MB/s, manager+agent CPU {($b1-$b0)/$hz/el*100:.0f} % of one core')
+"
+echo "manager+agent process CPU while following: $(python3 -c "print(f'{($s1-$s0)/$hz/$SECS*100:.0f} %')") of one core"
