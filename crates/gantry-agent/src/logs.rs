@@ -214,6 +214,25 @@ struct RawLine<'a> {
     time: &'a str,
 }
 
+/// A line as Gantry's log writer writes it, `{"log":"..","stream":"..",
+/// "time":".."}`, split without parsing: the text (still a JSON string),
+/// the stream and the time. Inside a JSON string every quote is escaped,
+/// so `","stream":"` can only be the field separator; anything else is
+/// left to serde.
+fn split_line(raw: &[u8]) -> Option<(&[u8], &str, &str)> {
+    const LOG: &[u8] = b"{\"log\":";
+    const STREAM: &[u8] = b",\"stream\":\"";
+    const TIME: &[u8] = b"\",\"time\":\"";
+    let body = raw.strip_prefix(LOG)?.strip_suffix(b"\"}\n")?;
+    let s = memchr::memmem::rfind(body, STREAM)?;
+    let (log, rest) = (&body[..s], &body[s + STREAM.len()..]);
+    let t = memchr::memmem::find(rest, TIME)?;
+    let stream = std::str::from_utf8(&rest[..t]).ok()?;
+    let time = std::str::from_utf8(&rest[t + TIME.len()..]).ok()?;
+    (log.len() >= 2 && log[0] == b'"' && !stream.contains('"') && !time.contains('"'))
+        .then_some((log, stream, time))
+}
+
 /// RFC 3339 in UTC with nanoseconds, so that times compare as strings.
 fn normal_time(t: &str) -> Option<String> {
     if t.len() == 30 && t.ends_with('Z') {
@@ -297,10 +316,18 @@ impl Reading {
     /// frame, with its time.
     fn next(&mut self, w: &Window) -> io::Result<Option<(String, Vec<u8>)>> {
         while let Some(raw) = self.cursor.next_raw()? {
-            let Ok(l) = serde_json::from_slice::<RawLine<'_>>(raw) else {
-                continue;
+            let parsed;
+            let (log, stream, time) = match split_line(raw) {
+                Some(parts) => parts,
+                None => {
+                    let Ok(l) = serde_json::from_slice::<RawLine<'_>>(raw) else {
+                        continue;
+                    };
+                    parsed = l;
+                    (parsed.log.get().as_bytes(), parsed.stream, parsed.time)
+                }
             };
-            let Some(time) = normal_time(l.time) else {
+            let Some(time) = normal_time(time) else {
                 continue;
             };
             if !w.holds(&time) {
@@ -311,9 +338,9 @@ impl Reading {
             f.extend_from_slice(b"\"time\":\"");
             f.extend_from_slice(time.as_bytes());
             f.extend_from_slice(b"\",\"stream\":");
-            let _ = serde_json::to_writer(&mut f, l.stream);
+            let _ = serde_json::to_writer(&mut f, stream);
             f.extend_from_slice(b",\"line\":");
-            f.extend_from_slice(l.log.get().as_bytes());
+            f.extend_from_slice(log);
             f.extend_from_slice(b"}}\n");
             return Ok(Some((time, f)));
         }
@@ -470,6 +497,30 @@ mod tests {
             .unwrap()
             .set_modified(t)
             .unwrap();
+    }
+
+    #[test]
+    fn lines_split_as_serde_reads_them() {
+        let w_dir = tempfile::tempdir().unwrap();
+        let mut w = gantry_runtime::logs::LogWriter::open(w_dir.path(), 1 << 20, 1).unwrap();
+        w.write(0, "plain\n".as_bytes()).unwrap();
+        w.write(1, "quote \" and \\\",\"stream\":\"x\n".as_bytes())
+            .unwrap();
+        w.write(0, "ünïcode\ttab\n".as_bytes()).unwrap();
+        let text = std::fs::read(w_dir.path().join(LOG_FILE)).unwrap();
+        let mut n = 0;
+        for line in text.split_inclusive(|b| *b == b'\n') {
+            let (log, stream, time) = split_line(line).expect("splits");
+            let l: RawLine<'_> = serde_json::from_slice(line).unwrap();
+            assert_eq!(log, l.log.get().as_bytes());
+            assert_eq!((stream, time), (l.stream, l.time));
+            n += 1;
+        }
+        assert_eq!(n, 3);
+        assert!(
+            split_line(b"{\"log\":\"x\",\"stream\":\"stdout\",\"time\":\"t\",\"more\":1}\n")
+                .is_none()
+        );
     }
 
     #[test]
