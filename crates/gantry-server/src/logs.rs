@@ -27,6 +27,13 @@ type Sh = State<Arc<Shared>>;
 /// its logs are missing.
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
+/// An open follow: what it asked, and where a newly connected node's
+/// stream goes.
+type Following = (
+    LogSubscription,
+    mpsc::UnboundedSender<mpsc::Receiver<Frame>>,
+);
+
 #[derive(Default)]
 pub(crate) struct Broker {
     /// Each connected agent's subscription stream, by node id.
@@ -34,6 +41,10 @@ pub(crate) struct Broker {
     /// Open subscriptions: for each node that has not yet posted its
     /// answer, where its frames go.
     subs: Mutex<HashMap<u64, HashMap<String, mpsc::Sender<Frame>>>>,
+    /// Subscriptions that follow: an agent that connects while one is open
+    /// is asked too (a node that joined, or an agent that restarted), and
+    /// its stream handed to the merge.
+    following: Mutex<HashMap<u64, Following>>,
     next: AtomicU64,
 }
 
@@ -85,6 +96,34 @@ pub(crate) async fn agent_stream(
         .lock()
         .expect("logs lock")
         .insert(id.clone(), sub_tx.clone());
+    // Open follows take this node in from now on: what it writes from now
+    // (lines from before could repeat what an earlier connection sent).
+    let open: Vec<(
+        LogSubscription,
+        mpsc::UnboundedSender<mpsc::Receiver<Frame>>,
+    )> = sh
+        .logs
+        .following
+        .lock()
+        .expect("logs lock")
+        .values()
+        .cloned()
+        .collect();
+    for (mut sub, add) in open {
+        let (tx, rx) = mpsc::channel::<Frame>(256);
+        sh.logs
+            .subs
+            .lock()
+            .expect("logs lock")
+            .entry(sub.id)
+            .or_default()
+            .insert(id.clone(), tx);
+        if add.send(rx).is_ok() {
+            sub.query.tail = None;
+            sub.query.since = Some(chrono::Utc::now());
+            let _ = sub_tx.try_send(sub);
+        }
+    }
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     let sh2 = sh.clone();
     tokio::spawn(async move {
@@ -276,13 +315,22 @@ pub(crate) async fn logs(
     }
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     let sh2 = sh.clone();
+    let (add_tx, add_rx) = mpsc::unbounded_channel();
+    if q.follow {
+        sh.logs
+            .following
+            .lock()
+            .expect("logs lock")
+            .insert(id, (sub.clone(), add_tx));
+    }
     tokio::spawn(async move {
         for w in warnings {
             if tx.send(line(&LogFrame::Warning(w))).await.is_err() {
                 return;
             }
         }
-        merge(streams, &tx, q.follow).await;
+        merge(streams, add_rx, &tx, q.follow).await;
+        sh2.logs.following.lock().expect("logs lock").remove(&id);
         sh2.logs.subs.lock().expect("logs lock").remove(&id);
     });
     Ok(crate::api::lines(rx))
@@ -377,6 +425,7 @@ async fn next_frame(s: &mut Source, out: &mut Out<'_>) -> Result<Result<Option<F
 /// next), then, when following, new lines as they come.
 async fn merge(
     streams: Vec<(String, mpsc::Receiver<Frame>)>,
+    added: mpsc::UnboundedReceiver<mpsc::Receiver<Frame>>,
     tx: &mpsc::Sender<Bytes>,
     follow: bool,
 ) {
@@ -384,11 +433,16 @@ async fn merge(
         tx,
         buf: Vec::new(),
     };
-    let _ = merge_into(streams, &mut out, follow).await;
+    let _ = merge_into(streams, added, &mut out, follow).await;
+}
+
+fn frames(rx: mpsc::Receiver<Frame>) -> futures::stream::BoxStream<'static, Frame> {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) }).boxed()
 }
 
 async fn merge_into(
     streams: Vec<(String, mpsc::Receiver<Frame>)>,
+    mut added: mpsc::UnboundedReceiver<mpsc::Receiver<Frame>>,
     out: &mut Out<'_>,
     follow: bool,
 ) -> Result<(), Gone> {
@@ -453,20 +507,26 @@ async fn merge_into(
         return out.flush().await;
     }
     out.frame(&LogFrame::CaughtUp).await?;
-    let mut live = futures::stream::select_all(srcs.into_iter().filter(|s| !s.done).map(|s| {
-        futures::stream::unfold(
-            s.rx,
-            |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
-        )
-        .boxed()
-    }));
+    let mut live =
+        futures::stream::select_all(srcs.into_iter().filter(|s| !s.done).map(|s| frames(s.rx)));
+    let mut adding = true;
     loop {
         let f = match live.next().now_or_never() {
-            Some(f) => f,
-            None => {
+            Some(Some(f)) => Some(f),
+            // Nothing at hand (or no node left): send what is batched and
+            // wait for a frame, a node that connects, or the keep-alive.
+            _ => {
                 out.flush().await?;
+                let none_left = live.is_empty();
                 tokio::select! {
-                    f = live.next() => f,
+                    f = live.next(), if !none_left => f,
+                    rx = added.recv(), if adding => {
+                        match rx {
+                            Some(rx) => live.push(frames(rx)),
+                            None => adding = false,
+                        }
+                        continue;
+                    }
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {
                         out.tx.send(Bytes::from_static(b"\n")).await.map_err(|_| Gone)?;
                         continue;
@@ -480,7 +540,8 @@ async fn merge_into(
                 ..
             }) => {}
             Some(f) => out.raw(&f.raw).await?,
-            None => return out.flush().await,
+            // Every node's stream ended: keep waiting for one to connect.
+            None => {}
         }
     }
 }

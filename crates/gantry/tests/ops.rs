@@ -192,6 +192,35 @@ fn service_logs_merge_every_node_in_time_order_and_follow_new_replicas() {
             }
         },
     );
+    // An agent that restarts (as a node that joins) is taken in by the
+    // follow already open: its task's new lines come through.
+    cl.kill_agent(0);
+    let back = chrono::Utc::now();
+    cl.start_agent(0);
+    wait_for(
+        "node-1's lines after its agent restarted",
+        Duration::from_secs(20),
+        || {
+            let fresh = seen
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|e| e["node"] == "node-1")
+                .filter_map(|e| {
+                    e["time"]
+                        .as_str()?
+                        .parse::<chrono::DateTime<chrono::Utc>>()
+                        .ok()
+                })
+                .filter(|t| *t > back)
+                .count();
+            if fresh > 0 {
+                Ok(())
+            } else {
+                Err("none yet".into())
+            }
+        },
+    );
     let _ = follow.kill();
     let _ = follow.wait();
     reader.join().unwrap();
