@@ -2,15 +2,40 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gantry_route::Balance;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
 
+use crate::forward::Body;
 use crate::Pool;
 
-/// A task behind a route: its address and what the proxy knows of it.
+/// Idle keep-alive connections kept per backend.
+const MAX_IDLE: usize = 256;
+
+/// Why a request did not get an answer from a backend.
 #[derive(Debug)]
+pub(crate) enum SendError {
+    /// No connection: refused, unreachable or timed out. Nothing was sent.
+    Connect(std::io::Error),
+    /// The connection failed during the exchange.
+    Http(hyper::Error),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connect(e) => write!(f, "connect: {e}"),
+            Self::Http(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// A task behind a route: its address and what the proxy knows of it.
 pub struct Backend {
     /// Its address and port.
     pub addr: SocketAddr,
@@ -23,8 +48,44 @@ pub struct Backend {
     unhealthy: AtomicBool,
     /// The sticky-session cookie value that picks it.
     pub(crate) cookie: String,
-    /// `ADDR:PORT` as a URI authority, made once.
-    pub(crate) authority: hyper::http::uri::Authority,
+    /// Idle HTTP/1.1 keep-alive connections to it (hyper's connection
+    /// handles: a request takes one, its response's end gives it back).
+    idle: Mutex<Vec<SendRequest<Body>>>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("backend", &self.backend.addr)
+            .finish()
+    }
+}
+
+/// A backend connection in use; back to the idle ones when the response
+/// is done with (dropped), unless it closed or was taken over (upgrades).
+pub(crate) struct Lease {
+    backend: Arc<Backend>,
+    sender: Option<SendRequest<Body>>,
+}
+
+impl Lease {
+    /// The connection is not coming back (an upgrade took it over).
+    pub(crate) fn forget(&mut self) {
+        self.sender = None;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(s) = self.sender.take() {
+            if !s.is_closed() {
+                let mut idle = self.backend.idle.lock().expect("idle lock");
+                if idle.len() < MAX_IDLE {
+                    idle.push(s);
+                }
+            }
+        }
+    }
 }
 
 fn now_ms() -> u64 {
@@ -32,6 +93,16 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("addr", &self.addr)
+            .field("active", &self.active())
+            .field("healthy", &self.healthy())
+            .finish()
+    }
 }
 
 impl Backend {
@@ -50,11 +121,80 @@ impl Backend {
             ejected_until: AtomicU64::new(0),
             unhealthy: AtomicBool::new(false),
             cookie: format!("{h:016x}"),
-            authority: addr
-                .to_string()
-                .parse()
-                .expect("a socket address is an authority"),
+            idle: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Sends a request (origin-form URI) over an idle connection, or a new
+    /// one. A pooled connection that turns out closed before the request
+    /// went out gives it back, and the next is tried.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        mut req: Request<Body>,
+        connect_timeout: Duration,
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
+        loop {
+            let Some(mut s) = self.take_idle() else {
+                break;
+            };
+            if s.ready().await.is_err() {
+                continue;
+            }
+            match s.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, self.lease(s))),
+                Err(mut e) => match e.take_message() {
+                    Some(r) => req = r,
+                    None => return Err(SendError::Http(e.into_error())),
+                },
+            }
+        }
+        let mut s = self.connect(connect_timeout).await?;
+        match s.send_request(req).await {
+            Ok(resp) => Ok((resp, self.lease(s))),
+            Err(e) => Err(SendError::Http(e)),
+        }
+    }
+
+    fn lease(self: &Arc<Self>, s: SendRequest<Body>) -> Lease {
+        Lease {
+            backend: self.clone(),
+            sender: Some(s),
+        }
+    }
+
+    fn take_idle(&self) -> Option<SendRequest<Body>> {
+        let mut idle = self.idle.lock().expect("idle lock");
+        while let Some(s) = idle.pop() {
+            if !s.is_closed() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self, timeout: Duration) -> Result<SendRequest<Body>, SendError> {
+        let stream =
+            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(self.addr)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(SendError::Connect(e)),
+                Err(_) => {
+                    return Err(SendError::Connect(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "connect timed out",
+                    )))
+                }
+            };
+        let _ = stream.set_nodelay(true);
+        let (s, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(SendError::Http)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!("backend connection: {e}");
+            }
+        });
+        Ok(s)
     }
 
     /// Whether requests may go to it now.

@@ -11,29 +11,16 @@ use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Version};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 
 use crate::backend::Backend;
-use crate::{Pool, Proxy, ProxyConfig};
+use crate::{Pool, Proxy};
 
 /// Bodies both ways.
 pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
-/// The pooled HTTP/1.1 client to the backends.
-pub(crate) type Client = hyper_util::client::legacy::Client<HttpConnector, Body>;
 
 /// The cookie of sticky sessions.
 pub(crate) const STICKY_COOKIE: &str = "gantry_sticky";
-
-pub(crate) fn client(cfg: &ProxyConfig) -> Client {
-    let mut c = HttpConnector::new();
-    c.set_connect_timeout(Some(cfg.connect_timeout));
-    c.set_nodelay(true);
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(60))
-        .pool_max_idle_per_host(256)
-        .build(c)
-}
 
 /// Where a request came from.
 #[derive(Debug, Clone, Copy)]
@@ -191,11 +178,7 @@ async fn route(proxy: &Arc<Proxy>, conn: Conn, req: Request<Incoming>, host: &st
     }
     let table = proxy.table.load_full();
     let hit = table.lookup(host, path);
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
     match hit {
         None => (
             text(
@@ -235,12 +218,22 @@ async fn route(proxy: &Arc<Proxy>, conn: Conn, req: Request<Incoming>, host: &st
                 let loc = format!("https://{}{pq}", with_port(proxy, &h, "https"));
                 return (redirect(status, &loc), None, Some(value.metrics.clone()));
             }
-            let query = req
-                .uri()
-                .query()
-                .map(|q| format!("?{q}"))
-                .unwrap_or_default();
-            let pq = format!("{path}{query}");
+            // The request's own path and query when the route keeps the
+            // path (no copy), else the rewritten path with the query.
+            let pq = match req.uri().path_and_query() {
+                Some(p) if p.path() == path => p.clone(),
+                _ => {
+                    let query = req
+                        .uri()
+                        .query()
+                        .map(|q| format!("?{q}"))
+                        .unwrap_or_default();
+                    match hyper::http::uri::PathAndQuery::try_from(format!("{path}{query}")) {
+                        Ok(p) => p,
+                        Err(_) => return (text(StatusCode::BAD_REQUEST, "bad path\n"), None, None),
+                    }
+                }
+            };
             let (resp, b) = forward(proxy, conn, req, host, spec, value, pq).await;
             (resp, b, Some(value.metrics.clone()))
         }
@@ -263,7 +256,7 @@ async fn forward(
     host: &str,
     spec: &RouteSpec,
     pool: &Pool,
-    path_and_query: String,
+    pq: hyper::http::uri::PathAndQuery,
 ) -> (Response<Body>, Option<SocketAddr>) {
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -278,9 +271,6 @@ async fn forward(
     let mut headers = parts.headers;
     strip_hop(&mut headers, upgrade);
     forwarded_headers(&mut headers, conn, host);
-    let Ok(pq) = hyper::http::uri::PathAndQuery::try_from(path_and_query) else {
-        return (text(StatusCode::BAD_REQUEST, "bad path\n"), None);
-    };
     let mut tried: Vec<SocketAddr> = Vec::new();
     loop {
         let Some(b) = pool.pick(spec.balance, sticky.as_deref(), &tried) else {
@@ -319,21 +309,16 @@ async fn forward(
         } else {
             std::mem::take(&mut headers)
         };
-        let mut uri = hyper::http::uri::Parts::default();
-        uri.scheme = Some(hyper::http::uri::Scheme::HTTP);
-        uri.authority = Some(b.authority.clone());
-        uri.path_and_query = Some(pq.clone());
-        match hyper::Uri::from_parts(uri) {
-            Ok(uri) => *up.uri_mut() = uri,
-            Err(_) => return (text(StatusCode::BAD_REQUEST, "bad path\n"), None),
-        }
+        // Origin form, as HTTP/1.1 sends it to a server.
+        *up.uri_mut() = hyper::Uri::from(pq.clone());
         if !up.headers().contains_key(header::HOST) {
             if let Ok(v) = HeaderValue::from_str(host) {
                 up.headers_mut().insert(header::HOST, v);
             }
         }
         let guard = b.begin();
-        match tokio::time::timeout(proxy.config.request_timeout, proxy.client.request(up)).await {
+        let sent = b.send(up, proxy.config.connect_timeout);
+        match tokio::time::timeout(proxy.config.request_timeout, sent).await {
             Err(_) => {
                 return (
                     text(
@@ -344,7 +329,7 @@ async fn forward(
                 );
             }
             Ok(Err(e)) => {
-                let connect = e.is_connect();
+                let connect = matches!(e, crate::backend::SendError::Connect(_));
                 if connect {
                     b.eject(proxy.config.eject_for.as_millis() as u64);
                     proxy.metrics.backend_errors.inc();
@@ -365,9 +350,11 @@ async fn forward(
                     Some(b.addr),
                 );
             }
-            Ok(Ok(mut resp)) => {
+            Ok(Ok((mut resp, mut lease))) => {
                 let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
                 if switching {
+                    // The connection is the tunnel's now.
+                    lease.forget();
                     if let Some(client_up) = client_upgrade {
                         let backend_up = hyper::upgrade::on(&mut resp);
                         let open = proxy.metrics.tunnels.clone();
@@ -387,7 +374,7 @@ async fn forward(
                 let metrics = pool.metrics.clone();
                 let resp = resp.map(|body| {
                     body.map_frame(move |f| {
-                        let _in_flight = &guard;
+                        let _in_flight = (&guard, &lease);
                         if let Some(d) = f.data_ref() {
                             metrics.bytes(d.len());
                         }
@@ -424,6 +411,8 @@ async fn tunnel(
 }
 
 fn forwarded_headers(h: &mut HeaderMap, conn: Conn, host: &str) {
+    // Values made as Strings become header values without a copy.
+    let value = |s: String| HeaderValue::from_maybe_shared(Bytes::from(s)).ok();
     let ip = conn.client.ip();
     let ip_s = ip.to_string();
     let proto = if conn.tls { "https" } else { "http" };
@@ -436,42 +425,53 @@ fn forwarded_headers(h: &mut HeaderMap, conn: Conn, host: &str) {
     } else {
         ip_s
     };
-    let fwd_host = gantry_route::normalize_host(host);
-    let fwd = format!(
-        "for={node};proto={proto};host=\"{}\"",
-        host.replace('"', "")
-    );
-    let fwd = match h.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {fwd}"),
-        None => fwd,
+    let quoted = if host.contains('"') {
+        std::borrow::Cow::Owned(host.replace('"', ""))
+    } else {
+        std::borrow::Cow::Borrowed(host)
     };
-    for (k, v) in [
-        ("x-forwarded-for", xff),
-        ("x-forwarded-proto", proto.to_owned()),
-        ("x-forwarded-host", fwd_host),
-        ("forwarded", fwd),
-    ] {
-        if let Ok(v) = HeaderValue::from_str(&v) {
-            h.insert(HeaderName::from_static(k), v);
-        }
+    let mut fwd = match h.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, "),
+        None => String::new(),
+    };
+    fwd.push_str(&format!("for={node};proto={proto};host=\"{quoted}\""));
+    if let Some(v) = value(xff) {
+        h.insert(HeaderName::from_static("x-forwarded-for"), v);
+    }
+    h.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(proto),
+    );
+    if let Some(v) = value(gantry_route::normalize_host(host)) {
+        h.insert(HeaderName::from_static("x-forwarded-host"), v);
+    }
+    if let Some(v) = value(fwd) {
+        h.insert(header::FORWARDED, v);
     }
 }
 
 /// One active health check of one backend.
 pub(crate) async fn check(proxy: &Proxy, b: Arc<Backend>, path: String) {
     let ok = async {
-        let uri = format!("http://{}{}", b.addr, path).parse().ok()?;
         let mut req = Request::new(empty());
-        *req.uri_mut() = uri;
+        *req.uri_mut() = path.parse().ok()?;
+        let host = HeaderValue::from_str(&b.addr.to_string()).ok()?;
+        req.headers_mut().insert(header::HOST, host);
         req.headers_mut().insert(
             header::USER_AGENT,
             HeaderValue::from_static("gantry-health-check"),
         );
-        let resp = tokio::time::timeout(proxy.config.check_every, proxy.client.request(req))
+        let check = async {
+            let (resp, lease) = b.send(req, proxy.config.connect_timeout).await.ok()?;
+            let ok = resp.status().is_success() || resp.status().is_redirection();
+            // Read to the end, so that the connection can serve again.
+            resp.into_body().collect().await.ok()?;
+            drop(lease);
+            Some(ok)
+        };
+        tokio::time::timeout(proxy.config.check_every, check)
             .await
             .ok()?
-            .ok()?;
-        Some(resp.status().is_success() || resp.status().is_redirection())
     }
     .await
     .unwrap_or(false);

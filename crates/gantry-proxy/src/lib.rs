@@ -88,7 +88,6 @@ pub struct Proxy {
     pub(crate) certs: ArcSwap<tls::Certs>,
     /// Pending ACME challenges.
     pub(crate) challenges: ArcSwap<tls::Challenges>,
-    pub(crate) client: forward::Client,
     /// Backends by address, so their state survives a route change.
     /// Only the control plane locks it.
     known: Mutex<HashMap<SocketAddr, std::sync::Weak<Backend>>>,
@@ -100,7 +99,6 @@ impl Proxy {
     /// to run the active checks.
     pub fn new(config: ProxyConfig) -> Arc<Self> {
         Arc::new(Self {
-            client: forward::client(&config),
             config,
             table: ArcSwap::from_pointee(Table::default()),
             certs: ArcSwap::from_pointee(tls::Certs::default()),

@@ -232,15 +232,15 @@ fn check_host(h: &str) -> Result<(), RouteError> {
 pub fn normalize_host(h: &str) -> String {
     let h = h.trim();
     let h = if h.starts_with('[') {
-        h.split(']')
-            .next()
-            .map(|s| format!("{s}]"))
-            .unwrap_or_default()
+        // `[v6]` or `[v6]:port`: up to and with the bracket.
+        match h.find(']') {
+            Some(i) => &h[..=i],
+            None => "",
+        }
     } else {
         h.rsplit_once(':')
             .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
-            .map(|(h, _)| h.to_owned())
-            .unwrap_or_else(|| h.to_owned())
+            .map_or(h, |(h, _)| h)
     };
     h.trim_end_matches('.').to_ascii_lowercase()
 }
