@@ -11,7 +11,8 @@
 # by every host's edge proxy with a certificate from the cluster's edge CA,
 # `api` on the path /api, and `orders`, a counter kept on a named volume.
 #
-# GANTRY_BIN=PATH skips installing and building (the tests use it).
+# GANTRY_BIN=PATH skips installing and building (`gantry demo` runs this
+# script so, with itself).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=/var/lib/gantry-demo
@@ -224,5 +225,5 @@ proxy on every host. Try:
   $G events
   kill \$(cat $RUN/agent3.pid)   (host h3 dies: its replicas move within seconds)
   $G service ps jfc_web
-  bash scripts/demo.sh down            (removes all of it)
+  ${GANTRY_DEMO_DOWN:-bash scripts/demo.sh down}            (removes all of it)
 MSG

@@ -4,6 +4,7 @@
 
 mod cluster;
 mod containers;
+mod demo;
 mod images;
 mod logs;
 mod output;
@@ -149,6 +150,10 @@ enum Cmd {
     /// A live table of the cluster's task containers' CPU, memory, network
     /// and disk use.
     Stats(stats::StatsArgs),
+    /// The whole platform on this machine: 3 simulated hosts, a manager,
+    /// agents, a registry and a stack behind the edge proxy (`down`
+    /// removes it).
+    Demo(demo::DemoArgs),
     /// The edge proxies' certificates.
     #[command(subcommand)]
     Cert(cluster::CertCmd),
@@ -279,6 +284,7 @@ fn dispatch(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<u8> {
         Cmd::Node(c) => cluster::node(ctx, c),
         Cmd::Events(a) => cluster::events(ctx, a),
         Cmd::Stats(a) => stats::stats(ctx, a),
+        Cmd::Demo(a) => demo::demo(a),
         Cmd::Cert(c) => cluster::cert(ctx, c),
     }
 }

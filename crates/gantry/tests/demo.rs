@@ -1,22 +1,18 @@
-//! The README's main command: `scripts/demo.sh` brings the whole platform
-//! up on simulated hosts, it serves through the edge proxy, and
-//! `scripts/demo.sh down` leaves nothing behind.
+//! The README's main command: `gantry demo` (`scripts/demo.sh`, built
+//! into the binary) brings the whole platform up on simulated hosts, it
+//! serves through the edge proxy, and `gantry demo down` leaves nothing
+//! behind.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 const ROOT: &str = "/var/lib/gantry-demo";
 const DOMAIN: &str = "www.jimmysfriedchicken.test";
 
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/demo.sh")
-}
-
+/// `gantry demo ARG` (the script, built into the binary).
 fn demo(arg: &str) -> Output {
-    Command::new("bash")
-        .arg(script())
-        .arg(arg)
-        .env("GANTRY_BIN", env!("CARGO_BIN_EXE_gantry"))
+    Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(["demo", arg])
         .output()
         .unwrap()
 }
