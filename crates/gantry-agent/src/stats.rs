@@ -108,6 +108,7 @@ fn read(rt: &Runtime, prev: Prev) -> (NodeStats, Prev) {
             throttled_periods: cg.nr_throttled,
             throttled_ns: cg.throttled_ns,
             memory_usage: cg.memory_usage,
+            memory_working_set: cg.memory_usage.saturating_sub(cg.inactive_file),
             memory_limit: cg.memory_limit,
             oom_kills: cg.oom_kills,
             pids: cg.pids,

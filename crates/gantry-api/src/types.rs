@@ -441,6 +441,10 @@ pub struct TaskStats {
     pub throttled_ns: u64,
     /// Memory in use (the cgroup's figure, page cache included), bytes.
     pub memory_usage: u64,
+    /// The working set: the usage less inactive page cache (what
+    /// `docker stats` shows), bytes.
+    #[serde(default)]
+    pub memory_working_set: u64,
     /// The memory limit, bytes (`None`: unlimited).
     pub memory_limit: Option<u64>,
     /// Processes the OOM killer killed.

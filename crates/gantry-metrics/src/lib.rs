@@ -94,6 +94,11 @@ pub fn encode_nodes<'a>(
         "container_memory_usage_bytes",
         "Memory in use (the cgroup's figure, page cache included)",
     );
+    let working = gauge(
+        &mut reg,
+        "container_memory_working_set_bytes",
+        "Memory in use less inactive page cache (what docker stats shows)",
+    );
     let limit = gauge(
         &mut reg,
         "container_memory_limit_bytes",
@@ -189,6 +194,7 @@ pub fn encode_nodes<'a>(
                 .get_or_create(&l)
                 .inc_by(t.throttled_ns as f64 / 1e9);
             mem.get_or_create(&l).set(i(t.memory_usage));
+            working.get_or_create(&l).set(i(t.memory_working_set));
             if let Some(m) = t.memory_limit {
                 limit.get_or_create(&l).set(i(m));
             }

@@ -141,6 +141,10 @@ pub struct CgroupStats {
     /// Bytes written to block devices.
     #[serde(default)]
     pub blk_write: u64,
+    /// Page cache not recently used (reclaimable first): `docker stats`
+    /// and cAdvisor's working set is the usage without it.
+    #[serde(default)]
+    pub inactive_file: u64,
 }
 
 /// Sums `MAJ:MIN Read N` / `MAJ:MIN Write N` lines (v1's
@@ -360,6 +364,7 @@ impl Cgroup for V1 {
         Ok(CgroupStats {
             blk_read,
             blk_write,
+            inactive_file: read_keyed(&mem.join("memory.stat"), "total_inactive_file").unwrap_or(0),
             memory_usage: read_u64(&mem.join("memory.usage_in_bytes"))?,
             // v1 reports "unlimited" as the largest page-aligned i64.
             memory_limit: (limit < (1 << 62)).then_some(limit),
@@ -470,6 +475,7 @@ impl Cgroup for V2 {
         Ok(CgroupStats {
             blk_read,
             blk_write,
+            inactive_file: read_keyed(&cg.join("memory.stat"), "inactive_file").unwrap_or(0),
             memory_usage: read_u64(&cg.join("memory.current"))?,
             memory_limit: max.trim().parse().ok(),
             oom_kills: read_keyed(&cg.join("memory.events"), "oom_kill")?,
@@ -593,6 +599,11 @@ mod tests {
         .unwrap();
         fs::write(dir.join("cgroup.procs"), "7\n8\n").unwrap();
         fs::write(dir.join("io.stat"), "8:0 rbytes=5 wbytes=6 rios=1\n").unwrap();
+        fs::write(
+            dir.join("memory.stat"),
+            "anon 10\ninactive_file 300\nactive_file 7\n",
+        )
+        .unwrap();
         let s = cg.stats().unwrap();
         assert_eq!(
             s,
@@ -606,6 +617,7 @@ mod tests {
                 pids: 2,
                 blk_read: 5,
                 blk_write: 6,
+                inactive_file: 300,
             }
         );
     }

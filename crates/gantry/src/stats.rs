@@ -81,8 +81,8 @@ pub(crate) fn stats(ctx: &Ctx, a: StatsArgs) -> anyhow::Result<u8> {
                     ),
                     n.hostname.clone(),
                     format!("{:.2}%", t.cpu_percent),
-                    io(t.memory_usage, limit),
-                    pct(t.memory_usage, limit),
+                    io(t.memory_working_set, limit),
+                    pct(t.memory_working_set, limit),
                     io(net[0], net[2]),
                     io(t.blk_read, t.blk_write),
                     t.pids.to_string(),
@@ -90,7 +90,7 @@ pub(crate) fn stats(ctx: &Ctx, a: StatsArgs) -> anyhow::Result<u8> {
                 let e = per.entry(&t.service).or_default();
                 e.0 += 1;
                 e.1 += t.cpu_percent;
-                e.2 += t.memory_usage;
+                e.2 += t.memory_working_set;
                 e.3 += t.pids;
             }
             output::table(

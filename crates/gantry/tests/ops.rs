@@ -313,6 +313,19 @@ fn container_metrics_match_their_cgroup_and_pass_promtool() {
         (reported - usage).abs() / usage < 0.05,
         "memory: metric {reported}, cgroup {usage}"
     );
+    // The working set: usage less inactive page cache (as docker stats).
+    let inactive: f64 = cgroup_file(id, "memory", "memory.stat")
+        .lines()
+        .find_map(|l| l.strip_prefix("total_inactive_file "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let working = sample(&body, "gantry_container_memory_working_set_bytes", &want).unwrap();
+    assert!(
+        (working - (usage - inactive)).abs() <= 0.05 * usage,
+        "working set: metric {working}, cgroup {usage} - {inactive}"
+    );
     let procs = cgroup_file(id, "pids", "cgroup.procs").lines().count() as f64;
     assert_eq!(sample(&body, "gantry_container_pids", &want), Some(procs));
     let cpu: f64 = cgroup_file(id, "cpuacct", "cpuacct.usage")
