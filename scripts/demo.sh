@@ -87,7 +87,9 @@ done
 on() { local h=$1; shift; nsenter --net="/run/netns/gdemo-h$h" "$@"; }
 start() { # NAME HOST COMMAND...: in the background, logged, pid recorded
   local name=$1 h=$2; shift 2
-  on "$h" setsid "$@" > "$ROOT/$name.log" 2>&1 < /dev/null &
+  # Not through `on`: a function in the background is a subshell, and $!
+  # would be its pid. nsenter and setsid exec, so $! is the program's.
+  nsenter --net="/run/netns/gdemo-h$h" setsid "$@" > "$ROOT/$name.log" 2>&1 < /dev/null &
   echo $! > "$RUN/$name.pid"
 }
 
