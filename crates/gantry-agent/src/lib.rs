@@ -321,16 +321,22 @@ async fn report(
 ) {
     let info = Mutex::new(node_info(&cfg, &manager));
     let mut failing = false;
+    // The figures change every few seconds; heartbeats in between (and
+    // those sent at once on a change) leave them out.
+    let mut stats_sent = 0;
     loop {
         let mut facts = info.lock().expect("info lock").clone();
         facts.vtep_mac = agent.vtep_mac();
         let report = StatusReport {
             info: facts,
             tasks: agent.statuses(),
-            stats: stats.latest(),
+            stats: stats.latest().filter(|s| s.time_ms != stats_sent),
         };
         match client.post::<_, ()>("/v1/agent/status", &report).await {
             Ok(()) => {
+                if let Some(s) = &report.stats {
+                    stats_sent = s.time_ms;
+                }
                 if failing {
                     tracing::info!("manager reachable again");
                 }

@@ -347,15 +347,15 @@ impl Reading {
         Ok(None)
     }
 
-    /// The time of the next line of the backlog (the cursor's, when not
+    /// Reads the next line of the backlog ahead (from the cursor, when not
     /// tailing).
-    fn peek(&mut self, w: &Window) -> io::Result<Option<&str>> {
+    fn fill(&mut self, w: &Window) -> io::Result<()> {
         if self.ahead.is_empty() && w.tail.is_none() {
             if let Some(l) = self.next(w)? {
                 self.ahead.push_back(l);
             }
         }
-        Ok(self.ahead.front().map(|(t, _)| t.as_str()))
+        Ok(())
     }
 }
 
@@ -381,20 +381,17 @@ fn produce(
         }
     }
     loop {
-        let mut best: Option<(usize, String)> = None;
-        for (i, r) in reading.iter_mut().enumerate() {
-            let t = match r.peek(&w) {
-                Ok(Some(t)) => t,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::warn!("log of task {}: {e}", r.task);
-                    continue;
-                }
-            };
-            if best.as_ref().is_none_or(|(_, b)| t < b.as_str()) {
-                best = Some((i, t.to_owned()));
+        for r in reading.iter_mut() {
+            if let Err(e) = r.fill(&w) {
+                tracing::warn!("log of task {}: {e}", r.task);
             }
         }
+        // The task whose next line is the oldest.
+        let best = reading
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.ahead.front().map(|(t, _)| (i, t)))
+            .min_by(|a, b| a.1.cmp(b.1));
         let Some((b, _)) = best else { break };
         let (_, f) = reading[b].ahead.pop_front().expect("a line");
         out.raw(&f)?;

@@ -5,62 +5,13 @@
 //! into Prometheus' text format 0.0.4 (what Debian's promtool checks and
 //! every Prometheus scrapes).
 
+use std::sync::atomic::AtomicU64;
+
 use gantry_api::NodeStats;
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-
-/// The labels of a task's container.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TaskLabels {
-    node: String,
-    stack: String,
-    service: String,
-    task: String,
-    slot: String,
-    container: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct NodeLabels {
-    node: String,
-}
-
-fn counter(reg: &mut Registry, name: &str, help: &str) -> Family<TaskLabels, Counter> {
-    let f = Family::<TaskLabels, Counter>::default();
-    reg.register(name, help, f.clone());
-    f
-}
-
-type FloatCounter = Counter<f64, std::sync::atomic::AtomicU64>;
-
-fn counter_f(reg: &mut Registry, name: &str, help: &str) -> Family<TaskLabels, FloatCounter> {
-    let f = Family::<TaskLabels, FloatCounter>::default();
-    reg.register(name, help, f.clone());
-    f
-}
-
-fn gauge(reg: &mut Registry, name: &str, help: &str) -> Family<TaskLabels, Gauge> {
-    let f = Family::<TaskLabels, Gauge>::default();
-    reg.register(name, help, f.clone());
-    f
-}
-
-fn gauge_f(
-    reg: &mut Registry,
-    name: &str,
-    help: &str,
-) -> Family<TaskLabels, Gauge<f64, std::sync::atomic::AtomicU64>> {
-    let f = Family::<TaskLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
-    reg.register(name, help, f.clone());
-    f
-}
-
-fn i(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
 
 /// The containers' and nodes' families for `nodes` (node name, figures),
 /// in text format 0.0.4, appended to `out`.
@@ -68,150 +19,155 @@ pub fn encode_nodes<'a>(
     out: &mut String,
     nodes: impl IntoIterator<Item = (&'a str, &'a NodeStats)>,
 ) {
-    let mut reg = Registry::with_prefix("gantry");
-    let cpu = counter_f(
-        &mut reg,
-        "container_cpu_usage_seconds",
-        "CPU time the container used",
-    );
-    let cpu_pct = gauge_f(
-        &mut reg,
-        "container_cpu_usage_percent",
-        "CPU in use over the last interval, percent of one CPU",
-    );
-    let throttled = counter(
-        &mut reg,
-        "container_cpu_throttled_periods",
-        "Periods in which the CPU quota throttled the container",
-    );
-    let throttled_s = counter_f(
-        &mut reg,
-        "container_cpu_throttled_seconds",
-        "Time the CPU quota throttled the container",
-    );
-    let mem = gauge(
-        &mut reg,
-        "container_memory_usage_bytes",
-        "Memory in use (the cgroup's figure, page cache included)",
-    );
-    let working = gauge(
-        &mut reg,
-        "container_memory_working_set_bytes",
-        "Memory in use less inactive page cache (what docker stats shows)",
-    );
-    let limit = gauge(
-        &mut reg,
-        "container_memory_limit_bytes",
-        "The container's memory limit (absent when unlimited)",
-    );
-    let oom = counter(
-        &mut reg,
-        "container_oom_kills",
-        "Processes the OOM killer killed in the container",
-    );
-    let pids = gauge(&mut reg, "container_pids", "Processes in the container");
-    let blk_r = counter(
-        &mut reg,
-        "container_blkio_read_bytes",
-        "Bytes read from block devices",
-    );
-    let blk_w = counter(
-        &mut reg,
-        "container_blkio_write_bytes",
-        "Bytes written to block devices",
-    );
-    let net = [
-        counter(
-            &mut reg,
-            "container_network_receive_bytes",
-            "Bytes received (devices but lo)",
-        ),
-        counter(
-            &mut reg,
-            "container_network_receive_packets",
-            "Packets received (devices but lo)",
-        ),
-        counter(
-            &mut reg,
-            "container_network_transmit_bytes",
-            "Bytes sent (devices but lo)",
-        ),
-        counter(
-            &mut reg,
-            "container_network_transmit_packets",
-            "Packets sent (devices but lo)",
-        ),
-    ];
-    let node_cpus = Family::<NodeLabels, Gauge>::default();
-    reg.register("node_cpus", "CPUs of the node", node_cpus.clone());
-    let node_cpu = Family::<NodeLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
-    reg.register(
-        "node_cpu_usage_percent",
-        "CPU in use over the last interval, percent of all the node's CPUs",
-        node_cpu.clone(),
-    );
-    let node_mem = Family::<NodeLabels, Gauge>::default();
-    reg.register(
-        "node_memory_total_bytes",
-        "Memory of the node",
-        node_mem.clone(),
-    );
-    let node_avail = Family::<NodeLabels, Gauge>::default();
-    reg.register(
-        "node_memory_available_bytes",
-        "Memory available to new work on the node",
-        node_avail.clone(),
-    );
-    let node_tasks = Family::<NodeLabels, Gauge>::default();
-    reg.register(
-        "node_task_containers",
-        "Running task containers on the node",
-        node_tasks.clone(),
-    );
-
+    // Per family, its samples; families are registered once filled.
+    let mut cpu = Vec::new();
+    let mut cpu_pct = Vec::new();
+    let mut throttled = Vec::new();
+    let mut throttled_s = Vec::new();
+    let mut mem = Vec::new();
+    let mut working = Vec::new();
+    let mut limit = Vec::new();
+    let mut oom = Vec::new();
+    let mut pids = Vec::new();
+    let mut blk = [Vec::new(), Vec::new()];
+    let mut net = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    let mut node_cpus = Vec::new();
+    let mut node_cpu = Vec::new();
+    let mut node_mem = Vec::new();
+    let mut node_avail = Vec::new();
+    let mut node_tasks = Vec::new();
     for (node, s) in nodes {
-        let n = NodeLabels {
-            node: node.to_owned(),
-        };
-        node_cpus.get_or_create(&n).set(i(s.cpus));
-        node_cpu.get_or_create(&n).set(s.cpu_percent);
-        node_mem.get_or_create(&n).set(i(s.mem_total));
-        node_avail.get_or_create(&n).set(i(s.mem_available));
-        node_tasks.get_or_create(&n).set(s.tasks.len() as i64);
+        let n = label("node", node);
+        node_cpus.push((n.clone(), s.cpus as f64));
+        node_cpu.push((n.clone(), s.cpu_percent));
+        node_mem.push((n.clone(), s.mem_total as f64));
+        node_avail.push((n.clone(), s.mem_available as f64));
+        node_tasks.push((n, s.tasks.len() as f64));
         for t in &s.tasks {
-            let l = TaskLabels {
-                node: node.to_owned(),
-                stack: t.stack.clone(),
-                service: t.service.clone(),
-                task: t.task.clone(),
-                slot: t.slot.to_string(),
-                container: t.container.clone(),
-            };
-            cpu.get_or_create(&l).inc_by(t.cpu_ns as f64 / 1e9);
-            cpu_pct.get_or_create(&l).set(t.cpu_percent);
-            throttled.get_or_create(&l).inc_by(t.throttled_periods);
-            throttled_s
-                .get_or_create(&l)
-                .inc_by(t.throttled_ns as f64 / 1e9);
-            mem.get_or_create(&l).set(i(t.memory_usage));
-            working.get_or_create(&l).set(i(t.memory_working_set));
+            let l: Labels = [
+                ("node", node),
+                ("stack", &t.stack),
+                ("service", &t.service),
+                ("task", &t.task),
+                ("slot", &t.slot.to_string()),
+                ("container", &t.container),
+            ]
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+            cpu.push((l.clone(), t.cpu_ns as f64 / 1e9));
+            cpu_pct.push((l.clone(), t.cpu_percent));
+            throttled.push((l.clone(), t.throttled_periods));
+            throttled_s.push((l.clone(), t.throttled_ns as f64 / 1e9));
+            mem.push((l.clone(), t.memory_usage as f64));
+            working.push((l.clone(), t.memory_working_set as f64));
             if let Some(m) = t.memory_limit {
-                limit.get_or_create(&l).set(i(m));
+                limit.push((l.clone(), m as f64));
             }
-            oom.get_or_create(&l).inc_by(t.oom_kills);
-            pids.get_or_create(&l).set(i(t.pids));
-            blk_r.get_or_create(&l).inc_by(t.blk_read);
-            blk_w.get_or_create(&l).inc_by(t.blk_write);
+            oom.push((l.clone(), t.oom_kills));
+            pids.push((l.clone(), t.pids as f64));
+            blk[0].push((l.clone(), t.blk_read));
+            blk[1].push((l.clone(), t.blk_write));
             if let Some(v) = t.net {
-                for (f, v) in net.iter().zip(v) {
-                    f.get_or_create(&l).inc_by(v);
+                for (f, v) in net.iter_mut().zip(v) {
+                    f.push((l.clone(), v));
                 }
             }
         }
     }
-    let mut om = String::new();
-    let _ = prometheus_client::encoding::text::encode_registry(&mut om, &reg);
-    out.push_str(&text_format(&om));
+    let mut f = Families::default();
+    f.counter_f(
+        "container_cpu_usage_seconds",
+        "CPU time the container used",
+        &cpu,
+    );
+    f.gauge(
+        "container_cpu_usage_percent",
+        "CPU in use over the last interval, percent of one CPU",
+        &cpu_pct,
+    );
+    f.counter(
+        "container_cpu_throttled_periods",
+        "Periods in which the CPU quota throttled the container",
+        &throttled,
+    );
+    f.counter_f(
+        "container_cpu_throttled_seconds",
+        "Time the CPU quota throttled the container",
+        &throttled_s,
+    );
+    f.gauge(
+        "container_memory_usage_bytes",
+        "Memory in use (the cgroup's figure, page cache included)",
+        &mem,
+    );
+    f.gauge(
+        "container_memory_working_set_bytes",
+        "Memory in use less inactive page cache (what docker stats shows)",
+        &working,
+    );
+    f.gauge(
+        "container_memory_limit_bytes",
+        "The container's memory limit (absent when unlimited)",
+        &limit,
+    );
+    f.counter(
+        "container_oom_kills",
+        "Processes the OOM killer killed in the container",
+        &oom,
+    );
+    f.gauge("container_pids", "Processes in the container", &pids);
+    f.counter(
+        "container_blkio_read_bytes",
+        "Bytes read from block devices",
+        &blk[0],
+    );
+    f.counter(
+        "container_blkio_write_bytes",
+        "Bytes written to block devices",
+        &blk[1],
+    );
+    for (i, (name, help)) in [
+        (
+            "container_network_receive_bytes",
+            "Bytes received (devices but lo)",
+        ),
+        (
+            "container_network_receive_packets",
+            "Packets received (devices but lo)",
+        ),
+        (
+            "container_network_transmit_bytes",
+            "Bytes sent (devices but lo)",
+        ),
+        (
+            "container_network_transmit_packets",
+            "Packets sent (devices but lo)",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        f.counter(name, help, &net[i]);
+    }
+    f.gauge("node_cpus", "CPUs of the node", &node_cpus);
+    f.gauge(
+        "node_cpu_usage_percent",
+        "CPU in use over the last interval, percent of all the node's CPUs",
+        &node_cpu,
+    );
+    f.gauge("node_memory_total_bytes", "Memory of the node", &node_mem);
+    f.gauge(
+        "node_memory_available_bytes",
+        "Memory available to new work on the node",
+        &node_avail,
+    );
+    f.gauge(
+        "node_task_containers",
+        "Running task containers on the node",
+        &node_tasks,
+    );
+    f.encode(out);
 }
 
 /// Labels of one sample: (name, value) pairs.
@@ -231,37 +187,60 @@ impl Default for Families {
     }
 }
 
+/// A float counter (seconds).
+type FloatCounter = Counter<f64, AtomicU64>;
+
 impl Families {
     /// A counter family (`name` without `_total`).
     pub fn counter(&mut self, name: &str, help: &str, samples: &[(Labels, u64)]) {
-        if let [(l, v)] = samples {
-            if l.is_empty() {
-                let c = Counter::<u64>::default();
-                c.inc_by(*v);
-                self.reg.register(name, help, c);
-                return;
-            }
-        }
-        let f = Family::<Labels, Counter>::default();
-        for (l, v) in samples {
-            f.get_or_create(l).inc_by(*v);
-        }
-        self.reg.register(name, help, f);
+        self.family(name, help, samples, |c: &Counter, v| {
+            c.inc_by(v);
+        });
+    }
+
+    /// A counter family of fractional values (seconds).
+    pub fn counter_f(&mut self, name: &str, help: &str, samples: &[(Labels, f64)]) {
+        self.family(name, help, samples, |c: &FloatCounter, v| {
+            c.inc_by(v);
+        });
     }
 
     /// A gauge family.
     pub fn gauge(&mut self, name: &str, help: &str, samples: &[(Labels, f64)]) {
+        self.family(name, help, samples, |g: &Gauge<f64, AtomicU64>, v| {
+            g.set(v);
+        });
+    }
+
+    /// Registers a family of `M` with its samples (one sample without
+    /// labels is registered as a plain metric, with no `{}`).
+    fn family<M, V: Copy>(
+        &mut self,
+        name: &str,
+        help: &str,
+        samples: &[(Labels, V)],
+        set: impl Fn(&M, V),
+    ) where
+        M: prometheus_client::metrics::TypedMetric
+            + prometheus_client::encoding::EncodeMetric
+            + Default
+            + Clone
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    {
         if let [(l, v)] = samples {
             if l.is_empty() {
-                let g = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
-                g.set(*v);
-                self.reg.register(name, help, g);
+                let m = M::default();
+                set(&m, *v);
+                self.reg.register(name, help, m);
                 return;
             }
         }
-        let f = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let f = Family::<Labels, M>::default();
         for (l, v) in samples {
-            f.get_or_create(l).set(*v);
+            set(&f.get_or_create(l), *v);
         }
         self.reg.register(name, help, f);
     }

@@ -500,6 +500,14 @@ fn dns_records(s: &Cluster) -> BTreeMap<String, Vec<std::net::Ipv4Addr>> {
     out
 }
 
+/// A value as one line of a JSON-lines stream.
+pub(crate) fn json_line(v: &impl serde::Serialize) -> Bytes {
+    let mut l = serde_json::to_vec(v).unwrap_or_default();
+    l.push(b'\n');
+    Bytes::from(l)
+}
+
+/// A JSON-lines stream fed by `rx`.
 pub(crate) fn lines(rx: mpsc::Receiver<Bytes>) -> Body {
     Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
@@ -519,9 +527,7 @@ async fn agent_watch(State(sh): Sh, Extension(peer): Extension<Peer>) -> Result<
             let a = sh.read(|s| assignments(s, &id));
             if last.as_ref() != Some(&a) {
                 tracing::debug!(node = %id, tasks = a.tasks.len(), "sending assignments");
-                let mut line = serde_json::to_vec(&a).unwrap_or_default();
-                line.push(b'\n');
-                if tx.send(Bytes::from(line)).await.is_err() {
+                if tx.send(json_line(&a)).await.is_err() {
                     return;
                 }
                 last = Some(a);
@@ -1064,14 +1070,9 @@ async fn events(
     };
     let follow = q.follow.unwrap_or(true);
     let (tx, rx) = mpsc::channel::<Bytes>(64);
-    let to_line = |e: &Event| {
-        let mut l = serde_json::to_vec(e).unwrap_or_default();
-        l.push(b'\n');
-        Bytes::from(l)
-    };
     tokio::spawn(async move {
         for e in &past {
-            if tx.send(to_line(e)).await.is_err() {
+            if tx.send(json_line(e)).await.is_err() {
                 return;
             }
         }
@@ -1081,7 +1082,7 @@ async fn events(
         loop {
             tokio::select! {
                 r = live.recv() => match r {
-                    Ok(e) => if tx.send(to_line(&e)).await.is_err() { return },
+                    Ok(e) => if tx.send(json_line(&e)).await.is_err() { return },
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(_) => return,
                 },

@@ -78,12 +78,6 @@ struct EntryTime<'a> {
     time: &'a str,
 }
 
-fn line(v: &impl serde::Serialize) -> Bytes {
-    let mut l = serde_json::to_vec(v).unwrap_or_default();
-    l.push(b'\n');
-    Bytes::from(l)
-}
-
 /// `GET /v1/agent/logs`: the agent's subscription stream.
 pub(crate) async fn agent_stream(
     State(sh): Sh,
@@ -130,7 +124,7 @@ pub(crate) async fn agent_stream(
         loop {
             tokio::select! {
                 s = sub_rx.recv() => match s {
-                    Some(s) => if tx.send(line(&s)).await.is_err() { break },
+                    Some(s) => if tx.send(crate::api::json_line(&s)).await.is_err() { break },
                     None => break,
                 },
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {
@@ -325,7 +319,11 @@ pub(crate) async fn logs(
     }
     tokio::spawn(async move {
         for w in warnings {
-            if tx.send(line(&LogFrame::Warning(w))).await.is_err() {
+            if tx
+                .send(crate::api::json_line(&LogFrame::Warning(w)))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -365,12 +363,7 @@ struct Gone;
 
 impl Out<'_> {
     async fn frame(&mut self, f: &LogFrame) -> Result<(), Gone> {
-        serde_json::to_writer(&mut self.buf, f).map_err(|_| Gone)?;
-        self.buf.push(b'\n');
-        if self.buf.len() >= 64 * 1024 {
-            self.flush().await?;
-        }
-        Ok(())
+        self.raw(&crate::api::json_line(f)).await
     }
 
     async fn raw(&mut self, f: &[u8]) -> Result<(), Gone> {

@@ -1199,13 +1199,14 @@ pub(crate) fn node(ctx: &Ctx, cmd: NodeCmd) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-pub(crate) fn since_time(s: &str) -> anyhow::Result<String> {
-    if chrono::DateTime::parse_from_rfc3339(s).is_ok() {
-        return Ok(s.to_owned());
+/// A point in time given as RFC 3339 or as a duration ago (`10m`), for
+/// the flag `what`.
+pub(crate) fn time_arg(s: &str, what: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
     }
-    let d = duration(s, "--since")?;
-    let t = chrono::Utc::now() - chrono::Duration::from_std(d)?;
-    Ok(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+    let d = duration(s, what)?;
+    Ok(chrono::Utc::now() - chrono::Duration::from_std(d)?)
 }
 
 fn matches(e: &Event, filters: &[(String, String)]) -> bool {
@@ -1226,7 +1227,8 @@ pub(crate) fn events(ctx: &Ctx, a: EventsArgs) -> anyhow::Result<u8> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut q = format!("/v1/events?follow={}", !a.no_follow);
     if let Some(s) = &a.since {
-        q.push_str(&format!("&since={}", since_time(s)?.replace('+', "%2B")));
+        let t = time_arg(s, "--since")?.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        q.push_str(&format!("&since={t}"));
     }
     let json = a.format == Format::Json;
     call(c.watch(&q, |e: Event| {

@@ -4,7 +4,6 @@
 
 use std::io::Write;
 
-use anyhow::Context;
 use clap::Args;
 use gantry_api::{ApiError, LogQuery};
 
@@ -56,14 +55,9 @@ impl LogsArgs {
     }
 
     pub(crate) fn window(&self) -> anyhow::Result<(Option<Time>, Option<Time>)> {
-        let t = |s: &Option<String>, what: &str| -> anyhow::Result<_> {
+        let t = |s: &Option<String>, what: &str| {
             s.as_deref()
-                .map(|s| {
-                    let r = crate::cluster::since_time(s).with_context(|| what.to_owned())?;
-                    Ok::<_, anyhow::Error>(
-                        chrono::DateTime::parse_from_rfc3339(&r)?.with_timezone(&chrono::Utc),
-                    )
-                })
+                .map(|s| crate::cluster::time_arg(s, what))
                 .transpose()
         };
         Ok((t(&self.since, "--since")?, t(&self.until, "--until")?))

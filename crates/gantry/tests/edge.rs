@@ -440,17 +440,7 @@ fn certificates_come_from_acme_by_http01_and_tls_alpn01_and_renew() {
     let o = cl.deploy("site", &stack);
     assert!(o.status.success(), "{}", errtext(&o));
     let certs = |cl: &Cluster| -> BTreeMap<String, String> {
-        cl.json(&["cert", "ls", "--format", "json"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| {
-                (
-                    c["name"].as_str().unwrap().to_owned(),
-                    c["source"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect()
+        cl.json_map(&["cert", "ls", "--format", "json"], "name", "source")
     };
     let t0 = Instant::now();
     wait_for(

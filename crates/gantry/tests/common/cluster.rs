@@ -276,18 +276,23 @@ impl Cluster {
         self.admin(&["deploy", "-d", "-f", f.to_str().unwrap(), stack])
     }
 
-    pub fn hostnames(&self) -> BTreeMap<String, String> {
-        self.json(&["node", "ls", "--format", "json"])
+    /// A JSON array the CLI prints, as `key` to `value` of each object.
+    pub fn json_map(&self, args: &[&str], key: &str, value: &str) -> BTreeMap<String, String> {
+        self.json(args)
             .as_array()
             .unwrap()
             .iter()
             .map(|n| {
                 (
-                    n["id"].as_str().unwrap().to_owned(),
-                    n["hostname"].as_str().unwrap().to_owned(),
+                    n[key].as_str().unwrap().to_owned(),
+                    n[value].as_str().unwrap().to_owned(),
                 )
             })
             .collect()
+    }
+
+    pub fn hostnames(&self) -> BTreeMap<String, String> {
+        self.json_map(&["node", "ls", "--format", "json"], "id", "hostname")
     }
 
     pub fn tasks(&self, service: &str) -> Vec<Value> {
