@@ -1,17 +1,19 @@
 //! Backends and how one is picked.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gantry_route::Balance;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper::{Request, Response};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper::header;
+use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
 
-use crate::forward::Body;
+use crate::forward::{Body, BoxError};
+use crate::h1::{self, H1Body};
 use crate::Pool;
 
 /// Idle keep-alive connections kept per backend.
@@ -22,15 +24,16 @@ const MAX_IDLE: usize = 256;
 pub(crate) enum SendError {
     /// No connection: refused, unreachable or timed out. Nothing was sent.
     Connect(std::io::Error),
-    /// The connection failed during the exchange.
-    Http(hyper::Error),
+    /// The connection failed during the exchange, or the answer was not
+    /// HTTP.
+    Exchange(std::io::Error),
 }
 
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Connect(e) => write!(f, "connect: {e}"),
-            Self::Http(e) => write!(f, "{e}"),
+            Self::Exchange(e) => write!(f, "{e}"),
         }
     }
 }
@@ -48,42 +51,62 @@ pub struct Backend {
     unhealthy: AtomicBool,
     /// The sticky-session cookie value that picks it.
     pub(crate) cookie: String,
-    /// Idle HTTP/1.1 keep-alive connections to it (hyper's connection
-    /// handles: a request takes one, its response's end gives it back).
-    idle: Mutex<Vec<SendRequest<Body>>>,
+    /// Idle HTTP/1.1 keep-alive connections to it: a request takes one,
+    /// its response body's end gives it back.
+    idle: Mutex<Vec<h1::Conn>>,
 }
 
-impl std::fmt::Debug for Lease {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lease")
-            .field("backend", &self.backend.addr)
-            .finish()
+/// How a request goes out, besides its head.
+struct Exchange {
+    body: Option<Body>,
+    chunked: bool,
+    head_request: bool,
+    /// It may be sent again on another connection if the first fails
+    /// before any answer (no body, an idempotent method).
+    retry: bool,
+    has_body: bool,
+}
+
+/// The connection a request is first sent on.
+enum First {
+    /// An idle one, with the request head encoded in its buffer.
+    Pooled(h1::Conn),
+    /// A new one, with this head.
+    Connect(Vec<u8>),
+}
+
+/// A backend's response body: read by Gantry's own HTTP/1.1 client, or by
+/// hyper's on a connection that asked for an upgrade.
+pub(crate) enum UpBody {
+    H1(H1Body),
+    Upgrade(Incoming),
+}
+
+impl hyper::body::Body for UpBody {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<bytes::Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpBody::H1(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpBody::Upgrade(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
     }
-}
 
-/// A backend connection in use; back to the idle ones when the response
-/// is done with (dropped), unless it closed or was taken over (upgrades).
-pub(crate) struct Lease {
-    backend: Arc<Backend>,
-    sender: Option<SendRequest<Body>>,
-}
-
-impl Lease {
-    /// The connection is not coming back (an upgrade took it over).
-    pub(crate) fn forget(&mut self) {
-        self.sender = None;
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::H1(b) => b.is_end_stream(),
+            UpBody::Upgrade(b) => b.is_end_stream(),
+        }
     }
-}
 
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if let Some(s) = self.sender.take() {
-            if !s.is_closed() {
-                let mut idle = self.backend.idle.lock().expect("idle lock");
-                if idle.len() < MAX_IDLE {
-                    idle.push(s);
-                }
-            }
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpBody::H1(b) => b.size_hint(),
+            UpBody::Upgrade(b) => b.size_hint(),
         }
     }
 }
@@ -126,53 +149,154 @@ impl Backend {
     }
 
     /// Sends a request (origin-form URI) over an idle connection, or a new
-    /// one. A pooled connection that turns out closed before the request
-    /// went out gives it back, and the next is tried.
-    pub(crate) async fn send(
+    /// one, and gives the response once its head is in. A pooled
+    /// connection that fails before any answer (the backend closed it
+    /// while idle) is dropped and the request sent on the next, when the
+    /// request has no body and either nothing reached that connection or
+    /// the method is idempotent.
+    ///
+    /// What can be done at once is done before the future is made (the
+    /// request head is encoded into an idle connection's buffer), so that
+    /// the future holds no copy of the request: futures are copied whole
+    /// as they nest.
+    pub(crate) fn send(
         self: &Arc<Self>,
-        mut req: Request<Body>,
+        req: Request<Body>,
         connect_timeout: Duration,
-    ) -> Result<(Response<Incoming>, Lease), SendError> {
+    ) -> impl Future<Output = Result<Response<UpBody>, SendError>> + Send + 'static {
+        let (parts, body) = req.into_parts();
+        if h1::asks_upgrade(&parts.headers) {
+            // Boxed, as is connecting: rare paths.
+            let req = Request::from_parts(parts, body);
+            let this = self.clone();
+            return futures::future::Either::Left(Box::pin(async move {
+                this.send_upgrade(req, connect_timeout).await
+            }));
+        }
+        let has_body = !body.is_end_stream();
+        let chunked = has_body && !parts.headers.contains_key(header::CONTENT_LENGTH);
+        let idempotent = h1::idempotent(&parts.method);
+        let ex = Exchange {
+            body: has_body.then_some(body),
+            chunked,
+            head_request: parts.method == Method::HEAD,
+            retry: !has_body && idempotent,
+            has_body,
+        };
+        let encode = |out: &mut Vec<u8>| {
+            out.clear();
+            let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            h1::encode_head(&parts.method, pq, &parts.headers, chunked, out);
+        };
+        let first = match self.take_idle() {
+            Some(mut c) => {
+                encode(&mut c.head);
+                First::Pooled(c)
+            }
+            None => {
+                let mut head = Vec::with_capacity(1024);
+                encode(&mut head);
+                First::Connect(head)
+            }
+        };
+        futures::future::Either::Right(self.clone().exchange(first, ex, connect_timeout))
+    }
+
+    /// The exchange of [`Backend::send`], from its first connection on.
+    async fn exchange(
+        self: Arc<Self>,
+        first: First,
+        mut ex: Exchange,
+        connect_timeout: Duration,
+    ) -> Result<Response<UpBody>, SendError> {
+        let (mut conn, mut pooled) = match first {
+            First::Pooled(c) => (c, true),
+            First::Connect(head) => {
+                let io = Box::pin(self.connect(connect_timeout)).await?;
+                let mut c = h1::Conn::new(io);
+                c.head = head;
+                (c, false)
+            }
+        };
         loop {
-            let Some(mut s) = self.take_idle() else {
-                break;
-            };
-            if s.ready().await.is_err() {
-                continue;
+            match conn
+                .exchange(ex.body.take(), ex.chunked, ex.head_request)
+                .await
+            {
+                Ok(h) => {
+                    let resp_body = H1Body::new(conn, self.clone(), &h);
+                    let mut resp = Response::new(UpBody::H1(resp_body));
+                    *resp.status_mut() = h.status;
+                    *resp.headers_mut() = h.headers;
+                    return Ok(resp);
+                }
+                Err(f) => {
+                    // A request without a body, which the backend did not
+                    // get or, being idempotent, may get twice.
+                    let again =
+                        pooled && !ex.has_body && f.got_nothing && (f.sent_nothing || ex.retry);
+                    if !again {
+                        return Err(SendError::Exchange(f.error));
+                    }
+                    tracing::debug!(backend = %self.addr, "pooled connection gone: {}", f.error);
+                    let head = std::mem::take(&mut conn.head);
+                    conn = match self.take_idle() {
+                        Some(c) => c,
+                        None => {
+                            pooled = false;
+                            h1::Conn::new(Box::pin(self.connect(connect_timeout)).await?)
+                        }
+                    };
+                    conn.head = head;
+                }
             }
-            match s.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, self.lease(s))),
-                Err(mut e) => match e.take_message() {
-                    Some(r) => req = r,
-                    None => return Err(SendError::Http(e.into_error())),
-                },
-            }
-        }
-        let mut s = self.connect(connect_timeout).await?;
-        match s.send_request(req).await {
-            Ok(resp) => Ok((resp, self.lease(s))),
-            Err(e) => Err(SendError::Http(e)),
         }
     }
 
-    fn lease(self: &Arc<Self>, s: SendRequest<Body>) -> Lease {
-        Lease {
-            backend: self.clone(),
-            sender: Some(s),
-        }
+    /// An upgrade request, on a hyper connection of its own (the tunnel
+    /// takes it over).
+    async fn send_upgrade(
+        &self,
+        req: Request<Body>,
+        timeout: Duration,
+    ) -> Result<Response<UpBody>, SendError> {
+        let stream = self.connect(timeout).await?;
+        let exchange = |e: hyper::Error| SendError::Exchange(std::io::Error::other(e));
+        let (mut s, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(exchange)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!("backend connection: {e}");
+            }
+        });
+        let resp = s.send_request(req).await.map_err(exchange)?;
+        Ok(resp.map(UpBody::Upgrade))
     }
 
-    fn take_idle(&self) -> Option<SendRequest<Body>> {
+    /// Back among the idle ones.
+    pub(crate) fn put_idle(&self, conn: h1::Conn) {
         let mut idle = self.idle.lock().expect("idle lock");
-        while let Some(s) = idle.pop() {
-            if !s.is_closed() {
-                return Some(s);
+        if idle.len() < MAX_IDLE {
+            idle.push(conn);
+        }
+    }
+
+    fn take_idle(&self) -> Option<h1::Conn> {
+        let mut idle = self.idle.lock().expect("idle lock");
+        while let Some(mut c) = idle.pop() {
+            if c.alive() {
+                return Some(c);
             }
         }
         None
     }
 
-    async fn connect(&self, timeout: Duration) -> Result<SendRequest<Body>, SendError> {
+    pub(crate) async fn connect(
+        &self,
+        timeout: Duration,
+    ) -> Result<tokio::net::TcpStream, SendError> {
         let stream =
             match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(self.addr)).await {
                 Ok(Ok(s)) => s,
@@ -185,16 +309,7 @@ impl Backend {
                 }
             };
         let _ = stream.set_nodelay(true);
-        let (s, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(SendError::Http)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!("backend connection: {e}");
-            }
-        });
-        Ok(s)
+        Ok(stream)
     }
 
     /// Whether requests may go to it now.

@@ -6,18 +6,26 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use gantry_route::{Hit, HttpsMode, RouteSpec};
+use gantry_route::{Hit, HttpsMode, RouteSpec, Table};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 
 use crate::backend::Backend;
+use crate::h1;
+use crate::timer::Deadline;
 use crate::{Pool, Proxy};
 
+/// Errors of bodies, either way.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Bodies both ways.
-pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
+pub(crate) type Body = BoxBody<Bytes, BoxError>;
+
+/// Backends a request is tried on, at most.
+const MAX_TRIES: usize = 8;
 
 /// The cookie of sticky sessions.
 pub(crate) const STICKY_COOKIE: &str = "gantry_sticky";
@@ -31,7 +39,7 @@ pub(crate) struct Conn {
     pub(crate) tls: bool,
 }
 
-fn empty() -> Body {
+pub(crate) fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
@@ -69,17 +77,39 @@ const HOP: [HeaderName; 7] = [
 ];
 
 fn strip_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in HOP.iter().chain(&named) {
+    // One pass over the names finds the hop-by-hop headers there are
+    // (often none, or only Connection), so only those are looked up.
+    let mut present = [false; 7];
+    for name in h.keys() {
+        if let Some(i) = HOP.iter().position(|n| n == name) {
+            present[i] = true;
+        }
+    }
+    // Headers the Connection header names, besides the hop-by-hop ones
+    // (nearly always none: `keep-alive`, `close` and `upgrade` are the
+    // usual tokens).
+    let named: Vec<HeaderName> = if present[0] {
+        h.get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|n| {
+                !n.eq_ignore_ascii_case("close")
+                    && !HOP.iter().any(|h| n.eq_ignore_ascii_case(h.as_str()))
+            })
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for (n, _) in HOP.iter().zip(present).filter(|(_, p)| *p) {
         if keep_upgrade && (n == header::CONNECTION || n == header::UPGRADE) {
             continue;
         }
+        h.remove(n);
+    }
+    for n in &named {
         h.remove(n);
     }
     if keep_upgrade {
@@ -87,18 +117,8 @@ fn strip_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-fn is_upgrade(req: &Request<Incoming>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
+fn is_upgrade(req: &Request<Body>) -> bool {
+    req.version() == Version::HTTP_11 && h1::asks_upgrade(req.headers())
 }
 
 fn sticky_cookie(h: &HeaderMap) -> Option<String> {
@@ -112,35 +132,56 @@ fn sticky_cookie(h: &HeaderMap) -> Option<String> {
 }
 
 /// The host a request is for: the URI's authority (HTTP/2, absolute
-/// form) or the Host header.
-fn request_host(req: &Request<Incoming>) -> String {
-    req.uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or_default()
+/// form) or the Host header. A header value, so that it is kept without
+/// a copy.
+fn request_host(req: &Request<Body>) -> HeaderValue {
+    if let Some(a) = req.uri().authority() {
+        if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+            return v;
+        }
+    }
+    req.headers()
+        .get(header::HOST)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static(""))
 }
 
-/// Answers one request.
+/// What the proxy does with a request.
+enum Answer<'a> {
+    /// Answers it itself; the route's metrics when one matched.
+    Now(Response<Body>, Option<&'a crate::metrics::RouteMetrics>),
+    /// Forwards it on a route, with this path and query.
+    Forward(&'a RouteSpec, &'a Pool, hyper::http::uri::PathAndQuery),
+}
+
+/// Answers one request. One `async fn` holds the whole of a request's
+/// work (what can be decided at once is plain functions), because every
+/// nested future is copied whole as it is made.
 pub(crate) async fn handle(
     proxy: Arc<Proxy>,
     conn: Conn,
-    req: Request<Incoming>,
+    req: Request<Body>,
+    deadline: &mut Deadline,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let method = req.method().clone();
-    let host = request_host(&req);
+    let host_value = request_host(&req);
+    let host = host_value.to_str().unwrap_or("");
     let path = tracing::enabled!(target: "gantry::access", tracing::Level::INFO)
         .then(|| req.uri().path().to_owned())
         .unwrap_or_default();
-    let (resp, backend, metrics) = route(&proxy, conn, req, &host).await;
-    match &metrics {
-        Some(m) => m.observe(resp.status().as_u16(), started.elapsed().as_secs_f64()),
+    let table = proxy.table.load_full();
+    let (resp, backend, metrics) = match answer(&proxy, conn, &req, host, &table) {
+        Answer::Now(resp, metrics) => (resp, None, metrics),
+        Answer::Forward(spec, pool, pq) => {
+            let out = Outgoing::new(conn, req, &host_value, spec);
+            let (resp, b) = forward(&proxy, out, &host_value, spec, pool, pq, deadline).await;
+            (resp, b, Some(&*pool.metrics))
+        }
+    };
+    let took = started.elapsed();
+    match metrics {
+        Some(m) => m.observe(resp.status().as_u16(), took.as_secs_f64()),
         None if resp.status() == StatusCode::NOT_FOUND => {
             proxy.metrics.unrouted.inc();
         }
@@ -155,32 +196,31 @@ pub(crate) async fn handle(
         path = %path,
         status = resp.status().as_u16(),
         backend = backend.map(|b| b.to_string()).unwrap_or_default(),
-        us = started.elapsed().as_micros() as u64,
+        us = took.as_micros() as u64,
     );
     Ok(resp)
 }
 
-/// A response, the backend that gave it, and the route's metrics.
-type Routed = (
-    Response<Body>,
-    Option<SocketAddr>,
-    Option<Arc<crate::metrics::RouteMetrics>>,
-);
-
-async fn route(proxy: &Arc<Proxy>, conn: Conn, req: Request<Incoming>, host: &str) -> Routed {
+/// What to do with a request: the proxy's own answers (ACME challenges,
+/// 404, redirects) or the route to forward it on.
+fn answer<'a>(
+    proxy: &Proxy,
+    conn: Conn,
+    req: &Request<Body>,
+    host: &str,
+    table: &'a Table<Pool>,
+) -> Answer<'a> {
     let path = req.uri().path();
     if !conn.tls {
         if let Some(token) = path.strip_prefix("/.well-known/acme-challenge/") {
             if let Some(ka) = proxy.challenges.load().http01.get(token) {
-                return (text(StatusCode::OK, ka.clone()), None, None);
+                return Answer::Now(text(StatusCode::OK, ka.clone()), None);
             }
         }
     }
-    let table = proxy.table.load_full();
-    let hit = table.lookup(host, path);
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    match hit {
-        None => (
+    match table.lookup(host, path) {
+        None => Answer::Now(
             text(
                 StatusCode::NOT_FOUND,
                 format!(
@@ -190,7 +230,6 @@ async fn route(proxy: &Arc<Proxy>, conn: Conn, req: Request<Incoming>, host: &st
                 ),
             ),
             None,
-            None,
         ),
         Some(Hit::Redirect { host: to, spec }) => {
             let scheme = if spec.https == HttpsMode::Off && !conn.tls {
@@ -199,7 +238,7 @@ async fn route(proxy: &Arc<Proxy>, conn: Conn, req: Request<Incoming>, host: &st
                 "https"
             };
             let loc = format!("{scheme}://{}{pq}", with_port(proxy, to, scheme));
-            (redirect(StatusCode::MOVED_PERMANENTLY, &loc), None, None)
+            Answer::Now(redirect(StatusCode::MOVED_PERMANENTLY, &loc), None)
         }
         Some(Hit::Route { spec, value, path }) => {
             let to_https = !conn.tls
@@ -216,7 +255,7 @@ async fn route(proxy: &Arc<Proxy>, conn: Conn, req: Request<Incoming>, host: &st
                 };
                 let h = gantry_route::normalize_host(host);
                 let loc = format!("https://{}{pq}", with_port(proxy, &h, "https"));
-                return (redirect(status, &loc), None, Some(value.metrics.clone()));
+                return Answer::Now(redirect(status, &loc), Some(&value.metrics));
             }
             // The request's own path and query when the route keeps the
             // path (no copy), else the rewritten path with the query.
@@ -230,12 +269,13 @@ async fn route(proxy: &Arc<Proxy>, conn: Conn, req: Request<Incoming>, host: &st
                         .unwrap_or_default();
                     match hyper::http::uri::PathAndQuery::try_from(format!("{path}{query}")) {
                         Ok(p) => p,
-                        Err(_) => return (text(StatusCode::BAD_REQUEST, "bad path\n"), None, None),
+                        Err(_) => {
+                            return Answer::Now(text(StatusCode::BAD_REQUEST, "bad path\n"), None)
+                        }
                     }
                 }
             };
-            let (resp, b) = forward(proxy, conn, req, host, spec, value, pq).await;
-            (resp, b, Some(value.metrics.clone()))
+            Answer::Forward(spec, value, pq)
         }
     }
 }
@@ -248,32 +288,66 @@ fn with_port(proxy: &Proxy, host: &str, scheme: &str) -> String {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A request made ready to forward: its head as the backend gets it.
+struct Outgoing {
+    method: Method,
+    headers: HeaderMap,
+    body: Option<Body>,
+    /// The client's side of an upgrade it asked for.
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// The sticky-session cookie it carries.
+    sticky: Option<String>,
+    /// It may be sent to another backend when one refuses it.
+    retryable: bool,
+}
+
+impl Outgoing {
+    fn new(conn: Conn, mut req: Request<Body>, host_value: &HeaderValue, spec: &RouteSpec) -> Self {
+        let upgrade = is_upgrade(&req);
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let sticky = spec.sticky.then(|| sticky_cookie(req.headers())).flatten();
+        let (parts, body) = req.into_parts();
+        let idempotent = h1::idempotent(&parts.method);
+        let mut headers = parts.headers;
+        strip_hop(&mut headers, upgrade);
+        forwarded_headers(&mut headers, conn, host_value);
+        Self {
+            method: parts.method,
+            headers,
+            retryable: idempotent && body.is_end_stream(),
+            body: Some(body),
+            client_upgrade,
+            sticky,
+        }
+    }
+}
+
 async fn forward(
     proxy: &Arc<Proxy>,
-    conn: Conn,
-    mut req: Request<Incoming>,
-    host: &str,
+    out: Outgoing,
+    host_value: &HeaderValue,
     spec: &RouteSpec,
     pool: &Pool,
     pq: hyper::http::uri::PathAndQuery,
+    deadline: &mut Deadline,
 ) -> (Response<Body>, Option<SocketAddr>) {
-    let upgrade = is_upgrade(&req);
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let sticky = spec.sticky.then(|| sticky_cookie(req.headers())).flatten();
-    let (parts, body) = req.into_parts();
-    let idempotent = matches!(
-        parts.method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    );
-    let retryable = idempotent && body.is_end_stream();
-    let mut body = Some(body.boxed());
-    let mut headers = parts.headers;
-    strip_hop(&mut headers, upgrade);
-    forwarded_headers(&mut headers, conn, host);
-    let mut tried: Vec<SocketAddr> = Vec::new();
+    let Outgoing {
+        method,
+        mut headers,
+        mut body,
+        client_upgrade,
+        sticky,
+        retryable,
+    } = out;
+    // The backends tried, without an allocation.
+    let mut tried_at = [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_TRIES];
+    let mut n_tried = 0;
     loop {
-        let Some(b) = pool.pick(spec.balance, sticky.as_deref(), &tried) else {
+        let tried = &tried_at[..n_tried];
+        let picked = (n_tried < MAX_TRIES)
+            .then(|| pool.pick(spec.balance, sticky.as_deref(), tried))
+            .flatten();
+        let Some(b) = picked else {
             if tried.is_empty() {
                 let mut r = text(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -294,9 +368,11 @@ async fn forward(
                 tried.last().copied(),
             );
         };
-        tried.push(b.addr);
+        tried_at[n_tried] = b.addr;
+        n_tried += 1;
+        let tried = &tried_at[..n_tried];
         let mut up = Request::new(body.take().unwrap_or_else(empty));
-        *up.method_mut() = parts.method.clone();
+        *up.method_mut() = method.clone();
         *up.version_mut() = Version::HTTP_11;
         // Another attempt needs the headers again; the last possible one
         // (no other backend left to try) takes them.
@@ -312,14 +388,13 @@ async fn forward(
         // Origin form, as HTTP/1.1 sends it to a server.
         *up.uri_mut() = hyper::Uri::from(pq.clone());
         if !up.headers().contains_key(header::HOST) {
-            if let Ok(v) = HeaderValue::from_str(host) {
-                up.headers_mut().insert(header::HOST, v);
-            }
+            up.headers_mut().insert(header::HOST, host_value.clone());
         }
         let guard = b.begin();
         let sent = b.send(up, proxy.config.connect_timeout);
-        match tokio::time::timeout(proxy.config.request_timeout, sent).await {
-            Err(_) => {
+        deadline.set(proxy.config.request_timeout);
+        match deadline.within(sent).await {
+            None => {
                 return (
                     text(
                         StatusCode::GATEWAY_TIMEOUT,
@@ -328,7 +403,7 @@ async fn forward(
                     Some(b.addr),
                 );
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 let connect = matches!(e, crate::backend::SendError::Connect(_));
                 if connect {
                     b.eject(proxy.config.eject_for.as_millis() as u64);
@@ -350,11 +425,10 @@ async fn forward(
                     Some(b.addr),
                 );
             }
-            Ok(Ok((mut resp, mut lease))) => {
+            Some(Ok(mut resp)) => {
                 let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
                 if switching {
                     // The connection is the tunnel's now.
-                    lease.forget();
                     if let Some(client_up) = client_upgrade {
                         let backend_up = hyper::upgrade::on(&mut resp);
                         let open = proxy.metrics.tunnels.clone();
@@ -374,7 +448,7 @@ async fn forward(
                 let metrics = pool.metrics.clone();
                 let resp = resp.map(|body| {
                     body.map_frame(move |f| {
-                        let _in_flight = (&guard, &lease);
+                        let _in_flight = &guard;
                         if let Some(d) = f.data_ref() {
                             metrics.bytes(d.len());
                         }
@@ -410,43 +484,48 @@ async fn tunnel(
     open.dec();
 }
 
-fn forwarded_headers(h: &mut HeaderMap, conn: Conn, host: &str) {
-    // Values made as Strings become header values without a copy.
-    let value = |s: String| HeaderValue::from_maybe_shared(Bytes::from(s)).ok();
+fn forwarded_headers(h: &mut HeaderMap, conn: Conn, host_value: &HeaderValue) {
+    use std::fmt::Write as _;
+    let host = host_value.to_str().unwrap_or("");
     let ip = conn.client.ip();
-    let ip_s = ip.to_string();
     let proto = if conn.tls { "https" } else { "http" };
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip_s}"),
-        None => ip_s.clone(),
+    // Each value is written in one scratch buffer and copied out once.
+    let mut scratch = String::with_capacity(128);
+    let put = |h: &mut HeaderMap, name: HeaderName, s: &str| {
+        if let Ok(v) = HeaderValue::from_str(s) {
+            h.insert(name, v);
+        }
     };
-    let node = if ip.is_ipv6() {
-        format!("\"[{ip_s}]\"")
-    } else {
-        ip_s
-    };
-    let quoted = if host.contains('"') {
-        std::borrow::Cow::Owned(host.replace('"', ""))
-    } else {
-        std::borrow::Cow::Borrowed(host)
-    };
-    let mut fwd = match h.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, "),
-        None => String::new(),
-    };
-    fwd.push_str(&format!("for={node};proto={proto};host=\"{quoted}\""));
-    if let Some(v) = value(xff) {
-        h.insert(HeaderName::from_static("x-forwarded-for"), v);
+    if let Some(prev) = h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let _ = write!(scratch, "{prev}, ");
     }
+    let _ = write!(scratch, "{ip}");
+    put(h, HeaderName::from_static("x-forwarded-for"), &scratch);
+    scratch.clear();
+    if let Some(prev) = h.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+        let _ = write!(scratch, "{prev}, ");
+    }
+    let _ = match ip {
+        std::net::IpAddr::V6(ip) => write!(scratch, "for=\"[{ip}]\""),
+        std::net::IpAddr::V4(ip) => write!(scratch, "for={ip}"),
+    };
+    let _ = write!(scratch, ";proto={proto};host=\"");
+    scratch.extend(host.chars().filter(|&c| c != '"'));
+    scratch.push('"');
+    put(h, header::FORWARDED, &scratch);
     h.insert(
         HeaderName::from_static("x-forwarded-proto"),
         HeaderValue::from_static(proto),
     );
-    if let Some(v) = value(gantry_route::normalize_host(host)) {
-        h.insert(HeaderName::from_static("x-forwarded-host"), v);
-    }
-    if let Some(v) = value(fwd) {
-        h.insert(header::FORWARDED, v);
+    // The request's own value when it is already in normal form.
+    match gantry_route::normalize_host(host) {
+        std::borrow::Cow::Borrowed(n) if n.len() == host.len() => {
+            h.insert(
+                HeaderName::from_static("x-forwarded-host"),
+                host_value.clone(),
+            );
+        }
+        n => put(h, HeaderName::from_static("x-forwarded-host"), &n),
     }
 }
 
@@ -462,11 +541,10 @@ pub(crate) async fn check(proxy: &Proxy, b: Arc<Backend>, path: String) {
             HeaderValue::from_static("gantry-health-check"),
         );
         let check = async {
-            let (resp, lease) = b.send(req, proxy.config.connect_timeout).await.ok()?;
+            let resp = b.send(req, proxy.config.connect_timeout).await.ok()?;
             let ok = resp.status().is_success() || resp.status().is_redirection();
             // Read to the end, so that the connection can serve again.
             resp.into_body().collect().await.ok()?;
-            drop(lease);
             Some(ok)
         };
         tokio::time::timeout(proxy.config.check_every, check)

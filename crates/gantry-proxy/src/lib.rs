@@ -21,8 +21,11 @@
 
 mod backend;
 mod forward;
+mod h1;
 mod listen;
 mod metrics;
+mod server;
+mod timer;
 mod tls;
 
 use std::collections::HashMap;
@@ -92,6 +95,8 @@ pub struct Proxy {
     /// Only the control plane locks it.
     known: Mutex<HashMap<SocketAddr, std::sync::Weak<Backend>>>,
     pub(crate) metrics: metrics::Metrics,
+    /// The deadlines of requests and request heads.
+    pub(crate) timer: timer::Coarse,
 }
 
 impl Proxy {
@@ -105,6 +110,7 @@ impl Proxy {
             challenges: ArcSwap::from_pointee(tls::Challenges::default()),
             known: Mutex::new(HashMap::new()),
             metrics: metrics::Metrics::new(),
+            timer: timer::Coarse::default(),
         })
     }
 

@@ -4,8 +4,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use http_body_util::BodyExt;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -42,6 +43,8 @@ async fn accept(proxy: Arc<Proxy>, listener: TcpListener, tls: Option<tokio_rust
         let proxy = proxy.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
+            proxy.metrics.connections.inc();
+            let _open = OpenConnection(proxy.clone());
             let Some(client) = client_addr(&proxy, &mut stream, peer).await else {
                 return;
             };
@@ -62,24 +65,54 @@ async fn accept(proxy: Arc<Proxy>, listener: TcpListener, tls: Option<tokio_rust
                 // A TLS-ALPN-01 validation: the handshake was the answer.
                 return;
             }
-            serve(proxy, stream, Conn { client, tls: true }).await;
+            let conn = Conn { client, tls: true };
+            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                return serve_hyper(proxy, stream, conn).await;
+            }
+            serve(proxy, stream, conn).await;
         });
     }
 }
 
+/// Counts a client connection open until it drops.
+struct OpenConnection(Arc<Proxy>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.metrics.connections.dec();
+    }
+}
+
+/// HTTP/1.x on a connection: the proxy's own loop, which hands the
+/// connection to hyper for what it does not serve itself.
 async fn serve<S>(proxy: Arc<Proxy>, io: S, conn: Conn)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    crate::server::serve(proxy, io, conn).await
+}
+
+/// hyper's server (HTTP/1.1 and HTTP/2, upgrades) on a connection.
+pub(crate) async fn serve_hyper<S>(proxy: Arc<Proxy>, io: S, conn: Conn)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
-        .timer(TokioTimer::new())
+        .timer(proxy.timer.clone())
         .header_read_timeout(proxy.config.header_timeout);
     b.http2()
-        .timer(TokioTimer::new())
+        .timer(proxy.timer.clone())
         .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
     let p = proxy.clone();
-    let svc = service_fn(move |req| forward::handle(p.clone(), conn, req));
+    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let req = req.map(|b| b.map_err(forward::BoxError::from).boxed());
+        let p = p.clone();
+        async move {
+            let mut deadline = p.timer.deadline();
+            forward::handle(p, conn, req, &mut deadline).await
+        }
+    });
     if let Err(e) = b
         .serve_connection_with_upgrades(TokioIo::new(io), svc)
         .await

@@ -532,3 +532,262 @@ async fn idle_and_slow_clients_are_closed() {
     let head = String::from_utf8_lossy(&buf[..n]).to_string();
     assert!(n == 0 || head.starts_with("HTTP/1.1 408"), "{head}");
 }
+
+/// A backend on `ip:port` written by hand, answering by path in the ways
+/// real servers frame their responses (and some in ways they must not).
+/// Every answer names the connection it came on (`conn=N`, counted from
+/// 1), so reuse shows.
+async fn raw_backend(ip: Ipv4Addr, port: u16) -> Arc<std::sync::atomic::AtomicUsize> {
+    let l = TcpListener::bind((ip, port)).await.unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            let id = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    // One request head, and its body by Content-Length.
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    while buf.len() < end + len {
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body = String::from_utf8_lossy(&buf[end..end + len]).to_string();
+                    buf.drain(..end + len);
+                    let mut words = head.split_whitespace();
+                    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                    let ok = |b: String| {
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{b}", b.len())
+                            .into_bytes()
+                    };
+                    let (out, close): (Vec<u8>, bool) = match path {
+                        "/chunked" => (
+                            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nX-T: 1\r\n\r\n".to_vec(),
+                            false,
+                        ),
+                        "/close" => (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nto the end".to_vec(), true),
+                        "/http10" => (b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nold!".to_vec(), true),
+                        "/nocontent" => (b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(), false),
+                        "/continue" => (
+                            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nafter".to_vec(),
+                            false,
+                        ),
+                        "/big" => {
+                            let mut v = b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n".to_vec();
+                            v.extend(std::iter::repeat_n(b'x', 1 << 20));
+                            (v, false)
+                        }
+                        "/bad-length" => (
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd".to_vec(),
+                            true,
+                        ),
+                        "/garbage" => (b"SSH-2.0-OpenSSH\r\n\r\n".to_vec(), true),
+                        "/short" => (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this".to_vec(), true),
+                        // Answers, then closes the idle connection as a
+                        // keep-alive timeout would, without saying so.
+                        "/then-close" => (ok(format!("conn={id}")), true),
+                        _ => (ok(format!("{method} {path} conn={id} body={body}")), false),
+                    };
+                    if s.write_all(&out).await.is_err() {
+                        return;
+                    }
+                    if close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    accepted
+}
+
+/// Requests written on one raw connection; what comes back until the
+/// proxy closes it or stays quiet for 300 ms.
+async fn raw_exchange(addr: SocketAddr, requests: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(requests).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).to_string()
+}
+
+/// The value of the proxy's open connections gauge.
+fn open_connections(p: &Proxy) -> String {
+    let mut out = String::new();
+    p.encode_metrics(&mut out);
+    out.lines()
+        .find(|l| l.starts_with("gantry_proxy_open_connections "))
+        .unwrap_or_default()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_framing_reuse_and_broken_answers() {
+    let f = fixture(ProxyConfig::default()).await;
+    let accepted = raw_backend(Ipv4Addr::new(127, 0, 0, 5), f.port).await;
+    f.proxy
+        .set_routes(&[route("raw", &["raw.test"], "/", f.port, &[5])]);
+
+    // Keep-alive to the backend: sequential requests share one connection.
+    for i in 0..5 {
+        let (s, body) = get(&f, "raw.test", &format!("/n{i}")).await;
+        assert_eq!(s, 200, "{body}");
+        assert!(body.ends_with(&format!("GET /n{i} conn=1 body=")), "{body}");
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // Chunked, close-delimited, HTTP/1.0, 204, 100 Continue, 1 MiB.
+    let (s, body) = get(&f, "raw.test", "/chunked").await;
+    assert_eq!(s, 200);
+    assert!(body.ends_with("\r\n\r\nhello world"), "{body}");
+    let (s, body) = get(&f, "raw.test", "/close").await;
+    assert_eq!(s, 200);
+    assert!(body.ends_with("\r\n\r\nto the end"), "{body}");
+    let (s, body) = get(&f, "raw.test", "/http10").await;
+    assert_eq!(s, 200);
+    assert!(body.ends_with("\r\n\r\nold!"), "{body}");
+    let (s, _) = get(&f, "raw.test", "/nocontent").await;
+    assert_eq!(s, 204);
+    let (s, body) = get(&f, "raw.test", "/continue").await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body.ends_with("\r\n\r\nafter"), "{body}");
+    let a = host_url(&f, "raw.test", "/big");
+    let mut args: Vec<&str> = a.iter().map(String::as_str).collect();
+    args.extend(["-o", "/dev/null", "-w", "%{size_download}"]);
+    let (_, out) = curl(&args).await;
+    assert!(out.ends_with("1048576"), "{out}");
+    // HEAD: the head only.
+    let (s, body) = curl(&[
+        "-I",
+        "-H",
+        "Host: raw.test",
+        &format!("http://{}/x", f.http),
+    ])
+    .await;
+    assert_eq!(s, 200);
+    assert!(!body.contains("conn="), "{body}");
+
+    // A backend that closes its idle connections without a word: the
+    // next request on the pooled connection is sent again on a new one.
+    for _ in 0..3 {
+        let (s, body) = get(&f, "raw.test", "/then-close").await;
+        assert_eq!(s, 200, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Broken answers: 502, and the proxy goes on.
+    for path in ["/bad-length", "/garbage"] {
+        let (s, body) = get(&f, "raw.test", path).await;
+        assert_eq!(s, 502, "{path}: {body}");
+    }
+    let (s, _) = get(&f, "raw.test", "/short").await;
+    assert!(
+        s == 200 || s == 0,
+        "a body cut short ends the client's connection"
+    );
+    assert_eq!(get(&f, "raw.test", "/after").await.0, 200);
+
+    // One client connection: a plain GET (the proxy's own HTTP/1 loop),
+    // then a POST with a body (handed to hyper with the bytes read), then
+    // a pipelined GET that hyper serves; all answered, in order.
+    let reqs = b"GET /one HTTP/1.1\r\nHost: raw.test\r\n\r\n\
+POST /two HTTP/1.1\r\nHost: raw.test\r\nContent-Length: 5\r\n\r\nhello\
+GET /three HTTP/1.1\r\nHost: raw.test\r\n\r\n";
+    let got = raw_exchange(f.http, reqs).await;
+    let one = got.find("GET /one").expect(&got);
+    let two = got.find("POST /two conn=").expect(&got);
+    let three = got.find("GET /three").expect(&got);
+    assert!(one < two && two < three, "{got}");
+    assert!(got.contains("body=hello"), "{got}");
+    // HTTP/1.0 without keep-alive: answered, then closed.
+    let got = raw_exchange(f.http, b"GET /old HTTP/1.0\r\nHost: raw.test\r\n\r\n").await;
+    assert!(got.starts_with("HTTP/1.0 200 OK\r\n"), "{got}");
+    assert!(
+        got.to_ascii_lowercase().contains("content-length:"),
+        "{got}"
+    );
+
+    // HTTP/2 with prior knowledge on the plain port (the preface goes to
+    // hyper), and a body sent after `Expect: 100-continue`.
+    let (s, body) = curl(&[
+        "--http2-prior-knowledge",
+        "-H",
+        "Host: raw.test",
+        &format!("http://{}/h2", f.http),
+    ])
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body.starts_with("HTTP/2 200"), "{body}");
+    let (s, body) = curl(&[
+        "-H",
+        "Host: raw.test",
+        "-H",
+        "Expect: 100-continue",
+        "--data-binary",
+        "expected",
+        &format!("http://{}/expect", f.http),
+    ])
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert!(
+        body.contains("POST /expect conn=") && body.ends_with("body=expected"),
+        "{body}"
+    );
+
+    // The open connections gauge follows a client connection.
+    let mut s = TcpStream::connect(f.http).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: raw.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    assert!(s.read(&mut buf).await.unwrap() > 0);
+    let settled = |want: &'static str| {
+        let p = f.proxy.clone();
+        async move {
+            for _ in 0..50 {
+                if open_connections(&p) == want {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            false
+        }
+    };
+    assert!(settled("1").await, "{}", open_connections(&f.proxy));
+    drop(s);
+    assert!(settled("0").await, "{}", open_connections(&f.proxy));
+}

@@ -229,7 +229,7 @@ fn check_host(h: &str) -> Result<(), RouteError> {
 }
 
 /// Lower case, without a port or a trailing dot.
-pub fn normalize_host(h: &str) -> String {
+pub fn normalize_host(h: &str) -> std::borrow::Cow<'_, str> {
     let h = h.trim();
     let h = if h.starts_with('[') {
         // `[v6]` or `[v6]:port`: up to and with the bracket.
@@ -242,7 +242,12 @@ pub fn normalize_host(h: &str) -> String {
             .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
             .map_or(h, |(h, _)| h)
     };
-    h.trim_end_matches('.').to_ascii_lowercase()
+    let h = h.trim_end_matches('.');
+    if h.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(h.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(h)
+    }
 }
 
 /// A route that cannot be.

@@ -21,15 +21,16 @@ struct Entry<T> {
 
 /// A request's route.
 #[derive(Debug)]
-pub enum Hit<'a, T> {
+pub enum Hit<'a, 'p, T> {
     /// Forward to the route's backends.
     Route {
         /// The route.
         spec: &'a RouteSpec,
         /// What the caller keeps with it (its backends).
         value: &'a T,
-        /// The path to forward, after prefix stripping and replacement.
-        path: String,
+        /// The path to forward, after prefix stripping and replacement
+        /// (the request's own when the route keeps it).
+        path: std::borrow::Cow<'p, str>,
     },
     /// The host redirects to another (`redirect_from`).
     Redirect {
@@ -147,11 +148,11 @@ impl<T> Table<T> {
 
     /// The route of a request for `host` (as in the Host header or SNI,
     /// any case, with or without a port) and `path` (without the query).
-    pub fn lookup(&self, host: &str, path: &str) -> Option<Hit<'_, T>> {
+    pub fn lookup<'p>(&self, host: &str, path: &'p str) -> Option<Hit<'_, 'p, T>> {
         let host = normalize_host(host);
         let groups = self
             .exact
-            .get(&host)
+            .get(host.as_ref())
             .into_iter()
             .chain(
                 self.wildcard
@@ -174,7 +175,7 @@ impl<T> Table<T> {
                 }
             }
         }
-        let &i = self.redirects.get(&host)?;
+        let &i = self.redirects.get(host.as_ref())?;
         let e = &self.entries[i];
         Some(Hit::Redirect {
             host: &e.spec.hosts[0],
@@ -185,7 +186,7 @@ impl<T> Table<T> {
 
 impl<T> Entry<T> {
     /// The path to forward if this route matches `path`.
-    fn forward(&self, path: &str) -> Option<String> {
+    fn forward<'p>(&self, path: &'p str) -> Option<std::borrow::Cow<'p, str>> {
         let s = &self.spec;
         let matched = match s.path_type {
             PathType::Prefix => path.starts_with(&s.path),
@@ -196,7 +197,11 @@ impl<T> Entry<T> {
         if !matched {
             return None;
         }
-        let mut out = if s.strip_prefix && s.path_type == PathType::Prefix && s.path != "/" {
+        let strip = s.strip_prefix && s.path_type == PathType::Prefix && s.path != "/";
+        if !strip && self.replace.is_empty() && path.starts_with('/') {
+            return Some(std::borrow::Cow::Borrowed(path));
+        }
+        let mut out = if strip {
             let rest = &path[s.path.len()..];
             if rest.starts_with('/') {
                 rest.to_owned()
@@ -212,7 +217,7 @@ impl<T> Entry<T> {
         if !out.starts_with('/') {
             out.insert(0, '/');
         }
-        Some(out)
+        Some(std::borrow::Cow::Owned(out))
     }
 }
 
@@ -307,7 +312,7 @@ mod tests {
         b.replace = vec![("^/demo".into(), "/v2".into())];
         let t = Table::new(vec![(a, ()), (b, ())]);
         let path = |p: &str| match t.lookup("h", p) {
-            Some(Hit::Route { path, .. }) => path,
+            Some(Hit::Route { path, .. }) => path.into_owned(),
             other => panic!("{other:?}"),
         };
         assert_eq!(path("/api/users"), "/users");
