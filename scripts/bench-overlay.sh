@@ -13,6 +13,11 @@ cargo build --release --locked -q
 G="$PWD/target/release/gantry"
 SECS=${SECS:-5}
 RUNS=${RUNS:-3}
+# DIRECT=1: the cluster routes between the two hosts (one subnet) without
+# VXLAN (`gantry server --direct-routing`).
+DIRECT=${DIRECT:-0}
+server_flags=()
+[ "$DIRECT" = 1 ] && server_flags+=(--direct-routing)
 tag="gb$$"
 work=$(mktemp -d /tmp/gantry-bench-overlay.XXXXXX)
 pids=()
@@ -52,7 +57,7 @@ printf 'FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox", "--install
 for i in 1 2; do "$G" --data-dir "$work/a$i" build -q -t bench:1 "$ctx" >/dev/null; done
 
 export GANTRY_CONFIG_DIR="$work/cfg"
-on 0 "$G" --data-dir "$work/m" server --listen 0.0.0.0:4243 --advertise 192.168.250.10 2>"$work/m.log" &
+on 0 "$G" --data-dir "$work/m" server --listen 0.0.0.0:4243 --advertise 192.168.250.10 "${server_flags[@]}" 2>"$work/m.log" &
 pids+=($!)
 for _ in $(seq 100); do on 0 "$G" node ls >/dev/null 2>&1 && break; sleep 0.1; done
 token=$(on 0 "$G" join-token -q)
@@ -91,6 +96,7 @@ run_iperf() { # where-server where-client addr streams
 on 2 iperf3 -s -D -p 5201 >/dev/null
 in_task "$c2" iperf3 -s -D -p 5202 >/dev/null
 sleep 0.5
+[ "$DIRECT" = 1 ] && echo "(direct routing: $(on 1 ip route show proto 103 | head -1))"
 echo "| path | 1 stream (Gbit/s) | 4 streams (Gbit/s) |"
 echo "|---|---|---|"
 h1=$(run_iperf "" "on 1" "192.168.250.12 -p 5201" 1); h4=$(run_iperf "" "on 1" "192.168.250.12 -p 5201" 4)

@@ -75,19 +75,23 @@ run_wrk() { # port
 }
 to_us() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v+0} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else if (v ~ /s$/) {sub(/s/,"",v); print v*1e6}}'; }
 median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.0f\n", (a[NR/2]+a[NR/2+1])/2}'; }
-declare -A RPS P50 P99
-for name in direct gantry nginx haproxy hyper-alone; do
-  case $name in direct) port=9000;; gantry) port=8001;; nginx) port=8002;; haproxy) port=8003;; hyper-alone) port=8009;; esac
-  r=(); a=(); b=()
-  for _ in $(seq "$RUNS"); do
-    out=$(run_wrk $port)
-    r+=("$(echo "$out" | awk '/Requests\/sec/ {printf "%.0f", $2}')")
-    a+=("$(echo "$out" | awk '$1=="50%" {print $2}' | to_us)")
-    b+=("$(echo "$out" | awk '$1=="99%" {print $2}' | to_us)")
+# Rounds interleave the paths (direct, gantry, nginx, ... then again), so
+# that the machine's drift over the minutes of a run falls on all alike.
+declare -A RPS P50 P99 R A B
+names=(direct gantry nginx haproxy hyper-alone)
+port_of() { case $1 in direct) echo 9000;; gantry) echo 8001;; nginx) echo 8002;; haproxy) echo 8003;; hyper-alone) echo 8009;; esac; }
+for _ in $(seq "$RUNS"); do
+  for name in "${names[@]}"; do
+    out=$(run_wrk "$(port_of $name)")
+    R[$name]+="$(echo "$out" | awk '/Requests\/sec/ {printf "%.0f", $2}') "
+    A[$name]+="$(echo "$out" | awk '$1=="50%" {print $2}' | to_us) "
+    B[$name]+="$(echo "$out" | awk '$1=="99%" {print $2}' | to_us) "
   done
-  RPS[$name]=$(printf '%s\n' "${r[@]}" | median)
-  P50[$name]=$(printf '%s\n' "${a[@]}" | median)
-  P99[$name]=$(printf '%s\n' "${b[@]}" | median)
+done
+for name in "${names[@]}"; do
+  RPS[$name]=$(printf '%s\n' ${R[$name]} | median)
+  P50[$name]=$(printf '%s\n' ${A[$name]} | median)
+  P99[$name]=$(printf '%s\n' ${B[$name]} | median)
 done
 echo "| path | requests/s | vs nginx | p50 (µs) | p99 (µs) | p99 added over direct (µs) |"
 echo "|---|---|---|---|---|---|"
@@ -99,17 +103,17 @@ echo
 
 # Latency without queueing: one connection, one request at a time, so what
 # each proxy adds to a request shows (wrk2's fixed rates are not packaged).
-declare -A L50 L99
-for name in direct gantry nginx haproxy; do
-  case $name in direct) port=9000;; gantry) port=8001;; nginx) port=8002;; haproxy) port=8003;; esac
-  a=(); b=()
-  for _ in $(seq "$RUNS"); do
-    out=$(wrk -t1 -c1 -d"${SECS}s" --latency "http://127.0.0.1:$port/" 2>/dev/null)
-    a+=("$(echo "$out" | awk '$1=="50%" {print $2}' | to_us)")
-    b+=("$(echo "$out" | awk '$1=="99%" {print $2}' | to_us)")
+declare -A L50 L99 LA LB
+for _ in $(seq "$RUNS"); do
+  for name in direct gantry nginx haproxy; do
+    out=$(wrk -t1 -c1 -d"${SECS}s" --latency "http://127.0.0.1:$(port_of $name)/" 2>/dev/null)
+    LA[$name]+="$(echo "$out" | awk '$1=="50%" {print $2}' | to_us) "
+    LB[$name]+="$(echo "$out" | awk '$1=="99%" {print $2}' | to_us) "
   done
-  L50[$name]=$(printf '%s\n' "${a[@]}" | median)
-  L99[$name]=$(printf '%s\n' "${b[@]}" | median)
+done
+for name in direct gantry nginx haproxy; do
+  L50[$name]=$(printf '%s\n' ${LA[$name]} | median)
+  L99[$name]=$(printf '%s\n' ${LB[$name]} | median)
 done
 echo "| one request at a time | p50 (µs) | p99 (µs) | added at p50 / p99 (µs) |"
 echo "|---|---|---|---|"

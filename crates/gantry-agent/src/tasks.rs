@@ -206,6 +206,7 @@ impl Agent {
             block: nn.block,
             vni: nn.vni,
             local,
+            direct_routing: nn.direct_routing,
         };
         let mut net = self.net.lock().expect("net lock");
         if net.as_ref().map(|n| &n.overlay) != Some(&wanted) {

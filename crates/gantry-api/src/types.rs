@@ -206,6 +206,10 @@ pub struct NodeNetwork {
     pub vni: u32,
     /// The cluster's whole overlay range.
     pub cidr: Net,
+    /// Nodes on one subnet send each other's overlay traffic straight
+    /// over the underlay, without VXLAN (`gantry server --direct-routing`).
+    #[serde(default)]
+    pub direct_routing: bool,
 }
 
 /// Another node as the overlay sees it.

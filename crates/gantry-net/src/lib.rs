@@ -13,6 +13,13 @@
 //! The host routes between its bridge and the VXLAN device, so its own
 //! processes reach every container by its overlay address.
 //!
+//! With direct routing (flannel's `DirectRouting`, Calico's cross-subnet
+//! mode), a peer on the node's own underlay subnet gets instead a route to
+//! its block via its underlay address on the underlay device, with the
+//! VTEP address as the node's source: no encapsulation. Those routes carry
+//! Gantry's own route protocol ([`ROUTE_PROTOCOL`]), by which they are
+//! found again to be removed.
+//!
 //! **Architecture invariant:** [`Overlay::sync_peers`] makes the kernel's
 //! entries on the VXLAN device exactly the given peers: stale routes,
 //! neighbours and FDB entries are removed, so a node that left is
@@ -29,7 +36,7 @@ use futures::TryStreamExt;
 use gantry_ipam::Net;
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
@@ -39,6 +46,11 @@ pub const BRIDGE: &str = "gantry0";
 pub const VXLAN: &str = "gantry.vx";
 /// VXLAN's IANA port.
 pub const VXLAN_PORT: u16 = 4789;
+/// The route protocol of the direct routes Gantry adds on the underlay
+/// device (`ip route` shows `proto 103`): they are found by it to be
+/// replaced or removed, since they do not go away with Gantry's devices.
+pub const ROUTE_PROTOCOL: u8 = 103;
+
 /// What VXLAN encapsulation costs: outer IPv4 (20), UDP (8), VXLAN (8)
 /// and inner Ethernet (14).
 pub const OVERHEAD: u32 = 50;
@@ -109,6 +121,8 @@ pub struct Overlay {
     pub vni: u32,
     /// The node's underlay address (the VXLAN source).
     pub local: Ipv4Addr,
+    /// Peers on the underlay subnet of `local` are reached without VXLAN.
+    pub direct_routing: bool,
 }
 
 async fn connect() -> Result<Handle, OverlayError> {
@@ -164,22 +178,26 @@ async fn index(handle: &Handle, name: &str) -> Result<u32, OverlayError> {
         .ok_or_else(|| OverlayError::Other(format!("{name} does not exist")))
 }
 
-/// The MTU of the interface that holds `addr`.
-async fn mtu_of(handle: &Handle, addr: Ipv4Addr) -> Result<u32, OverlayError> {
+/// The interface that holds `addr`, and the prefix length `addr` has
+/// there (its subnet).
+async fn underlay_of(handle: &Handle, addr: Ipv4Addr) -> Result<(u32, u8), OverlayError> {
     let mut addrs = handle.address().get().execute();
-    let mut ifindex = None;
     while let Some(a) = addrs.try_next().await.map_err(nl("list addresses"))? {
         let holds = a.attributes.iter().any(|at| {
             matches!(at, rtnetlink::packet_route::address::AddressAttribute::Address(IpAddr::V4(v)) if *v == addr)
         });
         if holds {
-            ifindex = Some(a.header.index);
-            break;
+            return Ok((a.header.index, a.header.prefix_len));
         }
     }
-    let i = ifindex.ok_or_else(|| {
-        OverlayError::Other(format!("no interface of this host has the address {addr}"))
-    })?;
+    Err(OverlayError::Other(format!(
+        "no interface of this host has the address {addr}"
+    )))
+}
+
+/// The MTU of the interface that holds `addr`.
+async fn mtu_of(handle: &Handle, addr: Ipv4Addr) -> Result<u32, OverlayError> {
+    let (i, _) = underlay_of(handle, addr).await?;
     let mut links = handle.link().get().match_index(i).execute();
     let l = links
         .try_next()
@@ -319,13 +337,14 @@ impl Overlay {
     /// exactly those of `peers` (see the crate's invariant).
     pub fn sync_peers(&self, peers: &[PeerNode]) -> Result<(), OverlayError> {
         let peers = peers.to_vec();
-        std::thread::spawn(move || block_on(sync_async(peers))?)
+        let me = self.clone();
+        std::thread::spawn(move || block_on(me.sync_async(peers))?)
             .join()
             .map_err(|_| OverlayError::Other("sync thread panicked".into()))?
     }
 
-    /// Removes the VXLAN device (and with it every route and entry on it)
-    /// and the bridge.
+    /// Removes the VXLAN device (and with it every route and entry on it),
+    /// the bridge, and the direct routes.
     pub fn cleanup() -> Result<(), OverlayError> {
         std::thread::spawn(|| block_on(cleanup_async())?)
             .join()
@@ -333,57 +352,77 @@ impl Overlay {
     }
 }
 
-async fn sync_async(peers: Vec<PeerNode>) -> Result<(), OverlayError> {
-    let handle = connect().await?;
-    let vx = index(&handle, VXLAN).await?;
-    let blocks: BTreeSet<Net> = peers.iter().map(|p| p.block).collect();
-    let vteps: BTreeSet<Ipv4Addr> = peers.iter().map(|p| p.block.vtep()).collect();
-    let macs: BTreeSet<[u8; 6]> = peers.iter().map(|p| p.mac).collect();
-
-    // Stale routes through the VXLAN device.
-    let mut routes = handle
-        .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-        .execute();
-    let mut stale = Vec::new();
-    while let Some(r) = routes.try_next().await.map_err(nl("list routes"))? {
-        let on_vx = r
-            .attributes
+impl Overlay {
+    async fn sync_async(self, peers: Vec<PeerNode>) -> Result<(), OverlayError> {
+        let handle = connect().await?;
+        let vx = index(&handle, VXLAN).await?;
+        // The peers reached directly: those on this node's underlay subnet.
+        let (underlay, prefix) = underlay_of(&handle, self.local).await?;
+        let direct: BTreeSet<Net> = peers
             .iter()
-            .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == vx));
-        if !on_vx {
-            continue;
-        }
-        let dst = r.attributes.iter().find_map(|a| match a {
-            RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
-            _ => None,
-        });
-        let keep = dst.is_some_and(|d| {
-            blocks.contains(&Net::new(d, r.header.destination_prefix_length))
-                && r.header.destination_prefix_length < 32
-        });
-        // The kernel's own routes (the VTEP /32, local) are not ours.
-        let ours = r.header.protocol == rtnetlink::packet_route::route::RouteProtocol::Static;
-        if !keep && ours && dst.is_some() {
-            stale.push(r);
-        }
-    }
-    for r in stale {
-        handle
+            .filter(|p| {
+                self.direct_routing && Net::new(p.underlay, prefix) == Net::new(self.local, prefix)
+            })
+            .map(|p| p.block)
+            .collect();
+        let blocks: BTreeSet<Net> = peers.iter().map(|p| p.block).collect();
+        let vteps: BTreeSet<Ipv4Addr> = peers.iter().map(|p| p.block.vtep()).collect();
+        let macs: BTreeSet<[u8; 6]> = peers.iter().map(|p| p.mac).collect();
+
+        // Stale routes through the VXLAN device.
+        let mut routes = handle
             .route()
-            .del(r)
-            .execute()
-            .await
-            .map_err(nl("remove route"))?;
-    }
-    // Stale neighbours and FDB entries.
-    let mut neigh = handle.neighbours().get().execute();
-    let mut stale = Vec::new();
-    while let Some(n) = neigh.try_next().await.map_err(nl("list neighbours"))? {
-        if n.header.ifindex != vx {
-            continue;
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        let mut stale = Vec::new();
+        while let Some(r) = routes.try_next().await.map_err(nl("list routes"))? {
+            let dst = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+                _ => None,
+            });
+            if r.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL) {
+                // A direct route: kept while its peer is reached directly.
+                let keep = dst.is_some_and(|d| {
+                    direct.contains(&Net::new(d, r.header.destination_prefix_length))
+                });
+                if !keep {
+                    stale.push(r);
+                }
+                continue;
+            }
+            let on_vx = r
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == vx));
+            if !on_vx {
+                continue;
+            }
+            let keep = dst.is_some_and(|d| {
+                blocks.contains(&Net::new(d, r.header.destination_prefix_length))
+                    && r.header.destination_prefix_length < 32
+            });
+            // The kernel's own routes (the VTEP /32, local) are not ours.
+            let ours = r.header.protocol == rtnetlink::packet_route::route::RouteProtocol::Static;
+            if !keep && ours && dst.is_some() {
+                stale.push(r);
+            }
         }
-        let keep = match n.header.family {
+        for r in stale {
+            handle
+                .route()
+                .del(r)
+                .execute()
+                .await
+                .map_err(nl("remove route"))?;
+        }
+        // Stale neighbours and FDB entries.
+        let mut neigh = handle.neighbours().get().execute();
+        let mut stale = Vec::new();
+        while let Some(n) = neigh.try_next().await.map_err(nl("list neighbours"))? {
+            if n.header.ifindex != vx {
+                continue;
+            }
+            let keep = match n.header.family {
             AddressFamily::Inet => n.attributes.iter().any(|a| {
                 matches!(a, NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) if vteps.contains(ip))
             }),
@@ -392,65 +431,101 @@ async fn sync_async(peers: Vec<PeerNode>) -> Result<(), OverlayError> {
             }),
             _ => true,
         };
-        if !keep {
-            stale.push(n);
-        }
-    }
-    let mut fdb = handle.neighbours().get();
-    fdb.message_mut().header.family = AddressFamily::Bridge;
-    let mut fdb = fdb.execute();
-    while let Some(n) = fdb.try_next().await.map_err(nl("list FDB"))? {
-        if n.header.ifindex != vx {
-            continue;
-        }
-        let mac = n.attributes.iter().find_map(|a| match a {
-            NeighbourAttribute::LinkLocalAddress(m) if m.len() == 6 => {
-                <[u8; 6]>::try_from(m.as_slice()).ok()
+            if !keep {
+                stale.push(n);
             }
-            _ => None,
-        });
-        if mac.is_some_and(|m| !macs.contains(&m) && m != [0; 6]) {
-            stale.push(n);
+        }
+        let mut fdb = handle.neighbours().get();
+        fdb.message_mut().header.family = AddressFamily::Bridge;
+        let mut fdb = fdb.execute();
+        while let Some(n) = fdb.try_next().await.map_err(nl("list FDB"))? {
+            if n.header.ifindex != vx {
+                continue;
+            }
+            let mac = n.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::LinkLocalAddress(m) if m.len() == 6 => {
+                    <[u8; 6]>::try_from(m.as_slice()).ok()
+                }
+                _ => None,
+            });
+            if mac.is_some_and(|m| !macs.contains(&m) && m != [0; 6]) {
+                stale.push(n);
+            }
+        }
+        for n in stale {
+            // Already gone with another entry is fine.
+            let _ = handle.neighbours().del(n).execute().await;
+        }
+        // What must be there.
+        for p in &peers {
+            handle
+                .neighbours()
+                .add_bridge(vx, &p.mac)
+                .destination(IpAddr::V4(p.underlay))
+                // On the VXLAN device itself (`bridge fdb ... self`): it has
+                // no bridge above it.
+                .flags(rtnetlink::packet_route::neighbour::NeighbourFlags::Own)
+                .replace()
+                .execute()
+                .await
+                .map_err(nl("add FDB entry"))?;
+            handle
+                .neighbours()
+                .add(vx, IpAddr::V4(p.block.vtep()))
+                .link_local_address(&p.mac)
+                .replace()
+                .execute()
+                .await
+                .map_err(nl("add neighbour"))?;
+            let route = if direct.contains(&p.block) {
+                // Straight over the underlay; the node's own traffic leaves
+                // with its VTEP address, as it does over VXLAN.
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(p.block.addr, p.block.prefix)
+                    .gateway(p.underlay)
+                    .output_interface(underlay)
+                    .pref_source(self.block.vtep())
+                    .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+                    .build()
+            } else {
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(p.block.addr, p.block.prefix)
+                    .gateway(p.block.vtep())
+                    .output_interface(vx)
+                    .onlink()
+                    .build()
+            };
+            handle
+                .route()
+                .add(route)
+                .replace()
+                .execute()
+                .await
+                .map_err(nl("add route"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Removes every route with Gantry's route protocol.
+async fn remove_direct_routes(handle: &Handle) -> Result<(), OverlayError> {
+    let mut routes = handle
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    let mut ours = Vec::new();
+    while let Some(r) = routes.try_next().await.map_err(nl("list routes"))? {
+        if r.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL) {
+            ours.push(r);
         }
     }
-    for n in stale {
-        // Already gone with another entry is fine.
-        let _ = handle.neighbours().del(n).execute().await;
-    }
-    // What must be there.
-    for p in &peers {
-        handle
-            .neighbours()
-            .add_bridge(vx, &p.mac)
-            .destination(IpAddr::V4(p.underlay))
-            // On the VXLAN device itself (`bridge fdb ... self`): it has
-            // no bridge above it.
-            .flags(rtnetlink::packet_route::neighbour::NeighbourFlags::Own)
-            .replace()
-            .execute()
-            .await
-            .map_err(nl("add FDB entry"))?;
-        handle
-            .neighbours()
-            .add(vx, IpAddr::V4(p.block.vtep()))
-            .link_local_address(&p.mac)
-            .replace()
-            .execute()
-            .await
-            .map_err(nl("add neighbour"))?;
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(p.block.addr, p.block.prefix)
-            .gateway(p.block.vtep())
-            .output_interface(vx)
-            .onlink()
-            .build();
+    for r in ours {
         handle
             .route()
-            .add(route)
-            .replace()
+            .del(r)
             .execute()
             .await
-            .map_err(nl("add route"))?;
+            .map_err(nl("remove route"))?;
     }
     Ok(())
 }
@@ -458,6 +533,7 @@ async fn sync_async(peers: Vec<PeerNode>) -> Result<(), OverlayError> {
 async fn cleanup_async() -> Result<(), OverlayError> {
     Firewall::remove()?;
     let handle = connect().await?;
+    remove_direct_routes(&handle).await?;
     for name in [VXLAN, BRIDGE] {
         if let Some(l) = link(&handle, name).await? {
             handle

@@ -355,6 +355,8 @@ fn assignments(s: &Cluster, node: &str) -> Assignments {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(crate::DEFAULT_VNI),
             cidr: gantry_manager::network::plan(s).cidr,
+            direct_routing: s.meta.get(crate::DIRECT_ROUTING_KEY).map(String::as_str)
+                == Some("true"),
         });
     let peers = s
         .nodes

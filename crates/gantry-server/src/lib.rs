@@ -52,6 +52,9 @@ pub struct ServerConfig {
     pub network: Option<gantry_ipam::Plan>,
     /// The overlay's VXLAN network id.
     pub vni: u32,
+    /// Nodes on one subnet route the overlay to each other over the
+    /// underlay, without VXLAN.
+    pub direct_routing: bool,
     /// Certificates for public names.
     pub acme: AcmeConfig,
     /// Where the cluster's Prometheus metrics are served, unless `None`.
@@ -60,6 +63,8 @@ pub struct ServerConfig {
 
 /// Metadata key of the overlay's VXLAN network id.
 pub(crate) const VNI_KEY: &str = "vni";
+/// Metadata key of the overlay's direct routing (`true` or `false`).
+pub(crate) const DIRECT_ROUTING_KEY: &str = "direct_routing";
 /// The VXLAN network id when none is given.
 pub const DEFAULT_VNI: u32 = 1;
 
@@ -260,6 +265,7 @@ impl Manager {
             (CIDR_KEY, plan.cidr.to_string()),
             (BLOCK_PREFIX_KEY, plan.block_prefix.to_string()),
             (VNI_KEY, cfg.vni.to_string()),
+            (DIRECT_ROUTING_KEY, cfg.direct_routing.to_string()),
         ] {
             if meta(&store, k).as_deref() != Some(v.as_str()) {
                 net_meta.push(Command::SetMeta {

@@ -48,6 +48,13 @@ pub(crate) struct ServerArgs {
     /// The overlay's VXLAN network id.
     #[arg(long, default_value_t = gantry_server::DEFAULT_VNI)]
     vni: u32,
+    /// Nodes on one subnet send each other's overlay traffic straight over
+    /// the underlay, without VXLAN (flannel's DirectRouting): faster, but
+    /// the network between them must carry overlay addresses (cloud
+    /// networks with source/destination checks drop them). Nodes on other
+    /// subnets still use VXLAN.
+    #[arg(long)]
+    direct_routing: bool,
     /// With --dev: labels of this node.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     label: Vec<String>,
@@ -417,6 +424,7 @@ pub(crate) fn server(ctx: &Ctx, a: ServerArgs) -> anyhow::Result<u8> {
             None => None,
         },
         vni: a.vni,
+        direct_routing: a.direct_routing,
         acme: gantry_server::AcmeConfig {
             directory: (!a.no_acme).then(|| a.acme_directory.clone()),
             email: a.acme_email.clone(),

@@ -1192,3 +1192,97 @@ fn stack_networks_are_isolated() {
         );
     }
 }
+
+#[test]
+fn direct_routing_skips_vxlan_between_nodes_of_one_subnet() {
+    let Some(mut cl) = Cluster::new_with(
+        "direct_routing_skips_vxlan_between_nodes_of_one_subnet",
+        2,
+        |_| (vec!["--direct-routing".into()], None),
+    ) else {
+        return;
+    };
+    cl.start_agent(0);
+    cl.start_agent(1);
+    for stack in ["red", "blue"] {
+        let o = cl.deploy(stack, &web(2, "").replace("IMAGE", &cl.image));
+        assert!(o.status.success(), "{}", errtext(&o));
+    }
+    for svc in ["red_web", "blue_web"] {
+        cl.wait_running(
+            svc,
+            &[("node-1", 1), ("node-2", 1)],
+            Duration::from_secs(30),
+        );
+    }
+    let names = cl.hostnames();
+    let addr = |svc: &str, host: &str| -> String {
+        cl.tasks(svc)
+            .iter()
+            .find(|t| t["state"] == "running" && names[t["node"].as_str().unwrap()] == host)
+            .and_then(|t| t["addr"].as_str().map(str::to_owned))
+            .unwrap()
+    };
+    let red2 = addr("red_web", "node-2");
+    let block2 = format!("{}.0/24", red2.rsplit_once('.').unwrap().0);
+    let vtep1 = format!(
+        "{}.0",
+        addr("red_web", "node-1").rsplit_once('.').unwrap().0
+    );
+    let (h1, h2) = (&cl.lan.hosts[1], &cl.lan.hosts[2]);
+    // Host 1 routes node-2's block straight to host 2 on the LAN, with
+    // Gantry's route protocol and its VTEP address as source.
+    let route = wait_for(
+        "a direct route to node-2's block",
+        Duration::from_secs(5),
+        || {
+            let r = ip_on(h1, "ip", &["route", "show", &block2]);
+            let want = format!("via {} dev eth0 proto 103 src {vtep1}", h2.addr);
+            if r.contains(&want) {
+                Ok(r)
+            } else {
+                Err(format!("{r:?}, want {want:?}"))
+            }
+        },
+    );
+    eprintln!("direct route: {route}");
+    let vx_tx = || -> u64 {
+        let s = ip_on(h1, "ip", &["-j", "-s", "link", "show", "gantry.vx"]);
+        let v: Value = serde_json::from_str(&s).unwrap_or_default();
+        v[0]["stats64"]["tx"]["packets"].as_u64().expect(&s)
+    };
+    let before = vx_tx();
+    // A red task on node-1 reaches red's on node-2 by address, over TCP.
+    let red1 = cl
+        .containers(0)
+        .into_iter()
+        .find(|id| text(&cl.on_agent(0, &["inspect", id])).contains("red_web"))
+        .expect("red's container on node-1");
+    let get = |to: &str| {
+        let script = format!("printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {to} 8080");
+        text(&cl.on_agent(0, &["exec", &red1, "sh", "-c", &script]))
+    };
+    assert!(get(&red2).contains("200 OK"), "{}", get(&red2));
+    // The host reaches the task too, by its overlay address.
+    let o = h1
+        .command("curl")
+        .args(["-sf", "-m", "3", &format!("http://{red2}:8080/index.html")])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "host to task: {}", errtext(&o));
+    // None of it went through VXLAN.
+    assert_eq!(vx_tx(), before, "packets left through gantry.vx");
+    // Stacks stay isolated: red does not reach blue on the other node.
+    let out = get(&addr("blue_web", "node-2"));
+    assert!(!out.contains("200 OK"), "red reached blue: {out:?}");
+
+    // Cleanup takes the direct routes too.
+    cl.kill_agent(0);
+    let o = cl.on_agent(0, &["agent", "--cleanup"]);
+    assert!(o.status.success(), "{}", errtext(&o));
+    let routes = ip_on(&cl.lan.hosts[1], "ip", &["route"]);
+    assert!(
+        !routes.contains("proto 103") && !routes.contains(&block2),
+        "{routes}"
+    );
+}
