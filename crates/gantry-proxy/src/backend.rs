@@ -12,7 +12,7 @@ use hyper::header;
 use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
 
-use crate::forward::{Body, BoxError};
+use crate::body::{Body, BoxError};
 use crate::h1::{self, H1Body};
 use crate::Pool;
 

@@ -7,22 +7,17 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use gantry_route::{Hit, HttpsMode, RouteSpec, Table};
-use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
+use http_body_util::BodyExt;
 use hyper::body::Body as _;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 
 use crate::backend::Backend;
+pub(crate) use crate::body::Body;
 use crate::h1;
 use crate::timer::Deadline;
 use crate::{Pool, Proxy};
-
-/// Errors of bodies, either way.
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Bodies both ways.
-pub(crate) type Body = BoxBody<Bytes, BoxError>;
 
 /// Backends a request is tried on, at most.
 const MAX_TRIES: usize = 8;
@@ -40,15 +35,11 @@ pub(crate) struct Conn {
 }
 
 pub(crate) fn empty() -> Body {
-    Empty::new().map_err(|never| match never {}).boxed()
+    Body::Empty
 }
 
 fn text(status: StatusCode, msg: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(
-        Full::new(msg.into())
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    let mut r = Response::new(Body::Full(Some(msg.into())));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -147,6 +138,8 @@ fn request_host(req: &Request<Body>) -> HeaderValue {
 }
 
 /// What the proxy does with a request.
+// A local of one function, never moved far: not worth a box.
+#[allow(clippy::large_enum_variant)]
 enum Answer<'a> {
     /// Answers it itself; the route's metrics when one matched.
     Now(Response<Body>, Option<&'a crate::metrics::RouteMetrics>),
@@ -445,16 +438,12 @@ async fn forward(
                         resp.headers_mut().append(header::SET_COOKIE, v);
                     }
                 }
-                let metrics = pool.metrics.clone();
                 let resp = resp.map(|body| {
-                    body.map_frame(move |f| {
-                        let _in_flight = &guard;
-                        if let Some(d) = f.data_ref() {
-                            metrics.bytes(d.len());
-                        }
-                        f
+                    Body::Backend(crate::body::Counted {
+                        body,
+                        _in_flight: guard,
+                        metrics: pool.metrics.clone(),
                     })
-                    .boxed()
                 });
                 return (resp, Some(b.addr));
             }
@@ -486,46 +475,52 @@ async fn tunnel(
 
 fn forwarded_headers(h: &mut HeaderMap, conn: Conn, host_value: &HeaderValue) {
     use std::fmt::Write as _;
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
     let host = host_value.to_str().unwrap_or("");
     let ip = conn.client.ip();
     let proto = if conn.tls { "https" } else { "http" };
-    // Each value is written in one scratch buffer and copied out once.
-    let mut scratch = String::with_capacity(128);
-    let put = |h: &mut HeaderMap, name: HeaderName, s: &str| {
-        if let Ok(v) = HeaderValue::from_str(s) {
-            h.insert(name, v);
+    // X-Forwarded-For and Forwarded are written one after the other in a
+    // scratch buffer of the thread's, copied out in one allocation, and
+    // become header values as slices of it.
+    let (all, split) = SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        s.clear();
+        if let Some(prev) = h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            let _ = write!(s, "{prev}, ");
         }
-    };
-    if let Some(prev) = h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        let _ = write!(scratch, "{prev}, ");
+        let _ = write!(s, "{ip}");
+        let split = s.len();
+        if let Some(prev) = h.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+            let _ = write!(s, "{prev}, ");
+        }
+        let _ = match ip {
+            std::net::IpAddr::V6(ip) => write!(s, "for=\"[{ip}]\""),
+            std::net::IpAddr::V4(ip) => write!(s, "for={ip}"),
+        };
+        let _ = write!(s, ";proto={proto};host=\"");
+        s.extend(host.chars().filter(|&c| c != '"'));
+        s.push('"');
+        (Bytes::copy_from_slice(s.as_bytes()), split)
+    });
+    if let Ok(v) = HeaderValue::from_maybe_shared(all.slice(..split)) {
+        h.insert(HeaderName::from_static("x-forwarded-for"), v);
     }
-    let _ = write!(scratch, "{ip}");
-    put(h, HeaderName::from_static("x-forwarded-for"), &scratch);
-    scratch.clear();
-    if let Some(prev) = h.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        let _ = write!(scratch, "{prev}, ");
+    if let Ok(v) = HeaderValue::from_maybe_shared(all.slice(split..)) {
+        h.insert(header::FORWARDED, v);
     }
-    let _ = match ip {
-        std::net::IpAddr::V6(ip) => write!(scratch, "for=\"[{ip}]\""),
-        std::net::IpAddr::V4(ip) => write!(scratch, "for={ip}"),
-    };
-    let _ = write!(scratch, ";proto={proto};host=\"");
-    scratch.extend(host.chars().filter(|&c| c != '"'));
-    scratch.push('"');
-    put(h, header::FORWARDED, &scratch);
     h.insert(
         HeaderName::from_static("x-forwarded-proto"),
         HeaderValue::from_static(proto),
     );
     // The request's own value when it is already in normal form.
-    match gantry_route::normalize_host(host) {
-        std::borrow::Cow::Borrowed(n) if n.len() == host.len() => {
-            h.insert(
-                HeaderName::from_static("x-forwarded-host"),
-                host_value.clone(),
-            );
-        }
-        n => put(h, HeaderName::from_static("x-forwarded-host"), &n),
+    let normal = match gantry_route::normalize_host(host) {
+        std::borrow::Cow::Borrowed(n) if n.len() == host.len() => Some(host_value.clone()),
+        n => HeaderValue::from_str(&n).ok(),
+    };
+    if let Some(v) = normal {
+        h.insert(HeaderName::from_static("x-forwarded-host"), v);
     }
 }
 

@@ -28,7 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::backend::Backend;
-use crate::forward::Body;
+use crate::body::Body;
 
 /// A response head larger than this is refused.
 pub(crate) const MAX_HEAD: usize = 64 * 1024;

@@ -20,6 +20,7 @@
 //! connection or half-applies, and open WebSockets are never touched.
 
 mod backend;
+mod body;
 mod forward;
 mod h1;
 mod listen;

@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -106,7 +105,7 @@ where
         .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
     let p = proxy.clone();
     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        let req = req.map(|b| b.map_err(forward::BoxError::from).boxed());
+        let req = req.map(crate::body::Body::Incoming);
         let p = p.clone();
         async move {
             let mut deadline = p.timer.deadline();

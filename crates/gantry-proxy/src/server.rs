@@ -443,13 +443,7 @@ mod tests {
                 .unwrap();
             (String::from_utf8(sink).unwrap(), keep)
         }
-        let full = || {
-            Response::new(
-                http_body_util::Full::new(Bytes::from_static(b"hello"))
-                    .map_err(|never| match never {})
-                    .boxed(),
-            )
-        };
+        let full = || Response::new(Body::Full(Some(Bytes::from_static(b"hello"))));
         let (s, keep) = write(full(), Version::HTTP_11, false).await;
         assert!(s.starts_with("HTTP/1.1 200 OK\r\n"), "{s}");
         assert!(
@@ -465,7 +459,7 @@ mod tests {
                 [&b"ab"[..], b"", b"cde"]
                     .map(|d| Ok(hyper::body::Frame::data(Bytes::from_static(d)))),
             );
-            Response::new(http_body_util::StreamBody::new(frames).boxed())
+            Response::new(Body::Boxed(http_body_util::StreamBody::new(frames).boxed()))
         };
         let (s, keep) = write(stream(), Version::HTTP_11, false).await;
         assert!(s.contains("transfer-encoding: chunked\r\n"), "{s}");
