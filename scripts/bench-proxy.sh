@@ -61,12 +61,17 @@ backend b
   http-reuse always
   server s1 127.0.0.1:9000
 CONF
+declare -A PID
 nginx -c "$work/backend.conf" & pids+=($!)
-nginx -c "$work/nginx.conf" & pids+=($!)
-haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
-"$P" --listen 127.0.0.1:8001 --backend 127.0.0.1:9000 --threads 1 2>/dev/null & pids+=($!)
-"$BARE" 127.0.0.1:8009 127.0.0.1:9000 & pids+=($!)
+nginx -c "$work/nginx.conf" & pids+=($!); PID[nginx]=$!
+haproxy -f "$work/haproxy.cfg" -db & pids+=($!); PID[haproxy]=$!
+"$P" --listen 127.0.0.1:8001 --backend 127.0.0.1:9000 --threads 1 2>/dev/null & pids+=($!); PID[gantry]=$!
+"$BARE" 127.0.0.1:8009 127.0.0.1:9000 & pids+=($!); PID[hyper-alone]=$!
 sleep 1
+# nginx's work is done by its worker, the master's child.
+PID[nginx]=$(pgrep -P "${PID[nginx]}" | head -1)
+# CPU time a process has used (user + system, clock ticks).
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 for port in 9000 8001 8002 8003 8009; do curl -sf "http://127.0.0.1:$port/" >/dev/null || { echo "nothing answers on $port" >&2; exit 1; }; done
 
 # wrk: requests/s, and latency p50/p99 (µs) from --latency.
@@ -77,12 +82,18 @@ to_us() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v+0} else if (v ~ /m
 median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.0f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 # Rounds interleave the paths (direct, gantry, nginx, ... then again), so
 # that the machine's drift over the minutes of a run falls on all alike.
-declare -A RPS P50 P99 R A B
+declare -A RPS P50 P99 R A B C CPU
 names=(direct gantry nginx haproxy hyper-alone)
 port_of() { case $1 in direct) echo 9000;; gantry) echo 8001;; nginx) echo 8002;; haproxy) echo 8003;; hyper-alone) echo 8009;; esac; }
 for _ in $(seq "$RUNS"); do
   for name in "${names[@]}"; do
+    pid=${PID[$name]:-}
+    t0=$([ -n "$pid" ] && ticks "$pid" || echo 0)
     out=$(run_wrk "$(port_of $name)")
+    t1=$([ -n "$pid" ] && ticks "$pid" || echo 0)
+    # The proxy's CPU time per request, in µs (a clock tick is 10 ms).
+    n=$(echo "$out" | awk '/requests in/ {print $1}')
+    [ -n "$pid" ] && C[$name]+="$(awk -v a="$t0" -v b="$t1" -v n="$n" 'BEGIN {printf "%.2f", (b - a) * 10000 / n}') "
     R[$name]+="$(echo "$out" | awk '/Requests\/sec/ {printf "%.0f", $2}') "
     A[$name]+="$(echo "$out" | awk '$1=="50%" {print $2}' | to_us) "
     B[$name]+="$(echo "$out" | awk '$1=="99%" {print $2}' | to_us) "
@@ -92,12 +103,13 @@ for name in "${names[@]}"; do
   RPS[$name]=$(printf '%s\n' ${R[$name]} | median)
   P50[$name]=$(printf '%s\n' ${A[$name]} | median)
   P99[$name]=$(printf '%s\n' ${B[$name]} | median)
+  CPU[$name]=$([ -n "${C[$name]:-}" ] && printf '%s\n' ${C[$name]} | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}' || echo -)
 done
-echo "| path | requests/s | vs nginx | p50 (µs) | p99 (µs) | p99 added over direct (µs) |"
-echo "|---|---|---|---|---|---|"
+echo "| path | requests/s | vs nginx | p50 (µs) | p99 (µs) | p99 added over direct (µs) | proxy CPU per request (µs) |"
+echo "|---|---|---|---|---|---|---|"
 for name in direct gantry nginx haproxy hyper-alone; do
-  awk -v n="$name" -v r="${RPS[$name]}" -v ng="${RPS[nginx]}" -v p5="${P50[$name]}" -v p9="${P99[$name]}" -v d="${P99[direct]}" \
-    'BEGIN {printf "| %s | %d | %.2fx | %d | %d | %s |\n", n, r, r/ng, p5, p9, (n=="direct" ? "-" : sprintf("%d", p9-d))}'
+  awk -v n="$name" -v r="${RPS[$name]}" -v ng="${RPS[nginx]}" -v p5="${P50[$name]}" -v p9="${P99[$name]}" -v d="${P99[direct]}" -v c="${CPU[$name]}" \
+    'BEGIN {printf "| %s | %d | %.2fx | %d | %d | %s | %s |\n", n, r, r/ng, p5, p9, (n=="direct" ? "-" : sprintf("%d", p9-d)), c}'
 done
 echo
 
