@@ -53,7 +53,10 @@ pub struct Backend {
     pub(crate) cookie: String,
     /// Idle HTTP/1.1 keep-alive connections to it: a request takes one,
     /// its response body's end gives it back.
-    idle: Mutex<Vec<h1::Conn>>,
+    /// (Boxed once per connection, so that moving one is cheap: a request's
+    /// futures and its response body hold one.)
+    #[allow(clippy::vec_box)]
+    idle: Mutex<Vec<Box<h1::Conn>>>,
 }
 
 /// How a request goes out, besides its head.
@@ -70,7 +73,7 @@ struct Exchange {
 /// The connection a request is first sent on.
 enum First {
     /// An idle one, with the request head encoded in its buffer.
-    Pooled(h1::Conn),
+    Pooled(Box<h1::Conn>),
     /// A new one, with this head.
     Connect(Vec<u8>),
 }
@@ -213,7 +216,7 @@ impl Backend {
             First::Pooled(c) => (c, true),
             First::Connect(head) => {
                 let io = Box::pin(self.connect(connect_timeout)).await?;
-                let mut c = h1::Conn::new(io);
+                let mut c = Box::new(h1::Conn::new(io));
                 c.head = head;
                 (c, false)
             }
@@ -244,7 +247,9 @@ impl Backend {
                         Some(c) => c,
                         None => {
                             pooled = false;
-                            h1::Conn::new(Box::pin(self.connect(connect_timeout)).await?)
+                            Box::new(h1::Conn::new(
+                                Box::pin(self.connect(connect_timeout)).await?,
+                            ))
                         }
                     };
                     conn.head = head;
@@ -276,14 +281,14 @@ impl Backend {
     }
 
     /// Back among the idle ones.
-    pub(crate) fn put_idle(&self, conn: h1::Conn) {
+    pub(crate) fn put_idle(&self, conn: Box<h1::Conn>) {
         let mut idle = self.idle.lock().expect("idle lock");
         if idle.len() < MAX_IDLE {
             idle.push(conn);
         }
     }
 
-    fn take_idle(&self) -> Option<h1::Conn> {
+    fn take_idle(&self) -> Option<Box<h1::Conn>> {
         let mut idle = self.idle.lock().expect("idle lock");
         while let Some(mut c) = idle.pop() {
             if c.alive() {

@@ -20,7 +20,7 @@ use crate::timer::Deadline;
 use crate::{Pool, Proxy};
 
 /// Backends a request is tried on, at most.
-const MAX_TRIES: usize = 8;
+const MAX_TRIES: usize = 4;
 
 /// The cookie of sticky sessions.
 pub(crate) const STICKY_COOKIE: &str = "gantry_sticky";
@@ -324,21 +324,16 @@ async fn forward(
     pq: hyper::http::uri::PathAndQuery,
     deadline: &mut Deadline,
 ) -> (Response<Body>, Option<SocketAddr>) {
-    let Outgoing {
-        method,
-        mut headers,
-        mut body,
-        client_upgrade,
-        sticky,
-        retryable,
-    } = out;
+    // (Its fields are used in place: destructured, they would be a second
+    // copy in this function's future.)
+    let mut out = out;
     // The backends tried, without an allocation.
     let mut tried_at = [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_TRIES];
     let mut n_tried = 0;
     loop {
         let tried = &tried_at[..n_tried];
         let picked = (n_tried < MAX_TRIES)
-            .then(|| pool.pick(spec.balance, sticky.as_deref(), tried))
+            .then(|| pool.pick(spec.balance, out.sticky.as_deref(), tried))
             .flatten();
         let Some(b) = picked else {
             if tried.is_empty() {
@@ -364,8 +359,8 @@ async fn forward(
         tried_at[n_tried] = b.addr;
         n_tried += 1;
         let tried = &tried_at[..n_tried];
-        let mut up = Request::new(body.take().unwrap_or_else(empty));
-        *up.method_mut() = method.clone();
+        let mut up = Request::new(out.body.take().unwrap_or_else(empty));
+        *up.method_mut() = out.method.clone();
         *up.version_mut() = Version::HTTP_11;
         // Another attempt needs the headers again; the last possible one
         // (no other backend left to try) takes them.
@@ -373,10 +368,10 @@ async fn forward(
             .backends
             .iter()
             .any(|o| o.addr != b.addr && !tried.contains(&o.addr) && o.healthy());
-        *up.headers_mut() = if retryable && another {
-            headers.clone()
+        *up.headers_mut() = if out.retryable && another {
+            out.headers.clone()
         } else {
-            std::mem::take(&mut headers)
+            std::mem::take(&mut out.headers)
         };
         // Origin form, as HTTP/1.1 sends it to a server.
         *up.uri_mut() = hyper::Uri::from(pq.clone());
@@ -402,7 +397,7 @@ async fn forward(
                     b.eject(proxy.config.eject_for.as_millis() as u64);
                     proxy.metrics.backend_errors.inc();
                     tracing::warn!(backend = %b.addr, service = %spec.service, "backend refused: {e}");
-                    if retryable {
+                    if out.retryable {
                         continue;
                     }
                 }
@@ -422,7 +417,7 @@ async fn forward(
                 let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
                 if switching {
                     // The connection is the tunnel's now.
-                    if let Some(client_up) = client_upgrade {
+                    if let Some(client_up) = out.client_upgrade.take() {
                         let backend_up = hyper::upgrade::on(&mut resp);
                         let open = proxy.metrics.tunnels.clone();
                         tokio::spawn(tunnel(client_up, backend_up, guard, b.clone(), open));
@@ -430,7 +425,7 @@ async fn forward(
                     }
                 }
                 strip_hop(resp.headers_mut(), false);
-                if spec.sticky && sticky.as_deref() != Some(b.cookie.as_str()) {
+                if spec.sticky && out.sticky.as_deref() != Some(b.cookie.as_str()) {
                     if let Ok(v) = HeaderValue::from_str(&format!(
                         "{STICKY_COOKIE}={}; Path=/; HttpOnly; SameSite=Lax",
                         b.cookie

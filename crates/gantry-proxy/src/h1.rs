@@ -121,7 +121,9 @@ impl Conn {
             return Err(fail(e, true, true));
         }
         if let Some(body) = body {
-            if let Err(e) = self.write_body(body, chunked).await {
+            // Boxed: only requests with a body (through hyper) come here, and
+            // its future would otherwise weigh on every request's.
+            if let Err(e) = Box::pin(self.write_body(body, chunked)).await {
                 return Err(fail(e, false, true));
             }
         }
@@ -500,13 +502,13 @@ impl Framing {
 pub(crate) struct H1Body {
     framing: Framing,
     /// The connection, while the body is read from it.
-    conn: Option<(Conn, Arc<Backend>, bool)>,
+    conn: Option<(Box<Conn>, Arc<Backend>, bool)>,
 }
 
 impl H1Body {
     /// The body after `head` on `conn`; a body with nothing to read gives
     /// the connection back at once.
-    pub(crate) fn new(conn: Conn, backend: Arc<Backend>, head: &Head) -> Self {
+    pub(crate) fn new(conn: Box<Conn>, backend: Arc<Backend>, head: &Head) -> Self {
         let mut b = Self {
             framing: head.framing,
             conn: Some((conn, backend, head.keep_alive)),
