@@ -126,6 +126,54 @@ fn service_logs_merge_every_node_in_time_order_and_follow_new_replicas() {
         "logs_talk",
     ]));
     assert!(since.len() < all.len() && !since.is_empty());
+    // --until: the lines before a time, and --since with it a window; both
+    // as RFC 3339, as `all` gives them.
+    let (t_from, t_to) = (
+        all[5]["time"].as_str().unwrap(),
+        all[20]["time"].as_str().unwrap(),
+    );
+    let (from, to) = (times[5], times[20]);
+    let until = entries(&cl.admin_ok(&[
+        "service",
+        "logs",
+        "--format",
+        "json",
+        "--until",
+        t_to,
+        "logs_talk",
+    ]));
+    // (The end is left out, as Docker's --until does.)
+    let want = times.iter().filter(|t| **t < to).count();
+    assert_eq!(until.len(), want, "--until {t_to}: {until:?}");
+    let window = entries(&cl.admin_ok(&[
+        "service",
+        "logs",
+        "--format",
+        "json",
+        "--since",
+        t_from,
+        "--until",
+        t_to,
+        "logs_talk",
+    ]));
+    let want = times.iter().filter(|t| **t >= from && **t < to).count();
+    assert_eq!(
+        window.len(),
+        want,
+        "--since {t_from} --until {t_to}: {window:?}"
+    );
+    // -t: each line starts with its time.
+    let stamped = cl.admin(&["service", "logs", "-t", "--tail", "1", "logs_talk"]);
+    assert!(stamped.status.success(), "{}", errtext(&stamped));
+    let out = format!("{}{}", text(&stamped), errtext(&stamped));
+    assert_eq!(out.lines().count(), 3, "{out}");
+    for l in out.lines() {
+        let t = l.split_whitespace().next().unwrap_or_default();
+        assert!(
+            t.parse::<chrono::DateTime<chrono::Utc>>().is_ok(),
+            "no timestamp first: {l}"
+        );
+    }
     let o = cl.admin(&["service", "logs", "nosuch"]);
     assert!(
         !o.status.success() && errtext(&o).contains("no such service"),
