@@ -1197,21 +1197,34 @@ fn stack_networks_are_isolated() {
 fn direct_routing_skips_vxlan_between_nodes_of_one_subnet() {
     let Some(mut cl) = Cluster::new_with(
         "direct_routing_skips_vxlan_between_nodes_of_one_subnet",
-        2,
+        3,
         |_| (vec!["--direct-routing".into()], None),
     ) else {
         return;
     };
+    // Host 3 is on another subnet as well (the same wire, routed on-link),
+    // and is known to the cluster by that address: nodes 1 and 2 reach it
+    // over VXLAN, each other directly.
+    let far = "172.31.250.13";
+    for (h, args) in [
+        (3, vec!["addr", "add", "172.31.250.13/24", "dev", "eth0"]),
+        (1, vec!["route", "add", "172.31.250.0/24", "dev", "eth0"]),
+        (2, vec!["route", "add", "172.31.250.0/24", "dev", "eth0"]),
+    ] {
+        let o = cl.lan.hosts[h].command("ip").args(&args).output().unwrap();
+        assert!(o.status.success(), "{}", errtext(&o));
+    }
     cl.start_agent(0);
     cl.start_agent(1);
+    cl.start_agent_with(2, &["--advertise", far]);
     for stack in ["red", "blue"] {
-        let o = cl.deploy(stack, &web(2, "").replace("IMAGE", &cl.image));
+        let o = cl.deploy(stack, &web(3, "").replace("IMAGE", &cl.image));
         assert!(o.status.success(), "{}", errtext(&o));
     }
     for svc in ["red_web", "blue_web"] {
         cl.wait_running(
             svc,
-            &[("node-1", 1), ("node-2", 1)],
+            &[("node-1", 1), ("node-2", 1), ("node-3", 1)],
             Duration::from_secs(30),
         );
     }
@@ -1272,6 +1285,17 @@ fn direct_routing_skips_vxlan_between_nodes_of_one_subnet() {
     assert!(o.status.success(), "host to task: {}", errtext(&o));
     // None of it went through VXLAN.
     assert_eq!(vx_tx(), before, "packets left through gantry.vx");
+    // Node-3, on the other subnet, is reached over VXLAN, from the task
+    // and from the host.
+    let red3 = addr("red_web", "node-3");
+    let block3 = format!("{}.0/24", red3.rsplit_once('.').unwrap().0);
+    let r = ip_on(h1, "ip", &["route", "show", &block3]);
+    assert!(
+        r.contains("dev gantry.vx") && !r.contains("proto 103"),
+        "{r}"
+    );
+    assert!(get(&red3).contains("200 OK"), "{}", get(&red3));
+    assert!(vx_tx() > before, "node-3 was not reached over VXLAN");
     // Stacks stay isolated: red does not reach blue on the other node.
     let out = get(&addr("blue_web", "node-2"));
     assert!(!out.contains("200 OK"), "red reached blue: {out:?}");

@@ -203,10 +203,16 @@ impl Cluster {
     /// Starts agent `i` (joining with the current token the first time)
     /// and waits until its node is ready.
     pub fn start_agent(&mut self, i: usize) {
+        self.start_agent_with(i, &[]);
+    }
+
+    /// The same, with more `gantry agent` arguments.
+    pub fn start_agent_with(&mut self, i: usize, extra: &[&str]) {
         let token = self.token();
         let log = self.log(&format!("agent{i}.log"));
         let child = self
             .agent_command(i, &token)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
