@@ -369,52 +369,27 @@ impl Overlay {
         let vteps: BTreeSet<Ipv4Addr> = peers.iter().map(|p| p.block.vtep()).collect();
         let macs: BTreeSet<[u8; 6]> = peers.iter().map(|p| p.mac).collect();
 
-        // Stale routes through the VXLAN device.
-        let mut routes = handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
-        let mut stale = Vec::new();
-        while let Some(r) = routes.try_next().await.map_err(nl("list routes"))? {
+        // Stale routes: direct ones to peers no longer reached directly,
+        // and ours through the VXLAN device to blocks no peer holds.
+        remove_routes(&handle, |r| {
             let dst = r.attributes.iter().find_map(|a| match a {
                 RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
                 _ => None,
             });
+            let Some(d) = dst else { return false };
+            let block = Net::new(d, r.header.destination_prefix_length);
             if r.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL) {
-                // A direct route: kept while its peer is reached directly.
-                let keep = dst.is_some_and(|d| {
-                    direct.contains(&Net::new(d, r.header.destination_prefix_length))
-                });
-                if !keep {
-                    stale.push(r);
-                }
-                continue;
+                return !direct.contains(&block);
             }
             let on_vx = r
                 .attributes
                 .iter()
                 .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == vx));
-            if !on_vx {
-                continue;
-            }
-            let keep = dst.is_some_and(|d| {
-                blocks.contains(&Net::new(d, r.header.destination_prefix_length))
-                    && r.header.destination_prefix_length < 32
-            });
+            let keep = blocks.contains(&block) && r.header.destination_prefix_length < 32;
             // The kernel's own routes (the VTEP /32, local) are not ours.
-            let ours = r.header.protocol == rtnetlink::packet_route::route::RouteProtocol::Static;
-            if !keep && ours && dst.is_some() {
-                stale.push(r);
-            }
-        }
-        for r in stale {
-            handle
-                .route()
-                .del(r)
-                .execute()
-                .await
-                .map_err(nl("remove route"))?;
-        }
+            on_vx && !keep && r.header.protocol == RouteProtocol::Static
+        })
+        .await?;
         // Stale neighbours and FDB entries.
         let mut neigh = handle.neighbours().get().execute();
         let mut stale = Vec::new();
@@ -507,19 +482,22 @@ impl Overlay {
     }
 }
 
-/// Removes every route with Gantry's route protocol.
-async fn remove_direct_routes(handle: &Handle) -> Result<(), OverlayError> {
+/// Removes the IPv4 routes `stale` picks.
+async fn remove_routes(
+    handle: &Handle,
+    stale: impl Fn(&rtnetlink::packet_route::route::RouteMessage) -> bool,
+) -> Result<(), OverlayError> {
     let mut routes = handle
         .route()
         .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
         .execute();
-    let mut ours = Vec::new();
+    let mut gone = Vec::new();
     while let Some(r) = routes.try_next().await.map_err(nl("list routes"))? {
-        if r.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL) {
-            ours.push(r);
+        if stale(&r) {
+            gone.push(r);
         }
     }
-    for r in ours {
+    for r in gone {
         handle
             .route()
             .del(r)
@@ -533,7 +511,10 @@ async fn remove_direct_routes(handle: &Handle) -> Result<(), OverlayError> {
 async fn cleanup_async() -> Result<(), OverlayError> {
     Firewall::remove()?;
     let handle = connect().await?;
-    remove_direct_routes(&handle).await?;
+    remove_routes(&handle, |r| {
+        r.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL)
+    })
+    .await?;
     for name in [VXLAN, BRIDGE] {
         if let Some(l) = link(&handle, name).await? {
             handle

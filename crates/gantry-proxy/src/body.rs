@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
 use hyper::body::{Frame, Incoming, SizeHint};
 
 use crate::backend::{InFlight, UpBody};
@@ -27,9 +26,9 @@ pub(crate) enum Body {
     /// A backend's response body, counted in its route's metrics, its
     /// request in flight until it is dropped.
     Backend(Counted),
-    /// Any other.
-    #[allow(dead_code)] // built by tests, and kept for bodies to come
-    Boxed(BoxBody<Bytes, BoxError>),
+    /// Any other (streamed test bodies).
+    #[cfg(test)]
+    Boxed(http_body_util::combinators::BoxBody<Bytes, BoxError>),
 }
 
 /// A backend's response body as it goes to the client.
@@ -60,6 +59,7 @@ impl hyper::body::Body for Body {
                 }
                 f
             }
+            #[cfg(test)]
             Body::Boxed(b) => Pin::new(b).poll_frame(cx),
         }
     }
@@ -70,6 +70,7 @@ impl hyper::body::Body for Body {
             Body::Full(b) => b.is_none(),
             Body::Incoming(b) => b.is_end_stream(),
             Body::Backend(c) => c.body.is_end_stream(),
+            #[cfg(test)]
             Body::Boxed(b) => b.is_end_stream(),
         }
     }
@@ -80,6 +81,7 @@ impl hyper::body::Body for Body {
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Incoming(b) => b.size_hint(),
             Body::Backend(c) => c.body.size_hint(),
+            #[cfg(test)]
             Body::Boxed(b) => b.size_hint(),
         }
     }

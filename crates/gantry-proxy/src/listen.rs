@@ -48,7 +48,9 @@ async fn accept(proxy: Arc<Proxy>, listener: TcpListener, tls: Option<tokio_rust
                 return;
             };
             let Some(acceptor) = tls else {
-                return serve(proxy, stream, Conn { client, tls: false }).await;
+                // HTTP/1.x: the proxy's own loop, which hands the connection
+                // to hyper for what it does not serve itself.
+                return crate::server::serve(proxy, stream, Conn { client, tls: false }).await;
             };
             let handshake =
                 tokio::time::timeout(proxy.config.header_timeout, acceptor.accept(stream));
@@ -68,7 +70,7 @@ async fn accept(proxy: Arc<Proxy>, listener: TcpListener, tls: Option<tokio_rust
             if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
                 return serve_hyper(proxy, stream, conn).await;
             }
-            serve(proxy, stream, conn).await;
+            crate::server::serve(proxy, stream, conn).await;
         });
     }
 }
@@ -80,15 +82,6 @@ impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.metrics.connections.dec();
     }
-}
-
-/// HTTP/1.x on a connection: the proxy's own loop, which hands the
-/// connection to hyper for what it does not serve itself.
-async fn serve<S>(proxy: Arc<Proxy>, io: S, conn: Conn)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    crate::server::serve(proxy, io, conn).await
 }
 
 /// hyper's server (HTTP/1.1 and HTTP/2, upgrades) on a connection.

@@ -59,12 +59,14 @@ impl Default for Coarse {
     }
 }
 
-impl Coarse {
+impl Inner {
     fn now_ms(&self) -> u64 {
         // At least 1: 0 is PASSED.
-        (self.0.epoch.elapsed().as_millis() as u64).max(1)
+        (self.epoch.elapsed().as_millis() as u64).max(1)
     }
+}
 
+impl Coarse {
     /// A deadline of this timer, not set yet.
     pub(crate) fn deadline(&self) -> Deadline {
         Deadline {
@@ -99,7 +101,7 @@ async fn tick(inner: Weak<Inner>) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        let now = (inner.epoch.elapsed().as_millis() as u64).max(1);
+        let now = inner.now_ms();
         let mut st = inner.state.lock().expect("timer lock");
         st.slots.retain(|s| {
             if Arc::strong_count(s) == 1 {
@@ -131,7 +133,7 @@ pub(crate) struct Deadline {
 impl Deadline {
     /// Sets it `d` from now.
     pub(crate) fn set(&mut self, d: Duration) {
-        let at = self.timer.now_ms().saturating_add(d.as_millis() as u64);
+        let at = self.timer.0.now_ms().saturating_add(d.as_millis() as u64);
         self.slot.at.store(at, Ordering::Release);
     }
 

@@ -714,10 +714,12 @@ async fn backend_framing_reuse_and_broken_answers() {
         let (s, body) = get(&f, "raw.test", path).await;
         assert_eq!(s, 502, "{path}: {body}");
     }
-    let (s, _) = get(&f, "raw.test", "/short").await;
+    // (The head and the bytes gathered with it are not sent once the
+    // body fails: the client sees the connection end without an answer.)
+    let (_, out) = get(&f, "raw.test", "/short").await;
     assert!(
-        s == 200 || s == 0,
-        "a body cut short ends the client's connection"
+        out.contains("curl: (52)") || out.contains("curl: (18)"),
+        "a body cut short ends the client's connection short too: {out}"
     );
     assert_eq!(get(&f, "raw.test", "/after").await.0, 200);
 

@@ -1097,27 +1097,10 @@ fn stack_networks_are_isolated() {
             Duration::from_secs(30),
         );
     }
-    let names = cl.hostnames();
-    let addr = |svc: &str, host: &str| -> String {
-        cl.tasks(svc)
-            .iter()
-            .find(|t| t["state"] == "running" && names[t["node"].as_str().unwrap()] == host)
-            .and_then(|t| t["addr"].as_str().map(str::to_owned))
-            .unwrap()
-    };
-    // A red task on node-1 (the first container there of red).
-    let red1 = cl
-        .containers(0)
-        .into_iter()
-        .find(|id| {
-            let o = cl.on_agent(0, &["inspect", id]);
-            text(&o).contains("red_web")
-        })
-        .expect("red's container on node-1");
-    let get = |to: &str| {
-        let script = format!("printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {to} 8080");
-        text(&cl.on_agent(0, &["exec", &red1, "sh", "-c", &script]))
-    };
+    let addr = |svc: &str, host: &str| cl.task_addr(svc, host);
+    // A red task on node-1.
+    let red1 = cl.container_of(0, "red_web");
+    let get = |to: &str| cl.get_from(0, &red1, to);
     // Within red, across hosts: open.
     assert!(get(&addr("red_web", "node-2")).contains("200 OK"));
     // To blue, on the same host (bridged) and across hosts (routed): shut.
@@ -1228,14 +1211,7 @@ fn direct_routing_skips_vxlan_between_nodes_of_one_subnet() {
             Duration::from_secs(30),
         );
     }
-    let names = cl.hostnames();
-    let addr = |svc: &str, host: &str| -> String {
-        cl.tasks(svc)
-            .iter()
-            .find(|t| t["state"] == "running" && names[t["node"].as_str().unwrap()] == host)
-            .and_then(|t| t["addr"].as_str().map(str::to_owned))
-            .unwrap()
-    };
+    let addr = |svc: &str, host: &str| cl.task_addr(svc, host);
     let red2 = addr("red_web", "node-2");
     let block2 = format!("{}.0/24", red2.rsplit_once('.').unwrap().0);
     let vtep1 = format!(
@@ -1266,15 +1242,8 @@ fn direct_routing_skips_vxlan_between_nodes_of_one_subnet() {
     };
     let before = vx_tx();
     // A red task on node-1 reaches red's on node-2 by address, over TCP.
-    let red1 = cl
-        .containers(0)
-        .into_iter()
-        .find(|id| text(&cl.on_agent(0, &["inspect", id])).contains("red_web"))
-        .expect("red's container on node-1");
-    let get = |to: &str| {
-        let script = format!("printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {to} 8080");
-        text(&cl.on_agent(0, &["exec", &red1, "sh", "-c", &script]))
-    };
+    let red1 = cl.container_of(0, "red_web");
+    let get = |to: &str| cl.get_from(0, &red1, to);
     assert!(get(&red2).contains("200 OK"), "{}", get(&red2));
     // The host reaches the task too, by its overlay address.
     let o = h1

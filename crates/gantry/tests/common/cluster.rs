@@ -308,6 +308,32 @@ impl Cluster {
             .clone()
     }
 
+    /// The overlay address of `service`'s running task on node `host`
+    /// (a host name).
+    pub fn task_addr(&self, service: &str, host: &str) -> String {
+        let names = self.hostnames();
+        self.tasks(service)
+            .iter()
+            .find(|t| t["state"] == "running" && names[t["node"].as_str().unwrap()] == host)
+            .and_then(|t| t["addr"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| panic!("no running task of {service} on {host}"))
+    }
+
+    /// The id of a running container of `service` on agent `i`.
+    pub fn container_of(&self, i: usize, service: &str) -> String {
+        self.containers(i)
+            .into_iter()
+            .find(|id| text(&self.on_agent(i, &["inspect", id])).contains(service))
+            .unwrap_or_else(|| panic!("no container of {service} on agent {i}"))
+    }
+
+    /// `GET /index.html` on port 8080 of `to`, with nc inside container
+    /// `id` of agent `i`: what came back.
+    pub fn get_from(&self, i: usize, id: &str, to: &str) -> String {
+        let script = format!("printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {to} 8080");
+        text(&self.on_agent(i, &["exec", id, "sh", "-c", &script]))
+    }
+
     /// Running tasks of a service per host name.
     pub fn running(&self, service: &str) -> BTreeMap<String, usize> {
         let names = self.hostnames();
