@@ -31,7 +31,7 @@ use crate::backend::Backend;
 use crate::body::Body;
 
 /// A response head larger than this is refused.
-pub(crate) const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEAD: usize = 64 * 1024;
 /// Headers in a response head, at most.
 const MAX_HEADERS: usize = 128;
 /// A chunk-size line (with extensions) longer than this is refused.
@@ -41,7 +41,7 @@ const MAX_TRAILERS: usize = 64 * 1024;
 /// Read buffer room asked for before each read.
 const READ_ROOM: usize = 16 * 1024;
 
-pub(crate) fn invalid(msg: &str) -> io::Error {
+fn invalid(msg: &str) -> io::Error {
     io::Error::new(ErrorKind::InvalidData, format!("backend response: {msg}"))
 }
 
