@@ -270,7 +270,15 @@ async fn write_response<S: AsyncWrite + Unpin>(
         };
         let data = match frame {
             None => break,
-            Some(Err(e)) => return Err(io::Error::other(format!("response body: {e}"))),
+            Some(Err(e)) => {
+                // The head and what came of the body go out first, as
+                // nginx sends them: the client sees the answer cut short
+                // (the connection closes), not an empty reply.
+                if !out.is_empty() {
+                    io.write_all(out).await?;
+                }
+                return Err(io::Error::other(format!("response body: {e}")));
+            }
             Some(Ok(f)) => match f.into_data() {
                 Ok(d) if !d.is_empty() => d,
                 _ => continue,
