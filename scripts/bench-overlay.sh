@@ -11,8 +11,8 @@ bash scripts/install-deps.sh
 command -v iperf3 >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q iperf3 >/dev/null
 cargo build --release --locked -q
 G="$PWD/target/release/gantry"
-SECS=${SECS:-5}
-RUNS=${RUNS:-3}
+SECS=${SECS:-3}
+RUNS=${RUNS:-5}
 # DIRECT=1: the cluster routes between the two hosts (one subnet) without
 # VXLAN (`gantry server --direct-routing`).
 DIRECT=${DIRECT:-0}
@@ -83,33 +83,54 @@ c1=$(pid_of 1); c2=$(pid_of 2); ip2=$(ip_of 2)
 [ -n "$c1" ] && [ -n "$c2" ] && [ -n "$ip2" ] || { echo "tasks did not start" >&2; exit 1; }
 in_task() { local pid=$1; shift; nsenter --net=/proc/$pid/ns/net "$@"; }
 
-gbps() { sed -n 's/.*"bits_per_second":[[:space:]]*\([0-9.e+]*\).*/\1/p' | tail -1 | awk '{printf "%.2f", $1/1e9}'; }
 median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2}'; }
-run_iperf() { # where-server where-client addr streams
-  local out=() i
-  for i in $(seq "$RUNS"); do
-    # shellcheck disable=SC2086 # $2 and $3 are words on purpose
-    out+=("$($2 iperf3 -c $3 -t "$SECS" -P "$4" -J | gbps)")
-  done
-  printf '%s\n' "${out[@]}" | median
+# Busy clock ticks of the whole machine (user, nice, system, irq, softirq):
+# both simulated hosts share its CPUs, so this is what a path costs.
+busy() { head -1 /proc/stat | awk '{print $2 + $3 + $4 + $7 + $8}'; }
+# One iperf3 run: "Gbit/s busy-ticks-per-GB".
+one() { # client-prefix... -- addr port streams
+  local pre=() a b json
+  while [ "$1" != -- ]; do pre+=("$1"); shift; done; shift
+  a=$(busy)
+  json=$("${pre[@]}" iperf3 -c "$1" -p "$2" -t "$SECS" -P "$3" -J)
+  b=$(busy)
+  echo "$json" | sed -n 's/.*"bytes":[[:space:]]*\([0-9]*\).*/\1/p' | tail -1 |
+    awk -v s="$SECS" -v t=$((b - a)) '{printf "%.2f %.1f\n", $1 * 8 / s / 1e9, t / ($1 / 1e9)}'
 }
 on 2 iperf3 -s -D -p 5201 >/dev/null
 in_task "$c2" iperf3 -s -D -p 5202 >/dev/null
 sleep 0.5
 [ "$DIRECT" = 1 ] && echo "(direct routing: $(on 1 ip route show proto 103 | head -1))"
-echo "| path | 1 stream (Gbit/s) | 4 streams (Gbit/s) |"
-echo "|---|---|---|"
-h1=$(run_iperf "" "on 1" "192.168.250.12 -p 5201" 1); h4=$(run_iperf "" "on 1" "192.168.250.12 -p 5201" 4)
-echo "| host to host (underlay) | $h1 | $h4 |"
-o1=$(run_iperf "" "in_task $c1" "$ip2 -p 5202" 1); o4=$(run_iperf "" "in_task $c1" "$ip2 -p 5202" 4)
-echo "| task to task across hosts (overlay) | $o1 | $o4 |"
-# The same overlay without the task veth hop: host to host by the nodes'
-# gateway addresses, to split the cost between VXLAN and the task's veth.
 gw2=$(on 2 ip -4 -br addr show gantry0 | awk '{print $3}' | cut -d/ -f1)
-g1=$(run_iperf "" "on 1" "$gw2 -p 5201" 1); g4=$(run_iperf "" "on 1" "$gw2 -p 5201" 4)
-echo "| host to host by gateway addresses (overlay, no task veth) | $g1 | $g4 |"
+# Rounds interleave the paths (underlay, overlay, gateway to gateway), so
+# the machine's drift falls on all alike; each round's overlay figure is
+# taken as a share of the same round's underlay, and the shares' median
+# is reported. The CPU each path costs a byte is steadier than its
+# throughput on a noisy machine, and is reported beside it.
+declare -A G C R
+for n in 1 4; do
+  for _ in $(seq "$RUNS"); do
+    read -r hg hc < <(one on 1 -- 192.168.250.12 5201 $n)
+    read -r og oc < <(one in_task "$c1" -- "$ip2" 5202 $n)
+    read -r gg gc < <(one on 1 -- "$gw2" 5201 $n)
+    G[h$n]+="$hg "; G[o$n]+="$og "; G[g$n]+="$gg "
+    C[h$n]+="$hc "; C[o$n]+="$oc "; C[g$n]+="$gc "
+    R[o$n]+="$(awk -v a="$og" -v b="$hg" 'BEGIN {printf "%.3f", a / b}') "
+    R[g$n]+="$(awk -v a="$gg" -v b="$hg" 'BEGIN {printf "%.3f", a / b}') "
+    R[co$n]+="$(awk -v a="$oc" -v b="$hc" 'BEGIN {printf "%.3f", a / b}') "
+  done
+done
+m() { printf '%s\n' ${1} | median; }
+pct() { m "$1" | awk '{printf "%.0f%%", 100 * $1}'; }
+echo "| path | 1 stream (Gbit/s) | 4 streams (Gbit/s) | CPU per GB, 4 streams (ticks) |"
+echo "|---|---|---|---|"
+echo "| host to host (underlay) | $(m "${G[h1]}") | $(m "${G[h4]}") | $(m "${C[h4]}") |"
+echo "| task to task across hosts (overlay) | $(m "${G[o1]}") | $(m "${G[o4]}") | $(m "${C[o4]}") |"
+# The same overlay without the task veth hop: host to host by the nodes'
+# gateway addresses, to split the cost between the overlay and the veth.
+echo "| host to host by gateway addresses (overlay, no task veth) | $(m "${G[g1]}") | $(m "${G[g4]}") | $(m "${C[g4]}") |"
 echo
-awk -v a="$o1" -v b="$h1" -v c="$o4" -v d="$h4" -v e="$g4" 'BEGIN {printf "overlay / underlay: %.0f%% with 1 stream, %.0f%% with 4 streams (gateway to gateway: %.0f%%)\n", 100*a/b, 100*c/d, 100*e/d}'
+echo "overlay / underlay, median of $RUNS interleaved rounds: $(pct "${R[o1]}") with 1 stream, $(pct "${R[o4]}") with 4 streams (gateway to gateway: $(pct "${R[g4]}")); CPU per byte, 4 streams: $(m "${R[co4]}")x the underlay's"
 hr=$(on 1 ping -c 50 -i 0.02 -q 192.168.250.12 | sed -n 's/.*= [0-9.]*\/\([0-9.]*\)\/.*/\1/p')
 orr=$(in_task "$c1" ping -c 50 -i 0.02 -q "$ip2" | sed -n 's/.*= [0-9.]*\/\([0-9.]*\)\/.*/\1/p')
 echo "round trip (ping, average of 50): host to host $hr ms, task to task $orr ms"
