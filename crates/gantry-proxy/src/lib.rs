@@ -54,6 +54,10 @@ pub struct ProxyConfig {
     pub request_timeout: Duration,
     /// A client connection may take this long to send a request head.
     pub header_timeout: Duration,
+    /// A write of a response to a client may make no progress this long
+    /// before the connection is closed (nginx's `send_timeout`): a client
+    /// that stops reading does not hold its connection and its backend's.
+    pub send_timeout: Duration,
     /// A backend that refused a connection is left out this long.
     pub eject_for: Duration,
     /// Between active health checks.
@@ -70,6 +74,7 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(60),
             header_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(60),
             eject_for: Duration::from_secs(10),
             check_every: Duration::from_secs(2),
             trusted_proxies: Vec::new(),

@@ -16,6 +16,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::FutureExt;
@@ -26,6 +27,7 @@ use hyper::{Method, Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::forward::{self, Body, Conn};
+use crate::timer::Deadline;
 use crate::{h1, Proxy};
 
 /// A request head larger than this goes to hyper (which refuses it).
@@ -82,7 +84,12 @@ where
         let version = req.version();
         let head_request = req.method() == Method::HEAD;
         let Ok(resp) = forward::handle(proxy.clone(), conn, req, &mut deadline).await;
-        let wrote = write_response(&mut io, &mut out, resp, version, head_request, keep_alive);
+        let mut w = Writer {
+            io: &mut io,
+            deadline: &mut deadline,
+            limit: proxy.config.send_timeout,
+        };
+        let wrote = write_response(&mut w, &mut out, resp, version, head_request, keep_alive);
         match wrote.await {
             Ok(true) => {}
             Ok(false) => {
@@ -194,9 +201,30 @@ enum Framing {
     Close,
 }
 
+/// The client's side of a connection as responses are written to it:
+/// every write must make progress within `limit`.
+struct Writer<'a, S> {
+    io: &'a mut S,
+    deadline: &'a mut Deadline,
+    limit: Duration,
+}
+
+impl<S: AsyncWrite + Unpin> Writer<'_, S> {
+    async fn send(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.deadline.set(self.limit);
+        match self.deadline.within(self.io.write_all(buf)).await {
+            Some(r) => r,
+            None => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client read nothing within the send timeout",
+            )),
+        }
+    }
+}
+
 /// Writes a response; whether the connection stays open after it.
 async fn write_response<S: AsyncWrite + Unpin>(
-    io: &mut S,
+    io: &mut Writer<'_, S>,
     out: &mut Vec<u8>,
     resp: Response<Body>,
     version: Version,
@@ -252,7 +280,7 @@ async fn write_response<S: AsyncWrite + Unpin>(
     }
     out.extend_from_slice(b"\r\n");
     if no_body {
-        io.write_all(out).await?;
+        io.send(out).await?;
         return Ok(keep_alive);
     }
     loop {
@@ -262,7 +290,7 @@ async fn write_response<S: AsyncWrite + Unpin>(
             Some(f) => f,
             None => {
                 if !out.is_empty() {
-                    io.write_all(out).await?;
+                    io.send(out).await?;
                     out.clear();
                 }
                 body.frame().await
@@ -275,7 +303,7 @@ async fn write_response<S: AsyncWrite + Unpin>(
                 // nginx sends them: the client sees the answer cut short
                 // (the connection closes), not an empty reply.
                 if !out.is_empty() {
-                    io.write_all(out).await?;
+                    io.send(out).await?;
                 }
                 return Err(io::Error::other(format!("response body: {e}")));
             }
@@ -288,9 +316,9 @@ async fn write_response<S: AsyncWrite + Unpin>(
             out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
         }
         if data.len() >= GATHER {
-            io.write_all(out).await?;
+            io.send(out).await?;
             out.clear();
-            io.write_all(&data).await?;
+            io.send(&data).await?;
         } else {
             out.extend_from_slice(&data);
         }
@@ -298,7 +326,7 @@ async fn write_response<S: AsyncWrite + Unpin>(
             out.extend_from_slice(b"\r\n");
         }
         if out.len() >= GATHER {
-            io.write_all(out).await?;
+            io.send(out).await?;
             out.clear();
         }
     }
@@ -306,7 +334,7 @@ async fn write_response<S: AsyncWrite + Unpin>(
         out.extend_from_slice(b"0\r\n\r\n");
     }
     if !out.is_empty() {
-        io.write_all(out).await?;
+        io.send(out).await?;
     }
     Ok(keep_alive && framing != Framing::Close)
 }
@@ -446,7 +474,13 @@ mod tests {
         async fn write(resp: Response<Body>, version: Version, head: bool) -> (String, bool) {
             let mut out = Vec::new();
             let mut sink = Vec::new();
-            let keep = write_response(&mut sink, &mut out, resp, version, head, true)
+            let mut deadline = crate::timer::Coarse::default().deadline();
+            let mut w = Writer {
+                io: &mut sink,
+                deadline: &mut deadline,
+                limit: Duration::from_secs(5),
+            };
+            let keep = write_response(&mut w, &mut out, resp, version, head, true)
                 .await
                 .unwrap();
             (String::from_utf8(sink).unwrap(), keep)

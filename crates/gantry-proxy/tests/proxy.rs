@@ -602,6 +602,11 @@ async fn raw_backend(ip: Ipv4Addr, port: u16) -> Arc<std::sync::atomic::AtomicUs
                             v.extend(std::iter::repeat_n(b'x', 1 << 20));
                             (v, false)
                         }
+                        "/huge" => {
+                            let mut v = format!("HTTP/1.1 200 OK\r\nContent-Length: {HUGE}\r\n\r\n").into_bytes();
+                            v.extend(std::iter::repeat_n(b'x', HUGE));
+                            (v, false)
+                        }
                         "/bad-length" => (
                             b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd".to_vec(),
                             true,
@@ -624,6 +629,44 @@ async fn raw_backend(ip: Ipv4Addr, port: u16) -> Arc<std::sync::atomic::AtomicUs
         }
     });
     accepted
+}
+
+/// The body `/huge` has: more than the sockets between proxy and client
+/// hold, so a client that stops reading stops the proxy's writes.
+const HUGE: usize = 64 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_let_go() {
+    let f = fixture(ProxyConfig {
+        send_timeout: Duration::from_secs(1),
+        ..ProxyConfig::default()
+    })
+    .await;
+    raw_backend(Ipv4Addr::new(127, 0, 0, 6), f.port).await;
+    f.proxy
+        .set_routes(&[route("raw", &["raw.test"], "/", f.port, &[6])]);
+    let mut s = TcpStream::connect(f.http).await.unwrap();
+    s.write_all(b"GET /huge HTTP/1.1\r\nHost: raw.test\r\n\r\n")
+        .await
+        .unwrap();
+    // Not a byte read for well over the send timeout: the proxy closes.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => got += n,
+            Err(_) => break false,
+        }
+    };
+    assert!(ended, "the proxy kept the connection open");
+    assert!(
+        got > 0 && got < HUGE,
+        "the answer was cut at the timeout: {got} bytes of {HUGE}"
+    );
+    // The proxy goes on serving others.
+    assert_eq!(get(&f, "raw.test", "/after").await.0, 200);
 }
 
 /// Requests written on one raw connection; what comes back until the
