@@ -398,14 +398,15 @@ impl Overlay {
                 continue;
             }
             let keep = match n.header.family {
-            AddressFamily::Inet => n.attributes.iter().any(|a| {
-                matches!(a, NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) if vteps.contains(ip))
-            }),
-            AddressFamily::Bridge => n.attributes.iter().any(|a| {
-                matches!(a, NeighbourAttribute::LinkLocalAddress(m) if m.len() == 6 && macs.contains(&<[u8; 6]>::try_from(m.as_slice()).unwrap_or_default()))
-            }),
-            _ => true,
-        };
+                AddressFamily::Inet => n.attributes.iter().any(|a| match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
+                        vteps.contains(ip)
+                    }
+                    _ => false,
+                }),
+                AddressFamily::Bridge => mac_of(&n).is_some_and(|m| macs.contains(&m)),
+                _ => true,
+            };
             if !keep {
                 stale.push(n);
             }
@@ -417,13 +418,7 @@ impl Overlay {
             if n.header.ifindex != vx {
                 continue;
             }
-            let mac = n.attributes.iter().find_map(|a| match a {
-                NeighbourAttribute::LinkLocalAddress(m) if m.len() == 6 => {
-                    <[u8; 6]>::try_from(m.as_slice()).ok()
-                }
-                _ => None,
-            });
-            if mac.is_some_and(|m| !macs.contains(&m) && m != [0; 6]) {
+            if mac_of(&n).is_some_and(|m| !macs.contains(&m) && m != [0; 6]) {
                 stale.push(n);
             }
         }
@@ -480,6 +475,14 @@ impl Overlay {
         }
         Ok(())
     }
+}
+
+/// The MAC address of a neighbour or FDB entry.
+fn mac_of(n: &rtnetlink::packet_route::neighbour::NeighbourMessage) -> Option<[u8; 6]> {
+    n.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLocalAddress(m) => <[u8; 6]>::try_from(m.as_slice()).ok(),
+        _ => None,
+    })
 }
 
 /// Removes the IPv4 routes `stale` picks.

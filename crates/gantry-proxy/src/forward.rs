@@ -14,7 +14,7 @@ use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 
 use crate::backend::Backend;
-pub(crate) use crate::body::Body;
+use crate::body::Body;
 use crate::h1;
 use crate::timer::Deadline;
 use crate::{Pool, Proxy};
@@ -32,10 +32,6 @@ pub(crate) struct Conn {
     pub(crate) client: SocketAddr,
     /// Over TLS.
     pub(crate) tls: bool,
-}
-
-pub(crate) fn empty() -> Body {
-    Body::Empty
 }
 
 fn text(status: StatusCode, msg: impl Into<Bytes>) -> Response<Body> {
@@ -359,7 +355,7 @@ async fn forward(
         tried_at[n_tried] = b.addr;
         n_tried += 1;
         let tried = &tried_at[..n_tried];
-        let mut up = Request::new(out.body.take().unwrap_or_else(empty));
+        let mut up = Request::new(out.body.take().unwrap_or(Body::Empty));
         *up.method_mut() = out.method.clone();
         *up.version_mut() = Version::HTTP_11;
         // Another attempt needs the headers again; the last possible one
@@ -421,7 +417,7 @@ async fn forward(
                         let backend_up = hyper::upgrade::on(&mut resp);
                         let open = proxy.metrics.tunnels.clone();
                         tokio::spawn(tunnel(client_up, backend_up, guard, b.clone(), open));
-                        return (resp.map(|_| empty()), Some(b.addr));
+                        return (resp.map(|_| Body::Empty), Some(b.addr));
                     }
                 }
                 strip_hop(resp.headers_mut(), false);
@@ -561,7 +557,7 @@ fn forwarded_headers(h: &mut HeaderMap, conn: Conn, host_value: &HeaderValue) {
 /// One active health check of one backend.
 pub(crate) async fn check(proxy: &Proxy, b: Arc<Backend>, path: String) {
     let ok = async {
-        let mut req = Request::new(empty());
+        let mut req = Request::new(Body::Empty);
         *req.uri_mut() = path.parse().ok()?;
         let host = HeaderValue::from_str(&b.addr.to_string()).ok()?;
         req.headers_mut().insert(header::HOST, host);

@@ -54,9 +54,11 @@ pub struct ProxyConfig {
     pub request_timeout: Duration,
     /// A client connection may take this long to send a request head.
     pub header_timeout: Duration,
-    /// A write of a response to a client may make no progress this long
-    /// before the connection is closed (nginx's `send_timeout`): a client
-    /// that stops reading does not hold its connection and its backend's.
+    /// A client must take each piece of a response written to it (the
+    /// head, or one read's worth of body) within this, or its connection
+    /// is closed (nginx's `send_timeout`, which counts between writes): a
+    /// client that stops reading does not hold its connection and its
+    /// backend's. Connections handed to hyper do not have it.
     pub send_timeout: Duration,
     /// A backend that refused a connection is left out this long.
     pub eject_for: Duration,

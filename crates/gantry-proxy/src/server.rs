@@ -26,7 +26,8 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use crate::forward::{self, Body, Conn};
+use crate::body::Body;
+use crate::forward::{self, Conn};
 use crate::timer::Deadline;
 use crate::{h1, Proxy};
 
@@ -183,7 +184,7 @@ fn parse_request(buf: &mut BytesMut, spans: &mut Vec<h1::Span>) -> Option<Next> 
     } else {
         h1::has_token(&headers, &header::CONNECTION, "keep-alive")
     };
-    let mut req = Request::new(forward::empty());
+    let mut req = Request::new(Body::Empty);
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = version;
@@ -201,8 +202,9 @@ enum Framing {
     Close,
 }
 
-/// The client's side of a connection as responses are written to it:
-/// every write must make progress within `limit`.
+/// The client's side of a connection as responses are written to it: the
+/// client must take each piece written (the head, or one read's worth of
+/// body) within `limit`.
 struct Writer<'a, S> {
     io: &'a mut S,
     deadline: &'a mut Deadline,
@@ -216,7 +218,7 @@ impl<S: AsyncWrite + Unpin> Writer<'_, S> {
             Some(r) => r,
             None => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                "the client read nothing within the send timeout",
+                "the client did not take the response within the send timeout",
             )),
         }
     }
