@@ -18,6 +18,8 @@ RUNS=${RUNS:-5}
 DIRECT=${DIRECT:-0}
 server_flags=()
 [ "$DIRECT" = 1 ] && server_flags+=(--direct-routing)
+agent_flags=()
+[ "${NO_FAST_PATH:-0}" = 1 ] && agent_flags+=(--no-fast-path)
 tag="gb$$"
 work=$(mktemp -d /tmp/gantry-bench-overlay.XXXXXX)
 pids=()
@@ -31,6 +33,7 @@ cleanup() {
     nsenter --net=/run/netns/$tag-h$i "$G" --data-dir "$work/a$i" agent --cleanup >/dev/null 2>&1 || true
   done
   for n in $tag-h0 $tag-h1 $tag-h2 $tag-lan; do ip netns del $n 2>/dev/null || true; done
+  [ -n "${KEEP_LOGS:-}" ] && cp "$work"/*.log /tmp/ 2>/dev/null
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -62,7 +65,7 @@ pids+=($!)
 for _ in $(seq 100); do on 0 "$G" node ls >/dev/null 2>&1 && break; sleep 0.1; done
 token=$(on 0 "$G" join-token -q)
 for i in 1 2; do
-  on $i "$G" --data-dir "$work/a$i" agent --manager 192.168.250.10 --token "$token" --hostname h$i 2>"$work/a$i.log" &
+  on $i "$G" --data-dir "$work/a$i" agent --manager 192.168.250.10 --token "$token" --hostname h$i "${agent_flags[@]}" 2>"$work/a$i.log" &
   pids+=($!)
 done
 cat > "$work/stack.yml" <<'STACK'
@@ -134,4 +137,8 @@ echo "overlay / underlay, median of $RUNS interleaved rounds: $(pct "${R[o1]}") 
 hr=$(on 1 ping -c 50 -i 0.02 -q 192.168.250.12 | sed -n 's/.*= [0-9.]*\/\([0-9.]*\)\/.*/\1/p')
 orr=$(in_task "$c1" ping -c 50 -i 0.02 -q "$ip2" | sed -n 's/.*= [0-9.]*\/\([0-9.]*\)\/.*/\1/p')
 echo "round trip (ping, average of 50): host to host $hr ms, task to task $orr ms"
+# What the overlay's BPF fast path carried (NO_FAST_PATH=1: agents without it).
+for i in 1 2; do
+  echo "h$i fast path: $(on $i curl -s 127.0.0.1:9323/metrics | sed -n 's/^gantry_overlay_fast_path_packets_total{way="\(.*\)"} \(.*\)/\1=\2/p' | tr '\n' ' ')"
+done
 pkill -f "iperf3 -s -D -p 520" || true

@@ -12,6 +12,7 @@ pkgs=(
   openssl                         # signs the test token server's JWTs
   docker.io                       # Docker Engine: proves built images are ones Docker accepts
   libclang-dev                    # bindgen for rustables (nftables over netlink) at build time
+  clang                           # builds the overlay fast path (crates/gantry-net/bpf) to BPF
   nftables iperf3                 # tests read the firewall with nft; the overlay benchmark
   pebble                          # a real ACME CA (and its DNS server) for the certificate tests
   prometheus                      # promtool checks the metrics exposition

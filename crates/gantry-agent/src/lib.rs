@@ -70,6 +70,9 @@ pub struct AgentConfig {
     pub metrics: Option<std::net::SocketAddr>,
     /// How long and how much of ended tasks' logs are kept.
     pub log_retention: Retention,
+    /// Whether traffic between tasks takes the overlay's BPF fast path
+    /// (`gantry-net::fastpath`) where the kernel has it.
+    pub fast_path: bool,
 }
 
 /// An agent failure.
@@ -269,7 +272,7 @@ pub async fn run(cfg: AgentConfig, id: Identity) -> Result<(), AgentError> {
             l,
             edge,
             stats.clone(),
-            agent.dns.clone(),
+            agent.clone(),
             host.clone(),
         ));
     }

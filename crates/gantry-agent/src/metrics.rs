@@ -1,7 +1,7 @@
 //! The agent's Prometheus endpoint: `GET /metrics` in Prometheus' text
 //! format 0.0.4 (what Debian's promtool checks, and every Prometheus
-//! scrapes): the node's and its task containers' figures, and the edge
-//! proxy's metrics.
+//! scrapes): the node's and its task containers' figures, the edge
+//! proxy's metrics, DNS and the overlay's fast path.
 
 use std::sync::Arc;
 
@@ -16,13 +16,13 @@ pub(crate) async fn serve(
     l: TcpListener,
     edge: Option<Arc<Edge>>,
     stats: Arc<crate::stats::Stats>,
-    dns: Arc<gantry_dns::Table>,
+    agent: Arc<crate::tasks::Agent>,
     node: String,
 ) {
     crate::http::serve(l, move |req| {
         let edge = edge.clone();
         let stats = stats.clone();
-        let dns = dns.clone();
+        let agent = agent.clone();
         let node = node.clone();
         async move {
             if req.uri().path() != "/metrics" {
@@ -37,7 +37,7 @@ pub(crate) async fn serve(
             if let Some(s) = stats.latest() {
                 gantry_metrics::encode_nodes(&mut out, [(node.as_str(), &s)]);
             }
-            let c = dns.counts();
+            let c = agent.dns.counts();
             let mut f = gantry_metrics::Families::default();
             let r = |v: &str| gantry_metrics::label("result", v);
             f.counter(
@@ -50,6 +50,18 @@ pub(crate) async fn serve(
                     (r("dropped"), c.dropped),
                 ],
             );
+            if let Some(c) = agent.fast_path_counters() {
+                let w = |v: &str| gantry_metrics::label("way", v);
+                f.counter(
+                    "overlay_fast_path_packets",
+                    "Packets the overlay's BPF fast path carried between tasks, by way",
+                    &[
+                        (w("to_task"), c.to_task),
+                        (w("local"), c.local),
+                        (w("remote"), c.remote),
+                    ],
+                );
+            }
             f.encode(&mut out);
             reply(
                 StatusCode::OK,

@@ -64,6 +64,8 @@ pub(crate) struct Agent {
     /// The node's underlay address (the VXLAN source).
     underlay: Option<std::net::Ipv4Addr>,
     net: Mutex<Option<Net>>,
+    /// The overlay's BPF fast path between tasks, once loaded.
+    fast: Mutex<Option<gantry_net::FastPath>>,
     /// Service discovery records, served on the node's gateway.
     pub(crate) dns: Arc<gantry_dns::Table>,
     /// Ingress-mode published ports.
@@ -112,6 +114,7 @@ impl Agent {
             node_id,
             underlay,
             net: Mutex::new(None),
+            fast: Mutex::new(None),
             dns: Arc::new(gantry_dns::Table::default()),
             ingress: crate::ingress::Ingress::default(),
             firewall: Mutex::new(None),
@@ -223,6 +226,7 @@ impl Agent {
                             tracing::error!("DNS server on {at}: {e}");
                         }
                     });
+                    self.load_fast_path(&wanted);
                     *net = Some(Net {
                         overlay: wanted,
                         mac,
@@ -259,6 +263,64 @@ impl Agent {
                 Err(e) => tracing::error!("overlay peers: {e}"),
             }
         }
+    }
+
+    /// Loads the fast path for a newly set up overlay (replacing one loaded
+    /// for an earlier setup), unless disabled. Without it (an old kernel,
+    /// no BPF) all traffic takes the stack's path, which is complete.
+    fn load_fast_path(&self, overlay: &gantry_net::Overlay) {
+        let mut fast = self.fast.lock().expect("fast path lock");
+        *fast = None;
+        if !self.cfg.fast_path {
+            return;
+        }
+        let loaded = overlay
+            .fast_path_devices()
+            .map_err(|e| e.to_string())
+            .and_then(|d| gantry_net::FastPath::load(&d).map_err(|e| e.to_string()));
+        match loaded {
+            Ok(f) => {
+                tracing::info!("overlay fast path loaded");
+                *fast = Some(f);
+            }
+            Err(e) => tracing::warn!("overlay fast path not available, the stack carries all: {e}"),
+        }
+    }
+
+    /// Puts the node's running tasks on the fast path (and takes ended
+    /// ones off).
+    fn sync_fast_path(&self) {
+        // Lock order: `net` and the tasks before `fast` (`network` holds
+        // `net` while it loads the fast path).
+        let block = match self.net.lock().expect("net lock").as_ref() {
+            Some(n) => n.overlay.block,
+            None => return,
+        };
+        let ports: Vec<gantry_net::TaskPort> = self
+            .lock()
+            .values()
+            .filter(|l| l.phase == Phase::Up)
+            .filter_map(|l| {
+                let cid = l.container.as_ref()?;
+                let addr = l.assignment.as_ref()?.task.addr?;
+                block.contains(addr).then(|| gantry_net::TaskPort {
+                    addr,
+                    veth: gantry_runtime::net::host_veth(cid),
+                    mac: gantry_runtime::net::mac_for(addr),
+                })
+            })
+            .collect();
+        let mut fast = self.fast.lock().expect("fast path lock");
+        let Some(f) = fast.as_mut() else { return };
+        if let Err(e) = f.set_tasks(&ports) {
+            tracing::warn!("{e}");
+        }
+    }
+
+    /// The fast path's packet counters, when it is loaded.
+    pub(crate) fn fast_path_counters(&self) -> Option<gantry_net::Counters> {
+        let fast = self.fast.lock().expect("fast path lock");
+        fast.as_ref().and_then(|f| f.counters().ok())
     }
 
     /// Masquerade and host protection, once the overlay is up: open to
@@ -338,6 +400,11 @@ impl Agent {
         let first = !self.assigned.swap(true, Ordering::SeqCst);
         tracing::debug!(tasks = set.tasks.len(), "assignment set");
         self.network(&set);
+        if let Some(f) = self.fast.lock().expect("fast path lock").as_mut() {
+            if let Err(e) = f.set_networks(&set.networks) {
+                tracing::warn!("{e}");
+            }
+        }
         self.dns.set(&set.dns);
         self.dns.set_networks(&set.networks);
         self.ingress.set(&set.ingress, &self.dns);
@@ -454,6 +521,9 @@ impl Agent {
                 l.phase = Phase::Ended(Instant::now());
             }
         });
+        // On the fast path before its first health check passes, so that
+        // traffic to a running task never waits for the monitor's sweep.
+        self.sync_fast_path();
         if stop {
             self.clone().stop(id.clone(), true).await;
         } else if let Some((cid, c)) = health {
@@ -752,6 +822,7 @@ impl Agent {
         let Some(rt) = &self.rt else { return };
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
+            self.sync_fast_path();
             let up: Vec<(String, String)> = self
                 .lock()
                 .iter()

@@ -25,7 +25,12 @@
 //! neighbours and FDB entries are removed, so a node that left is
 //! forgotten at the next sync.
 
+mod fastpath;
 mod firewall;
+
+pub use fastpath::{
+    ingress_programs, Counters, FastPath, FastPathDevices, FastPathError, TaskPort,
+};
 
 pub use firewall::Firewall;
 
@@ -123,6 +128,14 @@ pub struct Overlay {
     pub local: Ipv4Addr,
     /// Peers on the underlay subnet of `local` are reached without VXLAN.
     pub direct_routing: bool,
+}
+
+/// A link's MAC address, when it has one.
+fn link_mac(l: &rtnetlink::packet_route::link::LinkMessage) -> Option<[u8; 6]> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(m) => m.as_slice().try_into().ok(),
+        _ => None,
+    })
 }
 
 async fn connect() -> Result<Handle, OverlayError> {
@@ -295,18 +308,8 @@ impl Overlay {
         let l = link(&handle, VXLAN)
             .await?
             .ok_or_else(|| OverlayError::Other("VXLAN device vanished".into()))?;
-        let mac = l
-            .attributes
-            .iter()
-            .find_map(|a| match a {
-                LinkAttribute::Address(m) if m.len() == 6 => {
-                    let mut b = [0u8; 6];
-                    b.copy_from_slice(m);
-                    Some(b)
-                }
-                _ => None,
-            })
-            .ok_or_else(|| OverlayError::Other("VXLAN device has no MAC".into()))?;
+        let mac =
+            link_mac(&l).ok_or_else(|| OverlayError::Other("VXLAN device has no MAC".into()))?;
         Ok((mac, mtu))
     }
 
@@ -341,6 +344,32 @@ impl Overlay {
         std::thread::spawn(move || block_on(me.sync_async(peers))?)
             .join()
             .map_err(|_| OverlayError::Other("sync thread panicked".into()))?
+    }
+
+    /// What the fast path attaches to, once the node is set up: the bridge
+    /// and the uplinks.
+    pub fn fast_path_devices(&self) -> Result<FastPathDevices, OverlayError> {
+        let me = self.clone();
+        std::thread::spawn(move || {
+            block_on(async move {
+                let handle = connect().await?;
+                let bridge = link(&handle, BRIDGE)
+                    .await?
+                    .ok_or_else(|| OverlayError::Other(format!("{BRIDGE} does not exist")))?;
+                let mut uplinks = vec![index(&handle, VXLAN).await?];
+                if me.direct_routing {
+                    uplinks.push(underlay_of(&handle, me.local).await?.0);
+                }
+                Ok(FastPathDevices {
+                    bridge: bridge.header.index,
+                    bridge_mac: link_mac(&bridge)
+                        .ok_or_else(|| OverlayError::Other(format!("{BRIDGE} has no MAC")))?,
+                    uplinks,
+                })
+            })?
+        })
+        .join()
+        .map_err(|_| OverlayError::Other("devices thread panicked".into()))?
     }
 
     /// Removes the VXLAN device (and with it every route and entry on it),

@@ -179,6 +179,15 @@ fn mask(prefix: u8) -> u32 {
     }
 }
 
+/// The MAC of a container's `eth0` with address `ip`: Docker's scheme,
+/// `02:42` (locally administered) then the four octets. Derived, so the
+/// overlay's fast path knows it without asking the container, and a host
+/// that cached an earlier container's MAC for the address is still right.
+pub fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = ip.octets();
+    [0x02, 0x42, a, b, c, d]
+}
+
 /// The host-side veth name for a container.
 pub fn host_veth(id: &str) -> String {
     format!("gv{}", &id[..id.len().min(11)])
@@ -253,6 +262,7 @@ pub fn attach(net: &BridgeNet, id: &str, pid: i32, ip: Ipv4Addr) -> Result<(), N
             .map_err(nl("bring bridge up"))?;
         let peer = LinkUnspec::new_with_name("eth0")
             .mtu(net.mtu)
+            .address(mac_for(ip).to_vec())
             .setns_by_pid(pid as u32)
             .build();
         let veth = rtnetlink::LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
@@ -364,6 +374,14 @@ pub fn detach(id: &str) -> Result<(), NetError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_macs_are_dockers_from_the_address() {
+        let m = mac_for(Ipv4Addr::new(10, 32, 7, 200));
+        assert_eq!(m, [0x02, 0x42, 10, 32, 7, 200]);
+        // Locally administered, unicast.
+        assert_eq!(m[0] & 0b11, 0b10);
+    }
 
     #[test]
     fn leases_are_unique_and_released() {

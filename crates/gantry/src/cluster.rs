@@ -164,6 +164,10 @@ pub(crate) struct AgentArgs {
     /// overlay's devices and routes) and exit.
     #[arg(long)]
     cleanup: bool,
+    /// Route all overlay traffic through the host's bridge, IP forwarding
+    /// and nftables, without the BPF fast path between tasks.
+    #[arg(long)]
+    no_fast_path: bool,
     #[command(flatten)]
     edge: EdgeArgs,
     #[command(flatten)]
@@ -461,6 +465,7 @@ pub(crate) fn server(ctx: &Ctx, a: ServerArgs) -> anyhow::Result<u8> {
                 edge: a.edge.config(),
                 metrics: Some(a.edge.metrics),
                 log_retention: a.logs.retention()?,
+                fast_path: true,
             };
             let info = gantry_agent::node_info(&acfg, acfg.manager.as_deref().unwrap_or_default());
             let (node_id, cred) = m.local_node(&info)?;
@@ -510,6 +515,7 @@ pub(crate) fn agent(ctx: &Ctx, a: AgentArgs) -> anyhow::Result<u8> {
         edge: a.edge.config(),
         metrics: Some(a.edge.metrics),
         log_retention: a.logs.retention()?,
+        fast_path: !a.no_fast_path,
     };
     multi_thread(async move {
         let id = gantry_agent::identity(&cfg).await?;

@@ -836,6 +836,18 @@ fn containers_reach_each_other_across_hosts_on_the_overlay() {
             "{url} answered {page:?}, not {id}"
         );
     }
+    // Those requests took the overlay's fast path: from node-1's task veth
+    // straight out of the VXLAN device, and from the VXLAN device straight
+    // into the tasks on nodes 2 and 3 (the counters are the BPF programs').
+    let (_, _, remote) = fast_path_on(&cl.lan.hosts[1]).expect("node-1's fast path");
+    assert!(remote > 0.0, "node-1 sent nothing on the fast path");
+    for h in [2, 3] {
+        let (to_task, _, _) = fast_path_on(&cl.lan.hosts[h]).expect("the fast path");
+        assert!(to_task > 0.0, "host {h} delivered nothing on the fast path");
+    }
+    assert_eq!(ingress_programs(&cl.lan.hosts[1], "gantry.vx"), ["to_task"]);
+    let veth = format!("gv{}", &web1[0][..11]);
+    assert_eq!(ingress_programs(&cl.lan.hosts[1], &veth), ["from_task"]);
     // By name: the node's DNS server answers the service's healthy tasks,
     // in rotating order, and tasks.SERVICE; other names are forwarded (and
     // fail here: the simulated hosts have no resolver).
@@ -1111,6 +1123,37 @@ fn stack_networks_are_isolated() {
             "red reached blue on {host}: {out:?}"
         );
     }
+    // Two tasks of one stack on one node talk straight from veth to veth
+    // (the fast path's "local" way), past the bridge.
+    let green = web(
+        2,
+        "      placement:\n        constraints: [\"node.hostname == node-1\"]\n",
+    )
+    .replace("IMAGE", &cl.image);
+    let o = cl.deploy("green", &green);
+    assert!(o.status.success(), "{}", errtext(&o));
+    cl.wait_running("green_web", &[("node-1", 2)], Duration::from_secs(30));
+    let greens: Vec<String> = cl
+        .tasks("green_web")
+        .iter()
+        .filter(|t| t["state"] == "running")
+        .filter_map(|t| t["addr"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(greens.len(), 2, "{greens:?}");
+    let green1 = cl.container_of(0, "green_web");
+    let (_, local_before, _) = fast_path_on(&cl.lan.hosts[1]).expect("node-1's fast path");
+    for to in &greens {
+        let out = cl.get_from(0, &green1, to);
+        assert!(out.contains("200 OK"), "green to {to}: {out:?}");
+    }
+    let (_, local, _) = fast_path_on(&cl.lan.hosts[1]).unwrap();
+    assert!(
+        local > local_before,
+        "no packet took the local way: {local_before} then {local}"
+    );
+    // A green task does not reach red on its own node either.
+    let out = cl.get_from(0, &green1, &addr("red_web", "node-1"));
+    assert!(!out.contains("200 OK"), "green reached red: {out:?}");
     // Names are scoped too: `web` is red's web for a red task.
     let o = cl.on_agent(0, &["exec", &red1, "nslookup", "web"]);
     let mut seen: Vec<String> = text(&o)
@@ -1199,7 +1242,9 @@ fn direct_routing_skips_vxlan_between_nodes_of_one_subnet() {
     }
     cl.start_agent(0);
     cl.start_agent(1);
-    cl.start_agent_with(2, &["--advertise", far]);
+    // Node-3 runs without the fast path: nodes with and without it
+    // interoperate (the fast path is local to each node).
+    cl.start_agent_with(2, &["--advertise", far, "--no-fast-path"]);
     for stack in ["red", "blue"] {
         let o = cl.deploy(stack, &web(3, "").replace("IMAGE", &cl.image));
         assert!(o.status.success(), "{}", errtext(&o));
@@ -1254,6 +1299,15 @@ fn direct_routing_skips_vxlan_between_nodes_of_one_subnet() {
     assert!(o.status.success(), "host to task: {}", errtext(&o));
     // None of it went through VXLAN.
     assert_eq!(vx_tx(), before, "packets left through gantry.vx");
+    // Between nodes 1 and 2 it took the fast path: straight from node-1's
+    // task veth out of its underlay device, and from node-2's underlay
+    // device straight into the task.
+    assert_eq!(ingress_programs(h1, "eth0"), ["to_task"]);
+    let (_, _, remote) = fast_path_on(h1).expect("node-1's fast path");
+    assert!(remote > 0.0, "node-1 sent nothing on the fast path");
+    let (to_task, _, _) = fast_path_on(h2).expect("node-2's fast path");
+    assert!(to_task > 0.0, "node-2 delivered nothing on the fast path");
+    assert_eq!(fast_path_on(&cl.lan.hosts[3]), None, "node-3 has it off");
     // Node-3, on the other subnet, is reached over VXLAN, from the task
     // and from the host.
     let red3 = addr("red_web", "node-3");
@@ -1269,10 +1323,15 @@ fn direct_routing_skips_vxlan_between_nodes_of_one_subnet() {
     let out = get(&addr("blue_web", "node-2"));
     assert!(!out.contains("200 OK"), "red reached blue: {out:?}");
 
-    // Cleanup takes the direct routes too.
+    // Cleanup takes the direct routes too; the fast path's programs went
+    // with the agent's process (their links were its own).
     cl.kill_agent(0);
     let o = cl.on_agent(0, &["agent", "--cleanup"]);
     assert!(o.status.success(), "{}", errtext(&o));
+    assert_eq!(
+        ingress_programs(&cl.lan.hosts[1], "eth0"),
+        Vec::<String>::new()
+    );
     let routes = ip_on(&cl.lan.hosts[1], "ip", &["route"]);
     assert!(
         !routes.contains("proto 103") && !routes.contains(&block2),

@@ -462,3 +462,30 @@ pub fn promtool_ok(body: &str) {
         errtext(&o)
     );
 }
+
+/// What the overlay's fast path carried on a simulated host, from its
+/// agent's `/metrics`: (to_task, local, remote) packets; `None` without it.
+pub fn fast_path_on(host: &Host) -> Option<(f64, f64, f64)> {
+    let body = metrics_on(host, "127.0.0.1:9323");
+    let way = |w: &str| {
+        sample(
+            &body,
+            "gantry_overlay_fast_path_packets_total",
+            &[&format!("way=\"{w}\"")],
+        )
+    };
+    Some((way("to_task")?, way("local")?, way("remote")?))
+}
+
+/// The names of the BPF programs attached (TCX) to `iface`'s ingress on a
+/// simulated host; empty when there are none or no such interface.
+pub fn ingress_programs(host: &Host, iface: &str) -> Vec<String> {
+    let ns = std::fs::File::open(host.netns_path()).unwrap();
+    let iface = iface.to_owned();
+    std::thread::spawn(move || {
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        gantry_net::ingress_programs(&iface).unwrap_or_default()
+    })
+    .join()
+    .unwrap()
+}

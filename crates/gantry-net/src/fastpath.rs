@@ -1,0 +1,460 @@
+//! The overlay's fast path: the tc programs of `bpf/fastpath.c` (built by
+//! build.rs), loaded and fed with aya. Between two tasks that share a stack
+//! network they carry packets from one task's veth straight to the other's
+//! namespace on the same node, or out of the uplink (VXLAN device, or the
+//! underlay with direct routing) to another node, where the packet goes
+//! straight from the uplink into the task's namespace: the host's bridge,
+//! IP forwarding and nftables are skipped for traffic they would have
+//! accepted anyway. Everything else is passed to the stack unchanged.
+//!
+//! Programs are attached with TCX links (kernel 6.6 and later), which
+//! belong to this process: when the agent exits, the kernel detaches them
+//! and traffic takes the stack's path again, so nothing is left on the host
+//! and nothing needs cleaning up. On an older kernel [`FastPath::load`]
+//! fails and the agent goes on without it.
+//!
+//! **Invariant:** the maps only ever make the fast path take *less*
+//! traffic than the nftables rules accept: a pair of addresses gets through
+//! only when one stack network holds both, as the forward chain checks; a
+//! task on more than [`NETS`] networks is left out of the maps.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
+use std::net::Ipv4Addr;
+
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::programs::links::LinkOrder;
+use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
+use aya::programs::{SchedClassifier, TcAttachType};
+use aya::Ebpf;
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fastpath.o"));
+
+/// How many stack networks a task may be on and still take the fast path
+/// (`NETS` in `fastpath.c`).
+pub(crate) const NETS: usize = 4;
+
+/// A failure loading or feeding the fast path.
+#[derive(Debug, thiserror::Error)]
+#[error("fast path: {what}: {err}")]
+pub struct FastPathError {
+    what: String,
+    err: String,
+}
+
+fn err<E: std::fmt::Display>(what: impl Into<String>) -> impl FnOnce(E) -> FastPathError {
+    let what = what.into();
+    move |e| FastPathError {
+        what,
+        err: e.to_string(),
+    }
+}
+
+/// `struct endpoint` in `fastpath.c`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Endpoint {
+    ifindex: u32,
+    mac: [u8; 6],
+    gw_mac: [u8; 6],
+}
+// SAFETY: plain data, no padding (4 + 6 + 6 bytes, alignment 4).
+unsafe impl aya::Pod for Endpoint {}
+
+/// `struct member` in `fastpath.c`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Member {
+    nets: [u32; NETS],
+}
+// SAFETY: plain data, no padding.
+unsafe impl aya::Pod for Member {}
+
+/// `struct config` in `fastpath.c`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Config {
+    bridge_ifindex: u32,
+}
+// SAFETY: plain data, no padding.
+unsafe impl aya::Pod for Config {}
+
+/// The node's devices the fast path works with (from
+/// [`crate::Overlay::fast_path_devices`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FastPathDevices {
+    /// The bridge's interface index: a route to it means "a task of this
+    /// node", which the fast path leaves to the stack when it has no
+    /// endpoint for it.
+    pub bridge: u32,
+    /// The bridge's MAC: the source of frames delivered to tasks, as the
+    /// stack's path (across the bridge) gives them.
+    pub bridge_mac: [u8; 6],
+    /// Where other nodes' packets arrive: the VXLAN device, and with
+    /// direct routing the underlay device (interface indexes).
+    pub uplinks: Vec<u32>,
+}
+
+/// A task of this node, as the fast path needs it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TaskPort {
+    /// Its overlay address.
+    pub addr: Ipv4Addr,
+    /// The host end of its veth.
+    pub veth: String,
+    /// Its `eth0`'s MAC.
+    pub mac: [u8; 6],
+}
+
+/// Packets the fast path carried, by way (counted per CPU, summed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// From an uplink into a task of this node.
+    pub to_task: u64,
+    /// From a task to another task of this node.
+    pub local: u64,
+    /// From a task out to another node.
+    pub remote: u64,
+}
+
+struct Attached {
+    port: TaskPort,
+    ifindex: u32,
+    _link: SchedClassifierLink,
+}
+
+/// The loaded programs, their maps and links.
+pub struct FastPath {
+    ebpf: Ebpf,
+    gw_mac: [u8; 6],
+    _uplinks: Vec<SchedClassifierLink>,
+    tasks: BTreeMap<Ipv4Addr, Attached>,
+    /// Stack network names to the ids in `members`; never reused, so an
+    /// id never means two networks while the map is being rewritten.
+    net_ids: BTreeMap<String, u32>,
+    members: BTreeMap<Ipv4Addr, Member>,
+}
+
+impl std::fmt::Debug for FastPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FastPath")
+            .field("tasks", &self.tasks.len())
+            .field("members", &self.members.len())
+            .finish()
+    }
+}
+
+fn ifname(index: u32) -> Result<String, FastPathError> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf has IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return Err(err(format!("interface {index}"))(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Ok(name.to_string_lossy().into_owned())
+}
+
+fn ifindex(name: &str) -> Result<u32, FastPathError> {
+    let c = CString::new(name).map_err(err(format!("interface {name}")))?;
+    // SAFETY: c is a valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(err(format!("interface {name}"))(
+            std::io::Error::last_os_error(),
+        )),
+        i => Ok(i),
+    }
+}
+
+impl FastPath {
+    /// Loads the programs and attaches `to_task` to the uplinks. Tasks and
+    /// networks come with [`FastPath::set_tasks`] and
+    /// [`FastPath::set_networks`].
+    pub fn load(devices: &FastPathDevices) -> Result<Self, FastPathError> {
+        let mut ebpf = Ebpf::load(OBJECT).map_err(err("load object"))?;
+        for name in ["from_task", "to_task"] {
+            let p: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| err(name)("not in object"))?
+                .try_into()
+                .map_err(err(name))?;
+            p.load().map_err(err(format!("load {name}")))?;
+        }
+        let mut config: Array<&mut MapData, Config> = Array::try_from(
+            ebpf.map_mut("config")
+                .ok_or_else(|| err("config")("no map"))?,
+        )
+        .map_err(err("config"))?;
+        config
+            .set(
+                0,
+                Config {
+                    bridge_ifindex: devices.bridge,
+                },
+                0,
+            )
+            .map_err(err("config"))?;
+        let mut links = Vec::new();
+        for &u in &devices.uplinks {
+            let name = ifname(u)?;
+            links.push(attach(&mut ebpf, "to_task", &name)?);
+        }
+        Ok(FastPath {
+            ebpf,
+            gw_mac: devices.bridge_mac,
+            _uplinks: links,
+            tasks: BTreeMap::new(),
+            net_ids: BTreeMap::new(),
+            members: BTreeMap::new(),
+        })
+    }
+
+    fn endpoints(&mut self) -> Result<HashMap<&mut MapData, u32, Endpoint>, FastPathError> {
+        HashMap::try_from(
+            self.ebpf
+                .map_mut("endpoints")
+                .ok_or_else(|| err("endpoints")("no map"))?,
+        )
+        .map_err(err("endpoints"))
+    }
+
+    /// Makes the node's tasks on the fast path exactly `ports`: a new one's
+    /// veth gets `from_task` and its address an endpoint; one gone loses
+    /// both. A task whose veth is not there (yet) is skipped and tried
+    /// again at the next call; an error on one task does not stop the
+    /// others and is returned at the end.
+    pub fn set_tasks(&mut self, ports: &[TaskPort]) -> Result<(), FastPathError> {
+        let wanted: BTreeMap<Ipv4Addr, &TaskPort> = ports.iter().map(|p| (p.addr, p)).collect();
+        let mut first_err = None;
+        let gone: Vec<Ipv4Addr> = self
+            .tasks
+            .iter()
+            .filter(|(a, t)| wanted.get(a).is_none_or(|p| **p != t.port))
+            .map(|(a, _)| *a)
+            .collect();
+        for a in gone {
+            // The endpoint first, then the link (dropped with the entry).
+            if let Err(e) = self.endpoints().and_then(|mut m| {
+                m.remove(&u32::from_ne_bytes(a.octets()))
+                    .map_err(err(format!("remove endpoint {a}")))
+            }) {
+                first_err.get_or_insert(e);
+            }
+            self.tasks.remove(&a);
+        }
+        for (a, p) in wanted {
+            if self.tasks.contains_key(&a) {
+                continue;
+            }
+            let Ok(index) = ifindex(&p.veth) else {
+                continue;
+            };
+            let r = attach(&mut self.ebpf, "from_task", &p.veth).and_then(|link| {
+                let ep = Endpoint {
+                    ifindex: index,
+                    mac: p.mac,
+                    gw_mac: self.gw_mac,
+                };
+                self.endpoints()?
+                    .insert(u32::from_ne_bytes(a.octets()), ep, 0)
+                    .map_err(err(format!("endpoint {a}")))?;
+                Ok(link)
+            });
+            match r {
+                Ok(link) => {
+                    self.tasks.insert(
+                        a,
+                        Attached {
+                            port: p.clone(),
+                            ifindex: index,
+                            _link: link,
+                        },
+                    );
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// The tasks on the fast path: address and veth index.
+    pub fn tasks(&self) -> Vec<(Ipv4Addr, u32)> {
+        self.tasks.iter().map(|(a, t)| (*a, t.ifindex)).collect()
+    }
+
+    /// Makes `members` hold exactly the stack networks' task addresses
+    /// (`STACK_NETWORK` to addresses, as the firewall's sets).
+    pub fn set_networks(
+        &mut self,
+        networks: &BTreeMap<String, Vec<Ipv4Addr>>,
+    ) -> Result<(), FastPathError> {
+        let wanted = members(networks, &mut self.net_ids);
+        let mut map: HashMap<&mut MapData, u32, Member> = HashMap::try_from(
+            self.ebpf
+                .map_mut("members")
+                .ok_or_else(|| err("members")("no map"))?,
+        )
+        .map_err(err("members"))?;
+        // Removals first: for a moment an address may be missing (the
+        // stack's path), never allowed where it no longer is.
+        for a in self.members.keys().filter(|a| !wanted.contains_key(a)) {
+            map.remove(&u32::from_ne_bytes(a.octets()))
+                .map_err(err(format!("remove member {a}")))?;
+        }
+        for (a, m) in &wanted {
+            if self.members.get(a) != Some(m) {
+                map.insert(u32::from_ne_bytes(a.octets()), *m, 0)
+                    .map_err(err(format!("member {a}")))?;
+            }
+        }
+        self.members = wanted;
+        Ok(())
+    }
+
+    /// The packets carried so far.
+    pub fn counters(&self) -> Result<Counters, FastPathError> {
+        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map("counters")
+                .ok_or_else(|| err("counters")("no map"))?,
+        )
+        .map_err(err("counters"))?;
+        let sum = |i: u32| -> Result<u64, FastPathError> {
+            Ok(map.get(&i, 0).map_err(err("counters"))?.iter().sum::<u64>())
+        };
+        Ok(Counters {
+            to_task: sum(0)?,
+            local: sum(1)?,
+            remote: sum(2)?,
+        })
+    }
+}
+
+/// What `members` must hold for `networks` (`STACK_NETWORK` to task
+/// addresses): each address's network ids, from `ids` (names to ids,
+/// extended with new names; an id is never reused). An address on more
+/// than [`NETS`] networks is left out: the stack's path decides for it.
+fn members(
+    networks: &BTreeMap<String, Vec<Ipv4Addr>>,
+    ids: &mut BTreeMap<String, u32>,
+) -> BTreeMap<Ipv4Addr, Member> {
+    let mut by_addr: BTreeMap<Ipv4Addr, BTreeSet<u32>> = BTreeMap::new();
+    for (name, addrs) in networks {
+        let next = ids.len() as u32 + 1;
+        let id = *ids.entry(name.clone()).or_insert(next);
+        for a in addrs {
+            by_addr.entry(*a).or_default().insert(id);
+        }
+    }
+    by_addr
+        .into_iter()
+        .filter(|(_, ids)| ids.len() <= NETS)
+        .map(|(a, ids)| {
+            let mut nets = [0; NETS];
+            for (n, id) in nets.iter_mut().zip(ids) {
+                *n = id;
+            }
+            (a, Member { nets })
+        })
+        .collect()
+}
+
+/// The names of the TCX programs on `iface`'s ingress (in this thread's
+/// network namespace): what the fast path, or anyone else, has attached.
+pub fn ingress_programs(iface: &str) -> Result<Vec<String>, FastPathError> {
+    let (_, progs) = SchedClassifier::query_tcx(iface, TcAttachType::Ingress)
+        .map_err(err(format!("query {iface}")))?;
+    Ok(progs
+        .iter()
+        .map(|p| p.name_as_str().unwrap_or_default().to_owned())
+        .collect())
+}
+
+/// Attaches program `name` to `iface`'s ingress as a TCX link (after any
+/// programs already there), owned by the caller.
+fn attach(ebpf: &mut Ebpf, name: &str, iface: &str) -> Result<SchedClassifierLink, FastPathError> {
+    let p: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .ok_or_else(|| err(name)("not in object"))?
+        .try_into()
+        .map_err(err(name))?;
+    let id = p
+        .attach_with_options(
+            iface,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(err(format!("attach {name} to {iface}")))?;
+    p.take_link(id).map_err(err(format!("attach {name}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(list: &[(&str, &[u8])]) -> BTreeMap<String, Vec<Ipv4Addr>> {
+        list.iter()
+            .map(|(n, a)| {
+                let addrs = a.iter().map(|x| Ipv4Addr::new(10, 32, 1, *x)).collect();
+                (n.to_string(), addrs)
+            })
+            .collect()
+    }
+
+    fn ids_of(m: &BTreeMap<Ipv4Addr, Member>, last: u8) -> Vec<u32> {
+        let m = m[&Ipv4Addr::new(10, 32, 1, last)];
+        m.nets.iter().copied().filter(|&n| n != 0).collect()
+    }
+
+    #[test]
+    fn members_share_ids_exactly_where_networks_are_shared() {
+        let mut ids = BTreeMap::new();
+        let m = members(
+            &nets(&[
+                ("a_default", &[2, 3]),
+                ("b_default", &[4]),
+                ("b_back", &[3, 4]),
+            ]),
+            &mut ids,
+        );
+        // Ids in name order: a_default 1, b_back 2, b_default 3.
+        assert_eq!(ids_of(&m, 2), [1]);
+        assert_eq!(ids_of(&m, 3), [1, 2]);
+        assert_eq!(ids_of(&m, 4), [2, 3]);
+        assert_eq!(m.len(), 3);
+    }
+
+    #[test]
+    fn network_ids_stay_and_are_never_reused() {
+        let mut ids = BTreeMap::new();
+        members(&nets(&[("a", &[2]), ("b", &[3])]), &mut ids);
+        // "a" goes, "0" comes and sorts first: b keeps 2, the new one gets 3.
+        let m = members(&nets(&[("0", &[5]), ("b", &[3])]), &mut ids);
+        assert_eq!(ids_of(&m, 3), [2]);
+        assert_eq!(ids_of(&m, 5), [3]);
+        assert!(!m.contains_key(&Ipv4Addr::new(10, 32, 1, 2)));
+    }
+
+    #[test]
+    fn a_task_on_too_many_networks_is_left_to_the_stack() {
+        let mut ids = BTreeMap::new();
+        let five: Vec<(String, &[u8])> = (0..5).map(|i| (format!("n{i}"), &[9u8][..])).collect();
+        let list: Vec<(&str, &[u8])> = five.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+        let m = members(&nets(&list), &mut ids);
+        assert!(m.is_empty());
+        let m = members(&nets(&list[..4]), &mut ids);
+        assert_eq!(ids_of(&m, 9).len(), NETS);
+    }
+
+    #[test]
+    fn structs_match_the_c_layout() {
+        assert_eq!(std::mem::size_of::<Endpoint>(), 16);
+        assert_eq!(std::mem::size_of::<Member>(), 4 * NETS);
+        assert_eq!(std::mem::size_of::<Config>(), 4);
+    }
+}
