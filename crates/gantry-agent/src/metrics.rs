@@ -61,6 +61,12 @@ pub(crate) async fn serve(
                         (w("remote"), c.remote),
                     ],
                 );
+                let d = |v: &str| gantry_metrics::label("direction", v);
+                f.counter(
+                    "overlay_fast_path_vxlan_packets",
+                    "Of those, packets the fast path encapsulated in VXLAN itself (out) or decapsulated (in)",
+                    &[(d("out"), c.encapsulated), (d("in"), c.decapsulated)],
+                );
             }
             f.encode(&mut out);
             reply(

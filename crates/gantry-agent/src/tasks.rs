@@ -258,6 +258,11 @@ impl Agent {
             match n.overlay.sync_peers(&peers) {
                 Ok(()) => {
                     tracing::info!(peers = peers.len(), "overlay peers programmed");
+                    if let Some(f) = self.fast.lock().expect("fast path lock").as_mut() {
+                        if let Err(e) = f.set_peers(&peers) {
+                            tracing::warn!("{e}");
+                        }
+                    }
                     n.peers = peers;
                 }
                 Err(e) => tracing::error!("overlay peers: {e}"),

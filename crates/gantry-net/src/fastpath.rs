@@ -75,6 +75,25 @@ unsafe impl aya::Pod for Member {}
 #[derive(Clone, Copy)]
 struct Config {
     bridge_ifindex: u32,
+    vxlan_ifindex: u32,
+    /// Network byte order, as in the packet.
+    underlay_ip: u32,
+    vni: u32,
+}
+
+/// `struct peer` in `fastpath.c`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Peer {
+    underlay_ip: u32,
+}
+// SAFETY: plain data, no padding.
+unsafe impl aya::Pod for Peer {}
+
+/// An IPv4 address as the programs hold it: its octets in memory order
+/// (network byte order).
+fn be(a: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(a.octets())
 }
 // SAFETY: plain data, no padding.
 unsafe impl aya::Pod for Config {}
@@ -90,9 +109,14 @@ pub struct FastPathDevices {
     /// The bridge's MAC: the source of frames delivered to tasks, as the
     /// stack's path (across the bridge) gives them.
     pub bridge_mac: [u8; 6],
-    /// Where other nodes' packets arrive: the VXLAN device, and with
-    /// direct routing the underlay device (interface indexes).
-    pub uplinks: Vec<u32>,
+    /// The VXLAN device: a route to it means "encapsulate".
+    pub vxlan: u32,
+    /// The device holding the node's underlay address.
+    pub underlay: u32,
+    /// The node's underlay address (the outer source of VXLAN packets).
+    pub underlay_ip: Ipv4Addr,
+    /// The overlay's VNI.
+    pub vni: u32,
 }
 
 /// A task of this node, as the fast path needs it.
@@ -115,6 +139,10 @@ pub struct Counters {
     pub local: u64,
     /// From a task out to another node.
     pub remote: u64,
+    /// Of `remote`, encapsulated in VXLAN by the fast path itself.
+    pub encapsulated: u64,
+    /// Of `to_task`, decapsulated from VXLAN by the fast path itself.
+    pub decapsulated: u64,
 }
 
 struct Attached {
@@ -133,6 +161,8 @@ pub struct FastPath {
     /// id never means two networks while the map is being rewritten.
     net_ids: BTreeMap<String, u32>,
     members: BTreeMap<Ipv4Addr, Member>,
+    /// VTEP address to underlay address.
+    peers: BTreeMap<Ipv4Addr, Ipv4Addr>,
 }
 
 impl std::fmt::Debug for FastPath {
@@ -170,7 +200,8 @@ fn ifindex(name: &str) -> Result<u32, FastPathError> {
 }
 
 impl FastPath {
-    /// Loads the programs and attaches `to_task` to the uplinks. Tasks and
+    /// Loads the programs and attaches `to_task` to the uplinks (the
+    /// VXLAN and underlay devices). Tasks and
     /// networks come with [`FastPath::set_tasks`] and
     /// [`FastPath::set_networks`].
     pub fn load(devices: &FastPathDevices) -> Result<Self, FastPathError> {
@@ -193,12 +224,15 @@ impl FastPath {
                 0,
                 Config {
                     bridge_ifindex: devices.bridge,
+                    vxlan_ifindex: devices.vxlan,
+                    underlay_ip: be(devices.underlay_ip),
+                    vni: devices.vni,
                 },
                 0,
             )
             .map_err(err("config"))?;
         let mut links = Vec::new();
-        for &u in &devices.uplinks {
+        for u in [devices.vxlan, devices.underlay] {
             let name = ifname(u)?;
             links.push(attach(&mut ebpf, "to_task", &name)?);
         }
@@ -209,6 +243,7 @@ impl FastPath {
             tasks: BTreeMap::new(),
             net_ids: BTreeMap::new(),
             members: BTreeMap::new(),
+            peers: BTreeMap::new(),
         })
     }
 
@@ -238,7 +273,7 @@ impl FastPath {
         for a in gone {
             // The endpoint first, then the link (dropped with the entry).
             if let Err(e) = self.endpoints().and_then(|mut m| {
-                m.remove(&u32::from_ne_bytes(a.octets()))
+                m.remove(&be(a))
                     .map_err(err(format!("remove endpoint {a}")))
             }) {
                 first_err.get_or_insert(e);
@@ -259,7 +294,7 @@ impl FastPath {
                     gw_mac: self.gw_mac,
                 };
                 self.endpoints()?
-                    .insert(u32::from_ne_bytes(a.octets()), ep, 0)
+                    .insert(be(a), ep, 0)
                     .map_err(err(format!("endpoint {a}")))?;
                 Ok(link)
             });
@@ -280,6 +315,35 @@ impl FastPath {
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+
+    /// Makes `peers` exactly the other nodes, by VTEP address: where the
+    /// FIB sends a packet to the VXLAN device, the fast path encapsulates
+    /// it for that VTEP's underlay address itself.
+    pub fn set_peers(&mut self, peers: &[crate::PeerNode]) -> Result<(), FastPathError> {
+        let wanted: BTreeMap<Ipv4Addr, Ipv4Addr> =
+            peers.iter().map(|p| (p.block.vtep(), p.underlay)).collect();
+        let mut map: HashMap<&mut MapData, u32, Peer> = HashMap::try_from(
+            self.ebpf
+                .map_mut("peers")
+                .ok_or_else(|| err("peers")("no map"))?,
+        )
+        .map_err(err("peers"))?;
+        for (vtep, _) in self.peers.iter().filter(|(v, _)| !wanted.contains_key(v)) {
+            map.remove(&be(*vtep))
+                .map_err(err(format!("remove peer {vtep}")))?;
+        }
+        for (vtep, underlay) in &wanted {
+            if self.peers.get(vtep) != Some(underlay) {
+                let p = Peer {
+                    underlay_ip: be(*underlay),
+                };
+                map.insert(be(*vtep), p, 0)
+                    .map_err(err(format!("peer {vtep}")))?;
+            }
+        }
+        self.peers = wanted;
+        Ok(())
     }
 
     /// The tasks on the fast path: address and veth index.
@@ -303,12 +367,12 @@ impl FastPath {
         // Removals first: for a moment an address may be missing (the
         // stack's path), never allowed where it no longer is.
         for a in self.members.keys().filter(|a| !wanted.contains_key(a)) {
-            map.remove(&u32::from_ne_bytes(a.octets()))
+            map.remove(&be(*a))
                 .map_err(err(format!("remove member {a}")))?;
         }
         for (a, m) in &wanted {
             if self.members.get(a) != Some(m) {
-                map.insert(u32::from_ne_bytes(a.octets()), *m, 0)
+                map.insert(be(*a), *m, 0)
                     .map_err(err(format!("member {a}")))?;
             }
         }
@@ -331,6 +395,8 @@ impl FastPath {
             to_task: sum(0)?,
             local: sum(1)?,
             remote: sum(2)?,
+            encapsulated: sum(3)?,
+            decapsulated: sum(4)?,
         })
     }
 }
@@ -455,6 +521,7 @@ mod tests {
     fn structs_match_the_c_layout() {
         assert_eq!(std::mem::size_of::<Endpoint>(), 16);
         assert_eq!(std::mem::size_of::<Member>(), 4 * NETS);
-        assert_eq!(std::mem::size_of::<Config>(), 4);
+        assert_eq!(std::mem::size_of::<Config>(), 16);
+        assert_eq!(std::mem::size_of::<Peer>(), 4);
     }
 }

@@ -356,15 +356,14 @@ impl Overlay {
                 let bridge = link(&handle, BRIDGE)
                     .await?
                     .ok_or_else(|| OverlayError::Other(format!("{BRIDGE} does not exist")))?;
-                let mut uplinks = vec![index(&handle, VXLAN).await?];
-                if me.direct_routing {
-                    uplinks.push(underlay_of(&handle, me.local).await?.0);
-                }
                 Ok(FastPathDevices {
                     bridge: bridge.header.index,
                     bridge_mac: link_mac(&bridge)
                         .ok_or_else(|| OverlayError::Other(format!("{BRIDGE} has no MAC")))?,
-                    uplinks,
+                    vxlan: index(&handle, VXLAN).await?,
+                    underlay: underlay_of(&handle, me.local).await?.0,
+                    underlay_ip: me.local,
+                    vni: me.vni,
                 })
             })?
         })

@@ -836,16 +836,28 @@ fn containers_reach_each_other_across_hosts_on_the_overlay() {
             "{url} answered {page:?}, not {id}"
         );
     }
-    // Those requests took the overlay's fast path: from node-1's task veth
-    // straight out of the VXLAN device, and from the VXLAN device straight
-    // into the tasks on nodes 2 and 3 (the counters are the BPF programs').
+    // Those requests took the overlay's fast path: from node-1's task veth,
+    // encapsulated in VXLAN by the fast path itself, straight out of the
+    // underlay device; on nodes 2 and 3, from the underlay device,
+    // decapsulated, straight into the tasks (the counters are the BPF
+    // programs').
     let (_, _, remote) = fast_path_on(&cl.lan.hosts[1]).expect("node-1's fast path");
     assert!(remote > 0.0, "node-1 sent nothing on the fast path");
+    let (out, _) = fast_path_vxlan_on(&cl.lan.hosts[1]).unwrap();
+    assert!(out > 0.0, "node-1 encapsulated nothing itself");
     for h in [2, 3] {
         let (to_task, _, _) = fast_path_on(&cl.lan.hosts[h]).expect("the fast path");
         assert!(to_task > 0.0, "host {h} delivered nothing on the fast path");
+        let (_, decapsulated) = fast_path_vxlan_on(&cl.lan.hosts[h]).unwrap();
+        assert!(decapsulated > 0.0, "host {h} decapsulated nothing itself");
     }
-    assert_eq!(ingress_programs(&cl.lan.hosts[1], "gantry.vx"), ["to_task"]);
+    for dev in ["gantry.vx", "eth0"] {
+        assert_eq!(
+            ingress_programs(&cl.lan.hosts[1], dev),
+            ["to_task"],
+            "{dev}"
+        );
+    }
     let veth = format!("gv{}", &web1[0][..11]);
     assert_eq!(ingress_programs(&cl.lan.hosts[1], &veth), ["from_task"]);
     // By name: the node's DNS server answers the service's healthy tasks,
@@ -1317,8 +1329,20 @@ fn direct_routing_skips_vxlan_between_nodes_of_one_subnet() {
         r.contains("dev gantry.vx") && !r.contains("proto 103"),
         "{r}"
     );
+    // The task's packets are encapsulated by node-1's fast path (node-3,
+    // which has none, takes them with its VXLAN device), the host's by the
+    // VXLAN device.
+    let (out_before, _) = fast_path_vxlan_on(h1).unwrap();
     assert!(get(&red3).contains("200 OK"), "{}", get(&red3));
-    assert!(vx_tx() > before, "node-3 was not reached over VXLAN");
+    let (out, _) = fast_path_vxlan_on(h1).unwrap();
+    assert!(out > out_before, "node-3 was not reached over VXLAN");
+    let o = h1
+        .command("curl")
+        .args(["-sf", "-m", "3", &format!("http://{red3}:8080/index.html")])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "host to node-3's task: {}", errtext(&o));
+    assert!(vx_tx() > before, "the host did not reach node-3 over VXLAN");
     // Stacks stay isolated: red does not reach blue on the other node.
     let out = get(&addr("blue_web", "node-2"));
     assert!(!out.contains("200 OK"), "red reached blue: {out:?}");

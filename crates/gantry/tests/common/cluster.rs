@@ -477,6 +477,20 @@ pub fn fast_path_on(host: &Host) -> Option<(f64, f64, f64)> {
     Some((way("to_task")?, way("local")?, way("remote")?))
 }
 
+/// Of what the fast path carried on a simulated host, the packets it
+/// encapsulated in VXLAN itself and those it decapsulated: (out, in).
+pub fn fast_path_vxlan_on(host: &Host) -> Option<(f64, f64)> {
+    let body = metrics_on(host, "127.0.0.1:9323");
+    let dir = |d: &str| {
+        sample(
+            &body,
+            "gantry_overlay_fast_path_vxlan_packets_total",
+            &[&format!("direction=\"{d}\"")],
+        )
+    };
+    Some((dir("out")?, dir("in")?))
+}
+
 /// The names of the BPF programs attached (TCX) to `iface`'s ingress on a
 /// simulated host; empty when there are none or no such interface.
 pub fn ingress_programs(host: &Host, iface: &str) -> Vec<String> {
