@@ -258,8 +258,8 @@ impl FastPath {
 
     /// Makes the node's tasks on the fast path exactly `ports`: a new one's
     /// veth gets `from_task` and its address an endpoint; one gone loses
-    /// both. A task whose veth is not there (yet) is skipped and tried
-    /// again at the next call; an error on one task does not stop the
+    /// both; one whose veth was replaced is attached again. A task whose
+    /// veth is not there (yet) is skipped and tried again at the next call; an error on one task does not stop the
     /// others and is returned at the end.
     pub fn set_tasks(&mut self, ports: &[TaskPort]) -> Result<(), FastPathError> {
         let wanted: BTreeMap<Ipv4Addr, &TaskPort> = ports.iter().map(|p| (p.addr, p)).collect();
@@ -267,7 +267,13 @@ impl FastPath {
         let gone: Vec<Ipv4Addr> = self
             .tasks
             .iter()
-            .filter(|(a, t)| wanted.get(a).is_none_or(|p| **p != t.port))
+            // Gone, changed, or its veth replaced (a new device under the
+            // same name has a new index; the old endpoint would send
+            // packets nowhere).
+            .filter(|(a, t)| {
+                wanted.get(a).is_none_or(|p| **p != t.port)
+                    || ifindex(&t.port.veth).ok() != Some(t.ifindex)
+            })
             .map(|(a, _)| *a)
             .collect();
         for a in gone {
