@@ -370,7 +370,14 @@ fn managers_restart_agents_readopt_and_bad_updates_roll_back() {
 
     // An agent restarts while its containers keep running: it re-adopts
     // them, nothing restarts.
+    let veth0 = format!("gv{}", &containers[0][0][..11]);
+    assert_eq!(ingress_programs(&cl.lan.hosts[1], &veth0), ["from_task"]);
     cl.kill_agent(0);
+    assert_eq!(
+        ingress_programs(&cl.lan.hosts[1], &veth0),
+        Vec::<String>::new(),
+        "the fast path outlived its agent"
+    );
     let log = cl.log("agent0.log");
     let child = cl
         .agent_command(0, "")
@@ -386,6 +393,19 @@ fn managers_restart_agents_readopt_and_bad_updates_roll_back() {
         &[("node-1", 2), ("node-2", 2)],
         Duration::from_secs(5),
     );
+    // The fast path's programs went with the old agent; the new one puts
+    // the re-adopted tasks back on it.
+    for c in &containers[0] {
+        let veth = format!("gv{}", &c[..11]);
+        wait_for(
+            &format!("{veth} back on the fast path"),
+            Duration::from_secs(5),
+            || match ingress_programs(&cl.lan.hosts[1], &veth) {
+                p if p == ["from_task"] => Ok(()),
+                p => Err(format!("{p:?}")),
+            },
+        );
+    }
 
     // A partition: node-1's agent is gone past the grace but its
     // containers live on. Its tasks run elsewhere; when it is back, the
