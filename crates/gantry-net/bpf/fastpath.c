@@ -159,18 +159,27 @@ static inline_always int share(__u32 a, __u32 b) {
     return 0;
 }
 
-// The Ethernet and IPv4 headers, or NULL (not IPv4, or too short).
-static inline_always struct iphdr *ipv4(struct __sk_buff *skb) {
+// The packet's first `len` bytes, pulled into the linear area if need
+// be, or NULL (the packet is shorter).
+static inline_always void *linear(struct __sk_buff *skb, __u32 len) {
     void *data = (void *)(long)skb->data;
     void *end = (void *)(long)skb->data_end;
-    if (data + HEADERS > end) {
-        if (bpf_skb_pull_data(skb, HEADERS))
+    if (data + len > end) {
+        if (bpf_skb_pull_data(skb, len))
             return 0;
         data = (void *)(long)skb->data;
         end = (void *)(long)skb->data_end;
-        if (data + HEADERS > end)
+        if (data + len > end)
             return 0;
     }
+    return data;
+}
+
+// The Ethernet and IPv4 headers, or NULL (not IPv4, or too short).
+static inline_always struct iphdr *ipv4(struct __sk_buff *skb) {
+    void *data = linear(skb, HEADERS);
+    if (!data)
+        return 0;
     struct ethhdr *eth = data;
     if (eth->h_proto != __builtin_bswap16(ETH_P_IP))
         return 0;
@@ -192,6 +201,29 @@ static inline_always void set_macs(struct iphdr *ip, const __u8 *dst, const __u8
     struct ethhdr *eth = (void *)ip - sizeof(struct ethhdr);
     __builtin_memcpy(eth->h_dest, dst, ETH_ALEN);
     __builtin_memcpy(eth->h_source, src, ETH_ALEN);
+}
+
+// Rewrites the Ethernet header at the packet's start (after its pointers
+// were invalidated by a helper).
+static inline_always long store_macs(struct __sk_buff *skb, const __u8 *dst, const __u8 *src) {
+    struct ethhdr eth = {.h_proto = __builtin_bswap16(ETH_P_IP)};
+    __builtin_memcpy(eth.h_dest, dst, ETH_ALEN);
+    __builtin_memcpy(eth.h_source, src, ETH_ALEN);
+    return bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0);
+}
+
+// The task of this node a packet from another node may go straight to:
+// its destination, when the source is a task elsewhere that shares one of
+// its networks and the packet may be forwarded once more; else NULL.
+static inline_always struct endpoint *deliverable(struct iphdr *ip) {
+    __u32 src = ip->saddr, dst = ip->daddr;
+    struct endpoint *to = bpf_map_lookup_elem(&endpoints, &dst);
+    if (!to || ip->ttl <= 1 || !share(src, dst))
+        return 0;
+    // A packet from our own tasks looped back is not ours to take.
+    if (bpf_map_lookup_elem(&endpoints, &src))
+        return 0;
+    return to;
 }
 
 static inline_always struct config *get_config(void) {
@@ -269,10 +301,7 @@ static inline_always long encapsulate(struct __sk_buff *skb, struct config *cfg,
         struct bpf_redir_neigh nh = {.nh_family = AF_INET, .ipv4_nh = out.ipv4_dst};
         return bpf_redirect_neigh(out.ifindex, &nh, sizeof(nh), 0);
     }
-    struct ethhdr eth = {.h_proto = __builtin_bswap16(ETH_P_IP)};
-    __builtin_memcpy(eth.h_dest, out.dmac, ETH_ALEN);
-    __builtin_memcpy(eth.h_source, out.smac, ETH_ALEN);
-    if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0))
+    if (store_macs(skb, out.dmac, out.smac))
         return TC_ACT_SHOT;
     return bpf_redirect(out.ifindex, 0);
 }
@@ -344,16 +373,9 @@ static inline_always long decapsulate(struct __sk_buff *skb, struct iphdr *outer
     if (!cfg || outer->daddr != cfg->underlay_ip || outer->ihl != 5 ||
         (outer->frag_off & __builtin_bswap16(0x3fff)))
         return -1;
-    void *data = (void *)(long)skb->data;
-    void *end = (void *)(long)skb->data_end;
-    if (data + VXLAN_HEADERS > end) {
-        if (bpf_skb_pull_data(skb, VXLAN_HEADERS))
-            return -1;
-        data = (void *)(long)skb->data;
-        end = (void *)(long)skb->data_end;
-        if (data + VXLAN_HEADERS > end)
-            return -1;
-    }
+    void *data = linear(skb, VXLAN_HEADERS);
+    if (!data)
+        return -1;
     struct vxlan_encap *h = data + sizeof(struct ethhdr);
     struct iphdr *ip = (void *)(h + 1);
     if (h->udp.dest != __builtin_bswap16(VXLAN_PORT) ||
@@ -361,9 +383,8 @@ static inline_always long decapsulate(struct __sk_buff *skb, struct iphdr *outer
         h->vx_vni != __builtin_bswap32(cfg->vni << 8) ||
         h->eth.h_proto != __builtin_bswap16(ETH_P_IP) || ip->version != 4 || ip->ihl < 5)
         return -1;
-    __u32 src = ip->saddr, dst = ip->daddr;
-    struct endpoint *to = bpf_map_lookup_elem(&endpoints, &dst);
-    if (!to || ip->ttl <= 1 || !share(src, dst) || bpf_map_lookup_elem(&endpoints, &src))
+    struct endpoint *to = deliverable(ip);
+    if (!to)
         return -1;
     decrease_ttl(ip);
     // Off come the outer IP, UDP and VXLAN headers and the inner Ethernet
@@ -371,10 +392,7 @@ static inline_always long decapsulate(struct __sk_buff *skb, struct iphdr *outer
     // inner packet's segment size.
     if (bpf_skb_adjust_room(skb, -ENCAP, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO))
         return TC_ACT_SHOT;
-    struct ethhdr eth = {.h_proto = __builtin_bswap16(ETH_P_IP)};
-    __builtin_memcpy(eth.h_dest, to->mac, ETH_ALEN);
-    __builtin_memcpy(eth.h_source, to->gw_mac, ETH_ALEN);
-    if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0))
+    if (store_macs(skb, to->mac, to->gw_mac))
         return TC_ACT_SHOT;
     count(DECAPSULATED);
     count(TO_TASK);
@@ -394,12 +412,8 @@ int to_task(struct __sk_buff *skb) {
         if (!ip)
             return TC_ACT_OK;
     }
-    __u32 src = ip->saddr, dst = ip->daddr;
-    struct endpoint *to = bpf_map_lookup_elem(&endpoints, &dst);
-    if (!to || ip->ttl <= 1 || !share(src, dst))
-        return TC_ACT_OK;
-    // A packet from our own tasks looped back is not ours to take.
-    if (bpf_map_lookup_elem(&endpoints, &src))
+    struct endpoint *to = deliverable(ip);
+    if (!to)
         return TC_ACT_OK;
     decrease_ttl(ip);
     set_macs(ip, to->mac, to->gw_mac);

@@ -1,11 +1,12 @@
 //! The overlay's fast path: the tc programs of `bpf/fastpath.c` (built by
 //! build.rs), loaded and fed with aya. Between two tasks that share a stack
 //! network they carry packets from one task's veth straight to the other's
-//! namespace on the same node, or out of the uplink (VXLAN device, or the
-//! underlay with direct routing) to another node, where the packet goes
-//! straight from the uplink into the task's namespace: the host's bridge,
-//! IP forwarding and nftables are skipped for traffic they would have
-//! accepted anyway. Everything else is passed to the stack unchanged.
+//! namespace on the same node, or out of the underlay device to another
+//! node (encapsulated in VXLAN by the program itself, unless routed
+//! directly), where the packet goes straight from the underlay into the
+//! task's namespace: the host's bridge, IP forwarding, nftables and the
+//! VXLAN device are skipped for traffic they would have accepted anyway.
+//! Everything else is passed to the stack unchanged.
 //!
 //! Programs are attached with TCX links (kernel 6.6 and later), which
 //! belong to this process: when the agent exits, the kernel detaches them
@@ -80,6 +81,8 @@ struct Config {
     underlay_ip: u32,
     vni: u32,
 }
+// SAFETY: plain data, no padding.
+unsafe impl aya::Pod for Config {}
 
 /// `struct peer` in `fastpath.c`.
 #[repr(C)]
@@ -95,8 +98,6 @@ unsafe impl aya::Pod for Peer {}
 fn be(a: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(a.octets())
 }
-// SAFETY: plain data, no padding.
-unsafe impl aya::Pod for Config {}
 
 /// The node's devices the fast path works with (from
 /// [`crate::Overlay::fast_path_devices`]).
@@ -161,8 +162,8 @@ pub struct FastPath {
     /// id never means two networks while the map is being rewritten.
     net_ids: BTreeMap<String, u32>,
     members: BTreeMap<Ipv4Addr, Member>,
-    /// VTEP address to underlay address.
-    peers: BTreeMap<Ipv4Addr, Ipv4Addr>,
+    /// By VTEP address.
+    peers: BTreeMap<Ipv4Addr, Peer>,
 }
 
 impl std::fmt::Debug for FastPath {
@@ -201,18 +202,15 @@ fn ifindex(name: &str) -> Result<u32, FastPathError> {
 
 impl FastPath {
     /// Loads the programs and attaches `to_task` to the uplinks (the
-    /// VXLAN and underlay devices). Tasks and
-    /// networks come with [`FastPath::set_tasks`] and
-    /// [`FastPath::set_networks`].
+    /// VXLAN and underlay devices). Tasks, networks and peers come with
+    /// [`FastPath::set_tasks`], [`FastPath::set_networks`] and
+    /// [`FastPath::set_peers`].
     pub fn load(devices: &FastPathDevices) -> Result<Self, FastPathError> {
         let mut ebpf = Ebpf::load(OBJECT).map_err(err("load object"))?;
         for name in ["from_task", "to_task"] {
-            let p: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or_else(|| err(name)("not in object"))?
-                .try_into()
-                .map_err(err(name))?;
-            p.load().map_err(err(format!("load {name}")))?;
+            classifier(&mut ebpf, name)?
+                .load()
+                .map_err(err(format!("load {name}")))?;
         }
         let mut config: Array<&mut MapData, Config> = Array::try_from(
             ebpf.map_mut("config")
@@ -248,19 +246,15 @@ impl FastPath {
     }
 
     fn endpoints(&mut self) -> Result<HashMap<&mut MapData, u32, Endpoint>, FastPathError> {
-        HashMap::try_from(
-            self.ebpf
-                .map_mut("endpoints")
-                .ok_or_else(|| err("endpoints")("no map"))?,
-        )
-        .map_err(err("endpoints"))
+        hash_map(&mut self.ebpf, "endpoints")
     }
 
     /// Makes the node's tasks on the fast path exactly `ports`: a new one's
     /// veth gets `from_task` and its address an endpoint; one gone loses
     /// both; one whose veth was replaced is attached again. A task whose
-    /// veth is not there (yet) is skipped and tried again at the next call; an error on one task does not stop the
-    /// others and is returned at the end.
+    /// veth is not there (yet) is skipped and tried again at the next
+    /// call; an error on one task does not stop the others and is
+    /// returned at the end.
     pub fn set_tasks(&mut self, ports: &[TaskPort]) -> Result<(), FastPathError> {
         let wanted: BTreeMap<Ipv4Addr, &TaskPort> = ports.iter().map(|p| (p.addr, p)).collect();
         let mut first_err = None;
@@ -327,34 +321,16 @@ impl FastPath {
     /// FIB sends a packet to the VXLAN device, the fast path encapsulates
     /// it for that VTEP's underlay address itself.
     pub fn set_peers(&mut self, peers: &[crate::PeerNode]) -> Result<(), FastPathError> {
-        let wanted: BTreeMap<Ipv4Addr, Ipv4Addr> =
-            peers.iter().map(|p| (p.block.vtep(), p.underlay)).collect();
-        let mut map: HashMap<&mut MapData, u32, Peer> = HashMap::try_from(
-            self.ebpf
-                .map_mut("peers")
-                .ok_or_else(|| err("peers")("no map"))?,
-        )
-        .map_err(err("peers"))?;
-        for (vtep, _) in self.peers.iter().filter(|(v, _)| !wanted.contains_key(v)) {
-            map.remove(&be(*vtep))
-                .map_err(err(format!("remove peer {vtep}")))?;
-        }
-        for (vtep, underlay) in &wanted {
-            if self.peers.get(vtep) != Some(underlay) {
-                let p = Peer {
-                    underlay_ip: be(*underlay),
+        let wanted = peers
+            .iter()
+            .map(|p| {
+                let peer = Peer {
+                    underlay_ip: be(p.underlay),
                 };
-                map.insert(be(*vtep), p, 0)
-                    .map_err(err(format!("peer {vtep}")))?;
-            }
-        }
-        self.peers = wanted;
-        Ok(())
-    }
-
-    /// The tasks on the fast path: address and veth index.
-    pub fn tasks(&self) -> Vec<(Ipv4Addr, u32)> {
-        self.tasks.iter().map(|(a, t)| (*a, t.ifindex)).collect()
+                (p.block.vtep(), peer)
+            })
+            .collect();
+        sync(&mut self.ebpf, "peers", &mut self.peers, wanted)
     }
 
     /// Makes `members` hold exactly the stack networks' task addresses
@@ -364,26 +340,7 @@ impl FastPath {
         networks: &BTreeMap<String, Vec<Ipv4Addr>>,
     ) -> Result<(), FastPathError> {
         let wanted = members(networks, &mut self.net_ids);
-        let mut map: HashMap<&mut MapData, u32, Member> = HashMap::try_from(
-            self.ebpf
-                .map_mut("members")
-                .ok_or_else(|| err("members")("no map"))?,
-        )
-        .map_err(err("members"))?;
-        // Removals first: for a moment an address may be missing (the
-        // stack's path), never allowed where it no longer is.
-        for a in self.members.keys().filter(|a| !wanted.contains_key(a)) {
-            map.remove(&be(*a))
-                .map_err(err(format!("remove member {a}")))?;
-        }
-        for (a, m) in &wanted {
-            if self.members.get(a) != Some(m) {
-                map.insert(be(*a), *m, 0)
-                    .map_err(err(format!("member {a}")))?;
-            }
-        }
-        self.members = wanted;
-        Ok(())
+        sync(&mut self.ebpf, "members", &mut self.members, wanted)
     }
 
     /// The packets carried so far.
@@ -447,14 +404,54 @@ pub fn ingress_programs(iface: &str) -> Result<Vec<String>, FastPathError> {
         .collect())
 }
 
+/// Program `name` of the object.
+fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> Result<&'a mut SchedClassifier, FastPathError> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| err(name)("not in object"))?
+        .try_into()
+        .map_err(err(name))
+}
+
+/// Hash map `name` of the object, keyed by IPv4 address.
+fn hash_map<'a, V: aya::Pod>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> Result<HashMap<&'a mut MapData, u32, V>, FastPathError> {
+    HashMap::try_from(ebpf.map_mut(name).ok_or_else(|| err(name)("no map"))?).map_err(err(name))
+}
+
+/// Makes hash map `name`, whose entries are `held`, hold `wanted`
+/// instead, touching only what differs. Removals go first: for a moment an
+/// address may be missing (the stack's path), never present where it no
+/// longer belongs.
+fn sync<V: aya::Pod + PartialEq>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    held: &mut BTreeMap<Ipv4Addr, V>,
+    wanted: BTreeMap<Ipv4Addr, V>,
+) -> Result<(), FastPathError> {
+    let mut map = hash_map::<V>(ebpf, name)?;
+    for a in held.keys().filter(|a| !wanted.contains_key(a)) {
+        map.remove(&be(*a))
+            .map_err(err(format!("{name}: remove {a}")))?;
+    }
+    for (a, v) in &wanted {
+        if held.get(a) != Some(v) {
+            map.insert(be(*a), *v, 0)
+                .map_err(err(format!("{name}: {a}")))?;
+        }
+    }
+    *held = wanted;
+    Ok(())
+}
+
 /// Attaches program `name` to `iface`'s ingress as a TCX link (after any
 /// programs already there), owned by the caller.
 fn attach(ebpf: &mut Ebpf, name: &str, iface: &str) -> Result<SchedClassifierLink, FastPathError> {
-    let p: &mut SchedClassifier = ebpf
-        .program_mut(name)
-        .ok_or_else(|| err(name)("not in object"))?
-        .try_into()
-        .map_err(err(name))?;
+    let p = classifier(ebpf, name)?;
     let id = p
         .attach_with_options(
             iface,

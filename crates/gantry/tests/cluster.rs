@@ -861,15 +861,16 @@ fn containers_reach_each_other_across_hosts_on_the_overlay() {
     // underlay device; on nodes 2 and 3, from the underlay device,
     // decapsulated, straight into the tasks (the counters are the BPF
     // programs').
-    let (_, _, remote) = fast_path_on(&cl.lan.hosts[1]).expect("node-1's fast path");
-    assert!(remote > 0.0, "node-1 sent nothing on the fast path");
-    let (out, _) = fast_path_vxlan_on(&cl.lan.hosts[1]).unwrap();
-    assert!(out > 0.0, "node-1 encapsulated nothing itself");
+    let n1 = fast_path_on(&cl.lan.hosts[1]).expect("node-1's fast path");
+    assert!(n1.remote > 0.0, "node-1 sent nothing on the fast path");
+    assert!(n1.vxlan_out > 0.0, "node-1 encapsulated nothing itself");
     for h in [2, 3] {
-        let (to_task, _, _) = fast_path_on(&cl.lan.hosts[h]).expect("the fast path");
-        assert!(to_task > 0.0, "host {h} delivered nothing on the fast path");
-        let (_, decapsulated) = fast_path_vxlan_on(&cl.lan.hosts[h]).unwrap();
-        assert!(decapsulated > 0.0, "host {h} decapsulated nothing itself");
+        let n = fast_path_on(&cl.lan.hosts[h]).expect("the fast path");
+        assert!(
+            n.to_task > 0.0,
+            "host {h} delivered nothing on the fast path"
+        );
+        assert!(n.vxlan_in > 0.0, "host {h} decapsulated nothing itself");
     }
     for dev in ["gantry.vx", "eth0"] {
         assert_eq!(
@@ -1173,12 +1174,14 @@ fn stack_networks_are_isolated() {
         .collect();
     assert_eq!(greens.len(), 2, "{greens:?}");
     let green1 = cl.container_of(0, "green_web");
-    let (_, local_before, _) = fast_path_on(&cl.lan.hosts[1]).expect("node-1's fast path");
+    let local_before = fast_path_on(&cl.lan.hosts[1])
+        .expect("node-1's fast path")
+        .local;
     for to in &greens {
         let out = cl.get_from(0, &green1, to);
         assert!(out.contains("200 OK"), "green to {to}: {out:?}");
     }
-    let (_, local, _) = fast_path_on(&cl.lan.hosts[1]).unwrap();
+    let local = fast_path_on(&cl.lan.hosts[1]).unwrap().local;
     assert!(
         local > local_before,
         "no packet took the local way: {local_before} then {local}"
@@ -1323,11 +1326,13 @@ fn direct_routing_skips_vxlan_between_nodes_of_one_subnet() {
     let get = |to: &str| cl.get_from(0, &red1, to);
     assert!(get(&red2).contains("200 OK"), "{}", get(&red2));
     // The host reaches the task too, by its overlay address.
-    let o = h1
-        .command("curl")
-        .args(["-sf", "-m", "3", &format!("http://{red2}:8080/index.html")])
-        .output()
-        .unwrap();
+    let host_get = |to: &str| {
+        h1.command("curl")
+            .args(["-sf", "-m", "3", &format!("http://{to}:8080/index.html")])
+            .output()
+            .unwrap()
+    };
+    let o = host_get(&red2);
     assert!(o.status.success(), "host to task: {}", errtext(&o));
     // None of it went through VXLAN.
     assert_eq!(vx_tx(), before, "packets left through gantry.vx");
@@ -1335,10 +1340,13 @@ fn direct_routing_skips_vxlan_between_nodes_of_one_subnet() {
     // task veth out of its underlay device, and from node-2's underlay
     // device straight into the task.
     assert_eq!(ingress_programs(h1, "eth0"), ["to_task"]);
-    let (_, _, remote) = fast_path_on(h1).expect("node-1's fast path");
-    assert!(remote > 0.0, "node-1 sent nothing on the fast path");
-    let (to_task, _, _) = fast_path_on(h2).expect("node-2's fast path");
-    assert!(to_task > 0.0, "node-2 delivered nothing on the fast path");
+    let n1 = fast_path_on(h1).expect("node-1's fast path");
+    assert!(n1.remote > 0.0, "node-1 sent nothing on the fast path");
+    let n2 = fast_path_on(h2).expect("node-2's fast path");
+    assert!(
+        n2.to_task > 0.0,
+        "node-2 delivered nothing on the fast path"
+    );
     assert_eq!(fast_path_on(&cl.lan.hosts[3]), None, "node-3 has it off");
     // Node-3, on the other subnet, is reached over VXLAN, from the task
     // and from the host.
@@ -1354,16 +1362,18 @@ fn direct_routing_skips_vxlan_between_nodes_of_one_subnet() {
     // encapsulated by its VXLAN device, are decapsulated by node-1's fast
     // path: the two encodings are one. The host's packets go through the
     // VXLAN device.
-    let (out_before, in_before) = fast_path_vxlan_on(h1).unwrap();
+    let before1 = fast_path_on(h1).unwrap();
     assert!(get(&red3).contains("200 OK"), "{}", get(&red3));
-    let (out, in_) = fast_path_vxlan_on(h1).unwrap();
-    assert!(out > out_before, "node-3 was not reached over VXLAN");
-    assert!(in_ > in_before, "node-3's answers were not decapsulated");
-    let o = h1
-        .command("curl")
-        .args(["-sf", "-m", "3", &format!("http://{red3}:8080/index.html")])
-        .output()
-        .unwrap();
+    let after1 = fast_path_on(h1).unwrap();
+    assert!(
+        after1.vxlan_out > before1.vxlan_out,
+        "node-3 was not reached over VXLAN"
+    );
+    assert!(
+        after1.vxlan_in > before1.vxlan_in,
+        "node-3's answers were not decapsulated"
+    );
+    let o = host_get(&red3);
     assert!(o.status.success(), "host to node-3's task: {}", errtext(&o));
     assert!(vx_tx() > before, "the host did not reach node-3 over VXLAN");
     // Stacks stay isolated: red does not reach blue on the other node.

@@ -463,32 +463,36 @@ pub fn promtool_ok(body: &str) {
     );
 }
 
-/// What the overlay's fast path carried on a simulated host, from its
-/// agent's `/metrics`: (to_task, local, remote) packets; `None` without it.
-pub fn fast_path_on(host: &Host) -> Option<(f64, f64, f64)> {
-    let body = metrics_on(host, "127.0.0.1:9323");
-    let way = |w: &str| {
-        sample(
-            &body,
-            "gantry_overlay_fast_path_packets_total",
-            &[&format!("way=\"{w}\"")],
-        )
-    };
-    Some((way("to_task")?, way("local")?, way("remote")?))
+/// Packets the overlay's fast path carried on a simulated host (its
+/// programs' counters, from the agent's `/metrics`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FastPathCounts {
+    pub to_task: f64,
+    pub local: f64,
+    pub remote: f64,
+    /// Encapsulated in VXLAN by the fast path itself.
+    pub vxlan_out: f64,
+    /// Decapsulated from VXLAN by the fast path itself.
+    pub vxlan_in: f64,
 }
 
-/// Of what the fast path carried on a simulated host, the packets it
-/// encapsulated in VXLAN itself and those it decapsulated: (out, in).
-pub fn fast_path_vxlan_on(host: &Host) -> Option<(f64, f64)> {
+/// The fast path's counters on a simulated host; `None` without it.
+pub fn fast_path_on(host: &Host) -> Option<FastPathCounts> {
     let body = metrics_on(host, "127.0.0.1:9323");
-    let dir = |d: &str| {
+    let get = |family: &str, label: &str| {
         sample(
             &body,
-            "gantry_overlay_fast_path_vxlan_packets_total",
-            &[&format!("direction=\"{d}\"")],
+            &format!("gantry_overlay_fast_path_{family}_total"),
+            &[label],
         )
     };
-    Some((dir("out")?, dir("in")?))
+    Some(FastPathCounts {
+        to_task: get("packets", "way=\"to_task\"")?,
+        local: get("packets", "way=\"local\"")?,
+        remote: get("packets", "way=\"remote\"")?,
+        vxlan_out: get("vxlan_packets", "direction=\"out\"")?,
+        vxlan_in: get("vxlan_packets", "direction=\"in\"")?,
+    })
 }
 
 /// The names of the BPF programs attached (TCX) to `iface`'s ingress on a
