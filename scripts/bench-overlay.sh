@@ -13,6 +13,19 @@ cargo build --release --locked -q
 G="$PWD/target/release/gantry"
 SECS=${SECS:-3}
 RUNS=${RUNS:-5}
+# TCP_CC: the congestion control of the bench's sockets, cubic by default
+# (Linux's default). This VM's kernel defaults to BBR, whose pacing falls
+# into long slow phases on a CPU-bound path (underlay and overlay alike),
+# and a socket switched away from it with `iperf3 -C` can stay paced. So
+# it is made the default of the bench's own namespaces (hosts and tasks),
+# and passed to iperf3 too.
+TCP_CC=${TCP_CC:-cubic}
+# PIN=1 (default): clients on CPU 0, servers on CPU 1, for every path
+# alike; unpinned, the scheduler's placement of the two single-threaded
+# iperf3 processes moves a run's figure by up to 2x. PIN=0: unpinned.
+PIN=${PIN:-1}
+client_cpu=(); server_cpu=()
+[ "$PIN" = 1 ] && { client_cpu=(taskset -c 0); server_cpu=(taskset -c 1); }
 # DIRECT=1: the cluster routes between the two hosts (one subnet) without
 # VXLAN (`gantry server --direct-routing`).
 DIRECT=${DIRECT:-0}
@@ -86,6 +99,14 @@ for _ in $(seq 100); do [ -n "$(pid_of 1)" ] && [ -n "$(pid_of 2)" ] && break; s
 c1=$(pid_of 1); c2=$(pid_of 2); ip2=$(ip_of 2)
 [ -n "$c1" ] && [ -n "$c2" ] && [ -n "$ip2" ] || { echo "tasks did not start" >&2; exit 1; }
 in_task() { local pid=$1; shift; nsenter --net=/proc/$pid/ns/net "$@"; }
+# A namespace other than the first may only pick an allowed algorithm:
+# allowed for the moment it takes to set it, then the list as it was.
+allowed=$(sysctl -n net.ipv4.tcp_allowed_congestion_control)
+sysctl -qw net.ipv4.tcp_allowed_congestion_control="$allowed $TCP_CC"
+for ns in /run/netns/$tag-h1 /run/netns/$tag-h2 /proc/$c1/ns/net /proc/$c2/ns/net; do
+  nsenter --net=$ns sysctl -qw net.ipv4.tcp_congestion_control="$TCP_CC"
+done
+sysctl -qw net.ipv4.tcp_allowed_congestion_control="$allowed"
 
 median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 # Busy clock ticks of the whole machine (user, nice, system, irq, softirq):
@@ -96,13 +117,13 @@ one() { # client-prefix... -- addr port streams
   local pre=() a b json
   while [ "$1" != -- ]; do pre+=("$1"); shift; done; shift
   a=$(busy)
-  json=$("${pre[@]}" iperf3 -c "$1" -p "$2" -t "$SECS" -P "$3" -J)
+  json=$("${pre[@]}" "${client_cpu[@]}" iperf3 -c "$1" -p "$2" -t "$SECS" -P "$3" -C "$TCP_CC" -J)
   b=$(busy)
   echo "$json" | sed -n 's/.*"bytes":[[:space:]]*\([0-9]*\).*/\1/p' | tail -1 |
     awk -v s="$SECS" -v t=$((b - a)) '{printf "%.2f %.1f\n", $1 * 8 / s / 1e9, t / ($1 / 1e9)}'
 }
-on 2 iperf3 -s -D -p 5201 >/dev/null
-in_task "$c2" iperf3 -s -D -p 5202 >/dev/null
+on 2 "${server_cpu[@]}" iperf3 -s -D -p 5201 >/dev/null
+in_task "$c2" "${server_cpu[@]}" iperf3 -s -D -p 5202 >/dev/null
 sleep 0.5
 [ "$DIRECT" = 1 ] && echo "(direct routing: $(on 1 ip route show proto 103 | head -1))"
 gw2=$(on 2 ip -4 -br addr show gantry0 | awk '{print $3}' | cut -d/ -f1)
@@ -134,6 +155,7 @@ echo "| task to task across hosts (overlay) | $(m "${G[o1]}") | $(m "${G[o4]}") 
 # gateway addresses, to split the cost between the overlay and the veth.
 echo "| host to host by gateway addresses (overlay, no task veth) | $(m "${G[g1]}") | $(m "${G[g4]}") | $(m "${C[g4]}") |"
 echo
+echo "iperf3 -C $TCP_CC, $([ "$PIN" = 1 ] && echo "clients on CPU 0, servers on CPU 1" || echo unpinned), $SECS s per run"
 echo "overlay / underlay, median of $RUNS interleaved rounds: $(pct "${R[o1]}") with 1 stream, $(pct "${R[o4]}") with 4 streams (gateway to gateway: $(pct "${R[g4]}")); CPU per byte, 4 streams: $(m "${R[co4]}")x the underlay's"
 hr=$(on 1 ping -c 50 -i 0.02 -q 192.168.250.12 | sed -n 's/.*= [0-9.]*\/\([0-9.]*\)\/.*/\1/p')
 orr=$(in_task "$c1" ping -c 50 -i 0.02 -q "$ip2" | sed -n 's/.*= [0-9.]*\/\([0-9.]*\)\/.*/\1/p')
