@@ -46,6 +46,9 @@ cleanup() {
     nsenter --net=/run/netns/$tag-h$i "$G" --data-dir "$work/a$i" agent --cleanup >/dev/null 2>&1 || true
   done
   for n in $tag-h0 $tag-h1 $tag-h2 $tag-lan; do ip netns del $n 2>/dev/null || true; done
+  # The allowed congestion controls as they were (see TCP_CC below), even
+  # when the script stopped while they were widened.
+  [ -z "${allowed:-}" ] || sysctl -qw net.ipv4.tcp_allowed_congestion_control="$allowed"
   # KEEP_LOGS=1: the manager's and agents' logs are left in /tmp.
   [ -n "${KEEP_LOGS:-}" ] && cp "$work"/*.log /tmp/ 2>/dev/null
   rm -rf "$work"
