@@ -93,6 +93,17 @@ struct Peer {
 // SAFETY: plain data, no padding.
 unsafe impl aya::Pod for Peer {}
 
+/// The per-CPU `counters` map's slots, numbered as `enum counter` in
+/// `fastpath.c` numbers them (a unit test reads the C to check).
+#[derive(Clone, Copy, Debug)]
+enum Counter {
+    ToTask,
+    Local,
+    Remote,
+    Encapsulated,
+    Decapsulated,
+}
+
 /// An IPv4 address as the programs hold it: its octets in memory order
 /// (network byte order).
 fn be(a: Ipv4Addr) -> u32 {
@@ -351,15 +362,16 @@ impl FastPath {
                 .ok_or_else(|| err("counters")("no map"))?,
         )
         .map_err(err("counters"))?;
-        let sum = |i: u32| -> Result<u64, FastPathError> {
-            Ok(map.get(&i, 0).map_err(err("counters"))?.iter().sum::<u64>())
+        let sum = |c: Counter| -> Result<u64, FastPathError> {
+            let values = map.get(&(c as u32), 0).map_err(err("counters"))?;
+            Ok(values.iter().sum::<u64>())
         };
         Ok(Counters {
-            to_task: sum(0)?,
-            local: sum(1)?,
-            remote: sum(2)?,
-            encapsulated: sum(3)?,
-            decapsulated: sum(4)?,
+            to_task: sum(Counter::ToTask)?,
+            local: sum(Counter::Local)?,
+            remote: sum(Counter::Remote)?,
+            encapsulated: sum(Counter::Encapsulated)?,
+            decapsulated: sum(Counter::Decapsulated)?,
         })
     }
 }
@@ -518,6 +530,28 @@ mod tests {
         assert!(m.is_empty());
         let m = members(&nets(&list[..4]), &mut ids);
         assert_eq!(ids_of(&m, 9).len(), NETS);
+    }
+
+    #[test]
+    fn counters_are_numbered_as_in_the_c() {
+        let c = include_str!("../bpf/fastpath.c");
+        let start = c.find("enum counter {").expect("enum counter") + "enum counter {".len();
+        let body = &c[start..start + c[start..].find('}').expect("its end")];
+        let names: Vec<&str> = body.split(',').map(str::trim).collect();
+        let rust = [
+            ("TO_TASK", Counter::ToTask),
+            ("LOCAL", Counter::Local),
+            ("REMOTE", Counter::Remote),
+            ("ENCAPSULATED", Counter::Encapsulated),
+            ("DECAPSULATED", Counter::Decapsulated),
+        ];
+        for (name, counter) in rust {
+            let at = names.iter().position(|n| *n == name);
+            assert_eq!(at, Some(counter as usize), "{name} in {names:?}");
+        }
+        // And nothing counted in C that Rust does not read.
+        assert_eq!(names.last(), Some(&"COUNTERS"));
+        assert_eq!(names.len(), rust.len() + 1, "{names:?}");
     }
 
     #[test]
