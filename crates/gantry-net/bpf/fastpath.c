@@ -99,6 +99,8 @@ struct peer {
     __be32 underlay_ip;
 };
 
+// The slots of `counters`; `Counter` in fastpath.rs reads them by these
+// numbers (a unit test there checks the two agree).
 enum counter { TO_TASK, LOCAL, REMOTE, ENCAPSULATED, DECAPSULATED, COUNTERS };
 
 struct {
