@@ -232,6 +232,9 @@ pub fn cleanup(data_dir: &Path) -> Result<usize, AgentError> {
 
 /// Runs the agent until the process ends.
 pub async fn run(cfg: AgentConfig, id: Identity) -> Result<(), AgentError> {
+    let own = cfg.data_dir.join("agent");
+    gantry_runtime::private_dir(&own)
+        .map_err(|e| AgentError::Io(format!("create {}", own.display()), e))?;
     let ca = ClusterCa::from_pem("", &id.ca_pem, "");
     let me = Issued {
         cert_pem: id.cert_pem.clone(),

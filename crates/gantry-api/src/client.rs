@@ -387,7 +387,12 @@ pub fn write_secret<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()>
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d)?;
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(d)?;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))?;
     }
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()

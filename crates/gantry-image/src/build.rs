@@ -763,8 +763,11 @@ fn run_step(
 }
 
 /// Removes what the runtime made in the upper dir only to mount over it:
-/// empty /proc, /sys, /dev, and empty /etc/hosts, hostname, resolv.conf.
+/// empty /proc, /sys, /dev, and empty /etc/hosts, hostname, resolv.conf;
+/// and device nodes a RUN step made, which layers never carry (see
+/// `unpack`): overlay whiteouts (character 0:0) stay.
 fn prune_mountpoints(upper: &Path) {
+    remove_devices(upper);
     for f in ["etc/hosts", "etc/hostname", "etc/resolv.conf"] {
         let p = upper.join(f);
         if fs::symlink_metadata(&p).is_ok_and(|m| m.is_file() && m.len() == 0) {
@@ -773,6 +776,23 @@ fn prune_mountpoints(upper: &Path) {
     }
     for d in ["proc", "sys", "dev", "etc"] {
         let _ = fs::remove_dir(upper.join(d)); // only if empty
+    }
+}
+
+fn remove_devices(dir: &Path) {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(md) = e.metadata() else { continue };
+        let t = md.file_type();
+        if t.is_dir() {
+            remove_devices(&e.path());
+        } else if t.is_block_device() || (t.is_char_device() && md.rdev() != 0) {
+            tracing::warn!(path = %e.path().display(), "a RUN step made a device node: not kept in the layer");
+            let _ = fs::remove_file(e.path());
+        }
     }
 }
 

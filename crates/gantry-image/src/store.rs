@@ -162,6 +162,7 @@ impl Store {
     /// Opens (creating) the store under `<data_dir>/images`.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let root = data_dir.join("images");
+        gantry_runtime::private_dir(&root).map_err(io_at("create", &root))?;
         for d in ["blobs/sha256", "layers", "tmp"] {
             let p = root.join(d);
             fs::create_dir_all(&p).map_err(io_at("create", &p))?;

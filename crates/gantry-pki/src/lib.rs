@@ -450,15 +450,25 @@ pub struct JoinToken {
 }
 
 impl JoinToken {
-    /// A fresh token for a CA.
-    pub fn generate(ca: &ClusterCa) -> Result<Self, PkiError> {
+    /// The token of generation `nonce` for a CA, derived from the CA's key
+    /// (HMAC-SHA256 keyed with it): the manager stores only the nonce and
+    /// the secret's hash, never the token, and can still show it to the
+    /// admin. Whoever holds the CA key could sign certificates anyway.
+    pub fn derive(ca: &ClusterCa, nonce: &str) -> Result<Self, PkiError> {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, ca.key_pem().as_bytes());
+        let tag = ring::hmac::sign(&key, format!("gantry join token {nonce}").as_bytes());
+        Ok(Self {
+            ca_fingerprint: ca.fingerprint()?,
+            secret: hex::encode(&tag.as_ref()[..16]),
+        })
+    }
+
+    /// A fresh nonce for [`JoinToken::derive`]: 128 random bits, hex.
+    pub fn new_nonce() -> String {
         use rand::RngCore;
         let mut b = [0u8; 16];
         rand::rng().fill_bytes(&mut b);
-        Ok(Self {
-            ca_fingerprint: ca.fingerprint()?,
-            secret: hex::encode(b),
-        })
+        hex::encode(b)
     }
 
     /// Parses a token as `gantry join-token` prints it.

@@ -134,14 +134,26 @@ fn a_reloaded_ca_keeps_issuing_trusted_certificates() {
 #[test]
 fn join_tokens_carry_the_fingerprint_and_hide_the_secret() {
     let ca = ClusterCa::generate("prod").unwrap();
-    let t = JoinToken::generate(&ca).unwrap();
+    let nonce = JoinToken::new_nonce();
+    let t = JoinToken::derive(&ca, &nonce).unwrap();
+    assert_eq!(
+        t,
+        JoinToken::derive(&ca, &nonce).unwrap(),
+        "derived again alike"
+    );
+    let other = ClusterCa::generate("prod").unwrap();
+    assert_ne!(
+        t.secret,
+        JoinToken::derive(&other, &nonce).unwrap().secret,
+        "another CA key derives another secret"
+    );
     let s = t.to_string();
     assert!(s.starts_with("GTKN-1-"));
     let back = JoinToken::parse(&s).unwrap();
     assert_eq!(back, t);
     assert_eq!(back.ca_fingerprint, ca.fingerprint().unwrap());
     assert!(back.matches(&t.secret_hash()));
-    let rotated = JoinToken::generate(&ca).unwrap();
+    let rotated = JoinToken::derive(&ca, &JoinToken::new_nonce()).unwrap();
     assert!(
         !rotated.matches(&t.secret_hash()),
         "a rotated token replaces the old one"
@@ -185,7 +197,7 @@ fn a_signed_request_gives_the_managers_name_and_role_whatever_it_asked() {
 fn the_fetched_ca_is_only_trusted_by_its_fingerprint() {
     let ca = ClusterCa::generate("prod").unwrap();
     let other = ClusterCa::generate("prod").unwrap();
-    let token = JoinToken::generate(&ca).unwrap();
+    let token = JoinToken::derive(&ca, "1").unwrap();
     assert_eq!(fingerprint(ca.cert_pem()).unwrap(), token.ca_fingerprint);
     assert_ne!(fingerprint(other.cert_pem()).unwrap(), token.ca_fingerprint);
     // The join port lets a client without a certificate complete TLS.

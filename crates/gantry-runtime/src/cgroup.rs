@@ -45,6 +45,10 @@ pub enum CgroupError {
     /// No usable cgroup hierarchy was found.
     #[error("no cgroup hierarchy with the memory controller under {0}")]
     NotFound(PathBuf),
+    /// A v1 host without the devices controller: containers could use
+    /// every device of the host.
+    #[error("no devices controller at {0}: refusing to run a container that could use the host's devices")]
+    NoDevices(PathBuf),
     /// Processes were still in the cgroup after killing them.
     #[error("cgroup {0} still has processes after SIGKILL")]
     Busy(PathBuf),
@@ -77,7 +81,9 @@ pub enum CgroupVersion {
 }
 
 /// The v1 controllers a container is placed in.
-const V1_CONTROLLERS: [&str; 6] = ["memory", "cpu", "cpuacct", "pids", "freezer", "blkio"];
+const V1_CONTROLLERS: [&str; 7] = [
+    "memory", "cpu", "cpuacct", "pids", "freezer", "blkio", "devices",
+];
 
 impl CgroupVersion {
     /// Looks at `root` (normally `/sys/fs/cgroup`) and says which layout has
@@ -308,6 +314,15 @@ impl Cgroup for V1 {
         if let Some(pids) = res.pids {
             write(&self.dir("pids").join("pids.max"), &pids.to_string())?;
         }
+        // Deny every device, then allow Docker's defaults, one rule a write.
+        let devices = self.dir("devices");
+        if !devices.is_dir() {
+            return Err(CgroupError::NoDevices(self.root.join("devices")));
+        }
+        write(&devices.join("devices.deny"), "a")?;
+        for rule in crate::devices::DEFAULT_ALLOWED {
+            write(&devices.join("devices.allow"), &rule.v1_line())?;
+        }
         Ok(())
     }
 
@@ -443,7 +458,7 @@ impl Cgroup for V2 {
         if let Some(pids) = res.pids {
             write(&cg.join("pids.max"), &pids.to_string())?;
         }
-        Ok(())
+        crate::devices::attach(&cg, crate::devices::DEFAULT_ALLOWED).map_err(io_err(&cg))
     }
 
     fn add(&self, pid: i32) -> Result<(), CgroupError> {
@@ -559,7 +574,7 @@ mod tests {
             cpu_shares: Some(512),
             pids: Some(20),
         })
-        .unwrap();
+        .expect_err("a temp dir takes no device program");
         let dir = t.path().join("gantry/c1");
         let read = |f: &str| fs::read_to_string(dir.join(f)).unwrap();
         assert_eq!(read("memory.max"), "67108864");
@@ -583,7 +598,8 @@ mod tests {
         let cg = CgroupVersion::detect(t.path())
             .unwrap()
             .cgroup("gantry", "c2");
-        cg.create(&Resources::default()).unwrap();
+        cg.create(&Resources::default())
+            .expect_err("a temp dir takes no device program");
         let dir = t.path().join("gantry/c2");
         fs::write(dir.join("memory.current"), "1000\n").unwrap();
         fs::write(dir.join("memory.max"), "max\n").unwrap();

@@ -5,6 +5,19 @@
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
+/// Creates `dir` (and missing parents, 0700 too) and makes it 0700: a
+/// directory of Gantry's data that holds keys, environments, logs or image
+/// layers (whose device nodes and setuid files must not be reachable by the
+/// host's other users).
+pub fn private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 /// How many symlinks one resolution may follow before it is refused, as the
 /// kernel's ELOOP limit.
 const MAX_LINKS: u32 = 40;

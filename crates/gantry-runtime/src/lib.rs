@@ -13,6 +13,7 @@
 //! files alone: nothing is held in memory across calls.
 
 mod cgroup;
+pub mod devices;
 mod exec;
 mod fs;
 mod init;
@@ -36,7 +37,7 @@ use nix::unistd::{fork, ForkResult, Pid};
 
 pub use cgroup::{shares_to_weight, Cgroup, CgroupError, CgroupStats, CgroupVersion, Resources};
 pub use exec::ExecOptions;
-pub use fs::secure_join;
+pub use fs::{private_dir, secure_join};
 pub use spec::{
     new_id, ContainerConfig, Mount, MountKind, NetworkMode, OverlayAddr, PortMapping, Process,
     RestartPolicy, State, Status,
@@ -151,7 +152,7 @@ impl Runtime {
         parent: &str,
     ) -> Result<Self, RuntimeError> {
         let root = data_dir.join("containers");
-        stdfs::create_dir_all(&root).map_err(|e| RuntimeError::io("create", &root, e))?;
+        private_dir(&root).map_err(|e| RuntimeError::io("create", &root, e))?;
         Ok(Self {
             data_dir: data_dir.to_owned(),
             root,

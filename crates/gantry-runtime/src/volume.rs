@@ -95,6 +95,7 @@ impl Volumes {
             name: name.to_owned(),
             err,
         };
+        crate::fs::private_dir(&self.root).map_err(io)?;
         let dir = self.root.join(name);
         let data = dir.join("_data");
         fs::create_dir_all(&data).map_err(io)?;

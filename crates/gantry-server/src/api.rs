@@ -198,10 +198,13 @@ async fn ca(State(sh): Sh) -> Json<String> {
 async fn join(State(sh): Sh, Json(req): Json<JoinRequest>) -> Res<JoinResponse> {
     let token = JoinToken::parse(&req.token).map_err(|e| bad(e.to_string()))?;
     let stored = sh
-        .meta("join_token")
-        .and_then(|t| JoinToken::parse(&t).ok())
+        .meta(crate::TOKEN_HASH_KEY)
         .ok_or_else(|| Fail(StatusCode::INTERNAL_SERVER_ERROR, "no join token".into()))?;
-    if token.ca_fingerprint != stored.ca_fingerprint || !token.matches(&stored.secret_hash()) {
+    let fingerprint = sh
+        .ca
+        .fingerprint()
+        .map_err(|e| Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if token.ca_fingerprint != fingerprint || !token.matches(&stored) {
         tracing::warn!(hostname = %req.info.hostname, "join refused: wrong token");
         return Err(Fail(
             StatusCode::FORBIDDEN,
@@ -553,8 +556,13 @@ async fn agent_watch(State(sh): Sh, Extension(peer): Extension<Peer>) -> Result<
 
 async fn join_token(State(sh): Sh, Extension(peer): Extension<Peer>) -> Res<JoinTokenView> {
     peer.admin()?;
+    let nonce = sh
+        .meta(crate::TOKEN_NONCE_KEY)
+        .ok_or_else(|| Fail(StatusCode::INTERNAL_SERVER_ERROR, "no join token".into()))?;
+    let token = JoinToken::derive(&sh.ca, &nonce)
+        .map_err(|e| Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(Json(JoinTokenView {
-        token: sh.meta("join_token").unwrap_or_default(),
+        token: token.to_string(),
         manager: manager_addr(&sh),
     }))
 }
@@ -572,11 +580,9 @@ fn manager_addr(sh: &Shared) -> String {
 
 async fn rotate_token(State(sh): Sh, Extension(peer): Extension<Peer>) -> Res<JoinTokenView> {
     peer.admin()?;
-    let token = JoinToken::generate(&sh.ca).map_err(|e| bad(e.to_string()))?;
-    sh.apply(vec![Command::SetMeta {
-        key: "join_token".into(),
-        value: token.to_string(),
-    }])?;
+    let (token, cmds) = crate::new_join_token(&sh.ca)
+        .map_err(|e| Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    sh.apply(cmds)?;
     Ok(Json(JoinTokenView {
         token: token.to_string(),
         manager: manager_addr(&sh),

@@ -20,6 +20,7 @@ mod orchestrate;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -65,6 +66,32 @@ pub struct ServerConfig {
 pub(crate) const VNI_KEY: &str = "vni";
 /// Metadata key of the overlay's direct routing (`true` or `false`).
 pub(crate) const DIRECT_ROUTING_KEY: &str = "direct_routing";
+/// Metadata key of the join token's generation (from which the manager
+/// derives the token with the CA key).
+pub(crate) const TOKEN_NONCE_KEY: &str = "join_token_nonce";
+/// Metadata key of the SHA-256 of the join token's secret.
+pub(crate) const TOKEN_HASH_KEY: &str = "join_token_sha256";
+
+/// A new join token and the commands that make it the cluster's: its
+/// generation and its secret's hash are stored, never the token itself.
+pub(crate) fn new_join_token(
+    ca: &ClusterCa,
+) -> Result<(JoinToken, Vec<Command>), gantry_pki::PkiError> {
+    let nonce = JoinToken::new_nonce();
+    let token = JoinToken::derive(ca, &nonce)?;
+    let cmds = vec![
+        Command::SetMeta {
+            key: TOKEN_NONCE_KEY.into(),
+            value: nonce,
+        },
+        Command::SetMeta {
+            key: TOKEN_HASH_KEY.into(),
+            value: token.secret_hash(),
+        },
+    ];
+    Ok((token, cmds))
+}
+
 /// The VXLAN network id when none is given.
 pub const DEFAULT_VNI: u32 = 1;
 
@@ -168,6 +195,16 @@ impl Shared {
     }
 }
 
+/// Creates `dir` as 0700, and makes it so if it was there.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 /// A running manager.
 pub struct Manager {
     shared: Arc<Shared>,
@@ -180,9 +217,12 @@ impl Manager {
     /// credential, and starts serving.
     pub async fn start(cfg: ServerConfig) -> Result<Self, ServerError> {
         let dir = cfg.data_dir.join("manager");
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| ServerError::Io(format!("create {}", dir.display()), e))?;
-        let mut store = Store::open(&dir.join("state.redb"))?;
+        private_dir(&dir).map_err(|e| ServerError::Io(format!("create {}", dir.display()), e))?;
+        let path = dir.join("state.redb");
+        let mut store = Store::open(&path)?;
+        // The store holds the CAs' keys: root's alone (redb creates 0644).
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| ServerError::Io(format!("chmod {}", path.display()), e))?;
         let meta = |s: &Store, k: &str| s.state().meta.get(k).cloned();
         let ca = match (meta(&store, "ca_cert"), meta(&store, "ca_key")) {
             (Some(c), Some(k)) => {
@@ -191,7 +231,6 @@ impl Manager {
             _ => {
                 let cluster = new_id();
                 let ca = ClusterCa::generate(&cluster)?;
-                let token = JoinToken::generate(&ca)?;
                 store.apply_batch(&[
                     Command::SetMeta {
                         key: "cluster_id".into(),
@@ -205,14 +244,23 @@ impl Manager {
                         key: "ca_key".into(),
                         value: ca.key_pem().to_owned(),
                     },
-                    Command::SetMeta {
-                        key: "join_token".into(),
-                        value: token.to_string(),
-                    },
                 ])?;
                 ca
             }
         };
+        if meta(&store, TOKEN_HASH_KEY).is_none() {
+            // A new cluster, or one from before only the hash was kept: its
+            // token was stored whole, so it is replaced (and removed).
+            if meta(&store, "join_token").is_some() {
+                tracing::warn!("the join token was stored in plain text: it is replaced by a new one (`gantry join-token` shows it)");
+            }
+            let (_, mut cmds) = new_join_token(&ca)?;
+            cmds.push(Command::SetMeta {
+                key: "join_token".into(),
+                value: String::new(),
+            });
+            store.apply_batch(&cmds)?;
+        }
         let edge_ca = match (meta(&store, "edge_ca_cert"), meta(&store, "edge_ca_key")) {
             (Some(c), Some(k)) => ClusterCa::from_pem(
                 &format!("{}-edge", meta(&store, "cluster_id").unwrap_or_default()),

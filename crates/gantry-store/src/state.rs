@@ -561,6 +561,9 @@ impl State {
             Command::RemoveTask { id } => {
                 self.tasks.remove(&id);
             }
+            Command::SetMeta { key, value } if value.is_empty() => {
+                self.meta.remove(&key);
+            }
             Command::SetMeta { key, value } => {
                 self.meta.insert(key, value);
             }

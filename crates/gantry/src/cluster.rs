@@ -145,9 +145,15 @@ pub(crate) struct AgentArgs {
     /// The manager (HOST[:PORT]); needed to join, remembered after.
     #[arg(long, env = "GANTRY_MANAGER")]
     manager: Option<String>,
-    /// The join token (from `gantry join-token` on the manager).
+    /// The join token (from `gantry join-token` on the manager). Given
+    /// here, the agent moves it out of its command line at once (`ps` shows
+    /// every user the command line); `--token-file` or the environment
+    /// never put it there.
     #[arg(long, env = "GANTRY_JOIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A file holding the join token.
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
     /// The address other nodes reach this one at.
     #[arg(long)]
     advertise: Option<String>,
@@ -490,7 +496,53 @@ pub(crate) fn server(ctx: &Ctx, a: ServerArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// The token flag's name on the command line.
+const TOKEN_FLAG: &str = "--token";
+
+/// When the join token is on the command line, starts this program again
+/// at once with it in the environment instead: `/proc/PID/cmdline` is
+/// readable by every user of the host, `/proc/PID/environ` by root only.
+/// Returns only when there is nothing to hide (or the exec failed).
+fn hide_token_from_argv() -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut kept = Vec::with_capacity(args.len());
+    let mut token = None;
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        let s = a.to_string_lossy();
+        if s == TOKEN_FLAG {
+            token = it.next().cloned();
+        } else if let Some(v) = s.strip_prefix("--token=") {
+            token = Some(v.into());
+        } else {
+            kept.push(a.clone());
+        }
+    }
+    let Some(token) = token else {
+        return Ok(());
+    };
+    let e = std::process::Command::new("/proc/self/exe")
+        .arg0(&args[0])
+        .args(kept)
+        .env("GANTRY_JOIN_TOKEN", token)
+        .exec();
+    Err(anyhow::anyhow!("restart without the token in argv: {e}"))
+}
+
 pub(crate) fn agent(ctx: &Ctx, a: AgentArgs) -> anyhow::Result<u8> {
+    hide_token_from_argv()?;
+    let token = match &a.token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("read the join token from {}", f.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => a.token.clone(),
+    };
+    // Nothing this process starts (helpers, monitors) needs it.
+    std::env::remove_var("GANTRY_JOIN_TOKEN");
     if a.cleanup {
         // Before any thread exists: removing containers may wait on them.
         let n = gantry_agent::cleanup(&ctx.data_dir)?;
@@ -505,7 +557,7 @@ pub(crate) fn agent(ctx: &Ctx, a: AgentArgs) -> anyhow::Result<u8> {
     let cfg = gantry_agent::AgentConfig {
         data_dir: ctx.data_dir.clone(),
         manager: a.manager.clone(),
-        token: a.token.clone(),
+        token,
         advertise: a.advertise.clone(),
         labels,
         hostname: a.hostname.clone(),
