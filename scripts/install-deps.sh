@@ -14,6 +14,7 @@ pkgs=(
   libclang-dev                    # bindgen for rustables (nftables over netlink) at build time
   clang                           # builds the overlay fast path (crates/gantry-net/bpf) to BPF
   nftables iperf3                 # tests read the firewall with nft; the overlay benchmark
+  wrk                             # load during route changes in the edge test
   pebble                          # a real ACME CA (and its DNS server) for the certificate tests
   prometheus                      # promtool checks the metrics exposition
 )

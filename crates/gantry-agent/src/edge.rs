@@ -25,6 +25,8 @@ pub struct EdgeConfig {
     pub https: Option<SocketAddr>,
     /// The docker-flow-proxy API (default `127.0.0.1:8080`).
     pub dfp: Option<SocketAddr>,
+    /// A bearer token the DFP API requires, when set.
+    pub dfp_token: Option<String>,
     /// Peers whose connections start with a PROXY protocol header.
     pub trusted_proxies: Vec<IpAddr>,
 }
@@ -39,6 +41,8 @@ pub(crate) struct Edge {
     serving: Mutex<Option<Vec<tokio::task::JoinHandle<()>>>>,
     /// What the last assignment set held, so only changes are applied.
     last: Mutex<Last>,
+    /// The bearer token the DFP API requires, if any.
+    dfp_token: Option<Arc<str>>,
 }
 
 #[derive(Default)]
@@ -97,6 +101,7 @@ impl Edge {
             addrs,
             serving: Mutex::new(None),
             last: Default::default(),
+            dfp_token: cfg.dfp_token.as_deref().map(Arc::from),
         });
         *edge.serving.lock().expect("edge lock") = Some(edge.serve(listeners));
         Ok(edge)
@@ -124,8 +129,19 @@ impl Edge {
         if let Some(l) = dfp {
             tracing::info!(addr = ?l.local_addr().ok(), "docker-flow-proxy API");
             let client = self.client.clone();
+            let token = self.dfp_token.clone();
             tasks.push(tokio::spawn(crate::http::serve(l, move |req| {
-                dfp_request(client.clone(), req)
+                let client = client.clone();
+                let token = token.clone();
+                async move {
+                    if !bearer_ok(&req, token.as_deref()) {
+                        return json(
+                            StatusCode::UNAUTHORIZED,
+                            &dfp::Reply::nok("", "this DFP API needs Authorization: Bearer TOKEN (gantry agent --dfp-token)"),
+                        );
+                    }
+                    dfp_request(client, req).await
+                }
             })));
         }
         tasks
@@ -208,6 +224,25 @@ fn json(status: StatusCode, v: &impl serde::Serialize) -> Response<Body> {
         "application/json",
         serde_json::to_vec(v).unwrap_or_default(),
     )
+}
+
+/// Whether a request carries the bearer token (in constant time), or none
+/// is required.
+fn bearer_ok<B>(req: &Request<B>, token: Option<&str>) -> bool {
+    let Some(token) = token else { return true };
+    let Some(given) = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+    else {
+        return false;
+    };
+    given.len() == token.len()
+        && given
+            .iter()
+            .zip(token.as_bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 /// One request to the docker-flow-proxy API.
@@ -313,7 +348,7 @@ async fn dfp_request(client: Client, req: Request<hyper::body::Incoming>) -> Res
                 );
             }
             match client
-                .post::<_, CertView>("/v1/certs", &CertAdd { cert_pem, key_pem })
+                .post::<_, CertView>("/v1/dfp/cert", &CertAdd { cert_pem, key_pem })
                 .await
             {
                 Ok(v) => json(

@@ -67,6 +67,11 @@ pub(crate) async fn serve(
                     "Of those, packets the fast path encapsulated in VXLAN itself (out) or decapsulated (in)",
                     &[(d("out"), c.encapsulated), (d("in"), c.decapsulated)],
                 );
+                f.counter(
+                    "overlay_fast_path_spoofed_packets",
+                    "VXLAN packets the fast path dropped: not from a node, or with an inner source outside the sender's block",
+                    &[(Vec::new(), c.spoofed)],
+                );
             }
             f.encode(&mut out);
             reply(

@@ -338,8 +338,12 @@ impl Agent {
         // calling a routed name that points at its own node).
         open.extend(self.edge.get().map(|e| e.ports()).unwrap_or_default());
         let mut dnat = Vec::new();
+        let mut metadata_allowed = Vec::new();
         for a in &set.tasks {
             if let Ok(svc) = serde_json::from_str::<Service>(&a.spec) {
+                if svc.metadata {
+                    metadata_allowed.extend(a.task.addr);
+                }
                 for p in svc.ports.iter().filter(|p| p.mode == PortMode::Host) {
                     let Some(published) = p.published else {
                         continue;
@@ -354,6 +358,16 @@ impl Agent {
         dnat.sort();
         open.sort();
         open.dedup();
+        metadata_allowed.sort();
+        let vxlan = self
+            .net
+            .lock()
+            .expect("net lock")
+            .as_ref()
+            .map(|n| gantry_net::VxlanPeers {
+                local: n.overlay.local,
+                peers: n.peers.iter().map(|p| (p.underlay, p.block)).collect(),
+            });
         let bridge_net = gantry_runtime::net::BridgeNet::default_for(&self.cfg.data_dir);
         let wanted = gantry_net::Firewall {
             container_nets: vec![
@@ -368,6 +382,8 @@ impl Agent {
                 .flat_map(|b| [b.vtep(), b.gateway()])
                 .collect(),
             dnat,
+            vxlan,
+            metadata_allowed,
         };
         let mut fw = self.firewall.lock().expect("firewall lock");
         if fw.as_ref() == Some(&wanted) {

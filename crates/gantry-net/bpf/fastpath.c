@@ -91,6 +91,7 @@ struct config {
     __u32 vxlan_ifindex;
     __be32 underlay_ip;  // this node's: the outer source
     __u32 vni;
+    __be32 block_mask;   // the netmask of a node's block
 };
 
 // Another node reached over VXLAN, by its VTEP address (the next hop the
@@ -101,7 +102,7 @@ struct peer {
 
 // The slots of `counters`; `Counter` in fastpath.rs reads them by these
 // numbers (a unit test there checks the two agree).
-enum counter { TO_TASK, LOCAL, REMOTE, ENCAPSULATED, DECAPSULATED, COUNTERS };
+enum counter { TO_TASK, LOCAL, REMOTE, ENCAPSULATED, DECAPSULATED, SPOOFED, COUNTERS };
 
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
@@ -375,6 +376,8 @@ static inline_always long decapsulate(struct __sk_buff *skb, struct iphdr *outer
     if (!cfg || outer->daddr != cfg->underlay_ip || outer->ihl != 5 ||
         (outer->frag_off & __builtin_bswap16(0x3fff)))
         return -1;
+    // (Pulling data in invalidates `outer`.)
+    __be32 outer_src = outer->saddr;
     void *data = linear(skb, VXLAN_HEADERS);
     if (!data)
         return -1;
@@ -385,6 +388,15 @@ static inline_always long decapsulate(struct __sk_buff *skb, struct iphdr *outer
         h->vx_vni != __builtin_bswap32(cfg->vni << 8) ||
         h->eth.h_proto != __builtin_bswap16(ETH_P_IP) || ip->version != 4 || ip->ihl < 5)
         return -1;
+    // Our VXLAN: only from another node, for a source in that node's block
+    // (its VTEP address is the block's first). Anything else is a forgery,
+    // dropped here as the firewall would drop it.
+    __be32 vtep = ip->saddr & cfg->block_mask;
+    struct peer *from = bpf_map_lookup_elem(&peers, &vtep);
+    if (!from || from->underlay_ip != outer_src) {
+        count(SPOOFED);
+        return TC_ACT_SHOT;
+    }
     struct endpoint *to = deliverable(ip);
     if (!to)
         return -1;

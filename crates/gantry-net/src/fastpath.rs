@@ -80,6 +80,8 @@ struct Config {
     /// Network byte order, as in the packet.
     underlay_ip: u32,
     vni: u32,
+    /// Network byte order.
+    block_mask: u32,
 }
 // SAFETY: plain data, no padding.
 unsafe impl aya::Pod for Config {}
@@ -102,6 +104,7 @@ enum Counter {
     Remote,
     Encapsulated,
     Decapsulated,
+    Spoofed,
 }
 
 /// An IPv4 address as the programs hold it: its octets in memory order
@@ -129,6 +132,9 @@ pub struct FastPathDevices {
     pub underlay_ip: Ipv4Addr,
     /// The overlay's VNI.
     pub vni: u32,
+    /// The netmask of the nodes' blocks: an inner source's block is its
+    /// address under it.
+    pub block_mask: Ipv4Addr,
 }
 
 /// A task of this node, as the fast path needs it.
@@ -155,6 +161,9 @@ pub struct Counters {
     pub encapsulated: u64,
     /// Of `to_task`, decapsulated from VXLAN by the fast path itself.
     pub decapsulated: u64,
+    /// VXLAN packets dropped: not from another node, or with an inner
+    /// source outside the sending node's block.
+    pub spoofed: u64,
 }
 
 struct Attached {
@@ -236,6 +245,7 @@ impl FastPath {
                     vxlan_ifindex: devices.vxlan,
                     underlay_ip: be(devices.underlay_ip),
                     vni: devices.vni,
+                    block_mask: be(devices.block_mask),
                 },
                 0,
             )
@@ -372,6 +382,7 @@ impl FastPath {
             remote: sum(Counter::Remote)?,
             encapsulated: sum(Counter::Encapsulated)?,
             decapsulated: sum(Counter::Decapsulated)?,
+            spoofed: sum(Counter::Spoofed)?,
         })
     }
 }
@@ -544,6 +555,7 @@ mod tests {
             ("REMOTE", Counter::Remote),
             ("ENCAPSULATED", Counter::Encapsulated),
             ("DECAPSULATED", Counter::Decapsulated),
+            ("SPOOFED", Counter::Spoofed),
         ];
         for (name, counter) in rust {
             let at = names.iter().position(|n| *n == name);
@@ -558,7 +570,7 @@ mod tests {
     fn structs_match_the_c_layout() {
         assert_eq!(std::mem::size_of::<Endpoint>(), 16);
         assert_eq!(std::mem::size_of::<Member>(), 4 * NETS);
-        assert_eq!(std::mem::size_of::<Config>(), 16);
+        assert_eq!(std::mem::size_of::<Config>(), 20);
         assert_eq!(std::mem::size_of::<Peer>(), 4);
     }
 }

@@ -9,6 +9,17 @@
 //!   for DNS (53) and the ports the operator published, plus the replies of
 //!   connections the host opened (health checks); everything else it sends
 //!   to the host (the agent's and manager's APIs, sshd, ...) is dropped.
+//!   VXLAN (UDP 4789) is taken only from another node's underlay address,
+//!   and only when the inner packet's source is in that node's block: a
+//!   packet from elsewhere, or one that claims a task of another node, is
+//!   dropped before the VXLAN device decapsulates it;
+//! - `guard` (filter, forward and output): containers may not send to the
+//!   VXLAN port of any node, nor may the host's users other than root, so
+//!   no one but the kernel's VXLAN device (and the fast path, which sends
+//!   below netfilter) speaks VXLAN between nodes;
+//! - `meta` (filter, forward): containers do not reach the link-local
+//!   instance-metadata address (169.254.169.254), where cloud hosts hand
+//!   out their credentials, but for the tasks allowed to.
 //!
 //! **Architecture invariant:** the table is Gantry's alone, so replacing
 //! or deleting it never touches rules of anyone else.
@@ -28,7 +39,7 @@ use rustables::{
     Set, Table,
 };
 
-use crate::{OverlayError, BRIDGE};
+use crate::{OverlayError, BRIDGE, VXLAN_PORT};
 
 const TABLE: &str = "gantry";
 
@@ -52,6 +63,98 @@ pub struct Firewall {
     /// address, target). Traffic from other machines is DNATed in the
     /// kernel, so the task sees the client's own address.
     pub dnat: Vec<(u16, Ipv4Addr, u16)>,
+    /// Who may send this node VXLAN, once the overlay is up.
+    pub vxlan: Option<VxlanPeers>,
+    /// Tasks that may reach [`METADATA_ADDR`]; no other container may.
+    pub metadata_allowed: Vec<Ipv4Addr>,
+}
+
+/// The nodes VXLAN is taken from: each other node's underlay address with
+/// the block its tasks' addresses are in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanPeers {
+    /// This node's underlay address.
+    pub local: Ipv4Addr,
+    /// The other nodes: underlay address and block.
+    pub peers: Vec<(Ipv4Addr, Net)>,
+}
+
+/// The link-local address where cloud hosts serve instance metadata.
+pub const METADATA_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+
+/// Offsets in a VXLAN packet, from its UDP header: UDP (8) and VXLAN (8)
+/// headers, then the inner Ethernet header (its type at 12) and IPv4
+/// header (its source at 12).
+const INNER_ETHERTYPE: u32 = 8 + 8 + 12;
+const INNER_SADDR: u32 = 8 + 8 + 14 + 12;
+
+/// Loads `len` bytes at `offset` of the transport header (`@th,...`).
+fn transport_bytes(rule: &mut Rule, offset: u32, len: u32) {
+    rule.add_expr(
+        rustables::expr::Payload::default()
+            .with_base(rustables::sys::NFT_PAYLOAD_TRANSPORT_HEADER)
+            .with_offset(offset)
+            .with_len(len)
+            .with_dreg(Register::Reg1),
+    );
+}
+
+/// The input rules for VXLAN: one accept per peer (its underlay source,
+/// an IPv4 inner packet from its block), then a drop for the rest.
+fn vxlan_input(batch: &mut Batch, input: &Chain, v: &VxlanPeers) -> Result<(), OverlayError> {
+    for (underlay, block) in &v.peers {
+        let mut r = Rule::new(input)?;
+        ipv4(&mut r);
+        let mut r = r.saddr((*underlay).into()).dport(VXLAN_PORT, Protocol::UDP);
+        transport_bytes(&mut r, INNER_ETHERTYPE, 2);
+        r.add_expr(Cmp::new(CmpOp::Eq, 0x0800u16.to_be_bytes()));
+        transport_bytes(&mut r, INNER_SADDR, 4);
+        r.add_expr(rustables::expr::Bitwise::new(
+            block.netmask().octets(),
+            0u32.to_be_bytes(),
+        )?);
+        r.add_expr(Cmp::new(CmpOp::Eq, block.addr.octets()));
+        batch.add(&r.accept(), MsgType::Add);
+    }
+    let mut r = Rule::new(input)?;
+    ipv4(&mut r);
+    batch.add(&r.dport(VXLAN_PORT, Protocol::UDP).drop(), MsgType::Add);
+    Ok(())
+}
+
+/// The `guard` chains: nothing but the kernel sends VXLAN to a node.
+fn vxlan_guard(batch: &mut Batch, t: &Table, v: &VxlanPeers) -> Result<(), OverlayError> {
+    let mut nodes = SetBuilder::<Ipv4Addr>::new("nodes", t)?;
+    nodes.add(&v.local);
+    for (u, _) in &v.peers {
+        nodes.add(u);
+    }
+    let (set, elems) = nodes.finish();
+    let mut set = set.with_id(1000u32);
+    set.family = ProtocolFamily::Inet;
+    batch.add(&set, MsgType::Add);
+    batch.add(&elems, MsgType::Add);
+    let fwd = Chain::new(t)
+        .with_name("guard")
+        .with_hook(Hook::new(HookClass::Forward, -10))
+        .with_type(ChainType::Filter)
+        .with_policy(ChainPolicy::Accept);
+    batch.add(&fwd, MsgType::Add);
+    let r = ip_in(Rule::new(&fwd)?, &set, false, false)?;
+    batch.add(&r.dport(VXLAN_PORT, Protocol::UDP).drop(), MsgType::Add);
+    let out = Chain::new(t)
+        .with_name("guard_out")
+        .with_hook(Hook::new(HookClass::Out, -10))
+        .with_type(ChainType::Filter)
+        .with_policy(ChainPolicy::Accept);
+    batch.add(&out, MsgType::Add);
+    // A socket of a user other than root (the kernel's VXLAN socket has no
+    // owner, so `skuid` does not match it).
+    let mut r = ip_in(Rule::new(&out)?, &set, false, false)?.dport(VXLAN_PORT, Protocol::UDP);
+    r.add_expr(Meta::new(MetaType::SkUid));
+    r.add_expr(Cmp::new(CmpOp::Neq, 0u32.to_ne_bytes()));
+    batch.add(&r.drop(), MsgType::Add);
+    Ok(())
 }
 
 fn net(n: Net) -> Result<IpNetwork, OverlayError> {
@@ -187,6 +290,35 @@ fn ip_net(mut rule: Rule, net: Net, source: bool, bridge: bool) -> Result<Rule, 
 }
 
 impl Firewall {
+    /// The `meta` chain: containers reach the instance-metadata address
+    /// only from the allowed tasks' addresses.
+    fn metadata_guard(&self, batch: &mut Batch, t: &Table) -> Result<(), OverlayError> {
+        let chain = Chain::new(t)
+            .with_name("meta")
+            .with_hook(Hook::new(HookClass::Forward, -10))
+            .with_type(ChainType::Filter)
+            .with_policy(ChainPolicy::Accept);
+        batch.add(&chain, MsgType::Add);
+        let mut allowed = SetBuilder::<Ipv4Addr>::new("metadata_ok", t)?;
+        for a in &self.metadata_allowed {
+            allowed.add(a);
+        }
+        let (set, elems) = allowed.finish();
+        let mut set = set.with_id(1001u32);
+        set.family = ProtocolFamily::Inet;
+        batch.add(&set, MsgType::Add);
+        if !self.metadata_allowed.is_empty() {
+            batch.add(&elems, MsgType::Add);
+        }
+        let from_containers = || built(Rule::new(&chain)?.iiface(BRIDGE));
+        let ok = ip_in(from_containers()?, &set, true, false)?;
+        batch.add(&ok.accept(), MsgType::Add);
+        let mut r = from_containers()?;
+        ipv4(&mut r);
+        batch.add(&r.daddr(METADATA_ADDR.into()).drop(), MsgType::Add);
+        Ok(())
+    }
+
     /// Replaces the table with this firewall, in one transaction.
     pub fn apply(&self) -> Result<(), OverlayError> {
         let mut batch = Batch::new();
@@ -223,6 +355,11 @@ impl Firewall {
             .with_type(ChainType::Filter)
             .with_policy(ChainPolicy::Accept);
         batch.add(&input, MsgType::Add);
+        if let Some(v) = &self.vxlan {
+            vxlan_input(&mut batch, &input, v)?;
+            vxlan_guard(&mut batch, &t, v)?;
+        }
+        self.metadata_guard(&mut batch, &t)?;
         let from_containers = || built(Rule::new(&input)?.iiface(BRIDGE));
         batch.add(
             &built(from_containers()?.established())?.accept(),

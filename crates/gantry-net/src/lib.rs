@@ -32,7 +32,7 @@ pub use fastpath::{
     ingress_programs, Counters, FastPath, FastPathDevices, FastPathError, TaskPort,
 };
 
-pub use firewall::Firewall;
+pub use firewall::{Firewall, VxlanPeers, METADATA_ADDR};
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -364,6 +364,7 @@ impl Overlay {
                     underlay: underlay_of(&handle, me.local).await?.0,
                     underlay_ip: me.local,
                     vni: me.vni,
+                    block_mask: me.block.netmask(),
                 })
             })?
         })

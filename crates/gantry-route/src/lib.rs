@@ -120,7 +120,53 @@ pub struct Route {
     pub backends: Vec<std::net::Ipv4Addr>,
 }
 
+/// Whether two host patterns (exact names or `*suffix` wildcards) share a
+/// name.
+fn hosts_meet(a: &str, b: &str) -> bool {
+    match (a.strip_prefix('*'), b.strip_prefix('*')) {
+        (Some(x), Some(y)) => x.ends_with(y) || y.ends_with(x),
+        (Some(s), None) => b.ends_with(s) && b.len() > s.len(),
+        (None, Some(s)) => a.ends_with(s) && a.len() > s.len(),
+        (None, None) => a == b,
+    }
+}
+
 impl RouteSpec {
+    /// Whether this route would take some request that `other` serves,
+    /// were both in one table: a host of `other`'s that it names at least
+    /// as closely (an exact name before the longest wildcard before any
+    /// host), and a path of `other`'s that it matches at least as closely
+    /// (an exact path before the longest prefix). Suffixes and regular
+    /// expressions are taken to take any path.
+    pub fn takes_from(&self, other: &RouteSpec) -> bool {
+        let rank = |h: &str| h.strip_prefix('*').map_or(usize::MAX, str::len);
+        let hosts = match (self.hosts.is_empty(), other.hosts.is_empty()) {
+            (_, true) => true,
+            (true, false) => false,
+            (false, false) => self.hosts.iter().any(|a| {
+                other
+                    .hosts
+                    .iter()
+                    .any(|b| hosts_meet(a, b) && rank(a) >= rank(b))
+            }),
+        };
+        let (a, b) = (&self.path, &other.path);
+        let paths = match (self.path_type, other.path_type) {
+            (PathType::Prefix, PathType::Prefix) => a.starts_with(b.as_str()),
+            (PathType::Exact, PathType::Prefix) => a.starts_with(b.as_str()),
+            (PathType::Prefix, PathType::Exact) => false,
+            (PathType::Exact, PathType::Exact) => a == b,
+            _ => true,
+        };
+        hosts && paths
+    }
+
+    /// Whether the route names `host` (a name or a `*suffix` wildcard):
+    /// a certificate for it is the route's.
+    pub fn names_host(&self, host: &str) -> bool {
+        self.hosts.iter().any(|h| hosts_meet(h, host))
+    }
+
     /// A route of `service` on `port` for every host and path.
     pub fn new(service: &str, port: u16) -> Self {
         Self {
@@ -283,5 +329,51 @@ pub(crate) fn port(key: &str, v: &str) -> Result<u16, RouteError> {
     match v.trim().parse::<u16>() {
         Ok(p) if p > 0 => Ok(p),
         _ => Err(RouteError::Invalid(format!("{key}: {v:?} is not a port"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(hosts: &[&str], path: &str, t: PathType) -> RouteSpec {
+        let mut r = RouteSpec::new("s", 80);
+        r.hosts = hosts.iter().map(|h| (*h).to_owned()).collect();
+        r.path = path.into();
+        r.path_type = t;
+        r
+    }
+
+    #[test]
+    fn a_route_takes_what_it_would_match_first() {
+        use PathType::*;
+        let api = route(&["www.shop.test"], "/api", Prefix);
+        for (other, takes) in [
+            (route(&["www.shop.test"], "/api", Prefix), true),
+            (route(&["www.shop.test"], "/api/", Prefix), true),
+            (route(&["www.shop.test"], "/api/x", Exact), true),
+            (route(&["www.shop.test"], "/api", Exact), true),
+            (route(&["www.shop.test"], "/", Prefix), false),
+            (route(&["www.shop.test"], "/static", Prefix), false),
+            (route(&["www.shop.test"], ".php", Suffix), true),
+            (route(&["*.shop.test"], "/api/", Prefix), false),
+            (route(&[], "/api/", Prefix), false),
+            (route(&["shop.test"], "/api/", Prefix), false),
+        ] {
+            assert_eq!(other.takes_from(&api), takes, "{other:?}");
+        }
+        // A label route for any host is taken by a named host's route.
+        let any = route(&[], "/api", Prefix);
+        assert!(route(&["www.shop.test"], "/api", Prefix).takes_from(&any));
+        assert!(route(&[], "/api/v2", Prefix).takes_from(&any));
+        assert!(!route(&[], "/ghost", Prefix).takes_from(&any));
+        // Wildcards: the longer suffix is looked up first.
+        let wild = route(&["*.shop.test"], "/", Prefix);
+        assert!(route(&["*.eu.shop.test"], "/", Prefix).takes_from(&wild));
+        assert!(!route(&["*.test"], "/", Prefix).takes_from(&wild));
+        assert!(route(&["www.shop.test"], "/x", Prefix).takes_from(&wild));
+        assert!(wild.names_host("www.shop.test"));
+        assert!(!wild.names_host("shop.test"));
+        assert!(!route(&[], "/", Prefix).names_host("www.shop.test"));
     }
 }

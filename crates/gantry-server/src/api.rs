@@ -179,6 +179,7 @@ fn router(sh: Arc<Shared>) -> Router {
         .route("/v1/dfp/reconfigure", post(crate::edge::dfp_reconfigure))
         .route("/v1/dfp/remove", post(crate::edge::dfp_remove))
         .route("/v1/dfp/config", get(crate::edge::dfp_config))
+        .route("/v1/dfp/cert", post(crate::edge::dfp_cert))
         .route(
             "/v1/certs",
             get(crate::edge::cert_ls).post(crate::edge::cert_add),

@@ -259,6 +259,14 @@ pub(crate) async fn dfp_reconfigure(
             ));
         }
     };
+    if !sh.cfg.dfp_override_labels {
+        if let Some(owner) = sh.read(|s| label_owner(s, &r.service, &r.routes)) {
+            return Ok(dfp_reply(
+                StatusCode::FORBIDDEN,
+                dfp::Reply::nok(&r.service, &format!("{owner}: routes from DFP's API cannot take them (gantry server --dfp-override-labels allows it)")),
+            ));
+        }
+    }
     let scope = if r.distribute { None } else { node };
     let rec = RouteRecord {
         service: r.service.clone(),
@@ -268,6 +276,36 @@ pub(crate) async fn dfp_reconfigure(
     };
     sh.apply(vec![Command::PutRoutes(rec)])?;
     Ok(dfp_reply(StatusCode::OK, dfp::Reply::ok(&r)))
+}
+
+/// What the labels of a service other than `service` (a DFP service
+/// name) route that one of `routes` would take: `None` when nothing.
+fn label_owner(s: &Cluster, service: &str, routes: &[RouteSpec]) -> Option<String> {
+    let own: Vec<&str> = resolve(s, service)
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
+    labelled(s)
+        .filter(|(name, _)| !own.contains(&name.as_str()))
+        .find_map(|(name, theirs)| {
+            let hit = theirs
+                .iter()
+                .find(|t| routes.iter().any(|r| r.takes_from(t)))?;
+            Some(format!(
+                "{}{} is routed by the labels of service {name}",
+                hit.hosts.first().map_or("any host", String::as_str),
+                hit.path
+            ))
+        })
+}
+
+/// Every service's label routes, by service name.
+fn labelled(s: &Cluster) -> impl Iterator<Item = (String, Vec<RouteSpec>)> + '_ {
+    s.services.values().filter_map(|rec| {
+        let svc: Service = serde_json::from_str(&rec.spec).ok()?;
+        let (routes, _) = label_routes(&rec.name, &svc).ok()?;
+        Some((rec.name.clone(), routes))
+    })
 }
 
 /// `POST /v1/dfp/remove`.
@@ -357,13 +395,47 @@ pub(crate) async fn cert_ls(
 }
 
 /// `POST /v1/certs`: an operator's certificate, checked, for the names
-/// it carries.
+/// it carries. The admin's alone: a node's certificate gets 403.
 pub(crate) async fn cert_add(
     State(sh): State<Arc<Shared>>,
     Extension(peer): Extension<Peer>,
     Json(req): Json<CertAdd>,
 ) -> Result<Json<CertView>, Fail> {
+    peer.admin()?;
+    put_cert(&sh, req)
+}
+
+/// `POST /v1/dfp/cert`: a certificate sent to a node's DFP API. It may
+/// not be for a name services' labels route (unless
+/// `--dfp-override-labels`): those are the operator's or ACME's.
+pub(crate) async fn dfp_cert(
+    State(sh): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+    Json(req): Json<CertAdd>,
+) -> Result<Json<CertView>, Fail> {
     peer.node_or_admin()?;
+    if !sh.cfg.dfp_override_labels {
+        let (names, _) = gantry_pki::cert_info(&req.cert_pem)
+            .map_err(|e| Fail(StatusCode::BAD_REQUEST, format!("certificate: {e}")))?;
+        let owner = sh.read(|s| {
+            labelled(s).find_map(|(svc, routes)| {
+                let name = names
+                    .iter()
+                    .find(|n| routes.iter().any(|r| r.names_host(n)))?;
+                Some(format!("{name} is routed by the labels of service {svc}"))
+            })
+        });
+        if let Some(owner) = owner {
+            return Err(Fail(
+                StatusCode::FORBIDDEN,
+                format!("{owner}: its certificate is not DFP's to set (gantry cert add is)"),
+            ));
+        }
+    }
+    put_cert(&sh, req)
+}
+
+fn put_cert(sh: &Shared, req: CertAdd) -> Result<Json<CertView>, Fail> {
     let bad = |m: String| Fail(StatusCode::BAD_REQUEST, m);
     let (names, not_after_ms) =
         gantry_pki::cert_info(&req.cert_pem).map_err(|e| bad(format!("certificate: {e}")))?;

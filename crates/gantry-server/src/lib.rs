@@ -56,6 +56,8 @@ pub struct ServerConfig {
     /// Nodes on one subnet route the overlay to each other over the
     /// underlay, without VXLAN.
     pub direct_routing: bool,
+    /// DFP routes may take hosts and paths that services' labels route.
+    pub dfp_override_labels: bool,
     /// Certificates for public names.
     pub acme: AcmeConfig,
     /// Where the cluster's Prometheus metrics are served, unless `None`.

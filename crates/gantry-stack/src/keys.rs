@@ -83,7 +83,7 @@ fn allowed(path: &[&str]) -> Option<&'static [&'static str]> {
             "tmpfs",
         ],
         ["services", _, "depends_on", _] => &["condition", "restart", "required"],
-        ["services", _, "x-gantry"] => &["strategy", "rebalance"],
+        ["services", _, "x-gantry"] => &["strategy", "rebalance", "metadata"],
         ["volumes" | "networks", _] => &[
             "driver",
             "driver_opts",

@@ -194,6 +194,11 @@ pub struct Service {
     /// Even out replicas when nodes join or return (`x-gantry: {rebalance: false}` turns it off).
     #[serde(default = "yes")]
     pub rebalance: bool,
+    /// May reach the cloud's instance-metadata address, 169.254.169.254
+    /// (`x-gantry: {metadata: true}`); refused by default, since it hands
+    /// out the host's cloud credentials.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub metadata: bool,
     /// Restart policy.
     pub restart_policy: RestartPolicy,
     /// Rolling update.
@@ -654,6 +659,11 @@ fn service(
         .as_ref()
         .and_then(|x| x.rebalance)
         .unwrap_or(true);
+    let metadata = s
+        .x_gantry
+        .as_ref()
+        .and_then(|x| x.metadata)
+        .unwrap_or(false);
     let service_labels = dict(d.labels, lookup);
     let strategy_of = |v: &str| match v {
         "spread" => Some(Strategy::Spread),
@@ -700,6 +710,7 @@ fn service(
         spread_over,
         strategy,
         rebalance,
+        metadata,
         restart_policy,
         update_config,
         rollback_config,

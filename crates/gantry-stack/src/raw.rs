@@ -76,6 +76,7 @@ pub(crate) struct Service {
 pub(crate) struct XGantry {
     pub(crate) strategy: Option<Spanned<String>>,
     pub(crate) rebalance: Option<bool>,
+    pub(crate) metadata: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -55,6 +55,11 @@ pub(crate) struct ServerArgs {
     /// subnets still use VXLAN.
     #[arg(long)]
     direct_routing: bool,
+    /// Let routes sent to docker-flow-proxy's API take hosts and paths
+    /// that services' labels route (refused by default: any node's DFP
+    /// API could otherwise take a site's traffic).
+    #[arg(long)]
+    dfp_override_labels: bool,
     /// With --dev: labels of this node.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     label: Vec<String>,
@@ -94,6 +99,15 @@ pub(crate) struct EdgeArgs {
     /// default, as anyone who reaches it can change the routes.
     #[arg(long = "dfp", value_name = "ADDR", default_value = "127.0.0.1:8080")]
     dfp: SocketAddr,
+    /// Requests to the DFP API must carry `Authorization: Bearer TOKEN`
+    /// (moved out of the command line at start, as `--token`).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "GANTRY_DFP_TOKEN",
+        hide_env_values = true
+    )]
+    dfp_token: Option<String>,
     /// An address (a load balancer in front) whose connections start with
     /// a PROXY protocol header; repeat for several.
     #[arg(long = "trusted-proxy", value_name = "IP")]
@@ -135,6 +149,7 @@ impl EdgeArgs {
             http: Some(self.http),
             https: Some(self.https),
             dfp: Some(self.dfp),
+            dfp_token: self.dfp_token.clone(),
             trusted_proxies: self.trusted_proxy.clone(),
         })
     }
@@ -435,6 +450,7 @@ pub(crate) fn server(ctx: &Ctx, a: ServerArgs) -> anyhow::Result<u8> {
         },
         vni: a.vni,
         direct_routing: a.direct_routing,
+        dfp_override_labels: a.dfp_override_labels,
         acme: gantry_server::AcmeConfig {
             directory: (!a.no_acme).then(|| a.acme_directory.clone()),
             email: a.acme_email.clone(),
@@ -496,42 +512,52 @@ pub(crate) fn server(ctx: &Ctx, a: ServerArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// The token flag's name on the command line.
-const TOKEN_FLAG: &str = "--token";
+/// Flags whose values are secrets, and the variables that carry them
+/// instead.
+const SECRET_FLAGS: [(&str, &str); 2] = [
+    ("--token", "GANTRY_JOIN_TOKEN"),
+    ("--dfp-token", "GANTRY_DFP_TOKEN"),
+];
 
-/// When the join token is on the command line, starts this program again
-/// at once with it in the environment instead: `/proc/PID/cmdline` is
+/// When a secret is on the command line, starts this program again at
+/// once with it in the environment instead: `/proc/PID/cmdline` is
 /// readable by every user of the host, `/proc/PID/environ` by root only.
 /// Returns only when there is nothing to hide (or the exec failed).
-fn hide_token_from_argv() -> anyhow::Result<()> {
+fn hide_secrets_from_argv() -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let mut kept = Vec::with_capacity(args.len());
-    let mut token = None;
+    let mut moved = Vec::new();
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
         let s = a.to_string_lossy();
-        if s == TOKEN_FLAG {
-            token = it.next().cloned();
-        } else if let Some(v) = s.strip_prefix("--token=") {
-            token = Some(v.into());
-        } else {
-            kept.push(a.clone());
+        let hit = SECRET_FLAGS.iter().find_map(|(flag, var)| {
+            if s == *flag {
+                Some((*var, it.next().cloned().unwrap_or_default()))
+            } else {
+                s.strip_prefix(flag)
+                    .and_then(|r| r.strip_prefix('='))
+                    .map(|v| (*var, v.into()))
+            }
+        });
+        match hit {
+            Some(m) => moved.push(m),
+            None => kept.push(a.clone()),
         }
     }
-    let Some(token) = token else {
+    if moved.is_empty() {
         return Ok(());
-    };
+    }
     let e = std::process::Command::new("/proc/self/exe")
         .arg0(&args[0])
         .args(kept)
-        .env("GANTRY_JOIN_TOKEN", token)
+        .envs(moved)
         .exec();
-    Err(anyhow::anyhow!("restart without the token in argv: {e}"))
+    Err(anyhow::anyhow!("restart without secrets in argv: {e}"))
 }
 
 pub(crate) fn agent(ctx: &Ctx, a: AgentArgs) -> anyhow::Result<u8> {
-    hide_token_from_argv()?;
+    hide_secrets_from_argv()?;
     let token = match &a.token_file {
         Some(f) => Some(
             std::fs::read_to_string(f)
@@ -541,8 +567,10 @@ pub(crate) fn agent(ctx: &Ctx, a: AgentArgs) -> anyhow::Result<u8> {
         ),
         None => a.token.clone(),
     };
-    // Nothing this process starts (helpers, monitors) needs it.
-    std::env::remove_var("GANTRY_JOIN_TOKEN");
+    // Nothing this process starts (helpers, monitors) needs them.
+    for (_, var) in SECRET_FLAGS {
+        std::env::remove_var(var);
+    }
     if a.cleanup {
         // Before any thread exists: removing containers may wait on them.
         let n = gantry_agent::cleanup(&ctx.data_dir)?;

@@ -201,3 +201,350 @@ fn local_users_read_no_keys_tokens_or_environments() {
         },
     );
 }
+
+/// Runs `f` on a thread inside the network namespace at `ns` (a
+/// `/proc/PID/ns/net` or `/run/netns/NAME`): its sockets are that
+/// namespace's, as a process there would have them.
+fn in_netns<T: Send + 'static>(
+    ns: std::path::PathBuf,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&ns).unwrap();
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+}
+
+fn task_netns(cl: &Cluster, agent: usize, id: &str) -> std::path::PathBuf {
+    let v: serde_json::Value =
+        serde_json::from_str(&text(&cl.on_agent(agent, &["inspect", id]))).unwrap();
+    let pid = v[0]["State"]["Pid"].as_i64().unwrap();
+    assert!(pid > 0, "{v}");
+    format!("/proc/{pid}/ns/net").into()
+}
+
+/// A VXLAN payload (VNI 1): an Ethernet frame to `dmac` holding an IPv4
+/// UDP datagram from `src` to `dst`:9999 carrying `body`.
+fn vxlan_frame(
+    dmac: [u8; 6],
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut p = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
+    p.extend(dmac);
+    p.extend([0x02, 0x42, 0xde, 0xad, 0xbe, 0xef]);
+    p.extend([0x08, 0x00]);
+    let total = (20 + 8 + body.len()) as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0];
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip.extend(src.octets());
+    ip.extend(dst.octets());
+    let sum = ip
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum::<u32>();
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    p.extend(ip);
+    p.extend(40000u16.to_be_bytes());
+    p.extend(9999u16.to_be_bytes());
+    p.extend((8 + body.len() as u16).to_be_bytes());
+    p.extend([0, 0]);
+    p.extend(body);
+    p
+}
+
+/// Forged VXLAN is not delivered, on the fast path (node-2) and on the
+/// nftables path (node-3, `--no-fast-path`): from a task (whose packets a
+/// node would masquerade behind its own address), from a machine that is
+/// not a node, or from a node for a source outside its block. The same
+/// frame from the node it claims to come from is delivered, so the frame
+/// itself is right.
+#[test]
+fn vxlan_is_taken_only_from_nodes_for_their_own_blocks() {
+    let Some(mut cl) = Cluster::new("vxlan_is_taken_only_from_nodes_for_their_own_blocks", 3)
+    else {
+        return;
+    };
+    cl.start_agent(0);
+    cl.start_agent(1);
+    cl.start_agent_with(2, &["--no-fast-path"]);
+    let global = web(1, "")
+        .replace("IMAGE", &cl.image)
+        .replace("      replicas: 1\n", "      mode: global\n");
+    let o = cl.deploy("blue", &global);
+    assert!(o.status.success(), "{}", errtext(&o));
+    let red = web(
+        1,
+        "      placement:\n        constraints: [\"node.hostname == node-1\"]\n",
+    )
+    .replace("IMAGE", &cl.image);
+    let o = cl.deploy("red", &red);
+    assert!(o.status.success(), "{}", errtext(&o));
+    cl.wait_running(
+        "blue_web",
+        &[("node-1", 1), ("node-2", 1), ("node-3", 1)],
+        Duration::from_secs(30),
+    );
+    cl.wait_running("red_web", &[("node-1", 1)], Duration::from_secs(30));
+    let ip =
+        |svc: &str, host: &str| -> std::net::Ipv4Addr { cl.task_addr(svc, host).parse().unwrap() };
+    let nodes = cl.json(&["node", "ls", "--format", "json"]);
+    let mac_of = |host: &str| -> [u8; 6] {
+        let n = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["hostname"] == host)
+            .unwrap();
+        let v: Vec<u8> = n["vtep_mac"]
+            .as_str()
+            .unwrap()
+            .split(':')
+            .map(|h| u8::from_str_radix(h, 16).unwrap())
+            .collect();
+        v.try_into().unwrap()
+    };
+    let red1 = task_netns(&cl, 0, &cl.container_of(0, "red_web"));
+    let node1 = cl.lan.hosts[1].netns_path();
+    let stranger = cl.lan.hosts[0].netns_path();
+    for (agent, target, other) in [(1, "node-2", "node-3"), (2, "node-3", "node-2")] {
+        let to_addr: std::net::SocketAddr = format!("{}:4789", cl.lan.hosts[agent + 1].addr)
+            .parse()
+            .unwrap();
+        let dst = ip("blue_web", target);
+        let receiver = in_netns(
+            task_netns(&cl, agent, &cl.container_of(agent, "blue_web")),
+            || {
+                let s = std::net::UdpSocket::bind("0.0.0.0:9999").unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(4))).unwrap();
+                let mut got = Vec::new();
+                let mut buf = [0u8; 2048];
+                while let Ok(n) = s.recv(&mut buf) {
+                    got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                }
+                got
+            },
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let send = |from: std::path::PathBuf, frame: Vec<u8>| {
+            in_netns(from, move || {
+                let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+                for _ in 0..3 {
+                    let _ = s.send_to(&frame, to_addr);
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+            .join()
+            .unwrap();
+        };
+        let frame = |src: std::net::Ipv4Addr, body: &str| {
+            vxlan_frame(mac_of(target), src, dst, body.as_bytes())
+        };
+        let blue1 = ip("blue_web", "node-1");
+        send(node1.clone(), frame(blue1, "control"));
+        send(red1.clone(), frame(blue1, "from-a-task"));
+        send(stranger.clone(), frame(blue1, "from-a-stranger"));
+        send(
+            node1.clone(),
+            frame(ip("blue_web", other), "outside-its-block"),
+        );
+        let mut got = receiver.join().unwrap();
+        got.dedup();
+        assert_eq!(
+            got,
+            vec!["control".to_owned()],
+            "delivered to blue on {target}"
+        );
+    }
+}
+
+/// A self-signed certificate for `name` and its key, as one PEM bundle
+/// (written under `dir`), and the JSON `POST /v1/certs` takes.
+fn cert_for(dir: &Path, name: &str) -> (std::path::PathBuf, String) {
+    self_signed_cert(
+        dir,
+        name,
+        name,
+        30,
+        &["-addext", &format!("subjectAltName=DNS:{name}")],
+    );
+    let cert = std::fs::read_to_string(dir.join(format!("{name}.pem"))).unwrap();
+    let key = std::fs::read_to_string(dir.join(format!("{name}.key"))).unwrap();
+    let bundle = dir.join(format!("{name}.bundle"));
+    std::fs::write(&bundle, format!("{cert}{key}")).unwrap();
+    let body = serde_json::json!({ "cert_pem": cert, "key_pem": key }).to_string();
+    (bundle, body)
+}
+
+/// A worker node's certificate cannot set the cluster's certificates, and
+/// a node's DFP API can neither take a path a service's labels route nor
+/// set the certificate of a name they route; with `--dfp-token` it wants
+/// the token (which `ps` does not show).
+#[test]
+fn workers_and_dfp_cannot_take_sites_or_their_certificates() {
+    let Some(mut cl) = Cluster::new("workers_and_dfp_cannot_take_sites_or_their_certificates", 2)
+    else {
+        return;
+    };
+    cl.start_agent(0);
+    cl.start_agent_with(1, &["--dfp-token", "s3cret-dfp"]);
+    let stack = r#"services:
+  web:
+    image: IMAGE
+    command: ["sh", "-c", "mkdir -p /w && echo web > /w/index.html && exec httpd -f -p 8080 -h /w"]
+    deploy:
+      labels:
+        gantry.http.host: www.shop.test
+        gantry.http.port: "8080"
+  api:
+    image: IMAGE
+    command: ["sh", "-c", "mkdir -p /w/api && echo api > /w/api/index.html && exec httpd -f -p 8080 -h /w"]
+    deploy:
+      labels:
+        com.df.notify: "true"
+        com.df.serviceDomain: www.shop.test
+        com.df.servicePath: /api
+        com.df.port: "8080"
+  evil:
+    image: IMAGE
+    command: ["sh", "-c", "mkdir -p /w/api && echo evil > /w/api/index.html && exec httpd -f -p 8080 -h /w"]
+"#
+    .replace("IMAGE", &cl.image);
+    let o = cl.deploy("shop", &stack);
+    assert!(o.status.success(), "{}", errtext(&o));
+    for svc in ["shop_web", "shop_api", "shop_evil"] {
+        wait_for(&format!("{svc} to run"), Duration::from_secs(30), || {
+            let r = cl.running(svc);
+            if r.values().sum::<usize>() == 1 {
+                Ok(())
+            } else {
+                Err(format!("{r:?}"))
+            }
+        });
+    }
+    let site = |path: &str| {
+        curl_on(
+            &cl.lan.hosts[0],
+            &[
+                "-k",
+                "--resolve",
+                &format!("www.shop.test:443:{}", cl.lan.hosts[1].addr),
+                &format!("https://www.shop.test{path}"),
+            ],
+        )
+    };
+    wait_for("the api's route", Duration::from_secs(10), || {
+        let (s, out) = site("/api/index.html");
+        if s == 200 && out.ends_with("api\n") {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    });
+    // A worker's certificate, straight to the API.
+    let id: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(cl.agents[0].data.path().join("agent/identity.json")).unwrap(),
+    )
+    .unwrap();
+    let dir = cl.logs.path();
+    for (f, k) in [
+        ("ca.pem", "ca_pem"),
+        ("node.pem", "cert_pem"),
+        ("node.key", "key_pem"),
+    ] {
+        std::fs::write(dir.join(f), id[k].as_str().unwrap()).unwrap();
+    }
+    let (bundle, body) = cert_for(dir, "www.shop.test");
+    let as_worker = |method: &str, path: &str, body: &str| {
+        let o = cl.lan.hosts[1]
+            .command("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", method])
+            .args(["--cacert", dir.join("ca.pem").to_str().unwrap()])
+            .args(["--cert", dir.join("node.pem").to_str().unwrap()])
+            .args(["--key", dir.join("node.key").to_str().unwrap()])
+            .args([
+                "--resolve",
+                &format!("gantry-manager:{}:{}", cl.port, cl.lan.hosts[0].addr),
+            ])
+            .args([
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                body,
+            ])
+            .arg(format!("https://gantry-manager:{}{path}", cl.port))
+            .output()
+            .unwrap();
+        text(&o)
+    };
+    assert_eq!(as_worker("POST", "/v1/certs", &body), "403");
+    assert_eq!(as_worker("DELETE", "/v1/certs/www.shop.test", ""), "403");
+    assert_eq!(as_worker("POST", "/v1/join-token/rotate", ""), "403");
+    assert_eq!(as_worker("GET", "/v1/services", ""), "403");
+    // The DFP API on node-1 (loopback there).
+    let dfp = |args: &[&str]| {
+        let mut a = vec!["-X", "PUT"];
+        a.extend(args);
+        curl_on(&cl.lan.hosts[1], &a)
+    };
+    let (s, out) = dfp(&[
+        "http://127.0.0.1:8080/v1/docker-flow-proxy/reconfigure?serviceName=evil&serviceDomain=www.shop.test&servicePath=/api/&port=8080&distribute=true",
+    ]);
+    assert_eq!(s, 403, "{out}");
+    assert!(out.contains("labels of service shop_api"), "{out}");
+    let (s, out) = dfp(&[
+        "http://127.0.0.1:8080/v1/docker-flow-proxy/reconfigure?serviceName=evil&serviceDomain=www.shop.test&servicePath=/&port=8080&distribute=true",
+    ]);
+    assert_eq!(s, 403, "the site's root is web's: {out}");
+    let (s, out) = dfp(&[
+        "--data-binary",
+        &format!("@{}", bundle.display()),
+        "http://127.0.0.1:8080/v1/docker-flow-proxy/cert?certName=www",
+    ]);
+    assert_eq!(s, 403, "{out}");
+    // What no label routes stays DFP's.
+    let (s, out) = dfp(&[
+        "http://127.0.0.1:8080/v1/docker-flow-proxy/reconfigure?serviceName=evil&serviceDomain=evil.test&servicePath=/&port=8080&distribute=true",
+    ]);
+    assert_eq!(s, 200, "{out}");
+    let (other, _) = cert_for(dir, "evil.test");
+    let (s, out) = dfp(&[
+        "--data-binary",
+        &format!("@{}", other.display()),
+        "http://127.0.0.1:8080/v1/docker-flow-proxy/cert?certName=evil",
+    ]);
+    assert_eq!(s, 200, "{out}");
+    let certs = cl.admin_ok(&["cert", "ls"]);
+    assert!(
+        certs.contains("evil.test") && !certs.contains("user    www.shop.test"),
+        "{certs}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let (s, out) = site("/api/index.html");
+    assert!(
+        s == 200 && out.ends_with("api\n"),
+        "the api keeps its path: {out}"
+    );
+    // node-2's DFP API wants its token; ps does not show it.
+    let ping = |auth: Option<&str>| {
+        let mut a = vec!["http://127.0.0.1:8080/v1/docker-flow-proxy/ping".to_owned()];
+        if let Some(t) = auth {
+            a.extend(["-H".into(), format!("Authorization: Bearer {t}")]);
+        }
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        curl_on(&cl.lan.hosts[2], &a).0
+    };
+    assert_eq!(ping(None), 401);
+    assert_eq!(ping(Some("wrong")), 401);
+    assert_eq!(ping(Some("s3cret-dfp")), 200);
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(c) = std::fs::read(p.path().join("cmdline")) {
+            let c = String::from_utf8_lossy(&c);
+            assert!(!c.contains("s3cret-dfp"), "{c}");
+        }
+    }
+}
