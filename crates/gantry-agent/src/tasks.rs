@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use gantry_api::{Assignment, Assignments, TaskState, TaskStatus};
 use gantry_image::{ImageRef, LocalImage, Store};
 use gantry_runtime::{ContainerConfig, Mount, MountKind, PortMapping, Process, Runtime, Status};
-use gantry_stack::{PortMode, Service};
+use gantry_stack::{MountType as StackMount, PortMode, Service};
 use tokio::sync::Notify;
 
 use crate::health::Check;
@@ -674,8 +674,8 @@ impl Agent {
         c.labels.insert(NODE_LABEL.into(), self.node_id.clone());
         let rt = self.rt.as_ref().ok_or("the runtime is not available")?;
         for m in &svc.volumes {
-            let mount = match m.kind.as_str() {
-                "volume" => {
+            let mount = match m.kind {
+                StackMount::Volume => {
                     // Named volumes belong to their stack, as in Swarm.
                     let vname = format!("{}_{}", a.stack, m.source);
                     let labels = [(STACK_LABEL.to_owned(), a.stack.clone())].into();
@@ -690,13 +690,13 @@ impl Agent {
                         read_only: m.read_only,
                     }
                 }
-                "bind" => Mount {
+                StackMount::Bind => Mount {
                     kind: MountKind::Bind,
                     source: m.source.clone().into(),
                     destination: m.target.clone(),
                     read_only: m.read_only,
                 },
-                _ => Mount {
+                StackMount::Tmpfs => Mount {
                     kind: MountKind::Tmpfs,
                     source: Default::default(),
                     destination: m.target.clone(),

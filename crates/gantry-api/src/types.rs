@@ -30,6 +30,52 @@ pub struct NodeInfo {
     pub vtep_mac: Option<String>,
 }
 
+impl NodeInfo {
+    /// What the manager takes from a node: a host name and labels without
+    /// control characters, an IP address, a MAC in `aa:bb:cc:dd:ee:ff`
+    /// form. A node's facts end up in tables, events and other nodes'
+    /// overlay entries.
+    pub fn check(&self) -> Result<(), String> {
+        let clean = |what: &str, v: &str| {
+            if v.chars().any(|c| c.is_control()) {
+                Err(format!("node {what} {v:?} holds a control character"))
+            } else {
+                Ok(())
+            }
+        };
+        if self.hostname.is_empty()
+            || self.hostname.len() > 253
+            || self.hostname.chars().any(char::is_whitespace)
+        {
+            return Err(format!("invalid node host name {:?}", self.hostname));
+        }
+        clean("host name", &self.hostname)?;
+        if self.addr.parse::<std::net::IpAddr>().is_err() {
+            return Err(format!(
+                "invalid node address {:?}: an IP address",
+                self.addr
+            ));
+        }
+        clean("architecture", &self.arch)?;
+        for (k, v) in &self.labels {
+            if k.is_empty() {
+                return Err("a node label has an empty name".into());
+            }
+            clean("label", k)?;
+            clean("label value", v)?;
+        }
+        if let Some(m) = &self.vtep_mac {
+            let ok = m.len() == 17
+                && m.split(':')
+                    .all(|b| b.len() == 2 && b.bytes().all(|c| c.is_ascii_hexdigit()));
+            if !ok {
+                return Err(format!("invalid VTEP MAC {m:?}"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `POST /v1/join`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JoinRequest {
@@ -490,4 +536,68 @@ pub struct NodeStatsView {
     pub hostname: String,
     /// Its figures.
     pub stats: NodeStats,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// Whatever JSON a client sends to a route, decoding its request
+        /// type never panics, nor does checking a node's facts.
+        #[test]
+        fn any_request_body_decodes_or_fails_cleanly(
+            text in "([{}\\[\\],:]|\"(hostname|addr|labels|info|token|services|prune|env_add|replicas|query|cert_pem|tasks|state|\\PC{0,6})\"|-?[0-9]{1,20}(\\.[0-9]+)?(e[0-9]{1,3})?|true|null| ){0,60}"
+        ) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                let _ = serde_json::from_value::<JoinRequest>(v.clone());
+                let _ = serde_json::from_value::<StatusReport>(v.clone());
+                let _ = serde_json::from_value::<DeployRequest>(v.clone());
+                let _ = serde_json::from_value::<ServiceUpdate>(v.clone());
+                let _ = serde_json::from_value::<NodeUpdate>(v.clone());
+                let _ = serde_json::from_value::<DfpRequest>(v.clone());
+                let _ = serde_json::from_value::<CertAdd>(v.clone());
+                let _ = serde_json::from_value::<LogQuery>(v.clone());
+                if let Ok(info) = serde_json::from_value::<NodeInfo>(v) {
+                    let _ = info.check();
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn node_facts_are_checked() {
+        let good = NodeInfo {
+            hostname: "node-1".into(),
+            addr: "192.168.1.10".into(),
+            arch: "x86_64".into(),
+            vtep_mac: Some("02:42:0a:20:01:00".into()),
+            ..Default::default()
+        };
+        assert_eq!(good.check(), Ok(()));
+        for bad in [
+            NodeInfo {
+                hostname: "a\u{1b}[2J".into(),
+                ..good.clone()
+            },
+            NodeInfo {
+                hostname: "".into(),
+                ..good.clone()
+            },
+            NodeInfo {
+                addr: "not-an-ip".into(),
+                ..good.clone()
+            },
+            NodeInfo {
+                vtep_mac: Some("zz".into()),
+                ..good.clone()
+            },
+            NodeInfo {
+                labels: [("k\n".to_owned(), "v".to_owned())].into(),
+                ..good.clone()
+            },
+        ] {
+            assert!(bad.check().is_err(), "{bad:?}");
+        }
+    }
 }

@@ -91,7 +91,7 @@ pub fn task_spec(
         volumes: s
             .volumes
             .iter()
-            .filter(|m| m.kind == "volume")
+            .filter(|m| m.kind == gantry_stack::MountType::Volume)
             .map(|m| volume_name(stack, &m.source))
             .collect(),
         strategy: s.strategy.unwrap_or(default),

@@ -199,6 +199,9 @@ fn answer<'a>(
     host: &str,
     table: &'a Table<Pool>,
 ) -> Answer<'a> {
+    if let Some(why) = bad_host(req) {
+        return Answer::Now(text(StatusCode::BAD_REQUEST, why), None);
+    }
     let path = req.uri().path();
     if !conn.tls {
         if let Some(token) = path.strip_prefix("/.well-known/acme-challenge/") {
@@ -266,6 +269,20 @@ fn answer<'a>(
             };
             Answer::Forward(spec, value, pq)
         }
+    }
+}
+
+/// RFC 9112 3.2: a request with two Host fields, or an HTTP/1.1 request
+/// with none, gets 400 (which Host the route and the backend would see
+/// could differ).
+fn bad_host(req: &Request<Body>) -> Option<&'static str> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Some("more than one Host header\n"),
+        (None, _) if req.version() == hyper::Version::HTTP_11 => {
+            Some("an HTTP/1.1 request needs a Host header\n")
+        }
+        _ => None,
     }
 }
 

@@ -837,3 +837,39 @@ GET /three HTTP/1.1\r\nHost: raw.test\r\n\r\n";
     drop(s);
     assert!(settled("0").await, "{}", open_connections(&f.proxy));
 }
+
+/// RFC 9112 3.2: two Host headers (the route would follow one, the
+/// backend might read the other) or an HTTP/1.1 request without one get
+/// 400, on the proxy's own HTTP/1 loop and on hyper's path (a body);
+/// HTTP/1.0 needs no Host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_with_two_hosts_or_none_get_400() {
+    let f = fixture(ProxyConfig::default()).await;
+    f.proxy.set_routes(&[
+        route("a", &["a.test"], "/", f.port, &[2]),
+        route("any", &[], "/", f.port, &[3]),
+    ]);
+    for req in [
+        &b"GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: b.test\r\nHost: a.test\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX-A: 1\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\nContent-Length: 2\r\n\r\nhi",
+        b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi",
+    ] {
+        let got = raw_exchange(f.http, req).await;
+        assert!(
+            got.starts_with("HTTP/1.1 400"),
+            "{:?}: {got}",
+            String::from_utf8_lossy(req)
+        );
+        assert!(!got.contains("b2") && !got.contains("b3"), "{got}");
+    }
+    let got = raw_exchange(f.http, b"GET / HTTP/1.0\r\n\r\n").await;
+    assert!(got.starts_with("HTTP/1.0 200"), "{got}");
+    let got = raw_exchange(f.http, b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").await;
+    assert!(
+        got.starts_with("HTTP/1.1 200") && got.contains("b2"),
+        "{got}"
+    );
+}

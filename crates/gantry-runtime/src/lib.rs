@@ -286,6 +286,11 @@ impl Runtime {
         if self.list().iter().any(|c| c.config.name == config.name) {
             return Err(RuntimeError::NameInUse(config.name.clone()));
         }
+        // It is written into the container's /etc/hosts and hostname.
+        let h = &config.hostname;
+        if h.is_empty() || h.len() > 253 || h.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(RuntimeError::Other(format!("invalid hostname {h:?}")));
+        }
         let dir = self.dir(&config.id);
         stdfs::create_dir_all(&dir).map_err(|e| RuntimeError::io("create", &dir, e))?;
         let p = dir.join("config.json");

@@ -30,6 +30,17 @@ use crate::{new_id, node_record, now_ms, Shared};
 #[derive(Clone)]
 pub(crate) struct Peer(Option<(String, Role)>);
 
+/// The client's address.
+#[derive(Clone, Copy)]
+pub(crate) struct Client(pub(crate) std::net::IpAddr);
+
+/// How long a client has to send a request's head (and how long a
+/// connection may sit idle between requests).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client without a certificate may only fetch the CA and join: its
+/// whole connection gets this long.
+const ANONYMOUS_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// An API error: a status and a message, as `{"message": ...}`.
 pub(crate) struct Fail(pub(crate) StatusCode, pub(crate) String);
 
@@ -140,10 +151,20 @@ pub(crate) async fn serve(sh: Arc<Shared>, listener: TcpListener, tls: Arc<rustl
                     .and_then(|c| c.first())
                     .and_then(|c| gantry_pki::peer_identity(c.as_ref())),
             );
-            let svc = hyper_util::service::TowerToHyperService::new(app.layer(Extension(peer)));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                .await;
+            let anonymous = peer.0.is_none();
+            let svc = hyper_util::service::TowerToHyperService::new(
+                app.layer(Extension(peer))
+                    .layer(Extension(Client(from.ip()))),
+            );
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
+            if anonymous {
+                let _ = tokio::time::timeout(ANONYMOUS_TIMEOUT, conn).await;
+            } else {
+                let _ = conn.await;
+            }
         });
     }
 }
@@ -196,8 +217,28 @@ async fn ca(State(sh): Sh) -> Json<String> {
     Json(sh.ca.cert_pem().to_owned())
 }
 
-async fn join(State(sh): Sh, Json(req): Json<JoinRequest>) -> Res<JoinResponse> {
-    let token = JoinToken::parse(&req.token).map_err(|e| bad(e.to_string()))?;
+async fn join(
+    State(sh): Sh,
+    Extension(Client(from)): Extension<Client>,
+    Json(req): Json<JoinRequest>,
+) -> Res<JoinResponse> {
+    if let Some(wait) = sh.joins.wait(from, Instant::now()) {
+        return Err(Fail(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many failed joins from {from}: try again in {} s",
+                wait.as_secs().max(1)
+            ),
+        ));
+    }
+    let token = match JoinToken::parse(&req.token) {
+        Ok(t) => t,
+        Err(e) => {
+            sh.joins.failed(from, Instant::now());
+            return Err(bad(e.to_string()));
+        }
+    };
+    req.info.check().map_err(bad)?;
     let stored = sh
         .meta(crate::TOKEN_HASH_KEY)
         .ok_or_else(|| Fail(StatusCode::INTERNAL_SERVER_ERROR, "no join token".into()))?;
@@ -206,13 +247,15 @@ async fn join(State(sh): Sh, Json(req): Json<JoinRequest>) -> Res<JoinResponse> 
         .fingerprint()
         .map_err(|e| Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     if token.ca_fingerprint != fingerprint || !token.matches(&stored) {
-        tracing::warn!(hostname = %req.info.hostname, "join refused: wrong token");
+        tracing::warn!(hostname = %req.info.hostname, %from, "join refused: wrong token");
+        sh.joins.failed(from, Instant::now());
         return Err(Fail(
             StatusCode::FORBIDDEN,
             "invalid join token: get the current one with `gantry join-token` on the manager"
                 .into(),
         ));
     }
+    sh.joins.succeeded(from);
     let id = new_id();
     let cert_pem = sh
         .ca
@@ -308,6 +351,7 @@ async fn agent_status(
     Json(report): Json<StatusReport>,
 ) -> Res<()> {
     let id = peer.node()?;
+    report.info.check().map_err(bad)?;
     if !sh.read(|s| s.nodes.contains_key(&id)) {
         return Err(not_found(format!(
             "node {id} was removed from the cluster: join again with a token"
@@ -864,6 +908,13 @@ async fn service_update(
             failed = Some(e);
             return Vec::new();
         }
+        let short = name
+            .strip_prefix(&format!("{}_", rec.stack))
+            .unwrap_or(&name);
+        if let Err(e) = gantry_stack::check::service(short, &svc) {
+            failed = Some(bad(e));
+            return Vec::new();
+        }
         if let Err(e) = crate::edge::label_routes(&name, &svc) {
             failed = Some(bad(format!("service {name}: {e}")));
             return Vec::new();
@@ -898,13 +949,6 @@ async fn service_rollback(
         .ok_or_else(|| not_found(format!("no such service: {name}")))
 }
 
-fn valid_stack_name(n: &str) -> bool {
-    let mut b = n.bytes();
-    b.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && b.all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.')
-        && n.len() <= 63
-}
-
 async fn deploy(
     State(sh): Sh,
     Extension(peer): Extension<Peer>,
@@ -912,18 +956,19 @@ async fn deploy(
     Json(req): Json<DeployRequest>,
 ) -> Res<DeployResponse> {
     peer.admin()?;
-    if !valid_stack_name(&stack) {
-        return Err(bad(format!(
-            "invalid stack name {stack:?}: letters, digits, '-' and '.', starting with a letter or digit"
-        )));
-    }
-    if req.services.is_empty() {
-        return Err(bad("the stack has no services"));
-    }
-    let mut specs = BTreeMap::new();
+    gantry_stack::check::stack_name(&stack).map_err(bad)?;
+    let mut parsed = BTreeMap::new();
     for (short, spec) in &req.services {
+        gantry_stack::check::service_name(short).map_err(bad)?;
         let svc: Service = serde_json::from_str(spec)
             .map_err(|e| bad(format!("service {short}: invalid spec: {e}")))?;
+        parsed.insert(short.as_str(), svc);
+    }
+    // The same checks as the CLI's: a request that did not come from it
+    // gets no further.
+    gantry_stack::check::deploy(&stack, parsed.iter().map(|(n, s)| (*n, s))).map_err(bad)?;
+    let mut specs = BTreeMap::new();
+    for (short, svc) in &parsed {
         // Normalised JSON, so that the same file twice is the same spec.
         specs.insert(
             format!("{stack}_{short}"),

@@ -14,6 +14,7 @@ pub use acme::{AcmeConfig, LETS_ENCRYPT};
 mod api;
 mod edge;
 mod events;
+mod limits;
 mod logs;
 mod metrics;
 mod orchestrate;
@@ -138,6 +139,8 @@ pub(crate) struct Shared {
     /// Each node's latest figures, from its reports.
     pub(crate) stats: Mutex<HashMap<String, gantry_api::NodeStats>>,
     pub(crate) counters: metrics::Counters,
+    /// Failed joins by client address.
+    pub(crate) joins: limits::JoinLimiter,
 }
 
 fn now_ms() -> u64 {
@@ -365,6 +368,7 @@ impl Manager {
             logs: logs::Broker::default(),
             stats: Mutex::new(HashMap::new()),
             counters: metrics::Counters::default(),
+            joins: limits::JoinLimiter::default(),
         });
         let tls = Arc::new(ca.server_config_join(&me)?);
         let mut tasks = Vec::new();

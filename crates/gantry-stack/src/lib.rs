@@ -10,6 +10,7 @@
 //! references between services) with its position. [`Stack::to_yaml`] is
 //! what `gantry stack config` prints.
 
+pub mod check;
 mod interpolate;
 mod keys;
 mod raw;
@@ -82,7 +83,7 @@ pub struct Port {
 pub struct Mount {
     /// `volume`, `bind` or `tmpfs`.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: MountType,
     /// Volume name or host path (empty for tmpfs).
     #[serde(skip_serializing_if = "String::is_empty", default)]
     pub source: String,
@@ -91,6 +92,29 @@ pub struct Mount {
     /// Mounted read-only.
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub read_only: bool,
+}
+
+/// What a mount mounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MountType {
+    /// A named volume of the stack.
+    Volume,
+    /// A path of the node.
+    Bind,
+    /// Memory.
+    Tmpfs,
+}
+
+impl MountType {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "volume" => Some(Self::Volume),
+            "bind" => Some(Self::Bind),
+            "tmpfs" => Some(Self::Tmpfs),
+            _ => None,
+        }
+    }
 }
 
 /// A health check; durations in nanoseconds.
@@ -395,11 +419,7 @@ pub fn parse(
     let mut services = BTreeMap::new();
     let mut deps_at = BTreeMap::new();
     for (name, s) in raw_services {
-        if !valid_name(&name) {
-            return Err(ctx.nowhere(format!(
-                "invalid service name {name:?}: use lowercase letters, digits, '-' and '_'"
-            )));
-        }
+        check::service_name(&name).map_err(|e| ctx.nowhere(e))?;
         let svc = service(
             &ctx,
             &name,
@@ -411,6 +431,7 @@ pub fn parse(
             load_env_file,
             &mut deps_at,
         )?;
+        check::service(&name, &svc).map_err(|e| ctx.nowhere(e))?;
         services.insert(name, svc);
     }
     let start_order = order(&ctx, &services, &deps_at)?;
@@ -427,6 +448,15 @@ pub fn parse(
 
 fn yes() -> bool {
     true
+}
+
+/// A volume's name as Docker has it: letters, digits, `_`, `.` and `-`,
+/// from a letter or digit.
+fn valid_volume(n: &str) -> bool {
+    n.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && n.len() <= 255
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 fn valid_name(n: &str) -> bool {
@@ -482,14 +512,14 @@ fn service(
     for v in s.volumes.unwrap_or_default() {
         let m =
             mount(&v.value).or_else(|e| ctx.err(&v.referenced, format!("service {name}: {e}")))?;
-        if m.kind == "volume" && !volumes.contains(&m.source) {
+        if m.kind == MountType::Volume && !volumes.contains(&m.source) {
             return ctx.err(&v.referenced, format!("service {name} uses volume {:?}, which is not declared under the top-level volumes key", m.source));
         }
         mounts.push(m);
     }
     for t in list(s.tmpfs, false).unwrap_or_default() {
         mounts.push(Mount {
-            kind: "tmpfs".into(),
+            kind: MountType::Tmpfs,
             source: String::new(),
             target: t.split(':').next().unwrap_or_default().to_owned(),
             read_only: false,
@@ -859,7 +889,11 @@ fn mount(v: &raw::Volume) -> Result<Mount, String> {
                 ));
             };
             Ok(Mount {
-                kind: if v.bind { "bind" } else { "volume" }.into(),
+                kind: if v.bind {
+                    MountType::Bind
+                } else {
+                    MountType::Volume
+                },
                 source,
                 target: v.target,
                 read_only: v.read_only,
@@ -871,22 +905,22 @@ fn mount(v: &raw::Volume) -> Result<Mount, String> {
             target,
             read_only,
         } => {
-            if !matches!(kind.as_str(), "volume" | "bind" | "tmpfs") {
+            let Some(mount_type) = MountType::parse(kind) else {
                 return Err(format!(
                     "invalid volume type {kind:?}: use volume, bind or tmpfs"
                 ));
-            }
+            };
             if !target.starts_with('/') {
                 return Err(format!(
                     "invalid volume target {target:?}: must be an absolute path"
                 ));
             }
             let source = source.clone().unwrap_or_default();
-            if kind != "tmpfs" && source.is_empty() {
+            if mount_type != MountType::Tmpfs && source.is_empty() {
                 return Err(format!("a {kind} mount needs a source"));
             }
             Ok(Mount {
-                kind: kind.clone(),
+                kind: mount_type,
                 source,
                 target: target.clone(),
                 read_only: read_only.unwrap_or(false),

@@ -106,11 +106,8 @@ fn a_full_compose_file_normalises() {
     );
     assert_eq!(web.ports[1].mode, PortMode::Host);
     assert_eq!(
-        web.volumes
-            .iter()
-            .map(|m| m.kind.as_str())
-            .collect::<Vec<_>>(),
-        vec!["volume", "bind", "tmpfs"]
+        web.volumes.iter().map(|m| m.kind).collect::<Vec<_>>(),
+        vec![MountType::Volume, MountType::Bind, MountType::Tmpfs]
     );
     assert!(web.volumes[1].read_only);
     let hc = web.healthcheck.as_ref().unwrap();
@@ -258,4 +255,90 @@ fn the_strategy_comes_from_x_gantry_a_label_or_the_cluster() {
         "services:\n  a:\n    image: x\n    deploy:\n      labels: [\"gantry.strategy=tightly\"]\n";
     let e = gantry_stack_parse(bad).unwrap_err();
     assert!(e.msg.contains("gantry.strategy"), "{e}");
+}
+
+/// A JSON value of any shape, with strings that carry what attackers send
+/// (control characters, `..`, NULs, long runs).
+fn any_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+    use proptest::prelude::*;
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::Bool),
+        any::<i64>().prop_map(|n| n.into()),
+        any::<f64>().prop_map(|f| serde_json::json!(f)),
+        "(\\PC|[\\x00-\\x1f]|\\.\\./|/|=|[a-z]){0,24}".prop_map(serde_json::Value::String),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+            proptest::collection::btree_map("[a-z_=]{0,8}", inner, 0..4)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest::proptest! {
+    /// What a client may send as a service (a valid spec with any field
+    /// replaced by any value): decoding and checking never panic, and what
+    /// the checks accept is a spec that encodes back to itself.
+    #[test]
+    fn any_service_json_is_decoded_and_checked_without_panics(
+        field in proptest::sample::select(vec![
+            "image", "command", "environment", "labels", "ports", "volumes", "healthcheck",
+            "networks", "mode", "constraints", "hostname", "user", "working_dir",
+            "update_config", "restart_policy", "stop_signal", "depends_on", "limits",
+        ]),
+        value in any_json(),
+        name in "(\\PC|[\\x00-\\x1f]|\\.\\./){0,12}",
+    ) {
+        let p = gantry_stack_parse("services:\n  web:\n    image: x\n    volumes:\n      - type: tmpfs\n        target: /t\n").unwrap();
+        let mut v = serde_json::to_value(&p.stack.services["web"]).unwrap();
+        v[field] = value;
+        if let Ok(svc) = serde_json::from_value::<Service>(v) {
+            if crate::check::deploy("s", [(name.as_str(), &svc)]).is_ok() {
+                let again: Service = serde_json::from_str(&serde_json::to_string(&svc).unwrap()).unwrap();
+                proptest::prop_assert_eq!(again, svc);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_checks_refuse_what_an_attacker_sends() {
+    let p = gantry_stack_parse("services:\n  web:\n    image: x\n").unwrap();
+    let good = &p.stack.services["web"];
+    assert!(crate::check::deploy("s", [("web", good)]).is_ok());
+    let long = "a".repeat(70);
+    for (stack, name) in [
+        ("s", "../../x"),
+        ("s", "a\nb"),
+        ("s", "\u{1b}[2J"),
+        ("s", ""),
+        ("s", long.as_str()),
+        ("s", &long[..62]),
+        ("../x", "web"),
+        ("a\nb", "web"),
+    ] {
+        assert!(
+            crate::check::deploy(stack, [(name, good)]).is_err(),
+            "{stack:?} {name:?}"
+        );
+    }
+    let mut bad = good.clone();
+    bad.hostname = Some("web\n1.2.3.4 evil".into());
+    assert!(crate::check::service("web", &bad)
+        .unwrap_err()
+        .contains("hostname"));
+    let mut bad = good.clone();
+    bad.volumes.push(Mount {
+        kind: MountType::Bind,
+        source: "relative".into(),
+        target: "/x".into(),
+        read_only: false,
+    });
+    assert!(crate::check::service("web", &bad).is_err());
+    assert!(
+        crate::check::deploy("s", std::iter::empty::<(&str, &Service)>()).is_err(),
+        "no services"
+    );
 }

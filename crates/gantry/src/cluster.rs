@@ -663,6 +663,11 @@ fn service_name(c: &Client, name: &str) -> anyhow::Result<String> {
 
 pub(crate) fn deploy(ctx: &Ctx, a: DeployArgs) -> anyhow::Result<u8> {
     let stack = crate::stacks::load(&a.file, a.env_file.as_deref())?;
+    gantry_stack::check::deploy(
+        &a.stack,
+        stack.services.iter().map(|(n, s)| (n.as_str(), s)),
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
     let c = client(ctx)?;
     let services = stack
         .services

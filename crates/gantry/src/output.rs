@@ -25,11 +25,30 @@ pub(crate) fn table(header: &[&str], rows: Vec<Vec<String>>) {
         t.force_no_tty();
     }
     for r in rows {
-        t.add_row(r);
+        t.add_row(r.iter().map(|c| printable(c)));
     }
     for line in t.to_string().lines() {
         println!("{}", line.trim_end());
     }
+}
+
+/// A cell as a terminal may be shown it: control characters (escape
+/// sequences, newlines, carriage returns) written as escapes, so that no
+/// name or message can move the cursor, recolour or forge lines.
+pub(crate) fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return s.into();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// Prints a value as pretty JSON.
@@ -72,5 +91,13 @@ mod tests {
         assert_eq!(size(512), "512B");
         assert_eq!(size(1_500), "1.500kB");
         assert_eq!(size(5_000_000), "5MB");
+    }
+
+    #[test]
+    fn cells_carry_no_control_characters() {
+        assert_eq!(printable("web"), "web");
+        let shown = printable("a\u{1b}[2Jb\nc\rd\u{7}");
+        assert!(!shown.chars().any(char::is_control), "{shown}");
+        assert_eq!(shown, "a\\u{1b}[2Jb\\nc\\rd\\u{7}");
     }
 }

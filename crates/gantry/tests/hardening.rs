@@ -548,3 +548,238 @@ fn workers_and_dfp_cannot_take_sites_or_their_certificates() {
         }
     }
 }
+
+/// A normalised service spec, as the CLI sends it.
+fn spec_json() -> serde_json::Value {
+    let yaml = "services:\n  web:\n    image: busybox\n    hostname: web\n    volumes:\n      - type: tmpfs\n        target: /t\n";
+    let p =
+        gantry_stack::parse("s.yml", yaml, &Default::default(), &|_| Err("none".into())).unwrap();
+    serde_json::to_value(&p.stack.services["web"]).unwrap()
+}
+
+/// Requests sent straight to the API, without the CLI, are checked by the
+/// manager with the CLI's own checks: bad names, unknown mount types and
+/// hostnames with newlines are refused, and nothing of a refused deploy
+/// is stored (a good service beside a bad one included).
+#[test]
+fn the_api_refuses_what_the_cli_would() {
+    let Some(cl) = Cluster::new("the_api_refuses_what_the_cli_would", 0) else {
+        return;
+    };
+    let admin: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cl.cfg.path().join("admin.json")).unwrap()).unwrap();
+    let dir = cl.logs.path();
+    for (f, k) in [
+        ("ca.pem", "ca_pem"),
+        ("admin.pem", "cert_pem"),
+        ("admin.key", "key_pem"),
+    ] {
+        std::fs::write(dir.join(f), admin[k].as_str().unwrap()).unwrap();
+    }
+    let api = |method: &str, path: &str, body: &serde_json::Value| -> (u16, String) {
+        let o = cl.lan.hosts[0]
+            .command("curl")
+            .args(["-sS", "-w", "\n%{http_code}", "-X", method])
+            .args(["--cacert", dir.join("ca.pem").to_str().unwrap()])
+            .args(["--cert", dir.join("admin.pem").to_str().unwrap()])
+            .args(["--key", dir.join("admin.key").to_str().unwrap()])
+            .args([
+                "--resolve",
+                &format!("gantry-manager:{}:{}", cl.port, cl.lan.hosts[0].addr),
+            ])
+            .args([
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                &body.to_string(),
+            ])
+            .arg(format!("https://gantry-manager:{}{path}", cl.port))
+            .output()
+            .unwrap();
+        let out = text(&o);
+        let (body, code) = out.rsplit_once('\n').unwrap();
+        (code.parse().unwrap_or(0), body.to_owned())
+    };
+    let good = spec_json();
+    let deploy = |stack: &str, services: Vec<(String, serde_json::Value)>| {
+        let services: serde_json::Map<String, serde_json::Value> = services
+            .into_iter()
+            .map(|(n, s)| (n, serde_json::Value::String(s.to_string())))
+            .collect();
+        api(
+            "POST",
+            &format!("/v1/stacks/{stack}"),
+            &serde_json::json!({ "services": services, "prune": false }),
+        )
+    };
+    let with = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut s = good.clone();
+        f(&mut s);
+        s
+    };
+    let long = "a".repeat(5000);
+    for name in ["../../x", "a\nb", "\u{1b}[2Jx", "", long.as_str(), "UPPER"] {
+        let (code, out) = deploy("s", vec![(name.to_owned(), good.clone())]);
+        assert_eq!(code, 400, "service name {name:?}: {out}");
+        // A good service beside it is not stored either.
+        let (code, _) = deploy(
+            "s",
+            vec![(name.to_owned(), good.clone()), ("ok".into(), good.clone())],
+        );
+        assert_eq!(code, 400);
+    }
+    for stack in ["..%2F..%2Fx", "a%0Ab", "%1B%5B2J", &"s".repeat(64)] {
+        let (code, out) = deploy(stack, vec![("web".into(), good.clone())]);
+        assert!(
+            code == 400 || code == 404,
+            "stack name {stack:?}: {code} {out}"
+        );
+    }
+    let bad_specs = [
+        with(&|s| s["volumes"][0]["type"] = "weird".into()),
+        with(&|s| s["volumes"][0]["target"] = "/../etc".into()),
+        with(&|s| s["hostname"] = "web\n1.2.3.4 evil".into()),
+        with(&|s| s["environment"] = serde_json::json!({"A=B": "x"})),
+        with(&|s| s["image"] = "busybox\nx".into()),
+        with(&|s| s["constraints"] = serde_json::json!(["node.role ="])),
+        with(&|s| s["labels"] = serde_json::json!({"x\u{1b}[31m": "y"})),
+    ];
+    for spec in bad_specs {
+        let (code, out) = deploy("s", vec![("web".into(), spec.clone())]);
+        assert_eq!(code, 400, "{spec}: {out}");
+    }
+    assert_eq!(
+        cl.json(&["service", "ls", "--format", "json"]),
+        serde_json::json!([])
+    );
+    // The control: the good spec deploys, and a bad update of it is refused.
+    let (code, out) = deploy("s", vec![("web".into(), good.clone())]);
+    assert_eq!(code, 200, "{out}");
+    let (code, out) = api(
+        "POST",
+        "/v1/services/s_web/update",
+        &serde_json::json!({ "env_add": { "": "x" } }),
+    );
+    assert_eq!(code, 400, "{out}");
+    let (code, out) = api(
+        "POST",
+        "/v1/services/s_web/update",
+        &serde_json::json!({ "image": "a b" }),
+    );
+    assert_eq!(code, 400, "{out}");
+    let (code, _) = api(
+        "POST",
+        "/v1/services/s_web/update",
+        &serde_json::json!({ "image": "busybox:2" }),
+    );
+    assert_eq!(code, 200);
+}
+
+/// Guessing join tokens from one address is slowed to a crawl (429 after
+/// a few failures) while a node elsewhere still joins; a client that holds
+/// a TLS connection open without finishing a request is let go.
+#[test]
+fn joins_are_rate_limited_and_slow_clients_are_closed() {
+    let Some(mut cl) = Cluster::new("joins_are_rate_limited_and_slow_clients_are_closed", 1) else {
+        return;
+    };
+    let admin: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cl.cfg.path().join("admin.json")).unwrap()).unwrap();
+    let ca = cl.logs.path().join("ca.pem");
+    std::fs::write(&ca, admin["ca_pem"].as_str().unwrap()).unwrap();
+    let token = cl.token();
+    let wrong = format!("{}{}", &token[..token.len() - 32], "0".repeat(32));
+    let body = serde_json::json!({
+        "token": wrong,
+        "csr_pem": "",
+        "info": { "hostname": "guesser", "addr": "192.168.1.1", "arch": "x86_64",
+                  "nano_cpus": 1, "memory": 1, "disk": 1, "labels": {} },
+    })
+    .to_string();
+    let resolve = format!("gantry-manager:{}:{}", cl.port, cl.lan.hosts[0].addr);
+    let url = format!("https://gantry-manager:{}/v1/join", cl.port);
+    let mut codes = Vec::new();
+    for _ in 0..12 {
+        let o = cl.lan.hosts[0]
+            .command("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(&ca)
+            .args([
+                "--resolve",
+                &resolve,
+                "-H",
+                "content-type: application/json",
+            ])
+            .args(["--data-binary", &body, &url])
+            .output()
+            .unwrap();
+        codes.push(text(&o));
+    }
+    assert_eq!(&codes[..5], ["403"; 5], "{codes:?}");
+    assert!(
+        codes[5..].iter().all(|c| c == "403" || c == "429"),
+        "{codes:?}"
+    );
+    assert!(
+        codes[6..].iter().filter(|c| *c == "429").count() >= 4,
+        "{codes:?}"
+    );
+    // A node on another address joins all the same.
+    cl.start_agent(0);
+
+    // Slow clients: one that says nothing after the handshake, one that
+    // sends a head a line a second and never ends it.
+    let s_client = |slow: bool| {
+        let mut c = cl.lan.hosts[1]
+            .command("openssl")
+            .args(["s_client", "-quiet", "-connect"])
+            .arg(format!("{}:{}", cl.lan.hosts[0].addr, cl.port))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = c.stdin.take().unwrap();
+        let feeder = std::thread::spawn(move || {
+            use std::io::Write;
+            for line in 0..45 {
+                std::thread::sleep(Duration::from_secs(1));
+                let head = match line {
+                    // The idle one keeps its stdin open and says nothing.
+                    _ if !slow => continue,
+                    0 => "GET /v1/ca HTTP/1.1\r\n".to_owned(),
+                    n => format!("X-Slow-{n}: x\r\n"),
+                };
+                if stdin
+                    .write_all(head.as_bytes())
+                    .and_then(|_| stdin.flush())
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        (c, feeder)
+    };
+    let started = std::time::Instant::now();
+    let mut clients = vec![s_client(false), s_client(true)];
+    for (c, _) in &mut clients {
+        let deadline = started + Duration::from_secs(40);
+        loop {
+            if c.try_wait().unwrap().is_some() {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("a slow client was still connected after 40 s");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let took = started.elapsed();
+    eprintln!("SLOW CLIENTS: both closed after {took:?}");
+    assert!(took < Duration::from_secs(35), "{took:?}");
+    // (The feeders end at their next write, or within 45 s for the idle
+    // one; they are not waited for.)
+    drop(clients);
+}
