@@ -783,3 +783,87 @@ fn joins_are_rate_limited_and_slow_clients_are_closed() {
     // one; they are not waited for.)
     drop(clients);
 }
+
+/// A task cannot reach the instance-metadata address (a cloud host's
+/// credentials); a service with `x-gantry: {metadata: true}` can.
+#[test]
+fn tasks_reach_the_metadata_address_only_when_allowed() {
+    let Some(mut cl) = Cluster::new("tasks_reach_the_metadata_address_only_when_allowed", 1) else {
+        return;
+    };
+    cl.start_agent(0);
+    // Host 0 plays the cloud's metadata server, node-1 routes to it.
+    let md = cl.logs.path().join("md");
+    std::fs::create_dir_all(md.join("latest")).unwrap();
+    std::fs::write(md.join("latest/index.html"), "secret-credentials\n").unwrap();
+    let ip = |host: usize, args: &[&str]| {
+        let o = Command::new("ip")
+            .args(["-n", &cl.lan.hosts[host].name])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "ip {args:?}: {}", errtext(&o));
+    };
+    ip(0, &["addr", "add", "169.254.169.254/32", "dev", "eth0"]);
+    ip(
+        1,
+        &[
+            "route",
+            "add",
+            "169.254.169.254/32",
+            "via",
+            &cl.lan.hosts[0].addr,
+        ],
+    );
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Kill(
+        cl.lan.hosts[0]
+            .command("busybox")
+            .args(["httpd", "-f", "-p", "169.254.169.254:80", "-h"])
+            .arg(&md)
+            .spawn()
+            .unwrap(),
+    );
+    let stack = format!(
+        "{}{}",
+        web(1, ""),
+        web(1, "")
+            .replace("services:\n  web:", "  cloudy:")
+            .replace(
+                "    stop_grace_period",
+                "    x-gantry:\n      metadata: true\n    stop_grace_period"
+            )
+    )
+    .replace("IMAGE", &cl.image);
+    let o = cl.deploy("m", &stack);
+    assert!(o.status.success(), "{}", errtext(&o));
+    cl.wait_running("m_web", &[("node-1", 1)], Duration::from_secs(30));
+    cl.wait_running("m_cloudy", &[("node-1", 1)], Duration::from_secs(30));
+    let fetch = |svc: &str| {
+        let id = cl.container_of(0, svc);
+        let o = cl.on_agent(
+            0,
+            &[
+                "exec",
+                &id,
+                "sh",
+                "-c",
+                "printf 'GET /latest/index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 3 169.254.169.254 80 2>&1",
+            ],
+        );
+        format!("{}{}", text(&o), errtext(&o))
+    };
+    let out = fetch("m_cloudy");
+    assert!(
+        out.contains("secret-credentials"),
+        "the allowed task reaches it: {out}"
+    );
+    let out = fetch("m_web");
+    assert!(!out.contains("secret-credentials"), "{out}");
+}
