@@ -113,11 +113,11 @@ REG="$NET.11:5000"
 echo "== the manager on host 1 ($NET.11:4243)"
 start manager 1 "$G" --data-dir "$ROOT/manager" server --listen "$NET.11:4243" --advertise "$NET.11" --no-acme
 for _ in $(seq 100); do "$G" node ls >/dev/null 2>&1 && break; sleep 0.1; done
-token=$("$G" join-token -q)
+(umask 077; "$G" join-token -q > "$ROOT/join-token")
 for i in $(seq "$HOSTS"); do
   echo "== an agent on host $i (h$i, $NET.1$i)"
   start "agent$i" "$i" "$G" --data-dir "$ROOT/h$i" --insecure-registry "$REG" agent \
-    --manager "$NET.11:4243" --token "$token" --hostname "h$i"
+    --manager "$NET.11:4243" --token-file "$ROOT/join-token" --hostname "h$i"
 done
 for _ in $(seq 100); do
   [ "$("$G" node ls --format json | grep -c '"up": true')" = "$HOSTS" ] && break
