@@ -88,32 +88,82 @@ pub const METADATA_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 const INNER_ETHERTYPE: u32 = 8 + 8 + 12;
 const INNER_SADDR: u32 = 8 + 8 + 14 + 12;
 
-/// Loads `len` bytes at `offset` of the transport header (`@th,...`).
-fn transport_bytes(rule: &mut Rule, offset: u32, len: u32) {
+/// Loads `len` bytes at `offset` of the transport header (`@th,...`)
+/// into `reg`.
+fn transport_bytes(rule: &mut Rule, offset: u32, len: u32, reg: Register) {
     rule.add_expr(
         rustables::expr::Payload::default()
             .with_base(rustables::sys::NFT_PAYLOAD_TRANSPORT_HEADER)
             .with_offset(offset)
             .with_len(len)
-            .with_dreg(Register::Reg1),
+            .with_dreg(reg),
     );
 }
 
-/// The input rules for VXLAN: one accept per peer (its underlay source,
-/// an IPv4 inner packet from its block), then a drop for the rest.
-fn vxlan_input(batch: &mut Batch, input: &Chain, v: &VxlanPeers) -> Result<(), OverlayError> {
+/// A key of the `vxlan_peers` set: a peer's underlay address, 12 zero
+/// bytes, its block's network address. The rule builds the same 20 bytes
+/// from a packet in registers 1 (16 bytes: an immediate zero, then the
+/// outer source over its first 4) and 2 (the inner source under the block
+/// mask): rustables' expressions name only the 16-byte registers, so this
+/// is how one lookup sees both addresses at once.
+struct PeerKey {
+    underlay: Ipv4Addr,
+    block: Ipv4Addr,
+}
+
+impl rustables::data_type::DataType for PeerKey {
+    // No type of nft's own: the set is Gantry's, read by this rule alone.
+    const TYPE: u32 = 0;
+    const LEN: u32 = 20;
+    fn data(&self) -> Vec<u8> {
+        let mut k = vec![0u8; 20];
+        k[..4].copy_from_slice(&self.underlay.octets());
+        k[16..].copy_from_slice(&self.block.octets());
+        k
+    }
+}
+
+/// The input rules for VXLAN: one lookup of (outer source, inner block)
+/// in the set of the peers' (underlay address, block) pairs accepts; the
+/// rest of UDP 4789 is dropped. One hash lookup whatever the cluster's
+/// size.
+fn vxlan_input(
+    batch: &mut Batch,
+    t: &Table,
+    input: &Chain,
+    v: &VxlanPeers,
+) -> Result<(), OverlayError> {
+    let mut peers = SetBuilder::<PeerKey>::new("vxlan_peers", t)?;
+    let mut mask = None;
     for (underlay, block) in &v.peers {
+        peers.add(&PeerKey {
+            underlay: *underlay,
+            block: block.addr,
+        });
+        mask = Some(block.netmask());
+    }
+    let (set, elems) = peers.finish();
+    let mut set = set.with_id(1002u32);
+    set.family = ProtocolFamily::Inet;
+    batch.add(&set, MsgType::Add);
+    if let Some(mask) = mask {
+        batch.add(&elems, MsgType::Add);
         let mut r = Rule::new(input)?;
         ipv4(&mut r);
-        let mut r = r.saddr((*underlay).into()).dport(VXLAN_PORT, Protocol::UDP);
-        transport_bytes(&mut r, INNER_ETHERTYPE, 2);
+        let mut r = r.dport(VXLAN_PORT, Protocol::UDP);
+        transport_bytes(&mut r, INNER_ETHERTYPE, 2, Register::Reg1);
         r.add_expr(Cmp::new(CmpOp::Eq, 0x0800u16.to_be_bytes()));
-        transport_bytes(&mut r, INNER_SADDR, 4);
-        r.add_expr(rustables::expr::Bitwise::new(
-            block.netmask().octets(),
-            0u32.to_be_bytes(),
-        )?);
-        r.add_expr(Cmp::new(CmpOp::Eq, block.addr.octets()));
+        r.add_expr(Immediate::new_data(vec![0u8; 16], Register::Reg1));
+        r.add_expr(
+            HighLevelPayload::Network(NetworkHeaderField::IPv4(IPv4HeaderField::Saddr)).build(),
+        );
+        transport_bytes(&mut r, INNER_SADDR, 4, Register::Reg2);
+        r.add_expr(
+            rustables::expr::Bitwise::new(mask.octets(), 0u32.to_be_bytes())?
+                .with_sreg(Register::Reg2)
+                .with_dreg(Register::Reg2),
+        );
+        r.add_expr(Lookup::new(&set)?);
         batch.add(&r.accept(), MsgType::Add);
     }
     let mut r = Rule::new(input)?;
@@ -356,7 +406,7 @@ impl Firewall {
             .with_policy(ChainPolicy::Accept);
         batch.add(&input, MsgType::Add);
         if let Some(v) = &self.vxlan {
-            vxlan_input(&mut batch, &input, v)?;
+            vxlan_input(&mut batch, &t, &input, v)?;
             vxlan_guard(&mut batch, &t, v)?;
         }
         self.metadata_guard(&mut batch, &t)?;

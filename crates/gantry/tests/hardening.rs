@@ -308,6 +308,16 @@ fn vxlan_is_taken_only_from_nodes_for_their_own_blocks() {
             .collect();
         v.try_into().unwrap()
     };
+    // The rules stay readable to an operator's nft.
+    for host in [2, 3] {
+        let o = cl.lan.hosts[host]
+            .command("nft")
+            .args(["list", "table", "inet", "gantry"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "nft list: {}", errtext(&o));
+        assert!(text(&o).contains("vxlan_peers"), "{}", text(&o));
+    }
     let red1 = task_netns(&cl, 0, &cl.container_of(0, "red_web"));
     let node1 = cl.lan.hosts[1].netns_path();
     let stranger = cl.lan.hosts[0].netns_path();
