@@ -256,15 +256,18 @@ impl Manager {
         if meta(&store, TOKEN_HASH_KEY).is_none() {
             // A new cluster, or one from before only the hash was kept: its
             // token was stored whole, so it is replaced (and removed).
-            if meta(&store, "join_token").is_some() {
-                tracing::warn!("the join token was stored in plain text: it is replaced by a new one (`gantry join-token` shows it)");
-            }
+            let plain = meta(&store, "join_token").is_some();
             let (_, mut cmds) = new_join_token(&ca)?;
             cmds.push(Command::SetMeta {
                 key: "join_token".into(),
                 value: String::new(),
             });
             store.apply_batch(&cmds)?;
+            if plain {
+                tracing::warn!("the join token was stored in plain text: it is replaced by a new one (`gantry join-token` shows it)");
+                // A snapshot now trims the log entries that held it.
+                store.snapshot()?;
+            }
         }
         let edge_ca = match (meta(&store, "edge_ca_cert"), meta(&store, "edge_ca_key")) {
             (Some(c), Some(k)) => ClusterCa::from_pem(
@@ -460,5 +463,73 @@ pub(crate) fn node_record(id: &str, info: &NodeInfo, manager: bool) -> NodeRecor
         block: None,
         vtep_mac: None,
         last_addr: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store from before only the hash was kept holds the token whole:
+    /// the manager replaces it at start, and the log that held it is
+    /// trimmed.
+    #[tokio::test]
+    async fn a_join_token_stored_whole_is_replaced_and_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ClusterCa::generate("old").unwrap();
+        let old = JoinToken::derive(&ca, "older").unwrap();
+        std::fs::create_dir_all(dir.path().join("manager")).unwrap();
+        let path = dir.path().join("manager/state.redb");
+        {
+            let mut store = Store::open(&path).unwrap();
+            let meta = |k: &str, v: String| Command::SetMeta {
+                key: k.into(),
+                value: v,
+            };
+            store
+                .apply_batch(&[
+                    meta("cluster_id", "old".into()),
+                    meta("ca_cert", ca.cert_pem().into()),
+                    meta("ca_key", ca.key_pem().into()),
+                    meta("join_token", old.to_string()),
+                ])
+                .unwrap();
+        }
+        let m = Manager::start(ServerConfig {
+            data_dir: dir.path().to_owned(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            advertise: String::new(),
+            grace: Duration::from_secs(3),
+            config_dir: dir.path().join("cfg"),
+            default_strategy: gantry_sched::Strategy::Spread,
+            network: None,
+            vni: DEFAULT_VNI,
+            direct_routing: false,
+            dfp_override_labels: false,
+            acme: AcmeConfig {
+                directory: None,
+                ..AcmeConfig::default()
+            },
+            metrics: None,
+        })
+        .await
+        .unwrap();
+        let meta = m.shared.state().meta;
+        assert!(!meta.contains_key("join_token"));
+        let nonce = &meta[TOKEN_NONCE_KEY];
+        let new = JoinToken::derive(&ca, nonce).unwrap();
+        assert_eq!(meta[TOKEN_HASH_KEY], new.secret_hash());
+        assert!(!new.matches(&old.secret_hash()));
+        m.stop();
+        let bytes = std::fs::read(&path).unwrap();
+        for secret in [&old.secret, &new.secret] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "a token's secret is in the store"
+            );
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 }
