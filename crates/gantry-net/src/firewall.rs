@@ -133,21 +133,13 @@ fn vxlan_input(
     input: &Chain,
     v: &VxlanPeers,
 ) -> Result<(), OverlayError> {
-    let mut peers = SetBuilder::<PeerKey>::new("vxlan_peers", t)?;
-    let mut mask = None;
-    for (underlay, block) in &v.peers {
-        peers.add(&PeerKey {
-            underlay: *underlay,
-            block: block.addr,
-        });
-        mask = Some(block.netmask());
-    }
-    let (set, elems) = peers.finish();
-    let mut set = set.with_id(1002u32);
-    set.family = ProtocolFamily::Inet;
-    batch.add(&set, MsgType::Add);
-    if let Some(mask) = mask {
-        batch.add(&elems, MsgType::Add);
+    let keys = v.peers.iter().map(|(underlay, block)| PeerKey {
+        underlay: *underlay,
+        block: block.addr,
+    });
+    let set = add_set(batch, t, ProtocolFamily::Inet, "vxlan_peers", 1002, keys)?;
+    if let Some((_, block)) = v.peers.first() {
+        let mask = block.netmask();
         let mut r = Rule::new(input)?;
         ipv4(&mut r);
         let mut r = r.dport(VXLAN_PORT, Protocol::UDP);
@@ -174,16 +166,8 @@ fn vxlan_input(
 
 /// The `guard` chains: nothing but the kernel sends VXLAN to a node.
 fn vxlan_guard(batch: &mut Batch, t: &Table, v: &VxlanPeers) -> Result<(), OverlayError> {
-    let mut nodes = SetBuilder::<Ipv4Addr>::new("nodes", t)?;
-    nodes.add(&v.local);
-    for (u, _) in &v.peers {
-        nodes.add(u);
-    }
-    let (set, elems) = nodes.finish();
-    let mut set = set.with_id(1000u32);
-    set.family = ProtocolFamily::Inet;
-    batch.add(&set, MsgType::Add);
-    batch.add(&elems, MsgType::Add);
+    let nodes = std::iter::once(v.local).chain(v.peers.iter().map(|(u, _)| *u));
+    let set = add_set(batch, t, ProtocolFamily::Inet, "nodes", 1000, nodes)?;
     let fwd = Chain::new(t)
         .with_name("guard")
         .with_hook(Hook::new(HookClass::Forward, -10))
@@ -257,6 +241,52 @@ fn ipv4(rule: &mut Rule) {
     rule.add_expr(Cmp::new(CmpOp::Eq, [libc::NFPROTO_IPV4 as u8]));
 }
 
+/// Elements per message: a set's element list is one netlink attribute,
+/// whose length field holds at most 64 KiB (a 20-byte key takes about 40).
+const ELEMENTS_PER_MESSAGE: usize = 1000;
+
+/// Adds set `name` (id `id`, unique in the table's transaction) of table
+/// `t` (of `family`) with `keys` to the batch: the set, then its elements
+/// in messages of at most [`ELEMENTS_PER_MESSAGE`], all in the one
+/// transaction.
+fn add_set<K: rustables::data_type::DataType>(
+    batch: &mut Batch,
+    t: &Table,
+    family: ProtocolFamily,
+    name: &str,
+    id: u32,
+    keys: impl IntoIterator<Item = K>,
+) -> Result<Set, OverlayError> {
+    let mut set = None;
+    let mut keys = keys.into_iter().peekable();
+    loop {
+        let mut b = SetBuilder::<K>::new(name, t)?;
+        for k in keys.by_ref().take(ELEMENTS_PER_MESSAGE) {
+            b.add(&k);
+        }
+        let (s, elems) = b.finish();
+        let first = set.is_none();
+        let s = set.get_or_insert_with(|| {
+            let mut s = s.with_id(id);
+            // (The builder leaves the set's family unset; the table's it is.)
+            s.family = family;
+            s
+        });
+        if first {
+            batch.add(&*s, MsgType::Add);
+        }
+        if elems
+            .get_elements()
+            .is_some_and(|e| e.iter().next().is_some())
+        {
+            batch.add(&elems, MsgType::Add);
+        }
+        if keys.peek().is_none() {
+            return Ok(set.take().expect("made in the first round"));
+        }
+    }
+}
+
 /// Matches an IPv4 source or destination address in `set`.
 fn ip_in(mut rule: Rule, set: &Set, source: bool, bridge: bool) -> Result<Rule, OverlayError> {
     ip_field(&mut rule, source, bridge);
@@ -282,26 +312,15 @@ fn isolation(
     batch.add(&fwd, MsgType::Add);
     let mut next_id = 0u32;
     let mut set_of = |name: String, addrs: &[Ipv4Addr]| -> Result<Set, OverlayError> {
-        let mut b = SetBuilder::<Ipv4Addr>::new(name, t)?;
-        for a in addrs {
-            b.add(a);
-        }
-        let (set, elems) = b.finish();
         // The kernel wants an id for a set made in a transaction (rules of
         // the same transaction refer to it by that id).
         next_id += 1;
-        let mut set = set.with_id(next_id);
-        // (The builder leaves the set's family unset; the table's it is.)
-        set.family = if bridge {
+        let family = if bridge {
             ProtocolFamily::Bridge
         } else {
             ProtocolFamily::Inet
         };
-        batch.add(&set, MsgType::Add);
-        if !addrs.is_empty() {
-            batch.add(&elems, MsgType::Add);
-        }
-        Ok(set)
+        add_set(batch, t, family, &name, next_id, addrs.iter().copied())
     };
     let infra = set_of("infra".into(), &fw.infra)?;
     let nets = fw
@@ -349,17 +368,8 @@ impl Firewall {
             .with_type(ChainType::Filter)
             .with_policy(ChainPolicy::Accept);
         batch.add(&chain, MsgType::Add);
-        let mut allowed = SetBuilder::<Ipv4Addr>::new("metadata_ok", t)?;
-        for a in &self.metadata_allowed {
-            allowed.add(a);
-        }
-        let (set, elems) = allowed.finish();
-        let mut set = set.with_id(1001u32);
-        set.family = ProtocolFamily::Inet;
-        batch.add(&set, MsgType::Add);
-        if !self.metadata_allowed.is_empty() {
-            batch.add(&elems, MsgType::Add);
-        }
+        let allowed = self.metadata_allowed.iter().copied();
+        let set = add_set(batch, t, ProtocolFamily::Inet, "metadata_ok", 1001, allowed)?;
         let from_containers = || built(Rule::new(&chain)?.iiface(BRIDGE));
         let ok = ip_in(from_containers()?, &set, true, false)?;
         batch.add(&ok.accept(), MsgType::Add);
@@ -486,5 +496,58 @@ impl Firewall {
 impl From<rustables::error::BuilderError> for OverlayError {
     fn from(e: rustables::error::BuilderError) -> Self {
         OverlayError::Other(format!("nftables rule: {e:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cluster of thousands: a set's elements outgrow one netlink
+    /// attribute (64 KiB), so they go in several messages of one
+    /// transaction; applied in a namespace of the test's own. (The whole
+    /// transaction must still fit the netlink socket's send buffer, about
+    /// 208 KiB: rustables sends it on a socket of its own with the
+    /// default size.)
+    #[test]
+    fn big_sets_apply_in_one_transaction() {
+        if !gantry_testkit::require_root("big_sets_apply_in_one_transaction") {
+            return;
+        }
+        let peers: Vec<(Ipv4Addr, Net)> = (0..3000u32)
+            .map(|i| {
+                (
+                    Ipv4Addr::from(0x0a4e_0000 + i),
+                    Net::new(Ipv4Addr::from(0x0a20_0000 + (i << 8)), 24),
+                )
+            })
+            .collect();
+        let members: Vec<Ipv4Addr> = (0..1000u32)
+            .map(|i| Ipv4Addr::from(0x0a20_0000 + i))
+            .collect();
+        let fw = Firewall {
+            container_nets: vec![Net::new(Ipv4Addr::new(10, 32, 0, 0), 12)],
+            open_ports: vec![80],
+            overlay: Some(Net::new(Ipv4Addr::new(10, 32, 0, 0), 12)),
+            networks: [("big_default".to_owned(), members.clone())].into(),
+            infra: vec![Ipv4Addr::new(10, 32, 0, 1)],
+            dnat: Vec::new(),
+            vxlan: Some(VxlanPeers {
+                local: Ipv4Addr::new(10, 77, 0, 2),
+                peers,
+            }),
+            metadata_allowed: members,
+        };
+        // In a network namespace of this thread's own (it goes with it).
+        std::thread::spawn(move || {
+            // SAFETY: unshare only changes this thread's namespaces.
+            let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "unshare: {}", std::io::Error::last_os_error());
+            fw.apply().expect("the first apply");
+            fw.apply().expect("a replacement");
+            Firewall::remove().expect("remove");
+        })
+        .join()
+        .unwrap();
     }
 }

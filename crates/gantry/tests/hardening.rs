@@ -58,6 +58,60 @@ fn open_parent() -> tempfile::TempDir {
     d
 }
 
+/// A credential from a JSON file that holds one (`admin.json`,
+/// `identity.json`), written out as PEM files for curl. `None` for the
+/// key and certificate: a client without a certificate.
+struct Cred {
+    ca: std::path::PathBuf,
+    cert_key: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+fn cred_from(json: &Path, dir: &Path, name: &str, anonymous: bool) -> Cred {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap();
+    let file = |k: &str, ext: &str| {
+        let f = dir.join(format!("{name}.{k}.{ext}"));
+        std::fs::write(&f, v[k].as_str().unwrap()).unwrap();
+        f
+    };
+    Cred {
+        ca: file("ca_pem", "pem"),
+        cert_key: (!anonymous).then(|| (file("cert_pem", "pem"), file("key_pem", "key"))),
+    }
+}
+
+/// A request straight to the manager's API (curl on host `from`, not the
+/// CLI): the status and the body.
+fn call_manager(
+    cl: &Cluster,
+    from: usize,
+    cred: &Cred,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
+    let mut c = cl.lan.hosts[from].command("curl");
+    c.args(["-sS", "-w", "\n%{http_code}", "-X", method, "--cacert"])
+        .arg(&cred.ca);
+    if let Some((cert, key)) = &cred.cert_key {
+        c.arg("--cert").arg(cert).arg("--key").arg(key);
+    }
+    let o = c
+        .args([
+            "--resolve",
+            &format!("gantry-manager:{}:{}", cl.port, cl.lan.hosts[0].addr),
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            body,
+        ])
+        .arg(format!("https://gantry-manager:{}{path}", cl.port))
+        .output()
+        .unwrap();
+    let out = text(&o);
+    let (body, code) = out.rsplit_once('\n').unwrap_or_default();
+    (code.parse().unwrap_or(0), body.to_owned())
+}
+
 /// A RUN step that makes a block device node (the host's loop 0, mode
 /// 0666) gives an image without it: neither a user of the host (through
 /// the layer directory) nor a task (in its root) gets the node.
@@ -456,45 +510,20 @@ fn workers_and_dfp_cannot_take_sites_or_their_certificates() {
         }
     });
     // A worker's certificate, straight to the API.
-    let id: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(cl.agents[0].data.path().join("agent/identity.json")).unwrap(),
-    )
-    .unwrap();
     let dir = cl.logs.path();
-    for (f, k) in [
-        ("ca.pem", "ca_pem"),
-        ("node.pem", "cert_pem"),
-        ("node.key", "key_pem"),
-    ] {
-        std::fs::write(dir.join(f), id[k].as_str().unwrap()).unwrap();
-    }
+    let worker = cred_from(
+        &cl.agents[0].data.path().join("agent/identity.json"),
+        dir,
+        "node",
+        false,
+    );
     let (bundle, body) = cert_for(dir, "www.shop.test");
-    let as_worker = |method: &str, path: &str, body: &str| {
-        let o = cl.lan.hosts[1]
-            .command("curl")
-            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", method])
-            .args(["--cacert", dir.join("ca.pem").to_str().unwrap()])
-            .args(["--cert", dir.join("node.pem").to_str().unwrap()])
-            .args(["--key", dir.join("node.key").to_str().unwrap()])
-            .args([
-                "--resolve",
-                &format!("gantry-manager:{}:{}", cl.port, cl.lan.hosts[0].addr),
-            ])
-            .args([
-                "-H",
-                "content-type: application/json",
-                "--data-binary",
-                body,
-            ])
-            .arg(format!("https://gantry-manager:{}{path}", cl.port))
-            .output()
-            .unwrap();
-        text(&o)
-    };
-    assert_eq!(as_worker("POST", "/v1/certs", &body), "403");
-    assert_eq!(as_worker("DELETE", "/v1/certs/www.shop.test", ""), "403");
-    assert_eq!(as_worker("POST", "/v1/join-token/rotate", ""), "403");
-    assert_eq!(as_worker("GET", "/v1/services", ""), "403");
+    let as_worker =
+        |method: &str, path: &str, body: &str| call_manager(&cl, 1, &worker, method, path, body).0;
+    assert_eq!(as_worker("POST", "/v1/certs", &body), 403);
+    assert_eq!(as_worker("DELETE", "/v1/certs/www.shop.test", ""), 403);
+    assert_eq!(as_worker("POST", "/v1/join-token/rotate", ""), 403);
+    assert_eq!(as_worker("GET", "/v1/services", ""), 403);
     // The DFP API on node-1 (loopback there).
     let dfp = |args: &[&str]| {
         let mut a = vec!["-X", "PUT"];
@@ -576,39 +605,14 @@ fn the_api_refuses_what_the_cli_would() {
     let Some(cl) = Cluster::new("the_api_refuses_what_the_cli_would", 0) else {
         return;
     };
-    let admin: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(cl.cfg.path().join("admin.json")).unwrap()).unwrap();
-    let dir = cl.logs.path();
-    for (f, k) in [
-        ("ca.pem", "ca_pem"),
-        ("admin.pem", "cert_pem"),
-        ("admin.key", "key_pem"),
-    ] {
-        std::fs::write(dir.join(f), admin[k].as_str().unwrap()).unwrap();
-    }
-    let api = |method: &str, path: &str, body: &serde_json::Value| -> (u16, String) {
-        let o = cl.lan.hosts[0]
-            .command("curl")
-            .args(["-sS", "-w", "\n%{http_code}", "-X", method])
-            .args(["--cacert", dir.join("ca.pem").to_str().unwrap()])
-            .args(["--cert", dir.join("admin.pem").to_str().unwrap()])
-            .args(["--key", dir.join("admin.key").to_str().unwrap()])
-            .args([
-                "--resolve",
-                &format!("gantry-manager:{}:{}", cl.port, cl.lan.hosts[0].addr),
-            ])
-            .args([
-                "-H",
-                "content-type: application/json",
-                "--data-binary",
-                &body.to_string(),
-            ])
-            .arg(format!("https://gantry-manager:{}{path}", cl.port))
-            .output()
-            .unwrap();
-        let out = text(&o);
-        let (body, code) = out.rsplit_once('\n').unwrap();
-        (code.parse().unwrap_or(0), body.to_owned())
+    let admin = cred_from(
+        &cl.cfg.path().join("admin.json"),
+        cl.logs.path(),
+        "admin",
+        false,
+    );
+    let api = |method: &str, path: &str, body: &serde_json::Value| {
+        call_manager(&cl, 0, &admin, method, path, &body.to_string())
     };
     let good = spec_json();
     let deploy = |stack: &str, services: Vec<(String, serde_json::Value)>| {
@@ -693,10 +697,12 @@ fn joins_are_rate_limited_and_slow_clients_are_closed() {
     let Some(mut cl) = Cluster::new("joins_are_rate_limited_and_slow_clients_are_closed", 1) else {
         return;
     };
-    let admin: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(cl.cfg.path().join("admin.json")).unwrap()).unwrap();
-    let ca = cl.logs.path().join("ca.pem");
-    std::fs::write(&ca, admin["ca_pem"].as_str().unwrap()).unwrap();
+    let anonymous = cred_from(
+        &cl.cfg.path().join("admin.json"),
+        cl.logs.path(),
+        "anon",
+        true,
+    );
     let token = cl.token();
     let wrong = format!("{}{}", &token[..token.len() - 32], "0".repeat(32));
     let body = serde_json::json!({
@@ -706,32 +712,16 @@ fn joins_are_rate_limited_and_slow_clients_are_closed() {
                   "nano_cpus": 1, "memory": 1, "disk": 1, "labels": {} },
     })
     .to_string();
-    let resolve = format!("gantry-manager:{}:{}", cl.port, cl.lan.hosts[0].addr);
-    let url = format!("https://gantry-manager:{}/v1/join", cl.port);
-    let mut codes = Vec::new();
-    for _ in 0..12 {
-        let o = cl.lan.hosts[0]
-            .command("curl")
-            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
-            .arg(&ca)
-            .args([
-                "--resolve",
-                &resolve,
-                "-H",
-                "content-type: application/json",
-            ])
-            .args(["--data-binary", &body, &url])
-            .output()
-            .unwrap();
-        codes.push(text(&o));
-    }
-    assert_eq!(&codes[..5], ["403"; 5], "{codes:?}");
+    let codes: Vec<u16> = (0..12)
+        .map(|_| call_manager(&cl, 0, &anonymous, "POST", "/v1/join", &body).0)
+        .collect();
+    assert_eq!(&codes[..5], [403; 5], "{codes:?}");
     assert!(
-        codes[5..].iter().all(|c| c == "403" || c == "429"),
+        codes[5..].iter().all(|c| *c == 403 || *c == 429),
         "{codes:?}"
     );
     assert!(
-        codes[6..].iter().filter(|c| *c == "429").count() >= 4,
+        codes[6..].iter().filter(|c| **c == 429).count() >= 4,
         "{codes:?}"
     );
     // A node on another address joins all the same.
