@@ -867,3 +867,38 @@ fn tasks_reach_the_metadata_address_only_when_allowed() {
     let out = fetch("m_web");
     assert!(!out.contains("secret-credentials"), "{out}");
 }
+
+/// `gantry server --dfp-override-labels`: the operator lets DFP's API take
+/// what labels route (here as the admin calls the manager's DFP route).
+#[test]
+fn the_operator_can_let_dfp_take_label_routes() {
+    let Some(cl) = Cluster::new_with("the_operator_can_let_dfp_take_label_routes", 0, |_| {
+        (vec!["--dfp-override-labels".into()], None)
+    }) else {
+        return;
+    };
+    let o = cl.deploy(
+        "shop",
+        "services:\n  web:\n    image: busybox\n    deploy:\n      labels:\n        gantry.http.host: www.shop.test\n",
+    );
+    assert!(o.status.success(), "{}", errtext(&o));
+    let admin = cred_from(
+        &cl.cfg.path().join("admin.json"),
+        cl.logs.path(),
+        "admin",
+        false,
+    );
+    let query = serde_json::json!({ "query": {
+        "serviceName": "other", "serviceDomain": "www.shop.test", "servicePath": "/",
+        "port": "80", "distribute": "true",
+    }});
+    let (code, out) = call_manager(
+        &cl,
+        0,
+        &admin,
+        "POST",
+        "/v1/dfp/reconfigure",
+        &query.to_string(),
+    );
+    assert_eq!(code, 200, "{out}");
+}
