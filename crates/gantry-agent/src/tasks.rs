@@ -79,7 +79,16 @@ pub(crate) struct Agent {
     assigned: AtomicBool,
     /// The edge proxy, when this node runs one.
     edge: std::sync::OnceLock<Arc<crate::edge::Edge>>,
+    /// Starts under way at once (pull, create, start): bounded, so that a
+    /// big deployment queues instead of forking hundreds of helpers.
+    starts: tokio::sync::Semaphore,
+    /// One pull per image at a time: the tasks that wait for it find it
+    /// pulled.
+    pulls: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
+
+/// Starts under way at once on a node.
+const MAX_STARTS: usize = 4;
 
 fn status(id: &str, state: TaskState, message: impl Into<String>) -> TaskStatus {
     TaskStatus {
@@ -123,6 +132,8 @@ impl Agent {
             changed: Notify::new(),
             assigned: AtomicBool::new(false),
             edge: std::sync::OnceLock::new(),
+            starts: tokio::sync::Semaphore::new(MAX_STARTS),
+            pulls: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -509,10 +520,23 @@ impl Agent {
     }
 
     async fn start(self: Arc<Self>, id: String) {
-        let Some(a) = self.lock().get(&id).and_then(|l| l.assignment.clone()) else {
-            return;
+        let r = {
+            let Ok(_turn) = self.starts.acquire().await else {
+                return;
+            };
+            // A task the manager gave up on while it waited is never
+            // started: it just ends.
+            let a = match self.lock().get(&id) {
+                Some(l) if l.phase == Phase::Preparing => l.assignment.clone(),
+                Some(_) => None,
+                None => return,
+            };
+            let Some(a) = a else {
+                self.clone().stop(id, true).await;
+                return;
+            };
+            self.prepare_and_start(&a).await
         };
-        let r = self.prepare_and_start(&a).await;
         let mut stop = false;
         let mut health = None;
         self.set(&id, |l| match r {
@@ -562,10 +586,24 @@ impl Agent {
                 self.set(&a.task.id, |l| {
                     l.status.message = format!("pulling {}", svc.image)
                 });
-                let r = ImageRef::parse(&svc.image).map_err(|e| e.to_string())?;
-                gantry_image::pull(&store, &r, &self.cfg.registry, Arc::new(|_| {}))
-                    .await
-                    .map_err(|e| format!("pull {}: {e}", svc.image))?
+                let lock = self
+                    .pulls
+                    .lock()
+                    .expect("pulls lock")
+                    .entry(svc.image.clone())
+                    .or_default()
+                    .clone();
+                let _one = lock.lock().await;
+                match store.resolve(&svc.image) {
+                    // Pulled by another task while this one waited.
+                    Ok(i) => i,
+                    Err(_) => {
+                        let r = ImageRef::parse(&svc.image).map_err(|e| e.to_string())?;
+                        gantry_image::pull(&store, &r, &self.cfg.registry, Arc::new(|_| {}))
+                            .await
+                            .map_err(|e| format!("pull {}: {e}", svc.image))?
+                    }
+                }
             }
             Err(e) => return Err(e.to_string()),
         };
