@@ -52,14 +52,7 @@ fn the_edge_proxy_routes_by_labels_and_the_dfp_api() {
         &[("node-1", 1), ("node-2", 1), ("node-3", 1)],
         Duration::from_secs(40),
     );
-    wait_for("the api to run", Duration::from_secs(20), || {
-        let r = cl.running("shop_api");
-        if r.values().sum::<usize>() == 1 {
-            Ok(())
-        } else {
-            Err(format!("{r:?}"))
-        }
-    });
+    cl.wait_total("shop_api", 1, Duration::from_secs(20));
     let client = &cl.lan.hosts[0];
     let node = |i: usize| cl.lan.hosts[i].addr.clone();
     // The edge CA signed www.shop.test at once; clients trust it.

@@ -481,14 +481,7 @@ fn workers_and_dfp_cannot_take_sites_or_their_certificates() {
     let o = cl.deploy("shop", &stack);
     assert!(o.status.success(), "{}", errtext(&o));
     for svc in ["shop_web", "shop_api", "shop_evil"] {
-        wait_for(&format!("{svc} to run"), Duration::from_secs(30), || {
-            let r = cl.running(svc);
-            if r.values().sum::<usize>() == 1 {
-                Ok(())
-            } else {
-                Err(format!("{r:?}"))
-            }
-        });
+        cl.wait_total(svc, 1, Duration::from_secs(30));
     }
     let site = |path: &str| {
         curl_on(

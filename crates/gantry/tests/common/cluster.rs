@@ -348,6 +348,18 @@ impl Cluster {
         out
     }
 
+    /// Waits until `n` tasks of `service` run, wherever they are.
+    pub fn wait_total(&self, service: &str, n: usize, within: Duration) {
+        wait_for(&format!("{n} of {service} to run"), within, || {
+            let r = self.running(service);
+            if r.values().sum::<usize>() == n {
+                Ok(())
+            } else {
+                Err(format!("{r:?}"))
+            }
+        });
+    }
+
     pub fn wait_running(&self, service: &str, want: &[(&str, usize)], within: Duration) {
         let want: BTreeMap<String, usize> =
             want.iter().map(|(h, n)| ((*h).to_owned(), *n)).collect();
