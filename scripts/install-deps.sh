@@ -17,6 +17,7 @@ pkgs=(
   wrk                             # load during route changes in the edge test
   pebble                          # a real ACME CA (and its DNS server) for the certificate tests
   prometheus                      # promtool checks the metrics exposition
+  jq                              # the scale harness reads the CLI's JSON
 )
 missing=()
 for p in "${pkgs[@]}"; do

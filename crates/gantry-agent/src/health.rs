@@ -22,7 +22,7 @@ pub(crate) struct Check {
 impl Check {
     /// The service's check, else the image's; none for `NONE` or neither.
     pub(crate) fn of(
-        svc: Option<&gantry_stack::Healthcheck>,
+        svc: Option<&gantry_spec::Healthcheck>,
         image: Option<&gantry_image::types::Healthcheck>,
     ) -> Option<Self> {
         let ns = |v: u64, d: u64| Duration::from_nanos(if v == 0 { d } else { v });

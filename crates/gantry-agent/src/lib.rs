@@ -24,6 +24,7 @@ mod http;
 mod ingress;
 mod logs;
 mod metrics;
+mod sim;
 mod stats;
 mod tasks;
 
@@ -34,12 +35,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use gantry_api::{ApiError, Assignments, Client, NodeInfo, StatusReport};
+use gantry_api::{ApiError, AssignmentUpdate, Assignments, Change, Client, NodeInfo, StatusReport};
 use gantry_pki::{ClusterCa, Issued};
 
 pub use edge::EdgeConfig;
 pub use helper::helper_main;
 pub use logs::Retention;
+pub use sim::{simulate, SimConfig, SimStats};
 
 /// How the agent runs.
 #[derive(Debug, Clone)]
@@ -243,7 +245,7 @@ pub async fn run(cfg: AgentConfig, id: Identity) -> Result<(), AgentError> {
     let tls = ca
         .client_config(&me)
         .map_err(|e| AgentError::Config(format!("node credential: {e}")))?;
-    let client = Client::new(&id.manager, tls)?;
+    let client = Client::new(&id.manager, tls.clone())?;
     let underlay = node_info(&cfg, &id.manager).addr;
     let agent = Arc::new(tasks::Agent::new(
         cfg.clone(),
@@ -291,18 +293,63 @@ pub async fn run(cfg: AgentConfig, id: Identity) -> Result<(), AgentError> {
         tokio::spawn(logs::retain(cfg.data_dir.clone(), cfg.log_retention));
     }
     tokio::spawn(agent.clone().monitor());
-    tokio::spawn(watch(agent.clone(), client.clone()));
-    report(agent, client, cfg, id.manager, stats).await;
-    Ok(())
+    tokio::spawn(watch(agent.clone(), client));
+    // Heartbeats have a thread, a runtime and a connection of their own:
+    // however busy the node's runtime is with starts, stops, pulls and
+    // health checks, its heartbeat still leaves on time, so a loaded node
+    // is not taken for a dead one.
+    let manager = id.manager.clone();
+    let beat = std::thread::Builder::new()
+        .name("heartbeat".into())
+        .spawn(move || -> Result<(), AgentError> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| AgentError::Io("heartbeat runtime".into(), e))?;
+            rt.block_on(async move {
+                let client = Client::new(&manager, tls)?;
+                report(agent, client, cfg, manager, stats).await;
+                Ok(())
+            })
+        })
+        .map_err(|e| AgentError::Io("heartbeat thread".into(), e))?;
+    match tokio::task::spawn_blocking(move || beat.join()).await {
+        Ok(Ok(r)) => r,
+        _ => Err(AgentError::Config("the heartbeat thread panicked".into())),
+    }
 }
 
+/// The assignment stream: each line changes the set held (the first is
+/// whole); a line out of order drops the stream, and the next one starts
+/// with a whole set again. Applying the set to the node is coalesced:
+/// at most once per [`APPLY_EVERY`], however many lines came.
 async fn watch(agent: Arc<tasks::Agent>, client: Client) {
+    let held: Arc<Mutex<Option<Assignments>>> = Arc::default();
+    let dirty = Arc::new(tokio::sync::Notify::new());
+    tokio::spawn(apply(agent, held.clone(), dirty.clone()));
     let mut backoff = Duration::from_millis(100);
     loop {
-        let a2 = agent.clone();
+        let mut last = 0u64;
+        let (h2, d2) = (held.clone(), dirty.clone());
         let r = client
-            .watch("/v1/agent/watch", move |a: Assignments| {
-                a2.assign(a);
+            .watch("/v1/agent/watch", move |u: AssignmentUpdate| {
+                let mut held = h2.lock().expect("held lock");
+                match u.change {
+                    Change::Full(set) => *held = Some(*set),
+                    Change::Delta(d) => match held.as_mut() {
+                        Some(set) if last > 0 && u.seq == last + 1 => set.apply(*d),
+                        _ => {
+                            tracing::warn!(
+                                seq = u.seq,
+                                last,
+                                "assignment line out of order; reconnecting"
+                            );
+                            return false;
+                        }
+                    },
+                }
+                last = u.seq;
+                d2.notify_one();
                 true
             })
             .await;
@@ -315,6 +362,24 @@ async fn watch(agent: Arc<tasks::Agent>, client: Client) {
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Between two applications of the assignment set to the node.
+const APPLY_EVERY: Duration = Duration::from_millis(100);
+
+async fn apply(
+    agent: Arc<tasks::Agent>,
+    held: Arc<Mutex<Option<Assignments>>>,
+    dirty: Arc<tokio::sync::Notify>,
+) {
+    loop {
+        dirty.notified().await;
+        let set = held.lock().expect("held lock").clone();
+        if let Some(set) = set {
+            agent.assign(set);
+        }
+        tokio::time::sleep(APPLY_EVERY).await;
     }
 }
 

@@ -50,6 +50,16 @@ pub(crate) async fn serve(
                     (r("dropped"), c.dropped),
                 ],
             );
+            f.counter(
+                "agent_orphan_containers_removed",
+                "Task containers the agent found that no task of the manager accounts for, and removed",
+                &[(
+                    Vec::new(),
+                    agent
+                        .orphans_removed
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                )],
+            );
             if let Some(c) = agent.fast_path_counters() {
                 let w = |v: &str| gantry_metrics::label("way", v);
                 f.counter(

@@ -7,9 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gantry_api::{Assignment, Assignments, TaskState, TaskStatus};
+use gantry_image::container::{container_config, Overrides};
 use gantry_image::{ImageRef, LocalImage, Store};
-use gantry_runtime::{ContainerConfig, Mount, MountKind, PortMapping, Process, Runtime, Status};
-use gantry_stack::{MountType as StackMount, PortMode, Service};
+use gantry_runtime::{ContainerConfig, Mount, MountKind, PortMapping, Runtime, Status};
+use gantry_spec::{MountType as StackMount, PortMode, Service};
 use tokio::sync::Notify;
 
 use crate::health::Check;
@@ -82,13 +83,27 @@ pub(crate) struct Agent {
     /// Starts under way at once (pull, create, start): bounded, so that a
     /// big deployment queues instead of forking hundreds of helpers.
     starts: tokio::sync::Semaphore,
+    /// Stops under way at once (each a helper that waits out the task's
+    /// grace period): bounded, so that removing a big stack queues.
+    stops: tokio::sync::Semaphore,
     /// One pull per image at a time: the tasks that wait for it find it
     /// pulled.
     pulls: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// A sweep for orphans is under way (one at a time).
+    sweeping: AtomicBool,
+    /// Orphan containers removed since the agent started.
+    pub(crate) orphans_removed: std::sync::atomic::AtomicU64,
 }
+
+/// Between two sweeps for orphan containers.
+pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// Starts under way at once on a node.
 const MAX_STARTS: usize = 4;
+
+/// Stops under way at once on a node (mostly waiting for processes to
+/// exit, so more than starts).
+const MAX_STOPS: usize = 16;
 
 fn status(id: &str, state: TaskState, message: impl Into<String>) -> TaskStatus {
     TaskStatus {
@@ -133,7 +148,10 @@ impl Agent {
             assigned: AtomicBool::new(false),
             edge: std::sync::OnceLock::new(),
             starts: tokio::sync::Semaphore::new(MAX_STARTS),
+            stops: tokio::sync::Semaphore::new(MAX_STOPS),
             pulls: Mutex::new(BTreeMap::new()),
+            sweeping: AtomicBool::new(false),
+            orphans_removed: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -351,7 +369,8 @@ impl Agent {
         let mut dnat = Vec::new();
         let mut metadata_allowed = Vec::new();
         for a in &set.tasks {
-            if let Ok(svc) = serde_json::from_str::<Service>(&a.spec) {
+            {
+                let svc = &a.spec;
                 if svc.metadata {
                     metadata_allowed.extend(a.task.addr);
                 }
@@ -501,10 +520,65 @@ impl Agent {
         }
         drop(map);
         self.changed.notify_one();
+        tokio::spawn(self.clone().sweep());
+    }
+
+    /// The task containers on the node that no task of the agent accounts
+    /// for: labelled with a task it does not know (left by a crash, made by
+    /// hand, or created after the manager gave the task up), or a second
+    /// container of a task whose own container is another.
+    fn orphans(&self) -> Vec<(String, String)> {
+        let Some(rt) = &self.rt else {
+            return Vec::new();
+        };
+        let found: Vec<(String, String)> = rt
+            .list()
+            .into_iter()
+            .filter_map(|c| Some((c.config.labels.get(TASK_LABEL)?.clone(), c.config.id)))
+            .collect();
+        let map = self.lock();
+        found
+            .into_iter()
+            .filter(|(task, cid)| match map.get(task) {
+                None => true,
+                // A start under way: its container is not known yet, and
+                // the start itself stops it if the task was given up.
+                Some(l) if matches!(l.phase, Phase::Preparing | Phase::Stopping) => {
+                    l.container.as_ref().is_some_and(|c| c != cid)
+                }
+                Some(l) => l.container.as_deref() != Some(cid.as_str()),
+            })
+            .collect()
+    }
+
+    /// Stops and removes orphan containers (see [`Agent::orphans`]). Runs
+    /// after every assignment set and every [`SWEEP_EVERY`]; never before
+    /// the first set, which tells what the manager wants here.
+    pub(crate) async fn sweep(self: Arc<Self>) {
+        if !self.assigned.load(Ordering::SeqCst) || self.sweeping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        for (task, cid) in self.orphans() {
+            tracing::warn!(task, container = %cid, "removing an orphan task container");
+            let (h, d) = (&self.cfg.helper, &self.cfg.data_dir);
+            let wait = Duration::from_secs(40);
+            let r = match helper::call(h, d, &["stop", &cid, "10"], None, wait).await {
+                Ok((0, _)) => helper::call(h, d, &["rm", &cid], None, wait).await,
+                other => other,
+            };
+            match r {
+                Ok((0, _)) => self.orphans_removed.fetch_add(1, Ordering::Relaxed),
+                Ok((_, e)) | Err(e) => {
+                    tracing::warn!(task, container = %cid, "orphan: {e}");
+                    0
+                }
+            };
+        }
+        self.sweeping.store(false, Ordering::SeqCst);
     }
 
     fn check_of(&self, a: &Assignment) -> Option<Check> {
-        let svc: Service = serde_json::from_str(&a.spec).ok()?;
+        let svc = &a.spec;
         let image = Store::open(&self.cfg.data_dir)
             .ok()
             .and_then(|s| s.resolve(&svc.image).ok())
@@ -577,8 +651,7 @@ impl Agent {
     }
 
     async fn prepare_and_start(&self, a: &Assignment) -> Result<(String, Option<Check>), String> {
-        let svc: Service =
-            serde_json::from_str(&a.spec).map_err(|e| format!("bad service spec: {e}"))?;
+        let svc = &a.spec;
         let store = Store::open(&self.cfg.data_dir).map_err(|e| e.to_string())?;
         let img = match store.resolve(&svc.image) {
             Ok(i) => i,
@@ -611,7 +684,7 @@ impl Agent {
             svc.healthcheck.as_ref(),
             img.config.config.healthcheck.as_ref(),
         );
-        let cfg = self.container_config(a, &svc, &store, &img)?;
+        let cfg = self.container_config(a, svc, &store, &img)?;
         let input = serde_json::to_vec(&cfg).map_err(|e| e.to_string())?;
         let (code, err) = helper::call(
             &self.cfg.helper,
@@ -638,15 +711,6 @@ impl Agent {
         store: &Store,
         img: &LocalImage,
     ) -> Result<ContainerConfig, String> {
-        let rc = &img.config.config;
-        let cmd = svc.command.clone().unwrap_or_default();
-        let args = rc.argv(svc.entrypoint.as_deref(), &cmd);
-        if args.is_empty() {
-            return Err(format!(
-                "no command: the image {} has no Cmd or Entrypoint",
-                svc.image
-            ));
-        }
         // Where the task runs, as Nomad's NOMAD_* variables (the service's
         // own environment wins).
         let t = &a.task;
@@ -658,34 +722,26 @@ impl Agent {
             format!("GANTRY_TASK_SLOT={}", t.slot),
         ];
         env.extend(svc.environment.iter().map(|(k, v)| format!("{k}={v}")));
-        let process = Process {
-            args,
-            env: rc.env_with(&env),
-            cwd: svc
-                .working_dir
-                .clone()
-                .or_else(|| rc.working_dir.clone())
-                .unwrap_or_default(),
-            user: svc
-                .user
-                .clone()
-                .or_else(|| rc.user.clone())
-                .unwrap_or_default(),
-            tty: false,
-            stdin: false,
-        };
         let slot = if t.slot == 0 {
             self.node_id.clone()
         } else {
             t.slot.to_string()
         };
-        let name = format!("{}.{slot}.{}", t.service, t.id);
-        let layers = store.lowerdirs(img).map_err(|e| e.to_string())?;
-        let mut c = ContainerConfig::new(&name, &svc.image, &img.record.config, layers, process);
+        let overrides = Overrides {
+            name: format!("{}.{slot}.{}", t.service, t.id),
+            entrypoint: svc.entrypoint.clone(),
+            cmd: svc.command.clone().unwrap_or_default(),
+            env,
+            workdir: svc.working_dir.clone(),
+            user: svc.user.clone(),
+            hostname: svc.hostname.clone(),
+            stop_signal: svc.stop_signal.clone(),
+            tty: false,
+            stdin: false,
+        };
+        let mut c =
+            container_config(store, &svc.image, img, &overrides).map_err(|e| e.to_string())?;
         c.network = self.network_mode(a);
-        if let Some(h) = &svc.hostname {
-            c.hostname = h.clone();
-        }
         c.resources.memory = svc.limits.memory;
         c.resources.nano_cpus = svc.limits.nano_cpus;
         c.resources.pids = svc.limits.pids;
@@ -700,9 +756,6 @@ impl Agent {
                 })
             })
             .collect();
-        if let Some(s) = svc.stop_signal.clone().or_else(|| rc.stop_signal.clone()) {
-            c.stop_signal = gantry_runtime::parse_signal(&s)? as i32;
-        }
         c.stop_timeout = svc.stop_grace_period_ns.div_ceil(1_000_000_000);
         c.labels = svc.labels.clone();
         c.labels.insert(TASK_LABEL.into(), t.id.clone());
@@ -754,12 +807,14 @@ impl Agent {
             let secs = l
                 .assignment
                 .as_ref()
-                .and_then(|a| serde_json::from_str::<Service>(&a.spec).ok())
-                .map_or(10, |s| s.stop_grace_period_ns.div_ceil(1_000_000_000));
+                .map_or(10, |a| a.spec.stop_grace_period_ns.div_ceil(1_000_000_000));
             (l.container.clone(), secs)
         };
         let mut err = None;
         if let Some(cid) = &cid {
+            let Ok(_turn) = self.stops.acquire().await else {
+                return;
+            };
             let h = &self.cfg.helper;
             let d = &self.cfg.data_dir;
             let wait = Duration::from_secs(secs + 30);
@@ -879,8 +934,13 @@ impl Agent {
     /// makes its task failed (with its exit code).
     pub(crate) async fn monitor(self: Arc<Self>) {
         let Some(rt) = &self.rt else { return };
+        let mut swept = Instant::now();
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
+            if swept.elapsed() >= SWEEP_EVERY {
+                swept = Instant::now();
+                tokio::spawn(self.clone().sweep());
+            }
             self.sync_fast_path();
             let up: Vec<(String, String)> = self
                 .lock()

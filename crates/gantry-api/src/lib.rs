@@ -11,9 +11,11 @@
 //! - everything else: the admin certificate.
 
 mod client;
+mod delta;
 mod types;
 
 pub use client::{resolve, write_secret, AdminConfig, ApiError, Client, JoinError};
+pub use delta::{diff_addrs, AddrChange, AssignmentDelta, AssignmentUpdate, Change};
 pub use types::*;
 
 /// The manager's port when none is given.

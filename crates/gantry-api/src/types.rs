@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 
 pub use gantry_ipam::Net;
 use gantry_sched::Availability;
-pub use gantry_store::{NodeRecord, ServiceRecord, TaskRecord, TaskState, UpdateStatus};
+pub use gantry_spec::Service;
+pub use gantry_state::{NodeRecord, ServiceRecord, TaskRecord, TaskState, UpdateStatus};
 
 /// What a node tells the manager about itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,9 +135,8 @@ pub struct Assignment {
     pub task: TaskRecord,
     /// Its stack.
     pub stack: String,
-    /// The service spec of the task's version (JSON of
-    /// `gantry_stack::Service`).
-    pub spec: String,
+    /// The service spec of the task's version.
+    pub spec: Service,
 }
 
 /// A line of `GET /v1/agent/watch`: the node's whole assignment set,
@@ -274,8 +274,8 @@ pub struct Peer {
 /// `POST /v1/stacks/{name}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeployRequest {
-    /// Services by short name, as JSON of `gantry_stack::Service`.
-    pub services: BTreeMap<String, String>,
+    /// Services by short name.
+    pub services: BTreeMap<String, Service>,
     /// Remove the stack's services that the file no longer has.
     pub prune: bool,
 }

@@ -7,6 +7,7 @@
 //! containers of the native runtime.
 
 pub mod build;
+pub mod container;
 pub mod digest;
 pub mod dockerfile;
 pub mod pack;

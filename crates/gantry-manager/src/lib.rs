@@ -3,14 +3,19 @@
 //! TLS, agent streams, heartbeats) will wrap I/O around it.
 //!
 //! **Architecture invariant:** orchestration decisions are pure functions
-//! of the store's [`gantry_store::State`]; the server only feeds them state
+//! of the store's [`gantry_state::State`]; the server only feeds them state
 //! and time and applies the commands they return through the store.
 
+pub mod liveness;
 pub mod network;
 pub mod reconcile;
+pub mod report;
+pub mod scope;
+pub mod touch;
+pub mod views;
 
 pub use reconcile::{
-    reconcile, snapshot, task_spec, volume_name, ReconcileError, DEFAULT_STRATEGY_KEY,
+    reconcile, reconcile_in, snapshot, task_spec, volume_name, ReconcileError, DEFAULT_STRATEGY_KEY,
 };
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use gantry_ipam::{next_addr, Net, Plan};
-use gantry_store::{Command, State, TaskRecord, TaskState};
+use gantry_state::{Command, State, TaskRecord, TaskState};
 
 /// Metadata keys of the address plan (`gantry server --cluster-cidr`,
 /// `--block-prefix`).
@@ -46,11 +46,24 @@ fn holds_addr(t: &TaskRecord) -> bool {
 /// node's last address handed out (a `PutNode` appended to the batch), so
 /// addresses go round the block.
 pub fn assign_addresses(state: &State, cmds: &mut Vec<Command>) {
+    // The addresses in use on the nodes the batch places tasks on (only
+    // those: the cost is theirs, not the cluster's).
     let mut used: BTreeMap<&str, BTreeSet<Ipv4Addr>> = BTreeMap::new();
-    for t in state.tasks.values().filter(|t| holds_addr(t)) {
-        if let (Some(n), Some(a)) = (&t.node, t.addr) {
-            used.entry(n.as_str()).or_default().insert(a);
+    for cmd in cmds.iter() {
+        let Command::PutTask(t) = cmd else { continue };
+        let Some(n) = t.node.as_deref() else { continue };
+        let Some((n, _)) = state.nodes.get_key_value(n) else {
+            continue;
+        };
+        if used.contains_key(n.as_str()) {
+            continue;
         }
+        let addrs = state
+            .tasks_on(n)
+            .filter(|t| holds_addr(t))
+            .filter_map(|t| t.addr)
+            .collect();
+        used.insert(n.as_str(), addrs);
     }
     let mut last: BTreeMap<String, Ipv4Addr> = BTreeMap::new();
     for cmd in cmds.iter_mut() {

@@ -5,7 +5,9 @@
 //!
 //! What it does:
 //! - a task on a node that is down, drained, gone or no longer eligible is
-//!   shut down and its slot filled elsewhere at once (host failure);
+//!   shut down and its slot filled elsewhere at once (host failure),
+//!   unless the storm guard holds the node (it stays put, and no service
+//!   rebalances meanwhile);
 //! - a failed task is replaced in its slot under the restart policy
 //!   (condition, delay, max attempts), or left shut down;
 //! - replicated services get slots `1..=replicas`, surplus slots are shut
@@ -16,17 +18,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use gantry_sched::{Assigned, Cluster, Constraint, Node, Resources, TaskSpec};
-use gantry_stack::{Mode, PortMode, Service};
-use gantry_store::{Command, ServiceRecord, State, TaskRecord, TaskState, UpdateStatus};
+use gantry_spec::{Mode, PortMode, Service};
+use gantry_state::{Command, ServiceRecord, State, TaskRecord, TaskState, UpdateStatus};
 
 /// Why a service cannot be reconciled at all.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReconcileError {
     /// No such service in the state.
     NoSuchService(String),
-    /// Its stored spec does not parse.
-    BadSpec(String),
 }
+
+/// Rebalancing moves at most 1/this of a service's replicas per round.
+const REBALANCE_SHARE: usize = 10;
 
 const EXHAUSTED: &str = "restart attempts exhausted";
 const NOT_RESTARTED: &str = "not restarted by policy";
@@ -91,7 +94,7 @@ pub fn task_spec(
         volumes: s
             .volumes
             .iter()
-            .filter(|m| m.kind == gantry_stack::MountType::Volume)
+            .filter(|m| m.kind == gantry_spec::MountType::Volume)
             .map(|m| volume_name(stack, &m.source))
             .collect(),
         strategy: s.strategy.unwrap_or(default),
@@ -119,15 +122,14 @@ pub fn snapshot(state: &State) -> Cluster {
     let mut reservations: BTreeMap<&str, (Resources, Vec<u16>)> = BTreeMap::new();
     let mut service_volumes: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (name, svc) in &state.services {
-        if let Ok(s) = serde_json::from_str::<Service>(&svc.spec) {
-            let ts = task_spec(name, &svc.stack, &s, gantry_sched::Strategy::Spread);
-            reservations.insert(name, (ts.reservations, ts.host_ports));
-            // Affinity is for a single replica (a database and its data);
-            // replicas of a bigger service each use their node's own
-            // volume of that name, as in Swarm.
-            if s.mode == (Mode::Replicated { replicas: 1 }) {
-                service_volumes.insert(name, ts.volumes);
-            }
+        let s = &svc.spec;
+        let ts = task_spec(name, &svc.stack, s, gantry_sched::Strategy::Spread);
+        reservations.insert(name, (ts.reservations, ts.host_ports));
+        // Affinity is for a single replica (a database and its data);
+        // replicas of a bigger service each use their node's own volume of
+        // that name, as in Swarm.
+        if s.mode == (Mode::Replicated { replicas: 1 }) {
+            service_volumes.insert(name, ts.volumes);
         }
     }
     let mut volumes: BTreeMap<String, (u64, String)> = BTreeMap::new();
@@ -171,24 +173,13 @@ pub fn snapshot(state: &State) -> Cluster {
     Cluster::new(nodes, &tasks, &volumes)
 }
 
-/// The spec with what does not change a task's container left out: a
-/// change of replicas or of the update settings rolls no task.
-fn task_identity(spec: &str) -> Option<serde_json::Value> {
-    let mut v: serde_json::Value = serde_json::from_str(spec).ok()?;
-    let o = v.as_object_mut()?;
-    for k in ["mode", "update_config", "rollback_config", "restart_policy"] {
-        o.remove(k);
-    }
-    Some(v)
-}
-
 /// Whether a task runs something other than the service's current spec.
 fn outdated(rec: &ServiceRecord, t: &TaskRecord) -> bool {
     if t.version == rec.version {
         return false;
     }
     match &rec.previous {
-        Some((v, spec)) if *v == t.version => task_identity(spec) != task_identity(&rec.spec),
+        Some((v, spec)) if *v == t.version => !spec.same_tasks(&rec.spec),
         _ => true,
     }
 }
@@ -335,13 +326,10 @@ fn dependency_ready(state: &State, stack: &str, dep: &str) -> bool {
         // Gone from the stack: nothing to wait for.
         return true;
     };
-    let Ok(svc) = serde_json::from_str::<Service>(&rec.spec) else {
-        return true;
-    };
+    let svc = &rec.spec;
     let wanted: Vec<&TaskRecord> = state
-        .tasks
-        .values()
-        .filter(|t| &t.service == name && t.desired == TaskState::Running)
+        .tasks_of(name)
+        .filter(|t| t.desired == TaskState::Running)
         .collect();
     let running = wanted
         .iter()
@@ -353,9 +341,26 @@ fn dependency_ready(state: &State, stack: &str, dep: &str) -> bool {
     }
 }
 
-/// One reconciliation step for service `name`.
+/// One reconciliation step for service `name`, on a scheduler view built
+/// for it alone (see [`reconcile_in`] to reconcile many services on one).
 pub fn reconcile(
     state: &State,
+    name: &str,
+    now_ms: u64,
+    new_id: &mut dyn FnMut() -> String,
+) -> Result<Vec<Command>, ReconcileError> {
+    reconcile_in(state, &mut snapshot(state), name, now_ms, new_id)
+}
+
+/// One reconciliation step for service `name` on `cluster`, the
+/// scheduler's view of `state` ([`snapshot`]), which it keeps current with
+/// what it decides: the tasks it places and those it moves off their
+/// nodes. So one view, built once, serves a whole pass over many services
+/// (building it is O(nodes + tasks); placing is O(nodes) per service),
+/// and a later service of the pass sees what an earlier one placed.
+pub fn reconcile_in(
+    state: &State,
+    cluster: &mut Cluster,
     name: &str,
     now_ms: u64,
     new_id: &mut dyn FnMut() -> String,
@@ -364,12 +369,11 @@ pub fn reconcile(
         .services
         .get(name)
         .ok_or_else(|| ReconcileError::NoSuchService(name.to_owned()))?;
-    let svc: Service =
-        serde_json::from_str(&rec.spec).map_err(|e| ReconcileError::BadSpec(e.to_string()))?;
+    let svc = &rec.spec;
     // depends_on: a service starts once the services it depends on run
     // (healthy, where they have a check); after that it lives on its own,
     // as with `docker compose up`.
-    if !svc.depends_on.is_empty() && !state.tasks.values().any(|t| t.service == name) {
+    if !svc.depends_on.is_empty() && state.tasks_of(name).next().is_none() {
         let waiting = svc
             .depends_on
             .iter()
@@ -378,8 +382,7 @@ pub fn reconcile(
             return Ok(Vec::new());
         }
     }
-    let spec = task_spec(name, &rec.stack, &svc, default_strategy(state));
-    let mut cluster = snapshot(state);
+    let spec = task_spec(name, &rec.stack, svc, default_strategy(state));
     let mut out = Vec::new();
     let shutdown = |t: &TaskRecord, why: &str| {
         let mut t = t.clone();
@@ -387,7 +390,7 @@ pub fn reconcile(
         t.message = why.to_owned();
         Command::PutTask(t)
     };
-    let tasks: Vec<&TaskRecord> = state.tasks.values().filter(|t| t.service == name).collect();
+    let tasks: Vec<&TaskRecord> = state.tasks_of(name).collect();
 
     // Live tasks of the previous version whose container the change does
     // not touch (replicas, update or restart settings) become tasks of the
@@ -412,10 +415,9 @@ pub fn reconcile(
     for t in tasks.iter().copied().filter(|t| live(t)) {
         let node_ok = match &t.node {
             None => true, // pending: placed below
-            Some(n) => state
-                .nodes
-                .get(n)
-                .is_some_and(|n| n.up && n.availability == gantry_sched::Availability::Active),
+            Some(n) => state.nodes.get(n).is_some_and(|n| {
+                n.keeps_tasks() && n.availability == gantry_sched::Availability::Active
+            }),
         };
         if node_ok {
             live_tasks.push(t);
@@ -534,7 +536,7 @@ pub fn reconcile(
                     }
                 }
             }
-            let (commands, replace) = match rollout(rec, &svc, &tasks, &kept, replicas, now_ms) {
+            let (commands, replace) = match rollout(rec, svc, &tasks, &kept, replicas, now_ms) {
                 Rollout::Steps { commands, replace } => (commands, replace),
                 Rollout::Stop(commands) => {
                     out.extend(commands);
@@ -549,14 +551,30 @@ pub fn reconcile(
                 && !kept.iter().any(|t| outdated(rec, t));
             out.extend(commands);
             new_tasks.extend(replace.into_iter().map(|slot| (slot, 0)));
-            // Rebalance, one move at a time and start-first, only when the
-            // service is otherwise at rest (moby/swarmkit#310).
-            if quiet && svc.rebalance && spec.strategy == gantry_sched::Strategy::Spread {
-                if let Some(m) = cluster.rebalance(&spec, 1).into_iter().next() {
-                    let on_from = kept
-                        .iter()
-                        .filter(|t| t.node.as_deref() == Some(m.from.as_str()));
+            // Rebalance start-first (a moved slot runs twice until the new
+            // task has settled, so the service never drops below its
+            // replicas), a tenth of the replicas per round, only when the
+            // service is otherwise at rest (moby/swarmkit#310). Nor while
+            // the storm guard holds nodes: their tasks stay put.
+            let holding = state.nodes.values().any(|n| n.held);
+            if quiet && !holding && svc.rebalance && spec.strategy == gantry_sched::Strategy::Spread
+            {
+                let batch = (replicas as usize).div_ceil(REBALANCE_SHARE).max(1);
+                let mut moved: BTreeSet<u32> = BTreeSet::new();
+                for m in cluster.rebalance(&spec, batch) {
+                    // Start-first: the task moved stays on its node, and
+                    // holds its room there, until the new one settles.
+                    cluster.add(&Assigned {
+                        node: m.from.clone(),
+                        service: name.to_owned(),
+                        reservations: spec.reservations,
+                        host_ports: spec.host_ports.clone(),
+                    });
+                    let on_from = kept.iter().filter(|t| {
+                        t.node.as_deref() == Some(m.from.as_str()) && !moved.contains(&t.slot)
+                    });
                     if let Some(t) = on_from.max_by_key(|t| t.slot) {
+                        moved.insert(t.slot);
                         out.push(Command::PutTask(TaskRecord {
                             id: new_id(),
                             service: name.to_owned(),

@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 
 use gantry_sched::{Availability, Resources};
-use gantry_store::{Command, NodeRecord, State, TaskRecord, TaskState};
+use gantry_state::{Command, NodeRecord, State, TaskRecord, TaskState};
 
 use super::*;
 
@@ -25,6 +25,7 @@ fn node(id: &str) -> NodeRecord {
         block: None,
         vtep_mac: None,
         last_addr: None,
+        held: false,
     }
 }
 
@@ -44,7 +45,7 @@ fn put_stack(st: &mut State, yaml: &str) {
         st.apply(&Command::PutService {
             name,
             stack: "app".into(),
-            spec: serde_json::to_string(&svc).unwrap(),
+            spec: Box::new(svc),
         })
         .unwrap();
     }
@@ -83,15 +84,14 @@ fn agents(st: &mut State, now: u64, broken: Option<&str>) {
 /// The image a task runs: its version's spec, current or previous.
 fn image_of(st: &State, t: &TaskRecord) -> String {
     let svc = &st.services[&t.service];
-    let spec = if t.version == svc.version {
-        svc.spec.clone()
+    if t.version == svc.version {
+        svc.spec.image.clone()
     } else {
-        svc.previous.clone().map(|p| p.1).unwrap_or_default()
-    };
-    serde_json::from_str::<serde_json::Value>(&spec).unwrap()["image"]
-        .as_str()
-        .unwrap_or("")
-        .to_owned()
+        svc.previous
+            .as_ref()
+            .map(|p| p.1.image.clone())
+            .unwrap_or_default()
+    }
 }
 
 /// Reconciles until nothing changes, acting as the agents too.
@@ -181,6 +181,59 @@ fn a_dead_host_s_replicas_move_and_do_not_come_back_twice() {
         .filter(|t| t.service == "web" && t.desired == TaskState::Running)
         .count();
     assert_eq!(live, 6, "never more replicas than desired");
+}
+
+#[test]
+fn tasks_of_held_nodes_stay_until_an_operator_lets_them_go() {
+    let mut st = cluster(3, WEB6);
+    converge(&mut st, "web", 0);
+    let before = running_per_node(&st, "web");
+    for id in ["n2", "n3"] {
+        for cmd in [
+            Command::SetNodeUp {
+                id: id.into(),
+                up: false,
+            },
+            Command::SetNodeHeld {
+                id: id.into(),
+                held: true,
+                reason: "storm".into(),
+            },
+        ] {
+            st.apply(&cmd).unwrap();
+        }
+    }
+    assert_eq!(converge(&mut st, "web", 1000), 0, "nothing moves");
+    assert_eq!(running_per_node(&st, "web"), before);
+    // The operator confirms one of them down: its tasks go to the living
+    // node; the other stays held.
+    st.apply(&Command::SetNodeHeld {
+        id: "n2".into(),
+        held: false,
+        reason: "confirmed".into(),
+    })
+    .unwrap();
+    converge(&mut st, "web", 2000);
+    let now = running_per_node(&st, "web");
+    assert_eq!(now.get("n1"), Some(&4), "{now:?}");
+    assert_eq!(now.get("n3"), Some(&2), "{now:?}");
+    assert_eq!(now.get("n2"), None, "{now:?}");
+    // A held node that comes back is no longer held, and the service
+    // rebalances again.
+    st.apply(&Command::SetNodeUp {
+        id: "n3".into(),
+        up: true,
+    })
+    .unwrap();
+    assert!(!st.nodes["n3"].held);
+    // Held is for down nodes only.
+    st.apply(&Command::SetNodeHeld {
+        id: "n3".into(),
+        held: true,
+        reason: "x".into(),
+    })
+    .unwrap();
+    assert!(!st.nodes["n3"].held);
 }
 
 #[test]
@@ -459,7 +512,7 @@ fn a_rolling_update_replaces_tasks_one_by_one_and_completes() {
     assert_eq!(images(&st), BTreeMap::from([("web:2".to_string(), 4)]));
     assert_eq!(
         st.services["web"].update,
-        gantry_store::UpdateStatus::Completed
+        gantry_state::UpdateStatus::Completed
     );
 }
 
@@ -516,11 +569,11 @@ fn a_broken_image_rolls_back_by_itself() {
     roll(&mut st, "web", 10_000, Some("web:broken"), 40);
     let svc = &st.services["web"];
     assert!(
-        matches!(svc.update, gantry_store::UpdateStatus::RolledBack { .. }),
+        matches!(svc.update, gantry_state::UpdateStatus::RolledBack { .. }),
         "{:?}",
         svc.update
     );
-    assert!(svc.spec.contains("web:1"));
+    assert!(svc.spec.image == "web:1");
     assert_eq!(images(&st), BTreeMap::from([("web:1".to_string(), 3)]));
 }
 
@@ -532,7 +585,7 @@ fn a_failing_update_can_pause_instead() {
     roll(&mut st, "web", 10_000, Some("web:broken"), 40);
     assert!(matches!(
         st.services["web"].update,
-        gantry_store::UpdateStatus::Paused { .. }
+        gantry_state::UpdateStatus::Paused { .. }
     ));
     assert_eq!(
         images(&st).get("web:1"),
@@ -742,4 +795,173 @@ fn placed_tasks_get_addresses_of_their_node_s_block_released_when_they_end() {
     };
     assert_ne!(t.addr, Some(freed));
     assert!(t.addr.is_some());
+}
+
+#[test]
+fn a_batch_touches_what_it_changed_and_nodes_touch_everything() {
+    use crate::touch::{at_rest, touched};
+    let mut st = cluster(
+        2,
+        "services:\n  web:\n    image: web:1\n  db:\n    image: db:1\n",
+    );
+    st.apply(&Command::PutService {
+        name: "other".into(),
+        stack: "elsewhere".into(),
+        spec: Box::new(st.services["web"].spec.clone()),
+    })
+    .unwrap();
+    converge(&mut st, "web", 0);
+    let t = st.tasks_of("web").next().unwrap().clone();
+    let mut running = t.clone();
+    running.state = TaskState::Running;
+    let cmds = [Command::PutTask(running)];
+    let before = st.before(&cmds);
+    st.apply(&cmds[0]).unwrap();
+    let got = touched(&before.state, &st, &cmds);
+    // Its service and its stack mates (depends_on), not another stack's.
+    assert!(!got.all);
+    assert_eq!(
+        got.services.iter().map(String::as_str).collect::<Vec<_>>(),
+        ["db", "web"]
+    );
+    // A heartbeat that changes nothing placement sees touches nothing; a
+    // node that goes down touches every service.
+    let mut n = st.nodes["n1"].clone();
+    n.disk += 1;
+    let cmds = [Command::PutNode(n)];
+    let before = st.before(&cmds);
+    st.apply(&cmds[0]).unwrap();
+    assert_eq!(touched(&before.state, &st, &cmds), Default::default());
+    let cmds = [Command::SetNodeUp {
+        id: "n1".into(),
+        up: false,
+    }];
+    let before = st.before(&cmds);
+    st.apply(&cmds[0]).unwrap();
+    assert!(touched(&before.state, &st, &cmds).all);
+    // At rest once every wanted task runs.
+    assert!(at_rest(&st, "web"));
+    for c in reconcile(&st, "db", 0, &mut || "db-1".into()).unwrap() {
+        st.apply(&c).unwrap();
+    }
+    assert!(!at_rest(&st, "db"), "db's task is only assigned");
+}
+
+#[test]
+fn a_lopsided_service_rebalances_in_rounds_and_never_drops_below_its_replicas() {
+    // 30 replicas on one node, as after a storm: the two others return.
+    let yaml = "services:\n  web:\n    image: web:1\n    deploy:\n      replicas: 30\n";
+    let mut st = cluster(3, yaml);
+    for id in ["n2", "n3"] {
+        st.apply(&Command::SetNodeUp {
+            id: id.into(),
+            up: false,
+        })
+        .unwrap();
+    }
+    converge(&mut st, "web", 0);
+    assert_eq!(running_per_node(&st, "web")["n1"], 30);
+    for id in ["n2", "n3"] {
+        st.apply(&Command::SetNodeUp {
+            id: id.into(),
+            up: true,
+        })
+        .unwrap();
+    }
+    let mut n = 0;
+    let mut rounds = 0;
+    for step in 1..=40u64 {
+        let now = step * 6_000;
+        let cmds = reconcile(&st, "web", now, &mut || {
+            n += 1;
+            format!("r{n}")
+        })
+        .unwrap();
+        for c in cmds {
+            st.apply(&c).unwrap();
+        }
+        // Between the orchestrator's shutdown and the agents' start, the
+        // running count is what a user sees: never below 30.
+        let running: usize = running_per_node(&st, "web").values().sum();
+        assert!(running >= 30, "step {step}: {running} running");
+        agents(&mut st, now, None);
+        let per: Vec<usize> = running_per_node(&st, "web").into_values().collect();
+        if per == [10, 10, 10] {
+            rounds = step;
+            break;
+        }
+    }
+    assert!(
+        rounds > 0,
+        "did not converge: {:?}",
+        running_per_node(&st, "web")
+    );
+    // 20 moves, 3 at a time, each a start and a settle: well under the 40
+    // rounds one move at a time would take.
+    assert!((4..=20).contains(&rounds), "{rounds} rounds");
+    let live = st
+        .tasks_of("web")
+        .filter(|t| t.desired == TaskState::Running)
+        .count();
+    assert_eq!(live, 30);
+}
+
+proptest::proptest! {
+    /// One scheduler view for a whole pass (the orchestrator's way) places
+    /// exactly as building a fresh view for each service after applying
+    /// the one before would: same nodes, same spread, no host port taken
+    /// twice, no node over its memory.
+    #[test]
+    fn a_pass_on_one_view_places_as_one_service_at_a_time_does(
+        nodes in 1usize..7,
+        services in proptest::collection::vec((1u32..9, proptest::option::of(80u16..83), 0u64..3), 1..8),
+    ) {
+        let mut yaml = String::from("services:\n");
+        for (i, (replicas, port, gb)) in services.iter().enumerate() {
+            yaml += &format!("  s{i}:\n    image: w:1\n    deploy:\n      replicas: {replicas}\n");
+            if *gb > 0 {
+                yaml += &format!("      resources: {{reservations: {{memory: {gb}G}}}}\n");
+            }
+            if let Some(p) = port {
+                yaml += &format!("    ports: [{{target: 80, published: {p}, mode: host}}]\n");
+            }
+        }
+        let names: Vec<String> = (0..services.len()).map(|i| format!("s{i}")).collect();
+        let start = cluster(nodes, &yaml);
+
+        let mut one_view = start.clone();
+        let mut n = 0;
+        let mut view = snapshot(&one_view);
+        let mut cmds = Vec::new();
+        for name in &names {
+            cmds.extend(reconcile_in(&one_view, &mut view, name, 0, &mut || { n += 1; format!("t{n}") }).unwrap());
+        }
+        for c in &cmds {
+            one_view.apply(c).unwrap();
+        }
+
+        let mut each = start;
+        let mut n = 0;
+        for name in &names {
+            for c in reconcile(&each, name, 0, &mut || { n += 1; format!("t{n}") }).unwrap() {
+                each.apply(&c).unwrap();
+            }
+        }
+
+        let placed = |st: &State| -> BTreeMap<String, Option<String>> {
+            st.tasks.values().map(|t| (t.id.clone(), t.node.clone())).collect()
+        };
+        proptest::prop_assert_eq!(placed(&one_view), placed(&each));
+        let mut ports: std::collections::BTreeSet<(String, u16)> = Default::default();
+        let mut memory: BTreeMap<String, u64> = BTreeMap::new();
+        for t in one_view.tasks.values() {
+            let Some(node) = &t.node else { continue };
+            let (_, port, gb) = services[t.service[1..].parse::<usize>().unwrap()];
+            if let Some(p) = port {
+                proptest::prop_assert!(ports.insert((node.clone(), p)), "port {} twice on {}", p, node);
+            }
+            *memory.entry(node.clone()).or_default() += gb * GB;
+        }
+        proptest::prop_assert!(memory.values().all(|m| *m <= 4 * GB));
+    }
 }

@@ -264,6 +264,14 @@ impl Cluster {
         }
     }
 
+    /// Records that a task is on its node (as [`Cluster::new`] does for
+    /// the tasks it is given).
+    pub fn add(&mut self, t: &Assigned) {
+        if let Some(&i) = self.index.get(&t.node) {
+            self.assign(i, &t.service, t.reservations, &t.host_ports);
+        }
+    }
+
     /// Records that a task left its node.
     pub fn remove(&mut self, t: &Assigned) {
         if let Some(&i) = self.index.get(&t.node) {

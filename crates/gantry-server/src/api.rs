@@ -16,14 +16,14 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use gantry_api::{
-    Assignment, Assignments, DeployRequest, DeployResponse, Event, JoinRequest, JoinResponse,
-    JoinTokenView, NodeUpdate, NodeView, ServiceUpdate, ServiceView, StackView, StatusReport,
+    DeployRequest, DeployResponse, Event, JoinRequest, JoinResponse, JoinTokenView, NodeUpdate,
+    NodeView, ServiceUpdate, ServiceView, StackView, StatusReport,
 };
 use gantry_pki::{JoinToken, Role};
-use gantry_stack::{Mode, Service};
+use gantry_spec::{Mode, Service};
 use gantry_store::{Command, Rejected, State as Cluster, StoreError, TaskRecord, TaskState};
 
-use crate::{new_id, node_record, now_ms, Shared};
+use crate::{new_id, now_ms, Shared};
 
 /// Who is calling: the verified client certificate's name and role, or
 /// nobody (a node joining).
@@ -61,6 +61,29 @@ impl From<StoreError> for Fail {
             ) => Fail(StatusCode::NOT_FOUND, e.to_string()),
             StoreError::Rejected(_) => Fail(StatusCode::CONFLICT, e.to_string()),
             _ => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+}
+
+/// A JSON request body. A body that is not JSON, or not of the request's
+/// shape, is a 400 with serde's words and the path of the bad field (as
+/// every other refusal, `{"message": ...}`), where axum's own extractor
+/// answers 422 in plain text.
+pub(crate) struct JsonBody<T>(pub(crate) T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for JsonBody<T> {
+    type Rejection = Fail;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Fail> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(e) => {
+                let status = match e.status() {
+                    s @ (StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE) => s,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                Err(Fail(status, format!("invalid request: {}", e.body_text())))
+            }
         }
     }
 }
@@ -182,6 +205,7 @@ fn router(sh: Arc<Shared>) -> Router {
             "/v1/nodes/{id}",
             get(node_inspect).post(node_update).delete(node_rm),
         )
+        .route("/v1/nodes/{id}/confirm-down", post(node_confirm_down))
         .route("/v1/stacks", get(stacks))
         .route("/v1/stacks/{name}", post(deploy).delete(stack_rm))
         .route("/v1/services", get(services))
@@ -220,7 +244,7 @@ async fn ca(State(sh): Sh) -> Json<String> {
 async fn join(
     State(sh): Sh,
     Extension(Client(from)): Extension<Client>,
-    Json(req): Json<JoinRequest>,
+    JsonBody(req): JsonBody<JoinRequest>,
 ) -> Res<JoinResponse> {
     if let Some(wait) = sh.joins.wait(from, Instant::now()) {
         return Err(Fail(
@@ -263,7 +287,7 @@ async fn join(
         .map_err(|e| bad(format!("certificate request: {e}")))?;
     let mut full = false;
     sh.update(|s| {
-        let mut rec = node_record(&id, &req.info, false);
+        let mut rec = gantry_manager::report::node_record(&id, &req.info, false);
         rec.block = gantry_manager::network::block_for_new_node(s);
         full = rec.block.is_none();
         vec![Command::PutNode(rec)]
@@ -283,72 +307,10 @@ async fn join(
     }))
 }
 
-/// The commands a node's report implies.
-fn report_commands(s: &Cluster, id: &str, r: &StatusReport) -> Vec<Command> {
-    let Some(n) = s.nodes.get(id) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    let mut facts = node_record(id, &r.info, n.manager);
-    facts.block = n.block;
-    facts.last_addr = n.last_addr;
-    facts.vtep_mac = r.info.vtep_mac.clone().or_else(|| n.vtep_mac.clone());
-    facts.labels = n.labels.clone();
-    facts.availability = n.availability;
-    facts.up = n.up;
-    // Free disk moves all the time; record it when it moved by 5 %.
-    if facts.disk.abs_diff(n.disk) <= n.disk / 20 {
-        facts.disk = n.disk;
-    }
-    if &facts != n {
-        out.push(Command::PutNode(facts));
-    }
-    if !n.up {
-        out.push(Command::SetNodeUp {
-            id: id.to_owned(),
-            up: true,
-        });
-    }
-    let reported: BTreeMap<&str, &gantry_api::TaskStatus> =
-        r.tasks.iter().map(|t| (t.id.as_str(), t)).collect();
-    let now = now_ms();
-    for t in s.tasks.values().filter(|t| t.node.as_deref() == Some(id)) {
-        let terminal = matches!(t.state, TaskState::Failed | TaskState::Shutdown);
-        let mut next = t.clone();
-        match reported.get(t.id.as_str()) {
-            Some(st) if !terminal => {
-                if st.state == t.state && st.exit_code == t.exit_code {
-                    continue;
-                }
-                next.state = st.state;
-                next.exit_code = st.exit_code;
-                if !st.message.is_empty() {
-                    next.message = st.message.clone();
-                }
-            }
-            Some(_) => continue,
-            None if terminal => continue,
-            None if t.desired != TaskState::Running => {
-                next.state = TaskState::Shutdown;
-            }
-            None if t.state == TaskState::Running => {
-                next.state = TaskState::Failed;
-                next.message = "container vanished from its node".into();
-            }
-            None => continue,
-        }
-        if next.state != t.state {
-            next.updated_ms = now;
-        }
-        out.push(Command::PutTask(next));
-    }
-    out
-}
-
 async fn agent_status(
     State(sh): Sh,
     Extension(peer): Extension<Peer>,
-    Json(report): Json<StatusReport>,
+    JsonBody(report): JsonBody<StatusReport>,
 ) -> Res<()> {
     let id = peer.node()?;
     report.info.check().map_err(bad)?;
@@ -357,197 +319,24 @@ async fn agent_status(
             "node {id} was removed from the cluster: join again with a token"
         )));
     }
+    // Liveness first, before anything that waits for the store: a report
+    // that queues behind a busy orchestration step still counts.
     sh.seen
         .lock()
         .expect("seen lock")
         .insert(id.clone(), Instant::now());
-    sh.update(|s| report_commands(s, &id, &report))?;
-    if let Some(st) = report.stats {
-        sh.stats.lock().expect("stats lock").insert(id, st);
+    if let Some(st) = report.stats.clone() {
+        sh.stats.lock().expect("stats lock").insert(id.clone(), st);
     }
+    // The store lock can be held by a long step; wait for it off the
+    // runtime's workers, which serve every other request.
+    let sh2 = sh.clone();
+    tokio::task::spawn_blocking(move || {
+        sh2.update(|s| gantry_manager::report::commands(s, &id, &report, now_ms()))
+    })
+    .await
+    .map_err(|e| Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     Ok(Json(()))
-}
-
-/// The tasks a node must run now, each with the spec of its version.
-fn assignments(s: &Cluster, node: &str) -> Assignments {
-    let tasks = s
-        .tasks
-        .values()
-        .filter(|t| {
-            t.node.as_deref() == Some(node)
-                && t.desired == TaskState::Running
-                && !matches!(t.state, TaskState::Failed | TaskState::Shutdown)
-        })
-        .filter_map(|t| {
-            let rec = s.services.get(&t.service)?;
-            let spec = match &rec.previous {
-                Some((v, spec)) if *v == t.version && t.version != rec.version => spec.clone(),
-                _ => rec.spec.clone(),
-            };
-            Some(Assignment {
-                task: t.clone(),
-                stack: rec.stack.clone(),
-                spec,
-            })
-        })
-        .collect();
-    let network = s
-        .nodes
-        .get(node)
-        .and_then(|n| n.block)
-        .map(|block| gantry_api::NodeNetwork {
-            block,
-            vni: s
-                .meta
-                .get(crate::VNI_KEY)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(crate::DEFAULT_VNI),
-            cidr: gantry_manager::network::plan(s).cidr,
-            direct_routing: s.meta.get(crate::DIRECT_ROUTING_KEY).map(String::as_str)
-                == Some("true"),
-        });
-    let peers = s
-        .nodes
-        .values()
-        .filter(|n| n.id != node && n.up)
-        .filter_map(|n| {
-            Some(gantry_api::Peer {
-                id: n.id.clone(),
-                addr: n.addr.clone(),
-                block: n.block?,
-                vtep_mac: n.vtep_mac.clone()?,
-            })
-        })
-        .collect();
-    let edge = crate::edge::is_edge(s, node);
-    let (routes, tcp_routes) = if edge {
-        crate::edge::routes_for(s, node)
-    } else {
-        Default::default()
-    };
-    let mut ingress = ingress_ports(s);
-    ingress.extend(tcp_routes);
-    ingress.sort();
-    ingress.dedup_by_key(|p| p.published);
-    Assignments {
-        tasks,
-        network,
-        peers,
-        dns: dns_records(s),
-        ingress,
-        networks: network_members(s),
-        routes,
-        edge,
-        certs: crate::edge::certs(s),
-        http01: s
-            .challenges
-            .values()
-            .filter(|c| !c.token.is_empty())
-            .map(|c| (c.token.clone(), c.key_auth.clone()))
-            .collect(),
-        alpn01: s
-            .challenges
-            .values()
-            .filter(|c| c.token.is_empty())
-            .map(|c| gantry_api::Cert {
-                names: vec![c.name.clone()],
-                cert_pem: c.cert_pem.clone(),
-                key_pem: c.key_pem.clone(),
-            })
-            .collect(),
-    }
-}
-
-/// Each stack network and the addresses of its live tasks.
-fn network_members(s: &Cluster) -> BTreeMap<String, Vec<std::net::Ipv4Addr>> {
-    let mut out: BTreeMap<String, Vec<std::net::Ipv4Addr>> = BTreeMap::new();
-    for rec in s.services.values() {
-        let Ok(svc) = serde_json::from_str::<Service>(&rec.spec) else {
-            continue;
-        };
-        let addrs: Vec<std::net::Ipv4Addr> = s
-            .tasks
-            .values()
-            .filter(|t| t.service == rec.name && t.desired == TaskState::Running)
-            .filter(|t| matches!(t.state, TaskState::Assigned | TaskState::Running))
-            .filter_map(|t| t.addr)
-            .collect();
-        for n in &svc.networks {
-            out.entry(format!("{}_{n}", rec.stack))
-                .or_default()
-                .extend(&addrs);
-        }
-    }
-    for v in out.values_mut() {
-        v.sort();
-        v.dedup();
-    }
-    out
-}
-
-/// Every service's TCP ports published in ingress mode.
-fn ingress_ports(s: &Cluster) -> Vec<gantry_api::IngressPort> {
-    let mut out: Vec<gantry_api::IngressPort> = s
-        .services
-        .values()
-        .filter_map(|rec| Some((rec, serde_json::from_str::<Service>(&rec.spec).ok()?)))
-        .flat_map(|(rec, svc)| {
-            svc.ports
-                .into_iter()
-                .filter(|p| p.mode == gantry_stack::PortMode::Ingress && p.protocol == "tcp")
-                .filter_map(move |p| {
-                    Some(gantry_api::IngressPort {
-                        published: p.published?,
-                        target: p.target,
-                        service: rec.name.clone(),
-                    })
-                })
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-/// The cluster's service names and their tasks' overlay addresses.
-fn dns_records(s: &Cluster) -> BTreeMap<String, Vec<std::net::Ipv4Addr>> {
-    let mut out: BTreeMap<String, Vec<std::net::Ipv4Addr>> = BTreeMap::new();
-    for rec in s.services.values() {
-        let short = rec
-            .name
-            .strip_prefix(&format!("{}_", rec.stack))
-            .unwrap_or(&rec.name);
-        let mut running = Vec::new();
-        let mut live = Vec::new();
-        for t in s.tasks.values().filter(|t| t.service == rec.name) {
-            let Some(a) = t.addr else { continue };
-            if t.desired != TaskState::Running {
-                continue;
-            }
-            match t.state {
-                TaskState::Running => {
-                    running.push(a);
-                    live.push(a);
-                }
-                TaskState::Assigned => live.push(a),
-                _ => {}
-            }
-        }
-        for name in [
-            short.to_owned(),
-            format!("{short}.{}", rec.stack),
-            rec.name.clone(),
-        ] {
-            out.entry(name).or_default().extend(&running);
-        }
-        for name in [format!("tasks.{short}"), format!("tasks.{}", rec.name)] {
-            out.entry(name).or_default().extend(&live);
-        }
-    }
-    for v in out.values_mut() {
-        v.sort();
-        v.dedup();
-    }
-    out
 }
 
 /// A value as one line of a JSON-lines stream.
@@ -569,30 +358,19 @@ async fn agent_watch(State(sh): Sh, Extension(peer): Extension<Peer>) -> Result<
     if !sh.read(|s| s.nodes.contains_key(&id)) {
         return Err(not_found(format!("node {id} was removed from the cluster")));
     }
-    let (tx, rx) = mpsc::channel::<Bytes>(4);
-    let mut changed = sh.changed.subscribe();
+    // The hub sends the assignments (`assign.rs`); this keeps the stream
+    // alive while nothing changes, as long as it is the node's stream.
+    let (conn, rx) = sh.hub.connect(&id);
     tokio::spawn(async move {
-        let mut last: Option<Assignments> = None;
         loop {
-            let a = sh.read(|s| assignments(s, &id));
-            if last.as_ref() != Some(&a) {
-                tracing::debug!(node = %id, tasks = a.tasks.len(), "sending assignments");
-                if tx.send(json_line(&a)).await.is_err() {
-                    return;
-                }
-                last = Some(a);
-            }
-            // Wait for a change of state; keep the stream alive meanwhile
-            // without recomputing what cannot have changed.
-            loop {
-                tokio::select! {
-                    r = changed.changed() => if r.is_err() { return } else { break },
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {
-                        if tx.send(Bytes::from_static(b"\n")).await.is_err() {
-                            return;
-                        }
-                    }
-                }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let Some(tx) = sh.hub.sender(&id, conn) else {
+                return;
+            };
+            if let Err(mpsc::error::TrySendError::Closed(_)) =
+                tx.try_send(Bytes::from_static(b"\n"))
+            {
+                return;
             }
         }
     });
@@ -715,7 +493,7 @@ async fn node_update(
     State(sh): Sh,
     Extension(peer): Extension<Peer>,
     Path(key): Path<String>,
-    Json(u): Json<NodeUpdate>,
+    JsonBody(u): JsonBody<NodeUpdate>,
 ) -> Res<NodeView> {
     peer.admin()?;
     let id = sh.read(|s| find_node(s, &key))?;
@@ -745,6 +523,41 @@ async fn node_update(
         }
         cmds
     })?;
+    let s = sh.state();
+    node_view(&sh, &s, &id)
+        .map(Json)
+        .ok_or_else(|| not_found(format!("no such node: {key}")))
+}
+
+/// An operator confirms that a node the storm guard holds is down: its
+/// tasks are rescheduled.
+async fn node_confirm_down(
+    State(sh): Sh,
+    Extension(peer): Extension<Peer>,
+    Path(key): Path<String>,
+) -> Res<NodeView> {
+    peer.admin()?;
+    let id = sh.read(|s| find_node(s, &key))?;
+    let mut up = false;
+    sh.update(|s| match s.nodes.get(&id) {
+        Some(n) if n.up => {
+            up = true;
+            Vec::new()
+        }
+        Some(n) if n.held => vec![Command::SetNodeHeld {
+            id: id.clone(),
+            held: false,
+            reason: "an operator confirmed it down; its tasks are rescheduled".into(),
+        }],
+        _ => Vec::new(),
+    })?;
+    if up {
+        return Err(Fail(
+            StatusCode::CONFLICT,
+            format!("node {key} is up: nothing to confirm"),
+        ));
+    }
+    sh.kick.notify_one();
     let s = sh.state();
     node_view(&sh, &s, &id)
         .map(Json)
@@ -796,15 +609,14 @@ async fn node_rm(
 
 fn service_view(s: &Cluster, name: &str) -> Option<ServiceView> {
     let rec = s.services.get(name)?.clone();
-    let svc: Option<Service> = serde_json::from_str(&rec.spec).ok();
-    let tasks: Vec<&TaskRecord> = s.tasks.values().filter(|t| t.service == name).collect();
+    let tasks: Vec<&TaskRecord> = s.tasks_of(name).collect();
     let running = tasks
         .iter()
         .filter(|t| t.desired == TaskState::Running && t.state == TaskState::Running)
         .count() as u32;
-    let (mode, desired) = match svc.as_ref().map(|s| s.mode) {
-        Some(Mode::Replicated { replicas }) => ("replicated", replicas),
-        _ => (
+    let (mode, desired) = match rec.spec.mode {
+        Mode::Replicated { replicas } => ("replicated", replicas),
+        Mode::Global => (
             "global",
             tasks
                 .iter()
@@ -816,7 +628,7 @@ fn service_view(s: &Cluster, name: &str) -> Option<ServiceView> {
         mode: mode.into(),
         running,
         desired,
-        image: svc.map(|s| s.image).unwrap_or_default(),
+        image: rec.spec.image.clone(),
         record: rec,
     })
 }
@@ -888,7 +700,7 @@ async fn service_update(
     State(sh): Sh,
     Extension(peer): Extension<Peer>,
     Path(name): Path<String>,
-    Json(u): Json<ServiceUpdate>,
+    JsonBody(u): JsonBody<ServiceUpdate>,
 ) -> Res<ServiceView> {
     peer.admin()?;
     let mut failed = None;
@@ -897,13 +709,7 @@ async fn service_update(
             failed = Some(not_found(format!("no such service: {name}")));
             return Vec::new();
         };
-        let mut svc: Service = match serde_json::from_str(&rec.spec) {
-            Ok(v) => v,
-            Err(e) => {
-                failed = Some(Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
-                return Vec::new();
-            }
-        };
+        let mut svc = rec.spec.clone();
         if let Err(e) = apply_update(&mut svc, &u) {
             failed = Some(e);
             return Vec::new();
@@ -922,7 +728,7 @@ async fn service_update(
         vec![Command::PutService {
             name: name.clone(),
             stack: rec.stack.clone(),
-            spec: serde_json::to_string(&svc).unwrap_or_default(),
+            spec: Box::new(svc),
         }]
     })?;
     if let Some(f) = failed {
@@ -953,29 +759,23 @@ async fn deploy(
     State(sh): Sh,
     Extension(peer): Extension<Peer>,
     Path(stack): Path<String>,
-    Json(req): Json<DeployRequest>,
+    JsonBody(req): JsonBody<DeployRequest>,
 ) -> Res<DeployResponse> {
     peer.admin()?;
     gantry_stack::check::stack_name(&stack).map_err(bad)?;
-    let mut parsed = BTreeMap::new();
-    for (short, spec) in &req.services {
+    for short in req.services.keys() {
         gantry_stack::check::service_name(short).map_err(bad)?;
-        let svc: Service = serde_json::from_str(spec)
-            .map_err(|e| bad(format!("service {short}: invalid spec: {e}")))?;
-        parsed.insert(short.as_str(), svc);
     }
     // The same checks as the CLI's: a request that did not come from it
     // gets no further.
-    gantry_stack::check::deploy(&stack, parsed.iter().map(|(n, s)| (*n, s))).map_err(bad)?;
-    let mut specs = BTreeMap::new();
-    for (short, svc) in &parsed {
-        // Normalised JSON, so that the same file twice is the same spec.
-        specs.insert(
-            format!("{stack}_{short}"),
-            serde_json::to_string(&svc).unwrap_or_default(),
-        );
-    }
-    crate::edge::check_labels(&specs).map_err(bad)?;
+    gantry_stack::check::deploy(&stack, req.services.iter().map(|(n, s)| (n.as_str(), s)))
+        .map_err(bad)?;
+    let specs: BTreeMap<String, Service> = req
+        .services
+        .into_iter()
+        .map(|(short, svc)| (format!("{stack}_{short}"), svc))
+        .collect();
+    crate::edge::check_labels(specs.iter().map(|(n, s)| (n.as_str(), s))).map_err(bad)?;
     let mut resp = DeployResponse::default();
     sh.update(|s| {
         let mut cmds = Vec::new();
@@ -991,7 +791,7 @@ async fn deploy(
             cmds.push(Command::PutService {
                 name: name.clone(),
                 stack: stack.clone(),
-                spec: spec.clone(),
+                spec: Box::new(spec.clone()),
             });
         }
         if req.prune {

@@ -15,12 +15,12 @@ use axum::{Extension, Json};
 use gantry_api::{Cert, CertAdd, CertView, DfpRequest, IngressPort};
 use gantry_route::dfp::{self, TcpRoute};
 use gantry_route::{Route, RouteError, RouteSpec};
-use gantry_stack::Service;
+use gantry_spec::Service;
 use gantry_store::{
     CertRecord, CertSource, Command, RouteRecord, ServiceRecord, State as Cluster, TaskState,
 };
 
-use crate::api::{Fail, Peer};
+use crate::api::{Fail, JsonBody, Peer};
 use crate::{now_ms, Shared};
 
 /// Internal certificates last this long, and are renewed when a third of
@@ -39,16 +39,19 @@ pub(crate) fn label_routes(
     gantry_route::labels::routes(name, &labels)
 }
 
-/// The overlay addresses of a service's running tasks.
-fn running(s: &Cluster, service: &str) -> Vec<Ipv4Addr> {
-    let mut out: Vec<Ipv4Addr> = s
-        .tasks
-        .values()
-        .filter(|t| t.service == service)
-        .filter(|t| t.desired == TaskState::Running && t.state == TaskState::Running)
-        .filter_map(|t| t.addr)
-        .collect();
-    out.sort();
+/// The overlay addresses of every service's running tasks, in one pass.
+fn running(s: &Cluster) -> BTreeMap<&str, Vec<Ipv4Addr>> {
+    let mut out: BTreeMap<&str, Vec<Ipv4Addr>> = BTreeMap::new();
+    for t in s.tasks.values() {
+        if t.desired == TaskState::Running && t.state == TaskState::Running && s.reachable(t) {
+            if let Some(a) = t.addr {
+                out.entry(t.service.as_str()).or_default().push(a);
+            }
+        }
+    }
+    for v in out.values_mut() {
+        v.sort();
+    }
     out
 }
 
@@ -67,26 +70,33 @@ pub(crate) fn resolve<'a>(s: &'a Cluster, name: &str) -> Vec<&'a ServiceRecord> 
 /// The node label that makes edge nodes.
 pub(crate) const EDGE_LABEL: &str = "gantry.edge";
 
+fn marked(n: &gantry_store::NodeRecord) -> bool {
+    n.labels.get(EDGE_LABEL).map(String::as_str) == Some("true")
+}
+
+/// Whether some node is marked as an edge node (then only those are).
+pub(crate) fn any_marked(s: &Cluster) -> bool {
+    s.nodes.values().any(marked)
+}
+
 /// Whether a node runs the edge proxy: every node, unless some nodes
-/// carry `gantry.edge=true`; then only those.
-pub(crate) fn is_edge(s: &Cluster, node: &str) -> bool {
-    let marked =
-        |n: &gantry_store::NodeRecord| n.labels.get(EDGE_LABEL).map(String::as_str) == Some("true");
-    !s.nodes.values().any(marked) || s.nodes.get(node).is_some_and(marked)
+/// carry `gantry.edge=true` (`any_marked`, computed once for many nodes);
+/// then only those.
+pub(crate) fn is_edge_given(s: &Cluster, node: &str, any_marked: bool) -> bool {
+    !any_marked || s.nodes.get(node).is_some_and(marked)
 }
 
 /// The HTTP routes a node's proxy serves, and the TCP routes it forwards.
 pub(crate) fn routes_for(s: &Cluster, node: &str) -> (Vec<Route>, Vec<IngressPort>) {
     let mut http = Vec::new();
     let mut tcp = Vec::new();
+    let running = running(s);
+    let running = |name: &str| running.get(name).cloned().unwrap_or_default();
     for rec in s.services.values() {
-        let Ok(svc) = serde_json::from_str::<Service>(&rec.spec) else {
+        let Ok((routes, tcps)) = label_routes(&rec.name, &rec.spec) else {
             continue;
         };
-        let Ok((routes, tcps)) = label_routes(&rec.name, &svc) else {
-            continue;
-        };
-        let backends = running(s, &rec.name);
+        let backends = running(&rec.name);
         http.extend(routes.into_iter().map(|spec| Route {
             spec,
             backends: backends.clone(),
@@ -102,8 +112,7 @@ pub(crate) fn routes_for(s: &Cluster, node: &str) -> (Vec<Route>, Vec<IngressPor
             continue;
         }
         let recs = resolve(s, &r.service);
-        let mut backends: Vec<Ipv4Addr> =
-            recs.iter().flat_map(|rec| running(s, &rec.name)).collect();
+        let mut backends: Vec<Ipv4Addr> = recs.iter().flat_map(|rec| running(&rec.name)).collect();
         backends.sort();
         backends.dedup();
         http.extend(r.routes.iter().map(|spec| Route {
@@ -152,10 +161,8 @@ pub(crate) fn wanted(s: &Cluster) -> BTreeMap<String, gantry_route::AcmeChalleng
         }
     };
     for rec in s.services.values() {
-        if let Ok(svc) = serde_json::from_str::<Service>(&rec.spec) {
-            if let Ok((routes, _)) = label_routes(&rec.name, &svc) {
-                routes.iter().for_each(&mut add);
-            }
+        if let Ok((routes, _)) = label_routes(&rec.name, &rec.spec) {
+            routes.iter().for_each(&mut add);
         }
     }
     s.routes.values().flat_map(|r| &r.routes).for_each(add);
@@ -246,7 +253,7 @@ fn dfp_reply(status: StatusCode, reply: dfp::Reply) -> Response {
 pub(crate) async fn dfp_reconfigure(
     State(sh): State<Arc<Shared>>,
     Extension(peer): Extension<Peer>,
-    Json(req): Json<DfpRequest>,
+    JsonBody(req): JsonBody<DfpRequest>,
 ) -> Result<Response, Fail> {
     let node = peer.node_or_admin()?;
     let r = match dfp::reconfigure(&req.query) {
@@ -302,8 +309,7 @@ fn label_owner(s: &Cluster, service: &str, routes: &[RouteSpec]) -> Option<Strin
 /// Every service's label routes, by service name.
 fn labelled(s: &Cluster) -> impl Iterator<Item = (String, Vec<RouteSpec>)> + '_ {
     s.services.values().filter_map(|rec| {
-        let svc: Service = serde_json::from_str(&rec.spec).ok()?;
-        let (routes, _) = label_routes(&rec.name, &svc).ok()?;
+        let (routes, _) = label_routes(&rec.name, &rec.spec).ok()?;
         Some((rec.name.clone(), routes))
     })
 }
@@ -312,7 +318,7 @@ fn labelled(s: &Cluster) -> impl Iterator<Item = (String, Vec<RouteSpec>)> + '_ 
 pub(crate) async fn dfp_remove(
     State(sh): State<Arc<Shared>>,
     Extension(peer): Extension<Peer>,
-    Json(req): Json<DfpRequest>,
+    JsonBody(req): JsonBody<DfpRequest>,
 ) -> Result<Response, Fail> {
     let node = peer.node_or_admin()?;
     let (service, distribute) = match dfp::remove(&req.query) {
@@ -399,7 +405,7 @@ pub(crate) async fn cert_ls(
 pub(crate) async fn cert_add(
     State(sh): State<Arc<Shared>>,
     Extension(peer): Extension<Peer>,
-    Json(req): Json<CertAdd>,
+    JsonBody(req): JsonBody<CertAdd>,
 ) -> Result<Json<CertView>, Fail> {
     peer.admin()?;
     put_cert(&sh, req)
@@ -411,7 +417,7 @@ pub(crate) async fn cert_add(
 pub(crate) async fn dfp_cert(
     State(sh): State<Arc<Shared>>,
     Extension(peer): Extension<Peer>,
-    Json(req): Json<CertAdd>,
+    JsonBody(req): JsonBody<CertAdd>,
 ) -> Result<Json<CertView>, Fail> {
     peer.node_or_admin()?;
     if !sh.cfg.dfp_override_labels {
@@ -491,12 +497,11 @@ pub(crate) async fn edge_ca(State(sh): State<Arc<Shared>>) -> Json<String> {
 }
 
 /// Checks the routes of the services of a deploy or update.
-pub(crate) fn check_labels(specs: &BTreeMap<String, String>) -> Result<(), String> {
-    for (name, spec) in specs {
-        let Ok(svc) = serde_json::from_str::<Service>(spec) else {
-            continue;
-        };
-        label_routes(name, &svc).map_err(|e| format!("service {name}: {e}"))?;
+pub(crate) fn check_labels<'a>(
+    specs: impl IntoIterator<Item = (&'a str, &'a Service)>,
+) -> Result<(), String> {
+    for (name, svc) in specs {
+        label_routes(name, svc).map_err(|e| format!("service {name}: {e}"))?;
     }
     Ok(())
 }

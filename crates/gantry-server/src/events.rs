@@ -104,6 +104,16 @@ pub(crate) fn of(before: &State, after: &State, cmds: &[Command]) -> Vec<Event> 
                     &[("hostname", hostname(id))],
                 ));
             }
+            Command::SetNodeHeld { id, held, reason }
+                if before.nodes.get(id).is_some_and(|n| n.held != *held) =>
+            {
+                out.push(event(
+                    "node",
+                    if *held { "hold" } else { "release" },
+                    id,
+                    &[("hostname", hostname(id)), ("reason", reason.clone())],
+                ));
+            }
             Command::SetAvailability { id, availability } => out.push(event(
                 "node",
                 "update",

@@ -12,6 +12,7 @@
 mod acme;
 pub use acme::{AcmeConfig, LETS_ENCRYPT};
 mod api;
+mod assign;
 mod edge;
 mod events;
 mod limits;
@@ -28,8 +29,7 @@ use std::time::{Duration, Instant};
 
 use gantry_api::{AdminConfig, NodeInfo};
 use gantry_pki::{ClusterCa, Issued, JoinToken, Role};
-use gantry_sched::{Availability, Resources};
-use gantry_store::{Command, NodeRecord, State, Store, StoreError};
+use gantry_store::{Command, State, Store, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
@@ -45,6 +45,10 @@ pub struct ServerConfig {
     pub advertise: String,
     /// A node is down after this long without a heartbeat.
     pub grace: Duration,
+    /// The storm guard: when more than this share of the nodes goes
+    /// silent within one grace, their tasks are held in place instead of
+    /// rescheduled (1: never).
+    pub storm_ratio: f64,
     /// Where the admin credential is written (the user's config dir).
     pub config_dir: PathBuf,
     /// The scoring strategy of services that name none.
@@ -124,6 +128,8 @@ pub(crate) struct Shared {
     pub(crate) edge_ca: ClusterCa,
     /// When each node last sent a heartbeat.
     pub(crate) seen: Mutex<HashMap<String, Instant>>,
+    /// Nodes marked down (and not held) lately, for the storm guard.
+    pub(crate) downs: Mutex<Vec<(Instant, String)>>,
     pub(crate) started: Instant,
     /// The store index after each applied batch: assignment streams wait
     /// on it.
@@ -139,6 +145,15 @@ pub(crate) struct Shared {
     /// Each node's latest figures, from its reports.
     pub(crate) stats: Mutex<HashMap<String, gantry_api::NodeStats>>,
     pub(crate) counters: metrics::Counters,
+    /// The nodes' assignment streams.
+    pub(crate) hub: assign::Hub,
+    /// Services that changes since the last orchestration step touched
+    /// (every one at start).
+    pub(crate) dirty: Mutex<gantry_manager::touch::Touched>,
+    /// Services not at rest after their last reconcile.
+    pub(crate) restless: Mutex<std::collections::BTreeSet<String>>,
+    /// When every service was last reconciled.
+    pub(crate) swept: Mutex<Instant>,
     /// Failed joins by client address.
     pub(crate) joins: limits::JoinLimiter,
 }
@@ -175,9 +190,16 @@ impl Shared {
         if cmds.is_empty() {
             return Ok(());
         }
-        let before = store.state().clone();
-        let index = store.apply_batch(&cmds)?;
-        let evs = events::of(&before, store.state(), &cmds);
+        let (index, before) = store.apply_batch_before(&cmds)?;
+        let evs = events::of(&before.state, store.state(), &cmds);
+        self.dirty
+            .lock()
+            .expect("dirty lock")
+            .extend(gantry_manager::touch::touched(
+                &before.state,
+                store.state(),
+                &cmds,
+            ));
         drop(store);
         self.events.publish(evs);
         self.changed.send_replace(index);
@@ -364,6 +386,7 @@ impl Manager {
             edge_ca,
             certs_checked: Mutex::new((u64::MAX, Instant::now())),
             seen: Mutex::new(HashMap::new()),
+            downs: Mutex::new(Vec::new()),
             started: Instant::now(),
             changed,
             kick: Notify::new(),
@@ -371,6 +394,13 @@ impl Manager {
             logs: logs::Broker::default(),
             stats: Mutex::new(HashMap::new()),
             counters: metrics::Counters::default(),
+            hub: assign::Hub::default(),
+            restless: Mutex::new(Default::default()),
+            swept: Mutex::new(Instant::now()),
+            dirty: Mutex::new(gantry_manager::touch::Touched {
+                all: true,
+                ..Default::default()
+            }),
             joins: limits::JoinLimiter::default(),
         });
         let tls = Arc::new(ca.server_config_join(&me)?);
@@ -388,6 +418,7 @@ impl Manager {
         tasks.extend([
             tokio::spawn(api::serve(shared.clone(), listener, tls)),
             tokio::spawn(orchestrate::run(shared.clone())),
+            tokio::spawn(assign::run(shared.clone())),
             tokio::spawn(acme::run(shared.clone())),
         ]);
         tracing::info!(%addr, "manager listening");
@@ -415,7 +446,7 @@ impl Manager {
         });
         let id = existing.unwrap_or_else(new_id);
         let cred = self.shared.ca.issue(&id, Role::Worker, &[])?;
-        let mut rec = node_record(&id, info, true);
+        let mut rec = gantry_manager::report::node_record(&id, info, true);
         self.shared.update(|s| {
             match s.nodes.get(&id) {
                 Some(old) => {
@@ -442,27 +473,6 @@ impl Manager {
         for t in &self.tasks {
             t.abort();
         }
-    }
-}
-
-pub(crate) fn node_record(id: &str, info: &NodeInfo, manager: bool) -> NodeRecord {
-    NodeRecord {
-        id: id.to_owned(),
-        hostname: info.hostname.clone(),
-        addr: info.addr.clone(),
-        manager,
-        arch: info.arch.clone(),
-        labels: info.labels.clone(),
-        availability: Availability::Active,
-        up: true,
-        capacity: Resources {
-            nano_cpus: info.nano_cpus,
-            memory: info.memory,
-        },
-        disk: info.disk,
-        block: None,
-        vtep_mac: None,
-        last_addr: None,
     }
 }
 
@@ -500,6 +510,7 @@ mod tests {
             listen: "127.0.0.1:0".parse().unwrap(),
             advertise: String::new(),
             grace: Duration::from_secs(3),
+            storm_ratio: 0.5,
             config_dir: dir.path().join("cfg"),
             default_strategy: gantry_sched::Strategy::Spread,
             network: None,

@@ -26,6 +26,10 @@ pub(crate) struct Counters {
     pub(crate) acme_failed: AtomicU64,
     /// Tasks the scheduler placed on a node.
     pub(crate) placed: AtomicU64,
+    /// Bytes of assignment lines queued to nodes.
+    pub(crate) assign_bytes: AtomicU64,
+    /// Assignment lines queued to nodes.
+    pub(crate) assign_lines: AtomicU64,
 }
 
 pub(crate) async fn serve(sh: Arc<Shared>, l: TcpListener) {
@@ -138,6 +142,16 @@ pub(crate) fn encode(sh: &Shared) -> String {
         "scheduler_placements",
         "Tasks the scheduler placed on a node",
         &[(vec![], c.placed.load(Ordering::Relaxed))],
+    );
+    f.counter(
+        "manager_assignment_bytes",
+        "Bytes of assignment lines (whole sets and changes) sent to nodes",
+        &[(vec![], c.assign_bytes.load(Ordering::Relaxed))],
+    );
+    f.counter(
+        "manager_assignment_lines",
+        "Assignment lines (whole sets and changes) sent to nodes",
+        &[(vec![], c.assign_lines.load(Ordering::Relaxed))],
     );
     f.encode(&mut out);
     let mut nodes: Vec<(&str, &gantry_api::NodeStats)> = stats

@@ -1,9 +1,10 @@
-//! The orchestration loop: marks nodes down when their heartbeats stop,
-//! reconciles every service, and trims task history. It runs when
-//! something changed and at least every 250 ms (restart delays, update
-//! monitors and heartbeat graces are times).
+//! The orchestration loop: marks nodes down when their heartbeats stop
+//! (with the storm guard), reconciles the services that changes touched or
+//! that are not at rest (and every service every 30 s), and trims their
+//! task history. It runs when something changed and at least every 250 ms
+//! (restart delays, update monitors and heartbeat graces are times).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,18 @@ use crate::{new_id, now_ms, Shared};
 
 /// Ended tasks kept per slot (Swarm's task history limit).
 const HISTORY: usize = 5;
+
+/// Rounds of reconciliation per pass: a service converges in a few
+/// (shut down, then place).
+const ROUNDS: usize = 4;
+
+/// Commands per store commit in a pass (more for one big service).
+const BATCH: usize = 4096;
+
+/// Every service is reconciled at least this often, touched or not (a
+/// safety net: what changes a service's decision is a command, or time
+/// while it is not at rest).
+const FULL_SWEEP: Duration = Duration::from_secs(30);
 
 pub(crate) async fn run(sh: Arc<Shared>) {
     loop {
@@ -31,28 +44,50 @@ pub(crate) async fn run(sh: Arc<Shared>) {
 
 fn step(sh: &Shared) -> Result<(), StoreError> {
     let now = Instant::now();
-    let seen = sh.seen.lock().expect("seen lock").clone();
+    let silent: BTreeMap<String, Duration> = {
+        let seen = sh.seen.lock().expect("seen lock");
+        sh.read(|s| {
+            s.nodes
+                .keys()
+                .map(|id| {
+                    let last = seen.get(id).copied().unwrap_or(sh.started).max(sh.started);
+                    (id.clone(), now.duration_since(last))
+                })
+                .collect()
+        })
+    };
+    let recent: BTreeSet<String> = {
+        let mut downs = sh.downs.lock().expect("downs lock");
+        downs.retain(|(at, _)| now.duration_since(*at) <= sh.cfg.grace);
+        downs.iter().map(|(_, id)| id.clone()).collect()
+    };
+    let guard = gantry_manager::liveness::StormGuard {
+        grace: sh.cfg.grace,
+        ratio: sh.cfg.storm_ratio,
+    };
+    let mut marked = Vec::new();
     sh.update(|s| {
-        s.nodes
-            .values()
-            .filter(|n| n.up)
-            .filter(|n| {
-                let last = seen
-                    .get(&n.id)
-                    .copied()
-                    .unwrap_or(sh.started)
-                    .max(sh.started);
-                now.duration_since(last) > sh.cfg.grace
-            })
-            .map(|n| {
-                tracing::warn!(node = %n.id, hostname = %n.hostname, "node down: no heartbeat");
-                Command::SetNodeUp {
-                    id: n.id.clone(),
-                    up: false,
+        let cmds = gantry_manager::liveness::nodes_down(s, &silent, &recent, guard);
+        for c in &cmds {
+            match c {
+                Command::SetNodeUp { id, .. } => {
+                    let hostname = s.nodes.get(id).map(|n| n.hostname.as_str());
+                    tracing::warn!(node = %id, hostname, "node down: no heartbeat");
+                    marked.push(id.clone());
                 }
-            })
-            .collect()
+                Command::SetNodeHeld { id, reason, .. } => {
+                    tracing::warn!(node = %id, "{reason}");
+                    marked.retain(|m| m != id);
+                }
+                _ => {}
+            }
+        }
+        cmds
     })?;
+    sh.downs
+        .lock()
+        .expect("downs lock")
+        .extend(marked.into_iter().map(|id| (now, id)));
     // Nodes from before the overlay (or from a full CIDR) get a block.
     sh.update(|s| {
         let mut st = s.clone();
@@ -68,51 +103,93 @@ fn step(sh: &Shared) -> Result<(), StoreError> {
         }
         out
     })?;
-    let names: Vec<String> = sh.read(|s| s.services.keys().cloned().collect());
-    for name in names {
-        // A service converges in a few rounds (shut down, then place).
-        for _ in 0..4 {
-            let mut any = false;
-            sh.update(
-                |s| match gantry_manager::reconcile(s, &name, now_ms(), &mut || new_id()) {
-                    Ok(mut cmds) => {
-                        any = !cmds.is_empty();
-                        gantry_manager::network::assign_addresses(s, &mut cmds);
-                        // A task put with a node it did not have was placed.
-                        let placed = cmds
-                            .iter()
-                            .filter(|c| match c {
-                                Command::PutTask(t) => {
-                                    t.node.is_some()
-                                        && s.tasks.get(&t.id).is_none_or(|old| old.node.is_none())
-                                }
-                                _ => false,
-                            })
-                            .count();
-                        sh.counters
-                            .placed
-                            .fetch_add(placed as u64, std::sync::atomic::Ordering::Relaxed);
-                        cmds
+    // The services to reconcile: those changes touched, those not at rest
+    // (waiting on time or room), and all of them every FULL_SWEEP.
+    let touched = std::mem::take(&mut *sh.dirty.lock().expect("dirty lock"));
+    let mut last_sweep = sh.swept.lock().expect("swept lock");
+    let sweep = touched.all || last_sweep.elapsed() >= FULL_SWEEP;
+    if sweep {
+        *last_sweep = Instant::now();
+    }
+    drop(last_sweep);
+    let mut restless = sh.restless.lock().expect("restless lock");
+    let names: Vec<String> = if sweep {
+        sh.read(|s| s.services.keys().cloned().collect())
+    } else {
+        let mut n: BTreeSet<String> = touched.services;
+        n.extend(restless.iter().cloned());
+        n.into_iter().collect()
+    };
+    restless.clear();
+    // A service converges in a few rounds (shut down, then place). Each
+    // round reconciles the services still changing on one scheduler view
+    // per store commit, a commit holding up to BATCH commands, so the
+    // store lock is never held for a whole big pass.
+    let mut todo: Vec<String> = names.clone();
+    for _ in 0..ROUNDS {
+        let mut changed = Vec::new();
+        let mut rest = todo.as_slice();
+        while !rest.is_empty() {
+            sh.update(|s| {
+                let mut view = gantry_manager::snapshot(s);
+                let mut cmds = Vec::new();
+                while let Some((name, tail)) = rest.split_first() {
+                    rest = tail;
+                    match gantry_manager::reconcile_in(s, &mut view, name, now_ms(), &mut new_id) {
+                        Ok(c) if c.is_empty() => {}
+                        Ok(c) => {
+                            changed.push(name.clone());
+                            cmds.extend(c);
+                        }
+                        Err(e) => tracing::warn!(service = %name, "cannot reconcile: {e:?}"),
                     }
-                    Err(e) => {
-                        tracing::warn!(service = %name, "cannot reconcile: {e:?}");
-                        Vec::new()
+                    if cmds.len() >= BATCH {
+                        break;
                     }
-                },
-            )?;
-            if !any {
-                break;
-            }
+                }
+                gantry_manager::network::assign_addresses(s, &mut cmds);
+                // A task put with a node it did not have was placed.
+                let placed = cmds
+                    .iter()
+                    .filter(|c| match c {
+                        Command::PutTask(t) => {
+                            t.node.is_some()
+                                && s.tasks.get(&t.id).is_none_or(|old| old.node.is_none())
+                        }
+                        _ => false,
+                    })
+                    .count();
+                sh.counters
+                    .placed
+                    .fetch_add(placed as u64, std::sync::atomic::Ordering::Relaxed);
+                cmds
+            })?;
+        }
+        todo = changed;
+        if todo.is_empty() {
+            break;
         }
     }
+    // Still changing after the last round, or waiting on time or room:
+    // reconciled again on the next pass.
+    restless.extend(todo);
+    sh.read(|s| {
+        restless.extend(
+            names
+                .iter()
+                .filter(|n| !gantry_manager::touch::at_rest(s, n))
+                .cloned(),
+        )
+    });
+    drop(restless);
     crate::edge::internal_certs(sh)?;
-    sh.update(trim_history)
+    sh.update(|s| trim_history(s, &names))
 }
 
-/// Ended tasks beyond the newest [`HISTORY`] of each slot.
-pub(crate) fn trim_history(s: &State) -> Vec<Command> {
+/// Ended tasks beyond the newest [`HISTORY`] of each slot of `services`.
+pub(crate) fn trim_history(s: &State, services: &[String]) -> Vec<Command> {
     let mut by_slot: BTreeMap<(&str, String), Vec<(u64, &str)>> = BTreeMap::new();
-    for t in s.tasks.values() {
+    for t in services.iter().flat_map(|n| s.tasks_of(n)) {
         let ended = t.desired != TaskState::Running
             && (matches!(t.state, TaskState::Failed | TaskState::Shutdown)
                 || t.node.is_none()

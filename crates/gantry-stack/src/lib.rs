@@ -16,12 +16,16 @@ mod keys;
 mod raw;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
 pub use interpolate::{interpolate, parse_env_file, InterpolationError};
+
+pub use gantry_spec::{
+    Amounts, Healthcheck, Mode, Mount, MountType, Port, PortMode, RestartPolicy, Service,
+    UpdateConfig,
+};
 
 use gantry_sched::{Constraint, Strategy};
 use raw::{ListOrDict, Scalar, StringOrList};
@@ -38,213 +42,6 @@ pub struct StackError {
     pub column: u64,
     /// What is wrong.
     pub msg: String,
-}
-
-/// CPU and memory amounts of a service.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Amounts {
-    /// Billionths of a CPU.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub nano_cpus: Option<u64>,
-    /// Bytes.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub memory: Option<u64>,
-    /// Processes.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pids: Option<u64>,
-}
-
-/// How a published port is reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PortMode {
-    /// Every node forwards the port to a task anywhere.
-    Ingress,
-    /// Only the node running the task listens.
-    Host,
-}
-
-/// A published port.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Port {
-    /// Port in the container.
-    pub target: u16,
-    /// Port on the nodes (none: only reachable inside the cluster).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub published: Option<u16>,
-    /// `tcp` or `udp`.
-    pub protocol: String,
-    /// Ingress or host.
-    pub mode: PortMode,
-}
-
-/// A mount of a service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Mount {
-    /// `volume`, `bind` or `tmpfs`.
-    #[serde(rename = "type")]
-    pub kind: MountType,
-    /// Volume name or host path (empty for tmpfs).
-    #[serde(skip_serializing_if = "String::is_empty", default)]
-    pub source: String,
-    /// Path in the container.
-    pub target: String,
-    /// Mounted read-only.
-    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
-    pub read_only: bool,
-}
-
-/// What a mount mounts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MountType {
-    /// A named volume of the stack.
-    Volume,
-    /// A path of the node.
-    Bind,
-    /// Memory.
-    Tmpfs,
-}
-
-impl MountType {
-    fn parse(s: &str) -> Option<Self> {
-        match s {
-            "volume" => Some(Self::Volume),
-            "bind" => Some(Self::Bind),
-            "tmpfs" => Some(Self::Tmpfs),
-            _ => None,
-        }
-    }
-}
-
-/// A health check; durations in nanoseconds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Healthcheck {
-    /// `["CMD", ...]`, `["CMD-SHELL", "..."]` or `["NONE"]`.
-    pub test: Vec<String>,
-    /// Between checks.
-    pub interval_ns: u64,
-    /// For one check.
-    pub timeout_ns: u64,
-    /// Grace after start.
-    pub start_period_ns: u64,
-    /// Failures before unhealthy.
-    pub retries: u32,
-}
-
-/// When the orchestrator restarts a task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RestartPolicy {
-    /// `none`, `on-failure` or `any`.
-    pub condition: String,
-    /// Wait before restarting, nanoseconds.
-    pub delay_ns: u64,
-    /// 0: no limit.
-    pub max_attempts: u32,
-    /// Window in which attempts count, nanoseconds (0: unbounded).
-    pub window_ns: u64,
-}
-
-/// How an update or a rollback proceeds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct UpdateConfig {
-    /// Tasks updated at once (0: all).
-    pub parallelism: u32,
-    /// Between batches, nanoseconds.
-    pub delay_ns: u64,
-    /// `stop-first` or `start-first`.
-    pub order: String,
-    /// `pause`, `continue` or `rollback`.
-    pub failure_action: String,
-    /// How long a new task is watched for failure, nanoseconds.
-    pub monitor_ns: u64,
-    /// Failures tolerated during an update.
-    pub max_failure_ratio: f64,
-}
-
-/// Replicated or global.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// A number of replicas.
-    Replicated {
-        /// How many.
-        replicas: u32,
-    },
-    /// One task per eligible node.
-    Global,
-}
-
-/// A service of a stack, normalised.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Service {
-    /// Image reference.
-    pub image: String,
-    /// Replaces the image's Cmd.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub command: Option<Vec<String>>,
-    /// Replaces the image's Entrypoint.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub entrypoint: Option<Vec<String>>,
-    /// Environment (env_file first, then `environment`).
-    pub environment: BTreeMap<String, String>,
-    /// Container labels (routing labels live here).
-    pub labels: BTreeMap<String, String>,
-    /// Published ports.
-    pub ports: Vec<Port>,
-    /// Mounts.
-    pub volumes: Vec<Mount>,
-    /// Health check.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub healthcheck: Option<Healthcheck>,
-    /// Services that must start first.
-    pub depends_on: Vec<String>,
-    /// Networks of the stack it joins.
-    pub networks: Vec<String>,
-    /// Replicated or global.
-    pub mode: Mode,
-    /// Limits per task.
-    pub limits: Amounts,
-    /// Reservations per task (used for placement).
-    pub reservations: Amounts,
-    /// Placement constraints.
-    pub constraints: Vec<String>,
-    /// Spread over these node labels.
-    pub spread_over: Vec<String>,
-    /// Scoring strategy (`x-gantry: {strategy: binpack}` or the service
-    /// label `gantry.strategy`); none: the cluster's default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub strategy: Option<Strategy>,
-    /// Even out replicas when nodes join or return (`x-gantry: {rebalance: false}` turns it off).
-    #[serde(default = "yes")]
-    pub rebalance: bool,
-    /// May reach the cloud's instance-metadata address, 169.254.169.254
-    /// (`x-gantry: {metadata: true}`); refused by default, since it hands
-    /// out the host's cloud credentials.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub metadata: bool,
-    /// Restart policy.
-    pub restart_policy: RestartPolicy,
-    /// Rolling update.
-    pub update_config: UpdateConfig,
-    /// Rollback.
-    pub rollback_config: UpdateConfig,
-    /// Service labels (deploy.labels).
-    pub service_labels: BTreeMap<String, String>,
-    /// Container user.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// Working directory.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub working_dir: Option<String>,
-    /// Hostname.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hostname: Option<String>,
-    /// Stop signal.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stop_signal: Option<String>,
-    /// Stop grace period, nanoseconds.
-    pub stop_grace_period_ns: u64,
 }
 
 /// A validated stack.
@@ -444,10 +241,6 @@ pub fn parse(
         },
         warnings,
     })
-}
-
-fn yes() -> bool {
-    true
 }
 
 /// A volume's name as Docker has it: letters, digits, `_`, `.` and `-`,
@@ -958,15 +751,6 @@ fn order(
         }
     }
     Ok(done)
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Replicated { replicas } => write!(f, "replicated {replicas}"),
-            Self::Global => write!(f, "global"),
-        }
-    }
 }
 
 #[cfg(test)]

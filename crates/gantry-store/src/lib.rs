@@ -9,19 +9,30 @@
 //! (snapshot, then the log after it) gives back exactly the state that was
 //! there, whenever the process stopped.
 
-mod state;
+mod migrate;
 
 use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
 
-pub use state::{
-    CertRecord, CertSource, ChallengeRecord, Command, NodeRecord, Rejected, RouteRecord,
+pub use gantry_state::{
+    Before, CertRecord, CertSource, ChallengeRecord, Command, NodeRecord, Rejected, RouteRecord,
     ServiceRecord, State, TaskRecord, TaskState, UpdateStatus,
 };
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+
+/// The store's format, kept under `format` in the snapshot table: the
+/// shape of the commands in the log and of the state in the snapshot.
+/// Format 0 is a store from before it was recorded (every release up to
+/// part 5). Opening an older format migrates it: the old snapshot and log
+/// are read as that format wrote them, and the state is written back as a
+/// snapshot of this format with an empty log, in one transaction, so a
+/// crash halfway leaves the old store whole. A newer format is refused.
+/// Format 2 keeps service specs as typed documents, where 1 kept them as
+/// JSON inside strings (see `migrate`).
+pub const FORMAT: u32 = 2;
 
 /// A store operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +46,9 @@ pub enum StoreError {
     /// What is on disk does not make sense.
     #[error("cluster store is corrupt: {0}")]
     Corrupt(String),
+    /// A newer release wrote it.
+    #[error("cluster store has format {0}, newer than this release reads ({FORMAT}): run a newer gantry")]
+    Newer(u32),
 }
 
 fn dberr<E: Into<redb::Error>>(e: E) -> StoreError {
@@ -57,9 +71,14 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the store at `path`, replaying what it holds.
+    /// Opens (or creates) the store at `path`, replaying what it holds and
+    /// migrating an older format (see [`FORMAT`]).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = Database::create(path).map_err(dberr)?;
+        let format = Self::read_format(&db)?;
+        if format > FORMAT {
+            return Err(StoreError::Newer(format));
+        }
         {
             let w = db.begin_write().map_err(dberr)?;
             w.open_table(LOG).map_err(dberr)?;
@@ -74,18 +93,25 @@ impl Store {
             .map_err(dberr)?
         {
             Some(v) => {
-                let s: Snapshot = serde_json::from_slice(v.value())
-                    .map_err(|e| StoreError::Corrupt(format!("snapshot: {e}")))?;
+                let s: Snapshot =
+                    migrate::decode(format, v.value(), "snapshot", migrate::snapshot_1_to_2)?;
                 (s.state, s.index)
             }
             None => (State::default(), 0),
         };
+        // The index of tasks by node is not stored: built once here, kept
+        // by every command after.
+        state.reindex();
         let mut index = snapshot_index;
         let log = r.open_table(LOG).map_err(dberr)?;
         for entry in log.range(snapshot_index + 1..).map_err(dberr)? {
             let (k, v) = entry.map_err(dberr)?;
-            let cmd: Command = serde_json::from_slice(v.value())
-                .map_err(|e| StoreError::Corrupt(format!("log entry {}: {e}", k.value())))?;
+            let cmd: Command = migrate::decode(
+                format,
+                v.value(),
+                &format!("log entry {}", k.value()),
+                migrate::command_1_to_2,
+            )?;
             state.apply(&cmd).map_err(|e| {
                 StoreError::Corrupt(format!("log entry {} no longer applies: {e}", k.value()))
             })?;
@@ -93,19 +119,75 @@ impl Store {
         }
         drop(log);
         drop(r);
-        Ok(Self {
+        let mut store = Self {
             db,
             state,
             index,
             snapshot_index,
             snapshot_every: 1000,
-        })
+        };
+        if format < FORMAT {
+            store.migrate(format)?;
+        } else if store.format()? != FORMAT {
+            // A new store: mark it.
+            store.snapshot_with(Some(FORMAT))?;
+        }
+        Ok(store)
     }
 
-    /// Takes a snapshot every `n` commands (default 1000).
+    /// The store's format: its mark, [`FORMAT`] for a new store, 0 for a
+    /// store from before the mark. Reads only.
+    fn read_format(db: &Database) -> Result<u32, StoreError> {
+        let r = db.begin_read().map_err(dberr)?;
+        let snap = match r.open_table(SNAPSHOT) {
+            Ok(t) => Some(t),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(dberr(e)),
+        };
+        let has_log = match r.open_table(LOG) {
+            Ok(t) => !t.is_empty().map_err(dberr)?,
+            Err(redb::TableError::TableDoesNotExist(_)) => false,
+            Err(e) => return Err(dberr(e)),
+        };
+        let Some(snap) = snap else {
+            return Ok(if has_log { 0 } else { FORMAT });
+        };
+        match snap.get("format").map_err(dberr)? {
+            Some(v) => std::str::from_utf8(v.value())
+                .ok()
+                .and_then(|v| v.parse::<u32>().ok())
+                .ok_or_else(|| StoreError::Corrupt("bad format mark".into())),
+            None if has_log || !snap.is_empty().map_err(dberr)? => Ok(0),
+            None => Ok(FORMAT),
+        }
+    }
+
+    /// Writes the state read from format `from` back in this format: a
+    /// snapshot, an empty log and the format mark, in one transaction.
+    fn migrate(&mut self, from: u32) -> Result<(), StoreError> {
+        self.snapshot_with(Some(FORMAT))?;
+        tracing::info!(
+            from,
+            to = FORMAT,
+            commands = self.index,
+            "cluster store migrated"
+        );
+        Ok(())
+    }
+
+    /// Takes a snapshot every `n` commands (default 1000), or every as
+    /// many commands as the state has entries if that is more: a snapshot
+    /// writes the whole state, so its cost per command stays constant
+    /// however big the cluster.
     pub fn snapshot_every(mut self, n: u64) -> Self {
         self.snapshot_every = n.max(1);
         self
+    }
+
+    fn snapshot_due(&self) -> bool {
+        let s = &self.state;
+        let size = (s.nodes.len() + s.services.len() + s.tasks.len()) as u64;
+        self.index - self.snapshot_index >= self.snapshot_every.max(size)
     }
 
     /// The current state.
@@ -133,7 +215,7 @@ impl Store {
             .apply(&cmd)
             .expect("a checked command applies (the state did not change in between)");
         self.index = next;
-        if self.index - self.snapshot_index >= self.snapshot_every {
+        if self.snapshot_due() {
             self.snapshot()?;
         }
         Ok(next)
@@ -143,44 +225,88 @@ impl Store {
     /// all of them or, if one is rejected (against the state the ones
     /// before it leave), none. Returns the last index.
     pub fn apply_batch(&mut self, cmds: &[Command]) -> Result<u64, StoreError> {
+        self.apply_batch_before(cmds).map(|(i, _)| i)
+    }
+
+    /// The same, returning also the entries the batch changed as they were
+    /// before it (for events). The cost is that of the batch, not of the
+    /// state: the entries are copied, applied in place, and put back if a
+    /// command is rejected or the write fails.
+    pub fn apply_batch_before(&mut self, cmds: &[Command]) -> Result<(u64, Before), StoreError> {
+        let before = self.state.before(cmds);
         if cmds.is_empty() {
-            return Ok(self.index);
+            return Ok((self.index, before));
         }
-        let mut next_state = self.state.clone();
         let mut entries = Vec::with_capacity(cmds.len());
         for cmd in cmds {
-            next_state.apply(cmd)?;
-            entries.push(serde_json::to_vec(cmd).map_err(|e| StoreError::Corrupt(e.to_string()))?);
-        }
-        let w = self.db.begin_write().map_err(dberr)?;
-        {
-            let mut log = w.open_table(LOG).map_err(dberr)?;
-            for (i, bytes) in entries.iter().enumerate() {
-                log.insert(self.index + 1 + i as u64, bytes.as_slice())
-                    .map_err(dberr)?;
+            let applied = self
+                .state
+                .apply(cmd)
+                .map_err(StoreError::from)
+                .and_then(|()| {
+                    serde_json::to_vec(cmd).map_err(|e| StoreError::Corrupt(e.to_string()))
+                });
+            match applied {
+                Ok(bytes) => entries.push(bytes),
+                Err(e) => {
+                    self.state.restore(&before);
+                    return Err(e);
+                }
             }
         }
-        w.commit().map_err(dberr)?;
-        self.state = next_state;
+        let written = (|| {
+            let w = self.db.begin_write().map_err(dberr)?;
+            {
+                let mut log = w.open_table(LOG).map_err(dberr)?;
+                for (i, bytes) in entries.iter().enumerate() {
+                    log.insert(self.index + 1 + i as u64, bytes.as_slice())
+                        .map_err(dberr)?;
+                }
+            }
+            w.commit().map_err(dberr)
+        })();
+        if let Err(e) = written {
+            self.state.restore(&before);
+            return Err(e);
+        }
         self.index += cmds.len() as u64;
-        if self.index - self.snapshot_index >= self.snapshot_every {
+        if self.snapshot_due() {
             self.snapshot()?;
         }
-        Ok(self.index)
+        Ok((self.index, before))
     }
 
     /// Writes the state as a snapshot and trims the log it covers.
     pub fn snapshot(&mut self) -> Result<(), StoreError> {
+        self.snapshot_with(None)
+    }
+
+    /// The format the store is in (see [`FORMAT`]).
+    pub fn format(&self) -> Result<u32, StoreError> {
+        let r = self.db.begin_read().map_err(dberr)?;
+        let t = r.open_table(SNAPSHOT).map_err(dberr)?;
+        let v = t.get("format").map_err(dberr)?;
+        Ok(
+            v.and_then(|v| std::str::from_utf8(v.value()).ok()?.parse().ok())
+                .unwrap_or(0),
+        )
+    }
+
+    fn snapshot_with(&mut self, format: Option<u32>) -> Result<(), StoreError> {
         let snap = Snapshot {
             index: self.index,
             state: self.state.clone(),
         };
         let bytes = serde_json::to_vec(&snap).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let w = self.db.begin_write().map_err(dberr)?;
-        w.open_table(SNAPSHOT)
-            .map_err(dberr)?
-            .insert("state", bytes.as_slice())
-            .map_err(dberr)?;
+        {
+            let mut t = w.open_table(SNAPSHOT).map_err(dberr)?;
+            t.insert("state", bytes.as_slice()).map_err(dberr)?;
+            if let Some(f) = format {
+                t.insert("format", f.to_string().as_bytes())
+                    .map_err(dberr)?;
+            }
+        }
         {
             let mut log = w.open_table(LOG).map_err(dberr)?;
             let upto = self.index;

@@ -23,6 +23,7 @@ fn node(id: &str) -> NodeRecord {
         block: None,
         vtep_mac: None,
         last_addr: None,
+        held: false,
     }
 }
 
@@ -43,11 +44,12 @@ fn task(id: &str, service: &str, node: Option<&str>, state: TaskState) -> TaskRe
     }
 }
 
-fn put_service(name: &str, spec: &str) -> Command {
+/// A service whose spec differs by its image.
+fn put_service(name: &str, image: &str) -> Command {
     Command::PutService {
         name: name.into(),
         stack: "app".into(),
-        spec: spec.into(),
+        spec: Box::new(gantry_spec::Service::new(image)),
     }
 }
 
@@ -58,8 +60,7 @@ fn state_survives_reopen_with_nothing_lost() {
     let before = {
         let mut s = Store::open(&path).unwrap();
         s.apply(Command::PutNode(node("n1"))).unwrap();
-        s.apply(put_service("app_web", "{\"image\":\"web:1\"}"))
-            .unwrap();
+        s.apply(put_service("app_web", "web:1")).unwrap();
         s.apply(Command::PutTask(task(
             "t1",
             "app_web",
@@ -95,7 +96,7 @@ fn rejected_commands_change_and_log_nothing() {
         )))
         .unwrap_err();
     assert_eq!(e.to_string(), "no such service: nope");
-    s.apply(put_service("svc", "{}")).unwrap();
+    s.apply(put_service("svc", "svc:1")).unwrap();
     let e = s
         .apply(Command::PutTask(task(
             "t1",
@@ -222,6 +223,47 @@ proptest! {
         prop_assert_eq!(s.state(), &mirror);
         prop_assert_eq!(s.index(), index);
     }
+
+    /// Batches apply in place: a rejected one leaves the state exactly as
+    /// it was (entries and the index of tasks by node), an accepted one
+    /// gives what applying its commands one by one gives, and `before`
+    /// holds the entries as they were.
+    #[test]
+    fn batches_apply_in_place_or_not_at_all(
+        batches in proptest::collection::vec(proptest::collection::vec(arb_command(), 1..6), 0..12),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("state.redb")).unwrap();
+        for batch in batches {
+            let old = s.state().clone();
+            let mut one_by_one = old.clone();
+            let whole = batch.iter().all(|c| one_by_one.apply(c).is_ok());
+            match s.apply_batch_before(&batch) {
+                Ok((_, before)) => {
+                    prop_assert!(whole);
+                    prop_assert_eq!(s.state(), &one_by_one);
+                    for (id, t) in &before.state.tasks {
+                        prop_assert_eq!(old.tasks.get(id), Some(t));
+                    }
+                }
+                Err(_) => {
+                    prop_assert!(!whole);
+                    prop_assert_eq!(s.state(), &old);
+                }
+            }
+            let mut rebuilt = s.state().clone();
+            rebuilt.reindex();
+            prop_assert_eq!(s.state(), &rebuilt);
+            for n in ["a", "b", "c"] {
+                let on: Vec<&str> = s.state().tasks_on(n).map(|t| t.id.as_str()).collect();
+                let scan: Vec<&str> = s.state().tasks.values().filter(|t| t.node.as_deref() == Some(n)).map(|t| t.id.as_str()).collect();
+                prop_assert_eq!(on, scan);
+                let of: Vec<&str> = s.state().tasks_of(n).map(|t| t.id.as_str()).collect();
+                let scan: Vec<&str> = s.state().tasks.values().filter(|t| t.service == n).map(|t| t.id.as_str()).collect();
+                prop_assert_eq!(of, scan);
+            }
+        }
+    }
 }
 
 #[test]
@@ -232,7 +274,7 @@ fn a_batch_is_written_whole_or_not_at_all() {
         let mut s = Store::open(&path).unwrap();
         s.apply_batch(&[
             Command::PutNode(node("n1")),
-            put_service("web", "{}"),
+            put_service("web", "web:1"),
             Command::PutTask(task("t1", "web", Some("n1"), TaskState::Running)),
         ])
         .unwrap();
@@ -252,4 +294,21 @@ fn a_batch_is_written_whole_or_not_at_all() {
     let s = Store::open(&path).unwrap();
     assert_eq!(s.index(), 3);
     assert_eq!(s.state().tasks.len(), 1);
+}
+
+#[test]
+fn snapshots_come_less_often_as_the_state_grows() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(&dir.path().join("state.redb"))
+        .unwrap()
+        .snapshot_every(2);
+    for i in 0..6 {
+        s.apply(Command::PutNode(node(&format!("n{i}")))).unwrap();
+    }
+    // A snapshot at 2 commands (2 entries); then the state has more
+    // entries than 2, so the next waits for as many commands as entries.
+    assert_eq!(s.log_len().unwrap(), 4);
+    drop(s);
+    let s = Store::open(&dir.path().join("state.redb")).unwrap();
+    assert_eq!(s.state().nodes.len(), 6);
 }

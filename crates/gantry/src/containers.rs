@@ -8,8 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use gantry_runtime::{
-    ContainerConfig, ExecOptions, Listed, Mount, MountKind, NetworkMode, Process, RestartPolicy,
-    Status,
+    ContainerConfig, ExecOptions, Listed, Mount, MountKind, NetworkMode, RestartPolicy, Status,
 };
 
 use crate::output::{self, Format};
@@ -185,49 +184,33 @@ fn build_config(ctx: &Ctx, a: &RunArgs) -> anyhow::Result<ContainerConfig> {
     let store = ctx.store()?;
     let img = crate::images::local_or_pull(ctx, &store, a.image())
         .map_err(|e| fail125(format!("{e:#}")))?;
-    let layers = store.lowerdirs(&img).map_err(fail125)?;
-    let rc = &img.config.config;
-    let entrypoint = a.entrypoint.as_ref().map(|e| vec![e.clone()]);
-    let args = rc.argv(entrypoint.as_deref(), a.cmd());
-    if args.is_empty() {
-        return Err(fail125(format!(
-            "no command specified: the image {} has no Cmd or Entrypoint",
-            a.image()
-        )));
-    }
-    let mut overrides = Vec::new();
+    let mut env = Vec::new();
     for f in &a.env_file {
         let text = std::fs::read_to_string(f)
             .map_err(|e| fail125(format!("env file {}: {e}", f.display())))?;
-        overrides.extend(parse::env_file(&text));
+        env.extend(parse::env_file(&text));
     }
-    overrides.extend(a.env.iter().cloned());
-    let process = Process {
-        args,
-        env: rc.env_with(&overrides),
-        cwd: a
-            .workdir
-            .clone()
-            .or_else(|| rc.working_dir.clone())
-            .unwrap_or_default(),
-        user: a
-            .user
-            .clone()
-            .or_else(|| rc.user.clone())
-            .unwrap_or_default(),
-        tty: a.tty,
-        stdin: a.interactive,
-    };
+    env.extend(a.env.iter().cloned());
     let name = a.name.clone().unwrap_or_default();
     if !name.is_empty() && !parse::container_name(&name) {
         return Err(fail125(format!(
             "invalid container name {name:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
         )));
     }
-    let mut cfg = ContainerConfig::new(&name, a.image(), &img.record.config, layers, process);
-    if let Some(h) = &a.hostname {
-        cfg.hostname = h.clone();
-    }
+    let overrides = gantry_image::container::Overrides {
+        name,
+        entrypoint: a.entrypoint.as_ref().map(|e| vec![e.clone()]),
+        cmd: a.cmd().to_vec(),
+        env,
+        workdir: a.workdir.clone(),
+        user: a.user.clone(),
+        hostname: a.hostname.clone(),
+        stop_signal: a.stop_signal.clone(),
+        tty: a.tty,
+        stdin: a.interactive,
+    };
+    let mut cfg = gantry_image::container::container_config(&store, a.image(), &img, &overrides)
+        .map_err(|e| fail125(e.to_string()))?;
     cfg.read_only = a.read_only;
     cfg.auto_remove = a.rm;
     cfg.network = match a.network.as_str() {
@@ -248,10 +231,6 @@ fn build_config(ctx: &Ctx, a: &RunArgs) -> anyhow::Result<ContainerConfig> {
     })?;
     if a.rm && cfg.restart != RestartPolicy::No {
         return Err(fail125("conflicting options: --restart and --rm"));
-    }
-    let sig = a.stop_signal.clone().or_else(|| rc.stop_signal.clone());
-    if let Some(s) = sig {
-        cfg.stop_signal = parse::signal(&s).map_err(fail125)? as i32;
     }
     if let Some(t) = a.stop_timeout {
         cfg.stop_timeout = t;

@@ -9,6 +9,7 @@ mod images;
 mod logs;
 mod output;
 mod parse;
+mod sim;
 mod stacks;
 mod stats;
 mod volumes;
@@ -128,6 +129,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Simulated nodes for the scale harness (scripts/bench-scale.sh).
+    #[command(hide = true)]
+    SimNodes(sim::SimArgs),
     /// Print (or rotate) the token nodes join with.
     JoinToken {
         /// Make a new token; the old one stops working.
@@ -278,6 +282,7 @@ fn dispatch(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<u8> {
         Cmd::Server(a) => cluster::server(ctx, a),
         Cmd::Agent(a) => cluster::agent(ctx, a),
         Cmd::AgentHelper { .. } => unreachable!("handled before the context is made"),
+        Cmd::SimNodes(a) => sim::run(a),
         Cmd::JoinToken { rotate, quiet } => cluster::join_token(ctx, rotate, quiet),
         Cmd::Deploy(a) => cluster::deploy(ctx, a),
         Cmd::Service(c) => cluster::service(ctx, c),

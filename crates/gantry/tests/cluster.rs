@@ -449,6 +449,19 @@ fn managers_restart_agents_readopt_and_bad_updates_roll_back() {
     let svc = cl.json(&["service", "inspect", "web"]);
     assert_eq!(svc[0]["spec"]["image"], cl.image.as_str(), "{svc}");
     assert_eq!(svc[0]["update"]["state"], "rolled_back", "{svc}");
+    // Specs are objects in the JSON, never JSON inside a string.
+    let ls = cl.json(&["service", "ls", "--format", "json"]);
+    let web = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "app_web")
+        .unwrap_or_else(|| panic!("{ls}"));
+    assert!(
+        web["spec"]["mode"]["replicated"]["replicas"].is_u64(),
+        "{web}"
+    );
+    assert!(web["previous"][1]["image"].is_string(), "{web}");
     cl.wait_running(
         "app_web",
         &[("node-1", 2), ("node-2", 2)],

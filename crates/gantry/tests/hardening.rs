@@ -609,10 +609,7 @@ fn the_api_refuses_what_the_cli_would() {
     };
     let good = spec_json();
     let deploy = |stack: &str, services: Vec<(String, serde_json::Value)>| {
-        let services: serde_json::Map<String, serde_json::Value> = services
-            .into_iter()
-            .map(|(n, s)| (n, serde_json::Value::String(s.to_string())))
-            .collect();
+        let services: serde_json::Map<String, serde_json::Value> = services.into_iter().collect();
         api(
             "POST",
             &format!("/v1/stacks/{stack}"),
@@ -654,6 +651,17 @@ fn the_api_refuses_what_the_cli_would() {
     for spec in bad_specs {
         let (code, out) = deploy("s", vec![("web".into(), spec.clone())]);
         assert_eq!(code, 400, "{spec}: {out}");
+    }
+    // A spec is an object: JSON inside a string (what releases before the
+    // typed model sent), or a field of the wrong type, is refused and says
+    // where.
+    for (spec, at) in [
+        (serde_json::Value::String(good.to_string()), "services.web"),
+        (with(&|s| s["mode"] = "lots".into()), "services.web.mode"),
+    ] {
+        let (code, out) = deploy("s", vec![("web".into(), spec)]);
+        assert_eq!(code, 400, "{out}");
+        assert!(out.contains(at), "{out}");
     }
     assert_eq!(
         cl.json(&["service", "ls", "--format", "json"]),

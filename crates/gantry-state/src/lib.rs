@@ -3,7 +3,7 @@
 //! replaying the same log always gives the same state (what a Raft state
 //! machine needs).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
@@ -12,6 +12,7 @@ use gantry_ipam::Net;
 use gantry_route::dfp::TcpRoute;
 use gantry_route::RouteSpec;
 use gantry_sched::{Availability, Resources};
+use gantry_spec::Service;
 
 /// A node as the manager records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,11 +47,22 @@ pub struct NodeRecord {
     /// The task address of its block handed out last (addresses go round).
     #[serde(default)]
     pub last_addr: Option<Ipv4Addr>,
+    /// Down, but its tasks stay where they are: it went down together
+    /// with too many others to be a host failure (the storm guard). Cleared
+    /// when it comes back, or when an operator confirms it is down.
+    #[serde(default)]
+    pub held: bool,
 }
 
-/// A service: its stack, name and spec (the normalised stack-file service,
-/// kept as JSON so that this crate does not depend on the parser).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+impl NodeRecord {
+    /// Whether its tasks stay on it: up, or down but held.
+    pub fn keeps_tasks(&self) -> bool {
+        self.up || self.held
+    }
+}
+
+/// A service: its stack, name and typed spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceRecord {
     /// `STACK_SERVICE`.
     pub name: String,
@@ -59,10 +71,10 @@ pub struct ServiceRecord {
     /// Bumped by every change of spec; tasks remember the version they run.
     pub version: u64,
     /// The spec.
-    pub spec: String,
+    pub spec: Service,
     /// The version and spec before the last change, for rollback.
     #[serde(default)]
-    pub previous: Option<(u64, String)>,
+    pub previous: Option<(u64, Service)>,
     /// Where the rollout of the current version stands.
     #[serde(default)]
     pub update: UpdateStatus,
@@ -241,7 +253,7 @@ impl ChallengeRecord {
 }
 
 /// A change to the cluster state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Command {
     /// A node joined, or re-registered with new facts.
@@ -252,6 +264,17 @@ pub enum Command {
         id: String,
         /// Up or down.
         up: bool,
+    },
+    /// The storm guard holds a down node's tasks in place, or lets them go
+    /// (an operator confirmed the node down). A node coming up is no
+    /// longer held.
+    SetNodeHeld {
+        /// The node.
+        id: String,
+        /// Held or not.
+        held: bool,
+        /// Why (for events).
+        reason: String,
     },
     /// `node update --availability`, `drain`, `activate`.
     SetAvailability {
@@ -278,8 +301,8 @@ pub enum Command {
         name: String,
         /// Its stack.
         stack: String,
-        /// The spec.
-        spec: String,
+        /// The spec (boxed: it is much bigger than the other commands).
+        spec: Box<Service>,
     },
     /// Record how the rollout stands.
     SetUpdate {
@@ -372,7 +395,7 @@ pub enum Rejected {
 }
 
 /// The whole cluster state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
     /// Nodes by id.
     pub nodes: BTreeMap<String, NodeRecord>,
@@ -391,9 +414,236 @@ pub struct State {
     /// Pending ACME challenges by [`ChallengeRecord::key`].
     #[serde(default)]
     pub challenges: BTreeMap<String, ChallengeRecord>,
+    /// Task ids by node (kept by `apply`; rebuilt by [`State::reindex`]
+    /// after decoding).
+    #[serde(skip)]
+    by_node: BTreeMap<String, BTreeSet<String>>,
+    /// Task ids by service (the same).
+    #[serde(skip)]
+    by_service: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// An entry of the state a command can change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Key {
+    Node(String),
+    Service(String),
+    Task(String),
+    Meta(String),
+    Route(String),
+    Cert(String),
+    Challenge(String),
+}
+
+/// The entries a batch of commands can change, as they were before it:
+/// what [`State::restore`] puts back if the batch cannot be kept, and what
+/// events compare the new state against. Its cost is that of the entries,
+/// not of the state.
+#[derive(Debug, Clone, Default)]
+pub struct Before {
+    /// Those entries (absent ones absent).
+    pub state: State,
+    keys: Vec<Key>,
 }
 
 impl State {
+    /// Rebuilds the index of tasks by node (after decoding a state).
+    pub fn reindex(&mut self) {
+        self.by_node.clear();
+        self.by_service.clear();
+        for t in self.tasks.values() {
+            if let Some(n) = &t.node {
+                self.by_node
+                    .entry(n.clone())
+                    .or_default()
+                    .insert(t.id.clone());
+            }
+            self.by_service
+                .entry(t.service.clone())
+                .or_default()
+                .insert(t.id.clone());
+        }
+    }
+
+    /// The tasks of a service, ended ones included.
+    pub fn tasks_of<'a>(&'a self, service: &str) -> impl Iterator<Item = &'a TaskRecord> + 'a {
+        self.by_service
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.get(id))
+    }
+
+    /// The tasks placed on a node, ended ones included.
+    pub fn tasks_on<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a TaskRecord> + 'a {
+        self.by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.get(id))
+    }
+
+    fn unindex(&mut self, id: &str) {
+        fn out(map: &mut BTreeMap<String, BTreeSet<String>>, key: &str, id: &str) {
+            if let Some(set) = map.get_mut(key) {
+                set.remove(id);
+                if set.is_empty() {
+                    map.remove(key);
+                }
+            }
+        }
+        let Some(t) = self.tasks.get(id) else { return };
+        let (node, service) = (t.node.clone(), t.service.clone());
+        if let Some(n) = node {
+            out(&mut self.by_node, &n, id);
+        }
+        out(&mut self.by_service, &service, id);
+    }
+
+    fn put_task(&mut self, t: TaskRecord) {
+        self.unindex(&t.id);
+        if let Some(n) = &t.node {
+            self.by_node
+                .entry(n.clone())
+                .or_default()
+                .insert(t.id.clone());
+        }
+        self.by_service
+            .entry(t.service.clone())
+            .or_default()
+            .insert(t.id.clone());
+        self.tasks.insert(t.id.clone(), t);
+    }
+
+    fn remove_task(&mut self, id: &str) {
+        self.unindex(id);
+        self.tasks.remove(id);
+    }
+
+    fn keys(&self, cmd: &Command) -> Vec<Key> {
+        match cmd {
+            Command::PutNode(n) => vec![Key::Node(n.id.clone())],
+            Command::SetNodeUp { id, .. }
+            | Command::SetNodeHeld { id, .. }
+            | Command::SetAvailability { id, .. }
+            | Command::SetLabels { id, .. } => vec![Key::Node(id.clone())],
+            Command::RemoveNode { id } => std::iter::once(Key::Node(id.clone()))
+                .chain(self.tasks_on(id).map(|t| Key::Task(t.id.clone())))
+                .collect(),
+            Command::PutService { name, .. }
+            | Command::SetUpdate { name, .. }
+            | Command::RollbackService { name, .. } => vec![Key::Service(name.clone())],
+            Command::RemoveService { name } => std::iter::once(Key::Service(name.clone()))
+                .chain(self.tasks_of(name).map(|t| Key::Task(t.id.clone())))
+                .collect(),
+            Command::PutTask(t) => vec![Key::Task(t.id.clone())],
+            Command::RemoveTask { id } => vec![Key::Task(id.clone())],
+            Command::SetMeta { key, .. } => vec![Key::Meta(key.clone())],
+            Command::PutRoutes(r) => {
+                vec![Key::Route(RouteRecord::key(&r.service, r.node.as_deref()))]
+            }
+            Command::RemoveRoutes { key } => vec![Key::Route(key.clone())],
+            Command::PutCert(c) => vec![Key::Cert(c.name.clone())],
+            Command::RemoveCert { name } => vec![Key::Cert(name.clone())],
+            Command::PutChallenge(c) => vec![Key::Challenge(c.key())],
+            Command::RemoveChallenge { key } => vec![Key::Challenge(key.clone())],
+        }
+    }
+
+    /// The entries `cmds` can change, as they are now.
+    pub fn before(&self, cmds: &[Command]) -> Before {
+        let mut b = Before::default();
+        for cmd in cmds {
+            for k in self.keys(cmd) {
+                if b.keys.contains(&k) {
+                    continue;
+                }
+                let st = &mut b.state;
+                match &k {
+                    Key::Node(id) => {
+                        if let Some(v) = self.nodes.get(id) {
+                            st.nodes.insert(id.clone(), v.clone());
+                        }
+                    }
+                    Key::Service(id) => {
+                        if let Some(v) = self.services.get(id) {
+                            st.services.insert(id.clone(), v.clone());
+                        }
+                    }
+                    Key::Task(id) => {
+                        if let Some(v) = self.tasks.get(id) {
+                            st.put_task(v.clone());
+                        }
+                    }
+                    Key::Meta(id) => {
+                        if let Some(v) = self.meta.get(id) {
+                            st.meta.insert(id.clone(), v.clone());
+                        }
+                    }
+                    Key::Route(id) => {
+                        if let Some(v) = self.routes.get(id) {
+                            st.routes.insert(id.clone(), v.clone());
+                        }
+                    }
+                    Key::Cert(id) => {
+                        if let Some(v) = self.certs.get(id) {
+                            st.certs.insert(id.clone(), v.clone());
+                        }
+                    }
+                    Key::Challenge(id) => {
+                        if let Some(v) = self.challenges.get(id) {
+                            st.challenges.insert(id.clone(), v.clone());
+                        }
+                    }
+                }
+                b.keys.push(k);
+            }
+        }
+        b
+    }
+
+    /// Puts back the entries of `before` (the batch it was taken for is
+    /// undone, whichever of its commands applied).
+    pub fn restore(&mut self, before: &Before) {
+        /// `map[id]` as it was in `from`.
+        fn put_back<V: Clone>(map: &mut BTreeMap<String, V>, from: &BTreeMap<String, V>, id: &str) {
+            match from.get(id) {
+                Some(v) => {
+                    map.insert(id.to_owned(), v.clone());
+                }
+                None => {
+                    map.remove(id);
+                }
+            }
+        }
+        let b = &before.state;
+        for k in &before.keys {
+            match k {
+                Key::Node(id) => put_back(&mut self.nodes, &b.nodes, id),
+                Key::Service(id) => put_back(&mut self.services, &b.services, id),
+                // Tasks are indexed by service and node.
+                Key::Task(id) => match b.tasks.get(id) {
+                    Some(v) => self.put_task(v.clone()),
+                    None => self.remove_task(id),
+                },
+                Key::Meta(id) => put_back(&mut self.meta, &b.meta, id),
+                Key::Route(id) => put_back(&mut self.routes, &b.routes, id),
+                Key::Cert(id) => put_back(&mut self.certs, &b.certs, id),
+                Key::Challenge(id) => put_back(&mut self.challenges, &b.challenges, id),
+            }
+        }
+    }
+
+    /// Whether a task's node is up, so that traffic can reach it (a task
+    /// the storm guard holds on a down node keeps its place, not its
+    /// traffic).
+    pub fn reachable(&self, t: &TaskRecord) -> bool {
+        t.node
+            .as_ref()
+            .and_then(|n| self.nodes.get(n))
+            .is_some_and(|n| n.up)
+    }
+
     /// Checks a command without applying it.
     pub fn check(&self, cmd: &Command) -> Result<(), Rejected> {
         let node = |id: &String| {
@@ -420,6 +670,7 @@ impl State {
                 }
             }
             Command::SetNodeUp { id, .. }
+            | Command::SetNodeHeld { id, .. }
             | Command::SetAvailability { id, .. }
             | Command::SetLabels { id, .. } => node(id),
             Command::RemoveNode { id } => {
@@ -477,6 +728,14 @@ impl State {
             Command::SetNodeUp { id, up } => {
                 if let Some(n) = self.nodes.get_mut(&id) {
                     n.up = up;
+                    if up {
+                        n.held = false;
+                    }
+                }
+            }
+            Command::SetNodeHeld { id, held, .. } => {
+                if let Some(n) = self.nodes.get_mut(&id) {
+                    n.held = held && !n.up;
                 }
             }
             Command::SetAvailability { id, availability } => {
@@ -492,18 +751,16 @@ impl State {
             Command::RemoveNode { id } => {
                 self.nodes.remove(&id);
                 // Ended tasks that pointed at it keep their history, unplaced.
-                for t in self
-                    .tasks
-                    .values_mut()
-                    .filter(|t| t.node.as_ref() == Some(&id))
-                {
-                    t.node = None;
+                for tid in self.by_node.remove(&id).unwrap_or_default() {
+                    if let Some(t) = self.tasks.get_mut(&tid) {
+                        t.node = None;
+                    }
                 }
             }
             Command::PutService { name, stack, spec } => {
                 let rec = match self.services.get(&name) {
                     // The same spec again changes nothing.
-                    Some(old) if old.spec == spec => old.clone(),
+                    Some(old) if old.spec == *spec => old.clone(),
                     Some(old) => {
                         // Version numbers are never reused, across rollbacks too.
                         let newest = old
@@ -514,7 +771,7 @@ impl State {
                             name: name.clone(),
                             stack,
                             version: newest + 1,
-                            spec,
+                            spec: *spec,
                             previous: Some((old.version, old.spec.clone())),
                             update: UpdateStatus::Updating { since_ms: 0 },
                         }
@@ -523,7 +780,7 @@ impl State {
                         name: name.clone(),
                         stack,
                         version: 1,
-                        spec,
+                        spec: *spec,
                         previous: None,
                         update: UpdateStatus::Completed,
                     },
@@ -553,14 +810,13 @@ impl State {
             }
             Command::RemoveService { name } => {
                 self.services.remove(&name);
-                self.tasks.retain(|_, t| t.service != name);
+                let gone: Vec<String> = self.tasks_of(&name).map(|t| t.id.clone()).collect();
+                for id in gone {
+                    self.remove_task(&id);
+                }
             }
-            Command::PutTask(t) => {
-                self.tasks.insert(t.id.clone(), t);
-            }
-            Command::RemoveTask { id } => {
-                self.tasks.remove(&id);
-            }
+            Command::PutTask(t) => self.put_task(t),
+            Command::RemoveTask { id } => self.remove_task(&id),
             Command::SetMeta { key, value } if value.is_empty() => {
                 self.meta.remove(&key);
             }

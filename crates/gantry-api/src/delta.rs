@@ -1,0 +1,395 @@
+//! The assignment stream's changes: instead of a node's whole assignment
+//! set on every change, the manager sends what changed, numbered. The first
+//! line of a stream is the whole set; an agent that sees a number out of
+//! order drops the stream and reconnects for a whole set again.
+//!
+//! [`Assignments::diff`] and [`Assignments::apply`] are exact inverses:
+//! applying the diff of `a` to `b` on `a` gives `b`.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Assignment, Assignments, Cert, IngressPort, NodeNetwork, Peer};
+
+/// A line of `GET /v1/agent/watch`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AssignmentUpdate {
+    /// 1 for the first line of a stream, then one more each line.
+    pub seq: u64,
+    /// What it carries.
+    #[serde(flatten)]
+    pub change: Change,
+}
+
+/// A whole set or the changes to the set the stream gave so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    /// Replaces everything.
+    Full(Box<Assignments>),
+    /// Changes the set held.
+    Delta(Box<AssignmentDelta>),
+}
+
+/// What changed in a node's assignment set. Keyed parts (tasks, peers,
+/// DNS names, networks) carry the entries put and the keys gone; the rest
+/// is whole when it changed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AssignmentDelta {
+    /// Tasks new or changed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<Assignment>,
+    /// Ids of tasks no longer assigned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks_gone: Vec<String>,
+    /// Peers new or changed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<Peer>,
+    /// Ids of peers gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers_gone: Vec<String>,
+    /// DNS names new or changed: the addresses they gained and lost.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dns: BTreeMap<String, AddrChange>,
+    /// DNS names gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_gone: Vec<String>,
+    /// Stack networks new or changed: the members they gained and lost.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub networks: BTreeMap<String, AddrChange>,
+    /// Stack networks gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks_gone: Vec<String>,
+    /// The node's network, when it changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Option<NodeNetwork>>,
+    /// Ingress ports, whole, when they changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<Vec<IngressPort>>,
+    /// The node's HTTP routes, whole, when they changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<Vec<gantry_route::Route>>,
+    /// Certificates, whole, when they changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certs: Option<Vec<Cert>>,
+    /// HTTP-01 challenges, whole, when they changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http01: Option<BTreeMap<String, String>>,
+    /// TLS-ALPN-01 challenges, whole, when they changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpn01: Option<Vec<Cert>>,
+    /// Whether the node runs the edge proxy, when that changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge: Option<bool>,
+}
+
+/// The addresses a name or network gained and lost (lists stay sorted).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddrChange {
+    /// Gained.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<Ipv4Addr>,
+    /// Lost.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<Ipv4Addr>,
+}
+
+/// Per key, the addresses gained and lost from `old` to `new` (address
+/// lists sorted, as the manager sends them); keys gone.
+pub fn diff_addrs(
+    old: &BTreeMap<String, Vec<Ipv4Addr>>,
+    new: &BTreeMap<String, Vec<Ipv4Addr>>,
+) -> (BTreeMap<String, AddrChange>, Vec<String>) {
+    let empty = Vec::new();
+    let mut put = BTreeMap::new();
+    for (k, v) in new {
+        let o = old.get(k);
+        if o == Some(v) {
+            continue;
+        }
+        let o = o.unwrap_or(&empty);
+        put.insert(
+            k.clone(),
+            AddrChange {
+                add: v
+                    .iter()
+                    .filter(|a| o.binary_search(a).is_err())
+                    .copied()
+                    .collect(),
+                remove: o
+                    .iter()
+                    .filter(|a| v.binary_search(a).is_err())
+                    .copied()
+                    .collect(),
+            },
+        );
+    }
+    let gone = old
+        .keys()
+        .filter(|k| !new.contains_key(*k))
+        .cloned()
+        .collect();
+    (put, gone)
+}
+
+/// Applies changes to address lists; with `drop_empty`, a key left without
+/// addresses goes (a DNS name is its addresses; a network may be empty).
+fn apply_addrs(
+    map: &mut BTreeMap<String, Vec<Ipv4Addr>>,
+    put: BTreeMap<String, AddrChange>,
+    gone: &[String],
+    drop_empty: bool,
+) {
+    for k in gone {
+        map.remove(k);
+    }
+    for (k, c) in put {
+        let v = map.entry(k.clone()).or_default();
+        v.retain(|a| c.remove.binary_search(a).is_err());
+        v.extend(c.add);
+        v.sort();
+        v.dedup();
+        if drop_empty && v.is_empty() {
+            map.remove(&k);
+        }
+    }
+}
+
+impl AssignmentDelta {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Entries of `new` that are not in `old` as they are, and keys of `old`
+/// missing from `new`.
+fn diff_map<K: Ord + Clone, V: PartialEq + Clone>(
+    old: &BTreeMap<K, V>,
+    new: &BTreeMap<K, V>,
+) -> (BTreeMap<K, V>, Vec<K>) {
+    let put = new
+        .iter()
+        .filter(|(k, v)| old.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let gone = old
+        .keys()
+        .filter(|k| !new.contains_key(*k))
+        .cloned()
+        .collect();
+    (put, gone)
+}
+
+fn changed<T: PartialEq + Clone>(old: &T, new: &T) -> Option<T> {
+    (old != new).then(|| new.clone())
+}
+
+impl Assignments {
+    /// An empty set (no tasks, no network, an edge node).
+    pub fn empty() -> Self {
+        Self {
+            tasks: Vec::new(),
+            network: None,
+            peers: Vec::new(),
+            dns: BTreeMap::new(),
+            ingress: Vec::new(),
+            networks: BTreeMap::new(),
+            routes: Vec::new(),
+            certs: Vec::new(),
+            http01: BTreeMap::new(),
+            alpn01: Vec::new(),
+            edge: true,
+        }
+    }
+
+    /// What turns `self` into `new`.
+    pub fn diff(&self, new: &Assignments) -> AssignmentDelta {
+        let by_id = |v: &[Assignment]| -> BTreeMap<String, Assignment> {
+            v.iter().map(|a| (a.task.id.clone(), a.clone())).collect()
+        };
+        let peers = |v: &[Peer]| -> BTreeMap<String, Peer> {
+            v.iter().map(|p| (p.id.clone(), p.clone())).collect()
+        };
+        let (tasks, tasks_gone) = diff_map(&by_id(&self.tasks), &by_id(&new.tasks));
+        let (peers, peers_gone) = diff_map(&peers(&self.peers), &peers(&new.peers));
+        let (dns, dns_gone) = diff_addrs(&self.dns, &new.dns);
+        let (networks, networks_gone) = diff_addrs(&self.networks, &new.networks);
+        AssignmentDelta {
+            tasks: tasks.into_values().collect(),
+            tasks_gone,
+            peers: peers.into_values().collect(),
+            peers_gone,
+            dns,
+            dns_gone,
+            networks,
+            networks_gone,
+            network: changed(&self.network, &new.network),
+            ingress: changed(&self.ingress, &new.ingress),
+            routes: changed(&self.routes, &new.routes),
+            certs: changed(&self.certs, &new.certs),
+            http01: changed(&self.http01, &new.http01),
+            alpn01: changed(&self.alpn01, &new.alpn01),
+            edge: changed(&self.edge, &new.edge),
+        }
+    }
+
+    /// Applies a change (tasks and peers stay ordered by id).
+    pub fn apply(&mut self, d: AssignmentDelta) {
+        fn keyed<T>(v: &mut Vec<T>, key: impl Fn(&T) -> &str, put: Vec<T>, gone: &[String]) {
+            if put.is_empty() && gone.is_empty() {
+                return;
+            }
+            let mut map: BTreeMap<String, T> =
+                v.drain(..).map(|t| (key(&t).to_owned(), t)).collect();
+            for k in gone {
+                map.remove(k);
+            }
+            for t in put {
+                map.insert(key(&t).to_owned(), t);
+            }
+            v.extend(map.into_values());
+        }
+        keyed(&mut self.tasks, |a| &a.task.id, d.tasks, &d.tasks_gone);
+        keyed(&mut self.peers, |p| &p.id, d.peers, &d.peers_gone);
+        apply_addrs(&mut self.dns, d.dns, &d.dns_gone, true);
+        apply_addrs(&mut self.networks, d.networks, &d.networks_gone, false);
+        if let Some(n) = d.network {
+            self.network = n;
+        }
+        if let Some(v) = d.ingress {
+            self.ingress = v;
+        }
+        if let Some(v) = d.routes {
+            self.routes = v;
+        }
+        if let Some(v) = d.certs {
+            self.certs = v;
+        }
+        if let Some(v) = d.http01 {
+            self.http01 = v;
+        }
+        if let Some(v) = d.alpn01 {
+            self.alpn01 = v;
+        }
+        if let Some(v) = d.edge {
+            self.edge = v;
+        }
+    }
+
+    /// Tasks and peers ordered by id and no DNS name without addresses,
+    /// as [`Assignments::apply`] leaves them (what the manager sends).
+    pub fn normalise(&mut self) {
+        self.dns.retain(|_, v| !v.is_empty());
+        self.tasks.sort_by(|a, b| a.task.id.cmp(&b.task.id));
+        self.peers.sort_by(|a, b| a.id.cmp(&b.id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gantry_ipam::Net;
+    use gantry_spec::Service;
+    use gantry_state::{TaskRecord, TaskState};
+    use proptest::prelude::*;
+
+    fn task(id: u8, version: u64) -> Assignment {
+        Assignment {
+            task: TaskRecord {
+                id: format!("t{id}"),
+                service: "s_web".into(),
+                version,
+                slot: u32::from(id),
+                node: Some("n1".into()),
+                desired: TaskState::Running,
+                state: TaskState::Assigned,
+                message: String::new(),
+                exit_code: None,
+                attempt: 0,
+                updated_ms: 0,
+                addr: Some(Ipv4Addr::new(10, 32, 0, id)),
+            },
+            stack: "s".into(),
+            spec: Service::new(format!("web:{version}")),
+        }
+    }
+
+    fn peer(id: u8, mac: u8) -> Peer {
+        Peer {
+            id: format!("p{id}"),
+            addr: format!("192.168.1.{id}"),
+            block: Net::new(Ipv4Addr::new(10, 32, id, 0), 24),
+            vtep_mac: format!("02:00:00:00:00:{mac:02x}"),
+        }
+    }
+
+    prop_compose! {
+        fn arb_set()(
+            tasks in proptest::collection::btree_map(0u8..12, 1u64..3, 0..8),
+            peers in proptest::collection::btree_map(1u8..8, 0u8..3, 0..5),
+            dns in proptest::collection::btree_map("[a-c]{1,2}", proptest::collection::vec(0u8..4, 0..3), 0..5),
+            nets in proptest::collection::btree_map("[x-z]", proptest::collection::vec(0u8..4, 0..3), 0..3),
+            edge in any::<bool>(),
+            http in proptest::collection::btree_map("[a-b]", "[a-b]", 0..2),
+            ingress in proptest::collection::vec(1u16..4, 0..2),
+        ) -> Assignments {
+            let addrs = |v: Vec<u8>| {
+                let mut v: Vec<Ipv4Addr> = v.into_iter().map(|o| Ipv4Addr::new(10, 32, 0, o)).collect();
+                v.sort();
+                v.dedup();
+                v
+            };
+            let mut a = Assignments::empty();
+            a.tasks = tasks.into_iter().map(|(id, v)| task(id, v)).collect();
+            a.peers = peers.into_iter().map(|(id, m)| peer(id, m)).collect();
+            a.dns = dns.into_iter().map(|(k, v)| (k, addrs(v))).collect();
+            a.networks = nets.into_iter().map(|(k, v)| (k, addrs(v))).collect();
+            a.edge = edge;
+            a.http01 = http;
+            a.ingress = ingress.into_iter().map(|p| IngressPort { published: p, target: 80, service: "s_web".into() }).collect();
+            a.normalise();
+            a
+        }
+    }
+
+    proptest! {
+        /// Whatever two sets, the diff of one to the other applied to the
+        /// first gives the second, and survives the wire.
+        #[test]
+        fn applying_the_diff_gives_the_new_set(old in arb_set(), new in arb_set()) {
+            let d = old.diff(&new);
+            let line = serde_json::to_string(&AssignmentUpdate { seq: 2, change: Change::Delta(Box::new(d)) }).unwrap();
+            let back: AssignmentUpdate = serde_json::from_str(&line).unwrap();
+            let Change::Delta(d) = back.change else { panic!("{line}") };
+            let mut got = old.clone();
+            got.apply(*d);
+            prop_assert_eq!(got, new);
+        }
+
+        /// The same set twice: an empty diff.
+        #[test]
+        fn no_change_no_delta(a in arb_set()) {
+            prop_assert!(a.diff(&a).is_empty());
+        }
+    }
+
+    #[test]
+    fn a_delta_carries_only_what_changed() {
+        let mut old = Assignments::empty();
+        old.tasks = (1..=100).map(|i| task(i, 1)).collect();
+        old.normalise();
+        let mut new = old.clone();
+        new.tasks.retain(|a| a.task.id != "t7");
+        new.tasks.push(task(200, 1));
+        new.normalise();
+        let d = old.diff(&new);
+        assert_eq!(d.tasks.len(), 1);
+        assert_eq!(d.tasks_gone, ["t7"]);
+        let full = serde_json::to_vec(&new).unwrap().len();
+        let delta = serde_json::to_vec(&d).unwrap().len();
+        assert!(delta * 20 < full, "{delta} bytes of {full}");
+    }
+}

@@ -1,0 +1,389 @@
+//! The assignment streams (`GET /v1/agent/watch`). One hub serves every
+//! connected node: after a change of state it waits [`COALESCE`] for more,
+//! then computes once what every node shares (peers, ingress ports,
+//! certificates, challenges, the routes of nodes without routes of their
+//! own) and what changed in it, the DNS records and network members by
+//! scope and what changed in each (`gantry_manager::scope`), and for each
+//! node only its own part: its tasks against those it was last sent, the
+//! records of its scopes (the networks its tasks join, and the ingress
+//! names), its network, routes and edge role. A node gets one numbered line with the change,
+//! or nothing when nothing of its changed; a node that connects gets its
+//! whole set. A node whose stream is behind (its queue full) is skipped,
+//! and once it drains gets one change from what it was last sent (each
+//! node keeps, by reference, the shared part and records it was sent), so
+//! a slow node costs one coalesced change, never a bigger whole set.
+//!
+//! The work of a change grows with the cluster once (one pass over the
+//! state) and with the nodes only by the size of what each is sent.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use gantry_api::{Assignment, AssignmentDelta, AssignmentUpdate, Assignments, Change, IngressPort};
+use gantry_store::{State as Cluster, TaskRecord, TaskState};
+use tokio::sync::{mpsc, Notify};
+
+use crate::api::json_line;
+use crate::Shared;
+use gantry_manager::scope::{self, Scoped};
+use gantry_manager::views::ingress_ports;
+
+/// How long the hub waits after a change for more before it sends.
+pub(crate) const COALESCE: Duration = Duration::from_millis(50);
+
+/// Lines queued to one node before it counts as behind.
+const QUEUE: usize = 16;
+
+/// A connected node's stream.
+struct Conn {
+    /// Which connection (a node that reconnects replaces its stream).
+    id: u64,
+    tx: mpsc::Sender<Bytes>,
+    /// The number of the last line sent.
+    seq: u64,
+    /// What the node holds, unless it needs a whole set.
+    sent: Option<Held>,
+}
+
+/// What a node holds, apart from the shared part: its tasks, network,
+/// routes and edge role. A task is sent once: what a node needs of it (its
+/// spec, address and slot) never changes for one id (a new spec is a new
+/// task; a task re-stamped with a new version of the same container, as a
+/// scale does, is the same to the node).
+struct Held {
+    /// The shared part it was last sent (shared by reference with every
+    /// node sent the same round).
+    shared: Arc<Assignments>,
+    /// The scoped records it was last sent (the same).
+    scoped: Arc<Scoped>,
+    tasks: std::collections::BTreeSet<String>,
+    /// Its DNS and network scopes (`gantry_manager::scope`).
+    scopes: std::collections::BTreeSet<String>,
+    network: Option<gantry_api::NodeNetwork>,
+    routes: Vec<gantry_route::Route>,
+    ingress: Vec<IngressPort>,
+    edge: bool,
+}
+
+/// The assignment streams of every connected node.
+#[derive(Default)]
+pub(crate) struct Hub {
+    conns: Mutex<HashMap<String, Conn>>,
+    next_id: std::sync::atomic::AtomicU64,
+    kick: Notify,
+}
+
+impl Hub {
+    /// Registers a node's new stream; its whole set goes out with the next
+    /// round, which starts at once.
+    pub(crate) fn connect(&self, node: &str) -> (u64, mpsc::Receiver<Bytes>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.conns.lock().expect("hub lock").insert(
+            node.to_owned(),
+            Conn {
+                id,
+                tx,
+                seq: 0,
+                sent: None,
+            },
+        );
+        self.kick.notify_one();
+        (id, rx)
+    }
+
+    /// A queue for keep-alive lines of connection `id`, while it is the
+    /// node's.
+    pub(crate) fn sender(&self, node: &str, id: u64) -> Option<mpsc::Sender<Bytes>> {
+        let conns = self.conns.lock().expect("hub lock");
+        conns.get(node).filter(|c| c.id == id).map(|c| c.tx.clone())
+    }
+}
+
+/// The hub's loop: a round after every change (coalesced) or connection.
+pub(crate) async fn run(sh: Arc<Shared>) {
+    let mut changed = sh.changed.subscribe();
+    loop {
+        tokio::select! {
+            r = changed.changed() => if r.is_err() { return },
+            _ = sh.hub.kick.notified() => {}
+        }
+        tokio::time::sleep(COALESCE).await;
+        changed.mark_unchanged();
+        let s2 = sh.clone();
+        match tokio::task::spawn_blocking(move || round(&s2)).await {
+            Ok(behind) => {
+                if behind {
+                    // A node's queue was full: try it again soon.
+                    let sh = sh.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        sh.hub.kick.notify_one();
+                    });
+                }
+            }
+            Err(e) => tracing::error!("assignment round panicked: {e}"),
+        }
+    }
+}
+
+/// The part every node shares (DNS and networks are scoped: each node
+/// gets those of its own networks).
+fn shared_part(s: &Cluster) -> Assignments {
+    let mut a = Assignments::empty();
+    a.peers = s
+        .nodes
+        .values()
+        .filter(|n| n.up)
+        .filter_map(|n| {
+            Some(gantry_api::Peer {
+                id: n.id.clone(),
+                addr: n.addr.clone(),
+                block: n.block?,
+                vtep_mac: n.vtep_mac.clone()?,
+            })
+        })
+        .collect();
+    a.certs = crate::edge::certs(s);
+    a.http01 = s
+        .challenges
+        .values()
+        .filter(|c| !c.token.is_empty())
+        .map(|c| (c.token.clone(), c.key_auth.clone()))
+        .collect();
+    a.alpn01 = s
+        .challenges
+        .values()
+        .filter(|c| c.token.is_empty())
+        .map(|c| gantry_api::Cert {
+            names: vec![c.name.clone()],
+            cert_pem: c.cert_pem.clone(),
+            key_pem: c.key_pem.clone(),
+        })
+        .collect();
+    a.normalise();
+    a
+}
+
+/// The tasks a node must run now.
+fn wanted(t: &TaskRecord) -> bool {
+    t.desired == TaskState::Running && !matches!(t.state, TaskState::Failed | TaskState::Shutdown)
+}
+
+/// A task with the spec of its version.
+fn assignment(s: &Cluster, t: &TaskRecord) -> Option<Assignment> {
+    let rec = s.services.get(&t.service)?;
+    let spec = match &rec.previous {
+        Some((v, spec)) if *v == t.version && t.version != rec.version => spec.clone(),
+        _ => rec.spec.clone(),
+    };
+    Some(Assignment {
+        task: t.clone(),
+        stack: rec.stack.clone(),
+        spec,
+    })
+}
+
+/// The node's network, routes (with TCP routes folded into ingress) and
+/// edge role; `generic`: the routes of a node without DFP routes of its
+/// own, computed once.
+struct NodePart {
+    network: Option<gantry_api::NodeNetwork>,
+    routes: Vec<gantry_route::Route>,
+    ingress: Vec<IngressPort>,
+    edge: bool,
+}
+
+/// What a round computes once for every node's part.
+struct RoundFacts {
+    ingress: Vec<IngressPort>,
+    /// The routes of a node without DFP routes of its own.
+    generic: (Vec<gantry_route::Route>, Vec<IngressPort>),
+    /// Nodes with DFP routes of their own.
+    with_own: std::collections::BTreeSet<String>,
+    /// Whether some node is marked an edge node.
+    edge_marked: bool,
+    cidr: gantry_ipam::Net,
+    vni: u32,
+    direct_routing: bool,
+}
+
+impl RoundFacts {
+    fn of(s: &Cluster) -> Self {
+        Self {
+            ingress: ingress_ports(s),
+            generic: crate::edge::routes_for(s, ""),
+            with_own: s.routes.values().filter_map(|r| r.node.clone()).collect(),
+            edge_marked: crate::edge::any_marked(s),
+            cidr: gantry_manager::network::plan(s).cidr,
+            vni: s
+                .meta
+                .get(crate::VNI_KEY)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(crate::DEFAULT_VNI),
+            direct_routing: s.meta.get(crate::DIRECT_ROUTING_KEY).map(String::as_str)
+                == Some("true"),
+        }
+    }
+}
+
+fn node_part(s: &Cluster, node: &str, f: &RoundFacts) -> NodePart {
+    let network = s
+        .nodes
+        .get(node)
+        .and_then(|n| n.block)
+        .map(|block| gantry_api::NodeNetwork {
+            block,
+            vni: f.vni,
+            cidr: f.cidr,
+            direct_routing: f.direct_routing,
+        });
+    let edge = crate::edge::is_edge_given(s, node, f.edge_marked);
+    let own;
+    let (routes, tcp) = match (edge, f.with_own.contains(node)) {
+        (false, _) => (&Vec::new(), &Vec::new()),
+        (true, false) => (&f.generic.0, &f.generic.1),
+        (true, true) => {
+            own = crate::edge::routes_for(s, node);
+            (&own.0, &own.1)
+        }
+    };
+    let mut all: Vec<IngressPort> = f.ingress.iter().chain(tcp).cloned().collect();
+    all.sort();
+    all.dedup_by_key(|p| p.published);
+    NodePart {
+        network,
+        routes: routes.clone(),
+        ingress: all,
+        edge,
+    }
+}
+
+/// One round: computes the shared part and every connected node's change,
+/// and queues them. Returns whether a node was behind.
+fn round(sh: &Shared) -> bool {
+    let mut conns = sh.hub.conns.lock().expect("hub lock");
+    conns.retain(|_, c| !c.tx.is_closed());
+    let mut behind = false;
+    sh.read(|s| {
+        let shared = Arc::new(shared_part(s));
+        let sc = Arc::new(scope::scoped(s));
+        // The changes from each version some node holds (nearly always
+        // one: the last round's), computed once.
+        let mut shared_deltas: HashMap<*const Assignments, AssignmentDelta> = HashMap::new();
+        let mut changes: HashMap<*const Scoped, scope::Changes> = HashMap::new();
+        let facts = RoundFacts::of(s);
+        for (node, conn) in conns.iter_mut() {
+            let part = node_part(s, node, &facts);
+            let tasks: BTreeMap<String, &TaskRecord> = s
+                .tasks_on(node)
+                .filter(|t| wanted(t))
+                .map(|t| (t.id.clone(), t))
+                .collect();
+            let scopes = scope::node_scopes(s, node);
+            let (change, held) = match &conn.sent {
+                None => {
+                    let mut a = (*shared).clone();
+                    a.peers.retain(|p| p.id != *node);
+                    a.tasks = tasks.values().filter_map(|t| assignment(s, t)).collect();
+                    a.network = part.network.clone();
+                    a.routes = part.routes.clone();
+                    a.ingress = part.ingress.clone();
+                    a.edge = part.edge;
+                    (a.dns, a.networks) = scope::node_records(&sc, &scopes);
+                    a.normalise();
+                    (
+                        Change::Full(Box::new(a)),
+                        held_of(&shared, &sc, &tasks, scopes, part),
+                    )
+                }
+                Some(h) => {
+                    let mut d: AssignmentDelta = shared_deltas
+                        .entry(Arc::as_ptr(&h.shared))
+                        .or_insert_with(|| h.shared.diff(&shared))
+                        .clone();
+                    d.peers.retain(|p| p.id != *node);
+                    d.peers_gone.retain(|p| p != node);
+                    d.tasks = tasks
+                        .values()
+                        .filter(|t| !h.tasks.contains(&t.id))
+                        .filter_map(|t| assignment(s, t))
+                        .collect();
+                    d.tasks_gone = h
+                        .tasks
+                        .iter()
+                        .filter(|id| !tasks.contains_key(*id))
+                        .cloned()
+                        .collect();
+                    d.network = (h.network != part.network).then(|| part.network.clone());
+                    d.routes = (h.routes != part.routes).then(|| part.routes.clone());
+                    d.edge = (h.edge != part.edge).then_some(part.edge);
+                    // Ingress is shared but for the node's TCP routes:
+                    // sent whole whenever the node's list changed.
+                    d.ingress = (h.ingress != part.ingress).then(|| part.ingress.clone());
+                    let ch = changes
+                        .entry(Arc::as_ptr(&h.scoped))
+                        .or_insert_with(|| scope::changes(&h.scoped, &sc));
+                    (d.dns, d.networks, d.networks_gone) =
+                        scope::node_delta(&h.scoped, &sc, ch, &h.scopes, &scopes);
+                    if d.is_empty() {
+                        // It holds what it would hold now: let it hold the
+                        // new versions (the old ones can go).
+                        if let Some(h) = conn.sent.as_mut() {
+                            h.shared = shared.clone();
+                            h.scoped = sc.clone();
+                        }
+                        continue;
+                    }
+                    (
+                        Change::Delta(Box::new(d)),
+                        held_of(&shared, &sc, &tasks, scopes, part),
+                    )
+                }
+            };
+            let line = json_line(&AssignmentUpdate {
+                seq: conn.seq + 1,
+                change,
+            });
+            let n = line.len() as u64;
+            match conn.tx.try_send(line) {
+                Ok(()) => {
+                    conn.seq += 1;
+                    conn.sent = Some(held);
+                    sh.counters.assign_bytes.fetch_add(n, Ordering::Relaxed);
+                    sh.counters.assign_lines.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // What it holds is unchanged: its next change is
+                    // computed from it once it drains.
+                    tracing::debug!(node = %node, "assignment stream behind; its changes wait");
+                    behind = true;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => conn.sent = None,
+            }
+        }
+    });
+    behind
+}
+
+fn held_of(
+    shared: &Arc<Assignments>,
+    scoped: &Arc<Scoped>,
+    tasks: &BTreeMap<String, &TaskRecord>,
+    scopes: std::collections::BTreeSet<String>,
+    part: NodePart,
+) -> Held {
+    Held {
+        shared: shared.clone(),
+        scoped: scoped.clone(),
+        tasks: tasks.keys().cloned().collect(),
+        scopes,
+        network: part.network,
+        routes: part.routes,
+        edge: part.edge,
+        ingress: part.ingress,
+    }
+}

@@ -1,0 +1,357 @@
+//! The service spec: what a stack file's service means once parsed and
+//! normalised, as one set of types from the stack file to the container.
+//! The stack parser produces it, the store keeps it in its records and
+//! commands, the API carries it, the manager reconciles it and the agent
+//! runs it; nobody parses it twice. Pure: types, serde and small helpers.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use gantry_sched::Strategy;
+
+/// CPU and memory amounts of a service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Amounts {
+    /// Billionths of a CPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nano_cpus: Option<u64>,
+    /// Bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
+    /// Processes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+}
+
+/// How a published port is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortMode {
+    /// Every node forwards the port to a task anywhere.
+    Ingress,
+    /// Only the node running the task listens.
+    Host,
+}
+
+/// A published port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Port {
+    /// Port in the container.
+    pub target: u16,
+    /// Port on the nodes (none: only reachable inside the cluster).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub published: Option<u16>,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// Ingress or host.
+    pub mode: PortMode,
+}
+
+/// A mount of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// `volume`, `bind` or `tmpfs`.
+    #[serde(rename = "type")]
+    pub kind: MountType,
+    /// Volume name or host path (empty for tmpfs).
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub source: String,
+    /// Path in the container.
+    pub target: String,
+    /// Mounted read-only.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub read_only: bool,
+}
+
+/// What a mount mounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MountType {
+    /// A named volume of the stack.
+    Volume,
+    /// A path of the node.
+    Bind,
+    /// Memory.
+    Tmpfs,
+}
+
+impl MountType {
+    /// From its compose name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "volume" => Some(Self::Volume),
+            "bind" => Some(Self::Bind),
+            "tmpfs" => Some(Self::Tmpfs),
+            _ => None,
+        }
+    }
+}
+
+/// A health check; durations in nanoseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Healthcheck {
+    /// `["CMD", ...]`, `["CMD-SHELL", "..."]` or `["NONE"]`.
+    pub test: Vec<String>,
+    /// Between checks.
+    pub interval_ns: u64,
+    /// For one check.
+    pub timeout_ns: u64,
+    /// Grace after start.
+    pub start_period_ns: u64,
+    /// Failures before unhealthy.
+    pub retries: u32,
+}
+
+/// When the orchestrator restarts a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    /// `none`, `on-failure` or `any`.
+    pub condition: String,
+    /// Wait before restarting, nanoseconds.
+    pub delay_ns: u64,
+    /// 0: no limit.
+    pub max_attempts: u32,
+    /// Window in which attempts count, nanoseconds (0: unbounded).
+    pub window_ns: u64,
+}
+
+/// How an update or a rollback proceeds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpdateConfig {
+    /// Tasks updated at once (0: all).
+    pub parallelism: u32,
+    /// Between batches, nanoseconds.
+    pub delay_ns: u64,
+    /// `stop-first` or `start-first`.
+    pub order: String,
+    /// `pause`, `continue` or `rollback`.
+    pub failure_action: String,
+    /// How long a new task is watched for failure, nanoseconds.
+    pub monitor_ns: u64,
+    /// Failures tolerated during an update.
+    pub max_failure_ratio: f64,
+}
+
+/// Replicated or global.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A number of replicas.
+    Replicated {
+        /// How many.
+        replicas: u32,
+    },
+    /// One task per eligible node.
+    Global,
+}
+
+/// A service of a stack, normalised.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    /// Image reference.
+    pub image: String,
+    /// Replaces the image's Cmd.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Replaces the image's Entrypoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    /// Environment (env_file first, then `environment`).
+    pub environment: BTreeMap<String, String>,
+    /// Container labels (routing labels live here).
+    pub labels: BTreeMap<String, String>,
+    /// Published ports.
+    pub ports: Vec<Port>,
+    /// Mounts.
+    pub volumes: Vec<Mount>,
+    /// Health check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<Healthcheck>,
+    /// Services that must start first.
+    pub depends_on: Vec<String>,
+    /// Networks of the stack it joins.
+    pub networks: Vec<String>,
+    /// Replicated or global.
+    pub mode: Mode,
+    /// Limits per task.
+    pub limits: Amounts,
+    /// Reservations per task (used for placement).
+    pub reservations: Amounts,
+    /// Placement constraints.
+    pub constraints: Vec<String>,
+    /// Spread over these node labels.
+    pub spread_over: Vec<String>,
+    /// Scoring strategy (`x-gantry: {strategy: binpack}` or the service
+    /// label `gantry.strategy`); none: the cluster's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+    /// Even out replicas when nodes join or return (`x-gantry: {rebalance: false}` turns it off).
+    #[serde(default = "yes")]
+    pub rebalance: bool,
+    /// May reach the cloud's instance-metadata address, 169.254.169.254
+    /// (`x-gantry: {metadata: true}`); refused by default, since it hands
+    /// out the host's cloud credentials.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub metadata: bool,
+    /// Restart policy.
+    pub restart_policy: RestartPolicy,
+    /// Rolling update.
+    pub update_config: UpdateConfig,
+    /// Rollback.
+    pub rollback_config: UpdateConfig,
+    /// Service labels (deploy.labels).
+    pub service_labels: BTreeMap<String, String>,
+    /// Container user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Working directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// Hostname.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Stop signal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// Stop grace period, nanoseconds.
+    pub stop_grace_period_ns: u64,
+}
+
+impl Default for RestartPolicy {
+    /// Swarm's: restart on any exit after 5 s, without a limit.
+    fn default() -> Self {
+        Self {
+            condition: "any".into(),
+            delay_ns: 5_000_000_000,
+            max_attempts: 0,
+            window_ns: 0,
+        }
+    }
+}
+
+impl Default for UpdateConfig {
+    /// Swarm's: one task at a time, stop first, pause on failure, each
+    /// watched for 5 s.
+    fn default() -> Self {
+        Self {
+            parallelism: 1,
+            delay_ns: 0,
+            order: "stop-first".into(),
+            failure_action: "pause".into(),
+            monitor_ns: 5_000_000_000,
+            max_failure_ratio: 0.0,
+        }
+    }
+}
+
+impl Service {
+    /// One replica of `image` with every other setting at the default a
+    /// stack file gives a service that only names its image.
+    pub fn new(image: impl Into<String>) -> Self {
+        Self {
+            image: image.into(),
+            command: None,
+            entrypoint: None,
+            environment: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            ports: Vec::new(),
+            volumes: Vec::new(),
+            healthcheck: None,
+            depends_on: Vec::new(),
+            networks: vec!["default".into()],
+            mode: Mode::Replicated { replicas: 1 },
+            limits: Amounts::default(),
+            reservations: Amounts::default(),
+            constraints: Vec::new(),
+            spread_over: Vec::new(),
+            strategy: None,
+            rebalance: true,
+            metadata: false,
+            restart_policy: RestartPolicy::default(),
+            update_config: UpdateConfig::default(),
+            rollback_config: UpdateConfig::default(),
+            service_labels: BTreeMap::new(),
+            user: None,
+            working_dir: None,
+            hostname: None,
+            stop_signal: None,
+            stop_grace_period_ns: 10_000_000_000,
+        }
+    }
+
+    /// Whether tasks of `other` run the same containers as tasks of this
+    /// one: a change of replicas, of the update and rollback settings or
+    /// of the restart policy rolls no task.
+    pub fn same_tasks(&self, other: &Service) -> bool {
+        let containers = |s: &Service| {
+            let mut s = s.clone();
+            s.mode = Mode::Global;
+            s.update_config = UpdateConfig::default();
+            s.rollback_config = UpdateConfig::default();
+            s.restart_policy = RestartPolicy::default();
+            s
+        };
+        containers(self) == containers(other)
+    }
+
+    /// Its replica count (none for a global service).
+    pub fn replicas(&self) -> Option<u32> {
+        match self.mode {
+            Mode::Replicated { replicas } => Some(replicas),
+            Mode::Global => None,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Replicated { replicas } => write!(f, "replicated {replicas}"),
+            Self::Global => write!(f, "global"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spec_round_trips_through_json_as_nested_objects() {
+        let mut s = Service::new("web:1");
+        s.environment.insert("A".into(), "1".into());
+        s.healthcheck = Some(Healthcheck {
+            test: vec!["CMD".into(), "true".into()],
+            interval_ns: 1,
+            timeout_ns: 2,
+            start_period_ns: 3,
+            retries: 4,
+        });
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["mode"]["replicated"]["replicas"], 1);
+        assert_eq!(v["environment"]["A"], "1");
+        let back: Service = serde_json::from_value(v).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.replicas(), Some(1));
+    }
+
+    #[test]
+    fn scaling_or_update_settings_keep_the_tasks_an_image_or_env_changes_them() {
+        let a = Service::new("web:1");
+        let mut b = a.clone();
+        b.mode = Mode::Replicated { replicas: 9 };
+        b.update_config.parallelism = 4;
+        b.restart_policy.max_attempts = 3;
+        assert!(a.same_tasks(&b));
+        let mut c = a.clone();
+        c.environment.insert("X".into(), "1".into());
+        assert!(!a.same_tasks(&c));
+        assert!(!a.same_tasks(&Service::new("web:2")));
+    }
+}

@@ -1,0 +1,92 @@
+//! The cluster verbs: `server`, `agent`, `join-token`, `deploy` and
+//! `stack`, `service`, `node`, `events`. The processes are in
+//! gantry-server and gantry-agent; the rest are calls to the manager's API
+//! with the admin credential, printed as tables or JSON.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use gantry_api::{AdminConfig, Client, NodeView, ServiceView};
+
+use crate::Ctx;
+
+mod certs;
+mod daemons;
+mod events;
+mod nodes;
+mod services;
+
+pub(crate) use certs::{cert, CertCmd};
+pub(crate) use daemons::{agent, server, AgentArgs, ServerArgs};
+pub(crate) use events::{events, time_arg, EventsArgs};
+pub(crate) use nodes::{join_token, node, NodeCmd};
+pub(crate) use services::{deploy, service, stack, ClusterStackCmd, DeployArgs, ServiceCmd};
+
+fn kv(s: &str) -> anyhow::Result<(String, String)> {
+    let (k, v) = s
+        .split_once('=')
+        .with_context(|| format!("{s:?} is not KEY=VALUE"))?;
+    anyhow::ensure!(!k.is_empty(), "{s:?} has an empty key");
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+pub(crate) fn duration(s: &str, what: &str) -> anyhow::Result<Duration> {
+    gantry_units::duration_ns(s)
+        .map(Duration::from_nanos)
+        .map_err(|e| anyhow::anyhow!("{what}: {e}"))
+}
+
+/// A client of the manager with the admin credential.
+pub(crate) fn client(ctx: &Ctx) -> anyhow::Result<Client> {
+    let cfg = AdminConfig::load(&ctx.config_dir).map_err(|e| anyhow::anyhow!(e))?;
+    Ok(Client::admin(&cfg, ctx.host.as_deref())?)
+}
+
+fn call<T>(
+    f: impl std::future::Future<Output = Result<T, gantry_api::ApiError>>,
+) -> anyhow::Result<T> {
+    Ok(crate::images::block_on(f)??)
+}
+
+/// A service by its full name (`STACK_SERVICE`), or by its short name when
+/// only one stack has it.
+fn service_name(c: &Client, name: &str) -> anyhow::Result<String> {
+    let all: Vec<ServiceView> = call(c.get("/v1/services"))?;
+    if all.iter().any(|s| s.record.name == name) {
+        return Ok(name.to_owned());
+    }
+    let suffix = format!("_{name}");
+    let hits: Vec<&ServiceView> = all
+        .iter()
+        .filter(|s| s.record.name.ends_with(&suffix))
+        .collect();
+    match hits.as_slice() {
+        [one] => Ok(one.record.name.clone()),
+        [] => anyhow::bail!("no such service: {name}"),
+        _ => anyhow::bail!("service {name:?} is in several stacks: use STACK_{name}"),
+    }
+}
+
+fn hostnames(c: &Client) -> anyhow::Result<BTreeMap<String, String>> {
+    let nodes: Vec<NodeView> = call(c.get("/v1/nodes"))?;
+    Ok(nodes
+        .into_iter()
+        .map(|n| (n.record.id, n.record.hostname))
+        .collect())
+}
+
+fn state_name<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn capitalised(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+        .unwrap_or_default()
+}
