@@ -18,6 +18,7 @@
 //! binary), never from the agent's threads.
 
 mod edge;
+mod exits;
 mod health;
 mod helper;
 mod http;

@@ -1,7 +1,7 @@
 //! The node's tasks: what the manager assigned, the containers that run
 //! them, and their state as reported.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -931,22 +931,40 @@ impl Agent {
     }
 
     /// Watches the containers of tasks that are up; a container that ended
-    /// makes its task failed (with its exit code).
+    /// makes its task failed (with its exit code). Exits are learnt from
+    /// the containers' monitor processes ([`crate::exits`]), so the work
+    /// is per exit, not per container and tick; the fast path's task
+    /// ports are synced when the set of containers up changed, and in
+    /// full at each full check.
     pub(crate) async fn monitor(self: Arc<Self>) {
         let Some(rt) = &self.rt else { return };
         let mut swept = Instant::now();
+        let mut exits = crate::exits::Exits::new();
+        let mut synced: Option<(BTreeSet<String>, Instant)> = None;
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
             if swept.elapsed() >= SWEEP_EVERY {
                 swept = Instant::now();
                 tokio::spawn(self.clone().sweep());
             }
-            self.sync_fast_path();
-            let up: Vec<(String, String)> = self
+            let up: BTreeMap<String, String> = self
                 .lock()
                 .iter()
                 .filter(|(_, l)| l.phase == Phase::Up)
-                .filter_map(|(id, l)| Some((id.clone(), l.container.clone()?)))
+                .filter_map(|(id, l)| Some((l.container.clone()?, id.clone())))
+                .collect();
+            let cids: BTreeSet<String> = up.keys().cloned().collect();
+            let stale = synced
+                .as_ref()
+                .is_none_or(|(set, at)| *set != cids || at.elapsed() >= crate::exits::FULL_CHECK);
+            if stale {
+                self.sync_fast_path();
+                synced = Some((cids.clone(), Instant::now()));
+            }
+            let due = exits.due(&cids, |cid| rt.state(cid).ok().and_then(|s| s.monitor_pid));
+            let up: Vec<(String, String)> = due
+                .into_iter()
+                .filter_map(|cid| Some((up.get(&cid)?.clone(), cid)))
                 .collect();
             for (id, cid) in up {
                 let st = rt.state(&cid);

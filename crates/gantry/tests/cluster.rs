@@ -539,10 +539,14 @@ impl Dev {
     fn state(&self) -> (String, String) {
         let o = self.cli(&["service", "ls", "--format", "json"]);
         let n = self.cli(&["node", "ls", "--format", "json"]);
-        // Node heartbeats move; compare what matters.
+        // Node heartbeats and their live figures move; compare what
+        // matters.
         let mut nodes: Value = serde_json::from_slice(&n.stdout).unwrap();
         for n in nodes.as_array_mut().unwrap() {
-            n.as_object_mut().unwrap().remove("last_seen_ms");
+            let n = n.as_object_mut().unwrap();
+            for live in ["last_seen_ms", "cpu_percent", "mem_used", "disk"] {
+                n.remove(live);
+            }
         }
         (text(&o), nodes.to_string())
     }
