@@ -124,6 +124,15 @@ pub(crate) fn proc_start_time(pid: i32) -> Option<u64> {
     rest.split(' ').nth(19)?.parse().ok()
 }
 
+/// Docker's rule for container names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*` (a
+/// name is a file name in the name index, so nothing else may pass).
+pub fn valid_container_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && name.len() <= 255
+}
+
 fn alive(pid: i32, start: Option<u64>) -> bool {
     match proc_start_time(pid) {
         Some(t) => start.is_none_or(|s| s == t) && !is_zombie(pid),
@@ -272,6 +281,57 @@ impl Runtime {
         }
     }
 
+    /// The index of names: `.names/NAME` is a link to the directory of
+    /// the container that holds NAME (`../ID`). Taking a name costs one link, not a read
+    /// of every container (which made each start slower the more
+    /// containers a node ran). A store from before the index gets it from
+    /// its containers once.
+    fn names(&self) -> Result<PathBuf, RuntimeError> {
+        let names = self.root.join(".names");
+        if names.is_dir() {
+            return Ok(names);
+        }
+        let tmp = self.root.join(".names.new");
+        let _ = stdfs::remove_dir_all(&tmp);
+        stdfs::create_dir_all(&tmp).map_err(|e| RuntimeError::io("create", &tmp, e))?;
+        for c in self.list() {
+            if valid_container_name(&c.config.name) {
+                let _ = std::os::unix::fs::symlink(
+                    Path::new("..").join(&c.config.id),
+                    tmp.join(&c.config.name),
+                );
+            }
+        }
+        stdfs::rename(&tmp, &names).map_err(|e| RuntimeError::io("rename", &tmp, e))?;
+        Ok(names)
+    }
+
+    /// Takes `name` for container `id` (under the creation lock); a name
+    /// whose container is gone is free again.
+    fn reserve_name(&self, name: &str, id: &str) -> Result<(), RuntimeError> {
+        let link = self.names()?.join(name);
+        if stdfs::symlink_metadata(&link).is_ok() {
+            // Held while the container it leads to is there.
+            if link.join("config.json").exists() {
+                return Err(RuntimeError::NameInUse(name.to_owned()));
+            }
+            let _ = stdfs::remove_file(&link);
+        }
+        std::os::unix::fs::symlink(Path::new("..").join(id), &link)
+            .map_err(|e| RuntimeError::io("link", &link, e))
+    }
+
+    /// Gives `name` back, if container `id` holds it.
+    fn release_name(&self, name: &str, id: &str) {
+        if !valid_container_name(name) {
+            return;
+        }
+        let link = self.root.join(".names").join(name);
+        if stdfs::read_link(&link).is_ok_and(|h| h.file_name() == Some(id.as_ref())) {
+            let _ = stdfs::remove_file(&link);
+        }
+    }
+
     /// Records a new container. The name must be unique.
     pub fn create(&self, config: &ContainerConfig) -> Result<(), RuntimeError> {
         // Serialise creations so that two calls cannot take the same name.
@@ -283,9 +343,13 @@ impl Runtime {
             .map_err(|e| RuntimeError::io("open", &self.root, e))?;
         let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| RuntimeError::io("lock", &self.root, e.into()))?;
-        if self.list().iter().any(|c| c.config.name == config.name) {
-            return Err(RuntimeError::NameInUse(config.name.clone()));
+        if !valid_container_name(&config.name) {
+            return Err(RuntimeError::Other(format!(
+                "invalid container name {:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed",
+                config.name
+            )));
         }
+        self.reserve_name(&config.name, &config.id)?;
         // It is written into the container's /etc/hosts and hostname.
         let h = &config.hostname;
         if h.is_empty() || h.len() > 253 || h.chars().any(|c| c.is_control() || c.is_whitespace()) {
@@ -449,6 +513,9 @@ impl Runtime {
             let _ = net::detach(id);
             let _ = net::BridgeNet::default_for(&self.data_dir).release(id);
         }
+        if let Some(c) = &cfg {
+            self.release_name(&c.name, id);
+        }
         let dir = self.dir(id);
         // A process that is letting go of the container (its monitor's
         // last state write, a helper finishing a stop) may add a file while
@@ -543,6 +610,16 @@ fn detach_stdio(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_names() {
+        assert!(valid_container_name("web-1.a_b"));
+        assert!(valid_container_name("x"));
+        for bad in ["", "-x", "a/b", "../x", "a b", "é", ".names"] {
+            assert!(!valid_container_name(bad), "{bad}");
+        }
+        assert!(!valid_container_name(&"x".repeat(256)));
+    }
 
     #[test]
     fn reports_parse() {

@@ -525,7 +525,16 @@ fn pump(mut r: Running, log: &mut crate::logs::LogWriter, foreground: bool, tty:
             fds.push(PollFd::new(our_stdin, PollFlags::POLLIN));
             which.push(2);
         }
-        match poll(&mut fds, PollTimeout::from(500u16)) {
+        // In the foreground, signals to pass on arrive between polls too:
+        // look every half second. A detached monitor has nothing to look
+        // for and sleeps until output comes (hundreds of monitors waking
+        // twice a second cost a node's every start).
+        let timeout = if foreground {
+            PollTimeout::from(500u16)
+        } else {
+            PollTimeout::NONE
+        };
+        match poll(&mut fds, timeout) {
             Ok(0) => continue,
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,

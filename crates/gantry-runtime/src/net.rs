@@ -298,6 +298,7 @@ pub fn attach(net: &BridgeNet, id: &str, pid: i32, ip: Ipv4Addr) -> Result<(), N
         let hi = link_index(&handle, &host)
             .await?
             .ok_or_else(|| NetError::Exhausted("veth vanished".into()))?;
+        no_ipv6(&host)?;
         handle
             .link()
             .set(
@@ -331,6 +332,7 @@ pub fn attach(net: &BridgeNet, id: &str, pid: i32, ip: Ipv4Addr) -> Result<(), N
                     .execute()
                     .await
                     .map_err(nl("set container address"))?;
+                no_ipv6("eth0")?;
                 handle
                     .link()
                     .set(LinkUnspec::new_with_index(i).up().build())
@@ -352,6 +354,22 @@ pub fn attach(net: &BridgeNet, id: &str, pid: i32, ip: Ipv4Addr) -> Result<(), N
         .join()
         .unwrap_or_else(|_| Err(NetError::Exhausted("netns thread panicked".into())))
     })
+}
+
+/// Turns IPv6 off on `dev` of the calling thread's network namespace,
+/// before it is up, as Docker does on networks without IPv6: the bridge
+/// networks are IPv4 only, and an interface with IPv6 sends router
+/// solicitations, MLD reports and duplicate address probes as it comes
+/// up, which the bridge floods to every port; each start then costs
+/// every container already there (measured: 100 starts took 5.7 s with
+/// no container, 14 s with 400). A kernel without IPv6 has nothing to
+/// turn off.
+fn no_ipv6(dev: &str) -> Result<(), NetError> {
+    let p = format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6");
+    match std::fs::write(&p, "1") {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r.map_err(io_err("turn IPv6 off")),
+    }
 }
 
 /// Removes the host end of a container's veth (the kernel removes the pair

@@ -192,7 +192,7 @@ fn build_config(ctx: &Ctx, a: &RunArgs) -> anyhow::Result<ContainerConfig> {
     }
     env.extend(a.env.iter().cloned());
     let name = a.name.clone().unwrap_or_default();
-    if !name.is_empty() && !parse::container_name(&name) {
+    if !name.is_empty() && !gantry_runtime::valid_container_name(&name) {
         return Err(fail125(format!(
             "invalid container name {name:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
         )));

@@ -89,13 +89,6 @@ pub(crate) fn env_file(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Docker's container names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
-pub(crate) fn container_name(s: &str) -> bool {
-    let mut c = s.chars();
-    matches!(c.next(), Some(f) if f.is_ascii_alphanumeric())
-        && c.all(|x| x.is_ascii_alphanumeric() || "_.-".contains(x))
-}
-
 /// `K=V` pairs for `--build-arg` and `--label`.
 pub(crate) fn key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
@@ -154,15 +147,6 @@ mod tests {
         assert_eq!(signal("sigkill").unwrap(), Signal::SIGKILL);
         assert_eq!(signal("9").unwrap(), Signal::SIGKILL);
         assert!(signal("NOPE").is_err());
-    }
-
-    #[test]
-    fn container_names() {
-        assert!(container_name("web-1.a_b"));
-        assert!(container_name("x"));
-        for bad in ["", "-x", "a/b", "../x", "a b", "é"] {
-            assert!(!container_name(bad), "{bad}");
-        }
     }
 
     #[test]

@@ -941,3 +941,37 @@ fn cgroup_v2_device_program_enforces_the_rules() {
         errtext(&o)
     );
 }
+
+#[test]
+fn a_name_is_held_once_and_freed_with_its_container() {
+    let Some(g) = G::new("a_name_is_held_once_and_freed_with_its_container") else {
+        return;
+    };
+    g.busybox_image("bb");
+    let run = [
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        "twin",
+        "bb",
+        "sleep",
+        "100",
+    ];
+    g.ok(&run);
+    let e = g.fails(&run, 125);
+    assert!(e.contains("already in use"), "{e}");
+    g.ok(&["rm", "-f", "twin"]);
+    g.ok(&run);
+    // A store from before the name index gets it from its containers.
+    std::fs::remove_dir_all(g.data.path().join("containers/.names")).unwrap();
+    let e = g.fails(&run, 125);
+    assert!(e.contains("already in use"), "{e}");
+    assert!(g.data.path().join("containers/.names/twin").exists());
+    // Names that are not file names never reach the index.
+    let e = g.fails(&["run", "--rm", "--name", "../x", "bb", "true"], 125);
+    assert!(e.contains("invalid container name"), "{e}");
+    g.ok(&["rm", "-f", "twin"]);
+    assert!(!g.data.path().join("containers/.names/twin").exists());
+}
