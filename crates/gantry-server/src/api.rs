@@ -314,28 +314,39 @@ async fn agent_status(
 ) -> Res<()> {
     let id = peer.node()?;
     report.info.check().map_err(bad)?;
-    if !sh.read(|s| s.nodes.contains_key(&id)) {
-        return Err(not_found(format!(
-            "node {id} was removed from the cluster: join again with a token"
-        )));
-    }
-    // Liveness first, before anything that waits for the store: a report
-    // that queues behind a busy orchestration step still counts.
+    // Liveness first, before anything that waits for the store (whose lock
+    // a long orchestration step may hold): a report that queues behind it
+    // still counts, and no runtime worker blocks on the lock.
     sh.seen
         .lock()
         .expect("seen lock")
         .insert(id.clone(), Instant::now());
-    if let Some(st) = report.stats.clone() {
-        sh.stats.lock().expect("stats lock").insert(id.clone(), st);
-    }
-    // The store lock can be held by a long step; wait for it off the
-    // runtime's workers, which serve every other request.
-    let sh2 = sh.clone();
-    tokio::task::spawn_blocking(move || {
-        sh2.update(|s| gantry_manager::report::commands(s, &id, &report, now_ms()))
+    // The store lock is taken off the runtime's workers, which serve
+    // every other request.
+    let (sh2, id2) = (sh.clone(), id.clone());
+    let stats = report.stats.clone();
+    let known = tokio::task::spawn_blocking(move || {
+        let mut known = true;
+        sh2.update(|s| {
+            known = s.nodes.contains_key(&id2);
+            if !known {
+                return Vec::new();
+            }
+            gantry_manager::report::commands(s, &id2, &report, now_ms())
+        })
+        .map(|()| known)
     })
     .await
     .map_err(|e| Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    if !known {
+        sh.seen.lock().expect("seen lock").remove(&id);
+        return Err(not_found(format!(
+            "node {id} was removed from the cluster: join again with a token"
+        )));
+    }
+    if let Some(st) = stats {
+        sh.stats.lock().expect("stats lock").insert(id, st);
+    }
     Ok(Json(()))
 }
 

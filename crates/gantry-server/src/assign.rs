@@ -16,7 +16,7 @@
 //! The work of a change grows with the cluster once (one pass over the
 //! state) and with the nodes only by the size of what each is sent.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -264,122 +264,150 @@ fn node_part(s: &Cluster, node: &str, f: &RoundFacts) -> NodePart {
 
 /// One round: computes the shared part and every connected node's change,
 /// and queues them. Returns whether a node was behind.
+/// What a round reads of the state for one node: its part, the ids of its
+/// tasks, the assignments of those it was not sent yet, its scopes.
+struct NodeInput {
+    part: NodePart,
+    tasks: BTreeSet<String>,
+    fresh: Vec<Assignment>,
+    scopes: BTreeSet<String>,
+}
+
+/// One round. The store is read under its lock only for what the round
+/// needs of it (proportional to the state once, and to what each node
+/// gains); the nodes' changes are computed and serialised after the lock
+/// is let go, so heartbeats and the orchestrator never wait on a round's
+/// fan-out.
 fn round(sh: &Shared) -> bool {
     let mut conns = sh.hub.conns.lock().expect("hub lock");
     conns.retain(|_, c| !c.tx.is_closed());
-    let mut behind = false;
-    sh.read(|s| {
+    let (shared, sc, inputs) = sh.read(|s| {
         let shared = Arc::new(shared_part(s));
         let sc = Arc::new(scope::scoped(s));
-        // The changes from each version some node holds (nearly always
-        // one: the last round's), computed once.
-        let mut shared_deltas: HashMap<*const Assignments, AssignmentDelta> = HashMap::new();
-        let mut changes: HashMap<*const Scoped, scope::Changes> = HashMap::new();
         let facts = RoundFacts::of(s);
-        for (node, conn) in conns.iter_mut() {
-            let part = node_part(s, node, &facts);
-            let tasks: BTreeMap<String, &TaskRecord> = s
-                .tasks_on(node)
-                .filter(|t| wanted(t))
-                .map(|t| (t.id.clone(), t))
-                .collect();
-            let scopes = scope::node_scopes(s, node);
-            let (change, held) = match &conn.sent {
-                None => {
-                    let mut a = (*shared).clone();
-                    a.peers.retain(|p| p.id != *node);
-                    a.tasks = tasks.values().filter_map(|t| assignment(s, t)).collect();
-                    a.network = part.network.clone();
-                    a.routes = part.routes.clone();
-                    a.ingress = part.ingress.clone();
-                    a.edge = part.edge;
-                    (a.dns, a.networks) = scope::node_records(&sc, &scopes);
-                    a.normalise();
-                    (
-                        Change::Full(Box::new(a)),
-                        held_of(&shared, &sc, &tasks, scopes, part),
-                    )
-                }
-                Some(h) => {
-                    let mut d: AssignmentDelta = shared_deltas
-                        .entry(Arc::as_ptr(&h.shared))
-                        .or_insert_with(|| h.shared.diff(&shared))
-                        .clone();
-                    d.peers.retain(|p| p.id != *node);
-                    d.peers_gone.retain(|p| p != node);
-                    d.tasks = tasks
-                        .values()
-                        .filter(|t| !h.tasks.contains(&t.id))
-                        .filter_map(|t| assignment(s, t))
-                        .collect();
-                    d.tasks_gone = h
-                        .tasks
-                        .iter()
-                        .filter(|id| !tasks.contains_key(*id))
-                        .cloned()
-                        .collect();
-                    d.network = (h.network != part.network).then(|| part.network.clone());
-                    d.routes = (h.routes != part.routes).then(|| part.routes.clone());
-                    d.edge = (h.edge != part.edge).then_some(part.edge);
-                    // Ingress is shared but for the node's TCP routes:
-                    // sent whole whenever the node's list changed.
-                    d.ingress = (h.ingress != part.ingress).then(|| part.ingress.clone());
-                    let ch = changes
-                        .entry(Arc::as_ptr(&h.scoped))
-                        .or_insert_with(|| scope::changes(&h.scoped, &sc));
-                    (d.dns, d.networks, d.networks_gone) =
-                        scope::node_delta(&h.scoped, &sc, ch, &h.scopes, &scopes);
-                    if d.is_empty() {
-                        // It holds what it would hold now: let it hold the
-                        // new versions (the old ones can go).
-                        if let Some(h) = conn.sent.as_mut() {
-                            h.shared = shared.clone();
-                            h.scoped = sc.clone();
-                        }
-                        continue;
-                    }
-                    (
-                        Change::Delta(Box::new(d)),
-                        held_of(&shared, &sc, &tasks, scopes, part),
-                    )
-                }
-            };
-            let line = json_line(&AssignmentUpdate {
-                seq: conn.seq + 1,
-                change,
-            });
-            let n = line.len() as u64;
-            match conn.tx.try_send(line) {
-                Ok(()) => {
-                    conn.seq += 1;
-                    conn.sent = Some(held);
-                    sh.counters.assign_bytes.fetch_add(n, Ordering::Relaxed);
-                    sh.counters.assign_lines.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    // What it holds is unchanged: its next change is
-                    // computed from it once it drains.
-                    tracing::debug!(node = %node, "assignment stream behind; its changes wait");
-                    behind = true;
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => conn.sent = None,
-            }
-        }
+        let inputs: HashMap<String, NodeInput> = conns
+            .iter()
+            .map(|(node, conn)| {
+                let part = node_part(s, node, &facts);
+                let wanted: Vec<&TaskRecord> = s.tasks_on(node).filter(|t| wanted(t)).collect();
+                let held = conn.sent.as_ref().map(|h| &h.tasks);
+                let fresh = wanted
+                    .iter()
+                    .filter(|t| held.is_none_or(|h| !h.contains(&t.id)))
+                    .filter_map(|t| assignment(s, t))
+                    .collect();
+                let input = NodeInput {
+                    part,
+                    tasks: wanted.iter().map(|t| t.id.clone()).collect(),
+                    fresh,
+                    scopes: scope::node_scopes(s, node),
+                };
+                (node.clone(), input)
+            })
+            .collect();
+        (shared, sc, inputs)
     });
+    // The changes from each version some node holds (nearly always one:
+    // the last round's), computed once.
+    let mut shared_deltas: HashMap<*const Assignments, AssignmentDelta> = HashMap::new();
+    let mut changes: HashMap<*const Scoped, scope::Changes> = HashMap::new();
+    let mut behind = false;
+    for (node, input) in inputs {
+        let Some(conn) = conns.get_mut(&node) else {
+            continue;
+        };
+        let NodeInput {
+            part,
+            tasks,
+            fresh,
+            scopes,
+        } = input;
+        let (change, held) = match &conn.sent {
+            None => {
+                let mut a = (*shared).clone();
+                a.peers.retain(|p| p.id != node);
+                a.tasks = fresh;
+                a.network = part.network.clone();
+                a.routes = part.routes.clone();
+                a.ingress = part.ingress.clone();
+                a.edge = part.edge;
+                (a.dns, a.networks) = scope::node_records(&sc, &scopes);
+                a.normalise();
+                (
+                    Change::Full(Box::new(a)),
+                    held_of(&shared, &sc, tasks, scopes, part),
+                )
+            }
+            Some(h) => {
+                let mut d: AssignmentDelta = shared_deltas
+                    .entry(Arc::as_ptr(&h.shared))
+                    .or_insert_with(|| h.shared.diff(&shared))
+                    .clone();
+                d.peers.retain(|p| p.id != node);
+                d.peers_gone.retain(|p| *p != node);
+                d.tasks = fresh;
+                d.tasks_gone = h.tasks.difference(&tasks).cloned().collect();
+                d.network = (h.network != part.network).then(|| part.network.clone());
+                d.routes = (h.routes != part.routes).then(|| part.routes.clone());
+                d.edge = (h.edge != part.edge).then_some(part.edge);
+                // Ingress is shared but for the node's TCP routes: sent
+                // whole whenever the node's list changed.
+                d.ingress = (h.ingress != part.ingress).then(|| part.ingress.clone());
+                let ch = changes
+                    .entry(Arc::as_ptr(&h.scoped))
+                    .or_insert_with(|| scope::changes(&h.scoped, &sc));
+                (d.dns, d.networks, d.networks_gone) =
+                    scope::node_delta(&h.scoped, &sc, ch, &h.scopes, &scopes);
+                if d.is_empty() {
+                    // It holds what it would hold now: let it hold the new
+                    // versions (the old ones can go).
+                    if let Some(h) = conn.sent.as_mut() {
+                        h.shared = shared.clone();
+                        h.scoped = sc.clone();
+                    }
+                    continue;
+                }
+                (
+                    Change::Delta(Box::new(d)),
+                    held_of(&shared, &sc, tasks, scopes, part),
+                )
+            }
+        };
+        let line = json_line(&AssignmentUpdate {
+            seq: conn.seq + 1,
+            change,
+        });
+        let n = line.len() as u64;
+        match conn.tx.try_send(line) {
+            Ok(()) => {
+                conn.seq += 1;
+                conn.sent = Some(held);
+                sh.counters.assign_bytes.fetch_add(n, Ordering::Relaxed);
+                sh.counters.assign_lines.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // What it holds is unchanged: its next change is computed
+                // from it once it drains.
+                tracing::debug!(node = %node, "assignment stream behind; its changes wait");
+                behind = true;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => conn.sent = None,
+        }
+    }
     behind
 }
 
 fn held_of(
     shared: &Arc<Assignments>,
     scoped: &Arc<Scoped>,
-    tasks: &BTreeMap<String, &TaskRecord>,
-    scopes: std::collections::BTreeSet<String>,
+    tasks: BTreeSet<String>,
+    scopes: BTreeSet<String>,
     part: NodePart,
 ) -> Held {
     Held {
         shared: shared.clone(),
         scoped: scoped.clone(),
-        tasks: tasks.keys().cloned().collect(),
+        tasks,
         scopes,
         network: part.network,
         routes: part.routes,
