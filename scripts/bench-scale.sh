@@ -12,6 +12,10 @@
 #
 #   sudo bash scripts/bench-scale.sh      # NODES=1000 TASKS=100000 SERVICES=100
 #
+# GRACE is the manager's heartbeat grace (default 3s), TIMEOUT the seconds
+# each phase may take; KEEP=1 keeps the manager's and the nodes' logs in
+# /tmp; GANTRY_SIM_DUMP=1 has the nodes print every line they receive.
+#
 # Everything runs on this machine: the simulated nodes share its cores
 # with the manager. The last line sums up:
 #   nodes=.. tasks=.. services=.. stacks=.. joined_s=.. running_after_s=.. manager_peak_rss_mb=.. manager_cpu_s=.. bytes_per_service_change=..
@@ -31,7 +35,7 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  [ -n "${KEEP:-}" ] && cp "$work/sim.log" /tmp/sim.log; rm -rf "$work"
+  [ -n "${KEEP:-}" ] && cp "$work/sim.log" "$work/manager.log" /tmp/; rm -rf "$work"
 }
 trap cleanup EXIT
 export GANTRY_CONFIG_DIR=$work/cfg

@@ -155,6 +155,8 @@ async fn join(cfg: &SimConfig, i: usize) -> Result<Tls, AgentError> {
 /// withdrawn ones shut down.
 async fn watch(node: Arc<Node>, client: Client, stats: Arc<SimStats>) {
     use std::sync::atomic::Ordering::Relaxed;
+    // GANTRY_SIM_DUMP=1 prints every line received (to debug the harness).
+    let dump = std::env::var_os("GANTRY_SIM_DUMP").is_some_and(|v| !v.is_empty() && v != "0");
     loop {
         let mut held: Option<Assignments> = None;
         let mut last = 0u64;
@@ -170,7 +172,7 @@ async fn watch(node: Arc<Node>, client: Client, stats: Arc<SimStats>) {
                         return false;
                     };
                     s2.lines.fetch_add(1, Relaxed);
-                    if std::env::var_os("GANTRY_SIM_DUMP").is_some() {
+                    if dump {
                         eprintln!("{}", String::from_utf8_lossy(line));
                     }
                     match u.change {

@@ -12,6 +12,7 @@
 mod migrate;
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
 
@@ -63,11 +64,13 @@ struct Snapshot {
 
 /// The durable cluster state.
 pub struct Store {
-    db: Database,
+    db: Arc<Database>,
     state: State,
     index: u64,
     snapshot_index: u64,
     snapshot_every: u64,
+    /// The snapshot being written in the background, if any.
+    writing: Mutex<Option<std::thread::JoinHandle<Result<(), StoreError>>>>,
 }
 
 impl Store {
@@ -120,11 +123,12 @@ impl Store {
         drop(log);
         drop(r);
         let mut store = Self {
-            db,
+            db: Arc::new(db),
             state,
             index,
             snapshot_index,
             snapshot_every: 1000,
+            writing: Mutex::new(None),
         };
         if format < FORMAT {
             store.migrate(format)?;
@@ -216,7 +220,7 @@ impl Store {
             .expect("a checked command applies (the state did not change in between)");
         self.index = next;
         if self.snapshot_due() {
-            self.snapshot()?;
+            self.snapshot_in_background();
         }
         Ok(next)
     }
@@ -271,7 +275,7 @@ impl Store {
         }
         self.index += cmds.len() as u64;
         if self.snapshot_due() {
-            self.snapshot()?;
+            self.snapshot_in_background();
         }
         Ok((self.index, before))
     }
@@ -293,37 +297,86 @@ impl Store {
     }
 
     fn snapshot_with(&mut self, format: Option<u32>) -> Result<(), StoreError> {
+        self.settle()?;
         let snap = Snapshot {
             index: self.index,
             state: self.state.clone(),
         };
-        let bytes = serde_json::to_vec(&snap).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let w = self.db.begin_write().map_err(dberr)?;
-        {
-            let mut t = w.open_table(SNAPSHOT).map_err(dberr)?;
-            t.insert("state", bytes.as_slice()).map_err(dberr)?;
-            if let Some(f) = format {
-                t.insert("format", f.to_string().as_bytes())
-                    .map_err(dberr)?;
-            }
-        }
-        {
-            let mut log = w.open_table(LOG).map_err(dberr)?;
-            let upto = self.index;
-            log.retain(|k, _| k > upto).map_err(dberr)?;
-        }
-        w.commit().map_err(dberr)?;
+        write_snapshot(&self.db, &snap, format)?;
         self.snapshot_index = self.index;
         Ok(())
+    }
+
+    /// Snapshots without holding up the caller (who holds the manager's
+    /// store lock, which heartbeats and every request wait on): the state
+    /// is copied here, and serialised and written on a thread of its own,
+    /// in a transaction of its own (log writes wait for it only while it
+    /// commits). A snapshot still being written makes this one wait for
+    /// the next turn; one that fails leaves the log untrimmed, so nothing
+    /// is lost.
+    fn snapshot_in_background(&mut self) {
+        let mut writing = self.writing.lock().expect("snapshot lock");
+        if writing.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        if let Some(Ok(Err(e))) = writing.take().map(|h| h.join()) {
+            tracing::warn!("a snapshot failed (the log keeps its commands): {e}");
+        }
+        let snap = Snapshot {
+            index: self.index,
+            state: self.state.clone(),
+        };
+        let db = self.db.clone();
+        *writing = Some(std::thread::spawn(move || write_snapshot(&db, &snap, None)));
+        self.snapshot_index = self.index;
+    }
+
+    /// Waits for the snapshot being written, if any.
+    fn settle(&self) -> Result<(), StoreError> {
+        let h = self.writing.lock().expect("snapshot lock").take();
+        match h.map(|h| h.join()) {
+            None => Ok(()),
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(StoreError::Corrupt("the snapshot writer panicked".into())),
+        }
     }
 
     /// Commands logged after the last snapshot (for tests and, later, for
     /// followers catching up).
     pub fn log_len(&self) -> Result<u64, StoreError> {
+        self.settle()?;
         let r = self.db.begin_read().map_err(dberr)?;
         let n = r.open_table(LOG).map_err(dberr)?.len().map_err(dberr)?;
         Ok(n)
     }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // A snapshot being written finishes before the database closes.
+        let _ = self.settle();
+    }
+}
+
+/// Writes `snap` as the snapshot (and `format` as the format mark) and
+/// trims the log it covers, in one transaction.
+fn write_snapshot(db: &Database, snap: &Snapshot, format: Option<u32>) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec(snap).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let w = db.begin_write().map_err(dberr)?;
+    {
+        let mut t = w.open_table(SNAPSHOT).map_err(dberr)?;
+        t.insert("state", bytes.as_slice()).map_err(dberr)?;
+        if let Some(f) = format {
+            t.insert("format", f.to_string().as_bytes())
+                .map_err(dberr)?;
+        }
+    }
+    {
+        let mut log = w.open_table(LOG).map_err(dberr)?;
+        let upto = snap.index;
+        log.retain(|k, _| k > upto).map_err(dberr)?;
+    }
+    w.commit().map_err(dberr)
 }
 
 #[cfg(test)]
