@@ -185,6 +185,10 @@ impl Shared {
     /// Read-modify-write: decides commands from the state and applies them
     /// under one lock, so that no report can slip in between and be lost.
     pub(crate) fn update(&self, f: impl FnOnce(&State) -> Vec<Command>) -> Result<(), StoreError> {
+        off_the_workers(|| self.update_now(f))
+    }
+
+    fn update_now(&self, f: impl FnOnce(&State) -> Vec<Command>) -> Result<(), StoreError> {
         let mut store = self.store.lock().expect("store lock");
         let cmds = f(store.state());
         if cmds.is_empty() {
@@ -209,16 +213,31 @@ impl Shared {
 
     /// A copy of the state.
     pub(crate) fn state(&self) -> State {
-        self.store.lock().expect("store lock").state().clone()
+        self.read(State::clone)
     }
 
     /// Reads the state without copying it.
     pub(crate) fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
-        f(self.store.lock().expect("store lock").state())
+        off_the_workers(|| f(self.store.lock().expect("store lock").state()))
     }
 
     pub(crate) fn meta(&self, key: &str) -> Option<String> {
         self.read(|s| s.meta.get(key).cloned())
+    }
+}
+
+/// Runs `f`, which waits for the store lock, so that a runtime worker
+/// waiting does not hold up the other requests: on a worker of the
+/// multi-threaded runtime its other tasks move to another worker first
+/// (`block_in_place`). Without this, two handlers waiting for a lock that
+/// a long orchestration step or assignment round holds stalled the whole
+/// API on two cores, heartbeats included, and every node was marked down
+/// at once.
+fn off_the_workers<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 
