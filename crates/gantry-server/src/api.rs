@@ -371,13 +371,10 @@ async fn agent_watch(State(sh): Sh, Extension(peer): Extension<Peer>) -> Result<
     }
     // The hub sends the assignments (`assign.rs`); this keeps the stream
     // alive while nothing changes, as long as it is the node's stream.
-    let (conn, rx) = sh.hub.connect(&id);
+    let (rx, tx) = sh.hub.connect(&id);
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(2)).await;
-            let Some(tx) = sh.hub.sender(&id, conn) else {
-                return;
-            };
             if let Err(mpsc::error::TrySendError::Closed(_)) =
                 tx.try_send(Bytes::from_static(b"\n"))
             {

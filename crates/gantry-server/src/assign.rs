@@ -39,8 +39,6 @@ const QUEUE: usize = 16;
 
 /// A connected node's stream.
 struct Conn {
-    /// Which connection (a node that reconnects replaces its stream).
-    id: u64,
     tx: mpsc::Sender<Bytes>,
     /// The number of the last line sent.
     seq: u64,
@@ -72,34 +70,25 @@ struct Held {
 #[derive(Default)]
 pub(crate) struct Hub {
     conns: Mutex<HashMap<String, Conn>>,
-    next_id: std::sync::atomic::AtomicU64,
     kick: Notify,
 }
 
 impl Hub {
     /// Registers a node's new stream; its whole set goes out with the next
-    /// round, which starts at once.
-    pub(crate) fn connect(&self, node: &str) -> (u64, mpsc::Receiver<Bytes>) {
+    /// round, which starts at once. Also returns a sender for the stream's
+    /// keep-alive lines (which ends when the stream does).
+    pub(crate) fn connect(&self, node: &str) -> (mpsc::Receiver<Bytes>, mpsc::Sender<Bytes>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.conns.lock().expect("hub lock").insert(
             node.to_owned(),
             Conn {
-                id,
-                tx,
+                tx: tx.clone(),
                 seq: 0,
                 sent: None,
             },
         );
         self.kick.notify_one();
-        (id, rx)
-    }
-
-    /// A queue for keep-alive lines of connection `id`, while it is the
-    /// node's.
-    pub(crate) fn sender(&self, node: &str, id: u64) -> Option<mpsc::Sender<Bytes>> {
-        let conns = self.conns.lock().expect("hub lock");
-        conns.get(node).filter(|c| c.id == id).map(|c| c.tx.clone())
+        (rx, tx)
     }
 }
 
@@ -279,7 +268,19 @@ struct NodeInput {
 /// is let go, so heartbeats and the orchestrator never wait on a round's
 /// fan-out.
 fn round(sh: &Shared) -> bool {
-    let mut conns = sh.hub.conns.lock().expect("hub lock");
+    // The round takes the streams out, so that a node connecting meanwhile
+    // (an async handler) never waits for a round; one that connected
+    // during the round keeps its new stream.
+    let mut conns = std::mem::take(&mut *sh.hub.conns.lock().expect("hub lock"));
+    let behind = round_of(sh, &mut conns);
+    let mut held = sh.hub.conns.lock().expect("hub lock");
+    for (node, c) in conns {
+        held.entry(node).or_insert(c);
+    }
+    behind
+}
+
+fn round_of(sh: &Shared, conns: &mut HashMap<String, Conn>) -> bool {
     conns.retain(|_, c| !c.tx.is_closed());
     let (shared, sc, inputs) = sh.read(|s| {
         let shared = Arc::new(shared_part(s));

@@ -44,17 +44,19 @@ pub(crate) async fn run(sh: Arc<Shared>) {
 
 fn step(sh: &Shared) -> Result<(), StoreError> {
     let now = Instant::now();
+    // The node ids first, then the liveness stamps: never the stamps' lock
+    // while waiting for the store's, or every heartbeat (which stamps
+    // before it waits for anything) would wait for the store too.
+    let ids: Vec<String> = sh.read(|s| s.nodes.keys().cloned().collect());
     let silent: BTreeMap<String, Duration> = {
         let seen = sh.seen.lock().expect("seen lock");
-        sh.read(|s| {
-            s.nodes
-                .keys()
-                .map(|id| {
-                    let last = seen.get(id).copied().unwrap_or(sh.started).max(sh.started);
-                    (id.clone(), now.duration_since(last))
-                })
-                .collect()
-        })
+        ids.into_iter()
+            .map(|id| {
+                let last = seen.get(&id).copied().unwrap_or(sh.started).max(sh.started);
+                let silent = now.saturating_duration_since(last);
+                (id, silent)
+            })
+            .collect()
     };
     let recent: BTreeSet<String> = {
         let mut downs = sh.downs.lock().expect("downs lock");
