@@ -107,6 +107,22 @@ async fn exited(pid: i32) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    /// The first containers reported due, within two seconds.
+    async fn first_due(
+        exits: &mut Exits,
+        up: &BTreeSet<String>,
+        pid: impl Fn(&str) -> Option<i32> + Copy,
+    ) -> BTreeSet<String> {
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let due = exits.due(up, pid);
+            if !due.is_empty() {
+                return due;
+            }
+        }
+        BTreeSet::new()
+    }
+
     #[tokio::test]
     async fn an_ended_process_is_reported_and_a_running_one_is_not() {
         let mut child = std::process::Command::new("sleep")
@@ -124,14 +140,7 @@ mod tests {
         let up: BTreeSet<String> = pids.keys().cloned().collect();
         assert!(exits.due(&up, pid).is_empty());
         quick.wait().unwrap();
-        let mut seen = BTreeSet::new();
-        for _ in 0..100 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            seen.extend(exits.due(&up, pid));
-            if !seen.is_empty() {
-                break;
-            }
-        }
+        let seen = first_due(&mut exits, &up, pid).await;
         assert_eq!(seen, BTreeSet::from(["quick".to_owned()]));
         // A container no longer up is forgotten; its watcher is dropped.
         let up = BTreeSet::from(["long".to_owned()]);
@@ -139,14 +148,7 @@ mod tests {
         assert_eq!(exits.watched.len(), 1);
         child.kill().unwrap();
         child.wait().unwrap();
-        let mut seen = BTreeSet::new();
-        for _ in 0..100 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            seen.extend(exits.due(&up, pid));
-            if !seen.is_empty() {
-                break;
-            }
-        }
+        let seen = first_due(&mut exits, &up, pid).await;
         assert_eq!(seen, BTreeSet::from(["long".to_owned()]));
     }
 }
