@@ -560,41 +560,18 @@ impl State {
                 }
                 let st = &mut b.state;
                 match &k {
-                    Key::Node(id) => {
-                        if let Some(v) = self.nodes.get(id) {
-                            st.nodes.insert(id.clone(), v.clone());
-                        }
-                    }
-                    Key::Service(id) => {
-                        if let Some(v) = self.services.get(id) {
-                            st.services.insert(id.clone(), v.clone());
-                        }
-                    }
+                    Key::Node(id) => copy_entry(&mut st.nodes, &self.nodes, id),
+                    Key::Service(id) => copy_entry(&mut st.services, &self.services, id),
+                    // Tasks are indexed by service and node.
                     Key::Task(id) => {
                         if let Some(v) = self.tasks.get(id) {
                             st.put_task(v.clone());
                         }
                     }
-                    Key::Meta(id) => {
-                        if let Some(v) = self.meta.get(id) {
-                            st.meta.insert(id.clone(), v.clone());
-                        }
-                    }
-                    Key::Route(id) => {
-                        if let Some(v) = self.routes.get(id) {
-                            st.routes.insert(id.clone(), v.clone());
-                        }
-                    }
-                    Key::Cert(id) => {
-                        if let Some(v) = self.certs.get(id) {
-                            st.certs.insert(id.clone(), v.clone());
-                        }
-                    }
-                    Key::Challenge(id) => {
-                        if let Some(v) = self.challenges.get(id) {
-                            st.challenges.insert(id.clone(), v.clone());
-                        }
-                    }
+                    Key::Meta(id) => copy_entry(&mut st.meta, &self.meta, id),
+                    Key::Route(id) => copy_entry(&mut st.routes, &self.routes, id),
+                    Key::Cert(id) => copy_entry(&mut st.certs, &self.certs, id),
+                    Key::Challenge(id) => copy_entry(&mut st.challenges, &self.challenges, id),
                 }
                 b.keys.push(k);
             }
@@ -605,31 +582,20 @@ impl State {
     /// Puts back the entries of `before` (the batch it was taken for is
     /// undone, whichever of its commands applied).
     pub fn restore(&mut self, before: &Before) {
-        /// `map[id]` as it was in `from`.
-        fn put_back<V: Clone>(map: &mut BTreeMap<String, V>, from: &BTreeMap<String, V>, id: &str) {
-            match from.get(id) {
-                Some(v) => {
-                    map.insert(id.to_owned(), v.clone());
-                }
-                None => {
-                    map.remove(id);
-                }
-            }
-        }
         let b = &before.state;
         for k in &before.keys {
             match k {
-                Key::Node(id) => put_back(&mut self.nodes, &b.nodes, id),
-                Key::Service(id) => put_back(&mut self.services, &b.services, id),
+                Key::Node(id) => copy_entry(&mut self.nodes, &b.nodes, id),
+                Key::Service(id) => copy_entry(&mut self.services, &b.services, id),
                 // Tasks are indexed by service and node.
                 Key::Task(id) => match b.tasks.get(id) {
                     Some(v) => self.put_task(v.clone()),
                     None => self.remove_task(id),
                 },
-                Key::Meta(id) => put_back(&mut self.meta, &b.meta, id),
-                Key::Route(id) => put_back(&mut self.routes, &b.routes, id),
-                Key::Cert(id) => put_back(&mut self.certs, &b.certs, id),
-                Key::Challenge(id) => put_back(&mut self.challenges, &b.challenges, id),
+                Key::Meta(id) => copy_entry(&mut self.meta, &b.meta, id),
+                Key::Route(id) => copy_entry(&mut self.routes, &b.routes, id),
+                Key::Cert(id) => copy_entry(&mut self.certs, &b.certs, id),
+                Key::Challenge(id) => copy_entry(&mut self.challenges, &b.challenges, id),
             }
         }
     }
@@ -844,5 +810,17 @@ impl State {
             }
         }
         Ok(())
+    }
+}
+
+/// Makes `map[id]` what it is in `from` (there, or absent).
+fn copy_entry<V: Clone>(map: &mut BTreeMap<String, V>, from: &BTreeMap<String, V>, id: &str) {
+    match from.get(id) {
+        Some(v) => {
+            map.insert(id.to_owned(), v.clone());
+        }
+        None => {
+            map.remove(id);
+        }
     }
 }
