@@ -24,7 +24,8 @@ pub struct StormGuard {
 
 /// The commands that mark silent nodes down. `silent`: each node's time
 /// since its last heartbeat; `recent`: nodes this function marked down
-/// (and did not hold) within the last grace.
+/// within the last grace (held or not: a node held a moment ago still
+/// counts when the next one follows, and one not held is held with it).
 pub fn nodes_down(
     state: &State,
     silent: &BTreeMap<String, Duration>,
@@ -52,7 +53,7 @@ pub fn nodes_down(
     let failing = up.iter().filter(|id| silence(id) > guard.grace / 2).count();
     let recent: Vec<&String> = recent
         .iter()
-        .filter(|id| state.nodes.get(*id).is_some_and(|n| !n.up && !n.held))
+        .filter(|id| state.nodes.get(*id).is_some_and(|n| !n.up))
         .collect();
     let lost = failing + recent.len();
     let base = up.len() + recent.len();
@@ -70,7 +71,10 @@ pub fn nodes_down(
              their tasks stay in place until they return or `gantry node confirm-down`",
             guard.grace.as_secs_f64()
         );
-        for id in expired.into_iter().chain(recent) {
+        let unheld = recent
+            .into_iter()
+            .filter(|id| state.nodes.get(*id).is_some_and(|n| !n.held));
+        for id in expired.into_iter().chain(unheld) {
             out.push(Command::SetNodeHeld {
                 id: id.clone(),
                 held: true,
@@ -159,7 +163,7 @@ mod tests {
 
     #[test]
     fn two_of_three_cut_at_once_are_held_even_a_heartbeat_apart() {
-        let st = state(3);
+        let mut st = state(3);
         // The first is past the grace, the second a second behind it.
         let cmds = nodes_down(
             &st,
@@ -171,6 +175,15 @@ mod tests {
         assert!(cmds.iter().any(
             |c| matches!(c, Command::SetNodeHeld { reason, .. } if reason.contains("2 of 3"))
         ));
+        for c in &cmds {
+            st.apply(c).unwrap();
+        }
+        // The next step the second expires: the first, down and held
+        // within the grace, still counts, so the second is held too (and
+        // its tasks not moved onto the one node left).
+        let recent: BTreeSet<String> = ["n1".to_owned()].into();
+        let cmds = nodes_down(&st, &silent(&[("n2", 3050), ("n3", 100)]), &recent, GUARD);
+        assert_eq!(held(&cmds), ["n2"], "{cmds:?}");
     }
 
     #[test]

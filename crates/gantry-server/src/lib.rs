@@ -128,7 +128,7 @@ pub(crate) struct Shared {
     pub(crate) edge_ca: ClusterCa,
     /// When each node last sent a heartbeat.
     pub(crate) seen: Mutex<HashMap<String, Instant>>,
-    /// Nodes marked down (and not held) lately, for the storm guard.
+    /// Nodes marked down lately (held or not), for the storm guard.
     pub(crate) downs: Mutex<Vec<(Instant, String)>>,
     pub(crate) started: Instant,
     /// The store index after each applied batch: assignment streams wait

@@ -79,7 +79,6 @@ fn step(sh: &Shared) -> Result<(), StoreError> {
                 }
                 Command::SetNodeHeld { id, reason, .. } => {
                     tracing::warn!(node = %id, "{reason}");
-                    marked.retain(|m| m != id);
                 }
                 _ => {}
             }
