@@ -371,13 +371,12 @@ async fn agent_watch(State(sh): Sh, Extension(peer): Extension<Peer>) -> Result<
     }
     // The hub sends the assignments (`assign.rs`); this keeps the stream
     // alive while nothing changes, as long as it is the node's stream.
-    let (rx, tx) = sh.hub.connect(&id);
+    let (rx, keep) = sh.hub.connect(&id);
+    let sh2 = sh.clone();
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(2)).await;
-            if let Err(mpsc::error::TrySendError::Closed(_)) =
-                tx.try_send(Bytes::from_static(b"\n"))
-            {
+            if !sh2.hub.keep_alive(&keep) {
                 return;
             }
         }

@@ -70,15 +70,31 @@ struct Held {
 #[derive(Default)]
 pub(crate) struct Hub {
     conns: Mutex<HashMap<String, Conn>>,
+    /// Each node's newest stream (by number): the one the hub feeds. Kept
+    /// apart from `conns`, which a round takes out while it runs.
+    current: Mutex<HashMap<String, u64>>,
+    next: std::sync::atomic::AtomicU64,
     kick: Notify,
 }
 
+/// A stream's handle for its keep-alive lines.
+pub(crate) struct KeepAlive {
+    node: String,
+    number: u64,
+    tx: mpsc::Sender<Bytes>,
+}
+
 impl Hub {
-    /// Registers a node's new stream; its whole set goes out with the next
-    /// round, which starts at once. Also returns a sender for the stream's
-    /// keep-alive lines (which ends when the stream does).
-    pub(crate) fn connect(&self, node: &str) -> (mpsc::Receiver<Bytes>, mpsc::Sender<Bytes>) {
+    /// Registers a node's new stream, which replaces any other of the node;
+    /// its whole set goes out with the next round, which starts at once.
+    /// Also returns the stream's keep-alive handle.
+    pub(crate) fn connect(&self, node: &str) -> (mpsc::Receiver<Bytes>, KeepAlive) {
         let (tx, rx) = mpsc::channel(QUEUE);
+        let number = self.next.fetch_add(1, Ordering::Relaxed);
+        self.current
+            .lock()
+            .expect("hub lock")
+            .insert(node.to_owned(), number);
         self.conns.lock().expect("hub lock").insert(
             node.to_owned(),
             Conn {
@@ -88,7 +104,27 @@ impl Hub {
             },
         );
         self.kick.notify_one();
-        (rx, tx)
+        let keep = KeepAlive {
+            node: node.to_owned(),
+            number,
+            tx,
+        };
+        (rx, keep)
+    }
+
+    /// Sends a stream a keep-alive line if it is still its node's stream
+    /// and open. Returns false when it is not: the caller drops the handle,
+    /// which ends a replaced stream (the hub no longer holds its sender),
+    /// so that a node never listens to a stream that nothing feeds. (A
+    /// node whose first request was slow to arrive may connect again, and
+    /// the older request register after the newer one.)
+    pub(crate) fn keep_alive(&self, k: &KeepAlive) -> bool {
+        let current = self.current.lock().expect("hub lock").get(&k.node) == Some(&k.number);
+        current
+            && !matches!(
+                k.tx.try_send(Bytes::from_static(b"\n")),
+                Err(mpsc::error::TrySendError::Closed(_))
+            )
     }
 }
 
@@ -414,5 +450,32 @@ fn held_of(
         routes: part.routes,
         edge: part.edge,
         ingress: part.ingress,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node that connects twice (its first request slow to arrive, say)
+    /// is fed on its newest stream only, and the other ends once its
+    /// keep-alive finds it replaced: the node never waits on a stream
+    /// that nothing feeds.
+    #[tokio::test]
+    async fn a_replaced_stream_ends_and_the_newest_is_kept_alive() {
+        let hub = Hub::default();
+        let (mut old_rx, old) = hub.connect("n1");
+        let (mut new_rx, new) = hub.connect("n1");
+        assert!(!hub.keep_alive(&old));
+        assert!(hub.keep_alive(&new));
+        drop(old);
+        assert_eq!(old_rx.recv().await, None, "the replaced stream ends");
+        assert_eq!(new_rx.recv().await.as_deref(), Some(&b"\n"[..]));
+        // A stream whose node went away is not kept alive either.
+        drop(new_rx);
+        assert!(!hub.keep_alive(&new));
+        // Another node's streams are its own.
+        let (_rx, other) = hub.connect("n2");
+        assert!(hub.keep_alive(&other));
     }
 }
