@@ -36,6 +36,28 @@ pub fn block_for_new_node(state: &State) -> Option<Net> {
     plan(state).next_block(&used)
 }
 
+/// Blocks for the nodes that have none (nodes from before the overlay, or
+/// that joined when the CIDR was full), as the commands that record them;
+/// none when every node has one. Costs the nodes, not the tasks.
+pub fn blocks_for_nodes_without(state: &State) -> Vec<Command> {
+    if state.nodes.values().all(|n| n.block.is_some()) {
+        return Vec::new();
+    }
+    let plan = plan(state);
+    let mut used: BTreeSet<Net> = state.nodes.values().filter_map(|n| n.block).collect();
+    let mut out = Vec::new();
+    for n in state.nodes.values().filter(|n| n.block.is_none()) {
+        let Some(b) = plan.next_block(&used) else {
+            break;
+        };
+        used.insert(b);
+        let mut rec = n.clone();
+        rec.block = Some(b);
+        out.push(Command::PutNode(rec));
+    }
+    out
+}
+
 fn holds_addr(t: &TaskRecord) -> bool {
     !matches!(t.state, TaskState::Failed | TaskState::Shutdown)
 }

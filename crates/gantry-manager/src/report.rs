@@ -39,12 +39,15 @@ pub fn commands(s: &State, id: &str, r: &StatusReport, now: u64) -> Vec<Command>
         r.tasks.iter().map(|t| (t.id.as_str(), t)).collect();
     for t in s.tasks_on(id) {
         let terminal = matches!(t.state, TaskState::Failed | TaskState::Shutdown);
-        let mut next = t.clone();
+        // Copied only when it changes: a heartbeat reports every task, and
+        // nearly all are as they were.
+        let mut next;
         match reported.get(t.id.as_str()) {
             Some(st) if !terminal => {
                 if st.state == t.state && st.exit_code == t.exit_code {
                     continue;
                 }
+                next = t.clone();
                 next.state = st.state;
                 next.exit_code = st.exit_code;
                 if !st.message.is_empty() {
@@ -54,9 +57,11 @@ pub fn commands(s: &State, id: &str, r: &StatusReport, now: u64) -> Vec<Command>
             Some(_) => continue,
             None if terminal => continue,
             None if t.desired != TaskState::Running => {
+                next = t.clone();
                 next.state = TaskState::Shutdown;
             }
             None if t.state == TaskState::Running => {
+                next = t.clone();
                 next.state = TaskState::Failed;
                 next.message = "container vanished from its node".into();
             }

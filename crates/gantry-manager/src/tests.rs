@@ -965,3 +965,31 @@ proptest::proptest! {
         proptest::prop_assert!(memory.values().all(|m| *m <= 4 * GB));
     }
 }
+
+#[test]
+fn nodes_without_a_block_get_distinct_free_ones_and_the_others_keep_theirs() {
+    let mut st = cluster(3, WEB6);
+    let mut rec = st.nodes["n2"].clone();
+    rec.block = Some("10.32.0.0/24".parse().unwrap());
+    st.apply(&Command::PutNode(rec)).unwrap();
+    let cmds = crate::network::blocks_for_nodes_without(&st);
+    let mut given: Vec<(String, String)> = cmds
+        .iter()
+        .map(|c| match c {
+            Command::PutNode(n) => (n.id.clone(), n.block.unwrap().to_string()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    given.sort();
+    assert_eq!(
+        given,
+        [
+            ("n1".to_owned(), "10.32.1.0/24".to_owned()),
+            ("n3".to_owned(), "10.32.2.0/24".to_owned())
+        ]
+    );
+    for c in &cmds {
+        st.apply(c).unwrap();
+    }
+    assert!(crate::network::blocks_for_nodes_without(&st).is_empty());
+}

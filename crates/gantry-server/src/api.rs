@@ -419,34 +419,50 @@ async fn rotate_token(State(sh): Sh, Extension(peer): Extension<Peer>) -> Res<Jo
     }))
 }
 
-fn node_view(sh: &Shared, s: &Cluster, id: &str) -> Option<NodeView> {
+/// What a node's view takes from the state (read under the store's lock:
+/// its record, and how many tasks run there now, by the node's index).
+fn node_facts(s: &Cluster, id: &str) -> Option<(gantry_store::NodeRecord, usize)> {
     let rec = s.nodes.get(id)?.clone();
+    // What runs there now, wanted or not yet stopped (a drained node is
+    // empty once this is 0).
     let tasks = s
-        .tasks
-        .values()
-        // What runs there now, wanted or not yet stopped (a drained node
-        // is empty once this is 0).
-        .filter(|t| {
-            t.node.as_deref() == Some(id)
-                && matches!(t.state, TaskState::Assigned | TaskState::Running)
-        })
+        .tasks_on(id)
+        .filter(|t| matches!(t.state, TaskState::Assigned | TaskState::Running))
         .count();
+    Some((rec, tasks))
+}
+
+/// A node's view: its facts, and its liveness and figures (taken after the
+/// store's lock is let go).
+fn node_view(sh: &Shared, (record, tasks): (gantry_store::NodeRecord, usize)) -> NodeView {
     let last_seen_ms = sh
         .seen
         .lock()
         .expect("seen lock")
-        .get(id)
+        .get(&record.id)
         .map(|t| t.elapsed().as_millis() as u64);
-    let stats = sh.stats.lock().expect("stats lock").get(id).cloned();
-    Some(NodeView {
-        record: rec,
+    let stats = sh
+        .stats
+        .lock()
+        .expect("stats lock")
+        .get(&record.id)
+        .cloned();
+    NodeView {
+        record,
         tasks,
         last_seen_ms,
         cpu_percent: stats.as_ref().map(|s| s.cpu_percent),
         mem_used: stats
             .as_ref()
             .map(|s| s.mem_total.saturating_sub(s.mem_available)),
-    })
+    }
+}
+
+/// The view of node `id`.
+fn node_view_of(sh: &Shared, id: &str, key: &str) -> Res<NodeView> {
+    sh.read(|s| node_facts(s, id))
+        .map(|f| Json(node_view(sh, f)))
+        .ok_or_else(|| not_found(format!("no such node: {key}")))
 }
 
 /// A node by id, unique id prefix or hostname.
@@ -474,13 +490,8 @@ fn find_node(s: &Cluster, key: &str) -> Result<String, Fail> {
 
 async fn nodes(State(sh): Sh, Extension(peer): Extension<Peer>) -> Res<Vec<NodeView>> {
     peer.admin()?;
-    let s = sh.state();
-    Ok(Json(
-        s.nodes
-            .keys()
-            .filter_map(|id| node_view(&sh, &s, id))
-            .collect(),
-    ))
+    let facts: Vec<_> = sh.read(|s| s.nodes.keys().filter_map(|id| node_facts(s, id)).collect());
+    Ok(Json(facts.into_iter().map(|f| node_view(&sh, f)).collect()))
 }
 
 async fn node_inspect(
@@ -489,11 +500,8 @@ async fn node_inspect(
     Path(key): Path<String>,
 ) -> Res<NodeView> {
     peer.admin()?;
-    let s = sh.state();
-    let id = find_node(&s, &key)?;
-    node_view(&sh, &s, &id)
-        .map(Json)
-        .ok_or_else(|| not_found(format!("no such node: {key}")))
+    let id = sh.read(|s| find_node(s, &key))?;
+    node_view_of(&sh, &id, &key)
 }
 
 async fn node_update(
@@ -530,10 +538,7 @@ async fn node_update(
         }
         cmds
     })?;
-    let s = sh.state();
-    node_view(&sh, &s, &id)
-        .map(Json)
-        .ok_or_else(|| not_found(format!("no such node: {key}")))
+    node_view_of(&sh, &id, &key)
 }
 
 /// An operator confirms that a node the storm guard holds is down: its
@@ -565,10 +570,7 @@ async fn node_confirm_down(
         ));
     }
     sh.kick.notify_one();
-    let s = sh.state();
-    node_view(&sh, &s, &id)
-        .map(Json)
-        .ok_or_else(|| not_found(format!("no such node: {key}")))
+    node_view_of(&sh, &id, &key)
 }
 
 #[derive(Deserialize)]
@@ -642,13 +644,12 @@ fn service_view(s: &Cluster, name: &str) -> Option<ServiceView> {
 
 async fn services(State(sh): Sh, Extension(peer): Extension<Peer>) -> Res<Vec<ServiceView>> {
     peer.admin()?;
-    let s = sh.state();
-    Ok(Json(
+    Ok(Json(sh.read(|s| {
         s.services
             .keys()
-            .filter_map(|n| service_view(&s, n))
-            .collect(),
-    ))
+            .filter_map(|n| service_view(s, n))
+            .collect()
+    })))
 }
 
 async fn service_inspect(
@@ -867,35 +868,40 @@ async fn tasks(
     Query(q): Query<TaskQuery>,
 ) -> Res<Vec<TaskRecord>> {
     peer.admin()?;
-    let s = sh.state();
-    if let Some(n) = &q.service {
-        if !s.services.contains_key(n) {
-            return Err(not_found(format!("no such service: {n}")));
+    let mut out = sh.read(|s| -> Result<Vec<TaskRecord>, Fail> {
+        if let Some(n) = &q.service {
+            if !s.services.contains_key(n) {
+                return Err(not_found(format!("no such service: {n}")));
+            }
         }
-    }
-    let node = match &q.node {
-        Some(k) => Some(find_node(&s, k)?),
-        None => None,
-    };
-    let stack_services: Option<BTreeSet<&String>> = q.stack.as_ref().map(|st| {
-        s.services
-            .values()
-            .filter(|r| &r.stack == st)
-            .map(|r| &r.name)
-            .collect()
-    });
-    let mut out: Vec<TaskRecord> = s
-        .tasks
-        .values()
-        .filter(|t| q.service.as_ref().is_none_or(|n| &t.service == n))
-        .filter(|t| node.is_none() || t.node == node)
-        .filter(|t| {
-            stack_services
-                .as_ref()
-                .is_none_or(|set| set.contains(&t.service))
-        })
-        .cloned()
-        .collect();
+        let node = match &q.node {
+            Some(k) => Some(find_node(s, k)?),
+            None => None,
+        };
+        let stack_services: Option<BTreeSet<&String>> = q.stack.as_ref().map(|st| {
+            s.services
+                .values()
+                .filter(|r| &r.stack == st)
+                .map(|r| &r.name)
+                .collect()
+        });
+        // By the state's indexes when the query names a service or node.
+        let candidates: Box<dyn Iterator<Item = &TaskRecord>> = match (&q.service, &node) {
+            (Some(n), _) => Box::new(s.tasks_of(n)),
+            (None, Some(id)) => Box::new(s.tasks_on(id)),
+            (None, None) => Box::new(s.tasks.values()),
+        };
+        Ok(candidates
+            .filter(|t| q.service.as_ref().is_none_or(|n| &t.service == n))
+            .filter(|t| node.is_none() || t.node == node)
+            .filter(|t| {
+                stack_services
+                    .as_ref()
+                    .is_none_or(|set| set.contains(&t.service))
+            })
+            .cloned()
+            .collect())
+    })?;
     // By slot (global tasks: by node), the task that should run first,
     // then its history, newest first.
     let key = |t: &TaskRecord| {

@@ -211,11 +211,6 @@ impl Shared {
         Ok(())
     }
 
-    /// A copy of the state.
-    pub(crate) fn state(&self) -> State {
-        self.read(State::clone)
-    }
-
     /// Reads the state without copying it.
     pub(crate) fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
         off_the_workers(|| f(self.store.lock().expect("store lock").state()))
@@ -544,7 +539,7 @@ mod tests {
         })
         .await
         .unwrap();
-        let meta = m.shared.state().meta;
+        let meta = m.shared.read(|s| s.meta.clone());
         assert!(!meta.contains_key("join_token"));
         let nonce = &meta[TOKEN_NONCE_KEY];
         let new = JoinToken::derive(&ca, nonce).unwrap();

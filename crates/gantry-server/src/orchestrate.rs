@@ -90,20 +90,7 @@ fn step(sh: &Shared) -> Result<(), StoreError> {
         .expect("downs lock")
         .extend(marked.into_iter().map(|id| (now, id)));
     // Nodes from before the overlay (or from a full CIDR) get a block.
-    sh.update(|s| {
-        let mut st = s.clone();
-        let mut out = Vec::new();
-        for n in s.nodes.values().filter(|n| n.block.is_none()) {
-            if let Some(b) = gantry_manager::network::block_for_new_node(&st) {
-                let mut rec = n.clone();
-                rec.block = Some(b);
-                let cmd = Command::PutNode(rec);
-                let _ = st.apply(&cmd);
-                out.push(cmd);
-            }
-        }
-        out
-    })?;
+    sh.update(gantry_manager::network::blocks_for_nodes_without)?;
     // The services to reconcile: those changes touched, those not at rest
     // (waiting on time or room), and all of them every FULL_SWEEP.
     let touched = std::mem::take(&mut *sh.dirty.lock().expect("dirty lock"));
