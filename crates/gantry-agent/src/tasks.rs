@@ -360,7 +360,7 @@ impl Agent {
     /// Masquerade and host protection, once the overlay is up: open to
     /// containers are DNS and the ports published on this node (ingress
     /// ports, and host-mode ports of its tasks).
-    fn firewall(&self, set: &Assignments) {
+    fn firewall(&self, set: &Assignments, members: &BTreeMap<String, Vec<std::net::Ipv4Addr>>) {
         let Some(nn) = &set.network else { return };
         let mut open: Vec<u16> = set.ingress.iter().map(|p| p.published).collect();
         // The edge proxy is public: containers reach it too (a task
@@ -406,7 +406,7 @@ impl Agent {
             ],
             open_ports: open,
             overlay: Some(nn.cidr),
-            networks: set.networks.clone(),
+            networks: members.clone(),
             infra: std::iter::once(nn.block)
                 .chain(set.peers.iter().map(|p| p.block))
                 .flat_map(|b| [b.vtep(), b.gateway()])
@@ -451,18 +451,21 @@ impl Agent {
         let first = !self.assigned.swap(true, Ordering::SeqCst);
         tracing::debug!(tasks = set.tasks.len(), "assignment set");
         self.network(&set);
+        // Names and members are derived from the addresses held, once per
+        // application (which is coalesced).
+        let members = gantry_api::addrs::network_members(&set.addrs);
         if let Some(f) = self.fast.lock().expect("fast path lock").as_mut() {
-            if let Err(e) = f.set_networks(&set.networks) {
+            if let Err(e) = f.set_networks(&members) {
                 tracing::warn!("{e}");
             }
         }
-        self.dns.set(&set.dns);
-        self.dns.set_networks(&set.networks);
+        self.dns.set(&gantry_api::addrs::dns_names(&set.addrs));
+        self.dns.set_networks(&members);
         self.ingress.set(&set.ingress, &self.dns);
         if let Some(e) = self.edge.get() {
             e.apply(&set);
         }
-        self.firewall(&set);
+        self.firewall(&set, &members);
         let wanted: BTreeMap<String, Assignment> = set
             .tasks
             .into_iter()

@@ -264,13 +264,18 @@ impl Client {
         let mut resp = self.check(resp).await?;
         let mut buf: Vec<u8> = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| self.unreachable(e))? {
+            // Only the new bytes are searched for the end of a line: a
+            // long line (a whole set) is not scanned again for each chunk.
+            let Some(end) = chunk.iter().rposition(|b| *b == b'\n') else {
+                buf.extend_from_slice(&chunk);
+                continue;
+            };
+            let last = buf.len() + end;
             buf.extend_from_slice(&chunk);
-            if let Some(last) = buf.iter().rposition(|b| *b == b'\n') {
-                let go_on = f(&buf[..=last]);
-                buf.drain(..=last);
-                if !go_on {
-                    return Ok(());
-                }
+            let go_on = f(&buf[..=last]);
+            buf.drain(..=last);
+            if !go_on {
+                return Ok(());
             }
         }
         Ok(())

@@ -6,21 +6,47 @@
 //! [`Assignments::diff`] and [`Assignments::apply`] are exact inverses:
 //! applying the diff of `a` to `b` on `a` gives `b`.
 
-use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
-
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
-use crate::{Assignment, Assignments, Cert, IngressPort, NodeNetwork, Peer};
+use crate::{
+    Assignment, Assignments, Cert, IngressPort, NodeNetwork, Peer, ScopeChange, ScopedAddrs,
+};
 
-/// A line of `GET /v1/agent/watch`.
+/// A line of `GET /v1/agent/watch`: `{"seq":N,"full":{..}}` or
+/// `{"seq":N,"delta":{..}}`. It is read through [`UpdateLine`], because
+/// serde's `flatten` would first copy a whole set into a generic tree.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "UpdateLine")]
 pub struct AssignmentUpdate {
     /// 1 for the first line of a stream, then one more each line.
     pub seq: u64,
     /// What it carries.
     #[serde(flatten)]
     pub change: Change,
+}
+
+/// How a line is read.
+#[derive(Deserialize)]
+struct UpdateLine {
+    seq: u64,
+    #[serde(default)]
+    full: Option<Box<Assignments>>,
+    #[serde(default)]
+    delta: Option<Box<AssignmentDelta>>,
+}
+
+impl TryFrom<UpdateLine> for AssignmentUpdate {
+    type Error = &'static str;
+
+    fn try_from(l: UpdateLine) -> Result<Self, Self::Error> {
+        let change = match (l.full, l.delta) {
+            (Some(a), None) => Change::Full(a),
+            (None, Some(d)) => Change::Delta(d),
+            _ => return Err("an assignment line carries either `full` or `delta`"),
+        };
+        Ok(Self { seq: l.seq, change })
+    }
 }
 
 /// A whole set or the changes to the set the stream gave so far.
@@ -34,7 +60,7 @@ pub enum Change {
 }
 
 /// What changed in a node's assignment set. Keyed parts (tasks, peers,
-/// DNS names, networks) carry the entries put and the keys gone; the rest
+/// scopes' task addresses) carry the entries put and the keys gone; the rest
 /// is whole when it changed.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AssignmentDelta {
@@ -50,18 +76,12 @@ pub struct AssignmentDelta {
     /// Ids of peers gone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers_gone: Vec<String>,
-    /// DNS names new or changed: the addresses they gained and lost.
+    /// Task addresses, by scope: what changed in each.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub dns: BTreeMap<String, AddrChange>,
-    /// DNS names gone.
+    pub addrs: BTreeMap<String, ScopeChange>,
+    /// Scopes gone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub dns_gone: Vec<String>,
-    /// Stack networks new or changed: the members they gained and lost.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub networks: BTreeMap<String, AddrChange>,
-    /// Stack networks gone.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub networks_gone: Vec<String>,
+    pub scopes_gone: Vec<String>,
     /// The node's network, when it changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<Option<NodeNetwork>>,
@@ -85,78 +105,6 @@ pub struct AssignmentDelta {
     pub edge: Option<bool>,
 }
 
-/// The addresses a name or network gained and lost (lists stay sorted).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AddrChange {
-    /// Gained.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub add: Vec<Ipv4Addr>,
-    /// Lost.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub remove: Vec<Ipv4Addr>,
-}
-
-/// Per key, the addresses gained and lost from `old` to `new` (address
-/// lists sorted, as the manager sends them); keys gone.
-pub fn diff_addrs(
-    old: &BTreeMap<String, Vec<Ipv4Addr>>,
-    new: &BTreeMap<String, Vec<Ipv4Addr>>,
-) -> (BTreeMap<String, AddrChange>, Vec<String>) {
-    let empty = Vec::new();
-    let mut put = BTreeMap::new();
-    for (k, v) in new {
-        let o = old.get(k);
-        if o == Some(v) {
-            continue;
-        }
-        let o = o.unwrap_or(&empty);
-        put.insert(
-            k.clone(),
-            AddrChange {
-                add: v
-                    .iter()
-                    .filter(|a| o.binary_search(a).is_err())
-                    .copied()
-                    .collect(),
-                remove: o
-                    .iter()
-                    .filter(|a| v.binary_search(a).is_err())
-                    .copied()
-                    .collect(),
-            },
-        );
-    }
-    let gone = old
-        .keys()
-        .filter(|k| !new.contains_key(*k))
-        .cloned()
-        .collect();
-    (put, gone)
-}
-
-/// Applies changes to address lists; with `drop_empty`, a key left without
-/// addresses goes (a DNS name is its addresses; a network may be empty).
-fn apply_addrs(
-    map: &mut BTreeMap<String, Vec<Ipv4Addr>>,
-    put: BTreeMap<String, AddrChange>,
-    gone: &[String],
-    drop_empty: bool,
-) {
-    for k in gone {
-        map.remove(k);
-    }
-    for (k, c) in put {
-        let v = map.entry(k.clone()).or_default();
-        v.retain(|a| c.remove.binary_search(a).is_err());
-        v.extend(c.add);
-        v.sort();
-        v.dedup();
-        if drop_empty && v.is_empty() {
-            map.remove(&k);
-        }
-    }
-}
-
 impl AssignmentDelta {
     /// Whether nothing changed.
     pub fn is_empty(&self) -> bool {
@@ -175,12 +123,18 @@ fn diff_map<K: Ord + Clone, V: PartialEq + Clone>(
         .filter(|(k, v)| old.get(*k) != Some(*v))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let gone = old
-        .keys()
+    (put, keys_gone(old, new))
+}
+
+/// Keys of `old` missing from `new`.
+pub(crate) fn keys_gone<K: Ord + Clone, V, W>(
+    old: &BTreeMap<K, V>,
+    new: &BTreeMap<K, W>,
+) -> Vec<K> {
+    old.keys()
         .filter(|k| !new.contains_key(*k))
         .cloned()
-        .collect();
-    (put, gone)
+        .collect()
 }
 
 fn changed<T: PartialEq + Clone>(old: &T, new: &T) -> Option<T> {
@@ -194,9 +148,8 @@ impl Assignments {
             tasks: Vec::new(),
             network: None,
             peers: Vec::new(),
-            dns: BTreeMap::new(),
+            addrs: ScopedAddrs::new(),
             ingress: Vec::new(),
-            networks: BTreeMap::new(),
             routes: Vec::new(),
             certs: Vec::new(),
             http01: BTreeMap::new(),
@@ -215,17 +168,14 @@ impl Assignments {
         };
         let (tasks, tasks_gone) = diff_map(&by_id(&self.tasks), &by_id(&new.tasks));
         let (peers, peers_gone) = diff_map(&peers(&self.peers), &peers(&new.peers));
-        let (dns, dns_gone) = diff_addrs(&self.dns, &new.dns);
-        let (networks, networks_gone) = diff_addrs(&self.networks, &new.networks);
+        let (addrs, scopes_gone) = crate::addrs::diff_scoped(&self.addrs, &new.addrs);
         AssignmentDelta {
             tasks: tasks.into_values().collect(),
             tasks_gone,
             peers: peers.into_values().collect(),
             peers_gone,
-            dns,
-            dns_gone,
-            networks,
-            networks_gone,
+            addrs,
+            scopes_gone,
             network: changed(&self.network, &new.network),
             ingress: changed(&self.ingress, &new.ingress),
             routes: changed(&self.routes, &new.routes),
@@ -254,8 +204,7 @@ impl Assignments {
         }
         keyed(&mut self.tasks, |a| &a.task.id, d.tasks, &d.tasks_gone);
         keyed(&mut self.peers, |p| &p.id, d.peers, &d.peers_gone);
-        apply_addrs(&mut self.dns, d.dns, &d.dns_gone, true);
-        apply_addrs(&mut self.networks, d.networks, &d.networks_gone, false);
+        crate::addrs::apply_scoped(&mut self.addrs, &d.addrs, &d.scopes_gone);
         if let Some(n) = d.network {
             self.network = n;
         }
@@ -279,10 +228,9 @@ impl Assignments {
         }
     }
 
-    /// Tasks and peers ordered by id and no DNS name without addresses,
-    /// as [`Assignments::apply`] leaves them (what the manager sends).
+    /// Tasks and peers ordered by id, as [`Assignments::apply`] leaves
+    /// them (what the manager sends).
     pub fn normalise(&mut self) {
-        self.dns.retain(|_, v| !v.is_empty());
         self.tasks.sort_by(|a, b| a.task.id.cmp(&b.task.id));
         self.peers.sort_by(|a, b| a.id.cmp(&b.id));
     }
@@ -290,6 +238,9 @@ impl Assignments {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+    use std::net::Ipv4Addr;
+
     use super::*;
     use gantry_ipam::Net;
     use gantry_spec::Service;
@@ -330,23 +281,36 @@ mod tests {
         fn arb_set()(
             tasks in proptest::collection::btree_map(0u8..12, 1u64..3, 0..8),
             peers in proptest::collection::btree_map(1u8..8, 0u8..3, 0..5),
-            dns in proptest::collection::btree_map("[a-c]{1,2}", proptest::collection::vec(0u8..4, 0..3), 0..5),
-            nets in proptest::collection::btree_map("[x-z]", proptest::collection::vec(0u8..4, 0..3), 0..3),
+            addrs in proptest::collection::btree_map(
+                "[x-z*]",
+                proptest::collection::btree_map(
+                    "[a-c]",
+                    (proptest::collection::btree_set(0u8..4, 0..3), proptest::collection::btree_set(0u8..4, 0..3)),
+                    0..3,
+                ),
+                0..3,
+            ),
             edge in any::<bool>(),
             http in proptest::collection::btree_map("[a-b]", "[a-b]", 0..2),
             ingress in proptest::collection::vec(1u16..4, 0..2),
         ) -> Assignments {
-            let addrs = |v: Vec<u8>| {
-                let mut v: Vec<Ipv4Addr> = v.into_iter().map(|o| Ipv4Addr::new(10, 32, 0, o)).collect();
-                v.sort();
-                v.dedup();
-                v
-            };
+            let ips = |v: BTreeSet<u8>| v.into_iter().map(|o| Ipv4Addr::new(10, 32, 0, o)).collect::<BTreeSet<_>>();
             let mut a = Assignments::empty();
             a.tasks = tasks.into_iter().map(|(id, v)| task(id, v)).collect();
             a.peers = peers.into_iter().map(|(id, m)| peer(id, m)).collect();
-            a.dns = dns.into_iter().map(|(k, v)| (k, addrs(v))).collect();
-            a.networks = nets.into_iter().map(|(k, v)| (k, addrs(v))).collect();
+            a.addrs = addrs
+                .into_iter()
+                .map(|(scope, services)| {
+                    let services = services
+                        .into_iter()
+                        .map(|(name, (running, live))| {
+                            let s = crate::ServiceAddrs { stack: name.clone(), running: ips(running), live: ips(live) };
+                            (name, s)
+                        })
+                        .collect();
+                    (scope, services)
+                })
+                .collect();
             a.edge = edge;
             a.http01 = http;
             a.ingress = ingress.into_iter().map(|p| IngressPort { published: p, target: 80, service: "s_web".into() }).collect();
@@ -374,6 +338,29 @@ mod tests {
         fn no_change_no_delta(a in arb_set()) {
             prop_assert!(a.diff(&a).is_empty());
         }
+    }
+
+    #[test]
+    fn a_line_is_a_whole_set_or_a_change_and_not_both() {
+        let full = serde_json::to_string(&AssignmentUpdate {
+            seq: 1,
+            change: Change::Full(Box::new(Assignments::empty())),
+        })
+        .unwrap();
+        assert!(full.starts_with(r#"{"seq":1,"full":{"#), "{full}");
+        let back: AssignmentUpdate = serde_json::from_str(&full).unwrap();
+        assert!(matches!(back.change, Change::Full(_)));
+        let set = serde_json::to_string(&Assignments::empty()).unwrap();
+        let both = format!(r#"{{"seq":2,"full":{set},"delta":{{}}}}"#);
+        let no_seq = format!(r#"{{"full":{set}}}"#);
+        for bad in [r#"{"seq":2}"#, &both, &no_seq] {
+            assert!(
+                serde_json::from_str::<AssignmentUpdate>(bad).is_err(),
+                "{bad}"
+            );
+        }
+        let delta: AssignmentUpdate = serde_json::from_str(r#"{"seq":2,"delta":{}}"#).unwrap();
+        assert_eq!(delta.change, Change::Delta(Box::default()));
     }
 
     #[test]

@@ -10,12 +10,14 @@
 //!   (assignments, a stream of JSON lines): node certificates;
 //! - everything else: the admin certificate.
 
+pub mod addrs;
 mod client;
 mod delta;
 mod types;
 
+pub use addrs::{AddrChange, ScopeChange, ScopedAddrs, ServiceAddrs, ServiceChange, INGRESS};
 pub use client::{resolve, write_secret, AdminConfig, ApiError, Client, JoinError};
-pub use delta::{diff_addrs, AddrChange, AssignmentDelta, AssignmentUpdate, Change};
+pub use delta::{AssignmentDelta, AssignmentUpdate, Change};
 pub use types::*;
 
 /// The manager's port when none is given.

@@ -153,19 +153,14 @@ pub struct Assignments {
     /// them.
     #[serde(default)]
     pub peers: Vec<Peer>,
-    /// Service discovery: `SERVICE`, `SERVICE.STACK` and `STACK_SERVICE`
-    /// to the running tasks' addresses, `tasks.SERVICE` to every live
-    /// task's.
+    /// Task addresses by scope and service, from which the node derives
+    /// its DNS names and its networks' members ([`crate::addrs`]).
     #[serde(default)]
-    pub dns: BTreeMap<String, Vec<std::net::Ipv4Addr>>,
+    pub addrs: crate::ScopedAddrs,
     /// Ingress-mode published ports of the cluster: every node forwards
     /// them to a running task of their service, wherever it runs.
     #[serde(default)]
     pub ingress: Vec<IngressPort>,
-    /// Stack networks (`STACK_NETWORK`) and the overlay addresses of the
-    /// live tasks on each: tasks reach each other only within one.
-    #[serde(default)]
-    pub networks: BTreeMap<String, Vec<std::net::Ipv4Addr>>,
     /// The edge proxy's HTTP routes on this node, with their healthy
     /// tasks.
     #[serde(default)]

@@ -128,10 +128,19 @@ mod tests {
         st
     }
 
-    fn everything(st: &State) -> (scope::Records, scope::Records) {
+    fn everything(
+        st: &State,
+    ) -> (
+        std::collections::BTreeMap<String, Vec<Ipv4Addr>>,
+        std::collections::BTreeMap<String, Vec<Ipv4Addr>>,
+    ) {
         let sc = scope::scoped(st);
-        let all = sc.dns.keys().cloned().collect();
-        scope::node_records(&sc, &all)
+        let all = sc.keys().cloned().collect();
+        let held = scope::node_records(&sc, &all);
+        (
+            gantry_api::addrs::dns_names(&held),
+            gantry_api::addrs::network_members(&held),
+        )
     }
 
     #[test]

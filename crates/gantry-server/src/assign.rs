@@ -2,16 +2,18 @@
 //! connected node: after a change of state it waits [`COALESCE`] for more,
 //! then computes once what every node shares (peers, ingress ports,
 //! certificates, challenges, the routes of nodes without routes of their
-//! own) and what changed in it, the DNS records and network members by
-//! scope and what changed in each (`gantry_manager::scope`), and for each
-//! node only its own part: its tasks against those it was last sent, the
-//! records of its scopes (the networks its tasks join, and the ingress
-//! names), its network, routes and edge role. A node gets one numbered line with the change,
-//! or nothing when nothing of its changed; a node that connects gets its
-//! whole set. A node whose stream is behind (its queue full) is skipped,
-//! and once it drains gets one change from what it was last sent (each
-//! node keeps, by reference, the shared part and records it was sent), so
-//! a slow node costs one coalesced change, never a bigger whole set.
+//! own) and what changed in it, the task addresses by scope (one record
+//! per service; `gantry_manager::scope`) and what changed in each, and for
+//! each node only its own part: its tasks against those it was last sent,
+//! the records of its scopes (the networks its tasks join, and ingress;
+//! computed once for all the nodes that share the same scopes), its
+//! network, routes and edge role. A node gets one numbered line with the
+//! change, or nothing when nothing of its changed; a node that connects
+//! gets its whole set. A node whose stream is behind (its queue full) is
+//! skipped, and once it drains gets one change from what it was last sent
+//! (each node keeps, by reference, the shared part and records it was
+//! sent), so a slow node costs one coalesced change, never a bigger whole
+//! set.
 //!
 //! The work of a change grows with the cluster once (one pass over the
 //! state) and with the nodes only by the size of what each is sent.
@@ -287,8 +289,15 @@ fn node_part(s: &Cluster, node: &str, f: &RoundFacts) -> NodePart {
     }
 }
 
-/// One round: computes the shared part and every connected node's change,
-/// and queues them. Returns whether a node was behind.
+/// The records a node held, the scopes it held them of, and its scopes
+/// now.
+type AddrKey = (*const Scoped, BTreeSet<String>, BTreeSet<String>);
+/// A node's change of addresses: scopes changed, scopes gone.
+type AddrDelta = (
+    std::collections::BTreeMap<String, gantry_api::ScopeChange>,
+    Vec<String>,
+);
+
 /// What a round reads of the state for one node: its part, the ids of its
 /// tasks, the assignments of those it was not sent yet, its scopes.
 struct NodeInput {
@@ -348,6 +357,7 @@ fn round_of(sh: &Shared, conns: &mut HashMap<String, Conn>) -> bool {
     // the last round's), computed once.
     let mut shared_deltas: HashMap<*const Assignments, AssignmentDelta> = HashMap::new();
     let mut changes: HashMap<*const Scoped, scope::Changes> = HashMap::new();
+    let mut addr_deltas: HashMap<AddrKey, AddrDelta> = HashMap::new();
     let mut behind = false;
     for (node, input) in inputs {
         let Some(conn) = conns.get_mut(&node) else {
@@ -368,7 +378,7 @@ fn round_of(sh: &Shared, conns: &mut HashMap<String, Conn>) -> bool {
                 a.routes = part.routes.clone();
                 a.ingress = part.ingress.clone();
                 a.edge = part.edge;
-                (a.dns, a.networks) = scope::node_records(&sc, &scopes);
+                a.addrs = scope::node_records(&sc, &scopes);
                 a.normalise();
                 (
                     Change::Full(Box::new(a)),
@@ -390,11 +400,19 @@ fn round_of(sh: &Shared, conns: &mut HashMap<String, Conn>) -> bool {
                 // Ingress is shared but for the node's TCP routes: sent
                 // whole whenever the node's list changed.
                 d.ingress = (h.ingress != part.ingress).then(|| part.ingress.clone());
-                let ch = changes
-                    .entry(Arc::as_ptr(&h.scoped))
-                    .or_insert_with(|| scope::changes(&h.scoped, &sc));
-                (d.dns, d.networks, d.networks_gone) =
-                    scope::node_delta(&h.scoped, &sc, ch, &h.scopes, &scopes);
+                // Nodes that held the same records of the same scopes and
+                // hold the same scopes now (on a cluster where services
+                // spread, nearly all) get the same change, computed once.
+                let key = (Arc::as_ptr(&h.scoped), h.scopes.clone(), scopes.clone());
+                (d.addrs, d.scopes_gone) = addr_deltas
+                    .entry(key)
+                    .or_insert_with(|| {
+                        let ch = changes
+                            .entry(Arc::as_ptr(&h.scoped))
+                            .or_insert_with(|| scope::changes(&h.scoped, &sc));
+                        scope::node_delta(&h.scoped, &sc, ch, &h.scopes, &scopes)
+                    })
+                    .clone();
                 if d.is_empty() {
                     // It holds what it would hold now: let it hold the new
                     // versions (the old ones can go).
