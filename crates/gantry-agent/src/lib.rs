@@ -25,6 +25,7 @@ mod http;
 mod ingress;
 mod logs;
 mod metrics;
+mod reports;
 mod sim;
 mod stats;
 mod tasks;
@@ -396,16 +397,21 @@ async fn report(
     // The figures change every few seconds; heartbeats in between (and
     // those sent at once on a change) leave them out.
     let mut stats_sent = 0;
+    let mut reports = reports::TaskReports::default();
     loop {
         let mut facts = info.lock().expect("info lock").clone();
         facts.vtep_mac = agent.vtep_mac();
+        let all = agent.statuses();
+        let (tasks, partial) = reports.select(&all);
         let report = StatusReport {
             info: facts,
-            tasks: agent.statuses(),
+            tasks,
             stats: stats.latest().filter(|s| s.time_ms != stats_sent),
+            partial,
         };
         match client.post::<_, ()>("/v1/agent/status", &report).await {
             Ok(()) => {
+                reports.accepted(all, partial);
                 if let Some(s) = &report.stats {
                     stats_sent = s.time_ms;
                 }
@@ -415,6 +421,7 @@ async fn report(
                 failing = false;
             }
             Err(e) => {
+                reports.failed();
                 if !failing {
                     tracing::warn!("heartbeat: {e}");
                 }

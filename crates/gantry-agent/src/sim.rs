@@ -233,27 +233,33 @@ fn settle(node: &Node, set: &Assignments, stats: &SimStats) {
     }
 }
 
-/// Heartbeats: every interval and at once on a change, with every task.
+/// Heartbeats: every interval and at once on a change, with the tasks that
+/// changed (every task in every tenth, as the agent does).
 async fn beat(cfg: SimConfig, i: usize, node: Arc<Node>, client: Client) {
     let facts = info(&cfg, i);
     // Spread the nodes' heartbeats over the interval.
     tokio::time::sleep(cfg.heartbeat.mul_f64((i % 100) as f64 / 100.0)).await;
+    let mut reports = crate::reports::TaskReports::default();
     loop {
-        let tasks: Vec<TaskStatus> = node
+        let all: Vec<TaskStatus> = node
             .tasks
             .lock()
             .expect("tasks lock")
             .values()
             .cloned()
             .collect();
+        let (tasks, partial) = reports.select(&all);
         let report = StatusReport {
             info: facts.clone(),
             tasks,
             stats: None,
+            partial,
         };
         if let Err(e) = client.post::<_, ()>("/v1/agent/status", &report).await {
+            reports.failed();
             tracing::debug!("simulated node {i}: heartbeat: {e}");
         } else {
+            reports.accepted(all, partial);
             // Ended tasks were reported once: forget them.
             node.tasks
                 .lock()

@@ -115,8 +115,9 @@ pub struct TaskStatus {
     pub container: Option<String>,
 }
 
-/// `POST /v1/agent/status`: a heartbeat that carries everything the node
-/// runs, so that a restarted manager re-learns it at once.
+/// `POST /v1/agent/status`: a heartbeat with the node's facts and its
+/// tasks' states: every task container it has, or, between whole reports,
+/// those that changed ([`StatusReport::partial`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusReport {
     /// The node's facts.
@@ -126,6 +127,12 @@ pub struct StatusReport {
     /// Its figures, when it has read them.
     #[serde(default)]
     pub stats: Option<NodeStats>,
+    /// Whether `tasks` holds only the tasks whose status changed since the
+    /// node's last report the manager accepted (a task it does not list is
+    /// as it was); a whole report lists every task container, and a task
+    /// it does not list is gone from the node.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
 }
 
 /// One task a node must run (or stop).

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use gantry_api::{NodeInfo, StatusReport, TaskStatus};
 use gantry_sched::{Availability, Resources};
-use gantry_state::{Command, NodeRecord, State, TaskState};
+use gantry_state::{Command, NodeRecord, State, TaskRecord, TaskState};
 
 /// The commands a node's report implies, at `now` (ms since the epoch).
 pub fn commands(s: &State, id: &str, r: &StatusReport, now: u64) -> Vec<Command> {
@@ -35,44 +35,66 @@ pub fn commands(s: &State, id: &str, r: &StatusReport, now: u64) -> Vec<Command>
             up: true,
         });
     }
+    if r.partial {
+        // Only the tasks whose status changed since the node's last
+        // accepted report; the others are as they were. Only the node's
+        // own tasks: a node reports on nothing else.
+        for st in &r.tasks {
+            let Some(t) = s
+                .tasks
+                .get(&st.id)
+                .filter(|t| t.node.as_deref() == Some(id))
+            else {
+                continue;
+            };
+            out.extend(task_change(t, Some(st), now).map(Command::PutTask));
+        }
+        return out;
+    }
     let reported: BTreeMap<&str, &TaskStatus> =
         r.tasks.iter().map(|t| (t.id.as_str(), t)).collect();
     for t in s.tasks_on(id) {
-        let terminal = matches!(t.state, TaskState::Failed | TaskState::Shutdown);
-        // Copied only when it changes: a heartbeat reports every task, and
-        // nearly all are as they were.
-        let mut next;
-        match reported.get(t.id.as_str()) {
-            Some(st) if !terminal => {
-                if st.state == t.state && st.exit_code == t.exit_code {
-                    continue;
-                }
-                next = t.clone();
-                next.state = st.state;
-                next.exit_code = st.exit_code;
-                if !st.message.is_empty() {
-                    next.message = st.message.clone();
-                }
-            }
-            Some(_) => continue,
-            None if terminal => continue,
-            None if t.desired != TaskState::Running => {
-                next = t.clone();
-                next.state = TaskState::Shutdown;
-            }
-            None if t.state == TaskState::Running => {
-                next = t.clone();
-                next.state = TaskState::Failed;
-                next.message = "container vanished from its node".into();
-            }
-            None => continue,
-        }
-        if next.state != t.state {
-            next.updated_ms = now;
-        }
-        out.push(Command::PutTask(next));
+        let st = reported.get(t.id.as_str()).copied();
+        out.extend(task_change(t, st, now).map(Command::PutTask));
     }
     out
+}
+
+/// A task as its node's report leaves it (`reported`: its status, or none
+/// in a whole report that does not list it), if that changes it. Copied
+/// only when it changes: nearly every task reported is as it was.
+fn task_change(t: &TaskRecord, reported: Option<&TaskStatus>, now: u64) -> Option<TaskRecord> {
+    let terminal = matches!(t.state, TaskState::Failed | TaskState::Shutdown);
+    let mut next;
+    match reported {
+        Some(st) if !terminal => {
+            if st.state == t.state && st.exit_code == t.exit_code {
+                return None;
+            }
+            next = t.clone();
+            next.state = st.state;
+            next.exit_code = st.exit_code;
+            if !st.message.is_empty() {
+                next.message = st.message.clone();
+            }
+        }
+        Some(_) => return None,
+        None if terminal => return None,
+        None if t.desired != TaskState::Running => {
+            next = t.clone();
+            next.state = TaskState::Shutdown;
+        }
+        None if t.state == TaskState::Running => {
+            next = t.clone();
+            next.state = TaskState::Failed;
+            next.message = "container vanished from its node".into();
+        }
+        None => return None,
+    }
+    if next.state != t.state {
+        next.updated_ms = now;
+    }
+    Some(next)
 }
 
 /// A node's record from what it says of itself: active, up, no block
@@ -102,7 +124,6 @@ pub fn node_record(id: &str, info: &NodeInfo, manager: bool) -> NodeRecord {
 #[cfg(test)]
 mod tests {
     use gantry_spec::Service;
-    use gantry_state::TaskRecord;
 
     use super::*;
 
@@ -181,6 +202,7 @@ mod tests {
                 status("ended", TaskState::Running),
             ],
             stats: None,
+            partial: false,
         };
         let cmds = commands(&st, "n1", &r, 99);
         let tasks: BTreeMap<&str, &TaskRecord> = cmds
@@ -207,6 +229,35 @@ mod tests {
     }
 
     #[test]
+    fn a_partial_report_changes_the_tasks_it_names_and_only_the_node_s_own() {
+        let mut st = state();
+        let mut other = task("elsewhere", TaskState::Running, TaskState::Assigned);
+        other.node = None;
+        st.apply(&Command::PutTask(other)).unwrap();
+        let r = StatusReport {
+            info: info(),
+            tasks: vec![
+                status("starting", TaskState::Running),
+                status("elsewhere", TaskState::Running),
+                status("no-such-task", TaskState::Running),
+            ],
+            stats: None,
+            partial: true,
+        };
+        let cmds = commands(&st, "n1", &r, 99);
+        let put: Vec<(&str, TaskState)> = cmds
+            .iter()
+            .filter_map(|c| match c {
+                Command::PutTask(t) => Some((t.id.as_str(), t.state)),
+                _ => None,
+            })
+            .collect();
+        // "vanished" and "stopping" are not listed: as they were (a whole
+        // report would fail and shut them down); "elsewhere" is not n1's.
+        assert_eq!(put, [("starting", TaskState::Running)], "{cmds:?}");
+    }
+
+    #[test]
     fn a_down_node_that_reports_comes_up_and_small_disk_moves_are_not_written() {
         let mut st = state();
         st.apply(&Command::SetNodeUp {
@@ -220,6 +271,7 @@ mod tests {
             info: i.clone(),
             tasks: Vec::new(),
             stats: None,
+            partial: false,
         };
         let cmds = commands(&st, "n1", &r, 1);
         assert!(cmds
@@ -231,6 +283,7 @@ mod tests {
             info: i,
             tasks: Vec::new(),
             stats: None,
+            partial: false,
         };
         let cmds = commands(&st, "n1", &r, 1);
         assert!(cmds
