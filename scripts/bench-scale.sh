@@ -18,7 +18,9 @@
 #
 # Everything runs on this machine: the simulated nodes share its cores
 # with the manager. The last line sums up:
-#   nodes=.. tasks=.. services=.. stacks=.. joined_s=.. running_after_s=.. manager_peak_rss_mb=.. manager_cpu_s=.. bytes_per_service_change=..
+#   nodes=.. tasks=.. services=.. stacks=.. joined_s=.. running_after_s=.. manager_peak_rss_mb=.. manager_cpu_s=.. bytes_per_service_change=.. idle_cpu_pct=..
+# (idle_cpu_pct: the manager's CPU, in % of one core, over 10 s at rest
+# afterwards: heartbeats and keep-alives alone)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NODES=${NODES:-1000}
@@ -103,7 +105,15 @@ sleep 2
 bytes() {
   curl -s "http://127.0.0.1:$mport/metrics" | awk '/^gantry_manager_assignment_bytes_total/ {print $2}'
 }
+# The deploy's last changes drain first: the count is read once the
+# manager has sent nothing for a second.
 b0=$(bytes)
+for _ in $(seq 60); do
+  sleep 1
+  b=$(bytes)
+  [ "$b" = "$b0" ] && break
+  b0=$b
+done
 "$G" service scale "bench0_s0=$((per + 1))" >/dev/null
 for _ in $(seq 120); do
   [ "$(running)" -ge $((TASKS + 1)) ] && break
@@ -116,5 +126,9 @@ cpu1=$(cpu)
 hz=$(getconf CLK_TCK)
 cpu_s=$(awk -v a="$cpu1" -v b="$cpu0" -v h="$hz" 'BEGIN {printf "%.1f", (a - b) / h}')
 rss=$(awk '/VmHWM/ {printf "%d", $2 / 1024}' "/proc/$mpid/status")
+# At rest: what the manager spends on heartbeats and keep-alives alone.
+c0=$(cpu)
+sleep 10
+idle_pct=$(awk -v a="$(cpu)" -v b="$c0" -v h="$hz" 'BEGIN {printf "%d", (a - b) / h * 10}')
 echo "# sim: $(tail -1 "$work/sim.log")" >&2
-echo "nodes=$NODES tasks=$TASKS services=$SERVICES stacks=$STACKS joined_s=$joined_s running_after_s=$all_s manager_peak_rss_mb=$rss manager_cpu_s=$cpu_s bytes_per_service_change=$change"
+echo "nodes=$NODES tasks=$TASKS services=$SERVICES stacks=$STACKS joined_s=$joined_s running_after_s=$all_s manager_peak_rss_mb=$rss manager_cpu_s=$cpu_s bytes_per_service_change=$change idle_cpu_pct=$idle_pct"
