@@ -275,6 +275,48 @@ fn services_spread_fail_over_come_back_and_drain() {
     let n = cl.json(&["node", "inspect", "node-1"]);
     assert_eq!(n[0]["labels"]["tier"], "front", "{n}");
 
+    // node ps: the tasks on a node, by hostname, and nothing of the others
+    // (web's 3 and the global mon's 1 on each node left).
+    let web = |v: &serde_json::Value| -> (usize, std::collections::BTreeSet<String>) {
+        let tasks: Vec<&serde_json::Value> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["service"] == "app_web")
+            .collect();
+        let nodes = tasks
+            .iter()
+            .map(|t| t["node"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        (tasks.len(), nodes)
+    };
+    let on2 = cl.json(&["node", "ps", "--no-history", "--format", "json", "node-2"]);
+    let (n, nodes) = web(&on2);
+    assert_eq!((n, nodes.len()), (3, 1), "{on2}");
+    assert!(
+        on2.as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["service"] == "app_mon"),
+        "{on2}"
+    );
+    let both = cl.json(&[
+        "node",
+        "ps",
+        "--no-history",
+        "--format",
+        "json",
+        "node-2",
+        "node-3",
+    ]);
+    let (n, nodes) = web(&both);
+    assert_eq!((n, nodes.len()), (6, 2), "{both}");
+    let table = cl.admin_ok(&["node", "ps", "node-3"]);
+    assert!(
+        table.contains("app_web.") && table.contains("node-3"),
+        "{table}"
+    );
+
     // stack ps and rm.
     let table = cl.admin_ok(&["stack", "ps", "app"]);
     assert!(table.contains("app_web.1"), "{table}");
@@ -617,6 +659,7 @@ fn a_dev_server_runs_stacks_and_refuses_bad_input() {
     // Unknown services and nodes, bad values.
     refused(&["service", "ps", "nope"], "no such service: nope");
     refused(&["node", "drain", "nope"], "no such node: nope");
+    refused(&["node", "ps", "nope"], "no such node: nope");
     refused(&["service", "scale", "web=x"], "must be a number");
     refused(&["service", "rollback", "web"], "no previous version");
     refused(&["deploy", "-f", &good, "bad name!"], "invalid stack name");

@@ -20,6 +20,18 @@ pub(crate) enum NodeCmd {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// List the tasks placed on nodes (as `docker node ps`).
+    Ps {
+        /// Nodes (id, id prefix or hostname).
+        #[arg(required = true)]
+        nodes: Vec<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+        /// Only tasks that should be running.
+        #[arg(long)]
+        no_history: bool,
+    },
     /// Show nodes as JSON.
     Inspect {
         /// Nodes (id, id prefix or hostname).
@@ -157,6 +169,19 @@ pub(crate) fn node(ctx: &Ctx, cmd: NodeCmd) -> anyhow::Result<u8> {
                         .collect(),
                 );
             }
+        }
+        NodeCmd::Ps {
+            nodes,
+            format,
+            no_history,
+        } => {
+            let mut tasks = Vec::new();
+            for n in nodes {
+                let mut v: Vec<gantry_api::TaskRecord> =
+                    call(c.get(&format!("/v1/tasks?node={n}")))?;
+                tasks.append(&mut v);
+            }
+            return super::services::print_tasks(&c, tasks, format, no_history);
         }
         NodeCmd::Inspect { nodes } => {
             let mut out = Vec::new();

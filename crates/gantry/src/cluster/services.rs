@@ -242,7 +242,7 @@ fn converge(c: &Client, names: &[String]) -> anyhow::Result<u8> {
     }
 }
 
-fn print_tasks(
+pub(super) fn print_tasks(
     c: &Client,
     tasks: Vec<TaskRecord>,
     format: Format,
