@@ -1,7 +1,8 @@
 //! Simulated nodes for the scale harness: many agents in one process that
 //! join with the token and then speak the real protocol over mutual TLS,
 //! each with its own certificate and connections (the assignment stream,
-//! applying its numbered changes, and heartbeats that report every task),
+//! applying its numbered changes, and heartbeats that report the tasks
+//! that changed and every tenth all of them, as the agent's do),
 //! without running containers: a task is reported running as soon as it is
 //! assigned, and shut down as soon as it is withdrawn.
 
