@@ -3,9 +3,10 @@
 //! caller reads the files; `.env` values and `env_file` contents come in
 //! through arguments and a loader.
 //!
-//! Steps: variables are interpolated on the text (so positions hold), the
-//! YAML is parsed (syntax and type errors carry file, line and column),
-//! unknown keys become warnings that name them, and every value is checked
+//! Steps: the YAML is parsed with variables interpolated in each value
+//! after it was read, as the Compose spec has it (syntax, type and
+//! interpolation errors carry file, line and column), unknown keys and
+//! unset variables become warnings that name them, and every value is checked
 //! and converted (sizes, CPUs, durations, constraints, ports, mounts,
 //! references between services) with its position. [`Stack::to_yaml`] is
 //! what `gantry stack config` prints.
@@ -20,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
-pub use interpolate::{interpolate, parse_env_file, InterpolationError};
+pub use interpolate::{expand, parse_env_file, MAX_FILE};
 
 pub use gantry_spec::{
     Amounts, Healthcheck, Mode, Mount, MountType, Port, PortMode, RestartPolicy, Service,
@@ -148,13 +149,42 @@ fn dict(
     }
 }
 
-fn list(v: Option<StringOrList>, shell: bool) -> Option<Vec<String>> {
+fn list(v: Option<StringOrList>) -> Option<Vec<String>> {
     v.map(|v| match v {
         StringOrList::Many(l) => l,
-        // Compose splits a string command like a shell would (simply).
-        StringOrList::One(s) if shell => s.split_whitespace().map(str::to_owned).collect(),
         StringOrList::One(s) => vec![s],
     })
+}
+
+impl Ctx<'_> {
+    /// A `command` or `entrypoint`: a list as written, a string split
+    /// as a POSIX shell splits words (quotes and backslashes), as Compose
+    /// does; no shell runs it.
+    fn words(
+        &self,
+        service: &str,
+        key: &str,
+        v: Option<Spanned<StringOrList>>,
+    ) -> Result<Option<Vec<String>>, StackError> {
+        match v {
+            None => Ok(None),
+            Some(Spanned {
+                value: StringOrList::Many(l),
+                ..
+            }) => Ok(Some(l)),
+            Some(Spanned {
+                value: StringOrList::One(s),
+                referenced,
+                ..
+            }) => match shlex::split(&s) {
+                Some(w) => Ok(Some(w)),
+                None => self.err(
+                    &referenced,
+                    format!("service {service}: {key} has an unterminated quote or a trailing backslash: {s:?} (or write it as a list)"),
+                ),
+            },
+        }
+    }
 }
 
 /// Parses, interpolates and validates a stack file.
@@ -169,42 +199,44 @@ pub fn parse(
     load_env_file: &EnvFileLoader<'_>,
 ) -> Result<Parsed, StackError> {
     let ctx = Ctx { file };
-    let lookup = |k: &str| env.get(k).cloned();
-    let text = interpolate(text, &lookup).map_err(|e| StackError {
-        file: file.to_owned(),
-        line: e.line as u64,
-        column: e.column as u64,
-        msg: e.msg,
-    })?;
+    if text.len() > interpolate::MAX_FILE {
+        return Err(ctx.nowhere(format!(
+            "the file is {} bytes; a stack file is at most {}",
+            text.len(),
+            interpolate::MAX_FILE
+        )));
+    }
     let yaml_err = |e: serde_saphyr::Error| {
         let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-        let first = e.to_string().lines().next().unwrap_or_default().to_owned();
-        // Drop the library's own "error: line L column C: " prefix.
-        let msg = first
-            .split_once(": ")
-            .filter(|(p, _)| p.starts_with("error"))
-            .map(|(_, rest)| {
-                rest.split_once(": ")
-                    .map_or(
-                        rest,
-                        |(pos, m)| if pos.starts_with("line ") { m } else { rest },
-                    )
-                    .to_owned()
-            })
-            .unwrap_or(first);
         StackError {
             file: file.to_owned(),
             line,
             column,
-            msg,
+            msg: interpolate::yaml_message(&e),
         }
     };
-    let doc: serde_json::Value = serde_saphyr::from_str(&text).map_err(yaml_err)?;
+    // The file as written, for the keys and the variables it names.
+    let doc: serde_json::Value =
+        serde_saphyr::from_str_with_options(text, interpolate::yaml_options(None))
+            .map_err(yaml_err)?;
     if !doc.is_object() {
         return Err(ctx.nowhere("a stack file is a mapping with a services key"));
     }
-    let warnings = keys::warnings(&doc);
-    let raw: raw::File = serde_saphyr::from_str(&text).map_err(yaml_err)?;
+    let mut warnings = keys::warnings(&doc);
+    let mut unset = Vec::new();
+    strings(&doc, &mut |s| {
+        interpolate::unset_references(s, env, &mut unset)
+    });
+    unset.sort();
+    unset.dedup();
+    for v in unset {
+        warnings.push(format!(
+            "the {v} variable is not set; it is replaced by an empty string"
+        ));
+    }
+    let raw: raw::File =
+        serde_saphyr::from_str_with_options(text, interpolate::yaml_options(Some(env)))
+            .map_err(yaml_err)?;
     let volumes: BTreeSet<String> = raw.volumes.unwrap_or_default().into_keys().collect();
     let mut networks: BTreeSet<String> = raw.networks.unwrap_or_default().into_keys().collect();
     networks.insert("default".into());
@@ -224,7 +256,7 @@ pub fn parse(
             &names,
             &volumes,
             &networks,
-            &lookup,
+            env,
             load_env_file,
             &mut deps_at,
         )?;
@@ -241,6 +273,16 @@ pub fn parse(
         },
         warnings,
     })
+}
+
+/// Calls `f` on every string value of a document (not on keys).
+fn strings(v: &serde_json::Value, f: &mut dyn FnMut(&str)) {
+    match v {
+        serde_json::Value::String(s) => f(s),
+        serde_json::Value::Array(a) => a.iter().for_each(|x| strings(x, f)),
+        serde_json::Value::Object(m) => m.values().for_each(|x| strings(x, f)),
+        _ => {}
+    }
 }
 
 /// A volume's name as Docker has it: letters, digits, `_`, `.` and `-`,
@@ -266,7 +308,7 @@ fn service(
     names: &BTreeSet<String>,
     volumes: &BTreeSet<String>,
     networks: &BTreeSet<String>,
-    lookup: &dyn Fn(&str) -> Option<String>,
+    env: &BTreeMap<String, String>,
     load_env_file: &EnvFileLoader<'_>,
     deps_at: &mut BTreeMap<String, serde_saphyr::Location>,
 ) -> Result<Service, StackError> {
@@ -279,13 +321,14 @@ fn service(
             )))
         }
     };
+    let lookup = &|k: &str| env.get(k).cloned();
     let mut environment = BTreeMap::new();
     if let Some(files) = s.env_file {
         let at = files.referenced;
-        for f in list(Some(files.value), false).unwrap_or_default() {
+        for f in list(Some(files.value)).unwrap_or_default() {
             let text = load_env_file(&f)
                 .or_else(|e| ctx.err(&at, format!("service {name}: env_file {f}: {e}")))?;
-            let pairs = parse_env_file(&text).or_else(|(line, e)| {
+            let pairs = parse_env_file(&text, env).or_else(|(line, e)| {
                 ctx.err(
                     &at,
                     format!("service {name}: env_file {f} line {line}: {e}"),
@@ -310,7 +353,7 @@ fn service(
         }
         mounts.push(m);
     }
-    for t in list(s.tmpfs, false).unwrap_or_default() {
+    for t in list(s.tmpfs).unwrap_or_default() {
         mounts.push(Mount {
             kind: MountType::Tmpfs,
             source: String::new(),
@@ -392,7 +435,7 @@ fn service(
     let nets = match s.networks {
         None => vec!["default".to_owned()],
         Some(n) => {
-            let l = list(Some(n.value), false).unwrap_or_default();
+            let l = list(Some(n.value)).unwrap_or_default();
             for x in &l {
                 if !networks.contains(x) {
                     return ctx.err(&n.referenced, format!("service {name} uses network {x:?}, which is not declared under the top-level networks key"));
@@ -517,8 +560,8 @@ fn service(
     };
     Ok(Service {
         image,
-        command: list(s.command, true),
-        entrypoint: list(s.entrypoint, true),
+        command: ctx.words(name, "command", s.command)?,
+        entrypoint: ctx.words(name, "entrypoint", s.entrypoint)?,
         environment,
         labels: dict(s.labels, lookup),
         ports,

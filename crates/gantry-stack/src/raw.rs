@@ -51,8 +51,8 @@ pub(crate) struct File {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct Service {
     pub(crate) image: Option<Spanned<String>>,
-    pub(crate) command: Option<StringOrList>,
-    pub(crate) entrypoint: Option<StringOrList>,
+    pub(crate) command: Option<Spanned<StringOrList>>,
+    pub(crate) entrypoint: Option<Spanned<StringOrList>>,
     pub(crate) environment: Option<ListOrDict>,
     pub(crate) env_file: Option<Spanned<StringOrList>>,
     pub(crate) labels: Option<ListOrDict>,

@@ -342,3 +342,87 @@ fn the_checks_refuse_what_an_attacker_sends() {
         "no services"
     );
 }
+
+#[test]
+fn values_are_interpolated_after_parsing_so_they_stay_whole() {
+    let vars = env(&[
+        ("PW", "s3cret #42"),
+        ("STAR", "*not-an-alias"),
+        ("COLON", "a: b"),
+        ("B", "from-b"),
+        ("N", "4"),
+    ]);
+    let text = "services:\n  db:\n    image: postgres\n    environment:\n      - POSTGRES_PASSWORD=${PW}\n      - STAR=$STAR\n      - COLON=${COLON}\n      - NESTED=${A:-${B:-x}}\n      - DEEP=${A:-${C:-x}}\n      - MULTI=${A:-one\n        two}\n      - LITERAL=$$PW\n      - EMPTY=${MISSING}\n    deploy:\n      replicas: ${N}\n";
+    let p = parse("stack.yml", text, &vars, &no_files).unwrap();
+    let e = &p.stack.services["db"].environment;
+    assert_eq!(e["POSTGRES_PASSWORD"], "s3cret #42");
+    assert_eq!(e["STAR"], "*not-an-alias");
+    assert_eq!(e["COLON"], "a: b");
+    assert_eq!(e["NESTED"], "from-b");
+    assert_eq!(e["DEEP"], "x");
+    assert_eq!(e["MULTI"], "one two");
+    assert_eq!(e["LITERAL"], "$PW");
+    assert_eq!(e["EMPTY"], "");
+    assert_eq!(p.stack.services["db"].replicas(), Some(4));
+    assert_eq!(
+        p.warnings,
+        vec!["the MISSING variable is not set; it is replaced by an empty string"]
+    );
+    // Keys are never interpolated; a value in a key's place stays literal.
+    let p = parse(
+        "stack.yml",
+        "services:\n  web:\n    image: x\n    labels:\n      ${PW}: v\n",
+        &vars,
+        &no_files,
+    )
+    .unwrap();
+    assert!(p.stack.services["web"].labels.contains_key("${PW}"));
+}
+
+#[test]
+fn yaml_bombs_and_huge_files_are_refused_quickly() {
+    let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 0..9 {
+        let prev = if i == 0 {
+            "a".to_owned()
+        } else {
+            format!("l{}", i - 1)
+        };
+        bomb.push_str(&format!(
+            "l{i}: &l{i} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
+        ));
+    }
+    bomb.push_str("services: {web: {image: x, labels: {a: *l8}}}\n");
+    let t = std::time::Instant::now();
+    assert!(parse("stack.yml", &bomb, &env(&[]), &no_files).is_err());
+    let huge = format!(
+        "services: {{web: {{image: x}}}}\n# {}\n",
+        "x".repeat(MAX_FILE)
+    );
+    let e = parse("stack.yml", &huge, &env(&[]), &no_files).unwrap_err();
+    assert!(e.msg.contains("at most"), "{e}");
+    // Generous: a debug build on a loaded machine; the point is no blow-up.
+    assert!(t.elapsed() < std::time::Duration::from_secs(10));
+}
+
+#[test]
+fn string_commands_are_split_as_a_shell_splits_words() {
+    let p = parse_ok("services:\n  db:\n    image: postgres\n    command: sh -c \"echo 'a b'; exec postgres\"\n    entrypoint: /bin/tini -- 'two words' a\\ b\n");
+    let s = &p.stack.services["db"];
+    assert_eq!(
+        s.command.as_deref().unwrap(),
+        ["sh", "-c", "echo 'a b'; exec postgres"]
+    );
+    assert_eq!(
+        s.entrypoint.as_deref().unwrap(),
+        ["/bin/tini", "--", "two words", "a b"]
+    );
+    let p = parse_ok("services:\n  db:\n    image: x\n    command: [\"sh\", \"-c\", \"a   b\"]\n");
+    assert_eq!(
+        p.stack.services["db"].command.as_deref().unwrap(),
+        ["sh", "-c", "a   b"]
+    );
+    let e = parse_err("services:\n  db:\n    image: x\n    command: echo \"open\n");
+    assert_eq!((e.line, e.column), (4, 14), "{e}");
+    assert!(e.msg.contains("unterminated quote"), "{e}");
+}

@@ -45,7 +45,8 @@ pub(crate) fn load(file: &Path, env_file: Option<&Path>) -> anyhow::Result<gantr
     if env_file.is_some() || dotenv.exists() {
         let t = std::fs::read_to_string(&dotenv)
             .with_context(|| format!("read env file {}", dotenv.display()))?;
-        let pairs = gantry_stack::parse_env_file(&t)
+        let process: BTreeMap<String, String> = std::env::vars().collect();
+        let pairs = gantry_stack::parse_env_file(&t, &process)
             .map_err(|(line, e)| anyhow::anyhow!("{}:{line}: {e}", dotenv.display()))?;
         env.extend(pairs);
     }
