@@ -21,6 +21,9 @@ NET=10.199.0
 HOSTS=3
 DOMAIN=www.jimmysfriedchicken.test
 export GANTRY_CONFIG_DIR="$ROOT/config"
+# The demo talks to its own manager, whatever cluster the caller's
+# environment points at.
+unset GANTRY_HOST
 
 down() {
   G=${GANTRY_BIN:-$PWD/target/release/gantry}
@@ -215,7 +218,7 @@ cat <<MSG
 The platform is up: 3 hosts (h1-h3 at $NET.11-13), a manager on h1, an edge
 proxy on every host. Try:
 
-  export GANTRY_CONFIG_DIR=$GANTRY_CONFIG_DIR
+  export GANTRY_CONFIG_DIR=$GANTRY_CONFIG_DIR; unset GANTRY_HOST
   curl --cacert $ROOT/edge-ca.pem --resolve $DOMAIN:443:$NET.12 https://$DOMAIN/
   curl --cacert $ROOT/edge-ca.pem --resolve $DOMAIN:443:$NET.13 https://$DOMAIN/api/
   curl --cacert $ROOT/edge-ca.pem --resolve $DOMAIN:443:$NET.11 https://$DOMAIN/cgi-bin/count

@@ -362,7 +362,18 @@ impl Agent {
     /// ports, and host-mode ports of its tasks).
     fn firewall(&self, set: &Assignments, members: &BTreeMap<String, Vec<std::net::Ipv4Addr>>) {
         let Some(nn) = &set.network else { return };
-        let mut open: Vec<u16> = set.ingress.iter().map(|p| p.published).collect();
+        let mut open: Vec<u16> = set
+            .ingress
+            .iter()
+            .filter(|p| !p.udp)
+            .map(|p| p.published)
+            .collect();
+        let mut open_udp: Vec<u16> = set
+            .ingress
+            .iter()
+            .filter(|p| p.udp)
+            .map(|p| p.published)
+            .collect();
         // The edge proxy is public: containers reach it too (a task
         // calling a routed name that points at its own node).
         open.extend(self.edge.get().map(|e| e.ports()).unwrap_or_default());
@@ -378,9 +389,27 @@ impl Agent {
                     let Some(published) = p.published else {
                         continue;
                     };
-                    open.push(published);
-                    if let (Some(ip), "tcp") = (a.task.addr, p.protocol.as_str()) {
-                        dnat.push((published, ip, p.target));
+                    let udp = p.protocol == "udp";
+                    if udp {
+                        open_udp.push(published);
+                    } else {
+                        open.push(published);
+                    }
+                    let dest = match p.host_ip {
+                        None => Some(None),
+                        // Only traffic from other machines is DNATed; on
+                        // loopback the runtime's forwarder answers.
+                        Some(std::net::IpAddr::V4(d)) if !d.is_loopback() => Some(Some(d)),
+                        Some(_) => None,
+                    };
+                    if let (Some(addr), Some(dest)) = (a.task.addr, dest) {
+                        dnat.push(gantry_net::Dnat {
+                            udp,
+                            dest,
+                            published,
+                            addr,
+                            target: p.target,
+                        });
                     }
                 }
             }
@@ -388,6 +417,8 @@ impl Agent {
         dnat.sort();
         open.sort();
         open.dedup();
+        open_udp.sort();
+        open_udp.dedup();
         metadata_allowed.sort();
         let vxlan = self
             .net
@@ -405,6 +436,7 @@ impl Agent {
                 gantry_ipam::Net::new(bridge_net.gateway, bridge_net.prefix),
             ],
             open_ports: open,
+            open_udp,
             overlay: Some(nn.cidr),
             networks: members.clone(),
             infra: std::iter::once(nn.block)
@@ -754,6 +786,7 @@ impl Agent {
             .filter(|p| p.mode == PortMode::Host && p.protocol == "tcp")
             .filter_map(|p| {
                 Some(PortMapping {
+                    host_ip: p.host_ip,
                     host_port: p.published?,
                     container_port: p.target,
                 })

@@ -313,7 +313,7 @@ mod tests {
                 .collect();
             a.edge = edge;
             a.http01 = http;
-            a.ingress = ingress.into_iter().map(|p| IngressPort { published: p, target: 80, service: "s_web".into() }).collect();
+            a.ingress = ingress.into_iter().map(|p| IngressPort { published: p, target: 80, service: "s_web".into(), udp: false, host_ip: None }).collect();
             a.normalise();
             a
         }

@@ -242,6 +242,20 @@ pub struct IngressPort {
     pub target: u16,
     /// The service (`STACK_SERVICE`, a DNS name of its running tasks).
     pub service: String,
+    /// UDP rather than TCP.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub udp: bool,
+    /// The node address it listens on (none: every address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<std::net::IpAddr>,
+}
+
+impl IngressPort {
+    /// What a listener is known by: two ports with the same key cannot
+    /// both be open.
+    pub fn key(&self) -> (bool, u16, Option<std::net::IpAddr>) {
+        (self.udp, self.published, self.host_ip)
+    }
 }
 
 /// A node's part of the overlay.

@@ -51,10 +51,11 @@ pub fn scoped(s: &State) -> Scoped {
                 _ => {}
             }
         }
-        let ingress =
-            rec.spec.ports.iter().any(|p| {
-                p.mode == PortMode::Ingress && p.protocol == "tcp" && p.published.is_some()
-            });
+        let ingress = rec
+            .spec
+            .ports
+            .iter()
+            .any(|p| p.mode == PortMode::Ingress && p.published.is_some());
         if ingress {
             let front = ServiceAddrs {
                 stack: rec.stack.clone(),

@@ -6,7 +6,7 @@ use gantry_api::IngressPort;
 use gantry_spec::PortMode;
 use gantry_state::State;
 
-/// Every service's TCP ports published in ingress mode.
+/// Every service's ports published in ingress mode.
 pub fn ingress_ports(s: &State) -> Vec<IngressPort> {
     let mut out: Vec<IngressPort> = s
         .services
@@ -15,12 +15,14 @@ pub fn ingress_ports(s: &State) -> Vec<IngressPort> {
             rec.spec
                 .ports
                 .iter()
-                .filter(|p| p.mode == PortMode::Ingress && p.protocol == "tcp")
+                .filter(|p| p.mode == PortMode::Ingress)
                 .filter_map(move |p| {
                     Some(IngressPort {
                         published: p.published?,
                         target: p.target,
                         service: rec.name.clone(),
+                        udp: p.protocol == "udp",
+                        host_ip: p.host_ip,
                     })
                 })
         })
@@ -88,18 +90,21 @@ mod tests {
                 published: Some(8080),
                 protocol: "tcp".into(),
                 mode: PortMode::Ingress,
+                host_ip: None,
             },
             Port {
                 target: 53,
                 published: Some(5353),
                 protocol: "udp".into(),
                 mode: PortMode::Ingress,
+                host_ip: Some("127.0.0.1".parse().unwrap()),
             },
             Port {
                 target: 81,
                 published: Some(81),
                 protocol: "tcp".into(),
                 mode: PortMode::Host,
+                host_ip: None,
             },
         ];
         let mut db = Service::new("db:1");
@@ -174,14 +179,25 @@ mod tests {
     }
 
     #[test]
-    fn only_tcp_ports_in_ingress_mode_are_ingress_ports() {
+    fn ports_in_ingress_mode_are_ingress_ports_with_their_protocol_and_address() {
         assert_eq!(
             ingress_ports(&state()),
-            [IngressPort {
-                published: 8080,
-                target: 80,
-                service: "app_web".into(),
-            }]
+            [
+                IngressPort {
+                    published: 5353,
+                    target: 53,
+                    service: "app_web".into(),
+                    udp: true,
+                    host_ip: Some("127.0.0.1".parse().unwrap()),
+                },
+                IngressPort {
+                    published: 8080,
+                    target: 80,
+                    service: "app_web".into(),
+                    udp: false,
+                    host_ip: None,
+                }
+            ]
         );
     }
 }

@@ -31,6 +31,7 @@ fn apply(n: u32, sender: Ipv4Addr) -> Res {
     Firewall {
         container_nets: Vec::new(),
         open_ports: Vec::new(),
+        open_udp: Vec::new(),
         overlay: None,
         networks: Default::default(),
         infra: Vec::new(),

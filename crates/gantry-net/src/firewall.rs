@@ -51,6 +51,8 @@ pub struct Firewall {
     pub container_nets: Vec<Net>,
     /// TCP ports published on this node, open to its containers too.
     pub open_ports: Vec<u16>,
+    /// UDP ports published on this node, open to its containers too.
+    pub open_udp: Vec<u16>,
     /// The overlay: task addresses within it reach each other only inside
     /// one of `networks` (none: no isolation).
     pub overlay: Option<Net>,
@@ -59,14 +61,30 @@ pub struct Firewall {
     /// The nodes' own overlay addresses (gateways and VTEPs), which reach
     /// and are reached by every task (health checks, ingress, DNS).
     pub infra: Vec<Ipv4Addr>,
-    /// Host-mode published ports of this node's tasks: (published, task
-    /// address, target). Traffic from other machines is DNATed in the
-    /// kernel, so the task sees the client's own address.
-    pub dnat: Vec<(u16, Ipv4Addr, u16)>,
+    /// Host-mode published ports of this node's tasks. Traffic from other
+    /// machines is DNATed in the kernel, so the task sees the client's own
+    /// address.
+    pub dnat: Vec<Dnat>,
     /// Who may send this node VXLAN, once the overlay is up.
     pub vxlan: Option<VxlanPeers>,
     /// Tasks that may reach [`METADATA_ADDR`]; no other container may.
     pub metadata_allowed: Vec<Ipv4Addr>,
+}
+
+/// A host-mode published port: traffic to `published` (on `dest` only,
+/// when set) goes to `target` of the task at `addr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dnat {
+    /// UDP rather than TCP.
+    pub udp: bool,
+    /// The node address the port is published on (none: any).
+    pub dest: Option<Ipv4Addr>,
+    /// The port on the node.
+    pub published: u16,
+    /// The task's address.
+    pub addr: Ipv4Addr,
+    /// The port in the task.
+    pub target: u16,
 }
 
 /// The nodes VXLAN is taken from: each other node's underlay address with
@@ -439,6 +457,12 @@ impl Firewall {
                 MsgType::Add,
             );
         }
+        for p in &self.open_udp {
+            batch.add(
+                &from_containers()?.dport(*p, Protocol::UDP).accept(),
+                MsgType::Add,
+            );
+        }
         batch.add(&from_containers()?.drop(), MsgType::Add);
         if !self.dnat.is_empty() {
             let pre = Chain::new(&t)
@@ -447,13 +471,23 @@ impl Firewall {
                 .with_type(ChainType::Nat)
                 .with_policy(ChainPolicy::Accept);
             batch.add(&pre, MsgType::Add);
-            for (published, ip, target) in &self.dnat {
+            for d in &self.dnat {
                 let mut r = Rule::new(&pre)?;
-                ipv4(&mut r);
-                let mut r = r.dport(*published, Protocol::TCP);
-                r.add_expr(Immediate::new_data(ip.octets().to_vec(), Register::Reg1));
+                match d.dest {
+                    Some(dest) => {
+                        ip_field(&mut r, false, false);
+                        r.add_expr(Cmp::new(CmpOp::Eq, dest.octets()));
+                    }
+                    None => ipv4(&mut r),
+                }
+                let proto = if d.udp { Protocol::UDP } else { Protocol::TCP };
+                let mut r = r.dport(d.published, proto);
                 r.add_expr(Immediate::new_data(
-                    target.to_be_bytes().to_vec(),
+                    d.addr.octets().to_vec(),
+                    Register::Reg1,
+                ));
+                r.add_expr(Immediate::new_data(
+                    d.target.to_be_bytes().to_vec(),
                     Register::Reg2,
                 ));
                 r.add_expr(
@@ -528,6 +562,7 @@ mod tests {
         let fw = Firewall {
             container_nets: vec![Net::new(Ipv4Addr::new(10, 32, 0, 0), 12)],
             open_ports: vec![80],
+            open_udp: vec![53],
             overlay: Some(Net::new(Ipv4Addr::new(10, 32, 0, 0), 12)),
             networks: [("big_default".to_owned(), members.clone())].into(),
             infra: vec![Ipv4Addr::new(10, 32, 0, 1)],

@@ -32,7 +32,7 @@ pub use fastpath::{
     ingress_programs, Counters, FastPath, FastPathDevices, FastPathError, TaskPort,
 };
 
-pub use firewall::{Firewall, VxlanPeers, METADATA_ADDR};
+pub use firewall::{Dnat, Firewall, VxlanPeers, METADATA_ADDR};
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};

@@ -391,6 +391,11 @@ impl Runtime {
                 match unsafe { fork() } {
                     Ok(ForkResult::Child) => {
                         detach_stdio(&self.dir(id));
+                        // A daemon: a pipe closed under it is an error to
+                        // handle, never a signal to die of, whatever the
+                        // CLI that forked it chose for itself.
+                        // SAFETY: setting a disposition, no handler.
+                        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
                         let code =
                             match self.monitor(id, Some(monitor::Report::Pipe(ready_w)), false) {
                                 Ok(c) => c,

@@ -30,13 +30,17 @@ impl Forwarder {
         }
         let mut listeners = Vec::new();
         for p in ports {
-            let l =
-                TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], p.host_port))).map_err(|e| {
-                    format!(
-                        "publish port {}: bind 0.0.0.0:{}: {e} (is the port already allocated?)",
-                        p.host_port, p.host_port
-                    )
-                })?;
+            let at = SocketAddr::new(
+                p.host_ip
+                    .unwrap_or(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                p.host_port,
+            );
+            let l = TcpListener::bind(at).map_err(|e| {
+                format!(
+                    "publish port {}: bind {at}: {e} (is the port already allocated?)",
+                    p.host_port
+                )
+            })?;
             listeners.push((l, SocketAddr::from((target, p.container_port))));
         }
         // SAFETY: the monitor is single-threaded; the child only runs the

@@ -203,6 +203,9 @@ impl NetworkMode {
 /// `container_port` in the container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortMapping {
+    /// The host address it listens on (none: every address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<std::net::IpAddr>,
     /// Port on the host.
     pub host_port: u16,
     /// Port in the container.

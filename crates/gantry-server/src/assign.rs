@@ -280,7 +280,7 @@ fn node_part(s: &Cluster, node: &str, f: &RoundFacts) -> NodePart {
     };
     let mut all: Vec<IngressPort> = f.ingress.iter().chain(tcp).cloned().collect();
     all.sort();
-    all.dedup_by_key(|p| p.published);
+    all.dedup_by_key(|p| p.key());
     NodePart {
         network,
         routes: routes.clone(),

@@ -105,6 +105,8 @@ pub(crate) fn routes_for(s: &Cluster, node: &str) -> (Vec<Route>, Vec<IngressPor
             published: t.src_port,
             target: t.port,
             service: rec.name.clone(),
+            udp: false,
+            host_ip: None,
         }));
     }
     for r in s.routes.values() {
@@ -124,6 +126,8 @@ pub(crate) fn routes_for(s: &Cluster, node: &str) -> (Vec<Route>, Vec<IngressPor
                 published: t.src_port,
                 target: t.port,
                 service: rec.name.clone(),
+                udp: false,
+                host_ip: None,
             }));
         }
     }

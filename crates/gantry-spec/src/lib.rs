@@ -47,6 +47,9 @@ pub struct Port {
     pub protocol: String,
     /// Ingress or host.
     pub mode: PortMode,
+    /// The node address it listens on (none: every address of the node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<std::net::IpAddr>,
 }
 
 /// A mount of a service.

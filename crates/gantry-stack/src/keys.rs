@@ -72,7 +72,15 @@ fn allowed(path: &[&str]) -> Option<&'static [&'static str]> {
             "monitor",
             "max_failure_ratio",
         ],
-        ["services", _, "ports", _] => &["target", "published", "protocol", "mode"],
+        ["services", _, "ports", _] => &[
+            "target",
+            "published",
+            "protocol",
+            "mode",
+            "host_ip",
+            "name",
+            "app_protocol",
+        ],
         ["services", _, "volumes", _] => &[
             "type",
             "source",

@@ -340,7 +340,7 @@ fn service(
     environment.extend(dict(s.environment, lookup));
     let mut ports = Vec::new();
     for p in s.ports.unwrap_or_default() {
-        ports.push(
+        ports.extend(
             port(&p.value).or_else(|e| ctx.err(&p.referenced, format!("service {name}: {e}")))?,
         );
     }
@@ -639,62 +639,33 @@ fn update(
     })
 }
 
-fn port(p: &raw::Port) -> Result<Port, String> {
-    let bad = |s: &str| format!("invalid port {s:?}: use [HOST:]CONTAINER[/tcp|udp]");
+fn port(p: &raw::Port) -> Result<Vec<Port>, String> {
     match p {
-        raw::Port::Short(s) => {
-            let s = s.text();
-            let (spec, protocol) = match s.rsplit_once('/') {
-                Some((a, p @ ("tcp" | "udp"))) => (a.to_owned(), p.to_owned()),
-                Some(_) => return Err(bad(&s)),
-                None => (s.clone(), "tcp".to_owned()),
-            };
-            let parts: Vec<&str> = spec.split(':').collect();
-            let (published, target) = match parts.as_slice() {
-                [t] => (None, *t),
-                [h, t] => (Some(*h), *t),
-                [_ip, h, t] => (Some(*h), *t),
-                _ => return Err(bad(&s)),
-            };
-            let target: u16 = target
-                .parse()
-                .ok()
-                .filter(|p| *p > 0)
-                .ok_or_else(|| bad(&s))?;
-            let published = match published {
-                None | Some("") => None,
-                Some(h) => Some(
-                    h.parse::<u16>()
-                        .ok()
-                        .filter(|p| *p > 0)
-                        .ok_or_else(|| bad(&s))?,
-                ),
-            };
-            Ok(Port {
-                target,
-                published,
-                protocol,
+        raw::Port::Short(s) => Ok(gantry_units::port_spec(&s.text())?
+            .into_iter()
+            .map(|p| Port {
+                target: p.target,
+                published: p.published,
+                protocol: if p.udp { "udp" } else { "tcp" }.to_owned(),
                 mode: PortMode::Ingress,
+                host_ip: p.host_ip,
             })
-        }
+            .collect()),
         raw::Port::Long {
             target,
             published,
             protocol,
             mode,
+            host_ip,
         } => {
             if *target == 0 {
                 return Err("invalid port: target must be 1-65535".into());
             }
             let published = match published {
                 None => None,
-                Some(p) => Some(
-                    p.text()
-                        .parse::<u16>()
-                        .ok()
-                        .filter(|p| *p > 0)
-                        .ok_or_else(|| format!("invalid published port {:?}", p.text()))?,
-                ),
+                Some(p) => Some(p.text().parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(
+                    || format!("invalid published port {:?}: one port, 1-65535", p.text()),
+                )?),
             };
             let protocol = protocol.clone().unwrap_or_else(|| "tcp".into());
             if protocol != "tcp" && protocol != "udp" {
@@ -705,12 +676,20 @@ fn port(p: &raw::Port) -> Result<Port, String> {
                 Some("host") => PortMode::Host,
                 Some(m) => return Err(format!("invalid port mode {m:?}: use ingress or host")),
             };
-            Ok(Port {
+            let host_ip = match host_ip.as_deref() {
+                None | Some("") => None,
+                Some(ip) => Some(
+                    ip.parse()
+                        .map_err(|_| format!("invalid host_ip {ip:?}: an IPv4 or IPv6 address"))?,
+                ),
+            };
+            Ok(vec![Port {
                 target: *target,
                 published,
                 protocol,
                 mode,
-            })
+                host_ip,
+            }])
         }
     }
 }

@@ -88,6 +88,7 @@ pub(crate) enum Port {
         published: Option<Scalar>,
         protocol: Option<String>,
         mode: Option<String>,
+        host_ip: Option<String>,
     },
 }
 

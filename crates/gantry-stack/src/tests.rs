@@ -101,7 +101,8 @@ fn a_full_compose_file_normalises() {
             target: 80,
             published: Some(8080),
             protocol: "tcp".into(),
-            mode: PortMode::Ingress
+            mode: PortMode::Ingress,
+            host_ip: None,
         }
     );
     assert_eq!(web.ports[1].mode, PortMode::Host);
@@ -425,4 +426,29 @@ fn string_commands_are_split_as_a_shell_splits_words() {
     let e = parse_err("services:\n  db:\n    image: x\n    command: echo \"open\n");
     assert_eq!((e.line, e.column), (4, 14), "{e}");
     assert!(e.msg.contains("unterminated quote"), "{e}");
+}
+
+#[test]
+fn ports_keep_their_address_ranges_and_protocol() {
+    let p = parse_ok("services:\n  db:\n    image: x\n    ports:\n      - \"127.0.0.1:5432:5432\"\n      - \"3000-3002:4000-4002\"\n      - 53:53/udp\n      - target: 80\n        published: 8080\n        host_ip: 10.0.0.1\n        mode: host\n");
+    let ports = &p.stack.services["db"].ports;
+    assert_eq!(ports.len(), 6);
+    assert_eq!(ports[0].host_ip, Some("127.0.0.1".parse().unwrap()));
+    assert_eq!(
+        ports[1..4]
+            .iter()
+            .map(|p| (p.published, p.target))
+            .collect::<Vec<_>>(),
+        [(Some(3000), 4000), (Some(3001), 4001), (Some(3002), 4002)]
+    );
+    assert_eq!(ports[4].protocol, "udp");
+    assert_eq!(
+        (ports[5].host_ip, ports[5].mode),
+        (Some("10.0.0.1".parse().unwrap()), PortMode::Host)
+    );
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    let e = parse_err("services:\n  db:\n    image: x\n    ports: [\"3000-3002:80\"]\n");
+    assert!(e.msg.contains("same length"), "{e}");
+    let e = parse_err("services:\n  db:\n    image: x\n    ports: [{target: 80, host_ip: nope}]\n");
+    assert!(e.msg.contains("invalid host_ip"), "{e}");
 }

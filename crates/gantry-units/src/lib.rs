@@ -117,9 +117,154 @@ pub fn volume_spec(s: &str) -> Result<VolumeSpec, String> {
     })
 }
 
+/// One published port as Docker's `-p` and compose's short syntax write
+/// it, after ranges were expanded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortSpec {
+    /// The host address it listens on (none: every address).
+    pub host_ip: Option<std::net::IpAddr>,
+    /// The port on the host (none: not published, or chosen by the host).
+    pub published: Option<u16>,
+    /// The port in the container.
+    pub target: u16,
+    /// `udp` rather than `tcp`.
+    pub udp: bool,
+}
+
+/// The most ports one range may publish.
+pub const MAX_PORT_RANGE: usize = 1024;
+
+/// Parses `[[IP:][PUBLISHED[-END]]:]TARGET[-END][/tcp|/udp]`: IPv6 hosts
+/// in brackets (`[::1]:80:80`), ranges of the same length on both sides
+/// expanded port by port, an empty IP or published port as unset.
+pub fn port_spec(s: &str) -> Result<Vec<PortSpec>, String> {
+    let bad = |why: &str| {
+        format!("invalid port {s:?}: {why}; use [IP:][HOST:]CONTAINER[/tcp|udp], ranges as 3000-3002:3000-3002")
+    };
+    let (spec, udp) = match s.rsplit_once('/') {
+        Some((a, "tcp")) => (a, false),
+        Some((a, "udp")) => (a, true),
+        Some((_, p)) => return Err(bad(&format!("protocol {p:?} is not tcp or udp"))),
+        None => (s, false),
+    };
+    // An IPv6 address is bracketed; an IPv4 one is the first of three parts.
+    let (ip, rest) = if let Some(r) = spec.strip_prefix('[') {
+        let (ip, rest) = r.split_once("]:").ok_or_else(|| bad("unclosed ["))?;
+        (Some(ip), rest)
+    } else {
+        let parts: Vec<&str> = spec.split(':').collect();
+        match parts.len() {
+            1 | 2 => (None, spec),
+            3 => {
+                let (ip, rest) = spec.split_once(':').unwrap_or_default();
+                (Some(ip), rest)
+            }
+            _ => return Err(bad("too many ':'")),
+        }
+    };
+    let host_ip = match ip {
+        None | Some("") => None,
+        Some(ip) => Some(
+            ip.parse::<std::net::IpAddr>()
+                .map_err(|_| bad(&format!("{ip:?} is not an IP address")))?,
+        ),
+    };
+    let (published, target) = match rest.split_once(':') {
+        Some((p, t)) => (Some(p).filter(|p| !p.is_empty()), t),
+        None => (None, rest),
+    };
+    let range = |r: &str| -> Result<(u16, u16), String> {
+        let port = |p: &str| {
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| bad(&format!("{p:?} is not a port (1-65535)")))
+        };
+        match r.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (port(a)?, port(b)?);
+                if b < a {
+                    return Err(bad(&format!("the range {r} ends before it starts")));
+                }
+                Ok((a, b))
+            }
+            None => port(r).map(|p| (p, p)),
+        }
+    };
+    let (t0, t1) = range(target)?;
+    let published = published.map(range).transpose()?;
+    let n = usize::from(t1 - t0) + 1;
+    if n > MAX_PORT_RANGE {
+        return Err(bad(&format!(
+            "a range publishes at most {MAX_PORT_RANGE} ports"
+        )));
+    }
+    if let Some((p0, p1)) = published {
+        if usize::from(p1 - p0) + 1 != n {
+            return Err(bad(
+                "the host range and the container range must have the same length",
+            ));
+        }
+    }
+    Ok((0..n as u16)
+        .map(|i| PortSpec {
+            host_ip,
+            published: published.map(|(p0, _)| p0 + i),
+            target: t0 + i,
+            udp,
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn port_specs() {
+        let one = |s: &str| {
+            let v = port_spec(s).unwrap();
+            assert_eq!(v.len(), 1, "{s}");
+            v[0]
+        };
+        let p = one("8080:80");
+        assert_eq!(
+            (p.host_ip, p.published, p.target, p.udp),
+            (None, Some(8080), 80, false)
+        );
+        let p = one("127.0.0.1:5432:5432");
+        assert_eq!(p.host_ip, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(p.published, Some(5432));
+        let p = one("[::1]:53:53/udp");
+        assert_eq!((p.host_ip, p.udp), (Some("::1".parse().unwrap()), true));
+        let p = one("127.0.0.1::80");
+        assert_eq!((p.published, p.target), (None, 80));
+        assert_eq!(one("80").published, None);
+        assert_eq!(one(":80").published, None);
+        let r = port_spec("3000-3002:4000-4002/udp").unwrap();
+        assert_eq!(
+            r.iter()
+                .map(|p| (p.published, p.target))
+                .collect::<Vec<_>>(),
+            [(Some(3000), 4000), (Some(3001), 4001), (Some(3002), 4002)]
+        );
+        assert_eq!(port_spec("9000-9001").unwrap().len(), 2);
+        for bad in [
+            "80:http",
+            "0:80",
+            "a.b.c.d:80:80",
+            "1:2:3:4",
+            "80/sctp",
+            "3000-3002:80",
+            "3002-3000:3002-3000",
+            "1-65535:1-65535",
+            "[::1:80:80",
+            "",
+        ] {
+            assert!(port_spec(bad).is_err(), "{bad}");
+        }
+        assert!(port_spec("80/sctp").unwrap_err().contains("tcp or udp"));
+    }
 
     #[test]
     fn sizes() {

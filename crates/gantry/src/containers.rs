@@ -306,7 +306,7 @@ fn build_config(ctx: &Ctx, a: &RunArgs) -> anyhow::Result<ContainerConfig> {
                 "ports can only be published with the bridge network",
             ));
         }
-        cfg.ports.push(parse::port(p).map_err(fail125)?);
+        cfg.ports.extend(parse::port(p).map_err(fail125)?);
     }
     Ok(cfg)
 }
@@ -386,7 +386,10 @@ pub(crate) fn ps(ctx: &Ctx, a: PsArgs) -> anyhow::Result<u8> {
                 .config
                 .ports
                 .iter()
-                .map(|p| format!("0.0.0.0:{}->{}/tcp", p.host_port, p.container_port))
+                .map(|p| {
+                    let ip = p.host_ip.map_or("0.0.0.0".to_owned(), |i| i.to_string());
+                    format!("{ip}:{}->{}/tcp", p.host_port, p.container_port)
+                })
                 .collect::<Vec<_>>()
                 .join(", ");
             vec![

@@ -209,6 +209,17 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     gantry_image::install_crypto_provider();
+    // A command whose reader goes away (`| head`, `| grep -q`) ends quietly,
+    // as Unix tools do, by SIGPIPE; the long-running processes keep
+    // ignoring it and handle a closed pipe or socket as an error. (The
+    // container monitors a command forks ignore it again themselves.)
+    if !matches!(
+        cli.cmd,
+        Cmd::Server(_) | Cmd::Agent(_) | Cmd::AgentHelper { .. } | Cmd::SimNodes(_) | Cmd::Demo(_)
+    ) {
+        // SAFETY: setting a disposition before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     if let Cmd::AgentHelper { args } = &cli.cmd {
         return ExitCode::from(gantry_agent::helper_main(&cli.data_dir, args).clamp(0, 255) as u8);
     }

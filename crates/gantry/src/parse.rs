@@ -50,28 +50,29 @@ pub(crate) fn volume(s: &str) -> Result<Mount, String> {
     })
 }
 
-/// `-p HOST:CTR` (optionally `IP:HOST:CTR` with IP 0.0.0.0, and `/tcp`).
-pub(crate) fn port(s: &str) -> Result<PortMapping, String> {
-    let bad = || format!("invalid port mapping {s:?}: use HOST:CONTAINER, e.g. 8080:80");
-    let spec = s.strip_suffix("/tcp").unwrap_or(s);
-    if spec.ends_with("/udp") {
-        return Err(format!("{s}: only TCP ports can be published"));
-    }
-    let parts: Vec<&str> = spec.split(':').collect();
-    let (h, c) = match parts.as_slice() {
-        [h, c] => (*h, *c),
-        [ip, h, c] if *ip == "0.0.0.0" || ip.is_empty() => (*h, *c),
-        _ => return Err(bad()),
-    };
-    let host_port: u16 = h.parse().map_err(|_| bad())?;
-    let container_port: u16 = c.parse().map_err(|_| bad())?;
-    if host_port == 0 || container_port == 0 {
-        return Err(bad());
-    }
-    Ok(PortMapping {
-        host_port,
-        container_port,
-    })
+/// `-p [IP:]HOST:CTR[/tcp]`, ranges of the same length on both sides.
+pub(crate) fn port(s: &str) -> Result<Vec<PortMapping>, String> {
+    let specs = gantry_units::port_spec(s)?;
+    specs
+        .into_iter()
+        .map(|p| {
+            if p.udp {
+                return Err(format!(
+                    "{s}: `gantry run` publishes TCP ports only (a service publishes UDP too)"
+                ));
+            }
+            let Some(host_port) = p.published else {
+                return Err(format!(
+                    "invalid port mapping {s:?}: give the host port, e.g. 8080:80"
+                ));
+            };
+            Ok(PortMapping {
+                host_ip: p.host_ip,
+                host_port,
+                container_port: p.target,
+            })
+        })
+        .collect()
 }
 
 /// A signal by name (`TERM`, `SIGTERM`) or number.
@@ -129,13 +130,17 @@ mod tests {
     fn ports() {
         assert_eq!(
             port("8080:80").unwrap(),
-            PortMapping {
+            [PortMapping {
+                host_ip: None,
                 host_port: 8080,
                 container_port: 80
-            }
+            }]
         );
-        assert_eq!(port("0.0.0.0:8080:80/tcp").unwrap().host_port, 8080);
-        for bad in ["80", "a:b", "0:80", "70000:80", "1.2.3.4:1:2", "53:53/udp"] {
+        assert_eq!(port("0.0.0.0:8080:80/tcp").unwrap()[0].host_port, 8080);
+        let local = port("127.0.0.1:8080:80").unwrap();
+        assert_eq!(local[0].host_ip, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(port("8000-8001:80-81").unwrap().len(), 2);
+        for bad in ["80", "a:b", "0:80", "70000:80", "1.2.3:1:2", "53:53/udp"] {
             assert!(port(bad).is_err(), "{bad}");
         }
     }

@@ -1012,7 +1012,7 @@ fn containers_reach_each_other_across_hosts_on_the_overlay() {
     // one task of its service runs.
     let edge = web(1, "").replace("IMAGE", &cl.image).replace(
         "    stop_grace_period: 1s\n",
-        "    stop_grace_period: 1s\n    ports: [\"8088:8080\"]\n",
+        "    stop_grace_period: 1s\n    ports: [\"8088:8080\", \"127.0.0.1:8089:8080\"]\n",
     );
     let o = cl.deploy("edge", &edge);
     assert!(o.status.success(), "{}", errtext(&o));
@@ -1041,6 +1041,43 @@ fn containers_reach_each_other_across_hosts_on_the_overlay() {
                     Err(format!("the task runs on {only}: {}", errtext(&o)))
                 }
             },
+        );
+    }
+    // A port published on 127.0.0.1 answers on each node's loopback and
+    // nowhere else: never more exposed than written.
+    for h in 1..=3 {
+        wait_for(
+            &format!("127.0.0.1:8089 on host {h}"),
+            Duration::from_secs(5),
+            || {
+                let o = cl.lan.hosts[h]
+                    .command("curl")
+                    .args(["-sf", "-m", "3", "http://127.0.0.1:8089/index.html"])
+                    .output()
+                    .unwrap();
+                if o.status.success() {
+                    Ok(())
+                } else {
+                    Err(errtext(&o))
+                }
+            },
+        );
+        let o = cl.lan.hosts[0]
+            .command("curl")
+            .args([
+                "-s",
+                "-m",
+                "3",
+                &format!("http://{}:8089/index.html", cl.lan.hosts[h].addr),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(7),
+            "host {h}'s loopback-only port from host 0: {}{}",
+            text(&o),
+            errtext(&o)
         );
     }
     let in_web1 = |script: &str| text(&cl.on_agent(0, &["exec", &web1[0], "sh", "-c", script]));

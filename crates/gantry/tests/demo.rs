@@ -9,10 +9,12 @@ use std::process::{Command, Output};
 const ROOT: &str = "/var/lib/gantry-demo";
 const DOMAIN: &str = "www.jimmysfriedchicken.test";
 
-/// `gantry demo ARG` (the script, built into the binary).
+/// `gantry demo ARG` (the script, built into the binary), from a shell
+/// whose environment points at another cluster: the demo talks to its own.
 fn demo(arg: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_gantry"))
         .args(["demo", arg])
+        .env("GANTRY_HOST", "127.0.0.1:1")
         .output()
         .unwrap()
 }

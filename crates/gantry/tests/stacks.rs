@@ -61,3 +61,42 @@ fn stack_config_normalises_warns_and_locates_errors() {
         "Error: bad.yml:5:17: service web: replicas must be a whole number, got \"lots\""
     );
 }
+
+/// `gantry stack config ... | head -1`: the reader goes away early and
+/// the CLI ends quietly, killed by SIGPIPE as Unix tools are, without a
+/// panic on stderr.
+#[test]
+fn a_closed_pipe_ends_the_cli_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    let d = tempfile::tempdir().unwrap();
+    let mut stack = String::from("services:\n");
+    let long = "x".repeat(1000);
+    for i in 0..300 {
+        stack.push_str(&format!(
+            "  s{i}:\n    image: busybox\n    environment: {{LONG: {long}}}\n"
+        ));
+    }
+    std::fs::write(d.path().join("stack.yml"), stack).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(["stack", "config", "-f", "stack.yml"])
+        .current_dir(d.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The reader is gone; 300 KB are left to write.
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        o.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?} {err}",
+        o.status
+    );
+}
