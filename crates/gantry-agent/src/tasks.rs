@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use gantry_api::{Assignment, Assignments, TaskState, TaskStatus};
 use gantry_image::container::{container_config, Overrides};
 use gantry_image::{ImageRef, LocalImage, Store};
-use gantry_runtime::{ContainerConfig, Mount, MountKind, PortMapping, Runtime, Status};
+use gantry_runtime::{
+    ContainerConfig, Mount, MountKind, MountOptions, PortMapping, Runtime, Status, ANONYMOUS_LABEL,
+};
 use gantry_spec::{MountType as StackMount, PortMode, Service};
 use tokio::sync::Notify;
 
@@ -800,34 +802,67 @@ impl Agent {
         c.labels.insert(STACK_LABEL.into(), a.stack.clone());
         c.labels.insert(NODE_LABEL.into(), self.node_id.clone());
         let rt = self.rt.as_ref().ok_or("the runtime is not available")?;
-        for m in &svc.volumes {
+        for (i, m) in svc.volumes.iter().enumerate() {
+            let options = MountOptions {
+                propagation: m.propagation.clone(),
+                tmpfs_size: m.tmpfs_size,
+                nocopy: m.volume.nocopy,
+            };
             let mount = match m.kind {
                 StackMount::Volume => {
-                    // Named volumes belong to their stack, as in Swarm.
-                    let vname = format!("{}_{}", a.stack, m.source);
-                    let labels = [(STACK_LABEL.to_owned(), a.stack.clone())].into();
-                    let v = rt
-                        .volumes()
-                        .create(&vname, labels)
-                        .map_err(|e| format!("volume {vname}: {e}"))?;
+                    let vols = rt.volumes();
+                    let v = if m.source.is_empty() {
+                        // Anonymous: the container's own, gone with it.
+                        let vname = format!("{}-anon-{i}", c.id);
+                        let labels = [(ANONYMOUS_LABEL.to_owned(), c.id.clone())].into();
+                        vols.create(&vname, labels)
+                            .map_err(|e| format!("volume {vname}: {e}"))?
+                    } else if m.volume.external {
+                        // It exists already; it is never made here.
+                        let vname = m.volume_name(&a.stack);
+                        vols.inspect(&vname).map_err(|_| {
+                            format!(
+                                "external volume {vname} does not exist on node {}",
+                                self.hostname
+                            )
+                        })?
+                    } else {
+                        // Named volumes belong to their stack, as in Swarm.
+                        let vname = m.volume_name(&a.stack);
+                        let mut labels = m.volume.labels.clone();
+                        labels.insert(STACK_LABEL.to_owned(), a.stack.clone());
+                        vols.create_with(&vname, labels, m.volume.driver_opts.clone())
+                            .map_err(|e| format!("volume {vname}: {e}"))?
+                    };
                     Mount {
-                        kind: MountKind::Volume { name: vname },
+                        kind: MountKind::Volume { name: v.name },
                         source: v.mountpoint,
                         destination: m.target.clone(),
                         read_only: m.read_only,
+                        options,
                     }
                 }
-                StackMount::Bind => Mount {
-                    kind: MountKind::Bind,
-                    source: m.source.clone().into(),
-                    destination: m.target.clone(),
-                    read_only: m.read_only,
-                },
+                StackMount::Bind => {
+                    if !std::path::Path::new(&m.source).exists() {
+                        return Err(format!(
+                            "bind source {} does not exist on node {}",
+                            m.source, self.hostname
+                        ));
+                    }
+                    Mount {
+                        kind: MountKind::Bind,
+                        source: m.source.clone().into(),
+                        destination: m.target.clone(),
+                        read_only: m.read_only,
+                        options,
+                    }
+                }
                 StackMount::Tmpfs => Mount {
                     kind: MountKind::Tmpfs,
                     source: Default::default(),
                     destination: m.target.clone(),
                     read_only: false,
+                    options,
                 },
             };
             c.mounts.push(mount);

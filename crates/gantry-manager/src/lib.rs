@@ -15,7 +15,7 @@ pub mod touch;
 pub mod views;
 
 pub use reconcile::{
-    reconcile, reconcile_in, snapshot, task_spec, volume_name, ReconcileError, DEFAULT_STRATEGY_KEY,
+    reconcile, reconcile_in, snapshot, task_spec, ReconcileError, DEFAULT_STRATEGY_KEY,
 };
 
 #[cfg(test)]

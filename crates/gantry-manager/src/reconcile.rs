@@ -47,12 +47,6 @@ fn holds_resources(t: &TaskRecord) -> bool {
         )
 }
 
-/// A named volume as it exists on a node: stacks own their volumes, as in
-/// Swarm (`STACK_VOLUME`), so two stacks' `data` are two volumes.
-pub fn volume_name(stack: &str, source: &str) -> String {
-    format!("{stack}_{source}")
-}
-
 /// The cluster's default scoring strategy (`gantry server
 /// --default-strategy`), kept in the state's metadata.
 pub const DEFAULT_STRATEGY_KEY: &str = "default_strategy";
@@ -94,8 +88,9 @@ pub fn task_spec(
         volumes: s
             .volumes
             .iter()
-            .filter(|m| m.kind == gantry_spec::MountType::Volume)
-            .map(|m| volume_name(stack, &m.source))
+            // (Anonymous volumes are each task's own: no affinity.)
+            .filter(|m| m.kind == gantry_spec::MountType::Volume && !m.source.is_empty())
+            .map(|m| m.volume_name(stack))
             .collect(),
         strategy: s.strategy.unwrap_or(default),
     }

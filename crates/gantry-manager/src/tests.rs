@@ -39,8 +39,14 @@ fn cluster(n: usize, yaml: &str) -> State {
 }
 
 fn put_stack(st: &mut State, yaml: &str) {
-    let parsed =
-        gantry_stack::parse("s.yml", yaml, &BTreeMap::new(), &|_| Err("no files".into())).unwrap();
+    let parsed = gantry_stack::parse(
+        "s.yml",
+        yaml,
+        &BTreeMap::new(),
+        &|_| Err("no files".into()),
+        &Default::default(),
+    )
+    .unwrap();
     for (name, svc) in parsed.stack.services {
         st.apply(&Command::PutService {
             name,

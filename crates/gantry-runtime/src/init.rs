@@ -62,6 +62,9 @@ pub(crate) struct ChildArgs<'a> {
     /// Volumes created for this container that should be filled from the
     /// image at their mount point.
     pub(crate) fill_volumes: &'a [String],
+    /// For each of the config's mounts, the device a volume with driver
+    /// options mounts in place of its folder.
+    pub(crate) devices: &'a [Option<crate::volume::VolumeDevice>],
     /// Seccomp filter, compiled by the monitor (allocation-free in the child).
     pub(crate) seccomp: &'a seccompiler::BpfProgram,
 }
@@ -399,17 +402,40 @@ fn setup_rootfs(a: &ChildArgs<'_>, rootfs: &Path) -> Result<(), InitError> {
         )?;
     }
 
-    for m in &cfg.mounts {
+    for (i, m) in cfg.mounts.iter().enumerate() {
         match &m.kind {
             MountKind::Tmpfs => {
                 let t = secure_mkdir(rootfs, &m.destination)?;
+                let data = match m.options.tmpfs_size {
+                    Some(size) => format!("mode=1777,size={size}"),
+                    None => "mode=1777".to_owned(),
+                };
                 mnt(
                     Some("tmpfs"),
                     &t,
                     Some("tmpfs"),
                     MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                    Some("mode=1777"),
+                    Some(&data),
                 )?;
+            }
+            MountKind::Volume { .. } if a.devices.get(i).is_some_and(Option::is_some) => {
+                // A volume with driver options: its device, mounted here
+                // in the container's own mount namespace.
+                let Some(Some(d)) = a.devices.get(i) else {
+                    unreachable!()
+                };
+                let t = secure_mkdir(rootfs, &m.destination)?;
+                let data = (!d.data.is_empty()).then_some(d.data.as_str());
+                mnt(Some(&d.device), &t, d.fstype.as_deref(), d.flags, data)?;
+                if m.read_only {
+                    mnt(
+                        None,
+                        &t,
+                        None,
+                        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                        None,
+                    )?;
+                }
             }
             MountKind::Bind | MountKind::Volume { .. } => {
                 let is_dir = m.source.is_dir();
@@ -431,6 +457,17 @@ fn setup_rootfs(a: &ChildArgs<'_>, rootfs: &Path) -> Result<(), InitError> {
                     MsFlags::MS_BIND | MsFlags::MS_REC,
                     None,
                 )?;
+                if let Some(p) = &m.options.propagation {
+                    let flag = match p.as_str() {
+                        "shared" => MsFlags::MS_SHARED,
+                        "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
+                        "slave" => MsFlags::MS_SLAVE,
+                        "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+                        "private" => MsFlags::MS_PRIVATE,
+                        _ => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+                    };
+                    mnt(None, &t, None, flag, None)?;
+                }
                 if m.read_only {
                     mnt(
                         None,

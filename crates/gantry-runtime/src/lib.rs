@@ -39,10 +39,12 @@ pub use cgroup::{shares_to_weight, Cgroup, CgroupError, CgroupStats, CgroupVersi
 pub use exec::ExecOptions;
 pub use fs::{private_dir, secure_join};
 pub use spec::{
-    new_id, ContainerConfig, Mount, MountKind, NetworkMode, OverlayAddr, PortMapping, Process,
-    RestartPolicy, State, Status,
+    new_id, ContainerConfig, Mount, MountKind, MountOptions, NetworkMode, OverlayAddr, PortMapping,
+    Process, RestartPolicy, State, Status,
 };
-pub use volume::{valid_name as valid_volume_name, Volume, VolumeError, Volumes};
+pub use volume::{
+    valid_name as valid_volume_name, Volume, VolumeDevice, VolumeError, Volumes, ANONYMOUS_LABEL,
+};
 
 /// A runtime operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -520,6 +522,12 @@ impl Runtime {
         }
         if let Some(c) = &cfg {
             self.release_name(&c.name, id);
+        }
+        // Its anonymous volumes go with it.
+        for v in self.volumes().list() {
+            if v.labels.get(ANONYMOUS_LABEL).is_some_and(|c| c == id) {
+                let _ = self.volumes().remove(&v.name);
+            }
         }
         let dir = self.dir(id);
         // A process that is letting go of the container (its monitor's

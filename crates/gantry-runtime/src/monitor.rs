@@ -93,12 +93,31 @@ impl Runtime {
             .mounts
             .iter()
             .filter_map(|m| match &m.kind {
-                crate::spec::MountKind::Volume { name } if self.volumes().take_fresh(name) => {
+                // (A volume with driver options mounts a device, which is
+                // never filled; nocopy asks for no filling.)
+                crate::spec::MountKind::Volume { name }
+                    if self.volumes().take_fresh(name)
+                        && !m.options.nocopy
+                        && self
+                            .volumes()
+                            .inspect(name)
+                            .is_ok_and(|v| v.device().is_none()) =>
+                {
                     Some(name.clone())
                 }
                 _ => None,
             })
             .collect::<Vec<_>>();
+        let devices: Vec<Option<crate::volume::VolumeDevice>> = config
+            .mounts
+            .iter()
+            .map(|m| match &m.kind {
+                crate::spec::MountKind::Volume { name } => {
+                    self.volumes().inspect(name).ok().and_then(|v| v.device())
+                }
+                _ => None,
+            })
+            .collect();
         let mut backoff = Duration::from_millis(100);
         let mut forwarder: Option<crate::proxy::Forwarder> = None;
         let code = loop {
@@ -110,7 +129,9 @@ impl Runtime {
                     code: 125,
                     msg: e.to_string(),
                 })
-                .and_then(|()| self.spawn(&config, &dir, &*cg, &bridge, &fill, &seccomp))
+                .and_then(|()| {
+                    self.spawn(&config, &dir, &*cg, &bridge, (&fill, &devices), &seccomp)
+                })
                 .and_then(|running| {
                     // Published ports are bound once, at the first start.
                     if forwarder.is_some() || config.ports.is_empty() {
@@ -245,7 +266,7 @@ impl Runtime {
         dir: &Path,
         cg: &dyn crate::cgroup::Cgroup,
         bridge: &net::BridgeNet,
-        fill: &[String],
+        (fill, devices): (&[String], &[Option<crate::volume::VolumeDevice>]),
         seccomp: &seccompiler::BpfProgram,
     ) -> Result<Running, StartFailure> {
         let sys = |what: &str| {
@@ -353,6 +374,7 @@ impl Runtime {
                 .chain(tty_parent.iter().map(|f| f.as_raw_fd()))
                 .collect(),
             fill_volumes: fill,
+            devices,
             seccomp,
         };
         let mut flags = CloneFlags::CLONE_NEWNS

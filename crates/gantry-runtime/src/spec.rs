@@ -143,6 +143,30 @@ pub struct Mount {
     pub destination: String,
     /// Mount read-only.
     pub read_only: bool,
+    /// Options beyond Docker's `-v`: propagation, tmpfs size, nocopy.
+    #[serde(default, skip_serializing_if = "MountOptions::is_default")]
+    pub options: MountOptions,
+}
+
+/// What a mount may say beyond its source, destination and access.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountOptions {
+    /// A bind's propagation (`rprivate`, `shared`, `rslave`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub propagation: Option<String>,
+    /// A tmpfs's size, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmpfs_size: Option<u64>,
+    /// A new volume is not filled from the image.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nocopy: bool,
+}
+
+impl MountOptions {
+    /// Whether nothing is set.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// The kinds of mount `-v` and `--tmpfs` make.

@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+/// The label of an anonymous volume: the container it was made for, which
+/// takes it along when it is removed.
+pub const ANONYMOUS_LABEL: &str = "gantry.anonymous";
+
 /// A volume as `volume inspect` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Volume {
@@ -24,6 +28,66 @@ pub struct Volume {
     /// Free-form labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The local driver's options (`type`, `o`, `device`): what is
+    /// mounted in place of the volume's own folder, as `mount -t TYPE -o O
+    /// DEVICE`; none: the folder.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
+}
+
+/// A device mounted for a volume with driver options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeDevice {
+    /// Filesystem type (`nfs`, `cifs`, `tmpfs`, ...); none for a bind.
+    pub fstype: Option<String>,
+    /// What is mounted.
+    pub device: String,
+    /// Mount flags read from `o` (`ro`, `nosuid`, `bind`, ...).
+    pub flags: nix::mount::MsFlags,
+    /// The rest of `o`, passed to the filesystem.
+    pub data: String,
+}
+
+impl Volume {
+    /// What its driver options mount, if it has any.
+    pub fn device(&self) -> Option<VolumeDevice> {
+        use nix::mount::MsFlags;
+        let device = self.options.get("device")?.clone();
+        let mut flags = MsFlags::empty();
+        let mut data = Vec::new();
+        for o in self
+            .options
+            .get("o")
+            .map(String::as_str)
+            .unwrap_or("")
+            .split(',')
+        {
+            match o {
+                "" | "rw" | "defaults" => {}
+                "ro" => flags |= MsFlags::MS_RDONLY,
+                "bind" => flags |= MsFlags::MS_BIND,
+                "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
+                "nosuid" => flags |= MsFlags::MS_NOSUID,
+                "nodev" => flags |= MsFlags::MS_NODEV,
+                "noexec" => flags |= MsFlags::MS_NOEXEC,
+                "noatime" => flags |= MsFlags::MS_NOATIME,
+                o => data.push(o),
+            }
+        }
+        let fstype = match self.options.get("type").map(String::as_str) {
+            None | Some("none") | Some("") => None,
+            Some(t) => Some(t.to_owned()),
+        };
+        if fstype.is_none() {
+            flags |= MsFlags::MS_BIND;
+        }
+        Some(VolumeDevice {
+            fstype,
+            device,
+            flags,
+            data: data.join(","),
+        })
+    }
 }
 
 /// A volume operation that failed.
@@ -85,10 +149,39 @@ impl Volumes {
         name: &str,
         labels: BTreeMap<String, String>,
     ) -> Result<Volume, VolumeError> {
+        self.create_with(name, labels, BTreeMap::new())
+    }
+
+    /// Creates a volume with the local driver's options (`type`, `o`,
+    /// `device`), or returns the existing one of that name when its
+    /// options are the same.
+    pub fn create_with(
+        &self,
+        name: &str,
+        labels: BTreeMap<String, String>,
+        options: BTreeMap<String, String>,
+    ) -> Result<Volume, VolumeError> {
         if !valid_name(name) {
             return Err(VolumeError::BadName(name.to_owned()));
         }
+        if let Some(k) = options
+            .keys()
+            .find(|k| !["type", "o", "device"].contains(&k.as_str()))
+        {
+            return Err(VolumeError::Io {
+                name: name.to_owned(),
+                err: io::Error::other(format!(
+                    "{k} is not an option of the local driver: use type, o and device"
+                )),
+            });
+        }
         if let Ok(v) = self.inspect(name) {
+            if v.options != options {
+                return Err(VolumeError::Io {
+                    name: name.to_owned(),
+                    err: io::Error::other("it exists already with other driver options"),
+                });
+            }
             return Ok(v);
         }
         let io = |err| VolumeError::Io {
@@ -105,6 +198,7 @@ impl Volumes {
             mountpoint: data,
             created: Utc::now(),
             labels,
+            options,
         };
         // Marks the volume as not yet filled from an image.
         fs::write(dir.join("fresh"), b"").map_err(io)?;
@@ -184,5 +278,58 @@ mod tests {
         assert!(!v.take_fresh("data"));
         v.remove("data").unwrap();
         assert!(matches!(v.inspect("data"), Err(VolumeError::NotFound(_))));
+    }
+
+    #[test]
+    fn driver_options_say_what_is_mounted() {
+        let t = tempfile::tempdir().unwrap();
+        let v = Volumes::new(t.path());
+        let opts = |kv: &[(&str, &str)]| -> BTreeMap<String, String> {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let nfs = v
+            .create_with(
+                "nfs",
+                BTreeMap::new(),
+                opts(&[
+                    ("type", "nfs"),
+                    ("o", "addr=10.0.0.1,ro,nolock"),
+                    ("device", ":/export"),
+                ]),
+            )
+            .unwrap();
+        let d = nfs.device().unwrap();
+        assert_eq!(d.fstype.as_deref(), Some("nfs"));
+        assert_eq!(d.data, "addr=10.0.0.1,nolock");
+        assert!(d.flags.contains(nix::mount::MsFlags::MS_RDONLY));
+        let b = v
+            .create_with(
+                "bound",
+                BTreeMap::new(),
+                opts(&[("type", "none"), ("o", "bind"), ("device", "/srv")]),
+            )
+            .unwrap();
+        assert_eq!(b.device().unwrap().fstype, None);
+        assert!(v
+            .create("plain", BTreeMap::new())
+            .unwrap()
+            .device()
+            .is_none());
+        // The same name with other options is refused; with the same, found.
+        assert!(v
+            .create_with("bound", BTreeMap::new(), BTreeMap::new())
+            .is_err());
+        assert!(v
+            .create_with(
+                "bound",
+                BTreeMap::new(),
+                opts(&[("type", "none"), ("o", "bind"), ("device", "/srv")])
+            )
+            .is_ok());
+        assert!(v
+            .create_with("x", BTreeMap::new(), opts(&[("size", "1G")]))
+            .is_err());
     }
 }

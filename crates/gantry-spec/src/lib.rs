@@ -66,6 +66,74 @@ pub struct Mount {
     /// Mounted read-only.
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub read_only: bool,
+    /// How a named volume is made (compose's top-level `volumes:` entry
+    /// and the mount's `volume:` options).
+    #[serde(default, skip_serializing_if = "VolumeOptions::is_default")]
+    pub volume: VolumeOptions,
+    /// Bind propagation: `rprivate` (the default), `private`, `rshared`,
+    /// `shared`, `rslave` or `slave`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub propagation: Option<String>,
+    /// A tmpfs mount's size limit, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmpfs_size: Option<u64>,
+}
+
+impl Mount {
+    /// A mount of `kind` from `source` at `target`, read-write, with no
+    /// other option.
+    pub fn new(kind: MountType, source: impl Into<String>, target: impl Into<String>) -> Self {
+        Self {
+            kind,
+            source: source.into(),
+            target: target.into(),
+            read_only: false,
+            volume: VolumeOptions::default(),
+            propagation: None,
+            tmpfs_size: None,
+        }
+    }
+
+    /// The node-side name of a volume mount of stack `stack`: the name
+    /// the stack file gave (`name:`, or an external volume's), else
+    /// `STACK_SOURCE`, as Swarm names them. Anonymous volumes (no source)
+    /// are named per task by the agent.
+    pub fn volume_name(&self, stack: &str) -> String {
+        match &self.volume.name {
+            Some(n) => n.clone(),
+            None => format!("{stack}_{}", self.source),
+        }
+    }
+}
+
+/// How a named volume is made: Docker's `local` driver and its options.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeOptions {
+    /// Its name on the nodes as the stack file gave it (`name:`, or
+    /// `external`), used as is; none: `STACK_SOURCE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// It exists already: it is never created, and a task goes only to a
+    /// node that has it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub external: bool,
+    /// The local driver's options: `type`, `o` and `device`, mounted as
+    /// `mount -t TYPE -o O DEVICE` (NFS, CIFS, a bind of a host folder).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub driver_opts: BTreeMap<String, String>,
+    /// The volume's labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Not filled from the image's content at the mount point.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nocopy: bool,
+}
+
+impl VolumeOptions {
+    /// Whether nothing is set.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// What a mount mounts.

@@ -156,7 +156,8 @@ pub fn service(name: &str, s: &Service) -> Result<(), String> {
         }
         no_control("mount source", &m.source).map_err(at)?;
         match m.kind {
-            MountType::Volume if !crate::valid_volume(&m.source) => {
+            // (An empty source is an anonymous volume, one per task.)
+            MountType::Volume if !m.source.is_empty() && !crate::valid_volume(&m.source) => {
                 return Err(at(format!("invalid volume name {}", shown(&m.source))))
             }
             MountType::Bind if !m.source.starts_with('/') => {
@@ -169,6 +170,54 @@ pub fn service(name: &str, s: &Service) -> Result<(), String> {
                 return Err(at("a tmpfs mount has no source".into()))
             }
             _ => {}
+        }
+        let v = &m.volume;
+        if m.kind != MountType::Volume && !v.is_default() {
+            return Err(at(format!(
+                "mount {}: volume options on a {:?} mount",
+                shown(&m.target),
+                m.kind
+            )));
+        }
+        if m.kind == MountType::Volume && m.source.is_empty() && (v.name.is_some() || v.external) {
+            return Err(at("an anonymous volume has no name".into()));
+        }
+        if let Some(n) = &v.name {
+            if !crate::valid_volume(n) {
+                return Err(at(format!("invalid volume name {}", shown(n))));
+            }
+        }
+        for (k, val) in v.driver_opts.iter().chain(&v.labels) {
+            no_control("volume option", k).map_err(at)?;
+            no_nul("volume option value", val).map_err(at)?;
+        }
+        if let Some(k) = v
+            .driver_opts
+            .keys()
+            .find(|k| !crate::LOCAL_DRIVER_OPTS.contains(&k.as_str()))
+        {
+            return Err(at(format!(
+                "driver_opts.{k} is not an option of the local driver"
+            )));
+        }
+        if v.external && !v.driver_opts.is_empty() {
+            return Err(at("an external volume has no driver_opts".into()));
+        }
+        match &m.propagation {
+            Some(p)
+                if m.kind != MountType::Bind
+                    || !gantry_units::PROPAGATIONS.contains(&p.as_str()) =>
+            {
+                return Err(at(format!(
+                    "invalid propagation {} on {}",
+                    shown(p),
+                    shown(&m.target)
+                )))
+            }
+            _ => {}
+        }
+        if m.tmpfs_size.is_some() && m.kind != MountType::Tmpfs {
+            return Err(at("a size is for tmpfs mounts".into()));
         }
     }
     if let Some(h) = &s.healthcheck {

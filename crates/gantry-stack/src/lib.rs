@@ -14,6 +14,7 @@
 pub mod check;
 mod interpolate;
 mod keys;
+mod mounts;
 mod raw;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,10 +23,11 @@ use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
 pub use interpolate::{expand, parse_env_file, MAX_FILE};
+pub use mounts::{Paths, LOCAL_DRIVER_OPTS};
 
 pub use gantry_spec::{
     Amounts, Healthcheck, Mode, Mount, MountType, Port, PortMode, RestartPolicy, Service,
-    UpdateConfig,
+    UpdateConfig, VolumeOptions,
 };
 
 use gantry_sched::{Constraint, Strategy};
@@ -50,8 +52,8 @@ pub struct StackError {
 pub struct Stack {
     /// Services by name.
     pub services: BTreeMap<String, Service>,
-    /// Named volumes it declares.
-    pub volumes: BTreeSet<String>,
+    /// Named volumes it declares, with their options.
+    pub volumes: BTreeMap<String, VolumeOptions>,
     /// Networks it declares (`default` always exists).
     pub networks: BTreeSet<String>,
     /// Service names in an order that honours depends_on.
@@ -191,12 +193,14 @@ impl Ctx<'_> {
 ///
 /// `file` names it in errors; `env` holds the variables (the process
 /// environment with `.env` values added as `docker compose` does);
-/// `load_env_file` reads a service's `env_file` entries.
+/// `load_env_file` reads a service's `env_file` entries; relative and `~`
+/// bind sources resolve against `paths`.
 pub fn parse(
     file: &str,
     text: &str,
     env: &BTreeMap<String, String>,
     load_env_file: &EnvFileLoader<'_>,
+    paths: &Paths,
 ) -> Result<Parsed, StackError> {
     let ctx = Ctx { file };
     if text.len() > interpolate::MAX_FILE {
@@ -237,7 +241,7 @@ pub fn parse(
     let raw: raw::File =
         serde_saphyr::from_str_with_options(text, interpolate::yaml_options(Some(env)))
             .map_err(yaml_err)?;
-    let volumes: BTreeSet<String> = raw.volumes.unwrap_or_default().into_keys().collect();
+    let volumes = mounts::declared(&ctx, raw.volumes.unwrap_or_default())?;
     let mut networks: BTreeSet<String> = raw.networks.unwrap_or_default().into_keys().collect();
     networks.insert("default".into());
     let raw_services = raw
@@ -258,6 +262,8 @@ pub fn parse(
             &networks,
             env,
             load_env_file,
+            paths,
+            &mut warnings,
             &mut deps_at,
         )?;
         check::service(&name, &svc).map_err(|e| ctx.nowhere(e))?;
@@ -306,10 +312,12 @@ fn service(
     name: &str,
     s: raw::Service,
     names: &BTreeSet<String>,
-    volumes: &BTreeSet<String>,
+    volumes: &BTreeMap<String, VolumeOptions>,
     networks: &BTreeSet<String>,
     env: &BTreeMap<String, String>,
     load_env_file: &EnvFileLoader<'_>,
+    paths: &Paths,
+    warnings: &mut Vec<String>,
     deps_at: &mut BTreeMap<String, serde_saphyr::Location>,
 ) -> Result<Service, StackError> {
     let image = match s.image {
@@ -346,20 +354,12 @@ fn service(
     }
     let mut mounts = Vec::new();
     for v in s.volumes.unwrap_or_default() {
-        let m =
-            mount(&v.value).or_else(|e| ctx.err(&v.referenced, format!("service {name}: {e}")))?;
-        if m.kind == MountType::Volume && !volumes.contains(&m.source) {
-            return ctx.err(&v.referenced, format!("service {name} uses volume {:?}, which is not declared under the top-level volumes key", m.source));
-        }
+        let m = mounts::mount(&v.value, volumes, paths, warnings)
+            .or_else(|e| ctx.err(&v.referenced, format!("service {name}: {e}")))?;
         mounts.push(m);
     }
     for t in list(s.tmpfs).unwrap_or_default() {
-        mounts.push(Mount {
-            kind: MountType::Tmpfs,
-            source: String::new(),
-            target: t.split(':').next().unwrap_or_default().to_owned(),
-            read_only: false,
-        });
+        mounts.push(mounts::tmpfs(&t).map_err(|e| ctx.nowhere(format!("service {name}: {e}")))?);
     }
     let healthcheck = match s.healthcheck {
         None => None,
@@ -690,56 +690,6 @@ fn port(p: &raw::Port) -> Result<Vec<Port>, String> {
                 mode,
                 host_ip,
             }])
-        }
-    }
-}
-
-fn mount(v: &raw::Volume) -> Result<Mount, String> {
-    match v {
-        raw::Volume::Short(s) => {
-            let v = gantry_units::volume_spec(s)?;
-            let Some(source) = v.source else {
-                return Err(format!(
-                    "invalid volume {s:?}: anonymous volumes are not supported in a stack; name it"
-                ));
-            };
-            Ok(Mount {
-                kind: if v.bind {
-                    MountType::Bind
-                } else {
-                    MountType::Volume
-                },
-                source,
-                target: v.target,
-                read_only: v.read_only,
-            })
-        }
-        raw::Volume::Long {
-            kind,
-            source,
-            target,
-            read_only,
-        } => {
-            let Some(mount_type) = MountType::parse(kind) else {
-                return Err(format!(
-                    "invalid volume type {kind:?}: use volume, bind or tmpfs"
-                ));
-            };
-            if !target.starts_with('/') {
-                return Err(format!(
-                    "invalid volume target {target:?}: must be an absolute path"
-                ));
-            }
-            let source = source.clone().unwrap_or_default();
-            if mount_type != MountType::Tmpfs && source.is_empty() {
-                return Err(format!("a {kind} mount needs a source"));
-            }
-            Ok(Mount {
-                kind: mount_type,
-                source,
-                target: target.clone(),
-                read_only: read_only.unwrap_or(false),
-            })
         }
     }
 }

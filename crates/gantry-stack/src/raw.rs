@@ -44,7 +44,7 @@ pub(crate) enum ListOrDict {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct File {
     pub(crate) services: Option<BTreeMap<String, Service>>,
-    pub(crate) volumes: Option<BTreeMap<String, Option<serde::de::IgnoredAny>>>,
+    pub(crate) volumes: Option<BTreeMap<String, Option<TopVolume>>>,
     pub(crate) networks: Option<BTreeMap<String, Option<serde::de::IgnoredAny>>>,
 }
 
@@ -92,17 +92,60 @@ pub(crate) enum Port {
     },
 }
 
+/// A top-level `volumes:` entry.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct TopVolume {
+    pub(crate) driver: Option<Spanned<String>>,
+    pub(crate) driver_opts: Option<BTreeMap<String, Scalar>>,
+    pub(crate) external: Option<Spanned<External>>,
+    pub(crate) name: Option<Spanned<String>>,
+    pub(crate) labels: Option<ListOrDict>,
+}
+
+/// `external: true`, or the old `external: {name: x}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum External {
+    Flag(bool),
+    Named { name: String },
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub(crate) enum Volume {
     Short(String),
-    Long {
-        #[serde(rename = "type")]
-        kind: String,
-        source: Option<String>,
-        target: String,
-        read_only: Option<bool>,
-    },
+    Long(LongVolume),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct LongVolume {
+    #[serde(rename = "type")]
+    pub(crate) kind: String,
+    pub(crate) source: Option<String>,
+    pub(crate) target: String,
+    pub(crate) read_only: Option<bool>,
+    pub(crate) volume: Option<VolumeOpts>,
+    pub(crate) bind: Option<BindOpts>,
+    pub(crate) tmpfs: Option<TmpfsOpts>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct VolumeOpts {
+    pub(crate) nocopy: Option<bool>,
+    pub(crate) subpath: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct BindOpts {
+    pub(crate) propagation: Option<String>,
+    pub(crate) create_host_path: Option<bool>,
+    pub(crate) selinux: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct TmpfsOpts {
+    pub(crate) size: Option<Scalar>,
+    pub(crate) mode: Option<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -62,11 +62,11 @@ fn no_files(name: &str) -> Result<String, String> {
 }
 
 fn parse_ok(text: &str) -> Parsed {
-    parse("stack.yml", text, &env(&[]), &no_files).unwrap()
+    parse("stack.yml", text, &env(&[]), &no_files, &Paths::default()).unwrap()
 }
 
 fn parse_err(text: &str) -> StackError {
-    parse("stack.yml", text, &env(&[]), &no_files).unwrap_err()
+    parse("stack.yml", text, &env(&[]), &no_files, &Paths::default()).unwrap_err()
 }
 
 #[test]
@@ -83,6 +83,7 @@ fn a_full_compose_file_normalises() {
         FULL,
         &env(&[("TAG", "2.0"), ("FROM_ENV", "host-value")]),
         &load,
+        &Paths::default(),
     )
     .unwrap();
     let web = &p.stack.services["web"];
@@ -209,6 +210,7 @@ fn whole_file_problems() {
         "services:\n  web:\n    image: x\n    env_file: missing.env\n",
         &env(&[]),
         &no_files,
+        &Paths::default(),
     )
     .unwrap_err();
     assert!(e.msg.contains("env_file missing.env"), "{e}");
@@ -217,7 +219,7 @@ fn whole_file_problems() {
 proptest::proptest! {
     #[test]
     fn arbitrary_text_never_panics(text in "(services:|  web:|    image: x|    deploy:|      replicas: [0-9a-z]{0,3}|[ :\\-\\[\\]{}\"$]|[a-z]{1,6}|\n){0,40}") {
-        let _ = parse("fuzz.yml", &text, &BTreeMap::new(), &no_files);
+        let _ = parse("fuzz.yml", &text, &BTreeMap::new(), &no_files, &Paths::default());
     }
 }
 
@@ -243,7 +245,13 @@ fn http_and_tcp_health_checks_are_checked() {
 }
 
 fn gantry_stack_parse(y: &str) -> Result<Parsed, StackError> {
-    parse("s.yml", y, &BTreeMap::new(), &|_| Err("no".into()))
+    parse(
+        "s.yml",
+        y,
+        &BTreeMap::new(),
+        &|_| Err("no".into()),
+        &Paths::default(),
+    )
 }
 
 #[test]
@@ -331,12 +339,8 @@ fn the_checks_refuse_what_an_attacker_sends() {
         .unwrap_err()
         .contains("hostname"));
     let mut bad = good.clone();
-    bad.volumes.push(Mount {
-        kind: MountType::Bind,
-        source: "relative".into(),
-        target: "/x".into(),
-        read_only: false,
-    });
+    bad.volumes
+        .push(Mount::new(MountType::Bind, "relative", "/x"));
     assert!(crate::check::service("web", &bad).is_err());
     assert!(
         crate::check::deploy("s", std::iter::empty::<(&str, &Service)>()).is_err(),
@@ -354,7 +358,7 @@ fn values_are_interpolated_after_parsing_so_they_stay_whole() {
         ("N", "4"),
     ]);
     let text = "services:\n  db:\n    image: postgres\n    environment:\n      - POSTGRES_PASSWORD=${PW}\n      - STAR=$STAR\n      - COLON=${COLON}\n      - NESTED=${A:-${B:-x}}\n      - DEEP=${A:-${C:-x}}\n      - MULTI=${A:-one\n        two}\n      - LITERAL=$$PW\n      - EMPTY=${MISSING}\n    deploy:\n      replicas: ${N}\n";
-    let p = parse("stack.yml", text, &vars, &no_files).unwrap();
+    let p = parse("stack.yml", text, &vars, &no_files, &Paths::default()).unwrap();
     let e = &p.stack.services["db"].environment;
     assert_eq!(e["POSTGRES_PASSWORD"], "s3cret #42");
     assert_eq!(e["STAR"], "*not-an-alias");
@@ -375,6 +379,7 @@ fn values_are_interpolated_after_parsing_so_they_stay_whole() {
         "services:\n  web:\n    image: x\n    labels:\n      ${PW}: v\n",
         &vars,
         &no_files,
+        &Paths::default(),
     )
     .unwrap();
     assert!(p.stack.services["web"].labels.contains_key("${PW}"));
@@ -395,12 +400,12 @@ fn yaml_bombs_and_huge_files_are_refused_quickly() {
     }
     bomb.push_str("services: {web: {image: x, labels: {a: *l8}}}\n");
     let t = std::time::Instant::now();
-    assert!(parse("stack.yml", &bomb, &env(&[]), &no_files).is_err());
+    assert!(parse("stack.yml", &bomb, &env(&[]), &no_files, &Paths::default()).is_err());
     let huge = format!(
         "services: {{web: {{image: x}}}}\n# {}\n",
         "x".repeat(MAX_FILE)
     );
-    let e = parse("stack.yml", &huge, &env(&[]), &no_files).unwrap_err();
+    let e = parse("stack.yml", &huge, &env(&[]), &no_files, &Paths::default()).unwrap_err();
     assert!(e.msg.contains("at most"), "{e}");
     // Generous: a debug build on a loaded machine; the point is no blow-up.
     assert!(t.elapsed() < std::time::Duration::from_secs(10));
@@ -451,4 +456,91 @@ fn ports_keep_their_address_ranges_and_protocol() {
     assert!(e.msg.contains("same length"), "{e}");
     let e = parse_err("services:\n  db:\n    image: x\n    ports: [{target: 80, host_ip: nope}]\n");
     assert!(e.msg.contains("invalid host_ip"), "{e}");
+}
+
+#[test]
+fn volumes_keep_their_names_drivers_and_options() {
+    let paths = Paths {
+        dir: Some("/srv/app".into()),
+        home: Some("/home/ann".into()),
+    };
+    let text = "services:
+  db:
+    image: postgres
+    volumes:
+      - legacy:/var/lib/postgresql/data
+      - nfs:/backups:ro
+      - named:/named:nocopy
+      - /app/node_modules
+      - ./init:/docker-entrypoint-initdb.d:ro,Z
+      - ~/conf:/conf
+      - type: bind
+        source: ../shared
+        target: /shared
+        bind: {propagation: rslave}
+      - type: tmpfs
+        target: /cache
+        tmpfs: {size: 64m}
+    tmpfs: [\"/run:size=1m\"]
+volumes:
+  legacy:
+    external: true
+    name: legacy_data
+  nfs:
+    driver: local
+    driver_opts: {type: nfs, o: \"addr=10.0.0.1,ro\", device: \":/export\"}
+  named:
+    name: shared_named
+    labels: {team: db}
+";
+    let p = parse("stack.yml", text, &env(&[]), &no_files, &paths).unwrap();
+    let v = &p.stack.services["db"].volumes;
+    assert!(v[0].volume.external);
+    assert_eq!(v[0].volume_name("s"), "legacy_data");
+    assert_eq!(v[1].volume.driver_opts["type"], "nfs");
+    assert_eq!(v[1].volume_name("s"), "s_nfs");
+    assert!(v[1].read_only);
+    assert_eq!(v[2].volume_name("s"), "shared_named");
+    assert!(v[2].volume.nocopy);
+    assert_eq!(v[2].volume.labels["team"], "db");
+    assert_eq!((v[3].kind, v[3].source.as_str()), (MountType::Volume, ""));
+    assert_eq!(
+        (v[4].kind, v[4].source.as_str()),
+        (MountType::Bind, "/srv/app/init")
+    );
+    assert_eq!(v[5].source, "/home/ann/conf");
+    assert_eq!(v[6].source, "/srv/shared");
+    assert_eq!(v[6].propagation.as_deref(), Some("rslave"));
+    assert_eq!(v[7].tmpfs_size, Some(64 << 20));
+    assert_eq!(v[8].tmpfs_size, Some(1 << 20));
+    assert_eq!(
+        p.warnings.len(),
+        1,
+        "the :Z relabelling is named: {:?}",
+        p.warnings
+    );
+    for s in p.stack.services.values() {
+        check::service("db", s).unwrap();
+    }
+    let bad = |vols: &str, want: &str| {
+        let t = format!(
+            "services:\n  db:\n    image: x\n    volumes: [\"v:/x\"]\nvolumes:\n  v: {vols}\n"
+        );
+        let e = parse("stack.yml", &t, &env(&[]), &no_files, &paths).unwrap_err();
+        assert!(e.msg.contains(want), "{vols}: {e}");
+    };
+    bad("{driver: rexray}", "driver \"rexray\" is not available");
+    bad("{driver_opts: {size: 1G, device: x}}", "driver_opts.size");
+    bad("{driver_opts: {type: nfs}}", "needs a device");
+    bad(
+        "{external: true, driver: local}",
+        "cannot be set with external",
+    );
+    bad("{name: \"bad/name\"}", "invalid name");
+    let e = parse_err("services:\n  db:\n    image: x\n    volumes: [\"./rel:/x\"]\n");
+    assert!(e.msg.contains("relative"), "{e}");
+    let e = parse_err(
+        "services:\n  db:\n    image: x\n    volumes: [{type: cluster, source: v, target: /x}]\n",
+    );
+    assert!(e.msg.contains("CSI"), "{e}");
 }

@@ -77,8 +77,8 @@ pub fn duration_ns(s: &str) -> Result<u64, String> {
 }
 
 /// A volume as Docker's `-v` and compose's short syntax write it:
-/// `[SOURCE:]TARGET[:ro|rw]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `[SOURCE:]TARGET[:MODES]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct VolumeSpec {
     /// Host path or volume name; `None` for an anonymous volume.
     pub source: Option<String>,
@@ -86,17 +86,31 @@ pub struct VolumeSpec {
     pub target: String,
     /// `:ro`.
     pub read_only: bool,
-    /// The source is a host path (absolute or `./relative`), not a name.
+    /// The source is a host path (absolute, `./relative`, `../relative`
+    /// or `~/in-home`), not a name.
     pub bind: bool,
+    /// `:nocopy`: a new volume is not filled from the image.
+    pub nocopy: bool,
+    /// A bind's propagation (`rprivate`, `shared`, ...).
+    pub propagation: Option<String>,
+    /// `:z` or `:Z`: SELinux relabelling asked for.
+    pub selinux: Option<char>,
 }
 
-/// Parses `[SOURCE:]TARGET[:ro|rw]`.
+/// The bind propagation modes Docker accepts.
+pub const PROPAGATIONS: [&str; 6] = [
+    "rprivate", "private", "rshared", "shared", "rslave", "slave",
+];
+
+/// Parses `[SOURCE:]TARGET[:MODES]`, MODES a comma-separated list of
+/// `ro`/`rw`, `z`/`Z`, `nocopy`, a propagation, or Docker Desktop's
+/// `consistent`/`cached`/`delegated` (which mean nothing on Linux).
 pub fn volume_spec(s: &str) -> Result<VolumeSpec, String> {
     let parts: Vec<&str> = s.split(':').collect();
-    let (src, dst, mode) = match parts.as_slice() {
+    let (src, dst, modes) = match parts.as_slice() {
         [dst] => ("", *dst, ""),
         [src, dst] => (*src, *dst, ""),
-        [src, dst, mode] => (*src, *dst, *mode),
+        [src, dst, modes] => (*src, *dst, *modes),
         _ => return Err(format!("invalid volume {s:?}: use [SOURCE:]TARGET[:ro]")),
     };
     if !dst.starts_with('/') {
@@ -104,17 +118,43 @@ pub fn volume_spec(s: &str) -> Result<VolumeSpec, String> {
             "invalid volume {s:?}: the target {dst:?} must be an absolute path"
         ));
     }
-    let read_only = match mode {
-        "" | "rw" => false,
-        "ro" => true,
-        m => return Err(format!("invalid volume mode {m:?} in {s:?}: use ro or rw")),
-    };
-    Ok(VolumeSpec {
+    let mut v = VolumeSpec {
         source: (!src.is_empty()).then(|| src.to_owned()),
         target: dst.to_owned(),
-        read_only,
-        bind: src.starts_with('/') || src.starts_with('.'),
-    })
+        bind: src.starts_with('/') || src.starts_with('.') || src.starts_with('~'),
+        ..VolumeSpec::default()
+    };
+    let mut access = None;
+    for m in modes.split(',').filter(|m| !m.is_empty()) {
+        match m {
+            "ro" | "rw" if access.is_some() => {
+                return Err(format!("invalid volume {s:?}: ro and rw given together"))
+            }
+            "ro" | "rw" => access = Some(m == "ro"),
+            "z" | "Z" => v.selinux = m.chars().next(),
+            "nocopy" => v.nocopy = true,
+            "consistent" | "cached" | "delegated" => {}
+            p if PROPAGATIONS.contains(&p) => v.propagation = Some(p.to_owned()),
+            m => {
+                return Err(format!(
+                    "invalid volume mode {m:?} in {s:?}: use ro, rw, z, Z, nocopy or a propagation ({})",
+                    PROPAGATIONS.join(", ")
+                ))
+            }
+        }
+    }
+    v.read_only = access.unwrap_or(false);
+    if v.nocopy && v.bind {
+        return Err(format!(
+            "invalid volume {s:?}: nocopy is for volumes, not binds"
+        ));
+    }
+    if v.propagation.is_some() && !v.bind {
+        return Err(format!(
+            "invalid volume {s:?}: a propagation is for binds, not volumes"
+        ));
+    }
+    Ok(v)
 }
 
 /// One published port as Docker's `-p` and compose's short syntax write
@@ -299,7 +339,22 @@ mod tests {
         assert!(volume_spec("/srv:/x").unwrap().bind);
         assert!(volume_spec("./site:/x:rw").unwrap().bind);
         assert_eq!(volume_spec("/anon").unwrap().source, None);
-        for bad in ["data:relative", "a:/x:rx", "a:b:c:d"] {
+        assert!(volume_spec("~/site:/x").unwrap().bind);
+        assert!(volume_spec("../site:/x").unwrap().bind);
+        let v = volume_spec("/srv:/x:ro,Z,rshared").unwrap();
+        assert_eq!(
+            (v.read_only, v.selinux, v.propagation.as_deref()),
+            (true, Some('Z'), Some("rshared"))
+        );
+        assert!(volume_spec("data:/x:nocopy").unwrap().nocopy);
+        for bad in [
+            "data:relative",
+            "a:/x:rx",
+            "a:b:c:d",
+            "/a:/x:ro,rw",
+            "/a:/x:nocopy",
+            "a:/x:shared",
+        ] {
             assert!(volume_spec(bad).is_err(), "{bad}");
         }
     }

@@ -298,6 +298,7 @@ fn build_config(ctx: &Ctx, a: &RunArgs) -> anyhow::Result<ContainerConfig> {
             source: Default::default(),
             destination: dst.to_owned(),
             read_only: false,
+            options: Default::default(),
         });
     }
     for p in &a.publish {

@@ -33,6 +33,7 @@ pub(crate) fn volume(s: &str) -> Result<Mount, String> {
             source: p,
             destination: dst.to_owned(),
             read_only,
+            options: Default::default(),
         });
     }
     if !gantry_runtime::valid_volume_name(src) {
@@ -47,6 +48,7 @@ pub(crate) fn volume(s: &str) -> Result<Mount, String> {
         source: PathBuf::new(),
         destination: dst.to_owned(),
         read_only,
+        options: Default::default(),
     })
 }
 

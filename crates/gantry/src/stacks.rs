@@ -52,7 +52,18 @@ pub(crate) fn load(file: &Path, env_file: Option<&Path>) -> anyhow::Result<gantr
     }
     env.extend(std::env::vars());
     let load = |name: &str| std::fs::read_to_string(dir.join(name)).map_err(|e| e.to_string());
-    let parsed = gantry_stack::parse(&file.display().to_string(), &text, &env, &load)?;
+    // Relative binds resolve against the stack file's folder, on this
+    // machine, as docker compose does.
+    let paths = gantry_stack::Paths {
+        dir: std::path::absolute(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            &dir
+        })
+        .ok(),
+        home: std::env::var_os("HOME").map(PathBuf::from),
+    };
+    let parsed = gantry_stack::parse(&file.display().to_string(), &text, &env, &load, &paths)?;
     for w in &parsed.warnings {
         eprintln!("Warning: {w}");
     }

@@ -15,6 +15,10 @@ pub(crate) enum VolumeCmd {
         /// Labels.
         #[arg(short, long = "label")]
         label: Vec<String>,
+        /// The local driver's options, as Docker's: type=nfs, o=addr=...,
+        /// device=:/export (mounted as `mount -t TYPE -o O DEVICE`).
+        #[arg(short = 'o', long = "opt")]
+        opt: Vec<String>,
         /// Name.
         name: String,
     },
@@ -78,13 +82,16 @@ pub(crate) fn run(ctx: &Ctx, cmd: VolumeCmd) -> anyhow::Result<u8> {
     let rt = ctx.runtime()?;
     let vols = rt.volumes();
     match cmd {
-        VolumeCmd::Create { label, name } => {
-            let mut labels = BTreeMap::new();
-            for l in &label {
-                let (k, v) = parse::key_value(l).map_err(anyhow::Error::msg)?;
-                labels.insert(k, v);
-            }
-            println!("{}", vols.create(&name, labels)?.name);
+        VolumeCmd::Create { label, opt, name } => {
+            let pairs = |l: &[String]| -> anyhow::Result<BTreeMap<String, String>> {
+                l.iter()
+                    .map(|x| parse::key_value(x).map_err(anyhow::Error::msg))
+                    .collect()
+            };
+            println!(
+                "{}",
+                vols.create_with(&name, pairs(&label)?, pairs(&opt)?)?.name
+            );
         }
         VolumeCmd::Ls { quiet, format } => {
             let list = vols.list();

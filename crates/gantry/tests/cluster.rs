@@ -7,8 +7,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::cluster::*;
@@ -520,104 +520,6 @@ fn managers_restart_agents_readopt_and_bad_updates_roll_back() {
     ]);
     assert!(ev.contains("rollback_started"), "{ev}");
     assert!(ev.contains("rollback_completed"), "{ev}");
-}
-
-/// The dev server: manager and agent in one process on this host.
-struct Dev {
-    g: G,
-    cfg: tempfile::TempDir,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Dev {
-    fn start(test: &str) -> Option<Self> {
-        let g = G::new(test)?;
-        let cfg = tempfile::tempdir().unwrap();
-        let log = cfg.path().join("server.log");
-        let port = free_port();
-        let child = g
-            .cmd()
-            .env("GANTRY_CONFIG_DIR", cfg.path())
-            .env("GANTRY_LOG", "info")
-            .args([
-                "server",
-                "--dev",
-                "--no-proxy",
-                "--metrics",
-                "127.0.0.1:0",
-                "--manager-metrics",
-                "127.0.0.1:0",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let d = Self { g, cfg, child, log };
-        wait_for("the dev server", Duration::from_secs(10), || {
-            let o = d.cli(&["node", "ls", "--format", "json"]);
-            let v: Value = serde_json::from_slice(&o.stdout).map_err(|e| e.to_string())?;
-            if v.as_array()
-                .is_some_and(|a| a.len() == 1 && a[0]["up"] == true)
-            {
-                Ok(())
-            } else {
-                Err(format!("{v}"))
-            }
-        });
-        Some(d)
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        self.g
-            .cmd()
-            .env("GANTRY_CONFIG_DIR", self.cfg.path())
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn state(&self) -> (String, String) {
-        let o = self.cli(&["service", "ls", "--format", "json"]);
-        let n = self.cli(&["node", "ls", "--format", "json"]);
-        // Node heartbeats and their live figures move; compare what
-        // matters.
-        let mut nodes: Value = serde_json::from_slice(&n.stdout).unwrap();
-        for n in nodes.as_array_mut().unwrap() {
-            let n = n.as_object_mut().unwrap();
-            for live in ["last_seen_ms", "cpu_percent", "mem_used", "disk"] {
-                n.remove(live);
-            }
-        }
-        (text(&o), nodes.to_string())
-    }
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // The dev node's overlay lives in this host's own namespace: take
-        // it down, but not the bridge, which other tests' containers share.
-        let _ = Command::new("ip")
-            .args(["link", "del", "gantry.vx"])
-            .output();
-        let _ = Command::new("ip")
-            .args(["addr", "del", "10.32.0.1/24", "dev", "gantry0"])
-            .output();
-        for family in ["inet", "bridge"] {
-            let _ = Command::new("nft")
-                .args(["delete", "table", family, "gantry"])
-                .output();
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "--- server.log:\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-    }
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> String {

@@ -584,8 +584,14 @@ fn workers_and_dfp_cannot_take_sites_or_their_certificates() {
 /// A normalised service spec, as the CLI sends it.
 fn spec_json() -> serde_json::Value {
     let yaml = "services:\n  web:\n    image: busybox\n    hostname: web\n    volumes:\n      - type: tmpfs\n        target: /t\n";
-    let p =
-        gantry_stack::parse("s.yml", yaml, &Default::default(), &|_| Err("none".into())).unwrap();
+    let p = gantry_stack::parse(
+        "s.yml",
+        yaml,
+        &Default::default(),
+        &|_| Err("none".into()),
+        &Default::default(),
+    )
+    .unwrap();
     serde_json::to_value(&p.stack.services["web"]).unwrap()
 }
 

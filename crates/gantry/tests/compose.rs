@@ -1,0 +1,145 @@
+//! Compose files deploy as written, end to end on the dev server (a
+//! manager and an agent in one process on this host): what the file says
+//! reaches the container intact (a password with `#`, a quoted command),
+//! volumes are the ones named (external, with driver options, anonymous),
+//! binds resolve against the stack file's folder.
+
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::*;
+use common::*;
+use serde_json::Value;
+
+#[test]
+fn a_stack_file_reaches_the_container_as_written() {
+    let Some(d) = Dev::start("a_stack_file_reaches_the_container_as_written") else {
+        return;
+    };
+    d.g.busybox_image("bb:1");
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    // An existing volume with data, for `external`.
+    let o = d.cli(&["volume", "create", "legacy_data"]);
+    assert!(o.status.success(), "{}", errtext(&o));
+    let v: Value =
+        serde_json::from_slice(&d.cli(&["volume", "inspect", "legacy_data"]).stdout).unwrap();
+    let mountpoint = v[0]["mountpoint"].as_str().unwrap().to_owned();
+    std::fs::write(format!("{mountpoint}/hello.txt"), "kept\n").unwrap();
+    // A host folder mounted by driver options, and one beside the file.
+    let opt_dir = tempfile::tempdir().unwrap();
+    std::fs::write(opt_dir.path().join("opt.txt"), "by driver_opts\n").unwrap();
+    std::fs::create_dir(p.join("init")).unwrap();
+    std::fs::write(p.join("init/init.sql"), "create table t;\n").unwrap();
+    std::fs::write(p.join(".env"), "PW='s3cret #42'\nUSER_NAME=ann\n").unwrap();
+    let stack = format!(
+        r#"services:
+  db:
+    image: bb:1
+    command: sh -c "echo 'a  b' > /out; exec sleep 100000"
+    stop_grace_period: 1s
+    environment:
+      POSTGRES_PASSWORD: ${{PW}}
+      GREETING: "hello ${{USER_NAME}}: ${{MISSING:-*star*}}"
+    volumes:
+      - legacy:/data
+      - byopts:/opt/mnt
+      - ./init:/init:ro
+      - /anon
+volumes:
+  legacy:
+    external: true
+    name: legacy_data
+  byopts:
+    driver_opts:
+      type: none
+      o: bind
+      device: {}
+"#,
+        opt_dir.path().display()
+    );
+    std::fs::write(p.join("stack.yml"), stack).unwrap();
+    let file = p.join("stack.yml").display().to_string();
+    // From another folder: relative binds follow the file, not the shell.
+    let o = d.cli(&["deploy", "-f", &file, "app"]);
+    assert!(o.status.success(), "{}{}", text(&o), errtext(&o));
+    let id = wait_for("the db container", Duration::from_secs(30), || {
+        let ps = text(&d.cli(&["ps", "-q"]));
+        ps.lines().next().map(str::to_owned).ok_or(ps)
+    });
+    let exec = |args: &[&str]| {
+        let mut a = vec!["exec", id.as_str()];
+        a.extend_from_slice(args);
+        let o = d.cli(&a);
+        assert!(o.status.success(), "{args:?}: {}", errtext(&o));
+        text(&o)
+    };
+    let env = |k: &str| exec(&["sh", "-c", &format!("echo \"${k}\"")]);
+    assert_eq!(env("POSTGRES_PASSWORD"), "s3cret #42\n");
+    assert_eq!(env("GREETING"), "hello ann: *star*\n");
+    wait_for("the command's output", Duration::from_secs(5), || {
+        let o = d.cli(&["exec", &id, "cat", "/out"]);
+        if text(&o) == "a  b\n" {
+            Ok(())
+        } else {
+            Err(text(&o))
+        }
+    });
+    assert_eq!(exec(&["cat", "/data/hello.txt"]), "kept\n");
+    assert_eq!(exec(&["cat", "/opt/mnt/opt.txt"]), "by driver_opts\n");
+    assert_eq!(exec(&["cat", "/init/init.sql"]), "create table t;\n");
+    // The bind is read-only; the anonymous volume is writable.
+    let o = d.cli(&["exec", &id, "touch", "/init/x"]);
+    assert!(!o.status.success(), "a :ro bind took a write");
+    exec(&["touch", "/anon/x"]);
+    let vols = text(&d.cli(&["volume", "ls", "-q"]));
+    assert_eq!(
+        vols.lines().filter(|v| v.contains("-anon-")).count(),
+        1,
+        "{vols}"
+    );
+    assert!(!vols.contains("app_legacy"), "external made anew: {vols}");
+
+    // An external volume that no node has: the task says so.
+    std::fs::write(
+        p.join("missing.yml"),
+        "services:\n  m:\n    image: bb:1\n    command: [sleep, '1000']\n    volumes: [v:/v]\n    deploy:\n      restart_policy: {condition: none}\nvolumes:\n  v: {external: true, name: nothere}\n",
+    )
+    .unwrap();
+    let o = d.cli(&[
+        "deploy",
+        "-d",
+        "-f",
+        &p.join("missing.yml").display().to_string(),
+        "miss",
+    ]);
+    assert!(o.status.success(), "{}", errtext(&o));
+    wait_for(
+        "the missing volume's reason",
+        Duration::from_secs(20),
+        || {
+            let ps = text(&d.cli(&["stack", "ps", "miss"]));
+            if ps.contains("external volume nothere does not exist on node") {
+                Ok(())
+            } else {
+                Err(ps)
+            }
+        },
+    );
+
+    // Removing the stack takes the anonymous volume along, not the others.
+    assert!(d.cli(&["stack", "rm", "app", "miss"]).status.success());
+    wait_for("containers to go", Duration::from_secs(30), || {
+        let ps = text(&d.cli(&["ps", "-aq"]));
+        if ps.trim().is_empty() {
+            Ok(())
+        } else {
+            Err(ps)
+        }
+    });
+    let vols = text(&d.cli(&["volume", "ls", "-q"]));
+    assert!(!vols.contains("-anon-"), "{vols}");
+    assert!(vols.contains("legacy_data"), "{vols}");
+    assert!(opt_dir.path().join("opt.txt").exists());
+}
