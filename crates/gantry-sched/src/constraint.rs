@@ -1,6 +1,11 @@
 //! Placement constraints as compose files write them:
 //! `node.labels.zone == east`, `node.hostname != web-1`,
-//! `node.role == manager`, `node.id == abc`, `node.platform.arch == x86_64`.
+//! `node.role == manager`, `node.id == abc`, `node.platform.arch == x86_64`,
+//! `node.platform.os == linux`. As in Swarm, the field's name is read
+//! without regard to case (`node.Labels.zone`, `node.Role`) and values are
+//! compared without regard to case; a label's key is exact. Architectures
+//! match under Go's names as well as the kernel's (`amd64` is `x86_64`,
+//! `arm64` is `aarch64`).
 
 use std::fmt;
 
@@ -31,6 +36,8 @@ pub enum Field {
     Id,
     /// `node.platform.arch`.
     Arch,
+    /// `node.platform.os` (every Gantry node is `linux`).
+    Os,
 }
 
 /// One `field == value` or `field != value`.
@@ -65,19 +72,25 @@ impl Constraint {
         if value.contains("==") || value.contains("!=") {
             return Err(bad("more than one operator"));
         }
-        let field = match lhs {
+        let lower = lhs.to_ascii_lowercase();
+        let field = match lower.as_str() {
             "node.hostname" => Field::Hostname,
             "node.role" => {
-                if value != "manager" && value != "worker" {
+                if !value.eq_ignore_ascii_case("manager") && !value.eq_ignore_ascii_case("worker") {
                     return Err(bad("node.role is manager or worker"));
                 }
                 Field::Role
             }
             "node.id" => Field::Id,
             "node.platform.arch" => Field::Arch,
+            "node.platform.os" => Field::Os,
+            l if l.starts_with("engine.labels.") => {
+                return Err(bad("Gantry's nodes have one set of labels: write node.labels.KEY"))
+            }
             l => match l.strip_prefix("node.labels.") {
-                Some(k) if !k.is_empty() => Field::Label(k.to_owned()),
-                _ => return Err(bad("expected node.labels.KEY, node.hostname, node.role, node.id or node.platform.arch")),
+                // The key as written: labels are case-sensitive.
+                Some(k) if !k.is_empty() => Field::Label(lhs["node.labels.".len()..].to_owned()),
+                _ => return Err(bad("expected node.labels.KEY, node.hostname, node.role, node.id, node.platform.arch or node.platform.os")),
             },
         };
         Ok(Self {
@@ -95,8 +108,22 @@ impl Constraint {
             Field::Role => Some(if n.manager { "manager" } else { "worker" }),
             Field::Id => Some(&n.id),
             Field::Arch => Some(&n.arch),
+            Field::Os => Some("linux"),
         };
-        (actual == Some(self.value.as_str())) == self.equal
+        let same = actual.is_some_and(|a| match self.field {
+            Field::Arch => arch_name(a) == arch_name(&self.value),
+            _ => a.eq_ignore_ascii_case(&self.value),
+        });
+        same == self.equal
+    }
+}
+
+/// An architecture under the kernel's name, whichever name it was given.
+fn arch_name(a: &str) -> String {
+    match a.to_ascii_lowercase().as_str() {
+        "amd64" | "x86-64" => "x86_64".into(),
+        "arm64" => "aarch64".into(),
+        other => other.to_owned(),
     }
 }
 
@@ -108,6 +135,7 @@ impl fmt::Display for Constraint {
             Field::Role => "node.role".into(),
             Field::Id => "node.id".into(),
             Field::Arch => "node.platform.arch".into(),
+            Field::Os => "node.platform.os".into(),
         };
         write!(
             f,

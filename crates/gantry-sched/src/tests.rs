@@ -337,3 +337,23 @@ proptest! {
         prop_assert!(hi - lo <= 1, "{:?}", counts);
     }
 }
+
+#[test]
+fn constraints_read_as_swarm_reads_them() {
+    let n = node("n1", &[("Zone", "East")]);
+    let yes = |c: &str| crate::Constraint::parse(c).unwrap().matches(&n);
+    assert!(
+        yes("node.Labels.Zone == east"),
+        "field name and value, any case"
+    );
+    assert!(!yes("node.labels.zone == East"), "a label's key is exact");
+    assert!(yes("node.platform.os == linux"));
+    assert!(yes("node.platform.OS == Linux"));
+    assert!(!yes("node.platform.os == windows"));
+    assert!(yes("node.platform.arch == amd64"), "Go's name for x86_64");
+    assert!(yes("node.platform.arch != arm64"));
+    assert!(yes("node.Role == Worker"));
+    assert!(yes("node.hostname == HOST-N1"));
+    let e = crate::Constraint::parse("engine.labels.x == y").unwrap_err();
+    assert!(e.to_string().contains("node.labels"), "{e}");
+}

@@ -26,14 +26,14 @@ pub fn stack_name(n: &str) -> Result<(), String> {
     }
 }
 
-/// A service's (or network's) name in a stack: lowercase letters, digits,
-/// `-` and `_`, from a letter or digit.
+/// A service's (or network's) name in a stack: letters, digits, `-` and
+/// `_`, from a letter or digit.
 pub fn service_name(n: &str) -> Result<(), String> {
     if crate::valid_name(n) && n.len() <= MAX_NAME {
         Ok(())
     } else {
         Err(format!(
-            "invalid service name {}: use lowercase letters, digits, '-' and '_', starting with a letter or digit, at most {MAX_NAME}",
+            "invalid service name {}: use letters, digits, '-' and '_', starting with a letter or digit, at most {MAX_NAME}",
             shown(n)
         ))
     }

@@ -249,6 +249,14 @@ pub fn parse(
         .filter(|s| !s.is_empty())
         .ok_or_else(|| ctx.nowhere("the stack has no services"))?;
     let names: BTreeSet<String> = raw_services.keys().cloned().collect();
+    let mut folded = BTreeMap::new();
+    for n in &names {
+        if let Some(other) = folded.insert(n.to_ascii_lowercase(), n) {
+            return Err(ctx.nowhere(format!(
+                "services {other} and {n} differ only in case: their DNS names would be the same"
+            )));
+        }
+    }
     let mut services = BTreeMap::new();
     let mut deps_at = BTreeMap::new();
     for (name, s) in raw_services {
@@ -300,10 +308,13 @@ fn valid_volume(n: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
+/// A service's or network's name: letters (either case, as Compose and
+/// Swarm allow; DNS reads them without case), digits, `-` and `_`, from a
+/// letter or digit. (Compose's `.` would split a DNS name.)
 fn valid_name(n: &str) -> bool {
     n.starts_with(|c: char| c.is_ascii_alphanumeric())
         && n.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -198,9 +198,18 @@ fn whole_file_problems() {
     assert!(parse_err("services:\n  web:\n    command: echo\n")
         .msg
         .contains("no image"));
-    assert!(parse_err("services:\n  Web:\n    image: x\n")
+    assert!(parse_err("services:\n  we.b:\n    image: x\n")
         .msg
         .contains("invalid service name"));
+    assert!(parse_ok("services:\n  Web:\n    image: x\n")
+        .stack
+        .services
+        .contains_key("Web"));
+    assert!(
+        parse_err("services:\n  Web:\n    image: x\n  web:\n    image: x\n")
+            .msg
+            .contains("differ only in case")
+    );
     let e = parse_err("services:\n  a:\n    image: x\n    depends_on: [b]\n  b:\n    image: x\n    depends_on: [a]\n");
     assert!(e.msg.contains("cycle among a, b"), "{e}");
     let e = parse_err("services:\n  web:\n    image: x\n    deploy: {mode: global, replicas: 2}\n");
