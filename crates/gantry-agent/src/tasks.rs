@@ -782,6 +782,13 @@ impl Agent {
         c.resources.memory = svc.limits.memory;
         c.resources.nano_cpus = svc.limits.nano_cpus;
         c.resources.pids = svc.limits.pids;
+        c.read_only = svc.read_only;
+        if let Some(size) = svc.log_max_size {
+            c.log_max_size = size;
+        }
+        if let Some(n) = svc.log_max_files {
+            c.log_max_files = n;
+        }
         c.ports = svc
             .ports
             .iter()

@@ -241,7 +241,7 @@ fn service_name(q: &Query) -> Result<String, DfpError> {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ServiceDest {
-    /// Paths.
+    /// ParseOptions.
     pub service_path: Vec<String>,
     /// Domains.
     pub service_domain: Vec<String>,

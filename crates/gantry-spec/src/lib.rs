@@ -288,6 +288,16 @@ pub struct Service {
     pub stop_signal: Option<String>,
     /// Stop grace period, nanoseconds.
     pub stop_grace_period_ns: u64,
+    /// The container's root filesystem is read-only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    /// The log file's size before it rotates, bytes (logging max-size);
+    /// none: the node's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_max_size: Option<u64>,
+    /// Log files kept (logging max-file); none: the node's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_max_files: Option<u32>,
 }
 
 impl Default for RestartPolicy {
@@ -349,6 +359,9 @@ impl Service {
             hostname: None,
             stop_signal: None,
             stop_grace_period_ns: 10_000_000_000,
+            read_only: false,
+            log_max_size: None,
+            log_max_files: None,
         }
     }
 

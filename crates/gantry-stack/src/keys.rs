@@ -1,193 +1,496 @@
-//! Keys the stack parser knows, for warnings that name unknown ones (a
-//! typo like `replica:` must not pass in silence), and keys it knows but a
-//! stack ignores, as `docker stack deploy` does.
+//! Every key of the compose specification in exactly one of three
+//! classes: honoured; accepted with a note saying why it does not apply in
+//! a cluster (a warning); refused with an error that says what to write
+//! instead, at the key's line and column. A key the specification does not
+//! have is a warning naming it (a typo like `replica:` must not pass in
+//! silence). `x-` extensions are the user's, but for Gantry's `x-gantry`.
+//!
+//! [`support_table`] renders the classes as the support table of
+//! `docs/compose.md`; a test keeps the two the same.
 
-use serde_json::Value;
+use serde_saphyr::Location;
 
-/// The keys allowed in the mapping at `path` (`*` stands for a user-chosen
-/// name, `#` for a list index).
-fn allowed(path: &[&str]) -> Option<&'static [&'static str]> {
+use crate::tree::Tree;
+
+/// What Gantry does with a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// It means what Compose and Swarm say it means.
+    Honoured(&'static str),
+    /// Accepted and ignored, with this note.
+    Noted(&'static str),
+    /// Refused, with what to write instead.
+    Refused(&'static str),
+}
+
+use Class::{Honoured as Y, Noted as N, Refused as R};
+
+const TOP: &[(&str, Class)] = &[
+    ("services", Y("")),
+    ("volumes", Y("")),
+    ("networks", Y("")),
+    ("version", N("obsolete in the Compose specification")),
+    ("name", N("the stack's name is the one given to `gantry deploy`")),
+    ("include", R("merge the files into one, or deploy them as separate stacks")),
+    ("configs", R("configs arrive with Gantry's secrets and configs (part 8); until then, bind a file")),
+    ("secrets", R("secrets arrive with Gantry's secrets and configs (part 8); until then, use environment")),
+    ("models", R("models are a Docker Desktop feature; not available")),
+];
+
+const SERVICE: &[(&str, Class)] = &[
+    ("image", Y("validated as an image reference")),
+    ("command", Y("a string is split as a shell splits words")),
+    ("entrypoint", Y("a string is split as a shell splits words")),
+    ("environment", Y("")),
+    ("env_file", Y("read beside the stack file, interpolated as `.env`")),
+    ("labels", Y("container labels")),
+    ("ports", Y("short and long syntax, host IP, ranges, udp")),
+    ("volumes", Y("short and long syntax; relative and `~` binds resolve against the stack file's folder")),
+    ("tmpfs", Y("with `size=`")),
+    ("healthcheck", Y("")),
+    ("depends_on", Y("start order; a dependency with a health check is waited for until healthy")),
+    ("deploy", Y("")),
+    ("networks", Y("")),
+    ("hostname", Y("")),
+    ("user", Y("")),
+    ("working_dir", Y("")),
+    ("stop_signal", Y("")),
+    ("stop_grace_period", Y("")),
+    ("read_only", Y("")),
+    ("mem_limit", Y("as deploy.resources.limits.memory")),
+    ("mem_reservation", Y("as deploy.resources.reservations.memory")),
+    ("cpus", Y("as deploy.resources.limits.cpus")),
+    ("pids_limit", Y("as deploy.resources.limits.pids")),
+    ("scale", Y("as deploy.replicas")),
+    ("restart", Y("mapped onto deploy.restart_policy (no: none; always, unless-stopped: any; on-failure[:N]), with a note")),
+    ("profiles", Y("a service with profiles deploys only when one is active (`--profile`, COMPOSE_PROFILES)")),
+    ("logging", Y("json-file and local: max-size and max-file; Gantry keeps every task's logs itself")),
+    ("platform", Y("linux only; the architecture becomes a placement constraint")),
+    ("x-gantry", Y("Gantry's own settings: strategy, rebalance, metadata")),
+    ("container_name", N("a service's containers are named STACK_SERVICE.SLOT.TASK, as Swarm names them")),
+    ("expose", N("documentation only: a task's ports are reachable from its networks")),
+    ("build", N("a stack deploys images: build and push first (the image key is used)")),
+    ("stdin_open", N("a service has no terminal")),
+    ("tty", N("a service has no terminal")),
+    ("pull_policy", N("nodes pull an image when they do not have it")),
+    ("external_links", N("reach other stacks' services over a shared network")),
+    ("domainname", N("not set in service containers")),
+    ("cpu_shares", N("use deploy.resources.limits.cpus")),
+    ("cpu_quota", N("use deploy.resources.limits.cpus")),
+    ("cpu_period", N("use deploy.resources.limits.cpus")),
+    ("cpu_count", N("use deploy.resources.limits.cpus")),
+    ("cpu_percent", N("use deploy.resources.limits.cpus")),
+    ("cpu_rt_runtime", N("real-time scheduling is not offered")),
+    ("cpu_rt_period", N("real-time scheduling is not offered")),
+    ("cpuset", N("tasks are not pinned to CPUs")),
+    ("blkio_config", N("block I/O weights and limits are not applied")),
+    ("oom_score_adj", N("not applied")),
+    ("oom_kill_disable", N("not applied: a task over its memory limit is killed")),
+    ("mem_swappiness", N("not applied")),
+    ("memswap_limit", N("not applied: tasks do not swap beyond their limit")),
+    ("shm_size", N("/dev/shm is the kernel's default size")),
+    ("isolation", N("a Windows setting")),
+    ("credential_spec", N("a Windows setting")),
+    ("annotations", N("not applied")),
+    ("attach", N("`gantry service logs` follows a service's output")),
+    ("develop", N("a `docker compose watch` setting")),
+    ("cap_add", R("not supported yet; the container keeps Docker's default capabilities")),
+    ("cap_drop", R("not supported yet; the container keeps Docker's default capabilities")),
+    ("sysctls", R("not supported yet")),
+    ("ulimits", R("not supported yet")),
+    ("init", R("not supported yet; run an init (tini) as the entrypoint")),
+    ("extra_hosts", R("not supported yet; reach services by name")),
+    ("dns", R("not supported yet; the node's DNS answers service names and forwards the rest")),
+    ("dns_search", R("not supported yet")),
+    ("dns_opt", R("not supported yet")),
+    ("security_opt", R("not supported yet; tasks run with no-new-privileges and the default seccomp profile")),
+    ("links", R("not supported yet; services on a shared network reach each other by name")),
+    ("privileged", R("not allowed in a stack: add the capabilities the program needs")),
+    ("network_mode", R("tasks are on the stack's networks; publish ports with mode: host to use the node's address")),
+    ("pid", R("a task has its own process namespace")),
+    ("ipc", R("a task has its own IPC namespace")),
+    ("uts", R("a task has its own host name")),
+    ("userns_mode", R("not offered")),
+    ("devices", R("host devices are not given to tasks")),
+    ("device_cgroup_rules", R("host devices are not given to tasks")),
+    ("gpus", R("GPUs are not offered")),
+    ("cgroup", R("a task has its own cgroup namespace")),
+    ("cgroup_parent", R("tasks' cgroups are Gantry's")),
+    ("storage_opt", R("not offered")),
+    ("runtime", R("tasks run in Gantry's own runtime")),
+    ("volumes_from", R("declare the volume and mount it in both services")),
+    ("extends", R("merge the services by hand, or use YAML anchors and `<<`")),
+    ("configs", R("configs arrive with Gantry's secrets and configs (part 8); until then, bind a file")),
+    ("secrets", R("secrets arrive with Gantry's secrets and configs (part 8); until then, use environment")),
+    ("group_add", R("not supported yet: give the user's groups in the image")),
+    ("mac_address", R("task addresses are the overlay's")),
+    ("label_file", R("write the labels in the file")),
+    ("post_start", R("run it from the entrypoint")),
+    ("pre_stop", R("handle the stop signal in the program")),
+    ("provider", R("not offered")),
+    ("use_api_socket", R("there is no Docker API socket on Gantry's nodes")),
+    ("models", R("models are a Docker Desktop feature; not available")),
+];
+
+/// The keys of each nested mapping of a service (all honoured unless a
+/// class says otherwise), by path below the service.
+fn nested(path: &[&str]) -> Option<&'static [(&'static str, Class)]> {
     Some(match path {
-        [] => &[
-            "version", "name", "services", "volumes", "networks", "configs", "secrets",
+        ["healthcheck"] => &[
+            ("test", Y("")),
+            ("interval", Y("")),
+            ("timeout", Y("")),
+            ("start_period", Y("")),
+            ("start_interval", N("checks run every interval during the start period too")),
+            ("retries", Y("")),
+            ("disable", Y("")),
         ],
-        ["services", _] => &[
-            "image",
-            "command",
-            "entrypoint",
-            "environment",
-            "env_file",
-            "labels",
-            "ports",
-            "volumes",
-            "tmpfs",
-            "healthcheck",
-            "depends_on",
-            "deploy",
-            "networks",
-            "hostname",
-            "user",
-            "working_dir",
-            "stop_signal",
-            "stop_grace_period",
-            "build",
-            "container_name",
-            "restart",
-            "x-gantry",
+        ["deploy"] => &[
+            ("mode", Y("replicated or global")),
+            ("replicas", Y("")),
+            ("resources", Y("")),
+            ("placement", Y("")),
+            ("restart_policy", Y("")),
+            ("update_config", Y("")),
+            ("rollback_config", Y("")),
+            ("labels", Y("service labels")),
+            ("endpoint_mode", N("Gantry has no virtual IPs: a service's DNS name answers its tasks' addresses in turn, as dnsrr")),
         ],
-        ["services", _, "healthcheck"] => &[
-            "test",
-            "interval",
-            "timeout",
-            "start_period",
-            "start_interval",
-            "retries",
-            "disable",
-        ],
-        ["services", _, "deploy"] => &[
-            "mode",
-            "replicas",
-            "resources",
-            "placement",
-            "restart_policy",
-            "update_config",
-            "rollback_config",
-            "labels",
-            "endpoint_mode",
-        ],
-        ["services", _, "deploy", "resources"] => &["limits", "reservations"],
-        ["services", _, "deploy", "resources", _] => &["cpus", "memory", "pids"],
-        ["services", _, "deploy", "placement"] => {
-            &["constraints", "preferences", "max_replicas_per_node"]
+        ["deploy", "resources"] => &[("limits", Y("")), ("reservations", Y(""))],
+        ["deploy", "resources", "limits"] => {
+            &[("cpus", Y("")), ("memory", Y("")), ("pids", Y(""))]
         }
-        ["services", _, "deploy", "placement", "preferences", _] => &["spread"],
-        ["services", _, "deploy", "restart_policy"] => {
-            &["condition", "delay", "max_attempts", "window"]
-        }
-        ["services", _, "deploy", "update_config" | "rollback_config"] => &[
-            "parallelism",
-            "delay",
-            "order",
-            "failure_action",
-            "monitor",
-            "max_failure_ratio",
+        ["deploy", "resources", "reservations"] => &[
+            ("cpus", Y("")),
+            ("memory", Y("")),
+            ("pids", N("a reservation of processes means nothing; use limits.pids")),
+            ("generic_resources", R("not offered")),
+            ("devices", R("devices (GPUs) are not offered")),
         ],
-        ["services", _, "ports", _] => &[
-            "target",
-            "published",
-            "protocol",
-            "mode",
-            "host_ip",
-            "name",
-            "app_protocol",
+        ["deploy", "placement"] => &[
+            ("constraints", Y("")),
+            ("preferences", Y("")),
+            ("max_replicas_per_node", R("not supported yet: use mode: global, or a constraint")),
         ],
-        ["services", _, "volumes", _] => &[
-            "type",
-            "source",
-            "target",
-            "read_only",
-            "volume",
-            "bind",
-            "tmpfs",
+        ["deploy", "placement", "preferences", _] => &[("spread", Y(""))],
+        ["deploy", "restart_policy"] => &[
+            ("condition", Y("")),
+            ("delay", Y("")),
+            ("max_attempts", Y("")),
+            ("window", Y("")),
         ],
-        ["services", _, "depends_on", _] => &["condition", "restart", "required"],
-        ["services", _, "x-gantry"] => &["strategy", "rebalance", "metadata"],
-        ["volumes" | "networks", _] => &[
-            "driver",
-            "driver_opts",
-            "labels",
-            "external",
-            "name",
-            "attachable",
-            "internal",
+        ["deploy", "update_config" | "rollback_config"] => &[
+            ("parallelism", Y("")),
+            ("delay", Y("")),
+            ("order", Y("")),
+            ("failure_action", Y("")),
+            ("monitor", Y("")),
+            ("max_failure_ratio", Y("")),
+        ],
+        ["ports", _] => &[
+            ("target", Y("")),
+            ("published", Y("")),
+            ("protocol", Y("")),
+            ("mode", Y("")),
+            ("host_ip", Y("")),
+            ("name", N("a name for people; not used")),
+            ("app_protocol", N("a hint for people; not used")),
+        ],
+        ["volumes", _] => &[
+            ("type", Y("volume, bind or tmpfs")),
+            ("source", Y("")),
+            ("target", Y("")),
+            ("read_only", Y("")),
+            ("volume", Y("")),
+            ("bind", Y("")),
+            ("tmpfs", Y("")),
+            ("consistency", N("a Docker Desktop setting")),
+        ],
+        ["volumes", _, "volume"] => &[
+            ("nocopy", Y("")),
+            ("subpath", R("mount the volume and point the program at the folder")),
+        ],
+        ["volumes", _, "bind"] => &[
+            ("propagation", Y("")),
+            ("create_host_path", R("a stack's bind source must exist on the node")),
+            ("selinux", N("Gantry's nodes do not relabel for SELinux")),
+        ],
+        ["volumes", _, "tmpfs"] => &[("size", Y("")), ("mode", N("tmpfs mounts are mode 1777"))],
+        ["depends_on", _] => &[
+            ("condition", Y("service_healthy and service_started wait for the dependency")),
+            ("restart", N("a dependency's restart does not restart its dependents")),
+            ("required", N("every dependency is required")),
+        ],
+        ["logging"] => &[("driver", Y("")), ("options", Y(""))],
+        ["x-gantry"] => &[
+            ("strategy", Y("")),
+            ("rebalance", Y("")),
+            ("metadata", Y("")),
         ],
         _ => return None,
     })
 }
 
-/// Keys a stack accepts but does not act on (Swarm ignores them too).
-const IGNORED: [&str; 3] = ["build", "container_name", "restart"];
+const VOLUME: &[(&str, Class)] = &[
+    ("driver", Y("local only; another driver is refused by name")),
+    ("driver_opts", Y("the local driver's type, o and device")),
+    ("labels", Y("")),
+    (
+        "external",
+        Y("mounted as it is; a task goes where it exists"),
+    ),
+    ("name", Y("the volume's name on the nodes, as given")),
+];
 
-/// Walks the document and returns one warning per unknown or ignored key.
-pub(crate) fn warnings(doc: &Value) -> Vec<String> {
+const NETWORK: &[(&str, Class)] = &[
+    (
+        "driver",
+        N("every stack network is one of Gantry's overlay networks"),
+    ),
+    ("driver_opts", N("the overlay takes no options")),
+    ("labels", N("not kept")),
+    (
+        "attachable",
+        N("containers outside the stack do not join stack networks"),
+    ),
+    (
+        "name",
+        R("not supported yet: stack networks are named STACK_NETWORK"),
+    ),
+    (
+        "external",
+        R("not supported yet: shared networks between stacks arrive with `gantry network create`"),
+    ),
+    (
+        "internal",
+        R("not supported yet: a stack network reaches the outside through its node"),
+    ),
+    (
+        "ipam",
+        R("addresses come from the cluster's own address plan"),
+    ),
+    ("enable_ipv6", R("the overlay is IPv4")),
+    ("enable_ipv4", N("the overlay is IPv4")),
+];
+
+/// What the key checks found: warnings, or the first refused key.
+pub(crate) fn check(doc: &Tree) -> Result<Vec<String>, (Location, String)> {
     let mut out = Vec::new();
-    walk(doc, &mut Vec::new(), &mut out);
-    out
+    let Tree::Map(top) = doc else {
+        return Ok(out);
+    };
+    for (k, v) in top {
+        let key = k.value.as_str();
+        if key.starts_with("x-") {
+            continue;
+        }
+        match class(TOP, key) {
+            None => {
+                out.push(format!("unknown key {key} is ignored"));
+                continue;
+            }
+            Some(c) => apply(c, key, k, &mut out)?,
+        }
+        let Tree::Map(entries) = v else { continue };
+        for (name, body) in entries {
+            let Tree::Map(fields) = body else { continue };
+            let (table, what) = match key {
+                "services" => (SERVICE, "services"),
+                "volumes" => (VOLUME, "volumes"),
+                "networks" => (NETWORK, "networks"),
+                _ => continue,
+            };
+            for (fk, fv) in fields {
+                let f = fk.value.as_str();
+                let shown = format!("{what}.{}.{f}", name.value);
+                if f.starts_with("x-") && !(what == "services" && f == "x-gantry") {
+                    continue;
+                }
+                match class(table, f) {
+                    None => out.push(format!("unknown key {shown} is ignored")),
+                    Some(c) => {
+                        apply(c, &shown, fk, &mut out)?;
+                        if what == "services" && matches!(c, Y(_)) {
+                            walk(fv, &mut vec![f.to_owned()], &shown, &mut out)?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
-fn walk(v: &Value, path: &mut Vec<String>, out: &mut Vec<String>) {
+fn class(table: &[(&str, Class)], key: &str) -> Option<Class> {
+    table.iter().find(|(k, _)| *k == key).map(|(_, c)| *c)
+}
+
+fn apply(
+    c: Class,
+    shown: &str,
+    at: &serde_saphyr::Spanned<String>,
+    out: &mut Vec<String>,
+) -> Result<(), (Location, String)> {
+    match c {
+        Y(_) => Ok(()),
+        N(why) => {
+            out.push(format!("{shown} is ignored: {why}"));
+            Ok(())
+        }
+        R(instead) => Err((
+            at.referenced,
+            format!("{shown} is not supported: {instead}"),
+        )),
+    }
+}
+
+/// Walks a service's nested mappings below `path` (`#` stands for a list
+/// index, `*` for a user-chosen name).
+fn walk(
+    v: &Tree,
+    path: &mut Vec<String>,
+    shown: &str,
+    out: &mut Vec<String>,
+) -> Result<(), (Location, String)> {
     match v {
-        Value::Object(map) => {
-            let owned = path.clone();
-            let p: Vec<&str> = owned.iter().map(String::as_str).collect();
-            let known = allowed(&p);
+        Tree::Map(map) => {
+            let p: Vec<&str> = path.iter().map(String::as_str).collect();
+            let table = nested(&p);
             for (k, child) in map {
-                let ours = p.len() == 2 && p[0] == "services" && k == "x-gantry";
-                if k.starts_with("x-") && !ours {
-                    continue; // extensions are the user's business
+                let key = k.value.as_str();
+                if key.starts_with("x-") {
+                    continue;
                 }
-                let shown = if p.is_empty() {
-                    k.clone()
+                let here = format!("{shown}.{key}");
+                if let Some(t) = table {
+                    match class(t, key) {
+                        None => {
+                            out.push(format!("unknown key {here} is ignored"));
+                            continue;
+                        }
+                        Some(c) => apply(c, &here, k, out)?,
+                    }
+                }
+                // A mapping whose keys are names (depends_on, labels...)
+                // walks its values under `*`.
+                let step = if table.is_some() {
+                    key.to_owned()
                 } else {
-                    format!("{}.{k}", p.join("."))
+                    "*".to_owned()
                 };
-                match known {
-                    Some(keys) if !keys.contains(&k.as_str()) => {
-                        out.push(format!("unknown key {shown} is ignored"));
-                        continue;
-                    }
-                    Some(_)
-                        if p.len() == 2 && p[0] == "services" && IGNORED.contains(&k.as_str()) =>
-                    {
-                        out.push(format!(
-                            "{shown} is not supported in a stack and is ignored"
-                        ));
-                        continue;
-                    }
-                    _ => {}
-                }
-                // User-chosen names become `*` in the schema path, so the
-                // message keeps the real name but the lookup matches.
-                path.push(k.clone());
-                walk(child, path, out);
+                path.push(step);
+                walk(child, path, &here, out)?;
                 path.pop();
             }
         }
-        Value::Array(items) => {
-            for item in items {
+        Tree::Seq(items) => {
+            for (i, item) in items.iter().enumerate() {
                 path.push("#".into());
-                walk(item, path, out);
+                walk(item, path, &format!("{shown}.{i}"), out)?;
                 path.pop();
             }
         }
         _ => {}
     }
+    Ok(())
+}
+
+/// The support table of `docs/compose.md`: every key with its class.
+pub fn support_table() -> String {
+    let mut s = String::from("| key | Gantry | note |\n|---|---|---|\n");
+    let mut row = |key: String, c: &Class| {
+        let (what, note) = match c {
+            Y(n) => ("honoured", *n),
+            N(n) => ("accepted, ignored", *n),
+            R(n) => ("refused", *n),
+        };
+        s.push_str(&format!(
+            "| `{key}` | {what} | {} |\n",
+            note.replace('|', "\\|")
+        ));
+    };
+    for (k, c) in TOP {
+        row((*k).to_owned(), c);
+    }
+    for (k, c) in SERVICE {
+        row(format!("services.*.{k}"), c);
+    }
+    let paths: &[&[&str]] = &[
+        &["healthcheck"],
+        &["deploy"],
+        &["deploy", "resources", "reservations"],
+        &["deploy", "placement"],
+        &["ports", "#"],
+        &["volumes", "#"],
+        &["volumes", "#", "volume"],
+        &["volumes", "#", "bind"],
+        &["volumes", "#", "tmpfs"],
+        &["depends_on", "*"],
+        &["logging"],
+    ];
+    for p in paths {
+        for (k, c) in nested(p).unwrap_or_default() {
+            row(format!("services.*.{}.{k}", p.join(".")), c);
+        }
+    }
+    for (k, c) in VOLUME {
+        row(format!("volumes.*.{k}"), c);
+    }
+    for (k, c) in NETWORK {
+        row(format!("networks.*.{k}"), c);
+    }
+    s
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn tree(y: &str) -> Tree {
+        serde_saphyr::from_str(y).unwrap()
+    }
+
     #[test]
-    fn names_unknown_and_ignored_keys() {
-        let doc = serde_json::json!({
-            "services": {"web": {"image": "x", "replica": 3, "restart": "always",
-                                 "deploy": {"replicas": 2, "placment": {}},
-                                 "ports": [{"target": 80, "publishd": 8080}],
-                                 "x-anything": 1}},
-            "x-common": {"anything": true},
-            "volumes": {"data": {"drivr": "local"}},
-        });
-        let w = warnings(&doc);
+    fn names_unknown_and_noted_keys_and_locates_refused_ones() {
+        let doc = tree(
+            "services:\n  web:\n    image: x\n    replica: 3\n    container_name: w\n    deploy:\n      replicas: 2\n      placment: {}\n    ports:\n      - {target: 80, publishd: 8080}\n    depends_on:\n      db: {condition: service_healthy}\n    x-anything: 1\nx-common: {anything: true}\nvolumes:\n  data: {drivr: local}\n",
+        );
+        let w = check(&doc).unwrap();
         assert_eq!(
             w,
             vec![
-                "unknown key services.web.deploy.placment is ignored",
-                "unknown key services.web.ports.#.publishd is ignored",
                 "unknown key services.web.replica is ignored",
-                "services.web.restart is not supported in a stack and is ignored",
+                "services.web.container_name is ignored: a service's containers are named STACK_SERVICE.SLOT.TASK, as Swarm names them",
+                "unknown key services.web.deploy.placment is ignored",
+                "unknown key services.web.ports.0.publishd is ignored",
                 "unknown key volumes.data.drivr is ignored",
             ]
         );
+        let (at, msg) = check(&tree(
+            "services:\n  web:\n    image: x\n    privileged: true\n",
+        ))
+        .unwrap_err();
+        assert_eq!((at.line(), at.column()), (4, 5));
+        assert!(
+            msg.contains("services.web.privileged is not supported: "),
+            "{msg}"
+        );
+        let (at, _) =
+            check(&tree("services:\n  web:\n    image: x\n    deploy:\n      placement:\n        max_replicas_per_node: 1\n")).unwrap_err();
+        assert_eq!(at.line(), 6);
+    }
+
+    #[test]
+    fn every_key_is_in_one_class_once() {
+        let mut all: Vec<String> = support_table()
+            .lines()
+            .skip(2)
+            .map(|l| l.split('|').nth(1).unwrap().trim().to_owned())
+            .collect();
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        // (configs and secrets stand at the top and in services.)
+        assert_eq!(all.len(), n, "a key is listed twice");
     }
 }

@@ -12,10 +12,12 @@
 //! what `gantry stack config` prints.
 
 pub mod check;
+mod compat;
 mod interpolate;
 mod keys;
 mod mounts;
 mod raw;
+mod tree;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -23,7 +25,8 @@ use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
 pub use interpolate::{expand, parse_env_file, MAX_FILE};
-pub use mounts::{Paths, LOCAL_DRIVER_OPTS};
+pub use keys::{support_table, Class};
+pub use mounts::{ParseOptions, LOCAL_DRIVER_OPTS};
 
 pub use gantry_spec::{
     Amounts, Healthcheck, Mode, Mount, MountType, Port, PortMode, RestartPolicy, Service,
@@ -200,7 +203,7 @@ pub fn parse(
     text: &str,
     env: &BTreeMap<String, String>,
     load_env_file: &EnvFileLoader<'_>,
-    paths: &Paths,
+    paths: &ParseOptions,
 ) -> Result<Parsed, StackError> {
     let ctx = Ctx { file };
     if text.len() > interpolate::MAX_FILE {
@@ -220,17 +223,15 @@ pub fn parse(
         }
     };
     // The file as written, for the keys and the variables it names.
-    let doc: serde_json::Value =
+    let doc: tree::Tree =
         serde_saphyr::from_str_with_options(text, interpolate::yaml_options(None))
             .map_err(yaml_err)?;
-    if !doc.is_object() {
+    if !matches!(doc, tree::Tree::Map(_)) {
         return Err(ctx.nowhere("a stack file is a mapping with a services key"));
     }
-    let mut warnings = keys::warnings(&doc);
+    let mut warnings = keys::check(&doc).or_else(|(at, msg)| ctx.err(&at, msg))?;
     let mut unset = Vec::new();
-    strings(&doc, &mut |s| {
-        interpolate::unset_references(s, env, &mut unset)
-    });
+    doc.strings(&mut |s| interpolate::unset_references(s, env, &mut unset));
     unset.sort();
     unset.dedup();
     for v in unset {
@@ -244,10 +245,49 @@ pub fn parse(
     let volumes = mounts::declared(&ctx, raw.volumes.unwrap_or_default())?;
     let mut networks: BTreeSet<String> = raw.networks.unwrap_or_default().into_keys().collect();
     networks.insert("default".into());
-    let raw_services = raw
+    let mut raw_services = raw
         .services
         .filter(|s| !s.is_empty())
         .ok_or_else(|| ctx.nowhere("the stack has no services"))?;
+    // Profiles: a service that has some deploys only when one is active.
+    let active = |p: &Vec<String>| {
+        p.is_empty() || paths.profiles.contains("*") || p.iter().any(|x| paths.profiles.contains(x))
+    };
+    let disabled: BTreeMap<String, Vec<String>> = raw_services
+        .iter()
+        .filter_map(|(n, s)| {
+            let p = s.profiles.clone().unwrap_or_default();
+            (!active(&p)).then(|| (n.clone(), p))
+        })
+        .collect();
+    raw_services.retain(|n, _| !disabled.contains_key(n));
+    if raw_services.is_empty() {
+        return Err(ctx.nowhere(format!(
+            "every service is in a profile that is not active ({}): give --profile",
+            disabled
+                .values()
+                .flatten()
+                .cloned()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    for (n, s) in &raw_services {
+        if let Some(d) = &s.depends_on {
+            let deps: Vec<&String> = match &d.value {
+                raw::DependsOn::List(l) => l.iter().collect(),
+                raw::DependsOn::Map(m) => m.keys().collect(),
+            };
+            if let Some((dep, p)) = deps.iter().find_map(|x| disabled.get_key_value(*x)) {
+                return ctx.err(
+                    &d.referenced,
+                    format!("service {n} depends on {dep}, whose profiles ({}) are not active: add --profile {}", p.join(", "), p[0]),
+                );
+            }
+        }
+    }
     let names: BTreeSet<String> = raw_services.keys().cloned().collect();
     let mut folded = BTreeMap::new();
     for n in &names {
@@ -289,16 +329,6 @@ pub fn parse(
     })
 }
 
-/// Calls `f` on every string value of a document (not on keys).
-fn strings(v: &serde_json::Value, f: &mut dyn FnMut(&str)) {
-    match v {
-        serde_json::Value::String(s) => f(s),
-        serde_json::Value::Array(a) => a.iter().for_each(|x| strings(x, f)),
-        serde_json::Value::Object(m) => m.values().for_each(|x| strings(x, f)),
-        _ => {}
-    }
-}
-
 /// A volume's name as Docker has it: letters, digits, `_`, `.` and `-`,
 /// from a letter or digit.
 fn valid_volume(n: &str) -> bool {
@@ -327,7 +357,7 @@ fn service(
     networks: &BTreeSet<String>,
     env: &BTreeMap<String, String>,
     load_env_file: &EnvFileLoader<'_>,
-    paths: &Paths,
+    paths: &ParseOptions,
     warnings: &mut Vec<String>,
     deps_at: &mut BTreeMap<String, serde_saphyr::Location>,
 ) -> Result<Service, StackError> {
@@ -456,6 +486,21 @@ fn service(
         }
     };
     let d = s.deploy.unwrap_or_default();
+    let deployed = compat::Deployed {
+        replicas: d.replicas.is_some(),
+        restart_policy: d.restart_policy.is_some(),
+    };
+    let compat_keys = compat::Keys {
+        read_only: s.read_only,
+        mem_limit: s.mem_limit,
+        mem_reservation: s.mem_reservation,
+        cpus: s.cpus,
+        pids_limit: s.pids_limit,
+        scale: s.scale,
+        restart: s.restart,
+        logging: s.logging,
+        platform: s.platform,
+    };
     let mode = match d.mode.as_ref().map(|m| (m.value.as_str(), m.referenced)) {
         None | Some(("replicated", _)) => {
             let replicas = match &d.replicas {
@@ -569,7 +614,7 @@ fn service(
             })?),
         },
     };
-    Ok(Service {
+    let mut svc = Service {
         image,
         command: ctx.words(name, "command", s.command)?,
         entrypoint: ctx.words(name, "entrypoint", s.entrypoint)?,
@@ -597,7 +642,12 @@ fn service(
         hostname: s.hostname,
         stop_signal: s.stop_signal,
         stop_grace_period_ns: ctx.duration(&s.stop_grace_period, 10_000_000_000)?,
-    })
+        read_only: false,
+        log_max_size: None,
+        log_max_files: None,
+    };
+    compat::apply(ctx, name, compat_keys, &deployed, &mut svc, warnings)?;
+    Ok(svc)
 }
 
 fn amounts(ctx: &Ctx<'_>, name: &str, a: Option<raw::Amounts>) -> Result<Amounts, StackError> {

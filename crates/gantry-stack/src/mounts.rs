@@ -12,13 +12,17 @@ use crate::{Ctx, Mount, MountType, StackError, VolumeOptions};
 /// The options of Docker's local driver.
 pub const LOCAL_DRIVER_OPTS: [&str; 3] = ["type", "o", "device"];
 
-/// Where relative and `~` bind sources are resolved.
+/// What a stack file is read against beyond its variables: where
+/// relative and `~` bind sources resolve, and the active profiles.
 #[derive(Debug, Clone, Default)]
-pub struct Paths {
+pub struct ParseOptions {
     /// The stack file's folder, absolute (none: relative binds refused).
     pub dir: Option<PathBuf>,
     /// The home folder of the user running the CLI (for `~`).
     pub home: Option<PathBuf>,
+    /// Active profiles (`--profile`, COMPOSE_PROFILES); `*` makes every
+    /// profile active.
+    pub profiles: std::collections::BTreeSet<String>,
 }
 
 /// The top-level `volumes:` key: each volume's options.
@@ -92,7 +96,7 @@ pub(crate) fn declared(
 
 /// Resolves a bind source written relative (`./x`, `../x`) or in the home
 /// folder (`~`, `~/x`) to an absolute, normalised path.
-pub(crate) fn bind_source(src: &str, paths: &Paths) -> Result<String, String> {
+pub(crate) fn bind_source(src: &str, paths: &ParseOptions) -> Result<String, String> {
     let joined = if src.starts_with('/') {
         PathBuf::from(src)
     } else if let Some(rest) = src.strip_prefix('~') {
@@ -129,7 +133,7 @@ pub(crate) fn bind_source(src: &str, paths: &Paths) -> Result<String, String> {
 pub(crate) fn mount(
     v: &raw::Volume,
     declared: &BTreeMap<String, VolumeOptions>,
-    paths: &Paths,
+    paths: &ParseOptions,
     warnings: &mut Vec<String>,
 ) -> Result<Mount, String> {
     let named = |source: &str, nocopy: bool| -> Result<VolumeOptions, String> {
@@ -294,9 +298,10 @@ mod tests {
 
     #[test]
     fn bind_sources_resolve_against_the_folder_and_home() {
-        let p = Paths {
+        let p = ParseOptions {
             dir: Some("/srv/app".into()),
             home: Some("/home/ann".into()),
+            ..ParseOptions::default()
         };
         assert_eq!(bind_source("./init", &p).unwrap(), "/srv/app/init");
         assert_eq!(bind_source("../shared/x", &p).unwrap(), "/srv/shared/x");
@@ -304,6 +309,6 @@ mod tests {
         assert_eq!(bind_source("~", &p).unwrap(), "/home/ann");
         assert_eq!(bind_source("/a/./b/../c", &p).unwrap(), "/a/c");
         assert!(bind_source("~bob/x", &p).is_err());
-        assert!(bind_source("./x", &Paths::default()).is_err());
+        assert!(bind_source("./x", &ParseOptions::default()).is_err());
     }
 }

@@ -68,8 +68,24 @@ pub(crate) struct Service {
     pub(crate) working_dir: Option<String>,
     pub(crate) stop_signal: Option<String>,
     pub(crate) stop_grace_period: Option<Spanned<String>>,
+    pub(crate) read_only: Option<bool>,
+    pub(crate) mem_limit: Option<Spanned<Scalar>>,
+    pub(crate) mem_reservation: Option<Spanned<Scalar>>,
+    pub(crate) cpus: Option<Spanned<Scalar>>,
+    pub(crate) pids_limit: Option<Spanned<Scalar>>,
+    pub(crate) scale: Option<Spanned<Scalar>>,
+    pub(crate) restart: Option<Spanned<String>>,
+    pub(crate) profiles: Option<Vec<String>>,
+    pub(crate) logging: Option<Logging>,
+    pub(crate) platform: Option<Spanned<String>>,
     #[serde(rename = "x-gantry")]
     pub(crate) x_gantry: Option<XGantry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Logging {
+    pub(crate) driver: Option<Spanned<String>>,
+    pub(crate) options: Option<BTreeMap<String, Scalar>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

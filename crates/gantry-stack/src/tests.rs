@@ -62,11 +62,25 @@ fn no_files(name: &str) -> Result<String, String> {
 }
 
 fn parse_ok(text: &str) -> Parsed {
-    parse("stack.yml", text, &env(&[]), &no_files, &Paths::default()).unwrap()
+    parse(
+        "stack.yml",
+        text,
+        &env(&[]),
+        &no_files,
+        &ParseOptions::default(),
+    )
+    .unwrap()
 }
 
 fn parse_err(text: &str) -> StackError {
-    parse("stack.yml", text, &env(&[]), &no_files, &Paths::default()).unwrap_err()
+    parse(
+        "stack.yml",
+        text,
+        &env(&[]),
+        &no_files,
+        &ParseOptions::default(),
+    )
+    .unwrap_err()
 }
 
 #[test]
@@ -83,7 +97,7 @@ fn a_full_compose_file_normalises() {
         FULL,
         &env(&[("TAG", "2.0"), ("FROM_ENV", "host-value")]),
         &load,
-        &Paths::default(),
+        &ParseOptions::default(),
     )
     .unwrap();
     let web = &p.stack.services["web"];
@@ -136,7 +150,10 @@ fn a_full_compose_file_normalises() {
     assert_eq!(web.update_config.failure_action, "rollback");
     assert_eq!(p.stack.services["api"].mode, Mode::Global);
     assert_eq!(p.stack.start_order, vec!["api", "web"], "depends_on first");
-    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    assert_eq!(
+        p.warnings,
+        ["version is ignored: obsolete in the Compose specification"]
+    );
     // The normalised form parses back to the same stack.
     let yaml = p.stack.to_yaml();
     let back: Stack = serde_saphyr::from_str(&yaml).unwrap();
@@ -157,8 +174,8 @@ fn unknown_keys_warn_by_name() {
     assert_eq!(
         p.warnings,
         vec![
+            "unknown key services.web.replica is ignored",
             "unknown key services.web.deploy.placment is ignored",
-            "unknown key services.web.replica is ignored"
         ]
     );
 }
@@ -219,7 +236,7 @@ fn whole_file_problems() {
         "services:\n  web:\n    image: x\n    env_file: missing.env\n",
         &env(&[]),
         &no_files,
-        &Paths::default(),
+        &ParseOptions::default(),
     )
     .unwrap_err();
     assert!(e.msg.contains("env_file missing.env"), "{e}");
@@ -228,7 +245,7 @@ fn whole_file_problems() {
 proptest::proptest! {
     #[test]
     fn arbitrary_text_never_panics(text in "(services:|  web:|    image: x|    deploy:|      replicas: [0-9a-z]{0,3}|[ :\\-\\[\\]{}\"$]|[a-z]{1,6}|\n){0,40}") {
-        let _ = parse("fuzz.yml", &text, &BTreeMap::new(), &no_files, &Paths::default());
+        let _ = parse("fuzz.yml", &text, &BTreeMap::new(), &no_files, &ParseOptions::default());
     }
 }
 
@@ -259,7 +276,7 @@ fn gantry_stack_parse(y: &str) -> Result<Parsed, StackError> {
         y,
         &BTreeMap::new(),
         &|_| Err("no".into()),
-        &Paths::default(),
+        &ParseOptions::default(),
     )
 }
 
@@ -367,7 +384,14 @@ fn values_are_interpolated_after_parsing_so_they_stay_whole() {
         ("N", "4"),
     ]);
     let text = "services:\n  db:\n    image: postgres\n    environment:\n      - POSTGRES_PASSWORD=${PW}\n      - STAR=$STAR\n      - COLON=${COLON}\n      - NESTED=${A:-${B:-x}}\n      - DEEP=${A:-${C:-x}}\n      - MULTI=${A:-one\n        two}\n      - LITERAL=$$PW\n      - EMPTY=${MISSING}\n    deploy:\n      replicas: ${N}\n";
-    let p = parse("stack.yml", text, &vars, &no_files, &Paths::default()).unwrap();
+    let p = parse(
+        "stack.yml",
+        text,
+        &vars,
+        &no_files,
+        &ParseOptions::default(),
+    )
+    .unwrap();
     let e = &p.stack.services["db"].environment;
     assert_eq!(e["POSTGRES_PASSWORD"], "s3cret #42");
     assert_eq!(e["STAR"], "*not-an-alias");
@@ -388,7 +412,7 @@ fn values_are_interpolated_after_parsing_so_they_stay_whole() {
         "services:\n  web:\n    image: x\n    labels:\n      ${PW}: v\n",
         &vars,
         &no_files,
-        &Paths::default(),
+        &ParseOptions::default(),
     )
     .unwrap();
     assert!(p.stack.services["web"].labels.contains_key("${PW}"));
@@ -409,12 +433,26 @@ fn yaml_bombs_and_huge_files_are_refused_quickly() {
     }
     bomb.push_str("services: {web: {image: x, labels: {a: *l8}}}\n");
     let t = std::time::Instant::now();
-    assert!(parse("stack.yml", &bomb, &env(&[]), &no_files, &Paths::default()).is_err());
+    assert!(parse(
+        "stack.yml",
+        &bomb,
+        &env(&[]),
+        &no_files,
+        &ParseOptions::default()
+    )
+    .is_err());
     let huge = format!(
         "services: {{web: {{image: x}}}}\n# {}\n",
         "x".repeat(MAX_FILE)
     );
-    let e = parse("stack.yml", &huge, &env(&[]), &no_files, &Paths::default()).unwrap_err();
+    let e = parse(
+        "stack.yml",
+        &huge,
+        &env(&[]),
+        &no_files,
+        &ParseOptions::default(),
+    )
+    .unwrap_err();
     assert!(e.msg.contains("at most"), "{e}");
     // Generous: a debug build on a loaded machine; the point is no blow-up.
     assert!(t.elapsed() < std::time::Duration::from_secs(10));
@@ -469,9 +507,10 @@ fn ports_keep_their_address_ranges_and_protocol() {
 
 #[test]
 fn volumes_keep_their_names_drivers_and_options() {
-    let paths = Paths {
+    let paths = ParseOptions {
         dir: Some("/srv/app".into()),
         home: Some("/home/ann".into()),
+        ..ParseOptions::default()
     };
     let text = "services:
   db:
@@ -552,4 +591,97 @@ volumes:
         "services:\n  db:\n    image: x\n    volumes: [{type: cluster, source: v, target: /x}]\n",
     );
     assert!(e.msg.contains("CSI"), "{e}");
+}
+
+#[test]
+fn compose_v2_keys_are_honoured_and_deploy_wins() {
+    let p = parse_ok("services:\n  web:\n    image: x\n    read_only: true\n    mem_limit: 64m\n    mem_reservation: 32m\n    cpus: 0.5\n    pids_limit: 100\n    scale: 3\n    restart: on-failure:4\n    platform: linux/arm64\n    logging:\n      driver: json-file\n      options: {max-size: 10m, max-file: \"3\", compress: \"true\"}\n");
+    let s = &p.stack.services["web"];
+    assert!(s.read_only);
+    assert_eq!(s.limits.memory, Some(64 << 20));
+    assert_eq!(s.reservations.memory, Some(32 << 20));
+    assert_eq!(s.limits.nano_cpus, Some(500_000_000));
+    assert_eq!(s.limits.pids, Some(100));
+    assert_eq!(s.replicas(), Some(3));
+    assert_eq!(
+        (
+            s.restart_policy.condition.as_str(),
+            s.restart_policy.max_attempts
+        ),
+        ("on-failure", 4)
+    );
+    assert_eq!(s.constraints, ["node.platform.arch==arm64"]);
+    assert_eq!((s.log_max_size, s.log_max_files), (Some(10 << 20), Some(3)));
+    assert!(p.warnings.iter().any(|w| w.contains("restart: \"on-failure:4\" is deployed as deploy.restart_policy.condition: on-failure, max_attempts: 4")), "{:?}", p.warnings);
+    assert!(p
+        .warnings
+        .iter()
+        .any(|w| w.contains("logging.options.compress is ignored")));
+    // deploy says it too: deploy's value, and a warning for the other.
+    let p = parse_ok("services:\n  web:\n    image: x\n    scale: 3\n    mem_limit: 1g\n    restart: always\n    deploy:\n      replicas: 2\n      resources: {limits: {memory: 64m}}\n      restart_policy: {condition: none}\n");
+    let s = &p.stack.services["web"];
+    assert_eq!(s.replicas(), Some(2));
+    assert_eq!(s.limits.memory, Some(64 << 20));
+    assert_eq!(s.restart_policy.condition, "none");
+    assert_eq!(p.warnings.len(), 3, "{:?}", p.warnings);
+    for (bad, want) in [
+        ("restart: sometimes", "invalid restart"),
+        ("platform: windows/amd64", "run linux"),
+        (
+            "logging: {driver: syslog}",
+            "logging driver \"syslog\" is not available",
+        ),
+        ("scale: lots", "scale must be a whole number"),
+        ("privileged: true", "privileged is not supported"),
+    ] {
+        let e = parse_err(&format!("services:\n  web:\n    image: x\n    {bad}\n"));
+        assert!(e.msg.contains(want), "{bad}: {e}");
+        assert_eq!(e.line, 4, "{bad}: {e}");
+    }
+}
+
+#[test]
+fn profiles_choose_the_optional_services() {
+    let text = "services:\n  web:\n    image: x\n  debug:\n    image: x\n    profiles: [debug]\n  tools:\n    image: x\n    profiles: [tools, debug]\n";
+    let with = |profiles: &[&str]| {
+        let o = ParseOptions {
+            profiles: profiles.iter().map(|p| p.to_string()).collect(),
+            ..ParseOptions::default()
+        };
+        parse("stack.yml", text, &env(&[]), &no_files, &o)
+    };
+    let names = |p: Parsed| p.stack.services.into_keys().collect::<Vec<_>>();
+    assert_eq!(names(with(&[]).unwrap()), ["web"]);
+    assert_eq!(names(with(&["tools"]).unwrap()), ["tools", "web"]);
+    assert_eq!(names(with(&["debug"]).unwrap()), ["debug", "tools", "web"]);
+    assert_eq!(names(with(&["*"]).unwrap()).len(), 3);
+    let e = parse_err("services:\n  web:\n    image: x\n    depends_on: [db]\n  db:\n    image: x\n    profiles: [db]\n");
+    assert!(e.msg.contains("add --profile db"), "{e}");
+}
+
+#[test]
+fn the_support_table_in_the_docs_is_current() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/compose.md"
+    ))
+    .unwrap_or_default();
+    let table = support_table();
+    if std::env::var_os("UPDATE_DOCS").is_some() {
+        let start = doc.find("| key | Gantry | note |").unwrap_or(doc.len());
+        let end = doc[start..]
+            .find("\n\n")
+            .map_or(doc.len(), |i| start + i + 1);
+        let new = format!("{}{}{}", &doc[..start], table, &doc[end..]);
+        std::fs::write(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/compose.md"),
+            new,
+        )
+        .unwrap();
+        return;
+    }
+    assert!(
+        doc.contains(&table),
+        "docs/compose.md's support table differs from the parser's classes: run UPDATE_DOCS=1 cargo test -p gantry-stack the_support_table"
+    );
 }

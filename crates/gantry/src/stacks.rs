@@ -18,6 +18,10 @@ pub(crate) enum StackCmd {
         /// Variables for interpolation (default: .env beside the file, if any).
         #[arg(long = "env-file")]
         env_file: Option<PathBuf>,
+        /// Include the services of this profile (repeatable; also
+        /// COMPOSE_PROFILES, comma-separated).
+        #[arg(long = "profile")]
+        profile: Vec<String>,
         /// Output format.
         #[arg(long, value_enum, default_value = "yaml")]
         format: ConfigFormat,
@@ -33,7 +37,11 @@ pub(crate) enum ConfigFormat {
 }
 
 /// Reads and validates a stack file, printing its warnings.
-pub(crate) fn load(file: &Path, env_file: Option<&Path>) -> anyhow::Result<gantry_stack::Stack> {
+pub(crate) fn load(
+    file: &Path,
+    env_file: Option<&Path>,
+    profiles: &[String],
+) -> anyhow::Result<gantry_stack::Stack> {
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("read stack file {}", file.display()))?;
     let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -54,7 +62,7 @@ pub(crate) fn load(file: &Path, env_file: Option<&Path>) -> anyhow::Result<gantr
     let load = |name: &str| std::fs::read_to_string(dir.join(name)).map_err(|e| e.to_string());
     // Relative binds resolve against the stack file's folder, on this
     // machine, as docker compose does.
-    let paths = gantry_stack::Paths {
+    let paths = gantry_stack::ParseOptions {
         dir: std::path::absolute(if dir.as_os_str().is_empty() {
             Path::new(".")
         } else {
@@ -62,6 +70,17 @@ pub(crate) fn load(file: &Path, env_file: Option<&Path>) -> anyhow::Result<gantr
         })
         .ok(),
         home: std::env::var_os("HOME").map(PathBuf::from),
+        profiles: profiles
+            .iter()
+            .cloned()
+            .chain(
+                env.get("COMPOSE_PROFILES")
+                    .into_iter()
+                    .flat_map(|p| p.split(','))
+                    .map(|p| p.trim().to_owned())
+                    .filter(|p| !p.is_empty()),
+            )
+            .collect(),
     };
     let parsed = gantry_stack::parse(&file.display().to_string(), &text, &env, &load, &paths)?;
     for w in &parsed.warnings {
@@ -75,9 +94,10 @@ pub(crate) fn run(cmd: StackCmd) -> anyhow::Result<u8> {
         StackCmd::Config {
             file,
             env_file,
+            profile,
             format,
         } => {
-            let stack = load(&file, env_file.as_deref())?;
+            let stack = load(&file, env_file.as_deref(), &profile)?;
             match format {
                 ConfigFormat::Yaml => print!("{}", stack.to_yaml()),
                 ConfigFormat::Json => crate::output::json(&stack)?,

@@ -30,7 +30,7 @@ fn stack_config_normalises_warns_and_locates_errors() {
     assert_eq!(v["services"]["web"]["mode"]["replicated"]["replicas"], 2);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("Warning: services.web.restart is not supported in a stack"),
+        err.contains("Warning: services.web.restart: \"always\" is deployed as deploy.restart_policy.condition: any"),
         "{err}"
     );
     // An --env-file replaces .env.

@@ -27,6 +27,10 @@ pub(crate) struct DeployArgs {
     /// Variables for interpolation (default: .env beside the file, if any).
     #[arg(long = "env-file")]
     env_file: Option<PathBuf>,
+    /// Deploy the services of this profile too (repeatable; also
+    /// COMPOSE_PROFILES, comma-separated).
+    #[arg(long = "profile")]
+    profile: Vec<String>,
     /// Remove services the file no longer has.
     #[arg(long)]
     prune: bool,
@@ -148,7 +152,7 @@ pub(crate) enum ClusterStackCmd {
 }
 
 pub(crate) fn deploy(ctx: &Ctx, a: DeployArgs) -> anyhow::Result<u8> {
-    let stack = crate::stacks::load(&a.file, a.env_file.as_deref())?;
+    let stack = crate::stacks::load(&a.file, a.env_file.as_deref(), &a.profile)?;
     gantry_stack::check::deploy(
         &a.stack,
         stack.services.iter().map(|(n, s)| (n.as_str(), s)),
