@@ -84,6 +84,11 @@ pub(crate) fn exec(rt: &Runtime, id: &str, opts: &ExecOptions) -> Result<i32, Ru
         });
     let seccomp = crate::security::default_seccomp()
         .map_err(|e| RuntimeError::Other(format!("seccomp profile: {e}")))?;
+    // An exec'd process is confined as the container's own is.
+    let seccomp = (!cfg.security.seccomp_unconfined).then_some(&seccomp);
+    let caps = crate::security::capabilities(&cfg.security.cap_add, &cfg.security.cap_drop)
+        .map_err(RuntimeError::Other)?;
+    let ulimits = cfg.security.ulimits.clone();
     let cg = rt.cgroup(id);
     // With -t the process opens its pty inside the container (so that
     // ttyname works there) and sends us the master.
@@ -117,8 +122,18 @@ pub(crate) fn exec(rt: &Runtime, id: &str, opts: &ExecOptions) -> Result<i32, Ru
                 &err_w,
                 || {
                     let user = resolve_user(&user)?;
-                    exec_as(&user, &cwd, &path_env, &opts.args, env.clone(), &seccomp)
-                        .map(|n| match n {})
+                    // The container's limits hold for what runs in it.
+                    crate::init::set_ulimits(&ulimits)?;
+                    exec_as(
+                        &user,
+                        &cwd,
+                        &path_env,
+                        &opts.args,
+                        env.clone(),
+                        &caps,
+                        seccomp,
+                    )
+                    .map(|n| match n {})
                 },
             );
             // SAFETY: leaving the forked helper without the parent's atexit handlers.

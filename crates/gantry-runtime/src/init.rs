@@ -25,7 +25,7 @@ pub(crate) struct InitError {
     pub(crate) msg: String,
 }
 
-fn fail(msg: impl Into<String>) -> InitError {
+pub(crate) fn fail(msg: impl Into<String>) -> InitError {
     InitError {
         code: 125,
         msg: msg.into(),
@@ -149,6 +149,10 @@ fn run(a: &ChildArgs<'_>) -> Result<Never, InitError> {
     pivot_root(".", ".").ctx(|| "pivot_root".into())?;
     umount2(".", MntFlags::MNT_DETACH).ctx(|| "detach old root".into())?;
     chdir("/").ctx(|| "chdir /".into())?;
+    set_sysctls(
+        &cfg.security.sysctls,
+        cfg.network == crate::spec::NetworkMode::Host,
+    )?;
     mask_paths();
     if let Some(sock) = a.tty_socket {
         setup_pty(sock)?;
@@ -188,7 +192,58 @@ fn run(a: &ChildArgs<'_>) -> Result<Never, InitError> {
     if cfg.process.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
         env.push("TERM=xterm".into());
     }
-    exec_as(&user, cwd, &path_env, &cfg.process.args, env, a.seccomp)
+    let caps = crate::security::capabilities(&cfg.security.cap_add, &cfg.security.cap_drop)
+        .map_err(fail)?;
+    set_ulimits(&cfg.security.ulimits)?;
+    let seccomp = (!cfg.security.seccomp_unconfined).then_some(a.seccomp);
+    if cfg.security.init {
+        return crate::reaper::run(
+            &user,
+            cwd,
+            &path_env,
+            &cfg.process.args,
+            env,
+            &caps,
+            seccomp,
+            a.err_write,
+        );
+    }
+    exec_as(
+        &user,
+        cwd,
+        &path_env,
+        &cfg.process.args,
+        env,
+        &caps,
+        seccomp,
+    )
+}
+
+/// Sets the container's resource limits (before privileges are dropped, so
+/// that a hard limit may be raised).
+pub(crate) fn set_ulimits(
+    limits: &std::collections::BTreeMap<String, (u64, u64)>,
+) -> Result<(), InitError> {
+    for (name, (soft, hard)) in limits {
+        let r = crate::security::ulimit_resource(name).map_err(fail)?;
+        nix::sys::resource::setrlimit(r, *soft, *hard)
+            .map_err(|e| fail(format!("ulimit {name}={soft}:{hard}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Writes the container's kernel parameters in its own namespaces (after
+/// the pivot, so `/proc/sys` is the container's).
+fn set_sysctls(
+    sysctls: &std::collections::BTreeMap<String, String>,
+    host_network: bool,
+) -> Result<(), InitError> {
+    for (k, v) in sysctls {
+        crate::security::namespaced_sysctl(k, host_network).map_err(fail)?;
+        let path = format!("/proc/sys/{}", k.replace('.', "/"));
+        fs::write(&path, v).map_err(|e| fail(format!("sysctl {k}={v}: {e}")))?;
+    }
+    Ok(())
 }
 
 /// The last steps of both a container's init and `exec`: drop privileges to
@@ -199,21 +254,13 @@ pub(crate) fn exec_as(
     path_env: &str,
     args: &[String],
     mut env: Vec<String>,
-    seccomp: &seccompiler::BpfProgram,
+    caps: &caps::CapsHashSet,
+    seccomp: Option<&seccompiler::BpfProgram>,
 ) -> Result<Never, InitError> {
     if args.is_empty() {
         return Err(fail("no command given: the image has no Cmd or Entrypoint"));
     }
-    // Privileges: bounding set first (needs CAP_SETPCAP), then the ids,
-    // which clear the other sets for a non-root user.
-    crate::security::drop_bounding().ctx(|| "drop capabilities".into())?;
-    nix::sys::prctl::set_no_new_privs().ctx(|| "no_new_privs".into())?;
-    nix::unistd::setgroups(&user.groups).ctx(|| "setgroups".into())?;
-    nix::unistd::setresgid(user.gid, user.gid, user.gid).ctx(|| "setgid".into())?;
-    nix::unistd::setresuid(user.uid, user.uid, user.uid).ctx(|| "setuid".into())?;
-    if user.uid.is_root() {
-        crate::security::set_default().ctx(|| "set capabilities".into())?;
-    }
+    drop_privileges(user, caps)?;
     chdir(cwd).map_err(|e| fail(format!("chdir to working directory {cwd}: {e}")))?;
 
     let exe = find_exe(&args[0], path_env)?;
@@ -224,7 +271,9 @@ pub(crate) fn exec_as(
     let envp = cstrings(&env)?;
     reset_signals();
     // Last: after this, the filter refuses mount/setns/... to us too.
-    seccompiler::apply_filter(seccomp).ctx(|| "seccomp".into())?;
+    if let Some(f) = seccomp {
+        seccompiler::apply_filter(f).ctx(|| "seccomp".into())?;
+    }
     let e = nix::unistd::execve(&exe, &argv, &envp).unwrap_err();
     let code = match e {
         nix::errno::Errno::ENOENT => 127,
@@ -234,6 +283,22 @@ pub(crate) fn exec_as(
         code,
         msg: format!("exec {:?}: {e}", args[0]),
     })
+}
+
+/// Drops to `user` keeping `caps` (all of them for root; a user other
+/// than root keeps none, as in Docker).
+pub(crate) fn drop_privileges(user: &User, caps: &caps::CapsHashSet) -> Result<(), InitError> {
+    // Privileges: bounding set first (needs CAP_SETPCAP), then the ids,
+    // which clear the other sets for a non-root user.
+    crate::security::drop_bounding(caps).ctx(|| "drop capabilities".into())?;
+    nix::sys::prctl::set_no_new_privs().ctx(|| "no_new_privs".into())?;
+    nix::unistd::setgroups(&user.groups).ctx(|| "setgroups".into())?;
+    nix::unistd::setresgid(user.gid, user.gid, user.gid).ctx(|| "setgid".into())?;
+    nix::unistd::setresuid(user.uid, user.uid, user.uid).ctx(|| "setuid".into())?;
+    if user.uid.is_root() {
+        crate::security::set_caps(caps).ctx(|| "set capabilities".into())?;
+    }
+    Ok(())
 }
 
 /// Opens a pty in the container's devpts (so `ttyname` works inside), makes

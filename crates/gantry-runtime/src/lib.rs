@@ -21,6 +21,7 @@ pub mod logs;
 mod monitor;
 pub mod net;
 mod proxy;
+mod reaper;
 mod security;
 mod spec;
 pub mod stats;
@@ -38,9 +39,10 @@ use nix::unistd::{fork, ForkResult, Pid};
 pub use cgroup::{shares_to_weight, Cgroup, CgroupError, CgroupStats, CgroupVersion, Resources};
 pub use exec::ExecOptions;
 pub use fs::{private_dir, secure_join};
+pub use security::{capabilities, check as check_security, namespaced_sysctl, ulimit_resource};
 pub use spec::{
     new_id, ContainerConfig, Mount, MountKind, MountOptions, NetworkMode, OverlayAddr, PortMapping,
-    Process, RestartPolicy, State, Status,
+    Process, Resolution, RestartPolicy, Security, State, Status,
 };
 pub use volume::{
     valid_name as valid_volume_name, Volume, VolumeDevice, VolumeError, Volumes, ANONYMOUS_LABEL,
@@ -356,6 +358,24 @@ impl Runtime {
         let h = &config.hostname;
         if h.is_empty() || h.len() > 253 || h.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return Err(RuntimeError::Other(format!("invalid hostname {h:?}")));
+        }
+        check_security(&config.security, config.network == NetworkMode::Host)
+            .map_err(RuntimeError::Other)?;
+        // These become lines of /etc/hosts and /etc/resolv.conf.
+        let r = &config.resolution;
+        let word =
+            |w: &String| !w.is_empty() && !w.chars().any(|c| c.is_whitespace() || c.is_control());
+        if let Some(bad) = r
+            .extra_hosts
+            .iter()
+            .map(|(h, _)| h)
+            .chain(&r.dns_search)
+            .chain(&r.dns_opt)
+            .find(|w| !word(w))
+        {
+            return Err(RuntimeError::Other(format!(
+                "invalid host name, search domain or resolver option {bad:?}"
+            )));
         }
         let dir = self.dir(&config.id);
         stdfs::create_dir_all(&dir).map_err(|e| RuntimeError::io("create", &dir, e))?;

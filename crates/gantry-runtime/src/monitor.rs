@@ -659,28 +659,62 @@ fn write_etc_files(
     if let Some(ip) = ip {
         hosts.push_str(&format!("{ip}\t{}\n", config.hostname));
     }
+    let r = &config.resolution;
+    for (host, addr) in &r.extra_hosts {
+        hosts.push_str(&format!("{addr}\t{host}\n"));
+    }
     fs::write(dir.join("hosts"), hosts)?;
     fs::write(dir.join("hostname"), format!("{}\n", config.hostname))?;
-    // A task on the overlay asks its node's DNS server (service discovery,
-    // which forwards the rest).
+    let mut servers: Vec<String> = Vec::new();
+    let mut options: Vec<String> = Vec::new();
+    let mut search: Vec<String> = Vec::new();
     if let NetworkMode::Overlay(o) = &config.network {
-        return fs::write(
-            dir.join("resolv.conf"),
-            format!("nameserver {}\noptions ndots:0\n", o.gateway),
-        );
+        // A task on the overlay asks its node's DNS server first (service
+        // discovery, which forwards the rest); servers it was given follow.
+        servers.push(o.gateway.to_string());
+        options.push("ndots:0".into());
+    } else if r.dns.is_empty() {
+        // The host's resolvers, minus loopback ones a container cannot reach.
+        let host = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        for l in host.lines() {
+            let mut w = l.split_whitespace();
+            match (w.next(), w.next()) {
+                (Some("nameserver"), Some(a))
+                    if config.network == NetworkMode::Host
+                        || !(a.starts_with("127.") || a == "::1") =>
+                {
+                    servers.push(a.to_owned())
+                }
+                (Some("search" | "domain"), _) if r.dns_search.is_empty() => {
+                    search.extend(l.split_whitespace().skip(1).map(str::to_owned))
+                }
+                (Some("options"), _) if r.dns_opt.is_empty() => {
+                    options.extend(l.split_whitespace().skip(1).map(str::to_owned))
+                }
+                _ => {}
+            }
+        }
+        if servers.is_empty() {
+            servers = vec!["8.8.8.8".into(), "8.8.4.4".into()];
+        }
     }
-    // The host's resolvers, minus loopback ones a container cannot reach.
-    let host = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let mut resolv: String = host
-        .lines()
-        .filter(|l| {
-            !(l.starts_with("nameserver") && (l.contains(" 127.") || l.contains(" ::1")))
-                || config.network == NetworkMode::Host
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    if !resolv.contains("nameserver") {
-        resolv.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
+    servers.extend(r.dns.iter().map(|a| a.to_string()));
+    search.extend(r.dns_search.iter().cloned());
+    for o in &r.dns_opt {
+        // A given option replaces the default of the same name.
+        let name = o.split(':').next().unwrap_or_default();
+        options.retain(|x| x.split(':').next() != Some(name));
+        options.push(o.clone());
+    }
+    let mut resolv = String::new();
+    if !search.is_empty() {
+        resolv.push_str(&format!("search {}\n", search.join(" ")));
+    }
+    for s in &servers {
+        resolv.push_str(&format!("nameserver {s}\n"));
+    }
+    if !options.is_empty() {
+        resolv.push_str(&format!("options {}\n", options.join(" ")));
     }
     fs::write(dir.join("resolv.conf"), resolv)
 }

@@ -30,10 +30,95 @@ pub(crate) fn default_caps() -> CapsHashSet {
     DEFAULT_CAPS.into_iter().collect()
 }
 
-/// Removes every capability outside the default set from the bounding set,
-/// so that neither this process nor anything it executes can regain it.
-pub(crate) fn drop_bounding() -> Result<(), caps::errors::CapsError> {
-    let keep = default_caps();
+/// A capability by Docker's name (`NET_ADMIN`, `CAP_NET_ADMIN`, any case).
+fn capability(name: &str) -> Result<Capability, String> {
+    let short = gantry_units::capability(name)?;
+    format!("CAP_{short}")
+        .parse::<Capability>()
+        .map_err(|_| format!("capability {name:?} is not known to this build"))
+}
+
+/// Docker's default set with `add` added and `drop` removed (`ALL` in
+/// either means every capability), as Docker applies them: drops first,
+/// then adds.
+pub fn capabilities(add: &[String], drop: &[String]) -> Result<CapsHashSet, String> {
+    let all = |l: &[String]| l.iter().any(|c| c.eq_ignore_ascii_case("ALL"));
+    let mut set = if all(drop) {
+        CapsHashSet::new()
+    } else {
+        default_caps()
+    };
+    for c in drop.iter().filter(|c| !c.eq_ignore_ascii_case("ALL")) {
+        set.remove(&capability(c)?);
+    }
+    if all(add) {
+        set.extend(caps::all());
+    }
+    for c in add.iter().filter(|c| !c.eq_ignore_ascii_case("ALL")) {
+        set.insert(capability(c)?);
+    }
+    Ok(set)
+}
+
+/// The kernel parameters a container may set (see
+/// [`gantry_units::namespaced_sysctl`]).
+pub fn namespaced_sysctl(key: &str, host_network: bool) -> Result<(), String> {
+    gantry_units::namespaced_sysctl(key, host_network)
+}
+
+/// The resource of a `ulimits` name (`nofile`, `nproc`, ...).
+pub fn ulimit_resource(name: &str) -> Result<nix::sys::resource::Resource, String> {
+    use nix::sys::resource::Resource as R;
+    Ok(match name {
+        "as" => R::RLIMIT_AS,
+        "core" => R::RLIMIT_CORE,
+        "cpu" => R::RLIMIT_CPU,
+        "data" => R::RLIMIT_DATA,
+        "fsize" => R::RLIMIT_FSIZE,
+        "locks" => R::RLIMIT_LOCKS,
+        "memlock" => R::RLIMIT_MEMLOCK,
+        "msgqueue" => R::RLIMIT_MSGQUEUE,
+        "nice" => R::RLIMIT_NICE,
+        "nofile" => R::RLIMIT_NOFILE,
+        "nproc" => R::RLIMIT_NPROC,
+        "rss" => R::RLIMIT_RSS,
+        "rtprio" => R::RLIMIT_RTPRIO,
+        "rttime" => R::RLIMIT_RTTIME,
+        "sigpending" => R::RLIMIT_SIGPENDING,
+        "stack" => R::RLIMIT_STACK,
+        _ => {
+            return Err(format!(
+                "unknown ulimit {name:?}: use nofile, nproc, core, memlock, stack, ..."
+            ))
+        }
+    })
+}
+
+/// Checks a container's security settings before it is recorded.
+pub fn check(s: &crate::spec::Security, host_network: bool) -> Result<(), String> {
+    capabilities(&s.cap_add, &s.cap_drop)?;
+    for k in s.sysctls.keys() {
+        namespaced_sysctl(k, host_network)?;
+    }
+    for (k, v) in &s.sysctls {
+        if v.chars().any(char::is_control) {
+            return Err(format!("sysctl {k}: the value holds a control character"));
+        }
+    }
+    for (name, (soft, hard)) in &s.ulimits {
+        ulimit_resource(name)?;
+        if soft > hard {
+            return Err(format!(
+                "ulimit {name}: the soft limit {soft} is above the hard limit {hard}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Removes every capability outside `keep` from the bounding set, so that
+/// neither this process nor anything it executes can regain it.
+pub(crate) fn drop_bounding(keep: &CapsHashSet) -> Result<(), caps::errors::CapsError> {
     for cap in caps::all() {
         if !keep.contains(&cap) {
             caps::drop(None, CapSet::Bounding, cap)?;
@@ -42,13 +127,12 @@ pub(crate) fn drop_bounding() -> Result<(), caps::errors::CapsError> {
     Ok(())
 }
 
-/// Sets the effective, permitted and inheritable sets to the default set
-/// (for a process that stays root after `setuid`).
-pub(crate) fn set_default() -> Result<(), caps::errors::CapsError> {
-    let keep = default_caps();
-    caps::set(None, CapSet::Inheritable, &keep)?;
-    caps::set(None, CapSet::Effective, &keep)?;
-    caps::set(None, CapSet::Permitted, &keep)?;
+/// Sets the effective, permitted and inheritable sets to `keep` (for a
+/// process that stays root after `setuid`).
+pub(crate) fn set_caps(keep: &CapsHashSet) -> Result<(), caps::errors::CapsError> {
+    caps::set(None, CapSet::Inheritable, keep)?;
+    caps::set(None, CapSet::Effective, keep)?;
+    caps::set(None, CapSet::Permitted, keep)?;
     Ok(())
 }
 
@@ -115,6 +199,19 @@ pub(crate) fn default_seccomp() -> Result<BpfProgram, seccompiler::BackendError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capabilities_are_added_and_dropped_as_docker_does() {
+        let s = capabilities(&["net_admin".into()], &["CAP_CHOWN".into()]).unwrap();
+        assert!(s.contains(&Capability::CAP_NET_ADMIN));
+        assert!(!s.contains(&Capability::CAP_CHOWN));
+        assert!(s.contains(&Capability::CAP_KILL));
+        let s = capabilities(&["NET_BIND_SERVICE".into()], &["ALL".into()]).unwrap();
+        assert_eq!(s.len(), 1);
+        assert!(capabilities(&["NOPE".into()], &[]).is_err());
+        assert!(ulimit_resource("nofile").is_ok());
+        assert!(ulimit_resource("files").is_err());
+    }
 
     #[test]
     fn default_profile_compiles() {

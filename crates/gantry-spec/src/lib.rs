@@ -298,6 +298,69 @@ pub struct Service {
     /// Log files kept (logging max-file); none: the node's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_max_files: Option<u32>,
+    /// Capabilities, seccomp, sysctls, ulimits and init.
+    #[serde(default, skip_serializing_if = "Security::is_default")]
+    pub security: Security,
+    /// `/etc/hosts` entries and resolver settings.
+    #[serde(default, skip_serializing_if = "Resolution::is_default")]
+    pub resolution: Resolution,
+}
+
+/// How a service's containers are confined and started beyond Docker's
+/// defaults (compose's cap_add, cap_drop, security_opt, sysctls, ulimits
+/// and init).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Security {
+    /// Capabilities added to Docker's default set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    /// Capabilities removed from it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    /// `security_opt: [seccomp=unconfined]`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub seccomp_unconfined: bool,
+    /// Namespaced kernel parameters.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sysctls: BTreeMap<String, String>,
+    /// Resource limits by name: soft and hard.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ulimits: BTreeMap<String, (u64, u64)>,
+    /// A small init as PID 1.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub init: bool,
+}
+
+impl Security {
+    /// Whether it keeps every default.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Name resolution of a service's containers (compose's extra_hosts, dns,
+/// dns_search, dns_opt).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolution {
+    /// Extra `/etc/hosts` lines: host name and address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<(String, std::net::IpAddr)>,
+    /// Name servers (after the node's service discovery on the overlay).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<std::net::IpAddr>,
+    /// Search domains.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_search: Vec<String>,
+    /// Resolver options.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_opt: Vec<String>,
+}
+
+impl Resolution {
+    /// Whether it keeps every default.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Default for RestartPolicy {
@@ -362,6 +425,8 @@ impl Service {
             read_only: false,
             log_max_size: None,
             log_max_files: None,
+            security: Security::default(),
+            resolution: Resolution::default(),
         }
     }
 

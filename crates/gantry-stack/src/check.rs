@@ -91,8 +91,14 @@ pub fn deploy<'a>(
 ) -> Result<(), String> {
     stack_name(stack)?;
     let mut any = false;
+    let mut folded = std::collections::BTreeSet::new();
     for (name, s) in services {
         any = true;
+        if !folded.insert(name.to_ascii_lowercase()) {
+            return Err(format!(
+                "service {name}: another service's name differs only in case (their DNS names would be the same)"
+            ));
+        }
         service(name, s)?;
         let full = format!("{stack}_{name}");
         if full.len() > MAX_NAME {
@@ -255,6 +261,34 @@ pub fn service(name: &str, s: &Service) -> Result<(), String> {
         if !w.starts_with('/') {
             return Err(at(format!(
                 "working_dir {} is not an absolute path",
+                shown(w)
+            )));
+        }
+    }
+    let sec = &s.security;
+    for c in sec.cap_add.iter().chain(&sec.cap_drop) {
+        gantry_units::capability(c).map_err(at)?;
+    }
+    for (k, v) in &sec.sysctls {
+        gantry_units::namespaced_sysctl(k, false).map_err(at)?;
+        no_control("sysctl value", v).map_err(at)?;
+    }
+    for (k, (soft, hard)) in &sec.ulimits {
+        if !gantry_units::ULIMITS.contains(&k.as_str()) || soft > hard {
+            return Err(at(format!("invalid ulimit {}", shown(k))));
+        }
+    }
+    let r = &s.resolution;
+    for w in r
+        .extra_hosts
+        .iter()
+        .map(|(h, _)| h)
+        .chain(&r.dns_search)
+        .chain(&r.dns_opt)
+    {
+        if w.is_empty() || w.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(at(format!(
+                "invalid host name, search domain or resolver option {}",
                 shown(w)
             )));
         }

@@ -13,6 +13,7 @@
 
 pub mod check;
 mod compat;
+mod confine;
 mod interpolate;
 mod keys;
 mod mounts;
@@ -29,8 +30,8 @@ pub use keys::{support_table, Class};
 pub use mounts::{ParseOptions, LOCAL_DRIVER_OPTS};
 
 pub use gantry_spec::{
-    Amounts, Healthcheck, Mode, Mount, MountType, Port, PortMode, RestartPolicy, Service,
-    UpdateConfig, VolumeOptions,
+    Amounts, Healthcheck, Mode, Mount, MountType, Port, PortMode, Resolution, RestartPolicy,
+    Security, Service, UpdateConfig, VolumeOptions,
 };
 
 use gantry_sched::{Constraint, Strategy};
@@ -501,6 +502,19 @@ fn service(
         logging: s.logging,
         platform: s.platform,
     };
+    let confine_keys = confine::Keys {
+        cap_add: s.cap_add,
+        cap_drop: s.cap_drop,
+        security_opt: s.security_opt,
+        sysctls: s.sysctls,
+        ulimits: s.ulimits,
+        init: s.init,
+        extra_hosts: s.extra_hosts,
+        dns: s.dns,
+        dns_search: s.dns_search,
+        dns_opt: s.dns_opt,
+    };
+    let (security, resolution) = confine::read(ctx, name, confine_keys, warnings)?;
     let mode = match d.mode.as_ref().map(|m| (m.value.as_str(), m.referenced)) {
         None | Some(("replicated", _)) => {
             let replicas = match &d.replicas {
@@ -645,6 +659,8 @@ fn service(
         read_only: false,
         log_max_size: None,
         log_max_files: None,
+        security,
+        resolution,
     };
     compat::apply(ctx, name, compat_keys, &deployed, &mut svc, warnings)?;
     Ok(svc)

@@ -78,8 +78,26 @@ pub(crate) struct Service {
     pub(crate) profiles: Option<Vec<String>>,
     pub(crate) logging: Option<Logging>,
     pub(crate) platform: Option<Spanned<String>>,
+    pub(crate) cap_add: Option<Spanned<Vec<String>>>,
+    pub(crate) cap_drop: Option<Spanned<Vec<String>>>,
+    pub(crate) security_opt: Option<Spanned<Vec<String>>>,
+    pub(crate) sysctls: Option<Spanned<ListOrDict>>,
+    pub(crate) ulimits: Option<Spanned<BTreeMap<String, Ulimit>>>,
+    pub(crate) init: Option<bool>,
+    pub(crate) extra_hosts: Option<Spanned<ListOrDict>>,
+    pub(crate) dns: Option<Spanned<StringOrList>>,
+    pub(crate) dns_search: Option<Spanned<StringOrList>>,
+    pub(crate) dns_opt: Option<Spanned<Vec<String>>>,
     #[serde(rename = "x-gantry")]
     pub(crate) x_gantry: Option<XGantry>,
+}
+
+/// `nofile: 1024` or `nofile: {soft: 1024, hard: 4096}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Ulimit {
+    One(i64),
+    Pair { soft: i64, hard: i64 },
 }
 
 #[derive(Debug, Default, Deserialize)]

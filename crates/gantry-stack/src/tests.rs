@@ -685,3 +685,54 @@ fn the_support_table_in_the_docs_is_current() {
         "docs/compose.md's support table differs from the parser's classes: run UPDATE_DOCS=1 cargo test -p gantry-stack the_support_table"
     );
 }
+
+#[test]
+fn confinement_and_resolution_keys_are_read_and_checked() {
+    let p = parse_ok("services:\n  web:\n    image: x\n    cap_drop: [ALL]\n    cap_add: [cap_net_bind_service, CHOWN]\n    security_opt: [\"no-new-privileges:true\", \"seccomp=unconfined\", \"apparmor=x\"]\n    sysctls: {net.core.somaxconn: 1024}\n    ulimits:\n      nofile: {soft: 512, hard: 1024}\n      nproc: 100\n    init: true\n    extra_hosts: [\"db.local:10.0.0.5\", \"v6=::1\"]\n    dns: 1.1.1.1\n    dns_search: [corp.example]\n    dns_opt: [\"ndots:2\"]\n");
+    let s = &p.stack.services["web"];
+    assert_eq!(s.security.cap_drop, ["ALL"]);
+    assert_eq!(s.security.cap_add, ["NET_BIND_SERVICE", "CHOWN"]);
+    assert!(s.security.seccomp_unconfined && s.security.init);
+    assert_eq!(s.security.sysctls["net.core.somaxconn"], "1024");
+    assert_eq!(s.security.ulimits["nofile"], (512, 1024));
+    assert_eq!(s.security.ulimits["nproc"], (100, 100));
+    assert_eq!(
+        s.resolution.extra_hosts,
+        [
+            ("db.local".to_owned(), "10.0.0.5".parse().unwrap()),
+            ("v6".to_owned(), "::1".parse().unwrap())
+        ]
+    );
+    assert_eq!(
+        s.resolution.dns,
+        ["1.1.1.1".parse::<std::net::IpAddr>().unwrap()]
+    );
+    assert_eq!(
+        (s.resolution.dns_search.len(), s.resolution.dns_opt.len()),
+        (1, 1)
+    );
+    assert_eq!(p.warnings.len(), 1, "apparmor: {:?}", p.warnings);
+    check::service("web", s).unwrap();
+    for (bad, want) in [
+        ("cap_add: [SUPERPOWER]", "unknown capability"),
+        ("sysctls: [kernel.panic=1]", "not namespaced"),
+        ("ulimits: {files: 1}", "unknown ulimit"),
+        ("ulimits: {nofile: {soft: 10, hard: 1}}", "above hard"),
+        ("extra_hosts: [\"x:nope\"]", "not an IP address"),
+        ("security_opt: [\"seccomp=/p.json\"]", "profile file"),
+        ("dns_search: [\"a b\"]", "invalid dns_search"),
+        ("links: [db]", "links is not supported"),
+    ] {
+        let e = parse_err(&format!("services:\n  web:\n    image: x\n    {bad}\n"));
+        assert!(e.msg.contains(want), "{bad}: {e}");
+    }
+    // What the API refuses from anyone: a hand-made spec.
+    let mut bad = s.clone();
+    bad.resolution.dns_opt = vec!["ndots:1\nnameserver 6.6.6.6".into()];
+    assert!(check::service("web", &bad).is_err());
+    let mut bad = s.clone();
+    bad.security
+        .sysctls
+        .insert("kernel.core_pattern".into(), "|/evil".into());
+    assert!(check::service("web", &bad).is_err());
+}

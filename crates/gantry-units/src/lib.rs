@@ -256,8 +256,127 @@ pub fn port_spec(s: &str) -> Result<Vec<PortSpec>, String> {
         .collect())
 }
 
+/// Linux's capabilities, by their names without `CAP_`.
+pub const CAPABILITIES: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// A capability as Docker writes it (`NET_ADMIN`, `CAP_NET_ADMIN`, any
+/// case, or `ALL`), in its canonical form (`NET_ADMIN`, `ALL`).
+pub fn capability(name: &str) -> Result<String, String> {
+    let up = name.to_ascii_uppercase();
+    let short = up.strip_prefix("CAP_").unwrap_or(&up);
+    if short == "ALL" || CAPABILITIES.contains(&short) {
+        Ok(short.to_owned())
+    } else {
+        Err(format!("unknown capability {name:?}"))
+    }
+}
+
+/// Whether a container may set kernel parameter `key`: those of the
+/// namespaces it has of its own (IPC, UTS and, off the host's network,
+/// network), as Docker allows.
+pub fn namespaced_sysctl(key: &str, host_network: bool) -> Result<(), String> {
+    const IPC: [&str; 8] = [
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    let ok = IPC.contains(&key)
+        || key.starts_with("fs.mqueue.")
+        || key == "kernel.domainname"
+        || (key.starts_with("net.") && !host_network);
+    let sane = key.split('.').all(|p| {
+        !p.is_empty()
+            && p.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+    });
+    if ok && sane {
+        Ok(())
+    } else {
+        Err(format!("sysctl {key:?} is not namespaced: a container may set net.* (not on the host's network), kernel.shm*, kernel.msg*, kernel.sem, kernel.domainname and fs.mqueue.*"))
+    }
+}
+
+/// The resource limits `ulimits` may set.
+pub const ULIMITS: [&str; 16] = [
+    "as",
+    "core",
+    "cpu",
+    "data",
+    "fsize",
+    "locks",
+    "memlock",
+    "msgqueue",
+    "nice",
+    "nofile",
+    "nproc",
+    "rss",
+    "rtprio",
+    "rttime",
+    "sigpending",
+    "stack",
+];
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn capabilities_and_sysctls() {
+        assert_eq!(capability("cap_net_admin").unwrap(), "NET_ADMIN");
+        assert_eq!(capability("all").unwrap(), "ALL");
+        assert!(capability("NOPE").is_err());
+        assert!(namespaced_sysctl("net.core.somaxconn", false).is_ok());
+        assert!(namespaced_sysctl("net.core.somaxconn", true).is_err());
+        assert!(namespaced_sysctl("kernel.shmmax", false).is_ok());
+        assert!(namespaced_sysctl("kernel.panic", false).is_err());
+        assert!(namespaced_sysctl("net.../../x", false).is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -101,6 +101,78 @@ volumes:
     );
     assert!(!vols.contains("app_legacy"), "external made anew: {vols}");
 
+    // Confinement and resolution as written: capabilities, a namespaced
+    // sysctl, limits, an init as PID 1, hosts and resolver lines.
+    std::fs::write(
+        p.join("confined.yml"),
+        r#"services:
+  c:
+    image: bb:1
+    command: ["sleep", "100000"]
+    stop_grace_period: 1s
+    init: true
+    cap_drop: [ALL]
+    cap_add: [NET_BIND_SERVICE, KILL]
+    sysctls: {net.core.somaxconn: "1234"}
+    ulimits: {nofile: {soft: 512, hard: 1024}}
+    extra_hosts: ["db.local:10.9.8.7"]
+    dns: [10.9.8.53]
+    dns_search: [corp.example]
+    dns_opt: ["ndots:3"]
+"#,
+    )
+    .unwrap();
+    let o = d.cli(&[
+        "deploy",
+        "-f",
+        &p.join("confined.yml").display().to_string(),
+        "conf",
+    ]);
+    assert!(o.status.success(), "{}{}", text(&o), errtext(&o));
+    let cid = wait_for("the confined container", Duration::from_secs(30), || {
+        let ps = text(&d.cli(&["ps", "--format", "json"]));
+        let v: Value = serde_json::from_str(&ps).map_err(|e| format!("{e}: {ps}"))?;
+        v.as_array()
+            .and_then(|a| {
+                a.iter().find(|c| {
+                    c["Name"]
+                        .as_str()
+                        .is_some_and(|n| n.trim_start_matches('/').starts_with("conf_c"))
+                })
+            })
+            .and_then(|c| c["Id"].as_str().map(str::to_owned))
+            .ok_or(ps)
+    });
+    let in_c = |script: &str| {
+        let o = d.cli(&["exec", &cid, "sh", "-c", script]);
+        assert!(o.status.success(), "{script}: {}", errtext(&o));
+        text(&o)
+    };
+    // NET_BIND_SERVICE (bit 10) and KILL (bit 5): 0x420.
+    assert!(
+        in_c("grep CapBnd /proc/self/status").contains("0000000000000420"),
+        "{}",
+        in_c("grep Cap /proc/self/status")
+    );
+    assert_eq!(in_c("cat /proc/sys/net/core/somaxconn"), "1234\n");
+    assert_eq!(in_c("ulimit -n"), "512\n");
+    assert_ne!(in_c("cat /proc/1/comm"), "sleep\n", "the init is PID 1");
+    assert!(in_c("cat /proc/*/comm").contains("sleep"));
+    assert!(in_c("cat /etc/hosts").contains("10.9.8.7\tdb.local"));
+    let resolv = in_c("cat /etc/resolv.conf");
+    assert!(
+        resolv.contains("search corp.example")
+            && resolv.contains("nameserver 10.9.8.53")
+            && resolv.contains("options ndots:3"),
+        "{resolv}"
+    );
+    // The init passes SIGTERM on: sleep dies of it (143), where a sleep
+    // as PID 1 would ignore it until the SIGKILL (137).
+    let o = d.cli(&["stop", "-t", "20", &cid]);
+    assert!(o.status.success(), "{}", errtext(&o));
+    let v: Value = serde_json::from_slice(&d.cli(&["inspect", &cid]).stdout).unwrap();
+    assert_eq!(v[0]["State"]["ExitCode"], 143, "{}", v[0]["State"]);
+
     // An external volume that no node has: the task says so.
     std::fs::write(
         p.join("missing.yml"),
@@ -129,7 +201,10 @@ volumes:
     );
 
     // Removing the stack takes the anonymous volume along, not the others.
-    assert!(d.cli(&["stack", "rm", "app", "miss"]).status.success());
+    assert!(d
+        .cli(&["stack", "rm", "app", "miss", "conf"])
+        .status
+        .success());
     wait_for("containers to go", Duration::from_secs(30), || {
         let ps = text(&d.cli(&["ps", "-aq"]));
         if ps.trim().is_empty() {
