@@ -118,8 +118,8 @@ pub fn deploy<'a>(
 pub fn service(name: &str, s: &Service) -> Result<(), String> {
     service_name(name)?;
     let at = |e: String| format!("service {name}: {e}");
-    if s.image.trim().is_empty() || s.image.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(at(format!("invalid image {}", shown(&s.image))));
+    if let Err(why) = gantry_units::image_reference(&s.image) {
+        return Err(at(format!("invalid image {}: {why}", shown(&s.image))));
     }
     for arg in s.command.iter().chain(&s.entrypoint).flatten() {
         no_nul("argument", arg).map_err(at)?;

@@ -53,6 +53,7 @@ pub(crate) fn yaml_message(e: &serde_saphyr::Error) -> String {
         }
         e => {
             let first = e.to_string().lines().next().unwrap_or_default().to_owned();
+            let first = in_users_words(&first);
             // Drop the library's own "error: line L column C: " prefix.
             first
                 .split_once(": ")
@@ -67,6 +68,35 @@ pub(crate) fn yaml_message(e: &serde_saphyr::Error) -> String {
                 })
                 .unwrap_or(first)
         }
+    }
+}
+
+/// The parser's messages about the loose shapes compose allows, said as
+/// a user would: what the key takes.
+fn in_users_words(msg: &str) -> String {
+    const SHAPES: [(&str, &str); 9] = [
+        ("StringOrList", "a string or a list of strings"),
+        ("ListOrDict", "a list of KEY=VALUE strings or a mapping of KEY: VALUE"),
+        ("Port", "\"[IP:][PUBLISHED:]TARGET[/PROTOCOL]\" or a mapping of target, published, protocol, mode, host_ip"),
+        ("Volume", "\"[SOURCE:]TARGET[:MODE]\" or a mapping of type, source, target, read_only"),
+        ("DependsOn", "a list of service names or a mapping of service: {condition}"),
+        ("Scalar", "a string, a number or true/false"),
+        ("External", "true or false"),
+        ("Ulimit", "a number or a mapping of soft and hard"),
+        ("Networks", "a list of network names or a mapping of network: {aliases, ...}"),
+    ];
+    match msg.split_once("did not match any variant of untagged enum ") {
+        Some((before, rest)) => {
+            let ty = rest
+                .split(|c: char| !c.is_alphanumeric())
+                .next()
+                .unwrap_or_default();
+            match SHAPES.iter().find(|(t, _)| *t == ty) {
+                Some((_, what)) => format!("{before}expected {what}"),
+                None => msg.to_owned(),
+            }
+        }
+        None => msg.to_owned(),
     }
 }
 

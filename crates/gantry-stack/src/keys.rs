@@ -222,6 +222,17 @@ fn nested(path: &[&str]) -> Option<&'static [(&'static str, Class)]> {
             ("required", N("every dependency is required")),
         ],
         ["logging"] => &[("driver", Y("")), ("options", Y(""))],
+        ["networks", _] => &[
+            ("aliases", R("not supported yet: other services reach it by its service name")),
+            ("ipv4_address", R("tasks get addresses from the cluster's plan; reach them by name")),
+            ("ipv6_address", R("the overlay is IPv4")),
+            ("link_local_ips", R("not offered")),
+            ("mac_address", R("task addresses are the overlay's")),
+            ("priority", N("every network of a task is equal")),
+            ("gw_priority", N("a task leaves through its node")),
+            ("driver_opts", N("the overlay takes no options")),
+            ("interface_name", N("interfaces are named by Gantry")),
+        ],
         ["x-gantry"] => &[
             ("strategy", Y("")),
             ("rebalance", Y("")),
@@ -427,6 +438,7 @@ pub fn support_table() -> String {
         &["volumes", "#", "tmpfs"],
         &["depends_on", "*"],
         &["logging"],
+        &["networks", "*"],
     ];
     for p in paths {
         for (k, c) in nested(p).unwrap_or_default() {

@@ -363,7 +363,15 @@ fn service(
     deps_at: &mut BTreeMap<String, serde_saphyr::Location>,
 ) -> Result<Service, StackError> {
     let image = match s.image {
-        Some(i) if !i.value.trim().is_empty() => i.value,
+        Some(i) if !i.value.trim().is_empty() => {
+            if let Err(why) = gantry_units::image_reference(&i.value) {
+                return ctx.err(
+                    &i.referenced,
+                    format!("service {name}: invalid image {:?}: {why} (expected [registry/]repository[:tag][@digest], lowercase)", i.value),
+                );
+            }
+            i.value
+        }
         Some(i) => return ctx.err(&i.referenced, format!("service {name}: image is empty")),
         None => {
             return Err(ctx.nowhere(format!(
@@ -477,7 +485,28 @@ fn service(
     let nets = match s.networks {
         None => vec!["default".to_owned()],
         Some(n) => {
-            let l = list(Some(n.value)).unwrap_or_default();
+            let l: Vec<String> = match n.value {
+                raw::Networks::List(l) => l,
+                raw::Networks::Map(m) => {
+                    for (net, opts) in &m {
+                        let o = opts.clone().unwrap_or_default();
+                        let refuse = if o.aliases.is_some_and(|a| !a.is_empty()) {
+                            Some("aliases are not supported yet: other services reach it by its service name")
+                        } else if o.ipv4_address.is_some() || o.ipv6_address.is_some() {
+                            Some("a fixed address is not supported: tasks get addresses from the cluster's plan; reach them by name")
+                        } else {
+                            None
+                        };
+                        if let Some(why) = refuse {
+                            return ctx.err(
+                                &n.referenced,
+                                format!("service {name}: network {net}: {why}"),
+                            );
+                        }
+                    }
+                    m.into_keys().collect()
+                }
+            };
             for x in &l {
                 if !networks.contains(x) {
                     return ctx.err(&n.referenced, format!("service {name} uses network {x:?}, which is not declared under the top-level networks key"));

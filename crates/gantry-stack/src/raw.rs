@@ -62,7 +62,7 @@ pub(crate) struct Service {
     pub(crate) healthcheck: Option<Healthcheck>,
     pub(crate) depends_on: Option<Spanned<DependsOn>>,
     pub(crate) deploy: Option<Deploy>,
-    pub(crate) networks: Option<Spanned<StringOrList>>,
+    pub(crate) networks: Option<Spanned<Networks>>,
     pub(crate) hostname: Option<String>,
     pub(crate) user: Option<Scalar>,
     pub(crate) working_dir: Option<String>,
@@ -104,6 +104,21 @@ pub(crate) enum Ulimit {
 pub(crate) struct Logging {
     pub(crate) driver: Option<Spanned<String>>,
     pub(crate) options: Option<BTreeMap<String, Scalar>>,
+}
+
+/// A service's `networks`: names, or names with settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Networks {
+    List(Vec<String>),
+    Map(BTreeMap<String, Option<ServiceNetwork>>),
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct ServiceNetwork {
+    pub(crate) aliases: Option<Vec<String>>,
+    pub(crate) ipv4_address: Option<String>,
+    pub(crate) ipv6_address: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -736,3 +736,25 @@ fn confinement_and_resolution_keys_are_read_and_checked() {
         .insert("kernel.core_pattern".into(), "|/evil".into());
     assert!(check::service("web", &bad).is_err());
 }
+
+#[test]
+fn errors_say_what_a_key_takes_and_images_are_references() {
+    let e = parse_err("services:\n  web:\n    image: x\n    command: {a: 1}\n");
+    assert!(
+        e.msg.contains("expected a string or a list of strings"),
+        "{e}"
+    );
+    assert!(!e.msg.contains("untagged"), "{e}");
+    let e = parse_err("services:\n  web:\n    image: x\n    ports: [[1]]\n");
+    assert!(e.msg.contains("PUBLISHED:]TARGET"), "{e}");
+    for bad in ["Nginx:latest", "nginx:la@test", "nginx::1", "-x"] {
+        let e = parse_err(&format!("services:\n  web:\n    image: \"{bad}\"\n"));
+        assert!(e.msg.contains("invalid image"), "{bad}: {e}");
+        assert_eq!((e.line, e.column), (3, 12), "{bad}: {e}");
+    }
+    let p = parse_ok("services:\n  web:\n    image: localhost:5000/a/b:1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n    networks:\n      front: {priority: 10}\n      back:\nnetworks: {front: {}, back: {}}\n");
+    assert_eq!(p.stack.services["web"].networks, ["back", "front"]);
+    let e = parse_err("services:\n  web:\n    image: x\n    networks:\n      front: {aliases: [w]}\nnetworks: {front: {}}\n");
+    assert!(e.msg.contains("aliases is not supported"), "{e}");
+    assert_eq!(e.line, 5, "{e}");
+}

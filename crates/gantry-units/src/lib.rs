@@ -256,6 +256,144 @@ pub fn port_spec(s: &str) -> Result<Vec<PortSpec>, String> {
         .collect())
 }
 
+/// An image reference's parts, normalised as Docker does: `busybox` is
+/// registry `docker.io`, repository `library/busybox`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageReference {
+    /// The registry host (`docker.io`, `localhost:5000`).
+    pub registry: String,
+    /// The repository path.
+    pub repository: String,
+    /// The tag as written (none when not written).
+    pub tag: Option<String>,
+    /// The digest (`sha256:...`).
+    pub digest: Option<String>,
+}
+
+/// Parses an image reference with Docker's grammar:
+/// `[registry[:port]/]path[:tag][@algorithm:hex]`, the path lowercase.
+pub fn image_reference(s: &str) -> Result<ImageReference, String> {
+    let bad = |why: &str| why.to_owned();
+    if s.is_empty() {
+        return Err(bad("empty reference"));
+    }
+    let (rest, digest) = match s.split_once('@') {
+        Some((n, d)) => {
+            let (algo, hex) = d
+                .split_once(':')
+                .ok_or_else(|| bad("digest must be algorithm:hex"))?;
+            let len = match algo {
+                "sha256" => 64,
+                "sha384" => 96,
+                "sha512" => 128,
+                _ => return Err(bad("unsupported digest algorithm")),
+            };
+            if hex.len() != len
+                || !hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                return Err(bad("invalid digest"));
+            }
+            (n, Some(d.to_owned()))
+        }
+        None => (s, None),
+    };
+    // A tag is a ':' after the last '/'.
+    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match rest[last_slash..].rfind(':') {
+        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
+        None => (rest, None),
+    };
+    if let Some(t) = tag {
+        let ok = !t.is_empty()
+            && t.len() <= 128
+            && t.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !ok {
+            return Err(bad("invalid tag"));
+        }
+    }
+    let (registry, path) = match name.split_once('/') {
+        Some((first, more)) if first.contains(['.', ':']) || first == "localhost" => {
+            if !valid_domain(first) {
+                return Err(bad("invalid registry host"));
+            }
+            (first.to_owned(), more.to_owned())
+        }
+        Some(_) => ("docker.io".to_owned(), name.to_owned()),
+        None => ("docker.io".to_owned(), format!("library/{name}")),
+    };
+    if path.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(bad("repository name must be lowercase"));
+    }
+    if path.len() > 255 || !path.split('/').all(valid_component) {
+        return Err(bad("invalid repository name"));
+    }
+    Ok(ImageReference {
+        registry,
+        repository: path,
+        tag: tag.map(str::to_owned),
+        digest,
+    })
+}
+
+fn valid_component(c: &str) -> bool {
+    let b = c.as_bytes();
+    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        // A separator run: ".", "_", "__" or one or more "-".
+        let start = i;
+        while i < b.len() && !alnum(b[i]) {
+            i += 1;
+        }
+        let sep = &c[start..i];
+        if !(sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-')) {
+            return false;
+        }
+    }
+    true
+}
+
+/// A host name or address with an optional port.
+fn valid_domain(d: &str) -> bool {
+    let (host, port) = if d.starts_with('[') {
+        match d.find(']') {
+            Some(i) => (&d[..=i], d[i + 1..].strip_prefix(':')),
+            None => return false,
+        }
+    } else {
+        match d.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (d, None),
+        }
+    };
+    if let Some(p) = port {
+        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return false;
+        }
+    }
+    if host.starts_with('[') {
+        return host.len() > 2;
+    }
+    !host.is_empty()
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
 /// Linux's capabilities, by their names without `CAP_`.
 pub const CAPABILITIES: [&str; 41] = [
     "CHOWN",
