@@ -758,12 +758,32 @@ impl Agent {
             format!("GANTRY_TASK_ID={}", t.id),
             format!("GANTRY_TASK_SLOT={}", t.slot),
         ];
-        env.extend(svc.environment.iter().map(|(k, v)| format!("{k}={v}")));
         let slot = if t.slot == 0 {
             self.node_id.clone()
         } else {
             t.slot.to_string()
         };
+        // Swarm's templates, filled for this task.
+        let tc = gantry_spec::template::Context {
+            service_id: t.service.clone(),
+            service_name: t.service.clone(),
+            node_id: self.node_id.clone(),
+            node_hostname: self.hostname.clone(),
+            node_arch: std::env::consts::ARCH.to_owned(),
+            task_id: t.id.clone(),
+            task_name: format!("{}.{slot}.{}", t.service, t.id),
+            task_slot: if t.slot == 0 {
+                String::new()
+            } else {
+                t.slot.to_string()
+            },
+        };
+        let fill = |v: &str| gantry_spec::template::expand(v, &tc);
+        env.extend(
+            svc.environment
+                .iter()
+                .map(|(k, v)| format!("{k}={}", fill(v))),
+        );
         let overrides = Overrides {
             name: format!("{}.{slot}.{}", t.service, t.id),
             entrypoint: svc.entrypoint.clone(),
@@ -771,7 +791,7 @@ impl Agent {
             env,
             workdir: svc.working_dir.clone(),
             user: svc.user.clone(),
-            hostname: svc.hostname.clone(),
+            hostname: svc.hostname.as_deref().map(fill),
             stop_signal: svc.stop_signal.clone(),
             tty: false,
             stdin: false,
@@ -842,7 +862,7 @@ impl Agent {
                             .map_err(|e| format!("volume {vname}: {e}"))?
                     } else if m.volume.external {
                         // It exists already; it is never made here.
-                        let vname = m.volume_name(&a.stack);
+                        let vname = fill(&m.volume_name(&a.stack));
                         vols.inspect(&vname).map_err(|_| {
                             format!(
                                 "external volume {vname} does not exist on node {}",
@@ -851,7 +871,7 @@ impl Agent {
                         })?
                     } else {
                         // Named volumes belong to their stack, as in Swarm.
-                        let vname = m.volume_name(&a.stack);
+                        let vname = fill(&m.volume_name(&a.stack));
                         let mut labels = m.volume.labels.clone();
                         labels.insert(STACK_LABEL.to_owned(), a.stack.clone());
                         vols.create_with(&vname, labels, m.volume.driver_opts.clone())
@@ -866,15 +886,16 @@ impl Agent {
                     }
                 }
                 StackMount::Bind => {
-                    if !std::path::Path::new(&m.source).exists() {
+                    let source = fill(&m.source);
+                    if !std::path::Path::new(&source).exists() {
                         return Err(format!(
-                            "bind source {} does not exist on node {}",
-                            m.source, self.hostname
+                            "bind source {source} does not exist on node {}",
+                            self.hostname
                         ));
                     }
                     Mount {
                         kind: MountKind::Bind,
-                        source: m.source.clone().into(),
+                        source: source.into(),
                         destination: m.target.clone(),
                         read_only: m.read_only,
                         options,

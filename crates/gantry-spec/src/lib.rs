@@ -4,6 +4,8 @@
 //! commands, the API carries it, the manager reconciles it and the agent
 //! runs it; nobody parses it twice. Pure: types, serde and small helpers.
 
+pub mod template;
+
 use std::collections::BTreeMap;
 use std::fmt;
 

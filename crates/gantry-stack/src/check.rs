@@ -63,21 +63,24 @@ fn no_nul(what: &str, v: &str) -> Result<(), String> {
     }
 }
 
-/// A host name as RFC 1123 has it: dot-separated labels of letters,
-/// digits and `-`, each 1 to 63 long and not starting or ending with `-`.
+/// A host name as RFC 1123 has it, with `_` as Docker allows (Swarm's
+/// `{{.Service.Name}}` holds one): dot-separated labels of letters,
+/// digits, `-` and `_`, each 1 to 63 long and not starting or ending with
+/// `-`.
 fn hostname(h: &str) -> Result<(), String> {
     let label_ok = |l: &str| {
         !l.is_empty()
             && l.len() <= 63
             && !l.starts_with('-')
             && !l.ends_with('-')
-            && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+            && l.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
     };
     if h.len() <= 253 && h.split('.').all(label_ok) {
         Ok(())
     } else {
         Err(format!(
-            "invalid hostname {}: dot-separated labels of letters, digits and '-'",
+            "invalid hostname {}: dot-separated labels of letters, digits, '-' and '_'",
             shown(h)
         ))
     }
@@ -118,6 +121,14 @@ pub fn deploy<'a>(
 pub fn service(name: &str, s: &Service) -> Result<(), String> {
     service_name(name)?;
     let at = |e: String| format!("service {name}: {e}");
+    // Swarm's templates: known fields only, and what they give must
+    // pass the checks.
+    use gantry_spec::template;
+    let filled = |v: &str| -> Result<String, String> {
+        template::check(v)?;
+        Ok(template::expand(v, &template::sample()))
+    };
+
     if let Err(why) = gantry_units::image_reference(&s.image) {
         return Err(at(format!("invalid image {}: {why}", shown(&s.image))));
     }
@@ -161,6 +172,11 @@ pub fn service(name: &str, s: &Service) -> Result<(), String> {
             )));
         }
         no_control("mount source", &m.source).map_err(at)?;
+        let source = filled(&m.source).map_err(at)?;
+        let m = &crate::Mount {
+            source,
+            ..m.clone()
+        };
         match m.kind {
             // (An empty source is an anonymous volume, one per task.)
             MountType::Volume if !m.source.is_empty() && !crate::valid_volume(&m.source) => {
@@ -251,7 +267,10 @@ pub fn service(name: &str, s: &Service) -> Result<(), String> {
         no_control("spread label", l).map_err(at)?;
     }
     if let Some(h) = &s.hostname {
-        hostname(h).map_err(at)?;
+        hostname(&filled(h).map_err(at)?).map_err(at)?;
+    }
+    for v in s.environment.values().filter(|v| template::has_template(v)) {
+        template::check(v).map_err(at)?;
     }
     if let Some(u) = &s.user {
         no_control("user", u).map_err(at)?;

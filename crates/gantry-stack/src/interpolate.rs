@@ -92,7 +92,11 @@ fn in_users_words(msg: &str) -> String {
                 .next()
                 .unwrap_or_default();
             match SHAPES.iter().find(|(t, _)| *t == ty) {
-                Some((_, what)) => format!("{before}expected {what}"),
+                Some((_, what)) => {
+                    // (serde's "data did not match": the data is the value.)
+                    let before = before.trim_start_matches("data ");
+                    format!("{before}expected {what}")
+                }
                 None => msg.to_owned(),
             }
         }

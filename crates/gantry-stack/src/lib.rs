@@ -85,6 +85,9 @@ pub type EnvFileLoader<'a> = dyn Fn(&str) -> Result<String, String> + 'a;
 
 struct Ctx<'a> {
     file: &'a str,
+    /// Where the file names each service, volume and network, and the
+    /// top-level keys: errors without a place of their own point there.
+    places: BTreeMap<String, serde_saphyr::Location>,
 }
 
 impl Ctx<'_> {
@@ -96,12 +99,30 @@ impl Ctx<'_> {
             msg: msg.into(),
         })
     }
+    /// An error about a whole service, volume or file: placed at the
+    /// service's (or volume's) name when the message names one (`service
+    /// web: ...`, `volume data: ...`), else at the `services` key, else at
+    /// the file's start.
     fn nowhere(&self, msg: impl Into<String>) -> StackError {
+        let msg = msg.into();
+        let named = |prefix: &str| {
+            msg.strip_prefix(prefix).and_then(|rest| {
+                let n = rest.split([':', ' ']).next().unwrap_or_default();
+                self.places.get(&format!(
+                    "{}.{n}",
+                    prefix.trim_end_matches(' ').to_owned() + "s"
+                ))
+            })
+        };
+        let at = named("service ")
+            .or_else(|| named("volume "))
+            .or_else(|| self.places.get("services"));
+        let (line, column) = at.map_or((1, 1), |l| (l.line(), l.column()));
         StackError {
             file: self.file.to_owned(),
-            line: 0,
-            column: 0,
-            msg: msg.into(),
+            line,
+            column,
+            msg,
         }
     }
     fn duration(&self, v: &Option<Spanned<String>>, default: u64) -> Result<u64, StackError> {
@@ -206,7 +227,10 @@ pub fn parse(
     load_env_file: &EnvFileLoader<'_>,
     paths: &ParseOptions,
 ) -> Result<Parsed, StackError> {
-    let ctx = Ctx { file };
+    let mut ctx = Ctx {
+        file,
+        places: BTreeMap::new(),
+    };
     if text.len() > interpolate::MAX_FILE {
         return Err(ctx.nowhere(format!(
             "the file is {} bytes; a stack file is at most {}",
@@ -230,6 +254,7 @@ pub fn parse(
     if !matches!(doc, tree::Tree::Map(_)) {
         return Err(ctx.nowhere("a stack file is a mapping with a services key"));
     }
+    ctx.places = doc.places();
     let mut warnings = keys::check(&doc).or_else(|(at, msg)| ctx.err(&at, msg))?;
     let mut unset = Vec::new();
     doc.strings(&mut |s| interpolate::unset_references(s, env, &mut unset));
@@ -241,8 +266,16 @@ pub fn parse(
         ));
     }
     let raw: raw::File =
-        serde_saphyr::from_str_with_options(text, interpolate::yaml_options(Some(env)))
-            .map_err(yaml_err)?;
+        serde_saphyr::from_str_with_options(text, interpolate::yaml_options(Some(env))).map_err(
+            |e| {
+                // Name the key whose value is wrong.
+                let mut se = yaml_err(e);
+                if let Some(k) = doc.key_at(se.line, se.column) {
+                    se.msg = format!("{k}: {}", se.msg);
+                }
+                se
+            },
+        )?;
     let volumes = mounts::declared(&ctx, raw.volumes.unwrap_or_default())?;
     let mut networks: BTreeSet<String> = raw.networks.unwrap_or_default().into_keys().collect();
     networks.insert("default".into());

@@ -22,6 +22,59 @@ pub(crate) enum Tree {
 }
 
 impl Tree {
+    /// Where the top-level keys, and the names under `services`,
+    /// `volumes` and `networks`, stand: `services`, `services.web`, ...
+    pub(crate) fn places(&self) -> std::collections::BTreeMap<String, serde_saphyr::Location> {
+        let mut out = std::collections::BTreeMap::new();
+        let Self::Map(top) = self else { return out };
+        for (k, v) in top {
+            out.insert(k.value.clone(), k.referenced);
+            if let Self::Map(names) = v {
+                for (n, _) in names {
+                    out.insert(format!("{}.{}", k.value, n.value), n.referenced);
+                }
+            }
+        }
+        out
+    }
+
+    /// The key whose value stands at `line`, `column`: the last key on
+    /// that line before the column, as a dotted path.
+    pub(crate) fn key_at(&self, line: u64, column: u64) -> Option<String> {
+        fn walk(
+            t: &Tree,
+            path: &mut Vec<String>,
+            line: u64,
+            column: u64,
+            best: &mut Option<String>,
+        ) {
+            match t {
+                Tree::Map(m) => {
+                    for (k, v) in m {
+                        path.push(k.value.clone());
+                        let l = k.referenced;
+                        if l.line() == line && l.column() < column {
+                            *best = Some(path.join("."));
+                        }
+                        walk(v, path, line, column, best);
+                        path.pop();
+                    }
+                }
+                Tree::Seq(items) => {
+                    for (i, x) in items.iter().enumerate() {
+                        path.push(i.to_string());
+                        walk(x, path, line, column, best);
+                        path.pop();
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut best = None;
+        walk(self, &mut Vec::new(), line, column, &mut best);
+        best
+    }
+
     /// Calls `f` on every string value (not on keys).
     pub(crate) fn strings(&self, f: &mut dyn FnMut(&str)) {
         match self {

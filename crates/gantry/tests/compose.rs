@@ -110,6 +110,9 @@ volumes:
     image: bb:1
     command: ["sleep", "100000"]
     stop_grace_period: 1s
+    hostname: "{{.Service.Name}}-{{.Task.Slot}}"
+    environment:
+      WHERE: "{{.Node.Hostname}}/{{ .Task.Slot }}"
     init: true
     cap_drop: [ALL]
     cap_add: [NET_BIND_SERVICE, KILL]
@@ -155,6 +158,12 @@ volumes:
         in_c("grep Cap /proc/self/status")
     );
     assert_eq!(in_c("cat /proc/sys/net/core/somaxconn"), "1234\n");
+    // Swarm's templates, filled for the task.
+    assert_eq!(in_c("hostname"), "conf_c-1\n");
+    assert_eq!(
+        in_c("echo \"$WHERE\""),
+        in_c("echo \"$GANTRY_NODE_HOSTNAME/1\"")
+    );
     assert_eq!(in_c("ulimit -n"), "512\n");
     assert_ne!(in_c("cat /proc/1/comm"), "sleep\n", "the init is PID 1");
     assert!(in_c("cat /proc/*/comm").contains("sleep"));
