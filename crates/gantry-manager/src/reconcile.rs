@@ -93,6 +93,7 @@ pub fn task_spec(
             .map(|m| m.volume_name(stack))
             .collect(),
         strategy: s.strategy.unwrap_or(default),
+        max_per_node: s.max_replicas_per_node.unwrap_or(0),
     }
 }
 

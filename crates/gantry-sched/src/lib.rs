@@ -112,6 +112,9 @@ pub struct TaskSpec {
     pub volumes: Vec<String>,
     /// How nodes are scored.
     pub strategy: Strategy,
+    /// At most this many of the service's tasks on one node (0: no limit;
+    /// `deploy.placement.max_replicas_per_node`).
+    pub max_per_node: u32,
 }
 
 /// A task already on a node.
@@ -144,6 +147,8 @@ pub enum Reason {
     InsufficientMemory,
     /// A host port the task needs is taken.
     PortInUse(u16),
+    /// The node runs as many of the service's tasks as it may.
+    MaxPerNode(u32),
 }
 
 impl fmt::Display for Reason {
@@ -156,6 +161,7 @@ impl fmt::Display for Reason {
             Self::InsufficientCpu => write!(f, "insufficient cpu"),
             Self::InsufficientMemory => write!(f, "insufficient memory"),
             Self::PortInUse(p) => write!(f, "host port {p} in use"),
+            Self::MaxPerNode(n) => write!(f, "max replicas per node ({n}) reached"),
         }
     }
 }
@@ -323,6 +329,12 @@ impl Cluster {
         }
         if let Some(p) = spec.host_ports.iter().find(|p| self.ports[i].contains(p)) {
             return Err(Reason::PortInUse(*p));
+        }
+        if spec.max_per_node > 0 {
+            let here = self.by_service.get(&spec.service).map_or(0, |v| v[i]);
+            if here >= spec.max_per_node {
+                return Err(Reason::MaxPerNode(spec.max_per_node));
+            }
         }
         Ok(())
     }

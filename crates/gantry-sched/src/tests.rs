@@ -283,6 +283,7 @@ proptest! {
             service: "svc".into(),
             reservations: Resources { nano_cpus: cpu_tenths * CPU / 10, memory: mem_tenths * GB / 10 },
             strategy: if binpack { Scoring::Binpack } else { Scoring::Spread },
+            max_per_node: 0,
             spread_over: spread_zone.then(|| "zone".to_string()),
             host_ports: port.into_iter().collect(),
             ..Default::default()
@@ -356,4 +357,24 @@ fn constraints_read_as_swarm_reads_them() {
     assert!(yes("node.hostname == HOST-N1"));
     let e = crate::Constraint::parse("engine.labels.x == y").unwrap_err();
     assert!(e.to_string().contains("node.labels"), "{e}");
+}
+
+#[test]
+fn max_per_node_caps_each_node_and_the_rest_waits_with_the_reason() {
+    let mut c = Cluster::new(nodes(2), &[], &BTreeMap::new());
+    let s = TaskSpec {
+        max_per_node: 2,
+        ..spec("web")
+    };
+    let p = c.place(&s, 6);
+    assert_eq!(p.nodes.len(), 4);
+    assert_eq!(p.pending, 2);
+    assert!(tally(&p.nodes).values().all(|n| *n == 2), "{:?}", p.nodes);
+    assert!(
+        p.reason
+            .as_ref()
+            .is_some_and(|r| r.to_string().contains("max replicas per node (2)")),
+        "{:?}",
+        p.reason
+    );
 }

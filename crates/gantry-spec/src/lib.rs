@@ -256,6 +256,9 @@ pub struct Service {
     pub constraints: Vec<String>,
     /// Spread over these node labels.
     pub spread_over: Vec<String>,
+    /// At most this many tasks on one node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replicas_per_node: Option<u32>,
     /// Scoring strategy (`x-gantry: {strategy: binpack}` or the service
     /// label `gantry.strategy`); none: the cluster's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -412,6 +415,7 @@ impl Service {
             reservations: Amounts::default(),
             constraints: Vec::new(),
             spread_over: Vec::new(),
+            max_replicas_per_node: None,
             strategy: None,
             rebalance: true,
             metadata: false,

@@ -170,7 +170,7 @@ fn nested(path: &[&str]) -> Option<&'static [(&'static str, Class)]> {
         ["deploy", "placement"] => &[
             ("constraints", Y("")),
             ("preferences", Y("")),
-            ("max_replicas_per_node", R("not supported yet: use mode: global, or a constraint")),
+            ("max_replicas_per_node", Y("a node takes no more of the service's tasks; the others wait, saying why")),
         ],
         ["deploy", "placement", "preferences", _] => &[("spread", Y(""))],
         ["deploy", "restart_policy"] => &[
@@ -488,8 +488,8 @@ mod tests {
             "{msg}"
         );
         let (at, _) =
-            check(&tree("services:\n  web:\n    image: x\n    deploy:\n      placement:\n        max_replicas_per_node: 1\n")).unwrap_err();
-        assert_eq!(at.line(), 6);
+            check(&tree("services:\n  web:\n    image: x\n    deploy:\n      resources:\n        reservations:\n          devices: []\n")).unwrap_err();
+        assert_eq!(at.line(), 7);
     }
 
     #[test]

@@ -617,6 +617,16 @@ fn service(
     let limits = amounts(ctx, name, res.limits)?;
     let reservations = amounts(ctx, name, res.reservations)?;
     let placement = d.placement.unwrap_or_default();
+    let max_replicas_per_node = match &placement.max_replicas_per_node {
+        Some(m) if mode == Mode::Global => {
+            return ctx.err(
+                &m.referenced,
+                format!("service {name}: max_replicas_per_node cannot be set with mode: global"),
+            )
+        }
+        Some(m) => Some(m.value).filter(|n| *n > 0),
+        None => None,
+    };
     let mut constraints = Vec::new();
     for c in placement.constraints.unwrap_or_default() {
         let parsed = Constraint::parse(&c.value)
@@ -706,6 +716,7 @@ fn service(
         reservations,
         constraints,
         spread_over,
+        max_replicas_per_node,
         strategy,
         rebalance,
         metadata,

@@ -248,6 +248,7 @@ pub(crate) struct Amounts {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct Placement {
     pub(crate) constraints: Option<Vec<Spanned<String>>>,
+    pub(crate) max_replicas_per_node: Option<Spanned<u32>>,
     pub(crate) preferences: Option<Vec<Spanned<Preference>>>,
 }
 

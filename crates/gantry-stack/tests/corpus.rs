@@ -149,10 +149,6 @@ const DIFFERENT: &[(&str, &str)] = &[
     ("internal-network", "Gantry has no internal networks yet"),
     ("network-aliases", "Gantry has no network aliases yet"),
     (
-        "max-replicas-per-node",
-        "Gantry has no max_replicas_per_node yet",
-    ),
-    (
         "volume-driver-unknown",
         "Gantry's volumes use the local driver only",
     ),
@@ -203,6 +199,7 @@ fn comparable_ours(s: &gantry_stack::Service) -> Value {
         "cap_drop": s.security.cap_drop,
         "sysctls": s.security.sysctls,
         "init": s.security.init,
+        "max_per_node": s.max_replicas_per_node,
         "constraints": s.constraints.iter().map(|c| c.replace(' ', "").to_lowercase()).collect::<Vec<_>>(),
     })
 }
@@ -264,6 +261,7 @@ fn comparable_docker(s: &Value) -> Value {
         "cap_drop": caps(&s["cap_drop"]),
         "sysctls": map(&s["sysctls"]),
         "init": s["init"].as_bool().unwrap_or(false),
+        "max_per_node": num(&d["placement"]["max_replicas_per_node"]),
         "constraints": strs(&d["placement"]["constraints"]).unwrap_or_default().iter().map(|c| c.replace(' ', "").to_lowercase()).collect::<Vec<_>>(),
     })
 }
