@@ -18,6 +18,7 @@ mod interpolate;
 mod keys;
 mod mounts;
 mod raw;
+mod render;
 mod tree;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -65,9 +66,17 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// The normalised stack as YAML (`gantry stack config`).
+    /// The stack as a compose document (`gantry stack config --format
+    /// json`): the Compose specification's long forms, Gantry's settings
+    /// under `x-gantry`; parsed again, it gives the same stack.
+    pub fn to_compose(&self) -> serde_json::Value {
+        render::compose(self)
+    }
+
+    /// The same as compose YAML (`gantry stack config`).
     pub fn to_yaml(&self) -> String {
-        serde_saphyr::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+        serde_saphyr::to_string(&self.to_compose())
+            .unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
 

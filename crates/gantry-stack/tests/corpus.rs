@@ -83,6 +83,31 @@ fn every_file_of_the_corpus_normalises_as_its_snapshot() {
     });
 }
 
+#[test]
+fn what_stack_config_prints_reads_back_as_the_same_stack() {
+    for f in corpus() {
+        let name = f.file_stem().unwrap().to_string_lossy().into_owned();
+        let Ok(first) = ours(&f) else { continue };
+        let yaml = first.stack.to_yaml();
+        let again = parse(
+            &name,
+            &yaml,
+            &BTreeMap::new(),
+            &|_| Err("none".into()),
+            &options(),
+        )
+        .unwrap_or_else(|e| panic!("{name}: the printed file does not parse: {e}\n{yaml}"));
+        assert_eq!(again.stack, first.stack, "{name}:\n{yaml}");
+        // Variables were substituted once: a `$` left in a value is
+        // written as `$$`, or it would be read as a variable again.
+        assert!(
+            again.warnings.iter().all(|w| !w.contains("variable")),
+            "{name}: {:?}",
+            again.warnings
+        );
+    }
+}
+
 /// Files Docker's CLI and Gantry read differently, on purpose, and why;
 /// docs/compose.md lists the same differences.
 const DIFFERENT: &[(&str, &str)] = &[

@@ -100,7 +100,7 @@ pub(crate) fn run(cmd: StackCmd) -> anyhow::Result<u8> {
             let stack = load(&file, env_file.as_deref(), &profile)?;
             match format {
                 ConfigFormat::Yaml => print!("{}", stack.to_yaml()),
-                ConfigFormat::Json => crate::output::json(&stack)?,
+                ConfigFormat::Json => crate::output::json(&stack.to_compose())?,
             }
         }
         StackCmd::Cluster(_) => unreachable!("dispatched by main"),

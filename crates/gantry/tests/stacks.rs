@@ -27,7 +27,7 @@ fn stack_config_normalises_warns_and_locates_errors() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["services"]["web"]["image"], "localhost:5000/web:3.1");
     assert_eq!(v["services"]["web"]["environment"]["FROM_FILE"], "yes");
-    assert_eq!(v["services"]["web"]["mode"]["replicated"]["replicas"], 2);
+    assert_eq!(v["services"]["web"]["deploy"]["replicas"], 2);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("Warning: services.web.restart: \"always\" is deployed as deploy.restart_policy.condition: any"),
