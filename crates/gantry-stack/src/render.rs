@@ -288,7 +288,7 @@ fn service(s: &Service) -> Value {
 }
 
 /// The stack as a compose document.
-pub fn compose(stack: &Stack) -> Value {
+pub(crate) fn compose(stack: &Stack) -> Value {
     let services: Map<String, Value> = stack
         .services
         .iter()
