@@ -16,6 +16,8 @@ pub(crate) struct Check {
     pub(crate) interval: Duration,
     pub(crate) timeout: Duration,
     pub(crate) start_period: Duration,
+    /// Between checks during the start period (none: Gantry's pace).
+    pub(crate) start_interval: Option<Duration>,
     pub(crate) retries: u32,
 }
 
@@ -33,6 +35,8 @@ impl Check {
                 interval: ns(h.interval_ns, S30),
                 timeout: ns(h.timeout_ns, S30),
                 start_period: Duration::from_nanos(h.start_period_ns),
+                start_interval: (h.start_interval_ns > 0)
+                    .then(|| Duration::from_nanos(h.start_interval_ns)),
                 retries: if h.retries == 0 { 3 } else { h.retries },
             },
             (None, Some(h)) => Self {
@@ -40,6 +44,7 @@ impl Check {
                 interval: ns(h.interval.unwrap_or(0), S30),
                 timeout: ns(h.timeout.unwrap_or(0), S30),
                 start_period: Duration::from_nanos(h.start_period.unwrap_or(0)),
+                start_interval: None,
                 retries: h.retries.map_or(3, |r| r.max(1) as u32),
             },
             (None, None) => return None,

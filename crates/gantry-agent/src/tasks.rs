@@ -1037,10 +1037,11 @@ impl Agent {
                     }
                 }
             }
-            next = if healthy {
-                check.interval
-            } else {
-                check.interval.min(Duration::from_secs(1))
+            next = match check.start_interval {
+                _ if healthy => check.interval,
+                // start_interval paces the checks during the start period.
+                Some(si) if started.elapsed() < check.start_period => si,
+                _ => check.interval.min(Duration::from_secs(1)),
             };
         }
     }

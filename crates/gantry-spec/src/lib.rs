@@ -173,6 +173,10 @@ pub struct Healthcheck {
     pub timeout_ns: u64,
     /// Grace after start.
     pub start_period_ns: u64,
+    /// Between checks during the grace (0: Gantry's own pace, at most 1 s,
+    /// until the first success).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub start_interval_ns: u64,
     /// Failures before unhealthy.
     pub retries: u32,
 }
@@ -464,6 +468,10 @@ fn yes() -> bool {
     true
 }
 
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
 impl fmt::Display for Mode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -486,6 +494,7 @@ mod tests {
             interval_ns: 1,
             timeout_ns: 2,
             start_period_ns: 3,
+            start_interval_ns: 0,
             retries: 4,
         });
         let v = serde_json::to_value(&s).unwrap();

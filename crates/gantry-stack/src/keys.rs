@@ -141,7 +141,7 @@ fn nested(path: &[&str]) -> Option<&'static [(&'static str, Class)]> {
             ("interval", Y("")),
             ("timeout", Y("")),
             ("start_period", Y("")),
-            ("start_interval", N("checks run every interval during the start period too")),
+            ("start_interval", Y("between checks during start_period")),
             ("retries", Y("")),
             ("disable", Y("")),
         ],

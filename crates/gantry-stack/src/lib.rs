@@ -460,6 +460,7 @@ fn service(
             interval_ns: 0,
             timeout_ns: 0,
             start_period_ns: 0,
+            start_interval_ns: 0,
             retries: 0,
         }),
         Some(h) => Some(Healthcheck {
@@ -502,6 +503,7 @@ fn service(
             interval_ns: ctx.duration(&h.interval, 30_000_000_000)?,
             timeout_ns: ctx.duration(&h.timeout, 30_000_000_000)?,
             start_period_ns: ctx.duration(&h.start_period, 0)?,
+            start_interval_ns: ctx.duration(&h.start_interval, 0)?,
             retries: h.retries.unwrap_or(3),
         }),
     };

@@ -203,6 +203,7 @@ pub(crate) struct Healthcheck {
     pub(crate) interval: Option<Spanned<String>>,
     pub(crate) timeout: Option<Spanned<String>>,
     pub(crate) start_period: Option<Spanned<String>>,
+    pub(crate) start_interval: Option<Spanned<String>>,
     pub(crate) retries: Option<u32>,
     pub(crate) disable: Option<bool>,
 }

@@ -139,13 +139,19 @@ fn service(s: &Service) -> Value {
             if h.test.first().map(String::as_str) == Some("NONE") {
                 json!({"disable": true})
             } else {
-                json!({
-                    "test": h.test,
-                    "interval": duration(h.interval_ns),
-                    "timeout": duration(h.timeout_ns),
-                    "start_period": duration(h.start_period_ns),
-                    "retries": h.retries,
-                })
+                {
+                    let mut m = json!({
+                        "test": h.test,
+                        "interval": duration(h.interval_ns),
+                        "timeout": duration(h.timeout_ns),
+                        "start_period": duration(h.start_period_ns),
+                        "retries": h.retries,
+                    });
+                    if h.start_interval_ns > 0 {
+                        m["start_interval"] = json!(duration(h.start_interval_ns));
+                    }
+                    m
+                }
             },
         );
     }

@@ -249,7 +249,91 @@ fn whole_file_problems() {
     assert!(e.msg.contains("env_file missing.env"), "{e}");
 }
 
+/// Well-formed YAML in compose's shape, with the specification's keys and
+/// random values of every type at every depth.
+fn compose_shaped() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+    use proptest::prelude::*;
+    let keys = prop::sample::select(vec![
+        "image",
+        "command",
+        "entrypoint",
+        "environment",
+        "ports",
+        "volumes",
+        "deploy",
+        "replicas",
+        "mode",
+        "resources",
+        "limits",
+        "memory",
+        "cpus",
+        "placement",
+        "constraints",
+        "healthcheck",
+        "test",
+        "interval",
+        "networks",
+        "external",
+        "name",
+        "driver_opts",
+        "labels",
+        "depends_on",
+        "condition",
+        "target",
+        "published",
+        "source",
+        "type",
+        "ulimits",
+        "sysctls",
+        "cap_add",
+        "extra_hosts",
+        "dns",
+        "tmpfs",
+        "profiles",
+        "logging",
+        "options",
+        "x-gantry",
+        "restart",
+        "scale",
+        "init",
+        "web",
+        "db",
+        "data",
+        "services",
+        "hostname",
+        "platform",
+        "max_replicas_per_node",
+    ]);
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        "[a-z0-9:/.=${}\\ *#-]{0,12}".prop_map(serde_json::Value::from),
+    ];
+    let node = leaf.prop_recursive(5, 64, 6, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+            prop::collection::btree_map(keys.clone().prop_map(str::to_owned), inner, 0..5)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    });
+    node.prop_map(
+        |services| serde_json::json!({"services": {"web": services}, "volumes": {"data": {}}}),
+    )
+}
+
 proptest::proptest! {
+    #[test]
+    fn arbitrary_compose_shaped_yaml_never_panics(doc in compose_shaped()) {
+        let text = serde_saphyr::to_string(&doc).unwrap();
+        let vars = env(&[("A", "1")]);
+        if let Ok(p) = parse("fuzz.yml", &text, &vars, &no_files, &ParseOptions::default()) {
+            // What it accepts, it prints and reads back the same.
+            let again = parse("again.yml", &p.stack.to_yaml(), &vars, &no_files, &ParseOptions::default()).unwrap();
+            proptest::prop_assert_eq!(again.stack, p.stack);
+        }
+    }
+
     #[test]
     fn arbitrary_text_never_panics(text in "(services:|  web:|    image: x|    deploy:|      replicas: [0-9a-z]{0,3}|[ :\\-\\[\\]{}\"$]|[a-z]{1,6}|\n){0,40}") {
         let _ = parse("fuzz.yml", &text, &BTreeMap::new(), &no_files, &ParseOptions::default());
