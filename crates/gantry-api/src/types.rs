@@ -209,6 +209,29 @@ pub struct DfpRequest {
     pub query: BTreeMap<String, String>,
 }
 
+/// `gantry network create`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkCreate {
+    /// Its name.
+    pub name: String,
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A cluster network as `gantry network ls/inspect` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkView {
+    /// Its name.
+    pub name: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// When it was made (RFC 3339).
+    pub created: String,
+    /// The services on it.
+    pub services: Vec<String>,
+}
+
 /// A certificate as `gantry cert ls` shows it (no key).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CertView {

@@ -67,7 +67,7 @@ pub fn scoped(s: &State) -> Scoped {
                 .insert(rec.name.clone(), front);
         }
         for n in &rec.spec.networks {
-            out.entry(format!("{}_{n}", rec.stack))
+            out.entry(rec.spec.network_scope(&rec.stack, n))
                 .or_default()
                 .insert(rec.name.clone(), addrs.clone());
         }
@@ -90,7 +90,7 @@ pub fn node_scopes(s: &State, node: &str) -> BTreeSet<String> {
                 rec.spec
                     .networks
                     .iter()
-                    .map(|n| format!("{}_{n}", rec.stack)),
+                    .map(|n| rec.spec.network_scope(&rec.stack, n)),
             );
         }
     }

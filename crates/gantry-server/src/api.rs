@@ -57,7 +57,8 @@ impl From<StoreError> for Fail {
                 Rejected::NoSuchNode(_)
                 | Rejected::NoSuchService(_)
                 | Rejected::NoSuchTask(_)
-                | Rejected::NoSuchCert(_),
+                | Rejected::NoSuchCert(_)
+                | Rejected::NoSuchNetwork(_),
             ) => Fail(StatusCode::NOT_FOUND, e.to_string()),
             StoreError::Rejected(_) => Fail(StatusCode::CONFLICT, e.to_string()),
             _ => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -234,6 +235,14 @@ fn router(sh: Arc<Shared>) -> Router {
             axum::routing::delete(crate::edge::cert_rm),
         )
         .route("/v1/edge-ca", get(crate::edge::edge_ca))
+        .route(
+            "/v1/networks",
+            get(crate::networks::ls).post(crate::networks::create),
+        )
+        .route(
+            "/v1/networks/{name}",
+            get(crate::networks::inspect).delete(crate::networks::rm),
+        )
         .with_state(sh)
 }
 

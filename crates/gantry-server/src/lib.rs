@@ -18,6 +18,7 @@ mod events;
 mod limits;
 mod logs;
 mod metrics;
+mod networks;
 mod orchestrate;
 
 use std::collections::HashMap;

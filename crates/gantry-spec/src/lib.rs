@@ -248,8 +248,13 @@ pub struct Service {
     pub healthcheck: Option<Healthcheck>,
     /// Services that must start first.
     pub depends_on: Vec<String>,
-    /// Networks of the stack it joins.
+    /// Networks it joins, by their names in the stack file.
     pub networks: Vec<String>,
+    /// Networks of the cluster (`external` in the stack file), by their
+    /// names in the file: they are the cluster's, shared with other
+    /// stacks, not `STACK_NETWORK`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub network_names: BTreeMap<String, String>,
     /// Replicated or global.
     pub mode: Mode,
     /// Limits per task.
@@ -414,6 +419,7 @@ impl Service {
             healthcheck: None,
             depends_on: Vec::new(),
             networks: vec!["default".into()],
+            network_names: BTreeMap::new(),
             mode: Mode::Replicated { replicas: 1 },
             limits: Amounts::default(),
             reservations: Amounts::default(),
@@ -453,6 +459,16 @@ impl Service {
             s
         };
         containers(self) == containers(other)
+    }
+
+    /// The cluster-wide name of network `n` of the service, in stack
+    /// `stack`: the cluster network an external one names, else
+    /// `STACK_N`.
+    pub fn network_scope(&self, stack: &str, n: &str) -> String {
+        match self.network_names.get(n) {
+            Some(name) => name.clone(),
+            None => format!("{stack}_{n}"),
+        }
     }
 
     /// Its replica count (none for a global service).

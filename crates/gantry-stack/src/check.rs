@@ -259,6 +259,15 @@ pub fn service(name: &str, s: &Service) -> Result<(), String> {
     for n in s.networks.iter().chain(&s.depends_on) {
         service_name(n).map_err(at)?;
     }
+    for (short, name) in &s.network_names {
+        if !s.networks.contains(short) || !crate::valid_volume(name) {
+            return Err(at(format!(
+                "invalid cluster network {} for {}",
+                shown(name),
+                shown(short)
+            )));
+        }
+    }
     for c in &s.constraints {
         gantry_sched::Constraint::parse(c)
             .map_err(|e| at(format!("constraint {}: {e}", shown(c))))?;

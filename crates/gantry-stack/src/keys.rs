@@ -248,7 +248,7 @@ const VOLUME: &[(&str, Class)] = &[
     ("labels", Y("")),
     (
         "external",
-        Y("mounted as it is; a task goes where it exists"),
+        Y("mounted as it is, never created; on a node without it the task fails, saying so"),
     ),
     ("name", Y("the volume's name on the nodes, as given")),
 ];
@@ -266,11 +266,11 @@ const NETWORK: &[(&str, Class)] = &[
     ),
     (
         "name",
-        R("not supported yet: stack networks are named STACK_NETWORK"),
+        Y("with external: the cluster network's name (a stack's own networks are STACK_NETWORK)"),
     ),
     (
         "external",
-        R("not supported yet: shared networks between stacks arrive with `gantry network create`"),
+        Y("a network of the cluster (`gantry network create`), shared by the stacks that name it; it must exist"),
     ),
     (
         "internal",

@@ -286,6 +286,40 @@ pub fn parse(
             },
         )?;
     let volumes = mounts::declared(&ctx, raw.volumes.unwrap_or_default())?;
+    // External networks are the cluster's (`gantry network create`), by
+    // the name they have there.
+    let mut external_networks: BTreeMap<String, String> = BTreeMap::new();
+    for (key, n) in raw.networks.clone().unwrap_or_default() {
+        let n = n.unwrap_or_default();
+        let external = match n.external.as_ref().map(|e| &e.value) {
+            Some(raw::External::Flag(f)) => *f,
+            Some(raw::External::Named { name }) => {
+                external_networks.insert(key.clone(), name.clone());
+                true
+            }
+            None => false,
+        };
+        match (&n.name, external) {
+            (Some(name), true) => {
+                external_networks.insert(key.clone(), name.value.clone());
+            }
+            (None, true) => {
+                external_networks.entry(key.clone()).or_insert_with(|| key.clone());
+            }
+            (Some(name), false) => {
+                return ctx.err(
+                    &name.referenced,
+                    format!("network {key}: name: is supported with external: true only (a network of the cluster, made with gantry network create); a stack's own networks are named STACK_{key}"),
+                )
+            }
+            (None, false) => {}
+        }
+    }
+    for (key, name) in &external_networks {
+        if !valid_volume(name) {
+            return Err(ctx.nowhere(format!("network {key}: invalid network name {name:?}")));
+        }
+    }
     let mut networks: BTreeSet<String> = raw.networks.unwrap_or_default().into_keys().collect();
     networks.insert("default".into());
     let mut raw_services = raw
@@ -351,6 +385,7 @@ pub fn parse(
             &names,
             &volumes,
             &networks,
+            &external_networks,
             env,
             load_env_file,
             paths,
@@ -398,6 +433,7 @@ fn service(
     names: &BTreeSet<String>,
     volumes: &BTreeMap<String, VolumeOptions>,
     networks: &BTreeSet<String>,
+    external_networks: &BTreeMap<String, String>,
     env: &BTreeMap<String, String>,
     load_env_file: &EnvFileLoader<'_>,
     paths: &ParseOptions,
@@ -711,6 +747,10 @@ fn service(
             })?),
         },
     };
+    let network_names: BTreeMap<String, String> = nets
+        .iter()
+        .filter_map(|n| Some((n.clone(), external_networks.get(n)?.clone())))
+        .collect();
     let mut svc = Service {
         image,
         command: ctx.words(name, "command", s.command)?,
@@ -722,6 +762,7 @@ fn service(
         healthcheck,
         depends_on,
         networks: nets,
+        network_names,
         mode,
         limits,
         reservations,

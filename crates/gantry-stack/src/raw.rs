@@ -45,7 +45,7 @@ pub(crate) enum ListOrDict {
 pub(crate) struct File {
     pub(crate) services: Option<BTreeMap<String, Service>>,
     pub(crate) volumes: Option<BTreeMap<String, Option<TopVolume>>>,
-    pub(crate) networks: Option<BTreeMap<String, Option<serde::de::IgnoredAny>>>,
+    pub(crate) networks: Option<BTreeMap<String, Option<TopNetwork>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -149,6 +149,13 @@ pub(crate) struct TopVolume {
     pub(crate) external: Option<Spanned<External>>,
     pub(crate) name: Option<Spanned<String>>,
     pub(crate) labels: Option<ListOrDict>,
+}
+
+/// A top-level `networks:` entry (what Gantry reads of it).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct TopNetwork {
+    pub(crate) external: Option<Spanned<External>>,
+    pub(crate) name: Option<Spanned<String>>,
 }
 
 /// `external: true`, or the old `external: {name: x}`.

@@ -318,7 +318,14 @@ pub(crate) fn compose(stack: &Stack) -> Value {
         .networks
         .iter()
         .filter(|n| *n != "default")
-        .map(|n| (n.clone(), json!({})))
+        .map(|n| {
+            let external = stack.services.values().find_map(|s| s.network_names.get(n));
+            let v = match external {
+                Some(name) => json!({"external": true, "name": name}),
+                None => json!({}),
+            };
+            (n.clone(), v)
+        })
         .collect();
     let mut doc = Map::new();
     doc.insert("services".into(), Value::Object(services));

@@ -209,6 +209,19 @@ impl CertSource {
     }
 }
 
+/// A cluster network (`gantry network create`): stacks that name it as
+/// `external` share it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    /// Its name.
+    pub name: String,
+    /// Free-form labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// When it was made, milliseconds since the epoch.
+    pub created_ms: u64,
+}
+
 /// A certificate the proxies serve.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CertRecord {
@@ -347,6 +360,13 @@ pub enum Command {
         /// Its name.
         name: String,
     },
+    /// Create a cluster network.
+    PutNetwork(NetworkRecord),
+    /// Remove one no service uses.
+    RemoveNetwork {
+        /// Its name.
+        name: String,
+    },
     /// Publish an ACME challenge to every proxy.
     PutChallenge(ChallengeRecord),
     /// Withdraw one.
@@ -378,6 +398,17 @@ pub enum Rejected {
     /// The certificate does not exist.
     #[error("no such certificate: {0}")]
     NoSuchCert(String),
+    /// The network does not exist.
+    #[error("no such network: {0} (create it with gantry network create {0})")]
+    NoSuchNetwork(String),
+    /// Services use the network.
+    #[error("network {network} is in use by {services}")]
+    NetworkInUse {
+        /// The network.
+        network: String,
+        /// The services that use it, comma-separated.
+        services: String,
+    },
     /// The node is up or still runs tasks.
     #[error("node {0} is up or still has tasks: drain it and stop its agent first")]
     NodeBusy(String),
@@ -414,6 +445,9 @@ pub struct State {
     /// Pending ACME challenges by [`ChallengeRecord::key`].
     #[serde(default)]
     pub challenges: BTreeMap<String, ChallengeRecord>,
+    /// Cluster networks by name.
+    #[serde(default)]
+    pub networks: BTreeMap<String, NetworkRecord>,
     /// Task ids by node (kept by `apply`; rebuilt by [`State::reindex`]
     /// after decoding).
     #[serde(skip)]
@@ -433,6 +467,7 @@ enum Key {
     Route(String),
     Cert(String),
     Challenge(String),
+    Network(String),
 }
 
 /// The entries a batch of commands can change, as they were before it:
@@ -545,6 +580,8 @@ impl State {
             Command::RemoveRoutes { key } => vec![Key::Route(key.clone())],
             Command::PutCert(c) => vec![Key::Cert(c.name.clone())],
             Command::RemoveCert { name } => vec![Key::Cert(name.clone())],
+            Command::PutNetwork(n) => vec![Key::Network(n.name.clone())],
+            Command::RemoveNetwork { name } => vec![Key::Network(name.clone())],
             Command::PutChallenge(c) => vec![Key::Challenge(c.key())],
             Command::RemoveChallenge { key } => vec![Key::Challenge(key.clone())],
         }
@@ -572,6 +609,7 @@ impl State {
                     Key::Route(id) => copy_entry(&mut st.routes, &self.routes, id),
                     Key::Cert(id) => copy_entry(&mut st.certs, &self.certs, id),
                     Key::Challenge(id) => copy_entry(&mut st.challenges, &self.challenges, id),
+                    Key::Network(id) => copy_entry(&mut st.networks, &self.networks, id),
                 }
                 b.keys.push(k);
             }
@@ -596,6 +634,7 @@ impl State {
                 Key::Route(id) => copy_entry(&mut self.routes, &b.routes, id),
                 Key::Cert(id) => copy_entry(&mut self.certs, &b.certs, id),
                 Key::Challenge(id) => copy_entry(&mut self.challenges, &b.challenges, id),
+                Key::Network(id) => copy_entry(&mut self.networks, &b.networks, id),
             }
         }
     }
@@ -620,9 +659,37 @@ impl State {
             }
         };
         match cmd {
+            // A service joins only networks that exist.
+            Command::PutService { spec, .. } => match spec
+                .network_names
+                .values()
+                .find(|n| !self.networks.contains_key(*n))
+            {
+                Some(n) => Err(Rejected::NoSuchNetwork(n.clone())),
+                None => Ok(()),
+            },
+            Command::PutNetwork(_) => Ok(()),
+            Command::RemoveNetwork { name } => {
+                if !self.networks.contains_key(name) {
+                    return Err(Rejected::NoSuchNetwork(name.clone()));
+                }
+                let users: Vec<&str> = self
+                    .services
+                    .values()
+                    .filter(|r| r.spec.network_names.values().any(|n| n == name))
+                    .map(|r| r.name.as_str())
+                    .collect();
+                if users.is_empty() {
+                    Ok(())
+                } else {
+                    Err(Rejected::NetworkInUse {
+                        network: name.clone(),
+                        services: users.join(", "),
+                    })
+                }
+            }
             Command::PutNode(_)
             | Command::SetMeta { .. }
-            | Command::PutService { .. }
             | Command::PutRoutes(_)
             | Command::RemoveRoutes { .. }
             | Command::PutCert(_)
@@ -802,6 +869,12 @@ impl State {
             Command::RemoveCert { name } => {
                 self.certs.remove(&name);
             }
+            Command::PutNetwork(n) => {
+                self.networks.insert(n.name.clone(), n);
+            }
+            Command::RemoveNetwork { name } => {
+                self.networks.remove(&name);
+            }
             Command::PutChallenge(c) => {
                 self.challenges.insert(c.key(), c);
             }
@@ -824,3 +897,6 @@ fn copy_entry<V: Clone>(map: &mut BTreeMap<String, V>, from: &BTreeMap<String, V
         }
     }
 }
+
+#[cfg(test)]
+mod network_tests;

@@ -161,6 +161,9 @@ enum Cmd {
     /// The edge proxies' certificates.
     #[command(subcommand)]
     Cert(cluster::CertCmd),
+    /// The cluster's networks, which stacks share (`external: true`).
+    #[command(subcommand)]
+    Network(cluster::NetworkCmd),
 }
 
 /// Everything a command needs from the global flags.
@@ -302,5 +305,6 @@ fn dispatch(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<u8> {
         Cmd::Stats(a) => stats::stats(ctx, a),
         Cmd::Demo(a) => demo::demo(a),
         Cmd::Cert(c) => cluster::cert(ctx, c),
+        Cmd::Network(c) => cluster::network(ctx, c),
     }
 }

@@ -227,3 +227,104 @@ volumes:
     assert!(vols.contains("legacy_data"), "{vols}");
     assert!(opt_dir.path().join("opt.txt").exists());
 }
+
+/// The reverse-proxy pattern: a network of the cluster that two stacks
+/// share by naming it `external`; a stack naming one that does not exist
+/// is refused, and a network in use cannot be removed.
+#[test]
+fn stacks_share_an_external_network() {
+    let Some(d) = Dev::start("stacks_share_an_external_network") else {
+        return;
+    };
+    d.g.busybox_image("bb:1");
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let write = |name: &str, text: &str| {
+        std::fs::write(p.join(name), text).unwrap();
+        p.join(name).display().to_string()
+    };
+    let front = write(
+        "front.yml",
+        "services:\n  edge:\n    image: bb:1\n    command: [sleep, '100000']\n    stop_grace_period: 1s\n    networks: [proxy]\nnetworks:\n  proxy:\n    external: true\n",
+    );
+    let back = write(
+        "back.yml",
+        "services:\n  web:\n    image: bb:1\n    command: [sh, -c, 'echo back > /index.html && exec httpd -f -p 8080 -h /']\n    stop_grace_period: 1s\n    networks: [default, shared]\nnetworks:\n  shared:\n    external: true\n    name: proxy\n",
+    );
+    // Not created yet: refused, nothing stored.
+    let o = d.cli(&["deploy", "-f", &front, "front"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        errtext(&o).contains("no such network: proxy (create it with gantry network create proxy)"),
+        "{}",
+        errtext(&o)
+    );
+    assert_eq!(
+        text(&d.cli(&["stack", "ls", "--format", "json"])).trim(),
+        "[]"
+    );
+    let o = d.cli(&["network", "create", "proxy"]);
+    assert!(o.status.success(), "{}", errtext(&o));
+    let o = d.cli(&["network", "create", "proxy"]);
+    assert!(errtext(&o).contains("exists already"), "{}", errtext(&o));
+    for (f, s) in [(&front, "front"), (&back, "back")] {
+        let o = d.cli(&["deploy", "-f", f, s]);
+        assert!(o.status.success(), "{s}: {}{}", text(&o), errtext(&o));
+    }
+    // The edge of one stack reaches the web of the other by its name.
+    let edge = wait_for("the edge container", Duration::from_secs(30), || {
+        let ps = text(&d.cli(&["ps", "--format", "json"]));
+        let v: Value = serde_json::from_str(&ps).map_err(|e| e.to_string())?;
+        v.as_array()
+            .and_then(|a| {
+                a.iter().find(|c| {
+                    c["Name"]
+                        .as_str()
+                        .is_some_and(|n| n.trim_start_matches('/').starts_with("front_edge"))
+                })
+            })
+            .and_then(|c| c["Id"].as_str().map(str::to_owned))
+            .ok_or(ps)
+    });
+    wait_for("back_web from front_edge", Duration::from_secs(30), || {
+        let o = d.cli(&[
+            "exec",
+            &edge,
+            "sh",
+            "-c",
+            "printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 3 back_web 8080",
+        ]);
+        if text(&o).contains("back") {
+            Ok(())
+        } else {
+            Err(format!("{}{}", text(&o), errtext(&o)))
+        }
+    });
+    let v: Value = serde_json::from_slice(&d.cli(&["network", "inspect", "proxy"]).stdout).unwrap();
+    assert_eq!(
+        v[0]["services"],
+        serde_json::json!(["back_web", "front_edge"])
+    );
+    // In use: not removed.
+    let o = d.cli(&["network", "rm", "proxy"]);
+    assert!(
+        errtext(&o).contains("network proxy is in use by back_web, front_edge"),
+        "{}",
+        errtext(&o)
+    );
+    assert!(d.cli(&["stack", "rm", "front", "back"]).status.success());
+    let o = d.cli(&["network", "rm", "proxy"]);
+    assert!(o.status.success(), "{}", errtext(&o));
+    assert_eq!(
+        text(&d.cli(&["network", "ls", "--format", "json"])).trim(),
+        "[]"
+    );
+    wait_for("containers to go", Duration::from_secs(30), || {
+        let ps = text(&d.cli(&["ps", "-aq"]));
+        if ps.trim().is_empty() {
+            Ok(())
+        } else {
+            Err(ps)
+        }
+    });
+}

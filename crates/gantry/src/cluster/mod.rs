@@ -15,12 +15,14 @@ use crate::Ctx;
 mod certs;
 mod daemons;
 mod events;
+mod networks;
 mod nodes;
 mod services;
 
 pub(crate) use certs::{cert, CertCmd};
 pub(crate) use daemons::{agent, server, AgentArgs, ServerArgs};
 pub(crate) use events::{events, time_arg, EventsArgs};
+pub(crate) use networks::{network, NetworkCmd};
 pub(crate) use nodes::{join_token, node, NodeCmd};
 pub(crate) use services::{deploy, service, stack, ClusterStackCmd, DeployArgs, ServiceCmd};
 
