@@ -823,7 +823,9 @@ impl Agent {
             c.log_max_size = size;
         }
         if let Some(n) = svc.log_max_files {
-            c.log_max_files = n;
+            // max-file counts the current file; the runtime keeps this many
+            // besides it.
+            c.log_max_files = n.saturating_sub(1);
         }
         c.ports = svc
             .ports

@@ -91,10 +91,103 @@ pub(crate) struct RunArgs {
     /// Log options: max-size=SIZE (rotate at), max-file=N (files kept).
     #[arg(long = "log-opt", value_name = "KEY=VALUE")]
     log_opt: Vec<String>,
+    /// Add a capability to Docker's default set (NET_ADMIN, ALL).
+    #[arg(long = "cap-add", value_name = "CAP")]
+    cap_add: Vec<String>,
+    /// Drop a capability from it (ALL drops every one).
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    cap_drop: Vec<String>,
+    /// no-new-privileges (always on) or seccomp=unconfined.
+    #[arg(long = "security-opt", value_name = "OPT")]
+    security_opt: Vec<String>,
+    /// A namespaced kernel parameter (net.core.somaxconn=1024).
+    #[arg(long = "sysctl", value_name = "KEY=VALUE")]
+    sysctl: Vec<String>,
+    /// A resource limit: NAME=SOFT[:HARD] (nofile=1024:4096).
+    #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
+    ulimit: Vec<String>,
+    /// Run a small init as PID 1 that passes signals on and reaps orphans.
+    #[arg(long)]
+    init: bool,
+    /// An /etc/hosts line: HOST:IP.
+    #[arg(long = "add-host", value_name = "HOST:IP")]
+    add_host: Vec<String>,
+    /// A name server.
+    #[arg(long)]
+    dns: Vec<std::net::IpAddr>,
+    /// A search domain.
+    #[arg(long = "dns-search")]
+    dns_search: Vec<String>,
+    /// A resolver option (ndots:2).
+    #[arg(long = "dns-option")]
+    dns_option: Vec<String>,
     /// The image, then the command and its arguments (everything after the
     /// image belongs to the command, as with Docker).
     #[arg(value_name = "IMAGE [COMMAND [ARG...]]", required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
+}
+
+/// The confinement and resolution flags, as Docker's.
+fn security(a: &RunArgs, cfg: &mut gantry_runtime::ContainerConfig) -> Result<(), String> {
+    let sec = &mut cfg.security;
+    for (from, to) in [
+        (&a.cap_add, &mut sec.cap_add),
+        (&a.cap_drop, &mut sec.cap_drop),
+    ] {
+        for c in from {
+            to.push(gantry_units::capability(c)?);
+        }
+    }
+    for o in &a.security_opt {
+        match o.as_str() {
+            "no-new-privileges" | "no-new-privileges:true" | "no-new-privileges=true" => {}
+            "seccomp=unconfined" | "seccomp:unconfined" => sec.seccomp_unconfined = true,
+            o => {
+                return Err(format!(
+                    "--security-opt {o:?}: use no-new-privileges or seccomp=unconfined"
+                ))
+            }
+        }
+    }
+    for kv in &a.sysctl {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("--sysctl {kv:?}: use KEY=VALUE"))?;
+        sec.sysctls.insert(k.to_owned(), v.to_owned());
+    }
+    for u in &a.ulimit {
+        let bad = || format!("--ulimit {u:?}: use NAME=SOFT[:HARD]");
+        let (name, limits) = u.split_once('=').ok_or_else(bad)?;
+        let num = |s: &str| {
+            s.parse::<i64>()
+                .map(|n| if n < 0 { u64::MAX } else { n as u64 })
+        };
+        let (soft, hard) = match limits.split_once(':') {
+            Some((s, h)) => (num(s).map_err(|_| bad())?, num(h).map_err(|_| bad())?),
+            None => {
+                let n = num(limits).map_err(|_| bad())?;
+                (n, n)
+            }
+        };
+        sec.ulimits.insert(name.to_owned(), (soft, hard));
+    }
+    sec.init = a.init;
+    let r = &mut cfg.resolution;
+    for h in &a.add_host {
+        let (host, ip) = h
+            .split_once(':')
+            .ok_or_else(|| format!("--add-host {h:?}: use HOST:IP"))?;
+        let ip = ip
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .map_err(|_| format!("--add-host {h:?}: {ip:?} is not an IP address"))?;
+        r.extra_hosts.push((host.to_owned(), ip));
+    }
+    r.dns.extend(a.dns.iter().copied());
+    r.dns_search.extend(a.dns_search.iter().cloned());
+    r.dns_opt.extend(a.dns_option.iter().cloned());
+    Ok(())
 }
 
 impl RunArgs {
@@ -249,6 +342,7 @@ fn build_config(ctx: &Ctx, a: &RunArgs) -> anyhow::Result<ContainerConfig> {
         .map_err(fail125)?;
     cfg.resources.cpu_shares = a.cpu_shares;
     cfg.resources.pids = a.pids_limit;
+    security(&a, &mut cfg).map_err(fail125)?;
     for o in &a.log_opt {
         match o.split_once('=') {
             Some(("max-size", v)) => {

@@ -975,3 +975,68 @@ fn a_name_is_held_once_and_freed_with_its_container() {
     g.ok(&["rm", "-f", "twin"]);
     assert!(!g.data.path().join("containers/.names/twin").exists());
 }
+
+/// Docker's confinement and resolution flags on `gantry run`.
+#[test]
+fn run_takes_capabilities_sysctls_ulimits_init_and_resolver_flags() {
+    let Some(g) = G::new("run_takes_capabilities_sysctls_ulimits_init_and_resolver_flags") else {
+        return;
+    };
+    g.busybox_image("bb");
+    let out = g.ok(&[
+        "run",
+        "--rm",
+        "--cap-drop",
+        "ALL",
+        "--cap-add",
+        "net_bind_service",
+        "--sysctl",
+        "net.core.somaxconn=1234",
+        "--ulimit",
+        "nofile=512:1024",
+        "--init",
+        "--add-host",
+        "db.local:10.9.8.7",
+        "--dns",
+        "10.9.8.53",
+        "--dns-search",
+        "corp.example",
+        "--dns-option",
+        "ndots:3",
+        "bb",
+        "sh",
+        "-c",
+        "grep CapBnd /proc/self/status; cat /proc/sys/net/core/somaxconn; ulimit -n; cat /proc/1/comm; echo $$; cat /etc/hosts /etc/resolv.conf",
+    ]);
+    assert!(
+        out.contains("0000000000000400"),
+        "NET_BIND_SERVICE alone: {out}"
+    );
+    assert!(out.contains("\n1234\n512\n"), "{out}");
+    assert!(!out.contains("\nsh\n1\n"), "the init is PID 1: {out}");
+    assert!(out.contains("10.9.8.7\tdb.local"), "{out}");
+    assert!(
+        out.contains("search corp.example")
+            && out.contains("nameserver 10.9.8.53")
+            && out.contains("options ndots:3"),
+        "{out}"
+    );
+    // What a container may not set, or a bad name, is refused.
+    let o = g
+        .cmd()
+        .args(["run", "--rm", "--sysctl", "kernel.panic=1", "bb", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(125), "{}", errtext(&o));
+    assert!(errtext(&o).contains("not namespaced"), "{}", errtext(&o));
+    let o = g
+        .cmd()
+        .args(["run", "--rm", "--cap-add", "SUPERPOWER", "bb", "true"])
+        .output()
+        .unwrap();
+    assert!(
+        errtext(&o).contains("unknown capability"),
+        "{}",
+        errtext(&o)
+    );
+}
