@@ -342,7 +342,7 @@ fn build_config(ctx: &Ctx, a: &RunArgs) -> anyhow::Result<ContainerConfig> {
         .map_err(fail125)?;
     cfg.resources.cpu_shares = a.cpu_shares;
     cfg.resources.pids = a.pids_limit;
-    security(&a, &mut cfg).map_err(fail125)?;
+    security(a, &mut cfg).map_err(fail125)?;
     for o in &a.log_opt {
         match o.split_once('=') {
             Some(("max-size", v)) => {
