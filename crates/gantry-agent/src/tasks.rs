@@ -381,11 +381,15 @@ impl Agent {
         open.extend(self.edge.get().map(|e| e.ports()).unwrap_or_default());
         let mut dnat = Vec::new();
         let mut metadata_allowed = Vec::new();
+        let mut internal = Vec::new();
         for a in &set.tasks {
             {
                 let svc = &a.spec;
                 if svc.metadata {
                     metadata_allowed.extend(a.task.addr);
+                }
+                if svc.internal_only() {
+                    internal.extend(a.task.addr);
                 }
                 for p in svc.ports.iter().filter(|p| p.mode == PortMode::Host) {
                     let Some(published) = p.published else {
@@ -422,6 +426,7 @@ impl Agent {
         open_udp.sort();
         open_udp.dedup();
         metadata_allowed.sort();
+        internal.sort();
         let vxlan = self
             .net
             .lock()
@@ -448,6 +453,7 @@ impl Agent {
             dnat,
             vxlan,
             metadata_allowed,
+            internal,
         };
         let mut fw = self.firewall.lock().expect("firewall lock");
         if fw.as_ref() == Some(&wanted) {

@@ -41,6 +41,7 @@ fn apply(n: u32, sender: Ipv4Addr) -> Res {
             peers,
         }),
         metadata_allowed: Vec::new(),
+        internal: Vec::new(),
     }
     .apply()?;
     Ok(())

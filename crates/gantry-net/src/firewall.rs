@@ -69,6 +69,10 @@ pub struct Firewall {
     pub vxlan: Option<VxlanPeers>,
     /// Tasks that may reach [`METADATA_ADDR`]; no other container may.
     pub metadata_allowed: Vec<Ipv4Addr>,
+    /// Tasks of this node on internal networks only (compose's
+    /// `internal: true`): nothing of theirs leaves the overlay, nothing
+    /// from outside it reaches them.
+    pub internal: Vec<Ipv4Addr>,
 }
 
 /// A host-mode published port: traffic to `published` (on `dest` only,
@@ -340,6 +344,11 @@ fn isolation(
         };
         add_set(batch, t, family, &name, next_id, addrs.iter().copied())
     };
+    let internal = if fw.internal.is_empty() {
+        None
+    } else {
+        Some(set_of("internal".into(), &fw.internal)?)
+    };
     let infra = set_of("infra".into(), &fw.infra)?;
     let nets = fw
         .networks
@@ -347,6 +356,15 @@ fn isolation(
         .enumerate()
         .map(|(i, addrs)| set_of(format!("net{i}"), addrs))
         .collect::<Result<Vec<_>, _>>()?;
+    // Internal networks' tasks: nothing between them and outside the
+    // overlay, either way (first, before any accept).
+    if let Some(internal) = &internal {
+        for source in [true, false] {
+            let r = ip_in(Rule::new(&fwd)?, internal, source, bridge)?;
+            let r = ip_net_not(r, overlay, !source, bridge)?;
+            batch.add(&r.drop(), MsgType::Add);
+        }
+    }
     for set in &nets {
         let r = ip_in(Rule::new(&fwd)?, set, true, bridge)?;
         batch.add(&ip_in(r, set, false, bridge)?.accept(), MsgType::Add);
@@ -363,6 +381,17 @@ fn isolation(
     let r = ip_net(r, overlay, false, bridge)?;
     batch.add(&r.drop(), MsgType::Add);
     Ok(())
+}
+
+/// Matches an IPv4 source or destination address outside `net`.
+fn ip_net_not(mut rule: Rule, net: Net, source: bool, bridge: bool) -> Result<Rule, OverlayError> {
+    ip_field(&mut rule, source, bridge);
+    rule.add_expr(rustables::expr::Bitwise::new(
+        net.netmask().octets(),
+        0u32.to_be_bytes(),
+    )?);
+    rule.add_expr(Cmp::new(CmpOp::Neq, net.addr.octets()));
+    Ok(rule)
 }
 
 /// Matches an IPv4 source or destination address inside `net`.
@@ -571,7 +600,8 @@ mod tests {
                 local: Ipv4Addr::new(10, 77, 0, 2),
                 peers,
             }),
-            metadata_allowed: members,
+            metadata_allowed: members.clone(),
+            internal: members,
         };
         // In a network namespace of this thread's own (it goes with it).
         std::thread::spawn(move || {

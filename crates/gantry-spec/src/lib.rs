@@ -255,6 +255,10 @@ pub struct Service {
     /// stacks, not `STACK_NETWORK`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub network_names: BTreeMap<String, String>,
+    /// Its networks that are `internal: true`, by their names in the file:
+    /// a task on such networks only has no way out of the overlay.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub internal_networks: std::collections::BTreeSet<String>,
     /// Replicated or global.
     pub mode: Mode,
     /// Limits per task.
@@ -420,6 +424,7 @@ impl Service {
             depends_on: Vec::new(),
             networks: vec!["default".into()],
             network_names: BTreeMap::new(),
+            internal_networks: Default::default(),
             mode: Mode::Replicated { replicas: 1 },
             limits: Amounts::default(),
             reservations: Amounts::default(),
@@ -469,6 +474,15 @@ impl Service {
             Some(name) => name.clone(),
             None => format!("{stack}_{n}"),
         }
+    }
+
+    /// Whether its tasks are on internal networks only.
+    pub fn internal_only(&self) -> bool {
+        !self.networks.is_empty()
+            && self
+                .networks
+                .iter()
+                .all(|n| self.internal_networks.contains(n))
     }
 
     /// Its replica count (none for a global service).

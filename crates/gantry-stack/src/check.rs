@@ -259,6 +259,12 @@ pub fn service(name: &str, s: &Service) -> Result<(), String> {
     for n in s.networks.iter().chain(&s.depends_on) {
         service_name(n).map_err(at)?;
     }
+    if let Some(n) = s.internal_networks.iter().find(|n| !s.networks.contains(n)) {
+        return Err(at(format!(
+            "internal network {} is not one of its networks",
+            shown(n)
+        )));
+    }
     for (short, name) in &s.network_names {
         if !s.networks.contains(short) || !crate::valid_volume(name) {
             return Err(at(format!(

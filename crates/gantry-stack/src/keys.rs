@@ -274,7 +274,7 @@ const NETWORK: &[(&str, Class)] = &[
     ),
     (
         "internal",
-        R("not supported yet: a stack network reaches the outside through its node"),
+        Y("a task on internal networks only reaches nothing outside the overlay, and nothing outside reaches it"),
     ),
     (
         "ipam",

@@ -289,8 +289,18 @@ pub fn parse(
     // External networks are the cluster's (`gantry network create`), by
     // the name they have there.
     let mut external_networks: BTreeMap<String, String> = BTreeMap::new();
+    let mut internal_networks: BTreeSet<String> = BTreeSet::new();
     for (key, n) in raw.networks.clone().unwrap_or_default() {
         let n = n.unwrap_or_default();
+        if let Some(i) = n.internal.as_ref().filter(|i| i.value) {
+            if n.external.is_some() {
+                return ctx.err(
+                    &i.referenced,
+                    format!("network {key}: internal is for a stack's own networks; a cluster network (external) cannot be internal yet"),
+                );
+            }
+            internal_networks.insert(key.clone());
+        }
         let external = match n.external.as_ref().map(|e| &e.value) {
             Some(raw::External::Flag(f)) => *f,
             Some(raw::External::Named { name }) => {
@@ -385,7 +395,7 @@ pub fn parse(
             &names,
             &volumes,
             &networks,
-            &external_networks,
+            (&external_networks, &internal_networks),
             env,
             load_env_file,
             paths,
@@ -433,7 +443,7 @@ fn service(
     names: &BTreeSet<String>,
     volumes: &BTreeMap<String, VolumeOptions>,
     networks: &BTreeSet<String>,
-    external_networks: &BTreeMap<String, String>,
+    (external_networks, internal_networks): (&BTreeMap<String, String>, &BTreeSet<String>),
     env: &BTreeMap<String, String>,
     load_env_file: &EnvFileLoader<'_>,
     paths: &ParseOptions,
@@ -761,6 +771,11 @@ fn service(
         volumes: mounts,
         healthcheck,
         depends_on,
+        internal_networks: nets
+            .iter()
+            .filter(|n| internal_networks.contains(*n))
+            .cloned()
+            .collect(),
         networks: nets,
         network_names,
         mode,

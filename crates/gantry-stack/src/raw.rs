@@ -156,6 +156,7 @@ pub(crate) struct TopVolume {
 pub(crate) struct TopNetwork {
     pub(crate) external: Option<Spanned<External>>,
     pub(crate) name: Option<Spanned<String>>,
+    pub(crate) internal: Option<Spanned<bool>>,
 }
 
 /// `external: true`, or the old `external: {name: x}`.

@@ -320,8 +320,13 @@ pub(crate) fn compose(stack: &Stack) -> Value {
         .filter(|n| *n != "default")
         .map(|n| {
             let external = stack.services.values().find_map(|s| s.network_names.get(n));
+            let internal = stack
+                .services
+                .values()
+                .any(|s| s.internal_networks.contains(n));
             let v = match external {
                 Some(name) => json!({"external": true, "name": name}),
+                None if internal => json!({"internal": true}),
                 None => json!({}),
             };
             (n.clone(), v)

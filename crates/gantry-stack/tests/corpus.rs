@@ -167,7 +167,6 @@ const DIFFERENT: &[(&str, &str)] = &[
     ),
     ("secrets-top-level", "secrets arrive in Gantry's part 8"),
     ("configs-top-level", "configs arrive in Gantry's part 8"),
-    ("internal-network", "Gantry has no internal networks yet"),
     ("network-aliases", "Gantry has no network aliases yet"),
     (
         "volume-driver-unknown",

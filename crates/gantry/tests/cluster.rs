@@ -996,6 +996,72 @@ fn containers_reach_each_other_across_hosts_on_the_overlay() {
         "printf 'GET /v2/ HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {reg_ip} {reg_port}"
     ));
     assert!(out.contains("200 OK"), "to the registry on host 0: {out:?}");
+    // A task on an internal network only: its network's other service
+    // answers, the registry outside the cluster does not.
+    let inner = format!(
+        "services:\n  box:\n    image: {img}\n    command: [sleep, '100000']\n    stop_grace_period: 1s\n    networks: [back]\n    deploy:\n      placement: {{constraints: [node.hostname == node-1]}}\n  web:\n    image: {img}\n    command: [sh, -c, 'echo inner > /index.html && exec httpd -f -p 8080 -h /']\n    stop_grace_period: 1s\n    networks: [back]\nnetworks:\n  back:\n    internal: true\n",
+        img = cl.image
+    );
+    let o = cl.deploy("inner", &inner);
+    assert!(o.status.success(), "{}", errtext(&o));
+    wait_for("inner's tasks", Duration::from_secs(30), || {
+        let (b, w) = (cl.running("inner_box"), cl.running("inner_web"));
+        if b.len() == 1 && w.len() == 1 {
+            Ok(())
+        } else {
+            Err(format!("{b:?} {w:?}"))
+        }
+    });
+    // Containers of agent 0 whose name starts with `prefix`.
+    let named = |prefix: &str| -> Vec<String> {
+        let v: Value = serde_json::from_str(&text(&cl.on_agent(0, &["ps", "--format", "json"])))
+            .unwrap_or_default();
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| {
+                c["Name"]
+                    .as_str()
+                    .is_some_and(|n| n.trim_start_matches('/').starts_with(prefix))
+            })
+            .filter_map(|c| c["Id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let boxed = wait_for(
+        "the box container on host 1",
+        Duration::from_secs(10),
+        || {
+            named("inner_box")
+                .into_iter()
+                .next()
+                .ok_or("none yet".to_owned())
+        },
+    );
+    let in_box = |script: &str| text(&cl.on_agent(0, &["exec", &boxed, "sh", "-c", script]));
+    wait_for("inner_web from the box", Duration::from_secs(10), || {
+        let out = in_box("printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 3 web 8080");
+        if out.contains("inner") {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    });
+    let out = in_box(&format!(
+        "printf 'GET /v2/ HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {reg_ip} {reg_port}; echo done"
+    ));
+    assert!(
+        !out.contains("200 OK") && out.contains("done"),
+        "an internal network reached the registry outside the cluster: {out:?}"
+    );
+    cl.admin_ok(&["stack", "rm", "inner"]);
+    wait_for("inner's containers to go", Duration::from_secs(20), || {
+        let c = named("inner_");
+        if c.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{c:?}"))
+        }
+    });
     // ...and the host's other services are closed to it, though open to
     // the LAN.
     let mut listener = cl.lan.hosts[1]
