@@ -54,6 +54,11 @@ pub(crate) fn yaml_message(e: &serde_saphyr::Error) -> String {
         e => {
             let first = e.to_string().lines().next().unwrap_or_default().to_owned();
             let first = in_users_words(&first);
+            // The position is the error's own; not twice.
+            let first = match first.rfind(" at line ") {
+                Some(i) if first[i..].contains(", column ") => first[..i].to_owned(),
+                _ => first,
+            };
             // Drop the library's own "error: line L column C: " prefix.
             first
                 .split_once(": ")
