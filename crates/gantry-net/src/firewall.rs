@@ -383,25 +383,29 @@ fn isolation(
     Ok(())
 }
 
-/// Matches an IPv4 source or destination address outside `net`.
-fn ip_net_not(mut rule: Rule, net: Net, source: bool, bridge: bool) -> Result<Rule, OverlayError> {
-    ip_field(&mut rule, source, bridge);
-    rule.add_expr(rustables::expr::Bitwise::new(
-        net.netmask().octets(),
-        0u32.to_be_bytes(),
-    )?);
-    rule.add_expr(Cmp::new(CmpOp::Neq, net.addr.octets()));
-    Ok(rule)
+/// Matches an IPv4 source or destination address inside `net`.
+fn ip_net(rule: Rule, net: Net, source: bool, bridge: bool) -> Result<Rule, OverlayError> {
+    ip_net_cmp(rule, net, source, bridge, CmpOp::Eq)
 }
 
-/// Matches an IPv4 source or destination address inside `net`.
-fn ip_net(mut rule: Rule, net: Net, source: bool, bridge: bool) -> Result<Rule, OverlayError> {
+/// Matches an IPv4 source or destination address outside `net`.
+fn ip_net_not(rule: Rule, net: Net, source: bool, bridge: bool) -> Result<Rule, OverlayError> {
+    ip_net_cmp(rule, net, source, bridge, CmpOp::Neq)
+}
+
+fn ip_net_cmp(
+    mut rule: Rule,
+    net: Net,
+    source: bool,
+    bridge: bool,
+    op: CmpOp,
+) -> Result<Rule, OverlayError> {
     ip_field(&mut rule, source, bridge);
     rule.add_expr(rustables::expr::Bitwise::new(
         net.netmask().octets(),
         0u32.to_be_bytes(),
     )?);
-    rule.add_expr(Cmp::new(CmpOp::Eq, net.addr.octets()));
+    rule.add_expr(Cmp::new(op, net.addr.octets()));
     Ok(rule)
 }
 

@@ -468,6 +468,7 @@ fn setup_rootfs(a: &ChildArgs<'_>, rootfs: &Path) -> Result<(), InitError> {
     }
 
     for (i, m) in cfg.mounts.iter().enumerate() {
+        let device = a.devices.get(i).and_then(Option::as_ref);
         match &m.kind {
             MountKind::Tmpfs => {
                 let t = secure_mkdir(rootfs, &m.destination)?;
@@ -483,23 +484,15 @@ fn setup_rootfs(a: &ChildArgs<'_>, rootfs: &Path) -> Result<(), InitError> {
                     Some(&data),
                 )?;
             }
-            MountKind::Volume { .. } if a.devices.get(i).is_some_and(Option::is_some) => {
+            MountKind::Volume { .. } if device.is_some() => {
                 // A volume with driver options: its device, mounted here
                 // in the container's own mount namespace.
-                let Some(Some(d)) = a.devices.get(i) else {
-                    unreachable!()
-                };
+                let Some(d) = device else { continue };
                 let t = secure_mkdir(rootfs, &m.destination)?;
                 let data = (!d.data.is_empty()).then_some(d.data.as_str());
                 mnt(Some(&d.device), &t, d.fstype.as_deref(), d.flags, data)?;
                 if m.read_only {
-                    mnt(
-                        None,
-                        &t,
-                        None,
-                        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-                        None,
-                    )?;
+                    remount_read_only(&t)?;
                 }
             }
             MountKind::Bind | MountKind::Volume { .. } => {
@@ -534,18 +527,23 @@ fn setup_rootfs(a: &ChildArgs<'_>, rootfs: &Path) -> Result<(), InitError> {
                     mnt(None, &t, None, flag, None)?;
                 }
                 if m.read_only {
-                    mnt(
-                        None,
-                        &t,
-                        None,
-                        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-                        None,
-                    )?;
+                    remount_read_only(&t)?;
                 }
             }
         }
     }
     Ok(())
+}
+
+/// Makes the bind mount at `t` read-only.
+fn remount_read_only(t: &Path) -> Result<(), InitError> {
+    mnt(
+        None,
+        t,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None,
+    )
 }
 
 fn setup_dev(rootfs: &Path) -> Result<(), InitError> {

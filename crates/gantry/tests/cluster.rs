@@ -1013,20 +1013,7 @@ fn containers_reach_each_other_across_hosts_on_the_overlay() {
         }
     });
     // Containers of agent 0 whose name starts with `prefix`.
-    let named = |prefix: &str| -> Vec<String> {
-        let v: Value = serde_json::from_str(&text(&cl.on_agent(0, &["ps", "--format", "json"])))
-            .unwrap_or_default();
-        v.as_array()
-            .into_iter()
-            .flatten()
-            .filter(|c| {
-                c["Name"]
-                    .as_str()
-                    .is_some_and(|n| n.trim_start_matches('/').starts_with(prefix))
-            })
-            .filter_map(|c| c["Id"].as_str().map(str::to_owned))
-            .collect()
-    };
+    let named = |prefix: &str| ids_named(&cl.on_agent(0, &["ps", "--format", "json"]), prefix);
     let boxed = wait_for(
         "the box container on host 1",
         Duration::from_secs(10),

@@ -133,18 +133,11 @@ volumes:
     ]);
     assert!(o.status.success(), "{}{}", text(&o), errtext(&o));
     let cid = wait_for("the confined container", Duration::from_secs(30), || {
-        let ps = text(&d.cli(&["ps", "--format", "json"]));
-        let v: Value = serde_json::from_str(&ps).map_err(|e| format!("{e}: {ps}"))?;
-        v.as_array()
-            .and_then(|a| {
-                a.iter().find(|c| {
-                    c["Name"]
-                        .as_str()
-                        .is_some_and(|n| n.trim_start_matches('/').starts_with("conf_c"))
-                })
-            })
-            .and_then(|c| c["Id"].as_str().map(str::to_owned))
-            .ok_or(ps)
+        let ps = d.cli(&["ps", "--format", "json"]);
+        ids_named(&ps, "conf_c")
+            .into_iter()
+            .next()
+            .ok_or_else(|| text(&ps))
     });
     let in_c = |script: &str| {
         let o = d.cli(&["exec", &cid, "sh", "-c", script]);
@@ -273,18 +266,11 @@ fn stacks_share_an_external_network() {
     }
     // The edge of one stack reaches the web of the other by its name.
     let edge = wait_for("the edge container", Duration::from_secs(30), || {
-        let ps = text(&d.cli(&["ps", "--format", "json"]));
-        let v: Value = serde_json::from_str(&ps).map_err(|e| e.to_string())?;
-        v.as_array()
-            .and_then(|a| {
-                a.iter().find(|c| {
-                    c["Name"]
-                        .as_str()
-                        .is_some_and(|n| n.trim_start_matches('/').starts_with("front_edge"))
-                })
-            })
-            .and_then(|c| c["Id"].as_str().map(str::to_owned))
-            .ok_or(ps)
+        let ps = d.cli(&["ps", "--format", "json"]);
+        ids_named(&ps, "front_edge")
+            .into_iter()
+            .next()
+            .ok_or_else(|| text(&ps))
     });
     wait_for("back_web from front_edge", Duration::from_secs(30), || {
         let o = d.cli(&[

@@ -19,6 +19,23 @@ pub struct G {
     pub home: tempfile::TempDir,
 }
 
+/// The ids of the containers `ps --format json` printed whose names start
+/// with `prefix` (task containers are named `STACK_SERVICE.SLOT.TASK`).
+#[allow(dead_code)]
+pub fn ids_named(ps_json: &Output, prefix: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(&text(ps_json)).unwrap_or_default();
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| {
+            c["Name"]
+                .as_str()
+                .is_some_and(|n| n.trim_start_matches('/').starts_with(prefix))
+        })
+        .filter_map(|c| c["Id"].as_str().map(str::to_owned))
+        .collect()
+}
+
 pub fn text(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
