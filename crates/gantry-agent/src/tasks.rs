@@ -500,6 +500,8 @@ impl Agent {
             }
         }
         self.dns.set(&gantry_api::addrs::dns_names(&set.addrs));
+        self.dns
+            .set_aliases(&gantry_api::addrs::dns_aliases(&set.addrs));
         self.dns.set_networks(&members);
         self.ingress.set(&set.ingress, &self.dns);
         if let Some(e) = self.edge.get() {

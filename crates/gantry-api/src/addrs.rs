@@ -37,6 +37,10 @@ pub struct ServiceAddrs {
     /// Its live tasks: running or starting (a superset of `running`).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty", with = "packed")]
     pub live: BTreeSet<Ipv4Addr>,
+    /// More names of the service in this scope (network aliases), which
+    /// answer its running tasks to the tasks of this network only.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub aliases: BTreeSet<String>,
 }
 
 /// Scope to service long name to its addresses.
@@ -95,6 +99,9 @@ pub struct ServiceChange {
     /// Live tasks gained and lost.
     #[serde(default, skip_serializing_if = "AddrChange::is_empty")]
     pub live: AddrChange,
+    /// Its aliases, whole, when they changed (or the service is new).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aliases: Option<BTreeSet<String>>,
 }
 
 /// What changed in one scope.
@@ -119,6 +126,7 @@ impl ScopeChange {
                         stack: s.stack.clone(),
                         running: AddrChange::all(&s.running),
                         live: AddrChange::all(&s.live),
+                        aliases: (!s.aliases.is_empty()).then(|| s.aliases.clone()),
                     };
                     (name.clone(), c)
                 })
@@ -145,6 +153,7 @@ impl ScopeChange {
                     stack: s.stack.clone(),
                     running: AddrChange::between(&o.running, &s.running),
                     live: AddrChange::between(&o.live, &s.live),
+                    aliases: (o.aliases != s.aliases).then(|| s.aliases.clone()),
                 };
                 (name.clone(), c)
             })
@@ -163,6 +172,9 @@ impl ScopeChange {
             s.stack.clone_from(&c.stack);
             c.running.apply(&mut s.running);
             c.live.apply(&mut s.live);
+            if let Some(a) = &c.aliases {
+                s.aliases.clone_from(a);
+            }
         }
     }
 }
@@ -220,6 +232,32 @@ pub fn dns_names(held: &ScopedAddrs) -> BTreeMap<String, Vec<Ipv4Addr>> {
     }
     out.into_iter()
         .map(|(k, v)| (k, v.into_iter().collect()))
+        .collect()
+}
+
+/// The network aliases a node answers: each alias to the networks it is
+/// a name on, each with the running tasks it answers there.
+pub fn dns_aliases(held: &ScopedAddrs) -> BTreeMap<String, BTreeMap<String, Vec<Ipv4Addr>>> {
+    let mut out: BTreeMap<String, BTreeMap<String, BTreeSet<Ipv4Addr>>> = BTreeMap::new();
+    for (scope, services) in held.iter().filter(|(k, _)| *k != INGRESS) {
+        for s in services.values().filter(|s| !s.running.is_empty()) {
+            for a in &s.aliases {
+                out.entry(a.clone())
+                    .or_default()
+                    .entry(scope.clone())
+                    .or_default()
+                    .extend(&s.running);
+            }
+        }
+    }
+    out.into_iter()
+        .map(|(a, nets)| {
+            let nets = nets
+                .into_iter()
+                .map(|(n, v)| (n, v.into_iter().collect()))
+                .collect();
+            (a, nets)
+        })
         .collect()
 }
 
@@ -305,7 +343,48 @@ mod tests {
             stack: stack.into(),
             running: ips(running),
             live: ips(live),
+            aliases: BTreeSet::new(),
         }
+    }
+
+    #[test]
+    fn aliases_are_names_on_their_network_only_and_travel_as_changes() {
+        let mut db = svc("app", &[9], &[9, 10]);
+        db.aliases = ["database".to_owned()].into();
+        let old: BTreeMap<String, ServiceAddrs> =
+            [("app_db".to_owned(), svc("app", &[9], &[9]))].into();
+        let new: BTreeMap<String, ServiceAddrs> = [("app_db".to_owned(), db.clone())].into();
+        let c = ScopeChange::between(&old, &new).unwrap();
+        assert_eq!(c.put["app_db"].aliases, Some(db.aliases.clone()));
+        let mut held = old.clone();
+        c.apply(&mut held);
+        assert_eq!(held, new);
+        // Unchanged aliases do not travel again.
+        let mut moved = new.clone();
+        moved
+            .get_mut("app_db")
+            .unwrap()
+            .running
+            .insert(Ipv4Addr::new(10, 0, 0, 10));
+        let c = ScopeChange::between(&new, &moved).unwrap();
+        assert_eq!(c.put["app_db"].aliases, None);
+        // And they go when removed.
+        let c = ScopeChange::between(&new, &old).unwrap();
+        let mut held = new.clone();
+        c.apply(&mut held);
+        assert_eq!(held, old);
+
+        let mut scoped = ScopedAddrs::new();
+        scoped.insert("app_back".into(), new.clone());
+        scoped.insert(
+            "app_front".into(),
+            [("app_db".to_owned(), svc("app", &[9], &[9]))].into(),
+        );
+        let a = dns_aliases(&scoped);
+        assert_eq!(a.keys().collect::<Vec<_>>(), ["database"]);
+        assert_eq!(a["database"].keys().collect::<Vec<_>>(), ["app_back"]);
+        assert_eq!(a["database"]["app_back"], [Ipv4Addr::new(10, 0, 0, 9)]);
+        assert!(!dns_names(&scoped).contains_key("database"));
     }
 
     #[test]

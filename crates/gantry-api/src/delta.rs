@@ -304,7 +304,9 @@ mod tests {
                     let services = services
                         .into_iter()
                         .map(|(name, (running, live))| {
-                            let s = crate::ServiceAddrs { stack: name.clone(), running: ips(running), live: ips(live) };
+                            // Aliases come and go with the running set's size.
+                            let aliases = (running.len() % 2 == 1).then(|| format!("{name}-alias")).into_iter().collect();
+                            let s = crate::ServiceAddrs { stack: name.clone(), running: ips(running), live: ips(live), aliases };
                             (name, s)
                         })
                         .collect();

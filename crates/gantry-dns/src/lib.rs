@@ -25,12 +25,19 @@ use hickory_proto::rr::{RData, Record, RecordType};
 /// Seconds a cluster answer may be cached: short, tasks move.
 pub const TTL: u32 = 5;
 
+/// The networks an alias names a service on, each with the addresses it
+/// answers there.
+type AliasNets = Vec<(String, Vec<Ipv4Addr>)>;
+
 /// The cluster's names and their addresses, and the stack networks that
 /// scope them.
 #[derive(Debug, Default)]
 pub struct Table {
     names: RwLock<HashMap<String, Vec<Ipv4Addr>>>,
-    networks: RwLock<Vec<BTreeSet<Ipv4Addr>>>,
+    /// Network aliases: each to the networks it is a name on, with the
+    /// addresses it answers there.
+    aliases: RwLock<HashMap<String, AliasNets>>,
+    networks: RwLock<HashMap<String, BTreeSet<Ipv4Addr>>>,
     turn: AtomicUsize,
     counts: [std::sync::atomic::AtomicU64; 4],
 }
@@ -79,11 +86,25 @@ impl Table {
         *self.names.write().expect("dns table") = map;
     }
 
+    /// Replaces the network aliases: each alias to the networks it names
+    /// a service on, with the addresses it answers there (names are
+    /// case-insensitive).
+    pub fn set_aliases(&self, aliases: &BTreeMap<String, BTreeMap<String, Vec<Ipv4Addr>>>) {
+        let map = aliases
+            .iter()
+            .map(|(k, nets)| {
+                let nets = nets.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+                (key(k), nets)
+            })
+            .collect();
+        *self.aliases.write().expect("dns table") = map;
+    }
+
     /// Replaces the networks: sets of task addresses that may talk.
     pub fn set_networks(&self, networks: &BTreeMap<String, Vec<Ipv4Addr>>) {
         *self.networks.write().expect("dns table") = networks
-            .values()
-            .map(|v| v.iter().copied().collect())
+            .iter()
+            .map(|(n, v)| (n.clone(), v.iter().copied().collect()))
             .collect();
     }
 
@@ -96,17 +117,34 @@ impl Table {
     /// The addresses of a name as a task at `from` sees them: only tasks
     /// that share a network with it (a querier on no network, the host,
     /// sees all).
+    ///
+    /// A network alias answers only on its network: to a task on it, or
+    /// to a querier on no network.
     pub fn lookup_from(&self, name: &str, from: Option<Ipv4Addr>) -> Option<Vec<Ipv4Addr>> {
+        let name = key(name);
+        let nets = self.networks.read().expect("dns table");
+        let mine: Vec<(&String, &BTreeSet<Ipv4Addr>)> = match from {
+            Some(from) => nets.iter().filter(|(_, n)| n.contains(&from)).collect(),
+            None => Vec::new(),
+        };
         let names = self.names.read().expect("dns table");
-        let mut v = names.get(&key(name))?.clone();
-        if let Some(from) = from {
-            let nets = self.networks.read().expect("dns table");
-            let mine: Vec<&BTreeSet<Ipv4Addr>> =
-                nets.iter().filter(|n| n.contains(&from)).collect();
-            if !mine.is_empty() {
-                v.retain(|a| mine.iter().any(|n| n.contains(a)));
+        let mut v = names.get(&name).cloned();
+        if let Some(v) = v.as_mut().filter(|_| !mine.is_empty()) {
+            v.retain(|a| mine.iter().any(|(_, n)| n.contains(a)));
+        }
+        // An alias of another network is not a name here: it goes to the
+        // host's resolvers, as any name would.
+        if let Some(on) = self.aliases.read().expect("dns table").get(&name) {
+            for (net, addrs) in on {
+                if mine.is_empty() || mine.iter().any(|(n, _)| *n == net) {
+                    let v = v.get_or_insert_with(Vec::new);
+                    v.extend(addrs);
+                    v.sort_unstable();
+                    v.dedup();
+                }
             }
         }
+        let mut v = v?;
         if !v.is_empty() {
             let k = self.turn.fetch_add(1, Ordering::Relaxed) % v.len();
             v.rotate_left(k);
@@ -422,6 +460,48 @@ mod tests {
         assert!(addrs(answer_udp(&t, &query("empty.", RecordType::A))).is_empty());
         // Known name, other type: no data.
         assert!(addrs(answer_udp(&t, &query("web.", RecordType::AAAA))).is_empty());
+    }
+
+    #[test]
+    fn an_alias_answers_on_its_network_only() {
+        let t = table();
+        let (a, b) = (Ipv4Addr::new(10, 32, 0, 2), Ipv4Addr::new(10, 32, 1, 2));
+        let (red, blue) = (Ipv4Addr::new(10, 32, 0, 9), Ipv4Addr::new(10, 32, 1, 9));
+        t.set_networks(&BTreeMap::from([
+            ("s_red".to_owned(), vec![a, b, red]),
+            ("s_blue".to_owned(), vec![a, b, blue]),
+        ]));
+        t.set_aliases(&BTreeMap::from([
+            (
+                "Database".to_owned(),
+                BTreeMap::from([("s_red".to_owned(), vec![a])]),
+            ),
+            // An alias that is also a service's name adds to it.
+            (
+                "web".to_owned(),
+                BTreeMap::from([("s_red".to_owned(), vec![Ipv4Addr::new(10, 32, 0, 3)])]),
+            ),
+        ]));
+        let q = query("database.", RecordType::A);
+        assert_eq!(addrs(answer(&t, &q, Transport::Udp, Some(red))), vec![a]);
+        // Not a name on blue: asked of the host's resolvers.
+        assert_eq!(answer(&t, &q, Transport::Udp, Some(blue)), Answer::Forward);
+        // The host sees it.
+        assert_eq!(addrs(answer(&t, &q, Transport::Udp, None)), vec![a]);
+        let w = addrs(answer(
+            &t,
+            &query("web.", RecordType::A),
+            Transport::Udp,
+            Some(red),
+        ));
+        assert_eq!(w.len(), 3, "{w:?}");
+        let w = addrs(answer(
+            &t,
+            &query("web.", RecordType::A),
+            Transport::Udp,
+            Some(blue),
+        ));
+        assert_eq!(w.len(), 2, "{w:?}");
     }
 
     #[test]

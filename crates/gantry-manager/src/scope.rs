@@ -60,16 +60,20 @@ pub fn scoped(s: &State) -> Scoped {
             let front = ServiceAddrs {
                 stack: rec.stack.clone(),
                 running: addrs.running.clone(),
-                live: BTreeSet::new(),
+                ..ServiceAddrs::default()
             };
             out.entry(INGRESS.to_owned())
                 .or_default()
                 .insert(rec.name.clone(), front);
         }
         for n in &rec.spec.networks {
+            let mut on = addrs.clone();
+            if let Some(a) = rec.spec.network_aliases.get(n) {
+                on.aliases.clone_from(a);
+            }
             out.entry(rec.spec.network_scope(&rec.stack, n))
                 .or_default()
-                .insert(rec.name.clone(), addrs.clone());
+                .insert(rec.name.clone(), on);
         }
     }
     out
@@ -166,6 +170,7 @@ mod tests {
             stack: "s".into(),
             running: ips(running),
             live: ips(running),
+            aliases: BTreeSet::new(),
         }
     }
 
@@ -196,13 +201,15 @@ mod tests {
     fn arb_scoped() -> impl Strategy<Value = Scoped> {
         let set = proptest::collection::btree_set(0u8..4, 0..3)
             .prop_map(|s| s.into_iter().map(|o| Ipv4Addr::new(10, 0, 0, o)).collect());
-        let service = (set.clone(), set).prop_map(|(running, live): (BTreeSet<_>, BTreeSet<_>)| {
-            ServiceAddrs {
+        let aliases = proptest::collection::btree_set("[pq]", 0..2);
+        let service = (set.clone(), set, aliases).prop_map(
+            |(running, live, aliases): (BTreeSet<_>, BTreeSet<_>, _)| ServiceAddrs {
                 stack: "s".into(),
                 live: live.union(&running).copied().collect(),
                 running,
-            }
-        });
+                aliases,
+            },
+        );
         let scope = proptest::collection::btree_map("[ab]", service, 0..3);
         proptest::collection::btree_map("[xy*]", scope, 0..4)
     }

@@ -259,6 +259,12 @@ pub struct Service {
     /// a task on such networks only has no way out of the overlay.
     #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
     pub internal_networks: std::collections::BTreeSet<String>,
+    /// More DNS names of the service on some of its networks (compose's
+    /// network `aliases`, and the names other services' `links` give it),
+    /// by network name in the file: they answer, as the service's own name
+    /// does, only the tasks on that network.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub network_aliases: BTreeMap<String, std::collections::BTreeSet<String>>,
     /// Replicated or global.
     pub mode: Mode,
     /// Limits per task.
@@ -425,6 +431,7 @@ impl Service {
             networks: vec!["default".into()],
             network_names: BTreeMap::new(),
             internal_networks: Default::default(),
+            network_aliases: BTreeMap::new(),
             mode: Mode::Replicated { replicas: 1 },
             limits: Amounts::default(),
             reservations: Amounts::default(),

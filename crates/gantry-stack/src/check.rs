@@ -10,6 +10,9 @@ use crate::{MountType, Service};
 /// (a DNS label, as Docker's service names).
 pub const MAX_NAME: usize = 63;
 
+/// The most DNS aliases a service has on one network.
+pub const MAX_ALIASES: usize = 64;
+
 /// A stack's name: letters, digits, `-` and `.`, from a letter or digit.
 pub fn stack_name(n: &str) -> Result<(), String> {
     let mut b = n.bytes();
@@ -264,6 +267,28 @@ pub fn service(name: &str, s: &Service) -> Result<(), String> {
             "internal network {} is not one of its networks",
             shown(n)
         )));
+    }
+    for (net, aliases) in &s.network_aliases {
+        if !s.networks.contains(net) {
+            return Err(at(format!(
+                "aliases on {}, which is not one of its networks",
+                shown(net)
+            )));
+        }
+        if aliases.len() > MAX_ALIASES {
+            return Err(at(format!(
+                "{} aliases on network {net}: at most {MAX_ALIASES}",
+                aliases.len()
+            )));
+        }
+        for a in aliases {
+            hostname(a).map_err(|_| {
+                at(format!(
+                    "invalid alias {} on network {net}: a DNS name, dot-separated labels of letters, digits, '-' and '_'",
+                    shown(a)
+                ))
+            })?;
+        }
     }
     for (short, name) in &s.network_names {
         if !s.networks.contains(short) || !crate::valid_volume(name) {

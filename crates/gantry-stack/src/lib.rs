@@ -386,8 +386,12 @@ pub fn parse(
     }
     let mut services = BTreeMap::new();
     let mut deps_at = BTreeMap::new();
-    for (name, s) in raw_services {
+    let mut links = Vec::new();
+    for (name, mut s) in raw_services {
         check::service_name(&name).map_err(|e| ctx.nowhere(e))?;
+        if let Some(l) = s.links.take() {
+            links.push((name.clone(), l));
+        }
         let svc = service(
             &ctx,
             &name,
@@ -402,8 +406,13 @@ pub fn parse(
             &mut warnings,
             &mut deps_at,
         )?;
-        check::service(&name, &svc).map_err(|e| ctx.nowhere(e))?;
         services.insert(name, svc);
+    }
+    for (name, l) in links {
+        link(&ctx, &mut services, &name, l)?;
+    }
+    for (name, svc) in &services {
+        check::service(name, svc).map_err(|e| ctx.nowhere(e))?;
     }
     let start_order = order(&ctx, &services, &deps_at)?;
     Ok(Parsed {
@@ -415,6 +424,50 @@ pub fn parse(
         },
         warnings,
     })
+}
+
+/// Compose's `links` of service `name` (`SERVICE` or `SERVICE:ALIAS`):
+/// the alias becomes a DNS name of the linked service on the networks
+/// the two share, so that it answers, as in Compose, on the linking
+/// service's networks (and, unlike Compose, to every task on them).
+fn link(
+    ctx: &Ctx<'_>,
+    services: &mut BTreeMap<String, Service>,
+    name: &str,
+    l: serde_saphyr::Spanned<Vec<String>>,
+) -> Result<(), StackError> {
+    let mine = services[name].networks.clone();
+    for entry in &l.value {
+        let (target, alias) = entry.split_once(':').unwrap_or((entry, entry));
+        let Some(t) = services.get_mut(target) else {
+            return ctx.err(
+                &l.referenced,
+                format!("service {name} links to {target:?}, which is not in the stack (or not in an active profile)"),
+            );
+        };
+        let shared: Vec<String> = t
+            .networks
+            .iter()
+            .filter(|n| mine.contains(n))
+            .cloned()
+            .collect();
+        if shared.is_empty() {
+            return ctx.err(
+                &l.referenced,
+                format!("service {name} links to {target}, with which it shares no network"),
+            );
+        }
+        if alias == target {
+            continue; // its own name answers already
+        }
+        for n in shared {
+            t.network_aliases
+                .entry(n)
+                .or_default()
+                .insert(alias.to_owned());
+        }
+    }
+    Ok(())
 }
 
 /// A volume's name as Docker has it: letters, digits, `_`, `.` and `-`,
@@ -572,6 +625,7 @@ fn service(
             list
         }
     };
+    let mut network_aliases: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let nets = match s.networks {
         None => vec!["default".to_owned()],
         Some(n) => {
@@ -580,18 +634,13 @@ fn service(
                 raw::Networks::Map(m) => {
                     for (net, opts) in &m {
                         let o = opts.clone().unwrap_or_default();
-                        let refuse = if o.aliases.is_some_and(|a| !a.is_empty()) {
-                            Some("aliases are not supported yet: other services reach it by its service name")
-                        } else if o.ipv4_address.is_some() || o.ipv6_address.is_some() {
-                            Some("a fixed address is not supported: tasks get addresses from the cluster's plan; reach them by name")
-                        } else {
-                            None
-                        };
-                        if let Some(why) = refuse {
-                            return ctx.err(
-                                &n.referenced,
-                                format!("service {name}: network {net}: {why}"),
-                            );
+                        if o.ipv4_address.is_some() || o.ipv6_address.is_some() {
+                            warnings.push(format!("service {name}: network {net}: a fixed address is not applied (as in Swarm): tasks get addresses from the cluster's plan; reach them by name"));
+                        }
+                        let aliases: BTreeSet<String> =
+                            o.aliases.unwrap_or_default().into_iter().collect();
+                        if !aliases.is_empty() {
+                            network_aliases.insert(net.clone(), aliases);
                         }
                     }
                     m.into_keys().collect()
@@ -778,6 +827,7 @@ fn service(
             .collect(),
         networks: nets,
         network_names,
+        network_aliases,
         mode,
         limits,
         reservations,

@@ -152,6 +152,7 @@ pub(crate) struct Service {
     pub(crate) depends_on: Option<Spanned<DependsOn>>,
     pub(crate) deploy: Option<Deploy>,
     pub(crate) networks: Option<Spanned<Networks>>,
+    pub(crate) links: Option<Spanned<Vec<String>>>,
     pub(crate) hostname: Option<String>,
     pub(crate) user: Option<Scalar>,
     pub(crate) working_dir: Option<String>,

@@ -156,7 +156,21 @@ fn service(s: &Service) -> Value {
         );
     }
     put(&mut o, "depends_on", json!(s.depends_on));
-    o.insert("networks".into(), json!(s.networks));
+    if s.network_aliases.is_empty() {
+        o.insert("networks".into(), json!(s.networks));
+    } else {
+        // The mapping form, which carries aliases (links were turned into
+        // aliases on the linked service when the file was read).
+        let nets: Map<String, Value> = s
+            .networks
+            .iter()
+            .map(|n| match s.network_aliases.get(n) {
+                Some(a) => (n.clone(), json!({ "aliases": a })),
+                None => (n.clone(), Value::Null),
+            })
+            .collect();
+        o.insert("networks".into(), Value::Object(nets));
+    }
     put(&mut o, "hostname", json!(s.hostname));
     put(&mut o, "user", json!(s.user));
     put(&mut o, "working_dir", json!(s.working_dir));

@@ -812,7 +812,7 @@ fn confinement_and_resolution_keys_are_read_and_checked() {
         ("extra_hosts: [\"x:nope\"]", "not an IP address"),
         ("security_opt: [\"seccomp=/p.json\"]", "profile file"),
         ("dns_search: [\"a b\"]", "invalid dns_search"),
-        ("links: [db]", "links is not supported"),
+        ("links: [db]", "links to \"db\", which is not in the stack"),
     ] {
         let e = parse_err(&format!("services:\n  web:\n    image: x\n    {bad}\n"));
         assert!(e.msg.contains(want), "{bad}: {e}");
@@ -845,7 +845,69 @@ fn errors_say_what_a_key_takes_and_images_are_references() {
     }
     let p = parse_ok("services:\n  web:\n    image: localhost:5000/a/b:1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n    networks:\n      front: {priority: 10}\n      back:\nnetworks: {front: {}, back: {}}\n");
     assert_eq!(p.stack.services["web"].networks, ["back", "front"]);
-    let e = parse_err("services:\n  web:\n    image: x\n    networks:\n      front: {aliases: [w]}\nnetworks: {front: {}}\n");
-    assert!(e.msg.contains("aliases is not supported"), "{e}");
+    let e = parse_err("services:\n  web:\n    image: x\n    networks:\n      front: {link_local_ips: [w]}\nnetworks: {front: {}}\n");
+    assert!(e.msg.contains("link_local_ips is not supported"), "{e}");
     assert_eq!(e.line, 5, "{e}");
+}
+
+#[test]
+fn network_aliases_and_links_are_dns_names_on_the_networks_they_name() {
+    let p = parse_ok(
+        "services:
+  db:
+    image: postgres
+    networks:
+      back: {aliases: [database, pg.internal], ipv4_address: 10.0.0.9}
+      front:
+  app:
+    image: app
+    networks: [back]
+    links: [db, \"db:primary\"]
+  web:
+    image: web
+    networks: [front]
+networks: {front: {}, back: {}}
+",
+    );
+    let db = &p.stack.services["db"];
+    let want: BTreeSet<String> = ["database", "pg.internal", "primary"]
+        .map(String::from)
+        .into();
+    assert_eq!(db.network_aliases["back"], want);
+    assert!(
+        !db.network_aliases.contains_key("front"),
+        "a link answers on the shared network only"
+    );
+    assert!(
+        p.warnings
+            .iter()
+            .any(|w| w.contains("fixed address is not applied")),
+        "{:?}",
+        p.warnings
+    );
+    // Printed and read again: the same.
+    let again = parse_ok(&p.stack.to_yaml());
+    assert_eq!(
+        again.stack.services["db"].network_aliases,
+        db.network_aliases
+    );
+    for (bad, want) in [
+        (
+            "    networks: {front: {aliases: [\"a b\"]}}\n",
+            "invalid alias",
+        ),
+        (
+            "    networks: {front: {aliases: [\"-x\"]}}\n",
+            "invalid alias",
+        ),
+        (
+            "    networks: [front]\n    links: [\"other:o\"]\n",
+            "shares no network",
+        ),
+    ] {
+        let e = parse_err(&format!(
+            "services:\n  web:\n    image: x\n{bad}  other:\n    image: y\n    networks: [back]\nnetworks: {{front: {{}}, back: {{}}}}\n"
+        ));
+        assert!(e.msg.contains(want), "{bad}: {e}");
+    }
 }

@@ -156,7 +156,6 @@ const DIFFERENT: &[(&str, &str)] = &[
         "devices-refused",
         "Swarm ignores devices; Gantry refuses them",
     ),
-    ("links-refused", "Swarm ignores links; Gantry refuses them"),
     (
         "logging-syslog",
         "Swarm passes logging to the engine; Gantry keeps logs itself",
@@ -167,7 +166,6 @@ const DIFFERENT: &[(&str, &str)] = &[
     ),
     ("secrets-top-level", "secrets arrive in Gantry's part 8"),
     ("configs-top-level", "configs arrive in Gantry's part 8"),
-    ("network-aliases", "Gantry has no network aliases yet"),
     (
         "volume-driver-unknown",
         "Gantry's volumes use the local driver only",

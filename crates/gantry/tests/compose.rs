@@ -242,7 +242,24 @@ fn stacks_share_an_external_network() {
     );
     let back = write(
         "back.yml",
-        "services:\n  web:\n    image: bb:1\n    command: [sh, -c, 'echo back > /index.html && exec httpd -f -p 8080 -h /']\n    stop_grace_period: 1s\n    networks: [default, shared]\nnetworks:\n  shared:\n    external: true\n    name: proxy\n",
+        "services:
+  web:
+    image: bb:1
+    command: [sh, -c, 'echo back > /index.html && exec httpd -f -p 8080 -h /']
+    stop_grace_period: 1s
+    networks:
+      default: {aliases: [www]}
+      shared: {aliases: [site.internal]}
+  client:
+    image: bb:1
+    command: [sleep, '100000']
+    stop_grace_period: 1s
+    links: ['web:backend']
+networks:
+  shared:
+    external: true
+    name: proxy
+",
     );
     // Not created yet: refused, nothing stored.
     let o = d.cli(&["deploy", "-f", &front, "front"]);
@@ -272,20 +289,40 @@ fn stacks_share_an_external_network() {
             .next()
             .ok_or_else(|| text(&ps))
     });
-    wait_for("back_web from front_edge", Duration::from_secs(30), || {
+    let get = |from: &str, name: &str| {
         let o = d.cli(&[
             "exec",
-            &edge,
+            from,
             "sh",
             "-c",
-            "printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 3 back_web 8080",
+            &format!("printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {name} 8080"),
         ]);
         if text(&o).contains("back") {
             Ok(())
         } else {
             Err(format!("{}{}", text(&o), errtext(&o)))
         }
+    };
+    wait_for("back_web from front_edge", Duration::from_secs(30), || {
+        get(&edge, "back_web")
     });
+    // Its alias on the shared network answers there; its alias on its
+    // stack's own network does not.
+    get(&edge, "site.internal").unwrap();
+    assert!(get(&edge, "www").is_err());
+    // In its own stack: the alias of the default network, and the link's.
+    let client = wait_for("the client container", Duration::from_secs(30), || {
+        let ps = d.cli(&["ps", "--format", "json"]);
+        ids_named(&ps, "back_client")
+            .into_iter()
+            .next()
+            .ok_or_else(|| text(&ps))
+    });
+    wait_for("backend from back_client", Duration::from_secs(30), || {
+        get(&client, "backend")
+    });
+    get(&client, "www").unwrap();
+    assert!(get(&client, "site.internal").is_err());
     let v: Value = serde_json::from_slice(&d.cli(&["network", "inspect", "proxy"]).stdout).unwrap();
     assert_eq!(
         v[0]["services"],
