@@ -259,6 +259,12 @@ pub struct Service {
     /// a task on such networks only has no way out of the overlay.
     #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
     pub internal_networks: std::collections::BTreeSet<String>,
+    /// The stack's own networks given a `name:` in the stack file, by
+    /// their names in the file: they are that network, created with the
+    /// first stack that names it (as Compose does on one host), not
+    /// `STACK_NETWORK`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub network_own_names: BTreeMap<String, String>,
     /// More DNS names of the service on some of its networks (compose's
     /// network `aliases`, and the names other services' `links` give it),
     /// by network name in the file: they answer, as the service's own name
@@ -432,6 +438,7 @@ impl Service {
             network_names: BTreeMap::new(),
             internal_networks: Default::default(),
             network_aliases: BTreeMap::new(),
+            network_own_names: BTreeMap::new(),
             mode: Mode::Replicated { replicas: 1 },
             limits: Amounts::default(),
             reservations: Amounts::default(),
@@ -477,7 +484,7 @@ impl Service {
     /// `stack`: the cluster network an external one names, else
     /// `STACK_N`.
     pub fn network_scope(&self, stack: &str, n: &str) -> String {
-        match self.network_names.get(n) {
+        match self.network_names.get(n).or(self.network_own_names.get(n)) {
             Some(name) => name.clone(),
             None => format!("{stack}_{n}"),
         }

@@ -290,8 +290,11 @@ pub fn service(name: &str, s: &Service) -> Result<(), String> {
             })?;
         }
     }
-    for (short, name) in &s.network_names {
-        if !s.networks.contains(short) || !crate::valid_volume(name) {
+    for (short, name) in s.network_names.iter().chain(&s.network_own_names) {
+        if !s.networks.contains(short)
+            || !crate::valid_volume(name)
+            || (s.network_names.contains_key(short) && s.network_own_names.contains_key(short))
+        {
             return Err(at(format!(
                 "invalid cluster network {} for {}",
                 shown(name),

@@ -266,7 +266,7 @@ const NETWORK: &[(&str, Class)] = &[
     ),
     (
         "name",
-        Y("with external: the cluster network's name (a stack's own networks are STACK_NETWORK)"),
+        Y("the network's name in the cluster instead of STACK_NETWORK; stacks that give the same name share the network, as on one Compose host"),
     ),
     (
         "external",

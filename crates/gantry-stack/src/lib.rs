@@ -290,6 +290,7 @@ pub fn parse(
     // the name they have there.
     let mut external_networks: BTreeMap<String, String> = BTreeMap::new();
     let mut internal_networks: BTreeSet<String> = BTreeSet::new();
+    let mut own_networks: BTreeMap<String, String> = BTreeMap::new();
     for (key, n) in raw.networks.clone().unwrap_or_default() {
         let n = n.unwrap_or_default();
         if let Some(i) = n.internal.as_ref().filter(|i| i.value) {
@@ -314,18 +315,17 @@ pub fn parse(
                 external_networks.insert(key.clone(), name.value.clone());
             }
             (None, true) => {
-                external_networks.entry(key.clone()).or_insert_with(|| key.clone());
+                external_networks
+                    .entry(key.clone())
+                    .or_insert_with(|| key.clone());
             }
             (Some(name), false) => {
-                return ctx.err(
-                    &name.referenced,
-                    format!("network {key}: name: is supported with external: true only (a network of the cluster, made with gantry network create); a stack's own networks are named STACK_{key}"),
-                )
+                own_networks.insert(key.clone(), name.value.clone());
             }
             (None, false) => {}
         }
     }
-    for (key, name) in &external_networks {
+    for (key, name) in external_networks.iter().chain(&own_networks) {
         if !valid_volume(name) {
             return Err(ctx.nowhere(format!("network {key}: invalid network name {name:?}")));
         }
@@ -399,7 +399,7 @@ pub fn parse(
             &names,
             &volumes,
             &networks,
-            (&external_networks, &internal_networks),
+            (&external_networks, &own_networks, &internal_networks),
             env,
             load_env_file,
             paths,
@@ -496,7 +496,11 @@ fn service(
     names: &BTreeSet<String>,
     volumes: &BTreeMap<String, VolumeOptions>,
     networks: &BTreeSet<String>,
-    (external_networks, internal_networks): (&BTreeMap<String, String>, &BTreeSet<String>),
+    (external_networks, own_networks, internal_networks): (
+        &BTreeMap<String, String>,
+        &BTreeMap<String, String>,
+        &BTreeSet<String>,
+    ),
     env: &BTreeMap<String, String>,
     load_env_file: &EnvFileLoader<'_>,
     paths: &ParseOptions,
@@ -806,6 +810,10 @@ fn service(
             })?),
         },
     };
+    let network_own_names: BTreeMap<String, String> = nets
+        .iter()
+        .filter_map(|n| Some((n.clone(), own_networks.get(n)?.clone())))
+        .collect();
     let network_names: BTreeMap<String, String> = nets
         .iter()
         .filter_map(|n| Some((n.clone(), external_networks.get(n)?.clone())))
@@ -828,6 +836,7 @@ fn service(
         networks: nets,
         network_names,
         network_aliases,
+        network_own_names,
         mode,
         limits,
         reservations,

@@ -338,11 +338,18 @@ pub(crate) fn compose(stack: &Stack) -> Value {
                 .services
                 .values()
                 .any(|s| s.internal_networks.contains(n));
-            let v = match external {
+            let own = stack
+                .services
+                .values()
+                .find_map(|s| s.network_own_names.get(n));
+            let mut v = match external {
                 Some(name) => json!({"external": true, "name": name}),
                 None if internal => json!({"internal": true}),
                 None => json!({}),
             };
+            if let Some(name) = own {
+                v["name"] = json!(name);
+            }
             (n.clone(), v)
         })
         .collect();

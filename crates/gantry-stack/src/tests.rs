@@ -851,6 +851,23 @@ fn errors_say_what_a_key_takes_and_images_are_references() {
 }
 
 #[test]
+fn a_named_network_is_that_network_not_the_stacks() {
+    let p = parse_ok("services:\n  web:\n    image: x\n    networks: [front, default]\nnetworks:\n  front: {name: shared-front, internal: true}\n");
+    let web = &p.stack.services["web"];
+    assert_eq!(web.network_scope("s", "front"), "shared-front");
+    assert_eq!(web.network_scope("s", "default"), "s_default");
+    assert!(
+        web.network_names.is_empty(),
+        "not a cluster network that must exist"
+    );
+    assert!(web.internal_networks.contains("front"));
+    let again = parse_ok(&p.stack.to_yaml());
+    assert_eq!(&again.stack.services["web"], web);
+    let e = parse_err("services:\n  web:\n    image: x\n    networks: [front]\nnetworks:\n  front: {name: \"a b\"}\n");
+    assert!(e.msg.contains("invalid network name"), "{e}");
+}
+
+#[test]
 fn network_aliases_and_links_are_dns_names_on_the_networks_they_name() {
     let p = parse_ok(
         "services:
