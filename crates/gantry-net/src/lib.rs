@@ -27,12 +27,14 @@
 
 mod fastpath;
 mod firewall;
+mod vip;
 
 pub use fastpath::{
     ingress_programs, Counters, FastPath, FastPathDevices, FastPathError, TaskPort,
 };
 
 pub use firewall::{Dnat, Firewall, VxlanPeers, METADATA_ADDR};
+pub use vip::{cgroup2_root, VipError, Vips, MAX_BACKENDS};
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
