@@ -71,7 +71,9 @@ async fn listen(p: IngressPort, dns: Arc<gantry_dns::Table>) -> std::io::Result<
         let (p, dns) = (p.clone(), dns.clone());
         tokio::spawn(async move {
             // Each running task at most once, starting with the next in turn.
-            let tasks = dns.lookup(&p.service).unwrap_or_default();
+            let tasks = dns
+                .lookup(&gantry_api::addrs::ingress_name(&p.service))
+                .unwrap_or_default();
             for addr in tasks {
                 match TcpStream::connect((addr, p.target)).await {
                     Ok(mut up) => {
@@ -126,7 +128,7 @@ async fn relay_udp(p: IngressPort, dns: Arc<gantry_dns::Table>) -> std::io::Resu
                 }
             }
             let Some(addr) = dns
-                .lookup(&p.service)
+                .lookup(&gantry_api::addrs::ingress_name(&p.service))
                 .unwrap_or_default()
                 .into_iter()
                 .next()
@@ -191,7 +193,8 @@ mod tests {
             }
         });
         let dns = Arc::new(gantry_dns::Table::default());
-        dns.set(&[("s_udp".to_owned(), vec![Ipv4Addr::LOCALHOST])].into());
+        let name = gantry_api::addrs::ingress_name("s_udp");
+        dns.set(&[(name, vec![Ipv4Addr::LOCALHOST])].into());
         // A free port for the front: bind, note, release.
         let published = UdpSocket::bind("127.0.0.1:0")
             .await

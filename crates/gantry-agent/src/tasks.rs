@@ -69,6 +69,9 @@ pub(crate) struct Agent {
     net: Mutex<Option<Net>>,
     /// The overlay's BPF fast path between tasks, once loaded.
     fast: Mutex<Option<gantry_net::FastPath>>,
+    /// Services' virtual IPs, translated at the socket (none: the kernel
+    /// cannot, and services' names answer their tasks instead).
+    vips: Mutex<Option<gantry_net::Vips>>,
     /// Service discovery records, served on the node's gateway.
     pub(crate) dns: Arc<gantry_dns::Table>,
     /// Ingress-mode published ports.
@@ -134,6 +137,14 @@ impl Agent {
                 None
             }
         };
+        let vips = match rt.as_ref().map(|_| gantry_net::Vips::load()) {
+            Some(Ok(v)) => Some(v),
+            Some(Err(e)) => {
+                tracing::warn!("{e}; services' names answer their tasks' addresses instead");
+                None
+            }
+            None => None,
+        };
         Self {
             hostname: crate::node_info(&cfg, "").hostname,
             cfg,
@@ -141,6 +152,7 @@ impl Agent {
             underlay,
             net: Mutex::new(None),
             fast: Mutex::new(None),
+            vips: Mutex::new(vips),
             dns: Arc::new(gantry_dns::Table::default()),
             ingress: crate::ingress::Ingress::default(),
             firewall: Mutex::new(None),
@@ -499,10 +511,24 @@ impl Agent {
                 tracing::warn!("{e}");
             }
         }
-        self.dns.set(&gantry_api::addrs::dns_names(&set.addrs));
+        // Virtual IPs first: a name answers one only once it leads
+        // somewhere.
+        let vips = match self.vips.lock().expect("vips lock").as_mut() {
+            Some(v) => match v.set(&gantry_api::addrs::vip_backends(&set.addrs)) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    false
+                }
+            },
+            None => false,
+        };
         self.dns
-            .set_aliases(&gantry_api::addrs::dns_aliases(&set.addrs));
-        self.dns.set_networks(&members);
+            .set(&gantry_api::addrs::dns_names(&set.addrs, vips));
+        self.dns
+            .set_aliases(&gantry_api::addrs::dns_aliases(&set.addrs, vips));
+        self.dns
+            .set_networks(&gantry_api::addrs::dns_members(&set.addrs));
         self.ingress.set(&set.ingress, &self.dns);
         if let Some(e) = self.edge.get() {
             e.apply(&set);

@@ -41,6 +41,10 @@ pub struct ServiceAddrs {
     /// answer its running tasks to the tasks of this network only.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub aliases: BTreeSet<String>,
+    /// Its virtual IP (`endpoint_mode: vip`), which its names answer
+    /// instead of its tasks' addresses on nodes that can translate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<Ipv4Addr>,
 }
 
 /// Scope to service long name to its addresses.
@@ -102,6 +106,10 @@ pub struct ServiceChange {
     /// Its aliases, whole, when they changed (or the service is new).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aliases: Option<BTreeSet<String>>,
+    /// Its virtual IP when it changed (or the service is new): 0.0.0.0
+    /// when it no longer has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<Ipv4Addr>,
 }
 
 /// What changed in one scope.
@@ -127,6 +135,7 @@ impl ScopeChange {
                         running: AddrChange::all(&s.running),
                         live: AddrChange::all(&s.live),
                         aliases: (!s.aliases.is_empty()).then(|| s.aliases.clone()),
+                        vip: s.vip,
                     };
                     (name.clone(), c)
                 })
@@ -154,6 +163,7 @@ impl ScopeChange {
                     running: AddrChange::between(&o.running, &s.running),
                     live: AddrChange::between(&o.live, &s.live),
                     aliases: (o.aliases != s.aliases).then(|| s.aliases.clone()),
+                    vip: (o.vip != s.vip).then_some(s.vip.unwrap_or(Ipv4Addr::UNSPECIFIED)),
                 };
                 (name.clone(), c)
             })
@@ -174,6 +184,9 @@ impl ScopeChange {
             c.live.apply(&mut s.live);
             if let Some(a) = &c.aliases {
                 s.aliases.clone_from(a);
+            }
+            if let Some(v) = c.vip {
+                s.vip = (!v.is_unspecified()).then_some(v);
             }
         }
     }
@@ -208,8 +221,10 @@ pub fn apply_scoped(held: &mut ScopedAddrs, put: &BTreeMap<String, ScopeChange>,
 }
 
 /// The DNS names a node answers, from the records it holds: each name to
-/// its addresses (sorted, none empty).
-pub fn dns_names(held: &ScopedAddrs) -> BTreeMap<String, Vec<Ipv4Addr>> {
+/// its addresses (sorted, none empty). With `vips` (the node translates
+/// virtual IPs), a service that has one answers it by its names, while it
+/// has a running task; `tasks.` names always answer the tasks.
+pub fn dns_names(held: &ScopedAddrs, vips: bool) -> BTreeMap<String, Vec<Ipv4Addr>> {
     let mut out: BTreeMap<String, BTreeSet<Ipv4Addr>> = BTreeMap::new();
     let mut put = |name: String, addrs: &BTreeSet<Ipv4Addr>| {
         if !addrs.is_empty() {
@@ -219,13 +234,21 @@ pub fn dns_names(held: &ScopedAddrs) -> BTreeMap<String, Vec<Ipv4Addr>> {
     for (scope, services) in held {
         for (long, s) in services {
             if scope == INGRESS {
-                put(long.clone(), &s.running);
+                put(ingress_name(long), &s.running);
                 continue;
             }
             let short = long.strip_prefix(&format!("{}_", s.stack)).unwrap_or(long);
-            put(short.to_owned(), &s.running);
-            put(format!("{short}.{}", s.stack), &s.running);
-            put(long.clone(), &s.running);
+            let vip;
+            let named = match s.vip.filter(|_| vips && !s.running.is_empty()) {
+                Some(v) => {
+                    vip = BTreeSet::from([v]);
+                    &vip
+                }
+                None => &s.running,
+            };
+            put(short.to_owned(), named);
+            put(format!("{short}.{}", s.stack), named);
+            put(long.clone(), named);
             put(format!("tasks.{short}"), &s.live);
             put(format!("tasks.{long}"), &s.live);
         }
@@ -237,16 +260,20 @@ pub fn dns_names(held: &ScopedAddrs) -> BTreeMap<String, Vec<Ipv4Addr>> {
 
 /// The network aliases a node answers: each alias to the networks it is
 /// a name on, each with the running tasks it answers there.
-pub fn dns_aliases(held: &ScopedAddrs) -> BTreeMap<String, BTreeMap<String, Vec<Ipv4Addr>>> {
+pub fn dns_aliases(
+    held: &ScopedAddrs,
+    vips: bool,
+) -> BTreeMap<String, BTreeMap<String, Vec<Ipv4Addr>>> {
     let mut out: BTreeMap<String, BTreeMap<String, BTreeSet<Ipv4Addr>>> = BTreeMap::new();
     for (scope, services) in held.iter().filter(|(k, _)| *k != INGRESS) {
         for s in services.values().filter(|s| !s.running.is_empty()) {
+            let vip = s.vip.filter(|_| vips).map(|v| BTreeSet::from([v]));
             for a in &s.aliases {
                 out.entry(a.clone())
                     .or_default()
                     .entry(scope.clone())
                     .or_default()
-                    .extend(&s.running);
+                    .extend(vip.as_ref().unwrap_or(&s.running));
             }
         }
     }
@@ -258,6 +285,45 @@ pub fn dns_aliases(held: &ScopedAddrs) -> BTreeMap<String, BTreeMap<String, Vec<
                 .collect();
             (a, nets)
         })
+        .collect()
+}
+
+/// The name under which the ingress forwarder finds a service's running
+/// tasks (not one a task would ask for, and never a virtual IP).
+pub fn ingress_name(long: &str) -> String {
+    format!("{INGRESS}/{long}")
+}
+
+/// Each stack network's members as the node's DNS sees them: its tasks
+/// and the virtual IPs of its services, which a task of the network may
+/// be answered.
+pub fn dns_members(held: &ScopedAddrs) -> BTreeMap<String, Vec<Ipv4Addr>> {
+    held.iter()
+        .filter(|(k, _)| *k != INGRESS)
+        .map(|(k, services)| {
+            let all: BTreeSet<Ipv4Addr> = services
+                .values()
+                .flat_map(|s| s.live.iter().chain(&s.vip))
+                .copied()
+                .collect();
+            (k.clone(), all.into_iter().collect())
+        })
+        .collect()
+}
+
+/// The virtual IPs a node translates, each with its service's running
+/// tasks (sorted).
+pub fn vip_backends(held: &ScopedAddrs) -> BTreeMap<Ipv4Addr, Vec<Ipv4Addr>> {
+    let mut out: BTreeMap<Ipv4Addr, BTreeSet<Ipv4Addr>> = BTreeMap::new();
+    for services in held.values() {
+        for s in services.values() {
+            if let Some(v) = s.vip {
+                out.entry(v).or_default().extend(&s.running);
+            }
+        }
+    }
+    out.into_iter()
+        .map(|(v, t)| (v, t.into_iter().collect()))
         .collect()
 }
 
@@ -344,6 +410,52 @@ mod tests {
             running: ips(running),
             live: ips(live),
             aliases: BTreeSet::new(),
+            vip: None,
+        }
+    }
+
+    #[test]
+    fn a_virtual_ip_answers_for_the_names_where_the_node_translates_it() {
+        let mut web = svc("app", &[1, 2], &[1, 2, 3]);
+        web.vip = Some(Ipv4Addr::new(10, 47, 0, 1));
+        web.aliases = ["www".to_owned()].into();
+        let mut held = ScopedAddrs::new();
+        held.insert(
+            "app_default".into(),
+            [("app_web".to_owned(), web.clone())].into(),
+        );
+        let vip = vec![Ipv4Addr::new(10, 47, 0, 1)];
+        let d = dns_names(&held, true);
+        for name in ["web", "web.app", "app_web"] {
+            assert_eq!(d[name], vip, "{name}");
+        }
+        assert_eq!(d["tasks.web"].len(), 3);
+        assert_eq!(dns_aliases(&held, true)["www"]["app_default"], vip);
+        // A node that cannot translate answers the tasks.
+        assert_eq!(dns_names(&held, false)["web"].len(), 2);
+        assert_eq!(dns_aliases(&held, false)["www"]["app_default"].len(), 2);
+        assert_eq!(vip_backends(&held)[&vip[0]].len(), 2);
+        assert_eq!(dns_members(&held)["app_default"].last(), vip.first());
+        // No running task: no answer rather than an address nothing is behind.
+        let mut idle = web.clone();
+        idle.running.clear();
+        held.insert(
+            "app_default".into(),
+            [("app_web".to_owned(), idle.clone())].into(),
+        );
+        assert!(!dns_names(&held, true).contains_key("web"));
+        // The address travels as a change, and goes.
+        let a: BTreeMap<String, ServiceAddrs> = [("app_web".to_owned(), web.clone())].into();
+        let mut none = web.clone();
+        none.vip = None;
+        let b: BTreeMap<String, ServiceAddrs> = [("app_web".to_owned(), none)].into();
+        for (from, to) in [(&a, &b), (&b, &a)] {
+            let c = ScopeChange::between(from, to).unwrap();
+            let line = serde_json::to_string(&c).unwrap();
+            let c: ScopeChange = serde_json::from_str(&line).unwrap();
+            let mut held = from.clone();
+            c.apply(&mut held);
+            assert_eq!(&held, to, "{line}");
         }
     }
 
@@ -380,11 +492,11 @@ mod tests {
             "app_front".into(),
             [("app_db".to_owned(), svc("app", &[9], &[9]))].into(),
         );
-        let a = dns_aliases(&scoped);
+        let a = dns_aliases(&scoped, false);
         assert_eq!(a.keys().collect::<Vec<_>>(), ["database"]);
         assert_eq!(a["database"].keys().collect::<Vec<_>>(), ["app_back"]);
         assert_eq!(a["database"]["app_back"], [Ipv4Addr::new(10, 0, 0, 9)]);
-        assert!(!dns_names(&scoped).contains_key("database"));
+        assert!(!dns_names(&scoped, false).contains_key("database"));
     }
 
     #[test]
@@ -402,7 +514,7 @@ mod tests {
             INGRESS.into(),
             [("site_front".to_owned(), svc("site", &[7], &[7, 8]))].into(),
         );
-        let d = dns_names(&held);
+        let d = dns_names(&held, false);
         let v = |o: &[u8]| ips(o).into_iter().collect::<Vec<_>>();
         for name in ["web", "web.app", "app_web"] {
             assert_eq!(d[name], v(&[1, 2]), "{name}");
@@ -410,8 +522,12 @@ mod tests {
         for name in ["tasks.web", "tasks.app_web"] {
             assert_eq!(d[name], v(&[1, 2, 3]), "{name}");
         }
-        assert_eq!(d["site_front"], v(&[7]));
-        assert!(!d.contains_key("front") && !d.contains_key("tasks.site_front"));
+        assert_eq!(d[&ingress_name("site_front")], v(&[7]));
+        assert!(
+            !d.contains_key("site_front")
+                && !d.contains_key("front")
+                && !d.contains_key("tasks.site_front")
+        );
         let m = network_members(&held);
         assert_eq!(m.keys().collect::<Vec<_>>(), ["app_default"]);
         assert_eq!(m["app_default"], v(&[1, 2, 3, 9]));
@@ -451,7 +567,7 @@ mod tests {
             "my_app_default".into(),
             [("my_app_web".to_owned(), svc("my_app", &[1], &[1]))].into(),
         );
-        let d = dns_names(&held);
+        let d = dns_names(&held, false);
         assert!(
             d.contains_key("web") && d.contains_key("web.my_app"),
             "{d:?}"

@@ -306,7 +306,8 @@ mod tests {
                         .map(|(name, (running, live))| {
                             // Aliases come and go with the running set's size.
                             let aliases = (running.len() % 2 == 1).then(|| format!("{name}-alias")).into_iter().collect();
-                            let s = crate::ServiceAddrs { stack: name.clone(), running: ips(running), live: ips(live), aliases };
+                            let vip = (live.len() % 2 == 1).then(|| Ipv4Addr::new(10, 47, 0, running.len() as u8));
+                            let s = crate::ServiceAddrs { stack: name.clone(), running: ips(running), live: ips(live), aliases, vip };
                             (name, s)
                         })
                         .collect();

@@ -95,6 +95,11 @@ impl Net {
         self.addr
     }
 
+    /// Whether the two share an address.
+    pub fn overlaps(&self, other: Net) -> bool {
+        self.contains(other.addr) || other.contains(self.addr)
+    }
+
     /// The broadcast address.
     pub fn broadcast(&self) -> Ipv4Addr {
         self.nth(self.size() - 1)
@@ -169,13 +174,32 @@ impl Plan {
         1u64 << (self.block_prefix - self.cidr.prefix)
     }
 
-    /// The lowest block not in `used`.
+    /// The lowest block not in `used` (and clear of [`Plan::vip_pool`]).
     pub fn next_block(&self, used: &BTreeSet<Net>) -> Option<Net> {
         let step = 1u64 << (32 - self.block_prefix);
+        let pool = self.vip_pool();
         (0..self.blocks())
             .map(|i| Net::new(self.cidr.nth(i * step), self.block_prefix))
-            .find(|b| !used.contains(b))
+            .find(|b| !used.contains(b) && !b.overlaps(pool))
     }
+
+    /// Where services' virtual IPs come from: the top sixteenth of the
+    /// CIDR (10.47.0.0/16 in the default plan, 65,536 of them), which no
+    /// node's block takes. Virtual IPs never appear on the wire (they are
+    /// turned into task addresses at the socket), but inside the overlay
+    /// they can be no one else's address.
+    pub fn vip_pool(&self) -> Net {
+        let prefix = (self.cidr.prefix + 4).min(30);
+        Net::new(self.cidr.broadcast(), prefix)
+    }
+}
+
+/// The lowest free virtual IP of `pool` (its network and broadcast
+/// addresses are never given).
+pub fn next_vip(pool: Net, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+    (1..pool.size().saturating_sub(1))
+        .map(|i| pool.nth(i))
+        .find(|ip| !used.contains(ip))
 }
 
 /// The next free task address of `block`: the first one after `last` (the

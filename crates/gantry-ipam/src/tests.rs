@@ -26,17 +26,37 @@ fn blocks_are_carved_in_order_and_never_twice() {
         used.insert(b);
         got.push(b.to_string());
     }
-    assert_eq!(
-        got,
-        [
-            "10.32.0.0/24",
-            "10.32.1.0/24",
-            "10.32.2.0/24",
-            "10.32.3.0/24"
-        ]
-    );
+    // The top sixteenth (10.32.3.192/26) is the virtual IPs': its block
+    // is no node's.
+    assert_eq!(got, ["10.32.0.0/24", "10.32.1.0/24", "10.32.2.0/24"]);
+    assert_eq!(plan.vip_pool().to_string(), "10.32.3.192/26");
     used.remove(&"10.32.1.0/24".parse().unwrap());
     assert_eq!(plan.next_block(&used).unwrap().to_string(), "10.32.1.0/24");
+}
+
+#[test]
+fn virtual_ips_come_from_the_top_of_the_plan_and_never_twice() {
+    let plan = Plan::default_plan();
+    let pool = plan.vip_pool();
+    assert_eq!(pool.to_string(), "10.47.0.0/16");
+    let mut used = BTreeSet::new();
+    let first = next_vip(pool, &used).unwrap();
+    assert_eq!(first, Ipv4Addr::new(10, 47, 0, 1));
+    used.insert(first);
+    assert_eq!(next_vip(pool, &used), Some(Ipv4Addr::new(10, 47, 0, 2)));
+    // The default plan's blocks stop short of the pool: 4,096 - 256.
+    let step = 1u64 << 8;
+    let blocks = (0..plan.blocks())
+        .map(|i| Net::new(plan.cidr.nth(i * step), 24))
+        .filter(|b| !b.overlaps(pool))
+        .count();
+    assert_eq!(blocks, 3840);
+    let small: Net = "10.0.0.0/30".parse().unwrap();
+    let mut used = BTreeSet::new();
+    while let Some(v) = next_vip(small, &used) {
+        used.insert(v);
+    }
+    assert_eq!(used.len(), 2, "{used:?}");
 }
 
 #[test]

@@ -2,12 +2,15 @@
 //! a joining node gets the next free block of the cluster CIDR; a task
 //! placed on a node gets the next free address of that node's block. An
 //! address is in use while its task lives (not failed or shut down), so it
-//! is released when the task ends and never held by two live tasks.
+//! is released when the task ends and never held by two live tasks. A
+//! service with `endpoint_mode: vip` gets a virtual IP from the plan's
+//! pool, which it keeps until it is removed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use gantry_ipam::{next_addr, Net, Plan};
+use gantry_ipam::{next_addr, next_vip, Net, Plan};
+use gantry_spec::EndpointMode;
 use gantry_state::{Command, State, TaskRecord, TaskState};
 
 /// Metadata keys of the address plan (`gantry server --cluster-cidr`,
@@ -117,5 +120,49 @@ pub fn assign_addresses(state: &State, cmds: &mut Vec<Command>) {
             .unwrap_or_else(|| state.nodes[&id].clone());
         rec.last_addr = Some(a);
         cmds.push(Command::PutNode(rec));
+    }
+}
+
+/// Gives a virtual IP to each service that a batch puts with
+/// `endpoint_mode: vip` and that has none yet: the lowest free address of
+/// the plan's pool. Costs the services only when one needs an address.
+pub fn assign_vips(state: &State, cmds: &mut [Command]) {
+    let needs = |c: &Command| match c {
+        Command::PutService {
+            name, spec, vip, ..
+        } => {
+            vip.is_none()
+                && spec.endpoint_mode == EndpointMode::Vip
+                && state.services.get(name).is_none_or(|r| r.vip.is_none())
+        }
+        _ => false,
+    };
+    if !cmds.iter().any(needs) {
+        return;
+    }
+    let pool = plan(state).vip_pool();
+    let mut used: BTreeSet<Ipv4Addr> = state.services.values().filter_map(|r| r.vip).collect();
+    used.extend(cmds.iter().filter_map(|c| match c {
+        Command::PutService { vip, .. } => *vip,
+        _ => None,
+    }));
+    let mut given: BTreeMap<String, Ipv4Addr> = BTreeMap::new();
+    for c in cmds.iter_mut() {
+        if !needs(c) {
+            continue;
+        }
+        let Command::PutService { name, vip, .. } = c else {
+            continue;
+        };
+        // A service put twice in one batch keeps the first one's.
+        if let Some(v) = given.get(name.as_str()) {
+            *vip = Some(*v);
+            continue;
+        }
+        if let Some(v) = next_vip(pool, &used) {
+            used.insert(v);
+            given.insert(name.clone(), v);
+            *vip = Some(v);
+        }
     }
 }

@@ -166,6 +166,7 @@ mod tests {
             name: "app_web".into(),
             stack: "app".into(),
             spec: Box::new(Service::new("web:1")),
+            vip: None,
         })
         .unwrap();
         use TaskState::*;

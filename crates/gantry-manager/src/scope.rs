@@ -33,6 +33,9 @@ pub fn scoped(s: &State) -> Scoped {
     for rec in s.services.values() {
         let mut addrs = ServiceAddrs {
             stack: rec.stack.clone(),
+            vip: rec
+                .vip
+                .filter(|_| rec.spec.endpoint_mode == gantry_spec::EndpointMode::Vip),
             ..ServiceAddrs::default()
         };
         for t in s.tasks_of(&rec.name) {
@@ -60,6 +63,7 @@ pub fn scoped(s: &State) -> Scoped {
             let front = ServiceAddrs {
                 stack: rec.stack.clone(),
                 running: addrs.running.clone(),
+                // The ingress forwarder wants the tasks themselves.
                 ..ServiceAddrs::default()
             };
             out.entry(INGRESS.to_owned())
@@ -171,6 +175,7 @@ mod tests {
             running: ips(running),
             live: ips(running),
             aliases: BTreeSet::new(),
+            vip: None,
         }
     }
 
@@ -202,12 +207,14 @@ mod tests {
         let set = proptest::collection::btree_set(0u8..4, 0..3)
             .prop_map(|s| s.into_iter().map(|o| Ipv4Addr::new(10, 0, 0, o)).collect());
         let aliases = proptest::collection::btree_set("[pq]", 0..2);
-        let service = (set.clone(), set, aliases).prop_map(
-            |(running, live, aliases): (BTreeSet<_>, BTreeSet<_>, _)| ServiceAddrs {
+        let vip = proptest::option::of(0u8..2).prop_map(|o| o.map(|o| Ipv4Addr::new(10, 47, 0, o)));
+        let service = (set.clone(), set, aliases, vip).prop_map(
+            |(running, live, aliases, vip): (BTreeSet<_>, BTreeSet<_>, _, _)| ServiceAddrs {
                 stack: "s".into(),
                 live: live.union(&running).copied().collect(),
                 running,
                 aliases,
+                vip,
             },
         );
         let scope = proptest::collection::btree_map("[ab]", service, 0..3);
@@ -243,7 +250,7 @@ mod tests {
                 node_delta(&old, &new, &changes(&old, &new), &old_scopes, &new_scopes);
             held.apply(AssignmentDelta { addrs, scopes_gone, ..AssignmentDelta::default() });
             let want = node_records(&new, &new_scopes);
-            prop_assert_eq!(gantry_api::addrs::dns_names(&held.addrs), gantry_api::addrs::dns_names(&want));
+            prop_assert_eq!(gantry_api::addrs::dns_names(&held.addrs, true), gantry_api::addrs::dns_names(&want, true));
             prop_assert_eq!(held.addrs, want);
         }
     }

@@ -52,6 +52,7 @@ fn put_stack(st: &mut State, yaml: &str) {
             name,
             stack: "app".into(),
             spec: Box::new(svc),
+            vip: None,
         })
         .unwrap();
     }
@@ -814,6 +815,7 @@ fn a_batch_touches_what_it_changed_and_nodes_touch_everything() {
         name: "other".into(),
         stack: "elsewhere".into(),
         spec: Box::new(st.services["web"].spec.clone()),
+        vip: None,
     })
     .unwrap();
     converge(&mut st, "web", 0);
@@ -998,4 +1000,65 @@ fn nodes_without_a_block_get_distinct_free_ones_and_the_others_keep_theirs() {
         st.apply(c).unwrap();
     }
     assert!(crate::network::blocks_for_nodes_without(&st).is_empty());
+}
+
+#[test]
+fn services_get_a_virtual_ip_once_and_keep_it() {
+    let mut st = cluster(
+        1,
+        "services:\n  web:\n    image: web:1\n  db:\n    image: db:1\n    deploy: {endpoint_mode: dnsrr}\n",
+    );
+    let put = |st: &State, name: &str, spec: &str| Command::PutService {
+        name: name.into(),
+        stack: "app".into(),
+        spec: Box::new(st.services[spec].spec.clone()),
+        vip: None,
+    };
+    let apply = |st: &mut State, mut cmds: Vec<Command>| {
+        crate::network::assign_vips(st, &mut cmds);
+        for c in &cmds {
+            st.apply(c).unwrap();
+        }
+    };
+    // Put as they were (the test's cluster bypassed the server): web and
+    // a new service in one batch get the pool's first two, db none.
+    let batch = vec![
+        put(&st, "web", "web"),
+        put(&st, "db", "db"),
+        put(&st, "other", "web"),
+    ];
+    apply(&mut st, batch);
+    let vip = |st: &State, n: &str| st.services[n].vip;
+    assert_eq!(vip(&st, "web"), Some("10.47.0.1".parse().unwrap()));
+    assert_eq!(vip(&st, "other"), Some("10.47.0.2".parse().unwrap()));
+    assert_eq!(vip(&st, "db"), None);
+    // Changed to dnsrr and back, or rolled back: the same address.
+    let mut spec = st.services["web"].spec.clone();
+    spec.endpoint_mode = gantry_spec::EndpointMode::Dnsrr;
+    spec.image = "web:2".into();
+    let cmds = vec![Command::PutService {
+        name: "web".into(),
+        stack: "app".into(),
+        spec: Box::new(spec),
+        vip: None,
+    }];
+    apply(&mut st, cmds);
+    apply(
+        &mut st,
+        vec![Command::RollbackService {
+            name: "web".into(),
+            reason: "test".into(),
+            at_ms: 1,
+        }],
+    );
+    assert_eq!(
+        st.services["web"].spec.endpoint_mode,
+        gantry_spec::EndpointMode::Vip
+    );
+    assert_eq!(vip(&st, "web"), Some("10.47.0.1".parse().unwrap()));
+    // Removed: its address is free for the next.
+    apply(&mut st, vec![Command::RemoveService { name: "web".into() }]);
+    let third = put(&st, "third", "other");
+    apply(&mut st, vec![third]);
+    assert_eq!(vip(&st, "third"), Some("10.47.0.1".parse().unwrap()));
 }

@@ -114,6 +114,7 @@ mod tests {
                 name: name.into(),
                 stack: "app".into(),
                 spec: Box::new(spec),
+                vip: None,
             })
             .unwrap();
         }
@@ -143,7 +144,7 @@ mod tests {
         let all = sc.keys().cloned().collect();
         let held = scope::node_records(&sc, &all);
         (
-            gantry_api::addrs::dns_names(&held),
+            gantry_api::addrs::dns_names(&held, false),
             gantry_api::addrs::network_members(&held),
         )
     }

@@ -746,6 +746,7 @@ async fn service_update(
             name: name.clone(),
             stack: rec.stack.clone(),
             spec: Box::new(svc),
+            vip: None,
         }]
     })?;
     if let Some(f) = failed {
@@ -809,6 +810,7 @@ async fn deploy(
                 name: name.clone(),
                 stack: stack.clone(),
                 spec: Box::new(spec.clone()),
+                vip: None,
             });
         }
         if req.prune {

@@ -191,7 +191,11 @@ impl Shared {
 
     fn update_now(&self, f: impl FnOnce(&State) -> Vec<Command>) -> Result<(), StoreError> {
         let mut store = self.store.lock().expect("store lock");
-        let cmds = f(store.state());
+        let mut cmds = f(store.state());
+        // Every write passes here: the services it puts that need a
+        // virtual IP get one (the same for a service created by a deploy,
+        // changed by an update, or put by anything else).
+        gantry_manager::network::assign_vips(store.state(), &mut cmds);
         if cmds.is_empty() {
             return Ok(());
         }

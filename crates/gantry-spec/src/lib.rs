@@ -224,6 +224,20 @@ pub enum Mode {
     Global,
 }
 
+/// How other tasks reach a service by its name (compose's
+/// `deploy.endpoint_mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointMode {
+    /// One virtual IP, which every connection to it turns into one of the
+    /// running tasks' addresses (Swarm's default, and a stack file's).
+    Vip,
+    /// The name answers the running tasks' addresses, in turn (what a
+    /// service stored before virtual IPs existed keeps).
+    #[default]
+    Dnsrr,
+}
+
 /// A service of a stack, normalised.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Service {
@@ -273,6 +287,9 @@ pub struct Service {
     pub network_aliases: BTreeMap<String, std::collections::BTreeSet<String>>,
     /// Replicated or global.
     pub mode: Mode,
+    /// A virtual IP, or DNS round robin.
+    #[serde(default)]
+    pub endpoint_mode: EndpointMode,
     /// Limits per task.
     pub limits: Amounts,
     /// Reservations per task (used for placement).
@@ -440,6 +457,7 @@ impl Service {
             network_aliases: BTreeMap::new(),
             network_own_names: BTreeMap::new(),
             mode: Mode::Replicated { replicas: 1 },
+            endpoint_mode: EndpointMode::Dnsrr,
             limits: Amounts::default(),
             reservations: Amounts::default(),
             constraints: Vec::new(),

@@ -154,7 +154,7 @@ fn nested(path: &[&str]) -> Option<&'static [(&'static str, Class)]> {
             ("update_config", Y("")),
             ("rollback_config", Y("")),
             ("labels", Y("service labels")),
-            ("endpoint_mode", N("Gantry has no virtual IPs: a service's DNS name answers its tasks' addresses in turn, as dnsrr")),
+            ("endpoint_mode", Y("vip (the default): the name answers one virtual IP, which each connection turns into a running task's address; dnsrr: the name answers the tasks' addresses in turn")),
         ],
         ["deploy", "resources"] => &[("limits", Y("")), ("reservations", Y(""))],
         ["deploy", "resources", "limits"] => {

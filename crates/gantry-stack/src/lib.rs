@@ -687,6 +687,20 @@ fn service(
         dns_opt: s.dns_opt,
     };
     let (security, resolution) = confine::read(ctx, name, confine_keys, warnings)?;
+    let endpoint_mode = match d
+        .endpoint_mode
+        .as_ref()
+        .map(|m| (m.value.as_str(), m.referenced))
+    {
+        None | Some(("vip", _)) => gantry_spec::EndpointMode::Vip,
+        Some(("dnsrr", _)) => gantry_spec::EndpointMode::Dnsrr,
+        Some((other, at)) => {
+            return ctx.err(
+                &at,
+                format!("service {name}: deploy.endpoint_mode is vip or dnsrr, not {other:?}"),
+            )
+        }
+    };
     let mode = match d.mode.as_ref().map(|m| (m.value.as_str(), m.referenced)) {
         None | Some(("replicated", _)) => {
             let replicas = match &d.replicas {
@@ -838,6 +852,7 @@ fn service(
         network_aliases,
         network_own_names,
         mode,
+        endpoint_mode,
         limits,
         reservations,
         constraints,

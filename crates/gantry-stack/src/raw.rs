@@ -322,6 +322,7 @@ pub(crate) struct DependsOnCondition {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct Deploy {
     pub(crate) mode: Option<Spanned<String>>,
+    pub(crate) endpoint_mode: Option<Spanned<String>>,
     pub(crate) replicas: Option<Spanned<Scalar>>,
     pub(crate) resources: Option<Resources>,
     pub(crate) placement: Option<Placement>,

@@ -241,6 +241,9 @@ fn service(s: &Service) -> Value {
             d.insert("replicas".into(), json!(replicas));
         }
     }
+    if s.endpoint_mode == gantry_spec::EndpointMode::Dnsrr {
+        d.insert("endpoint_mode".into(), json!("dnsrr"));
+    }
     let amounts = |a: &crate::Amounts, pids: bool| {
         let mut m = Map::new();
         if let Some(c) = a.nano_cpus {

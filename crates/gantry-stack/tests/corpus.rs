@@ -218,6 +218,7 @@ fn comparable_ours(s: &gantry_stack::Service) -> Value {
         "sysctls": s.security.sysctls,
         "init": s.security.init,
         "max_per_node": s.max_replicas_per_node,
+        "endpoint_mode": format!("{:?}", s.endpoint_mode).to_lowercase(),
         "constraints": s.constraints.iter().map(|c| c.replace(' ', "").to_lowercase()).collect::<Vec<_>>(),
     })
 }
@@ -280,6 +281,7 @@ fn comparable_docker(s: &Value) -> Value {
         "sysctls": map(&s["sysctls"]),
         "init": s["init"].as_bool().unwrap_or(false),
         "max_per_node": num(&d["placement"]["max_replicas_per_node"]),
+        "endpoint_mode": d["endpoint_mode"].as_str().unwrap_or("vip"),
         "constraints": strs(&d["placement"]["constraints"]).unwrap_or_default().iter().map(|c| c.replace(' ', "").to_lowercase()).collect::<Vec<_>>(),
     })
 }

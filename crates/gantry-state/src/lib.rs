@@ -78,6 +78,11 @@ pub struct ServiceRecord {
     /// Where the rollout of the current version stands.
     #[serde(default)]
     pub update: UpdateStatus,
+    /// Its virtual IP, given when a spec of it first asked for one
+    /// (`endpoint_mode: vip`) and kept until it is removed, so that a
+    /// rollback or a mode changed back and forth finds the same address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<std::net::Ipv4Addr>,
 }
 
 /// The rollout of a service's current version.
@@ -316,6 +321,10 @@ pub enum Command {
         stack: String,
         /// The spec (boxed: it is much bigger than the other commands).
         spec: Box<Service>,
+        /// Its virtual IP, when it gets one now (a service keeps the one
+        /// it has).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vip: Option<std::net::Ipv4Addr>,
     },
     /// Record how the rollout stands.
     SetUpdate {
@@ -790,8 +799,13 @@ impl State {
                     }
                 }
             }
-            Command::PutService { name, stack, spec } => {
-                let rec = match self.services.get(&name) {
+            Command::PutService {
+                name,
+                stack,
+                spec,
+                vip,
+            } => {
+                let mut rec = match self.services.get(&name) {
                     // The same spec again changes nothing.
                     Some(old) if old.spec == *spec => old.clone(),
                     Some(old) => {
@@ -807,6 +821,7 @@ impl State {
                             spec: *spec,
                             previous: Some((old.version, old.spec.clone())),
                             update: UpdateStatus::Updating { since_ms: 0 },
+                            vip: old.vip,
                         }
                     }
                     None => ServiceRecord {
@@ -816,8 +831,12 @@ impl State {
                         spec: *spec,
                         previous: None,
                         update: UpdateStatus::Completed,
+                        vip: None,
                     },
                 };
+                if rec.vip.is_none() {
+                    rec.vip = vip;
+                }
                 self.services.insert(name, rec);
             }
             Command::SetUpdate { name, status } => {

@@ -12,6 +12,7 @@ fn services_join_only_networks_that_exist_and_those_in_use_stay() {
         name: "a_web".into(),
         stack: "a".into(),
         spec: Box::new(spec),
+        vip: None,
     };
     assert_eq!(s.apply(&put), Err(Rejected::NoSuchNetwork("proxy".into())));
     assert!(s.services.is_empty());

@@ -50,6 +50,7 @@ fn put_service(name: &str, image: &str) -> Command {
         name: name.into(),
         stack: "app".into(),
         spec: Box::new(gantry_spec::Service::new(image)),
+        vip: None,
     }
 }
 

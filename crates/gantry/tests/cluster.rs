@@ -843,9 +843,10 @@ fn containers_reach_each_other_across_hosts_on_the_overlay() {
     }
     let veth = format!("gv{}", &web1[0][..11]);
     assert_eq!(ingress_programs(&cl.lan.hosts[1], &veth), ["from_task"]);
-    // By name: the node's DNS server answers the service's healthy tasks,
-    // in rotating order, and tasks.SERVICE; other names are forwarded (and
-    // fail here: the simulated hosts have no resolver).
+    // By name: the node's DNS server answers the service's virtual IP
+    // (compose's default endpoint_mode), and tasks.SERVICE its healthy
+    // tasks; other names are forwarded (and fail here: the simulated hosts
+    // have no resolver).
     let lookup = |name: &str| -> Vec<String> {
         let o = cl.on_agent(0, &["exec", &web1[0], "nslookup", name]);
         let out = text(&o);
@@ -860,8 +861,18 @@ fn containers_reach_each_other_across_hosts_on_the_overlay() {
     };
     let mut all: Vec<String> = addr.values().cloned().collect();
     all.sort();
-    for name in ["web", "web.app", "app_web", "tasks.web"] {
-        assert_eq!(lookup(name), all, "{name}");
+    assert_eq!(lookup("tasks.web"), all);
+    let vip = lookup("web");
+    assert_eq!(vip.len(), 1, "{vip:?}");
+    let pool = gantry_ipam::Plan::new(gantry_testkit::cluster_cidr().parse().unwrap(), 24)
+        .unwrap()
+        .vip_pool();
+    assert!(
+        pool.contains(vip[0].parse().unwrap()),
+        "from the plan's pool {pool}: {vip:?}"
+    );
+    for name in ["web.app", "app_web"] {
+        assert_eq!(lookup(name), vip, "{name}");
     }
     // The same over TCP, as a resolver does when UDP answers are too big:
     // a length-prefixed query for `web` gets its three A records.
@@ -872,23 +883,31 @@ fn containers_reach_each_other_across_hosts_on_the_overlay() {
     let o = cl.on_agent(0, &["exec", &web1[0], "sh", "-c", &tcp_query]);
     assert_eq!(
         text(&o).trim(),
-        (2 + 21 + 3 * 16).to_string(),
-        "length prefix, header and question, three answers: {}",
+        (2 + 21 + 16).to_string(),
+        "length prefix, header and question, the virtual IP: {}",
         errtext(&o)
     );
-    let get = "printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 5 web 8080";
+    // Each connection to the virtual IP reaches one of the tasks, on any
+    // host, and over the connections all of them answer.
+    let get = "for i in $(seq 30); do printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 5 web 8080 | tail -1; done";
     let o = cl.on_agent(0, &["exec", &web1[0], "sh", "-c", get]);
-    assert!(
-        text(&o).contains("200 OK"),
-        "by name: {}{}",
-        text(&o),
+    let out = text(&o);
+    let answered: std::collections::BTreeSet<&str> = out
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(
+        answered.len(),
+        3,
+        "by name, 30 connections: {answered:?} {}",
         errtext(&o)
     );
     // DNS follows a scale-up and a scale-down.
     cl.admin_ok(&["service", "scale", "web=5"]);
     let t0 = Instant::now();
-    wait_for("5 addresses for web", Duration::from_secs(2), || {
-        let l = lookup("web");
+    wait_for("5 addresses for tasks.web", Duration::from_secs(2), || {
+        let l = lookup("tasks.web");
         if l.len() == 5 {
             Ok(())
         } else {
@@ -899,6 +918,7 @@ fn containers_reach_each_other_across_hosts_on_the_overlay() {
         "DNS: 5 records {:?} after the scale-up converged",
         t0.elapsed()
     );
+    assert_eq!(lookup("web"), vip, "the virtual IP stays");
     cl.admin_ok(&["service", "scale", "web=3"]);
     wait_for("3 addresses for web", Duration::from_secs(2), || {
         let l = lookup("tasks.web");
@@ -1165,7 +1185,9 @@ fn containers_reach_each_other_across_hosts_on_the_overlay() {
         }
     });
     let routes = ip_on(&cl.lan.hosts[1], "ip", &["route"]);
-    assert!(!routes.contains("10.32."), "{routes}");
+    let cidr = gantry_testkit::cluster_cidr();
+    let overlay = cidr.trim_end_matches("0.0/16");
+    assert!(!routes.contains(overlay), "{routes}");
     let o = cl.lan.hosts[1]
         .command("nft")
         .args(["list", "tables"])
@@ -1241,18 +1263,23 @@ fn stack_networks_are_isolated() {
     // A green task does not reach red on its own node either.
     let out = cl.get_from(0, &green1, &addr("red_web", "node-1"));
     assert!(!out.contains("200 OK"), "green reached red: {out:?}");
-    // Names are scoped too: `web` is red's web for a red task.
-    let o = cl.on_agent(0, &["exec", &red1, "nslookup", "web"]);
-    let mut seen: Vec<String> = text(&o)
-        .lines()
-        .skip_while(|l| !l.starts_with("Name:"))
-        .filter_map(|l| l.strip_prefix("Address:"))
-        .map(|a| a.trim().to_owned())
-        .collect();
-    seen.sort();
+    // Names are scoped too: `web` is red's web for a red task (its
+    // tasks, and its one virtual IP, not blue's too).
+    let lookup = |name: &str| {
+        let o = cl.on_agent(0, &["exec", &red1, "nslookup", name]);
+        let mut seen: Vec<String> = text(&o)
+            .lines()
+            .skip_while(|l| !l.starts_with("Name:"))
+            .filter_map(|l| l.strip_prefix("Address:"))
+            .map(|a| a.trim().to_owned())
+            .collect();
+        seen.sort();
+        seen
+    };
     let mut red: Vec<String> = vec![addr("red_web", "node-1"), addr("red_web", "node-2")];
     red.sort();
-    assert_eq!(seen, red, "{}", text(&o));
+    assert_eq!(lookup("tasks.web"), red);
+    assert_eq!(lookup("web").len(), 1, "{:?}", lookup("web"));
     // A host-mode published port: from another machine the kernel DNATs
     // to the task, which sees the client's own address.
     let cgi = r#"services:

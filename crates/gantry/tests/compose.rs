@@ -351,3 +351,107 @@ networks:
         }
     });
 }
+
+#[test]
+fn endpoint_modes_answer_a_virtual_ip_or_the_tasks() {
+    let Some(d) = Dev::start("endpoint_modes_answer_a_virtual_ip_or_the_tasks") else {
+        return;
+    };
+    d.g.busybox_image("bb:1");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("stack.yml");
+    std::fs::write(
+        &file,
+        "services:
+  vip:
+    image: bb:1
+    command: [sh, -c, 'hostname > /index.html && exec httpd -f -p 8080 -h /']
+    stop_grace_period: 1s
+    deploy: {replicas: 2}
+  rr:
+    image: bb:1
+    command: [sh, -c, 'hostname > /index.html && exec httpd -f -p 8080 -h /']
+    stop_grace_period: 1s
+    deploy: {replicas: 2, endpoint_mode: dnsrr}
+  client:
+    image: bb:1
+    command: [sleep, '100000']
+    stop_grace_period: 1s
+",
+    )
+    .unwrap();
+    let o = d.cli(&["deploy", "-f", file.to_str().unwrap(), "modes"]);
+    assert!(o.status.success(), "{}{}", text(&o), errtext(&o));
+    let client = wait_for("the client container", Duration::from_secs(30), || {
+        let ps = d.cli(&["ps", "--format", "json"]);
+        ids_named(&ps, "modes_client")
+            .into_iter()
+            .next()
+            .ok_or_else(|| text(&ps))
+    });
+    let lookup = |name: &str| -> Vec<String> {
+        let o = d.cli(&["exec", &client, "nslookup", name]);
+        let mut v: Vec<String> = text(&o)
+            .lines()
+            .skip_while(|l| !l.starts_with("Name:"))
+            .filter_map(|l| l.strip_prefix("Address:"))
+            .map(|a| a.trim().to_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    wait_for("both services' tasks", Duration::from_secs(30), || {
+        let (v, r) = (lookup("tasks.vip"), lookup("rr"));
+        if v.len() == 2 && r.len() == 2 {
+            Ok(())
+        } else {
+            Err(format!("{v:?} {r:?}"))
+        }
+    });
+    // vip: one address of the pool, not a task's.
+    let vip = lookup("vip");
+    assert_eq!(vip.len(), 1, "{vip:?}");
+    assert!(!lookup("tasks.vip").contains(&vip[0]), "{vip:?}");
+    let pool = gantry_ipam::Plan::new(gantry_testkit::cluster_cidr().parse().unwrap(), 24)
+        .unwrap()
+        .vip_pool();
+    assert!(pool.contains(vip[0].parse().unwrap()), "{pool}: {vip:?}");
+    // dnsrr: the tasks themselves.
+    assert_eq!(lookup("rr"), lookup("tasks.rr"));
+    // Through the virtual IP, both tasks answer over 20 connections.
+    let get = "for i in $(seq 20); do printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 3 vip 8080 | tail -1; done";
+    let o = d.cli(&["exec", &client, "sh", "-c", get]);
+    let out = text(&o);
+    let answered: std::collections::BTreeSet<&str> = out
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(answered.len(), 2, "{answered:?} {}", errtext(&o));
+    // Scaled to none: a connection to the virtual IP is refused at once
+    // (no waiting for a timeout), and the name no longer answers it.
+    assert!(d.cli(&["service", "scale", "modes_vip=0"]).status.success());
+    wait_for("vip's tasks to go", Duration::from_secs(30), || {
+        let t = lookup("tasks.vip");
+        if t.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{t:?}"))
+        }
+    });
+    let o = d.cli(&[
+        "exec",
+        &client,
+        "sh",
+        "-c",
+        &format!("nc -w 30 {} 8080 </dev/null", vip[0]),
+    ]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        errtext(&o).contains("not permitted"),
+        "refused (EPERM), not timed out: {}",
+        errtext(&o)
+    );
+    assert!(lookup("vip").is_empty());
+    assert!(d.cli(&["stack", "rm", "modes"]).status.success());
+}

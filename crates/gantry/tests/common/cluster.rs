@@ -118,6 +118,8 @@ impl Cluster {
                 &self.lan.hosts[0].addr,
                 "--heartbeat-grace",
                 GRACE,
+                "--cluster-cidr",
+                &gantry_testkit::cluster_cidr(),
             ])
             .args(&self.manager_args)
             .env("GANTRY_CONFIG_DIR", self.cfg.path())
@@ -549,6 +551,8 @@ impl Dev {
                 "127.0.0.1:0",
                 "--listen",
                 &format!("127.0.0.1:{port}"),
+                "--cluster-cidr",
+                &gantry_testkit::cluster_cidr(),
             ])
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
