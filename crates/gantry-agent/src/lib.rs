@@ -171,6 +171,7 @@ pub fn node_info(cfg: &AgentConfig, manager: &str) -> NodeInfo {
         disk,
         labels: cfg.labels.clone(),
         vtep_mac: None,
+        volumes: Vec::new(),
     }
 }
 
@@ -401,6 +402,7 @@ async fn report(
     loop {
         let mut facts = info.lock().expect("info lock").clone();
         facts.vtep_mac = agent.vtep_mac();
+        facts.volumes = agent.volume_names();
         let all = agent.statuses();
         let (tasks, partial) = reports.select(&all);
         let report = StatusReport {

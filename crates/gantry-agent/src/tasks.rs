@@ -335,6 +335,19 @@ impl Agent {
         }
     }
 
+    /// The names of the node's local volumes (at most
+    /// [`gantry_api::MAX_NODE_VOLUMES`]), for the manager to place tasks
+    /// that need an existing one.
+    pub(crate) fn volume_names(&self) -> Vec<String> {
+        let mut v = self
+            .rt
+            .as_ref()
+            .map(|rt| rt.volumes().names())
+            .unwrap_or_default();
+        v.truncate(gantry_api::MAX_NODE_VOLUMES);
+        v
+    }
+
     /// Puts the node's running tasks on the fast path (and takes ended
     /// ones off).
     fn sync_fast_path(&self) {

@@ -29,7 +29,14 @@ pub struct NodeInfo {
     /// The MAC address of its VXLAN endpoint, once the overlay is up.
     #[serde(default)]
     pub vtep_mac: Option<String>,
+    /// The names of its local volumes (at most [`MAX_NODE_VOLUMES`]), so
+    /// that tasks that need an existing one go where it is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
 }
+
+/// The most volume names a node reports.
+pub const MAX_NODE_VOLUMES: usize = 4096;
 
 impl NodeInfo {
     /// What the manager takes from a node: a host name and labels without
@@ -71,6 +78,21 @@ impl NodeInfo {
                     .all(|b| b.len() == 2 && b.bytes().all(|c| c.is_ascii_hexdigit()));
             if !ok {
                 return Err(format!("invalid VTEP MAC {m:?}"));
+            }
+        }
+        if self.volumes.len() > MAX_NODE_VOLUMES {
+            return Err(format!(
+                "{} volume names: at most {MAX_NODE_VOLUMES}",
+                self.volumes.len()
+            ));
+        }
+        for v in &self.volumes {
+            let ok = v.len() <= 255
+                && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+            if !ok {
+                return Err(format!("invalid volume name {v:?}"));
             }
         }
         Ok(())

@@ -109,6 +109,7 @@ mod tests {
                 vtep_mac: None,
                 last_addr: None,
                 held: false,
+                volumes: Default::default(),
             }))
             .unwrap();
         }

@@ -92,9 +92,26 @@ pub fn task_spec(
             .filter(|m| m.kind == gantry_spec::MountType::Volume && !m.source.is_empty())
             .map(|m| m.volume_name(stack))
             .collect(),
+        external_volumes: s
+            .volumes
+            .iter()
+            .filter(|m| m.kind == gantry_spec::MountType::Volume && m.volume.external)
+            .map(|m| m.volume_name(stack))
+            .collect(),
         strategy: s.strategy.unwrap_or(default),
         max_per_node: s.max_replicas_per_node.unwrap_or(0),
     }
+}
+
+/// The first external volume of a service that no node has (none: each
+/// is somewhere), for a deploy to refuse rather than leave its tasks
+/// pending. Nodes down count: their volumes come back with them.
+pub fn missing_external_volume(state: &State, stack: &str, s: &Service) -> Option<String> {
+    s.volumes
+        .iter()
+        .filter(|m| m.kind == gantry_spec::MountType::Volume && m.volume.external)
+        .map(|m| m.volume_name(stack))
+        .find(|v| !state.nodes.values().any(|n| n.volumes.contains(v)))
 }
 
 /// The cluster as the scheduler sees it: nodes, every task that holds
@@ -113,6 +130,7 @@ pub fn snapshot(state: &State) -> Cluster {
             availability: n.availability,
             ready: n.up,
             capacity: n.capacity,
+            volumes: n.volumes.clone(),
         })
         .collect();
     let mut reservations: BTreeMap<&str, (Resources, Vec<u16>)> = BTreeMap::new();

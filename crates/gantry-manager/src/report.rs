@@ -118,6 +118,7 @@ pub fn node_record(id: &str, info: &NodeInfo, manager: bool) -> NodeRecord {
         vtep_mac: None,
         last_addr: None,
         held: false,
+        volumes: info.volumes.iter().cloned().collect(),
     }
 }
 
@@ -137,6 +138,7 @@ mod tests {
             disk: 1000,
             labels: BTreeMap::new(),
             vtep_mac: Some("02:00:00:00:00:01".into()),
+            volumes: Vec::new(),
         }
     }
 

@@ -1,7 +1,7 @@
 //! Which task addresses a node is sent (for its DNS names and network
 //! members): those of the networks its tasks join, and those its ingress
-//! forwarder looks up (the services that publish ingress ports, on every
-//! node). A change to one service then goes to the nodes that run tasks on
+//! forwarder looks up (the services that publish ingress ports or that
+//! docker-flow-proxy's TCP routes name, on every node). A change to one service then goes to the nodes that run tasks on
 //! its networks, not to the cluster.
 //!
 //! A task sees no more than this anyway: the node's DNS answers a task
@@ -30,6 +30,21 @@ pub type Scoped = ScopedAddrs;
 /// The records of the cluster's state.
 pub fn scoped(s: &State) -> Scoped {
     let mut out = Scoped::new();
+    // The services that docker-flow-proxy's TCP routes forward to, by
+    // their full name or their name in the stack (few: routes are set by
+    // hand).
+    let tcp_routed: BTreeSet<&str> = s
+        .routes
+        .values()
+        .filter(|r| !r.tcp.is_empty())
+        .flat_map(|r| {
+            s.services.values().filter(move |rec| {
+                rec.name == r.service
+                    || rec.name.strip_prefix(&format!("{}_", rec.stack)) == Some(r.service.as_str())
+            })
+        })
+        .map(|rec| rec.name.as_str())
+        .collect();
     for rec in s.services.values() {
         let mut addrs = ServiceAddrs {
             stack: rec.stack.clone(),
@@ -54,11 +69,12 @@ pub fn scoped(s: &State) -> Scoped {
                 _ => {}
             }
         }
-        let ingress = rec
-            .spec
-            .ports
-            .iter()
-            .any(|p| p.mode == PortMode::Ingress && p.published.is_some());
+        let ingress = tcp_routed.contains(rec.name.as_str())
+            || rec
+                .spec
+                .ports
+                .iter()
+                .any(|p| p.mode == PortMode::Ingress && p.published.is_some());
         if ingress {
             let front = ServiceAddrs {
                 stack: rec.stack.clone(),

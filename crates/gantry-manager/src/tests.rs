@@ -26,6 +26,7 @@ fn node(id: &str) -> NodeRecord {
         vtep_mac: None,
         last_addr: None,
         held: false,
+        volumes: Default::default(),
     }
 }
 

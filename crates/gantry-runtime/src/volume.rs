@@ -217,6 +217,20 @@ impl Volumes {
         })
     }
 
+    /// The volumes' names, sorted, without reading them (a name whose
+    /// metadata is there).
+    pub fn names(&self) -> Vec<String> {
+        let mut out: Vec<String> = fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| self.meta(n).exists())
+            .collect();
+        out.sort();
+        out
+    }
+
     /// All volumes, by name.
     pub fn list(&self) -> Vec<Volume> {
         let mut out: Vec<Volume> = fs::read_dir(&self.root)

@@ -22,6 +22,7 @@ fn cluster() -> Vec<Node> {
                 nano_cpus: 64_000_000_000,
                 memory: 256 << 30,
             },
+            volumes: Default::default(),
         })
         .collect()
 }

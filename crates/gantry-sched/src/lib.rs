@@ -81,6 +81,8 @@ pub struct Node {
     pub ready: bool,
     /// What the node has.
     pub capacity: Resources,
+    /// Its local volumes' names.
+    pub volumes: std::collections::BTreeSet<String>,
 }
 
 /// `spread` or `binpack`.
@@ -110,6 +112,9 @@ pub struct TaskSpec {
     pub host_ports: Vec<u16>,
     /// Named local volumes; a task goes where they live.
     pub volumes: Vec<String>,
+    /// Volumes that exist already (compose's `external`); a task goes
+    /// only to a node that has them all.
+    pub external_volumes: Vec<String>,
     /// How nodes are scored.
     pub strategy: Strategy,
     /// At most this many of the service's tasks on one node (0: no limit;
@@ -149,6 +154,8 @@ pub enum Reason {
     PortInUse(u16),
     /// The node runs as many of the service's tasks as it may.
     MaxPerNode(u32),
+    /// An external volume the task mounts is not on the node.
+    NoVolume(String),
 }
 
 impl fmt::Display for Reason {
@@ -162,6 +169,7 @@ impl fmt::Display for Reason {
             Self::InsufficientMemory => write!(f, "insufficient memory"),
             Self::PortInUse(p) => write!(f, "host port {p} in use"),
             Self::MaxPerNode(n) => write!(f, "max replicas per node ({n}) reached"),
+            Self::NoVolume(v) => write!(f, "external volume {v} is not on the node"),
         }
     }
 }
@@ -306,6 +314,13 @@ impl Cluster {
         }
         if let Some(c) = spec.constraints.iter().find(|c| !c.matches(n)) {
             return Err(Reason::Constraint(c.to_string()));
+        }
+        if let Some(v) = spec
+            .external_volumes
+            .iter()
+            .find(|v| !n.volumes.contains(*v))
+        {
+            return Err(Reason::NoVolume(v.clone()));
         }
         for v in &spec.volumes {
             if let Some(&home) = self.volumes.get(v) {

@@ -21,6 +21,7 @@ fn node(id: &str, labels: &[(&str, &str)]) -> Node {
             nano_cpus: 2 * CPU,
             memory: 4 * GB,
         },
+        volumes: Default::default(),
     }
 }
 
@@ -261,6 +262,7 @@ fn arb_nodes() -> impl Strategy<Value = Vec<Node>> {
                         nano_cpus: cpus * CPU,
                         memory: gbs * GB,
                     },
+                    volumes: Default::default(),
                 })
                 .collect()
         },
@@ -376,5 +378,24 @@ fn max_per_node_caps_each_node_and_the_rest_waits_with_the_reason() {
             .is_some_and(|r| r.to_string().contains("max replicas per node (2)")),
         "{:?}",
         p.reason
+    );
+}
+
+#[test]
+fn a_task_with_an_external_volume_goes_only_where_it_is() {
+    let mut ns = nodes(3);
+    ns[2].volumes.insert("legacy_data".into());
+    let mut c = Cluster::new(ns, &[], &BTreeMap::new());
+    let mut s = spec("db");
+    s.external_volumes = vec!["legacy_data".into()];
+    assert_eq!(c.place(&s, 2).nodes, ["n2", "n2"]);
+    let mut s = spec("other");
+    s.external_volumes = vec!["nowhere".into()];
+    let p = c.place(&s, 1);
+    assert_eq!(p.pending, 1);
+    let e = p.reason.unwrap().to_string();
+    assert!(
+        e.contains("external volume nowhere is not on the node on 3 nodes"),
+        "{e}"
     );
 }

@@ -794,6 +794,19 @@ async fn deploy(
         .map(|(short, svc)| (format!("{stack}_{short}"), svc))
         .collect();
     crate::edge::check_labels(specs.iter().map(|(n, s)| (n.as_str(), s))).map_err(bad)?;
+    // An external volume is mounted, never made: one that no node has
+    // would leave the service's tasks pending for ever.
+    let missing = sh.read(|s| {
+        specs.iter().find_map(|(name, spec)| {
+            gantry_manager::reconcile::missing_external_volume(s, &stack, spec)
+                .map(|v| (name.clone(), v))
+        })
+    });
+    if let Some((service, v)) = missing {
+        return Err(bad(format!(
+            "service {service}: external volume {v} exists on no node: create it on the node that is to hold it (gantry volume create {v}), or drop external: true to have the stack make it"
+        )));
+    }
     let mut resp = DeployResponse::default();
     sh.update(|s| {
         let mut cmds = Vec::new();

@@ -52,6 +52,9 @@ pub struct NodeRecord {
     /// when it comes back, or when an operator confirms it is down.
     #[serde(default)]
     pub held: bool,
+    /// The names of its local volumes, as it last reported them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub volumes: std::collections::BTreeSet<String>,
 }
 
 impl NodeRecord {
