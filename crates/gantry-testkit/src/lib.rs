@@ -40,15 +40,21 @@ pub fn require_root(test: &str) -> bool {
     false
 }
 
-/// A cluster CIDR of this test process's own (a /16 between 10.48 and
-/// 10.247, clear of the default plan's 10.32.0.0/12, which `gantry demo`
-/// uses): services' virtual IPs come from the top of it, and the
-/// programs that translate them are the machine's, shared by every
-/// cluster's agents on it, so that clusters of tests running side by side
-/// must not hand out the same ones.
+/// A cluster CIDR of this test process's own, for clusters on simulated
+/// hosts (a /16 between 10.49 and 10.198: clear of the default plan's
+/// 10.32.0.0/12, which `gantry demo` uses, of [`DEV_CIDR`], and of the
+/// demo's LAN, 10.199.0.0/24): services' virtual IPs come from the top of
+/// it, and the programs that translate them are the machine's, shared by
+/// every cluster's agents on it, so that clusters of tests running side by
+/// side must not hand out the same ones.
 pub fn cluster_cidr() -> String {
-    format!("10.{}.0.0/16", 48 + std::process::id() % 200)
+    format!("10.{}.0.0/16", 49 + std::process::id() % 150)
 }
+
+/// The cluster CIDR of the tests' dev servers: they run one at a time on
+/// the host itself, whose routes their bridge joins, so always the same
+/// one.
+pub const DEV_CIDR: &str = "10.48.0.0/16";
 
 /// A unique name for a kernel object or file of this test run.
 pub fn unique(prefix: &str) -> String {

@@ -847,18 +847,7 @@ fn containers_reach_each_other_across_hosts_on_the_overlay() {
     // (compose's default endpoint_mode), and tasks.SERVICE its healthy
     // tasks; other names are forwarded (and fail here: the simulated hosts
     // have no resolver).
-    let lookup = |name: &str| -> Vec<String> {
-        let o = cl.on_agent(0, &["exec", &web1[0], "nslookup", name]);
-        let out = text(&o);
-        let mut v: Vec<String> = out
-            .lines()
-            .skip_while(|l| !l.starts_with("Name:"))
-            .filter_map(|l| l.strip_prefix("Address:"))
-            .map(|a| a.trim().to_owned())
-            .collect();
-        v.sort();
-        v
-    };
+    let lookup = |name: &str| resolved(&cl.on_agent(0, &["exec", &web1[0], "nslookup", name]));
     let mut all: Vec<String> = addr.values().cloned().collect();
     all.sort();
     assert_eq!(lookup("tasks.web"), all);
@@ -1265,17 +1254,7 @@ fn stack_networks_are_isolated() {
     assert!(!out.contains("200 OK"), "green reached red: {out:?}");
     // Names are scoped too: `web` is red's web for a red task (its
     // tasks, and its one virtual IP, not blue's too).
-    let lookup = |name: &str| {
-        let o = cl.on_agent(0, &["exec", &red1, "nslookup", name]);
-        let mut seen: Vec<String> = text(&o)
-            .lines()
-            .skip_while(|l| !l.starts_with("Name:"))
-            .filter_map(|l| l.strip_prefix("Address:"))
-            .map(|a| a.trim().to_owned())
-            .collect();
-        seen.sort();
-        seen
-    };
+    let lookup = |name: &str| resolved(&cl.on_agent(0, &["exec", &red1, "nslookup", name]));
     let mut red: Vec<String> = vec![addr("red_web", "node-1"), addr("red_web", "node-2")];
     red.sort();
     assert_eq!(lookup("tasks.web"), red);

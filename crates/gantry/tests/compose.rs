@@ -397,17 +397,7 @@ fn endpoint_modes_answer_a_virtual_ip_or_the_tasks() {
             .next()
             .ok_or_else(|| text(&ps))
     });
-    let lookup = |name: &str| -> Vec<String> {
-        let o = d.cli(&["exec", &client, "nslookup", name]);
-        let mut v: Vec<String> = text(&o)
-            .lines()
-            .skip_while(|l| !l.starts_with("Name:"))
-            .filter_map(|l| l.strip_prefix("Address:"))
-            .map(|a| a.trim().to_owned())
-            .collect();
-        v.sort();
-        v
-    };
+    let lookup = |name: &str| resolved(&d.cli(&["exec", &client, "nslookup", name]));
     wait_for("both services' tasks", Duration::from_secs(30), || {
         let (v, r) = (lookup("tasks.vip"), lookup("rr"));
         if v.len() == 2 && r.len() == 2 {
@@ -420,7 +410,7 @@ fn endpoint_modes_answer_a_virtual_ip_or_the_tasks() {
     let vip = lookup("vip");
     assert_eq!(vip.len(), 1, "{vip:?}");
     assert!(!lookup("tasks.vip").contains(&vip[0]), "{vip:?}");
-    let pool = gantry_ipam::Plan::new(gantry_testkit::cluster_cidr().parse().unwrap(), 24)
+    let pool = gantry_ipam::Plan::new(gantry_testkit::DEV_CIDR.parse().unwrap(), 24)
         .unwrap()
         .vip_pool();
     assert!(pool.contains(vip[0].parse().unwrap()), "{pool}: {vip:?}");

@@ -552,7 +552,7 @@ impl Dev {
                 "--listen",
                 &format!("127.0.0.1:{port}"),
                 "--cluster-cidr",
-                &gantry_testkit::cluster_cidr(),
+                gantry_testkit::DEV_CIDR,
             ])
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

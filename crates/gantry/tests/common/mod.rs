@@ -19,6 +19,20 @@ pub struct G {
     pub home: tempfile::TempDir,
 }
 
+/// The addresses busybox's `nslookup` printed for the name (sorted; none
+/// when it did not resolve).
+#[allow(dead_code)]
+pub fn resolved(nslookup: &Output) -> Vec<String> {
+    let mut v: Vec<String> = text(nslookup)
+        .lines()
+        .skip_while(|l| !l.starts_with("Name:"))
+        .filter_map(|l| l.strip_prefix("Address:"))
+        .map(|a| a.trim().to_owned())
+        .collect();
+    v.sort();
+    v
+}
+
 /// The ids of the containers `ps --format json` printed whose names start
 /// with `prefix` (task containers are named `STACK_SERVICE.SLOT.TASK`).
 #[allow(dead_code)]
