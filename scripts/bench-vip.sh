@@ -11,4 +11,6 @@ ip netns add "$ns"
 trap 'ip netns del "$ns" 2>/dev/null || true' EXIT
 cargo build --release --locked -q -p gantry-net --bench vip
 bin=$(ls -t target/release/deps/vip-* | grep -v '\.d$' | head -1)
-ip netns exec "$ns" "$bin"
+# nsenter, not `ip netns exec`, which mounts a sysfs of its own and hides
+# the cgroup2 mount the programs attach to.
+nsenter --net="/run/netns/$ns" "$bin"
