@@ -5,6 +5,8 @@
 //! and every agent–manager connection is mutual TLS against the cluster CA
 //! alone. The CLI holds an admin certificate from the same CA.
 
+pub mod seal;
+
 use std::fmt;
 use std::sync::Arc;
 

@@ -228,6 +228,29 @@ pub(crate) fn of(before: &State, after: &State, cmds: &[Command]) -> Vec<Event> 
                 ],
             )),
             Command::RemoveCert { name } => out.push(event("certificate", "remove", name, &[])),
+            // Names and versions only: never a value.
+            Command::PutSecret(r) => out.push(event(
+                "secret",
+                if before.secrets.contains_key(&r.name) {
+                    "update"
+                } else {
+                    "create"
+                },
+                &r.name,
+                &[("version", r.version.to_string())],
+            )),
+            Command::RemoveSecret { name } => out.push(event("secret", "remove", name, &[])),
+            Command::PutConfig(r) => out.push(event(
+                "config",
+                if before.configs.contains_key(&r.name) {
+                    "update"
+                } else {
+                    "create"
+                },
+                &r.name,
+                &[("version", r.version.to_string())],
+            )),
+            Command::RemoveConfig { name } => out.push(event("config", "remove", name, &[])),
             _ => {}
         }
     }

@@ -224,6 +224,30 @@ pub enum Mode {
     Global,
 }
 
+/// A secret or a config as a file in a service's tasks (compose's long
+/// syntax: `source`, `target`, `uid`, `gid`, `mode`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRef {
+    /// The secret's (or config's) name in the cluster.
+    pub source: String,
+    /// The file: a name under `/run/secrets` for a secret, an absolute
+    /// path for a config (or a secret placed elsewhere).
+    pub target: String,
+    /// Its owner.
+    #[serde(default)]
+    pub uid: u32,
+    /// Its group.
+    #[serde(default)]
+    pub gid: u32,
+    /// Its permission bits (0444 unless given).
+    #[serde(default = "read_only_mode")]
+    pub mode: u32,
+}
+
+fn read_only_mode() -> u32 {
+    0o444
+}
+
 /// How other tasks reach a service by its name (compose's
 /// `deploy.endpoint_mode`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -257,6 +281,12 @@ pub struct Service {
     pub ports: Vec<Port>,
     /// Mounts.
     pub volumes: Vec<Mount>,
+    /// Secrets its tasks see as files (on a tmpfs, under `/run/secrets`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<FileRef>,
+    /// Configs its tasks see as files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<FileRef>,
     /// Health check.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<Healthcheck>,
@@ -449,6 +479,8 @@ impl Service {
             labels: BTreeMap::new(),
             ports: Vec::new(),
             volumes: Vec::new(),
+            secrets: Vec::new(),
+            configs: Vec::new(),
             healthcheck: None,
             depends_on: Vec::new(),
             networks: vec!["default".into()],

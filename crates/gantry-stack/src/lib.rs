@@ -840,6 +840,9 @@ fn service(
         labels: dict(s.labels, lookup),
         ports,
         volumes: mounts,
+        // Not yet read from a stack file: refused by the key check.
+        secrets: Vec::new(),
+        configs: Vec::new(),
         healthcheck,
         depends_on,
         internal_networks: nets

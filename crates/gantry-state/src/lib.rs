@@ -4,274 +4,17 @@
 //! machine needs).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use gantry_ipam::Net;
-use gantry_route::dfp::TcpRoute;
-use gantry_route::RouteSpec;
-use gantry_sched::{Availability, Resources};
+use gantry_sched::Availability;
 use gantry_spec::Service;
 
-/// A node as the manager records it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeRecord {
-    /// Unique id (from its certificate).
-    pub id: String,
-    /// Host name.
-    pub hostname: String,
-    /// Address other nodes reach it at.
-    pub addr: String,
-    /// A manager (else a worker).
-    pub manager: bool,
-    /// CPU architecture.
-    pub arch: String,
-    /// Operator labels.
-    pub labels: BTreeMap<String, String>,
-    /// Active, pause or drain.
-    pub availability: Availability,
-    /// Up (heartbeats arrive) or down.
-    pub up: bool,
-    /// What it has.
-    pub capacity: Resources,
-    /// Free disk under its data dir when it last reported, bytes.
-    #[serde(default)]
-    pub disk: u64,
-    /// Its block of the overlay (its gateway and its tasks' addresses).
-    #[serde(default)]
-    pub block: Option<Net>,
-    /// The MAC address of its VXLAN endpoint, once it reported one.
-    #[serde(default)]
-    pub vtep_mac: Option<String>,
-    /// The task address of its block handed out last (addresses go round).
-    #[serde(default)]
-    pub last_addr: Option<Ipv4Addr>,
-    /// Down, but its tasks stay where they are: it went down together
-    /// with too many others to be a host failure (the storm guard). Cleared
-    /// when it comes back, or when an operator confirms it is down.
-    #[serde(default)]
-    pub held: bool,
-    /// The names of its local volumes, as it last reported them.
-    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
-    pub volumes: std::collections::BTreeSet<String>,
-}
+mod records;
+mod secrets;
 
-impl NodeRecord {
-    /// Whether its tasks stay on it: up, or down but held.
-    pub fn keeps_tasks(&self) -> bool {
-        self.up || self.held
-    }
-}
-
-/// A service: its stack, name and typed spec.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ServiceRecord {
-    /// `STACK_SERVICE`.
-    pub name: String,
-    /// The stack it belongs to.
-    pub stack: String,
-    /// Bumped by every change of spec; tasks remember the version they run.
-    pub version: u64,
-    /// The spec.
-    pub spec: Service,
-    /// The version and spec before the last change, for rollback.
-    #[serde(default)]
-    pub previous: Option<(u64, Service)>,
-    /// Where the rollout of the current version stands.
-    #[serde(default)]
-    pub update: UpdateStatus,
-    /// Its virtual IP, given when a spec of it first asked for one
-    /// (`endpoint_mode: vip`) and kept until it is removed, so that a
-    /// rollback or a mode changed back and forth finds the same address.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vip: Option<std::net::Ipv4Addr>,
-}
-
-/// The rollout of a service's current version.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum UpdateStatus {
-    /// Nothing to roll out.
-    #[default]
-    Completed,
-    /// Replacing tasks batch by batch since `since_ms`.
-    Updating {
-        /// When the rollout started.
-        since_ms: u64,
-    },
-    /// Stopped after failures (failure_action pause).
-    Paused {
-        /// Why.
-        reason: String,
-    },
-    /// Going back to the previous version since `since_ms`.
-    RollingBack {
-        /// When the rollback started.
-        since_ms: u64,
-        /// Why.
-        reason: String,
-    },
-    /// Back on the previous version.
-    RolledBack {
-        /// Why.
-        reason: String,
-    },
-}
-
-/// Where a task is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TaskState {
-    /// Not yet placed (the reason is kept with the task).
-    Pending,
-    /// On a node, being prepared (image pull).
-    Assigned,
-    /// Running.
-    Running,
-    /// Ended by itself or failed.
-    Failed,
-    /// Ended because it was asked to.
-    Shutdown,
-}
-
-/// One task of a service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskRecord {
-    /// Unique id.
-    pub id: String,
-    /// Its service.
-    pub service: String,
-    /// The service version it runs.
-    pub version: u64,
-    /// Replica slot (0 for global tasks).
-    pub slot: u32,
-    /// Its node, once placed.
-    pub node: Option<String>,
-    /// What the orchestrator wants.
-    pub desired: TaskState,
-    /// What the node last reported.
-    pub state: TaskState,
-    /// Why it is pending or failed.
-    pub message: String,
-    /// The container's exit code, once it ended.
-    #[serde(default)]
-    pub exit_code: Option<i32>,
-    /// Restarts of this slot before this task (for max_attempts).
-    #[serde(default)]
-    pub attempt: u32,
-    /// When `state` last changed, milliseconds since the epoch (for the
-    /// restart delay).
-    #[serde(default)]
-    pub updated_ms: u64,
-    /// Its overlay address, from its node's block, while it lives.
-    #[serde(default)]
-    pub addr: Option<Ipv4Addr>,
-}
-
-/// Routes given through the docker-flow-proxy API (label routes come
-/// from the services themselves).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RouteRecord {
-    /// DFP's `serviceName`.
-    pub service: String,
-    /// The only node whose proxy serves them (a reconfigure without
-    /// `distribute`); `None`: every proxy.
-    pub node: Option<String>,
-    /// HTTP routes.
-    pub routes: Vec<RouteSpec>,
-    /// TCP routes.
-    pub tcp: Vec<TcpRoute>,
-}
-
-impl RouteRecord {
-    /// Its key in [`State::routes`].
-    pub fn key(service: &str, node: Option<&str>) -> String {
-        match node {
-            Some(n) => format!("{service}@{n}"),
-            None => service.to_owned(),
-        }
-    }
-}
-
-/// Where a certificate came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CertSource {
-    /// The cluster's edge CA (names under .local, .test, .internal, IPs).
-    Internal,
-    /// An ACME CA.
-    Acme,
-    /// Given by an operator (`gantry cert add`, DFP's `cert`).
-    User,
-}
-
-impl CertSource {
-    /// Its name in views and events.
-    pub fn name(self) -> &'static str {
-        match self {
-            CertSource::Internal => "internal",
-            CertSource::Acme => "acme",
-            CertSource::User => "user",
-        }
-    }
-}
-
-/// A cluster network (`gantry network create`): stacks that name it as
-/// `external` share it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetworkRecord {
-    /// Its name.
-    pub name: String,
-    /// Free-form labels.
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    /// When it was made, milliseconds since the epoch.
-    pub created_ms: u64,
-}
-
-/// A certificate the proxies serve.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CertRecord {
-    /// Its key: its first name.
-    pub name: String,
-    /// Every name it serves.
-    pub names: Vec<String>,
-    /// The chain, leaf first.
-    pub cert_pem: String,
-    /// The private key.
-    pub key_pem: String,
-    /// Expiry, milliseconds since the epoch.
-    pub not_after_ms: u64,
-    /// Where it came from.
-    pub source: CertSource,
-}
-
-/// A pending ACME challenge, answered by every proxy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChallengeRecord {
-    /// The name being validated.
-    pub name: String,
-    /// HTTP-01: the token in the URL path; TLS-ALPN-01: empty.
-    pub token: String,
-    /// HTTP-01: the key authorization to answer with.
-    pub key_auth: String,
-    /// TLS-ALPN-01: the validation certificate (PEM) for the name.
-    pub cert_pem: String,
-    /// Its key.
-    pub key_pem: String,
-}
-
-impl ChallengeRecord {
-    /// Its key in [`State::challenges`].
-    pub fn key(&self) -> String {
-        if self.token.is_empty() {
-            format!("tls-alpn-01/{}", self.name)
-        } else {
-            format!("http-01/{}", self.token)
-        }
-    }
-}
+pub use records::*;
+pub use secrets::{ConfigRecord, FileKind, SecretRecord};
 
 /// A change to the cluster state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -379,6 +122,20 @@ pub enum Command {
         /// Its name.
         name: String,
     },
+    /// Create a secret, or give it a new value or labels.
+    PutSecret(SecretRecord),
+    /// Remove a secret no service uses.
+    RemoveSecret {
+        /// Its name.
+        name: String,
+    },
+    /// Create a config, or give it a new value or labels.
+    PutConfig(ConfigRecord),
+    /// Remove a config no service uses.
+    RemoveConfig {
+        /// Its name.
+        name: String,
+    },
     /// Publish an ACME challenge to every proxy.
     PutChallenge(ChallengeRecord),
     /// Withdraw one.
@@ -421,6 +178,19 @@ pub enum Rejected {
         /// The services that use it, comma-separated.
         services: String,
     },
+    /// The secret or config does not exist.
+    #[error("no such {0}: {1}")]
+    NoSuchFile(FileKind, String),
+    /// Services use the secret or config.
+    #[error("{kind} {name} is in use by {services}")]
+    FileInUse {
+        /// Secret or config.
+        kind: FileKind,
+        /// Its name.
+        name: String,
+        /// The services that use it, comma-separated.
+        services: String,
+    },
     /// The node is up or still runs tasks.
     #[error("node {0} is up or still has tasks: drain it and stop its agent first")]
     NodeBusy(String),
@@ -460,6 +230,12 @@ pub struct State {
     /// Cluster networks by name.
     #[serde(default)]
     pub networks: BTreeMap<String, NetworkRecord>,
+    /// Secrets by name (values sealed).
+    #[serde(default)]
+    pub secrets: BTreeMap<String, SecretRecord>,
+    /// Configs by name.
+    #[serde(default)]
+    pub configs: BTreeMap<String, ConfigRecord>,
     /// Task ids by node (kept by `apply`; rebuilt by [`State::reindex`]
     /// after decoding).
     #[serde(skip)]
@@ -480,6 +256,8 @@ enum Key {
     Cert(String),
     Challenge(String),
     Network(String),
+    Secret(String),
+    Config(String),
 }
 
 /// The entries a batch of commands can change, as they were before it:
@@ -594,6 +372,10 @@ impl State {
             Command::RemoveCert { name } => vec![Key::Cert(name.clone())],
             Command::PutNetwork(n) => vec![Key::Network(n.name.clone())],
             Command::RemoveNetwork { name } => vec![Key::Network(name.clone())],
+            Command::PutSecret(r) => vec![Key::Secret(r.name.clone())],
+            Command::RemoveSecret { name } => vec![Key::Secret(name.clone())],
+            Command::PutConfig(r) => vec![Key::Config(r.name.clone())],
+            Command::RemoveConfig { name } => vec![Key::Config(name.clone())],
             Command::PutChallenge(c) => vec![Key::Challenge(c.key())],
             Command::RemoveChallenge { key } => vec![Key::Challenge(key.clone())],
         }
@@ -622,6 +404,8 @@ impl State {
                     Key::Cert(id) => copy_entry(&mut st.certs, &self.certs, id),
                     Key::Challenge(id) => copy_entry(&mut st.challenges, &self.challenges, id),
                     Key::Network(id) => copy_entry(&mut st.networks, &self.networks, id),
+                    Key::Secret(id) => copy_entry(&mut st.secrets, &self.secrets, id),
+                    Key::Config(id) => copy_entry(&mut st.configs, &self.configs, id),
                 }
                 b.keys.push(k);
             }
@@ -647,6 +431,8 @@ impl State {
                 Key::Cert(id) => copy_entry(&mut self.certs, &b.certs, id),
                 Key::Challenge(id) => copy_entry(&mut self.challenges, &b.challenges, id),
                 Key::Network(id) => copy_entry(&mut self.networks, &b.networks, id),
+                Key::Secret(id) => copy_entry(&mut self.secrets, &b.secrets, id),
+                Key::Config(id) => copy_entry(&mut self.configs, &b.configs, id),
             }
         }
     }
@@ -678,8 +464,11 @@ impl State {
                 .find(|n| !self.networks.contains_key(*n))
             {
                 Some(n) => Err(Rejected::NoSuchNetwork(n.clone())),
-                None => Ok(()),
+                None => self.check_files(spec),
             },
+            Command::PutSecret(_) | Command::PutConfig(_) => Ok(()),
+            Command::RemoveSecret { name } => self.check_remove_file(FileKind::Secret, name),
+            Command::RemoveConfig { name } => self.check_remove_file(FileKind::Config, name),
             Command::PutNetwork(_) => Ok(()),
             Command::RemoveNetwork { name } => {
                 if !self.networks.contains_key(name) {
@@ -897,6 +686,18 @@ impl State {
             Command::RemoveNetwork { name } => {
                 self.networks.remove(&name);
             }
+            Command::PutSecret(r) => {
+                self.secrets.insert(r.name.clone(), r);
+            }
+            Command::RemoveSecret { name } => {
+                self.secrets.remove(&name);
+            }
+            Command::PutConfig(r) => {
+                self.configs.insert(r.name.clone(), r);
+            }
+            Command::RemoveConfig { name } => {
+                self.configs.remove(&name);
+            }
             Command::PutChallenge(c) => {
                 self.challenges.insert(c.key(), c);
             }
@@ -922,3 +723,5 @@ fn copy_entry<V: Clone>(map: &mut BTreeMap<String, V>, from: &BTreeMap<String, V
 
 #[cfg(test)]
 mod network_tests;
+#[cfg(test)]
+mod secret_tests;

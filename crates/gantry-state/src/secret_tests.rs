@@ -1,0 +1,86 @@
+//! Secrets and configs in the state machine.
+
+use std::collections::BTreeMap;
+
+use gantry_pki::seal::DataKey;
+use gantry_spec::FileRef;
+
+use super::*;
+
+fn secret(key: &DataKey, name: &str, value: &[u8]) -> SecretRecord {
+    SecretRecord {
+        name: name.into(),
+        labels: BTreeMap::new(),
+        version: 1,
+        created_ms: 1,
+        updated_ms: 1,
+        value: key.seal(value, &SecretRecord::aad(name, 1)),
+    }
+}
+
+fn file(source: &str, target: &str) -> FileRef {
+    FileRef {
+        source: source.into(),
+        target: target.into(),
+        uid: 0,
+        gid: 0,
+        mode: 0o444,
+    }
+}
+
+#[test]
+fn services_use_only_secrets_that_exist_and_those_in_use_stay() {
+    let key = DataKey::generate();
+    let mut s = State::default();
+    let mut spec = gantry_spec::Service::new("db:1");
+    spec.secrets = vec![file("db_password", "db_password")];
+    let put = Command::PutService {
+        name: "a_db".into(),
+        stack: "a".into(),
+        spec: Box::new(spec),
+        vip: None,
+    };
+    assert_eq!(
+        s.apply(&put),
+        Err(Rejected::NoSuchFile(FileKind::Secret, "db_password".into()))
+    );
+    assert_eq!(
+        s.apply(&put).unwrap_err().to_string(),
+        "no such secret: db_password"
+    );
+    assert!(s.services.is_empty());
+    let canary = b"canary-7f3a9c s3cret #42";
+    s.apply(&Command::PutSecret(secret(&key, "db_password", canary)))
+        .unwrap();
+    s.apply(&put).unwrap();
+    let e = s
+        .apply(&Command::RemoveSecret {
+            name: "db_password".into(),
+        })
+        .unwrap_err();
+    assert_eq!(e.to_string(), "secret db_password is in use by a_db");
+    // The state as the store writes it holds the value sealed only.
+    let json = serde_json::to_string(&s).unwrap();
+    assert!(!json.contains("canary-7f3a9c"), "{json}");
+    let rec = &s.secrets["db_password"];
+    assert_eq!(
+        &key.open(&rec.value, &SecretRecord::aad("db_password", 1))
+            .unwrap()[..],
+        canary
+    );
+    s.apply(&Command::RemoveService {
+        name: "a_db".into(),
+    })
+    .unwrap();
+    s.apply(&Command::RemoveSecret {
+        name: "db_password".into(),
+    })
+    .unwrap();
+    assert!(s.secrets.is_empty());
+    assert_eq!(
+        s.apply(&Command::RemoveConfig { name: "x".into() })
+            .unwrap_err()
+            .to_string(),
+        "no such config: x"
+    );
+}
