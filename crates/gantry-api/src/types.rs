@@ -241,6 +241,50 @@ pub struct NetworkCreate {
     pub labels: BTreeMap<String, String>,
 }
 
+/// `POST /v1/secrets` and `POST /v1/configs`: create one, or give it a
+/// new value (its version goes up) or new labels.
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct FileCreate {
+    /// Its name.
+    pub name: String,
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Its value, base64.
+    pub data: String,
+}
+
+impl std::fmt::Debug for FileCreate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the value.
+        f.debug_struct("FileCreate")
+            .field("name", &self.name)
+            .field("labels", &self.labels)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A secret or a config as `ls` and `inspect` show it. A secret's value is
+/// never shown; a config's is, with `inspect`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileView {
+    /// Its name.
+    pub name: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Its value's version (from 1).
+    pub version: u64,
+    /// When it was made (RFC 3339).
+    pub created: String,
+    /// When its value last changed.
+    pub updated: String,
+    /// The services that use it.
+    pub services: Vec<String>,
+    /// A config's value, base64 (`inspect` only; never a secret's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+}
+
 /// A cluster network as `gantry network ls/inspect` show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkView {

@@ -58,7 +58,8 @@ impl From<StoreError> for Fail {
                 | Rejected::NoSuchService(_)
                 | Rejected::NoSuchTask(_)
                 | Rejected::NoSuchCert(_)
-                | Rejected::NoSuchNetwork(_),
+                | Rejected::NoSuchNetwork(_)
+                | Rejected::NoSuchFile(..),
             ) => Fail(StatusCode::NOT_FOUND, e.to_string()),
             StoreError::Rejected(_) => Fail(StatusCode::CONFLICT, e.to_string()),
             _ => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -242,6 +243,22 @@ fn router(sh: Arc<Shared>) -> Router {
         .route(
             "/v1/networks/{name}",
             get(crate::networks::inspect).delete(crate::networks::rm),
+        )
+        .route(
+            "/v1/secrets",
+            get(crate::files::secrets).post(crate::files::create_secret),
+        )
+        .route(
+            "/v1/secrets/{name}",
+            get(crate::files::secret).delete(crate::files::rm_secret),
+        )
+        .route(
+            "/v1/configs",
+            get(crate::files::configs).post(crate::files::create_config),
+        )
+        .route(
+            "/v1/configs/{name}",
+            get(crate::files::config).delete(crate::files::rm_config),
         )
         .with_state(sh)
 }

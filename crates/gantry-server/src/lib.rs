@@ -15,6 +15,7 @@ mod api;
 mod assign;
 mod edge;
 mod events;
+mod files;
 mod limits;
 mod logs;
 mod metrics;
@@ -125,6 +126,9 @@ pub(crate) struct Shared {
     pub(crate) cfg: ServerConfig,
     pub(crate) store: Mutex<Store>,
     pub(crate) ca: ClusterCa,
+    /// Seals secret values in the store (`DATA_DIR/manager/data.key`,
+    /// apart from the store file).
+    pub(crate) data_key: gantry_pki::seal::DataKey,
     /// Signs the edge proxies' certificates for internal names.
     pub(crate) edge_ca: ClusterCa,
     /// When each node last sent a heartbeat.
@@ -269,6 +273,9 @@ impl Manager {
         // The store holds the CAs' keys: root's alone (redb creates 0644).
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| ServerError::Io(format!("chmod {}", path.display()), e))?;
+        let key_path = dir.join("data.key");
+        let data_key = gantry_pki::seal::DataKey::load_or_create(&key_path)
+            .map_err(|e| ServerError::Config(e.to_string()))?;
         let meta = |s: &Store, k: &str| s.state().meta.get(k).cloned();
         let ca = match (meta(&store, "ca_cert"), meta(&store, "ca_key")) {
             (Some(c), Some(k)) => {
@@ -402,6 +409,7 @@ impl Manager {
             cfg,
             store: Mutex::new(store),
             ca: ca.clone(),
+            data_key,
             edge_ca,
             certs_checked: Mutex::new((u64::MAX, Instant::now())),
             seen: Mutex::new(HashMap::new()),

@@ -17,8 +17,9 @@ use std::sync::{Arc, Mutex};
 use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
 
 pub use gantry_state::{
-    Before, CertRecord, CertSource, ChallengeRecord, Command, NetworkRecord, NodeRecord, Rejected,
-    RouteRecord, ServiceRecord, State, TaskRecord, TaskState, UpdateStatus,
+    Before, CertRecord, CertSource, ChallengeRecord, Command, ConfigRecord, FileKind,
+    NetworkRecord, NodeRecord, Rejected, RouteRecord, SecretRecord, ServiceRecord, State,
+    TaskRecord, TaskState, UpdateStatus,
 };
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");

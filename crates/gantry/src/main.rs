@@ -164,6 +164,13 @@ enum Cmd {
     /// The cluster's networks, which stacks share (`external: true`).
     #[command(subcommand)]
     Network(cluster::NetworkCmd),
+    /// Secrets: values services' tasks see as files under /run/secrets,
+    /// sealed in the cluster's store.
+    #[command(subcommand)]
+    Secret(cluster::FileCmd),
+    /// Configs: files services' tasks see.
+    #[command(subcommand)]
+    Config(cluster::FileCmd),
 }
 
 /// Everything a command needs from the global flags.
@@ -306,5 +313,7 @@ fn dispatch(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<u8> {
         Cmd::Demo(a) => demo::demo(a),
         Cmd::Cert(c) => cluster::cert(ctx, c),
         Cmd::Network(c) => cluster::network(ctx, c),
+        Cmd::Secret(c) => cluster::file(ctx, cluster::FileKind::Secret, c),
+        Cmd::Config(c) => cluster::file(ctx, cluster::FileKind::Config, c),
     }
 }

@@ -572,6 +572,12 @@ impl Dev {
         Some(d)
     }
 
+    /// The CLI's config dir (its credential for this server).
+    #[allow(dead_code)]
+    pub fn config_dir(&self) -> &std::path::Path {
+        self.cfg.path()
+    }
+
     /// The CLI, talking to it.
     pub fn cli(&self, args: &[&str]) -> Output {
         self.g

@@ -1,0 +1,293 @@
+//! Secrets and configs (`gantry secret` and `gantry config`: create, ls,
+//! inspect, rm). A secret's value is sealed with the cluster's data key
+//! before it reaches the store and is never answered back; a config's is
+//! kept as given, and `inspect` shows it, as Docker's does. Creating one
+//! that exists gives it the new value (its version goes up, so that the
+//! services that use it can roll) or the new labels. The state refuses the
+//! removal of one that a service uses, naming the services.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::{Extension, Json};
+use base64::Engine;
+
+use gantry_api::{FileCreate, FileView};
+use gantry_store::{Command, ConfigRecord, FileKind, SecretRecord, State as Cluster};
+
+use crate::api::{bad, not_found, Fail, JsonBody, Peer};
+use crate::{now_ms, Shared};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// The largest value, as Docker's (500 KiB).
+pub(crate) const MAX_VALUE: usize = 500 * 1024;
+
+fn time(ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms as i64)
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_default()
+}
+
+/// What one looks like: its metadata, and a config's value when `data`.
+fn view(s: &Cluster, kind: FileKind, name: &str, data: bool) -> Option<FileView> {
+    let (labels, version, created, updated, value) = match kind {
+        FileKind::Secret => {
+            let r = s.secrets.get(name)?;
+            (&r.labels, r.version, r.created_ms, r.updated_ms, None)
+        }
+        FileKind::Config => {
+            let r = s.configs.get(name)?;
+            let v = data.then(|| r.data.clone());
+            (&r.labels, r.version, r.created_ms, r.updated_ms, v)
+        }
+    };
+    Some(FileView {
+        name: name.to_owned(),
+        labels: labels.clone(),
+        version,
+        created: time(created),
+        updated: time(updated),
+        services: s.file_users(kind, name),
+        data: value,
+    })
+}
+
+fn names(s: &Cluster, kind: FileKind) -> Vec<String> {
+    match kind {
+        FileKind::Secret => s.secrets.keys().cloned().collect(),
+        FileKind::Config => s.configs.keys().cloned().collect(),
+    }
+}
+
+/// A name as Docker allows one: letters, digits, `_`, `.` and `-`, from a
+/// letter or digit, at most 64.
+pub(crate) fn check_name(kind: FileKind, name: &str) -> Result<(), String> {
+    let ok = name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid {kind} name {name:?}: letters, digits, '_', '.' and '-', starting with a letter or digit, at most 64"
+        ))
+    }
+}
+
+fn check(kind: FileKind, req: &FileCreate) -> Result<Vec<u8>, String> {
+    check_name(kind, &req.name)?;
+    if let Some((k, _)) = req
+        .labels
+        .iter()
+        .find(|(k, v)| k.is_empty() || k.chars().chain(v.chars()).any(char::is_control))
+    {
+        return Err(format!("invalid label {k:?}"));
+    }
+    // (The error never quotes the value.)
+    let value = B64
+        .decode(&req.data)
+        .map_err(|_| format!("the {kind}'s value is not base64"))?;
+    if value.is_empty() {
+        return Err(format!("the {kind}'s value is empty"));
+    }
+    if value.len() > MAX_VALUE {
+        return Err(format!(
+            "the {kind}'s value is {} bytes; at most {MAX_VALUE}",
+            value.len()
+        ));
+    }
+    Ok(value)
+}
+
+/// The command that makes `name` hold `value` and `labels`, given what the
+/// state has: none when nothing changes.
+fn put(
+    sh: &Shared,
+    s: &Cluster,
+    kind: FileKind,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    value: &[u8],
+) -> Option<Command> {
+    let now = now_ms();
+    match kind {
+        FileKind::Secret => {
+            let old = s.secrets.get(name);
+            let same = old.is_some_and(|o| {
+                sh.data_key
+                    .open(&o.value, &SecretRecord::aad(name, o.version))
+                    .is_ok_and(|v| v[..] == *value)
+            });
+            if same && old.is_some_and(|o| &o.labels == labels) {
+                return None;
+            }
+            let (version, created_ms, updated_ms) = match old {
+                Some(o) if same => (o.version, o.created_ms, o.updated_ms),
+                Some(o) => (o.version + 1, o.created_ms, now),
+                None => (1, now, now),
+            };
+            let sealed = match old {
+                Some(o) if same => o.value.clone(),
+                _ => sh.data_key.seal(value, &SecretRecord::aad(name, version)),
+            };
+            Some(Command::PutSecret(SecretRecord {
+                name: name.to_owned(),
+                labels: labels.clone(),
+                version,
+                created_ms,
+                updated_ms,
+                value: sealed,
+            }))
+        }
+        FileKind::Config => {
+            let data = B64.encode(value);
+            let old = s.configs.get(name);
+            let same = old.is_some_and(|o| o.data == data);
+            if same && old.is_some_and(|o| &o.labels == labels) {
+                return None;
+            }
+            let (version, created_ms, updated_ms) = match old {
+                Some(o) if same => (o.version, o.created_ms, o.updated_ms),
+                Some(o) => (o.version + 1, o.created_ms, now),
+                None => (1, now, now),
+            };
+            Some(Command::PutConfig(ConfigRecord {
+                name: name.to_owned(),
+                labels: labels.clone(),
+                version,
+                created_ms,
+                updated_ms,
+                data,
+            }))
+        }
+    }
+}
+
+async fn ls_of(sh: Arc<Shared>, peer: Peer, kind: FileKind) -> Result<Json<Vec<FileView>>, Fail> {
+    peer.admin()?;
+    Ok(Json(sh.read(|s| {
+        names(s, kind)
+            .iter()
+            .filter_map(|n| view(s, kind, n, false))
+            .collect()
+    })))
+}
+
+async fn inspect_of(
+    sh: Arc<Shared>,
+    peer: Peer,
+    kind: FileKind,
+    name: String,
+) -> Result<Json<FileView>, Fail> {
+    peer.admin()?;
+    sh.read(|s| view(s, kind, &name, true))
+        .map(Json)
+        .ok_or_else(|| not_found(format!("no such {kind}: {name}")))
+}
+
+async fn create_of(
+    sh: Arc<Shared>,
+    peer: Peer,
+    kind: FileKind,
+    req: FileCreate,
+) -> Result<Json<FileView>, Fail> {
+    peer.admin()?;
+    let value = zeroize::Zeroizing::new(check(kind, &req).map_err(bad)?);
+    let sh2 = sh.clone();
+    sh.update(|s| {
+        put(&sh2, s, kind, &req.name, &req.labels, &value)
+            .into_iter()
+            .collect()
+    })?;
+    sh.read(|s| view(s, kind, &req.name, false))
+        .map(Json)
+        .ok_or_else(|| not_found(format!("no such {kind}: {}", req.name)))
+}
+
+async fn rm_of(
+    sh: Arc<Shared>,
+    peer: Peer,
+    kind: FileKind,
+    name: String,
+) -> Result<Json<()>, Fail> {
+    peer.admin()?;
+    sh.apply(vec![match kind {
+        FileKind::Secret => Command::RemoveSecret { name },
+        FileKind::Config => Command::RemoveConfig { name },
+    }])?;
+    Ok(Json(()))
+}
+
+/// `GET /v1/secrets`.
+pub(crate) async fn secrets(
+    State(sh): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+) -> Result<Json<Vec<FileView>>, Fail> {
+    ls_of(sh, peer, FileKind::Secret).await
+}
+
+/// `GET /v1/configs`.
+pub(crate) async fn configs(
+    State(sh): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+) -> Result<Json<Vec<FileView>>, Fail> {
+    ls_of(sh, peer, FileKind::Config).await
+}
+
+/// `GET /v1/secrets/{name}` (metadata only).
+pub(crate) async fn secret(
+    State(sh): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+    Path(name): Path<String>,
+) -> Result<Json<FileView>, Fail> {
+    inspect_of(sh, peer, FileKind::Secret, name).await
+}
+
+/// `GET /v1/configs/{name}` (with the value).
+pub(crate) async fn config(
+    State(sh): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+    Path(name): Path<String>,
+) -> Result<Json<FileView>, Fail> {
+    inspect_of(sh, peer, FileKind::Config, name).await
+}
+
+/// `POST /v1/secrets`.
+pub(crate) async fn create_secret(
+    State(sh): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+    JsonBody(req): JsonBody<FileCreate>,
+) -> Result<Json<FileView>, Fail> {
+    create_of(sh, peer, FileKind::Secret, req).await
+}
+
+/// `POST /v1/configs`.
+pub(crate) async fn create_config(
+    State(sh): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+    JsonBody(req): JsonBody<FileCreate>,
+) -> Result<Json<FileView>, Fail> {
+    create_of(sh, peer, FileKind::Config, req).await
+}
+
+/// `DELETE /v1/secrets/{name}`.
+pub(crate) async fn rm_secret(
+    State(sh): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+    Path(name): Path<String>,
+) -> Result<Json<()>, Fail> {
+    rm_of(sh, peer, FileKind::Secret, name).await
+}
+
+/// `DELETE /v1/configs/{name}`.
+pub(crate) async fn rm_config(
+    State(sh): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+    Path(name): Path<String>,
+) -> Result<Json<()>, Fail> {
+    rm_of(sh, peer, FileKind::Config, name).await
+}
