@@ -49,6 +49,9 @@ pub enum SealError {
         /// The key held.
         held: String,
     },
+    /// The unlock key given is not the one that locked the data key.
+    #[error("wrong unlock key")]
+    WrongUnlockKey,
     /// The ciphertext does not open: tampered with, or moved onto another
     /// record.
     #[error("a sealed value does not open (altered, or not this record's)")]
@@ -175,6 +178,71 @@ impl DataKey {
     }
 }
 
+/// The key that locks the data key at rest (`gantry server --autolock`,
+/// as Swarm's autolock): given by the operator at each start of a manager
+/// (`gantry unlock`), kept nowhere by Gantry.
+pub struct UnlockKey(DataKey);
+
+impl fmt::Debug for UnlockKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("UnlockKey(..)")
+    }
+}
+
+/// How an unlock key is written: `GKEY-1-` and 43 characters of base64url.
+const UNLOCK_PREFIX: &str = "GKEY-1-";
+
+/// What a locked data key is bound to.
+const LOCK_AAD: &[u8] = b"gantry data key";
+
+impl UnlockKey {
+    /// A new random one.
+    pub fn generate() -> Self {
+        Self(DataKey::generate())
+    }
+
+    /// Reads one as [`UnlockKey::reveal`] writes it.
+    pub fn parse(text: &str) -> Result<Self, SealError> {
+        let bad = || SealError::BadKey("the unlock key (GKEY-1-...)".into());
+        let b = text.trim().strip_prefix(UNLOCK_PREFIX).ok_or_else(bad)?;
+        let bytes = Zeroizing::new(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(b)
+                .map_err(|_| bad())?,
+        );
+        let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| bad())?;
+        Ok(Self(DataKey::from_bytes(Zeroizing::new(key))))
+    }
+
+    /// The key as the operator keeps it (shown once, when made).
+    pub fn reveal(&self) -> Zeroizing<String> {
+        Zeroizing::new(format!(
+            "{UNLOCK_PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&self.0.key[..])
+        ))
+    }
+}
+
+impl DataKey {
+    /// Itself sealed with `unlock`, as a locked manager keeps it.
+    pub fn lock(&self, unlock: &UnlockKey) -> Sealed {
+        unlock.0.seal(&self.key[..], LOCK_AAD)
+    }
+
+    /// The key a [`DataKey::lock`] sealed, given the right unlock key.
+    pub fn unlock(locked: &Sealed, unlock: &UnlockKey) -> Result<Self, SealError> {
+        let bytes = unlock.0.open(locked, LOCK_AAD).map_err(|e| match e {
+            SealError::OtherKey { .. } | SealError::Corrupt => SealError::WrongUnlockKey,
+            e => e,
+        })?;
+        let key: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| SealError::Corrupt)?;
+        Ok(Self::from_bytes(Zeroizing::new(key)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,6 +282,27 @@ mod tests {
             !shown.contains(&s.data) && !shown.contains(&s.nonce),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn a_locked_data_key_opens_with_its_unlock_key_only() {
+        let k = DataKey::generate();
+        let u = UnlockKey::generate();
+        let locked = k.lock(&u);
+        let shown = u.reveal();
+        assert!(
+            shown.starts_with("GKEY-1-") && shown.len() == 7 + 43,
+            "{}",
+            shown.len()
+        );
+        let again = DataKey::unlock(&locked, &UnlockKey::parse(&shown).unwrap()).unwrap();
+        assert_eq!(again.id(), k.id());
+        let e = DataKey::unlock(&locked, &UnlockKey::generate()).unwrap_err();
+        assert!(matches!(e, SealError::WrongUnlockKey), "{e}");
+        for bad in ["", "GKEY-1-", "GKEY-1-abc", "SWMKEY-1-x", &shown[1..]] {
+            assert!(UnlockKey::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(format!("{u:?}"), "UnlockKey(..)");
     }
 
     #[test]

@@ -244,6 +244,7 @@ fn router(sh: Arc<Shared>) -> Router {
             "/v1/networks/{name}",
             get(crate::networks::inspect).delete(crate::networks::rm),
         )
+        .route("/v1/unlock", axum::routing::post(crate::unlock::unlock))
         .route(
             "/v1/secrets",
             get(crate::files::secrets).post(crate::files::create_secret),

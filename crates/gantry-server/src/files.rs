@@ -104,9 +104,10 @@ fn check(kind: FileKind, req: &FileCreate) -> Result<Vec<u8>, String> {
 }
 
 /// The command that makes `name` hold `value` and `labels`, given what the
-/// state has: none when nothing changes.
+/// state has: none when nothing changes (or a secret comes without the
+/// data key).
 fn put(
-    sh: &Shared,
+    key: Option<&gantry_pki::seal::DataKey>,
     s: &Cluster,
     kind: FileKind,
     name: &str,
@@ -116,10 +117,10 @@ fn put(
     let now = now_ms();
     match kind {
         FileKind::Secret => {
+            let key = key?;
             let old = s.secrets.get(name);
             let same = old.is_some_and(|o| {
-                sh.data_key
-                    .open(&o.value, &SecretRecord::aad(name, o.version))
+                key.open(&o.value, &SecretRecord::aad(name, o.version))
                     .is_ok_and(|v| v[..] == *value)
             });
             if same && old.is_some_and(|o| &o.labels == labels) {
@@ -132,7 +133,7 @@ fn put(
             };
             let sealed = match old {
                 Some(o) if same => o.value.clone(),
-                _ => sh.data_key.seal(value, &SecretRecord::aad(name, version)),
+                _ => key.seal(value, &SecretRecord::aad(name, version)),
             };
             Some(Command::PutSecret(SecretRecord {
                 name: name.to_owned(),
@@ -197,12 +198,24 @@ async fn create_of(
 ) -> Result<Json<FileView>, Fail> {
     peer.admin()?;
     let value = zeroize::Zeroizing::new(check(kind, &req).map_err(bad)?);
-    let sh2 = sh.clone();
+    let guard = sh.data_key.read().expect("data key lock");
+    let key = match (kind, guard.as_ref()) {
+        (FileKind::Secret, None) => {
+            return Err(Fail(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                crate::unlock::LOCKED_MESSAGE.into(),
+            ))
+        }
+        (FileKind::Secret, k) => k,
+        // A config needs no key.
+        (FileKind::Config, _) => None,
+    };
     sh.update(|s| {
-        put(&sh2, s, kind, &req.name, &req.labels, &value)
+        put(key, s, kind, &req.name, &req.labels, &value)
             .into_iter()
             .collect()
     })?;
+    drop(guard);
     sh.read(|s| view(s, kind, &req.name, false))
         .map(Json)
         .ok_or_else(|| not_found(format!("no such {kind}: {}", req.name)))

@@ -21,6 +21,7 @@ mod logs;
 mod metrics;
 mod networks;
 mod orchestrate;
+mod unlock;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -69,6 +70,9 @@ pub struct ServerConfig {
     pub acme: AcmeConfig,
     /// Where the cluster's Prometheus metrics are served, unless `None`.
     pub metrics: Option<SocketAddr>,
+    /// Keep the data key at rest only sealed with an unlock key the
+    /// operator gives at each start (`gantry unlock`).
+    pub autolock: bool,
 }
 
 /// Metadata key of the overlay's VXLAN network id.
@@ -127,8 +131,10 @@ pub(crate) struct Shared {
     pub(crate) store: Mutex<Store>,
     pub(crate) ca: ClusterCa,
     /// Seals secret values in the store (`DATA_DIR/manager/data.key`,
-    /// apart from the store file).
-    pub(crate) data_key: gantry_pki::seal::DataKey,
+    /// apart from the store file); none while locked (`unlock.rs`).
+    pub(crate) data_key: std::sync::RwLock<Option<gantry_pki::seal::DataKey>>,
+    /// The unlock key made at this start (autolock turned on), shown once.
+    pub(crate) new_unlock_key: Mutex<Option<gantry_pki::seal::UnlockKey>>,
     /// Signs the edge proxies' certificates for internal names.
     pub(crate) edge_ca: ClusterCa,
     /// When each node last sent a heartbeat.
@@ -273,9 +279,7 @@ impl Manager {
         // The store holds the CAs' keys: root's alone (redb creates 0644).
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| ServerError::Io(format!("chmod {}", path.display()), e))?;
-        let key_path = dir.join("data.key");
-        let data_key = gantry_pki::seal::DataKey::load_or_create(&key_path)
-            .map_err(|e| ServerError::Config(e.to_string()))?;
+        let (data_key, new_unlock_key) = unlock::open(&dir, cfg.autolock)?;
         let meta = |s: &Store, k: &str| s.state().meta.get(k).cloned();
         let ca = match (meta(&store, "ca_cert"), meta(&store, "ca_key")) {
             (Some(c), Some(k)) => {
@@ -409,7 +413,8 @@ impl Manager {
             cfg,
             store: Mutex::new(store),
             ca: ca.clone(),
-            data_key,
+            data_key: std::sync::RwLock::new(data_key),
+            new_unlock_key: Mutex::new(new_unlock_key),
             edge_ca,
             certs_checked: Mutex::new((u64::MAX, Instant::now())),
             seen: Mutex::new(HashMap::new()),
@@ -457,6 +462,17 @@ impl Manager {
     }
 
     /// Where the API listens.
+    /// The unlock key made when autolock was turned on at this start: to
+    /// be shown to the operator, once (taken, so a second call gets none).
+    pub fn take_new_unlock_key(&self) -> Option<zeroize::Zeroizing<String>> {
+        self.shared
+            .new_unlock_key
+            .lock()
+            .expect("unlock key lock")
+            .take()
+            .map(|k| k.reveal())
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -549,6 +565,7 @@ mod tests {
                 ..AcmeConfig::default()
             },
             metrics: None,
+            autolock: false,
         })
         .await
         .unwrap();

@@ -171,6 +171,9 @@ enum Cmd {
     /// Configs: files services' tasks see.
     #[command(subcommand)]
     Config(cluster::FileCmd),
+    /// Give a locked manager (server --autolock) its unlock key, from
+    /// standard input.
+    Unlock,
 }
 
 /// Everything a command needs from the global flags.
@@ -315,5 +318,6 @@ fn dispatch(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<u8> {
         Cmd::Network(c) => cluster::network(ctx, c),
         Cmd::Secret(c) => cluster::file(ctx, cluster::FileKind::Secret, c),
         Cmd::Config(c) => cluster::file(ctx, cluster::FileKind::Config, c),
+        Cmd::Unlock => cluster::unlock(ctx),
     }
 }

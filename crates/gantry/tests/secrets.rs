@@ -182,3 +182,88 @@ fn secrets_are_sealed_and_never_answered_back() {
     }
     assert_eq!(text(&d.cli(&["secret", "ls", "-q"])).trim(), "");
 }
+
+/// `gantry unlock` with `key` on standard input.
+fn unlock(d: &Dev, key: &str) -> std::process::Output {
+    let mut child =
+        d.g.cmd()
+            .env("GANTRY_CONFIG_DIR", d.config_dir())
+            .arg("unlock")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{key}\n").as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn an_autolocked_manager_serves_secrets_only_once_unlocked() {
+    let Some(mut d) = Dev::start_with(
+        "an_autolocked_manager_serves_secrets_only_once_unlocked",
+        &["--autolock"],
+    ) else {
+        return;
+    };
+    // The unlock key is shown once, at the start that turned autolock on.
+    let out = d.stdout();
+    let key = out
+        .lines()
+        .find(|l| l.starts_with("GKEY-1-"))
+        .unwrap_or_else(|| panic!("no unlock key shown: {out}"))
+        .to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let value = dir.path().join("v");
+    std::fs::write(&value, CANARY).unwrap();
+    let create = |d: &Dev| d.cli(&["secret", "create", "api_key", value.to_str().unwrap()]);
+    assert!(create(&d).status.success());
+    // At rest the data key is only sealed; nothing holds the unlock key.
+    let manager = d.g.data.path().join("manager");
+    assert!(!manager.join("data.key").exists());
+    assert!(manager.join("data.key.locked").exists());
+    assert!(holding(d.g.data.path(), key.as_bytes()).is_empty());
+
+    // Restarted (autolock stays on without the flag): locked.
+    d.restart(&[]);
+    assert_eq!(
+        d.stdout().matches("GKEY-1-").count(),
+        1,
+        "a key shown again"
+    );
+    let o = create(&d);
+    assert!(!o.status.success());
+    assert!(
+        errtext(&o).contains(
+            "the manager is locked (autolock): give it its unlock key with gantry unlock"
+        ),
+        "{}",
+        errtext(&o)
+    );
+    // What needs no key still answers.
+    assert!(text(&d.cli(&["secret", "ls", "-q"])).contains("api_key"));
+    for (bad, want) in [
+        (
+            "GKEY-1-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "wrong unlock key",
+        ),
+        ("not a key", "unlock key (GKEY-1-...)"),
+    ] {
+        let o = unlock(&d, bad);
+        assert!(!o.status.success(), "{bad}");
+        assert!(errtext(&o).contains(want), "{bad}: {}", errtext(&o));
+    }
+    let o = unlock(&d, &key);
+    assert!(o.status.success(), "{}", errtext(&o));
+    // Unlocked: the same value again opens the old one and changes nothing.
+    assert!(create(&d).status.success());
+    let v: Value =
+        serde_json::from_slice(&d.cli(&["secret", "inspect", "api_key"]).stdout).unwrap();
+    assert_eq!(v[0]["version"], 1, "{v}");
+    assert!(holding(d.g.data.path(), CANARY.as_bytes()).is_empty());
+}

@@ -74,6 +74,11 @@ pub(crate) struct ServerArgs {
     /// CA's, and `gantry cert add` still works).
     #[arg(long)]
     no_acme: bool,
+    /// Keep the key that seals secrets only sealed with an unlock key,
+    /// shown once now, which `gantry unlock` must give after every start
+    /// of the manager (Swarm's autolock). Once on, it stays on.
+    #[arg(long)]
+    autolock: bool,
     /// Where the cluster's Prometheus metrics are served (`/metrics`):
     /// every node's and task's figures, and the manager's own.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9324")]
@@ -254,6 +259,7 @@ pub(crate) fn server(ctx: &Ctx, a: ServerArgs) -> anyhow::Result<u8> {
             ca_root: a.acme_ca_root.clone(),
         },
         metrics: Some(a.manager_metrics),
+        autolock: a.autolock,
         default_strategy: if a.default_strategy == "binpack" {
             gantry_sched::Strategy::Binpack
         } else {
@@ -270,6 +276,10 @@ pub(crate) fn server(ctx: &Ctx, a: ServerArgs) -> anyhow::Result<u8> {
             m.addr(),
             gantry_api::AdminConfig::path_in(&ctx.config_dir).display()
         );
+        if let Some(key) = m.take_new_unlock_key() {
+            // Shown once: Gantry keeps it nowhere.
+            println!("Autolock is on. The unlock key, shown this once (keep it safe; after every restart give it with `gantry unlock`):\n{}", &*key);
+        }
         if a.dev {
             let acfg = gantry_agent::AgentConfig {
                 data_dir,

@@ -2,7 +2,7 @@
 //! see as files. A secret's value is never shown again once created; a
 //! config's is, by `inspect`, as Docker's.
 
-use std::io::Read;
+use std::io::{BufRead, Read};
 
 use base64::Engine;
 use clap::Subcommand;
@@ -143,5 +143,28 @@ pub(crate) fn file(ctx: &Ctx, kind: Kind, cmd: FileCmd) -> anyhow::Result<u8> {
             }
         }
     }
+    Ok(0)
+}
+
+/// `gantry unlock`: gives a locked manager (autolock) its unlock key, read
+/// from standard input.
+pub(crate) fn unlock(ctx: &Ctx) -> anyhow::Result<u8> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        eprint!("Unlock key: ");
+    }
+    let mut key = zeroize::Zeroizing::new(String::new());
+    std::io::stdin()
+        .lock()
+        .take(1024)
+        .read_line(&mut key)
+        .map_err(|e| anyhow::anyhow!("reading the unlock key: {e}"))?;
+    #[derive(serde::Serialize)]
+    struct Req<'a> {
+        key: &'a str,
+    }
+    let c = client(ctx)?;
+    let () = call(c.post("/v1/unlock", &Req { key: key.trim() }))?;
+    eprintln!("Unlocked");
     Ok(0)
 }

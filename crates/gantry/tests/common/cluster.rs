@@ -522,24 +522,53 @@ pub fn ingress_programs(host: &Host, iface: &str) -> Vec<String> {
     .unwrap()
 }
 
+/// The dev node's gateway on the host's `gantry0` (the first block of
+/// [`gantry_testkit::DEV_CIDR`]).
+const DEV_GATEWAY: &str = "10.48.0.1/24";
+
 /// The dev server: manager and agent in one process on this host.
 pub struct Dev {
     pub g: G,
     cfg: tempfile::TempDir,
     child: Child,
     log: PathBuf,
+    port: u16,
 }
 
 impl Dev {
     /// Starts it for `test` (none when the test cannot run here).
     pub fn start(test: &str) -> Option<Self> {
+        Self::start_with(test, &[])
+    }
+
+    /// The same, with more `gantry server` arguments.
+    pub fn start_with(test: &str, extra: &[&str]) -> Option<Self> {
         let g = G::new(test)?;
         let cfg = tempfile::tempdir().unwrap();
         let log = cfg.path().join("server.log");
         let port = free_port();
-        let child = g
-            .cmd()
-            .env("GANTRY_CONFIG_DIR", cfg.path())
+        let child = Self::spawn(&g, cfg.path(), port, extra);
+        let d = Self {
+            g,
+            cfg,
+            child,
+            log,
+            port,
+        };
+        d.wait_ready();
+        Some(d)
+    }
+
+    fn spawn(g: &G, cfg: &std::path::Path, port: u16, extra: &[&str]) -> Child {
+        let open = |name: &str| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(cfg.join(name))
+                .unwrap()
+        };
+        g.cmd()
+            .env("GANTRY_CONFIG_DIR", cfg)
             .env("GANTRY_LOG", "info")
             .args([
                 "server",
@@ -554,12 +583,16 @@ impl Dev {
                 "--cluster-cidr",
                 gantry_testkit::DEV_CIDR,
             ])
-            .stderr(std::fs::File::create(&log).unwrap())
+            .args(extra)
+            .stdout(open("server.out"))
+            .stderr(open("server.log"))
             .spawn()
-            .unwrap();
-        let d = Self { g, cfg, child, log };
+            .unwrap()
+    }
+
+    fn wait_ready(&self) {
         wait_for("the dev server", Duration::from_secs(10), || {
-            let o = d.cli(&["node", "ls", "--format", "json"]);
+            let o = self.cli(&["node", "ls", "--format", "json"]);
             let v: Value = serde_json::from_slice(&o.stdout).map_err(|e| e.to_string())?;
             if v.as_array()
                 .is_some_and(|a| a.len() == 1 && a[0]["up"] == true)
@@ -569,7 +602,25 @@ impl Dev {
                 Err(format!("{v}"))
             }
         });
-        Some(d)
+    }
+
+    /// Stops it and starts it again on the same data, with `extra`
+    /// arguments.
+    #[allow(dead_code)]
+    pub fn restart(&mut self, extra: &[&str]) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+        self.child = Self::spawn(&self.g, self.cfg.path(), self.port, extra);
+        self.wait_ready();
+    }
+
+    /// What it printed on standard output.
+    #[allow(dead_code)]
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.cfg.path().join("server.out")).unwrap_or_default()
     }
 
     /// The CLI's config dir (its credential for this server).
@@ -615,7 +666,7 @@ impl Drop for Dev {
             .args(["link", "del", "gantry.vx"])
             .output();
         let _ = Command::new("ip")
-            .args(["addr", "del", "10.32.0.1/24", "dev", "gantry0"])
+            .args(["addr", "del", DEV_GATEWAY, "dev", "gantry0"])
             .output();
         for family in ["inet", "bridge"] {
             let _ = Command::new("nft")

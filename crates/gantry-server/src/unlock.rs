@@ -1,0 +1,97 @@
+//! Autolock, as Swarm's: with `gantry server --autolock` the data key that
+//! seals secrets is kept at rest only sealed with an unlock key
+//! (`manager/data.key.locked`), which Gantry keeps nowhere: it is shown
+//! once, when made, and the operator gives it back after each start of
+//! the manager (`gantry unlock`). Until then the manager serves everything
+//! but secrets, and says how to unlock.
+//!
+//! Without autolock the data key is `manager/data.key` (0600), apart from
+//! the store. Turning autolock on for an existing cluster seals that file
+//! and removes it; a manager whose key is locked stays locked, with or
+//! without the flag.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::{Extension, Json};
+use gantry_pki::seal::{DataKey, SealError, Sealed, UnlockKey};
+use zeroize::Zeroizing;
+
+use crate::api::{bad, Fail, JsonBody, Peer};
+use crate::{ServerError, Shared};
+
+/// The plain data key's file, in the manager's dir.
+const PLAIN: &str = "data.key";
+/// The locked data key's file.
+const LOCKED: &str = "data.key.locked";
+
+/// What a locked manager answers when a secret is asked of it.
+pub(crate) const LOCKED_MESSAGE: &str =
+    "the manager is locked (autolock): give it its unlock key with gantry unlock";
+
+/// The data key at start: none while locked; with the unlock key just made
+/// when autolock was turned on now (to be shown once).
+pub(crate) fn open(
+    dir: &Path,
+    autolock: bool,
+) -> Result<(Option<DataKey>, Option<UnlockKey>), ServerError> {
+    let err = |e: SealError| ServerError::Config(e.to_string());
+    let io = |what: &str, p: &Path, e| ServerError::Io(format!("{what} {}", p.display()), e);
+    let (plain, locked) = (dir.join(PLAIN), dir.join(LOCKED));
+    if locked.exists() {
+        if !autolock {
+            tracing::warn!("the data key is locked: autolock stays on");
+        }
+        return Ok((None, None));
+    }
+    let key = DataKey::load_or_create(&plain).map_err(err)?;
+    if !autolock {
+        return Ok((Some(key), None));
+    }
+    let unlock = UnlockKey::generate();
+    let text = serde_json::to_vec(&key.lock(&unlock)).expect("a sealed value serialises");
+    let tmp = dir.join(format!("{LOCKED}.new"));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| io("create", &tmp, e))?;
+    f.write_all(&text).map_err(|e| io("write", &tmp, e))?;
+    f.sync_all().map_err(|e| io("sync", &tmp, e))?;
+    std::fs::rename(&tmp, &locked).map_err(|e| io("rename", &locked, e))?;
+    std::fs::remove_file(&plain).map_err(|e| io("remove", &plain, e))?;
+    Ok((Some(key), Some(unlock)))
+}
+
+/// `POST /v1/unlock`: the unlock key, for a locked manager.
+#[derive(serde::Deserialize)]
+pub(crate) struct UnlockRequest {
+    key: String,
+}
+
+/// `POST /v1/unlock`.
+pub(crate) async fn unlock(
+    State(sh): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+    JsonBody(req): JsonBody<UnlockRequest>,
+) -> Result<Json<()>, Fail> {
+    peer.admin()?;
+    let given = Zeroizing::new(req.key);
+    if sh.data_key.read().expect("data key lock").is_some() {
+        return Ok(Json(()));
+    }
+    let unlock = UnlockKey::parse(&given).map_err(|e| bad(e.to_string()))?;
+    let path = sh.cfg.data_dir.join("manager").join(LOCKED);
+    let text = std::fs::read(&path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+    let locked: Sealed =
+        serde_json::from_slice(&text).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+    let key = DataKey::unlock(&locked, &unlock).map_err(|e| bad(e.to_string()))?;
+    tracing::info!(key = key.id(), "unlocked");
+    *sh.data_key.write().expect("data key lock") = Some(key);
+    Ok(Json(()))
+}
