@@ -23,6 +23,8 @@ use gantry_pki::{JoinToken, Role};
 use gantry_spec::{Mode, Service};
 use gantry_store::{Command, Rejected, State as Cluster, StoreError, TaskRecord, TaskState};
 
+use crate::files;
+
 use crate::{new_id, now_ms, Shared};
 
 /// Who is calling: the verified client certificate's name and role, or
@@ -247,19 +249,19 @@ fn router(sh: Arc<Shared>) -> Router {
         .route("/v1/unlock", axum::routing::post(crate::unlock::unlock))
         .route(
             "/v1/secrets",
-            get(crate::files::secrets).post(crate::files::create_secret),
+            get(files::ls::<files::Secrets>).post(files::create::<files::Secrets>),
         )
         .route(
             "/v1/secrets/{name}",
-            get(crate::files::secret).delete(crate::files::rm_secret),
+            get(files::inspect::<files::Secrets>).delete(files::rm::<files::Secrets>),
         )
         .route(
             "/v1/configs",
-            get(crate::files::configs).post(crate::files::create_config),
+            get(files::ls::<files::Configs>).post(files::create::<files::Configs>),
         )
         .route(
             "/v1/configs/{name}",
-            get(crate::files::config).delete(crate::files::rm_config),
+            get(files::inspect::<files::Configs>).delete(files::rm::<files::Configs>),
         )
         .with_state(sh)
 }

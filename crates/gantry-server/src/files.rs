@@ -235,72 +235,57 @@ async fn rm_of(
     Ok(Json(()))
 }
 
-/// `GET /v1/secrets`.
-pub(crate) async fn secrets(
+/// Which of the two a route serves.
+pub(crate) trait Kind {
+    const KIND: FileKind;
+}
+
+/// `/v1/secrets`.
+pub(crate) struct Secrets;
+
+impl Kind for Secrets {
+    const KIND: FileKind = FileKind::Secret;
+}
+
+/// `/v1/configs`.
+pub(crate) struct Configs;
+
+impl Kind for Configs {
+    const KIND: FileKind = FileKind::Config;
+}
+
+/// `GET /v1/secrets`, `GET /v1/configs`.
+pub(crate) async fn ls<K: Kind>(
     State(sh): State<Arc<Shared>>,
     Extension(peer): Extension<Peer>,
 ) -> Result<Json<Vec<FileView>>, Fail> {
-    ls_of(sh, peer, FileKind::Secret).await
+    ls_of(sh, peer, K::KIND).await
 }
 
-/// `GET /v1/configs`.
-pub(crate) async fn configs(
-    State(sh): State<Arc<Shared>>,
-    Extension(peer): Extension<Peer>,
-) -> Result<Json<Vec<FileView>>, Fail> {
-    ls_of(sh, peer, FileKind::Config).await
-}
-
-/// `GET /v1/secrets/{name}` (metadata only).
-pub(crate) async fn secret(
+/// `GET /v1/secrets/{name}` (metadata only), `GET /v1/configs/{name}`
+/// (with the value).
+pub(crate) async fn inspect<K: Kind>(
     State(sh): State<Arc<Shared>>,
     Extension(peer): Extension<Peer>,
     Path(name): Path<String>,
 ) -> Result<Json<FileView>, Fail> {
-    inspect_of(sh, peer, FileKind::Secret, name).await
+    inspect_of(sh, peer, K::KIND, name).await
 }
 
-/// `GET /v1/configs/{name}` (with the value).
-pub(crate) async fn config(
-    State(sh): State<Arc<Shared>>,
-    Extension(peer): Extension<Peer>,
-    Path(name): Path<String>,
-) -> Result<Json<FileView>, Fail> {
-    inspect_of(sh, peer, FileKind::Config, name).await
-}
-
-/// `POST /v1/secrets`.
-pub(crate) async fn create_secret(
+/// `POST /v1/secrets`, `POST /v1/configs`.
+pub(crate) async fn create<K: Kind>(
     State(sh): State<Arc<Shared>>,
     Extension(peer): Extension<Peer>,
     JsonBody(req): JsonBody<FileCreate>,
 ) -> Result<Json<FileView>, Fail> {
-    create_of(sh, peer, FileKind::Secret, req).await
+    create_of(sh, peer, K::KIND, req).await
 }
 
-/// `POST /v1/configs`.
-pub(crate) async fn create_config(
-    State(sh): State<Arc<Shared>>,
-    Extension(peer): Extension<Peer>,
-    JsonBody(req): JsonBody<FileCreate>,
-) -> Result<Json<FileView>, Fail> {
-    create_of(sh, peer, FileKind::Config, req).await
-}
-
-/// `DELETE /v1/secrets/{name}`.
-pub(crate) async fn rm_secret(
+/// `DELETE /v1/secrets/{name}`, `DELETE /v1/configs/{name}`.
+pub(crate) async fn rm<K: Kind>(
     State(sh): State<Arc<Shared>>,
     Extension(peer): Extension<Peer>,
     Path(name): Path<String>,
 ) -> Result<Json<()>, Fail> {
-    rm_of(sh, peer, FileKind::Secret, name).await
-}
-
-/// `DELETE /v1/configs/{name}`.
-pub(crate) async fn rm_config(
-    State(sh): State<Arc<Shared>>,
-    Extension(peer): Extension<Peer>,
-    Path(name): Path<String>,
-) -> Result<Json<()>, Fail> {
-    rm_of(sh, peer, FileKind::Config, name).await
+    rm_of(sh, peer, K::KIND, name).await
 }
