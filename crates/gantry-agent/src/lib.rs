@@ -171,7 +171,7 @@ pub fn node_info(cfg: &AgentConfig, manager: &str) -> NodeInfo {
         disk,
         labels: cfg.labels.clone(),
         vtep_mac: None,
-        volumes: Vec::new(),
+        volumes: None,
     }
 }
 
@@ -399,10 +399,17 @@ async fn report(
     // those sent at once on a change) leave them out.
     let mut stats_sent = 0;
     let mut reports = reports::TaskReports::default();
+    // The volume list goes when it changed since the manager last took
+    // it, and every minute (in case the manager's record was reset).
+    let mut volumes_sent: Option<(Vec<String>, std::time::Instant)> = None;
     loop {
         let mut facts = info.lock().expect("info lock").clone();
         facts.vtep_mac = agent.vtep_mac();
-        facts.volumes = agent.volume_names();
+        let volumes = agent.volume_names();
+        let stale = volumes_sent.as_ref().is_none_or(|(v, at)| {
+            *v != volumes || at.elapsed() > std::time::Duration::from_secs(60)
+        });
+        facts.volumes = stale.then(|| volumes.clone());
         let all = agent.statuses();
         let (tasks, partial) = reports.select(&all);
         let report = StatusReport {
@@ -414,6 +421,9 @@ async fn report(
         match client.post::<_, ()>("/v1/agent/status", &report).await {
             Ok(()) => {
                 reports.accepted(all, partial);
+                if stale {
+                    volumes_sent = Some((volumes, std::time::Instant::now()));
+                }
                 if let Some(s) = &report.stats {
                     stats_sent = s.time_ms;
                 }

@@ -128,7 +128,7 @@ fn info(cfg: &SimConfig, i: usize) -> NodeInfo {
         disk: 100 << 30,
         labels: BTreeMap::new(),
         vtep_mac: Some(format!("02:5a:00:{:02x}:{a:02x}:{b:02x}", (i >> 16) as u8)),
-        volumes: Vec::new(),
+        volumes: None,
     }
 }
 

@@ -30,9 +30,10 @@ pub struct NodeInfo {
     #[serde(default)]
     pub vtep_mac: Option<String>,
     /// The names of its local volumes (at most [`MAX_NODE_VOLUMES`]), so
-    /// that tasks that need an existing one go where it is.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub volumes: Vec<String>,
+    /// that tasks that need an existing one go where it is; none: as last
+    /// reported (the list travels when it changes, and now and then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<Vec<String>>,
 }
 
 /// The most volume names a node reports.
@@ -80,13 +81,14 @@ impl NodeInfo {
                 return Err(format!("invalid VTEP MAC {m:?}"));
             }
         }
-        if self.volumes.len() > MAX_NODE_VOLUMES {
+        let volumes = self.volumes.as_deref().unwrap_or_default();
+        if volumes.len() > MAX_NODE_VOLUMES {
             return Err(format!(
                 "{} volume names: at most {MAX_NODE_VOLUMES}",
-                self.volumes.len()
+                volumes.len()
             ));
         }
-        for v in &self.volumes {
+        for v in volumes {
             let ok = v.len() <= 255
                 && v.starts_with(|c: char| c.is_ascii_alphanumeric())
                 && v.chars()

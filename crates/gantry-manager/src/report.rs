@@ -22,6 +22,9 @@ pub fn commands(s: &State, id: &str, r: &StatusReport, now: u64) -> Vec<Command>
     facts.availability = n.availability;
     facts.up = n.up;
     facts.held = n.held;
+    if r.info.volumes.is_none() {
+        facts.volumes.clone_from(&n.volumes);
+    }
     // Free disk moves all the time; record it when it moved by 5 %.
     if facts.disk.abs_diff(n.disk) <= n.disk / 20 {
         facts.disk = n.disk;
@@ -118,7 +121,7 @@ pub fn node_record(id: &str, info: &NodeInfo, manager: bool) -> NodeRecord {
         vtep_mac: None,
         last_addr: None,
         held: false,
-        volumes: info.volumes.iter().cloned().collect(),
+        volumes: info.volumes.iter().flatten().cloned().collect(),
     }
 }
 
@@ -138,7 +141,7 @@ mod tests {
             disk: 1000,
             labels: BTreeMap::new(),
             vtep_mac: Some("02:00:00:00:00:01".into()),
-            volumes: Vec::new(),
+            volumes: None,
         }
     }
 
@@ -294,5 +297,29 @@ mod tests {
             .any(|c| matches!(c, Command::PutNode(n) if n.disk == 2000)));
         // An unknown node's report changes nothing.
         assert!(commands(&st, "nope", &r, 1).is_empty());
+    }
+
+    #[test]
+    fn a_node_s_volumes_change_when_it_sends_them_and_stay_when_it_does_not() {
+        let mut st = state();
+        let report = |volumes: Option<Vec<String>>| StatusReport {
+            info: NodeInfo { volumes, ..info() },
+            tasks: Vec::new(),
+            stats: None,
+            partial: false,
+        };
+        for c in commands(&st, "n1", &report(Some(vec!["data".into()])), 1) {
+            st.apply(&c).unwrap();
+        }
+        assert_eq!(st.nodes["n1"].volumes, ["data".to_owned()].into());
+        // Not sent: as it was, and nothing to write.
+        assert!(!commands(&st, "n1", &report(None), 2)
+            .iter()
+            .any(|c| matches!(c, Command::PutNode(_))));
+        // Sent empty: gone.
+        for c in commands(&st, "n1", &report(Some(Vec::new())), 3) {
+            st.apply(&c).unwrap();
+        }
+        assert!(st.nodes["n1"].volumes.is_empty());
     }
 }

@@ -40,7 +40,11 @@ pub fn scoped(s: &State) -> Scoped {
         .flat_map(|r| {
             s.services.values().filter(move |rec| {
                 rec.name == r.service
-                    || rec.name.strip_prefix(&format!("{}_", rec.stack)) == Some(r.service.as_str())
+                    || rec
+                        .name
+                        .strip_prefix(rec.stack.as_str())
+                        .and_then(|n| n.strip_prefix('_'))
+                        == Some(r.service.as_str())
             })
         })
         .map(|rec| rec.name.as_str())

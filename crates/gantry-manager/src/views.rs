@@ -54,7 +54,7 @@ mod tests {
             disk: 0,
             labels: BTreeMap::new(),
             vtep_mac: None,
-            volumes: Vec::new(),
+            volumes: None,
         }
     }
 

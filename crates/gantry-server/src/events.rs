@@ -229,30 +229,24 @@ pub(crate) fn of(before: &State, after: &State, cmds: &[Command]) -> Vec<Event> 
             )),
             Command::RemoveCert { name } => out.push(event("certificate", "remove", name, &[])),
             // Names and versions only: never a value.
-            Command::PutSecret(r) => out.push(event(
-                "secret",
-                if before.secrets.contains_key(&r.name) {
-                    "update"
-                } else {
-                    "create"
-                },
-                &r.name,
-                &[("version", r.version.to_string())],
-            )),
+            Command::PutSecret(r) => {
+                let known = before.secrets.contains_key(&r.meta.name);
+                out.push(file_put("secret", known, &r.meta));
+            }
+            Command::PutConfig(r) => {
+                let known = before.configs.contains_key(&r.meta.name);
+                out.push(file_put("config", known, &r.meta));
+            }
             Command::RemoveSecret { name } => out.push(event("secret", "remove", name, &[])),
-            Command::PutConfig(r) => out.push(event(
-                "config",
-                if before.configs.contains_key(&r.name) {
-                    "update"
-                } else {
-                    "create"
-                },
-                &r.name,
-                &[("version", r.version.to_string())],
-            )),
             Command::RemoveConfig { name } => out.push(event("config", "remove", name, &[])),
             _ => {}
         }
     }
     out
+}
+
+/// A secret or config made or given a new value: its name and version.
+fn file_put(kind: &str, known: bool, m: &gantry_store::FileMeta) -> Event {
+    let action = if known { "update" } else { "create" };
+    event(kind, action, &m.name, &[("version", m.version.to_string())])
 }

@@ -14,7 +14,7 @@ use axum::{Extension, Json};
 use base64::Engine;
 
 use gantry_api::{FileCreate, FileView};
-use gantry_store::{Command, ConfigRecord, FileKind, SecretRecord, State as Cluster};
+use gantry_store::{Command, ConfigRecord, FileKind, FileMeta, SecretRecord, State as Cluster};
 
 use crate::api::{bad, not_found, Fail, JsonBody, Peer};
 use crate::{now_ms, Shared};
@@ -32,23 +32,19 @@ fn time(ms: u64) -> String {
 
 /// What one looks like: its metadata, and a config's value when `data`.
 fn view(s: &Cluster, kind: FileKind, name: &str, data: bool) -> Option<FileView> {
-    let (labels, version, created, updated, value) = match kind {
-        FileKind::Secret => {
-            let r = s.secrets.get(name)?;
-            (&r.labels, r.version, r.created_ms, r.updated_ms, None)
-        }
+    let (meta, value) = match kind {
+        FileKind::Secret => (&s.secrets.get(name)?.meta, None),
         FileKind::Config => {
             let r = s.configs.get(name)?;
-            let v = data.then(|| r.data.clone());
-            (&r.labels, r.version, r.created_ms, r.updated_ms, v)
+            (&r.meta, data.then(|| r.data.clone()))
         }
     };
     Some(FileView {
         name: name.to_owned(),
-        labels: labels.clone(),
-        version,
-        created: time(created),
-        updated: time(updated),
+        labels: meta.labels.clone(),
+        version: meta.version,
+        created: time(meta.created_ms),
+        updated: time(meta.updated_ms),
         services: s.file_users(kind, name),
         data: value,
     })
@@ -120,50 +116,22 @@ fn put(
             let key = key?;
             let old = s.secrets.get(name);
             let same = old.is_some_and(|o| {
-                key.open(&o.value, &SecretRecord::aad(name, o.version))
+                key.open(&o.value, &SecretRecord::aad(name, o.meta.version))
                     .is_ok_and(|v| v[..] == *value)
             });
-            if same && old.is_some_and(|o| &o.labels == labels) {
-                return None;
-            }
-            let (version, created_ms, updated_ms) = match old {
-                Some(o) if same => (o.version, o.created_ms, o.updated_ms),
-                Some(o) => (o.version + 1, o.created_ms, now),
-                None => (1, now, now),
-            };
-            let sealed = match old {
+            let meta = FileMeta::after_put(old.map(|o| &o.meta), name, labels, same, now)?;
+            let value = match old {
                 Some(o) if same => o.value.clone(),
-                _ => key.seal(value, &SecretRecord::aad(name, version)),
+                _ => key.seal(value, &SecretRecord::aad(name, meta.version)),
             };
-            Some(Command::PutSecret(SecretRecord {
-                name: name.to_owned(),
-                labels: labels.clone(),
-                version,
-                created_ms,
-                updated_ms,
-                value: sealed,
-            }))
+            Some(Command::PutSecret(SecretRecord { meta, value }))
         }
         FileKind::Config => {
             let data = B64.encode(value);
             let old = s.configs.get(name);
             let same = old.is_some_and(|o| o.data == data);
-            if same && old.is_some_and(|o| &o.labels == labels) {
-                return None;
-            }
-            let (version, created_ms, updated_ms) = match old {
-                Some(o) if same => (o.version, o.created_ms, o.updated_ms),
-                Some(o) => (o.version + 1, o.created_ms, now),
-                None => (1, now, now),
-            };
-            Some(Command::PutConfig(ConfigRecord {
-                name: name.to_owned(),
-                labels: labels.clone(),
-                version,
-                created_ms,
-                updated_ms,
-                data,
-            }))
+            let meta = FileMeta::after_put(old.map(|o| &o.meta), name, labels, same, now)?;
+            Some(Command::PutConfig(ConfigRecord { meta, data }))
         }
     }
 }

@@ -14,7 +14,7 @@ mod records;
 mod secrets;
 
 pub use records::*;
-pub use secrets::{ConfigRecord, FileKind, SecretRecord};
+pub use secrets::{ConfigRecord, FileKind, FileMeta, SecretRecord};
 
 /// A change to the cluster state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -372,9 +372,9 @@ impl State {
             Command::RemoveCert { name } => vec![Key::Cert(name.clone())],
             Command::PutNetwork(n) => vec![Key::Network(n.name.clone())],
             Command::RemoveNetwork { name } => vec![Key::Network(name.clone())],
-            Command::PutSecret(r) => vec![Key::Secret(r.name.clone())],
+            Command::PutSecret(r) => vec![Key::Secret(r.meta.name.clone())],
             Command::RemoveSecret { name } => vec![Key::Secret(name.clone())],
-            Command::PutConfig(r) => vec![Key::Config(r.name.clone())],
+            Command::PutConfig(r) => vec![Key::Config(r.meta.name.clone())],
             Command::RemoveConfig { name } => vec![Key::Config(name.clone())],
             Command::PutChallenge(c) => vec![Key::Challenge(c.key())],
             Command::RemoveChallenge { key } => vec![Key::Challenge(key.clone())],
@@ -687,13 +687,13 @@ impl State {
                 self.networks.remove(&name);
             }
             Command::PutSecret(r) => {
-                self.secrets.insert(r.name.clone(), r);
+                self.secrets.insert(r.meta.name.clone(), r);
             }
             Command::RemoveSecret { name } => {
                 self.secrets.remove(&name);
             }
             Command::PutConfig(r) => {
-                self.configs.insert(r.name.clone(), r);
+                self.configs.insert(r.meta.name.clone(), r);
             }
             Command::RemoveConfig { name } => {
                 self.configs.remove(&name);

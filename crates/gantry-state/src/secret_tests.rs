@@ -9,11 +9,7 @@ use super::*;
 
 fn secret(key: &DataKey, name: &str, value: &[u8]) -> SecretRecord {
     SecretRecord {
-        name: name.into(),
-        labels: BTreeMap::new(),
-        version: 1,
-        created_ms: 1,
-        updated_ms: 1,
+        meta: FileMeta::after_put(None, name, &BTreeMap::new(), false, 1).unwrap(),
         value: key.seal(value, &SecretRecord::aad(name, 1)),
     }
 }
@@ -82,5 +78,27 @@ fn services_use_only_secrets_that_exist_and_those_in_use_stay() {
             .unwrap_err()
             .to_string(),
         "no such config: x"
+    );
+}
+
+#[test]
+fn a_put_bumps_the_version_only_for_a_new_value() {
+    let none = BTreeMap::new();
+    let labels = BTreeMap::from([("a".to_owned(), "b".to_owned())]);
+    let first = FileMeta::after_put(None, "x", &none, false, 10).unwrap();
+    assert_eq!(
+        (first.version, first.created_ms, first.updated_ms),
+        (1, 10, 10)
+    );
+    assert_eq!(
+        FileMeta::after_put(Some(&first), "x", &none, true, 20),
+        None
+    );
+    let relabelled = FileMeta::after_put(Some(&first), "x", &labels, true, 20).unwrap();
+    assert_eq!((relabelled.version, relabelled.updated_ms), (1, 10));
+    let changed = FileMeta::after_put(Some(&first), "x", &none, false, 30).unwrap();
+    assert_eq!(
+        (changed.version, changed.created_ms, changed.updated_ms),
+        (2, 10, 30)
     );
 }

@@ -14,9 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Rejected, State};
 
-/// A secret.
+/// What a secret and a config both have besides their value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SecretRecord {
+pub struct FileMeta {
     /// Its name.
     pub name: String,
     /// Its labels.
@@ -28,6 +28,41 @@ pub struct SecretRecord {
     pub created_ms: u64,
     /// When its value last changed.
     pub updated_ms: u64,
+}
+
+impl FileMeta {
+    /// What one named `name` is after a put at `now` of a value that is
+    /// `same` as `old`'s (or new) with `labels`: none when nothing changes;
+    /// a new value bumps the version.
+    pub fn after_put(
+        old: Option<&FileMeta>,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        same: bool,
+        now: u64,
+    ) -> Option<FileMeta> {
+        let (version, created_ms, updated_ms) = match old {
+            Some(o) if same && &o.labels == labels => return None,
+            Some(o) if same => (o.version, o.created_ms, o.updated_ms),
+            Some(o) => (o.version + 1, o.created_ms, now),
+            None => (1, now, now),
+        };
+        Some(FileMeta {
+            name: name.to_owned(),
+            labels: labels.clone(),
+            version,
+            created_ms,
+            updated_ms,
+        })
+    }
+}
+
+/// A secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretRecord {
+    /// Name, labels, version.
+    #[serde(flatten)]
+    pub meta: FileMeta,
     /// Its value, sealed, bound to [`SecretRecord::aad`].
     pub value: Sealed,
 }
@@ -44,17 +79,9 @@ impl SecretRecord {
 /// A config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigRecord {
-    /// Its name.
-    pub name: String,
-    /// Its labels.
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    /// Bumped when its value changes (from 1).
-    pub version: u64,
-    /// When it was made, ms since the epoch.
-    pub created_ms: u64,
-    /// When its value last changed.
-    pub updated_ms: u64,
+    /// Name, labels, version.
+    #[serde(flatten)]
+    pub meta: FileMeta,
     /// Its value, base64.
     pub data: String,
 }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
 
 pub use gantry_state::{
-    Before, CertRecord, CertSource, ChallengeRecord, Command, ConfigRecord, FileKind,
+    Before, CertRecord, CertSource, ChallengeRecord, Command, ConfigRecord, FileKind, FileMeta,
     NetworkRecord, NodeRecord, Rejected, RouteRecord, SecretRecord, ServiceRecord, State,
     TaskRecord, TaskState, UpdateStatus,
 };

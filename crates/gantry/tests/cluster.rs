@@ -880,12 +880,7 @@ fn containers_reach_each_other_across_hosts_on_the_overlay() {
     // host, and over the connections all of them answer.
     let get = "for i in $(seq 30); do printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 5 web 8080 | tail -1; done";
     let o = cl.on_agent(0, &["exec", &web1[0], "sh", "-c", get]);
-    let out = text(&o);
-    let answered: std::collections::BTreeSet<&str> = out
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
+    let answered = distinct_lines(&o);
     assert_eq!(
         answered.len(),
         3,

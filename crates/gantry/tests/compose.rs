@@ -419,12 +419,7 @@ fn endpoint_modes_answer_a_virtual_ip_or_the_tasks() {
     // Through the virtual IP, both tasks answer over 20 connections.
     let get = "for i in $(seq 20); do printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 3 vip 8080 | tail -1; done";
     let o = d.cli(&["exec", &client, "sh", "-c", get]);
-    let out = text(&o);
-    let answered: std::collections::BTreeSet<&str> = out
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
+    let answered = distinct_lines(&o);
     assert_eq!(answered.len(), 2, "{answered:?} {}", errtext(&o));
     // Scaled to none: a connection to the virtual IP is refused at once
     // (no waiting for a timeout), and the name no longer answers it.

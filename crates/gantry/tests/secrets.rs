@@ -6,9 +6,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::Stdio;
-
 use common::cluster::*;
 use common::*;
 use serde_json::Value;
@@ -40,22 +37,10 @@ fn secrets_are_sealed_and_never_answered_back() {
         return;
     };
     // From standard input.
-    let mut child =
-        d.g.cmd()
-            .env("GANTRY_CONFIG_DIR", d.config_dir())
-            .args(["secret", "create", "--label", "team=db", "db_password", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(CANARY.as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+    let o = d.cli_with_input(
+        &["secret", "create", "--label", "team=db", "db_password", "-"],
+        CANARY.as_bytes(),
+    );
     assert!(o.status.success(), "{}", errtext(&o));
     assert_eq!(text(&o).trim(), "db_password");
     // From a file: a config, whose value inspect shows.
@@ -185,22 +170,7 @@ fn secrets_are_sealed_and_never_answered_back() {
 
 /// `gantry unlock` with `key` on standard input.
 fn unlock(d: &Dev, key: &str) -> std::process::Output {
-    let mut child =
-        d.g.cmd()
-            .env("GANTRY_CONFIG_DIR", d.config_dir())
-            .arg("unlock")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{key}\n").as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    d.cli_with_input(&["unlock"], format!("{key}\n").as_bytes())
 }
 
 #[test]

@@ -629,6 +629,24 @@ impl Dev {
         self.cfg.path()
     }
 
+    /// The CLI, talking to it, with `input` on its standard input.
+    #[allow(dead_code)]
+    pub fn cli_with_input(&self, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .g
+            .cmd()
+            .env("GANTRY_CONFIG_DIR", self.cfg.path())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
     /// The CLI, talking to it.
     pub fn cli(&self, args: &[&str]) -> Output {
         self.g

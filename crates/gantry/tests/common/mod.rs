@@ -19,6 +19,18 @@ pub struct G {
     pub home: tempfile::TempDir,
 }
 
+/// The distinct non-empty lines a command printed (which tasks answered a
+/// run of requests, each printing its host name).
+#[allow(dead_code)]
+pub fn distinct_lines(o: &Output) -> std::collections::BTreeSet<String> {
+    text(o)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The addresses busybox's `nslookup` printed for the name (sorted; none
 /// when it did not resolve).
 #[allow(dead_code)]
