@@ -9,11 +9,21 @@ use std::time::Duration;
 use gantry_runtime::{ContainerConfig, ExecOptions, Runtime};
 use tokio::io::AsyncWriteExt;
 
+/// What `agent-helper start` reads on stdin: the container, and the bytes
+/// of its secrets and configs (which reach the helper only through the
+/// pipe, and the container only through its tmpfs).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct StartRequest {
+    pub(crate) config: ContainerConfig,
+    #[serde(default)]
+    pub(crate) files: Vec<gantry_api::TaskFile>,
+}
+
 /// The helper's entry point, called by the `gantry` binary before any
 /// thread starts. Returns the process's exit code.
 ///
-/// - `start`: a container config (JSON) on stdin; creates and starts it;
-///   on failure removes what it made and prints why;
+/// - `start`: a [`StartRequest`] (JSON) on stdin; creates and starts the
+///   container; on failure removes what it made and prints why;
 /// - `stop ID SECONDS`: the stop signal, SIGKILL after the grace;
 /// - `rm ID`: removes the container, killing it if needed;
 /// - `exec ID CMD...`: runs a command in it (health checks); its exit code.
@@ -27,12 +37,24 @@ pub fn helper_main(data_dir: &Path, args: &[String]) -> i32 {
     };
     let r = match args.first().map(String::as_str) {
         Some("start") => {
-            let mut input = Vec::new();
+            let mut input = zeroize::Zeroizing::new(Vec::new());
             let _ = std::io::stdin().read_to_end(&mut input);
-            match serde_json::from_slice::<ContainerConfig>(&input) {
+            match serde_json::from_slice::<StartRequest>(&input) {
                 Err(e) => Err(format!("bad container config: {e}")),
-                Ok(cfg) => rt
-                    .create(&cfg)
+                Ok(StartRequest { config: cfg, files }) => rt
+                    .create_with_files(
+                        &cfg,
+                        &files
+                            .iter()
+                            .map(|f| gantry_runtime::FileContent {
+                                destination: &f.target,
+                                uid: f.uid,
+                                gid: f.gid,
+                                mode: f.mode,
+                                data: &f.data.0,
+                            })
+                            .collect::<Vec<_>>(),
+                    )
                     .and_then(|()| rt.start(&cfg.id))
                     .map(|_| ())
                     .map_err(|e| {
@@ -82,7 +104,7 @@ pub(crate) async fn call(
     helper: &Path,
     data_dir: &Path,
     args: &[&str],
-    stdin: Option<Vec<u8>>,
+    stdin: Option<zeroize::Zeroizing<Vec<u8>>>,
     timeout: Duration,
 ) -> Result<(i32, String), String> {
     let mut cmd = tokio::process::Command::new(helper);

@@ -735,6 +735,9 @@ impl Agent {
     }
 
     async fn prepare_and_start(&self, a: &Assignment) -> Result<(String, Option<Check>), String> {
+        if let Some(why) = &a.blocked {
+            return Err(why.clone());
+        }
         let svc = &a.spec;
         let store = Store::open(&self.cfg.data_dir).map_err(|e| e.to_string())?;
         let img = match store.resolve(&svc.image) {
@@ -769,7 +772,12 @@ impl Agent {
             img.config.config.healthcheck.as_ref(),
         );
         let cfg = self.container_config(a, svc, &store, &img)?;
-        let input = serde_json::to_vec(&cfg).map_err(|e| e.to_string())?;
+        let req = helper::StartRequest {
+            config: cfg,
+            files: a.files.clone(),
+        };
+        let input = zeroize::Zeroizing::new(serde_json::to_vec(&req).map_err(|e| e.to_string())?);
+        let cfg = req.config;
         let (code, err) = helper::call(
             &self.cfg.helper,
             &self.cfg.data_dir,
@@ -811,20 +819,13 @@ impl Agent {
             t.slot.to_string()
         };
         // Swarm's templates, filled for this task.
-        let tc = gantry_spec::template::Context {
-            service_id: t.service.clone(),
-            service_name: t.service.clone(),
-            node_id: self.node_id.clone(),
-            node_hostname: self.hostname.clone(),
-            node_arch: std::env::consts::ARCH.to_owned(),
-            task_id: t.id.clone(),
-            task_name: format!("{}.{slot}.{}", t.service, t.id),
-            task_slot: if t.slot == 0 {
-                String::new()
-            } else {
-                t.slot.to_string()
-            },
-        };
+        let tc = gantry_spec::template::Context::for_task(
+            &t.service,
+            &t.id,
+            t.slot,
+            &self.node_id,
+            &self.hostname,
+        );
         let fill = |v: &str| gantry_spec::template::expand(v, &tc);
         env.extend(
             svc.environment

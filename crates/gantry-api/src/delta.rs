@@ -265,6 +265,8 @@ mod tests {
             },
             stack: "s".into(),
             spec: Service::new(format!("web:{version}")),
+            files: Vec::new(),
+            blocked: None,
         }
     }
 

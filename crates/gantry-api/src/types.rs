@@ -168,6 +168,61 @@ pub struct Assignment {
     pub stack: String,
     /// The service spec of the task's version.
     pub spec: Service,
+    /// Its secrets and configs as files, in the order of the spec's
+    /// secrets then configs: sent only to the task's node, kept there only
+    /// in memory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<TaskFile>,
+    /// Why the task cannot have its files (a locked manager, a template
+    /// that fails): the node fails the task saying so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<String>,
+}
+
+/// A secret or config as a file in a task's container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskFile {
+    /// The file's absolute path in the container.
+    pub target: String,
+    /// Its owner.
+    pub uid: u32,
+    /// Its group.
+    pub gid: u32,
+    /// Its permission bits.
+    pub mode: u32,
+    /// Its bytes.
+    pub data: FileData,
+}
+
+/// A file's bytes: base64 on the wire, never printed (`Debug` shows the
+/// length only), zeroed when dropped.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FileData(pub zeroize::Zeroizing<Vec<u8>>);
+
+impl std::fmt::Debug for FileData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} bytes>", self.0.len())
+    }
+}
+
+impl Serialize for FileData {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine;
+        let text =
+            zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&self.0[..]));
+        s.serialize_str(&text)
+    }
+}
+
+impl<'de> Deserialize<'de> for FileData {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use base64::Engine;
+        let text = zeroize::Zeroizing::new(String::deserialize(d)?);
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map(|v| FileData(zeroize::Zeroizing::new(v)))
+            .map_err(|_| serde::de::Error::custom("a file's data is not base64"))
+    }
 }
 
 /// A line of `GET /v1/agent/watch`: the node's whole assignment set,
@@ -254,6 +309,10 @@ pub struct FileCreate {
     pub labels: BTreeMap<String, String>,
     /// Its value, base64.
     pub data: String,
+    /// A config that is a file template, filled for each task (compose's
+    /// `template_driver: golang`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub template: bool,
 }
 
 impl std::fmt::Debug for FileCreate {
@@ -262,6 +321,7 @@ impl std::fmt::Debug for FileCreate {
         f.debug_struct("FileCreate")
             .field("name", &self.name)
             .field("labels", &self.labels)
+            .field("template", &self.template)
             .finish_non_exhaustive()
     }
 }
@@ -385,6 +445,12 @@ pub struct DeployRequest {
     pub services: BTreeMap<String, Service>,
     /// Remove the stack's services that the file no longer has.
     pub prune: bool,
+    /// Secrets the stack makes (or gives new values), before its services.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<FileCreate>,
+    /// Configs the stack makes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<FileCreate>,
 }
 
 /// What a deploy changed.
@@ -478,6 +544,18 @@ pub struct ServiceUpdate {
     pub replicas: Option<u32>,
     /// New command.
     pub command: Option<Vec<String>>,
+    /// Secrets to add (or change, by source).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_add: Vec<gantry_spec::FileRef>,
+    /// Secrets to remove, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_rm: Vec<String>,
+    /// Configs to add (or change, by source).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_add: Vec<gantry_spec::FileRef>,
+    /// Configs to remove, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_rm: Vec<String>,
 }
 
 /// A cluster event (`gantry events`).

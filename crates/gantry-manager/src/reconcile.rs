@@ -251,7 +251,7 @@ fn rollout(
             (now_ms, false)
         }
     };
-    if old.is_empty() {
+    if old.is_empty() && rolling_back {
         commands.push(set(match &rec.update {
             UpdateStatus::RollingBack { reason, .. } => UpdateStatus::RolledBack {
                 reason: reason.clone(),
@@ -304,6 +304,19 @@ fn rollout(
         .iter()
         .filter(|t| !settled(t) && t.updated_ms >= since)
         .count();
+    if old.is_empty() {
+        // Every old task is replaced; the update is done once the new
+        // ones have run for `monitor` (with stop-first, the last old task
+        // goes before its replacement is known to work: a failure of the
+        // replacement must still trigger failure_action).
+        if in_flight == 0 {
+            commands.push(set(UpdateStatus::Completed));
+        }
+        return Rollout::Steps {
+            commands,
+            replace: Vec::new(),
+        };
+    }
     let parallelism = if cfg.parallelism == 0 {
         replicas as usize
     } else {

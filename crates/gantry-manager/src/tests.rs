@@ -586,6 +586,24 @@ fn a_broken_image_rolls_back_by_itself() {
 }
 
 #[test]
+fn a_single_replica_rolls_back_after_its_old_task_is_gone() {
+    // Stop-first with one replica: the old task goes before its
+    // replacement is known to work; the update is not done until the
+    // replacement has run for `monitor`, so its failure still rolls back.
+    let mut st = cluster(2, &web("web:1", 1, ", failure_action: rollback"));
+    roll(&mut st, "web", 0, None, 4);
+    put_stack(&mut st, &web("web:broken", 1, ", failure_action: rollback"));
+    roll(&mut st, "web", 10_000, Some("web:broken"), 40);
+    let svc = &st.services["web"];
+    assert!(
+        matches!(svc.update, gantry_state::UpdateStatus::RolledBack { .. }),
+        "{:?}",
+        svc.update
+    );
+    assert_eq!(images(&st), BTreeMap::from([("web:1".to_string(), 1)]));
+}
+
+#[test]
 fn a_failing_update_can_pause_instead() {
     let mut st = cluster(3, &web("web:1", 3, ", failure_action: pause"));
     roll(&mut st, "web", 0, None, 4);

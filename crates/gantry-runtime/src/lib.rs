@@ -15,6 +15,7 @@
 mod cgroup;
 pub mod devices;
 mod exec;
+mod files;
 mod fs;
 mod init;
 pub mod logs;
@@ -38,6 +39,7 @@ use nix::unistd::{fork, ForkResult, Pid};
 
 pub use cgroup::{shares_to_weight, Cgroup, CgroupError, CgroupStats, CgroupVersion, Resources};
 pub use exec::ExecOptions;
+pub use files::FileContent;
 pub use fs::{private_dir, secure_join};
 pub use security::{capabilities, check as check_security, namespaced_sysctl, ulimit_resource};
 pub use spec::{
@@ -550,6 +552,7 @@ impl Runtime {
             }
         }
         let dir = self.dir(id);
+        files::unmount(&dir);
         // A process that is letting go of the container (its monitor's
         // last state write, a helper finishing a stop) may add a file while
         // the tree goes: try again briefly.

@@ -1,6 +1,6 @@
 //! The cluster API: one TLS port, routes by the client certificate's role.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,14 +16,14 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use gantry_api::{
-    DeployRequest, DeployResponse, Event, JoinRequest, JoinResponse, JoinTokenView, NodeUpdate,
-    NodeView, ServiceUpdate, ServiceView, StackView, StatusReport,
+    Event, JoinRequest, JoinResponse, JoinTokenView, NodeUpdate, NodeView, ServiceUpdate,
+    ServiceView, StatusReport,
 };
 use gantry_pki::{JoinToken, Role};
 use gantry_spec::{Mode, Service};
 use gantry_store::{Command, Rejected, State as Cluster, StoreError, TaskRecord, TaskState};
 
-use crate::files;
+use crate::{files, stacks};
 
 use crate::{new_id, now_ms, Shared};
 
@@ -210,8 +210,8 @@ fn router(sh: Arc<Shared>) -> Router {
             get(node_inspect).post(node_update).delete(node_rm),
         )
         .route("/v1/nodes/{id}/confirm-down", post(node_confirm_down))
-        .route("/v1/stacks", get(stacks))
-        .route("/v1/stacks/{name}", post(deploy).delete(stack_rm))
+        .route("/v1/stacks", get(stacks::ls))
+        .route("/v1/stacks/{name}", post(stacks::deploy).delete(stacks::rm))
         .route("/v1/services", get(services))
         .route(
             "/v1/services/{name}",
@@ -720,6 +720,15 @@ fn apply_update(svc: &mut Service, u: &ServiceUpdate) -> Result<(), Fail> {
     if let Some(c) = &u.command {
         svc.command = Some(c.clone());
     }
+    // As Docker's: removals first, then additions (one that names a
+    // source the service has replaces it).
+    let edit =
+        |refs: &mut Vec<gantry_spec::FileRef>, rm: &[String], add: &[gantry_spec::FileRef]| {
+            refs.retain(|f| !rm.contains(&f.source) && !add.iter().any(|a| a.source == f.source));
+            refs.extend(add.iter().cloned());
+        };
+    edit(&mut svc.secrets, &u.secret_rm, &u.secret_add);
+    edit(&mut svc.configs, &u.config_rm, &u.config_add);
     if let Some(n) = u.replicas {
         match &mut svc.mode {
             Mode::Replicated { replicas } => *replicas = n,
@@ -791,112 +800,6 @@ async fn service_rollback(
     sh.read(|s| service_view(s, &name))
         .map(Json)
         .ok_or_else(|| not_found(format!("no such service: {name}")))
-}
-
-async fn deploy(
-    State(sh): Sh,
-    Extension(peer): Extension<Peer>,
-    Path(stack): Path<String>,
-    JsonBody(req): JsonBody<DeployRequest>,
-) -> Res<DeployResponse> {
-    peer.admin()?;
-    gantry_stack::check::stack_name(&stack).map_err(bad)?;
-    for short in req.services.keys() {
-        gantry_stack::check::service_name(short).map_err(bad)?;
-    }
-    // The same checks as the CLI's: a request that did not come from it
-    // gets no further.
-    gantry_stack::check::deploy(&stack, req.services.iter().map(|(n, s)| (n.as_str(), s)))
-        .map_err(bad)?;
-    let specs: BTreeMap<String, Service> = req
-        .services
-        .into_iter()
-        .map(|(short, svc)| (format!("{stack}_{short}"), svc))
-        .collect();
-    crate::edge::check_labels(specs.iter().map(|(n, s)| (n.as_str(), s))).map_err(bad)?;
-    // An external volume is mounted, never made: one that no node has
-    // would leave the service's tasks pending for ever.
-    let missing = sh.read(|s| {
-        specs.iter().find_map(|(name, spec)| {
-            gantry_manager::reconcile::missing_external_volume(s, &stack, spec)
-                .map(|v| (name.clone(), v))
-        })
-    });
-    if let Some((service, v)) = missing {
-        return Err(bad(format!(
-            "service {service}: external volume {v} exists on no node: create it on the node that is to hold it (gantry volume create {v}), or drop external: true to have the stack make it"
-        )));
-    }
-    let mut resp = DeployResponse::default();
-    sh.update(|s| {
-        let mut cmds = Vec::new();
-        for (name, spec) in &specs {
-            match s.services.get(name) {
-                None => resp.created.push(name.clone()),
-                Some(old) if &old.spec == spec => {
-                    resp.unchanged.push(name.clone());
-                    continue;
-                }
-                Some(_) => resp.updated.push(name.clone()),
-            }
-            cmds.push(Command::PutService {
-                name: name.clone(),
-                stack: stack.clone(),
-                spec: Box::new(spec.clone()),
-                vip: None,
-            });
-        }
-        if req.prune {
-            for (name, rec) in &s.services {
-                if rec.stack == stack && !specs.contains_key(name) {
-                    resp.removed.push(name.clone());
-                    cmds.push(Command::RemoveService { name: name.clone() });
-                }
-            }
-        }
-        cmds
-    })?;
-    Ok(Json(resp))
-}
-
-async fn stacks(State(sh): Sh, Extension(peer): Extension<Peer>) -> Res<Vec<StackView>> {
-    peer.admin()?;
-    let mut by: BTreeMap<String, usize> = BTreeMap::new();
-    sh.read(|s| {
-        for rec in s.services.values() {
-            *by.entry(rec.stack.clone()).or_default() += 1;
-        }
-    });
-    Ok(Json(
-        by.into_iter()
-            .map(|(name, services)| StackView { name, services })
-            .collect(),
-    ))
-}
-
-async fn stack_rm(
-    State(sh): Sh,
-    Extension(peer): Extension<Peer>,
-    Path(stack): Path<String>,
-) -> Res<Vec<String>> {
-    peer.admin()?;
-    let mut removed = Vec::new();
-    sh.update(|s| {
-        s.services
-            .values()
-            .filter(|r| r.stack == stack)
-            .map(|r| {
-                removed.push(r.name.clone());
-                Command::RemoveService {
-                    name: r.name.clone(),
-                }
-            })
-            .collect()
-    })?;
-    if removed.is_empty() {
-        return Err(not_found(format!("no such stack: {stack}")));
-    }
-    Ok(Json(removed))
 }
 
 #[derive(Deserialize)]

@@ -200,17 +200,29 @@ fn wanted(t: &TaskRecord) -> bool {
     t.desired == TaskState::Running && !matches!(t.state, TaskState::Failed | TaskState::Shutdown)
 }
 
-/// A task with the spec of its version.
-fn assignment(s: &Cluster, t: &TaskRecord) -> Option<Assignment> {
+/// A task with the spec of its version and its files (secrets opened
+/// with `key`; a task that cannot have them is sent why).
+fn assignment(
+    s: &Cluster,
+    t: &TaskRecord,
+    hostname: &str,
+    key: Option<&gantry_pki::seal::DataKey>,
+) -> Option<Assignment> {
     let rec = s.services.get(&t.service)?;
     let spec = match &rec.previous {
         Some((v, spec)) if *v == t.version && t.version != rec.version => spec.clone(),
         _ => rec.spec.clone(),
     };
+    let (files, blocked) = match gantry_manager::files::task_files(s, t, &spec, hostname, key) {
+        Ok(f) => (f, None),
+        Err(e) => (Vec::new(), Some(e)),
+    };
     Some(Assignment {
         task: t.clone(),
         stack: rec.stack.clone(),
         spec,
+        files,
+        blocked,
     })
 }
 
@@ -327,6 +339,7 @@ fn round(sh: &Shared) -> bool {
 
 fn round_of(sh: &Shared, conns: &mut HashMap<String, Conn>) -> bool {
     conns.retain(|_, c| !c.tx.is_closed());
+    let key = sh.data_key.read().expect("data key lock");
     let (shared, sc, inputs) = sh.read(|s| {
         let shared = Arc::new(shared_part(s));
         let sc = Arc::new(scope::scoped(s));
@@ -337,10 +350,11 @@ fn round_of(sh: &Shared, conns: &mut HashMap<String, Conn>) -> bool {
                 let part = node_part(s, node, &facts);
                 let wanted: Vec<&TaskRecord> = s.tasks_on(node).filter(|t| wanted(t)).collect();
                 let held = conn.sent.as_ref().map(|h| &h.tasks);
+                let hostname = s.nodes.get(node).map_or("", |n| n.hostname.as_str());
                 let fresh = wanted
                     .iter()
                     .filter(|t| held.is_none_or(|h| !h.contains(&t.id)))
-                    .filter_map(|t| assignment(s, t))
+                    .filter_map(|t| assignment(s, t, hostname, key.as_ref()))
                     .collect();
                 let input = NodeInput {
                     part,
@@ -353,6 +367,7 @@ fn round_of(sh: &Shared, conns: &mut HashMap<String, Conn>) -> bool {
             .collect();
         (shared, sc, inputs)
     });
+    drop(key);
     // The changes from each version some node holds (nearly always one:
     // the last round's), computed once.
     let mut shared_deltas: HashMap<*const Assignments, AssignmentDelta> = HashMap::new();

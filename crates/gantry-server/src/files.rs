@@ -14,7 +14,9 @@ use axum::{Extension, Json};
 use base64::Engine;
 
 use gantry_api::{FileCreate, FileView};
-use gantry_store::{Command, ConfigRecord, FileKind, FileMeta, SecretRecord, State as Cluster};
+use gantry_store::{
+    Command, ConfigRecord, ConfigValue, FileKind, FileMeta, SecretRecord, State as Cluster,
+};
 
 use crate::api::{bad, not_found, Fail, JsonBody, Peer};
 use crate::{now_ms, Shared};
@@ -36,7 +38,7 @@ fn view(s: &Cluster, kind: FileKind, name: &str, data: bool) -> Option<FileView>
         FileKind::Secret => (&s.secrets.get(name)?.meta, None),
         FileKind::Config => {
             let r = s.configs.get(name)?;
-            (&r.meta, data.then(|| r.data.clone()))
+            (&r.meta, data.then(|| r.value.data.clone()))
         }
     };
     Some(FileView {
@@ -57,15 +59,9 @@ fn names(s: &Cluster, kind: FileKind) -> Vec<String> {
     }
 }
 
-/// A name as Docker allows one: letters, digits, `_`, `.` and `-`, from a
-/// letter or digit, at most 64.
+/// A name as Docker allows one.
 pub(crate) fn check_name(kind: FileKind, name: &str) -> Result<(), String> {
-    let ok = name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-    if ok {
+    if gantry_stack::check::file_name(name) {
         Ok(())
     } else {
         Err(format!(
@@ -74,7 +70,7 @@ pub(crate) fn check_name(kind: FileKind, name: &str) -> Result<(), String> {
     }
 }
 
-fn check(kind: FileKind, req: &FileCreate) -> Result<Vec<u8>, String> {
+pub(crate) fn check(kind: FileKind, req: &FileCreate) -> Result<Vec<u8>, String> {
     check_name(kind, &req.name)?;
     if let Some((k, _)) = req
         .labels
@@ -96,20 +92,27 @@ fn check(kind: FileKind, req: &FileCreate) -> Result<Vec<u8>, String> {
             value.len()
         ));
     }
+    if req.template {
+        if kind == FileKind::Secret {
+            return Err("templates are for configs; a secret's value is kept as given".into());
+        }
+        gantry_spec::template::check_file(&value)
+            .map_err(|e| format!("config {}: template: {e}", req.name))?;
+    }
     Ok(value)
 }
 
 /// The command that makes `name` hold `value` and `labels`, given what the
 /// state has: none when nothing changes (or a secret comes without the
 /// data key).
-fn put(
+pub(crate) fn put(
     key: Option<&gantry_pki::seal::DataKey>,
     s: &Cluster,
     kind: FileKind,
-    name: &str,
-    labels: &BTreeMap<String, String>,
+    req: &FileCreate,
     value: &[u8],
 ) -> Option<Command> {
+    let (name, labels, template) = (&req.name, &req.labels, req.template);
     let now = now_ms();
     match kind {
         FileKind::Secret => {
@@ -124,14 +127,25 @@ fn put(
                 Some(o) if same => o.value.clone(),
                 _ => key.seal(value, &SecretRecord::aad(name, meta.version)),
             };
-            Some(Command::PutSecret(SecretRecord { meta, value }))
+            Some(Command::PutSecret(SecretRecord {
+                meta,
+                value,
+                older: BTreeMap::new(),
+            }))
         }
         FileKind::Config => {
-            let data = B64.encode(value);
+            let value = ConfigValue {
+                data: B64.encode(value),
+                template,
+            };
             let old = s.configs.get(name);
-            let same = old.is_some_and(|o| o.data == data);
+            let same = old.is_some_and(|o| o.value == value);
             let meta = FileMeta::after_put(old.map(|o| &o.meta), name, labels, same, now)?;
-            Some(Command::PutConfig(ConfigRecord { meta, data }))
+            Some(Command::PutConfig(ConfigRecord {
+                meta,
+                value,
+                older: BTreeMap::new(),
+            }))
         }
     }
 }
@@ -178,11 +192,7 @@ async fn create_of(
         // A config needs no key.
         (FileKind::Config, _) => None,
     };
-    sh.update(|s| {
-        put(key, s, kind, &req.name, &req.labels, &value)
-            .into_iter()
-            .collect()
-    })?;
+    sh.update(|s| put(key, s, kind, &req, &value).into_iter().collect())?;
     drop(guard);
     sh.read(|s| view(s, kind, &req.name, false))
         .map(Json)

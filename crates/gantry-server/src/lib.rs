@@ -21,6 +21,7 @@ mod logs;
 mod metrics;
 mod networks;
 mod orchestrate;
+mod stacks;
 mod unlock;
 
 use std::collections::HashMap;
@@ -202,6 +203,9 @@ impl Shared {
     fn update_now(&self, f: impl FnOnce(&State) -> Vec<Command>) -> Result<(), StoreError> {
         let mut store = self.store.lock().expect("store lock");
         let mut cmds = f(store.state());
+        // The secrets and configs the services it puts use are pinned to
+        // their newest versions, and a new value rolls its users.
+        gantry_manager::files::pin_versions(store.state(), &mut cmds);
         // Every write passes here: the services it puts that need a
         // virtual IP get one (the same for a service created by a deploy,
         // changed by an update, or put by anything else).

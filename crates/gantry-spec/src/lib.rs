@@ -242,10 +242,40 @@ pub struct FileRef {
     /// Its permission bits (0444 unless given).
     #[serde(default = "read_only_mode")]
     pub mode: u32,
+    /// The version of the secret's (or config's) value the service's
+    /// tasks get: 0 as a stack file or the CLI gives it, which the manager
+    /// pins to the newest when it stores the spec (as Swarm resolves a
+    /// name to an id). A new value pins the new version in the specs of
+    /// the services that use it, which rolls them; a rollback goes back to
+    /// the version the previous spec pinned.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub version: u64,
 }
 
 fn read_only_mode() -> u32 {
     0o444
+}
+
+impl FileRef {
+    /// Where a secret's file is in the container: `/run/secrets/SOURCE`
+    /// unless a target is given, a relative target under `/run/secrets`.
+    pub fn secret_path(&self) -> String {
+        match self.target.as_str() {
+            "" => format!("/run/secrets/{}", self.source),
+            t if t.starts_with('/') => t.to_owned(),
+            t => format!("/run/secrets/{t}"),
+        }
+    }
+
+    /// Where a config's file is: `/SOURCE` unless a target is given, a
+    /// relative target under `/`, as Docker's.
+    pub fn config_path(&self) -> String {
+        match self.target.as_str() {
+            "" => format!("/{}", self.source),
+            t if t.starts_with('/') => t.to_owned(),
+            t => format!("/{t}"),
+        }
+    }
 }
 
 /// How other tasks reach a service by its name (compose's

@@ -42,6 +42,15 @@ pub fn service_name(n: &str) -> Result<(), String> {
     }
 }
 
+/// A secret's or config's name as Docker allows one: letters, digits,
+/// `_`, `.` and `-`, from a letter or digit, at most 64.
+pub fn file_name(n: &str) -> bool {
+    n.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && n.len() <= 64
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
 /// A value as an error shows it: quoted, control characters escaped, cut
 /// short when long.
 fn shown(v: &str) -> String {
@@ -120,6 +129,39 @@ pub fn deploy<'a>(
     }
 }
 
+/// A service's secrets and configs: names as Docker allows them, files at
+/// distinct absolute paths, permission bits only.
+fn files(s: &Service) -> Result<(), String> {
+    let mut targets = std::collections::BTreeSet::new();
+    let secrets = s.secrets.iter().map(|f| ("secret", f, f.secret_path()));
+    let configs = s.configs.iter().map(|f| ("config", f, f.config_path()));
+    for (kind, f, path) in secrets.chain(configs) {
+        if !file_name(&f.source) {
+            return Err(format!("invalid {kind} name {}", shown(&f.source)));
+        }
+        if path.contains('\0')
+            || path.len() > 4096
+            || path.split('/').any(|c| c == "..")
+            || path.ends_with('/')
+        {
+            return Err(format!(
+                "{kind} {}: invalid target {}",
+                f.source,
+                shown(&f.target)
+            ));
+        }
+        if f.mode > 0o7777 {
+            return Err(format!("{kind} {}: invalid mode {:o}", f.source, f.mode));
+        }
+        if !targets.insert(path.clone()) {
+            return Err(format!(
+                "two secrets or configs are at {path}: give them distinct targets"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The checks of one service, named `name` in its stack.
 pub fn service(name: &str, s: &Service) -> Result<(), String> {
     service_name(name)?;
@@ -138,6 +180,7 @@ pub fn service(name: &str, s: &Service) -> Result<(), String> {
     for arg in s.command.iter().chain(&s.entrypoint).flatten() {
         no_nul("argument", arg).map_err(at)?;
     }
+    files(s).map_err(at)?;
     for (k, v) in &s.environment {
         if k.is_empty() || k.contains('=') {
             return Err(at(format!(

@@ -32,8 +32,8 @@ const TOP: &[(&str, Class)] = &[
     ("version", N("obsolete in the Compose specification")),
     ("name", N("the stack's name is the one given to `gantry deploy`")),
     ("include", R("merge the files into one, or deploy them as separate stacks")),
-    ("configs", R("configs arrive with Gantry's secrets and configs (part 8); until then, bind a file")),
-    ("secrets", R("secrets arrive with Gantry's secrets and configs (part 8); until then, use environment")),
+    ("configs", Y("made (STACK_NAME unless name: is given) from a file, an environment variable or content; external ones must exist; a new value rolls the services that use it")),
+    ("secrets", Y("made (STACK_NAME unless name: is given) from a file or an environment variable, sealed at rest; external ones must exist; a new value rolls the services that use it")),
     ("models", R("models are a Docker Desktop feature; not available")),
 ];
 
@@ -120,8 +120,8 @@ const SERVICE: &[(&str, Class)] = &[
     ("runtime", R("tasks run in Gantry's own runtime")),
     ("volumes_from", R("declare the volume and mount it in both services")),
     ("extends", R("merge the services by hand, or use YAML anchors and `<<`")),
-    ("configs", R("configs arrive with Gantry's secrets and configs (part 8); until then, bind a file")),
-    ("secrets", R("secrets arrive with Gantry's secrets and configs (part 8); until then, use environment")),
+    ("configs", Y("files at their target (/NAME by default) on a tmpfs, short or long syntax")),
+    ("secrets", Y("files at /run/secrets/NAME (or the target) on a tmpfs, never on a node's disk; short or long syntax")),
     ("group_add", R("not supported yet: give the user's groups in the image")),
     ("mac_address", R("task addresses are the overlay's")),
     ("label_file", R("write the labels in the file")),
@@ -222,6 +222,13 @@ fn nested(path: &[&str]) -> Option<&'static [(&'static str, Class)]> {
             ("required", N("every dependency is required")),
         ],
         ["logging"] => &[("driver", Y("")), ("options", Y(""))],
+        ["secrets" | "configs", _] => &[
+            ("source", Y("")),
+            ("target", Y("")),
+            ("uid", Y("")),
+            ("gid", Y("")),
+            ("mode", Y("octal, 0444 unless given")),
+        ],
         ["networks", _] => &[
             ("aliases", Y("more DNS names of the service, answered on that network only")),
             ("ipv4_address", N("not applied, as in Swarm: tasks get addresses from the cluster's plan; reach them by name")),
@@ -251,6 +258,36 @@ const VOLUME: &[(&str, Class)] = &[
         Y("mounted as it is, never created; on a node without it the task fails, saying so"),
     ),
     ("name", Y("the volume's name on the nodes, as given")),
+];
+
+const SECRET: &[(&str, Class)] = &[
+    (
+        "file",
+        Y("read by the CLI beside the stack file when it deploys"),
+    ),
+    ("environment", Y("the deploying CLI's variable (or .env)")),
+    (
+        "external",
+        Y("one of the cluster's (gantry secret create); it must exist"),
+    ),
+    ("name", Y("its name in the cluster instead of STACK_NAME")),
+    ("labels", Y("")),
+    ("template_driver", R("templates are for configs")),
+    ("driver", R("secrets are kept by the managers; no drivers")),
+    (
+        "driver_opts",
+        R("secrets are kept by the managers; no drivers"),
+    ),
+];
+
+const CONFIG: &[(&str, Class)] = &[
+    ("file", Y("read by the CLI beside the stack file when it deploys")),
+    ("environment", Y("the deploying CLI's variable (or .env)")),
+    ("content", Y("")),
+    ("external", Y("one of the cluster's (gantry config create); it must exist")),
+    ("name", Y("its name in the cluster instead of STACK_NAME")),
+    ("labels", Y("")),
+    ("template_driver", Y("golang: {{ .Task.Slot }}, {{ .Node.Hostname }}, {{ env \"X\" }}, {{ secret \"x\" }}... filled for each task")),
 ];
 
 const NETWORK: &[(&str, Class)] = &[
@@ -309,6 +346,8 @@ pub(crate) fn check(doc: &Tree) -> Result<Vec<String>, (Location, String)> {
                 "services" => (SERVICE, "services"),
                 "volumes" => (VOLUME, "volumes"),
                 "networks" => (NETWORK, "networks"),
+                "secrets" => (SECRET, "secrets"),
+                "configs" => (CONFIG, "configs"),
                 _ => continue,
             };
             for (fk, fv) in fields {
@@ -439,6 +478,8 @@ pub fn support_table() -> String {
         &["depends_on", "*"],
         &["logging"],
         &["networks", "*"],
+        &["secrets", "#"],
+        &["configs", "#"],
     ];
     for p in paths {
         for (k, c) in nested(p).unwrap_or_default() {
@@ -450,6 +491,12 @@ pub fn support_table() -> String {
     }
     for (k, c) in NETWORK {
         row(format!("networks.*.{k}"), c);
+    }
+    for (k, c) in SECRET {
+        row(format!("secrets.*.{k}"), c);
+    }
+    for (k, c) in CONFIG {
+        row(format!("configs.*.{k}"), c);
     }
     s
 }

@@ -14,6 +14,7 @@
 pub mod check;
 mod compat;
 mod confine;
+mod files;
 mod interpolate;
 mod keys;
 mod mounts;
@@ -27,13 +28,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
+pub use files::{FileDecl, FileSource};
 pub use interpolate::{expand, parse_env_file, MAX_FILE};
 pub use keys::{support_table, Class};
 pub use mounts::{ParseOptions, LOCAL_DRIVER_OPTS};
 
 pub use gantry_spec::{
-    Amounts, Healthcheck, Mode, Mount, MountType, Port, PortMode, Resolution, RestartPolicy,
-    Security, Service, UpdateConfig, VolumeOptions,
+    Amounts, FileRef, Healthcheck, Mode, Mount, MountType, Port, PortMode, Resolution,
+    RestartPolicy, Security, Service, UpdateConfig, VolumeOptions,
 };
 
 use gantry_sched::{Constraint, Strategy};
@@ -62,6 +64,12 @@ pub struct Stack {
     pub volumes: BTreeMap<String, VolumeOptions>,
     /// Networks it declares (`default` always exists).
     pub networks: BTreeSet<String>,
+    /// Secrets it declares, by their names in the file.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, FileDecl>,
+    /// Configs it declares.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub configs: BTreeMap<String, FileDecl>,
     /// Service names in an order that honours depends_on.
     pub start_order: Vec<String>,
 }
@@ -287,6 +295,8 @@ pub fn parse(
             },
         )?;
     let volumes = mounts::declared(&ctx, raw.volumes.unwrap_or_default())?;
+    let secrets = files::declared(&ctx, "secret", raw.secrets.unwrap_or_default(), paths)?;
+    let configs = files::declared(&ctx, "config", raw.configs.unwrap_or_default(), paths)?;
     // External networks are the cluster's (`gantry network create`), by
     // the name they have there.
     let mut external_networks: BTreeMap<String, String> = BTreeMap::new();
@@ -393,6 +403,16 @@ pub fn parse(
         if let Some(l) = s.links.take() {
             links.push((name.clone(), l));
         }
+        let uses_secrets = s
+            .secrets
+            .take()
+            .map(|v| files::uses(&ctx, &name, "secret", v, &secrets))
+            .transpose()?;
+        let uses_configs = s
+            .configs
+            .take()
+            .map(|v| files::uses(&ctx, &name, "config", v, &configs))
+            .transpose()?;
         let svc = service::service(
             &ctx,
             &name,
@@ -407,6 +427,9 @@ pub fn parse(
             &mut warnings,
             &mut deps_at,
         )?;
+        let mut svc = svc;
+        svc.secrets = uses_secrets.unwrap_or_default();
+        svc.configs = uses_configs.unwrap_or_default();
         services.insert(name, svc);
     }
     for (name, l) in links {
@@ -421,6 +444,8 @@ pub fn parse(
             services,
             volumes,
             networks,
+            secrets,
+            configs,
             start_order,
         },
         warnings,
@@ -520,5 +545,7 @@ fn order(
     Ok(done)
 }
 
+#[cfg(test)]
+mod files_tests;
 #[cfg(test)]
 mod tests;

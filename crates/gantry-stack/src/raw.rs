@@ -135,6 +135,37 @@ pub(crate) struct File {
     pub(crate) services: Option<BTreeMap<String, Service>>,
     pub(crate) volumes: Option<BTreeMap<String, Option<TopVolume>>>,
     pub(crate) networks: Option<BTreeMap<String, Option<TopNetwork>>>,
+    pub(crate) secrets: Option<BTreeMap<String, Option<TopFile>>>,
+    pub(crate) configs: Option<BTreeMap<String, Option<TopFile>>>,
+}
+
+/// A top-level `secrets:` or `configs:` entry.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct TopFile {
+    pub(crate) file: Option<Spanned<String>>,
+    pub(crate) environment: Option<Spanned<String>>,
+    pub(crate) content: Option<Spanned<String>>,
+    pub(crate) external: Option<Spanned<External>>,
+    pub(crate) name: Option<Spanned<String>>,
+    pub(crate) labels: Option<ListOrDict>,
+    pub(crate) template_driver: Option<Spanned<String>>,
+}
+
+/// A service's use of a secret or config: `- NAME` or the long syntax.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum FileUse {
+    Short(String),
+    Long(LongFileUse),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct LongFileUse {
+    pub(crate) source: String,
+    pub(crate) target: Option<String>,
+    pub(crate) uid: Option<Scalar>,
+    pub(crate) gid: Option<Scalar>,
+    pub(crate) mode: Option<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -153,6 +184,8 @@ pub(crate) struct Service {
     pub(crate) deploy: Option<Deploy>,
     pub(crate) networks: Option<Spanned<Networks>>,
     pub(crate) links: Option<Spanned<Vec<String>>>,
+    pub(crate) secrets: Option<Spanned<Vec<Spanned<FileUse>>>>,
+    pub(crate) configs: Option<Spanned<Vec<Spanned<FileUse>>>>,
     pub(crate) hostname: Option<String>,
     pub(crate) user: Option<Scalar>,
     pub(crate) working_dir: Option<String>,

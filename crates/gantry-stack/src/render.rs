@@ -5,6 +5,8 @@
 
 use serde_json::{json, Map, Value};
 
+use std::collections::BTreeMap;
+
 use crate::{Mode, Mount, MountType, Service, Stack};
 
 /// A duration in nanoseconds as compose writes it (`30s`, `1500ms`).
@@ -100,6 +102,21 @@ fn service(s: &Service) -> Value {
     }
     put(&mut o, "environment", json!(s.environment));
     put(&mut o, "labels", json!(s.labels));
+    let refs = |v: &[gantry_spec::FileRef]| -> Value {
+        v.iter()
+            .map(|f| {
+                json!({
+                    "source": f.source,
+                    "target": f.target,
+                    "uid": f.uid.to_string(),
+                    "gid": f.gid.to_string(),
+                    "mode": f.mode,
+                })
+            })
+            .collect()
+    };
+    put(&mut o, "secrets", refs(&s.secrets));
+    put(&mut o, "configs", refs(&s.configs));
     put(
         &mut o,
         "ports",
@@ -360,6 +377,15 @@ pub(crate) fn compose(stack: &Stack) -> Value {
     doc.insert("services".into(), Value::Object(services));
     put(&mut doc, "volumes", Value::Object(volumes));
     put(&mut doc, "networks", Value::Object(networks));
+    let decls = |d: &BTreeMap<String, crate::FileDecl>| -> Value {
+        Value::Object(
+            d.iter()
+                .map(|(k, v)| (k.clone(), crate::files::render(v)))
+                .collect(),
+        )
+    };
+    put(&mut doc, "secrets", decls(&stack.secrets));
+    put(&mut doc, "configs", decls(&stack.configs));
     let mut doc = Value::Object(doc);
     escape(&mut doc);
     doc

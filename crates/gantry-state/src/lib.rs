@@ -14,7 +14,7 @@ mod records;
 mod secrets;
 
 pub use records::*;
-pub use secrets::{ConfigRecord, FileKind, FileMeta, SecretRecord};
+pub use secrets::{ConfigRecord, ConfigValue, FileKind, FileMeta, SecretRecord};
 
 /// A change to the cluster state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -686,15 +686,11 @@ impl State {
             Command::RemoveNetwork { name } => {
                 self.networks.remove(&name);
             }
-            Command::PutSecret(r) => {
-                self.secrets.insert(r.meta.name.clone(), r);
-            }
+            Command::PutSecret(r) => self.put_secret(r),
             Command::RemoveSecret { name } => {
                 self.secrets.remove(&name);
             }
-            Command::PutConfig(r) => {
-                self.configs.insert(r.meta.name.clone(), r);
-            }
+            Command::PutConfig(r) => self.put_config(r),
             Command::RemoveConfig { name } => {
                 self.configs.remove(&name);
             }

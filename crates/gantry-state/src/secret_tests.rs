@@ -11,6 +11,7 @@ fn secret(key: &DataKey, name: &str, value: &[u8]) -> SecretRecord {
     SecretRecord {
         meta: FileMeta::after_put(None, name, &BTreeMap::new(), false, 1).unwrap(),
         value: key.seal(value, &SecretRecord::aad(name, 1)),
+        older: BTreeMap::new(),
     }
 }
 
@@ -21,6 +22,7 @@ fn file(source: &str, target: &str) -> FileRef {
         uid: 0,
         gid: 0,
         mode: 0o444,
+        version: 0,
     }
 }
 

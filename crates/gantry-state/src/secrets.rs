@@ -65,6 +65,12 @@ pub struct SecretRecord {
     pub meta: FileMeta,
     /// Its value, sealed, bound to [`SecretRecord::aad`].
     pub value: Sealed,
+    /// Older values that services' specs (current or previous, for
+    /// rollback) pin, by version: when a new value is put, those no spec
+    /// pins go (the users still pin the one it replaces, until they roll
+    /// to it; it goes with the next value).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub older: BTreeMap<u64, Sealed>,
 }
 
 impl SecretRecord {
@@ -82,12 +88,50 @@ pub struct ConfigRecord {
     /// Name, labels, version.
     #[serde(flatten)]
     pub meta: FileMeta,
-    /// Its value, base64.
+    /// Its value.
+    #[serde(flatten)]
+    pub value: ConfigValue,
+    /// Older values still pinned (as a secret's).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub older: BTreeMap<u64, ConfigValue>,
+}
+
+/// A config's value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigValue {
+    /// The bytes, base64.
     pub data: String,
+    /// A file template filled for each task
+    /// ([`gantry_spec::template::render_file`]; compose's
+    /// `template_driver: golang`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub template: bool,
+}
+
+impl SecretRecord {
+    /// The sealed value of `version`, if kept.
+    pub fn at(&self, version: u64) -> Option<&Sealed> {
+        if version == self.meta.version {
+            Some(&self.value)
+        } else {
+            self.older.get(&version)
+        }
+    }
+}
+
+impl ConfigRecord {
+    /// The value of `version`, if kept.
+    pub fn at(&self, version: u64) -> Option<&ConfigValue> {
+        if version == self.meta.version {
+            Some(&self.value)
+        } else {
+            self.older.get(&version)
+        }
+    }
 }
 
 /// Secrets or configs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum FileKind {
     /// `secret`.
     Secret,
@@ -120,23 +164,68 @@ impl State {
             .collect()
     }
 
-    /// A service may name only secrets and configs that exist.
+    /// A service may name only secrets and configs that exist, in a
+    /// version that is kept (0: the newest, pinned when it is stored).
     pub(crate) fn check_files(&self, spec: &gantry_spec::Service) -> Result<(), Rejected> {
-        if let Some(f) = spec
-            .secrets
-            .iter()
-            .find(|f| !self.secrets.contains_key(&f.source))
-        {
+        if let Some(f) = spec.secrets.iter().find(|f| {
+            self.secrets
+                .get(&f.source)
+                .is_none_or(|r| f.version != 0 && r.at(f.version).is_none())
+        }) {
             return Err(Rejected::NoSuchFile(FileKind::Secret, f.source.clone()));
         }
-        if let Some(f) = spec
-            .configs
-            .iter()
-            .find(|f| !self.configs.contains_key(&f.source))
-        {
+        if let Some(f) = spec.configs.iter().find(|f| {
+            self.configs
+                .get(&f.source)
+                .is_none_or(|r| f.version != 0 && r.at(f.version).is_none())
+        }) {
             return Err(Rejected::NoSuchFile(FileKind::Config, f.source.clone()));
         }
         Ok(())
+    }
+
+    /// The versions of secret (or config) `name` that services' specs,
+    /// current and previous, pin.
+    fn pinned_versions(&self, kind: FileKind, name: &str) -> std::collections::BTreeSet<u64> {
+        let refs = |s: &gantry_spec::Service| match kind {
+            FileKind::Secret => s.secrets.clone(),
+            FileKind::Config => s.configs.clone(),
+        };
+        self.services
+            .values()
+            .flat_map(|r| {
+                std::iter::once(&r.spec)
+                    .chain(r.previous.as_ref().map(|p| &p.1))
+                    .flat_map(refs)
+            })
+            .filter(|f| f.source == name)
+            .map(|f| f.version)
+            .collect()
+    }
+
+    /// Puts a secret: the value it replaces joins the older ones, and of
+    /// those only the versions a spec pins stay.
+    pub(crate) fn put_secret(&mut self, mut r: SecretRecord) {
+        let name = r.meta.name.clone();
+        let old = self
+            .secrets
+            .remove(&name)
+            .map(|o| (o.meta.version, o.value, o.older));
+        let pinned = self.pinned_versions(FileKind::Secret, &name);
+        keep_pinned(&mut r.older, r.meta.version, old, &pinned);
+        self.secrets.insert(name, r);
+    }
+
+    /// Puts a config, as [`State::put_secret`].
+    pub(crate) fn put_config(&mut self, mut r: ConfigRecord) {
+        let name = r.meta.name.clone();
+        let old = self
+            .configs
+            .remove(&name)
+            .map(|o| (o.meta.version, o.value, o.older));
+        let pinned = self.pinned_versions(FileKind::Config, &name);
+        keep_pinned(&mut r.older, r.meta.version, old, &pinned);
+        self.configs.insert(name, r);
     }
 
     /// One is removed only when it exists and no service uses it.
@@ -159,4 +248,22 @@ impl State {
             })
         }
     }
+}
+
+/// The older values of one put at `version`: those it had, and the one it
+/// replaces (`old`: version, value, older values), of which only the
+/// `pinned` versions stay.
+fn keep_pinned<V>(
+    older: &mut BTreeMap<u64, V>,
+    version: u64,
+    old: Option<(u64, V, BTreeMap<u64, V>)>,
+    pinned: &std::collections::BTreeSet<u64>,
+) {
+    if let Some((v, value, o)) = old {
+        older.extend(o);
+        if v != version {
+            older.insert(v, value);
+        }
+    }
+    older.retain(|v, _| pinned.contains(v) && *v != version);
 }

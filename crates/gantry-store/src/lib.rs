@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
 
 pub use gantry_state::{
-    Before, CertRecord, CertSource, ChallengeRecord, Command, ConfigRecord, FileKind, FileMeta,
-    NetworkRecord, NodeRecord, Rejected, RouteRecord, SecretRecord, ServiceRecord, State,
+    Before, CertRecord, CertSource, ChallengeRecord, Command, ConfigRecord, ConfigValue, FileKind,
+    FileMeta, NetworkRecord, NodeRecord, Rejected, RouteRecord, SecretRecord, ServiceRecord, State,
     TaskRecord, TaskState, UpdateStatus,
 };
 

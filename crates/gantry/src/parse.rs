@@ -103,9 +103,82 @@ pub(crate) fn key_value(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// A `--secret-add` or `--config-add` value, as Docker's: `NAME`, or
+/// `source=NAME[,target=PATH][,uid=N][,gid=N][,mode=OCTAL]`.
+pub(crate) fn file_ref(s: &str) -> Result<gantry_stack::FileRef, String> {
+    let mut f = gantry_stack::FileRef {
+        source: String::new(),
+        target: String::new(),
+        uid: 0,
+        gid: 0,
+        mode: 0o444,
+        version: 0,
+    };
+    if !s.contains('=') {
+        f.source = s.to_owned();
+    } else {
+        for part in s.split(',') {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("invalid {part:?} in {s:?}: use KEY=VALUE"))?;
+            let num = |v: &str| {
+                v.parse::<u32>()
+                    .map_err(|_| format!("invalid {k} {v:?}: a number"))
+            };
+            match k {
+                "source" | "src" => f.source = v.to_owned(),
+                "target" => f.target = v.to_owned(),
+                "uid" => f.uid = num(v)?,
+                "gid" => f.gid = num(v)?,
+                "mode" => {
+                    f.mode = u32::from_str_radix(v.trim_start_matches("0o"), 8)
+                        .ok()
+                        .filter(|m| *m <= 0o7777)
+                        .ok_or_else(|| format!("invalid mode {v:?}: octal, such as 0400"))?
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown option {k:?} in {s:?}: use source, target, uid, gid, mode"
+                    ))
+                }
+            }
+        }
+    }
+    if f.source.is_empty() {
+        return Err(format!("{s:?} names no source"));
+    }
+    if f.target.is_empty() {
+        f.target = f.source.clone();
+    }
+    Ok(f)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_refs_read_as_docker_writes_them() {
+        let f = file_ref("db_pw").unwrap();
+        assert_eq!(
+            (f.source.as_str(), f.target.as_str(), f.mode),
+            ("db_pw", "db_pw", 0o444)
+        );
+        let f = file_ref("source=app,target=/etc/app.conf,uid=999,gid=998,mode=0440").unwrap();
+        assert_eq!(
+            (f.source.as_str(), f.target.as_str(), f.uid, f.gid, f.mode),
+            ("app", "/etc/app.conf", 999, 998, 0o440)
+        );
+        for bad in [
+            "target=/x",
+            "source=a,mode=9",
+            "source=a,uid=-1",
+            "source=a,colour=red",
+            "source=a,mode",
+        ] {
+            assert!(file_ref(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn volumes() {

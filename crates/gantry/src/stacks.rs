@@ -42,6 +42,16 @@ pub(crate) fn load(
     env_file: Option<&Path>,
     profiles: &[String],
 ) -> anyhow::Result<gantry_stack::Stack> {
+    Ok(load_with_env(file, env_file, profiles)?.0)
+}
+
+/// [`load`], and the variables it was read with (`environment:` secrets
+/// and configs take their values from them).
+pub(crate) fn load_with_env(
+    file: &Path,
+    env_file: Option<&Path>,
+    profiles: &[String],
+) -> anyhow::Result<(gantry_stack::Stack, BTreeMap<String, String>)> {
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("read stack file {}", file.display()))?;
     let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -86,8 +96,54 @@ pub(crate) fn load(
     for w in &parsed.warnings {
         eprintln!("Warning: {w}");
     }
-    Ok(parsed.stack)
+    Ok((parsed.stack, env))
 }
+
+/// The secrets and configs a stack deployed as `stack` makes, with their
+/// values read (files, variables, content), labelled with the stack.
+pub(crate) fn file_values(
+    stack: &str,
+    s: &gantry_stack::Stack,
+    env: &BTreeMap<String, String>,
+) -> anyhow::Result<(Vec<gantry_api::FileCreate>, Vec<gantry_api::FileCreate>)> {
+    use base64::Engine;
+    use gantry_stack::FileSource;
+    let read = |kind: &str, decls: &BTreeMap<String, gantry_stack::FileDecl>| {
+        let mut out = Vec::new();
+        for (key, d) in decls {
+            let value: zeroize::Zeroizing<Vec<u8>> = match &d.source {
+                FileSource::External => continue,
+                FileSource::File(p) => zeroize::Zeroizing::new(
+                    std::fs::read(p)
+                        .with_context(|| format!("{kind} {key}: read {}", p.display()))?,
+                ),
+                FileSource::Environment(v) => zeroize::Zeroizing::new(
+                    env.get(v)
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("{kind} {key}: the {v} variable is not set")
+                        })?
+                        .clone()
+                        .into_bytes(),
+                ),
+                FileSource::Content(c) => zeroize::Zeroizing::new(c.clone().into_bytes()),
+            };
+            let mut labels = d.labels.clone();
+            labels.insert(STACK_NAMESPACE.to_owned(), stack.to_owned());
+            out.push(gantry_api::FileCreate {
+                name: d.cluster_name(stack, key),
+                labels,
+                data: base64::engine::general_purpose::STANDARD.encode(&value[..]),
+                template: d.template,
+            });
+        }
+        anyhow::Ok(out)
+    };
+    Ok((read("secret", &s.secrets)?, read("config", &s.configs)?))
+}
+
+/// The label of the secrets and configs a stack made, as Docker's (the
+/// manager removes them with the stack).
+const STACK_NAMESPACE: &str = "com.docker.stack.namespace";
 
 pub(crate) fn run(cmd: StackCmd) -> anyhow::Result<u8> {
     match cmd {

@@ -8,6 +8,8 @@ mod common;
 
 use common::cluster::*;
 use common::*;
+use std::time::Duration;
+
 use serde_json::Value;
 
 const CANARY: &str = "canary-5e1f0c2d9b s3cret #42";
@@ -236,4 +238,325 @@ fn an_autolocked_manager_serves_secrets_only_once_unlocked() {
         serde_json::from_slice(&d.cli(&["secret", "inspect", "api_key"]).stdout).unwrap();
     assert_eq!(v[0]["version"], 1, "{v}");
     assert!(holding(d.g.data.path(), CANARY.as_bytes()).is_empty());
+}
+
+/// Every file under `dir`, on `dir`'s own filesystem (what is written to
+/// its disk; a tmpfs mounted below is memory), that holds `needle`.
+fn on_disk_holding(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(dir).unwrap().dev();
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if m.dev() != dev {
+                continue;
+            }
+            if m.is_dir() {
+                stack.push(p);
+            } else if m.is_file() {
+                if let Ok(b) = std::fs::read(&p) {
+                    if b.windows(needle.len()).any(|w| w == needle) {
+                        out.push(p.display().to_string());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A node's assignment stream as the node gets it, for a few seconds,
+/// with its own certificate (which takes the stream over from its agent
+/// meanwhile; the agent connects again).
+fn node_stream(cl: &Cluster, i: usize) -> Vec<u8> {
+    let id: Value = serde_json::from_slice(
+        &std::fs::read(cl.agents[i].data.path().join("agent/identity.json")).unwrap(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for k in ["ca_pem", "cert_pem", "key_pem"] {
+        std::fs::write(dir.path().join(k), id[k].as_str().unwrap()).unwrap();
+    }
+    let p = |k: &str| dir.path().join(k).display().to_string();
+    let o = cl.lan.hosts[0]
+        .command("curl")
+        .args(["-sS", "-N", "--max-time", "4", "--cacert", &p("ca_pem")])
+        .args(["--cert", &p("cert_pem"), "--key", &p("key_pem")])
+        .arg(format!("https://{}/v1/agent/watch", cl.manager_addr()))
+        .output()
+        .unwrap();
+    assert!(!o.stdout.is_empty(), "no stream: {}", errtext(&o));
+    o.stdout
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The stack of the delivery test: a database-style service on node-1
+/// that reads its password, an API key and a templated config; another
+/// service on node-2 that uses none.
+fn db_stack(image: &str, dir: &std::path::Path) -> String {
+    format!(
+        r#"services:
+  db:
+    image: {image}
+    command: ["sh", "-c", "exec httpd -f -p 8080 -h /"]
+    stop_grace_period: 1s
+    healthcheck:
+      test: ["CMD", "grep", "-q", "good", "/run/secrets/db_password"]
+      interval: 1s
+      retries: 2
+    secrets:
+      - db_password
+      - source: api_key
+        target: /etc/keys/api
+        uid: "999"
+        gid: "998"
+        mode: 0400
+    configs:
+      - source: app
+        target: /etc/app.conf
+        uid: "999"
+        gid: "998"
+        mode: 0440
+    deploy:
+      placement: {{constraints: ["node.hostname == node-1"]}}
+      update_config: {{failure_action: rollback, monitor: 4s}}
+  other:
+    image: {image}
+    command: ["sh", "-c", "exec httpd -f -p 8080 -h /"]
+    stop_grace_period: 1s
+    deploy:
+      placement: {{constraints: ["node.hostname == node-2"]}}
+secrets:
+  db_password:
+    file: {dir}/db_password
+  api_key:
+    environment: GANTRY_TEST_API_KEY
+configs:
+  app:
+    content: "host={{{{ .Node.Hostname }}}} slot={{{{ .Task.Slot }}}} pw={{{{ secret \"db_password\" }}}}"
+    template_driver: golang
+"#,
+        dir = dir.display()
+    )
+}
+
+#[test]
+fn secrets_reach_only_their_tasks_in_memory_and_roll_when_they_change() {
+    let Some(mut cl) = Cluster::new(
+        "secrets_reach_only_their_tasks_in_memory_and_roll_when_they_change",
+        2,
+    ) else {
+        return;
+    };
+    // Every crate at debug: no log line at any level may hold a value.
+    cl.log_filter = Some("debug");
+    cl.kill_manager();
+    cl.start_manager();
+    cl.start_agent(0);
+    cl.start_agent(1);
+    let src = tempfile::tempdir().unwrap();
+    let mut value = format!("good {CANARY}").into_bytes();
+    value.extend_from_slice(b"\x00\xff\n");
+    std::fs::write(src.path().join("db_password"), &value).unwrap();
+    let stack_file = cl.logs.path().join("shop.yml");
+    std::fs::write(&stack_file, db_stack(&cl.image, src.path())).unwrap();
+    let deploy = |env_key: &str| {
+        cl.g.cmd_on(&cl.lan.hosts[0])
+            .env("GANTRY_CONFIG_DIR", cl.cfg.path())
+            .env("GANTRY_TEST_API_KEY", env_key)
+            .args(["deploy", "-d", "-f", stack_file.to_str().unwrap(), "shop"])
+            .output()
+            .unwrap()
+    };
+    let o = deploy("api-key-1");
+    assert!(o.status.success(), "{}", errtext(&o));
+    cl.wait_running("shop_db", &[("node-1", 1)], Duration::from_secs(60));
+    cl.wait_running("shop_other", &[("node-2", 1)], Duration::from_secs(60));
+
+    // In the container: the exact bytes, owners and modes.
+    let id = cl.container_of(0, "shop_db");
+    let exec = |args: &[&str]| {
+        let mut a = vec!["exec", id.as_str()];
+        a.extend(args);
+        cl.on_agent(0, &a)
+    };
+    assert_eq!(exec(&["cat", "/run/secrets/db_password"]).stdout, value);
+    assert_eq!(text(&exec(&["cat", "/etc/keys/api"])), "api-key-1");
+    let mut conf = b"host=node-1 slot=1 pw=".to_vec();
+    conf.extend_from_slice(&value);
+    assert_eq!(exec(&["cat", "/etc/app.conf"]).stdout, conf);
+    let modes = exec(&[
+        "stat",
+        "-c",
+        "%a %u %g",
+        "/run/secrets/db_password",
+        "/etc/keys/api",
+        "/etc/app.conf",
+    ]);
+    assert_eq!(
+        text(&modes),
+        "444 0 0\n400 999 998\n440 999 998\n",
+        "{}",
+        errtext(&modes)
+    );
+    let w = exec(&["sh", "-c", "echo x > /run/secrets/db_password"]);
+    assert!(!w.status.success(), "a secret must be read-only");
+
+    // On the node: on a tmpfs of the container's, nowhere on disk.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let agent_dir = cl.agents[0].data.path().display().to_string();
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.contains(&agent_dir) && l.contains("/files ") && l.contains(" - tmpfs ")),
+        "no tmpfs for the container's files under {agent_dir}:\n{mounts}"
+    );
+    let canary = CANARY.as_bytes();
+    let mut places = vec![cl.g.data.path().to_owned(), cl.logs.path().to_owned()];
+    places.extend(cl.agents.iter().map(|a| a.data.path().to_owned()));
+    for p in &places {
+        let found = on_disk_holding(p, canary);
+        assert!(found.is_empty(), "the canary is on disk in {found:?}");
+    }
+    // Nor in any answer or event.
+    for args in [
+        vec!["service", "inspect", "shop_db"],
+        vec!["service", "ps", "shop_db", "--format", "json"],
+        vec!["secret", "inspect", "shop_db_password"],
+        vec!["config", "ls", "--format", "json"],
+        vec!["events", "--since", "10m", "--no-follow"],
+    ] {
+        let out = cl.admin_ok(&args);
+        assert!(!out.contains(CANARY), "{args:?}: {out}");
+    }
+    assert!(!text(&cl.on_agent(0, &["inspect", &id])).contains(CANARY));
+    // Only node-1's stream carries it (base64, as the wire has it).
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&value);
+    let one = node_stream(&cl, 0);
+    assert!(
+        contains(&one, b64.as_bytes()),
+        "node-1's stream lacks its secret"
+    );
+    let two = node_stream(&cl, 1);
+    assert!(
+        !contains(&two, b64.as_bytes()) && !contains(&two, canary),
+        "node-2 runs no task that uses the secret, yet its stream has it"
+    );
+    let two = String::from_utf8_lossy(&two);
+    assert!(two.contains("shop_other"), "{two}");
+
+    // A new value rolls the service: same name, version 2.
+    let v2 = b"good two".to_vec();
+    std::fs::write(src.path().join("db_password"), &v2).unwrap();
+    let o = deploy("api-key-1");
+    assert!(o.status.success(), "{}", errtext(&o));
+    assert!(
+        text(&o).contains("Updating service shop_db"),
+        "{}",
+        text(&o)
+    );
+    let sec = cl.json(&["secret", "inspect", "shop_db_password"]);
+    assert_eq!(sec[0]["version"], 2);
+    wait_for(
+        "shop_db to roll to the new value",
+        Duration::from_secs(60),
+        || {
+            let id = cl
+                .containers(0)
+                .into_iter()
+                .find(|c| text(&cl.on_agent(0, &["inspect", c])).contains("shop_db"));
+            let got = id.map(|c| {
+                cl.on_agent(0, &["exec", &c, "cat", "/run/secrets/db_password"])
+                    .stdout
+            });
+            if got.as_deref() == Some(&v2[..]) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{:?}",
+                    got.map(|g| String::from_utf8_lossy(&g).into_owned())
+                ))
+            }
+        },
+    );
+    cl.wait_running("shop_db", &[("node-1", 1)], Duration::from_secs(60));
+    // The other service does not use it: untouched.
+    assert_eq!(
+        cl.json(&["service", "inspect", "shop_other"])[0]["version"],
+        1
+    );
+
+    // A value the health check refuses: the update rolls back to the
+    // previous value.
+    std::fs::write(src.path().join("db_password"), b"bad three").unwrap();
+    let o = deploy("api-key-1");
+    assert!(o.status.success(), "{}", errtext(&o));
+    wait_for(
+        "the bad value to roll back",
+        Duration::from_secs(90),
+        || {
+            let s = cl.json(&["service", "inspect", "shop_db"]);
+            if s[0]["update"]["state"] == "rolled_back" {
+                Ok(())
+            } else {
+                Err(format!("{}", s[0]["update"]))
+            }
+        },
+    );
+    cl.wait_running("shop_db", &[("node-1", 1)], Duration::from_secs(60));
+    let id = cl.container_of(0, "shop_db");
+    assert_eq!(
+        cl.on_agent(0, &["exec", &id, "cat", "/run/secrets/db_password"])
+            .stdout,
+        v2
+    );
+
+    // In use: not removable, and the error names the service.
+    let o = cl.admin(&["secret", "rm", "shop_db_password"]);
+    assert!(!o.status.success());
+    assert!(errtext(&o).contains("in use by shop_db"), "{}", errtext(&o));
+    // An external secret that does not exist fails the deploy, naming it.
+    let ext = cl.logs.path().join("ext.yml");
+    std::fs::write(
+        &ext,
+        format!(
+            "services:\n  a:\n    image: {}\n    secrets: [missing_pw]\nsecrets:\n  missing_pw:\n    external: true\n",
+            cl.image
+        ),
+    )
+    .unwrap();
+    let o = cl.admin(&["deploy", "-d", "-f", ext.to_str().unwrap(), "ext"]);
+    assert!(!o.status.success());
+    assert!(
+        errtext(&o).contains("secret missing_pw, which does not exist"),
+        "{}",
+        errtext(&o)
+    );
+    assert!(cl
+        .admin_ok(&["stack", "ls"])
+        .lines()
+        .all(|l| !l.starts_with("ext")));
+    // Removing the stack removes what it made, and stops the delivery.
+    cl.admin_ok(&["stack", "rm", "shop"]);
+    let left = cl.admin_ok(&["secret", "ls", "-q"]);
+    assert!(!left.contains("shop_"), "{left}");
+    wait_for("the files' tmpfs to go", Duration::from_secs(30), || {
+        let m = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        if m.lines()
+            .any(|l| l.contains(&agent_dir) && l.contains("/files "))
+        {
+            Err("still mounted".into())
+        } else {
+            Ok(())
+        }
+    });
 }

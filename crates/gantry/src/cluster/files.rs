@@ -21,6 +21,10 @@ pub(crate) enum FileCmd {
         /// Labels (KEY=VALUE).
         #[arg(short, long = "label")]
         label: Vec<String>,
+        /// `golang`: a config that is a file template, filled for each
+        /// task (`{{ .Task.Slot }}`, `{{ env "X" }}`, `{{ secret "x" }}`).
+        #[arg(long, value_parser = ["golang"])]
+        template_driver: Option<String>,
         /// Its name.
         name: String,
         /// The file that holds the value, or `-` for standard input.
@@ -89,7 +93,12 @@ pub(crate) fn file(ctx: &Ctx, kind: Kind, cmd: FileCmd) -> anyhow::Result<u8> {
     let c = client(ctx)?;
     let base = kind.path();
     match cmd {
-        FileCmd::Create { label, name, file } => {
+        FileCmd::Create {
+            label,
+            template_driver,
+            name,
+            file,
+        } => {
             let labels = label
                 .iter()
                 .map(|l| crate::parse::key_value(l).map_err(anyhow::Error::msg))
@@ -99,6 +108,7 @@ pub(crate) fn file(ctx: &Ctx, kind: Kind, cmd: FileCmd) -> anyhow::Result<u8> {
                 name,
                 labels,
                 data: base64::engine::general_purpose::STANDARD.encode(&value[..]),
+                template: template_driver.is_some(),
             };
             let v: gantry_api::FileView = call(c.post(base, &req))?;
             println!("{}", v.name);

@@ -115,6 +115,19 @@ pub(crate) struct UpdateArgs {
     /// Replica count.
     #[arg(long)]
     replicas: Option<u32>,
+    /// Give the service a secret (or change how it sees one): NAME, or
+    /// source=NAME,target=PATH,uid=N,gid=N,mode=0400.
+    #[arg(long = "secret-add", value_name = "SECRET", value_parser = crate::parse::file_ref)]
+    secret_add: Vec<gantry_stack::FileRef>,
+    /// Take a secret from the service.
+    #[arg(long = "secret-rm", value_name = "NAME")]
+    secret_rm: Vec<String>,
+    /// Give the service a config (as --secret-add).
+    #[arg(long = "config-add", value_name = "CONFIG", value_parser = crate::parse::file_ref)]
+    config_add: Vec<gantry_stack::FileRef>,
+    /// Take a config from the service.
+    #[arg(long = "config-rm", value_name = "NAME")]
+    config_rm: Vec<String>,
     /// Return at once.
     #[arg(short, long)]
     detach: bool,
@@ -152,7 +165,10 @@ pub(crate) enum ClusterStackCmd {
 }
 
 pub(crate) fn deploy(ctx: &Ctx, a: DeployArgs) -> anyhow::Result<u8> {
-    let stack = crate::stacks::load(&a.file, a.env_file.as_deref(), &a.profile)?;
+    let (mut stack, env) =
+        crate::stacks::load_with_env(&a.file, a.env_file.as_deref(), &a.profile)?;
+    let (secrets, configs) = crate::stacks::file_values(&a.stack, &stack, &env)?;
+    stack.resolve_files(&a.stack);
     gantry_stack::check::deploy(
         &a.stack,
         stack.services.iter().map(|(n, s)| (n.as_str(), s)),
@@ -164,6 +180,8 @@ pub(crate) fn deploy(ctx: &Ctx, a: DeployArgs) -> anyhow::Result<u8> {
         &DeployRequest {
             services: stack.services,
             prune: a.prune,
+            secrets,
+            configs,
         },
     ))?;
     for s in &r.created {
@@ -475,6 +493,10 @@ pub(crate) fn service(ctx: &Ctx, cmd: ServiceCmd) -> anyhow::Result<u8> {
                 label_rm: a.label_rm.clone(),
                 replicas: a.replicas,
                 command: None,
+                secret_add: a.secret_add.clone(),
+                secret_rm: a.secret_rm.clone(),
+                config_add: a.config_add.clone(),
+                config_rm: a.config_rm.clone(),
             };
             let _: ServiceView = call(c.post(&format!("/v1/services/{name}/update"), &u))?;
             println!("{name}");

@@ -29,6 +29,9 @@ pub struct Cluster {
     pub manager_args: Vec<String>,
     /// An ACME CA, when the test has one.
     pub pebble: Option<Pebble>,
+    /// `GANTRY_LOG` of the manager and agents started from now on (none:
+    /// debug for the server and the agent crates).
+    pub log_filter: Option<&'static str>,
 }
 
 pub struct Agent {
@@ -77,6 +80,7 @@ impl Cluster {
             lan,
             manager_args,
             pebble,
+            log_filter: None,
         };
         cl.push(&cl.image.clone());
         cl.start_manager();
@@ -123,7 +127,10 @@ impl Cluster {
             ])
             .args(&self.manager_args)
             .env("GANTRY_CONFIG_DIR", self.cfg.path())
-            .env("GANTRY_LOG", "info,gantry_server=debug")
+            .env(
+                "GANTRY_LOG",
+                self.log_filter.unwrap_or("info,gantry_server=debug"),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(self.log("manager.log"))
@@ -197,8 +204,11 @@ impl Cluster {
         if !token.is_empty() {
             c.args(["--token", token]);
         }
-        c.env("GANTRY_LOG", "info,gantry_agent=debug")
-            .stdin(Stdio::null());
+        c.env(
+            "GANTRY_LOG",
+            self.log_filter.unwrap_or("info,gantry_agent=debug"),
+        )
+        .stdin(Stdio::null());
         c
     }
 
