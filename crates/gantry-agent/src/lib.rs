@@ -338,7 +338,14 @@ async fn watch(agent: Arc<tasks::Agent>, client: Client) {
             .watch("/v1/agent/watch", move |u: AssignmentUpdate| {
                 let mut held = h2.lock().expect("held lock");
                 match u.change {
-                    Change::Full(set) => *held = Some(*set),
+                    Change::Full(mut set) => {
+                        // A locked manager withholds the certificates:
+                        // the proxies keep serving those they have.
+                        if set.certs_withheld {
+                            set.certs = held.as_ref().map(|h| h.certs.clone()).unwrap_or_default();
+                        }
+                        *held = Some(*set)
+                    }
                     Change::Delta(d) => match held.as_mut() {
                         Some(set) if last > 0 && u.seq == last + 1 => set.apply(*d),
                         _ => {

@@ -103,6 +103,9 @@ pub struct AssignmentDelta {
     /// Whether the node runs the edge proxy, when that changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub edge: Option<bool>,
+    /// Whether certificates are withheld, when that changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certs_withheld: Option<bool>,
 }
 
 impl AssignmentDelta {
@@ -155,6 +158,7 @@ impl Assignments {
             http01: BTreeMap::new(),
             alpn01: Vec::new(),
             edge: true,
+            certs_withheld: false,
         }
     }
 
@@ -183,6 +187,7 @@ impl Assignments {
             http01: changed(&self.http01, &new.http01),
             alpn01: changed(&self.alpn01, &new.alpn01),
             edge: changed(&self.edge, &new.edge),
+            certs_withheld: changed(&self.certs_withheld, &new.certs_withheld),
         }
     }
 
@@ -214,7 +219,11 @@ impl Assignments {
         if let Some(v) = d.routes {
             self.routes = v;
         }
-        if let Some(v) = d.certs {
+        if let Some(v) = d.certs_withheld {
+            self.certs_withheld = v;
+        }
+        // Withheld: the certificates held stay.
+        if let Some(v) = d.certs.filter(|_| !self.certs_withheld) {
             self.certs = v;
         }
         if let Some(v) = d.http01 {

@@ -261,9 +261,15 @@ pub struct Assignments {
     #[serde(default)]
     pub alpn01: Vec<Cert>,
     /// Whether this node runs the edge proxy: all nodes, unless some carry
-    /// the label `gantry.edge=true`, then only those.
+    /// the label `gantry.edge=true`, then only those. Only an edge node is
+    /// sent the certificates (and their keys).
     #[serde(default = "yes")]
     pub edge: bool,
+    /// The manager cannot open the certificates' keys (it is locked, see
+    /// `gantry unlock`): `certs` is not what the proxies should serve, and
+    /// the node keeps the certificates it holds.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub certs_withheld: bool,
 }
 
 fn yes() -> bool {

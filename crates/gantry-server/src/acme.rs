@@ -109,8 +109,17 @@ pub(crate) async fn run(sh: Arc<Shared>) {
                     .acme_issued
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 backoff.remove(&name);
-                if let Err(e) = sh.apply(vec![Command::PutCert(rec)]) {
-                    tracing::error!(%name, "storing the certificate: {e}");
+                let guard = sh.data_key.read().expect("data key lock");
+                match guard.as_ref() {
+                    None => {
+                        tracing::error!(%name, "the certificate cannot be stored: the manager is locked (gantry unlock)")
+                    }
+                    Some(key) => {
+                        let rec = crate::edge::seal_key(key, rec);
+                        if let Err(e) = sh.apply(vec![Command::PutCert(rec)]) {
+                            tracing::error!(%name, "storing the certificate: {e}");
+                        }
+                    }
                 }
             }
             Err(e) => {
@@ -262,6 +271,7 @@ async fn order(
         names,
         cert_pem: chain,
         key_pem,
+        key: None,
         not_after_ms,
         source: CertSource::Acme,
     })

@@ -114,6 +114,12 @@ impl Hub {
         (rx, keep)
     }
 
+    /// Starts a round now (something the rounds read besides the state
+    /// changed: the data key arrived).
+    pub(crate) fn kick(&self) {
+        self.kick.notify_one();
+    }
+
     /// Sends a stream a keep-alive line if it is still its node's stream
     /// and open. Returns false when it is not: the caller drops the handle,
     /// which ends a replaced stream (the hub no longer holds its sender),
@@ -159,7 +165,7 @@ pub(crate) async fn run(sh: Arc<Shared>) {
 
 /// The part every node shares (DNS and networks are scoped: each node
 /// gets those of its own networks).
-fn shared_part(s: &Cluster) -> Assignments {
+fn shared_part(s: &Cluster, key: Option<&gantry_pki::seal::DataKey>) -> Assignments {
     let mut a = Assignments::empty();
     a.peers = s
         .nodes
@@ -174,7 +180,7 @@ fn shared_part(s: &Cluster) -> Assignments {
             })
         })
         .collect();
-    a.certs = crate::edge::certs(s);
+    (a.certs, a.certs_withheld) = crate::edge::certs(s, key);
     a.http01 = s
         .challenges
         .values()
@@ -341,7 +347,7 @@ fn round_of(sh: &Shared, conns: &mut HashMap<String, Conn>) -> bool {
     conns.retain(|_, c| !c.tx.is_closed());
     let key = sh.data_key.read().expect("data key lock");
     let (shared, sc, inputs) = sh.read(|s| {
-        let shared = Arc::new(shared_part(s));
+        let shared = Arc::new(shared_part(s, key.as_ref()));
         let sc = Arc::new(scope::scoped(s));
         let facts = RoundFacts::of(s);
         let inputs: HashMap<String, NodeInput> = conns
@@ -393,6 +399,11 @@ fn round_of(sh: &Shared, conns: &mut HashMap<String, Conn>) -> bool {
                 a.routes = part.routes.clone();
                 a.ingress = part.ingress.clone();
                 a.edge = part.edge;
+                if !part.edge {
+                    // Certificates' keys go to edge nodes only.
+                    a.certs.clear();
+                    a.alpn01.clear();
+                }
                 a.addrs = scope::node_records(&sc, &scopes);
                 a.normalise();
                 (
@@ -412,6 +423,19 @@ fn round_of(sh: &Shared, conns: &mut HashMap<String, Conn>) -> bool {
                 d.network = (h.network != part.network).then(|| part.network.clone());
                 d.routes = (h.routes != part.routes).then(|| part.routes.clone());
                 d.edge = (h.edge != part.edge).then_some(part.edge);
+                // Certificates' keys go to edge nodes only: a node that
+                // turns edge gets them whole, one that stops gets none.
+                match (h.edge, part.edge) {
+                    (_, false) => {
+                        d.certs = h.edge.then(Vec::new);
+                        d.alpn01 = h.edge.then(Vec::new);
+                    }
+                    (false, true) => {
+                        d.certs = Some(shared.certs.clone());
+                        d.alpn01 = Some(shared.alpn01.clone());
+                    }
+                    (true, true) => {}
+                }
                 // Ingress is shared but for the node's TCP routes: sent
                 // whole whenever the node's list changed.
                 d.ingress = (h.ingress != part.ingress).then(|| part.ingress.clone());

@@ -20,6 +20,8 @@ use gantry_store::{
     CertRecord, CertSource, Command, RouteRecord, ServiceRecord, State as Cluster, TaskState,
 };
 
+use gantry_pki::seal::DataKey;
+
 use crate::api::{Fail, JsonBody, Peer};
 use crate::{now_ms, Shared};
 
@@ -134,16 +136,80 @@ pub(crate) fn routes_for(s: &Cluster, node: &str) -> (Vec<Route>, Vec<IngressPor
     (http, tcp)
 }
 
-/// The certificates every proxy serves.
-pub(crate) fn certs(s: &Cluster) -> Vec<Cert> {
-    s.certs
+/// The certificates every edge proxy serves, their keys opened with the
+/// data key; none when the manager is locked (the second value: withheld).
+pub(crate) fn certs(s: &Cluster, key: Option<&DataKey>) -> (Vec<Cert>, bool) {
+    let Some(key) = key else {
+        return (Vec::new(), !s.certs.is_empty());
+    };
+    let certs = s
+        .certs
         .values()
-        .map(|c| Cert {
-            names: c.names.clone(),
-            cert_pem: c.cert_pem.clone(),
-            key_pem: c.key_pem.clone(),
+        .filter_map(|c| match open_key(key, c) {
+            Ok(key_pem) => Some(Cert {
+                names: c.names.clone(),
+                cert_pem: c.cert_pem.clone(),
+                key_pem,
+            }),
+            Err(e) => {
+                tracing::error!(cert = %c.name, "{e}");
+                None
+            }
         })
-        .collect()
+        .collect();
+    (certs, false)
+}
+
+/// A certificate's private key: sealed (or, in a store from before keys
+/// were sealed, not yet).
+fn open_key(key: &DataKey, c: &CertRecord) -> Result<String, String> {
+    match &c.key {
+        None if !c.key_pem.is_empty() => Ok(c.key_pem.clone()),
+        None => Err("the certificate has no key".into()),
+        Some(sealed) => key
+            .open(sealed, &CertRecord::aad(&c.name, c.not_after_ms))
+            .ok()
+            .and_then(|k| String::from_utf8(k.to_vec()).ok())
+            .ok_or_else(|| "the certificate's key does not open with the data key".into()),
+    }
+}
+
+/// `rec` with its key sealed (and no longer in clear).
+pub(crate) fn seal_key(key: &DataKey, mut rec: CertRecord) -> CertRecord {
+    if !rec.key_pem.is_empty() {
+        let pem = zeroize::Zeroizing::new(std::mem::take(&mut rec.key_pem));
+        rec.key = Some(key.seal(
+            pem.as_bytes(),
+            &CertRecord::aad(&rec.name, rec.not_after_ms),
+        ));
+    }
+    rec
+}
+
+/// Seals the keys a store from before keys were sealed holds in clear,
+/// then rewrites the store's file so that no page of it holds them.
+pub(crate) fn seal_stored_keys(
+    store: &mut gantry_store::Store,
+    key: &DataKey,
+) -> Result<(), gantry_store::StoreError> {
+    let cmds: Vec<Command> = store
+        .state()
+        .certs
+        .values()
+        .filter(|c| !c.key_pem.is_empty())
+        .map(|c| Command::PutCert(seal_key(key, c.clone())))
+        .collect();
+    if cmds.is_empty() {
+        return Ok(());
+    }
+    let n = cmds.len();
+    store.apply_batch(&cmds)?;
+    store.rewrite()?;
+    tracing::info!(
+        certificates = n,
+        "certificate keys stored in clear are now sealed"
+    );
+    Ok(())
 }
 
 /// Names no public CA validates: the edge CA signs them at once.
@@ -225,6 +291,11 @@ pub(crate) fn internal_certs(sh: &Shared) -> Result<(), gantry_store::StoreError
         .into_iter()
         .map(|name| Command::RemoveCert { name })
         .collect();
+    let guard = sh.data_key.read().expect("data key lock");
+    let Some(key) = guard.as_ref() else {
+        tracing::warn!("internal certificates wait: the manager is locked (gantry unlock)");
+        return sh.apply(cmds);
+    };
     for name in missing {
         match sh
             .edge_ca
@@ -232,14 +303,16 @@ pub(crate) fn internal_certs(sh: &Shared) -> Result<(), gantry_store::StoreError
         {
             Ok((issued, not_after_ms)) => {
                 tracing::info!(%name, "certificate issued by the edge CA");
-                cmds.push(Command::PutCert(CertRecord {
+                let rec = CertRecord {
                     name: name.clone(),
                     names: vec![name],
                     cert_pem: issued.cert_pem,
                     key_pem: issued.key_pem,
+                    key: None,
                     not_after_ms,
                     source: CertSource::Internal,
-                }));
+                };
+                cmds.push(Command::PutCert(seal_key(key, rec)));
             }
             Err(e) => tracing::warn!(%name, "edge CA: {e}"),
         }
@@ -463,11 +536,19 @@ fn put_cert(sh: &Shared, req: CertAdd) -> Result<Json<CertView>, Fail> {
         names,
         cert_pem: req.cert_pem,
         key_pem: req.key_pem,
+        key: None,
         not_after_ms,
         source: CertSource::User,
     };
     let out = view(&rec);
-    sh.apply(vec![Command::PutCert(rec)])?;
+    let guard = sh.data_key.read().expect("data key lock");
+    let key = guard.as_ref().ok_or_else(|| {
+        Fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            crate::unlock::LOCKED_MESSAGE.into(),
+        )
+    })?;
+    sh.apply(vec![Command::PutCert(seal_key(key, rec))])?;
     Ok(Json(out))
 }
 

@@ -284,6 +284,10 @@ impl Manager {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| ServerError::Io(format!("chmod {}", path.display()), e))?;
         let (data_key, new_unlock_key) = unlock::open(&dir, cfg.autolock)?;
+        if let Some(key) = &data_key {
+            // Keys an older release stored in clear are sealed now.
+            edge::seal_stored_keys(&mut store, key)?;
+        }
         let meta = |s: &Store, k: &str| s.state().meta.get(k).cloned();
         let ca = match (meta(&store, "ca_cert"), meta(&store, "ca_key")) {
             (Some(c), Some(k)) => {
@@ -527,6 +531,80 @@ impl Manager {
 mod tests {
     use super::*;
 
+    fn config(dir: &std::path::Path) -> ServerConfig {
+        ServerConfig {
+            data_dir: dir.to_owned(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            advertise: String::new(),
+            grace: Duration::from_secs(3),
+            storm_ratio: 0.5,
+            config_dir: dir.join("cfg"),
+            default_strategy: gantry_sched::Strategy::Spread,
+            network: None,
+            vni: DEFAULT_VNI,
+            direct_routing: false,
+            dfp_override_labels: false,
+            acme: AcmeConfig {
+                directory: None,
+                ..AcmeConfig::default()
+            },
+            metrics: None,
+            autolock: false,
+        }
+    }
+
+    /// A data dir from before certificate keys were sealed (part 6) keeps
+    /// them in clear in its store: the manager seals them when it opens
+    /// it, and the store's file no longer holds them anywhere.
+    #[tokio::test]
+    async fn certificate_keys_stored_in_clear_are_sealed_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("manager")).unwrap();
+        let path = dir.path().join("manager/state.redb");
+        let ca = ClusterCa::generate("old-edge").unwrap();
+        let (issued, not_after_ms) = ca.issue_web(&["shop.test".into()], 90).unwrap();
+        let key_pem = issued.key_pem.clone();
+        {
+            let mut store = Store::open(&path).unwrap();
+            store
+                .apply(Command::PutCert(gantry_store::CertRecord {
+                    name: "shop.test".into(),
+                    names: vec!["shop.test".into()],
+                    cert_pem: issued.cert_pem.clone(),
+                    key_pem: key_pem.clone(),
+                    key: None,
+                    not_after_ms,
+                    source: gantry_store::CertSource::User,
+                }))
+                .unwrap();
+            store.snapshot().unwrap();
+        }
+        let body = key_pem.lines().nth(1).unwrap().to_owned();
+        let holds = |p: &std::path::Path| {
+            let b = std::fs::read(p).unwrap();
+            b.windows(body.len()).any(|w| w == body.as_bytes())
+        };
+        assert!(holds(&path), "the old store holds the key in clear");
+        let m = Manager::start(config(dir.path())).await.unwrap();
+        let rec = m.shared.read(|s| s.certs["shop.test"].clone());
+        assert!(rec.key_pem.is_empty() && rec.key.is_some());
+        // Still served, with the same key, to an edge node.
+        let (certs, withheld) = {
+            let key = m.shared.data_key.read().unwrap();
+            m.shared.read(|s| edge::certs(s, key.as_ref()))
+        };
+        assert!(!withheld);
+        assert_eq!(certs[0].key_pem, key_pem);
+        // Locked, the manager withholds them rather than send none.
+        let (none, withheld) = m.shared.read(|s| edge::certs(s, None));
+        assert!(none.is_empty() && withheld);
+        m.stop();
+        assert!(!holds(&path), "the key is still in the store's file");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
     /// A store from before only the hash was kept holds the token whole:
     /// the manager replaces it at start, and the log that held it is
     /// trimmed.
@@ -552,27 +630,7 @@ mod tests {
                 ])
                 .unwrap();
         }
-        let m = Manager::start(ServerConfig {
-            data_dir: dir.path().to_owned(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            advertise: String::new(),
-            grace: Duration::from_secs(3),
-            storm_ratio: 0.5,
-            config_dir: dir.path().join("cfg"),
-            default_strategy: gantry_sched::Strategy::Spread,
-            network: None,
-            vni: DEFAULT_VNI,
-            direct_routing: false,
-            dfp_override_labels: false,
-            acme: AcmeConfig {
-                directory: None,
-                ..AcmeConfig::default()
-            },
-            metrics: None,
-            autolock: false,
-        })
-        .await
-        .unwrap();
+        let m = Manager::start(config(dir.path())).await.unwrap();
         let meta = m.shared.read(|s| s.meta.clone());
         assert!(!meta.contains_key("join_token"));
         let nonce = &meta[TOKEN_NONCE_KEY];

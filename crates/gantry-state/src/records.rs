@@ -237,12 +237,27 @@ pub struct CertRecord {
     pub names: Vec<String>,
     /// The chain, leaf first.
     pub cert_pem: String,
-    /// The private key.
+    /// The private key in clear: only in a store from before keys were
+    /// sealed, until the manager seals it ([`CertRecord::key`]) when it
+    /// opens the store with the data key.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key_pem: String,
+    /// The private key, sealed with the cluster's data key, bound to
+    /// [`CertRecord::aad`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<gantry_pki::seal::Sealed>,
     /// Expiry, milliseconds since the epoch.
     pub not_after_ms: u64,
     /// Where it came from.
     pub source: CertSource,
+}
+
+impl CertRecord {
+    /// What a certificate's sealed key is bound to: its name and expiry,
+    /// so that a key moved onto another certificate does not open.
+    pub fn aad(name: &str, not_after_ms: u64) -> Vec<u8> {
+        format!("gantry cert key {name} {not_after_ms}").into_bytes()
+    }
 }
 
 /// A pending ACME challenge, answered by every proxy.

@@ -65,6 +65,7 @@ struct Snapshot {
 
 /// The durable cluster state.
 pub struct Store {
+    path: std::path::PathBuf,
     db: Arc<Database>,
     state: State,
     index: u64,
@@ -124,6 +125,7 @@ impl Store {
         drop(log);
         drop(r);
         let mut store = Self {
+            path: path.to_owned(),
             db: Arc::new(db),
             state,
             index,
@@ -284,6 +286,36 @@ impl Store {
     /// Writes the state as a snapshot and trims the log it covers.
     pub fn snapshot(&mut self) -> Result<(), StoreError> {
         self.snapshot_with(None)
+    }
+
+    /// Writes the state as a snapshot into a new database file that
+    /// replaces the store's (with the same permissions): nothing the old
+    /// file held, in its log or in pages it had freed, is in the new one.
+    /// For a value that must leave the disk (a key stored in clear by an
+    /// older release).
+    pub fn rewrite(&mut self) -> Result<(), StoreError> {
+        self.settle()?;
+        let io = |e: std::io::Error| StoreError::Db(redb::Error::Io(e));
+        let tmp = self.path.with_extension("redb.new");
+        let _ = std::fs::remove_file(&tmp);
+        let mode = std::fs::metadata(&self.path).map_err(io)?.permissions();
+        {
+            let db = Database::create(&tmp).map_err(dberr)?;
+            std::fs::set_permissions(&tmp, mode).map_err(io)?;
+            let w = db.begin_write().map_err(dberr)?;
+            w.open_table(LOG).map_err(dberr)?;
+            w.open_table(SNAPSHOT).map_err(dberr)?;
+            w.commit().map_err(dberr)?;
+            let snap = Snapshot {
+                index: self.index,
+                state: self.state.clone(),
+            };
+            write_snapshot(&db, &snap, Some(FORMAT))?;
+        }
+        std::fs::rename(&tmp, &self.path).map_err(io)?;
+        self.db = Arc::new(Database::create(&self.path).map_err(dberr)?);
+        self.snapshot_index = self.index;
+        Ok(())
     }
 
     /// The format the store is in (see [`FORMAT`]).

@@ -334,6 +334,9 @@ fn db_stack(image: &str, dir: &std::path::Path) -> String {
     stop_grace_period: 1s
     deploy:
       placement: {{constraints: ["node.hostname == node-2"]}}
+      labels:
+        gantry.http.host: other.shop.test
+        gantry.http.port: "8080"
 secrets:
   db_password:
     file: {dir}/db_password
@@ -438,7 +441,28 @@ fn secrets_reach_only_their_tasks_in_memory_and_roll_when_they_change() {
         assert!(!out.contains(CANARY), "{args:?}: {out}");
     }
     assert!(!text(&cl.on_agent(0, &["inspect", &id])).contains(CANARY));
-    // Only node-1's stream carries it (base64, as the wire has it).
+    // Only node-1's stream carries it (base64, as the wire has it); and
+    // once node-1 is the only edge node, only its stream carries the
+    // private keys of the edge certificates, which are sealed at rest.
+    cl.admin_ok(&[
+        "node",
+        "update",
+        "--label-add",
+        "gantry.edge=true",
+        "node-1",
+    ]);
+    wait_for(
+        "other.shop.test's certificate",
+        Duration::from_secs(30),
+        || {
+            let out = cl.admin_ok(&["cert", "ls", "--format", "json"]);
+            if out.contains("other.shop.test") {
+                Ok(())
+            } else {
+                Err(out)
+            }
+        },
+    );
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(&value);
     let one = node_stream(&cl, 0);
@@ -446,10 +470,29 @@ fn secrets_reach_only_their_tasks_in_memory_and_roll_when_they_change() {
         contains(&one, b64.as_bytes()),
         "node-1's stream lacks its secret"
     );
+    // The certificate's key, as the edge node got it: a line of it.
+    let key_line = String::from_utf8_lossy(&one)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find_map(|v| {
+            let certs = v["full"]["certs"].as_array()?.clone();
+            let c = certs.iter().find(|c| c["names"][0] == "other.shop.test")?;
+            Some(c["key_pem"].as_str()?.lines().nth(1)?.to_owned())
+        })
+        .expect("the edge node's stream lacks the certificate and its key");
+    let found = on_disk_holding(cl.g.data.path(), key_line.as_bytes());
+    assert!(
+        found.is_empty(),
+        "the certificate's key is in clear in {found:?}"
+    );
     let two = node_stream(&cl, 1);
     assert!(
         !contains(&two, b64.as_bytes()) && !contains(&two, canary),
         "node-2 runs no task that uses the secret, yet its stream has it"
+    );
+    assert!(
+        !contains(&two, key_line.as_bytes()) && !contains(&two, b"PRIVATE KEY"),
+        "node-2 is no edge node, yet its stream has keys"
     );
     let two = String::from_utf8_lossy(&two);
     assert!(two.contains("shop_other"), "{two}");
