@@ -10,10 +10,18 @@
 #
 #   sudo bash scripts/bench-replicas.sh          # NS="100 300 1000"
 #
+# With MODES="plain files", each N is deployed twice: plain, and with two
+# secrets and a templated config per task (files on a tmpfs in each
+# container); then the stack's value changes and is deployed again (plain:
+# an environment variable; files: the secret's value), and the time until
+# all N tasks run the new version is printed too (update_config:
+# parallelism 50, monitor 1s).
+#
 # It brings the demo up (scripts/demo.sh) and takes it down at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NS=${NS:-"100 300 1000"}
+MODES=${MODES:-plain}
 TIMEOUT=${TIMEOUT:-600}
 bash scripts/install-deps.sh
 [ -n "${GANTRY_BIN:-}" ] || cargo build --release --locked -q -p gantry
@@ -71,18 +79,44 @@ elapsed() { awk -v a="$(date +%s.%N)" -v b="$1" 'BEGIN {printf "%.1f", a - b}'; 
 
 base=$(containers)
 echo "# the demo runs $base task containers" >&2
-echo "| replicas | all running after (s) | nodes marked down | task containers after (N + $base) | stack rm: only the demo's after (s) | site requests | site failures |"
-echo "|---|---|---|---|---|---|---|"
+rolled() { # the new version runs everywhere: update completed, N running
+  "$G" service inspect big_many 2>/dev/null |
+    jq -e --argjson n "$1" '.[0] | .version >= 2 and .update.state == "completed" and .running >= $n' >/dev/null 2>&1
+}
+echo "| replicas | mode | all running after (s) | new value rolled out after (s) | nodes marked down | task containers after (N + $base) | stack rm: only the demo's after (s) | site requests | site failures |"
+echo "|---|---|---|---|---|---|---|---|---|"
 for N in $NS; do
-  cat >"$work/stack.yml" <<EOF
+ for MODE in $MODES; do
+  printf 'good %s\n' "$(head -c 16 /dev/urandom | base64)" >"$work/pw"
+  files_use=""
+  files_top=""
+  if [ "$MODE" = files ]; then
+    files_use='    secrets: [db_password, {source: api_key, target: /etc/api_key, uid: "1000", mode: 0400}]
+    configs: [{source: app, target: /etc/app.conf}]'
+    files_top="secrets:
+  db_password: {file: $work/pw}
+  api_key: {file: $work/pw}
+configs:
+  app:
+    content: 'slot={{ .Task.Slot }} pw={{ secret \"db_password\" }}'
+    template_driver: golang"
+  fi
+  write_stack() {
+    cat >"$work/stack.yml" <<EOF
 services:
   many:
     image: $REG/demo/jfc:1
     command: ["sleep", "100000"]
     stop_grace_period: 1s
+    environment: {ROUND: "$1"}
+$files_use
     deploy:
       replicas: $N
+      update_config: {parallelism: 50, monitor: 1s}
+$files_top
 EOF
+  }
+  write_stack 1
   d0=$(downs)
   load_start
   t0=$(date +%s.%N)
@@ -90,6 +124,20 @@ EOF
   run_s=timeout
   for _ in $(seq $((TIMEOUT * 2))); do
     if [ "$(running)" -ge "$N" ]; then run_s=$(elapsed "$t0"); break; fi
+    sleep 0.5
+  done
+  sleep 3
+  # A new value: the secret's (files), the environment's (plain).
+  if [ "$MODE" = files ]; then
+    printf 'good %s\n' "$(head -c 16 /dev/urandom | base64)" >"$work/pw"
+  else
+    write_stack 2
+  fi
+  t2=$(date +%s.%N)
+  "$G" deploy -d -f "$work/stack.yml" big >/dev/null
+  roll_s=timeout
+  for _ in $(seq $((TIMEOUT * 2))); do
+    if rolled "$N"; then roll_s=$(elapsed "$t2"); break; fi
     sleep 0.5
   done
   sleep 3
@@ -104,6 +152,7 @@ EOF
   load_stop
   read -r reqs failed <"$work/wrk.sum"
   d1=$(downs)
-  echo "| $N | $run_s | $((d1 - d0)) | $after | $rm_s | $reqs | $failed |"
+  echo "| $N | $MODE | $run_s | $roll_s | $((d1 - d0)) | $after | $rm_s | $reqs | $failed |"
   sleep 5
+ done
 done

@@ -16,14 +16,12 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use gantry_api::{
-    Event, JoinRequest, JoinResponse, JoinTokenView, NodeUpdate, NodeView, ServiceUpdate,
-    ServiceView, StatusReport,
+    Event, JoinRequest, JoinResponse, JoinTokenView, NodeUpdate, NodeView, StatusReport,
 };
 use gantry_pki::{JoinToken, Role};
-use gantry_spec::{Mode, Service};
 use gantry_store::{Command, Rejected, State as Cluster, StoreError, TaskRecord, TaskState};
 
-use crate::{files, stacks};
+use crate::{files, services, stacks};
 
 use crate::{new_id, now_ms, Shared};
 
@@ -212,13 +210,13 @@ fn router(sh: Arc<Shared>) -> Router {
         .route("/v1/nodes/{id}/confirm-down", post(node_confirm_down))
         .route("/v1/stacks", get(stacks::ls))
         .route("/v1/stacks/{name}", post(stacks::deploy).delete(stacks::rm))
-        .route("/v1/services", get(services))
+        .route("/v1/services", get(services::ls))
         .route(
             "/v1/services/{name}",
-            get(service_inspect).delete(service_rm),
+            get(services::inspect).delete(services::rm),
         )
-        .route("/v1/services/{name}/update", post(service_update))
-        .route("/v1/services/{name}/rollback", post(service_rollback))
+        .route("/v1/services/{name}/update", post(services::update))
+        .route("/v1/services/{name}/rollback", post(services::rollback))
         .route("/v1/tasks", get(tasks))
         .route("/v1/events", get(events))
         .route("/v1/logs", get(crate::logs::logs))
@@ -643,163 +641,6 @@ async fn node_rm(
     sh.apply(cmds)?;
     sh.seen.lock().expect("seen lock").remove(&id);
     Ok(Json(id))
-}
-
-fn service_view(s: &Cluster, name: &str) -> Option<ServiceView> {
-    let rec = s.services.get(name)?.clone();
-    let tasks: Vec<&TaskRecord> = s.tasks_of(name).collect();
-    let running = tasks
-        .iter()
-        .filter(|t| t.desired == TaskState::Running && t.state == TaskState::Running)
-        .count() as u32;
-    let (mode, desired) = match rec.spec.mode {
-        Mode::Replicated { replicas } => ("replicated", replicas),
-        Mode::Global => (
-            "global",
-            tasks
-                .iter()
-                .filter(|t| t.desired == TaskState::Running)
-                .count() as u32,
-        ),
-    };
-    Some(ServiceView {
-        mode: mode.into(),
-        running,
-        desired,
-        image: rec.spec.image.clone(),
-        record: rec,
-    })
-}
-
-async fn services(State(sh): Sh, Extension(peer): Extension<Peer>) -> Res<Vec<ServiceView>> {
-    peer.admin()?;
-    Ok(Json(sh.read(|s| {
-        s.services
-            .keys()
-            .filter_map(|n| service_view(s, n))
-            .collect()
-    })))
-}
-
-async fn service_inspect(
-    State(sh): Sh,
-    Extension(peer): Extension<Peer>,
-    Path(name): Path<String>,
-) -> Res<ServiceView> {
-    peer.admin()?;
-    sh.read(|s| service_view(s, &name))
-        .map(Json)
-        .ok_or_else(|| not_found(format!("no such service: {name}")))
-}
-
-async fn service_rm(
-    State(sh): Sh,
-    Extension(peer): Extension<Peer>,
-    Path(name): Path<String>,
-) -> Res<String> {
-    peer.admin()?;
-    sh.apply(vec![Command::RemoveService { name: name.clone() }])?;
-    Ok(Json(name))
-}
-
-fn apply_update(svc: &mut Service, u: &ServiceUpdate) -> Result<(), Fail> {
-    if let Some(i) = &u.image {
-        if i.trim().is_empty() {
-            return Err(bad("--image must not be empty"));
-        }
-        svc.image = i.clone();
-    }
-    for k in &u.env_rm {
-        svc.environment.remove(k);
-    }
-    svc.environment.extend(u.env_add.clone());
-    for k in &u.label_rm {
-        svc.labels.remove(k);
-    }
-    svc.labels.extend(u.label_add.clone());
-    if let Some(c) = &u.command {
-        svc.command = Some(c.clone());
-    }
-    // As Docker's: removals first, then additions (one that names a
-    // source the service has replaces it).
-    let edit =
-        |refs: &mut Vec<gantry_spec::FileRef>, rm: &[String], add: &[gantry_spec::FileRef]| {
-            refs.retain(|f| !rm.contains(&f.source) && !add.iter().any(|a| a.source == f.source));
-            refs.extend(add.iter().cloned());
-        };
-    edit(&mut svc.secrets, &u.secret_rm, &u.secret_add);
-    edit(&mut svc.configs, &u.config_rm, &u.config_add);
-    if let Some(n) = u.replicas {
-        match &mut svc.mode {
-            Mode::Replicated { replicas } => *replicas = n,
-            Mode::Global => {
-                return Err(bad(
-                    "scale can only be used with replicated services; this one is global",
-                ))
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn service_update(
-    State(sh): Sh,
-    Extension(peer): Extension<Peer>,
-    Path(name): Path<String>,
-    JsonBody(u): JsonBody<ServiceUpdate>,
-) -> Res<ServiceView> {
-    peer.admin()?;
-    let mut failed = None;
-    sh.update(|s| {
-        let Some(rec) = s.services.get(&name) else {
-            failed = Some(not_found(format!("no such service: {name}")));
-            return Vec::new();
-        };
-        let mut svc = rec.spec.clone();
-        if let Err(e) = apply_update(&mut svc, &u) {
-            failed = Some(e);
-            return Vec::new();
-        }
-        let short = name
-            .strip_prefix(&format!("{}_", rec.stack))
-            .unwrap_or(&name);
-        if let Err(e) = gantry_stack::check::service(short, &svc) {
-            failed = Some(bad(e));
-            return Vec::new();
-        }
-        if let Err(e) = crate::edge::label_routes(&name, &svc) {
-            failed = Some(bad(format!("service {name}: {e}")));
-            return Vec::new();
-        }
-        vec![Command::PutService {
-            name: name.clone(),
-            stack: rec.stack.clone(),
-            spec: Box::new(svc),
-            vip: None,
-        }]
-    })?;
-    if let Some(f) = failed {
-        return Err(f);
-    }
-    sh.read(|s| service_view(s, &name))
-        .map(Json)
-        .ok_or_else(|| not_found(format!("no such service: {name}")))
-}
-
-async fn service_rollback(
-    State(sh): Sh,
-    Extension(peer): Extension<Peer>,
-    Path(name): Path<String>,
-) -> Res<ServiceView> {
-    peer.admin()?;
-    sh.apply(vec![Command::RollbackService {
-        name: name.clone(),
-        reason: "rollback requested".into(),
-        at_ms: now_ms(),
-    }])?;
-    sh.read(|s| service_view(s, &name))
-        .map(Json)
-        .ok_or_else(|| not_found(format!("no such service: {name}")))
 }
 
 #[derive(Deserialize)]

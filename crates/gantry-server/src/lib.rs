@@ -21,6 +21,7 @@ mod logs;
 mod metrics;
 mod networks;
 mod orchestrate;
+mod services;
 mod stacks;
 mod unlock;
 

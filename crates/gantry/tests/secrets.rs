@@ -230,8 +230,52 @@ fn an_autolocked_manager_serves_secrets_only_once_unlocked() {
         assert!(!o.status.success(), "{bad}");
         assert!(errtext(&o).contains(want), "{bad}: {}", errtext(&o));
     }
+    // A task that starts while the manager is locked cannot have its
+    // secret: it fails, saying why (and nothing else of it runs).
+    d.g.busybox_image("bb:1");
+    let stack = dir.path().join("s.yml");
+    std::fs::write(
+        &stack,
+        "services:\n  app:\n    image: bb:1\n    command: [sleep, '100000']\n    stop_grace_period: 1s\n    secrets: [{source: api_key}]\n    deploy:\n      restart_policy: {condition: none}\nsecrets:\n  api_key: {external: true}\n",
+    )
+    .unwrap();
+    let o = d.cli(&["deploy", "-d", "-f", stack.to_str().unwrap(), "lk"]);
+    assert!(o.status.success(), "{}", errtext(&o));
+    let ps = |d: &Dev| text(&d.cli(&["service", "ps", "lk_app", "--format", "json"]));
+    wait_for(
+        "the locked task to fail",
+        std::time::Duration::from_secs(30),
+        || {
+            let out = ps(&d);
+            if out.contains("the manager is locked (gantry unlock)") {
+                Ok(())
+            } else {
+                Err(out)
+            }
+        },
+    );
     let o = unlock(&d, &key);
     assert!(o.status.success(), "{}", errtext(&o));
+    // Unlocked: a new task gets the secret.
+    let o = d.cli(&["service", "update", "-d", "--env-add", "X=1", "lk_app"]);
+    assert!(o.status.success(), "{}", errtext(&o));
+    wait_for(
+        "the task to run",
+        std::time::Duration::from_secs(30),
+        || {
+            let out = ps(&d);
+            let tasks: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+            if tasks
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t["state"] == "running"))
+            {
+                Ok(())
+            } else {
+                Err(out)
+            }
+        },
+    );
+    assert!(d.cli(&["stack", "rm", "lk"]).status.success());
     // Unlocked: the same value again opens the old one and changes nothing.
     assert!(create(&d).status.success());
     let v: Value =
