@@ -164,8 +164,6 @@ const DIFFERENT: &[(&str, &str)] = &[
         "invalid-image",
         "Swarm's CLI does not check image references; the engine refuses them later",
     ),
-    ("secrets-top-level", "secrets arrive in Gantry's part 8"),
-    ("configs-top-level", "configs arrive in Gantry's part 8"),
     (
         "volume-driver-unknown",
         "Gantry's volumes use the local driver only",
@@ -220,6 +218,8 @@ fn comparable_ours(s: &gantry_stack::Service) -> Value {
         "max_per_node": s.max_replicas_per_node,
         "endpoint_mode": format!("{:?}", s.endpoint_mode).to_lowercase(),
         "constraints": s.constraints.iter().map(|c| c.replace(' ', "").to_lowercase()).collect::<Vec<_>>(),
+        "secrets": s.secrets.iter().map(|f| json!([f.source, f.secret_path(), f.uid, f.gid, f.mode])).collect::<Vec<_>>(),
+        "configs": s.configs.iter().map(|f| json!([f.source, f.config_path(), f.uid, f.gid, f.mode])).collect::<Vec<_>>(),
     })
 }
 
@@ -283,7 +283,36 @@ fn comparable_docker(s: &Value) -> Value {
         "max_per_node": num(&d["placement"]["max_replicas_per_node"]),
         "endpoint_mode": d["endpoint_mode"].as_str().unwrap_or("vip"),
         "constraints": strs(&d["placement"]["constraints"]).unwrap_or_default().iter().map(|c| c.replace(' ', "").to_lowercase()).collect::<Vec<_>>(),
+        // Swarm's defaults: a secret at /run/secrets/TARGET, a config at
+        // /TARGET (TARGET: the source unless given).
+        "secrets": files(&s["secrets"], "/run/secrets/"),
+        "configs": files(&s["configs"], "/"),
     })
+}
+
+fn files(v: &Value, under: &str) -> Vec<Value> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|f| {
+                    let source = f["source"].as_str().unwrap_or_default();
+                    let target = f["target"].as_str().unwrap_or(source);
+                    let path = if target.starts_with('/') {
+                        target.to_owned()
+                    } else {
+                        format!("{under}{target}")
+                    };
+                    let id = |k: &str| {
+                        f[k].as_str()
+                            .and_then(|v| v.parse::<u32>().ok())
+                            .unwrap_or(0)
+                    };
+                    let mode = f["mode"].as_u64().unwrap_or(0o444);
+                    json!([source, path, id("uid"), id("gid"), mode])
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[test]
