@@ -246,6 +246,10 @@ fn router(sh: Arc<Shared>) -> Router {
         )
         .route("/v1/unlock", axum::routing::post(crate::unlock::unlock))
         .route(
+            "/v1/unlock-key/rotate",
+            axum::routing::post(crate::unlock::rotate),
+        )
+        .route(
             "/v1/secrets",
             get(files::ls::<files::Secrets>).post(files::create::<files::Secrets>),
         )

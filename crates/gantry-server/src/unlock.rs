@@ -51,6 +51,16 @@ pub(crate) fn open(
     if !autolock {
         return Ok((Some(key), None));
     }
+    let unlock = write_locked(dir, &key)?;
+    std::fs::remove_file(&plain).map_err(|e| io("remove", &plain, e))?;
+    Ok((Some(key), Some(unlock)))
+}
+
+/// Seals the data key with a new unlock key into the locked key's file
+/// (replaced whole, or not at all); returns the unlock key.
+fn write_locked(dir: &Path, key: &DataKey) -> Result<UnlockKey, ServerError> {
+    let io = |what: &str, p: &Path, e| ServerError::Io(format!("{what} {}", p.display()), e);
+    let locked = dir.join(LOCKED);
     let unlock = UnlockKey::generate();
     let text = serde_json::to_vec(&key.lock(&unlock)).expect("a sealed value serialises");
     let tmp = dir.join(format!("{LOCKED}.new"));
@@ -64,8 +74,43 @@ pub(crate) fn open(
     f.write_all(&text).map_err(|e| io("write", &tmp, e))?;
     f.sync_all().map_err(|e| io("sync", &tmp, e))?;
     std::fs::rename(&tmp, &locked).map_err(|e| io("rename", &locked, e))?;
-    std::fs::remove_file(&plain).map_err(|e| io("remove", &plain, e))?;
-    Ok((Some(key), Some(unlock)))
+    Ok(unlock)
+}
+
+/// `POST /v1/unlock-key/rotate`'s answer: the new unlock key.
+#[derive(serde::Serialize)]
+pub(crate) struct UnlockKeyView {
+    key: String,
+}
+
+/// `POST /v1/unlock-key/rotate` (`gantry unlock-key --rotate`): an
+/// autolocked, unlocked manager seals its data key with a new unlock key,
+/// answered once; the old one no longer opens it.
+pub(crate) async fn rotate(
+    State(sh): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+) -> Result<Json<UnlockKeyView>, Fail> {
+    peer.admin()?;
+    let dir = sh.cfg.data_dir.join("manager");
+    if !dir.join(LOCKED).exists() {
+        return Err(Fail(
+            axum::http::StatusCode::CONFLICT,
+            "autolock is off: there is no unlock key (start the manager with --autolock)".into(),
+        ));
+    }
+    let guard = sh.data_key.read().expect("data key lock");
+    let key = guard.as_ref().ok_or_else(|| {
+        Fail(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            LOCKED_MESSAGE.into(),
+        )
+    })?;
+    let unlock = write_locked(&dir, key)
+        .map_err(|e| Fail(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    tracing::info!(key = key.id(), "unlock key rotated");
+    Ok(Json(UnlockKeyView {
+        key: unlock.reveal().to_string(),
+    }))
 }
 
 /// `POST /v1/unlock`: the unlock key, for a locked manager.

@@ -174,6 +174,16 @@ enum Cmd {
     /// Give a locked manager (server --autolock) its unlock key, from
     /// standard input.
     Unlock,
+    /// The unlock key of an autolocked manager: kept nowhere, so only
+    /// `--rotate` (a new one, shown once; the old one stops working).
+    UnlockKey {
+        /// Make a new unlock key.
+        #[arg(long)]
+        rotate: bool,
+        /// Print the key only.
+        #[arg(short, long)]
+        quiet: bool,
+    },
 }
 
 /// Everything a command needs from the global flags.
@@ -319,5 +329,6 @@ fn dispatch(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<u8> {
         Cmd::Secret(c) => cluster::file(ctx, cluster::FileKind::Secret, c),
         Cmd::Config(c) => cluster::file(ctx, cluster::FileKind::Config, c),
         Cmd::Unlock => cluster::unlock(ctx),
+        Cmd::UnlockKey { rotate, quiet } => cluster::unlock_key(ctx, rotate, quiet),
     }
 }

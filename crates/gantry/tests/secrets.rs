@@ -149,6 +149,10 @@ fn secrets_are_sealed_and_never_answered_back() {
         text(&d.cli(&["secret", "inspect", "db_password"]))
     );
     assert!(!all.contains("canary"), "{all}");
+    // Without autolock there is no unlock key to rotate.
+    let o = d.cli(&["unlock-key", "--rotate"]);
+    assert!(!o.status.success());
+    assert!(errtext(&o).contains("autolock is off"), "{}", errtext(&o));
     // The data key is its own file, private.
     let key = d.g.data.path().join("manager/data.key");
     use std::os::unix::fs::PermissionsExt;
@@ -282,6 +286,24 @@ fn an_autolocked_manager_serves_secrets_only_once_unlocked() {
         serde_json::from_slice(&d.cli(&["secret", "inspect", "api_key"]).stdout).unwrap();
     assert_eq!(v[0]["version"], 1, "{v}");
     assert!(holding(d.g.data.path(), CANARY.as_bytes()).is_empty());
+
+    // A new unlock key: shown once; after a restart the old one no longer
+    // unlocks, the new one does.
+    let o = d.cli(&["unlock-key"]);
+    assert!(!o.status.success());
+    assert!(errtext(&o).contains("--rotate"), "{}", errtext(&o));
+    let o = d.cli(&["unlock-key", "--rotate", "-q"]);
+    assert!(o.status.success(), "{}", errtext(&o));
+    let new_key = text(&o).trim().to_owned();
+    assert!(new_key.starts_with("GKEY-1-") && new_key != key);
+    assert!(holding(d.g.data.path(), new_key.as_bytes()).is_empty());
+    d.restart(&[]);
+    let o = unlock(&d, &key);
+    assert!(!o.status.success());
+    assert!(errtext(&o).contains("wrong unlock key"), "{}", errtext(&o));
+    let o = unlock(&d, &new_key);
+    assert!(o.status.success(), "{}", errtext(&o));
+    assert!(create(&d).status.success());
 }
 
 /// Every file under `dir`, on `dir`'s own filesystem (what is written to

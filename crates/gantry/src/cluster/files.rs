@@ -178,3 +178,29 @@ pub(crate) fn unlock(ctx: &Ctx) -> anyhow::Result<u8> {
     eprintln!("Unlocked");
     Ok(0)
 }
+
+/// `gantry unlock-key --rotate`: a new unlock key for an autolocked
+/// manager, printed once.
+pub(crate) fn unlock_key(ctx: &Ctx, rotate: bool, quiet: bool) -> anyhow::Result<u8> {
+    if !rotate {
+        anyhow::bail!(
+            "the unlock key is kept nowhere (it was shown once, when autolock was turned on): `gantry unlock-key --rotate` makes a new one"
+        );
+    }
+    #[derive(serde::Deserialize)]
+    struct View {
+        key: String,
+    }
+    let c = client(ctx)?;
+    let v: View = call(c.post("/v1/unlock-key/rotate", &()))?;
+    let key = zeroize::Zeroizing::new(v.key);
+    if quiet {
+        println!("{}", &*key);
+    } else {
+        println!(
+            "The new unlock key, shown this once (the old one no longer unlocks the manager):\n{}",
+            &*key
+        );
+    }
+    Ok(0)
+}

@@ -23,7 +23,7 @@ mod services;
 pub(crate) use certs::{cert, CertCmd};
 pub(crate) use daemons::{agent, server, AgentArgs, ServerArgs};
 pub(crate) use events::{events, time_arg, EventsArgs};
-pub(crate) use files::{file, unlock, FileCmd, Kind as FileKind};
+pub(crate) use files::{file, unlock, unlock_key, FileCmd, Kind as FileKind};
 pub(crate) use networks::{network, NetworkCmd};
 pub(crate) use nodes::{join_token, node, NodeCmd};
 pub(crate) use services::{deploy, service, stack, ClusterStackCmd, DeployArgs, ServiceCmd};
