@@ -260,8 +260,16 @@ fn an_autolocked_manager_serves_secrets_only_once_unlocked() {
     );
     let o = unlock(&d, &key);
     assert!(o.status.success(), "{}", errtext(&o));
-    // Unlocked: a new task gets the secret.
-    let o = d.cli(&["service", "update", "-d", "--env-add", "X=1", "lk_app"]);
+    // Unlocked: a new task gets the secret, and one more, added as
+    // Docker's --secret-add does.
+    let o = d.cli(&[
+        "service",
+        "update",
+        "-d",
+        "--secret-add",
+        "source=api_key,target=/etc/api_key,uid=5,gid=6,mode=0400",
+        "lk_app",
+    ]);
     assert!(o.status.success(), "{}", errtext(&o));
     wait_for(
         "the task to run",
@@ -279,6 +287,11 @@ fn an_autolocked_manager_serves_secrets_only_once_unlocked() {
             }
         },
     );
+    let id = text(&d.cli(&["ps", "-q"])).trim().to_owned();
+    let o = d.cli(&["exec", &id, "stat", "-c", "%a %u %g", "/etc/api_key"]);
+    assert_eq!(text(&o), "400 5 6\n", "{}", errtext(&o));
+    let o = d.cli(&["exec", &id, "cat", "/etc/api_key"]);
+    assert_eq!(text(&o), CANARY);
     assert!(d.cli(&["stack", "rm", "lk"]).status.success());
     // Unlocked: the same value again opens the old one and changes nothing.
     assert!(create(&d).status.success());

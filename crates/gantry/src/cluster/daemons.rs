@@ -203,7 +203,13 @@ fn multi_thread<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    Ok(rt.block_on(f))
+    let out = rt.block_on(f);
+    // A daemon that was told to stop does not wait for blocking tasks that
+    // never end by themselves (the agent's wait on its heartbeat thread):
+    // dropping the runtime would wait for them for ever, and the process
+    // would hang on SIGTERM. What must last is on disk already.
+    rt.shutdown_timeout(Duration::from_secs(2));
+    Ok(out)
 }
 
 fn helper_binary() -> anyhow::Result<PathBuf> {
