@@ -245,6 +245,7 @@ fn router(sh: Arc<Shared>) -> Router {
             get(crate::networks::inspect).delete(crate::networks::rm),
         )
         .route("/v1/unlock", axum::routing::post(crate::unlock::unlock))
+        .route("/v1/backup", get(crate::backup::backup))
         .route(
             "/v1/unlock-key/rotate",
             axum::routing::post(crate::unlock::rotate),

@@ -13,6 +13,8 @@ mod acme;
 pub use acme::{AcmeConfig, LETS_ENCRYPT};
 mod api;
 mod assign;
+mod backup;
+pub use backup::{restore, Backup};
 mod edge;
 mod events;
 mod files;
@@ -229,6 +231,14 @@ impl Shared {
         self.changed.send_replace(index);
         self.kick.notify_one();
         Ok(())
+    }
+
+    /// Reads the state, with the index of the last command it holds.
+    pub(crate) fn read_with_index<T>(&self, f: impl FnOnce(&State) -> T) -> (u64, T) {
+        off_the_workers(|| {
+            let store = self.store.lock().expect("store lock");
+            (store.index(), f(store.state()))
+        })
     }
 
     /// Reads the state without copying it.

@@ -24,9 +24,9 @@ use crate::api::{bad, Fail, JsonBody, Peer};
 use crate::{ServerError, Shared};
 
 /// The plain data key's file, in the manager's dir.
-const PLAIN: &str = "data.key";
+pub(crate) const PLAIN: &str = "data.key";
 /// The locked data key's file.
-const LOCKED: &str = "data.key.locked";
+pub(crate) const LOCKED: &str = "data.key.locked";
 
 /// What a locked manager answers when a secret is asked of it.
 pub(crate) const LOCKED_MESSAGE: &str =
@@ -59,11 +59,19 @@ pub(crate) fn open(
 /// Seals the data key with a new unlock key into the locked key's file
 /// (replaced whole, or not at all); returns the unlock key.
 fn write_locked(dir: &Path, key: &DataKey) -> Result<UnlockKey, ServerError> {
-    let io = |what: &str, p: &Path, e| ServerError::Io(format!("{what} {}", p.display()), e);
-    let locked = dir.join(LOCKED);
     let unlock = UnlockKey::generate();
     let text = serde_json::to_vec(&key.lock(&unlock)).expect("a sealed value serialises");
-    let tmp = dir.join(format!("{LOCKED}.new"));
+    write_private(&dir.join(LOCKED), &text)?;
+    Ok(unlock)
+}
+
+/// Writes `path` (0600) whole, or not at all: a new file synced, then
+/// renamed over it.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ServerError> {
+    let io = |what: &str, p: &Path, e| ServerError::Io(format!("{what} {}", p.display()), e);
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = std::path::PathBuf::from(tmp);
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -71,10 +79,9 @@ fn write_locked(dir: &Path, key: &DataKey) -> Result<UnlockKey, ServerError> {
         .mode(0o600)
         .open(&tmp)
         .map_err(|e| io("create", &tmp, e))?;
-    f.write_all(&text).map_err(|e| io("write", &tmp, e))?;
+    f.write_all(bytes).map_err(|e| io("write", &tmp, e))?;
     f.sync_all().map_err(|e| io("sync", &tmp, e))?;
-    std::fs::rename(&tmp, &locked).map_err(|e| io("rename", &locked, e))?;
-    Ok(unlock)
+    std::fs::rename(&tmp, path).map_err(|e| io("rename", path, e))
 }
 
 /// `POST /v1/unlock-key/rotate`'s answer: the new unlock key.

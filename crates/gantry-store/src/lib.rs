@@ -288,6 +288,27 @@ impl Store {
         self.snapshot_with(None)
     }
 
+    /// Creates a store at `path` (which must not exist) holding `state` at
+    /// `index`, as a snapshot of this format with an empty log: a cluster
+    /// restored from a backup.
+    pub fn create_from(path: &Path, index: u64, state: State) -> Result<Self, StoreError> {
+        if path.exists() {
+            return Err(StoreError::Corrupt(format!(
+                "{} exists: a store is restored only where there is none",
+                path.display()
+            )));
+        }
+        {
+            let db = Database::create(path).map_err(dberr)?;
+            let w = db.begin_write().map_err(dberr)?;
+            w.open_table(LOG).map_err(dberr)?;
+            w.open_table(SNAPSHOT).map_err(dberr)?;
+            w.commit().map_err(dberr)?;
+            write_snapshot(&db, &Snapshot { index, state }, Some(FORMAT))?;
+        }
+        Self::open(path)
+    }
+
     /// Writes the state as a snapshot into a new database file that
     /// replaces the store's (with the same permissions): nothing the old
     /// file held, in its log or in pages it had freed, is in the new one.

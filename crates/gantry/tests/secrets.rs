@@ -682,3 +682,80 @@ fn secrets_reach_only_their_tasks_in_memory_and_roll_when_they_change() {
         }
     });
 }
+
+#[test]
+fn a_backup_starts_a_new_cluster_with_its_services_and_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cluster.backup");
+    let stack = dir.path().join("app.yml");
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, CANARY).unwrap();
+    std::fs::write(
+        &stack,
+        format!(
+            "services:\n  web:\n    image: bb:1\n    command: [sleep, '100000']\n    stop_grace_period: 1s\n    secrets: [pw]\n    configs: [{{source: conf, target: /etc/app.conf}}]\nsecrets:\n  pw: {{file: {}}}\nconfigs:\n  conf: {{content: \"listen 8080\"}}\n",
+            pw.display()
+        ),
+    )
+    .unwrap();
+    {
+        let Some(d) = Dev::start("a_backup_starts_a_new_cluster_with_its_services_and_secrets")
+        else {
+            return;
+        };
+        d.g.busybox_image("bb:1");
+        let o = d.cli(&["deploy", "-d", "-f", stack.to_str().unwrap(), "app"]);
+        assert!(o.status.success(), "{}", errtext(&o));
+        let o = d.cli(&["network", "create", "shared"]);
+        assert!(o.status.success(), "{}", errtext(&o));
+        let o = d.cli(&["server", "backup", file.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", errtext(&o));
+        assert!(
+            text(&o).contains("1 services, 1 secrets, 1 configs"),
+            "{}",
+            text(&o)
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Secrets stay sealed in it.
+        assert!(holding(dir.path(), CANARY.as_bytes())
+            .iter()
+            .all(|p| p.ends_with("/pw")));
+    }
+    // A new manager, in a new data dir, from the backup: the same
+    // services, secret (its value opens: the task reads it), config and
+    // network; its old node is down and the task runs on the new one.
+    let file_arg = file.to_str().unwrap().to_owned();
+    let Some(d) = Dev::start_with(
+        "a_backup_starts_a_new_cluster_with_its_services_and_secrets",
+        &["--restore", &file_arg],
+    ) else {
+        return;
+    };
+    assert!(text(&d.cli(&["secret", "ls", "-q"])).contains("app_pw"));
+    assert!(text(&d.cli(&["network", "ls"])).contains("shared"));
+    d.g.busybox_image("bb:1");
+    wait_for(
+        "the task to run on the new node",
+        std::time::Duration::from_secs(60),
+        || {
+            let ids = text(&d.cli(&["ps", "-q"]));
+            let id = ids.split_whitespace().next().ok_or("no container")?;
+            let o = d.cli(&["exec", id, "cat", "/run/secrets/pw", "/etc/app.conf"]);
+            if text(&o) == format!("{CANARY}listen 8080") {
+                Ok(())
+            } else {
+                Err(format!("{} {}", text(&o), errtext(&o)))
+            }
+        },
+    );
+    // A restore never overwrites a cluster.
+    let o = d.cli(&["server", "--restore", &file_arg, "--listen", "127.0.0.1:0"]);
+    assert!(!o.status.success());
+    assert!(
+        errtext(&o).contains("holds a cluster already"),
+        "{}",
+        errtext(&o)
+    );
+}

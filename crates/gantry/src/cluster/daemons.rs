@@ -83,10 +83,61 @@ pub(crate) struct ServerArgs {
     /// every node's and task's figures, and the manager's own.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9324")]
     manager_metrics: SocketAddr,
+    /// Start a new cluster from a backup (`gantry server backup`): its
+    /// CAs, services, secrets, configs, networks and routes. The data dir
+    /// must hold no cluster yet.
+    #[arg(long, value_name = "FILE")]
+    restore: Option<PathBuf>,
     #[command(flatten)]
     edge: EdgeArgs,
     #[command(flatten)]
     logs: LogArgs,
+    #[command(subcommand)]
+    cmd: Option<ServerCmd>,
+}
+
+/// What `gantry server` does besides running a manager.
+#[derive(clap::Subcommand)]
+pub(crate) enum ServerCmd {
+    /// Write a consistent copy of the running manager's state to FILE
+    /// (0600): secrets and certificate keys stay sealed in it, with the
+    /// data key as the manager keeps it (under autolock, sealed with the
+    /// unlock key). As sensitive as the manager's data dir.
+    Backup {
+        /// The backup file.
+        file: PathBuf,
+    },
+}
+
+/// `gantry server backup FILE`.
+fn backup(ctx: &Ctx, file: &std::path::Path) -> anyhow::Result<u8> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let c = client(ctx)?;
+    let b: gantry_server::Backup = call(c.get("/v1/backup"))?;
+    let bytes = serde_json::to_vec(&b)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(file)
+        .with_context(|| format!("create {}", file.display()))?;
+    f.write_all(&bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("write {}", file.display()))?;
+    let s = &b.state;
+    println!(
+        "Backup of the state at index {} ({} services, {} secrets, {} configs, {} networks, {} nodes) written to {}",
+        b.index,
+        s.services.len(),
+        s.secrets.len(),
+        s.configs.len(),
+        s.networks.len(),
+        s.nodes.len(),
+        file.display()
+    );
+    Ok(0)
 }
 
 /// The node's edge proxy.
@@ -235,6 +286,14 @@ fn ratio(s: &str) -> Result<f64, String> {
 }
 
 pub(crate) fn server(ctx: &Ctx, a: ServerArgs) -> anyhow::Result<u8> {
+    if let Some(ServerCmd::Backup { file }) = &a.cmd {
+        return backup(ctx, file);
+    }
+    if let Some(f) = &a.restore {
+        let bytes = std::fs::read(f).with_context(|| format!("read {}", f.display()))?;
+        gantry_server::restore(&ctx.data_dir, &bytes)?;
+        eprintln!("Restored the cluster from {}", f.display());
+    }
     let grace = duration(&a.heartbeat_grace, "--heartbeat-grace")?;
     let labels = a
         .label
