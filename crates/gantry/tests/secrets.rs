@@ -520,6 +520,11 @@ fn secrets_reach_only_their_tasks_in_memory_and_roll_when_they_change() {
         assert!(!out.contains(CANARY), "{args:?}: {out}");
     }
     assert!(!text(&cl.on_agent(0, &["inspect", &id])).contains(CANARY));
+    // Nor in metrics: the manager's cluster view and the node's own.
+    for (host, addr) in [(0, "127.0.0.1:9324"), (1, "127.0.0.1:9323")] {
+        let m = metrics_on(&cl.lan.hosts[host], addr);
+        assert!(m.contains("gantry_") && !m.contains(CANARY), "{addr}");
+    }
     // Only node-1's stream carries it (base64, as the wire has it); and
     // once node-1 is the only edge node, only its stream carries the
     // private keys of the edge certificates, which are sealed at rest.
