@@ -11,6 +11,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::cgroup::Resources;
+/// What a container may do, and how it resolves names: the service
+/// spec's own types (one model from the stack file to the container).
+pub use gantry_spec::{Resolution, Security};
 
 impl ContainerConfig {
     /// A container with Docker's defaults for everything but what is given:
@@ -121,64 +124,6 @@ pub struct ContainerConfig {
     /// `/etc/resolv.conf` servers, search domains and options.
     #[serde(default, skip_serializing_if = "Resolution::is_default")]
     pub resolution: Resolution,
-}
-
-/// How a container's process is confined and started, beyond Docker's
-/// defaults (which an empty value keeps).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Security {
-    /// Capabilities added to Docker's default set (`NET_ADMIN` or
-    /// `CAP_NET_ADMIN`; `ALL`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub cap_add: Vec<String>,
-    /// Capabilities removed from it (`ALL` removes every one).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub cap_drop: Vec<String>,
-    /// No seccomp filter (`seccomp=unconfined`).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub seccomp_unconfined: bool,
-    /// Namespaced kernel parameters, written in the container's own
-    /// namespaces before the program starts.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub sysctls: BTreeMap<String, String>,
-    /// Resource limits (`nofile`, `nproc`, ...): soft and hard.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub ulimits: BTreeMap<String, (u64, u64)>,
-    /// A small init runs as PID 1: it starts the program, passes signals on
-    /// and reaps orphans.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub init: bool,
-}
-
-impl Security {
-    /// Whether it keeps every default.
-    pub fn is_default(&self) -> bool {
-        *self == Self::default()
-    }
-}
-
-/// Name resolution settings of a container.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Resolution {
-    /// Extra `/etc/hosts` lines: host name and address.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub extra_hosts: Vec<(String, std::net::IpAddr)>,
-    /// Name servers, in place of the default ones.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub dns: Vec<std::net::IpAddr>,
-    /// Search domains.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub dns_search: Vec<String>,
-    /// Resolver options (`ndots:2`, ...).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub dns_opt: Vec<String>,
-}
-
-impl Resolution {
-    /// Whether it keeps every default.
-    pub fn is_default(&self) -> bool {
-        *self == Self::default()
-    }
 }
 
 /// The process a container runs.

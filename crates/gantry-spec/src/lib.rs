@@ -418,22 +418,25 @@ pub struct Service {
 /// and init).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Security {
-    /// Capabilities added to Docker's default set.
+    /// Capabilities added to Docker's default set (`NET_ADMIN` or
+    /// `CAP_NET_ADMIN`; `ALL`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cap_add: Vec<String>,
-    /// Capabilities removed from it.
+    /// Capabilities removed from it (`ALL` removes every one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cap_drop: Vec<String>,
-    /// `security_opt: [seccomp=unconfined]`.
+    /// No seccomp filter (`security_opt: [seccomp=unconfined]`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub seccomp_unconfined: bool,
-    /// Namespaced kernel parameters.
+    /// Namespaced kernel parameters, written in the container's own
+    /// namespaces before the program starts.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sysctls: BTreeMap<String, String>,
-    /// Resource limits by name: soft and hard.
+    /// Resource limits by name (`nofile`, `nproc`, ...): soft and hard.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub ulimits: BTreeMap<String, (u64, u64)>,
-    /// A small init as PID 1.
+    /// A small init runs as PID 1: it starts the program, passes signals
+    /// on and reaps orphans.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub init: bool,
 }

@@ -62,22 +62,8 @@ impl Agent {
         c.resources.nano_cpus = svc.limits.nano_cpus;
         c.resources.pids = svc.limits.pids;
         c.read_only = svc.read_only;
-        let sec = &svc.security;
-        c.security = gantry_runtime::Security {
-            cap_add: sec.cap_add.clone(),
-            cap_drop: sec.cap_drop.clone(),
-            seccomp_unconfined: sec.seccomp_unconfined,
-            sysctls: sec.sysctls.clone(),
-            ulimits: sec.ulimits.clone(),
-            init: sec.init,
-        };
-        let res = &svc.resolution;
-        c.resolution = gantry_runtime::Resolution {
-            extra_hosts: res.extra_hosts.clone(),
-            dns: res.dns.clone(),
-            dns_search: res.dns_search.clone(),
-            dns_opt: res.dns_opt.clone(),
-        };
+        c.security = svc.security.clone();
+        c.resolution = svc.resolution.clone();
         if let Some(size) = svc.log_max_size {
             c.log_max_size = size;
         }
