@@ -8,9 +8,9 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
 
-use gantry_api::{DeployRequest, DeployResponse, FileCreate, StackView};
+use gantry_api::{DeployRequest, DeployResponse, StackView};
 use gantry_spec::Service;
-use gantry_store::{Command, FileKind, State as Cluster};
+use gantry_store::{Command, FileKind, Rejected, StoreError};
 
 use crate::api::{bad, not_found, Fail, JsonBody, Peer};
 use crate::files;
@@ -21,37 +21,6 @@ type Res<T> = Result<Json<T>, Fail>;
 
 /// The label of the secrets and configs a stack made (Docker's).
 pub(crate) const STACK_NAMESPACE: &str = "com.docker.stack.namespace";
-
-/// The first secret or config a spec uses that neither the state nor the
-/// batch has, as an error for the deploy.
-fn missing_file(
-    s: &Cluster,
-    made: &[(FileKind, FileCreate)],
-    name: &str,
-    spec: &Service,
-) -> Option<String> {
-    let has = |kind: FileKind, n: &str| {
-        made.iter().any(|(k, f)| *k == kind && f.name == n)
-            || match kind {
-                FileKind::Secret => s.secrets.contains_key(n),
-                FileKind::Config => s.configs.contains_key(n),
-            }
-    };
-    let refs = spec
-        .secrets
-        .iter()
-        .map(|f| (FileKind::Secret, f))
-        .chain(spec.configs.iter().map(|f| (FileKind::Config, f)));
-    for (kind, f) in refs {
-        if !has(kind, &f.source) {
-            return Some(format!(
-                "service {name} uses {kind} {0}, which does not exist: create it (gantry {kind} create {0} FILE), or declare it in the stack file without external: true",
-                f.source
-            ));
-        }
-    }
-    None
-}
 
 /// `POST /v1/stacks/{name}`.
 pub(crate) async fn deploy(
@@ -106,17 +75,7 @@ pub(crate) async fn deploy(
         ));
     }
     let mut resp = DeployResponse::default();
-    let mut failed = None;
-    sh.update(|s| {
-        let names: Vec<(FileKind, FileCreate)> =
-            made.iter().map(|(k, f, _)| (*k, f.clone())).collect();
-        if let Some(e) = specs
-            .iter()
-            .find_map(|(name, spec)| missing_file(s, &names, name, spec))
-        {
-            failed = Some(bad(e));
-            return Vec::new();
-        }
+    let stored = sh.update(|s| {
         // Secrets and configs first: the services pin their versions.
         let mut cmds: Vec<Command> = made
             .iter()
@@ -150,12 +109,19 @@ pub(crate) async fn deploy(
             }
         }
         cmds
-    })?;
+    });
     drop(guard);
-    if let Some(f) = failed {
-        return Err(f);
+    match stored {
+        // The state refuses a service naming one that exists nowhere (the
+        // batch is refused whole): say what to do.
+        Err(StoreError::Rejected(Rejected::NoSuchFile(kind, name))) => Err(bad(format!(
+            "the stack uses {kind} {name}, which does not exist: create it (gantry {kind} create {name} FILE), or declare it in the stack file without external: true"
+        ))),
+        r => {
+            r?;
+            Ok(Json(resp))
+        }
     }
-    Ok(Json(resp))
 }
 
 /// `GET /v1/stacks`.

@@ -508,6 +508,9 @@ fn secrets_reach_only_their_tasks_in_memory_and_roll_when_they_change() {
         let found = on_disk_holding(p, canary);
         assert!(found.is_empty(), "the canary is on disk in {found:?}");
     }
+    // (The search does find what is on disk: the stack file names the
+    // secret's file.)
+    assert!(!on_disk_holding(cl.logs.path(), b"db_password").is_empty());
     // Nor in any answer or event.
     for args in [
         vec!["service", "inspect", "shop_db"],
