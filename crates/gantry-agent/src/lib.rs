@@ -104,6 +104,10 @@ pub struct Identity {
     pub node_id: String,
     /// The manager's address.
     pub manager: String,
+    /// Every manager's address, tried in turn when `manager` cannot be
+    /// reached (kept current from the managers' answers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub managers: Vec<String>,
     /// The cluster CA.
     pub ca_pem: String,
     /// The node certificate.
@@ -199,6 +203,7 @@ pub async fn identity(cfg: &AgentConfig) -> Result<Identity, AgentError> {
     let id = Identity {
         node_id: resp.node_id,
         manager,
+        managers: Vec::new(),
         ca_pem: resp.ca_pem,
         cert_pem: resp.cert_pem,
         key_pem,
@@ -248,7 +253,12 @@ pub async fn run(cfg: AgentConfig, id: Identity) -> Result<(), AgentError> {
     let tls = ca
         .client_config(&me)
         .map_err(|e| AgentError::Config(format!("node credential: {e}")))?;
-    let client = Client::new(&id.manager, tls.clone())?;
+    let client = Client::with_managers(&id.manager, &id.managers, tls.clone())?;
+    tokio::spawn(remember_managers(
+        client.clone(),
+        cfg.data_dir.clone(),
+        id.clone(),
+    ));
     let underlay = node_info(&cfg, &id.manager).addr;
     let agent = Arc::new(tasks::Agent::new(
         cfg.clone(),
@@ -296,6 +306,7 @@ pub async fn run(cfg: AgentConfig, id: Identity) -> Result<(), AgentError> {
         tokio::spawn(logs::retain(cfg.data_dir.clone(), cfg.log_retention));
     }
     tokio::spawn(agent.clone().monitor());
+    let beat_client = client.fork()?;
     tokio::spawn(watch(agent.clone(), client));
     // Heartbeats have a thread, a runtime and a connection of their own:
     // however busy the node's runtime is with starts, stops, pulls and
@@ -310,8 +321,7 @@ pub async fn run(cfg: AgentConfig, id: Identity) -> Result<(), AgentError> {
                 .build()
                 .map_err(|e| AgentError::Io("heartbeat runtime".into(), e))?;
             rt.block_on(async move {
-                let client = Client::new(&manager, tls)?;
-                report(agent, client, cfg, manager, stats).await;
+                report(agent, beat_client, cfg, manager, stats).await;
                 Ok(())
             })
         })
@@ -319,6 +329,26 @@ pub async fn run(cfg: AgentConfig, id: Identity) -> Result<(), AgentError> {
     match tokio::task::spawn_blocking(move || beat.join()).await {
         Ok(Ok(r)) => r,
         _ => Err(AgentError::Config("the heartbeat thread panicked".into())),
+    }
+}
+
+/// Keeps the identity's list of managers as the managers' answers give
+/// it, so that a restarted agent finds the others when its first manager
+/// is gone.
+async fn remember_managers(client: Client, data_dir: PathBuf, mut id: Identity) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        let mut now = client.managers();
+        now.sort();
+        let mut kept = id.managers.clone();
+        kept.sort();
+        if now != kept {
+            id.managers = now;
+            match id.save(&data_dir) {
+                Ok(()) => tracing::info!(managers = ?id.managers, "the managers changed"),
+                Err(e) => tracing::warn!("saving the managers: {e}"),
+            }
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -50,16 +51,21 @@ pub enum JoinError {
     Api(#[from] ApiError),
 }
 
+/// Whether `hostport` names a port (`HOST:PORT`, `[V6]:PORT`, `V4:PORT`).
+pub fn has_port(hostport: &str) -> bool {
+    hostport.parse::<SocketAddr>().is_ok()
+        || hostport.rsplit_once(':').is_some_and(|(h, p)| {
+            !h.is_empty() && !h.ends_with(':') && p.parse::<u16>().is_ok() && !h.contains(':')
+        })
+}
+
 /// Parses `https://HOST:PORT`, `HOST:PORT` or `HOST` (default port).
 pub fn resolve(manager: &str) -> Result<SocketAddr, ApiError> {
     let hostport = manager
         .trim()
         .trim_start_matches("https://")
         .trim_end_matches('/');
-    let with_port = if hostport.parse::<SocketAddr>().is_ok()
-        || hostport.rsplit_once(':').is_some_and(|(h, p)| {
-            !h.is_empty() && !h.ends_with(':') && p.parse::<u16>().is_ok() && !h.contains(':')
-        }) {
+    let with_port = if has_port(hostport) {
         hostport.to_owned()
     } else if hostport.contains(':') && !hostport.starts_with('[') {
         format!("[{hostport}]:{DEFAULT_PORT}")
@@ -73,25 +79,50 @@ pub fn resolve(manager: &str) -> Result<SocketAddr, ApiError> {
         .ok_or_else(|| ApiError::Other(format!("manager address {manager:?} resolves to nothing")))
 }
 
-/// A client of one manager.
+/// A client of the managers: it talks to one, and when that one cannot
+/// be reached (nothing was sent) to the next it knows. It learns every
+/// manager's address from their answers (`X-Gantry-Managers`), and waits
+/// out an election (a 503 marked `X-Gantry-Retry`: nothing was proposed)
+/// for up to [`ELECTION_WAIT`].
 #[derive(Clone)]
 pub struct Client {
+    tls: rustls::ClientConfig,
+    targets: Arc<Mutex<Vec<Target>>>,
+    /// Every manager's address as learned, shared with [`Client::fork`]s.
+    known: Arc<Mutex<Vec<String>>>,
+    /// Whether it learns other managers and fails over to them (a client
+    /// of one given manager, such as a manager's link to another, never
+    /// does).
+    roams: bool,
+}
+
+/// How long a request waits for the managers to elect a leader.
+pub const ELECTION_WAIT: Duration = Duration::from_secs(10);
+
+/// The header a manager lists every manager's address in.
+pub const MANAGERS_HEADER: &str = "x-gantry-managers";
+/// The header that marks a 503 as safe to send again.
+pub const RETRY_HEADER: &str = "x-gantry-retry";
+
+/// One manager's connections.
+#[derive(Clone)]
+struct Target {
+    name: String,
+    addr: SocketAddr,
     http: reqwest::Client,
     stream: reqwest::Client,
     upload: reqwest::Client,
-    addr: SocketAddr,
 }
 
-#[derive(Deserialize)]
-struct ErrorBody {
-    message: String,
+#[derive(Clone, Copy)]
+enum Kind {
+    Http,
+    Stream,
 }
 
-impl Client {
-    /// A client of the manager at `manager`, over `tls` (which decides what
-    /// this side presents and trusts).
-    pub fn new(manager: &str, tls: rustls::ClientConfig) -> Result<Self, ApiError> {
-        let addr = resolve(manager)?;
+impl Target {
+    fn new(name: &str, tls: &rustls::ClientConfig) -> Result<Self, ApiError> {
+        let addr = resolve(name)?;
         let build = |timeout: Option<Option<Duration>>| {
             let mut b = reqwest::Client::builder()
                 .tls_backend_preconfigured(tls.clone())
@@ -110,24 +141,19 @@ impl Client {
                 .map_err(|e| ApiError::Other(format!("http client: {e}")))
         };
         Ok(Self {
+            name: name.to_owned(),
+            addr,
             http: build(Some(Some(Duration::from_secs(30))))?,
             stream: build(None)?,
             upload: build(Some(None))?,
-            addr,
         })
     }
 
-    /// A client with the admin credential.
-    pub fn admin(cfg: &AdminConfig, manager: Option<&str>) -> Result<Self, ApiError> {
-        let ca = ClusterCa::from_pem("", &cfg.ca_pem, "");
-        let me = Issued {
-            cert_pem: cfg.cert_pem.clone(),
-            key_pem: cfg.key_pem.clone(),
-        };
-        let tls = ca
-            .client_config(&me)
-            .map_err(|e| ApiError::Other(format!("admin credential: {e}")))?;
-        Self::new(manager.unwrap_or(&cfg.manager), tls)
+    fn client(&self, kind: Kind) -> &reqwest::Client {
+        match kind {
+            Kind::Http => &self.http,
+            Kind::Stream => &self.stream,
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -145,6 +171,178 @@ impl Client {
             addr: self.addr.to_string(),
             msg,
         }
+    }
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    message: String,
+}
+
+impl Client {
+    /// A client of the manager at `manager` and of no other, over `tls`
+    /// (which decides what this side presents and trusts).
+    pub fn new(manager: &str, tls: rustls::ClientConfig) -> Result<Self, ApiError> {
+        let mut c = Self::with_managers(manager, &[], tls)?;
+        c.roams = false;
+        Ok(c)
+    }
+
+    /// A client of `first`, then of `others` when it cannot be reached
+    /// (addresses that do not resolve are left out).
+    pub fn with_managers(
+        first: &str,
+        others: &[String],
+        tls: rustls::ClientConfig,
+    ) -> Result<Self, ApiError> {
+        let mut targets = vec![Target::new(first, &tls)?];
+        for o in others {
+            if targets.iter().any(|t| &t.name == o) {
+                continue;
+            }
+            if let Ok(t) = Target::new(o, &tls) {
+                targets.push(t);
+            }
+        }
+        let known = targets.iter().map(|t| t.name.clone()).collect();
+        Ok(Self {
+            tls,
+            targets: Arc::new(Mutex::new(targets)),
+            known: Arc::new(Mutex::new(known)),
+            roams: true,
+        })
+    }
+
+    /// A client with connections of its own (for another runtime, such as
+    /// the agent's heartbeat thread) that shares what this one learns of
+    /// the managers.
+    pub fn fork(&self) -> Result<Self, ApiError> {
+        let names = self.managers();
+        let mut targets = Vec::new();
+        for n in &names {
+            if let Ok(t) = Target::new(n, &self.tls) {
+                targets.push(t);
+            }
+        }
+        if targets.is_empty() {
+            return Err(ApiError::Other("no manager address resolves".into()));
+        }
+        Ok(Self {
+            tls: self.tls.clone(),
+            targets: Arc::new(Mutex::new(targets)),
+            known: self.known.clone(),
+            roams: self.roams,
+        })
+    }
+
+    /// A client with the admin credential (of `manager` if given, else of
+    /// the credential's managers).
+    pub fn admin(cfg: &AdminConfig, manager: Option<&str>) -> Result<Self, ApiError> {
+        let ca = ClusterCa::from_pem("", &cfg.ca_pem, "");
+        let me = Issued {
+            cert_pem: cfg.cert_pem.clone(),
+            key_pem: cfg.key_pem.clone(),
+        };
+        let tls = ca
+            .client_config(&me)
+            .map_err(|e| ApiError::Other(format!("admin credential: {e}")))?;
+        Self::with_managers(manager.unwrap_or(&cfg.manager), &cfg.managers, tls)
+    }
+
+    /// Every manager this client (or a fork of it) knows.
+    pub fn managers(&self) -> Vec<String> {
+        self.known.lock().expect("known lock").clone()
+    }
+
+    /// The address of the manager it talks to.
+    pub fn addr(&self) -> SocketAddr {
+        self.targets.lock().expect("targets lock")[0].addr
+    }
+
+    /// Takes in the managers an answer lists.
+    fn learn(&self, resp: &reqwest::Response) {
+        if !self.roams {
+            return;
+        }
+        let Some(list) = resp
+            .headers()
+            .get(MANAGERS_HEADER)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return;
+        };
+        let mut known = self.known.lock().expect("known lock");
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if !known.iter().any(|k| k == name) {
+                known.push(name.to_owned());
+            }
+        }
+    }
+
+    /// The targets to try, the ones learned (here or by a fork) added.
+    fn targets(&self) -> Vec<Target> {
+        let known = self.managers();
+        let mut targets = self.targets.lock().expect("targets lock");
+        for name in known {
+            if !targets.iter().any(|t| t.name == name) {
+                if let Ok(t) = Target::new(&name, &self.tls) {
+                    targets.push(t);
+                }
+            }
+        }
+        targets.clone()
+    }
+
+    /// Sends a request built by `build` to the managers in turn until one
+    /// is reached; the one that answered is tried first next time.
+    async fn send(
+        &self,
+        kind: Kind,
+        path: &str,
+        build: impl Fn(&reqwest::Client, String) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ApiError> {
+        let deadline = std::time::Instant::now() + ELECTION_WAIT;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let targets = self.targets();
+            let mut last = None;
+            let mut answered = None;
+            for (i, t) in targets.iter().enumerate() {
+                match build(t.client(kind), t.url(path)).send().await {
+                    Ok(resp) => {
+                        answered = Some((i, resp));
+                        break;
+                    }
+                    // Not connected: nothing was sent, the next may answer.
+                    Err(e) if e.is_connect() => last = Some(t.unreachable(e)),
+                    Err(e) => return Err(t.unreachable(e)),
+                }
+            }
+            let Some((i, resp)) = answered else {
+                return Err(last.expect("at least one manager"));
+            };
+            if i > 0 {
+                let mut ts = self.targets.lock().expect("targets lock");
+                if let Some(pos) = ts.iter().position(|t| t.name == targets[i].name) {
+                    let t = ts.remove(pos);
+                    ts.insert(0, t);
+                }
+            }
+            self.learn(&resp);
+            let retry = resp.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                && resp.headers().contains_key(RETRY_HEADER);
+            if retry && std::time::Instant::now() + pause < deadline {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(400));
+                continue;
+            }
+            return Ok(resp);
+        }
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> ApiError {
+        let t = self.targets.lock().expect("targets lock")[0].clone();
+        t.unreachable(e)
     }
 
     async fn check(&self, resp: reqwest::Response) -> Result<reqwest::Response, ApiError> {
@@ -176,12 +374,7 @@ impl Client {
 
     /// `GET path`.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiError> {
-        let resp = self
-            .http
-            .get(self.url(path))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+        let resp = self.send(Kind::Http, path, |c, u| c.get(u)).await?;
         self.json(resp).await
     }
 
@@ -192,23 +385,14 @@ impl Client {
         body: &B,
     ) -> Result<T, ApiError> {
         let resp = self
-            .http
-            .post(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+            .send(Kind::Http, path, |c, u| c.post(u).json(body))
+            .await?;
         self.json(resp).await
     }
 
     /// `DELETE path`.
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiError> {
-        let resp = self
-            .http
-            .delete(self.url(path))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+        let resp = self.send(Kind::Http, path, |c, u| c.delete(u)).await?;
         self.json(resp).await
     }
 
@@ -255,12 +439,7 @@ impl Client {
         path: &str,
         mut f: impl FnMut(&[u8]) -> bool,
     ) -> Result<(), ApiError> {
-        let resp = self
-            .stream
-            .get(self.url(path))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+        let resp = self.send(Kind::Stream, path, |c, u| c.get(u)).await?;
         let mut resp = self.check(resp).await?;
         let mut buf: Vec<u8> = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| self.unreachable(e))? {
@@ -291,15 +470,45 @@ impl Client {
         let chunks = futures::stream::unfold(body, |mut rx| async move {
             rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx))
         });
-        let resp = self
+        // The body goes once: to the manager the client talks to.
+        let t = self.targets.lock().expect("targets lock")[0].clone();
+        let resp = t
             .upload
-            .post(self.url(path))
+            .post(t.url(path))
             .body(reqwest::Body::wrap_stream(chunks))
             .send()
             .await
-            .map_err(|e| self.unreachable(e))?;
+            .map_err(|e| t.unreachable(e))?;
         self.check(resp).await?;
         Ok(())
+    }
+
+    /// Sends a request on as it came (another manager's, to the leader):
+    /// `path` with its query, the headers given, the body streamed; the
+    /// answer comes back whatever its status, its body unread. A request
+    /// that could not be sent (no connection) is `Unreachable`; one that
+    /// failed after is `Other`.
+    pub async fn forward(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        headers: reqwest::header::HeaderMap,
+        body: reqwest::Body,
+    ) -> Result<reqwest::Response, ApiError> {
+        let t = self.targets.lock().expect("targets lock")[0].clone();
+        t.upload
+            .request(method, t.url(path))
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    t.unreachable(e)
+                } else {
+                    ApiError::Other(t.unreachable(e).to_string())
+                }
+            })
     }
 
     /// Joins the cluster of `token` at `manager`: fetches the manager's CA
@@ -315,7 +524,7 @@ impl Client {
         let fetch = Self::new(manager, gantry_pki::fetch_ca_config()?)?;
         let ca_pem: String = fetch.get("/v1/ca").await?;
         if gantry_pki::fingerprint(&ca_pem).ok().as_deref() != Some(&parsed.ca_fingerprint) {
-            return Err(JoinError::WrongCluster(fetch.addr.to_string()));
+            return Err(JoinError::WrongCluster(fetch.addr().to_string()));
         }
         let ca = ClusterCa::from_pem("", &ca_pem, "");
         let anon = Self::new(manager, ca.client_config_anonymous()?)?;
@@ -341,6 +550,10 @@ impl Client {
 pub struct AdminConfig {
     /// `HOST:PORT` of the manager.
     pub manager: String,
+    /// Every manager's `HOST:PORT`, tried in turn when `manager` cannot be
+    /// reached (kept current from the managers' answers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub managers: Vec<String>,
     /// The cluster CA certificate.
     pub ca_pem: String,
     /// The admin certificate.

@@ -16,7 +16,10 @@ mod delta;
 mod types;
 
 pub use addrs::{AddrChange, ScopeChange, ScopedAddrs, ServiceAddrs, ServiceChange, INGRESS};
-pub use client::{resolve, write_secret, AdminConfig, ApiError, Client, JoinError};
+pub use client::{
+    has_port, resolve, write_secret, AdminConfig, ApiError, Client, JoinError, ELECTION_WAIT,
+    MANAGERS_HEADER, RETRY_HEADER,
+};
 pub use delta::{AssignmentDelta, AssignmentUpdate, Change};
 pub use types::*;
 

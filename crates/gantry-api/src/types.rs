@@ -521,12 +521,30 @@ pub struct NodeView {
     /// Milliseconds since its last heartbeat (none: not seen since the
     /// manager started).
     pub last_seen_ms: Option<u64>,
+    /// The manager on its host: `Leader`, `Reachable`, `Unreachable` or
+    /// `Learner` (none: no manager there).
+    #[serde(default)]
+    pub manager_status: Option<String>,
     /// CPU in use, percent of all its CPUs (from its last report).
     #[serde(default)]
     pub cpu_percent: Option<f64>,
     /// Memory in use, bytes (from its last report).
     #[serde(default)]
     pub mem_used: Option<u64>,
+}
+
+/// One manager as `gantry node ls` and `gantry manager ls` show it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ManagerView {
+    /// Its id in the group.
+    pub id: String,
+    /// Where the others reach it.
+    pub addr: String,
+    /// Its host's name.
+    pub hostname: String,
+    /// `Leader`, `Reachable` or `Unreachable`; a learner (demoted, or
+    /// catching up) shows `Learner`.
+    pub status: String,
 }
 
 /// `POST /v1/services/{name}/update`: `service update` and `scale`.

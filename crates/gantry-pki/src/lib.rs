@@ -233,8 +233,20 @@ impl ClusterCa {
     /// leaves the node). Only the request's public key is used: the name
     /// and role are the manager's choice, whatever the request asks for.
     pub fn sign_request(&self, csr_pem: &str, name: &str, role: Role) -> Result<String, PkiError> {
+        self.sign_request_with(csr_pem, name, role, &[])
+    }
+
+    /// The same, with names of the manager's choice added (a joining
+    /// manager's address).
+    pub fn sign_request_with(
+        &self,
+        csr_pem: &str,
+        name: &str,
+        role: Role,
+        extra_sans: &[String],
+    ) -> Result<String, PkiError> {
         let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
-        csr.params = self.leaf_params(name, role, &[])?;
+        csr.params = self.leaf_params(name, role, extra_sans)?;
         Ok(csr.signed_by(&self.issuer()?)?.pem())
     }
 

@@ -67,6 +67,10 @@ pub(crate) async fn run(sh: Arc<Shared>) {
     let mut account: Option<Account> = None;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        // Certificates are ordered by the leader alone.
+        if !sh.is_leader() {
+            continue;
+        }
         let now = now_ms();
         let wanted: BTreeMap<String, AcmeChallenge> = sh.read(|s| {
             crate::edge::wanted(s)

@@ -28,7 +28,7 @@ use crate::{new_id, now_ms, Shared};
 /// Who is calling: the verified client certificate's name and role, or
 /// nobody (a node joining).
 #[derive(Clone)]
-pub(crate) struct Peer(Option<(String, Role)>);
+pub(crate) struct Peer(pub(crate) Option<(String, Role)>);
 
 /// The client's address.
 #[derive(Clone, Copy)]
@@ -40,6 +40,10 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client without a certificate may only fetch the CA and join: its
 /// whole connection gets this long.
 const ANONYMOUS_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The largest log append or snapshot another manager may send (a
+/// snapshot is the whole state).
+const RAFT_BODY_LIMIT: usize = 1 << 30;
 
 /// An API error: a status and a message, as `{"message": ...}`.
 pub(crate) struct Fail(pub(crate) StatusCode, pub(crate) String);
@@ -62,6 +66,7 @@ impl From<StoreError> for Fail {
                 | Rejected::NoSuchFile(..),
             ) => Fail(StatusCode::NOT_FOUND, e.to_string()),
             StoreError::Rejected(_) => Fail(StatusCode::CONFLICT, e.to_string()),
+            StoreError::Unavailable(_) => Fail(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
             _ => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }
@@ -123,6 +128,20 @@ impl Peer {
             Some(_) => Err(Fail(
                 StatusCode::FORBIDDEN,
                 "this route needs the admin credential".into(),
+            )),
+            None => Err(Fail(
+                StatusCode::UNAUTHORIZED,
+                "a client certificate of this cluster is required".into(),
+            )),
+        }
+    }
+    /// Another manager (Raft's calls, forwarded requests).
+    pub(crate) fn manager(&self) -> Result<(), Fail> {
+        match &self.0 {
+            Some((_, Role::Manager)) => Ok(()),
+            Some(_) => Err(Fail(
+                StatusCode::FORBIDDEN,
+                "this route is for the other managers".into(),
             )),
             None => Err(Fail(
                 StatusCode::UNAUTHORIZED,
@@ -197,6 +216,19 @@ pub(crate) async fn serve(sh: Arc<Shared>, listener: TcpListener, tls: Arc<rustl
 fn router(sh: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/ca", get(ca))
+        .route(
+            "/v1/raft/append",
+            post(crate::group::append).layer(axum::extract::DefaultBodyLimit::max(RAFT_BODY_LIMIT)),
+        )
+        .route("/v1/raft/vote", post(crate::group::vote))
+        .route(
+            "/v1/raft/snapshot",
+            post(crate::group::snapshot)
+                .layer(axum::extract::DefaultBodyLimit::max(RAFT_BODY_LIMIT)),
+        )
+        .route("/v1/managers", get(crate::join::ls))
+        .route("/v1/managers/join", post(crate::join::manager_join))
+        .route("/v1/managers/{id}", post(crate::join::set_role))
         .route("/v1/join", post(join))
         .route("/v1/agent/status", post(agent_status))
         .route("/v1/agent/watch", get(agent_watch))
@@ -266,18 +298,19 @@ fn router(sh: Arc<Shared>) -> Router {
             "/v1/configs/{name}",
             get(files::inspect::<files::Configs>).delete(files::rm::<files::Configs>),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            sh.clone(),
+            crate::forward::route,
+        ))
         .with_state(sh)
 }
 
 async fn ca(State(sh): Sh) -> Json<String> {
-    Json(sh.ca.cert_pem().to_owned())
+    Json(sh.ca().cert_pem().to_owned())
 }
 
-async fn join(
-    State(sh): Sh,
-    Extension(Client(from)): Extension<Client>,
-    JsonBody(req): JsonBody<JoinRequest>,
-) -> Res<JoinResponse> {
+/// A client whose joins failed too often waits (429).
+pub(crate) fn join_allowed(sh: &Shared, from: std::net::IpAddr) -> Result<(), Fail> {
     if let Some(wait) = sh.joins.wait(from, Instant::now()) {
         return Err(Fail(
             StatusCode::TOO_MANY_REQUESTS,
@@ -287,6 +320,15 @@ async fn join(
             ),
         ));
     }
+    Ok(())
+}
+
+async fn join(
+    State(sh): Sh,
+    Extension(Client(from)): Extension<Client>,
+    JsonBody(req): JsonBody<JoinRequest>,
+) -> Res<JoinResponse> {
+    join_allowed(&sh, from)?;
     let token = match JoinToken::parse(&req.token) {
         Ok(t) => t,
         Err(e) => {
@@ -299,7 +341,7 @@ async fn join(
         .meta(crate::TOKEN_HASH_KEY)
         .ok_or_else(|| Fail(StatusCode::INTERNAL_SERVER_ERROR, "no join token".into()))?;
     let fingerprint = sh
-        .ca
+        .ca()
         .fingerprint()
         .map_err(|e| Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     if token.ca_fingerprint != fingerprint || !token.matches(&stored) {
@@ -314,7 +356,7 @@ async fn join(
     sh.joins.succeeded(from);
     let id = new_id();
     let cert_pem = sh
-        .ca
+        .ca()
         .sign_request(&req.csr_pem, &id, Role::Worker)
         .map_err(|e| bad(format!("certificate request: {e}")))?;
     let mut full = false;
@@ -335,7 +377,7 @@ async fn join(
     Ok(Json(JoinResponse {
         node_id: id,
         cert_pem,
-        ca_pem: sh.ca.cert_pem().to_owned(),
+        ca_pem: sh.ca().cert_pem().to_owned(),
     }))
 }
 
@@ -416,12 +458,38 @@ async fn agent_watch(State(sh): Sh, Extension(peer): Extension<Peer>) -> Result<
     Ok(lines(rx))
 }
 
-async fn join_token(State(sh): Sh, Extension(peer): Extension<Peer>) -> Res<JoinTokenView> {
+/// `?role=worker` (the default) or `?role=manager`.
+#[derive(Deserialize)]
+struct TokenRole {
+    #[serde(default)]
+    role: Option<String>,
+}
+
+impl TokenRole {
+    fn manager(&self) -> Result<bool, Fail> {
+        match self.role.as_deref() {
+            None | Some("worker") => Ok(false),
+            Some("manager") => Ok(true),
+            Some(r) => Err(bad(format!("role {r:?}: worker or manager"))),
+        }
+    }
+}
+
+async fn join_token(
+    State(sh): Sh,
+    Extension(peer): Extension<Peer>,
+    Query(q): Query<TokenRole>,
+) -> Res<JoinTokenView> {
     peer.admin()?;
+    let key = if q.manager()? {
+        crate::MANAGER_TOKEN_NONCE_KEY
+    } else {
+        crate::TOKEN_NONCE_KEY
+    };
     let nonce = sh
-        .meta(crate::TOKEN_NONCE_KEY)
+        .meta(key)
         .ok_or_else(|| Fail(StatusCode::INTERNAL_SERVER_ERROR, "no join token".into()))?;
-    let token = JoinToken::derive(&sh.ca, &nonce)
+    let token = JoinToken::derive(&sh.ca(), &nonce)
         .map_err(|e| Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(Json(JoinTokenView {
         token: token.to_string(),
@@ -440,10 +508,19 @@ fn manager_addr(sh: &Shared) -> String {
     }
 }
 
-async fn rotate_token(State(sh): Sh, Extension(peer): Extension<Peer>) -> Res<JoinTokenView> {
+async fn rotate_token(
+    State(sh): Sh,
+    Extension(peer): Extension<Peer>,
+    Query(q): Query<TokenRole>,
+) -> Res<JoinTokenView> {
     peer.admin()?;
-    let (token, cmds) = crate::new_join_token(&sh.ca)
-        .map_err(|e| Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let new = if q.manager()? {
+        crate::new_manager_token
+    } else {
+        crate::new_join_token
+    };
+    let (token, cmds) =
+        new(&sh.ca()).map_err(|e| Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     sh.apply(cmds)?;
     Ok(Json(JoinTokenView {
         token: token.to_string(),
@@ -466,7 +543,11 @@ fn node_facts(s: &Cluster, id: &str) -> Option<(gantry_store::NodeRecord, usize)
 
 /// A node's view: its facts, and its liveness and figures (taken after the
 /// store's lock is let go).
-fn node_view(sh: &Shared, (record, tasks): (gantry_store::NodeRecord, usize)) -> NodeView {
+fn node_view(
+    sh: &Shared,
+    managers: &[gantry_api::ManagerView],
+    (record, tasks): (gantry_store::NodeRecord, usize),
+) -> NodeView {
     let last_seen_ms = sh
         .seen
         .lock()
@@ -479,10 +560,16 @@ fn node_view(sh: &Shared, (record, tasks): (gantry_store::NodeRecord, usize)) ->
         .expect("stats lock")
         .get(&record.id)
         .cloned();
+    // A manager on the node's host (by host name), as Swarm's column.
+    let manager_status = managers
+        .iter()
+        .find(|m| !m.hostname.is_empty() && m.hostname == record.hostname)
+        .map(|m| m.status.clone());
     NodeView {
         record,
         tasks,
         last_seen_ms,
+        manager_status,
         cpu_percent: stats.as_ref().map(|s| s.cpu_percent),
         mem_used: stats
             .as_ref()
@@ -493,7 +580,7 @@ fn node_view(sh: &Shared, (record, tasks): (gantry_store::NodeRecord, usize)) ->
 /// The view of node `id`.
 fn node_view_of(sh: &Shared, id: &str, key: &str) -> Res<NodeView> {
     sh.read(|s| node_facts(s, id))
-        .map(|f| Json(node_view(sh, f)))
+        .map(|f| Json(node_view(sh, &sh.managers(), f)))
         .ok_or_else(|| not_found(format!("no such node: {key}")))
 }
 
@@ -523,7 +610,13 @@ fn find_node(s: &Cluster, key: &str) -> Result<String, Fail> {
 async fn nodes(State(sh): Sh, Extension(peer): Extension<Peer>) -> Res<Vec<NodeView>> {
     peer.admin()?;
     let facts: Vec<_> = sh.read(|s| s.nodes.keys().filter_map(|id| node_facts(s, id)).collect());
-    Ok(Json(facts.into_iter().map(|f| node_view(&sh, f)).collect()))
+    let managers = sh.managers();
+    Ok(Json(
+        facts
+            .into_iter()
+            .map(|f| node_view(&sh, &managers, f))
+            .collect(),
+    ))
 }
 
 async fn node_inspect(

@@ -186,24 +186,35 @@ pub(crate) fn seal_key(key: &DataKey, mut rec: CertRecord) -> CertRecord {
     rec
 }
 
+/// The commands that seal the keys an older release stored in clear.
+pub(crate) fn seal_commands(s: &Cluster, key: &DataKey) -> Vec<Command> {
+    s.certs
+        .values()
+        .filter(|c| !c.key_pem.is_empty())
+        .map(|c| Command::PutCert(seal_key(key, c.clone())))
+        .collect()
+}
+
 /// Seals the keys a store from before keys were sealed holds in clear,
 /// then rewrites the store's file so that no page of it holds them.
+/// Before Raft runs (a store that held keys in clear was a single
+/// manager's); a manager locked at its start seals them through the log
+/// when it is unlocked (`unlock.rs`).
 pub(crate) fn seal_stored_keys(
     store: &mut gantry_store::Store,
     key: &DataKey,
 ) -> Result<(), gantry_store::StoreError> {
-    let cmds: Vec<Command> = store
-        .state()
-        .certs
-        .values()
-        .filter(|c| !c.key_pem.is_empty())
-        .map(|c| Command::PutCert(seal_key(key, c.clone())))
-        .collect();
+    let cmds = seal_commands(store.state(), key);
     if cmds.is_empty() {
         return Ok(());
     }
     let n = cmds.len();
-    store.apply_batch(&cmds)?;
+    store.migrate_in_place(|s| {
+        for c in &cmds {
+            s.apply(c)
+                .expect("a certificate replaced by itself, sealed");
+        }
+    })?;
     store.rewrite()?;
     tracing::info!(
         certificates = n,
@@ -298,7 +309,7 @@ pub(crate) fn internal_certs(sh: &Shared) -> Result<(), gantry_store::StoreError
     };
     for name in missing {
         match sh
-            .edge_ca
+            .edge_ca()
             .issue_web(std::slice::from_ref(&name), INTERNAL_DAYS)
         {
             Ok((issued, not_after_ms)) => {
@@ -578,7 +589,7 @@ pub(crate) async fn cert_rm(
 
 /// The edge CA certificate, for clients to trust internal names.
 pub(crate) async fn edge_ca(State(sh): State<Arc<Shared>>) -> Json<String> {
-    Json(sh.edge_ca.cert_pem().to_owned())
+    Json(sh.edge_ca().cert_pem().to_owned())
 }
 
 /// Checks the routes of the services of a deploy or update.

@@ -18,6 +18,9 @@ pub use backup::{restore, Backup};
 mod edge;
 mod events;
 mod files;
+mod forward;
+mod group;
+mod join;
 mod limits;
 mod logs;
 mod metrics;
@@ -36,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use gantry_api::{AdminConfig, NodeInfo};
 use gantry_pki::{ClusterCa, Issued, JoinToken, Role};
-use gantry_store::{Command, State, Store, StoreError};
+use gantry_store::{Batch, Change, Command, MemberId, State, Store, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
@@ -77,6 +80,15 @@ pub struct ServerConfig {
     /// Keep the data key at rest only sealed with an unlock key the
     /// operator gives at each start (`gantry unlock`).
     pub autolock: bool,
+    /// Join the managers of an existing cluster (an address of one of
+    /// them, and the manager join token) instead of starting one.
+    pub join: Option<(String, String)>,
+    /// Start a group of one from this manager's state, dropping the other
+    /// managers (after a quorum was lost for good).
+    pub force_new_cluster: bool,
+    /// This manager's host name (`node ls` shows a manager on the node of
+    /// the same name).
+    pub hostname: String,
 }
 
 /// Metadata key of the overlay's VXLAN network id.
@@ -88,6 +100,32 @@ pub(crate) const DIRECT_ROUTING_KEY: &str = "direct_routing";
 pub(crate) const TOKEN_NONCE_KEY: &str = "join_token_nonce";
 /// Metadata key of the SHA-256 of the join token's secret.
 pub(crate) const TOKEN_HASH_KEY: &str = "join_token_sha256";
+
+/// Metadata key of the manager join token's generation.
+pub(crate) const MANAGER_TOKEN_NONCE_KEY: &str = "manager_token_nonce";
+/// Metadata key of the SHA-256 of the manager join token's secret.
+pub(crate) const MANAGER_TOKEN_HASH_KEY: &str = "manager_token_sha256";
+
+/// A new manager join token (a token of its own, as Swarm's: a worker's
+/// token does not make a manager) and the commands that make it the
+/// cluster's.
+pub(crate) fn new_manager_token(
+    ca: &ClusterCa,
+) -> Result<(JoinToken, Vec<Command>), gantry_pki::PkiError> {
+    let nonce = format!("manager {}", JoinToken::new_nonce());
+    let token = JoinToken::derive(ca, &nonce)?;
+    let cmds = vec![
+        Command::SetMeta {
+            key: MANAGER_TOKEN_NONCE_KEY.into(),
+            value: nonce,
+        },
+        Command::SetMeta {
+            key: MANAGER_TOKEN_HASH_KEY.into(),
+            value: token.secret_hash(),
+        },
+    ];
+    Ok((token, cmds))
+}
 
 /// A new join token and the commands that make it the cluster's: its
 /// generation and its secret's hash are stored, never the token itself.
@@ -109,6 +147,9 @@ pub(crate) fn new_join_token(
     Ok((token, cmds))
 }
 
+/// How long a write waits for a quorum of managers.
+const WRITE_WAIT: Duration = Duration::from_secs(10);
+
 /// The VXLAN network id when none is given.
 pub const DEFAULT_VNI: u32 = 1;
 
@@ -127,25 +168,45 @@ pub enum ServerError {
     /// I/O (listening, writing the credential).
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
+    /// Raft would not start, or the group did not form.
+    #[error("managers: {0}")]
+    Group(String),
 }
 
 /// What every part of the manager shares.
 pub(crate) struct Shared {
     pub(crate) cfg: ServerConfig,
-    pub(crate) store: Mutex<Store>,
-    pub(crate) ca: ClusterCa,
+    /// The state machine, which Raft applies the log to; read it here.
+    pub(crate) store: Arc<Mutex<Store>>,
+    pub(crate) raft: group::Raft,
+    /// This manager's id in the group.
+    pub(crate) me: MemberId,
+    /// Held from reading the state a write is decided on until its batch
+    /// is applied (see [`Shared::update`]).
+    pub(crate) propose: Mutex<()>,
+    /// The runtime, for waiting on Raft from the synchronous write path.
+    pub(crate) rt: tokio::runtime::Handle,
+    /// The other managers.
+    pub(crate) peers: group::Peers,
+    /// The connection requests are forwarded on to the leader over.
+    pub(crate) to_leader: forward::ToLeader,
     /// Seals secret values in the store (`DATA_DIR/manager/data.key`,
     /// apart from the store file); none while locked (`unlock.rs`).
     pub(crate) data_key: std::sync::RwLock<Option<gantry_pki::seal::DataKey>>,
     /// The unlock key made at this start (autolock turned on), shown once.
     pub(crate) new_unlock_key: Mutex<Option<gantry_pki::seal::UnlockKey>>,
-    /// Signs the edge proxies' certificates for internal names.
-    pub(crate) edge_ca: ClusterCa,
     /// When each node last sent a heartbeat.
     pub(crate) seen: Mutex<HashMap<String, Instant>>,
     /// Nodes marked down lately (held or not), for the storm guard.
     pub(crate) downs: Mutex<Vec<(Instant, String)>>,
     pub(crate) started: Instant,
+    /// Held while the group's membership changes (one change at a time).
+    pub(crate) membership: tokio::sync::Mutex<()>,
+    /// This manager, removed from the voters while leading, is making
+    /// way for another leader (see `group::step_down`).
+    pub(crate) stepping_down: std::sync::atomic::AtomicBool,
+    /// Since when this manager leads (none: it does not).
+    pub(crate) leading_since: Mutex<Option<Instant>>,
     /// The store index after each applied batch: assignment streams wait
     /// on it.
     pub(crate) changed: watch::Sender<u64>,
@@ -204,33 +265,96 @@ impl Shared {
     }
 
     fn update_now(&self, f: impl FnOnce(&State) -> Vec<Command>) -> Result<(), StoreError> {
-        let mut store = self.store.lock().expect("store lock");
-        let mut cmds = f(store.state());
-        // The secrets and configs the services it puts use are pinned to
-        // their newest versions, and a new value rolls its users.
-        gantry_manager::files::pin_versions(store.state(), &mut cmds);
-        // Every write passes here: the services it puts that need a
-        // virtual IP get one (the same for a service created by a deploy,
-        // changed by an update, or put by anything else).
-        gantry_manager::network::assign_vips(store.state(), &mut cmds);
+        let _turn = self.propose.lock().expect("propose lock");
+        let cmds = {
+            let store = self.store.lock().expect("store lock");
+            let mut cmds = f(store.state());
+            // The secrets and configs the services it puts use are pinned
+            // to their newest versions, and a new value rolls its users.
+            gantry_manager::files::pin_versions(store.state(), &mut cmds);
+            // Every write passes here: the services it puts that need a
+            // virtual IP get one (the same for a service created by a
+            // deploy, changed by an update, or put by anything else).
+            gantry_manager::network::assign_vips(store.state(), &mut cmds);
+            cmds
+        };
         if cmds.is_empty() {
             return Ok(());
         }
-        let (index, before) = store.apply_batch_before(&cmds)?;
-        let evs = events::of(&before.state, store.state(), &cmds);
-        self.dirty
-            .lock()
-            .expect("dirty lock")
-            .extend(gantry_manager::touch::touched(
-                &before.state,
-                store.state(),
-                &cmds,
-            ));
-        drop(store);
-        self.events.publish(evs);
-        self.changed.send_replace(index);
+        self.propose_now(cmds)
+    }
+
+    /// Proposes a batch and waits until it is applied here (or refused).
+    fn propose_now(&self, cmds: Vec<Command>) -> Result<(), StoreError> {
+        use openraft::error::{ClientWriteError, RaftError};
+        let batch = Batch {
+            cmds,
+            at_ms: now_ms(),
+        };
+        if !self.is_leader() {
+            // Not proposed: the client may send it again.
+            return Err(StoreError::Unavailable(self.no_leader_message()));
+        }
+        let write = tokio::time::timeout(WRITE_WAIT, self.raft.client_write(batch));
+        match self.rt.block_on(write) {
+            Ok(Ok(r)) => r.data.map_err(StoreError::Rejected),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Err(StoreError::Unavailable(self.no_leader_message()))
+            }
+            Ok(Err(e)) => Err(StoreError::Unavailable(format!(
+                "the write may not have been applied: {e}"
+            ))),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "a quorum of managers did not confirm the write within {} s: it is applied only if they do once they are back",
+                WRITE_WAIT.as_secs()
+            ))),
+        }
+    }
+
+    /// What every applied batch sets off, on every manager: its events,
+    /// the services it touched, the streams' and the loop's wake-ups.
+    fn on_change(&self, c: Change<'_>) {
+        match c {
+            Change::Batch {
+                index,
+                before,
+                state,
+                cmds,
+                at_ms: _,
+            } => {
+                self.events.publish(events::of(&before.state, state, cmds));
+                self.dirty
+                    .lock()
+                    .expect("dirty lock")
+                    .extend(gantry_manager::touch::touched(&before.state, state, cmds));
+                self.changed.send_replace(index);
+            }
+            Change::Replaced { index, .. } => {
+                self.dirty.lock().expect("dirty lock").all = true;
+                self.changed.send_replace(index);
+            }
+        }
         self.kick.notify_one();
-        Ok(())
+    }
+
+    /// The cluster CA, as the state holds it.
+    pub(crate) fn ca(&self) -> ClusterCa {
+        self.read(|s| {
+            let m = |k: &str| s.meta.get(k).cloned().unwrap_or_default();
+            ClusterCa::from_pem(&m("cluster_id"), &m("ca_cert"), &m("ca_key"))
+        })
+    }
+
+    /// The CA of the edge proxies' certificates for internal names.
+    pub(crate) fn edge_ca(&self) -> ClusterCa {
+        self.read(|s| {
+            let m = |k: &str| s.meta.get(k).cloned().unwrap_or_default();
+            ClusterCa::from_pem(
+                &format!("{}-edge", m("cluster_id")),
+                &m("edge_ca_cert"),
+                &m("edge_ca_key"),
+            )
+        })
     }
 
     /// Reads the state, with the index of the last command it holds.
@@ -276,6 +400,112 @@ fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
+/// The address the other managers and the clients reach this one at:
+/// `advertise` (with the listening port unless it names one), else the
+/// listening address (loopback if it listens on every address).
+fn reach_of(advertise: &str, addr: SocketAddr) -> String {
+    if advertise.is_empty() {
+        if addr.ip().is_unspecified() {
+            format!("127.0.0.1:{}", addr.port())
+        } else {
+            addr.to_string()
+        }
+    } else if gantry_api::has_port(advertise) {
+        advertise.to_owned()
+    } else if advertise.contains(':') {
+        format!("[{advertise}]:{}", addr.port())
+    } else {
+        format!("{advertise}:{}", addr.port())
+    }
+}
+
+/// The names a manager's certificate carries besides `gantry-manager`.
+fn sans(advertise: &str, addr: SocketAddr) -> Vec<String> {
+    let host = advertise
+        .rsplit_once(':')
+        .filter(|_| gantry_api::has_port(advertise))
+        .map_or(advertise, |(h, _)| h)
+        .trim_matches(|c| c == '[' || c == ']');
+    let mut sans = vec![host.to_owned(), addr.ip().to_string()];
+    sans.retain(|s| !s.is_empty());
+    sans.dedup();
+    sans
+}
+
+/// What a new cluster's first manager stores, and what its flags change:
+/// the CAs, the join tokens, the default strategy and the overlay's
+/// settings. Through the log, as every write.
+fn init_cluster(sh: &Shared, ca: &ClusterCa, new_ca: Option<String>) -> Result<(), ServerError> {
+    let meta = |k: &str| sh.meta(k);
+    let set = |k: &str, v: String| Command::SetMeta {
+        key: k.into(),
+        value: v,
+    };
+    if let Some(cluster) = new_ca {
+        sh.apply(vec![
+            set("cluster_id", cluster),
+            set("ca_cert", ca.cert_pem().to_owned()),
+            set("ca_key", ca.key_pem().to_owned()),
+        ])?;
+    }
+    if meta(TOKEN_HASH_KEY).is_none() {
+        let (_, cmds) = new_join_token(ca)?;
+        sh.apply(cmds)?;
+    }
+    if meta(MANAGER_TOKEN_HASH_KEY).is_none() {
+        let (_, cmds) = new_manager_token(ca)?;
+        sh.apply(cmds)?;
+    }
+    if meta("edge_ca_key").is_none() {
+        let edge =
+            ClusterCa::generate(&format!("{}-edge", meta("cluster_id").unwrap_or_default()))?;
+        sh.apply(vec![
+            set("edge_ca_cert", edge.cert_pem().to_owned()),
+            set("edge_ca_key", edge.key_pem().to_owned()),
+        ])?;
+    }
+    let cfg = &sh.cfg;
+    let host_key = join::hostname_key(sh.me);
+    if meta(&host_key).as_deref() != Some(cfg.hostname.as_str()) {
+        sh.apply(vec![set(&host_key, cfg.hostname.clone())])?;
+    }
+    let strategy = match cfg.default_strategy {
+        gantry_sched::Strategy::Spread => "spread",
+        gantry_sched::Strategy::Binpack => "binpack",
+    };
+    use gantry_manager::network::{BLOCK_PREFIX_KEY, CIDR_KEY};
+    let (recorded, has_blocks) = sh.read(|s| {
+        (
+            gantry_manager::network::plan(s),
+            s.nodes.values().any(|n| n.block.is_some()),
+        )
+    });
+    let plan = match cfg.network {
+        Some(p) if p != recorded && has_blocks => {
+            return Err(ServerError::Config(format!(
+                "the cluster's overlay is {} in /{} blocks and nodes hold blocks of it: it cannot change to {} in /{}",
+                recorded.cidr, recorded.block_prefix, p.cidr, p.block_prefix
+            )))
+        }
+        Some(p) => p,
+        None => recorded,
+    };
+    let mut cmds = Vec::new();
+    for (k, v) in [
+        (gantry_manager::DEFAULT_STRATEGY_KEY, strategy.to_owned()),
+        (CIDR_KEY, plan.cidr.to_string()),
+        (BLOCK_PREFIX_KEY, plan.block_prefix.to_string()),
+        (VNI_KEY, cfg.vni.to_string()),
+        (DIRECT_ROUTING_KEY, cfg.direct_routing.to_string()),
+    ] {
+        if meta(k).as_deref() != Some(v.as_str()) {
+            cmds.push(set(k, v));
+        }
+    }
+    sh.apply(cmds)?;
+    Ok(())
+}
+
 /// A running manager.
 pub struct Manager {
     shared: Arc<Shared>,
@@ -284,161 +514,121 @@ pub struct Manager {
 }
 
 impl Manager {
-    /// Opens (or initialises) the cluster state, writes the admin
-    /// credential, and starts serving.
+    /// Opens (or initialises) the cluster state, joins or forms the
+    /// managers' group, writes the admin credential, and starts serving.
     pub async fn start(cfg: ServerConfig) -> Result<Self, ServerError> {
         let dir = cfg.data_dir.join("manager");
         private_dir(&dir).map_err(|e| ServerError::Io(format!("create {}", dir.display()), e))?;
-        let path = dir.join("state.redb");
-        let mut store = Store::open(&path)?;
-        // The store holds the CAs' keys: root's alone (redb creates 0644).
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| ServerError::Io(format!("chmod {}", path.display()), e))?;
-        let (data_key, new_unlock_key) = unlock::open(&dir, cfg.autolock)?;
-        if let Some(key) = &data_key {
-            // Keys an older release stored in clear are sealed now.
-            edge::seal_stored_keys(&mut store, key)?;
-        }
-        let meta = |s: &Store, k: &str| s.state().meta.get(k).cloned();
-        let ca = match (meta(&store, "ca_cert"), meta(&store, "ca_key")) {
-            (Some(c), Some(k)) => {
-                ClusterCa::from_pem(&meta(&store, "cluster_id").unwrap_or_default(), &c, &k)
-            }
-            _ => {
-                let cluster = new_id();
-                let ca = ClusterCa::generate(&cluster)?;
-                store.apply_batch(&[
-                    Command::SetMeta {
-                        key: "cluster_id".into(),
-                        value: cluster,
-                    },
-                    Command::SetMeta {
-                        key: "ca_cert".into(),
-                        value: ca.cert_pem().to_owned(),
-                    },
-                    Command::SetMeta {
-                        key: "ca_key".into(),
-                        value: ca.key_pem().to_owned(),
-                    },
-                ])?;
-                ca
-            }
-        };
-        if meta(&store, TOKEN_HASH_KEY).is_none() {
-            // A new cluster, or one from before only the hash was kept: its
-            // token was stored whole, so it is replaced (and removed).
-            let plain = meta(&store, "join_token").is_some();
-            let (_, mut cmds) = new_join_token(&ca)?;
-            cmds.push(Command::SetMeta {
-                key: "join_token".into(),
-                value: String::new(),
-            });
-            store.apply_batch(&cmds)?;
-            if plain {
-                tracing::warn!("the join token was stored in plain text: it is replaced by a new one (`gantry join-token` shows it)");
-                // A snapshot now trims the log entries that held it.
-                store.snapshot()?;
-            }
-        }
-        let edge_ca = match (meta(&store, "edge_ca_cert"), meta(&store, "edge_ca_key")) {
-            (Some(c), Some(k)) => ClusterCa::from_pem(
-                &format!("{}-edge", meta(&store, "cluster_id").unwrap_or_default()),
-                &c,
-                &k,
-            ),
-            _ => {
-                let edge = ClusterCa::generate(&format!(
-                    "{}-edge",
-                    meta(&store, "cluster_id").unwrap_or_default()
-                ))?;
-                store.apply_batch(&[
-                    Command::SetMeta {
-                        key: "edge_ca_cert".into(),
-                        value: edge.cert_pem().to_owned(),
-                    },
-                    Command::SetMeta {
-                        key: "edge_ca_key".into(),
-                        value: edge.key_pem().to_owned(),
-                    },
-                ])?;
-                edge
-            }
-        };
-        let strategy = match cfg.default_strategy {
-            gantry_sched::Strategy::Spread => "spread",
-            gantry_sched::Strategy::Binpack => "binpack",
-        };
-        if meta(&store, gantry_manager::DEFAULT_STRATEGY_KEY).as_deref() != Some(strategy) {
-            store.apply(Command::SetMeta {
-                key: gantry_manager::DEFAULT_STRATEGY_KEY.into(),
-                value: strategy.into(),
-            })?;
-        }
-        use gantry_manager::network::{BLOCK_PREFIX_KEY, CIDR_KEY};
-        let recorded = gantry_manager::network::plan(store.state());
-        let has_blocks = store.state().nodes.values().any(|n| n.block.is_some());
-        let plan = match cfg.network {
-            Some(p) if p != recorded && has_blocks => {
-                return Err(ServerError::Config(format!(
-                    "the cluster's overlay is {} in /{} blocks and nodes hold blocks of it: it cannot change to {} in /{}",
-                    recorded.cidr, recorded.block_prefix, p.cidr, p.block_prefix
-                )))
-            }
-            Some(p) => p,
-            None => recorded,
-        };
-        let mut net_meta = Vec::new();
-        for (k, v) in [
-            (CIDR_KEY, plan.cidr.to_string()),
-            (BLOCK_PREFIX_KEY, plan.block_prefix.to_string()),
-            (VNI_KEY, cfg.vni.to_string()),
-            (DIRECT_ROUTING_KEY, cfg.direct_routing.to_string()),
-        ] {
-            if meta(&store, k).as_deref() != Some(v.as_str()) {
-                net_meta.push(Command::SetMeta {
-                    key: k.into(),
-                    value: v,
-                });
-            }
-        }
-        store.apply_batch(&net_meta)?;
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| ServerError::Io(format!("listen on {}", cfg.listen), e))?;
         let addr = listener
             .local_addr()
             .map_err(|e| ServerError::Io("local address".into(), e))?;
-        let mut sans = vec![cfg.advertise.clone(), addr.ip().to_string()];
-        sans.retain(|s| !s.is_empty());
-        sans.dedup();
-        let me = ca.issue("manager", Role::Manager, &sans)?;
-        // The admin credential for the CLI on this host.
-        let admin = ca.issue("admin", Role::Admin, &[])?;
-        let reach = if addr.ip().is_unspecified() {
-            format!("127.0.0.1:{}", addr.port())
-        } else {
-            addr.to_string()
-        };
-        AdminConfig {
-            manager: reach,
-            ca_pem: ca.cert_pem().to_owned(),
-            cert_pem: admin.cert_pem,
-            key_pem: admin.key_pem,
+        let reach = reach_of(&cfg.advertise, addr);
+        let me = join::member_id(&dir)?;
+        let path = dir.join("state.redb");
+        let mut store = Store::open(&path)?;
+        // The store holds the CAs' keys: root's alone (redb creates 0644).
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| ServerError::Io(format!("chmod {}", path.display()), e))?;
+        if cfg.force_new_cluster {
+            if !store.state().meta.contains_key("ca_key") {
+                return Err(ServerError::Config(
+                    "--force-new-cluster needs this manager's state: its data dir holds none"
+                        .into(),
+                ));
+            }
+            store.bootstrap(me, &reach)?;
+            tracing::warn!(member = me, "a new group of one manager from this manager's state: the other managers are dropped (join new ones with gantry join-token manager)");
+        } else if !store.is_bootstrapped() {
+            match &cfg.join {
+                None => store.bootstrap(me, &reach)?,
+                Some((to, token)) if !dir.join(join::CREDENTIAL_FILE).exists() => {
+                    join::join(&dir, to, token, me, &reach, &cfg.hostname).await?;
+                }
+                Some(_) => {}
+            }
         }
-        .save(&cfg.config_dir)
-        .map_err(|e| ServerError::Io(format!("write {}", cfg.config_dir.display()), e))?;
-        let (changed, _) = watch::channel(store.index());
+        let (data_key, new_unlock_key) = unlock::open(&dir, cfg.autolock)?;
+        // What an older release stored in clear leaves the disk now: a
+        // join token stored whole, certificate keys.
+        if store
+            .state()
+            .meta
+            .get("join_token")
+            .is_some_and(|t| !t.is_empty())
+        {
+            store.migrate_in_place(|s| {
+                s.meta.remove("join_token");
+                s.meta.remove(TOKEN_HASH_KEY);
+            })?;
+            store.rewrite()?;
+            tracing::warn!("the join token was stored in plain text: it is replaced by a new one (`gantry join-token` shows it)");
+        }
+        if let Some(key) = &data_key {
+            edge::seal_stored_keys(&mut store, key)?;
+        }
+        // Who this manager is to the others and to its clients: a
+        // certificate from the cluster CA it holds, or, joining, the one
+        // the leader signed.
+        let meta = |s: &Store, k: &str| s.state().meta.get(k).cloned();
+        let mut new_ca = None;
+        let (ca, cert) = match (meta(&store, "ca_cert"), meta(&store, "ca_key")) {
+            (Some(c), Some(k)) => {
+                let ca =
+                    ClusterCa::from_pem(&meta(&store, "cluster_id").unwrap_or_default(), &c, &k);
+                let cert = ca.issue("manager", Role::Manager, &sans(&cfg.advertise, addr))?;
+                (ca, cert)
+            }
+            _ if store.is_bootstrapped() => {
+                let cluster = new_id();
+                let ca = ClusterCa::generate(&cluster)?;
+                let cert = ca.issue("manager", Role::Manager, &sans(&cfg.advertise, addr))?;
+                new_ca = Some(cluster);
+                (ca, cert)
+            }
+            _ => join::credential(&dir)?,
+        };
+        let peers = group::Peers::default();
+        peers.set_tls(ca.client_config(&cert)?);
+        let tls = Arc::new(ca.server_config_join(&cert)?);
+        let single = store.is_bootstrapped() && gantry_store::voters(store.members()).len() == 1;
+        let log = store.log_store();
+        let store = Arc::new(Mutex::new(store));
+        let raft = group::Raft::new(
+            me,
+            Arc::new(
+                group::config()
+                    .validate()
+                    .map_err(|e| ServerError::Group(e.to_string()))?,
+            ),
+            group::Network(peers.clone()),
+            log,
+            gantry_store::Machine(store.clone()),
+        )
+        .await
+        .map_err(|e| ServerError::Group(e.to_string()))?;
+        let index = store.lock().expect("store lock").index();
+        let (changed, _) = watch::channel(index);
         let shared = Arc::new(Shared {
             cfg,
-            store: Mutex::new(store),
-            ca: ca.clone(),
+            store,
+            raft,
+            me,
+            propose: Mutex::new(()),
+            rt: tokio::runtime::Handle::current(),
+            peers,
+            to_leader: Default::default(),
             data_key: std::sync::RwLock::new(data_key),
             new_unlock_key: Mutex::new(new_unlock_key),
-            edge_ca,
             certs_checked: Mutex::new((u64::MAX, Instant::now())),
             seen: Mutex::new(HashMap::new()),
             downs: Mutex::new(Vec::new()),
             started: Instant::now(),
+            leading_since: Mutex::new(None),
+            stepping_down: Default::default(),
+            membership: Default::default(),
             changed,
             kick: Notify::new(),
             events: events::Events::new(),
@@ -454,8 +644,46 @@ impl Manager {
             }),
             joins: limits::JoinLimiter::default(),
         });
-        let tls = Arc::new(ca.server_config_join(&me)?);
-        let mut tasks = Vec::new();
+        let weak = Arc::downgrade(&shared);
+        shared
+            .store
+            .lock()
+            .expect("store lock")
+            .set_hook(Box::new(move |c| {
+                if let Some(sh) = weak.upgrade() {
+                    sh.on_change(c);
+                }
+            }));
+        let mut tasks = vec![tokio::spawn(api::serve(shared.clone(), listener, tls))];
+        if single {
+            // A group of one: this manager leads once its election is
+            // over, and applies what its flags set.
+            group::wait_leader(&shared, Duration::from_secs(10)).await?;
+            init_cluster(&shared, &ca, new_ca)?;
+        } else {
+            // Joining, or one of several: the state (and its CA) comes
+            // from the leader.
+            group::wait_state(&shared, Duration::from_secs(120)).await?;
+        }
+        let ca = shared.ca();
+        if ca.key_pem().is_empty() {
+            return Err(ServerError::Config(
+                "the cluster state holds no CA: this data dir is not a manager's".into(),
+            ));
+        }
+        // Kept for the next start, once the CA is in the state for good.
+        join::save_credential(&dir, &ca, &cert)?;
+        // The admin credential for the CLI on this host.
+        let admin = ca.issue("admin", Role::Admin, &[])?;
+        AdminConfig {
+            manager: reach.clone(),
+            managers: shared.managers().into_iter().map(|m| m.addr).collect(),
+            ca_pem: ca.cert_pem().to_owned(),
+            cert_pem: admin.cert_pem,
+            key_pem: admin.key_pem,
+        }
+        .save(&shared.cfg.config_dir)
+        .map_err(|e| ServerError::Io(format!("write {}", shared.cfg.config_dir.display()), e))?;
         if let Some(addr) = shared.cfg.metrics {
             let l = TcpListener::bind(addr).await.map_err(|e| {
                 ServerError::Io(
@@ -467,12 +695,11 @@ impl Manager {
             tasks.push(tokio::spawn(metrics::serve(shared.clone(), l)));
         }
         tasks.extend([
-            tokio::spawn(api::serve(shared.clone(), listener, tls)),
             tokio::spawn(orchestrate::run(shared.clone())),
             tokio::spawn(assign::run(shared.clone())),
             tokio::spawn(acme::run(shared.clone())),
         ]);
-        tracing::info!(%addr, "manager listening");
+        tracing::info!(%addr, member = me, "manager listening");
         Ok(Self {
             shared,
             addr,
@@ -507,7 +734,7 @@ impl Manager {
                 .map(|n| n.id.clone())
         });
         let id = existing.unwrap_or_else(new_id);
-        let cred = self.shared.ca.issue(&id, Role::Worker, &[])?;
+        let cred = self.shared.ca().issue(&id, Role::Worker, &[])?;
         let mut rec = gantry_manager::report::node_record(&id, info, true);
         self.shared.update(|s| {
             match s.nodes.get(&id) {
@@ -527,13 +754,16 @@ impl Manager {
 
     /// The cluster CA certificate.
     pub fn ca_pem(&self) -> String {
-        self.shared.ca.cert_pem().to_owned()
+        self.shared.ca().cert_pem().to_owned()
     }
 
     /// Stops serving (the state is already durable).
-    pub fn stop(self) {
+    pub async fn stop(self) {
         for t in &self.tasks {
             t.abort();
+        }
+        if let Err(e) = self.shared.raft.shutdown().await {
+            tracing::warn!("stopping Raft: {e}");
         }
     }
 }
@@ -561,13 +791,16 @@ mod tests {
             },
             metrics: None,
             autolock: false,
+            join: None,
+            force_new_cluster: false,
+            hostname: "test".into(),
         }
     }
 
     /// A data dir from before certificate keys were sealed (part 6) keeps
     /// them in clear in its store: the manager seals them when it opens
     /// it, and the store's file no longer holds them anywhere.
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn certificate_keys_stored_in_clear_are_sealed_in_place() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("manager")).unwrap();
@@ -576,9 +809,11 @@ mod tests {
         let (issued, not_after_ms) = ca.issue_web(&["shop.test".into()], 90).unwrap();
         let key_pem = issued.key_pem.clone();
         {
-            let mut store = Store::open(&path).unwrap();
-            store
-                .apply(Command::PutCert(gantry_store::CertRecord {
+            // As a single manager of part 6 left it (migrated, so its
+            // state is the snapshot).
+            let mut state = State::default();
+            state
+                .apply(&Command::PutCert(gantry_store::CertRecord {
                     name: "shop.test".into(),
                     names: vec!["shop.test".into()],
                     cert_pem: issued.cert_pem.clone(),
@@ -588,7 +823,7 @@ mod tests {
                     source: gantry_store::CertSource::User,
                 }))
                 .unwrap();
-            store.snapshot().unwrap();
+            Store::create_from(&path, state).unwrap();
         }
         let body = key_pem.lines().nth(1).unwrap().to_owned();
         let holds = |p: &std::path::Path| {
@@ -609,7 +844,7 @@ mod tests {
         // Locked, the manager withholds them rather than send none.
         let (none, withheld) = m.shared.read(|s| edge::certs(s, None));
         assert!(none.is_empty() && withheld);
-        m.stop();
+        m.stop().await;
         assert!(!holds(&path), "the key is still in the store's file");
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
@@ -619,7 +854,7 @@ mod tests {
     /// A store from before only the hash was kept holds the token whole:
     /// the manager replaces it at start, and the log that held it is
     /// trimmed.
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_join_token_stored_whole_is_replaced_and_forgotten() {
         let dir = tempfile::tempdir().unwrap();
         let ca = ClusterCa::generate("old").unwrap();
@@ -627,19 +862,16 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("manager")).unwrap();
         let path = dir.path().join("manager/state.redb");
         {
-            let mut store = Store::open(&path).unwrap();
-            let meta = |k: &str, v: String| Command::SetMeta {
-                key: k.into(),
-                value: v,
-            };
-            store
-                .apply_batch(&[
-                    meta("cluster_id", "old".into()),
-                    meta("ca_cert", ca.cert_pem().into()),
-                    meta("ca_key", ca.key_pem().into()),
-                    meta("join_token", old.to_string()),
-                ])
-                .unwrap();
+            let mut state = State::default();
+            for (k, v) in [
+                ("cluster_id", "old".to_owned()),
+                ("ca_cert", ca.cert_pem().into()),
+                ("ca_key", ca.key_pem().into()),
+                ("join_token", old.to_string()),
+            ] {
+                state.meta.insert(k.into(), v);
+            }
+            Store::create_from(&path, state).unwrap();
         }
         let m = Manager::start(config(dir.path())).await.unwrap();
         let meta = m.shared.read(|s| s.meta.clone());
@@ -648,7 +880,7 @@ mod tests {
         let new = JoinToken::derive(&ca, nonce).unwrap();
         assert_eq!(meta[TOKEN_HASH_KEY], new.secret_hash());
         assert!(!new.matches(&old.secret_hash()));
-        m.stop();
+        m.stop().await;
         let bytes = std::fs::read(&path).unwrap();
         for secret in [&old.secret, &new.secret] {
             assert!(

@@ -33,6 +33,22 @@ pub(crate) async fn run(sh: Arc<Shared>) {
             _ = sh.kick.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
+        // Only the leader orchestrates. One that has just taken over gives
+        // every node a fresh grace (its heartbeats went to the old leader)
+        // and looks at every service once: no mass rescheduling because
+        // the leader changed, and a rollout goes on where it was.
+        if !sh.is_leader() {
+            *sh.leading_since.lock().expect("leading lock") = None;
+            continue;
+        }
+        {
+            let mut since = sh.leading_since.lock().expect("leading lock");
+            if since.is_none() {
+                *since = Some(Instant::now());
+                sh.dirty.lock().expect("dirty lock").all = true;
+                tracing::info!("leading the managers: orchestration starts");
+            }
+        }
         let s = sh.clone();
         match tokio::task::spawn_blocking(move || step(&s)).await {
             Ok(Ok(())) => {}
@@ -48,11 +64,17 @@ fn step(sh: &Shared) -> Result<(), StoreError> {
     // while waiting for the store's, or every heartbeat (which stamps
     // before it waits for anything) would wait for the store too.
     let ids: Vec<String> = sh.read(|s| s.nodes.keys().cloned().collect());
+    let since = sh
+        .leading_since
+        .lock()
+        .expect("leading lock")
+        .unwrap_or(now)
+        .max(sh.started);
     let silent: BTreeMap<String, Duration> = {
         let seen = sh.seen.lock().expect("seen lock");
         ids.into_iter()
             .map(|id| {
-                let last = seen.get(&id).copied().unwrap_or(sh.started).max(sh.started);
+                let last = seen.get(&id).copied().unwrap_or(since).max(since);
                 let silent = now.saturating_duration_since(last);
                 (id, silent)
             })

@@ -144,10 +144,10 @@ pub(crate) async fn unlock(
         serde_json::from_slice(&text).map_err(|e| bad(format!("{}: {e}", path.display())))?;
     let key = DataKey::unlock(&locked, &unlock).map_err(|e| bad(e.to_string()))?;
     tracing::info!(key = key.id(), "unlocked");
-    {
-        // Keys an older release stored in clear are sealed now.
-        let mut store = sh.store.lock().expect("store lock");
-        crate::edge::seal_stored_keys(&mut store, &key)?;
+    // Keys an older release stored in clear are sealed now (by the
+    // leader, through the log).
+    if sh.is_leader() {
+        sh.update(|s| crate::edge::seal_commands(s, &key))?;
     }
     *sh.data_key.write().expect("data key lock") = Some(key);
     // The assignment streams send what was withheld.

@@ -152,8 +152,10 @@ pub enum Command {
     },
 }
 
-/// A command that would break the state's rules.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// A command that would break the state's rules. It travels in the
+/// replicated log's answers, so it serialises.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Rejected {
     /// The node does not exist.
     #[error("no such node: {0}")]

@@ -120,9 +120,9 @@ enum Cmd {
     #[command(subcommand)]
     Stack(stacks::StackCmd),
     /// Run the manager (with --dev, also this host as a node).
-    Server(cluster::ServerArgs),
+    Server(Box<cluster::ServerArgs>),
     /// Run a node agent.
-    Agent(cluster::AgentArgs),
+    Agent(Box<cluster::AgentArgs>),
     /// The single-threaded runtime helper of the agent.
     #[command(hide = true)]
     AgentHelper {
@@ -132,8 +132,12 @@ enum Cmd {
     /// Simulated nodes for the scale harness (scripts/bench-scale.sh).
     #[command(hide = true)]
     SimNodes(sim::SimArgs),
-    /// Print (or rotate) the token nodes join with.
+    /// Print (or rotate) the token nodes (worker, the default) or
+    /// managers join with.
     JoinToken {
+        /// worker or manager.
+        #[arg(value_name = "worker|manager")]
+        role: Option<String>,
         /// Make a new token; the old one stops working.
         #[arg(long)]
         rotate: bool,
@@ -149,6 +153,9 @@ enum Cmd {
     /// Manage nodes.
     #[command(subcommand)]
     Node(cluster::NodeCmd),
+    /// The managers' group: who leads, who is reachable.
+    #[command(subcommand)]
+    Manager(cluster::ManagerCmd),
     /// Follow cluster events.
     Events(cluster::EventsArgs),
     /// A live table of the cluster's task containers' CPU, memory, network
@@ -290,6 +297,12 @@ fn main() -> ExitCode {
 }
 
 fn dispatch(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<u8> {
+    let r = dispatch_cmd(ctx, cmd);
+    cluster::remember_managers(ctx);
+    r
+}
+
+fn dispatch_cmd(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<u8> {
     match cmd {
         Cmd::Image(c) => images::run(ctx, c),
         Cmd::Pull(a) => images::run(ctx, images::ImageCmd::Pull(a)),
@@ -313,14 +326,19 @@ fn dispatch(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<u8> {
         Cmd::Volume(c) => volumes::run(ctx, c),
         Cmd::Stack(stacks::StackCmd::Cluster(c)) => cluster::stack(ctx, c),
         Cmd::Stack(c) => stacks::run(c),
-        Cmd::Server(a) => cluster::server(ctx, a),
-        Cmd::Agent(a) => cluster::agent(ctx, a),
+        Cmd::Server(a) => cluster::server(ctx, *a),
+        Cmd::Agent(a) => cluster::agent(ctx, *a),
         Cmd::AgentHelper { .. } => unreachable!("handled before the context is made"),
         Cmd::SimNodes(a) => sim::run(a),
-        Cmd::JoinToken { rotate, quiet } => cluster::join_token(ctx, rotate, quiet),
+        Cmd::JoinToken {
+            role,
+            rotate,
+            quiet,
+        } => cluster::join_token(ctx, role, rotate, quiet),
         Cmd::Deploy(a) => cluster::deploy(ctx, a),
         Cmd::Service(c) => cluster::service(ctx, c),
         Cmd::Node(c) => cluster::node(ctx, c),
+        Cmd::Manager(c) => cluster::manager(ctx, c),
         Cmd::Events(a) => cluster::events(ctx, a),
         Cmd::Stats(a) => stats::stats(ctx, a),
         Cmd::Demo(a) => demo::demo(a),

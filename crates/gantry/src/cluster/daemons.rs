@@ -88,6 +88,27 @@ pub(crate) struct ServerArgs {
     /// must hold no cluster yet.
     #[arg(long, value_name = "FILE")]
     restore: Option<PathBuf>,
+    /// Join the managers of an existing cluster, at ADDR (any of them),
+    /// with the manager join token (`gantry join-token manager`).
+    #[arg(long, value_name = "ADDR", requires = "token", conflicts_with_all = ["restore", "force_new_cluster"])]
+    join: Option<String>,
+    /// The manager join token, for --join.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "GANTRY_MANAGER_TOKEN",
+        requires = "join"
+    )]
+    token: Option<String>,
+    /// Start a group of one manager from this manager's state, dropping
+    /// the others: after a quorum was lost for good (Swarm's
+    /// --force-new-cluster). Join new managers to it afterwards.
+    #[arg(long)]
+    force_new_cluster: bool,
+    /// This host's name (default: the system's); with --dev also the
+    /// node's.
+    #[arg(long)]
+    hostname: Option<String>,
     #[command(flatten)]
     edge: EdgeArgs,
     #[command(flatten)]
@@ -325,6 +346,13 @@ pub(crate) fn server(ctx: &Ctx, a: ServerArgs) -> anyhow::Result<u8> {
         },
         metrics: Some(a.manager_metrics),
         autolock: a.autolock,
+        join: a.join.clone().zip(a.token.clone()),
+        force_new_cluster: a.force_new_cluster,
+        hostname: a.hostname.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        }),
         default_strategy: if a.default_strategy == "binpack" {
             gantry_sched::Strategy::Binpack
         } else {
@@ -352,7 +380,7 @@ pub(crate) fn server(ctx: &Ctx, a: ServerArgs) -> anyhow::Result<u8> {
                 token: None,
                 advertise: a.advertise.clone(),
                 labels,
-                hostname: None,
+                hostname: a.hostname.clone(),
                 heartbeat: Duration::from_secs(1),
                 helper,
                 registry,
@@ -366,6 +394,7 @@ pub(crate) fn server(ctx: &Ctx, a: ServerArgs) -> anyhow::Result<u8> {
             let id = gantry_agent::Identity {
                 node_id: node_id.clone(),
                 manager: acfg.manager.clone().unwrap_or_default(),
+                managers: Vec::new(),
                 ca_pem: m.ca_pem(),
                 cert_pem: cred.cert_pem,
                 key_pem: cred.key_pem,
@@ -378,7 +407,7 @@ pub(crate) fn server(ctx: &Ctx, a: ServerArgs) -> anyhow::Result<u8> {
             });
         }
         shutdown_signal().await;
-        m.stop();
+        m.stop().await;
         Ok::<_, anyhow::Error>(())
     })??;
     Ok(0)

@@ -25,7 +25,7 @@ pub(crate) use daemons::{agent, server, AgentArgs, ServerArgs};
 pub(crate) use events::{events, time_arg, EventsArgs};
 pub(crate) use files::{file, unlock, unlock_key, FileCmd, Kind as FileKind};
 pub(crate) use networks::{network, NetworkCmd};
-pub(crate) use nodes::{join_token, node, NodeCmd};
+pub(crate) use nodes::{join_token, manager, node, ManagerCmd, NodeCmd};
 pub(crate) use services::{deploy, service, stack, ClusterStackCmd, DeployArgs, ServiceCmd};
 
 fn kv(s: &str) -> anyhow::Result<(String, String)> {
@@ -42,10 +42,34 @@ pub(crate) fn duration(s: &str, what: &str) -> anyhow::Result<Duration> {
         .map_err(|e| anyhow::anyhow!("{what}: {e}"))
 }
 
+/// The client the command made, to keep the managers it learned.
+static USED: std::sync::Mutex<Option<(AdminConfig, Client)>> = std::sync::Mutex::new(None);
+
 /// A client of the manager with the admin credential.
 pub(crate) fn client(ctx: &Ctx) -> anyhow::Result<Client> {
     let cfg = AdminConfig::load(&ctx.config_dir).map_err(|e| anyhow::anyhow!(e))?;
-    Ok(Client::admin(&cfg, ctx.host.as_deref())?)
+    let c = Client::admin(&cfg, ctx.host.as_deref())?;
+    *USED.lock().expect("client lock") = Some((cfg, c.clone()));
+    Ok(c)
+}
+
+/// Keeps in the admin credential every manager the command's answers
+/// listed, so that the next command finds another when its manager is
+/// gone.
+pub(crate) fn remember_managers(ctx: &Ctx) {
+    let Some((mut cfg, c)) = USED.lock().expect("client lock").take() else {
+        return;
+    };
+    let mut learned = c.managers();
+    learned.sort();
+    let mut kept = cfg.managers.clone();
+    kept.sort();
+    if learned != kept && !learned.is_empty() {
+        cfg.managers = learned;
+        if let Err(e) = cfg.save(&ctx.config_dir) {
+            tracing::debug!("keeping the managers in the credential: {e}");
+        }
+    }
 }
 
 fn call<T>(

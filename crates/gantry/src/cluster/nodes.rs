@@ -60,6 +60,21 @@ pub(crate) enum NodeCmd {
         /// The node.
         node: String,
     },
+    /// Make the managers on these nodes' hosts voting members of the
+    /// managers' group (as `docker node promote`).
+    Promote {
+        /// Nodes (id, id prefix or hostname), or managers (member id).
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Make them non-voting members: they keep a copy of the state and
+    /// answer clients, but no longer count for a quorum. Demoting the
+    /// leader makes the others elect one.
+    Demote {
+        /// Nodes (id, id prefix or hostname), or managers (member id).
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
     /// Let a node take tasks again.
     Activate {
         /// The node.
@@ -84,12 +99,23 @@ pub(crate) enum NodeCmd {
     },
 }
 
-pub(crate) fn join_token(ctx: &Ctx, rotate: bool, quiet: bool) -> anyhow::Result<u8> {
+pub(crate) fn join_token(
+    ctx: &Ctx,
+    role: Option<String>,
+    rotate: bool,
+    quiet: bool,
+) -> anyhow::Result<u8> {
+    let manager = match role.as_deref() {
+        None | Some("worker") => false,
+        Some("manager") => true,
+        Some(r) => anyhow::bail!("{r:?}: worker or manager"),
+    };
+    let q = if manager { "?role=manager" } else { "" };
     let c = client(ctx)?;
     let v: JoinTokenView = if rotate {
-        call(c.post("/v1/join-token/rotate", &()))?
+        call(c.post(&format!("/v1/join-token/rotate{q}"), &()))?
     } else {
-        call(c.get("/v1/join-token"))?
+        call(c.get(&format!("/v1/join-token{q}")))?
     };
     if quiet {
         println!("{}", v.token);
@@ -97,10 +123,17 @@ pub(crate) fn join_token(ctx: &Ctx, rotate: bool, quiet: bool) -> anyhow::Result
         if rotate {
             println!("Join token rotated; the old one no longer joins new nodes.\n");
         }
-        println!(
-            "To add a node to this cluster, run on it:\n\n    gantry agent --manager {} --token {}\n",
-            v.manager, v.token
-        );
+        if manager {
+            println!(
+                "To add a manager to this cluster, run on its host:\n\n    gantry server --join {} --token {}\n",
+                v.manager, v.token
+            );
+        } else {
+            println!(
+                "To add a node to this cluster, run on it:\n\n    gantry agent --manager {} --token {}\n",
+                v.manager, v.token
+            );
+        }
     }
     Ok(0)
 }
@@ -116,6 +149,23 @@ fn availability(s: &str) -> anyhow::Result<Availability> {
 
 fn update_node(c: &Client, node: &str, u: &NodeUpdate) -> anyhow::Result<NodeView> {
     call(c.post(&format!("/v1/nodes/{node}"), u))
+}
+
+/// Promotes or demotes the managers on `nodes`' hosts (a node names its
+/// host's manager; a member id names itself).
+fn set_role(c: &Client, nodes: &[String], role: &str) -> anyhow::Result<()> {
+    for n in nodes {
+        let name = match call(c.get::<NodeView>(&format!("/v1/nodes/{n}"))) {
+            Ok(v) => v.record.hostname,
+            Err(_) => n.clone(),
+        };
+        call(c.post::<_, ()>(
+            &format!("/v1/managers/{name}"),
+            &serde_json::json!({ "role": role }),
+        ))?;
+        println!("{n}");
+    }
+    Ok(())
 }
 
 pub(crate) fn node(ctx: &Ctx, cmd: NodeCmd) -> anyhow::Result<u8> {
@@ -151,7 +201,7 @@ pub(crate) fn node(ctx: &Ctx, cmd: NodeCmd) -> anyhow::Result<u8> {
                                 }
                                 .into(),
                                 capitalised(&state_name(&n.record.availability)),
-                                if n.record.manager { "Leader" } else { "" }.into(),
+                                n.manager_status.clone().unwrap_or_default(),
                                 n.record.addr.clone(),
                                 n.record.block.map(|b| b.to_string()).unwrap_or_default(),
                                 n.tasks.to_string(),
@@ -208,6 +258,8 @@ pub(crate) fn node(ctx: &Ctx, cmd: NodeCmd) -> anyhow::Result<u8> {
             let v = update_node(&c, &node, &u)?;
             println!("{}", v.record.id);
         }
+        NodeCmd::Promote { nodes } => set_role(&c, &nodes, "voter")?,
+        NodeCmd::Demote { nodes } => set_role(&c, &nodes, "learner")?,
         NodeCmd::Drain { detach, node } => {
             let v = update_node(
                 &c,
@@ -274,6 +326,54 @@ pub(crate) fn node(ctx: &Ctx, cmd: NodeCmd) -> anyhow::Result<u8> {
                 }
             }
             return Ok(code);
+        }
+    }
+    Ok(0)
+}
+
+/// `gantry manager`.
+#[derive(clap::Subcommand)]
+pub(crate) enum ManagerCmd {
+    /// List the managers: their address, host and status (Leader,
+    /// Reachable, Unreachable, or Learner for one that does not vote).
+    Ls {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Remove a manager from the group (it stops getting the state; stop
+    /// its process, and start it again with --join to bring it back).
+    Rm {
+        /// Managers (member id or host name).
+        #[arg(required = true)]
+        managers: Vec<String>,
+    },
+}
+
+pub(crate) fn manager(ctx: &Ctx, cmd: ManagerCmd) -> anyhow::Result<u8> {
+    let c = client(ctx)?;
+    match cmd {
+        ManagerCmd::Ls { format } => {
+            let v: Vec<gantry_api::ManagerView> = call(c.get("/v1/managers"))?;
+            if format == Format::Json {
+                output::json(&v)?;
+            } else {
+                output::table(
+                    &["ID", "HOSTNAME", "ADDRESS", "MANAGER STATUS"],
+                    v.into_iter()
+                        .map(|m| vec![m.id, m.hostname, m.addr, m.status])
+                        .collect(),
+                );
+            }
+        }
+        ManagerCmd::Rm { managers } => {
+            for m in managers {
+                call(c.post::<_, ()>(
+                    &format!("/v1/managers/{m}"),
+                    &serde_json::json!({ "role": "none" }),
+                ))?;
+                println!("{m}");
+            }
         }
     }
     Ok(0)

@@ -182,10 +182,17 @@ impl Cluster {
         serde_json::from_str(&self.admin_ok(args)).unwrap()
     }
 
+    /// The last 40 lines of a log (all of it with GANTRY_TEST_FULL_LOGS
+    /// set).
     pub fn tail(&self, name: &str) -> String {
         let t = std::fs::read_to_string(self.logs.path().join(name)).unwrap_or_default();
         let lines: Vec<&str> = t.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        let keep = if std::env::var_os("GANTRY_TEST_FULL_LOGS").is_some() {
+            lines.len()
+        } else {
+            40
+        };
+        lines[lines.len().saturating_sub(keep)..].join("\n")
     }
 
     pub fn token(&self) -> String {

@@ -1,0 +1,454 @@
+//! HA managers on simulated hosts: three managers in a Raft group and
+//! three agents. The leader's process is killed (a new leader takes
+//! writes, agents and the CLI follow with no user action, no task is
+//! rescheduled because the leader changed), the killed manager comes
+//! back and catches up, the leader is demoted and promoted, a quorum is
+//! lost (writes refused naming the managers, reads and containers go on)
+//! and recovered with `--force-new-cluster`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::cluster::{web, Cluster, GRACE};
+use common::*;
+use serde_json::Value;
+
+/// A manager besides the fixture's (host 0): its process, data and
+/// config dirs. Killed when dropped.
+struct Extra {
+    host: usize,
+    data: tempfile::TempDir,
+    cfg: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Drop for Extra {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn start_extra(cl: &Cluster, e: &mut Extra, extra: &[&str]) {
+    let host = &cl.lan.hosts[e.host];
+    let child = host
+        .command(env!("CARGO_BIN_EXE_gantry"))
+        .arg("--data-dir")
+        .arg(e.data.path())
+        .args([
+            "server",
+            "--listen",
+            &format!("0.0.0.0:{}", cl.port),
+            "--advertise",
+            &host.addr,
+            "--heartbeat-grace",
+            GRACE,
+            "--hostname",
+            &format!("node-{}", e.host),
+            "--manager-metrics",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .env("GANTRY_CONFIG_DIR", e.cfg.path())
+        .env("GANTRY_LOG", "info,gantry_server=debug,openraft=warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(cl.log(&format!("manager{}.log", e.host)))
+        .spawn()
+        .unwrap();
+    e.child = Some(child);
+}
+
+fn kill(e: &mut Extra) {
+    if let Some(mut c) = e.child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// The managers by host name, with their status.
+fn managers(cl: &Cluster) -> Result<BTreeMap<String, String>, String> {
+    let o = cl.admin(&["manager", "ls", "--format", "json"]);
+    if !o.status.success() {
+        return Err(errtext(&o));
+    }
+    let v: Value = serde_json::from_str(&text(&o)).map_err(|e| e.to_string())?;
+    Ok(v.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["hostname"].as_str().unwrap().to_owned(),
+                m["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect())
+}
+
+fn wait_managers(cl: &Cluster, want: &[(&str, &str)], within: Duration) {
+    let want: BTreeMap<String, String> = want
+        .iter()
+        .map(|(h, s)| (h.to_string(), s.to_string()))
+        .collect();
+    wait_for("the managers", within, || match managers(cl) {
+        Ok(m) if m == want => Ok(()),
+        Ok(m) => Err(format!("{m:?}")),
+        Err(e) => Err(e),
+    });
+}
+
+fn leader(cl: &Cluster) -> String {
+    wait_for("a leader", Duration::from_secs(20), || {
+        let m = managers(cl)?;
+        m.iter()
+            .find(|(_, s)| s.as_str() == "Leader")
+            .map(|(h, _)| h.clone())
+            .ok_or(format!("{m:?}"))
+    })
+}
+
+fn task_ids(cl: &Cluster, service: &str) -> Vec<String> {
+    let mut ids: Vec<String> = cl
+        .tasks(service)
+        .into_iter()
+        .filter(|t| t["desired"] == "running")
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn all_up(cl: &Cluster) -> Result<(), String> {
+    let o = cl.admin(&["node", "ls", "--format", "json"]);
+    if !o.status.success() {
+        return Err(errtext(&o));
+    }
+    let v: Value = serde_json::from_str(&text(&o)).map_err(|e| e.to_string())?;
+    let down: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["up"] != true)
+        .map(|n| n["hostname"].as_str().unwrap())
+        .collect();
+    if down.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("down: {down:?}"))
+    }
+}
+
+#[test]
+fn three_managers_survive_their_leader_and_a_lost_quorum() {
+    let Some(mut cl) = Cluster::new_with("three_managers", 3, |_| {
+        (vec!["--hostname".into(), "manager-0".into()], None)
+    }) else {
+        return;
+    };
+    for i in 0..3 {
+        cl.start_agent(i);
+    }
+    let token = cl
+        .admin_ok(&["join-token", "manager", "-q"])
+        .trim()
+        .to_owned();
+    assert!(token.starts_with("GTKN-1-"), "{token}");
+    // A worker's token does not make a manager, nor the reverse.
+    let worker = cl.token();
+    assert_ne!(worker, token);
+    let mut extras: Vec<Extra> = [1, 2]
+        .into_iter()
+        .map(|host| Extra {
+            host,
+            data: tempfile::tempdir().unwrap(),
+            cfg: tempfile::tempdir().unwrap(),
+            child: None,
+        })
+        .collect();
+    let join = cl.manager_addr();
+    {
+        // The worker token is refused, and the manager exits with why.
+        let e = &mut extras[0];
+        start_extra(&cl, e, &["--join", &join, "--token", &worker]);
+        let status = e.child.as_mut().unwrap().wait().unwrap();
+        e.child = None;
+        assert!(!status.success());
+        let log = std::fs::read_to_string(cl.logs.path().join("manager1.log")).unwrap();
+        assert!(log.contains("invalid manager join token"), "{log}");
+    }
+    for e in &mut extras {
+        start_extra(&cl, e, &["--join", &join, "--token", &token]);
+    }
+    wait_managers(
+        &cl,
+        &[
+            ("manager-0", "Leader"),
+            ("node-1", "Reachable"),
+            ("node-2", "Reachable"),
+        ],
+        Duration::from_secs(30),
+    );
+    // The node on a manager's host shows its manager's status.
+    let nodes = cl.json(&["node", "ls", "--format", "json"]);
+    let status: BTreeMap<&str, &str> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["hostname"].as_str().unwrap(),
+                n["manager_status"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(status["node-1"], "Reachable", "{nodes}");
+    assert_eq!(status["node-3"], "", "{nodes}");
+
+    let o = cl.deploy(
+        "app",
+        &web(
+            3,
+            "      update_config:\n        parallelism: 1\n        delay: 2s\n",
+        )
+        .replace("IMAGE", &cl.image),
+    );
+    assert!(o.status.success(), "{}", errtext(&o));
+    cl.wait_total("app_web", 3, Duration::from_secs(60));
+    let before = task_ids(&cl, "app_web");
+    // Every manager holds the same state: a read from each (their own
+    // admin credentials) sees the service.
+    for e in &extras {
+        let o =
+            cl.g.cmd_on(&cl.lan.hosts[e.host])
+                .env("GANTRY_CONFIG_DIR", e.cfg.path())
+                .args(["service", "ls", "--format", "json"])
+                .output()
+                .unwrap();
+        assert!(o.status.success(), "{}", errtext(&o));
+        assert!(text(&o).contains("app_web"), "{}", text(&o));
+    }
+
+    // The leader's process dies: the others elect one, and the CLI (whose
+    // credential named only the first manager when it was made) and the
+    // agents go on with no user action.
+    let killed = Instant::now();
+    cl.kill_manager();
+    wait_for(
+        "a write after the leader's death",
+        Duration::from_secs(30),
+        || {
+            let o = cl.admin(&["node", "update", "--label-add", "after=kill", "node-3"]);
+            if o.status.success() {
+                Ok(())
+            } else {
+                Err(errtext(&o))
+            }
+        },
+    );
+    eprintln!(
+        "HA: a write succeeded {:.2} s after the leader was killed",
+        killed.elapsed().as_secs_f64()
+    );
+    let new = leader(&cl);
+    assert_ne!(new, "manager-0");
+    wait_for(
+        "the dead manager to be unreachable",
+        Duration::from_secs(10),
+        || {
+            let m = managers(&cl)?;
+            if m["manager-0"] == "Unreachable" {
+                Ok(())
+            } else {
+                Err(format!("{m:?}"))
+            }
+        },
+    );
+    // Nodes keep their heartbeats through the other managers; nothing is
+    // rescheduled because the leader changed.
+    std::thread::sleep(Duration::from_secs(5));
+    wait_for("every node up", Duration::from_secs(20), || all_up(&cl));
+    assert_eq!(task_ids(&cl, "app_web"), before);
+
+    // The killed manager comes back with its disk and catches up.
+    cl.start_manager();
+    wait_managers(
+        &cl,
+        &[
+            ("manager-0", "Reachable"),
+            (&new, "Leader"),
+            (
+                if new == "node-1" { "node-2" } else { "node-1" },
+                "Reachable",
+            ),
+        ],
+        Duration::from_secs(30),
+    );
+
+    // Demoting the leader: the others elect one; promoted, it votes again.
+    cl.admin_ok(&["node", "demote", &new]);
+    let next = leader(&cl);
+    assert_ne!(next, new);
+    wait_for(
+        "the demoted manager to be a learner",
+        Duration::from_secs(20),
+        || {
+            let m = managers(&cl)?;
+            if m.get(&new).map(String::as_str) == Some("Learner") {
+                Ok(())
+            } else {
+                Err(format!("{m:?}"))
+            }
+        },
+    );
+    cl.admin_ok(&["node", "promote", &new]);
+    wait_for(
+        "the promoted manager to vote",
+        Duration::from_secs(20),
+        || {
+            let m = managers(&cl)?;
+            if m.get(&new)
+                .is_some_and(|s| s == "Reachable" || s == "Leader")
+            {
+                Ok(())
+            } else {
+                Err(format!("{m:?}"))
+            }
+        },
+    );
+
+    // A rolling update under way goes on when the leader changes.
+    cl.admin_ok(&[
+        "service",
+        "update",
+        "--detach",
+        "--env-add",
+        "ROLL=1",
+        "app_web",
+    ]);
+    let leader_now = leader(&cl);
+    if leader_now == "manager-0" {
+        cl.kill_manager();
+    } else {
+        let e = extras
+            .iter_mut()
+            .find(|e| format!("node-{}", e.host) == leader_now)
+            .unwrap();
+        kill(e);
+    }
+    wait_for(
+        "the update to finish under the new leader",
+        Duration::from_secs(90),
+        || {
+            let v = cl.json(&["service", "inspect", "app_web"]);
+            let state = v[0]["update"]["state"].as_str().unwrap_or("").to_owned();
+            let env = &v[0]["spec"]["environment"]["ROLL"];
+            if state == "completed" && env == "1" {
+                Ok(())
+            } else {
+                Err(format!("{state} {env}"))
+            }
+        },
+    );
+
+    // Two of three managers gone: no quorum. Writes are refused, naming
+    // the managers; reads still answer; containers keep running.
+    let survivor = extras
+        .iter_mut()
+        .find(|e| e.child.is_some())
+        .map(|e| e.host);
+    let (alive_host, alive_cfg) = match survivor {
+        Some(h) => {
+            cl.kill_manager();
+            for e in extras.iter_mut().filter(|e| e.host != h) {
+                kill(e);
+            }
+            let e = extras.iter().find(|e| e.host == h).unwrap();
+            (h, e.cfg.path().to_owned())
+        }
+        None => unreachable!("one of the two others is alive"),
+    };
+    let on_survivor = |args: &[&str]| {
+        cl.g.cmd_on(&cl.lan.hosts[alive_host])
+            .env("GANTRY_CONFIG_DIR", &alive_cfg)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let containers_before: usize = (0..3).map(|i| cl.containers(i).len()).sum();
+    let refused = wait_for(
+        "writes refused without quorum",
+        Duration::from_secs(30),
+        || {
+            let o = on_survivor(&["node", "update", "--label-add", "q=lost", "node-3"]);
+            if o.status.success() {
+                Err("a write was acknowledged without a quorum".into())
+            } else {
+                let e = errtext(&o);
+                if e.contains("no manager leads") {
+                    Ok(e)
+                } else {
+                    Err(e)
+                }
+            }
+        },
+    );
+    assert!(refused.contains(&cl.lan.hosts[0].addr), "{refused}");
+    let o = on_survivor(&["service", "ls", "--format", "json"]);
+    assert!(o.status.success(), "{}", errtext(&o));
+    assert!(text(&o).contains("app_web"));
+    let containers_after: usize = (0..3).map(|i| cl.containers(i).len()).sum();
+    assert_eq!(containers_before, containers_after);
+
+    // --force-new-cluster: the survivor alone, with the state it holds.
+    let e = extras.iter_mut().find(|e| e.host == alive_host).unwrap();
+    kill(e);
+    start_extra(&cl, e, &["--force-new-cluster"]);
+    wait_for(
+        "writes after --force-new-cluster",
+        Duration::from_secs(30),
+        || {
+            let o = on_survivor(&["node", "update", "--label-add", "q=back", "node-3"]);
+            if o.status.success() {
+                Ok(())
+            } else {
+                Err(errtext(&o))
+            }
+        },
+    );
+    let o = on_survivor(&["manager", "ls", "--format", "json"]);
+    let v: Value = serde_json::from_str(&text(&o)).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    // Acknowledged writes were all kept.
+    let o = on_survivor(&["node", "inspect", "node-3"]);
+    let t = text(&o);
+    assert!(
+        t.contains("\"after\": \"kill\"") || t.contains("\"after\":\"kill\""),
+        "{t}"
+    );
+    assert!(!t.contains("lost"), "{t}");
+    // The agents follow the survivor: every node comes back up.
+    wait_for(
+        "every node up on the new cluster",
+        Duration::from_secs(30),
+        || {
+            let o = on_survivor(&["node", "ls", "--format", "json"]);
+            let v: Value = serde_json::from_str(&text(&o)).map_err(|e| e.to_string())?;
+            let down = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| n["up"] != true)
+                .count();
+            if down == 0 {
+                Ok(())
+            } else {
+                Err(format!("{down} down"))
+            }
+        },
+    );
+}
