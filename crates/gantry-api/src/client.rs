@@ -94,7 +94,13 @@ pub struct Client {
     /// of one given manager, such as a manager's link to another, never
     /// does).
     roams: bool,
+    /// Whether an answer came from a manager that could not confirm it
+    /// was current (no leader: `X-Gantry-Stale`).
+    stale: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// The header that marks an answer as possibly stale.
+pub const STALE_HEADER: &str = "x-gantry-stale";
 
 /// How long a request waits for the managers to elect a leader.
 pub const ELECTION_WAIT: Duration = Duration::from_secs(10);
@@ -210,6 +216,7 @@ impl Client {
             targets: Arc::new(Mutex::new(targets)),
             known: Arc::new(Mutex::new(known)),
             roams: true,
+            stale: Arc::default(),
         })
     }
 
@@ -232,6 +239,7 @@ impl Client {
             targets: Arc::new(Mutex::new(targets)),
             known: self.known.clone(),
             roams: self.roams,
+            stale: Arc::default(),
         })
     }
 
@@ -254,6 +262,12 @@ impl Client {
         self.known.lock().expect("known lock").clone()
     }
 
+    /// Whether an answer so far came from a manager that could not confirm
+    /// it was current (no manager led then).
+    pub fn was_stale(&self) -> bool {
+        self.stale.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The address of the manager it talks to.
     pub fn addr(&self) -> SocketAddr {
         self.targets.lock().expect("targets lock")[0].addr
@@ -261,6 +275,9 @@ impl Client {
 
     /// Takes in the managers an answer lists.
     fn learn(&self, resp: &reqwest::Response) {
+        if resp.headers().contains_key(STALE_HEADER) {
+            self.stale.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         if !self.roams {
             return;
         }

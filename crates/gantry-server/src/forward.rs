@@ -26,7 +26,7 @@ const PEER: HeaderName = HeaderName::from_static("x-gantry-peer");
 /// The address it came from.
 const CLIENT: HeaderName = HeaderName::from_static("x-gantry-client");
 /// Set on an answer from a manager that could not confirm it is current.
-const STALE: HeaderName = HeaderName::from_static("x-gantry-stale");
+const STALE: HeaderName = HeaderName::from_static(gantry_api::STALE_HEADER);
 
 /// Routes every manager serves itself: the CA, Raft's calls, and what
 /// belongs to one manager (its data key's lock, its backup file).

@@ -12,6 +12,7 @@
 //! run in parallel, and start with `gantry` so that leftovers are easy to
 //! spot.
 
+pub mod linear;
 mod pebble;
 mod token;
 

@@ -452,3 +452,344 @@ fn three_managers_survive_their_leader_and_a_lost_quorum() {
         },
     );
 }
+
+/// Three managers alone on simulated hosts, for the history checker.
+struct Group {
+    g: G,
+    lan: Lan,
+    port: u16,
+    dirs: Vec<(tempfile::TempDir, tempfile::TempDir)>,
+    logs: tempfile::TempDir,
+    children: Vec<Option<Child>>,
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            for i in 0..self.children.len() {
+                let t = std::fs::read_to_string(self.logs.path().join(format!("m{i}.log")))
+                    .unwrap_or_default();
+                let lines: Vec<&str> = t.lines().collect();
+                eprintln!(
+                    "--- m{i}.log:\n{}",
+                    lines[lines.len().saturating_sub(30)..].join("\n")
+                );
+            }
+        }
+    }
+}
+
+impl Group {
+    fn start(&mut self, i: usize, extra: &[&str]) {
+        let host = &self.lan.hosts[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.logs.path().join(format!("m{i}.log")))
+            .unwrap();
+        let child = host
+            .command(env!("CARGO_BIN_EXE_gantry"))
+            .arg("--data-dir")
+            .arg(self.dirs[i].0.path())
+            .args([
+                "server",
+                "--listen",
+                &format!("0.0.0.0:{}", self.port),
+                "--advertise",
+                &host.addr,
+                "--hostname",
+                &format!("m{i}"),
+                "--no-acme",
+                "--manager-metrics",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .env("GANTRY_CONFIG_DIR", self.dirs[i].1.path())
+            .env("GANTRY_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children[i] = Some(child);
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The CLI on host `i`, with the first manager's credential pointed
+    /// at the manager on its own host (and the others after it).
+    fn cli(&self, i: usize, cfg: &std::path::Path, args: &[&str]) -> std::process::Output {
+        self.g
+            .cmd_on(&self.lan.hosts[i])
+            .env("GANTRY_CONFIG_DIR", cfg)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+/// Clients on the three hosts write and read one value (an environment
+/// variable of a service) through the managers of their own hosts while
+/// the leader's process is killed and restarted, and the leader's host
+/// is cut off and comes back. The recorded history must be linearizable
+/// (every read returns the last value written, in one order that agrees
+/// with real time), and every acknowledged write must be there at the
+/// end. Answers marked stale (no leader) are left out: they are allowed
+/// to be.
+#[test]
+fn the_history_stays_linearizable_while_the_leader_dies_and_is_cut_off() {
+    use gantry_testkit::linear::{check_register, Event, Op};
+    use std::sync::{Arc, Mutex};
+    let Some(g) = G::new("the_history_stays_linearizable") else {
+        return;
+    };
+    let mut grp = Group {
+        g,
+        lan: Lan::new(3),
+        port: free_port(),
+        dirs: (0..3)
+            .map(|_| (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()))
+            .collect(),
+        logs: tempfile::tempdir().unwrap(),
+        children: vec![None, None, None],
+    };
+    grp.start(0, &[]);
+    let admin = grp.dirs[0].1.path().join("admin.json");
+    wait_for("the first manager", Duration::from_secs(15), || {
+        if admin.exists() {
+            Ok(())
+        } else {
+            Err("no credential yet".into())
+        }
+    });
+    let cfg0 = grp.dirs[0].1.path().to_owned();
+    let token = text(&grp.cli(0, &cfg0, &["join-token", "manager", "-q"]))
+        .trim()
+        .to_owned();
+    let first = format!("{}:{}", grp.lan.hosts[0].addr, grp.port);
+    for i in 1..3 {
+        grp.start(i, &["--join", &first, "--token", &token]);
+    }
+    let addrs: Vec<String> = (0..3)
+        .map(|i| format!("{}:{}", grp.lan.hosts[i].addr, grp.port))
+        .collect();
+    // Each client's credential: its own host's manager first.
+    let clients: Vec<tempfile::TempDir> = (0..3)
+        .map(|i| {
+            let d = tempfile::tempdir().unwrap();
+            let mut c: Value = serde_json::from_slice(&std::fs::read(&admin).unwrap()).unwrap();
+            c["manager"] = addrs[i].clone().into();
+            c["managers"] = addrs.clone().into();
+            std::fs::write(d.path().join("admin.json"), c.to_string()).unwrap();
+            d
+        })
+        .collect();
+    let status = |grp: &Group| -> Result<BTreeMap<String, String>, String> {
+        let o = grp.cli(0, clients[0].path(), &["manager", "ls", "--format", "json"]);
+        let v: Value = serde_json::from_str(&text(&o)).map_err(|_| errtext(&o))?;
+        Ok(v.as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["hostname"].as_str().unwrap().to_owned(),
+                    m["status"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect())
+    };
+    let all_up = |grp: &Group| {
+        wait_for("three managers", Duration::from_secs(40), || {
+            let m = status(grp)?;
+            let ok = m.len() == 3
+                && m.values().filter(|s| *s == "Leader").count() == 1
+                && m.values().all(|s| s == "Leader" || s == "Reachable");
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("{m:?}"))
+            }
+        })
+    };
+    all_up(&grp);
+    let stack = grp.logs.path().join("reg.yml");
+    std::fs::write(
+        &stack,
+        "services:\n  reg:\n    image: registry.invalid/reg:1\n    deploy:\n      replicas: 0\n",
+    )
+    .unwrap();
+    let o = grp.cli(
+        0,
+        clients[0].path(),
+        &["deploy", "-d", "-f", stack.to_str().unwrap(), "reg"],
+    );
+    assert!(o.status.success(), "{}", errtext(&o));
+
+    let start = Instant::now();
+    let history: Arc<Mutex<Vec<Event>>> = Arc::default();
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let grp = Arc::new(Mutex::new(grp));
+    let us = move || start.elapsed().as_micros() as u64;
+    let mut threads = Vec::new();
+    for (c, client) in clients.iter().enumerate() {
+        let (history, acked, stop, grp) =
+            (history.clone(), acked.clone(), stop.clone(), grp.clone());
+        let cfg = client.path().to_owned();
+        threads.push(std::thread::spawn(move || {
+            let (g, host) = {
+                let grp = grp.lock().unwrap();
+                (
+                    G {
+                        data: tempfile::tempdir().unwrap(),
+                        home: tempfile::tempdir().unwrap(),
+                    },
+                    grp.lan.hosts[c].name.clone(),
+                )
+            };
+            let host = Host {
+                name: host,
+                addr: String::new(),
+            };
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                let write = n % 3 != 0;
+                let value = format!("c{c}n{n}");
+                let call = us();
+                let o = if write {
+                    g.cmd_on(&host)
+                        .env("GANTRY_CONFIG_DIR", &cfg)
+                        .args(["service", "update", "-d", "--env-add"])
+                        .arg(format!("X={value}"))
+                        .arg("--env-add")
+                        .arg(format!("W_{value}=1"))
+                        .arg("reg_reg")
+                        .output()
+                        .unwrap()
+                } else {
+                    g.cmd_on(&host)
+                        .env("GANTRY_CONFIG_DIR", &cfg)
+                        .args(["service", "inspect", "reg_reg"])
+                        .output()
+                        .unwrap()
+                };
+                let ret = us();
+                let err = errtext(&o);
+                let ev = if write {
+                    if o.status.success() {
+                        acked.lock().unwrap().push(value.clone());
+                        Some(Event {
+                            client: c,
+                            call,
+                            ret: Some(ret),
+                            op: Op::Write(value),
+                        })
+                    } else if err.contains("no manager leads") {
+                        // Refused before it was proposed: it did not happen.
+                        None
+                    } else {
+                        Some(Event {
+                            client: c,
+                            call,
+                            ret: None,
+                            op: Op::Write(value),
+                        })
+                    }
+                } else if o.status.success() && !err.contains("may be stale") {
+                    let v: Value = serde_json::from_str(&text(&o)).unwrap();
+                    let x = v[0]["spec"]["environment"]["X"].as_str().map(str::to_owned);
+                    Some(Event {
+                        client: c,
+                        call,
+                        ret: Some(ret),
+                        op: Op::Read(x),
+                    })
+                } else {
+                    None
+                };
+                if let Some(ev) = ev {
+                    history.lock().unwrap().push(ev);
+                }
+            }
+        }));
+    }
+    let leader_of = |grp: &Group| -> usize {
+        wait_for("a leader", Duration::from_secs(30), || {
+            let m = status(grp)?;
+            m.iter()
+                .find(|(_, s)| s.as_str() == "Leader")
+                .map(|(h, _)| h.trim_start_matches('m').parse::<usize>().unwrap())
+                .ok_or(format!("{m:?}"))
+        })
+    };
+    // The nemesis: kill the leader's process, then cut the new leader's
+    // host off, each for a few seconds.
+    std::thread::sleep(Duration::from_secs(3));
+    let l = leader_of(&grp.lock().unwrap());
+    grp.lock().unwrap().kill(l);
+    std::thread::sleep(Duration::from_secs(4));
+    grp.lock().unwrap().start(l, &[]);
+    all_up(&grp.lock().unwrap());
+    let l = leader_of(&grp.lock().unwrap());
+    let ns = grp.lock().unwrap().lan.hosts[l].name.clone();
+    let ip = |args: &[&str]| {
+        let o = std::process::Command::new("ip")
+            .args(["-n", &ns])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", errtext(&o));
+    };
+    ip(&["link", "set", "eth0", "down"]);
+    std::thread::sleep(Duration::from_secs(5));
+    ip(&["link", "set", "eth0", "up"]);
+    all_up(&grp.lock().unwrap());
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let grp = grp.lock().unwrap();
+    // Every acknowledged write is there.
+    let o = grp.cli(0, clients[0].path(), &["service", "inspect", "reg_reg"]);
+    let v: Value = serde_json::from_str(&text(&o)).unwrap();
+    let env = &v[0]["spec"]["environment"];
+    let acked = acked.lock().unwrap().clone();
+    for a in &acked {
+        assert_eq!(
+            env[format!("W_{a}")],
+            "1",
+            "acknowledged write {a} lost: {env}"
+        );
+    }
+    let mut history = history.lock().unwrap().clone();
+    // The final read closes the history.
+    history.push(Event {
+        client: 9,
+        call: us(),
+        ret: Some(us() + 1),
+        op: Op::Read(env["X"].as_str().map(str::to_owned)),
+    });
+    let writes = history
+        .iter()
+        .filter(|e| matches!(e.op, Op::Write(_)))
+        .count();
+    let reads = history.len() - writes;
+    eprintln!(
+        "HISTORY: {} operations ({writes} writes, {} acknowledged; {reads} reads) checked",
+        history.len(),
+        acked.len()
+    );
+    assert!(acked.len() >= 10 && reads >= 10, "too little happened");
+    check_register(&history).unwrap();
+}

@@ -55,11 +55,14 @@ pub(crate) fn client(ctx: &Ctx) -> anyhow::Result<Client> {
 
 /// Keeps in the admin credential every manager the command's answers
 /// listed, so that the next command finds another when its manager is
-/// gone.
+/// gone; and says so when an answer may be stale (no manager led).
 pub(crate) fn remember_managers(ctx: &Ctx) {
     let Some((mut cfg, c)) = USED.lock().expect("client lock").take() else {
         return;
     };
+    if c.was_stale() {
+        eprintln!("Warning: no manager leads the cluster now: this answer may be stale");
+    }
     let mut learned = c.managers();
     learned.sort();
     let mut kept = cfg.managers.clone();
