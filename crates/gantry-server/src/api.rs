@@ -816,9 +816,22 @@ async fn events(
     Query(q): Query<EventQuery>,
 ) -> Result<Body, Fail> {
     peer.admin()?;
+    let since_ms = match &q.since {
+        Some(s) => Some(
+            chrono::DateTime::parse_from_rfc3339(s)
+                .map_err(|e| {
+                    bad(format!(
+                        "since {s:?}: {e} (RFC 3339, as 2026-12-04T10:00:00Z)"
+                    ))
+                })?
+                .timestamp_millis()
+                .max(0) as u64,
+        ),
+        None => None,
+    };
     let mut live = sh.events.subscribe();
-    let past: Vec<Event> = match &q.since {
-        Some(s) => sh.events.since(s),
+    let past: Vec<Event> = match since_ms {
+        Some(ms) => sh.read(|s| crate::events::since(s, ms)),
         None => Vec::new(),
     };
     let follow = q.follow.unwrap_or(true);

@@ -1,252 +1,54 @@
-//! Cluster events, derived from the commands the store applied: node up
-//! and down, availability and labels; task state changes; service
-//! creation, updates, rollout status and removal. The last 1,000 are kept
-//! for `gantry events --since`.
-
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
+//! Cluster events to their followers: the state records them (they are
+//! replicated, see `gantry_state::EventRecord`); here they are passed on
+//! live as each batch is applied, and read back from the state for
+//! `--since`.
 
 use gantry_api::Event;
-use gantry_store::{Command, State, UpdateStatus};
+use gantry_store::{EventRecord, State};
 use tokio::sync::broadcast;
 
-const KEPT: usize = 1000;
-
 pub(crate) struct Events {
-    recent: Mutex<VecDeque<Event>>,
     tx: broadcast::Sender<Event>,
 }
 
 impl Events {
     pub(crate) fn new() -> Self {
         Self {
-            recent: Mutex::new(VecDeque::new()),
             tx: broadcast::channel(1024).0,
         }
     }
 
-    pub(crate) fn publish(&self, evs: Vec<Event>) {
-        let mut recent = self.recent.lock().expect("events lock");
+    pub(crate) fn publish(&self, evs: Vec<EventRecord>) {
         for e in evs {
-            if recent.len() == KEPT {
-                recent.pop_front();
-            }
-            recent.push_back(e.clone());
-            let _ = self.tx.send(e);
+            let _ = self.tx.send(view(e));
         }
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.tx.subscribe()
     }
-
-    /// Kept events at or after `since` (RFC 3339 strings compare in time
-    /// order when they share the format, which ours do).
-    pub(crate) fn since(&self, since: &str) -> Vec<Event> {
-        self.recent
-            .lock()
-            .expect("events lock")
-            .iter()
-            .filter(|e| e.time.as_str() >= since)
-            .cloned()
-            .collect()
-    }
 }
 
-pub(crate) fn stamp() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+/// The kept events at or after `since_ms`.
+pub(crate) fn since(s: &State, since_ms: u64) -> Vec<Event> {
+    s.events
+        .iter()
+        .filter(|e| e.time_ms >= since_ms)
+        .cloned()
+        .map(view)
+        .collect()
 }
 
-fn event(kind: &str, action: &str, id: &str, attrs: &[(&str, String)]) -> Event {
-    Event {
-        time: stamp(),
-        kind: kind.into(),
-        action: action.into(),
-        id: id.into(),
-        attributes: attrs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.clone()))
-            .collect::<BTreeMap<_, _>>(),
-    }
-}
-
-fn state_name<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
+/// An event as the API shows it.
+fn view(e: EventRecord) -> Event {
+    let time = chrono::DateTime::from_timestamp_millis(e.time_ms as i64)
         .unwrap_or_default()
-}
-
-/// The events of a batch, from the state before and after it.
-pub(crate) fn of(before: &State, after: &State, cmds: &[Command]) -> Vec<Event> {
-    let mut out = Vec::new();
-    let hostname = |id: &str| {
-        after
-            .nodes
-            .get(id)
-            .or_else(|| before.nodes.get(id))
-            .map(|n| n.hostname.clone())
-            .unwrap_or_default()
-    };
-    for cmd in cmds {
-        match cmd {
-            Command::PutNode(n) if !before.nodes.contains_key(&n.id) => out.push(event(
-                "node",
-                "join",
-                &n.id,
-                &[("hostname", n.hostname.clone()), ("addr", n.addr.clone())],
-            )),
-            Command::SetNodeUp { id, up } if before.nodes.get(id).is_some_and(|n| n.up != *up) => {
-                out.push(event(
-                    "node",
-                    if *up { "up" } else { "down" },
-                    id,
-                    &[("hostname", hostname(id))],
-                ));
-            }
-            Command::SetNodeHeld { id, held, reason }
-                if before.nodes.get(id).is_some_and(|n| n.held != *held) =>
-            {
-                out.push(event(
-                    "node",
-                    if *held { "hold" } else { "release" },
-                    id,
-                    &[("hostname", hostname(id)), ("reason", reason.clone())],
-                ));
-            }
-            Command::SetAvailability { id, availability } => out.push(event(
-                "node",
-                "update",
-                id,
-                &[
-                    ("hostname", hostname(id)),
-                    ("availability", state_name(availability)),
-                ],
-            )),
-            Command::SetLabels { id, .. } => {
-                out.push(event("node", "update", id, &[("hostname", hostname(id))]))
-            }
-            Command::RemoveNode { id } => {
-                out.push(event("node", "remove", id, &[("hostname", hostname(id))]))
-            }
-            Command::PutService { name, .. } => {
-                let new = after.services.get(name).map(|s| s.version);
-                match before.services.get(name) {
-                    None => out.push(event("service", "create", name, &[])),
-                    Some(old) if Some(old.version) != new => out.push(event(
-                        "service",
-                        "update",
-                        name,
-                        &[("version", new.unwrap_or_default().to_string())],
-                    )),
-                    Some(_) => {}
-                }
-            }
-            Command::SetUpdate { name, status }
-                if before.services.get(name).map(|s| &s.update) != Some(status) =>
-            {
-                let (action, reason) = match status {
-                    UpdateStatus::Completed => ("update_completed", String::new()),
-                    UpdateStatus::Updating { .. } => ("update_started", String::new()),
-                    UpdateStatus::Paused { reason } => ("update_paused", reason.clone()),
-                    UpdateStatus::RollingBack { reason, .. } => {
-                        ("rollback_started", reason.clone())
-                    }
-                    UpdateStatus::RolledBack { reason } => ("rollback_completed", reason.clone()),
-                };
-                out.push(event("service", action, name, &[("reason", reason)]));
-            }
-            Command::RollbackService { name, reason, .. } => out.push(event(
-                "service",
-                "rollback_started",
-                name,
-                &[("reason", reason.clone())],
-            )),
-            Command::RemoveService { name } => out.push(event("service", "remove", name, &[])),
-            Command::PutTask(t) => {
-                let old = before.tasks.get(&t.id);
-                if old.map(|o| (o.state, o.desired)) != Some((t.state, t.desired)) {
-                    let action = if old.is_some_and(|o| o.state != t.state) || old.is_none() {
-                        state_name(&t.state)
-                    } else {
-                        format!("desired_{}", state_name(&t.desired))
-                    };
-                    out.push(event(
-                        "task",
-                        &action,
-                        &t.id,
-                        &[
-                            ("service", t.service.clone()),
-                            ("slot", t.slot.to_string()),
-                            ("node", t.node.clone().unwrap_or_default()),
-                            (
-                                "hostname",
-                                t.node.as_deref().map(hostname).unwrap_or_default(),
-                            ),
-                            ("message", t.message.clone()),
-                        ],
-                    ));
-                }
-            }
-            Command::PutRoutes(r)
-                if before.routes.get(&gantry_store::RouteRecord::key(
-                    &r.service,
-                    r.node.as_deref(),
-                )) != Some(r) =>
-            {
-                out.push(event(
-                    "route",
-                    "update",
-                    &r.service,
-                    &[
-                        ("node", r.node.clone().unwrap_or_default()),
-                        ("routes", (r.routes.len() + r.tcp.len()).to_string()),
-                    ],
-                ))
-            }
-            Command::RemoveRoutes { key } => {
-                if let Some(r) = before.routes.get(key) {
-                    out.push(event(
-                        "route",
-                        "remove",
-                        &r.service,
-                        &[("node", r.node.clone().unwrap_or_default())],
-                    ))
-                }
-            }
-            Command::PutCert(c) => out.push(event(
-                "certificate",
-                if before.certs.contains_key(&c.name) {
-                    "renew"
-                } else {
-                    "issue"
-                },
-                &c.name,
-                &[
-                    ("source", c.source.name().to_owned()),
-                    ("names", c.names.join(",")),
-                ],
-            )),
-            Command::RemoveCert { name } => out.push(event("certificate", "remove", name, &[])),
-            // Names and versions only: never a value.
-            Command::PutSecret(r) => {
-                let known = before.secrets.contains_key(&r.meta.name);
-                out.push(file_put("secret", known, &r.meta));
-            }
-            Command::PutConfig(r) => {
-                let known = before.configs.contains_key(&r.meta.name);
-                out.push(file_put("config", known, &r.meta));
-            }
-            Command::RemoveSecret { name } => out.push(event("secret", "remove", name, &[])),
-            Command::RemoveConfig { name } => out.push(event("config", "remove", name, &[])),
-            _ => {}
-        }
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    Event {
+        time,
+        kind: e.kind,
+        action: e.action,
+        id: e.id,
+        attributes: e.attributes,
     }
-    out
-}
-
-/// A secret or config made or given a new value: its name and version.
-fn file_put(kind: &str, known: bool, m: &gantry_store::FileMeta) -> Event {
-    let action = if known { "update" } else { "create" };
-    event(kind, action, &m.name, &[("version", m.version.to_string())])
 }

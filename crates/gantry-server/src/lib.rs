@@ -320,9 +320,9 @@ impl Shared {
                 before,
                 state,
                 cmds,
-                at_ms: _,
+                events,
             } => {
-                self.events.publish(events::of(&before.state, state, cmds));
+                self.events.publish(events);
                 self.dirty
                     .lock()
                     .expect("dirty lock")

@@ -10,9 +10,11 @@ use serde::{Deserialize, Serialize};
 use gantry_sched::Availability;
 use gantry_spec::Service;
 
+mod events;
 mod records;
 mod secrets;
 
+pub use events::{EventRecord, EVENTS_KEPT};
 pub use records::*;
 pub use secrets::{ConfigRecord, ConfigValue, FileKind, FileMeta, SecretRecord};
 
@@ -238,6 +240,9 @@ pub struct State {
     /// Configs by name.
     #[serde(default)]
     pub configs: BTreeMap<String, ConfigRecord>,
+    /// The last events, oldest first (see [`State::record_events`]).
+    #[serde(default)]
+    pub events: std::collections::VecDeque<EventRecord>,
     /// Task ids by node (kept by `apply`; rebuilt by [`State::reindex`]
     /// after decoding).
     #[serde(skip)]

@@ -21,9 +21,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use serde::{Deserialize, Serialize};
 
 pub use gantry_state::{
-    Before, CertRecord, CertSource, ChallengeRecord, Command, ConfigRecord, ConfigValue, FileKind,
-    FileMeta, NetworkRecord, NodeRecord, Rejected, RouteRecord, SecretRecord, ServiceRecord, State,
-    TaskRecord, TaskState, UpdateStatus,
+    Before, CertRecord, CertSource, ChallengeRecord, Command, ConfigRecord, ConfigValue,
+    EventRecord, FileKind, FileMeta, NetworkRecord, NodeRecord, Rejected, RouteRecord,
+    SecretRecord, ServiceRecord, State, TaskRecord, TaskState, UpdateStatus,
 };
 pub use raft::{Batch, LogId, LogStore, Machine, MemberId, Members, TypeConfig};
 
@@ -105,8 +105,8 @@ pub enum Change<'a> {
         state: &'a State,
         /// Its commands.
         cmds: &'a [Command],
-        /// When its proposer stamped it (ms since the epoch).
-        at_ms: u64,
+        /// The events it recorded.
+        events: Vec<EventRecord>,
     },
     /// The whole state was replaced (a snapshot installed from the
     /// leader) at `index`.
@@ -464,13 +464,18 @@ impl Store {
                         return Err(r);
                     }
                 }
+                let n = self
+                    .state
+                    .record_events(&before.state, &batch.cmds, batch.at_ms);
                 if let Some(hook) = &mut self.hook {
+                    let len = self.state.events.len();
+                    let events = self.state.events.range(len - n..).cloned().collect();
                     hook(Change::Batch {
                         index: e.log_id.index,
                         before: &before,
                         state: &self.state,
                         cmds: &batch.cmds,
-                        at_ms: batch.at_ms,
+                        events,
                     });
                 }
                 Ok(())
