@@ -321,6 +321,63 @@ fn three_managers_survive_their_leader_and_a_lost_quorum() {
         },
     );
 
+    // All three restart at once: they elect a leader from their disks,
+    // and nothing is lost.
+    cl.kill_manager();
+    for e in extras.iter_mut() {
+        kill(e);
+    }
+    for e in extras.iter_mut() {
+        start_extra(&cl, e, &[]);
+    }
+    cl.start_manager();
+    leader(&cl);
+    wait_for(
+        "every node up after the restart",
+        Duration::from_secs(30),
+        || all_up(&cl),
+    );
+    let v = cl.json(&["node", "inspect", "node-3"]);
+    assert_eq!(v[0]["labels"]["after"], "kill", "{v}");
+    assert_eq!(task_ids(&cl, "app_web"), before);
+
+    // A manager whose disk is lost is removed, and comes back as a new
+    // member with the same address.
+    let old: Value = cl.json(&["manager", "ls", "--format", "json"]);
+    let old_id = old
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["hostname"] == "node-2")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    {
+        let e = &mut extras[1];
+        kill(e);
+        e.data = tempfile::tempdir().unwrap();
+    }
+    let o = cl.admin(&["manager", "rm", &old_id]);
+    assert!(o.status.success(), "{}", errtext(&o));
+    let e = &mut extras[1];
+    start_extra(&cl, e, &["--join", &join, "--token", &token]);
+    wait_for("the replaced manager", Duration::from_secs(40), || {
+        let v: Value = serde_json::from_str(&cl.admin_ok(&["manager", "ls", "--format", "json"]))
+            .map_err(|e| e.to_string())?;
+        let ms = v.as_array().unwrap();
+        let fresh = ms.iter().find(|m| m["hostname"] == "node-2");
+        match fresh {
+            Some(m)
+                if ms.len() == 3 && m["id"] != old_id.as_str() && m["status"] == "Reachable" =>
+            {
+                Ok(())
+            }
+            _ => Err(format!("{v}")),
+        }
+    });
+    leader(&cl);
+
     // A rolling update under way goes on when the leader changes.
     cl.admin_ok(&[
         "service",
