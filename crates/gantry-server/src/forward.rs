@@ -51,6 +51,14 @@ fn stream(path: &str) -> bool {
 pub(crate) struct ToLeader(Mutex<Option<(String, gantry_api::Client)>>);
 
 impl ToLeader {
+    /// Drops the connection to `addr` (a leader that stopped answering).
+    fn forget(&self, addr: &str) {
+        let mut cur = self.0.lock().expect("leader client lock");
+        if cur.as_ref().is_some_and(|(a, _)| a == addr) {
+            *cur = None;
+        }
+    }
+
     fn client(&self, sh: &Shared, addr: &str) -> Result<gantry_api::Client, String> {
         let mut cur = self.0.lock().expect("leader client lock");
         if let Some((a, c)) = &*cur {
@@ -194,13 +202,31 @@ async fn proxy(sh: &Shared, addr: &str, req: Request) -> Result<Response, (Strin
         .map_or(parts.uri.path(), |p| p.as_str())
         .to_owned();
     let body = reqwest::Body::wrap_stream(body.into_data_stream());
-    let resp = client
-        .forward(parts.method, &path, headers, body)
-        .await
-        .map_err(|e| {
+    // A leader that dies with the request (its host cut off) does not
+    // answer, and its connection may not say so for minutes: once another
+    // leads, the request is given up (its outcome unknown).
+    let mut metrics = sh.raft.metrics();
+    let was = metrics.borrow().current_leader;
+    let changed = async move {
+        loop {
+            if metrics.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            if metrics.borrow().current_leader != was {
+                return;
+            }
+        }
+    };
+    let resp = tokio::select! {
+        r = client.forward(parts.method, &path, headers, body) => r.map_err(|e| {
             let unsent = matches!(e, gantry_api::ApiError::Unreachable { .. });
             (e.to_string(), unsent)
-        })?;
+        })?,
+        () = changed => {
+            sh.to_leader.forget(addr);
+            return Err(("another manager leads now".into(), false));
+        }
+    };
     let mut out = Response::builder().status(resp.status());
     for (k, v) in resp.headers() {
         if k != axum::http::header::TRANSFER_ENCODING && k != axum::http::header::CONNECTION {

@@ -33,16 +33,18 @@ use crate::Shared;
 /// The managers' Raft.
 pub(crate) type Raft = openraft::Raft<TypeConfig>;
 
-/// Raft's timing: a heartbeat every 150 ms; a follower that hears none
-/// for 0.8 to 1.6 s calls an election. A leader's death is noticed and
-/// replaced in about 1.5 s (Swarm's takes about 10 s); the timeouts stay
-/// at five heartbeats and more, so a busy leader is not deposed.
+/// Raft's timing: a heartbeat every 100 ms; a follower that hears none
+/// for the leader's lease (the longest election timeout, 1 s) and then
+/// 0.5 to 1 s more calls an election (openraft waits out the lease before
+/// it elects). A leader's death is noticed and replaced in 1.5 to 2 s
+/// (Swarm's takes about 10 s); the timeouts stay at five heartbeats and
+/// more, so a busy leader is not deposed.
 pub(crate) fn config() -> openraft::Config {
     openraft::Config {
         cluster_name: "gantry".into(),
-        heartbeat_interval: 150,
-        election_timeout_min: 800,
-        election_timeout_max: 1600,
+        heartbeat_interval: 100,
+        election_timeout_min: 500,
+        election_timeout_max: LEADER_LEASE_MS,
         // A snapshot writes the whole state: every 1,000 entries, and the
         // 1,000 before it kept for followers a little behind.
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
@@ -53,8 +55,8 @@ pub(crate) fn config() -> openraft::Config {
 }
 
 /// How long a leader goes on leading without hearing from a quorum: the
-/// longest election timeout.
-const LEADER_LEASE_MS: u64 = 1600;
+/// longest election timeout (openraft's lease).
+const LEADER_LEASE_MS: u64 = 1000;
 
 /// The other managers as this one knows them: the TLS it calls them with
 /// (set once it has its certificate), and when each last answered or
