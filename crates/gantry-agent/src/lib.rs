@@ -250,14 +250,24 @@ pub async fn run(cfg: AgentConfig, id: Identity) -> Result<(), AgentError> {
         cert_pem: id.cert_pem.clone(),
         key_pem: id.key_pem.clone(),
     };
+    // Presented live: renewed in place (`renew_cert`).
+    let live = gantry_pki::LiveCert::new(&me)
+        .map_err(|e| AgentError::Config(format!("node credential: {e}")))?;
     let tls = ca
-        .client_config(&me)
+        .client_config_live(live.clone())
         .map_err(|e| AgentError::Config(format!("node credential: {e}")))?;
     let client = Client::with_managers(&id.manager, &id.managers, tls.clone())?;
+    let kept = Arc::new(Mutex::new(id.clone()));
+    tokio::spawn(renew_cert(
+        client.clone(),
+        live,
+        cfg.data_dir.clone(),
+        kept.clone(),
+    ));
     tokio::spawn(remember_managers(
         client.clone(),
         cfg.data_dir.clone(),
-        id.clone(),
+        kept,
     ));
     let underlay = node_info(&cfg, &id.manager).addr;
     let agent = Arc::new(tasks::Agent::new(
@@ -335,11 +345,12 @@ pub async fn run(cfg: AgentConfig, id: Identity) -> Result<(), AgentError> {
 /// Keeps the identity's list of managers as the managers' answers give
 /// it, so that a restarted agent finds the others when its first manager
 /// is gone.
-async fn remember_managers(client: Client, data_dir: PathBuf, mut id: Identity) {
+async fn remember_managers(client: Client, data_dir: PathBuf, id: Arc<Mutex<Identity>>) {
     loop {
         tokio::time::sleep(std::time::Duration::from_secs(5)).await;
         let mut now = client.managers();
         now.sort();
+        let mut id = id.lock().expect("identity lock");
         let mut kept = id.managers.clone();
         kept.sort();
         if now != kept {
@@ -347,6 +358,63 @@ async fn remember_managers(client: Client, data_dir: PathBuf, mut id: Identity) 
             match id.save(&data_dir) {
                 Ok(()) => tracing::info!(managers = ?id.managers, "the managers changed"),
                 Err(e) => tracing::warn!("saving the managers: {e}"),
+            }
+        }
+    }
+}
+
+/// Renews the node's certificate when a third of its life is left (for a
+/// key made here; the manager signs it for the node its current
+/// certificate names), keeps it in the identity, and presents it from
+/// the next connection on.
+async fn renew_cert(
+    client: Client,
+    live: Arc<gantry_pki::LiveCert>,
+    data_dir: PathBuf,
+    id: Arc<Mutex<Identity>>,
+) {
+    use std::time::Duration;
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    };
+    loop {
+        let pem = id.lock().expect("identity lock").cert_pem.clone();
+        let at = match gantry_pki::renew_at_ms(&pem) {
+            Ok(at) => at,
+            Err(e) => {
+                tracing::warn!("the node certificate: {e}");
+                return;
+            }
+        };
+        let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+        tokio::time::sleep(wait.clamp(Duration::from_secs(1), Duration::from_secs(3600))).await;
+        if at > now_ms() {
+            continue;
+        }
+        let renewed = async {
+            let (key_pem, csr_pem) = gantry_pki::new_request().map_err(|e| e.to_string())?;
+            let r: gantry_api::RenewResponse = client
+                .post("/v1/agent/renew", &gantry_api::RenewRequest { csr_pem })
+                .await
+                .map_err(|e| e.to_string())?;
+            let me = Issued {
+                cert_pem: r.cert_pem,
+                key_pem,
+            };
+            live.replace(&me).map_err(|e| e.to_string())?;
+            let mut id = id.lock().expect("identity lock");
+            id.cert_pem = me.cert_pem;
+            id.key_pem = me.key_pem;
+            id.save(&data_dir).map_err(|e| e.to_string())
+        };
+        match renewed.await {
+            Ok(()) => tracing::info!("the node certificate was renewed"),
+            Err(e) => {
+                tracing::warn!("renewing the node certificate: {e}");
+                tokio::time::sleep(Duration::from_secs(10)).await;
             }
         }
     }

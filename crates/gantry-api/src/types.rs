@@ -112,6 +112,23 @@ pub struct JoinRequest {
     pub info: NodeInfo,
 }
 
+/// `POST /v1/agent/renew`: a node's request for a new certificate, for a
+/// key it made (its current certificate says who it is).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenewRequest {
+    /// The certificate request (PEM).
+    pub csr_pem: String,
+}
+
+/// The renewed certificate, and the CA.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenewResponse {
+    /// The certificate (PEM).
+    pub cert_pem: String,
+    /// The cluster CA (PEM).
+    pub ca_pem: String,
+}
+
 /// The answer to a join.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JoinResponse {

@@ -77,6 +77,30 @@ pub struct ClusterCa {
     cluster: String,
     cert_pem: String,
     key_pem: String,
+    /// How long the node and manager certificates it signs are valid.
+    leaf_secs: u64,
+}
+
+/// How long node and manager certificates are valid unless the cluster
+/// says otherwise (Swarm's default).
+pub const CERT_EXPIRY_SECS: u64 = 90 * 86_400;
+
+/// A leaf certificate is valid from this long before it is signed (for
+/// clocks a little behind).
+pub const CERT_BACKDATE_SECS: u64 = 60;
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64
+}
+
+/// Sets `p`'s validity to the seconds since the epoch given.
+fn validity(p: &mut CertificateParams, from: i64, to: i64) {
+    let epoch = rcgen::date_time_ymd(1970, 1, 1);
+    p.not_before = epoch + std::time::Duration::from_secs(from.max(0) as u64);
+    p.not_after = epoch + std::time::Duration::from_secs(to.max(0) as u64);
 }
 
 fn ca_params(cluster: &str) -> CertificateParams {
@@ -108,6 +132,78 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// A certificate and key that can be replaced while the TLS configs built
+/// on it are in use: the next handshake presents the new one (a renewed
+/// node or manager certificate).
+#[derive(Debug)]
+pub struct LiveCert(std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>);
+
+impl LiveCert {
+    /// Holds `me`.
+    pub fn new(me: &Issued) -> Result<Arc<Self>, PkiError> {
+        Ok(Arc::new(Self(std::sync::RwLock::new(certified(me)?))))
+    }
+
+    /// Presents `me` from now on.
+    pub fn replace(&self, me: &Issued) -> Result<(), PkiError> {
+        *self.0.write().expect("live cert lock") = certified(me)?;
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
+        self.0.read().expect("live cert lock").clone()
+    }
+}
+
+fn certified(me: &Issued) -> Result<Arc<rustls::sign::CertifiedKey>, PkiError> {
+    let key = provider()
+        .key_provider
+        .load_private_key(key(&me.key_pem)?)?;
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(
+        certs(&me.cert_pem)?,
+        key,
+    )))
+}
+
+impl rustls::client::ResolvesClientCert for LiveCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+impl rustls::server::ResolvesServerCert for LiveCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// When a certificate (PEM) is due for renewal: once a third of its
+/// lifetime is left (ms since the epoch).
+pub fn renew_at_ms(cert_pem: &str) -> Result<u64, PkiError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let chain = certs(cert_pem)?;
+    let first = chain
+        .first()
+        .ok_or_else(|| PkiError::Pem("no certificate".into()))?;
+    let (_, cert) =
+        X509Certificate::from_der(first.as_ref()).map_err(|e| PkiError::Pem(e.to_string()))?;
+    let from = cert.validity().not_before.timestamp() + CERT_BACKDATE_SECS as i64;
+    let to = cert.validity().not_after.timestamp();
+    let at = to - (to - from).max(0) / 3;
+    Ok(at.max(0) as u64 * 1000)
+}
+
 impl ClusterCa {
     /// Makes a new CA for a cluster (ECDSA P-256, valid for ten years).
     pub fn generate(cluster: &str) -> Result<Self, PkiError> {
@@ -120,6 +216,7 @@ impl ClusterCa {
             cluster: cluster.to_owned(),
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            leaf_secs: CERT_EXPIRY_SECS,
         })
     }
 
@@ -129,6 +226,7 @@ impl ClusterCa {
             cluster: cluster.to_owned(),
             cert_pem: cert_pem.to_owned(),
             key_pem: key_pem.to_owned(),
+            leaf_secs: CERT_EXPIRY_SECS,
         }
     }
 
@@ -169,9 +267,27 @@ impl ClusterCa {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        p.not_before = rcgen::date_time_ymd(2024, 1, 1);
-        p.not_after = rcgen::date_time_ymd(2031, 1, 1);
+        if role == Role::Admin {
+            // The CLI's credential is not renewed (yet): it lasts as long
+            // as the CA.
+            p.not_before = rcgen::date_time_ymd(2024, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2031, 1, 1);
+        } else {
+            let now = unix_now();
+            validity(
+                &mut p,
+                now - CERT_BACKDATE_SECS as i64,
+                now + self.leaf_secs as i64,
+            );
+        }
         Ok(p)
+    }
+
+    /// The same CA, signing node and manager certificates valid for
+    /// `secs` (the cluster's `--cert-expiry`).
+    pub fn with_leaf_validity(mut self, secs: u64) -> Self {
+        self.leaf_secs = secs.max(1);
+        self
     }
 
     fn issuer(&self) -> Result<Issuer<'static, KeyPair>, PkiError> {
@@ -209,16 +325,9 @@ impl ClusterCa {
         p.distinguished_name = dn;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs() as i64;
-        let ts = |secs: i64| {
-            rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_secs(secs.max(0) as u64)
-        };
+        let now = unix_now();
         let not_after = now + days * 86_400;
-        p.not_before = ts(now - 3600);
-        p.not_after = ts(not_after);
+        validity(&mut p, now - 3600, not_after);
         let cert = p.signed_by(&key, &self.issuer()?)?;
         Ok((
             Issued {
@@ -298,6 +407,34 @@ impl ClusterCa {
             .with_safe_default_protocol_versions()?
             .with_root_certificates(self.roots()?)
             .with_no_client_auth())
+    }
+
+    /// A client config that trusts only this CA and presents whatever
+    /// `me` holds when it connects (a certificate renewed while the config
+    /// is in use).
+    pub fn client_config_live(&self, me: Arc<LiveCert>) -> Result<rustls::ClientConfig, PkiError> {
+        Ok(rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(self.roots()?)
+            .with_client_cert_resolver(me))
+    }
+
+    /// [`ClusterCa::server_config_join`] presenting whatever `me` holds.
+    pub fn server_config_join_live(
+        &self,
+        me: Arc<LiveCert>,
+    ) -> Result<rustls::ServerConfig, PkiError> {
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(self.roots()?),
+            provider(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| PkiError::Tls(rustls::Error::General(e.to_string())))?;
+        Ok(rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(me))
     }
 
     /// A client config that trusts only this CA and presents `me`.

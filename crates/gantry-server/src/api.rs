@@ -231,6 +231,7 @@ fn router(sh: Arc<Shared>) -> Router {
         .route("/v1/managers/{id}", post(crate::join::set_role))
         .route("/v1/join", post(join))
         .route("/v1/agent/status", post(agent_status))
+        .route("/v1/agent/renew", post(agent_renew))
         .route("/v1/agent/watch", get(agent_watch))
         .route("/v1/join-token", get(join_token))
         .route("/v1/join-token/rotate", post(rotate_token))
@@ -378,6 +379,31 @@ async fn join(
         node_id: id,
         cert_pem,
         ca_pem: sh.ca().cert_pem().to_owned(),
+    }))
+}
+
+/// `POST /v1/agent/renew`: a node's certificate, signed again for a key
+/// it made; who it is comes from the certificate it connects with.
+async fn agent_renew(
+    State(sh): Sh,
+    Extension(peer): Extension<Peer>,
+    JsonBody(req): JsonBody<gantry_api::RenewRequest>,
+) -> Res<gantry_api::RenewResponse> {
+    let id = peer.node()?;
+    if sh.read(|s| !s.nodes.contains_key(&id)) {
+        return Err(Fail(
+            StatusCode::FORBIDDEN,
+            format!("node {id} was removed from the cluster"),
+        ));
+    }
+    let ca = sh.ca();
+    let cert_pem = ca
+        .sign_request(&req.csr_pem, &id, Role::Worker)
+        .map_err(|e| bad(format!("certificate request: {e}")))?;
+    tracing::info!(node = %id, "node certificate renewed");
+    Ok(Json(gantry_api::RenewResponse {
+        cert_pem,
+        ca_pem: ca.cert_pem().to_owned(),
     }))
 }
 

@@ -89,12 +89,18 @@ pub struct ServerConfig {
     /// This manager's host name (`node ls` shows a manager on the node of
     /// the same name).
     pub hostname: String,
+    /// How long node and manager certificates are valid (none: as
+    /// recorded, else 90 days); they are renewed when a third is left.
+    pub cert_expiry: Option<Duration>,
 }
 
 /// Metadata key of the overlay's VXLAN network id.
 pub(crate) const VNI_KEY: &str = "vni";
 /// Metadata key of the overlay's direct routing (`true` or `false`).
 pub(crate) const DIRECT_ROUTING_KEY: &str = "direct_routing";
+/// Metadata key of how long node and manager certificates are valid
+/// (seconds).
+pub(crate) const CERT_EXPIRY_KEY: &str = "cert_expiry_secs";
 /// Metadata key of the join token's generation (from which the manager
 /// derives the token with the CA key).
 pub(crate) const TOKEN_NONCE_KEY: &str = "join_token_nonce";
@@ -188,6 +194,9 @@ pub(crate) struct Shared {
     pub(crate) rt: tokio::runtime::Handle,
     /// The other managers.
     pub(crate) peers: group::Peers,
+    /// This manager's certificate as it presents it, its PEM (for its
+    /// expiry) and the names it carries.
+    pub(crate) my_cert: (Arc<gantry_pki::LiveCert>, Mutex<Issued>, Vec<String>),
     /// The connection requests are forwarded on to the leader over.
     pub(crate) to_leader: forward::ToLeader,
     /// Seals secret values in the store (`DATA_DIR/manager/data.key`,
@@ -337,11 +346,16 @@ impl Shared {
         self.kick.notify_one();
     }
 
-    /// The cluster CA, as the state holds it.
+    /// The cluster CA, as the state holds it, signing certificates valid
+    /// for the cluster's `--cert-expiry`.
     pub(crate) fn ca(&self) -> ClusterCa {
         self.read(|s| {
             let m = |k: &str| s.meta.get(k).cloned().unwrap_or_default();
+            let expiry = m(CERT_EXPIRY_KEY)
+                .parse()
+                .unwrap_or(gantry_pki::CERT_EXPIRY_SECS);
             ClusterCa::from_pem(&m("cluster_id"), &m("ca_cert"), &m("ca_key"))
+                .with_leaf_validity(expiry)
         })
     }
 
@@ -419,6 +433,44 @@ fn reach_of(advertise: &str, addr: SocketAddr) -> String {
     }
 }
 
+/// Renews this manager's certificate when a third of its life is left,
+/// from the CA the state holds: the next connections present the new one.
+async fn renew_own_cert(sh: Arc<Shared>) {
+    loop {
+        let pem = sh.my_cert.1.lock().expect("cert lock").cert_pem.clone();
+        let wait = match gantry_pki::renew_at_ms(&pem) {
+            Ok(at) => Duration::from_millis(at.saturating_sub(now_ms())),
+            Err(e) => {
+                tracing::warn!("this manager's certificate: {e}");
+                Duration::from_secs(3600)
+            }
+        };
+        tokio::time::sleep(wait.clamp(Duration::from_secs(1), Duration::from_secs(3600))).await;
+        let due = gantry_pki::renew_at_ms(&pem).is_ok_and(|at| at <= now_ms());
+        if !due {
+            continue;
+        }
+        let ca = sh.ca();
+        let renewed = ca
+            .issue("manager", Role::Manager, &sh.my_cert.2)
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                sh.my_cert.0.replace(&c).map_err(|e| e.to_string())?;
+                let dir = sh.cfg.data_dir.join("manager");
+                join::save_credential(&dir, &ca, &c).map_err(|e| e.to_string())?;
+                *sh.my_cert.1.lock().expect("cert lock") = c;
+                Ok(())
+            });
+        match renewed {
+            Ok(()) => tracing::info!("this manager's certificate was renewed"),
+            Err(e) => {
+                tracing::warn!("renewing this manager's certificate: {e}");
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+        }
+    }
+}
+
 /// The names a manager's certificate carries besides `gantry-manager`.
 fn sans(advertise: &str, addr: SocketAddr) -> Vec<String> {
     let host = advertise
@@ -465,6 +517,12 @@ fn init_cluster(sh: &Shared, ca: &ClusterCa, new_ca: Option<String>) -> Result<(
         ])?;
     }
     let cfg = &sh.cfg;
+    if let Some(d) = cfg.cert_expiry {
+        let v = d.as_secs().max(1).to_string();
+        if meta(CERT_EXPIRY_KEY).as_deref() != Some(v.as_str()) {
+            sh.apply(vec![set(CERT_EXPIRY_KEY, v)])?;
+        }
+    }
     let host_key = join::hostname_key(sh.me);
     if meta(&host_key).as_deref() != Some(cfg.hostname.as_str()) {
         sh.apply(vec![set(&host_key, cfg.hostname.clone())])?;
@@ -590,9 +648,12 @@ impl Manager {
             }
             _ => join::credential(&dir)?,
         };
+        // Presented live: renewed in place (`renew_own_cert`).
+        let live = gantry_pki::LiveCert::new(&cert)?;
         let peers = group::Peers::default();
-        peers.set_tls(ca.client_config(&cert)?);
-        let tls = Arc::new(ca.server_config_join(&cert)?);
+        peers.set_tls(ca.client_config_live(live.clone())?);
+        let tls = Arc::new(ca.server_config_join_live(live.clone())?);
+        let my_sans = sans(&cfg.advertise, addr);
         let single = store.is_bootstrapped() && gantry_store::voters(store.members()).len() == 1;
         let log = store.log_store();
         let store = Arc::new(Mutex::new(store));
@@ -619,6 +680,7 @@ impl Manager {
             propose: Mutex::new(()),
             rt: tokio::runtime::Handle::current(),
             peers,
+            my_cert: (live, Mutex::new(cert.clone()), my_sans),
             to_leader: Default::default(),
             data_key: std::sync::RwLock::new(data_key),
             new_unlock_key: Mutex::new(new_unlock_key),
@@ -671,7 +733,11 @@ impl Manager {
                 "the cluster state holds no CA: this data dir is not a manager's".into(),
             ));
         }
-        // Kept for the next start, once the CA is in the state for good.
+        // Issued again now that the state is whole (the cluster's
+        // certificate lifetime included), and kept for the next start.
+        let cert = ca.issue("manager", Role::Manager, &shared.my_cert.2)?;
+        shared.my_cert.0.replace(&cert)?;
+        *shared.my_cert.1.lock().expect("cert lock") = cert.clone();
         join::save_credential(&dir, &ca, &cert)?;
         // The admin credential for the CLI on this host.
         let admin = ca.issue("admin", Role::Admin, &[])?;
@@ -695,6 +761,7 @@ impl Manager {
             tasks.push(tokio::spawn(metrics::serve(shared.clone(), l)));
         }
         tasks.extend([
+            tokio::spawn(renew_own_cert(shared.clone())),
             tokio::spawn(orchestrate::run(shared.clone())),
             tokio::spawn(assign::run(shared.clone())),
             tokio::spawn(acme::run(shared.clone())),
@@ -794,6 +861,7 @@ mod tests {
             join: None,
             force_new_cluster: false,
             hostname: "test".into(),
+            cert_expiry: None,
         }
     }
 

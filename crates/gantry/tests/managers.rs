@@ -876,3 +876,40 @@ fn the_history_stays_linearizable_while_the_leader_dies_and_is_cut_off() {
     assert!(acked.len() >= 10 && reads >= 10, "too little happened");
     check_register(&history).unwrap();
 }
+
+/// With certificates valid for 20 s, the node and the manager renew theirs
+/// (each a third before it expires) and go on talking: the node stays up
+/// long after its first certificate expired, with a new one in its
+/// identity, and the manager presents a new one too.
+#[test]
+fn node_and_manager_certificates_renew_before_they_expire() {
+    let Some(mut cl) = Cluster::new_with("certificates_renew", 1, |_| {
+        (vec!["--cert-expiry".into(), "20s".into()], None)
+    }) else {
+        return;
+    };
+    cl.start_agent(0);
+    let identity = cl.agents[0].data.path().join("agent/identity.json");
+    let cert_of = |p: &std::path::Path| -> String {
+        let v: Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+        v["cert_pem"].as_str().unwrap().to_owned()
+    };
+    let first = cert_of(&identity);
+    let manager_cred = cl.g.data.path().join("manager/credential.json");
+    let manager_first = cert_of(&manager_cred);
+    // Past the first certificates' expiry, with room for two renewals.
+    std::thread::sleep(Duration::from_secs(30));
+    let nodes = cl.json(&["node", "ls", "--format", "json"]);
+    assert_eq!(nodes[0]["up"], true, "{nodes}");
+    let last_seen = nodes[0]["last_seen_ms"].as_u64().unwrap_or(u64::MAX);
+    assert!(last_seen < 3000, "the node's heartbeats stopped: {nodes}");
+    let now = cert_of(&identity);
+    assert_ne!(now, first, "the node's certificate was not renewed");
+    assert_ne!(
+        cert_of(&manager_cred),
+        manager_first,
+        "the manager's certificate was not renewed"
+    );
+    let log = std::fs::read_to_string(cl.logs.path().join("agent0.log")).unwrap();
+    assert!(log.contains("the node certificate was renewed"), "{log}");
+}

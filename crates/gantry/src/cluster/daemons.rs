@@ -109,6 +109,11 @@ pub(crate) struct ServerArgs {
     /// node's.
     #[arg(long)]
     hostname: Option<String>,
+    /// How long node and manager certificates are valid (Swarm's
+    /// --cert-expiry; default 90 days, as recorded once set); each is
+    /// renewed when a third of its life is left.
+    #[arg(long, value_name = "DURATION")]
+    cert_expiry: Option<String>,
     #[command(flatten)]
     edge: EdgeArgs,
     #[command(flatten)]
@@ -348,6 +353,11 @@ pub(crate) fn server(ctx: &Ctx, a: ServerArgs) -> anyhow::Result<u8> {
         autolock: a.autolock,
         join: a.join.clone().zip(a.token.clone()),
         force_new_cluster: a.force_new_cluster,
+        cert_expiry: a
+            .cert_expiry
+            .as_deref()
+            .map(|d| duration(d, "--cert-expiry"))
+            .transpose()?,
         hostname: a.hostname.clone().unwrap_or_else(|| {
             nix::unistd::gethostname()
                 .map(|h| h.to_string_lossy().into_owned())
