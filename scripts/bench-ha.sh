@@ -7,13 +7,17 @@
 #   process  the leader's process is killed (SIGKILL), then restarted;
 #   link     the leader's host loses its link (ip link down), then gets it
 #            back.
-# Between rounds it waits until all three managers are reachable again.
+# Between rounds it waits until all three managers are reachable again,
+# then SETTLE seconds (default 3: a manager that has just come back is
+# still catching up, and a leader dying at that very moment is a second
+# fault; SETTLE=0 measures that too).
 # Prints each time and, per mode, min / median / p90 / max.
 #
 #   sudo bash scripts/bench-ha.sh                 # ROUNDS=20 MODES="process link"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-20}
+SETTLE=${SETTLE:-3}
 MODES=${MODES:-"process link"}
 bash scripts/install-deps.sh
 [ -n "${GANTRY_BIN:-}" ] || cargo build --release --locked -q -p gantry
@@ -100,6 +104,7 @@ for mode in $MODES; do
       link) ip -n "ha$l" link set eth0 up ;;
     esac
     wait_reachable
+    sleep "$SETTLE"
   done
 done
 echo

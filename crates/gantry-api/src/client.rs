@@ -102,6 +102,10 @@ pub struct Client {
 /// The header that marks an answer as possibly stale.
 pub const STALE_HEADER: &str = "x-gantry-stale";
 
+/// How long a connection to a manager may take before the next one is
+/// tried.
+const CONNECT_WAIT: Duration = Duration::from_millis(1500);
+
 /// How long a request waits for the managers to elect a leader.
 pub const ELECTION_WAIT: Duration = Duration::from_secs(10);
 
@@ -135,7 +139,7 @@ impl Target {
                 .resolve(MANAGER_NAME, addr)
                 .http1_only()
                 .no_proxy()
-                .connect_timeout(Duration::from_secs(3));
+                .connect_timeout(CONNECT_WAIT);
             b = match timeout {
                 Some(Some(t)) => b.timeout(t),
                 // Uploads: the manager answers only at their end.
@@ -266,6 +270,11 @@ impl Client {
     /// it was current (no manager led then).
     pub fn was_stale(&self) -> bool {
         self.stale.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The manager it talks to first (the last that answered).
+    pub fn current(&self) -> String {
+        self.targets.lock().expect("targets lock")[0].name.clone()
     }
 
     /// The address of the manager it talks to.

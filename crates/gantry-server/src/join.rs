@@ -366,10 +366,17 @@ impl Shared {
         let voters: BTreeSet<MemberId> = members.voter_ids().collect();
         let now = Instant::now();
         let seen = self.peers.seen();
+        // The leader as `leader()` counts one (this manager only while a
+        // quorum answers it).
+        let leader = match self.leader() {
+            crate::group::Leader::Me => Some(self.me),
+            crate::group::Leader::At(_) => m.current_leader,
+            crate::group::Leader::Unknown => None,
+        };
         members
             .nodes()
             .map(|(id, n)| {
-                let status = if m.current_leader == Some(*id) {
+                let status = if leader == Some(*id) {
                     "Leader"
                 } else if !voters.contains(id) {
                     "Learner"

@@ -67,8 +67,15 @@ pub(crate) fn remember_managers(ctx: &Ctx) {
     learned.sort();
     let mut kept = cfg.managers.clone();
     kept.sort();
-    if learned != kept && !learned.is_empty() {
+    // The next command starts with the manager that answered this one
+    // (unless -H named one).
+    let current = c.current();
+    let moved = ctx.host.is_none() && current != cfg.manager;
+    if (learned != kept && !learned.is_empty()) || moved {
         cfg.managers = learned;
+        if moved {
+            cfg.manager = current;
+        }
         if let Err(e) = cfg.save(&ctx.config_dir) {
             tracing::debug!("keeping the managers in the credential: {e}");
         }
