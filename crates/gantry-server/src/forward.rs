@@ -212,7 +212,10 @@ async fn proxy(sh: &Shared, addr: &str, req: Request) -> Result<Response, (Strin
             if metrics.changed().await.is_err() {
                 std::future::pending::<()>().await;
             }
-            if metrics.borrow().current_leader != was {
+            // Another leader known (not none: a follower may lose sight
+            // of the leader for a moment, as when it leaves the voters).
+            let now = metrics.borrow().current_leader;
+            if now.is_some() && now != was {
                 return;
             }
         }

@@ -353,7 +353,14 @@ pub(crate) async fn set_role(
     }
     drop(_turn);
     if id == sh.me && req.role != "voter" {
-        crate::group::step_down(&sh).await;
+        // After the answer: the caller's request may have come through
+        // another manager, which gives up on a leader that changes
+        // before it answers.
+        let sh = sh.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            crate::group::step_down(&sh).await;
+        });
     }
     Ok(Json(()))
 }
