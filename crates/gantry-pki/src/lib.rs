@@ -387,17 +387,7 @@ impl ClusterCa {
     /// the TLS layer so that they can join, and the API refuses them every
     /// route but the join.
     pub fn server_config_join(&self, me: &Issued) -> Result<rustls::ServerConfig, PkiError> {
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(self.roots()?),
-            provider(),
-        )
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| PkiError::Tls(rustls::Error::General(e.to_string())))?;
-        Ok(rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(certs(&me.cert_pem)?, key(&me.key_pem)?)?)
+        self.server_config_join_live(LiveCert::new(me)?)
     }
 
     /// A client config that trusts only this CA and presents no certificate
