@@ -298,7 +298,9 @@ impl Shared {
         if self.stepping_down.load(std::sync::atomic::Ordering::SeqCst) {
             return Leader::Unknown;
         }
-        let m = self.raft.metrics().borrow().clone();
+        // Read in place: this runs for every request and every write.
+        let rx = self.raft.metrics();
+        let m = rx.borrow();
         let voters = m.membership_config.membership().voter_ids().count();
         // A leader that has not heard from a quorum for longer than an
         // election takes does not lead any more in any way that counts

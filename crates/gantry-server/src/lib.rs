@@ -340,7 +340,7 @@ impl Shared {
                     .extend(gantry_manager::touch::touched(&before.state, state, cmds));
                 self.changed.send_replace(index);
             }
-            Change::Replaced { index, .. } => {
+            Change::Replaced { index } => {
                 self.dirty.lock().expect("dirty lock").all = true;
                 self.changed.send_replace(index);
             }

@@ -13,7 +13,7 @@
 mod migrate;
 pub mod raft;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -113,8 +113,6 @@ pub enum Change<'a> {
     Replaced {
         /// The snapshot's last index.
         index: u64,
-        /// The new state.
-        state: &'a State,
     },
 }
 
@@ -495,10 +493,7 @@ impl Store {
         self.membership = snap.membership;
         let index = self.index();
         if let Some(hook) = &mut self.hook {
-            hook(Change::Replaced {
-                index,
-                state: &self.state,
-            });
+            hook(Change::Replaced { index });
         }
         Ok(())
     }
@@ -554,11 +549,6 @@ fn put_format(w: &redb::WriteTransaction) -> Result<(), StoreError> {
 /// The voters of `m` (for the node list's manager status).
 pub fn voters(m: &Members) -> BTreeSet<MemberId> {
     m.voter_ids().collect()
-}
-
-/// The address of every member of `m`, by id.
-pub fn addresses(m: &Members) -> BTreeMap<MemberId, String> {
-    m.nodes().map(|(id, n)| (*id, n.addr.clone())).collect()
 }
 
 #[cfg(test)]
