@@ -38,7 +38,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use gantry_api::{ApiError, AssignmentUpdate, Assignments, Change, Client, NodeInfo, StatusReport};
-use gantry_pki::{ClusterCa, Issued};
+use gantry_pki::Issued;
 
 pub use edge::EdgeConfig;
 pub use helper::helper_main;
@@ -245,22 +245,25 @@ pub async fn run(cfg: AgentConfig, id: Identity) -> Result<(), AgentError> {
     let own = cfg.data_dir.join("agent");
     gantry_runtime::private_dir(&own)
         .map_err(|e| AgentError::Io(format!("create {}", own.display()), e))?;
-    let ca = ClusterCa::from_pem("", &id.ca_pem, "");
     let me = Issued {
         cert_pem: id.cert_pem.clone(),
         key_pem: id.key_pem.clone(),
     };
-    // Presented live: renewed in place (`renew_cert`).
+    // Presented and trusted live: renewed and rotated in place
+    // (`renew_cert`).
     let live = gantry_pki::LiveCert::new(&me)
         .map_err(|e| AgentError::Config(format!("node credential: {e}")))?;
-    let tls = ca
-        .client_config_live(live.clone())
+    let trust = gantry_pki::Trust::new(&id.ca_pem)
+        .map_err(|e| AgentError::Config(format!("node credential: {e}")))?;
+    let tls = trust
+        .client_config(live.clone())
         .map_err(|e| AgentError::Config(format!("node credential: {e}")))?;
     let client = Client::with_managers(&id.manager, &id.managers, tls.clone())?;
     let kept = Arc::new(Mutex::new(id.clone()));
     tokio::spawn(renew_cert(
         client.clone(),
         live,
+        trust,
         cfg.data_dir.clone(),
         kept.clone(),
     ));
@@ -363,13 +366,14 @@ async fn remember_managers(client: Client, data_dir: PathBuf, id: Arc<Mutex<Iden
     }
 }
 
-/// Renews the node's certificate when a third of its life is left (for a
-/// key made here; the manager signs it for the node its current
-/// certificate names), keeps it in the identity, and presents it from
-/// the next connection on.
+/// Renews the node certificate when a third of its life is left, or when
+/// the managers trust other roots than the node does (a CA rotation:
+/// the answers' `X-Gantry-Trust`); the new certificate and roots hold from
+/// the next handshake on.
 async fn renew_cert(
     client: Client,
     live: Arc<gantry_pki::LiveCert>,
+    trust: Arc<gantry_pki::Trust>,
     data_dir: PathBuf,
     id: Arc<Mutex<Identity>>,
 ) {
@@ -380,6 +384,7 @@ async fn renew_cert(
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0)
     };
+    let mut seen = client.trust_seen();
     loop {
         let pem = id.lock().expect("identity lock").cert_pem.clone();
         let at = match gantry_pki::renew_at_ms(&pem) {
@@ -389,10 +394,25 @@ async fn renew_cert(
                 return;
             }
         };
-        let wait = Duration::from_millis(at.saturating_sub(now_ms()));
-        tokio::time::sleep(wait.clamp(Duration::from_secs(1), Duration::from_secs(3600))).await;
-        if at > now_ms() {
+        let wanted = seen.borrow_and_update().clone();
+        let rotated = !wanted.is_empty() && wanted != trust.id();
+        if !rotated && at > now_ms() {
+            let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+            tokio::select! {
+                _ = tokio::time::sleep(wait.clamp(Duration::from_secs(1), Duration::from_secs(3600))) => {}
+                r = seen.changed() => if r.is_err() { return },
+            }
             continue;
+        }
+        if rotated {
+            // Every node sees the change at once: spread their renewals.
+            let jitter = u64::from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .subsec_nanos(),
+            ) % 2000;
+            tokio::time::sleep(Duration::from_millis(jitter)).await;
         }
         let renewed = async {
             let (key_pem, csr_pem) = gantry_pki::new_request().map_err(|e| e.to_string())?;
@@ -404,18 +424,26 @@ async fn renew_cert(
                 cert_pem: r.cert_pem,
                 key_pem,
             };
+            trust.set(&r.ca_pem).map_err(|e| e.to_string())?;
             live.replace(&me).map_err(|e| e.to_string())?;
             let mut id = id.lock().expect("identity lock");
             id.cert_pem = me.cert_pem;
             id.key_pem = me.key_pem;
+            id.ca_pem = r.ca_pem;
             id.save(&data_dir).map_err(|e| e.to_string())
         };
         match renewed.await {
-            Ok(()) => tracing::info!("the node certificate was renewed"),
+            Ok(()) => tracing::info!(rotation = rotated, "the node certificate was renewed"),
             Err(e) => {
                 tracing::warn!("renewing the node certificate: {e}");
                 tokio::time::sleep(Duration::from_secs(10)).await;
+                continue;
             }
+        }
+        if rotated && *seen.borrow() != trust.id() {
+            // The managers do not agree yet (one applied the change
+            // before the others): not in a loop.
+            tokio::time::sleep(Duration::from_secs(5)).await;
         }
     }
 }

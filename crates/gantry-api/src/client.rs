@@ -97,6 +97,9 @@ pub struct Client {
     /// Whether an answer came from a manager that could not confirm it
     /// was current (no leader: `X-Gantry-Stale`).
     stale: Arc<std::sync::atomic::AtomicBool>,
+    /// The cluster's trust as the last answer named it
+    /// (`X-Gantry-Trust`), shared with [`Client::fork`]s.
+    trust_seen: Arc<tokio::sync::watch::Sender<String>>,
 }
 
 /// The header that marks an answer as possibly stale.
@@ -108,6 +111,11 @@ const CONNECT_WAIT: Duration = Duration::from_millis(1500);
 
 /// How long a request waits for the managers to elect a leader.
 pub const ELECTION_WAIT: Duration = Duration::from_secs(10);
+
+/// The header a manager names the roots it trusts in
+/// ([`gantry_pki::trust_id`]): a client whose credential trusts others
+/// renews it (a CA rotation).
+pub const TRUST_HEADER: &str = "x-gantry-trust";
 
 /// The header a manager lists every manager's address in.
 pub const MANAGERS_HEADER: &str = "x-gantry-managers";
@@ -177,6 +185,13 @@ impl Target {
             msg = format!("{msg}: {s}");
             src = s.source();
         }
+        if msg.contains("UnknownCA") || msg.contains("BadCertificate") {
+            // Reached, and refused: every manager would say the same.
+            return ApiError::Other(format!(
+                "the manager at {} refused this credential (its CA is not the cluster's: after `gantry ca rotate`, take a current admin.json from a manager's host): {msg}",
+                self.addr
+            ));
+        }
         ApiError::Unreachable {
             addr: self.addr.to_string(),
             msg,
@@ -221,6 +236,7 @@ impl Client {
             known: Arc::new(Mutex::new(known)),
             roams: true,
             stale: Arc::default(),
+            trust_seen: Arc::new(tokio::sync::watch::channel(String::new()).0),
         })
     }
 
@@ -244,6 +260,7 @@ impl Client {
             known: self.known.clone(),
             roams: self.roams,
             stale: Arc::default(),
+            trust_seen: self.trust_seen.clone(),
         })
     }
 
@@ -272,6 +289,12 @@ impl Client {
         self.stale.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The cluster's trust as the managers' answers name it (empty before
+    /// the first answer): it changes when the cluster's CA rotates.
+    pub fn trust_seen(&self) -> tokio::sync::watch::Receiver<String> {
+        self.trust_seen.subscribe()
+    }
+
     /// The manager it talks to first (the last that answered).
     pub fn current(&self) -> String {
         self.targets.lock().expect("targets lock")[0].name.clone()
@@ -286,6 +309,19 @@ impl Client {
     fn learn(&self, resp: &reqwest::Response) {
         if resp.headers().contains_key(STALE_HEADER) {
             self.stale.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Some(t) = resp
+            .headers()
+            .get(TRUST_HEADER)
+            .and_then(|v| v.to_str().ok())
+        {
+            self.trust_seen.send_if_modified(|cur| {
+                let changed = cur != t;
+                if changed {
+                    t.clone_into(cur);
+                }
+                changed
+            });
         }
         if !self.roams {
             return;
@@ -548,10 +584,11 @@ impl Client {
     ) -> Result<(JoinResponse, String), JoinError> {
         let parsed = JoinToken::parse(token)?;
         let fetch = Self::new(manager, gantry_pki::fetch_ca_config()?)?;
-        let ca_pem: String = fetch.get("/v1/ca").await?;
-        if gantry_pki::fingerprint(&ca_pem).ok().as_deref() != Some(&parsed.ca_fingerprint) {
-            return Err(JoinError::WrongCluster(fetch.addr().to_string()));
-        }
+        let bundle: String = fetch.get("/v1/ca").await?;
+        // Only the root the token names is trusted (the bundle came over
+        // a connection nothing verified).
+        let ca_pem = gantry_pki::pick_by_fingerprint(&bundle, &parsed.ca_fingerprint)
+            .ok_or_else(|| JoinError::WrongCluster(fetch.addr().to_string()))?;
         let ca = ClusterCa::from_pem("", &ca_pem, "");
         let anon = Self::new(manager, ca.client_config_anonymous()?)?;
         let (key_pem, csr_pem) = gantry_pki::new_request()?;

@@ -18,7 +18,7 @@ mod types;
 pub use addrs::{AddrChange, ScopeChange, ScopedAddrs, ServiceAddrs, ServiceChange, INGRESS};
 pub use client::{
     has_port, resolve, write_secret, AdminConfig, ApiError, Client, JoinError, ELECTION_WAIT,
-    MANAGERS_HEADER, RETRY_HEADER, STALE_HEADER,
+    MANAGERS_HEADER, RETRY_HEADER, STALE_HEADER, TRUST_HEADER,
 };
 pub use delta::{AssignmentDelta, AssignmentUpdate, Change};
 pub use types::*;

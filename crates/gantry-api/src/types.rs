@@ -120,13 +120,46 @@ pub struct RenewRequest {
     pub csr_pem: String,
 }
 
-/// The renewed certificate, and the CA.
+/// The renewed certificate, and the roots to trust.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RenewResponse {
-    /// The certificate (PEM).
+    /// The certificate (PEM), followed by the cross-signed CA during a
+    /// rotation.
     pub cert_pem: String,
-    /// The cluster CA (PEM).
+    /// The cluster's roots (PEM): the CA, and the one it replaces while a
+    /// rotation is under way.
     pub ca_pem: String,
+}
+
+/// `GET /v1/ca`, `POST /v1/ca/rotate`: the cluster CA and its rotation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaStatus {
+    /// SHA-256 of the CA that issues certificates (what join tokens name).
+    pub fingerprint: String,
+    /// SHA-256 of every root trusted (the old one too while a rotation is
+    /// under way).
+    pub trusted: Vec<String>,
+    /// The rotation under way, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<CaRotation>,
+}
+
+/// How a CA rotation stands: it ends once every node and manager holds a
+/// certificate of the new CA (the old root is then trusted no more).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaRotation {
+    /// When it started (ms since the epoch).
+    pub started_ms: u64,
+    /// SHA-256 of the CA it replaces.
+    pub from: String,
+    /// Nodes and managers in all.
+    pub total: usize,
+    /// Those that hold a certificate of the new CA.
+    pub renewed: usize,
+    /// Those it waits for (`node HOST`, `manager HOST`; `(down)` when
+    /// the node is down: the rotation ends when it comes back, or is
+    /// removed).
+    pub waiting: Vec<String>,
 }
 
 /// The answer to a join.

@@ -5,7 +5,10 @@
 //! and every agent–manager connection is mutual TLS against the cluster CA
 //! alone. The CLI holds an admin certificate from the same CA.
 
+mod live;
 pub mod seal;
+
+pub use live::{trust_id, LiveCert, Trust};
 
 use std::fmt;
 use std::sync::Arc;
@@ -79,6 +82,10 @@ pub struct ClusterCa {
     key_pem: String,
     /// How long the node and manager certificates it signs are valid.
     leaf_secs: u64,
+    /// What follows each certificate it issues (PEM): during a rotation,
+    /// this CA certified by the one before it, so that a peer trusting
+    /// only the old root still verifies the new certificates.
+    chain: String,
 }
 
 /// How long node and manager certificates are valid unless the cluster
@@ -132,62 +139,6 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A certificate and key that can be replaced while the TLS configs built
-/// on it are in use: the next handshake presents the new one (a renewed
-/// node or manager certificate).
-#[derive(Debug)]
-pub struct LiveCert(std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>);
-
-impl LiveCert {
-    /// Holds `me`.
-    pub fn new(me: &Issued) -> Result<Arc<Self>, PkiError> {
-        Ok(Arc::new(Self(std::sync::RwLock::new(certified(me)?))))
-    }
-
-    /// Presents `me` from now on.
-    pub fn replace(&self, me: &Issued) -> Result<(), PkiError> {
-        *self.0.write().expect("live cert lock") = certified(me)?;
-        Ok(())
-    }
-
-    fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
-        self.0.read().expect("live cert lock").clone()
-    }
-}
-
-fn certified(me: &Issued) -> Result<Arc<rustls::sign::CertifiedKey>, PkiError> {
-    let key = provider()
-        .key_provider
-        .load_private_key(key(&me.key_pem)?)?;
-    Ok(Arc::new(rustls::sign::CertifiedKey::new(
-        certs(&me.cert_pem)?,
-        key,
-    )))
-}
-
-impl rustls::client::ResolvesClientCert for LiveCert {
-    fn resolve(
-        &self,
-        _root_hint_subjects: &[&[u8]],
-        _sigschemes: &[rustls::SignatureScheme],
-    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        Some(self.current())
-    }
-
-    fn has_certs(&self) -> bool {
-        true
-    }
-}
-
-impl rustls::server::ResolvesServerCert for LiveCert {
-    fn resolve(
-        &self,
-        _hello: rustls::server::ClientHello<'_>,
-    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        Some(self.current())
-    }
-}
-
 /// When a certificate (PEM) is due for renewal: once a third of its
 /// lifetime is left (ms since the epoch).
 pub fn renew_at_ms(cert_pem: &str) -> Result<u64, PkiError> {
@@ -217,7 +168,45 @@ impl ClusterCa {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
             leaf_secs: CERT_EXPIRY_SECS,
+            chain: String::new(),
         })
+    }
+
+    /// A new CA to replace this one (`gantry ca rotate`): its own key and
+    /// name, with its certificate signed by this CA (the cross-signed
+    /// certificate, PEM) to follow the certificates it issues until every
+    /// node trusts it.
+    pub fn rotate(&self) -> Result<(Self, String), PkiError> {
+        let key = KeyPair::generate()?;
+        let mut suffix = [0u8; 4];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut suffix);
+        let name = format!("{} {}", self.cluster, hex::encode(suffix));
+        let mut params = ca_params(&self.cluster);
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, format!("gantry cluster CA {name}"));
+        dn.push(DnType::OrganizationName, format!("gantry-{}", self.cluster));
+        params.distinguished_name = dn;
+        let now = unix_now();
+        validity(&mut params, now - 3600, now + 10 * 365 * 86_400);
+        let cert = params.self_signed(&key)?;
+        let cross = params.signed_by(&key, &self.issuer()?)?;
+        Ok((
+            Self {
+                cluster: self.cluster.clone(),
+                cert_pem: cert.pem(),
+                key_pem: key.serialize_pem(),
+                leaf_secs: self.leaf_secs,
+                chain: String::new(),
+            },
+            cross.pem(),
+        ))
+    }
+
+    /// The same CA, with `chain` (PEM) following every certificate it
+    /// issues.
+    pub fn with_chain(mut self, chain: &str) -> Self {
+        self.chain = chain.to_owned();
+        self
     }
 
     /// Reloads a CA kept in the cluster store.
@@ -227,6 +216,7 @@ impl ClusterCa {
             cert_pem: cert_pem.to_owned(),
             key_pem: key_pem.to_owned(),
             leaf_secs: CERT_EXPIRY_SECS,
+            chain: String::new(),
         }
     }
 
@@ -290,9 +280,20 @@ impl ClusterCa {
         self
     }
 
+    /// The issuer as its certificate names it (a rotated CA's name is its
+    /// own).
     fn issuer(&self) -> Result<Issuer<'static, KeyPair>, PkiError> {
         let ca_key = KeyPair::from_pem(&self.key_pem)?;
-        Ok(Issuer::new(ca_params(&self.cluster), ca_key))
+        Ok(Issuer::from_ca_cert_pem(&self.cert_pem, ca_key)?)
+    }
+
+    /// A certificate as it is handed out: with the chain that follows it.
+    fn chained(&self, pem: String) -> String {
+        if self.chain.is_empty() {
+            pem
+        } else {
+            format!("{}\n{}\n", pem.trim_end(), self.chain.trim())
+        }
     }
 
     /// Issues a certificate for a node or the admin, usable as both TLS
@@ -303,7 +304,7 @@ impl ClusterCa {
             .leaf_params(name, role, extra_sans)?
             .signed_by(&key, &self.issuer()?)?;
         Ok(Issued {
-            cert_pem: cert.pem(),
+            cert_pem: self.chained(cert.pem()),
             key_pem: key.serialize_pem(),
         })
     }
@@ -356,7 +357,7 @@ impl ClusterCa {
     ) -> Result<String, PkiError> {
         let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
         csr.params = self.leaf_params(name, role, extra_sans)?;
-        Ok(csr.signed_by(&self.issuer()?)?.pem())
+        Ok(self.chained(csr.signed_by(&self.issuer()?)?.pem()))
     }
 
     fn roots(&self) -> Result<rustls::RootCertStore, PkiError> {
@@ -387,7 +388,7 @@ impl ClusterCa {
     /// the TLS layer so that they can join, and the API refuses them every
     /// route but the join.
     pub fn server_config_join(&self, me: &Issued) -> Result<rustls::ServerConfig, PkiError> {
-        self.server_config_join_live(LiveCert::new(me)?)
+        Trust::new(&self.cert_pem)?.server_config_join(LiveCert::new(me)?)
     }
 
     /// A client config that trusts only this CA and presents no certificate
@@ -397,34 +398,6 @@ impl ClusterCa {
             .with_safe_default_protocol_versions()?
             .with_root_certificates(self.roots()?)
             .with_no_client_auth())
-    }
-
-    /// A client config that trusts only this CA and presents whatever
-    /// `me` holds when it connects (a certificate renewed while the config
-    /// is in use).
-    pub fn client_config_live(&self, me: Arc<LiveCert>) -> Result<rustls::ClientConfig, PkiError> {
-        Ok(rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(self.roots()?)
-            .with_client_cert_resolver(me))
-    }
-
-    /// [`ClusterCa::server_config_join`] presenting whatever `me` holds.
-    pub fn server_config_join_live(
-        &self,
-        me: Arc<LiveCert>,
-    ) -> Result<rustls::ServerConfig, PkiError> {
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(self.roots()?),
-            provider(),
-        )
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| PkiError::Tls(rustls::Error::General(e.to_string())))?;
-        Ok(rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()?
-            .with_client_cert_verifier(verifier)
-            .with_cert_resolver(me))
     }
 
     /// A client config that trusts only this CA and presents `me`.
@@ -569,6 +542,59 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The certificate (PEM) of a bundle whose SHA-256 is `fingerprint`: what
+/// a joining node trusts of the bundle a manager sends before it is
+/// authenticated (a manager sends the old and the new root during a CA
+/// rotation, and the token names one).
+pub fn pick_by_fingerprint(bundle_pem: &str, fingerprint: &str) -> Option<String> {
+    certs(bundle_pem)
+        .ok()?
+        .into_iter()
+        .find(|c| hex::encode(Sha256::digest(c.as_ref())) == fingerprint)
+        .map(|c| pem_of(&c))
+}
+
+/// Each certificate of a PEM bundle, PEM.
+pub fn split_pem(bundle_pem: &str) -> Vec<String> {
+    certs(bundle_pem)
+        .unwrap_or_default()
+        .iter()
+        .map(|c| pem_of(c))
+        .collect()
+}
+
+fn pem_of(c: &CertificateDer<'_>) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(c.as_ref());
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+/// Whether the first certificate of a PEM chain was issued by the CA whose
+/// certificate (PEM) is given: its issuer is the CA's subject (each CA of a
+/// cluster, rotated or not, has a name of its own).
+pub fn issued_by(cert_pem: &str, ca_pem: &str) -> bool {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (Ok(leaf), Ok(ca)) = (certs(cert_pem), certs(ca_pem)) else {
+        return false;
+    };
+    let (Some(leaf), Some(ca)) = (leaf.first(), ca.first()) else {
+        return false;
+    };
+    match (
+        X509Certificate::from_der(leaf.as_ref()),
+        X509Certificate::from_der(ca.as_ref()),
+    ) {
+        (Ok((_, l)), Ok((_, c))) => l.issuer().as_raw() == c.subject().as_raw(),
+        _ => false,
     }
 }
 

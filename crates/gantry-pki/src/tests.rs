@@ -10,7 +10,13 @@ fn echo_server(
     ca: &ClusterCa,
     me: &Issued,
 ) -> (u16, std::thread::JoinHandle<Result<String, String>>) {
-    let config = Arc::new(ca.server_config(me).unwrap());
+    echo_with(Arc::new(ca.server_config(me).unwrap()))
+}
+
+/// [`echo_server`] with a server config of the caller's.
+fn echo_with(
+    config: Arc<rustls::ServerConfig>,
+) -> (u16, std::thread::JoinHandle<Result<String, String>>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let h = std::thread::spawn(move || {
@@ -240,4 +246,111 @@ fn web_certificates_carry_their_names_and_expiry() {
     assert!(check_key_pair(&issued.cert_pem, &other.key_pem).is_err());
     assert!(cert_info("junk").is_err());
     assert!(cert_info("").is_err());
+}
+
+#[test]
+fn a_rotated_ca_is_trusted_through_its_cross_certificate_until_the_old_root_goes() {
+    let old = ClusterCa::generate("prod").unwrap();
+    let (new, cross) = old.rotate().unwrap();
+    assert_ne!(new.fingerprint().unwrap(), old.fingerprint().unwrap());
+    let issuing = new.clone().with_chain(&cross);
+    let worker_old = old.issue("node-old", Role::Worker, &[]).unwrap();
+    let worker_new = issuing.issue("node-new", Role::Worker, &[]).unwrap();
+    let (key_pem, csr) = new_request().unwrap();
+    let signed = Issued {
+        cert_pem: issuing
+            .sign_request(&csr, "node-csr", Role::Worker)
+            .unwrap(),
+        key_pem,
+    };
+    let manager_new = issuing.issue("manager", Role::Manager, &[]).unwrap();
+    assert!(issued_by(&worker_new.cert_pem, new.cert_pem()));
+    assert!(!issued_by(&worker_new.cert_pem, old.cert_pem()));
+    assert!(issued_by(&worker_old.cert_pem, old.cert_pem()));
+    // A joining node trusts the root its token names, of the two.
+    let bundle = format!("{}{}", new.cert_pem(), old.cert_pem());
+    let picked = pick_by_fingerprint(&bundle, &old.fingerprint().unwrap()).unwrap();
+    assert_eq!(fingerprint(&picked).unwrap(), old.fingerprint().unwrap());
+    assert_eq!(
+        trust_id(&picked).unwrap(),
+        trust_id(old.cert_pem()).unwrap()
+    );
+    assert!(pick_by_fingerprint(&bundle, &"0".repeat(64)).is_none());
+    // A renewed certificate is the leaf, then the cross-signed CA.
+    assert_eq!(certs(&worker_new.cert_pem).unwrap().len(), 2);
+    assert_eq!(certs(&signed.cert_pem).unwrap().len(), 2);
+    check_key_pair(&signed.cert_pem, &signed.key_pem).unwrap();
+    assert_eq!(
+        peer_identity(certs(&signed.cert_pem).unwrap()[0].as_ref()),
+        Some(("node-csr".into(), Role::Worker))
+    );
+
+    // While the rotation goes on, the manager trusts both roots and
+    // presents a certificate of the new CA; a node that still trusts only
+    // the old root verifies it through the cross certificate.
+    let both = format!("{}{}", new.cert_pem(), old.cert_pem());
+    let trust = Trust::new(&both).unwrap();
+    let server = Arc::new(
+        trust
+            .server_config_join(LiveCert::new(&manager_new).unwrap())
+            .unwrap(),
+    );
+    let client = |me: &Issued, roots: &str| {
+        Trust::new(roots)
+            .unwrap()
+            .client_config(LiveCert::new(me).unwrap())
+            .unwrap()
+    };
+    for (me, roots) in [
+        (&worker_old, old.cert_pem()),
+        (&worker_new, old.cert_pem()),
+        (&signed, old.cert_pem()),
+        (&worker_new, new.cert_pem()),
+        (&worker_old, both.as_str()),
+    ] {
+        let (port, h) = echo_with(server.clone());
+        assert_eq!(talk(port, client(me, roots)).unwrap(), "hello\n");
+        assert!(h.join().unwrap().unwrap().ends_with("said hello"));
+    }
+
+    // The rotation ends: the same server config, whose trust now holds the
+    // new root alone, refuses a certificate of the old CA and still takes
+    // the new ones.
+    trust.set(new.cert_pem()).unwrap();
+    assert_eq!(trust.id(), trust_id(new.cert_pem()).unwrap());
+    let (port, h) = echo_with(server.clone());
+    let _ = talk(port, client(&worker_old, &both));
+    let refused = h.join().unwrap().unwrap_err();
+    assert!(
+        refused.contains("UnknownIssuer") || refused.contains("certificate"),
+        "{refused}"
+    );
+    let (port, h) = echo_with(server.clone());
+    assert_eq!(
+        talk(port, client(&worker_new, new.cert_pem())).unwrap(),
+        "hello\n"
+    );
+    h.join().unwrap().unwrap();
+    // A peer that trusts only the new root refuses the old CA's server.
+    let old_server = Arc::new(
+        Trust::new(&both)
+            .unwrap()
+            .server_config_join(
+                LiveCert::new(&old.issue("manager", Role::Manager, &[]).unwrap()).unwrap(),
+            )
+            .unwrap(),
+    );
+    let (port, _h) = echo_with(old_server);
+    assert!(talk(port, client(&worker_new, new.cert_pem())).is_err());
+}
+
+#[test]
+fn a_bundle_is_identified_whatever_its_order() {
+    let a = ClusterCa::generate("a").unwrap();
+    let b = ClusterCa::generate("b").unwrap();
+    let ab = trust_id(&format!("{}{}", a.cert_pem(), b.cert_pem())).unwrap();
+    let ba = trust_id(&format!("{}\n{}", b.cert_pem(), a.cert_pem())).unwrap();
+    assert_eq!(ab, ba);
+    assert_ne!(ab, trust_id(a.cert_pem()).unwrap());
+    assert!(Trust::new("not a certificate").is_err());
 }

@@ -214,6 +214,10 @@ pub(crate) async fn serve(sh: Arc<Shared>, listener: TcpListener, tls: Arc<rustl
 fn router(sh: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/ca", get(ca))
+        .route("/v1/ca/status", get(crate::ca::show))
+        .route("/v1/ca/rotate", post(crate::ca::rotate))
+        .route("/v1/admin/renew", post(crate::ca::admin_renew))
+        .route("/v1/managers/renewed", post(crate::ca::manager_renewed))
         .route(
             "/v1/raft/append",
             post(crate::group::append).layer(axum::extract::DefaultBodyLimit::max(RAFT_BODY_LIMIT)),
@@ -309,8 +313,10 @@ fn router(sh: Arc<Shared>) -> Router {
         .with_state(sh)
 }
 
+/// The roots to trust (PEM), the issuing CA first: a joining node trusts
+/// the one its token names.
 async fn ca(State(sh): Sh) -> Json<String> {
-    Json(sh.ca().cert_pem().to_owned())
+    Json(sh.trust_pem())
 }
 
 /// A client whose joins failed too often waits (429).
@@ -364,11 +370,14 @@ async fn join(
         .sign_request(&req.csr_pem, &id, Role::Worker)
         .map_err(|e| bad(format!("certificate request: {e}")))?;
     let mut full = false;
+    let renewed = sh.renewed(&id);
     sh.update(|s| {
         let mut rec = gantry_manager::report::node_record(&id, &req.info, false);
         rec.block = gantry_manager::network::block_for_new_node(s);
         full = rec.block.is_none();
-        vec![Command::PutNode(rec)]
+        let mut cmds = vec![Command::PutNode(rec)];
+        cmds.extend(renewed);
+        cmds
     })?;
     if full {
         tracing::warn!(node = %id, "the cluster CIDR has no free block left: the node joins without an overlay");
@@ -381,7 +390,7 @@ async fn join(
     Ok(Json(JoinResponse {
         node_id: id,
         cert_pem,
-        ca_pem: sh.ca().cert_pem().to_owned(),
+        ca_pem: sh.trust_pem(),
     }))
 }
 
@@ -403,10 +412,14 @@ async fn agent_renew(
     let cert_pem = ca
         .sign_request(&req.csr_pem, &id, Role::Worker)
         .map_err(|e| bad(format!("certificate request: {e}")))?;
+    if let Some(cmd) = sh.renewed(&id) {
+        // A CA rotation waits for every node.
+        sh.apply(vec![cmd])?;
+    }
     tracing::info!(node = %id, "node certificate renewed");
     Ok(Json(gantry_api::RenewResponse {
         cert_pem,
-        ca_pem: ca.cert_pem().to_owned(),
+        ca_pem: sh.trust_pem(),
     }))
 }
 

@@ -59,7 +59,7 @@ impl ToLeader {
         }
     }
 
-    fn client(&self, sh: &Shared, addr: &str) -> Result<gantry_api::Client, String> {
+    pub(crate) fn client(&self, sh: &Shared, addr: &str) -> Result<gantry_api::Client, String> {
         let mut cur = self.0.lock().expect("leader client lock");
         if let Some((a, c)) = &*cur {
             if a == addr {
@@ -87,6 +87,12 @@ pub(crate) async fn route(State(sh): State<Arc<Shared>>, req: Request, next: Nex
     if let Ok(v) = HeaderValue::from_str(&addrs.join(",")) {
         r.headers_mut()
             .insert(HeaderName::from_static(gantry_api::MANAGERS_HEADER), v);
+    }
+    // The roots this manager trusts: a client that trusts others renews
+    // its credential (a CA rotation).
+    if let Ok(v) = HeaderValue::from_str(&sh.trust.id()) {
+        r.headers_mut()
+            .insert(HeaderName::from_static(gantry_api::TRUST_HEADER), v);
     }
     r
 }

@@ -100,12 +100,13 @@ pub(crate) async fn join(
     let err = |e: String| ServerError::Config(format!("joining the managers at {to}: {e}"));
     let parsed = JoinToken::parse(token).map_err(|e| err(e.to_string()))?;
     let fetch = Client::new(to, gantry_pki::fetch_ca_config()?).map_err(|e| err(e.to_string()))?;
-    let ca_pem: String = fetch.get("/v1/ca").await.map_err(|e| err(e.to_string()))?;
-    if gantry_pki::fingerprint(&ca_pem).ok().as_deref() != Some(&parsed.ca_fingerprint) {
-        return Err(err(
-            "its CA does not match the token's fingerprint: another cluster".into(),
-        ));
-    }
+    let bundle: String = fetch.get("/v1/ca").await.map_err(|e| err(e.to_string()))?;
+    // Only the root the token names is trusted (the bundle came over a
+    // connection nothing verified).
+    let ca_pem =
+        gantry_pki::pick_by_fingerprint(&bundle, &parsed.ca_fingerprint).ok_or_else(|| {
+            err("its CA does not match the token's fingerprint: another cluster".into())
+        })?;
     let ca = ClusterCa::from_pem("", &ca_pem, "");
     let anon = Client::new(to, ca.client_config_anonymous()?).map_err(|e| err(e.to_string()))?;
     let (key_pem, csr_pem) = gantry_pki::new_request()?;
@@ -131,7 +132,7 @@ pub(crate) async fn join(
     crate::unlock::write_private(&dir.join(&resp.key_file), resp.key.as_bytes())?;
     save_credential(
         dir,
-        &ClusterCa::from_pem("", &resp.ca_pem, ""),
+        &resp.ca_pem,
         &Issued {
             cert_pem: resp.cert_pem,
             key_pem,
@@ -141,13 +142,14 @@ pub(crate) async fn join(
     Ok(())
 }
 
-/// Keeps this manager's credential (0600).
-pub(crate) fn save_credential(dir: &Path, ca: &ClusterCa, me: &Issued) -> Result<(), ServerError> {
+/// Keeps this manager's credential (0600): what it trusts (PEM roots) and
+/// presents.
+pub(crate) fn save_credential(dir: &Path, trust_pem: &str, me: &Issued) -> Result<(), ServerError> {
     let path = dir.join(CREDENTIAL_FILE);
     gantry_api::write_secret(
         &path,
         &Credential {
-            ca_pem: ca.cert_pem().to_owned(),
+            ca_pem: trust_pem.to_owned(),
             cert_pem: me.cert_pem.clone(),
             key_pem: me.key_pem.clone(),
         },
@@ -155,8 +157,9 @@ pub(crate) fn save_credential(dir: &Path, ca: &ClusterCa, me: &Issued) -> Result
     .map_err(|e| ServerError::Io(format!("write {}", path.display()), e))
 }
 
-/// The credential kept last (by a join or a start).
-pub(crate) fn credential(dir: &Path) -> Result<(ClusterCa, Issued), ServerError> {
+/// The credential kept last (by a join or a start): the roots trusted
+/// (PEM) and the certificate.
+pub(crate) fn credential(dir: &Path) -> Result<(String, Issued), ServerError> {
     let path = dir.join(CREDENTIAL_FILE);
     let text = std::fs::read(&path).map_err(|e| {
         ServerError::Io(
@@ -170,7 +173,7 @@ pub(crate) fn credential(dir: &Path) -> Result<(ClusterCa, Issued), ServerError>
     let c: Credential = serde_json::from_slice(&text)
         .map_err(|e| ServerError::Config(format!("{}: {e}", path.display())))?;
     Ok((
-        ClusterCa::from_pem("", &c.ca_pem, ""),
+        c.ca_pem,
         Issued {
             cert_pem: c.cert_pem,
             key_pem: c.key_pem,
@@ -257,7 +260,7 @@ pub(crate) async fn manager_join(
     });
     tracing::info!(member, addr = %req.addr, hostname = %req.hostname, "a manager is joining");
     Ok(Json(ManagerJoined {
-        ca_pem: ca.cert_pem().to_owned(),
+        ca_pem: sh.trust_pem(),
         cert_pem,
         key_file,
         key,

@@ -14,6 +14,7 @@ pub use acme::{AcmeConfig, LETS_ENCRYPT};
 mod api;
 mod assign;
 mod backup;
+mod ca;
 pub use backup::{restore, Backup};
 mod edge;
 mod events;
@@ -39,7 +40,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gantry_api::{AdminConfig, NodeInfo};
+use gantry_api::NodeInfo;
 use gantry_pki::{ClusterCa, Issued, JoinToken, Role};
 use gantry_store::{Batch, Change, Command, MemberId, State, Store, StoreError};
 use tokio::net::TcpListener;
@@ -199,6 +200,9 @@ pub(crate) struct Shared {
     /// This manager's certificate as it presents it, its PEM (for its
     /// expiry) and the names it carries.
     pub(crate) my_cert: (Arc<gantry_pki::LiveCert>, Mutex<Issued>, Vec<String>),
+    /// The roots this manager trusts, as the state names them (two
+    /// during a CA rotation).
+    pub(crate) trust: Arc<gantry_pki::Trust>,
     /// The connection requests are forwarded on to the leader over.
     pub(crate) to_leader: forward::ToLeader,
     /// Seals secret values in the store (`DATA_DIR/manager/data.key`,
@@ -358,6 +362,7 @@ impl Shared {
                 .unwrap_or(gantry_pki::CERT_EXPIRY_SECS);
             ClusterCa::from_pem(&m("cluster_id"), &m("ca_cert"), &m("ca_key"))
                 .with_leaf_validity(expiry)
+                .with_chain(&m(ca::CROSS_KEY))
         })
     }
 
@@ -484,13 +489,14 @@ impl Manager {
         // the leader signed.
         let meta = |s: &Store, k: &str| s.state().meta.get(k).cloned();
         let mut new_ca = None;
-        let (ca, cert) = match (meta(&store, "ca_cert"), meta(&store, "ca_key")) {
+        let (ca, trust, cert) = match (meta(&store, "ca_cert"), meta(&store, "ca_key")) {
             (Some(c), Some(k)) => {
                 let ca =
-                    ClusterCa::from_pem(&meta(&store, "cluster_id").unwrap_or_default(), &c, &k);
+                    ClusterCa::from_pem(&meta(&store, "cluster_id").unwrap_or_default(), &c, &k)
+                        .with_chain(&meta(&store, ca::CROSS_KEY).unwrap_or_default());
                 let cert =
                     ca.issue("manager", Role::Manager, &setup::sans(&cfg.advertise, addr))?;
-                (ca, cert)
+                (ca, meta(&store, ca::TRUST_KEY).unwrap_or(c), cert)
             }
             _ if store.is_bootstrapped() => {
                 let cluster = new_id();
@@ -498,15 +504,21 @@ impl Manager {
                 let cert =
                     ca.issue("manager", Role::Manager, &setup::sans(&cfg.advertise, addr))?;
                 new_ca = Some(cluster);
-                (ca, cert)
+                let trust = ca.cert_pem().to_owned();
+                (ca, trust, cert)
             }
-            _ => join::credential(&dir)?,
+            _ => {
+                let (trust, cert) = join::credential(&dir)?;
+                (ClusterCa::from_pem("", &trust, ""), trust, cert)
+            }
         };
-        // Presented live: renewed in place (`renew_own_cert`).
+        // Presented and trusted live: renewed and rotated in place
+        // (`ca::follow`).
         let live = gantry_pki::LiveCert::new(&cert)?;
+        let trust = gantry_pki::Trust::new(&trust)?;
         let peers = group::Peers::default();
-        peers.set_tls(ca.client_config_live(live.clone())?);
-        let tls = Arc::new(ca.server_config_join_live(live.clone())?);
+        peers.set_tls(trust.client_config(live.clone())?);
+        let tls = Arc::new(trust.server_config_join(live.clone())?);
         let my_sans = setup::sans(&cfg.advertise, addr);
         let single = store.is_bootstrapped() && gantry_store::voters(store.members()).len() == 1;
         let log = store.log_store();
@@ -535,6 +547,7 @@ impl Manager {
             rt: tokio::runtime::Handle::current(),
             peers,
             my_cert: (live, Mutex::new(cert.clone()), my_sans),
+            trust,
             to_leader: Default::default(),
             data_key: std::sync::RwLock::new(data_key),
             new_unlock_key: Mutex::new(new_unlock_key),
@@ -592,18 +605,9 @@ impl Manager {
         let cert = ca.issue("manager", Role::Manager, &shared.my_cert.2)?;
         shared.my_cert.0.replace(&cert)?;
         *shared.my_cert.1.lock().expect("cert lock") = cert.clone();
-        join::save_credential(&dir, &ca, &cert)?;
-        // The admin credential for the CLI on this host.
-        let admin = ca.issue("admin", Role::Admin, &[])?;
-        AdminConfig {
-            manager: reach.clone(),
-            managers: shared.managers().into_iter().map(|m| m.addr).collect(),
-            ca_pem: ca.cert_pem().to_owned(),
-            cert_pem: admin.cert_pem,
-            key_pem: admin.key_pem,
-        }
-        .save(&shared.cfg.config_dir)
-        .map_err(|e| ServerError::Io(format!("write {}", shared.cfg.config_dir.display()), e))?;
+        shared.trust.set(&shared.trust_pem())?;
+        join::save_credential(&dir, &shared.trust_pem(), &cert)?;
+        setup::write_admin(&shared, &reach)?;
         if let Some(addr) = shared.cfg.metrics {
             let l = TcpListener::bind(addr).await.map_err(|e| {
                 ServerError::Io(
@@ -615,7 +619,7 @@ impl Manager {
             tasks.push(tokio::spawn(metrics::serve(shared.clone(), l)));
         }
         tasks.extend([
-            tokio::spawn(setup::renew_own_cert(shared.clone())),
+            tokio::spawn(ca::follow(shared.clone(), reach.clone())),
             tokio::spawn(orchestrate::run(shared.clone())),
             tokio::spawn(assign::run(shared.clone())),
             tokio::spawn(acme::run(shared.clone())),

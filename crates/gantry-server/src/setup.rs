@@ -4,14 +4,13 @@
 //! renewal of its own certificate.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
 
+use gantry_api::AdminConfig;
 use gantry_pki::{ClusterCa, Role};
 use gantry_store::Command;
 
 use crate::{
-    join, new_join_token, new_manager_token, now_ms, ServerError, Shared, CERT_EXPIRY_KEY,
+    join, new_join_token, new_manager_token, ServerError, Shared, CERT_EXPIRY_KEY,
     DIRECT_ROUTING_KEY, MANAGER_TOKEN_HASH_KEY, TOKEN_HASH_KEY, VNI_KEY,
 };
 
@@ -131,40 +130,17 @@ pub(crate) fn init_cluster(
     Ok(())
 }
 
-/// Renews this manager's certificate when a third of its life is left,
-/// from the CA the state holds: the next connections present the new one.
-pub(crate) async fn renew_own_cert(sh: Arc<Shared>) {
-    loop {
-        let pem = sh.my_cert.1.lock().expect("cert lock").cert_pem.clone();
-        let wait = match gantry_pki::renew_at_ms(&pem) {
-            Ok(at) => Duration::from_millis(at.saturating_sub(now_ms())),
-            Err(e) => {
-                tracing::warn!("this manager's certificate: {e}");
-                Duration::from_secs(3600)
-            }
-        };
-        tokio::time::sleep(wait.clamp(Duration::from_secs(1), Duration::from_secs(3600))).await;
-        let due = gantry_pki::renew_at_ms(&pem).is_ok_and(|at| at <= now_ms());
-        if !due {
-            continue;
-        }
-        let ca = sh.ca();
-        let renewed = ca
-            .issue("manager", Role::Manager, &sh.my_cert.2)
-            .map_err(|e| e.to_string())
-            .and_then(|c| {
-                sh.my_cert.0.replace(&c).map_err(|e| e.to_string())?;
-                let dir = sh.cfg.data_dir.join("manager");
-                join::save_credential(&dir, &ca, &c).map_err(|e| e.to_string())?;
-                *sh.my_cert.1.lock().expect("cert lock") = c;
-                Ok(())
-            });
-        match renewed {
-            Ok(()) => tracing::info!("this manager's certificate was renewed"),
-            Err(e) => {
-                tracing::warn!("renewing this manager's certificate: {e}");
-                tokio::time::sleep(Duration::from_secs(10)).await;
-            }
-        }
+/// Writes the admin credential for the CLI on this host, from the CA
+/// that issues now and with the roots trusted now.
+pub(crate) fn write_admin(sh: &Shared, reach: &str) -> Result<(), ServerError> {
+    let admin = sh.ca().issue("admin", Role::Admin, &[])?;
+    AdminConfig {
+        manager: reach.to_owned(),
+        managers: sh.managers().into_iter().map(|m| m.addr).collect(),
+        ca_pem: sh.trust_pem(),
+        cert_pem: admin.cert_pem,
+        key_pem: admin.key_pem,
     }
+    .save(&sh.cfg.config_dir)
+    .map_err(|e| ServerError::Io(format!("write {}", sh.cfg.config_dir.display()), e))
 }

@@ -156,6 +156,9 @@ enum Cmd {
     /// The managers' group: who leads, who is reachable.
     #[command(subcommand)]
     Manager(cluster::ManagerCmd),
+    /// The cluster CA: inspect it, rotate it.
+    #[command(subcommand)]
+    Ca(cluster::CaCmd),
     /// Follow cluster events.
     Events(cluster::EventsArgs),
     /// A live table of the cluster's task containers' CPU, memory, network
@@ -339,6 +342,7 @@ fn dispatch_cmd(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<u8> {
         Cmd::Service(c) => cluster::service(ctx, c),
         Cmd::Node(c) => cluster::node(ctx, c),
         Cmd::Manager(c) => cluster::manager(ctx, c),
+        Cmd::Ca(c) => cluster::ca(ctx, c),
         Cmd::Events(a) => cluster::events(ctx, a),
         Cmd::Stats(a) => stats::stats(ctx, a),
         Cmd::Demo(a) => demo::demo(a),

@@ -143,16 +143,49 @@ fn all_up(cl: &Cluster) -> Result<(), String> {
     }
 }
 
-#[test]
-fn three_managers_survive_their_leader_and_a_lost_quorum() {
-    let Some(mut cl) = Cluster::new_with("three_managers", 3, |_| {
+/// A cluster of three hosts whose fixture manager is `manager-0`, with an
+/// agent on each host.
+fn three_hosts(test: &str) -> Option<Cluster> {
+    let mut cl = Cluster::new_with(test, 3, |_| {
         (vec!["--hostname".into(), "manager-0".into()], None)
-    }) else {
-        return;
-    };
+    })?;
     for i in 0..3 {
         cl.start_agent(i);
     }
+    Some(cl)
+}
+
+/// Managers on hosts 1 and 2, not started.
+fn two_extras() -> Vec<Extra> {
+    [1, 2]
+        .into_iter()
+        .map(|host| Extra {
+            host,
+            data: tempfile::tempdir().unwrap(),
+            cfg: tempfile::tempdir().unwrap(),
+            child: None,
+        })
+        .collect()
+}
+
+/// Waits for the three managers, the fixture's leading.
+fn wait_three(cl: &Cluster) {
+    wait_managers(
+        cl,
+        &[
+            ("manager-0", "Leader"),
+            ("node-1", "Reachable"),
+            ("node-2", "Reachable"),
+        ],
+        Duration::from_secs(30),
+    );
+}
+
+#[test]
+fn three_managers_survive_their_leader_and_a_lost_quorum() {
+    let Some(mut cl) = three_hosts("three_managers") else {
+        return;
+    };
     let token = cl
         .admin_ok(&["join-token", "manager", "-q"])
         .trim()
@@ -161,15 +194,7 @@ fn three_managers_survive_their_leader_and_a_lost_quorum() {
     // A worker's token does not make a manager, nor the reverse.
     let worker = cl.token();
     assert_ne!(worker, token);
-    let mut extras: Vec<Extra> = [1, 2]
-        .into_iter()
-        .map(|host| Extra {
-            host,
-            data: tempfile::tempdir().unwrap(),
-            cfg: tempfile::tempdir().unwrap(),
-            child: None,
-        })
-        .collect();
+    let mut extras = two_extras();
     let join = cl.manager_addr();
     {
         // The worker token is refused, and the manager exits with why.
@@ -184,15 +209,7 @@ fn three_managers_survive_their_leader_and_a_lost_quorum() {
     for e in &mut extras {
         start_extra(&cl, e, &["--join", &join, "--token", &token]);
     }
-    wait_managers(
-        &cl,
-        &[
-            ("manager-0", "Leader"),
-            ("node-1", "Reachable"),
-            ("node-2", "Reachable"),
-        ],
-        Duration::from_secs(30),
-    );
+    wait_three(&cl);
     // The node on a manager's host shows its manager's status.
     let nodes = cl.json(&["node", "ls", "--format", "json"]);
     let status: BTreeMap<&str, &str> = nodes
@@ -912,4 +929,165 @@ fn node_and_manager_certificates_renew_before_they_expire() {
     );
     let log = std::fs::read_to_string(cl.logs.path().join("agent0.log")).unwrap();
     assert!(log.contains("the node certificate was renewed"), "{log}");
+}
+
+#[test]
+fn the_cluster_ca_rotates_while_everything_keeps_running() {
+    let Some(mut cl) = three_hosts("ca_rotate") else {
+        return;
+    };
+    let token = cl
+        .admin_ok(&["join-token", "manager", "-q"])
+        .trim()
+        .to_owned();
+    let worker_token = cl.token();
+    let mut extras = two_extras();
+    let join = cl.manager_addr();
+    for e in &mut extras {
+        start_extra(&cl, e, &["--join", &join, "--token", &token]);
+    }
+    wait_three(&cl);
+    let o = cl.deploy("app", &web(3, "").replace("IMAGE", &cl.image));
+    assert!(o.status.success(), "{}", errtext(&o));
+    cl.wait_total("app_web", 3, Duration::from_secs(60));
+    let before: Vec<(String, String)> = cl
+        .tasks("app_web")
+        .into_iter()
+        .filter(|t| t["desired"] == "running")
+        .map(|t| {
+            (
+                t["id"].as_str().unwrap().to_owned(),
+                t["node"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let old = cl.json(&["ca", "inspect", "--format", "json"]);
+    let old_fp = old["fingerprint"].as_str().unwrap().to_owned();
+    assert_eq!(old["trusted"], serde_json::json!([old_fp]), "{old}");
+    // A copy of the CLI's credential as it is before: refused once the
+    // rotation is over.
+    let stale = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        cl.cfg.path().join("admin.json"),
+        stale.path().join("admin.json"),
+    )
+    .unwrap();
+    let stale_cli = |cl: &Cluster| {
+        cl.g.cmd_on(&cl.lan.hosts[0])
+            .env("GANTRY_CONFIG_DIR", stale.path())
+            .args(["service", "ls"])
+            .output()
+            .unwrap()
+    };
+    let o = stale_cli(&cl);
+    assert!(o.status.success(), "{}", errtext(&o));
+
+    // A node that is down when the rotation starts holds it open until it
+    // comes back.
+    cl.kill_agent(2);
+    let o = cl.admin(&["ca", "rotate", "--detach", "-q"]);
+    assert!(o.status.success(), "{}", errtext(&o));
+    let new_fp = text(&o).trim().to_owned();
+    assert_ne!(new_fp, old_fp);
+    let o = cl.admin(&["ca", "rotate", "--detach"]);
+    assert!(!o.status.success(), "a second rotation started");
+    assert!(errtext(&o).contains("under way"), "{}", errtext(&o));
+    wait_for(
+        "everyone but the stopped node to renew",
+        Duration::from_secs(30),
+        || {
+            let s = cl.json(&["ca", "inspect", "--format", "json"]);
+            let r = &s["rotation"];
+            match r["waiting"].as_array() {
+                Some(w) if w.len() == 1 && w[0] == "node node-3 (down)" => Ok(()),
+                _ => Err(format!("{s}")),
+            }
+        },
+    );
+    let s = cl.json(&["ca", "inspect", "--format", "json"]);
+    assert_eq!(s["fingerprint"], new_fp.as_str(), "{s}");
+    assert_eq!(s["trusted"], serde_json::json!([new_fp, old_fp]), "{s}");
+    assert_eq!(s["rotation"]["total"], 6, "{s}");
+    // The join tokens changed with the CA.
+    assert_ne!(cl.token(), worker_token);
+    cl.start_agent(2);
+    wait_for("the rotation to end", Duration::from_secs(30), || {
+        let s = cl.json(&["ca", "inspect", "--format", "json"]);
+        if s["rotation"].is_null() && s["trusted"] == serde_json::json!([new_fp]) {
+            Ok(())
+        } else {
+            Err(format!("{s}"))
+        }
+    });
+    // Every credential trusts the new root alone and holds a certificate
+    // of the new CA: the CLI's, the managers', the nodes'.
+    wait_for(
+        "every credential to follow",
+        Duration::from_secs(20),
+        || {
+            let _ = cl.admin(&["node", "ls"]);
+            let mut files = vec![
+                cl.cfg.path().join("admin.json"),
+                cl.g.data.path().join("manager/credential.json"),
+            ];
+            for e in &extras {
+                files.push(e.data.path().join("manager/credential.json"));
+                files.push(e.cfg.path().join("admin.json"));
+            }
+            for a in &cl.agents {
+                files.push(a.data.path().join("agent/identity.json"));
+            }
+            let mut wrong = Vec::new();
+            for f in &files {
+                let v: Value = serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap();
+                let roots = v["ca_pem"].as_str().unwrap();
+                let cert = v["cert_pem"].as_str().unwrap();
+                let one_root = gantry_pki::split_pem(roots).len() == 1
+                    && gantry_pki::fingerprint(roots).ok().as_deref() == Some(new_fp.as_str());
+                if !one_root || !gantry_pki::issued_by(cert, roots) {
+                    wrong.push(f.display().to_string());
+                }
+            }
+            if wrong.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("not on the new CA alone: {wrong:?}"))
+            }
+        },
+    );
+    // The old credential is refused; the nodes stayed up, and no task
+    // restarted.
+    let o = stale_cli(&cl);
+    assert!(!o.status.success(), "the old CA's credential still works");
+    assert!(
+        errtext(&o).contains("refused this credential"),
+        "{}",
+        errtext(&o)
+    );
+    wait_for("every node up", Duration::from_secs(20), || all_up(&cl));
+    // The tasks of the nodes that stayed up did not restart (the one
+    // stopped for the test was down past its grace: its task moved).
+    let stopped = &cl.json_map(&["node", "ls", "--format", "json"], "hostname", "id")["node-3"];
+    let after = task_ids(&cl, "app_web");
+    for (id, node) in &before {
+        assert!(
+            node == stopped || after.contains(id),
+            "{before:?} -> {after:?}"
+        );
+    }
+    for e in &extras {
+        let o =
+            cl.g.cmd_on(&cl.lan.hosts[e.host])
+                .env("GANTRY_CONFIG_DIR", e.cfg.path())
+                .args(["service", "ls", "--format", "json"])
+                .output()
+                .unwrap();
+        assert!(o.status.success(), "{}", errtext(&o));
+    }
+    // A manager restarted after the rotation comes back with what it kept.
+    kill(&mut extras[0]);
+    start_extra(&cl, &mut extras[0], &[]);
+    wait_three(&cl);
+    let s = cl.json(&["ca", "inspect", "--format", "json"]);
+    assert_eq!(s["fingerprint"], new_fp.as_str(), "{s}");
 }

@@ -12,6 +12,7 @@ use gantry_api::{AdminConfig, Client, NodeView, ServiceView};
 
 use crate::Ctx;
 
+mod ca;
 mod certs;
 mod daemons;
 mod events;
@@ -20,6 +21,7 @@ mod networks;
 mod nodes;
 mod services;
 
+pub(crate) use ca::{ca, CaCmd};
 pub(crate) use certs::{cert, CertCmd};
 pub(crate) use daemons::{agent, server, AgentArgs, ServerArgs};
 pub(crate) use events::{events, time_arg, EventsArgs};
@@ -57,6 +59,11 @@ pub(crate) fn client(ctx: &Ctx) -> anyhow::Result<Client> {
 /// listed, so that the next command finds another when its manager is
 /// gone; and says so when an answer may be stale (no manager led).
 pub(crate) fn remember_managers(ctx: &Ctx) {
+    if let Err(e) = renew_credential(ctx) {
+        eprintln!(
+            "Warning: the cluster's CA changed and renewing the admin credential failed: {e}"
+        );
+    }
     let Some((mut cfg, c)) = USED.lock().expect("client lock").take() else {
         return;
     };
@@ -80,6 +87,32 @@ pub(crate) fn remember_managers(ctx: &Ctx) {
             tracing::debug!("keeping the managers in the credential: {e}");
         }
     }
+}
+
+/// Renews the admin credential when the managers' answers name other
+/// roots than it trusts (a CA rotation): a certificate of the current CA
+/// for a key made here, and the roots as the managers trust them. Returns
+/// the client of the renewed credential, if it was renewed.
+pub(crate) fn renew_credential(ctx: &Ctx) -> anyhow::Result<Option<Client>> {
+    let mut used = USED.lock().expect("client lock");
+    let Some((cfg, c)) = used.as_mut() else {
+        return Ok(None);
+    };
+    let seen = c.trust_seen().borrow().clone();
+    if seen.is_empty() || gantry_pki::trust_id(&cfg.ca_pem).ok().as_deref() == Some(&seen) {
+        return Ok(None);
+    }
+    let (key_pem, csr_pem) = gantry_pki::new_request()?;
+    let r: gantry_api::RenewResponse =
+        call(c.post("/v1/admin/renew", &gantry_api::RenewRequest { csr_pem }))?;
+    cfg.cert_pem = r.cert_pem;
+    cfg.key_pem = key_pem;
+    cfg.ca_pem = r.ca_pem;
+    cfg.save(&ctx.config_dir)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", ctx.config_dir.display()))?;
+    let renewed = Client::admin(cfg, Some(&c.current()))?;
+    *c = renewed.clone();
+    Ok(Some(renewed))
 }
 
 fn call<T>(
