@@ -1091,3 +1091,125 @@ fn the_cluster_ca_rotates_while_everything_keeps_running() {
     let s = cl.json(&["ca", "inspect", "--format", "json"]);
     assert_eq!(s["fingerprint"], new_fp.as_str(), "{s}");
 }
+
+/// Waits until the three managers answer, one of them leading.
+fn wait_any_leader(cl: &Cluster) {
+    wait_for(
+        "three managers, one leading",
+        Duration::from_secs(60),
+        || {
+            let m = managers(cl)?;
+            let leaders = m.values().filter(|s| *s == "Leader").count();
+            let reachable = m.values().filter(|s| *s == "Reachable").count();
+            if m.len() == 3 && leaders == 1 && reachable == 2 {
+                Ok(())
+            } else {
+                Err(format!("{m:?}"))
+            }
+        },
+    );
+}
+
+/// Part 2's failover (a host dies: its replicas run elsewhere) with and
+/// without the managers' leader dying at the same moment. Prints each
+/// time (`FAILOVER-HA`); `HA_FAILOVER_ROUNDS` (default 1) rounds of each
+/// for BENCHMARKS.md.
+#[test]
+fn a_worker_fails_over_while_the_managers_change_leader() {
+    let rounds: usize = std::env::var("HA_FAILOVER_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let Some(mut cl) = three_hosts("worker_failover_ha") else {
+        return;
+    };
+    let token = cl
+        .admin_ok(&["join-token", "manager", "-q"])
+        .trim()
+        .to_owned();
+    let mut extras = two_extras();
+    let join = cl.manager_addr();
+    for e in &mut extras {
+        start_extra(&cl, e, &["--join", &join, "--token", &token]);
+    }
+    wait_three(&cl);
+    let o = cl.deploy("app", &web(6, "").replace("IMAGE", &cl.image));
+    assert!(o.status.success(), "{}", errtext(&o));
+    cl.wait_total("app_web", 6, Duration::from_secs(60));
+    let mut times: Vec<(bool, f64)> = Vec::new();
+    for round in 0..rounds {
+        for with_leader in [false, true] {
+            // The host with the most replicas dies.
+            let running = cl.running("app_web");
+            let (victim_host, lost) = running
+                .iter()
+                .filter(|(h, _)| h.starts_with("node-"))
+                .max_by_key(|(_, n)| **n)
+                .map(|(h, n)| (h.clone(), *n))
+                .unwrap();
+            let victim = cl
+                .agents
+                .iter()
+                .position(|a| format!("node-{}", a.host) == victim_host)
+                .unwrap();
+            let leader = if with_leader { Some(leader(&cl)) } else { None };
+            let t0 = Instant::now();
+            match leader.as_deref() {
+                Some("manager-0") => cl.kill_manager(),
+                Some("node-1") => kill(&mut extras[0]),
+                Some("node-2") => kill(&mut extras[1]),
+                Some(other) => panic!("unknown manager {other}"),
+                None => {}
+            }
+            cl.kill_agent(victim);
+            cl.kill_containers(victim);
+            wait_for(
+                &format!("web back to 6 without {victim_host}"),
+                Duration::from_secs(60),
+                || {
+                    let r = cl.running("app_web");
+                    let n: usize = r
+                        .iter()
+                        .filter(|(h, _)| **h != victim_host)
+                        .map(|(_, n)| n)
+                        .sum();
+                    if n == 6 {
+                        Ok(())
+                    } else {
+                        Err(format!("{r:?}"))
+                    }
+                },
+            );
+            let t = t0.elapsed().as_secs_f64();
+            eprintln!(
+                "FAILOVER-HA round {round}: {lost} replica(s) lost with {victim_host}, leader {} killed too: 6 running again after {t:.2} s (grace {GRACE})",
+                leader.as_deref().unwrap_or("not")
+            );
+            times.push((with_leader, t));
+            match leader.as_deref() {
+                Some("manager-0") => cl.start_manager(),
+                Some("node-1") => start_extra(&cl, &mut extras[0], &[]),
+                Some("node-2") => start_extra(&cl, &mut extras[1], &[]),
+                _ => {}
+            }
+            wait_any_leader(&cl);
+            cl.start_agent(victim);
+            wait_for("every node up", Duration::from_secs(20), || all_up(&cl));
+            std::thread::sleep(Duration::from_secs(3));
+        }
+    }
+    for with_leader in [false, true] {
+        let mut t: Vec<f64> = times
+            .iter()
+            .filter(|(w, _)| *w == with_leader)
+            .map(|(_, t)| *t)
+            .collect();
+        t.sort_by(f64::total_cmp);
+        eprintln!(
+            "FAILOVER-HA leader killed too: {with_leader}: median {:.2} s, max {:.2} s over {}",
+            t[t.len() / 2],
+            t[t.len() - 1],
+            t.len()
+        );
+    }
+}
