@@ -77,6 +77,9 @@ pub enum Kind {
         chmod: Option<String>,
         /// ADD's archive extraction and URL rules apply.
         add: bool,
+        /// `COPY --from=`: a stage (by name or index) or an image, whose
+        /// filesystem the sources are taken from instead of the context.
+        from: Option<String>,
     },
     /// `ENV k=v ...` (raw words, expanded at build time).
     Env(Vec<(String, String)>),
@@ -247,6 +250,7 @@ fn instruction(line: usize, text: &str, escape: char) -> Result<Instruction, Doc
             let (flags, rest) = flags(rest);
             let mut chown = None;
             let mut chmod = None;
+            let mut from = None;
             for (k, v) in flags {
                 match k.as_str() {
                     "chown" => chown = Some(v),
@@ -257,10 +261,15 @@ fn instruction(line: usize, text: &str, escape: char) -> Result<Instruction, Doc
                         chmod = Some(v)
                     }
                     "from" if !add => {
-                        return Err(err(
-                            "COPY --from (multi-stage builds) is not supported yet".into()
-                        ))
+                        if v.is_empty() {
+                            return Err(err("COPY --from needs a stage or an image".into()));
+                        }
+                        from = Some(v)
                     }
+                    // Layers are independent of what lies under them
+                    // already (each is a diff of its own files): --link
+                    // changes nothing here.
+                    "link" if v.is_empty() || v == "true" => {}
                     other => return Err(err(format!("{upper} does not take --{other}"))),
                 }
             }
@@ -281,6 +290,7 @@ fn instruction(line: usize, text: &str, escape: char) -> Result<Instruction, Doc
                 chown,
                 chmod,
                 add,
+                from,
             }
         }
         "ENV" => {
@@ -704,10 +714,13 @@ CMD httpd -f
         assert!(parse("FROM scratch\nENV =x\n").is_err());
         assert!(parse("FROM scratch\nARG 9bad\n").is_err());
         assert!(parse("FROM scratch\nHEALTHCHECK --interval=soon CMD true\n").is_err());
-        assert!(parse("FROM scratch\nCOPY --from=x a b\n")
+        assert!(parse("FROM scratch\nCOPY --from= a b\n")
             .unwrap_err()
             .msg
-            .contains("multi-stage"));
+            .contains("needs a stage"));
+        assert!(parse("FROM scratch\nADD --from=x a b\n").is_err());
+        let ok = parse("FROM scratch\nCOPY --from=build --link a b\n").unwrap();
+        assert!(matches!(&ok[1].kind, Kind::Copy { from: Some(f), .. } if f == "build"));
         assert!(parse("FROM scratch\nSHELL sh -c\n").is_err());
     }
 

@@ -1,7 +1,7 @@
 //! Images for Gantry: references, the content-addressed store, secure layer
 //! unpacking, registry pull and push, and Dockerfile builds.
 //!
-//! Pure parts (`dockerfile`, `types`, `reference`, `digest`) do no I/O; the
+//! Pure parts (`dockerfile`, `stages`, `types`, `reference`, `digest`) do no I/O; the
 //! store owns everything under `<data>/images`; `registry` speaks the OCI
 //! distribution protocol through oci-client; `build` runs RUN steps in
 //! containers of the native runtime.
@@ -13,6 +13,7 @@ pub mod dockerfile;
 pub mod pack;
 pub mod reference;
 pub mod registry;
+pub mod stages;
 pub mod store;
 pub mod types;
 pub mod unpack;

@@ -80,6 +80,10 @@ pub(crate) struct BuildArgs {
     /// Do not use the layer cache.
     #[arg(long)]
     no_cache: bool,
+    /// The stage to build (its name, `FROM ... AS name`); the last one
+    /// by default. Stages it does not need are not built.
+    #[arg(long)]
+    target: Option<String>,
     /// Print only the image id.
     #[arg(short, long)]
     quiet: bool,
@@ -385,6 +389,7 @@ fn build(ctx: &Ctx, store: &Store, a: BuildArgs) -> anyhow::Result<u8> {
         tag,
         build_args,
         no_cache: a.no_cache,
+        target: a.target.clone(),
     };
     let quiet = a.quiet;
     let mut resolve = |r: &ImageRef| -> Result<LocalImage, String> {

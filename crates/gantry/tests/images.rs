@@ -1008,3 +1008,101 @@ fn build_from_a_registry_image_pulls_it() {
         "the base image is kept, tagged"
     );
 }
+
+#[test]
+fn multi_stage_builds_copy_between_stages_and_skip_what_the_target_does_not_need() {
+    let Some(g) = G::new("multi_stage_builds") else {
+        return;
+    };
+    let ctx = g.context(
+        "ARG GREETING=built\n\
+         FROM scratch AS base\n\
+         COPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+         \n\
+         FROM base AS build\n\
+         ARG GREETING\n\
+         RUN mkdir -p /out && echo \"$GREETING\" > /out/artifact && echo helper > /out/helper.txt && echo extra > /out/extra.txt\n\
+         \n\
+         FROM base AS broken\n\
+         RUN echo 'this stage must not run' && exit 3\n\
+         \n\
+         FROM scratch AS final\n\
+         COPY --from=build /out/artifact /artifact\n\
+         COPY --from=0 /bin/sh /bin/busybox\n\
+         COPY --from=build /out/*.txt /txt/\n\
+         CMD [\"/bin/busybox\", \"cat\", \"/artifact\", \"/txt/helper.txt\", \"/txt/extra.txt\"]\n",
+    );
+    let dir = ctx.path().to_str().unwrap();
+    let out = g.ok(&["build", "-t", "ms", dir]);
+    assert!(!out.contains("this stage must not run"), "{out}");
+    assert!(
+        !out.contains("exit 3"),
+        "the unneeded stage was built: {out}"
+    );
+    assert_eq!(g.ok(&["run", "--rm", "ms"]), "built\nhelper\nextra\n");
+    // Only the final stage's layers: scratch and three COPYs (the base's
+    // busybox came through a symlink, resolved inside the stage).
+    let cfg = g.inspect_image("ms");
+    assert_eq!(
+        cfg["Config"]["rootfs"]["diff_ids"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3,
+        "{cfg}"
+    );
+    // Unchanged: every step from the cache, the same image.
+    let id = cfg["Id"].clone();
+    assert!(id.is_string(), "{cfg}");
+    let again = g.ok(&["build", "-t", "ms", dir]);
+    assert_eq!(again.matches("Using cache").count(), 6, "{again}");
+    assert_eq!(g.inspect_image("ms")["Id"], id);
+    // A global ARG's value reaches the stage that declares it again.
+    g.ok(&[
+        "build",
+        "-q",
+        "-t",
+        "ms2",
+        "--build-arg",
+        "GREETING=other",
+        dir,
+    ]);
+    assert_eq!(g.ok(&["run", "--rm", "ms2"]), "other\nhelper\nextra\n");
+    // --target builds that stage (and what it needs) only.
+    g.ok(&["build", "-q", "-t", "ms-build", "--target", "build", dir]);
+    assert_eq!(
+        g.ok(&["run", "--rm", "ms-build", "cat", "/out/artifact"]),
+        "built\n"
+    );
+    let e = g.fails(&["build", "--target", "broken", dir], 1);
+    assert!(
+        e.contains("line 11: RUN") && e.contains("non-zero code: 3"),
+        "{e}"
+    );
+    let e = g.fails(&["build", "--target", "nope", dir], 1);
+    assert!(
+        e.contains("target stage \"nope\" could not be found"),
+        "{e}"
+    );
+    // COPY --from an image (the one just built, found locally).
+    let ctx2 = g.context(
+        "FROM scratch\nCOPY --from=ms /artifact /copied\nCOPY --from=ms /bin/busybox /bin/busybox\nCMD [\"/bin/busybox\", \"cat\", \"/copied\"]\n",
+    );
+    g.ok(&[
+        "build",
+        "-q",
+        "-t",
+        "fromimage",
+        ctx2.path().to_str().unwrap(),
+    ]);
+    assert_eq!(g.ok(&["run", "--rm", "fromimage"]), "built\n");
+    // A reference to a later stage, or to nothing, is a clear error.
+    let ctx3 =
+        g.context("FROM scratch AS a\nCOPY --from=1 /x /x\nFROM scratch\nCOPY --from=a /x /y\n");
+    let e = g.fails(&["build", ctx3.path().to_str().unwrap()], 1);
+    assert!(e.contains("not defined before"), "{e}");
+    let ctx4 = g.context("FROM scratch AS a\nFROM scratch\nCOPY --from=a /missing /x\n");
+    let e = g.fails(&["build", ctx4.path().to_str().unwrap()], 1);
+    assert!(e.contains("not found"), "{e}");
+}

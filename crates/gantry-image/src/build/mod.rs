@@ -1,0 +1,898 @@
+//! `image build`: runs a parsed Dockerfile step by step into a standard OCI
+//! image (gzip layers, OCI manifest and config) in the store.
+//!
+//! RUN executes in a container of the native runtime with the host's
+//! network (as `docker build --network host`); its overlay upper directory
+//! *is* the new layer, moved into the store as it stands and packed into a
+//! blob. COPY and ADD assemble a layer directory from the context
+//! (`copy.rs`). Every step has a cache key chained from its parent, so an
+//! unchanged rebuild reuses every layer and timestamp and produces the same
+//! image id.
+//!
+//! Multi-stage Dockerfiles (`stages.rs` plans them): only the target stage
+//! (`--target`, or the last) and the stages it reads are built, in order;
+//! a stage whose FROM names an earlier one starts from its layers, config
+//! and cache key; `COPY --from=stage|index|image` reads that filesystem
+//! (its layers mounted read-only as one overlay), with the source's own
+//! cache key standing for its content.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+mod copy;
+mod run;
+
+use crate::digest::Digest;
+use crate::dockerfile::{self, Command, DockerfileError, Kind};
+use crate::pack::pack_dir;
+use crate::reference::ImageRef;
+use crate::stages;
+use crate::store::{LocalImage, Store, StoreError};
+use crate::types::{Healthcheck, History, ImageConfig};
+pub use copy::DockerIgnore;
+use copy::{copy_into, hash_tree, resolve_sources};
+use run::run_step;
+
+/// A build that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The Dockerfile is malformed.
+    #[error(transparent)]
+    Dockerfile(#[from] DockerfileError),
+    /// A step failed; the message names the line.
+    #[error("Dockerfile line {line}: {msg}")]
+    Step {
+        /// The instruction's line.
+        line: usize,
+        /// What went wrong.
+        msg: String,
+    },
+    /// A RUN command exited non-zero.
+    #[error("Dockerfile line {line}: RUN {cmd} returned a non-zero code: {code}")]
+    RunFailed {
+        /// The instruction's line.
+        line: usize,
+        /// The command.
+        cmd: String,
+        /// Its exit code.
+        code: i32,
+    },
+    /// Reading the context or Dockerfile.
+    #[error("{what} {path}: {err}")]
+    Io {
+        /// What was being read.
+        what: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        err: std::io::Error,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What to build.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// The context directory.
+    pub context: PathBuf,
+    /// The Dockerfile (default `<context>/Dockerfile`).
+    pub dockerfile: Option<PathBuf>,
+    /// Tag for the result.
+    pub tag: Option<ImageRef>,
+    /// `--build-arg` values.
+    pub build_args: BTreeMap<String, String>,
+    /// Ignore the layer cache.
+    pub no_cache: bool,
+    /// `--target`: the stage to build (the last one without it).
+    pub target: Option<String>,
+}
+
+/// The base image lookup: returns a local image for a reference, pulling it
+/// if the caller wants to.
+pub type BaseResolver<'a> = dyn FnMut(&ImageRef) -> Result<LocalImage, String> + 'a;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CacheEntry {
+    /// (blob digest, diff id, compressed size) when the step made a layer.
+    layer: Option<(String, String, u64)>,
+    created: String,
+}
+
+/// Docker's predefined proxy args, usable without an ARG line.
+const BUILTIN_ARGS: [&str; 8] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
+/// A layer: its blob's digest, its diff id and its compressed size.
+type Layer = (Digest, Digest, u64);
+
+struct State {
+    layers: Vec<Layer>,
+    config: ImageConfig,
+    history: Vec<History>,
+    /// ARGs declared in this stage, with their values.
+    args: BTreeMap<String, String>,
+    key: String,
+    created: String,
+}
+
+impl State {
+    fn env(&self) -> Vec<String> {
+        self.config.config.env.clone().unwrap_or_default()
+    }
+    fn lookup(&self, name: &str) -> Option<String> {
+        // ENV wins over ARG, as in Docker.
+        let prefix = format!("{name}=");
+        self.env()
+            .iter()
+            .rev()
+            .find_map(|e| e.strip_prefix(&prefix).map(str::to_owned))
+            .or_else(|| self.args.get(name).cloned())
+    }
+    fn set_env(&mut self, k: &str, v: &str) {
+        let mut env = self.env();
+        env.retain(|e| e.split('=').next() != Some(k));
+        env.push(format!("{k}={v}"));
+        self.config.config.env = Some(env);
+    }
+    fn shell(&self) -> Vec<String> {
+        self.config
+            .config
+            .shell
+            .clone()
+            .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()])
+    }
+    fn argv(&self, c: &Command) -> Vec<String> {
+        match c {
+            Command::Exec(v) => v.clone(),
+            Command::Shell(s) => {
+                let mut v = self.shell();
+                v.push(s.clone());
+                v
+            }
+        }
+    }
+    fn workdir(&self) -> String {
+        self.config
+            .config
+            .working_dir
+            .clone()
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into())
+    }
+}
+
+fn chain(parent: &str, parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    h.update(parent.as_bytes());
+    for p in parts {
+        h.update([0u8]);
+        h.update(p.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// The build cache file, keyed by step key.
+struct Cache {
+    path: PathBuf,
+}
+
+impl Cache {
+    fn load(&self) -> BTreeMap<String, CacheEntry> {
+        fs::read(&self.path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+    fn get(&self, store: &Store, key: &str) -> Option<CacheEntry> {
+        let e = self.load().remove(key)?;
+        if let Some((blob, _, _)) = &e.layer {
+            let d = Digest::parse(blob).ok()?;
+            if !store.has_blob(&d) || !store.layer_path(&d).exists() {
+                return None;
+            }
+        }
+        Some(e)
+    }
+    fn put(&self, key: &str, e: CacheEntry) {
+        let mut all = self.load();
+        all.insert(key.to_owned(), e);
+        let tmp = self.path.with_extension("tmp");
+        if fs::write(&tmp, serde_json::to_vec(&all).unwrap_or_default()).is_ok() {
+            let _ = fs::rename(&tmp, &self.path);
+        }
+    }
+}
+
+/// Builds an image. `log` receives progress lines; `resolve_base` finds (or
+/// pulls) FROM images; `runtime` runs RUN steps.
+pub fn build(
+    store: &Store,
+    runtime: &gantry_runtime::Runtime,
+    opts: &BuildOptions,
+    resolve_base: &mut BaseResolver<'_>,
+    log: &mut dyn FnMut(&str),
+) -> Result<LocalImage, BuildError> {
+    let df_path = opts
+        .dockerfile
+        .clone()
+        .unwrap_or_else(|| opts.context.join("Dockerfile"));
+    let text = fs::read_to_string(&df_path).map_err(|err| BuildError::Io {
+        what: "read Dockerfile",
+        path: df_path.clone(),
+        err,
+    })?;
+    if !opts.context.is_dir() {
+        return Err(BuildError::Io {
+            what: "build context",
+            path: opts.context.clone(),
+            err: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
+        });
+    }
+    let plan = stages::split(dockerfile::parse(&text)?)?;
+    let ignore = DockerIgnore::load(&opts.context)?;
+    let cache = Cache {
+        path: store.root().join("build-cache.json"),
+    };
+    let mut unused_args: BTreeSet<String> = opts.build_args.keys().cloned().collect();
+    // The global args: usable in FROM lines and `COPY --from`, and as the
+    // value of an ARG a stage declares again without a default.
+    let mut meta_args: BTreeMap<String, String> = BTreeMap::new();
+    for ins in &plan.meta_args {
+        if let Kind::Arg { name, default } = &ins.kind {
+            let lookup = |k: &str| meta_args.get(k).cloned();
+            let v = match opts.build_args.get(name) {
+                Some(v) => v.clone(),
+                None => default
+                    .as_deref()
+                    .map(|d| dockerfile::process_word(d, &lookup))
+                    .transpose()
+                    .map_err(|msg| BuildError::Step {
+                        line: ins.line,
+                        msg,
+                    })?
+                    .unwrap_or_default(),
+            };
+            unused_args.remove(name);
+            meta_args.insert(name.clone(), v);
+        }
+    }
+    let expand = |w: &str| dockerfile::process_word(w, &|k: &str| meta_args.get(k).cloned());
+    let target = plan.target(opts.target.as_deref())?;
+    let needed = plan.needed(target, &expand)?;
+    let total: usize = needed.iter().map(|&i| plan.stages[i].body.len() + 1).sum();
+    let mut n = 0;
+    let mut built: BTreeMap<usize, State> = BTreeMap::new();
+    for &i in &needed {
+        let stage = &plan.stages[i];
+        n += 1;
+        log(&format!("Step {n}/{total} : {}", stage.from.text));
+        let Kind::From { image, .. } = &stage.from.kind else {
+            unreachable!("a stage starts with FROM");
+        };
+        let err = |msg: String| BuildError::Step {
+            line: stage.from.line,
+            msg,
+        };
+        let image = expand(image).map_err(err)?;
+        let mut state = match plan.resolve(i, &image, stage.from.line)? {
+            stages::Source::Stage(j) => {
+                let parent = &built[&j];
+                log(&format!(" ---> stage {}", stage_label(&plan, j)));
+                State {
+                    layers: parent.layers.clone(),
+                    config: parent.config.clone(),
+                    history: parent.history.clone(),
+                    args: BTreeMap::new(),
+                    key: parent.key.clone(),
+                    created: parent.created.clone(),
+                }
+            }
+            stages::Source::Image(image) => {
+                let state = base_state(store, &image, resolve_base).map_err(err)?;
+                log(&format!(
+                    " ---> {}",
+                    if image == "scratch" {
+                        "scratch".to_owned()
+                    } else {
+                        state.key[..12].to_owned()
+                    }
+                ));
+                state
+            }
+        };
+        for a in BUILTIN_ARGS {
+            if let Some(v) = opts.build_args.get(a) {
+                state.args.insert(a.to_owned(), v.clone());
+                unused_args.remove(a);
+            }
+        }
+        for ins in &stage.body {
+            n += 1;
+            log(&format!("Step {n}/{total} : {}", ins.text));
+            let ctx = StepContext {
+                store,
+                runtime,
+                opts,
+                ignore: &ignore,
+                cache: &cache,
+                meta_args: &meta_args,
+                plan: &plan,
+                stage: i,
+                built: &built,
+            };
+            step(
+                &ctx,
+                &mut state,
+                &ins.kind,
+                ins,
+                &mut unused_args,
+                resolve_base,
+                log,
+            )?;
+        }
+        built.insert(i, state);
+    }
+    let s = built.remove(&target).expect("the target is built");
+    for a in unused_args {
+        log(&format!(
+            "[Warning] One or more build-args [{a}] were not consumed"
+        ));
+    }
+    let image = finish(store, s, opts.tag.as_ref())?;
+    log(&format!("Successfully built {}", image.id().short()));
+    if let Some(t) = &opts.tag {
+        log(&format!("Successfully tagged {t}"));
+    }
+    Ok(image)
+}
+
+/// A stage's name as the log shows it.
+fn stage_label(plan: &stages::Plan, i: usize) -> String {
+    plan.stages[i].name.clone().unwrap_or_else(|| i.to_string())
+}
+
+/// The state a stage starts from when its FROM names an image (or
+/// `scratch`).
+fn base_state(
+    store: &Store,
+    image: &str,
+    resolve_base: &mut BaseResolver<'_>,
+) -> Result<State, String> {
+    if image == "scratch" {
+        return Ok(State {
+            layers: Vec::new(),
+            config: ImageConfig {
+                architecture: "amd64".into(),
+                os: "linux".into(),
+                ..Default::default()
+            },
+            history: Vec::new(),
+            args: BTreeMap::new(),
+            key: chain("", &["scratch"]),
+            created: Utc::now().to_rfc3339(),
+        });
+    }
+    let base = base_image(store, image, resolve_base)?;
+    let mut config = base.0.config.clone();
+    config.created = None;
+    config.config.extra.remove("Image");
+    Ok(State {
+        layers: base.1,
+        history: config.history.clone(),
+        config,
+        args: BTreeMap::new(),
+        key: chain("", &[&base.0.record.manifest]),
+        created: base.0.config.created.clone().unwrap_or_default(),
+    })
+}
+
+/// An image, found or pulled, with its layers unpacked in the store.
+fn base_image(
+    store: &Store,
+    image: &str,
+    resolve_base: &mut BaseResolver<'_>,
+) -> Result<(LocalImage, Vec<Layer>), String> {
+    let r = ImageRef::parse(image).map_err(|e| e.to_string())?;
+    let base = resolve_base(&r).map_err(|e| format!("image {image}: {e}"))?;
+    let mut layers = Vec::new();
+    for (l, diff) in base
+        .manifest
+        .layers
+        .iter()
+        .zip(&base.config.rootfs.diff_ids)
+    {
+        let d = Digest::parse(&l.digest).map_err(|e| e.to_string())?;
+        let diff = Digest::parse(diff).map_err(|e| e.to_string())?;
+        store.ensure_layer(&d).map_err(|e| e.to_string())?;
+        layers.push((d, diff, l.size));
+    }
+    Ok((base, layers))
+}
+
+/// What every step of a build reads.
+struct StepContext<'a> {
+    store: &'a Store,
+    runtime: &'a gantry_runtime::Runtime,
+    opts: &'a BuildOptions,
+    ignore: &'a DockerIgnore,
+    cache: &'a Cache,
+    /// The global args.
+    meta_args: &'a BTreeMap<String, String>,
+    plan: &'a stages::Plan,
+    /// The stage the step belongs to.
+    stage: usize,
+    /// The stages built so far.
+    built: &'a BTreeMap<usize, State>,
+}
+
+fn step(
+    c: &StepContext<'_>,
+    s: &mut State,
+    kind: &Kind,
+    ins: &dockerfile::Instruction,
+    unused_args: &mut BTreeSet<String>,
+    resolve_base: &mut BaseResolver<'_>,
+    log: &mut dyn FnMut(&str),
+) -> Result<(), BuildError> {
+    let &StepContext {
+        store,
+        runtime,
+        opts,
+        ignore,
+        cache,
+        ..
+    } = c;
+    let line = ins.line;
+    let err = |msg: String| BuildError::Step { line, msg };
+    let word =
+        |s: &State, w: &str| dockerfile::process_word(w, &|k: &str| s.lookup(k)).map_err(err);
+    let words =
+        |s: &State, w: &str| dockerfile::process_words(w, &|k: &str| s.lookup(k)).map_err(err);
+    let mut layer_key_extra = String::new();
+    match kind {
+        Kind::Arg { name, default } => {
+            unused_args.remove(name);
+            let v = opts
+                .build_args
+                .get(name)
+                .cloned()
+                .or_else(|| {
+                    default
+                        .as_ref()
+                        .map(|d| word(s, d))
+                        .transpose()
+                        .ok()
+                        .flatten()
+                })
+                // Declared again without a default: the global value.
+                .or_else(|| c.meta_args.get(name).cloned())
+                .unwrap_or_default();
+            s.args.insert(name.clone(), v);
+        }
+        Kind::From { .. } => unreachable!("FROM starts a stage"),
+        Kind::Copy {
+            srcs,
+            dest,
+            chown,
+            chmod,
+            from: Some(from),
+            ..
+        } => {
+            return copy_from(
+                c,
+                s,
+                ins,
+                (srcs, dest, chown, chmod, from),
+                resolve_base,
+                log,
+            );
+        }
+        Kind::Env(pairs) => {
+            for (k, v) in pairs {
+                let v = word(s, v)?;
+                s.set_env(k, &v);
+            }
+        }
+        Kind::Label(pairs) => {
+            let mut labels = s.config.config.labels.clone().unwrap_or_default();
+            for (k, v) in pairs {
+                labels.insert(word(s, k)?, word(s, v)?);
+            }
+            s.config.config.labels = Some(labels);
+        }
+        Kind::Maintainer(m) => {
+            s.config
+                .extra
+                .insert("author".into(), serde_json::Value::String(m.clone()));
+        }
+        Kind::Workdir(w) => {
+            let w = word(s, w)?;
+            let path = if w.starts_with('/') {
+                w
+            } else {
+                format!("{}/{}", s.workdir().trim_end_matches('/'), w)
+            };
+            s.config.config.working_dir = Some(path);
+        }
+        Kind::User(u) => s.config.config.user = Some(word(s, u)?),
+        Kind::Expose(ports) => {
+            let mut map = s.config.config.exposed_ports.clone().unwrap_or_default();
+            for p in ports {
+                for p in words(s, p)? {
+                    let (num, proto) = p.split_once('/').unwrap_or((&p, "tcp"));
+                    if num.parse::<u16>().is_err() || !matches!(proto, "tcp" | "udp" | "sctp") {
+                        return Err(err(format!("invalid port {p:?} in EXPOSE")));
+                    }
+                    map.insert(format!("{num}/{proto}"), serde_json::json!({}));
+                }
+            }
+            s.config.config.exposed_ports = Some(map);
+        }
+        Kind::Volume(v) => {
+            let mut map = s.config.config.volumes.clone().unwrap_or_default();
+            for p in v {
+                map.insert(word(s, p)?, serde_json::json!({}));
+            }
+            s.config.config.volumes = Some(map);
+        }
+        Kind::StopSignal(sig) => s.config.config.stop_signal = Some(word(s, sig)?),
+        Kind::Shell(v) => s.config.config.shell = Some(v.clone()),
+        Kind::Cmd(c) => s.config.config.cmd = Some(s.argv(c)),
+        Kind::Entrypoint(c) => {
+            s.config.config.entrypoint = Some(s.argv(c));
+            // A new ENTRYPOINT drops a CMD inherited from the base image.
+            if !s.history.iter().any(|h| {
+                h.created_by
+                    .as_deref()
+                    .is_some_and(|c| c.starts_with("CMD"))
+            }) {
+                s.config.config.cmd = None;
+            }
+        }
+        Kind::Healthcheck(h) => {
+            s.config.config.healthcheck = Some(match h {
+                None => Healthcheck {
+                    test: vec!["NONE".into()],
+                    ..Default::default()
+                },
+                Some(h) => Healthcheck {
+                    test: match &h.cmd {
+                        Command::Exec(v) => std::iter::once("CMD".to_owned())
+                            .chain(v.iter().cloned())
+                            .collect(),
+                        Command::Shell(sh) => vec!["CMD-SHELL".into(), sh.clone()],
+                    },
+                    interval: h.interval,
+                    timeout: h.timeout,
+                    start_period: h.start_period,
+                    retries: h.retries,
+                },
+            })
+        }
+        Kind::Run(c) => {
+            // Build args are visible to RUN, and part of its cache key.
+            let argv = s.argv(c);
+            let args_env: Vec<String> = s.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            layer_key_extra = format!("{argv:?}{args_env:?}");
+            return layer_step(
+                store,
+                cache,
+                s,
+                ins,
+                &layer_key_extra,
+                opts.no_cache,
+                log,
+                |s, _| run_step(store, runtime, s, &argv, &args_env, line),
+            );
+        }
+        Kind::Copy {
+            srcs,
+            dest,
+            chown,
+            chmod,
+            add,
+            from: None,
+        } => {
+            let srcs: Vec<String> = srcs.iter().map(|x| word(s, x)).collect::<Result<_, _>>()?;
+            let dest = word(s, dest)?;
+            let chown = chown.as_ref().map(|c| word(s, c)).transpose()?;
+            let files = resolve_sources(&opts.context, ignore, &srcs).map_err(err)?;
+            let owner = match &chown {
+                Some(c) => resolve_owner(store, s, c).map_err(err)?,
+                None => (0, 0),
+            };
+            let mode = chmod.as_ref().and_then(|m| u32::from_str_radix(m, 8).ok());
+            let mut h = Sha256::new();
+            for (rel, full) in &files {
+                hash_tree(&mut h, rel, full, ignore)
+                    .map_err(|e| err(format!("read {}: {e}", full.display())))?;
+            }
+            layer_key_extra = format!(
+                "{}{:?}{:?}{dest}{}",
+                hex::encode(h.finalize()),
+                owner,
+                mode,
+                s.workdir()
+            );
+            let workdir = s.workdir();
+            let add = *add;
+            return layer_step(
+                store,
+                cache,
+                s,
+                ins,
+                &layer_key_extra,
+                opts.no_cache,
+                log,
+                |_, tmp| {
+                    copy_into(
+                        tmp,
+                        &files,
+                        &dest,
+                        &workdir,
+                        owner,
+                        mode,
+                        add,
+                        srcs.len() > 1,
+                        ignore,
+                    )
+                    .map_err(err)
+                },
+            );
+        }
+    }
+    // A step that changed only the config.
+    s.key = chain(
+        &s.key,
+        &[
+            &ins.text,
+            &layer_key_extra,
+            &format!("{:?}", s.config.config),
+        ],
+    );
+    let created = match cache.get(store, &s.key) {
+        Some(e) if !opts.no_cache => e.created,
+        _ => {
+            let c = Utc::now().to_rfc3339();
+            cache.put(
+                &s.key,
+                CacheEntry {
+                    layer: None,
+                    created: c.clone(),
+                },
+            );
+            c
+        }
+    };
+    s.history.push(History {
+        created: Some(created.clone()),
+        created_by: Some(ins.text.clone()),
+        empty_layer: true,
+    });
+    s.created = created;
+    Ok(())
+}
+
+/// Runs a step that adds a layer, or takes it from the cache. `make` fills
+/// the given empty directory with the layer's content.
+/// `COPY --from=stage|image`: the sources come from that filesystem (a
+/// stage built before, or an image), resolved inside it; the step's cache
+/// key is the source's own key (a stage's chain of steps, an image's
+/// manifest), so nothing is hashed again.
+fn copy_from(
+    c: &StepContext<'_>,
+    s: &mut State,
+    ins: &dockerfile::Instruction,
+    (srcs, dest, chown, chmod, from): (&[String], &str, &Option<String>, &Option<String>, &str),
+    resolve_base: &mut BaseResolver<'_>,
+    log: &mut dyn FnMut(&str),
+) -> Result<(), BuildError> {
+    let line = ins.line;
+    let err = |msg: String| BuildError::Step { line, msg };
+    let word =
+        |s: &State, w: &str| dockerfile::process_word(w, &|k: &str| s.lookup(k)).map_err(err);
+    let from =
+        dockerfile::process_word(from, &|k: &str| c.meta_args.get(k).cloned()).map_err(err)?;
+    let (layers, source_key) = match c.plan.resolve(c.stage, &from, line)? {
+        stages::Source::Stage(j) => {
+            let st = c
+                .built
+                .get(&j)
+                .ok_or_else(|| err(format!("stage {from} is not built")))?;
+            (st.layers.clone(), st.key.clone())
+        }
+        stages::Source::Image(image) => {
+            let (img, layers) = base_image(c.store, &image, resolve_base).map_err(err)?;
+            (layers, img.record.manifest.clone())
+        }
+    };
+    let srcs: Vec<String> = srcs.iter().map(|x| word(s, x)).collect::<Result<_, _>>()?;
+    let dest = word(s, dest)?;
+    let chown = chown.as_ref().map(|x| word(s, x)).transpose()?;
+    let owner = match &chown {
+        Some(x) => resolve_owner(c.store, s, x).map_err(err)?,
+        None => (0, 0),
+    };
+    let mode = chmod.as_ref().and_then(|m| u32::from_str_radix(m, 8).ok());
+    let extra = format!(
+        "from {source_key} {srcs:?} {owner:?} {mode:?} {dest} {}",
+        s.workdir()
+    );
+    let workdir = s.workdir();
+    let store = c.store;
+    layer_step(
+        store,
+        c.cache,
+        s,
+        ins,
+        &extra,
+        c.opts.no_cache,
+        log,
+        |_, tmp| {
+            let root = copy::RootView::open(store, &layers).map_err(err)?;
+            let files = copy::sources_in_root(root.path(), &srcs).map_err(err)?;
+            copy_into(
+                tmp,
+                &files,
+                &dest,
+                &workdir,
+                owner,
+                mode,
+                false,
+                srcs.len() > 1,
+                &DockerIgnore::default(),
+            )
+            .map_err(err)
+        },
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn layer_step(
+    store: &Store,
+    cache: &Cache,
+    s: &mut State,
+    ins: &dockerfile::Instruction,
+    extra: &str,
+    no_cache: bool,
+    log: &mut dyn FnMut(&str),
+    make: impl FnOnce(&State, &Path) -> Result<Option<PathBuf>, BuildError>,
+) -> Result<(), BuildError> {
+    let key = chain(
+        &s.key,
+        &[&ins.text, extra, &format!("{:?}", s.config.config.user)],
+    );
+    let hit = if no_cache {
+        None
+    } else {
+        cache.get(store, &key)
+    };
+    let (blob, diff, size, created) = match hit {
+        Some(CacheEntry {
+            layer: Some((b, d, z)),
+            created,
+        }) => {
+            log(" ---> Using cache");
+            let b = Digest::parse(&b).map_err(|e| StoreError::MissingBlob(e.0))?;
+            let d = Digest::parse(&d).map_err(|e| StoreError::MissingBlob(e.0))?;
+            (b, d, z, created)
+        }
+        _ => {
+            let tmp = store.temp_path("build");
+            fs::create_dir_all(&tmp).map_err(|e| BuildError::Io {
+                what: "create",
+                path: tmp.clone(),
+                err: e,
+            })?;
+            // `make` may hand back another directory (RUN's upper dir).
+            let dir = match make(s, &tmp) {
+                Ok(Some(d)) => {
+                    let _ = fs::remove_dir_all(&tmp);
+                    d
+                }
+                Ok(None) => tmp.clone(),
+                Err(e) => {
+                    let _ = fs::remove_dir_all(&tmp);
+                    return Err(e);
+                }
+            };
+            let blob_tmp = store.temp_path("blob");
+            let packed = pack_dir(&dir, &blob_tmp).map_err(|e| BuildError::Io {
+                what: "pack layer",
+                path: dir.clone(),
+                err: e,
+            });
+            let packed = match packed {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = fs::remove_dir_all(&dir);
+                    let _ = fs::remove_file(&blob_tmp);
+                    return Err(e);
+                }
+            };
+            store.commit_blob(&blob_tmp, &packed.digest)?;
+            store.commit_layer(&dir, &packed.digest)?;
+            let created = Utc::now().to_rfc3339();
+            cache.put(
+                &key,
+                CacheEntry {
+                    layer: Some((
+                        packed.digest.to_string(),
+                        packed.diff_id.to_string(),
+                        packed.size,
+                    )),
+                    created: created.clone(),
+                },
+            );
+            (packed.digest, packed.diff_id, packed.size, created)
+        }
+    };
+    log(&format!(" ---> {}", blob.short()));
+    s.layers.push((blob, diff, size));
+    s.history.push(History {
+        created: Some(created.clone()),
+        created_by: Some(ins.text.clone()),
+        empty_layer: false,
+    });
+    s.created = created;
+    s.key = key;
+    Ok(())
+}
+
+/// `--chown` user and group to ids, looked up in the image's /etc/passwd
+/// and /etc/group when they are names.
+fn resolve_owner(store: &Store, s: &State, spec: &str) -> Result<(u32, u32), String> {
+    let find_file = |name: &str| -> String {
+        for (d, _, _) in s.layers.iter().rev() {
+            let p = store.layer_path(d).join(name);
+            if let Ok(t) = fs::read_to_string(&p) {
+                return t;
+            }
+        }
+        String::new()
+    };
+    let (u, g) = spec.split_once(':').unwrap_or((spec, ""));
+    let lookup = |file: &str, name: &str| -> Result<u32, String> {
+        if let Ok(n) = name.parse() {
+            return Ok(n);
+        }
+        find_file(file)
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.len() > 2 && f[0] == name)
+            .and_then(|f| f[2].parse().ok())
+            .ok_or_else(|| format!("--chown: no {name} in the image's /{file}"))
+    };
+    let uid = lookup("etc/passwd", u)?;
+    let gid = if g.is_empty() {
+        uid
+    } else {
+        lookup("etc/group", g)?
+    };
+    Ok((uid, gid))
+}
+
+/// Writes config and manifest and records the image.
+fn finish(store: &Store, s: State, tag: Option<&ImageRef>) -> Result<LocalImage, BuildError> {
+    let mut config = s.config;
+    config.created = Some(s.created);
+    config.history = s.history;
+    let layers: Vec<(Digest, Digest, u64)> = s.layers;
+    Ok(store.put_image(config, &layers, tag)?)
+}
