@@ -49,6 +49,196 @@ pub struct HealthSpec {
     pub retries: Option<u64>,
 }
 
+/// What a RUN mounts for its command alone: nothing of it is in the
+/// layer (`RUN --mount=...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunMount {
+    /// `type=cache`: a directory kept between builds.
+    Cache {
+        /// Where.
+        target: String,
+        /// Which cache (default: the target).
+        id: Option<String>,
+        /// Read-only.
+        read_only: bool,
+        /// The directory's mode when it is made (default 0755).
+        mode: Option<u32>,
+        /// Its owner when it is made.
+        uid: u32,
+        /// Its group when it is made.
+        gid: u32,
+    },
+    /// `type=secret`: a file given to the build (`--secret id=...`),
+    /// never written to a layer.
+    Secret {
+        /// The secret's id.
+        id: String,
+        /// Where (default `/run/secrets/<id>`).
+        target: String,
+        /// Fail when the build was given no such secret.
+        required: bool,
+        /// The file's mode (default 0400).
+        mode: u32,
+        /// Its owner.
+        uid: u32,
+        /// Its group.
+        gid: u32,
+    },
+    /// `type=bind`: a path of the context, or of a stage or image
+    /// (`from=`), read-only.
+    Bind {
+        /// Where.
+        target: String,
+        /// What (default the whole context or filesystem).
+        source: String,
+        /// A stage or image instead of the context.
+        from: Option<String>,
+    },
+    /// `type=tmpfs`.
+    Tmpfs {
+        /// Where.
+        target: String,
+        /// Its size, bytes.
+        size: Option<u64>,
+    },
+}
+
+impl RunMount {
+    /// Where it is mounted.
+    pub fn target(&self) -> &str {
+        match self {
+            Self::Cache { target, .. }
+            | Self::Secret { target, .. }
+            | Self::Bind { target, .. }
+            | Self::Tmpfs { target, .. } => target,
+        }
+    }
+}
+
+/// RUN's flags.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// `--mount`s.
+    pub mounts: Vec<RunMount>,
+    /// `--network=none`: no network at all (the default is the host's).
+    pub no_network: bool,
+}
+
+/// Parses one `--mount=` value (BuildKit's CSV of `key=value`).
+fn run_mount(v: &str) -> Result<RunMount, String> {
+    let mut kv: Vec<(String, String)> = Vec::new();
+    for f in v.split(',').filter(|f| !f.is_empty()) {
+        let (k, val) = f.split_once('=').unwrap_or((f, "true"));
+        kv.push((k.trim().to_ascii_lowercase(), val.trim().to_owned()));
+    }
+    let get = |names: &[&str]| {
+        kv.iter()
+            .rev()
+            .find(|(k, _)| names.contains(&k.as_str()))
+            .map(|(_, v)| v.clone())
+    };
+    let flag = |names: &[&str]| -> Result<bool, String> {
+        match get(names).as_deref() {
+            None => Ok(false),
+            Some("true" | "1" | "") => Ok(true),
+            Some("false" | "0") => Ok(false),
+            Some(other) => Err(format!("--mount {}={other}: give true or false", names[0])),
+        }
+    };
+    let num = |name: &str, radix: u32| -> Result<Option<u32>, String> {
+        get(&[name])
+            .map(|v| {
+                u32::from_str_radix(&v, radix)
+                    .map_err(|_| format!("--mount {name}={v} is not a number"))
+            })
+            .transpose()
+    };
+    let target = get(&["target", "dst", "destination"]);
+    let known: &[&str] = &[
+        "type",
+        "target",
+        "dst",
+        "destination",
+        "source",
+        "src",
+        "from",
+        "id",
+        "sharing",
+        "mode",
+        "uid",
+        "gid",
+        "ro",
+        "readonly",
+        "rw",
+        "readwrite",
+        "required",
+        "size",
+    ];
+    if let Some((k, _)) = kv.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+        return Err(format!("--mount does not take {k}"));
+    }
+    let need_target = || {
+        target
+            .clone()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| "--mount needs target=PATH".to_owned())
+    };
+    match get(&["type"]).as_deref().unwrap_or("bind") {
+        "cache" => Ok(RunMount::Cache {
+            target: need_target()?,
+            id: get(&["id"]).filter(|i| !i.is_empty()),
+            read_only: flag(&["ro", "readonly"])?,
+            mode: num("mode", 8)?,
+            uid: num("uid", 10)?.unwrap_or(0),
+            gid: num("gid", 10)?.unwrap_or(0),
+        }),
+        "secret" => {
+            let id = get(&["id"])
+                .filter(|i| !i.is_empty())
+                .or_else(|| {
+                    target
+                        .as_deref()
+                        .and_then(|t| t.rsplit('/').next())
+                        .map(str::to_owned)
+                })
+                .ok_or("--mount type=secret needs id=ID or target=PATH")?;
+            Ok(RunMount::Secret {
+                target: target.unwrap_or_else(|| format!("/run/secrets/{id}")),
+                id,
+                required: flag(&["required"])?,
+                mode: num("mode", 8)?.unwrap_or(0o400),
+                uid: num("uid", 10)?.unwrap_or(0),
+                gid: num("gid", 10)?.unwrap_or(0),
+            })
+        }
+        "bind" => {
+            if flag(&["rw", "readwrite"])? {
+                return Err(
+                    "--mount type=bind,rw is not supported: bind mounts are read-only".into(),
+                );
+            }
+            Ok(RunMount::Bind {
+                target: need_target()?,
+                source: get(&["source", "src"]).unwrap_or_default(),
+                from: get(&["from"]).filter(|f| !f.is_empty()),
+            })
+        }
+        "tmpfs" => Ok(RunMount::Tmpfs {
+            target: need_target()?,
+            size: get(&["size"])
+                .map(|v| {
+                    v.parse()
+                        .map_err(|_| format!("--mount size={v} is not a number of bytes"))
+                })
+                .transpose()?,
+        }),
+        "ssh" => Err("--mount type=ssh is not supported".into()),
+        other => Err(format!(
+            "unknown --mount type {other:?} (cache, secret, bind, tmpfs)"
+        )),
+    }
+}
+
 /// One instruction, unexpanded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
@@ -59,8 +249,8 @@ pub enum Kind {
         /// The stage name.
         alias: Option<String>,
     },
-    /// `RUN`.
-    Run(Command),
+    /// `RUN`, with its `--mount`s and `--network`.
+    Run(Command, RunOptions),
     /// `CMD`.
     Cmd(Command),
     /// `ENTRYPOINT`.
@@ -80,6 +270,9 @@ pub enum Kind {
         /// `COPY --from=`: a stage (by name or index) or an image, whose
         /// filesystem the sources are taken from instead of the context.
         from: Option<String>,
+        /// Here-documents among the sources: the source as written
+        /// (`<<EOF`), the file's name (`EOF`) and its content.
+        inline: Vec<(String, String, String)>,
     },
     /// `ENV k=v ...` (raw words, expanded at build time).
     Env(Vec<(String, String)>),
@@ -155,7 +348,7 @@ pub fn parse(src: &str) -> Result<Vec<Instruction>, DockerfileError> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut start = 0;
-    for (i, raw) in lines {
+    while let Some((i, raw)) = lines.next() {
         let trimmed = raw.trim_start();
         if trimmed.starts_with('#') {
             continue; // comments, even inside a continuation
@@ -173,7 +366,45 @@ pub fn parse(src: &str) -> Result<Vec<Instruction>, DockerfileError> {
             continue;
         }
         cur.push_str(t);
-        out.push(instruction(start, cur.trim(), escape)?);
+        // Here-documents (RUN, COPY, ADD): the lines after the
+        // instruction up to each marker's word belong to it.
+        let docs = heredoc_markers(cur.trim());
+        let mut text = cur.trim().to_owned();
+        let mut contents = Vec::new();
+        for (word, strip_tabs) in docs {
+            let mut body = String::new();
+            let mut closed = false;
+            for (_, l) in lines.by_ref() {
+                let l = if strip_tabs {
+                    l.trim_start_matches('\t')
+                } else {
+                    l
+                };
+                if l == word {
+                    closed = true;
+                    break;
+                }
+                body.push_str(l);
+                body.push('\n');
+            }
+            if !closed {
+                return Err(DockerfileError {
+                    line: start,
+                    msg: format!("here-document <<{word} is not closed by a line {word}"),
+                });
+            }
+            text.push('\n');
+            text.push_str(&body);
+            text.push_str(&word);
+            contents.push((word, body));
+        }
+        let mut ins = instruction(start, cur.trim(), escape)?;
+        if !contents.is_empty() {
+            ins.kind = with_heredocs(ins.kind, &contents)
+                .map_err(|msg| DockerfileError { line: start, msg })?;
+            ins.text = text;
+        }
+        out.push(ins);
         cur.clear();
     }
     if !cur.trim().is_empty() {
@@ -193,6 +424,116 @@ pub fn parse(src: &str) -> Result<Vec<Instruction>, DockerfileError> {
         });
     }
     Ok(out)
+}
+
+/// The here-document markers of a RUN, COPY or ADD line, in order: each
+/// word and whether its body's leading tabs go (`<<-`).
+fn heredoc_markers(text: &str) -> Vec<(String, bool)> {
+    let (word, rest) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
+    if !["RUN", "COPY", "ADD"].contains(&word.to_ascii_uppercase().as_str()) {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let b = rest.as_bytes();
+    let mut i = 0;
+    let mut quote: Option<u8> = None;
+    while i + 2 < b.len() + 1 && i < b.len() {
+        match (quote, b[i]) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, c @ (b'"' | b'\'')) => quote = Some(c),
+            (None, b'<') if b.get(i + 1) == Some(&b'<') && b.get(i + 2) != Some(&b'<') => {
+                let mut j = i + 2;
+                let strip = b.get(j) == Some(&b'-');
+                if strip {
+                    j += 1;
+                }
+                let q = match b.get(j) {
+                    Some(&c @ (b'"' | b'\'')) => {
+                        j += 1;
+                        Some(c)
+                    }
+                    _ => None,
+                };
+                let w0 = j;
+                while j < b.len()
+                    && (b[j].is_ascii_alphanumeric() || matches!(b[j], b'_' | b'.' | b'-'))
+                {
+                    j += 1;
+                }
+                if j > w0 {
+                    out.push((rest[w0..j].to_owned(), strip));
+                    if q.is_some() && b.get(j) == q.as_ref() {
+                        j += 1;
+                    }
+                    i = j;
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Puts the here-documents into what the instruction says: a RUN that is
+/// only a here-document runs its body as a shell script; a RUN with a
+/// command keeps them for the shell (which reads here-documents itself);
+/// COPY and ADD make a file of each.
+fn with_heredocs(kind: Kind, docs: &[(String, String)]) -> Result<Kind, String> {
+    match kind {
+        Kind::Run(Command::Shell(cmd), opts) => {
+            let bare = cmd.trim().trim_start_matches("<<").trim_start_matches('-');
+            let bare = bare.trim_matches(|c| c == '"' || c == '\'');
+            if docs.len() == 1 && bare == docs[0].0 {
+                return Ok(Kind::Run(Command::Shell(docs[0].1.clone()), opts));
+            }
+            let mut full = cmd;
+            for (word, body) in docs {
+                full.push('\n');
+                full.push_str(body);
+                full.push_str(word);
+            }
+            Ok(Kind::Run(Command::Shell(full), opts))
+        }
+        Kind::Run(Command::Exec(_), _) => Err("a here-document needs the shell form of RUN".into()),
+        Kind::Copy {
+            srcs,
+            dest,
+            chown,
+            chmod,
+            add,
+            from,
+            ..
+        } => {
+            let mut inline = Vec::new();
+            for src in &srcs {
+                let Some(word) = src.strip_prefix("<<") else {
+                    continue;
+                };
+                let word = word
+                    .trim_start_matches('-')
+                    .trim_matches(|c| c == '"' || c == '\'');
+                let body = docs
+                    .iter()
+                    .find(|(w, _)| w == word)
+                    .map(|(_, b)| b.clone())
+                    .ok_or_else(|| format!("no here-document {word}"))?;
+                inline.push((src.clone(), word.to_owned(), body));
+            }
+            Ok(Kind::Copy {
+                srcs,
+                dest,
+                chown,
+                chmod,
+                add,
+                from,
+                inline,
+            })
+        }
+        other => Ok(other),
+    }
 }
 
 fn instruction(line: usize, text: &str, escape: char) -> Result<Instruction, DockerfileError> {
@@ -232,10 +573,26 @@ fn instruction(line: usize, text: &str, escape: char) -> Result<Instruction, Doc
         "RUN" => {
             need_args("RUN")?;
             let (flags, rest) = flags(rest);
-            if let Some(f) = flags.first() {
-                return Err(err(format!("RUN --{} is not supported", f.0)));
+            let mut opts = RunOptions::default();
+            for (k, v) in flags {
+                match k.as_str() {
+                    "mount" => opts.mounts.push(run_mount(&v).map_err(err)?),
+                    "network" => match v.as_str() {
+                        "none" => opts.no_network = true,
+                        "default" | "host" => {}
+                        other => {
+                            return Err(err(format!(
+                                "RUN --network={other}: give default, host or none"
+                            )))
+                        }
+                    },
+                    "security" => {
+                        return Err(err("RUN --security is not supported".into()));
+                    }
+                    other => return Err(err(format!("RUN does not take --{other}"))),
+                }
             }
-            Kind::Run(command(rest).map_err(err)?)
+            Kind::Run(command(rest).map_err(err)?, opts)
         }
         "CMD" => {
             need_args("CMD")?;
@@ -291,6 +648,7 @@ fn instruction(line: usize, text: &str, escape: char) -> Result<Instruction, Doc
                 chmod,
                 add,
                 from,
+                inline: Vec::new(),
             }
         }
         "ENV" => {
@@ -666,7 +1024,10 @@ CMD httpd -f
         );
         assert_eq!(
             ins[4].kind,
-            Kind::Run(Command::Shell("echo hello      && echo world".into()))
+            Kind::Run(
+                Command::Shell("echo hello      && echo world".into()),
+                RunOptions::default()
+            )
         );
         assert_eq!(
             ins[5].kind,
@@ -727,7 +1088,10 @@ CMD httpd -f
     #[test]
     fn escape_directive_and_comments_in_continuations() {
         let k = kinds("# escape=`\nFROM scratch\nRUN echo a `\n# inner comment\n  b\n");
-        assert_eq!(k[1], Kind::Run(Command::Shell("echo a    b".into())));
+        assert_eq!(
+            k[1],
+            Kind::Run(Command::Shell("echo a    b".into()), RunOptions::default())
+        );
     }
 
     #[test]
@@ -765,5 +1129,126 @@ CMD httpd -f
         assert!(process_word("\"open", &env).is_err());
         assert!(process_word("${A", &env).is_err());
         assert!(process_word("${}", &env).is_err());
+    }
+
+    #[test]
+    fn here_documents() {
+        let d = parse(
+            "FROM scratch\nRUN <<EOF\necho one\necho two\nEOF\n\
+             RUN cat <<-A > /x && cat <<'B' >> /x\n\tindented $HOME\n\tA\nliteral $HOME\nB\n\
+             COPY --chmod=755 <<run.sh <<conf /app/\n#!/bin/sh\nexec true\nrun.sh\nk=v\nconf\n\
+             ENV A=b\n",
+        )
+        .unwrap();
+        assert_eq!(d.len(), 5);
+        assert_eq!(
+            d[1].kind,
+            Kind::Run(
+                Command::Shell("echo one\necho two\n".into()),
+                RunOptions::default()
+            )
+        );
+        assert_eq!(d[1].line, 2);
+        // With a command, the shell reads the here-documents itself.
+        assert_eq!(
+            d[2].kind,
+            Kind::Run(
+                Command::Shell(
+                    "cat <<-A > /x && cat <<'B' >> /x\nindented $HOME\nA\nliteral $HOME\nB".into()
+                ),
+                RunOptions::default()
+            )
+        );
+        match &d[3].kind {
+            Kind::Copy {
+                srcs, inline, dest, ..
+            } => {
+                assert_eq!(srcs, &["<<run.sh", "<<conf"]);
+                assert_eq!(dest, "/app/");
+                assert_eq!(inline[0].1, "run.sh");
+                assert_eq!(inline.len(), 2);
+            }
+            k => panic!("{k:?}"),
+        }
+        // The text (the cache key's part) holds the bodies.
+        assert!(d[1].text.contains("echo two"), "{}", d[1].text);
+        assert_eq!(d[4].kind, Kind::Env(vec![("A".into(), "b".into())]));
+        let e = parse("FROM scratch\nRUN <<EOF\necho\n").unwrap_err();
+        assert!(e.msg.contains("not closed"), "{e}");
+        // << inside quotes is not a here-document.
+        let d = parse("FROM scratch\nRUN echo '<<EOF'\nENV A=b\n").unwrap();
+        assert_eq!(d.len(), 3);
+    }
+
+    #[test]
+    fn run_mounts() {
+        let d = parse(
+            "FROM scratch\n\
+             RUN --mount=type=cache,target=/root/.cache,id=pip,mode=0700,uid=1000 \\\n\
+             --mount=type=secret,id=token,required \\\n\
+             --mount=type=secret,target=/etc/api.key \\\n\
+             --mount=target=/src,source=app,from=build \\\n\
+             --mount=type=tmpfs,dst=/tmp,size=1048576 --network=none make\n",
+        )
+        .unwrap();
+        let Kind::Run(Command::Shell(cmd), opts) = &d[1].kind else {
+            panic!("{:?}", d[1].kind)
+        };
+        assert_eq!(cmd, "make");
+        assert!(opts.no_network);
+        assert_eq!(
+            opts.mounts,
+            vec![
+                RunMount::Cache {
+                    target: "/root/.cache".into(),
+                    id: Some("pip".into()),
+                    read_only: false,
+                    mode: Some(0o700),
+                    uid: 1000,
+                    gid: 0
+                },
+                RunMount::Secret {
+                    id: "token".into(),
+                    target: "/run/secrets/token".into(),
+                    required: true,
+                    mode: 0o400,
+                    uid: 0,
+                    gid: 0
+                },
+                RunMount::Secret {
+                    id: "api.key".into(),
+                    target: "/etc/api.key".into(),
+                    required: false,
+                    mode: 0o400,
+                    uid: 0,
+                    gid: 0
+                },
+                RunMount::Bind {
+                    target: "/src".into(),
+                    source: "app".into(),
+                    from: Some("build".into())
+                },
+                RunMount::Tmpfs {
+                    target: "/tmp".into(),
+                    size: Some(1 << 20)
+                },
+            ]
+        );
+        for (bad, want) in [
+            ("--mount=type=cache x", "needs target"),
+            ("--mount=type=bind,target=/x,rw x", "read-only"),
+            ("--mount=type=ssh x", "not supported"),
+            ("--mount=type=nfs,target=/x x", "unknown --mount type"),
+            ("--mount=type=cache,target=/x,uid=me x", "not a number"),
+            (
+                "--mount=type=cache,target=/x,colour=red x",
+                "does not take colour",
+            ),
+            ("--network=bridge x", "give default, host or none"),
+            ("--privileged x", "does not take --privileged"),
+        ] {
+            let e = parse(&format!("FROM scratch\nRUN {bad}\n")).unwrap_err();
+            assert!(e.msg.contains(want), "{bad}: {e}");
+        }
     }
 }

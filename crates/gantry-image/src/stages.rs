@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::dockerfile::{DockerfileError, Instruction, Kind};
+use crate::dockerfile::{DockerfileError, Instruction, Kind, RunMount};
 
 /// One stage: its FROM and the instructions after it.
 #[derive(Debug, Clone)]
@@ -156,10 +156,23 @@ impl Plan {
             out.push(self.resolve(stage, &image, s.from.line)?);
         }
         for ins in &s.body {
-            if let Kind::Copy {
-                from: Some(from), ..
-            } = &ins.kind
-            {
+            let froms: Vec<&String> = match &ins.kind {
+                Kind::Copy {
+                    from: Some(from), ..
+                } => vec![from],
+                Kind::Run(_, opts) => opts
+                    .mounts
+                    .iter()
+                    .filter_map(|m| match m {
+                        RunMount::Bind {
+                            from: Some(from), ..
+                        } => Some(from),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            for from in froms {
                 let from = expand(from).map_err(|e| err(ins.line, e))?;
                 out.push(self.resolve(stage, &from, ins.line)?);
             }
@@ -233,6 +246,9 @@ mod tests {
         );
         let last = p.target(None).unwrap();
         assert_eq!(p.needed(last, &same).unwrap(), BTreeSet::from([0, 1, 4]));
+        // A RUN's bind mount from a stage needs that stage too.
+        let q = plan("FROM busybox AS tools\nFROM busybox AS unused\nFROM busybox\nRUN --mount=from=tools,target=/t true\n");
+        assert_eq!(q.needed(2, &same).unwrap(), BTreeSet::from([0, 2]));
         assert_eq!(
             p.needed(p.target(Some("tests")).unwrap(), &same).unwrap(),
             BTreeSet::from([0, 2])

@@ -84,6 +84,10 @@ pub(crate) struct BuildArgs {
     /// by default. Stages it does not need are not built.
     #[arg(long)]
     target: Option<String>,
+    /// A secret RUN may mount (`--mount=type=secret,id=ID`):
+    /// `id=ID,src=FILE` or `id=ID,env=VAR`. Never stored in the image.
+    #[arg(long = "secret", value_name = "id=ID,src=FILE")]
+    secrets: Vec<String>,
     /// Print only the image id.
     #[arg(short, long)]
     quiet: bool,
@@ -390,6 +394,11 @@ fn build(ctx: &Ctx, store: &Store, a: BuildArgs) -> anyhow::Result<u8> {
         build_args,
         no_cache: a.no_cache,
         target: a.target.clone(),
+        secrets: a
+            .secrets
+            .iter()
+            .map(|s| build_secret(s))
+            .collect::<anyhow::Result<_>>()?,
     };
     let quiet = a.quiet;
     let mut resolve = |r: &ImageRef| -> Result<LocalImage, String> {
@@ -408,6 +417,37 @@ fn build(ctx: &Ctx, store: &Store, a: BuildArgs) -> anyhow::Result<u8> {
         println!("{}", img.record.config);
     }
     Ok(0)
+}
+
+/// `--secret id=ID,src=FILE` (or `env=VAR`), as `docker build` takes it.
+fn build_secret(spec: &str) -> anyhow::Result<(String, Vec<u8>)> {
+    let mut id = None;
+    let mut src = None;
+    let mut env = None;
+    for f in spec.split(',') {
+        let (k, v) = f
+            .split_once('=')
+            .with_context(|| format!("--secret {spec:?}: {f:?} is not KEY=VALUE"))?;
+        match k {
+            "id" => id = Some(v.to_owned()),
+            "src" | "source" => src = Some(v.to_owned()),
+            "env" => env = Some(v.to_owned()),
+            "type" if v == "file" || v == "env" => {}
+            _ => anyhow::bail!("--secret {spec:?}: unknown {k:?} (id, src, env)"),
+        }
+    }
+    let id = id.with_context(|| format!("--secret {spec:?} needs id=ID"))?;
+    let value = match (src, env) {
+        (Some(p), None) => std::fs::read(&p).with_context(|| format!("--secret {id}: read {p}"))?,
+        (None, Some(v)) => std::env::var(&v)
+            .with_context(|| format!("--secret {id}: no environment variable {v}"))?
+            .into_bytes(),
+        (None, None) => std::env::var(&id)
+            .with_context(|| format!("--secret {id}: give src=FILE or env=VAR"))?
+            .into_bytes(),
+        (Some(_), Some(_)) => anyhow::bail!("--secret {id}: give src or env, not both"),
+    };
+    Ok((id, value))
 }
 
 pub(crate) fn login(ctx: &Ctx, a: LoginArgs) -> anyhow::Result<u8> {

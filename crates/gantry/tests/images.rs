@@ -1106,3 +1106,92 @@ fn multi_stage_builds_copy_between_stages_and_skip_what_the_target_does_not_need
     let e = g.fails(&["build", ctx4.path().to_str().unwrap()], 1);
     assert!(e.contains("not found"), "{e}");
 }
+
+/// Whether `needle` appears in any file under `dir` (symlinks not
+/// followed).
+fn found_under(dir: &std::path::Path, needle: &[u8]) -> Option<std::path::PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let ft = e.file_type().ok()?;
+        if ft.is_dir() {
+            if let Some(p) = found_under(&e.path(), needle) {
+                return Some(p);
+            }
+        } else if ft.is_file() {
+            if let Ok(b) = std::fs::read(e.path()) {
+                if b.windows(needle.len()).any(|w| w == needle) {
+                    return Some(e.path());
+                }
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn run_mounts_and_here_documents() {
+    let Some(g) = G::new("run_mounts_and_here_documents") else {
+        return;
+    };
+    let ctx = g.context(
+        "FROM scratch AS base\n\
+         COPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+         FROM base AS tools\n\
+         RUN mkdir -p /tools && echo tool-v1 > /tools/version\n\
+         FROM base\n\
+         RUN --mount=type=cache,target=/cache echo run >> /cache/log && wc -l < /cache/log > /count\n\
+         RUN --mount=type=secret,id=token,required test \"$(tr a-z A-Z < /run/secrets/token)\" = S3CRET-7F3A9 && echo secret-seen > /secret-seen\n\
+         RUN --mount=type=bind,source=data,target=/data cp /data/input /copied-input\n\
+         RUN --mount=type=bind,from=tools,source=/tools,target=/t cp /t/version /tool-version\n\
+         RUN --mount=type=tmpfs,target=/scratchpad echo x > /scratchpad/y && test -f /scratchpad/y\n\
+         RUN <<EOF\n\
+         echo heredoc-one > /heredoc\n\
+         echo heredoc-two >> /heredoc\n\
+         EOF\n\
+         COPY <<greeting.txt /etc/\n\
+         hello from a heredoc\n\
+         greeting.txt\n\
+         CMD [\"sh\", \"-c\", \"cat /count /secret-seen /copied-input /tool-version /heredoc /etc/greeting.txt; for p in /run/secrets /cache /data /t /scratchpad; do test -e $p && echo left $p; done; true\"]\n",
+    );
+    std::fs::create_dir(ctx.path().join("data")).unwrap();
+    std::fs::write(ctx.path().join("data/input"), "from the context\n").unwrap();
+    let secret = ctx.path().join("token.txt");
+    std::fs::write(&secret, "s3cret-7f3a9").unwrap();
+    let dir = ctx.path().to_str().unwrap();
+    let with_secret = format!("id=token,src={}", secret.display());
+    // A required secret that was not given: a clear error.
+    let e = g.fails(&["build", "-t", "mounts", dir], 1);
+    assert!(e.contains("secret token is required"), "{e}");
+    g.ok(&["build", "-q", "-t", "mounts", "--secret", &with_secret, dir]);
+    assert_eq!(
+        g.ok(&["run", "--rm", "mounts"]),
+        "1\nsecret-seen\nfrom the context\ntool-v1\nheredoc-one\nheredoc-two\nhello from a heredoc\n",
+        "the mounts' targets must not be left in the image"
+    );
+    // The secret is in no layer and nowhere in the store.
+    let images = g.data.path().join("images");
+    assert_eq!(found_under(&images, b"s3cret-7f3a9"), None);
+    // The cache mount keeps its content between builds (the step runs
+    // again without the layer cache, and finds the first run's line).
+    g.ok(&[
+        "build",
+        "-q",
+        "-t",
+        "mounts2",
+        "--no-cache",
+        "--secret",
+        &with_secret,
+        dir,
+    ]);
+    assert!(
+        g.ok(&["run", "--rm", "mounts2"]).starts_with("2\n"),
+        "the cache mount was not kept"
+    );
+    // A changed file under a bind mount's source runs the step again.
+    std::fs::write(ctx.path().join("data/input"), "changed\n").unwrap();
+    let out = g.ok(&["build", "-t", "mounts3", "--secret", &with_secret, dir]);
+    assert!(
+        g.ok(&["run", "--rm", "mounts3"]).contains("changed\n"),
+        "{out}"
+    );
+}

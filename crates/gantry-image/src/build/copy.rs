@@ -89,6 +89,43 @@ impl Drop for RootView {
     }
 }
 
+/// The here-documents of a COPY or ADD as files (0644) in a directory of
+/// their own, removed when dropped.
+pub(super) struct Heredocs(Option<PathBuf>, Vec<(String, PathBuf)>);
+
+impl Heredocs {
+    /// `docs`: the source as written, the file's name and its content.
+    pub(super) fn write(store: &Store, docs: &[(String, String, String)]) -> Result<Self, String> {
+        if docs.is_empty() {
+            return Ok(Self(None, Vec::new()));
+        }
+        let dir = store.temp_path("heredoc");
+        let mut out = Self(Some(dir.clone()), Vec::new());
+        fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        for (i, (_, name, body)) in docs.iter().enumerate() {
+            let path = dir.join(i.to_string()).join(name);
+            fs::create_dir_all(path.parent().unwrap_or(&dir)).map_err(|e| e.to_string())?;
+            fs::write(&path, body).map_err(|e| format!("write {name}: {e}"))?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o644))
+                .map_err(|e| e.to_string())?;
+            out.1.push((name.clone(), path));
+        }
+        Ok(out)
+    }
+
+    pub(super) fn files(&self) -> Vec<(String, PathBuf)> {
+        self.1.clone()
+    }
+}
+
+impl Drop for Heredocs {
+    fn drop(&mut self) {
+        if let Some(d) = &self.0 {
+            let _ = fs::remove_dir_all(d);
+        }
+    }
+}
+
 /// The deepest symlinks a path may go through inside a root (Linux's).
 const MAX_LINKS: usize = 40;
 

@@ -93,6 +93,9 @@ pub struct BuildOptions {
     pub no_cache: bool,
     /// `--target`: the stage to build (the last one without it).
     pub target: Option<String>,
+    /// `--secret id=...`: values RUN may mount (`--mount=type=secret`),
+    /// never written to a layer or the cache.
+    pub secrets: BTreeMap<String, Vec<u8>>,
 }
 
 /// The base image lookup: returns a local image for a reference, pulling it
@@ -585,11 +588,19 @@ fn step(
                 },
             })
         }
-        Kind::Run(c) => {
+        Kind::Run(cmd, run_opts) => {
             // Build args are visible to RUN, and part of its cache key.
-            let argv = s.argv(c);
+            let argv = s.argv(cmd);
             let args_env: Vec<String> = s.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            layer_key_extra = format!("{argv:?}{args_env:?}");
+            let (planned, mounts_key) =
+                run::plan_mounts(c, &run_opts.mounts, &|w| word(s, w), resolve_base).map_err(
+                    |e| match e {
+                        BuildError::Step { line: 0, msg } => BuildError::Step { line, msg },
+                        e => e,
+                    },
+                )?;
+            let no_network = run_opts.no_network;
+            layer_key_extra = format!("{argv:?}{args_env:?}{mounts_key}{no_network}");
             return layer_step(
                 store,
                 cache,
@@ -598,7 +609,11 @@ fn step(
                 &layer_key_extra,
                 opts.no_cache,
                 log,
-                |s, _| run_step(store, runtime, s, &argv, &args_env, line),
+                |s, _| {
+                    run_step(
+                        store, runtime, s, &argv, &args_env, line, &planned, no_network,
+                    )
+                },
             );
         }
         Kind::Copy {
@@ -608,11 +623,24 @@ fn step(
             chmod,
             add,
             from: None,
+            inline,
         } => {
-            let srcs: Vec<String> = srcs.iter().map(|x| word(s, x)).collect::<Result<_, _>>()?;
+            let from_context: Vec<String> = srcs
+                .iter()
+                .filter(|x| !inline.iter().any(|(src, _, _)| src == *x))
+                .map(|x| word(s, x))
+                .collect::<Result<_, _>>()?;
             let dest = word(s, dest)?;
             let chown = chown.as_ref().map(|c| word(s, c)).transpose()?;
-            let files = resolve_sources(&opts.context, ignore, &srcs).map_err(err)?;
+            let mut files = if from_context.is_empty() {
+                Vec::new()
+            } else {
+                resolve_sources(&opts.context, ignore, &from_context).map_err(err)?
+            };
+            // Here-documents are files of their own, made for the step.
+            let docs = copy::Heredocs::write(store, inline).map_err(err)?;
+            files.extend(docs.files());
+            let srcs = srcs.clone();
             let owner = match &chown {
                 Some(c) => resolve_owner(store, s, c).map_err(err)?,
                 None => (0, 0),

@@ -3,14 +3,337 @@
 //! new layer.
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::{BuildError, State};
+use sha2::{Digest as _, Sha256};
+
+use super::copy::{resolve_in_root, RootView};
+use super::{BaseResolver, BuildError, Layer, State, StepContext};
+use crate::dockerfile::RunMount;
+use crate::stages::Source;
 use crate::store::Store;
+
+/// A RUN mount, resolved before the step (its part of the cache key is
+/// known then) and set up only when the step runs.
+#[derive(Debug)]
+pub(super) enum Planned {
+    /// A directory of the build cache's mounts.
+    Cache {
+        dir: PathBuf,
+        target: String,
+        read_only: bool,
+        mode: u32,
+        owner: (u32, u32),
+    },
+    /// A secret's value, written to a file only while the step runs.
+    Secret {
+        value: Vec<u8>,
+        target: String,
+        mode: u32,
+        owner: (u32, u32),
+    },
+    /// A path of the context.
+    Context {
+        path: PathBuf,
+        target: String,
+    },
+    /// A path of a stage's or an image's filesystem.
+    Layers {
+        layers: Vec<Layer>,
+        source: String,
+        target: String,
+    },
+    Tmpfs {
+        target: String,
+        size: Option<u64>,
+    },
+}
+
+impl Planned {
+    fn target(&self) -> &str {
+        match self {
+            Self::Cache { target, .. }
+            | Self::Secret { target, .. }
+            | Self::Context { target, .. }
+            | Self::Layers { target, .. }
+            | Self::Tmpfs { target, .. } => target,
+        }
+    }
+}
+
+/// Resolves a RUN's mounts (`word` expands build args in their values);
+/// returns them with their part of the step's cache key: what a bind
+/// mount shows (the context's files hashed, a stage's or an image's own
+/// key), the other mounts' settings. A secret's value is never part of it.
+pub(super) fn plan_mounts(
+    c: &StepContext<'_>,
+    mounts: &[RunMount],
+    word: &dyn Fn(&str) -> Result<String, BuildError>,
+    resolve_base: &mut BaseResolver<'_>,
+) -> Result<(Vec<Planned>, String), BuildError> {
+    let mut out = Vec::new();
+    let mut key = String::new();
+    let err = |msg: String| BuildError::Step { line: 0, msg };
+    for m in mounts {
+        let target = word(m.target())?;
+        if !target.starts_with('/') {
+            return Err(err(format!(
+                "--mount target {target:?} must be an absolute path"
+            )));
+        }
+        match m {
+            RunMount::Cache {
+                id,
+                read_only,
+                mode,
+                uid,
+                gid,
+                ..
+            } => {
+                let id = match id {
+                    Some(i) => word(i)?,
+                    None => target.clone(),
+                };
+                let dir = c
+                    .store
+                    .root()
+                    .join("build-cache-mounts")
+                    .join(hex::encode(Sha256::digest(id.as_bytes())));
+                key.push_str(&format!("cache {id} {target} {read_only};"));
+                out.push(Planned::Cache {
+                    dir,
+                    target,
+                    read_only: *read_only,
+                    mode: mode.unwrap_or(0o755),
+                    owner: (*uid, *gid),
+                });
+            }
+            RunMount::Secret {
+                id,
+                required,
+                mode,
+                uid,
+                gid,
+                ..
+            } => {
+                let id = word(id)?;
+                match c.opts.secrets.get(&id) {
+                    Some(value) => out.push(Planned::Secret {
+                        value: value.clone(),
+                        target: target.clone(),
+                        mode: *mode,
+                        owner: (*uid, *gid),
+                    }),
+                    None if *required => {
+                        return Err(err(format!(
+                            "secret {id} is required: give it with --secret id={id},src=FILE"
+                        )))
+                    }
+                    None => {}
+                }
+                key.push_str(&format!("secret {id} {target};"));
+            }
+            RunMount::Bind { source, from, .. } => {
+                let source = word(source)?;
+                match from {
+                    None => {
+                        let files = super::copy::resolve_sources(
+                            &c.opts.context,
+                            &super::DockerIgnore::default(),
+                            &[if source.is_empty() {
+                                ".".into()
+                            } else {
+                                source.clone()
+                            }],
+                        )
+                        .map_err(err)?;
+                        let (rel, path) = files
+                            .into_iter()
+                            .next()
+                            .ok_or_else(|| err(format!("--mount source {source:?} not found")))?;
+                        let mut h = Sha256::new();
+                        super::copy::hash_tree(&mut h, &rel, &path, c.ignore)
+                            .map_err(|e| err(format!("read {}: {e}", path.display())))?;
+                        key.push_str(&format!("bind {} {target};", hex::encode(h.finalize())));
+                        out.push(Planned::Context { path, target });
+                    }
+                    Some(from) => {
+                        let from = dockerfile_word(c, from).map_err(err)?;
+                        let (layers, source_key) = match c.plan.resolve(c.stage, &from, 0)? {
+                            Source::Stage(j) => {
+                                let st = c
+                                    .built
+                                    .get(&j)
+                                    .ok_or_else(|| err(format!("stage {from} is not built")))?;
+                                (st.layers.clone(), st.key.clone())
+                            }
+                            Source::Image(image) => {
+                                let (img, layers) =
+                                    super::base_image(c.store, &image, resolve_base)
+                                        .map_err(err)?;
+                                (layers, img.record.manifest.clone())
+                            }
+                        };
+                        key.push_str(&format!("bind {source_key} {source} {target};"));
+                        out.push(Planned::Layers {
+                            layers,
+                            source,
+                            target,
+                        });
+                    }
+                }
+            }
+            RunMount::Tmpfs { size, .. } => {
+                key.push_str(&format!("tmpfs {target} {size:?};"));
+                out.push(Planned::Tmpfs {
+                    target,
+                    size: *size,
+                });
+            }
+        }
+    }
+    Ok((out, key))
+}
+
+/// A `from=` expanded with the global args, as `COPY --from`.
+fn dockerfile_word(c: &StepContext<'_>, w: &str) -> Result<String, String> {
+    crate::dockerfile::process_word(w, &|k: &str| c.meta_args.get(k).cloned())
+}
+
+/// The mounts set up for one run, undone when dropped: the stage
+/// filesystems unmounted, the secrets' files removed.
+struct Mounted {
+    mounts: Vec<gantry_runtime::Mount>,
+    _roots: Vec<RootView>,
+    secrets: Option<PathBuf>,
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(d) = &self.secrets {
+            let _ = fs::remove_dir_all(d);
+        }
+    }
+}
+
+fn set_up(store: &Store, planned: &[Planned]) -> Result<Mounted, String> {
+    let mut m = Mounted {
+        mounts: Vec::new(),
+        _roots: Vec::new(),
+        secrets: None,
+    };
+    let bind = |source: PathBuf, target: &str, read_only: bool| gantry_runtime::Mount {
+        kind: gantry_runtime::MountKind::Bind,
+        source,
+        destination: target.to_owned(),
+        read_only,
+        options: Default::default(),
+    };
+    for p in planned {
+        match p {
+            Planned::Cache {
+                dir,
+                target,
+                read_only,
+                mode,
+                owner,
+            } => {
+                if !dir.exists() {
+                    fs::create_dir_all(dir)
+                        .map_err(|e| format!("create {}: {e}", dir.display()))?;
+                    fs::set_permissions(dir, fs::Permissions::from_mode(*mode))
+                        .map_err(|e| e.to_string())?;
+                    std::os::unix::fs::chown(dir, Some(owner.0), Some(owner.1))
+                        .map_err(|e| e.to_string())?;
+                }
+                m.mounts.push(bind(dir.clone(), target, *read_only));
+            }
+            Planned::Secret {
+                value,
+                target,
+                mode,
+                owner,
+            } => {
+                let dir = match &m.secrets {
+                    Some(d) => d.clone(),
+                    None => {
+                        let d = store.temp_path("secrets");
+                        fs::create_dir_all(&d).map_err(|e| e.to_string())?;
+                        fs::set_permissions(&d, fs::Permissions::from_mode(0o700))
+                            .map_err(|e| e.to_string())?;
+                        m.secrets = Some(d.clone());
+                        d
+                    }
+                };
+                let f = dir.join(m.mounts.len().to_string());
+                fs::write(&f, value).map_err(|e| e.to_string())?;
+                fs::set_permissions(&f, fs::Permissions::from_mode(*mode))
+                    .map_err(|e| e.to_string())?;
+                std::os::unix::fs::chown(&f, Some(owner.0), Some(owner.1))
+                    .map_err(|e| e.to_string())?;
+                m.mounts.push(bind(f, target, true));
+            }
+            Planned::Context { path, target } => m.mounts.push(bind(path.clone(), target, true)),
+            Planned::Layers {
+                layers,
+                source,
+                target,
+            } => {
+                let root = RootView::open(store, layers)?;
+                let path = resolve_in_root(root.path(), source)?;
+                m.mounts.push(bind(path, target, true));
+                m._roots.push(root);
+            }
+            Planned::Tmpfs { target, size } => m.mounts.push(gantry_runtime::Mount {
+                kind: gantry_runtime::MountKind::Tmpfs,
+                source: PathBuf::new(),
+                destination: target.clone(),
+                read_only: false,
+                options: gantry_runtime::MountOptions {
+                    tmpfs_size: *size,
+                    ..Default::default()
+                },
+            }),
+        }
+    }
+    Ok(m)
+}
+
+/// Removes from a RUN's layer what was made only to mount over (a mount's
+/// target, and the directories made for it) when the layers below do not
+/// have it: nothing of a mount is left in the image.
+fn remove_stubs(layer: &Path, below: &[PathBuf], target: &str) {
+    let mut rel = PathBuf::from(target.trim_start_matches('/'));
+    loop {
+        if rel.as_os_str().is_empty()
+            || below
+                .iter()
+                .any(|l| fs::symlink_metadata(l.join(&rel)).is_ok())
+        {
+            return;
+        }
+        let p = layer.join(&rel);
+        match fs::symlink_metadata(&p) {
+            Ok(md) if md.is_dir() => {
+                if fs::remove_dir(&p).is_err() {
+                    return; // not empty: the step wrote there
+                }
+            }
+            Ok(md) if md.is_file() && md.len() == 0 => {
+                let _ = fs::remove_file(&p);
+            }
+            _ => return,
+        }
+        if !rel.pop() {
+            return;
+        }
+    }
+}
 
 /// Runs a RUN command in a container over the current layers; returns its
 /// upper directory, which becomes the new layer.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn run_step(
     store: &Store,
     runtime: &gantry_runtime::Runtime,
@@ -18,6 +341,8 @@ pub(super) fn run_step(
     argv: &[String],
     args_env: &[String],
     line: usize,
+    planned: &[Planned],
+    no_network: bool,
 ) -> Result<Option<PathBuf>, BuildError> {
     if s.layers.is_empty() {
         return Err(BuildError::Step {
@@ -38,15 +363,21 @@ pub(super) fn run_step(
         tty: false,
         stdin: false,
     };
-    let layers = s
+    let layers: Vec<PathBuf> = s
         .layers
         .iter()
         .rev()
         .map(|(d, _, _)| store.layer_path(d))
         .collect();
-    let mut cfg = gantry_runtime::ContainerConfig::new("", "build", "", layers, process);
+    let mounted = set_up(store, planned).map_err(|msg| BuildError::Step { line, msg })?;
+    let mut cfg = gantry_runtime::ContainerConfig::new("", "build", "", layers.clone(), process);
     cfg.name = format!("build_{}", &cfg.id[..12]);
-    cfg.network = gantry_runtime::NetworkMode::Host;
+    cfg.network = if no_network {
+        gantry_runtime::NetworkMode::None
+    } else {
+        gantry_runtime::NetworkMode::Host
+    };
+    cfg.mounts = mounted.mounts.clone();
     runtime.create(&cfg).map_err(|e| BuildError::Step {
         line,
         msg: e.to_string(),
@@ -58,6 +389,9 @@ pub(super) fn run_step(
         let moved = if keep_upper {
             let dst = dir.with_file_name(format!(".layer-{}", cfg.id));
             prune_mountpoints(&upper);
+            for p in planned {
+                remove_stubs(&upper, &layers, p.target());
+            }
             fs::rename(&upper, &dst).ok().map(|_| dst)
         } else {
             None
@@ -65,6 +399,7 @@ pub(super) fn run_step(
         let _ = runtime.remove(&cfg.id, true);
         moved
     };
+    let _keep_until_the_run_ends = &mounted;
     match res {
         Ok(0) => cleanup(true).map(Some).ok_or_else(|| BuildError::Step {
             line,
