@@ -273,6 +273,8 @@ pub enum Kind {
         /// Here-documents among the sources: the source as written
         /// (`<<EOF`), the file's name (`EOF`) and its content.
         inline: Vec<(String, String, String)>,
+        /// `ADD --checksum=sha256:<hex>` of a URL's content.
+        checksum: Option<String>,
     },
     /// `ENV k=v ...` (raw words, expanded at build time).
     Env(Vec<(String, String)>),
@@ -505,6 +507,7 @@ fn with_heredocs(kind: Kind, docs: &[(String, String)]) -> Result<Kind, String> 
             chmod,
             add,
             from,
+            checksum,
             ..
         } => {
             let mut inline = Vec::new();
@@ -530,6 +533,7 @@ fn with_heredocs(kind: Kind, docs: &[(String, String)]) -> Result<Kind, String> 
                 add,
                 from,
                 inline,
+                checksum,
             })
         }
         other => Ok(other),
@@ -608,9 +612,21 @@ fn instruction(line: usize, text: &str, escape: char) -> Result<Instruction, Doc
             let mut chown = None;
             let mut chmod = None;
             let mut from = None;
+            let mut checksum = None;
             for (k, v) in flags {
                 match k.as_str() {
                     "chown" => chown = Some(v),
+                    "checksum" if add => {
+                        let ok = v.strip_prefix("sha256:").is_some_and(|h| {
+                            h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())
+                        });
+                        if !ok {
+                            return Err(err(format!(
+                                "invalid --checksum {v:?}: give sha256:<64 hex digits>"
+                            )));
+                        }
+                        checksum = Some(v.to_ascii_lowercase())
+                    }
                     "chmod" => {
                         if u32::from_str_radix(&v, 8).is_err() {
                             return Err(err(format!("invalid --chmod {v:?}: give an octal mode")));
@@ -649,6 +665,7 @@ fn instruction(line: usize, text: &str, escape: char) -> Result<Instruction, Doc
                 add,
                 from,
                 inline: Vec::new(),
+                checksum,
             }
         }
         "ENV" => {

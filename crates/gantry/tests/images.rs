@@ -1195,3 +1195,101 @@ fn run_mounts_and_here_documents() {
         "{out}"
     );
 }
+
+/// Serves `body` at `/files/data.tar.gz` (404 elsewhere) over HTTP/1.1 on
+/// 127.0.0.1, one request per connection, until the process ends; returns
+/// the port.
+fn serve_file(body: Vec<u8>) -> u16 {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&req);
+            let ok = head.starts_with("GET /files/data.tar.gz ");
+            let (status, payload): (&str, &[u8]) = if ok {
+                ("200 OK", &body)
+            } else {
+                ("404 Not Found", b"no")
+            };
+            let _ = write!(
+                c,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                payload.len()
+            );
+            let _ = c.write_all(payload);
+        }
+    });
+    port
+}
+
+#[test]
+fn add_downloads_urls_and_checks_their_checksum() {
+    let Some(g) = G::new("add_downloads_urls") else {
+        return;
+    };
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_path("inside").unwrap();
+    h.set_size(3);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append(&h, &b"abc"[..]).unwrap();
+    let archive = gzip(&b.into_inner().unwrap());
+    let sum = sha(&archive);
+    let port = serve_file(archive.clone());
+    let url = format!("http://127.0.0.1:{port}/files/data.tar.gz");
+    let ctx = g.context(&format!(
+        "FROM scratch\n\
+         COPY busybox /bin/busybox\n\
+         ADD {url} /dl/\n\
+         ADD --checksum={sum} {url} /dl2/renamed.tgz\n\
+         CMD [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox stat -c '%a %s' /dl/data.tar.gz /dl2/renamed.tgz; /bin/busybox sha256sum /dl/data.tar.gz | /bin/busybox cut -c1-64; test -e /dl/inside || echo not-extracted\"]\n"
+    ));
+    let dir = ctx.path().to_str().unwrap();
+    g.ok(&["build", "-q", "-t", "dl", dir]);
+    let n = archive.len();
+    assert_eq!(
+        g.ok(&["run", "--rm", "dl"]),
+        format!(
+            "600 {n}\n600 {n}\n{}\nnot-extracted\n",
+            sum.trim_start_matches("sha256:")
+        )
+    );
+    // A wrong checksum fails the build, and says what it got.
+    let bad = format!("sha256:{}", "0".repeat(64));
+    let ctx2 = g.context(&format!("FROM scratch\nADD --checksum={bad} {url} /x\n"));
+    let e = g.fails(&["build", ctx2.path().to_str().unwrap()], 1);
+    assert!(e.contains(&format!("checksum is {sum}, not {bad}")), "{e}");
+    for (df, want) in [
+        (
+            format!("FROM scratch\nCOPY {url} /x\n"),
+            "use ADD".to_owned(),
+        ),
+        (
+            format!("FROM scratch\nADD http://127.0.0.1:{port}/missing /x\n"),
+            "answered 404".to_owned(),
+        ),
+        (
+            format!("FROM scratch\nADD --checksum={sum} {url} busybox /x/\n"),
+            "single URL".to_owned(),
+        ),
+        (
+            "FROM scratch\nADD --checksum=md5:abc http://x/y /x\n".to_owned(),
+            "invalid --checksum".to_owned(),
+        ),
+    ] {
+        let c = g.context(&df);
+        let e = g.fails(&["build", c.path().to_str().unwrap()], 1);
+        assert!(e.contains(&want), "{df}: {e}");
+    }
+}

@@ -89,41 +89,122 @@ impl Drop for RootView {
     }
 }
 
-/// The here-documents of a COPY or ADD as files (0644) in a directory of
-/// their own, removed when dropped.
-pub(super) struct Heredocs(Option<PathBuf>, Vec<(String, PathBuf)>);
+/// Files a COPY or ADD makes rather than finds: its here-documents (0644)
+/// and, for ADD, what its URLs hold (0600, as Docker's), in a directory
+/// of their own, removed when dropped.
+pub(super) struct Made {
+    dir: PathBuf,
+    files: Vec<(String, PathBuf)>,
+}
 
-impl Heredocs {
-    /// `docs`: the source as written, the file's name and its content.
-    pub(super) fn write(store: &Store, docs: &[(String, String, String)]) -> Result<Self, String> {
-        if docs.is_empty() {
-            return Ok(Self(None, Vec::new()));
+/// How long a URL may take to connect, and to send its whole content.
+const CONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+const DOWNLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+impl Made {
+    pub(super) fn new(store: &Store) -> Self {
+        Self {
+            dir: store.temp_path("made"),
+            files: Vec::new(),
         }
-        let dir = store.temp_path("heredoc");
-        let mut out = Self(Some(dir.clone()), Vec::new());
-        fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-        for (i, (_, name, body)) in docs.iter().enumerate() {
-            let path = dir.join(i.to_string()).join(name);
-            fs::create_dir_all(path.parent().unwrap_or(&dir)).map_err(|e| e.to_string())?;
+    }
+
+    fn slot(&mut self, name: &str) -> Result<PathBuf, String> {
+        let path = self.dir.join(self.files.len().to_string()).join(name);
+        fs::create_dir_all(path.parent().unwrap_or(&self.dir)).map_err(|e| e.to_string())?;
+        Ok(path)
+    }
+
+    /// `docs`: the source as written, the file's name and its content.
+    pub(super) fn heredocs(&mut self, docs: &[(String, String, String)]) -> Result<(), String> {
+        for (_, name, body) in docs {
+            let path = self.slot(name)?;
             fs::write(&path, body).map_err(|e| format!("write {name}: {e}"))?;
             fs::set_permissions(&path, fs::Permissions::from_mode(0o644))
                 .map_err(|e| e.to_string())?;
-            out.1.push((name.clone(), path));
+            self.files.push((name.clone(), path));
         }
-        Ok(out)
+        Ok(())
     }
 
-    pub(super) fn files(&self) -> Vec<(String, PathBuf)> {
-        self.1.clone()
+    /// Downloads `url` (ADD), checked against `checksum` (`sha256:<hex>`)
+    /// when given; the file is named after the URL's last path segment.
+    pub(super) fn download(&mut self, url: &str, checksum: Option<&str>) -> Result<(), String> {
+        let parsed = reqwest::Url::parse(url).map_err(|e| format!("ADD {url}: {e}"))?;
+        let name = parsed
+            .path_segments()
+            .and_then(|mut s| s.rfind(|p| !p.is_empty()).map(str::to_owned))
+            .filter(|n| n != ".." && n != ".")
+            .unwrap_or_else(|| "index.html".into());
+        let path = self.slot(&name)?;
+        let fetch = {
+            let path = path.clone();
+            let url = url.to_owned();
+            move || -> Result<String, String> {
+                crate::install_crypto_provider();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                rt.block_on(async {
+                    use futures::StreamExt;
+                    use std::io::Write;
+                    let client = reqwest::Client::builder()
+                        .connect_timeout(CONNECT_WAIT)
+                        .timeout(DOWNLOAD_WAIT)
+                        .build()
+                        .map_err(|e| e.to_string())?;
+                    let resp = client
+                        .get(&url)
+                        .send()
+                        .await
+                        .map_err(|e| format!("ADD {url}: {e}"))?;
+                    if !resp.status().is_success() {
+                        return Err(format!("ADD {url}: the server answered {}", resp.status()));
+                    }
+                    let mut f = fs::File::create(&path).map_err(|e| e.to_string())?;
+                    let mut h = Sha256::new();
+                    let mut body = resp.bytes_stream();
+                    while let Some(chunk) = body.next().await {
+                        let chunk = chunk.map_err(|e| format!("ADD {url}: {e}"))?;
+                        h.update(&chunk);
+                        f.write_all(&chunk).map_err(|e| e.to_string())?;
+                    }
+                    f.sync_all().map_err(|e| e.to_string())?;
+                    Ok(format!("sha256:{}", hex::encode(h.finalize())))
+                })
+            }
+        };
+        // Not on a thread that already drives a runtime.
+        let got = std::thread::scope(|sc| sc.spawn(fetch).join())
+            .map_err(|_| format!("ADD {url}: the download panicked"))??;
+        if let Some(want) = checksum {
+            if got != want {
+                let _ = fs::remove_file(&path);
+                return Err(format!(
+                    "ADD {url}: the content's checksum is {got}, not {want}"
+                ));
+            }
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
+        self.files.push((name, path));
+        Ok(())
+    }
+
+    pub(super) fn files(&self) -> &[(String, PathBuf)] {
+        &self.files
     }
 }
 
-impl Drop for Heredocs {
+impl Drop for Made {
     fn drop(&mut self) {
-        if let Some(d) = &self.0 {
-            let _ = fs::remove_dir_all(d);
-        }
+        let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Whether a source is a URL (ADD downloads it).
+pub(super) fn is_url(src: &str) -> bool {
+    src.starts_with("http://") || src.starts_with("https://")
 }
 
 /// The deepest symlinks a path may go through inside a root (Linux's).
@@ -333,10 +414,8 @@ pub(super) fn resolve_sources(
 ) -> Result<Vec<(String, PathBuf)>, String> {
     let mut out = Vec::new();
     for src in srcs {
-        if src.starts_with("http://") || src.starts_with("https://") {
-            return Err(format!(
-                "ADD from a URL ({src}) is not supported: put the file in the build context"
-            ));
+        if is_url(src) {
+            return Err(format!("COPY cannot take a URL ({src}): use ADD"));
         }
         let mut clean = PathBuf::new();
         for c in Path::new(src).components() {

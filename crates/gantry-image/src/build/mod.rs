@@ -624,22 +624,39 @@ fn step(
             add,
             from: None,
             inline,
+            checksum,
         } => {
-            let from_context: Vec<String> = srcs
+            let named: Vec<String> = srcs
                 .iter()
                 .filter(|x| !inline.iter().any(|(src, _, _)| src == *x))
                 .map(|x| word(s, x))
                 .collect::<Result<_, _>>()?;
+            let (urls, from_context): (Vec<String>, Vec<String>) =
+                named.into_iter().partition(|x| copy::is_url(x));
+            if !urls.is_empty() && !add {
+                return Err(err(format!(
+                    "COPY cannot take a URL ({}): use ADD",
+                    urls[0]
+                )));
+            }
+            if checksum.is_some() && (urls.len() != 1 || srcs.len() != 1) {
+                return Err(err("ADD --checksum needs a single URL source".into()));
+            }
             let dest = word(s, dest)?;
             let chown = chown.as_ref().map(|c| word(s, c)).transpose()?;
-            let mut files = if from_context.is_empty() {
+            let files = if from_context.is_empty() {
                 Vec::new()
             } else {
                 resolve_sources(&opts.context, ignore, &from_context).map_err(err)?
             };
-            // Here-documents are files of their own, made for the step.
-            let docs = copy::Heredocs::write(store, inline).map_err(err)?;
-            files.extend(docs.files());
+            // Here-documents and downloads are files of their own, made
+            // for the step (never extracted); their content is in the key.
+            let mut made = copy::Made::new(store);
+            made.heredocs(inline).map_err(err)?;
+            for u in &urls {
+                log(&format!(" ---> downloading {u}"));
+                made.download(u, checksum.as_deref()).map_err(err)?;
+            }
             let srcs = srcs.clone();
             let owner = match &chown {
                 Some(c) => resolve_owner(store, s, c).map_err(err)?,
@@ -647,7 +664,7 @@ fn step(
             };
             let mode = chmod.as_ref().and_then(|m| u32::from_str_radix(m, 8).ok());
             let mut h = Sha256::new();
-            for (rel, full) in &files {
+            for (rel, full) in files.iter().chain(made.files()) {
                 hash_tree(&mut h, rel, full, ignore)
                     .map_err(|e| err(format!("read {}: {e}", full.display())))?;
             }
@@ -669,15 +686,18 @@ fn step(
                 opts.no_cache,
                 log,
                 |_, tmp| {
+                    let many = srcs.len() > 1;
+                    copy_into(tmp, &files, &dest, &workdir, owner, mode, add, many, ignore)
+                        .map_err(err)?;
                     copy_into(
                         tmp,
-                        &files,
+                        made.files(),
                         &dest,
                         &workdir,
                         owner,
                         mode,
-                        add,
-                        srcs.len() > 1,
+                        false,
+                        many,
                         ignore,
                     )
                     .map_err(err)
