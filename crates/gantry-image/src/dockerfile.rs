@@ -303,6 +303,9 @@ pub enum Kind {
     Healthcheck(Option<HealthSpec>),
     /// `MAINTAINER` (deprecated; becomes a label).
     Maintainer(String),
+    /// `ONBUILD INSTRUCTION`: a trigger kept in the image, run by a build
+    /// that starts FROM it.
+    Onbuild(String),
 }
 
 /// One parsed instruction.
@@ -426,6 +429,12 @@ pub fn parse(src: &str) -> Result<Vec<Instruction>, DockerfileError> {
         });
     }
     Ok(out)
+}
+
+/// One trigger of an `ONBUILD` as the image keeps it, parsed as an
+/// instruction of the build that runs it.
+pub fn trigger(text: &str) -> Result<Instruction, DockerfileError> {
+    instruction(0, text, '\\')
 }
 
 /// The here-document markers of a RUN, COPY or ADD line, in order: each
@@ -727,7 +736,20 @@ fn instruction(line: usize, text: &str, escape: char) -> Result<Instruction, Doc
             need_args("MAINTAINER")?;
             Kind::Maintainer(rest.to_owned())
         }
-        "ONBUILD" => return Err(err("ONBUILD is not supported".into())),
+        "ONBUILD" => {
+            need_args("ONBUILD")?;
+            let inner = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_ascii_uppercase();
+            if ["ONBUILD", "FROM", "MAINTAINER"].contains(&inner.as_str()) {
+                return Err(err(format!("ONBUILD cannot trigger {inner}")));
+            }
+            // Checked now, run later.
+            instruction(line, rest, escape)?;
+            Kind::Onbuild(rest.to_owned())
+        }
         _ => return Err(err(format!("unknown instruction: {word}"))),
     };
     Ok(Instruction {
@@ -1266,6 +1288,21 @@ CMD httpd -f
         ] {
             let e = parse(&format!("FROM scratch\nRUN {bad}\n")).unwrap_err();
             assert!(e.msg.contains(want), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn onbuild_triggers() {
+        let d = parse("FROM scratch\nONBUILD COPY . /app\nONBUILD RUN make\n").unwrap();
+        assert_eq!(d[1].kind, Kind::Onbuild("COPY . /app".into()));
+        assert!(matches!(trigger("RUN make").unwrap().kind, Kind::Run(..)));
+        for bad in [
+            "ONBUILD ONBUILD RUN x",
+            "ONBUILD FROM x",
+            "ONBUILD FROBNICATE",
+            "ONBUILD",
+        ] {
+            assert!(parse(&format!("FROM scratch\n{bad}\n")).is_err(), "{bad}");
         }
     }
 }

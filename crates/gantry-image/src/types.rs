@@ -191,6 +191,10 @@ pub struct RunConfig {
     /// Shell for shell-form instructions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shell: Option<Vec<String>>,
+    /// `ONBUILD` triggers: instructions a build that starts FROM this
+    /// image runs first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_build: Option<Vec<String>>,
     /// Fields this type does not name.
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,

@@ -1293,3 +1293,37 @@ fn add_downloads_urls_and_checks_their_checksum() {
         assert!(e.contains(&want), "{df}: {e}");
     }
 }
+
+#[test]
+fn onbuild_triggers_run_in_the_build_that_uses_the_image() {
+    let Some(g) = G::new("onbuild_triggers") else {
+        return;
+    };
+    let base = g.context(
+        "FROM scratch\n\
+         COPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+         ONBUILD COPY app.txt /app/\n\
+         ONBUILD RUN echo triggered > /triggered\n",
+    );
+    g.ok(&["build", "-q", "-t", "onb", base.path().to_str().unwrap()]);
+    let cfg = g.inspect_image("onb");
+    assert_eq!(
+        cfg["Config"]["config"]["OnBuild"],
+        serde_json::json!(["COPY app.txt /app/", "RUN echo triggered > /triggered"]),
+        "{cfg}"
+    );
+    let child = g.context("FROM onb\nCMD [\"sh\", \"-c\", \"cat /app/app.txt /triggered\"]\n");
+    std::fs::write(child.path().join("app.txt"), "the child's file\n").unwrap();
+    let out = g.ok(&["build", "-t", "onb-child", child.path().to_str().unwrap()]);
+    assert!(
+        out.contains("Executing ONBUILD trigger: COPY app.txt /app/"),
+        "{out}"
+    );
+    assert_eq!(
+        g.ok(&["run", "--rm", "onb-child"]),
+        "the child's file\ntriggered\n"
+    );
+    // The triggers ran once: the child does not pass them on.
+    assert!(g.inspect_image("onb-child")["Config"]["config"]["OnBuild"].is_null());
+}

@@ -325,9 +325,29 @@ pub fn build(
                 unused_args.remove(a);
             }
         }
-        for ins in &stage.body {
+        // The base's ONBUILD triggers run first, in this build's context;
+        // the new image does not keep them.
+        let triggers: Vec<dockerfile::Instruction> = state
+            .config
+            .config
+            .on_build
+            .take()
+            .unwrap_or_default()
+            .iter()
+            .map(|t| {
+                dockerfile::trigger(t).map(|mut i| {
+                    i.line = stage.from.line;
+                    i
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        for ins in triggers.iter().chain(&stage.body) {
             n += 1;
-            log(&format!("Step {n}/{total} : {}", ins.text));
+            if ins.line == stage.from.line {
+                log(&format!("Executing ONBUILD trigger: {}", ins.text));
+            } else {
+                log(&format!("Step {n}/{total} : {}", ins.text));
+            }
             let ctx = StepContext {
                 store,
                 runtime,
@@ -518,6 +538,11 @@ fn step(
                 labels.insert(word(s, k)?, word(s, v)?);
             }
             s.config.config.labels = Some(labels);
+        }
+        Kind::Onbuild(t) => {
+            let mut v = s.config.config.on_build.take().unwrap_or_default();
+            v.push(t.clone());
+            s.config.config.on_build = Some(v);
         }
         Kind::Maintainer(m) => {
             s.config
