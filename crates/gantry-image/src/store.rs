@@ -38,6 +38,12 @@ fn to_json<T: Serialize>(what: &'static str, v: &T) -> Result<Vec<u8>, StoreErro
 }
 use crate::unpack::{unpack, UnpackError};
 
+/// The build cache, by step key (written by `build`): the layers it names
+/// stay through [`Store::gc`] until [`Store::prune_build_cache`].
+pub(crate) const BUILD_CACHE: &str = "build-cache.json";
+/// `RUN --mount=type=cache` directories.
+pub(crate) const BUILD_CACHE_MOUNTS: &str = "build-cache-mounts";
+
 /// A store operation that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -610,6 +616,20 @@ impl Store {
         Ok(removed)
     }
 
+    /// `builder prune`: forgets the build cache and empties the cache
+    /// mounts, then deletes what no image needs any more; returns the bytes
+    /// freed.
+    pub fn prune_build_cache(&self) -> Result<u64, StoreError> {
+        let before = disk_use(&self.root);
+        self.with_index(|_| {
+            let _ = fs::remove_file(self.root.join(BUILD_CACHE));
+            let _ = fs::remove_dir_all(self.root.join(BUILD_CACHE_MOUNTS));
+            Ok(())
+        })?;
+        self.gc()?;
+        Ok(before.saturating_sub(disk_use(&self.root)))
+    }
+
     /// Deletes blobs and unpacked layers no image in the index refers to,
     /// and leftovers in `tmp/` from crashed operations of dead processes.
     pub fn gc(&self) -> Result<(), StoreError> {
@@ -624,6 +644,21 @@ impl Store {
                 {
                     for l in m.layers {
                         keep.insert(l.digest.trim_start_matches("sha256:").to_owned());
+                    }
+                }
+            }
+            // Layers the build cache names stay (an intermediate stage's
+            // are in no image).
+            if let Ok(m) = fs::read(self.root.join(BUILD_CACHE))
+                .map_err(|_| ())
+                .and_then(|b| {
+                    serde_json::from_slice::<BTreeMap<String, serde_json::Value>>(&b)
+                        .map_err(|_| ())
+                })
+            {
+                for e in m.values() {
+                    if let Some(blob) = e["layer"][0].as_str() {
+                        keep.insert(blob.trim_start_matches("sha256:").to_owned());
                     }
                 }
             }
@@ -696,6 +731,19 @@ fn rand_suffix() -> String {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     format!("{t:x}{:x}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Bytes of the files under `dir` (symlinks not followed).
+fn disk_use(dir: &Path) -> u64 {
+    let mut n = 0;
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        match e.file_type() {
+            Ok(t) if t.is_dir() => n += disk_use(&e.path()),
+            Ok(t) if t.is_file() => n += e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => {}
+        }
+    }
+    n
 }
 
 #[cfg(test)]

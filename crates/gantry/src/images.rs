@@ -48,6 +48,32 @@ pub(crate) enum ImageCmd {
     },
 }
 
+/// `gantry builder`.
+#[derive(Subcommand)]
+pub(crate) enum BuilderCmd {
+    /// Remove the build cache: the cached steps, the layers only they
+    /// use, and the contents of `RUN --mount=type=cache` directories.
+    Prune {
+        /// Do not ask (kept for Docker compatibility; prune never asks).
+        #[arg(short, long)]
+        force: bool,
+        /// All of the cache (the only kind of prune here; for Docker
+        /// compatibility).
+        #[arg(short, long)]
+        all: bool,
+    },
+}
+
+pub(crate) fn builder(ctx: &Ctx, cmd: BuilderCmd) -> anyhow::Result<u8> {
+    match cmd {
+        BuilderCmd::Prune { .. } => {
+            let freed = ctx.store()?.prune_build_cache()?;
+            println!("Total reclaimed space: {}", crate::output::size(freed));
+        }
+    }
+    Ok(0)
+}
+
 #[derive(Args)]
 pub(crate) struct PullArgs {
     /// Image reference.

@@ -57,6 +57,9 @@ enum Cmd {
     /// Manage images.
     #[command(subcommand)]
     Image(images::ImageCmd),
+    /// The build cache.
+    #[command(subcommand)]
+    Builder(images::BuilderCmd),
     /// Pull an image (same as `image pull`).
     Pull(images::PullArgs),
     /// Push an image (same as `image push`).
@@ -308,6 +311,7 @@ fn dispatch(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<u8> {
 fn dispatch_cmd(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<u8> {
     match cmd {
         Cmd::Image(c) => images::run(ctx, c),
+        Cmd::Builder(c) => images::builder(ctx, c),
         Cmd::Pull(a) => images::run(ctx, images::ImageCmd::Pull(a)),
         Cmd::Push(a) => images::run(ctx, images::ImageCmd::Push(a)),
         Cmd::Build(a) => images::run(ctx, images::ImageCmd::Build(a)),

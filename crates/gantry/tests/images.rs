@@ -645,12 +645,16 @@ fn image_management_commands() {
     g.ok(&["rm", "user"]);
     let pruned = g.ok(&["image", "prune"]);
     assert!(pruned.contains("Total: 1 image(s) removed"), "{pruned}");
-    assert_eq!(
+    let layers = || {
         std::fs::read_dir(g.data.path().join("images/layers"))
             .unwrap()
-            .count(),
-        0
-    );
+            .count()
+    };
+    // The build cache keeps the layers its steps made, as Docker's, until
+    // `builder prune`.
+    assert!(layers() > 0);
+    g.ok(&["builder", "prune"]);
+    assert_eq!(layers(), 0);
     assert_eq!(
         std::fs::read_dir(g.data.path().join("images/blobs/sha256"))
             .unwrap()
@@ -1102,6 +1106,16 @@ fn multi_stage_builds_copy_between_stages_and_skip_what_the_target_does_not_need
         g.context("FROM scratch AS a\nCOPY --from=1 /x /x\nFROM scratch\nCOPY --from=a /x /y\n");
     let e = g.fails(&["build", ctx3.path().to_str().unwrap()], 1);
     assert!(e.contains("not defined before"), "{e}");
+    // Removing an image (a store collection) keeps what the cache names,
+    // an intermediate stage's layers too; `builder prune` drops it all.
+    g.ok(&["image", "rm", "ms2"]);
+    let again = g.ok(&["build", "-t", "ms", dir]);
+    assert_eq!(again.matches("Using cache").count(), 6, "{again}");
+    let pruned = g.ok(&["builder", "prune", "-f"]);
+    assert!(pruned.starts_with("Total reclaimed space: "), "{pruned}");
+    assert!(!pruned.contains(": 0 B"), "{pruned}");
+    let cold = g.ok(&["build", "-t", "ms", dir]);
+    assert_eq!(cold.matches("Using cache").count(), 0, "{cold}");
     let ctx4 = g.context("FROM scratch AS a\nFROM scratch\nCOPY --from=a /missing /x\n");
     let e = g.fails(&["build", ctx4.path().to_str().unwrap()], 1);
     assert!(e.contains("not found"), "{e}");

@@ -250,7 +250,7 @@ pub fn build(
     let plan = stages::split(dockerfile::parse(&text)?)?;
     let ignore = DockerIgnore::load(&opts.context)?;
     let cache = Cache {
-        path: store.root().join("build-cache.json"),
+        path: store.root().join(crate::store::BUILD_CACHE),
     };
     let mut unused_args: BTreeSet<String> = opts.build_args.keys().cloned().collect();
     // The global args: usable in FROM lines and `COPY --from`, and as the

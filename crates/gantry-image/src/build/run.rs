@@ -98,7 +98,7 @@ pub(super) fn plan_mounts(
                 let dir = c
                     .store
                     .root()
-                    .join("build-cache-mounts")
+                    .join(crate::store::BUILD_CACHE_MOUNTS)
                     .join(hex::encode(Sha256::digest(id.as_bytes())));
                 key.push_str(&format!("cache {id} {target} {read_only};"));
                 out.push(Planned::Cache {
