@@ -1044,6 +1044,9 @@ fn multi_stage_builds_copy_between_stages_and_skip_what_the_target_does_not_need
         !out.contains("exit 3"),
         "the unneeded stage was built: {out}"
     );
+    // With several stages, each line names its stage.
+    assert!(out.contains("[build] Step"), "{out}");
+    assert!(!out.contains("[broken]"), "{out}");
     assert_eq!(g.ok(&["run", "--rm", "ms"]), "built\nhelper\nextra\n");
     // Only the final stage's layers: scratch and three COPYs (the base's
     // busybox came through a symlink, resolved inside the stage).

@@ -19,6 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -193,6 +194,8 @@ fn chain(parent: &str, parts: &[&str]) -> String {
 /// The build cache file, keyed by step key.
 struct Cache {
     path: PathBuf,
+    /// Stages run side by side: one read-modify-write at a time.
+    writing: Mutex<()>,
 }
 
 impl Cache {
@@ -213,6 +216,7 @@ impl Cache {
         Some(e)
     }
     fn put(&self, key: &str, e: CacheEntry) {
+        let _one = self.writing.lock().expect("cache lock");
         let mut all = self.load();
         all.insert(key.to_owned(), e);
         let tmp = self.path.with_extension("tmp");
@@ -251,6 +255,7 @@ pub fn build(
     let ignore = DockerIgnore::load(&opts.context)?;
     let cache = Cache {
         path: store.root().join(crate::store::BUILD_CACHE),
+        writing: Mutex::new(()),
     };
     let mut unused_args: BTreeSet<String> = opts.build_args.keys().cloned().collect();
     // The global args: usable in FROM lines and `COPY --from`, and as the
@@ -278,101 +283,48 @@ pub fn build(
     let expand = |w: &str| dockerfile::process_word(w, &|k: &str| meta_args.get(k).cloned());
     let target = plan.target(opts.target.as_deref())?;
     let needed = plan.needed(target, &expand)?;
-    let total: usize = needed.iter().map(|&i| plan.stages[i].body.len() + 1).sum();
-    let mut n = 0;
-    let mut built: BTreeMap<usize, State> = BTreeMap::new();
+    // The images the stages read, found or pulled before any stage runs.
+    let mut images = Images(BTreeMap::new());
     for &i in &needed {
-        let stage = &plan.stages[i];
-        n += 1;
-        log(&format!("Step {n}/{total} : {}", stage.from.text));
-        let Kind::From { image, .. } = &stage.from.kind else {
-            unreachable!("a stage starts with FROM");
-        };
-        let err = |msg: String| BuildError::Step {
-            line: stage.from.line,
-            msg,
-        };
-        let image = expand(image).map_err(err)?;
-        let mut state = match plan.resolve(i, &image, stage.from.line)? {
-            stages::Source::Stage(j) => {
-                let parent = &built[&j];
-                log(&format!(" ---> stage {}", stage_label(&plan, j)));
-                State {
-                    layers: parent.layers.clone(),
-                    config: parent.config.clone(),
-                    history: parent.history.clone(),
-                    args: BTreeMap::new(),
-                    key: parent.key.clone(),
-                    created: parent.created.clone(),
+        for src in plan.reads(i, &expand)? {
+            if let stages::Source::Image(image) = src {
+                if image == "scratch" {
+                    continue;
+                }
+                if let std::collections::btree_map::Entry::Vacant(e) = images.0.entry(image) {
+                    let line = plan.stages[i].from.line;
+                    let got = base_image(store, e.key(), resolve_base)
+                        .map_err(|msg| BuildError::Step { line, msg })?;
+                    e.insert(got);
                 }
             }
-            stages::Source::Image(image) => {
-                let state = base_state(store, &image, resolve_base).map_err(err)?;
-                log(&format!(
-                    " ---> {}",
-                    if image == "scratch" {
-                        "scratch".to_owned()
-                    } else {
-                        state.key[..12].to_owned()
-                    }
-                ));
-                state
-            }
-        };
-        for a in BUILTIN_ARGS {
-            if let Some(v) = opts.build_args.get(a) {
-                state.args.insert(a.to_owned(), v.clone());
-                unused_args.remove(a);
-            }
         }
-        // The base's ONBUILD triggers run first, in this build's context;
-        // the new image does not keep them.
-        let triggers: Vec<dockerfile::Instruction> = state
-            .config
-            .config
-            .on_build
-            .take()
-            .unwrap_or_default()
-            .iter()
-            .map(|t| {
-                dockerfile::trigger(t).map(|mut i| {
-                    i.line = stage.from.line;
-                    i
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        for ins in triggers.iter().chain(&stage.body) {
-            n += 1;
-            if ins.line == stage.from.line {
-                log(&format!("Executing ONBUILD trigger: {}", ins.text));
-            } else {
-                log(&format!("Step {n}/{total} : {}", ins.text));
-            }
-            let ctx = StepContext {
-                store,
-                runtime,
-                opts,
-                ignore: &ignore,
-                cache: &cache,
-                meta_args: &meta_args,
-                plan: &plan,
-                stage: i,
-                built: &built,
-            };
-            step(
-                &ctx,
-                &mut state,
-                &ins.kind,
-                ins,
-                &mut unused_args,
-                resolve_base,
-                log,
-            )?;
-        }
+    }
+    let run = Run {
+        store,
+        runtime,
+        opts,
+        ignore: &ignore,
+        cache: &cache,
+        meta_args: &meta_args,
+        plan: &plan,
+        images: &images,
+        unused_args: Mutex::new(unused_args),
+        step: std::sync::atomic::AtomicUsize::new(0),
+        total: needed.iter().map(|&i| plan.stages[i].body.len() + 1).sum(),
+        labelled: needed.len() > 1,
+    };
+    // In order: a stage reads only stages before it. One at a time: RUN
+    // forks the runtime's monitor, which needs a single-threaded process
+    // (independent stages side by side need RUN in a helper process, as
+    // the agent's; not done yet).
+    let mut built: BTreeMap<usize, State> = BTreeMap::new();
+    for &i in &needed {
+        let state = build_stage(&run, i, &built, log)?;
         built.insert(i, state);
     }
     let s = built.remove(&target).expect("the target is built");
-    for a in unused_args {
+    for a in run.unused_args.into_inner().expect("args lock") {
         log(&format!(
             "[Warning] One or more build-args [{a}] were not consumed"
         ));
@@ -385,6 +337,129 @@ pub fn build(
     Ok(image)
 }
 
+/// What every stage of one build shares.
+struct Run<'a> {
+    store: &'a Store,
+    runtime: &'a gantry_runtime::Runtime,
+    opts: &'a BuildOptions,
+    ignore: &'a DockerIgnore,
+    cache: &'a Cache,
+    meta_args: &'a BTreeMap<String, String>,
+    plan: &'a stages::Plan,
+    images: &'a Images,
+    /// `--build-arg`s no ARG took yet.
+    unused_args: Mutex<BTreeSet<String>>,
+    /// Steps logged so far, of `total`.
+    step: std::sync::atomic::AtomicUsize,
+    total: usize,
+    /// Whether log lines name their stage (more than one is built).
+    labelled: bool,
+}
+
+/// Builds stage `i` over the stages built before it.
+fn build_stage(
+    run: &Run<'_>,
+    i: usize,
+    built: &BTreeMap<usize, State>,
+    log: &mut dyn FnMut(&str),
+) -> Result<State, BuildError> {
+    let plan = run.plan;
+    let stage = &plan.stages[i];
+    let label = stage_label(plan, i);
+    let mut log = |l: &str| {
+        if run.labelled {
+            log(&format!("[{label}] {l}"))
+        } else {
+            log(l)
+        }
+    };
+    let next = || run.step.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    log(&format!(
+        "Step {}/{} : {}",
+        next(),
+        run.total,
+        stage.from.text
+    ));
+    let Kind::From { image, .. } = &stage.from.kind else {
+        unreachable!("a stage starts with FROM");
+    };
+    let err = |msg: String| BuildError::Step {
+        line: stage.from.line,
+        msg,
+    };
+    let image =
+        dockerfile::process_word(image, &|k: &str| run.meta_args.get(k).cloned()).map_err(err)?;
+    let mut state = match plan.resolve(i, &image, stage.from.line)? {
+        stages::Source::Stage(j) => {
+            let parent = &built[&j];
+            log(&format!(" ---> stage {}", stage_label(plan, j)));
+            State {
+                layers: parent.layers.clone(),
+                config: parent.config.clone(),
+                history: parent.history.clone(),
+                args: BTreeMap::new(),
+                key: parent.key.clone(),
+                created: parent.created.clone(),
+            }
+        }
+        stages::Source::Image(image) => {
+            let state = base_state(run.images, &image).map_err(err)?;
+            log(&format!(
+                " ---> {}",
+                if image == "scratch" {
+                    "scratch".to_owned()
+                } else {
+                    state.key[..12].to_owned()
+                }
+            ));
+            state
+        }
+    };
+    for a in BUILTIN_ARGS {
+        if let Some(v) = run.opts.build_args.get(a) {
+            state.args.insert(a.to_owned(), v.clone());
+            run.unused_args.lock().expect("args lock").remove(a);
+        }
+    }
+    // The base's ONBUILD triggers run first, in this build's context; the
+    // new image does not keep them.
+    let triggers: Vec<dockerfile::Instruction> = state
+        .config
+        .config
+        .on_build
+        .take()
+        .unwrap_or_default()
+        .iter()
+        .map(|t| {
+            dockerfile::trigger(t).map(|mut i| {
+                i.line = stage.from.line;
+                i
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let ctx = StepContext {
+        store: run.store,
+        runtime: run.runtime,
+        opts: run.opts,
+        ignore: run.ignore,
+        cache: run.cache,
+        meta_args: run.meta_args,
+        plan,
+        stage: i,
+        built,
+        images: run.images,
+    };
+    for ins in triggers.iter().chain(&stage.body) {
+        if ins.line == stage.from.line {
+            log(&format!("Executing ONBUILD trigger: {}", ins.text));
+        } else {
+            log(&format!("Step {}/{} : {}", next(), run.total, ins.text));
+        }
+        step(&ctx, &mut state, &ins.kind, ins, &run.unused_args, &mut log)?;
+    }
+    Ok(state)
+}
+
 /// A stage's name as the log shows it.
 fn stage_label(plan: &stages::Plan, i: usize) -> String {
     plan.stages[i].name.clone().unwrap_or_else(|| i.to_string())
@@ -392,11 +467,7 @@ fn stage_label(plan: &stages::Plan, i: usize) -> String {
 
 /// The state a stage starts from when its FROM names an image (or
 /// `scratch`).
-fn base_state(
-    store: &Store,
-    image: &str,
-    resolve_base: &mut BaseResolver<'_>,
-) -> Result<State, String> {
+fn base_state(images: &Images, image: &str) -> Result<State, String> {
     if image == "scratch" {
         return Ok(State {
             layers: Vec::new(),
@@ -411,7 +482,7 @@ fn base_state(
             created: Utc::now().to_rfc3339(),
         });
     }
-    let base = base_image(store, image, resolve_base)?;
+    let base = images.get(image)?;
     let mut config = base.0.config.clone();
     config.created = None;
     config.config.extra.remove("Image");
@@ -423,6 +494,18 @@ fn base_state(
         key: chain("", &[&base.0.record.manifest]),
         created: base.0.config.created.clone().unwrap_or_default(),
     })
+}
+
+/// The images a build reads (FROM, `COPY --from`, `RUN --mount=from=`),
+/// found or pulled before any stage runs, with their layers unpacked.
+struct Images(BTreeMap<String, (LocalImage, Vec<Layer>)>);
+
+impl Images {
+    fn get(&self, image: &str) -> Result<(LocalImage, Vec<Layer>), String> {
+        self.0.get(image).cloned().ok_or_else(|| {
+            format!("image {image} was not resolved before the build (an ONBUILD trigger naming an image is not supported)")
+        })
+    }
 }
 
 /// An image, found or pulled, with its layers unpacked in the store.
@@ -462,6 +545,8 @@ struct StepContext<'a> {
     stage: usize,
     /// The stages built so far.
     built: &'a BTreeMap<usize, State>,
+    /// The images the build reads.
+    images: &'a Images,
 }
 
 fn step(
@@ -469,8 +554,7 @@ fn step(
     s: &mut State,
     kind: &Kind,
     ins: &dockerfile::Instruction,
-    unused_args: &mut BTreeSet<String>,
-    resolve_base: &mut BaseResolver<'_>,
+    unused_args: &Mutex<BTreeSet<String>>,
     log: &mut dyn FnMut(&str),
 ) -> Result<(), BuildError> {
     let &StepContext {
@@ -490,7 +574,7 @@ fn step(
     let mut layer_key_extra = String::new();
     match kind {
         Kind::Arg { name, default } => {
-            unused_args.remove(name);
+            unused_args.lock().expect("args lock").remove(name);
             let v = opts
                 .build_args
                 .get(name)
@@ -517,14 +601,7 @@ fn step(
             from: Some(from),
             ..
         } => {
-            return copy_from(
-                c,
-                s,
-                ins,
-                (srcs, dest, chown, chmod, from),
-                resolve_base,
-                log,
-            );
+            return copy_from(c, s, ins, (srcs, dest, chown, chmod, from), log);
         }
         Kind::Env(pairs) => {
             for (k, v) in pairs {
@@ -617,13 +694,11 @@ fn step(
             // Build args are visible to RUN, and part of its cache key.
             let argv = s.argv(cmd);
             let args_env: Vec<String> = s.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            let (planned, mounts_key) =
-                run::plan_mounts(c, &run_opts.mounts, &|w| word(s, w), resolve_base).map_err(
-                    |e| match e {
-                        BuildError::Step { line: 0, msg } => BuildError::Step { line, msg },
-                        e => e,
-                    },
-                )?;
+            let (planned, mounts_key) = run::plan_mounts(c, &run_opts.mounts, &|w| word(s, w))
+                .map_err(|e| match e {
+                    BuildError::Step { line: 0, msg } => BuildError::Step { line, msg },
+                    e => e,
+                })?;
             let no_network = run_opts.no_network;
             layer_key_extra = format!("{argv:?}{args_env:?}{mounts_key}{no_network}");
             return layer_step(
@@ -773,7 +848,6 @@ fn copy_from(
     s: &mut State,
     ins: &dockerfile::Instruction,
     (srcs, dest, chown, chmod, from): (&[String], &str, &Option<String>, &Option<String>, &str),
-    resolve_base: &mut BaseResolver<'_>,
     log: &mut dyn FnMut(&str),
 ) -> Result<(), BuildError> {
     let line = ins.line;
@@ -791,7 +865,7 @@ fn copy_from(
             (st.layers.clone(), st.key.clone())
         }
         stages::Source::Image(image) => {
-            let (img, layers) = base_image(c.store, &image, resolve_base).map_err(err)?;
+            let (img, layers) = c.images.get(&image).map_err(err)?;
             (layers, img.record.manifest.clone())
         }
     };

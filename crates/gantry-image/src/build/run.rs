@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 
 use super::copy::{resolve_in_root, RootView};
-use super::{BaseResolver, BuildError, Layer, State, StepContext};
+use super::{BuildError, Layer, State, StepContext};
 use crate::dockerfile::RunMount;
 use crate::stages::Source;
 use crate::store::Store;
@@ -70,7 +70,6 @@ pub(super) fn plan_mounts(
     c: &StepContext<'_>,
     mounts: &[RunMount],
     word: &dyn Fn(&str) -> Result<String, BuildError>,
-    resolve_base: &mut BaseResolver<'_>,
 ) -> Result<(Vec<Planned>, String), BuildError> {
     let mut out = Vec::new();
     let mut key = String::new();
@@ -169,9 +168,7 @@ pub(super) fn plan_mounts(
                                 (st.layers.clone(), st.key.clone())
                             }
                             Source::Image(image) => {
-                                let (img, layers) =
-                                    super::base_image(c.store, &image, resolve_base)
-                                        .map_err(err)?;
+                                let (img, layers) = c.images.get(&image).map_err(err)?;
                                 (layers, img.record.manifest.clone())
                             }
                         };
