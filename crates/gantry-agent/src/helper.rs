@@ -26,7 +26,10 @@ pub(crate) struct StartRequest {
 ///   container; on failure removes what it made and prints why;
 /// - `stop ID SECONDS`: the stop signal, SIGKILL after the grace;
 /// - `rm ID`: removes the container, killing it if needed;
-/// - `exec ID CMD...`: runs a command in it (health checks); its exit code.
+/// - `exec ID CMD...`: runs a command in it (health checks); its exit code;
+/// - `run ID`: runs a created container attached, its output on ours (a
+///   build's RUN step, for a builder that runs stages side by side); its
+///   exit code, or a line starting with [`RUN_FAILED`] on stderr.
 pub fn helper_main(data_dir: &Path, args: &[String]) -> i32 {
     let rt = match Runtime::new(data_dir) {
         Ok(rt) => rt,
@@ -69,6 +72,15 @@ pub fn helper_main(data_dir: &Path, args: &[String]) -> i32 {
                 .map_err(|e| e.to_string())
         }
         Some("rm") if args.len() == 2 => rt.remove(&args[1], true).map_err(|e| e.to_string()),
+        Some("run") if args.len() == 2 => {
+            return match rt.run_attached(&args[1]) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("{}{e}", gantry_image::build::RUN_FAILED);
+                    125
+                }
+            };
+        }
         Some("exec") if args.len() >= 3 => {
             let opts = ExecOptions {
                 args: args[2..].to_vec(),
@@ -87,7 +99,7 @@ pub fn helper_main(data_dir: &Path, args: &[String]) -> i32 {
             };
         }
         _ => Err(format!(
-            "usage: agent-helper start|stop ID SECS|rm ID|exec ID CMD...; got {args:?}"
+            "usage: agent-helper start|stop ID SECS|rm ID|exec ID CMD...|run ID; got {args:?}"
         )),
     };
     match r {

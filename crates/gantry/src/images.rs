@@ -425,6 +425,10 @@ fn build(ctx: &Ctx, store: &Store, a: BuildArgs) -> anyhow::Result<u8> {
             .iter()
             .map(|s| build_secret(s))
             .collect::<anyhow::Result<_>>()?,
+        // RUN in the single-threaded helper: stages build side by side.
+        helper: std::env::current_exe()
+            .ok()
+            .map(|exe| (exe, ctx.data_dir.clone())),
     };
     let quiet = a.quiet;
     let mut resolve = |r: &ImageRef| -> Result<LocalImage, String> {

@@ -1344,3 +1344,52 @@ fn onbuild_triggers_run_in_the_build_that_uses_the_image() {
     // The triggers ran once: the child does not pass them on.
     assert!(g.inspect_image("onb-child")["Config"]["config"]["OnBuild"].is_null());
 }
+
+#[test]
+fn independent_stages_build_side_by_side() {
+    let Some(g) = G::new("independent_stages_in_parallel") else {
+        return;
+    };
+    // Each of the two stages waits (up to 20 s) for the other to have
+    // started, through a cache mount both see: built one after the other,
+    // the first would wait in vain and fail.
+    let wait_for = |me: &str, other: &str| {
+        format!(
+            "RUN --mount=type=cache,target=/sync,id=sync touch /sync/{me} && \
+             i=0; while [ ! -f /sync/{other} ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done; \
+             test -f /sync/{other} && echo {me} > /done && echo {me} saw {other}\n"
+        )
+    };
+    let ctx = g.context(&format!(
+        "FROM scratch AS base\n\
+         COPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+         FROM base AS left\n{}\
+         FROM base AS right\n{}\
+         FROM scratch\n\
+         COPY --from=left /done /left\n\
+         COPY --from=right /done /right\n\
+         COPY busybox /bin/busybox\n\
+         CMD [\"/bin/busybox\", \"cat\", \"/left\", \"/right\"]\n",
+        wait_for("left", "right"),
+        wait_for("right", "left"),
+    ));
+    let out = g.ok(&["build", "-t", "par", ctx.path().to_str().unwrap()]);
+    // Log lines name their stage, the RUN output too.
+    assert!(out.contains("[left] left saw right"), "{out}");
+    assert!(out.contains("[right] right saw left"), "{out}");
+    assert_eq!(g.ok(&["run", "--rm", "par"]), "left\nright\n");
+    // A RUN that fails in a stage built beside another fails the build,
+    // with its line and code.
+    let bad = g.context(
+        "FROM scratch AS base\nCOPY busybox /bin/busybox\n\
+         FROM base AS a\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"exit 7\"]\n\
+         FROM base AS b\nRUN [\"/bin/busybox\", \"true\"]\n\
+         FROM scratch\nCOPY --from=a /bin/busybox /a\nCOPY --from=b /bin/busybox /b\n",
+    );
+    let e = g.fails(&["build", bad.path().to_str().unwrap()], 1);
+    assert!(
+        e.contains("line 4: RUN") && e.contains("non-zero code: 7"),
+        "{e}"
+    );
+}

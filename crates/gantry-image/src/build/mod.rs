@@ -97,7 +97,16 @@ pub struct BuildOptions {
     /// `--secret id=...`: values RUN may mount (`--mount=type=secret`),
     /// never written to a layer or the cache.
     pub secrets: BTreeMap<String, Vec<u8>>,
+    /// The single-threaded helper that runs RUN containers
+    /// (`BINARY --data-dir DIR agent-helper run ID`): with it, stages that
+    /// do not read each other build side by side (the runtime forks its
+    /// monitor, which a process with several threads may not do). Without
+    /// it, stages build one at a time in this process.
+    pub helper: Option<(PathBuf, PathBuf)>,
 }
+
+/// How the helper's stderr says the runtime failed (not the command).
+pub const RUN_FAILED: &str = "gantry-run-failed: ";
 
 /// The base image lookup: returns a local image for a reference, pulling it
 /// if the caller wants to.
@@ -283,10 +292,15 @@ pub fn build(
     let expand = |w: &str| dockerfile::process_word(w, &|k: &str| meta_args.get(k).cloned());
     let target = plan.target(opts.target.as_deref())?;
     let needed = plan.needed(target, &expand)?;
-    // The images the stages read, found or pulled before any stage runs.
+    // What each stage waits for, and the images the stages read, found or
+    // pulled before any stage runs.
     let mut images = Images(BTreeMap::new());
+    let mut waits: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
     for &i in &needed {
         for src in plan.reads(i, &expand)? {
+            if let stages::Source::Stage(j) = &src {
+                waits.entry(i).or_default().insert(*j);
+            }
             if let stages::Source::Image(image) = src {
                 if image == "scratch" {
                     continue;
@@ -314,14 +328,54 @@ pub fn build(
         total: needed.iter().map(|&i| plan.stages[i].body.len() + 1).sum(),
         labelled: needed.len() > 1,
     };
-    // In order: a stage reads only stages before it. One at a time: RUN
-    // forks the runtime's monitor, which needs a single-threaded process
-    // (independent stages side by side need RUN in a helper process, as
-    // the agent's; not done yet).
+    // A stage reads only stages before it. With the helper, in waves:
+    // every stage whose stages are built runs, those of one wave side by
+    // side; without it, one at a time.
     let mut built: BTreeMap<usize, State> = BTreeMap::new();
-    for &i in &needed {
-        let state = build_stage(&run, i, &built, log)?;
-        built.insert(i, state);
+    let mut left: Vec<usize> = needed.iter().copied().collect();
+    while !left.is_empty() {
+        let ready: Vec<usize> = if opts.helper.is_some() {
+            let (ready, rest): (Vec<usize>, Vec<usize>) = left.iter().partition(|i| {
+                waits
+                    .get(i)
+                    .is_none_or(|w| w.iter().all(|j| built.contains_key(j)))
+            });
+            left = rest;
+            ready
+        } else {
+            vec![left.remove(0)]
+        };
+        let results: Vec<(usize, Result<State, BuildError>)> = if ready.len() == 1 {
+            vec![(ready[0], build_stage(&run, ready[0], &built, log))]
+        } else {
+            let (tx, rx) = std::sync::mpsc::channel::<String>();
+            std::thread::scope(|sc| {
+                let handles: Vec<_> = ready
+                    .iter()
+                    .map(|&i| {
+                        let tx = tx.clone();
+                        let (run, built) = (&run, &built);
+                        sc.spawn(move || {
+                            let mut log = |l: &str| {
+                                let _ = tx.send(l.to_owned());
+                            };
+                            (i, build_stage(run, i, built, &mut log))
+                        })
+                    })
+                    .collect();
+                drop(tx);
+                for line in rx {
+                    log(&line);
+                }
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("a stage's thread panicked"))
+                    .collect()
+            })
+        };
+        for (i, r) in results {
+            built.insert(i, r?);
+        }
     }
     let s = built.remove(&target).expect("the target is built");
     for a in run.unused_args.into_inner().expect("args lock") {
@@ -709,9 +763,18 @@ fn step(
                 &layer_key_extra,
                 opts.no_cache,
                 log,
-                |s, _| {
+                |s, _, log| {
                     run_step(
-                        store, runtime, s, &argv, &args_env, line, &planned, no_network,
+                        store,
+                        runtime,
+                        s,
+                        &argv,
+                        &args_env,
+                        line,
+                        &planned,
+                        no_network,
+                        opts.helper.as_ref(),
+                        log,
                     )
                 },
             );
@@ -785,7 +848,7 @@ fn step(
                 &layer_key_extra,
                 opts.no_cache,
                 log,
-                |_, tmp| {
+                |_, tmp, _| {
                     let many = srcs.len() > 1;
                     copy_into(tmp, &files, &dest, &workdir, owner, mode, add, many, ignore)
                         .map_err(err)?;
@@ -891,7 +954,7 @@ fn copy_from(
         &extra,
         c.opts.no_cache,
         log,
-        |_, tmp| {
+        |_, tmp, _| {
             let root = copy::RootView::open(store, &layers).map_err(err)?;
             let files = copy::sources_in_root(root.path(), &srcs).map_err(err)?;
             copy_into(
@@ -919,7 +982,7 @@ fn layer_step(
     extra: &str,
     no_cache: bool,
     log: &mut dyn FnMut(&str),
-    make: impl FnOnce(&State, &Path) -> Result<Option<PathBuf>, BuildError>,
+    make: impl FnOnce(&State, &Path, &mut dyn FnMut(&str)) -> Result<Option<PathBuf>, BuildError>,
 ) -> Result<(), BuildError> {
     let key = chain(
         &s.key,
@@ -948,7 +1011,7 @@ fn layer_step(
                 err: e,
             })?;
             // `make` may hand back another directory (RUN's upper dir).
-            let dir = match make(s, &tmp) {
+            let dir = match make(s, &tmp, log) {
                 Ok(Some(d)) => {
                     let _ = fs::remove_dir_all(&tmp);
                     d

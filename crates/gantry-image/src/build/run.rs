@@ -340,6 +340,8 @@ pub(super) fn run_step(
     line: usize,
     planned: &[Planned],
     no_network: bool,
+    helper: Option<&(PathBuf, PathBuf)>,
+    log: &mut dyn FnMut(&str),
 ) -> Result<Option<PathBuf>, BuildError> {
     if s.layers.is_empty() {
         return Err(BuildError::Step {
@@ -379,7 +381,10 @@ pub(super) fn run_step(
         line,
         msg: e.to_string(),
     })?;
-    let res = runtime.run_attached(&cfg.id);
+    let res = match helper {
+        None => runtime.run_attached(&cfg.id),
+        Some((bin, data_dir)) => run_in_helper(bin, data_dir, &cfg.id, log),
+    };
     let cleanup = |keep_upper: bool| -> Option<PathBuf> {
         let dir = runtime.container_dir(&cfg.id);
         let upper = dir.join("upper");
@@ -417,6 +422,48 @@ pub(super) fn run_step(
                 msg: e.to_string(),
             })
         }
+    }
+}
+
+/// Runs a created container in the single-threaded helper; its output
+/// (stdout and stderr, merged) goes to `log` line by line.
+fn run_in_helper(
+    bin: &Path,
+    data_dir: &Path,
+    id: &str,
+    log: &mut dyn FnMut(&str),
+) -> Result<i32, gantry_runtime::RuntimeError> {
+    use std::io::BufRead;
+    let other = |e: String| gantry_runtime::RuntimeError::Other(e);
+    // Close-on-exec: a RUN of another stage started meanwhile must not
+    // hold this pipe open.
+    let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| other(format!("pipe: {e}")))?;
+    let writer2 = writer
+        .try_clone()
+        .map_err(|e| other(format!("pipe: {e}")))?;
+    let reader = fs::File::from(reader);
+    let mut child = std::process::Command::new(bin)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["agent-helper", "run", id])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(writer))
+        .stderr(std::process::Stdio::from(writer2))
+        .spawn()
+        .map_err(|e| other(format!("start {}: {e}", bin.display())))?;
+    let mut failed = None;
+    for line in std::io::BufReader::new(reader).lines() {
+        let Ok(line) = line else { break };
+        match line.strip_prefix(super::RUN_FAILED) {
+            Some(why) => failed = Some(why.to_owned()),
+            None => log(&line),
+        }
+    }
+    let status = child.wait().map_err(|e| other(format!("wait: {e}")))?;
+    match failed {
+        Some(why) => Err(other(why)),
+        None => Ok(status.code().unwrap_or(128 + 9)),
     }
 }
 
