@@ -304,6 +304,24 @@ impl DockerEngine {
     }
 }
 
+impl DockerEngine {
+    /// `docker build` with the engine's BuildKit: Debian's CLI (which
+    /// needs no buildx plugin for it) with `DOCKER_BUILDKIT=1`.
+    pub fn buildkit(&self, args: &[&str]) -> std::io::Result<std::process::Output> {
+        Command::new("/usr/bin/docker")
+            .env("DOCKER_BUILDKIT", "1")
+            .arg("-H")
+            .arg(format!(
+                "unix://{}",
+                self.dir.path().join("docker.sock").display()
+            ))
+            .arg("build")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+    }
+}
+
 impl Drop for DockerEngine {
     fn drop(&mut self) {
         // SIGTERM lets dockerd unmount and stop its containerd.

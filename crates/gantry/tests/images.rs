@@ -1393,3 +1393,50 @@ fn independent_stages_build_side_by_side() {
         "{e}"
     );
 }
+
+#[test]
+fn images_built_by_buildkit_run_on_gantry_and_the_reverse() {
+    let Some(g) = G::new("buildkit_images_run_on_gantry") else {
+        return;
+    };
+    let reg = Registry::start();
+    let docker = DockerEngine::start();
+    let dockerfile = "# syntax=docker/dockerfile:1\n\
+        FROM scratch AS base\n\
+        COPY busybox /bin/busybox\n\
+        RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+        FROM base AS build\n\
+        RUN --mount=type=cache,target=/cache mkdir -p /out && echo made-by-$BUILDER > /out/artifact\n\
+        FROM scratch\n\
+        COPY --from=base /bin/busybox /bin/busybox\n\
+        COPY --from=build /out/artifact /artifact\n\
+        CMD [\"/bin/busybox\", \"cat\", \"/artifact\"]\n";
+    // BuildKit builds it (without the syntax line: no frontend image can
+    // be fetched here) and pushes it; Gantry pulls and runs it.
+    let ctx = g.context(
+        &dockerfile
+            .replace("# syntax=docker/dockerfile:1\n", "")
+            .replace("$BUILDER", "buildkit"),
+    );
+    let bk = format!("{}/exchange/buildkit:1", reg.addr);
+    let o = docker
+        .buildkit(&["--network", "host", "-t", &bk, ctx.path().to_str().unwrap()])
+        .unwrap();
+    assert!(o.status.success(), "docker build: {}", errtext(&o));
+    let o = docker.docker(&["push", &bk]).unwrap();
+    assert!(o.status.success(), "docker push: {}", errtext(&o));
+    assert_eq!(g.ok(&["run", "--rm", &bk]), "made-by-buildkit\n");
+    // Gantry builds the same Dockerfile (its syntax line accepted) and
+    // pushes it; Docker Engine pulls and runs it.
+    let ctx = g.context(&dockerfile.replace("$BUILDER", "gantry"));
+    let ours = format!("{}/exchange/gantry:1", reg.addr);
+    g.ok(&["build", "-q", "-t", &ours, ctx.path().to_str().unwrap()]);
+    g.ok(&["push", "-q", &ours]);
+    let o = docker.docker(&["pull", "-q", &ours]).unwrap();
+    assert!(o.status.success(), "docker pull: {}", errtext(&o));
+    let o = docker
+        .docker(&["run", "--rm", "--network", "none", &ours])
+        .unwrap();
+    assert!(o.status.success(), "docker run: {}", errtext(&o));
+    assert_eq!(text(&o), "made-by-gantry\n");
+}
