@@ -67,6 +67,8 @@ pub enum RunMount {
         uid: u32,
         /// Its group when it is made.
         gid: u32,
+        /// `sharing=`: how builds that use it at once share it.
+        sharing: CacheSharing,
     },
     /// `type=secret`: a file given to the build (`--secret id=...`),
     /// never written to a layer.
@@ -101,6 +103,19 @@ pub enum RunMount {
         /// Its size, bytes.
         size: Option<u64>,
     },
+}
+
+/// How RUN steps that use one cache mount at the same time share it
+/// (BuildKit's `sharing=`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CacheSharing {
+    /// All of them at once (the default).
+    #[default]
+    Shared,
+    /// One at a time: the others wait.
+    Locked,
+    /// One uses it; the others get an empty directory of their own.
+    Private,
 }
 
 impl RunMount {
@@ -191,6 +206,16 @@ fn run_mount(v: &str) -> Result<RunMount, String> {
             mode: num("mode", 8)?,
             uid: num("uid", 10)?.unwrap_or(0),
             gid: num("gid", 10)?.unwrap_or(0),
+            sharing: match get(&["sharing"]).as_deref() {
+                None | Some("shared") => CacheSharing::Shared,
+                Some("locked") => CacheSharing::Locked,
+                Some("private") => CacheSharing::Private,
+                Some(other) => {
+                    return Err(format!(
+                        "--mount sharing={other}: give shared, private or locked"
+                    ))
+                }
+            },
         }),
         "secret" => {
             let id = get(&["id"])
@@ -1244,7 +1269,8 @@ CMD httpd -f
                     read_only: false,
                     mode: Some(0o700),
                     uid: 1000,
-                    gid: 0
+                    gid: 0,
+                    sharing: CacheSharing::Shared
                 },
                 RunMount::Secret {
                     id: "token".into(),
@@ -1284,6 +1310,10 @@ CMD httpd -f
                 "does not take colour",
             ),
             ("--network=bridge x", "give default, host or none"),
+            (
+                "--mount=type=cache,target=/x,sharing=maybe x",
+                "give shared, private or locked",
+            ),
             ("--privileged x", "does not take --privileged"),
         ] {
             let e = parse(&format!("FROM scratch\nRUN {bad}\n")).unwrap_err();

@@ -114,6 +114,9 @@ pub(crate) struct BuildArgs {
     /// `id=ID,src=FILE` or `id=ID,env=VAR`. Never stored in the image.
     #[arg(long = "secret", value_name = "id=ID,src=FILE")]
     secrets: Vec<String>,
+    /// Push the image to its tag's registry once it is built.
+    #[arg(long)]
+    push: bool,
     /// Print only the image id.
     #[arg(short, long)]
     quiet: bool,
@@ -406,6 +409,10 @@ pub(crate) fn run(ctx: &Ctx, cmd: ImageCmd) -> anyhow::Result<u8> {
 }
 
 fn build(ctx: &Ctx, store: &Store, a: BuildArgs) -> anyhow::Result<u8> {
+    anyhow::ensure!(
+        !a.push || a.tag.is_some(),
+        "--push needs a name to push to: give -t REGISTRY/NAME:TAG"
+    );
     let rt = ctx.runtime()?;
     let tag = a.tag.as_deref().map(ImageRef::parse).transpose()?;
     let mut build_args = BTreeMap::new();
@@ -443,6 +450,18 @@ fn build(ctx: &Ctx, store: &Store, a: BuildArgs) -> anyhow::Result<u8> {
         }
     };
     let img = gantry_image::build::build(store, &rt, &opts, &mut resolve, &mut log)?;
+    if let (true, Some(r)) = (a.push, &opts.tag) {
+        let prog = if quiet {
+            quiet_progress()
+        } else {
+            progress("pushing")
+        };
+        let digest = block_on(gantry_image::push(store, &img, r, &ctx.registry, prog))?
+            .with_context(|| format!("push {r}"))?;
+        if !quiet {
+            println!("{}: digest: {digest}", r.tag().unwrap_or("latest"));
+        }
+    }
     if quiet {
         println!("{}", img.record.config);
     }

@@ -1430,8 +1430,16 @@ fn images_built_by_buildkit_run_on_gantry_and_the_reverse() {
     // pushes it; Docker Engine pulls and runs it.
     let ctx = g.context(&dockerfile.replace("$BUILDER", "gantry"));
     let ours = format!("{}/exchange/gantry:1", reg.addr);
-    g.ok(&["build", "-q", "-t", &ours, ctx.path().to_str().unwrap()]);
-    g.ok(&["push", "-q", &ours]);
+    let e = g.fails(&["build", "--push", ctx.path().to_str().unwrap()], 1);
+    assert!(e.contains("--push needs a name"), "{e}");
+    g.ok(&[
+        "build",
+        "-q",
+        "--push",
+        "-t",
+        &ours,
+        ctx.path().to_str().unwrap(),
+    ]);
     let o = docker.docker(&["pull", "-q", &ours]).unwrap();
     assert!(o.status.success(), "docker pull: {}", errtext(&o));
     let o = docker
@@ -1439,4 +1447,61 @@ fn images_built_by_buildkit_run_on_gantry_and_the_reverse() {
         .unwrap();
     assert!(o.status.success(), "docker run: {}", errtext(&o));
     assert_eq!(text(&o), "made-by-gantry\n");
+}
+
+#[test]
+fn cache_mounts_shared_locked_and_private() {
+    let Some(g) = G::new("cache_mount_sharing") else {
+        return;
+    };
+    // Two stages built side by side use one cache mount. Locked: one at a
+    // time, so neither sees the other's mark. Private: the second gets an
+    // empty directory of its own, so each finds its own file intact.
+    let step = |sharing: &str, me: &str| {
+        match sharing {
+        "locked" => format!(
+            "RUN --mount=type=cache,target=/c,id=one,sharing=locked \
+             test ! -e /c/busy && touch /c/busy && sleep 1 && rm /c/busy && echo {me} > /done\n"
+        ),
+        _ => format!(
+            "RUN --mount=type=cache,target=/c,id=two,sharing=private \
+             echo {me} > /c/mine && sleep 1 && test \"$(cat /c/mine)\" = {me} && echo {me} > /done\n"
+        ),
+    }
+    };
+    for sharing in ["locked", "private"] {
+        let ctx = g.context(&format!(
+            "FROM scratch AS base\n\
+             COPY busybox /bin/busybox\n\
+             RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+             FROM base AS a\n{}\
+             FROM base AS b\n{}\
+             FROM scratch\n\
+             COPY --from=a /done /a\n\
+             COPY --from=b /done /b\n",
+            step(sharing, "a"),
+            step(sharing, "b"),
+        ));
+        g.ok(&["build", "-q", "--no-cache", ctx.path().to_str().unwrap()]);
+    }
+    // Shared (the default), the same steps overlap: the mark is seen.
+    let shared = |me: &str| {
+        format!(
+            "RUN --mount=type=cache,target=/c,id=three \
+             test ! -e /c/busy && touch /c/busy && sleep 1 && rm /c/busy && echo {me} > /done\n"
+        )
+    };
+    let ctx = g.context(&format!(
+        "FROM scratch AS base\n\
+         COPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+         FROM base AS a\n{}\
+         FROM base AS b\n{}\
+         FROM scratch\n\
+         COPY --from=a /done /a\n\
+         COPY --from=b /done /b\n",
+        shared("a"),
+        shared("b"),
+    ));
+    g.fails(&["build", "-q", ctx.path().to_str().unwrap()], 1);
 }

@@ -10,7 +10,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::copy::{resolve_in_root, RootView};
 use super::{BuildError, Layer, State, StepContext};
-use crate::dockerfile::RunMount;
+use crate::dockerfile::{CacheSharing, RunMount};
 use crate::stages::Source;
 use crate::store::Store;
 
@@ -25,6 +25,7 @@ pub(super) enum Planned {
         read_only: bool,
         mode: u32,
         owner: (u32, u32),
+        sharing: CacheSharing,
     },
     /// A secret's value, written to a file only while the step runs.
     Secret {
@@ -88,6 +89,7 @@ pub(super) fn plan_mounts(
                 mode,
                 uid,
                 gid,
+                sharing,
                 ..
             } => {
                 let id = match id {
@@ -106,6 +108,7 @@ pub(super) fn plan_mounts(
                     read_only: *read_only,
                     mode: mode.unwrap_or(0o755),
                     owner: (*uid, *gid),
+                    sharing: *sharing,
                 });
             }
             RunMount::Secret {
@@ -204,11 +207,18 @@ struct Mounted {
     mounts: Vec<gantry_runtime::Mount>,
     _roots: Vec<RootView>,
     secrets: Option<PathBuf>,
+    /// Cache mounts held (`sharing=locked|private`).
+    _locks: Vec<nix::fcntl::Flock<fs::File>>,
+    /// Empty cache directories given to a private user of a busy cache.
+    spare: Vec<PathBuf>,
 }
 
 impl Drop for Mounted {
     fn drop(&mut self) {
         if let Some(d) = &self.secrets {
+            let _ = fs::remove_dir_all(d);
+        }
+        for d in &self.spare {
             let _ = fs::remove_dir_all(d);
         }
     }
@@ -219,6 +229,8 @@ fn set_up(store: &Store, planned: &[Planned]) -> Result<Mounted, String> {
         mounts: Vec::new(),
         _roots: Vec::new(),
         secrets: None,
+        _locks: Vec::new(),
+        spare: Vec::new(),
     };
     let bind = |source: PathBuf, target: &str, read_only: bool| gantry_runtime::Mount {
         kind: gantry_runtime::MountKind::Bind,
@@ -235,16 +247,47 @@ fn set_up(store: &Store, planned: &[Planned]) -> Result<Mounted, String> {
                 read_only,
                 mode,
                 owner,
+                sharing,
             } => {
-                if !dir.exists() {
+                let make = |dir: &Path| -> Result<(), String> {
                     fs::create_dir_all(dir)
                         .map_err(|e| format!("create {}: {e}", dir.display()))?;
                     fs::set_permissions(dir, fs::Permissions::from_mode(*mode))
                         .map_err(|e| e.to_string())?;
                     std::os::unix::fs::chown(dir, Some(owner.0), Some(owner.1))
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| e.to_string())
+                };
+                if !dir.exists() {
+                    make(dir)?;
                 }
-                m.mounts.push(bind(dir.clone(), target, *read_only));
+                let mut source = dir.clone();
+                if *sharing != CacheSharing::Shared {
+                    use nix::fcntl::{Flock, FlockArg};
+                    let lock = fs::OpenOptions::new()
+                        .create(true)
+                        .truncate(false)
+                        .write(true)
+                        .open(dir.with_extension("lock"))
+                        .map_err(|e| format!("cache lock: {e}"))?;
+                    let how = if *sharing == CacheSharing::Locked {
+                        FlockArg::LockExclusive
+                    } else {
+                        FlockArg::LockExclusiveNonblock
+                    };
+                    match Flock::lock(lock, how) {
+                        Ok(held) => m._locks.push(held),
+                        Err((_, e)) if *sharing == CacheSharing::Locked => {
+                            return Err(format!("cache lock: {e}"))
+                        }
+                        Err(_) => {
+                            // Private and in use: an empty one of its own.
+                            source = store.temp_path("cache-private");
+                            make(&source)?;
+                            m.spare.push(source.clone());
+                        }
+                    }
+                }
+                m.mounts.push(bind(source, target, *read_only));
             }
             Planned::Secret {
                 value,
