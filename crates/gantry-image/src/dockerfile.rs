@@ -517,7 +517,24 @@ fn heredoc_markers(text: &str) -> Vec<(String, bool)> {
 /// only a here-document runs its body as a shell script; a RUN with a
 /// command keeps them for the shell (which reads here-documents itself);
 /// COPY and ADD make a file of each.
-fn with_heredocs(kind: Kind, docs: &[(String, String)]) -> Result<Kind, String> {
+fn with_heredocs(mut kind: Kind, docs: &[(String, String)]) -> Result<Kind, String> {
+    if let Kind::Copy { srcs, inline, .. } = &mut kind {
+        for src in srcs.iter() {
+            let Some(word) = src.strip_prefix("<<") else {
+                continue;
+            };
+            let word = word
+                .trim_start_matches('-')
+                .trim_matches(|c| c == '"' || c == '\'');
+            let body = docs
+                .iter()
+                .find(|(w, _)| w == word)
+                .map(|(_, b)| b.clone())
+                .ok_or_else(|| format!("no here-document {word}"))?;
+            inline.push((src.clone(), word.to_owned(), body));
+        }
+        return Ok(kind);
+    }
     match kind {
         Kind::Run(Command::Shell(cmd), opts) => {
             let bare = cmd.trim().trim_start_matches("<<").trim_start_matches('-');
@@ -534,42 +551,6 @@ fn with_heredocs(kind: Kind, docs: &[(String, String)]) -> Result<Kind, String> 
             Ok(Kind::Run(Command::Shell(full), opts))
         }
         Kind::Run(Command::Exec(_), _) => Err("a here-document needs the shell form of RUN".into()),
-        Kind::Copy {
-            srcs,
-            dest,
-            chown,
-            chmod,
-            add,
-            from,
-            checksum,
-            ..
-        } => {
-            let mut inline = Vec::new();
-            for src in &srcs {
-                let Some(word) = src.strip_prefix("<<") else {
-                    continue;
-                };
-                let word = word
-                    .trim_start_matches('-')
-                    .trim_matches(|c| c == '"' || c == '\'');
-                let body = docs
-                    .iter()
-                    .find(|(w, _)| w == word)
-                    .map(|(_, b)| b.clone())
-                    .ok_or_else(|| format!("no here-document {word}"))?;
-                inline.push((src.clone(), word.to_owned(), body));
-            }
-            Ok(Kind::Copy {
-                srcs,
-                dest,
-                chown,
-                chmod,
-                add,
-                from,
-                inline,
-                checksum,
-            })
-        }
         other => Ok(other),
     }
 }

@@ -168,6 +168,22 @@ fn two_extras() -> Vec<Extra> {
         .collect()
 }
 
+/// Managers on hosts 1 and 2 joined with the manager token; returns once
+/// the three answer, the fixture's leading.
+fn join_two(cl: &Cluster) -> Vec<Extra> {
+    let token = cl
+        .admin_ok(&["join-token", "manager", "-q"])
+        .trim()
+        .to_owned();
+    let mut extras = two_extras();
+    let join = cl.manager_addr();
+    for e in &mut extras {
+        start_extra(cl, e, &["--join", &join, "--token", &token]);
+    }
+    wait_three(cl);
+    extras
+}
+
 /// Waits for the three managers, the fixture's leading.
 fn wait_three(cl: &Cluster) {
     wait_managers(
@@ -936,17 +952,8 @@ fn the_cluster_ca_rotates_while_everything_keeps_running() {
     let Some(mut cl) = three_hosts("ca_rotate") else {
         return;
     };
-    let token = cl
-        .admin_ok(&["join-token", "manager", "-q"])
-        .trim()
-        .to_owned();
     let worker_token = cl.token();
-    let mut extras = two_extras();
-    let join = cl.manager_addr();
-    for e in &mut extras {
-        start_extra(&cl, e, &["--join", &join, "--token", &token]);
-    }
-    wait_three(&cl);
+    let mut extras = join_two(&cl);
     let o = cl.deploy("app", &web(3, "").replace("IMAGE", &cl.image));
     assert!(o.status.success(), "{}", errtext(&o));
     cl.wait_total("app_web", 3, Duration::from_secs(60));
@@ -1123,16 +1130,7 @@ fn a_worker_fails_over_while_the_managers_change_leader() {
     let Some(mut cl) = three_hosts("worker_failover_ha") else {
         return;
     };
-    let token = cl
-        .admin_ok(&["join-token", "manager", "-q"])
-        .trim()
-        .to_owned();
-    let mut extras = two_extras();
-    let join = cl.manager_addr();
-    for e in &mut extras {
-        start_extra(&cl, e, &["--join", &join, "--token", &token]);
-    }
-    wait_three(&cl);
+    let mut extras = join_two(&cl);
     let o = cl.deploy("app", &web(6, "").replace("IMAGE", &cl.image));
     assert!(o.status.success(), "{}", errtext(&o));
     cl.wait_total("app_web", 6, Duration::from_secs(60));

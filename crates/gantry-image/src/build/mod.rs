@@ -492,16 +492,9 @@ fn build_stage(
         })
         .collect::<Result<_, _>>()?;
     let ctx = StepContext {
-        store: run.store,
-        runtime: run.runtime,
-        opts: run.opts,
-        ignore: run.ignore,
-        cache: run.cache,
-        meta_args: run.meta_args,
-        plan,
+        run,
         stage: i,
         built,
-        images: run.images,
     };
     for ins in triggers.iter().chain(&stage.body) {
         if ins.line == stage.from.line {
@@ -509,7 +502,7 @@ fn build_stage(
         } else {
             log(&format!("Step {}/{} : {}", next(), run.total, ins.text));
         }
-        step(&ctx, &mut state, &ins.kind, ins, &run.unused_args, &mut log)?;
+        step(&ctx, &mut state, &ins.kind, ins, &mut log)?;
     }
     Ok(state)
 }
@@ -587,20 +580,12 @@ fn base_image(
 
 /// What every step of a build reads.
 struct StepContext<'a> {
-    store: &'a Store,
-    runtime: &'a gantry_runtime::Runtime,
-    opts: &'a BuildOptions,
-    ignore: &'a DockerIgnore,
-    cache: &'a Cache,
-    /// The global args.
-    meta_args: &'a BTreeMap<String, String>,
-    plan: &'a stages::Plan,
+    /// What the whole build shares.
+    run: &'a Run<'a>,
     /// The stage the step belongs to.
     stage: usize,
     /// The stages built so far.
     built: &'a BTreeMap<usize, State>,
-    /// The images the build reads.
-    images: &'a Images,
 }
 
 fn step(
@@ -608,17 +593,17 @@ fn step(
     s: &mut State,
     kind: &Kind,
     ins: &dockerfile::Instruction,
-    unused_args: &Mutex<BTreeSet<String>>,
     log: &mut dyn FnMut(&str),
 ) -> Result<(), BuildError> {
-    let &StepContext {
+    let &Run {
         store,
         runtime,
         opts,
         ignore,
         cache,
+        ref unused_args,
         ..
-    } = c;
+    } = c.run;
     let line = ins.line;
     let err = |msg: String| BuildError::Step { line, msg };
     let word =
@@ -642,7 +627,7 @@ fn step(
                         .flatten()
                 })
                 // Declared again without a default: the global value.
-                .or_else(|| c.meta_args.get(name).cloned())
+                .or_else(|| c.run.meta_args.get(name).cloned())
                 .unwrap_or_default();
             s.args.insert(name.clone(), v);
         }
@@ -748,11 +733,8 @@ fn step(
             // Build args are visible to RUN, and part of its cache key.
             let argv = s.argv(cmd);
             let args_env: Vec<String> = s.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            let (planned, mounts_key) = run::plan_mounts(c, &run_opts.mounts, &|w| word(s, w))
-                .map_err(|e| match e {
-                    BuildError::Step { line: 0, msg } => BuildError::Step { line, msg },
-                    e => e,
-                })?;
+            let (planned, mounts_key) =
+                run::plan_mounts(c, line, &run_opts.mounts, &|w| word(s, w))?;
             let no_network = run_opts.no_network;
             layer_key_extra = format!("{argv:?}{args_env:?}{mounts_key}{no_network}");
             return layer_step(
@@ -806,7 +788,7 @@ fn step(
                 return Err(err("ADD --checksum needs a single URL source".into()));
             }
             let dest = word(s, dest)?;
-            let chown = chown.as_ref().map(|c| word(s, c)).transpose()?;
+            let (owner, mode) = copy_owner_mode(store, s, line, chown, chmod)?;
             let files = if from_context.is_empty() {
                 Vec::new()
             } else {
@@ -821,11 +803,6 @@ fn step(
                 made.download(u, checksum.as_deref()).map_err(err)?;
             }
             let srcs = srcs.clone();
-            let owner = match &chown {
-                Some(c) => resolve_owner(store, s, c).map_err(err)?,
-                None => (0, 0),
-            };
-            let mode = chmod.as_ref().and_then(|m| u32::from_str_radix(m, 8).ok());
             let mut h = Sha256::new();
             for (rel, full) in files.iter().chain(made.files()) {
                 hash_tree(&mut h, rel, full, ignore)
@@ -900,8 +877,29 @@ fn step(
     Ok(())
 }
 
-/// Runs a step that adds a layer, or takes it from the cache. `make` fills
-/// the given empty directory with the layer's content.
+/// The owner (`--chown`, expanded, names looked up in the image) and mode
+/// (`--chmod`) of what a COPY or ADD writes.
+fn copy_owner_mode(
+    store: &Store,
+    s: &State,
+    line: usize,
+    chown: &Option<String>,
+    chmod: &Option<String>,
+) -> Result<((u32, u32), Option<u32>), BuildError> {
+    let err = |msg: String| BuildError::Step { line, msg };
+    let owner = match chown {
+        Some(c) => {
+            let c = dockerfile::process_word(c, &|k: &str| s.lookup(k)).map_err(err)?;
+            resolve_owner(store, s, &c).map_err(err)?
+        }
+        None => (0, 0),
+    };
+    Ok((
+        owner,
+        chmod.as_ref().and_then(|m| u32::from_str_radix(m, 8).ok()),
+    ))
+}
+
 /// `COPY --from=stage|image`: the sources come from that filesystem (a
 /// stage built before, or an image), resolved inside it; the step's cache
 /// key is the source's own key (a stage's chain of steps, an image's
@@ -918,8 +916,8 @@ fn copy_from(
     let word =
         |s: &State, w: &str| dockerfile::process_word(w, &|k: &str| s.lookup(k)).map_err(err);
     let from =
-        dockerfile::process_word(from, &|k: &str| c.meta_args.get(k).cloned()).map_err(err)?;
-    let (layers, source_key) = match c.plan.resolve(c.stage, &from, line)? {
+        dockerfile::process_word(from, &|k: &str| c.run.meta_args.get(k).cloned()).map_err(err)?;
+    let (layers, source_key) = match c.run.plan.resolve(c.stage, &from, line)? {
         stages::Source::Stage(j) => {
             let st = c
                 .built
@@ -928,31 +926,26 @@ fn copy_from(
             (st.layers.clone(), st.key.clone())
         }
         stages::Source::Image(image) => {
-            let (img, layers) = c.images.get(&image).map_err(err)?;
+            let (img, layers) = c.run.images.get(&image).map_err(err)?;
             (layers, img.record.manifest.clone())
         }
     };
     let srcs: Vec<String> = srcs.iter().map(|x| word(s, x)).collect::<Result<_, _>>()?;
     let dest = word(s, dest)?;
-    let chown = chown.as_ref().map(|x| word(s, x)).transpose()?;
-    let owner = match &chown {
-        Some(x) => resolve_owner(c.store, s, x).map_err(err)?,
-        None => (0, 0),
-    };
-    let mode = chmod.as_ref().and_then(|m| u32::from_str_radix(m, 8).ok());
+    let (owner, mode) = copy_owner_mode(c.run.store, s, line, chown, chmod)?;
     let extra = format!(
         "from {source_key} {srcs:?} {owner:?} {mode:?} {dest} {}",
         s.workdir()
     );
     let workdir = s.workdir();
-    let store = c.store;
+    let store = c.run.store;
     layer_step(
         store,
-        c.cache,
+        c.run.cache,
         s,
         ins,
         &extra,
-        c.opts.no_cache,
+        c.run.opts.no_cache,
         log,
         |_, tmp, _| {
             let root = copy::RootView::open(store, &layers).map_err(err)?;
@@ -973,6 +966,8 @@ fn copy_from(
     )
 }
 
+/// Runs a step that adds a layer, or takes it from the cache. `make` fills
+/// the given empty directory with the layer's content.
 #[allow(clippy::too_many_arguments)]
 fn layer_step(
     store: &Store,

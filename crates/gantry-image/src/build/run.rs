@@ -69,12 +69,13 @@ impl Planned {
 /// key), the other mounts' settings. A secret's value is never part of it.
 pub(super) fn plan_mounts(
     c: &StepContext<'_>,
+    line: usize,
     mounts: &[RunMount],
     word: &dyn Fn(&str) -> Result<String, BuildError>,
 ) -> Result<(Vec<Planned>, String), BuildError> {
     let mut out = Vec::new();
     let mut key = String::new();
-    let err = |msg: String| BuildError::Step { line: 0, msg };
+    let err = |msg: String| BuildError::Step { line, msg };
     for m in mounts {
         let target = word(m.target())?;
         if !target.starts_with('/') {
@@ -97,6 +98,7 @@ pub(super) fn plan_mounts(
                     None => target.clone(),
                 };
                 let dir = c
+                    .run
                     .store
                     .root()
                     .join(crate::store::BUILD_CACHE_MOUNTS)
@@ -120,7 +122,7 @@ pub(super) fn plan_mounts(
                 ..
             } => {
                 let id = word(id)?;
-                match c.opts.secrets.get(&id) {
+                match c.run.opts.secrets.get(&id) {
                     Some(value) => out.push(Planned::Secret {
                         value: value.clone(),
                         target: target.clone(),
@@ -141,7 +143,7 @@ pub(super) fn plan_mounts(
                 match from {
                     None => {
                         let files = super::copy::resolve_sources(
-                            &c.opts.context,
+                            &c.run.opts.context,
                             &super::DockerIgnore::default(),
                             &[if source.is_empty() {
                                 ".".into()
@@ -155,14 +157,14 @@ pub(super) fn plan_mounts(
                             .next()
                             .ok_or_else(|| err(format!("--mount source {source:?} not found")))?;
                         let mut h = Sha256::new();
-                        super::copy::hash_tree(&mut h, &rel, &path, c.ignore)
+                        super::copy::hash_tree(&mut h, &rel, &path, c.run.ignore)
                             .map_err(|e| err(format!("read {}: {e}", path.display())))?;
                         key.push_str(&format!("bind {} {target};", hex::encode(h.finalize())));
                         out.push(Planned::Context { path, target });
                     }
                     Some(from) => {
                         let from = dockerfile_word(c, from).map_err(err)?;
-                        let (layers, source_key) = match c.plan.resolve(c.stage, &from, 0)? {
+                        let (layers, source_key) = match c.run.plan.resolve(c.stage, &from, line)? {
                             Source::Stage(j) => {
                                 let st = c
                                     .built
@@ -171,7 +173,7 @@ pub(super) fn plan_mounts(
                                 (st.layers.clone(), st.key.clone())
                             }
                             Source::Image(image) => {
-                                let (img, layers) = c.images.get(&image).map_err(err)?;
+                                let (img, layers) = c.run.images.get(&image).map_err(err)?;
                                 (layers, img.record.manifest.clone())
                             }
                         };
@@ -198,7 +200,7 @@ pub(super) fn plan_mounts(
 
 /// A `from=` expanded with the global args, as `COPY --from`.
 fn dockerfile_word(c: &StepContext<'_>, w: &str) -> Result<String, String> {
-    crate::dockerfile::process_word(w, &|k: &str| c.meta_args.get(k).cloned())
+    crate::dockerfile::process_word(w, &|k: &str| c.run.meta_args.get(k).cloned())
 }
 
 /// The mounts set up for one run, undone when dropped: the stage
