@@ -25,6 +25,7 @@ mod http;
 mod ingress;
 mod logs;
 mod metrics;
+mod registry;
 mod reports;
 mod sim;
 mod stats;
@@ -44,6 +45,8 @@ pub use edge::EdgeConfig;
 pub use helper::helper_main;
 pub use logs::Retention;
 pub use sim::{simulate, SimConfig, SimStats};
+
+pub use registry::ClusterRegistry;
 
 /// How the agent runs.
 #[derive(Debug, Clone)]
@@ -241,7 +244,7 @@ pub fn cleanup(data_dir: &Path) -> Result<usize, AgentError> {
 }
 
 /// Runs the agent until the process ends.
-pub async fn run(cfg: AgentConfig, id: Identity) -> Result<(), AgentError> {
+pub async fn run(mut cfg: AgentConfig, id: Identity) -> Result<(), AgentError> {
     let own = cfg.data_dir.join("agent");
     gantry_runtime::private_dir(&own)
         .map_err(|e| AgentError::Io(format!("create {}", own.display()), e))?;
@@ -259,6 +262,9 @@ pub async fn run(cfg: AgentConfig, id: Identity) -> Result<(), AgentError> {
         .client_config(live.clone())
         .map_err(|e| AgentError::Config(format!("node credential: {e}")))?;
     let client = Client::with_managers(&id.manager, &id.managers, tls.clone())?;
+    // Images in the cluster's registry come over this connection, with
+    // the node's certificate.
+    cfg.registry.cluster = Some(Arc::new(ClusterRegistry::new(client.fork()?)));
     let kept = Arc::new(Mutex::new(id.clone()));
     tokio::spawn(renew_cert(
         client.clone(),

@@ -545,6 +545,25 @@ impl Client {
         Ok(())
     }
 
+    /// A request to the cluster's registry (`/v2/...`), sent to the
+    /// managers in turn until one is reached; the answer whatever its
+    /// status, its body unread (and read with a 6 s limit between reads).
+    pub async fn registry(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        headers: reqwest::header::HeaderMap,
+        body: Vec<u8>,
+    ) -> Result<reqwest::Response, ApiError> {
+        let body = bytes::Bytes::from(body);
+        self.send(Kind::Stream, path, |c, u| {
+            c.request(method.clone(), u)
+                .headers(headers.clone())
+                .body(body.clone())
+        })
+        .await
+    }
+
     /// Sends a request on as it came (another manager's, to the leader):
     /// `path` with its query, the headers given, the body streamed; the
     /// answer comes back whatever its status, its body unread. A request

@@ -860,3 +860,43 @@ mod tests {
         }
     }
 }
+
+/// `POST /v1/registry/users`: a registry user to make (or give a new
+/// password).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegistryUserCreate {
+    /// The user name.
+    pub name: String,
+    /// May push and delete, not only pull.
+    pub push: bool,
+}
+
+/// A registry user as listed, and (once, when made) its password.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegistryUserView {
+    /// The user name.
+    pub name: String,
+    /// May push.
+    pub push: bool,
+    /// When it was made (RFC 3339).
+    pub created: String,
+    /// The password, only in the answer that made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+/// A repository of the cluster's registry, as `gantry registry ls` shows
+/// it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RepoView {
+    /// Its name.
+    pub name: String,
+    /// Tag to manifest digest.
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// How many manifests it holds.
+    pub manifests: usize,
+    /// The bytes of the blobs its manifests name (each counted once).
+    pub size: u64,
+    /// The newest push (RFC 3339).
+    pub pushed: String,
+}

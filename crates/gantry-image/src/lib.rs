@@ -13,6 +13,7 @@ pub mod dockerfile;
 pub mod pack;
 pub mod reference;
 pub mod registry;
+mod remote;
 pub mod stages;
 pub mod store;
 pub mod types;
@@ -20,7 +21,7 @@ pub mod unpack;
 
 pub use digest::Digest;
 pub use reference::{BadReference, ImageRef};
-pub use registry::{pull, push, Progress, ProgressFn, RegistryError, RegistryOptions};
+pub use registry::{pull, push, Progress, ProgressFn, RegistryError, RegistryOptions, Tunnel};
 pub use store::{ImageRecord, LocalImage, Store, StoreError};
 
 /// Installs rustls' ring provider as the process default once; reqwest and

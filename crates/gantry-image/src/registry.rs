@@ -17,8 +17,10 @@ use tokio::io::AsyncWrite;
 
 use crate::digest::Digest;
 use crate::reference::ImageRef;
+use crate::remote::Remote;
+pub use crate::remote::Tunnel;
 use crate::store::{LocalImage, Store, StoreError};
-use crate::types::{Index, Manifest, ACCEPTED_MANIFESTS, DOCKER_LIST, OCI_INDEX};
+use crate::types::{Index, Manifest, DOCKER_LIST, OCI_INDEX};
 
 /// A pull, push or login that failed.
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +78,7 @@ pub enum RegistryError {
     },
 }
 
-fn classify(registry: &str, reference: &str, e: OciDistributionError) -> RegistryError {
+pub(crate) fn classify(registry: &str, reference: &str, e: OciDistributionError) -> RegistryError {
     use OciDistributionError as E;
     let registry = registry.to_owned();
     match e {
@@ -179,6 +181,9 @@ pub struct RegistryOptions {
     /// Docker-format credentials file; default `$DOCKER_CONFIG/config.json`
     /// or `~/.docker/config.json`.
     pub credentials: Option<PathBuf>,
+    /// The cluster's own registry, reached over the cluster's mutual TLS
+    /// (an agent's node certificate, the CLI's admin credential).
+    pub cluster: Option<Arc<dyn Tunnel>>,
 }
 
 impl RegistryOptions {
@@ -201,6 +206,17 @@ impl RegistryOptions {
             }
             other => other,
         }
+    }
+
+    /// How to reach the registry of `r`.
+    fn remote(&self, r: &ImageRef) -> Result<Remote<'_>, RegistryError> {
+        if let Some(t) = self.cluster.as_deref().filter(|t| t.serves(r.registry())) {
+            return Ok(Remote::Cluster(t));
+        }
+        Ok(Remote::Oci {
+            client: self.client(r),
+            auth: self.auth_for(r.registry())?,
+        })
     }
 
     fn client(&self, r: &ImageRef) -> Client {
@@ -495,14 +511,10 @@ async fn pull_inner(
     opts: &RegistryOptions,
     progress: ProgressFn,
 ) -> Result<LocalImage, RegistryError> {
-    let client = opts.client(r);
-    let auth = opts.auth_for(r.registry())?;
+    let remote = opts.remote(r)?;
     let name = r.to_string();
     let reg = r.registry().to_owned();
-    let (mut bytes, mut digest) = client
-        .pull_manifest_raw(r.inner(), &auth, &ACCEPTED_MANIFESTS)
-        .await
-        .map_err(|e| classify(&reg, &name, e))?;
+    let (mut bytes, mut digest) = remote.manifest(r).await?;
     let check = |bytes: &[u8], expected: &str| -> Result<Digest, RegistryError> {
         let actual = Digest::of(bytes);
         if actual.as_str() != expected {
@@ -535,10 +547,7 @@ async fn pull_inner(
             .linux_amd64()
             .ok_or_else(|| RegistryError::NoPlatform(name.clone()))?;
         let per_platform = r.with_digest(&pick.digest);
-        let (b, _) = client
-            .pull_manifest_raw(per_platform.inner(), &auth, &ACCEPTED_MANIFESTS)
-            .await
-            .map_err(|e| classify(&reg, &name, e))?;
+        let (b, _) = remote.manifest(&per_platform).await?;
         check(&b, &pick.digest)?;
         bytes = b;
         digest = pick.digest.clone();
@@ -557,7 +566,7 @@ async fn pull_inner(
         })?;
 
     let fetch = |desc: crate::types::Descriptor| {
-        let client = &client;
+        let remote = &remote;
         let store = store.clone();
         let progress = progress.clone();
         let reg = reg.clone();
@@ -594,12 +603,10 @@ async fn pull_inner(
                     digest: desc.digest.clone(),
                     progress: progress.clone(),
                 };
-                let res = client
-                    .pull_blob(r.inner(), &to_oci(&desc), &mut writer)
-                    .await;
+                let res = remote.blob(r, &desc, &mut writer).await;
                 if let Err(e) = res {
                     let _ = tokio::fs::remove_file(&tmp).await;
-                    return Err(classify(&reg, &name, e));
+                    return Err(e);
                 }
                 // Our own check of exactly the bytes written, before they
                 // become the blob (oci-client checks its stream too).
@@ -666,7 +673,7 @@ async fn pull_inner(
     Ok(store.add_image(&stored, Some(r))?)
 }
 
-fn to_oci(d: &crate::types::Descriptor) -> oci_client::manifest::OciDescriptor {
+pub(crate) fn to_oci(d: &crate::types::Descriptor) -> oci_client::manifest::OciDescriptor {
     oci_client::manifest::OciDescriptor {
         media_type: d.media_type.clone(),
         digest: d.digest.clone(),
@@ -697,40 +704,36 @@ async fn push_inner(
     opts: &RegistryOptions,
     progress: ProgressFn,
 ) -> Result<String, RegistryError> {
-    let client = opts.client(target);
-    let auth = opts.auth_for(target.registry())?;
+    let remote = opts.remote(target)?;
     let reg = target.registry().to_owned();
     let name = target.to_string();
-    // Push needs both scopes: blob existence checks are pull requests.
-    for op in [RegistryOperation::Push, RegistryOperation::Pull] {
+    if let Remote::Oci { client, auth } = &remote {
+        // Push needs both scopes: blob existence checks are pull requests.
+        for op in [RegistryOperation::Push, RegistryOperation::Pull] {
+            client
+                .auth(target.inner(), auth, op)
+                .await
+                .map_err(|e| classify(&reg, &name, e))?;
+        }
         client
-            .auth(target.inner(), &auth, op)
-            .await
-            .map_err(|e| classify(&reg, &name, e))?;
+            .store_auth_if_needed(target.inner().resolve_registry(), auth)
+            .await;
     }
-    client
-        .store_auth_if_needed(target.inner().resolve_registry(), &auth)
-        .await;
     let repo = format!("{}/{}", target.registry(), target.repository());
     let mut blobs = image.manifest.layers.clone();
     blobs.push(image.manifest.config.clone());
     futures::stream::iter(blobs)
         .map(|desc| {
-            let client = &client;
+            let remote = &remote;
             let progress = progress.clone();
             let reg = reg.clone();
-            let name = name.clone();
             let repo = repo.clone();
             async move {
                 let d = Digest::parse(&desc.digest).map_err(|e| RegistryError::Protocol {
                     registry: reg.clone(),
                     why: e.to_string(),
                 })?;
-                if client
-                    .blob_exists(target.inner(), &desc.digest)
-                    .await
-                    .map_err(|e| classify(&reg, &name, e))?
-                {
+                if remote.blob_exists(target, &desc.digest).await? {
                     progress(Progress::Exists {
                         digest: desc.digest.clone(),
                         how: "layer already exists",
@@ -746,15 +749,7 @@ async fn push_inner(
                     }
                     let from = ImageRef::parse(&format!("{src}:latest")).ok();
                     if let Some(from) = from {
-                        if client
-                            .mount_blob(target.inner(), from.inner(), &desc.digest)
-                            .await
-                            .is_ok()
-                            && client
-                                .blob_exists(target.inner(), &desc.digest)
-                                .await
-                                .unwrap_or(false)
-                        {
+                        if remote.mount(target, &from, &desc.digest).await {
                             progress(Progress::Exists {
                                 digest: desc.digest.clone(),
                                 how: "mounted from another repository",
@@ -769,10 +764,7 @@ async fn push_inner(
                     size: desc.size,
                 });
                 let data = store.read_blob(&d)?;
-                client
-                    .push_blob(target.inner(), data, &desc.digest)
-                    .await
-                    .map_err(|e| classify(&reg, &name, e))?;
+                remote.push_blob(target, data, &desc.digest).await?;
                 store.add_source(&d, &repo)?;
                 progress(Progress::Done {
                     digest: desc.digest.clone(),
@@ -794,14 +786,7 @@ async fn push_inner(
         .media_type
         .clone()
         .unwrap_or_else(|| crate::types::OCI_MANIFEST.to_owned());
-    let ct = media.parse().map_err(|_| RegistryError::Protocol {
-        registry: reg.clone(),
-        why: format!("bad media type {media}"),
-    })?;
-    client
-        .push_manifest_raw(target.inner(), raw, ct)
-        .await
-        .map_err(|e| classify(&reg, &name, e))?;
+    remote.push_manifest(target, raw, &media).await?;
     store.add_image(&manifest_digest, Some(target))?;
     Ok(manifest_digest.to_string())
 }

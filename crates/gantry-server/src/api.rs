@@ -61,7 +61,9 @@ impl From<StoreError> for Fail {
                 | Rejected::NoSuchTask(_)
                 | Rejected::NoSuchCert(_)
                 | Rejected::NoSuchNetwork(_)
-                | Rejected::NoSuchFile(..),
+                | Rejected::NoSuchFile(..)
+                | Rejected::NoSuchImage(_)
+                | Rejected::NoSuchRegistryUser(_),
             ) => Fail(StatusCode::NOT_FOUND, e.to_string()),
             StoreError::Rejected(_) => Fail(StatusCode::CONFLICT, e.to_string()),
             StoreError::Unavailable(_) => Fail(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
@@ -194,16 +196,27 @@ pub(crate) async fn serve(sh: Arc<Shared>, listener: TcpListener, tls: Arc<rustl
                     .and_then(|c| gantry_pki::peer_identity(c.as_ref())),
             );
             let anonymous = peer.0.is_none();
+            let authed = crate::registry::Authed::default();
             let svc = hyper_util::service::TowerToHyperService::new(
                 app.layer(Extension(peer))
-                    .layer(Extension(Client(from.ip()))),
+                    .layer(Extension(Client(from.ip())))
+                    .layer(Extension(authed.clone())),
             );
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
             if anonymous {
-                let _ = tokio::time::timeout(ANONYMOUS_TIMEOUT, conn).await;
+                // Unless a request on it carried a registry user's
+                // password: then as long as its uploads take.
+                tokio::pin!(conn);
+                if tokio::time::timeout(ANONYMOUS_TIMEOUT, conn.as_mut())
+                    .await
+                    .is_err()
+                    && authed.0.load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    let _ = conn.await;
+                }
             } else {
                 let _ = conn.await;
             }
@@ -306,6 +319,17 @@ fn router(sh: Arc<Shared>) -> Router {
             "/v1/configs/{name}",
             get(files::inspect::<files::Configs>).delete(files::rm::<files::Configs>),
         )
+        .route("/v1/registry", get(crate::registry::users::repos))
+        .route(
+            "/v1/registry/users",
+            get(crate::registry::users::ls).post(crate::registry::users::create),
+        )
+        .route(
+            "/v1/registry/users/{name}",
+            axum::routing::delete(crate::registry::users::rm),
+        )
+        .route("/v2/", axum::routing::any(crate::registry::serve))
+        .route("/v2/{*rest}", axum::routing::any(crate::registry::serve))
         .layer(axum::middleware::from_fn_with_state(
             sh.clone(),
             crate::forward::route,

@@ -134,7 +134,11 @@ async fn dispatch(sh: &Arc<Shared>, mut req: Request, next: Next) -> Response {
         }
     }
     let path = req.uri().path().to_owned();
-    if local(&path) {
+    // The registry's blobs and uploads live on the manager the client
+    // reached; its manifest writes are state, and go to the leader.
+    if local(&path)
+        || (path.starts_with("/v2/") && !crate::registry::is_state_write(req.method(), &path))
+    {
         return next.run(req).await;
     }
     let read = req.method() == Method::GET;

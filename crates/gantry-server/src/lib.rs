@@ -28,6 +28,7 @@ mod metrics;
 mod networks;
 mod nodes;
 mod orchestrate;
+mod registry;
 mod services;
 mod setup;
 mod stacks;
@@ -247,6 +248,10 @@ pub(crate) struct Shared {
     pub(crate) swept: Mutex<Instant>,
     /// Failed joins by client address.
     pub(crate) joins: limits::JoinLimiter,
+    /// The registry's blobs on this manager's disk.
+    pub(crate) blobs: registry::Blobs,
+    /// Fetches the blobs this manager lacks from the others.
+    pub(crate) fetcher: registry::Fetcher,
 }
 
 fn now_ms() -> u64 {
@@ -337,6 +342,12 @@ impl Shared {
                 cmds,
                 events,
             } => {
+                if cmds
+                    .iter()
+                    .any(|c| matches!(c, Command::PutManifest { .. }))
+                {
+                    self.fetcher.kick.notify_one();
+                }
                 self.events.publish(events);
                 self.dirty
                     .lock()
@@ -345,6 +356,7 @@ impl Shared {
                 self.changed.send_replace(index);
             }
             Change::Replaced { index } => {
+                self.fetcher.kick.notify_one();
                 self.dirty.lock().expect("dirty lock").all = true;
                 self.changed.send_replace(index);
             }
@@ -389,6 +401,16 @@ impl Shared {
     /// Reads the state without copying it.
     pub(crate) fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
         off_the_workers(|| f(self.store.lock().expect("store lock").state()))
+    }
+
+    /// The other managers' addresses.
+    pub(crate) fn other_managers(&self) -> Vec<String> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        m.membership()
+            .nodes()
+            .filter(|(id, _)| **id != self.me)
+            .map(|(_, n)| n.addr.clone())
+            .collect()
     }
 
     pub(crate) fn meta(&self, key: &str) -> Option<String> {
@@ -536,6 +558,8 @@ impl Manager {
         )
         .await
         .map_err(|e| ServerError::Group(e.to_string()))?;
+        let blobs = registry::Blobs::open(&dir)
+            .map_err(|e| ServerError::Io(format!("registry in {}", dir.display()), e))?;
         let index = store.lock().expect("store lock").index();
         let (changed, _) = watch::channel(index);
         let shared = Arc::new(Shared {
@@ -572,6 +596,8 @@ impl Manager {
                 ..Default::default()
             }),
             joins: limits::JoinLimiter::default(),
+            blobs,
+            fetcher: registry::Fetcher::default(),
         });
         let weak = Arc::downgrade(&shared);
         shared
@@ -623,6 +649,7 @@ impl Manager {
             tokio::spawn(orchestrate::run(shared.clone())),
             tokio::spawn(assign::run(shared.clone())),
             tokio::spawn(acme::run(shared.clone())),
+            tokio::spawn(registry::run(shared.clone())),
         ]);
         tracing::info!(%addr, member = me, "manager listening");
         Ok(Self {

@@ -231,6 +231,42 @@ fn of(before: &State, after: &State, cmds: &[Command]) -> Vec<EventRecord> {
             }
             Command::RemoveSecret { name } => out.push(event("secret", "remove", name, &[])),
             Command::RemoveConfig { name } => out.push(event("config", "remove", name, &[])),
+            Command::PutManifest {
+                repo, digest, tag, ..
+            } if !before.registry.get(repo).is_some_and(|r| {
+                tag.as_ref().map_or(r.manifests.contains_key(digest), |t| {
+                    r.tags.get(t) == Some(digest)
+                })
+            }) =>
+            {
+                let id = match tag {
+                    Some(t) => format!("{repo}:{t}"),
+                    None => format!("{repo}@{digest}"),
+                };
+                out.push(event("image", "push", &id, &[("digest", digest.clone())]))
+            }
+            Command::RemoveManifest { repo, digest } => out.push(event(
+                "image",
+                "delete",
+                &format!("{repo}@{digest}"),
+                &[("digest", digest.clone())],
+            )),
+            Command::RemoveTag { repo, tag } => {
+                out.push(event("image", "untag", &format!("{repo}:{tag}"), &[]))
+            }
+            Command::PutRegistryUser(u) => out.push(event(
+                "registry_user",
+                if before.registry_users.contains_key(&u.name) {
+                    "update"
+                } else {
+                    "create"
+                },
+                &u.name,
+                &[("push", u.push.to_string())],
+            )),
+            Command::RemoveRegistryUser { name } => {
+                out.push(event("registry_user", "remove", name, &[]))
+            }
             _ => {}
         }
     }

@@ -12,10 +12,12 @@ use gantry_spec::Service;
 
 mod events;
 mod records;
+mod registry;
 mod secrets;
 
 pub use events::{EventRecord, EVENTS_KEPT};
 pub use records::*;
+pub use registry::{BlobRef, ManifestRecord, RegistryUser, RepoRecord, MANIFEST_LIMIT};
 pub use secrets::{ConfigRecord, ConfigValue, FileKind, FileMeta, SecretRecord};
 
 /// A change to the cluster state.
@@ -145,6 +147,40 @@ pub enum Command {
         /// [`ChallengeRecord::key`].
         key: String,
     },
+    /// Put a manifest in a repository of the cluster's registry, and
+    /// point a tag at it.
+    PutManifest {
+        /// The repository.
+        repo: String,
+        /// The manifest's digest.
+        digest: String,
+        /// The manifest.
+        manifest: ManifestRecord,
+        /// The tag to point at it, if pushed by tag.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tag: Option<String>,
+    },
+    /// Delete a manifest and the tags that name it.
+    RemoveManifest {
+        /// The repository.
+        repo: String,
+        /// The manifest's digest.
+        digest: String,
+    },
+    /// Delete a tag (not its manifest).
+    RemoveTag {
+        /// The repository.
+        repo: String,
+        /// The tag.
+        tag: String,
+    },
+    /// Add a registry user, or give one a new password or access.
+    PutRegistryUser(RegistryUser),
+    /// Remove a registry user.
+    RemoveRegistryUser {
+        /// The user.
+        name: String,
+    },
     /// A piece of cluster metadata (join token hash, CA certificate, ...).
     SetMeta {
         /// The key.
@@ -201,6 +237,15 @@ pub enum Rejected {
     /// The service has no previous version.
     #[error("service {0} has no previous version to roll back to")]
     NothingToRollBack(String),
+    /// The image (repository, tag or manifest) is not in the registry.
+    #[error("no such image in the cluster's registry: {0}")]
+    NoSuchImage(String),
+    /// The registry user does not exist.
+    #[error("no such registry user: {0}")]
+    NoSuchRegistryUser(String),
+    /// A value the state does not take.
+    #[error("{0}")]
+    Invalid(String),
     /// The task names a node that does not exist.
     #[error("task {task} names unknown node {node}")]
     UnknownNode {
@@ -240,6 +285,12 @@ pub struct State {
     /// Configs by name.
     #[serde(default)]
     pub configs: BTreeMap<String, ConfigRecord>,
+    /// The repositories of the cluster's registry, by name.
+    #[serde(default)]
+    pub registry: BTreeMap<String, RepoRecord>,
+    /// Its password users, by name.
+    #[serde(default)]
+    pub registry_users: BTreeMap<String, RegistryUser>,
     /// The last events, oldest first (see [`State::record_events`]).
     #[serde(default)]
     pub events: std::collections::VecDeque<EventRecord>,
@@ -265,6 +316,8 @@ enum Key {
     Network(String),
     Secret(String),
     Config(String),
+    Repo(String),
+    RegistryUser(String),
 }
 
 /// The entries a batch of commands can change, as they were before it:
@@ -385,6 +438,11 @@ impl State {
             Command::RemoveConfig { name } => vec![Key::Config(name.clone())],
             Command::PutChallenge(c) => vec![Key::Challenge(c.key())],
             Command::RemoveChallenge { key } => vec![Key::Challenge(key.clone())],
+            Command::PutManifest { repo, .. }
+            | Command::RemoveManifest { repo, .. }
+            | Command::RemoveTag { repo, .. } => vec![Key::Repo(repo.clone())],
+            Command::PutRegistryUser(u) => vec![Key::RegistryUser(u.name.clone())],
+            Command::RemoveRegistryUser { name } => vec![Key::RegistryUser(name.clone())],
         }
     }
 
@@ -413,6 +471,10 @@ impl State {
                     Key::Network(id) => copy_entry(&mut st.networks, &self.networks, id),
                     Key::Secret(id) => copy_entry(&mut st.secrets, &self.secrets, id),
                     Key::Config(id) => copy_entry(&mut st.configs, &self.configs, id),
+                    Key::Repo(id) => copy_entry(&mut st.registry, &self.registry, id),
+                    Key::RegistryUser(id) => {
+                        copy_entry(&mut st.registry_users, &self.registry_users, id)
+                    }
                 }
                 b.keys.push(k);
             }
@@ -440,6 +502,10 @@ impl State {
                 Key::Network(id) => copy_entry(&mut self.networks, &b.networks, id),
                 Key::Secret(id) => copy_entry(&mut self.secrets, &b.secrets, id),
                 Key::Config(id) => copy_entry(&mut self.configs, &b.configs, id),
+                Key::Repo(id) => copy_entry(&mut self.registry, &b.registry, id),
+                Key::RegistryUser(id) => {
+                    copy_entry(&mut self.registry_users, &b.registry_users, id)
+                }
             }
         }
     }
@@ -474,6 +540,32 @@ impl State {
                 None => self.check_files(spec),
             },
             Command::PutSecret(_) | Command::PutConfig(_) => Ok(()),
+            Command::PutManifest {
+                repo,
+                digest,
+                manifest,
+                ..
+            } => self.check_put_manifest(repo, digest, manifest),
+            Command::RemoveManifest { repo, digest } => self.check_remove_manifest(repo, digest),
+            Command::RemoveTag { repo, tag } => {
+                if self
+                    .registry
+                    .get(repo)
+                    .is_some_and(|r| r.tags.contains_key(tag))
+                {
+                    Ok(())
+                } else {
+                    Err(Rejected::NoSuchImage(format!("{repo}:{tag}")))
+                }
+            }
+            Command::PutRegistryUser(_) => Ok(()),
+            Command::RemoveRegistryUser { name } => {
+                if self.registry_users.contains_key(name) {
+                    Ok(())
+                } else {
+                    Err(Rejected::NoSuchRegistryUser(name.clone()))
+                }
+            }
             Command::RemoveSecret { name } => self.check_remove_file(FileKind::Secret, name),
             Command::RemoveConfig { name } => self.check_remove_file(FileKind::Config, name),
             Command::PutNetwork(_) => Ok(()),
@@ -706,6 +798,24 @@ impl State {
             }
             Command::RemoveChallenge { key } => {
                 self.challenges.remove(&key);
+            }
+            Command::PutManifest {
+                repo,
+                digest,
+                manifest,
+                tag,
+            } => self.put_manifest(repo, digest, manifest, tag),
+            Command::RemoveManifest { repo, digest } => self.remove_manifest(&repo, &digest),
+            Command::RemoveTag { repo, tag } => {
+                if let Some(r) = self.registry.get_mut(&repo) {
+                    r.tags.remove(&tag);
+                }
+            }
+            Command::PutRegistryUser(u) => {
+                self.registry_users.insert(u.name.clone(), u);
+            }
+            Command::RemoveRegistryUser { name } => {
+                self.registry_users.remove(&name);
             }
         }
         Ok(())

@@ -184,6 +184,9 @@ enum Cmd {
     /// Configs: files services' tasks see.
     #[command(subcommand)]
     Config(cluster::FileCmd),
+    /// The cluster's own registry (every manager serves it on its port).
+    #[command(subcommand)]
+    Registry(cluster::RegistryCmd),
     /// Give a locked manager (server --autolock) its unlock key, from
     /// standard input.
     Unlock,
@@ -269,6 +272,7 @@ fn main() -> ExitCode {
         registry: gantry_image::RegistryOptions {
             insecure: cli.insecure_registries.clone(),
             credentials: None,
+            cluster: cluster::registry_tunnel(cli.config_dir.as_deref(), cli.host.as_deref()),
         },
     };
     match dispatch(&ctx, cli.cmd) {
@@ -354,6 +358,7 @@ fn dispatch_cmd(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<u8> {
         Cmd::Network(c) => cluster::network(ctx, c),
         Cmd::Secret(c) => cluster::file(ctx, cluster::FileKind::Secret, c),
         Cmd::Config(c) => cluster::file(ctx, cluster::FileKind::Config, c),
+        Cmd::Registry(c) => cluster::registry(ctx, c),
         Cmd::Unlock => cluster::unlock(ctx),
         Cmd::UnlockKey { rotate, quiet } => cluster::unlock_key(ctx, rotate, quiet),
     }

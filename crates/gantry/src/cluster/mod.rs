@@ -19,6 +19,7 @@ mod events;
 mod files;
 mod networks;
 mod nodes;
+mod registry;
 mod services;
 
 pub(crate) use ca::{ca, CaCmd};
@@ -28,6 +29,7 @@ pub(crate) use events::{events, time_arg, EventsArgs};
 pub(crate) use files::{file, unlock, unlock_key, FileCmd, Kind as FileKind};
 pub(crate) use networks::{network, NetworkCmd};
 pub(crate) use nodes::{join_token, manager, node, ManagerCmd, NodeCmd};
+pub(crate) use registry::{registry, registry_tunnel, RegistryCmd};
 pub(crate) use services::{deploy, service, stack, ClusterStackCmd, DeployArgs, ServiceCmd};
 
 fn kv(s: &str) -> anyhow::Result<(String, String)> {
