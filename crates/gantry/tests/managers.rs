@@ -1211,3 +1211,66 @@ fn a_worker_fails_over_while_the_managers_change_leader() {
         );
     }
 }
+
+/// The registry's blobs on every manager's disk (file names).
+fn registry_blobs(data: &std::path::Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(data.join("manager/registry/blobs/sha256"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// An image pushed to a follower reaches every manager's disk (the
+/// leader fetches the blobs to accept the manifest, the third by its
+/// loop), and nodes still pull it once the manager it was pushed to is
+/// gone.
+#[test]
+fn registry_images_pushed_to_one_manager_are_on_all_and_survive_it() {
+    let Some(cl) = three_hosts("registry_images_pushed_to_one_manager") else {
+        return;
+    };
+    let mut extras = join_two(&cl);
+    let follower = format!("{}:{}", cl.lan.hosts[1].addr, cl.port);
+    let image = format!("{follower}/shop/bb:1");
+    cl.g.ok(&["tag", &cl.image, &image]);
+    let o =
+        cl.g.cmd_on(&cl.lan.hosts[0])
+            .env("GANTRY_CONFIG_DIR", cl.cfg.path())
+            .args(["-H", &follower, "push", "-q", &image])
+            .output()
+            .unwrap();
+    assert!(o.status.success(), "push: {}", errtext(&o));
+    let on_follower = registry_blobs(extras[0].data.path());
+    assert!(on_follower.len() >= 2, "config and layer: {on_follower:?}");
+    wait_for(
+        "the blobs on all three managers",
+        Duration::from_secs(30),
+        || {
+            let all = [
+                registry_blobs(cl.g.data.path()),
+                registry_blobs(extras[1].data.path()),
+            ];
+            if all.iter().all(|b| on_follower.is_subset(b)) {
+                Ok(())
+            } else {
+                Err(format!("{all:?} vs {on_follower:?}"))
+            }
+        },
+    );
+    // The manager it was pushed to dies; every node pulls it from the
+    // others (each agent's first pull of it).
+    kill(&mut extras[0]);
+    let stack = cl.g.data.path().join("registry-ha.yml");
+    std::fs::write(
+        &stack,
+        format!(
+            "services:\n  app:\n    image: {image}\n    command: [sleep, '100000']\n    stop_grace_period: 1s\n    deploy:\n      mode: global\n"
+        ),
+    )
+    .unwrap();
+    let o = cl.admin(&["deploy", "-d", "-f", stack.to_str().unwrap(), "reg"]);
+    assert!(o.status.success(), "{}", errtext(&o));
+    cl.wait_total("reg_app", 3, Duration::from_secs(90));
+}
