@@ -545,6 +545,43 @@ impl Client {
         Ok(())
     }
 
+    /// `POST path` with `body` (sent once, to the manager the client
+    /// talks to, with no time limit: a build), its answer read as lines:
+    /// `f` gets the complete lines of each chunk, and returns false to
+    /// stop.
+    pub async fn post_lines(
+        &self,
+        path: &str,
+        headers: reqwest::header::HeaderMap,
+        body: reqwest::Body,
+        mut f: impl FnMut(&[u8]) -> bool,
+    ) -> Result<(), ApiError> {
+        let t = self.targets.lock().expect("targets lock")[0].clone();
+        let resp = t
+            .upload
+            .post(t.url(path))
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| t.unreachable(e))?;
+        self.learn(&resp);
+        let mut resp = self.check(resp).await?;
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| t.unreachable(e))? {
+            buf.extend_from_slice(&chunk);
+            let Some(end) = buf.iter().rposition(|b| *b == b'\n') else {
+                continue;
+            };
+            let go_on = f(&buf[..=end]);
+            buf.drain(..=end);
+            if !go_on {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
     /// A request to the cluster's registry (`/v2/...`), sent to the
     /// managers in turn until one is reached; the answer whatever its
     /// status, its body unread (and read with a 6 s limit between reads).

@@ -900,3 +900,25 @@ pub struct RepoView {
     /// The newest push (RFC 3339).
     pub pushed: String,
 }
+
+/// A line of `POST /v1/builds`'s answer: the build's output as it comes,
+/// then how it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildEvent {
+    /// A line of the builder's output.
+    Line(String),
+    /// Built and pushed: the image by digest in the cluster's registry.
+    Done {
+        /// `MANAGER/REPOSITORY@sha256:...`.
+        image: String,
+    },
+    /// The build failed; nothing was pushed.
+    Failed {
+        /// Why.
+        message: String,
+    },
+}
+
+/// The header that carries a build secret: `ID=BASE64`.
+pub const BUILD_SECRET_HEADER: &str = "x-gantry-build-secret";

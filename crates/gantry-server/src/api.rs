@@ -320,6 +320,7 @@ fn router(sh: Arc<Shared>) -> Router {
             get(files::inspect::<files::Configs>).delete(files::rm::<files::Configs>),
         )
         .route("/v1/registry", get(crate::registry::users::repos))
+        .route("/v1/builds", post(crate::builds::build))
         .route(
             "/v1/registry/users",
             get(crate::registry::users::ls).post(crate::registry::users::create),

@@ -29,13 +29,15 @@ const CLIENT: HeaderName = HeaderName::from_static("x-gantry-client");
 const STALE: HeaderName = HeaderName::from_static(gantry_api::STALE_HEADER);
 
 /// Routes every manager serves itself: the CA, Raft's calls, and what
-/// belongs to one manager (its data key's lock, its backup file).
+/// belongs to one manager (its data key's lock, its backup file, the
+/// builds sent to it).
 fn local(path: &str) -> bool {
     path == "/v1/ca"
         || path.starts_with("/v1/raft/")
         || path == "/v1/unlock"
         || path == "/v1/unlock-key/rotate"
         || path == "/v1/backup"
+        || path == "/v1/builds"
 }
 
 /// Streams whose answers are not state at one index (no quorum check).

@@ -14,6 +14,7 @@ pub use acme::{AcmeConfig, LETS_ENCRYPT};
 mod api;
 mod assign;
 mod backup;
+mod builds;
 mod ca;
 pub use backup::{restore, Backup};
 mod edge;
@@ -96,6 +97,9 @@ pub struct ServerConfig {
     /// How long node and manager certificates are valid (none: as
     /// recorded, else 90 days); they are renewed when a third is left.
     pub cert_expiry: Option<Duration>,
+    /// Registries the builds on this manager reach over plain HTTP
+    /// (`--insecure-registry`).
+    pub insecure_registries: Vec<String>,
 }
 
 /// Metadata key of the overlay's VXLAN network id.
@@ -252,6 +256,9 @@ pub(crate) struct Shared {
     pub(crate) blobs: registry::Blobs,
     /// Fetches the blobs this manager lacks from the others.
     pub(crate) fetcher: registry::Fetcher,
+    /// The address nodes and clients reach this manager at (`HOST:PORT`,
+    /// and so the name of the cluster's registry on it).
+    pub(crate) reach: String,
 }
 
 fn now_ms() -> u64 {
@@ -598,6 +605,7 @@ impl Manager {
             joins: limits::JoinLimiter::default(),
             blobs,
             fetcher: registry::Fetcher::default(),
+            reach: reach.clone(),
         });
         let weak = Arc::downgrade(&shared);
         shared
@@ -726,6 +734,7 @@ mod tests {
 
     fn config(dir: &std::path::Path) -> ServerConfig {
         ServerConfig {
+            insecure_registries: Vec::new(),
             data_dir: dir.to_owned(),
             listen: "127.0.0.1:0".parse().unwrap(),
             advertise: String::new(),

@@ -11,6 +11,7 @@
 //! references between services) with its position. [`Stack::to_yaml`] is
 //! what `gantry stack config` prints.
 
+mod build;
 pub mod check;
 mod compat;
 mod confine;
@@ -28,6 +29,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
+pub use build::Build;
 pub use files::{FileDecl, FileSource};
 pub use interpolate::{expand, parse_env_file, MAX_FILE};
 pub use keys::{support_table, Class};
@@ -72,6 +74,9 @@ pub struct Stack {
     pub configs: BTreeMap<String, FileDecl>,
     /// Service names in an order that honours depends_on.
     pub start_order: Vec<String>,
+    /// What `gantry deploy` builds, by service.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub builds: BTreeMap<String, Build>,
 }
 
 impl Stack {
@@ -396,12 +401,20 @@ pub fn parse(
         }
     }
     let mut services = BTreeMap::new();
+    let mut builds = BTreeMap::new();
     let mut deps_at = BTreeMap::new();
     let mut links = Vec::new();
     for (name, mut s) in raw_services {
         check::service_name(&name).map_err(|e| ctx.nowhere(e))?;
         if let Some(l) = s.links.take() {
             links.push((name.clone(), l));
+        }
+        if let Some(b) = s.build.clone() {
+            let lookup = |k: &str| env.get(k).cloned();
+            builds.insert(
+                name.clone(),
+                build::build(&ctx, &name, b, &secrets, paths, &lookup)?,
+            );
         }
         let uses_secrets = s
             .secrets
@@ -447,6 +460,7 @@ pub fn parse(
             secrets,
             configs,
             start_order,
+            builds,
         },
         warnings,
     })

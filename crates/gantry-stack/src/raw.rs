@@ -171,6 +171,7 @@ pub(crate) struct LongFileUse {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct Service {
     pub(crate) image: Option<Spanned<String>>,
+    pub(crate) build: Option<Spanned<crate::build::RawBuild>>,
     pub(crate) command: Option<Spanned<StringOrList>>,
     pub(crate) entrypoint: Option<Spanned<StringOrList>>,
     pub(crate) environment: Option<ListOrDict>,

@@ -328,11 +328,33 @@ fn service(s: &Service) -> Value {
 }
 
 /// The stack as a compose document.
+/// A `build:` in its long form.
+fn build(b: &crate::Build) -> Value {
+    let mut o = Map::new();
+    o.insert("context".into(), json!(b.context));
+    put(&mut o, "dockerfile", json!(b.dockerfile));
+    put(&mut o, "args", json!(b.args));
+    put(&mut o, "target", json!(b.target));
+    put(
+        &mut o,
+        "secrets",
+        json!(b.secrets.keys().collect::<Vec<_>>()),
+    );
+    put(&mut o, "no_cache", json!(b.no_cache));
+    Value::Object(o)
+}
+
 pub(crate) fn compose(stack: &Stack) -> Value {
     let services: Map<String, Value> = stack
         .services
         .iter()
-        .map(|(n, s)| (n.clone(), service(s)))
+        .map(|(n, s)| {
+            let mut v = service(s);
+            if let (Some(b), Value::Object(o)) = (stack.builds.get(n), &mut v) {
+                o.insert("build".into(), build(b));
+            }
+            (n.clone(), v)
+        })
         .collect();
     let volumes: Map<String, Value> = stack
         .volumes

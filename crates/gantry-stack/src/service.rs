@@ -34,9 +34,11 @@ pub(crate) fn service(
             i.value
         }
         Some(i) => return ctx.err(&i.referenced, format!("service {name}: image is empty")),
+        // Built by the deploy, which names the image it pushed.
+        None if s.build.is_some() => name.to_owned(),
         None => {
             return Err(ctx.nowhere(format!(
-                "service {name} has no image (a stack deploys images; build is not supported)"
+                "service {name} has no image (give image, or build to build one)"
             )))
         }
     };

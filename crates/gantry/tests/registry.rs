@@ -582,3 +582,100 @@ fn the_cluster_registry_serves_gantry_skopeo_and_docker_as_the_spec_says() {
     let a = http.call("GET", "/v2/", Some(&ci), &[], None);
     assert_eq!(a.status, 401);
 }
+
+/// A stack with `build:` on three simulated hosts and no registry of its
+/// own: the manager builds it (context after .dockerignore, build args),
+/// pushes it to the cluster's registry, and every node runs it by
+/// digest; a build that fails deploys nothing and the running version
+/// stays.
+#[test]
+fn a_stack_with_build_deploys_from_the_cluster_registry_and_a_failed_build_changes_nothing() {
+    let Some(mut cl) = Cluster::new("a_stack_with_build_deploys", 3) else {
+        return;
+    };
+    for i in 0..3 {
+        cl.start_agent(i);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app");
+    std::fs::create_dir_all(app.join("src")).unwrap();
+    std::fs::write(app.join("src/msg.txt"), "built on the cluster\n").unwrap();
+    std::fs::write(app.join("secret.txt"), "never sent\n").unwrap();
+    std::fs::write(app.join(".dockerignore"), "secret.txt\n").unwrap();
+    let dockerfile = |extra: &str| {
+        format!(
+            "FROM {}\nARG GREETING\nCOPY . /ctx\nRUN test ! -e /ctx/secret.txt && echo \"$GREETING\" > /greeting\n{extra}CMD [\"sleep\", \"100000\"]\n",
+            cl.image
+        )
+    };
+    std::fs::write(app.join("Dockerfile"), dockerfile("")).unwrap();
+    let stack = dir.path().join("stack.yml");
+    std::fs::write(
+        &stack,
+        "services:\n  web:\n    build:\n      context: ./app\n      args:\n        GREETING: hello-from-build\n    image: shop/web:1\n    stop_grace_period: 1s\n    deploy:\n      mode: global\n",
+    )
+    .unwrap();
+    let o = cl.admin(&["deploy", "-d", "-f", stack.to_str().unwrap(), "shop"]);
+    assert!(
+        o.status.success(),
+        "{}{}\n{}",
+        text(&o),
+        errtext(&o),
+        cl.tail("manager.log")
+    );
+    assert!(
+        errtext(&o).contains("[web] "),
+        "the build's output streams: {}",
+        errtext(&o)
+    );
+    cl.wait_total("shop_web", 3, Duration::from_secs(90));
+    let services = cl.json(&["service", "ls", "--format", "json"]);
+    let image = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "shop_web")
+        .map(|s| s["image"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    assert!(
+        image.starts_with(&format!("{}/shop/web@sha256:", cl.manager_addr())),
+        "deployed by digest from the cluster's registry: {image} ({services})"
+    );
+    let repos = cl.json(&["registry", "ls", "--format", "json"]);
+    assert_eq!(repos[0]["name"], "shop/web", "{repos}");
+    // The build's output is in the image every node runs.
+    let c = cl.container_of(0, "shop_web");
+    let o = cl.on_agent(0, &["exec", &c, "cat", "/greeting", "/ctx/src/msg.txt"]);
+    assert!(
+        text(&o).contains("hello-from-build"),
+        "{}{}",
+        text(&o),
+        errtext(&o)
+    );
+    assert!(text(&o).contains("built on the cluster"), "{}", text(&o));
+    let before = cl.containers(0);
+
+    // A build that fails: nothing is deployed, the service keeps its
+    // image and its tasks.
+    std::fs::write(
+        app.join("Dockerfile"),
+        dockerfile("RUN echo about to fail && exit 3\n"),
+    )
+    .unwrap();
+    let o = cl.admin(&["deploy", "-d", "-f", stack.to_str().unwrap(), "shop"]);
+    assert!(!o.status.success(), "a failed build deployed: {}", text(&o));
+    let err = errtext(&o);
+    assert!(err.contains("nothing was deployed"), "{err}");
+    assert!(err.contains("about to fail"), "its output streamed: {err}");
+    let services = cl.json(&["service", "ls", "--format", "json"]);
+    let now = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "shop_web")
+        .map(|s| s["image"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    assert_eq!(now, image);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(cl.containers(0), before, "the running tasks stayed");
+}

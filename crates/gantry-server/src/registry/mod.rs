@@ -136,6 +136,26 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A repository name as the distribution spec allows it.
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
+    if route::name_ok(name) {
+        Ok(())
+    } else {
+        Err(format!("invalid repository name {name:?}: lower-case letters, digits and . _ __ - separators, / between parts"))
+    }
+}
+
+/// A tag as the distribution spec allows it.
+pub(crate) fn check_tag(tag: &str) -> Result<(), String> {
+    if route::tag_ok(tag) {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid tag {tag:?}: letters, digits and . _ -, at most 128"
+        ))
+    }
+}
+
 /// Whether a request to `path` changes the state (and so goes to the
 /// leader, as every write): manifest and tag writes. Blob uploads stay
 /// with the manager the client reached.

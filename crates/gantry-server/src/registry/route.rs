@@ -128,7 +128,7 @@ pub(crate) fn check_digest(d: &str) -> Result<(), BadPath> {
 }
 
 /// `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
-fn tag_ok(t: &str) -> bool {
+pub(crate) fn tag_ok(t: &str) -> bool {
     let b = t.as_bytes();
     !b.is_empty()
         && b.len() <= 128
@@ -139,7 +139,7 @@ fn tag_ok(t: &str) -> bool {
 
 /// Path components of `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*` joined by `/`,
 /// at most 255 characters in all.
-fn name_ok(name: &str) -> bool {
+pub(crate) fn name_ok(name: &str) -> bool {
     if name.is_empty() || name.len() > 255 {
         return false;
     }

@@ -327,6 +327,7 @@ pub(crate) fn server(ctx: &Ctx, a: ServerArgs) -> anyhow::Result<u8> {
         .map(|l| kv(l))
         .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
     let cfg = gantry_server::ServerConfig {
+        insecure_registries: ctx.registry.insecure.clone(),
         data_dir: ctx.data_dir.clone(),
         listen: a.listen,
         advertise: a.advertise.clone().unwrap_or_default(),

@@ -12,6 +12,7 @@ use gantry_api::{AdminConfig, Client, NodeView, ServiceView};
 
 use crate::Ctx;
 
+mod build;
 mod ca;
 mod certs;
 mod daemons;

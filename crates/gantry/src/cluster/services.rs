@@ -175,6 +175,9 @@ pub(crate) fn deploy(ctx: &Ctx, a: DeployArgs) -> anyhow::Result<u8> {
     )
     .map_err(|e| anyhow::anyhow!(e))?;
     let c = client(ctx)?;
+    // Services with build: are built and pushed first; a failed build
+    // stops here, before anything is deployed.
+    super::build::build_all(&c, &a.stack, &mut stack, &env)?;
     let r: DeployResponse = call(c.post(
         &format!("/v1/stacks/{}", a.stack),
         &DeployRequest {

@@ -114,6 +114,9 @@ impl Cluster {
             .command(env!("CARGO_BIN_EXE_gantry"))
             .args(["--data-dir"])
             .arg(self.g.data.path())
+            // Builds on the manager pull their bases from the test's
+            // registry.
+            .args(["--insecure-registry", &self.reg.addr])
             .args([
                 "server",
                 "--listen",

@@ -1,0 +1,164 @@
+//! A service's `build:` (pure): what `gantry deploy` builds on the
+//! cluster before it deploys. The short form is the context; the long
+//! form's `context`, `dockerfile`, `args`, `target`, `secrets` and
+//! `no_cache` are honoured; `keys.rs` classes the others.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use serde_saphyr::Spanned;
+
+use crate::files::{FileDecl, FileSource};
+use crate::raw::{self, ListOrDict};
+use crate::{Ctx, ParseOptions, StackError};
+
+/// What to build for a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Build {
+    /// The context directory, absolute.
+    pub context: PathBuf,
+    /// The Dockerfile, relative to the context (none: `Dockerfile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerfile: Option<String>,
+    /// `--build-arg`s.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub args: BTreeMap<String, String>,
+    /// The stage to build (`--target`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Secrets its `RUN --mount=type=secret,id=ID` steps read: the id (the
+    /// key of a top-level secret) and where its value comes from.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, FileSource>,
+    /// Build every step again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_cache: bool,
+}
+
+/// `build:` as written: a context, or the long form.
+#[derive(Debug, Clone)]
+pub(crate) enum RawBuild {
+    Context(String),
+    Long(LongBuild),
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct LongBuild {
+    pub(crate) context: Option<String>,
+    pub(crate) dockerfile: Option<String>,
+    pub(crate) args: Option<ListOrDict>,
+    pub(crate) target: Option<String>,
+    pub(crate) secrets: Option<Vec<raw::FileUse>>,
+    pub(crate) no_cache: Option<bool>,
+}
+
+impl<'de> Deserialize<'de> for RawBuild {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{self, MapAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawBuild;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a context path, or a mapping with context, dockerfile, args...")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawBuild, E> {
+                Ok(RawBuild::Context(v.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawBuild, A::Error> {
+                LongBuild::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawBuild::Long)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Turns a service's `build:` into a [`Build`].
+pub(crate) fn build(
+    ctx: &Ctx<'_>,
+    service: &str,
+    b: Spanned<RawBuild>,
+    secrets: &BTreeMap<String, FileDecl>,
+    paths: &ParseOptions,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Build, StackError> {
+    let at = b.referenced;
+    let long = match b.value {
+        RawBuild::Context(c) => LongBuild {
+            context: Some(c),
+            ..LongBuild::default()
+        },
+        RawBuild::Long(l) => l,
+    };
+    let raw = long.context.unwrap_or_else(|| ".".into());
+    if raw.contains("://") || raw.starts_with("git@") {
+        return ctx.err(
+            &at,
+            format!("service {service}: build context {raw}: only a local folder is supported (not a Git or HTTP URL)"),
+        );
+    }
+    let context = if let Some(rest) = raw.strip_prefix("~/") {
+        match &paths.home {
+            Some(h) => h.join(rest),
+            None => {
+                return ctx.err(
+                    &at,
+                    format!("service {service}: build context {raw}: no home folder to resolve ~"),
+                )
+            }
+        }
+    } else if raw.starts_with('/') {
+        PathBuf::from(&raw)
+    } else {
+        match &paths.dir {
+            Some(d) => d.join(&raw),
+            None => {
+                return ctx.err(
+                    &at,
+                    format!("service {service}: build context {raw} is relative, and the stack file's folder is not known"),
+                )
+            }
+        }
+    };
+    // `./app/.` is `./app`.
+    let context: PathBuf = context.components().collect();
+    if let Some(d) = &long.dockerfile {
+        if d.is_empty() || d.starts_with('/') || d.split('/').any(|p| p == "..") {
+            return ctx.err(
+                &at,
+                format!(
+                    "service {service}: build dockerfile {d:?} must be a path inside the context"
+                ),
+            );
+        }
+    }
+    let mut secret_ids = BTreeMap::new();
+    for u in long.secrets.unwrap_or_default() {
+        let id = match u {
+            raw::FileUse::Short(s) => s,
+            raw::FileUse::Long(l) => l.source,
+        };
+        let Some(decl) = secrets.get(&id) else {
+            return ctx.err(
+                &at,
+                format!("service {service}: build secret {id} is not declared under the top-level secrets key"),
+            );
+        };
+        if matches!(decl.source, FileSource::External | FileSource::Content(_)) {
+            return ctx.err(
+                &at,
+                format!("service {service}: build secret {id} must come from a file or an environment variable (its value is read where gantry deploy runs)"),
+            );
+        }
+        secret_ids.insert(id, decl.source.clone());
+    }
+    Ok(Build {
+        context,
+        dockerfile: long.dockerfile,
+        args: crate::dict(long.args, lookup),
+        target: long.target.filter(|t| !t.is_empty()),
+        secrets: secret_ids,
+        no_cache: long.no_cache.unwrap_or(false),
+    })
+}
