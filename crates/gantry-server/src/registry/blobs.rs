@@ -17,7 +17,9 @@ const UPLOAD_IDLE: Duration = Duration::from_secs(3600);
 
 /// One upload under way.
 pub(crate) struct Upload {
-    file: tokio::fs::File,
+    /// Buffered: a body arrives in small chunks, and each write to a
+    /// tokio file is a trip to the blocking pool.
+    file: tokio::io::BufWriter<tokio::fs::File>,
     hasher: sha2::Sha256,
     /// Bytes received.
     pub(crate) size: u64,
@@ -93,7 +95,10 @@ impl Blobs {
     pub(crate) async fn start(&self) -> std::io::Result<String> {
         self.drop_idle();
         let (id, path) = self.temp();
-        let file = tokio::fs::File::create(&path).await?;
+        let file = tokio::io::BufWriter::with_capacity(
+            1 << 20,
+            tokio::fs::File::create(&path).await?,
+        );
         self.uploads.lock().expect("uploads lock").insert(
             id.clone(),
             Arc::new(tokio::sync::Mutex::new(Upload {
@@ -144,7 +149,7 @@ impl Blobs {
         };
         let mut up = up.lock().await;
         up.file.flush().await.map_err(FinishError::Io)?;
-        up.file.sync_data().await.map_err(FinishError::Io)?;
+        up.file.get_ref().sync_data().await.map_err(FinishError::Io)?;
         let actual = format!("sha256:{}", hex::encode(up.hasher.clone().finalize()));
         let tmp = self.dir.join("uploads").join(id);
         if actual != digest {
