@@ -565,6 +565,8 @@ impl Manager {
         )
         .await
         .map_err(|e| ServerError::Group(e.to_string()))?;
+        // Builds a crash cut short leave their contexts and secrets: gone.
+        let _ = std::fs::remove_dir_all(dir.join("builds"));
         let blobs = registry::Blobs::open(&dir)
             .map_err(|e| ServerError::Io(format!("registry in {}", dir.display()), e))?;
         let index = store.lock().expect("store lock").index();

@@ -14,6 +14,8 @@ use tokio::io::AsyncWriteExt;
 
 /// An upload idle this long is dropped.
 const UPLOAD_IDLE: Duration = Duration::from_secs(3600);
+/// Uploads under way at once on one manager (each holds a file open).
+pub(crate) const MAX_UPLOADS: usize = 512;
 
 /// One upload under way.
 pub(crate) struct Upload {
@@ -94,11 +96,14 @@ impl Blobs {
     /// Starts an upload; its id.
     pub(crate) async fn start(&self) -> std::io::Result<String> {
         self.drop_idle();
+        if self.full() {
+            return Err(std::io::Error::other(format!(
+                "{MAX_UPLOADS} uploads are under way on this manager"
+            )));
+        }
         let (id, path) = self.temp();
-        let file = tokio::io::BufWriter::with_capacity(
-            1 << 20,
-            tokio::fs::File::create(&path).await?,
-        );
+        let file =
+            tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::create(&path).await?);
         self.uploads.lock().expect("uploads lock").insert(
             id.clone(),
             Arc::new(tokio::sync::Mutex::new(Upload {
@@ -109,6 +114,11 @@ impl Blobs {
             })),
         );
         Ok(id)
+    }
+
+    /// Whether no more uploads may start now.
+    pub(crate) fn full(&self) -> bool {
+        self.uploads.lock().expect("uploads lock").len() >= MAX_UPLOADS
     }
 
     /// An upload under way.
@@ -149,7 +159,11 @@ impl Blobs {
         };
         let mut up = up.lock().await;
         up.file.flush().await.map_err(FinishError::Io)?;
-        up.file.get_ref().sync_data().await.map_err(FinishError::Io)?;
+        up.file
+            .get_ref()
+            .sync_data()
+            .await
+            .map_err(FinishError::Io)?;
         let actual = format!("sha256:{}", hex::encode(up.hasher.clone().finalize()));
         let tmp = self.dir.join("uploads").join(id);
         if actual != digest {

@@ -759,6 +759,16 @@ async fn start_upload(
             return blob_created(name, &d);
         }
     }
+    if sh.blobs.full() {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TOOMANYREQUESTS",
+            format!(
+                "{} uploads are under way on this manager: try again later",
+                blobs::MAX_UPLOADS
+            ),
+        );
+    }
     if let Some(d) = digest {
         // Monolithic: the whole blob in this request.
         if let Err(bad) = route::check_digest(&d) {
