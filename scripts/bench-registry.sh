@@ -34,8 +34,10 @@ cleanup() {
 trap cleanup EXIT
 export GANTRY_DATA_DIR="$work/data" GANTRY_CONFIG_DIR="$work/cfg"
 
-# --- the image: an OCI layout with one random layer
-python3 - "$work/img" "$SIZE_MB" <<'PY'
+# --- the images: OCI layouts with one random layer each (one per round:
+# a registry that has a blob skips its upload)
+make_image() { # DIR
+python3 - "$1" "$SIZE_MB" <<'PY'
 import hashlib, io, json, os, sys, tarfile
 out, mb = sys.argv[1], int(sys.argv[2])
 blobs = os.path.join(out, "blobs", "sha256")
@@ -51,9 +53,8 @@ with tarfile.open(fileobj=buf, mode="w") as t:
     t.addfile(info, io.BytesIO(data))
 layer = buf.getvalue()
 ld, ls = put(layer)
-diff = ld
 cfg = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
-                  "rootfs": {"type": "layers", "diff_ids": [diff]}}).encode()
+                  "rootfs": {"type": "layers", "diff_ids": [ld]}}).encode()
 cd, cs = put(cfg)
 man = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
     "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
@@ -63,6 +64,7 @@ json.dump({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.
     "digest": md, "size": ms}]}, open(os.path.join(out, "index.json"), "w"))
 json.dump({"imageLayoutVersion": "1.0.0"}, open(os.path.join(out, "oci-layout"), "w"))
 PY
+}
 
 # --- Gantry: one dev manager, a registry user
 gport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -106,6 +108,7 @@ run() { # NAME CASE CMD...
   times[$name/$case]+="$s "
 }
 for r in $(seq 1 "$RUNS"); do
+  rm -rf "$work/img" && make_image "$work/img"
   for reg in gantry distribution; do
     if [ $reg = gantry ]; then addr="127.0.0.1:$gport" certs="$work/gcerts" creds="bench:$gpass"
     else addr="127.0.0.1:$dport" certs="$work/dcerts-only" creds="bench:secret"; fi
