@@ -25,6 +25,7 @@ mod http;
 mod ingress;
 mod logs;
 mod metrics;
+mod peer;
 mod registry;
 mod reports;
 mod sim;
@@ -80,6 +81,9 @@ pub struct AgentConfig {
     /// Whether traffic between tasks takes the overlay's BPF fast path
     /// (`gantry-net::fastpath`) where the kernel has it.
     pub fast_path: bool,
+    /// The port it serves image blobs to the other nodes on (none: it
+    /// does not, and fetches from the managers only).
+    pub peer_port: Option<u16>,
 }
 
 /// An agent failure.
@@ -263,8 +267,25 @@ pub async fn run(mut cfg: AgentConfig, id: Identity) -> Result<(), AgentError> {
         .map_err(|e| AgentError::Config(format!("node credential: {e}")))?;
     let client = Client::with_managers(&id.manager, &id.managers, tls.clone())?;
     // Images in the cluster's registry come over this connection, with
-    // the node's certificate.
-    cfg.registry.cluster = Some(Arc::new(ClusterRegistry::new(client.fork()?)));
+    // the node's certificate, or from the other nodes that have them; the
+    // blobs this node holds go to them in turn.
+    let mut serving = None;
+    if let Some(port) = cfg.peer_port {
+        match tokio::net::TcpListener::bind(("0.0.0.0", port)).await {
+            Ok(l) => {
+                let server = trust
+                    .server_config_join(live.clone())
+                    .map_err(|e| AgentError::Config(format!("node credential: {e}")))?;
+                tokio::spawn(peer::serve(l, Arc::new(server), cfg.data_dir.clone()));
+                serving = Some(port);
+            }
+            Err(e) => tracing::warn!(port, "not serving blobs to the other nodes: {e}"),
+        }
+    }
+    cfg.registry.cluster = Some(Arc::new(match serving {
+        Some(port) => ClusterRegistry::with_peers(client.fork()?, port, tls.clone()),
+        None => ClusterRegistry::new(client.fork()?),
+    }));
     let kept = Arc::new(Mutex::new(id.clone()));
     tokio::spawn(renew_cert(
         client.clone(),

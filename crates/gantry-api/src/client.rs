@@ -117,6 +117,17 @@ pub const ELECTION_WAIT: Duration = Duration::from_secs(10);
 /// renews it (a CA rotation).
 pub const TRUST_HEADER: &str = "x-gantry-trust";
 
+/// Sent by a node with its registry blob requests: the port its peers
+/// fetch blobs from it on (it serves what it pulls).
+pub const PEER_PORT_HEADER: &str = "x-gantry-peer-port";
+/// Asks a manager for a blob itself, not another node's address.
+pub const DIRECT_HEADER: &str = "x-gantry-direct";
+/// On a manager's redirect to another node: the `IP:PORT` to connect to
+/// (the URL names the node by its id, which its certificate carries).
+pub const PEER_ADDR_HEADER: &str = "x-gantry-peer-addr";
+/// The port a node serves its blobs to the others on, by default.
+pub const DEFAULT_PEER_PORT: u16 = 4244;
+
 /// The header a manager lists every manager's address in.
 pub const MANAGERS_HEADER: &str = "x-gantry-managers";
 /// The header that marks a 503 as safe to send again.
@@ -145,6 +156,9 @@ impl Target {
             let mut b = reqwest::Client::builder()
                 .tls_backend_preconfigured(tls.clone())
                 .resolve(MANAGER_NAME, addr)
+                // A manager's 307 (another node has a blob) is for the
+                // caller to follow, with its own TLS to that node.
+                .redirect(reqwest::redirect::Policy::none())
                 .http1_only()
                 .no_proxy()
                 .connect_timeout(CONNECT_WAIT);

@@ -17,8 +17,9 @@ mod types;
 
 pub use addrs::{AddrChange, ScopeChange, ScopedAddrs, ServiceAddrs, ServiceChange, INGRESS};
 pub use client::{
-    has_port, resolve, write_secret, AdminConfig, ApiError, Client, JoinError, ELECTION_WAIT,
-    MANAGERS_HEADER, RETRY_HEADER, STALE_HEADER, TRUST_HEADER,
+    has_port, resolve, write_secret, AdminConfig, ApiError, Client, JoinError, DEFAULT_PEER_PORT,
+    DIRECT_HEADER, ELECTION_WAIT, MANAGERS_HEADER, PEER_ADDR_HEADER, PEER_PORT_HEADER,
+    RETRY_HEADER, STALE_HEADER, TRUST_HEADER,
 };
 pub use delta::{AssignmentDelta, AssignmentUpdate, Change};
 pub use types::*;

@@ -587,41 +587,27 @@ async fn pull_inner(
                     digest: desc.digest.clone(),
                     size: desc.size,
                 });
+                // From another node first (when the cluster says one has
+                // it); its bytes wrong or its transfer broken, once more
+                // from the managers themselves.
                 let tmp = store.temp_path("pull");
-                let file = tokio::fs::File::create(&tmp)
-                    .await
-                    .map_err(|e| StoreError::Io {
-                        what: "create",
-                        path: tmp.clone(),
-                        err: e,
-                    })?;
-                let mut writer = CountingWriter {
-                    inner: file,
-                    hasher: sha2::Sha256::default(),
-                    done: 0,
-                    last: 0,
-                    digest: desc.digest.clone(),
-                    progress: progress.clone(),
-                };
-                let res = remote.blob(r, &desc, &mut writer).await;
-                if let Err(e) = res {
+                let mut direct = false;
+                loop {
+                    let got = fetch_blob(remote, r, &desc, &tmp, &progress, direct).await;
+                    let why = match got {
+                        Ok(actual) if actual == d.as_str() => break,
+                        Ok(actual) => RegistryError::DigestMismatch {
+                            reference: name.clone(),
+                            expected: d.to_string(),
+                            actual,
+                        },
+                        Err(e) => e,
+                    };
                     let _ = tokio::fs::remove_file(&tmp).await;
-                    return Err(e);
-                }
-                // Our own check of exactly the bytes written, before they
-                // become the blob (oci-client checks its stream too).
-                let actual = format!(
-                    "sha256:{}",
-                    hex::encode(sha2::Digest::finalize(writer.hasher))
-                );
-                drop(writer.inner);
-                if actual != d.as_str() {
-                    let _ = tokio::fs::remove_file(&tmp).await;
-                    return Err(RegistryError::DigestMismatch {
-                        reference: name.clone(),
-                        expected: d.to_string(),
-                        actual,
-                    });
+                    if direct || !remote.peers() {
+                        return Err(why);
+                    }
+                    direct = true;
                 }
                 store.commit_blob(&tmp, &d)?;
                 store.add_source(&d, &repo)?;
@@ -671,6 +657,45 @@ async fn pull_inner(
         .await?;
     let stored = store.put_blob(&bytes, Some(&manifest_digest))?;
     Ok(store.add_image(&stored, Some(r))?)
+}
+
+/// Fetches one blob into `tmp`, hashing what is written; the digest of
+/// exactly those bytes.
+async fn fetch_blob(
+    remote: &Remote<'_>,
+    r: &ImageRef,
+    desc: &crate::types::Descriptor,
+    tmp: &Path,
+    progress: &ProgressFn,
+    direct: bool,
+) -> Result<String, RegistryError> {
+    let file = tokio::fs::File::create(tmp)
+        .await
+        .map_err(|e| StoreError::Io {
+            what: "create",
+            path: tmp.to_owned(),
+            err: e,
+        })?;
+    let mut writer = CountingWriter {
+        inner: file,
+        hasher: sha2::Sha256::default(),
+        done: 0,
+        last: 0,
+        digest: desc.digest.clone(),
+        progress: progress.clone(),
+    };
+    remote.blob(r, desc, &mut writer, direct).await?;
+    tokio::io::AsyncWriteExt::flush(&mut writer.inner)
+        .await
+        .map_err(|e| StoreError::Io {
+            what: "write",
+            path: tmp.to_owned(),
+            err: e,
+        })?;
+    Ok(format!(
+        "sha256:{}",
+        hex::encode(sha2::Digest::finalize(writer.hasher))
+    ))
 }
 
 pub(crate) fn to_oci(d: &crate::types::Descriptor) -> oci_client::manifest::OciDescriptor {

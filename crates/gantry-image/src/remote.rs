@@ -31,6 +31,14 @@ pub trait Tunnel: Send + Sync + std::fmt::Debug {
         headers: HeaderMap,
         body: Vec<u8>,
     ) -> BoxFuture<'_, Result<reqwest::Response, String>>;
+    /// `GET path` of a blob (`/v2/NAME/blobs/DIGEST`): from wherever the
+    /// cluster says it is (another node that has it), or, `direct`, from
+    /// the managers themselves. The caller checks the digest and asks
+    /// again `direct` when it is wrong.
+    fn blob(&self, path: String, direct: bool) -> BoxFuture<'_, Result<reqwest::Response, String>> {
+        let _ = direct;
+        self.send(Method::GET, path, HeaderMap::new(), Vec::new())
+    }
 }
 
 /// A registry as pull and push use it.
@@ -125,6 +133,7 @@ impl Remote<'_> {
         r: &ImageRef,
         desc: &Descriptor,
         out: &mut W,
+        direct: bool,
     ) -> Result<(), RegistryError> {
         match self {
             Remote::Oci { client, .. } => client
@@ -134,7 +143,12 @@ impl Remote<'_> {
             Remote::Cluster(t) => {
                 let path = format!("/v2/{}/blobs/{}", r.repository(), desc.digest);
                 let resp =
-                    Self::call(*t, r, Method::GET, path, HeaderMap::new(), Vec::new()).await?;
+                    t.blob(path, direct)
+                        .await
+                        .map_err(|why| RegistryError::Unreachable {
+                            registry: r.registry().to_owned(),
+                            why,
+                        })?;
                 if !resp.status().is_success() {
                     return Err(Self::refused(r, resp).await);
                 }
@@ -178,6 +192,12 @@ impl Remote<'_> {
                 }
             }
         }
+    }
+
+    /// Whether a blob may have come from another node (and so is worth
+    /// asking the managers for again when it is wrong).
+    pub(crate) fn peers(&self) -> bool {
+        matches!(self, Remote::Cluster(_))
     }
 
     /// Mounts a blob from another repository of the same registry; whether

@@ -256,6 +256,8 @@ pub(crate) struct Shared {
     pub(crate) blobs: registry::Blobs,
     /// Fetches the blobs this manager lacks from the others.
     pub(crate) fetcher: registry::Fetcher,
+    /// The nodes that fetched blobs whole from this manager.
+    pub(crate) holders: registry::Holders,
     /// The address nodes and clients reach this manager at (`HOST:PORT`,
     /// and so the name of the cluster's registry on it).
     pub(crate) reach: String,
@@ -607,6 +609,7 @@ impl Manager {
             joins: limits::JoinLimiter::default(),
             blobs,
             fetcher: registry::Fetcher::default(),
+            holders: registry::Holders::default(),
             reach: reach.clone(),
         });
         let weak = Arc::downgrade(&shared);

@@ -679,3 +679,66 @@ fn a_stack_with_build_deploys_from_the_cluster_registry_and_a_failed_build_chang
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(cl.containers(0), before, "the running tasks stayed");
 }
+
+/// A node that pulls a blob another node already fetched gets it from
+/// that node (the manager sends it there), checked by digest; a node that
+/// no longer has it costs one failed request, and the blob comes from
+/// the manager.
+#[test]
+fn nodes_fetch_layers_from_the_nodes_that_have_them() {
+    let Some(mut cl) = Cluster::new("nodes_fetch_layers_from_the_nodes", 3) else {
+        return;
+    };
+    for i in 0..3 {
+        cl.start_agent(i);
+    }
+    let image = format!("{}/p2p/bb:1", cl.manager_addr());
+    cl.g.ok(&["tag", &cl.image, &image]);
+    let o = cl.admin(&["push", "-q", &image]);
+    assert!(o.status.success(), "{}", errtext(&o));
+    let dir = tempfile::tempdir().unwrap();
+    let deploy_on = |stack: &str, host: usize| {
+        let f = dir.path().join(format!("{stack}.yml"));
+        std::fs::write(
+            &f,
+            format!("services:\n  app:\n    image: {image}\n    command: [sleep, '100000']\n    stop_grace_period: 1s\n    deploy:\n      placement: {{constraints: [node.hostname == node-{host}]}}\n"),
+        )
+        .unwrap();
+        let o = cl.admin(&["deploy", "-d", "-f", f.to_str().unwrap(), stack]);
+        assert!(o.status.success(), "{}", errtext(&o));
+        cl.wait_total(&format!("{stack}_app"), 1, Duration::from_secs(60));
+    };
+    let log = |i: usize| {
+        std::fs::read_to_string(cl.logs.path().join(format!("agent{i}.log"))).unwrap_or_default()
+    };
+    // The first node gets it from the manager.
+    deploy_on("first", 1);
+    assert!(!log(0).contains("a blob from a peer"), "{}", log(0));
+    // The second from the first.
+    deploy_on("second", 2);
+    assert!(
+        log(1).contains("a blob from a peer"),
+        "{}",
+        cl.tail("agent1.log")
+    );
+    // Both forget it: the third is sent to one of them, fails there, and
+    // gets it from the manager.
+    for (stack, i) in [("first", 0), ("second", 1)] {
+        cl.admin_ok(&["stack", "rm", stack]);
+        wait_for("the containers to go", Duration::from_secs(30), || {
+            if cl.on_agent(i, &["ps", "-aq"]).stdout.is_empty() {
+                Ok(())
+            } else {
+                Err("still there".into())
+            }
+        });
+        let o = cl.on_agent(i, &["rmi", &image]);
+        assert!(o.status.success(), "{}", errtext(&o));
+    }
+    deploy_on("third", 3);
+    assert!(
+        log(2).contains("a peer failed"),
+        "{}",
+        cl.tail("agent2.log")
+    );
+}

@@ -11,6 +11,7 @@
 //! `gantry login` or `docker login`).
 
 mod blobs;
+mod holders;
 mod replicate;
 mod route;
 pub(crate) mod users;
@@ -28,6 +29,7 @@ use gantry_store::{BlobRef, Command, ManifestRecord, Rejected, StoreError};
 use sha2::Digest as _;
 
 pub(crate) use blobs::Blobs;
+pub(crate) use holders::Holders;
 pub(crate) use replicate::{run, Fetcher};
 use route::Route;
 
@@ -221,7 +223,7 @@ pub(crate) async fn serve(
             delete_manifest(&sh, &name, &reference)
         }
         (Method::GET | Method::HEAD, Route::Blob { digest, .. }) => {
-            get_blob(&sh, &digest, &parts.headers, head, caller).await
+            get_blob(&sh, &digest, &parts.headers, head, caller, &peer).await
         }
         (Method::DELETE, Route::Blob { digest, .. }) => delete_blob(&sh, &digest),
         (Method::POST, Route::Uploads { name }) => {
@@ -597,13 +599,56 @@ fn byte_range(v: &str, size: u64) -> Option<(u64, u64)> {
     (start <= end && start < size).then_some((start, end))
 }
 
+/// A node asking for a whole blob: its id, and the port it serves blobs
+/// on (none: it does not).
+fn asking_node(peer: &Peer, headers: &HeaderMap, head: bool) -> Option<(String, Option<u16>)> {
+    let Some((id, Role::Worker)) = &peer.0 else {
+        return None;
+    };
+    if head || headers.contains_key(header::RANGE) {
+        return None;
+    }
+    let port = headers
+        .get(gantry_api::PEER_PORT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    Some((id.clone(), port))
+}
+
+/// Sends a node to another that holds the blob.
+fn redirect(holder: &str, addr: std::net::SocketAddr, digest: &str) -> Response {
+    let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
+    let h = r.headers_mut();
+    put_location(
+        h,
+        &format!("https://{holder}:{}/blobs/{digest}", addr.port()),
+    );
+    if let Ok(v) = HeaderValue::from_str(&addr.to_string()) {
+        h.insert(gantry_api::PEER_ADDR_HEADER, v);
+    }
+    r
+}
+
 async fn get_blob(
     sh: &Arc<Shared>,
     digest: &str,
     headers: &HeaderMap,
     head: bool,
     caller: Caller,
+    peer: &Peer,
 ) -> Response {
+    let node = asking_node(peer, headers, head);
+    // Another node has it: that node serves it (unless the asking one
+    // says that failed).
+    if let Some((id, _)) = node
+        .as_ref()
+        .filter(|_| !headers.contains_key(gantry_api::DIRECT_HEADER))
+    {
+        let up = |n: &str| sh.read(|s| s.nodes.get(n).is_some_and(|r| r.up));
+        if let Some((holder, addr)) = sh.holders.pick(digest, id, up) {
+            return redirect(&holder, addr, digest);
+        }
+    }
     // Not here yet (pushed to another manager a moment ago): fetched from
     // the others, unless another manager asks (no chains of fetches).
     let size = match sh.blobs.size(digest) {
@@ -637,8 +682,21 @@ async fn get_blob(
     let body = if head || len == 0 {
         Body::empty()
     } else {
+        // A node that serves blobs holds this one once it got it whole.
+        let holder = node.and_then(|(id, port)| {
+            let ip: std::net::IpAddr = sh.read(|s| s.nodes.get(&id)?.addr.parse().ok())?;
+            Some((id, std::net::SocketAddr::new(ip, port?)))
+        });
+        let whole = status == StatusCode::OK;
         match file_body(&sh.blobs.path(digest), start, len).await {
-            Ok(b) => b,
+            Ok(b) => match holder.filter(|_| whole) {
+                Some((id, addr)) => {
+                    let sh = sh.clone();
+                    let digest = digest.to_owned();
+                    on_end(b, len, move || sh.holders.record(&digest, &id, addr))
+                }
+                None => b,
+            },
             Err(_) => return blob_unknown(digest),
         }
     };
@@ -668,6 +726,26 @@ async fn file_body(path: &std::path::Path, start: u64, len: u64) -> std::io::Res
     }
     let stream = tokio_util::io::ReaderStream::with_capacity(f.take(len), 256 * 1024);
     Ok(Body::from_stream(stream))
+}
+
+/// The body, and `done` called once its `len` bytes were all sent (by
+/// count: with a known length, hyper stops polling a body at its end).
+fn on_end(body: Body, len: u64, done: impl FnOnce() + Send + 'static) -> Body {
+    use futures::StreamExt;
+    let mut done = Some(done);
+    let mut sent = 0u64;
+    let stream = body.into_data_stream().map(move |c| {
+        if let Ok(b) = &c {
+            sent += b.len() as u64;
+            if sent >= len {
+                if let Some(f) = done.take() {
+                    f();
+                }
+            }
+        }
+        c
+    });
+    Body::from_stream(stream)
 }
 
 fn blob_unknown(digest: &str) -> Response {

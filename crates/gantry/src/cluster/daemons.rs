@@ -269,6 +269,11 @@ pub(crate) struct AgentArgs {
     /// and nftables, without the BPF fast path between tasks.
     #[arg(long)]
     no_fast_path: bool,
+    /// The port this node serves the image blobs it holds to the other
+    /// nodes on (mutual TLS, node certificates), so that a deploy does not
+    /// take every byte from the managers; 0: none.
+    #[arg(long, default_value_t = gantry_api::DEFAULT_PEER_PORT)]
+    peer_port: u16,
     #[command(flatten)]
     edge: EdgeArgs,
     #[command(flatten)]
@@ -399,6 +404,8 @@ pub(crate) fn server(ctx: &Ctx, a: ServerArgs) -> anyhow::Result<u8> {
                 metrics: Some(a.edge.metrics),
                 log_retention: a.logs.retention()?,
                 fast_path: true,
+                // One node: no peers to serve.
+                peer_port: None,
             };
             let info = gantry_agent::node_info(&acfg, acfg.manager.as_deref().unwrap_or_default());
             let (node_id, cred) = m.local_node(&info)?;
@@ -508,6 +515,7 @@ pub(crate) fn agent(ctx: &Ctx, a: AgentArgs) -> anyhow::Result<u8> {
         metrics: Some(a.edge.metrics),
         log_retention: a.logs.retention()?,
         fast_path: !a.no_fast_path,
+        peer_port: (a.peer_port != 0).then_some(a.peer_port),
     };
     multi_thread(async move {
         let id = gantry_agent::identity(&cfg).await?;

@@ -1,0 +1,103 @@
+//! Which nodes hold which blobs, as far as this manager served them: a
+//! node that fetched a whole blob from it (and said on which port it
+//! serves its blobs) is where the next node that asks may be sent. In
+//! memory only (a restart forgets, and nodes fetch from the managers
+//! again); an entry lasts [`HOLD`], a node that no longer has the blob
+//! costs the asking node one failed request before it asks the managers.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a node counts as holding a blob it fetched.
+const HOLD: Duration = Duration::from_secs(600);
+/// The most blobs and holders per blob remembered.
+const MAX_BLOBS: usize = 10_000;
+const MAX_HOLDERS: usize = 64;
+
+#[derive(Debug, Clone)]
+struct Holder {
+    node: String,
+    addr: SocketAddr,
+    since: Instant,
+    /// How many nodes were sent to it.
+    sent: u32,
+}
+
+/// Blob digest to the nodes that fetched it.
+#[derive(Default)]
+pub(crate) struct Holders(Mutex<HashMap<String, Vec<Holder>>>);
+
+impl Holders {
+    /// `node` fetched the whole of `digest` and serves blobs at `addr`.
+    pub(crate) fn record(&self, digest: &str, node: &str, addr: SocketAddr) {
+        let mut m = self.0.lock().expect("holders lock");
+        if m.len() >= MAX_BLOBS && !m.contains_key(digest) {
+            m.retain(|_, hs| {
+                hs.retain(|h| h.since.elapsed() < HOLD);
+                !hs.is_empty()
+            });
+            if m.len() >= MAX_BLOBS {
+                return;
+            }
+        }
+        let hs = m.entry(digest.to_owned()).or_default();
+        hs.retain(|h| h.node != node && h.since.elapsed() < HOLD);
+        if hs.len() < MAX_HOLDERS {
+            hs.push(Holder {
+                node: node.to_owned(),
+                addr,
+                since: Instant::now(),
+                sent: 0,
+            });
+        }
+    }
+
+    /// A node other than `asking` that holds `digest` and is up, the one
+    /// sent the fewest so far (the load spreads over the holders).
+    pub(crate) fn pick(
+        &self,
+        digest: &str,
+        asking: &str,
+        up: impl Fn(&str) -> bool,
+    ) -> Option<(String, SocketAddr)> {
+        let mut m = self.0.lock().expect("holders lock");
+        let hs = m.get_mut(digest)?;
+        hs.retain(|h| h.since.elapsed() < HOLD);
+        let h = hs
+            .iter_mut()
+            .filter(|h| h.node != asking && up(&h.node))
+            .min_by_key(|h| h.sent)?;
+        h.sent += 1;
+        Some((h.node.clone(), h.addr))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_load_spreads_over_the_holders_that_are_up() {
+        let h = Holders::default();
+        let a: SocketAddr = "10.0.0.1:4244".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:4244".parse().unwrap();
+        assert_eq!(h.pick("d", "n3", |_| true), None);
+        h.record("d", "n1", a);
+        assert_eq!(h.pick("d", "n1", |_| true), None, "never itself");
+        h.record("d", "n2", b);
+        let first = h.pick("d", "n3", |_| true).unwrap();
+        let second = h.pick("d", "n3", |_| true).unwrap();
+        assert_ne!(first.0, second.0, "the least sent first");
+        assert_eq!(h.pick("d", "n3", |n| n == "n2").unwrap().0, "n2");
+        assert_eq!(
+            h.pick("d", "n3", |_| false),
+            None,
+            "down nodes are not named"
+        );
+        // Fetched again: one entry per node.
+        h.record("d", "n1", a);
+        assert_eq!(h.0.lock().unwrap()["d"].len(), 2);
+    }
+}
