@@ -98,29 +98,8 @@ pub(crate) fn build(
             format!("service {service}: build context {raw}: only a local folder is supported (not a Git or HTTP URL)"),
         );
     }
-    let context = if let Some(rest) = raw.strip_prefix("~/") {
-        match &paths.home {
-            Some(h) => h.join(rest),
-            None => {
-                return ctx.err(
-                    &at,
-                    format!("service {service}: build context {raw}: no home folder to resolve ~"),
-                )
-            }
-        }
-    } else if raw.starts_with('/') {
-        PathBuf::from(&raw)
-    } else {
-        match &paths.dir {
-            Some(d) => d.join(&raw),
-            None => {
-                return ctx.err(
-                    &at,
-                    format!("service {service}: build context {raw} is relative, and the stack file's folder is not known"),
-                )
-            }
-        }
-    };
+    let context = crate::files::host_path(&raw, paths)
+        .or_else(|why| ctx.err(&at, format!("service {service}: build context {why}")))?;
     // `./app/.` is `./app`.
     let context: PathBuf = context.components().collect();
     if let Some(d) = &long.dockerfile {

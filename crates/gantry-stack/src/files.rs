@@ -172,45 +172,38 @@ pub(crate) fn declared(
     Ok(out)
 }
 
+/// A path written in the stack file, on the deploying host: `~/` from the
+/// home folder, relative from the stack file's folder; why not, else.
+pub(crate) fn host_path(raw: &str, paths: &ParseOptions) -> Result<PathBuf, String> {
+    if raw.is_empty() || raw.contains('\0') {
+        return Err(format!("invalid path {raw:?}"));
+    }
+    if let Some(rest) = raw.strip_prefix("~/") {
+        match &paths.home {
+            Some(h) => Ok(h.join(rest)),
+            None => Err(format!("{raw}: no home folder to resolve ~")),
+        }
+    } else if raw.starts_with('/') {
+        Ok(PathBuf::from(raw))
+    } else {
+        match &paths.dir {
+            Some(d) => Ok(d.join(raw)),
+            None => Err(format!(
+                "{raw} is relative, and the stack file's folder is not known"
+            )),
+        }
+    }
+}
+
 fn file_path(
     ctx: &Ctx<'_>,
     what: &str,
     p: &Spanned<String>,
     paths: &ParseOptions,
 ) -> Result<PathBuf, StackError> {
-    let raw = p.value.as_str();
-    let path = if let Some(rest) = raw.strip_prefix("~/") {
-        match &paths.home {
-            Some(h) => h.join(rest),
-            None => {
-                return ctx.err(
-                    &p.referenced,
-                    format!("{what}: file {raw}: no home folder to resolve ~"),
-                )
-            }
-        }
-    } else if raw.starts_with('/') {
-        PathBuf::from(raw)
-    } else {
-        match &paths.dir {
-            Some(d) => d.join(raw),
-            None => {
-                return ctx.err(
-                    &p.referenced,
-                    format!(
-                        "{what}: file {raw} is relative, and the stack file's folder is not known"
-                    ),
-                )
-            }
-        }
-    };
-    if raw.is_empty() || raw.contains('\0') {
-        return ctx.err(&p.referenced, format!("{what}: invalid file {raw:?}"));
-    }
-    Ok(path)
+    host_path(&p.value, paths).or_else(|why| ctx.err(&p.referenced, format!("{what}: file {why}")))
 }
 
-/// A service's `secrets:` or `configs:`, against what the file declares.
 pub(crate) fn uses(
     ctx: &Ctx<'_>,
     service: &str,

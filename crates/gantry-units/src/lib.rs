@@ -339,8 +339,9 @@ pub fn image_reference(s: &str) -> Result<ImageReference, String> {
     })
 }
 
-/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`, Docker's path component.
-fn valid_component(c: &str) -> bool {
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`, Docker's path component (of a
+/// repository name, as the distribution spec words it).
+pub fn valid_component(c: &str) -> bool {
     let b = c.as_bytes();
     let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
     if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {

@@ -140,36 +140,7 @@ pub(crate) fn tag_ok(t: &str) -> bool {
 /// Path components of `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*` joined by `/`,
 /// at most 255 characters in all.
 pub(crate) fn name_ok(name: &str) -> bool {
-    if name.is_empty() || name.len() > 255 {
-        return false;
-    }
-    name.split('/').all(|part| {
-        let b = part.as_bytes();
-        if b.is_empty() || !is_alnum(b[0]) || !is_alnum(b[b.len() - 1]) {
-            return false;
-        }
-        let mut i = 0;
-        while i < b.len() {
-            if is_alnum(b[i]) {
-                i += 1;
-                continue;
-            }
-            // A separator: ".", "_", "__" or a run of "-".
-            let start = i;
-            while i < b.len() && !is_alnum(b[i]) {
-                i += 1;
-            }
-            let sep = &part[start..i];
-            if !(sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|c| c == b'-')) {
-                return false;
-            }
-        }
-        true
-    })
-}
-
-fn is_alnum(c: u8) -> bool {
-    c.is_ascii_lowercase() || c.is_ascii_digit()
+    !name.is_empty() && name.len() <= 255 && name.split('/').all(gantry_units::valid_component)
 }
 
 #[cfg(test)]
