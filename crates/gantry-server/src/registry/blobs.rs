@@ -86,6 +86,35 @@ impl Blobs {
         }
     }
 
+    /// Removes the blobs no manifest names (`named` says which are) that
+    /// were written longer than `grace` ago: what deleted manifests left,
+    /// and uploads no manifest followed. A blob younger than that may be
+    /// one whose manifest is on its way. Returns how many went and their
+    /// bytes.
+    pub(crate) fn collect(&self, named: impl Fn(&str) -> bool, grace: Duration) -> (usize, u64) {
+        let mut gone = (0, 0);
+        let Ok(dir) = std::fs::read_dir(self.dir.join("blobs/sha256")) else {
+            return gone;
+        };
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if named(&format!("sha256:{name}")) {
+                continue;
+            }
+            let Ok(meta) = e.metadata() else { continue };
+            let old = meta
+                .modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age > grace);
+            if old && std::fs::remove_file(e.path()).is_ok() {
+                gone.0 += 1;
+                gone.1 += meta.len();
+            }
+        }
+        gone
+    }
+
     /// A new temp file in the uploads directory.
     fn temp(&self) -> (String, PathBuf) {
         let id = new_upload_id();
@@ -285,6 +314,18 @@ mod tests {
             .unwrap()
             .collect();
         assert!(left.is_empty(), "no upload file left: {left:?}");
+
+        // Collection: a named blob stays, an unnamed one goes once old.
+        let other = format!("sha256:{}", hex::encode(sha2::Sha256::digest(b"other")));
+        b.put_stream(&other, chunks(&[b"other"])).await.unwrap();
+        assert_eq!(
+            b.collect(|d| d == good, Duration::from_secs(60)),
+            (0, 0),
+            "young"
+        );
+        assert_eq!(b.collect(|d| d == good, Duration::ZERO), (1, 5));
+        assert_eq!(b.size(&other), None);
+        assert_eq!(b.size(&good), Some(11));
 
         let broken = futures::stream::iter(vec![Ok(&b"part"[..]), Err("reset".to_owned())]);
         let err = b.put_stream(&good, broken).await.unwrap_err();

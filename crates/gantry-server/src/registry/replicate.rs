@@ -20,6 +20,11 @@ const PARALLEL: usize = 2;
 const SWEEP: Duration = Duration::from_secs(30);
 /// The longest wait between two tries of a failing fetch.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How long a blob no manifest names is kept (its manifest may be on
+/// its way: a client pushes the blobs first).
+const UNNAMED_GRACE: Duration = Duration::from_secs(3600);
+/// How often unnamed blobs are looked for.
+const COLLECT_EVERY: Duration = Duration::from_secs(600);
 
 /// Fetches blobs from the other managers.
 #[derive(Default)]
@@ -116,7 +121,26 @@ impl Fetcher {
 /// Fills in the blobs the state's manifests name and this manager lacks.
 pub(crate) async fn run(sh: Arc<Shared>) {
     let mut failures: HashMap<String, (u32, tokio::time::Instant)> = HashMap::new();
+    let mut collected = tokio::time::Instant::now();
     loop {
+        if collected.elapsed() >= COLLECT_EVERY {
+            collected = tokio::time::Instant::now();
+            let named: BTreeSet<String> =
+                sh.read(|s| s.registry_blobs().into_iter().map(str::to_owned).collect());
+            let sh2 = sh.clone();
+            let gone = tokio::task::spawn_blocking(move || {
+                sh2.blobs.collect(|d| named.contains(d), UNNAMED_GRACE)
+            })
+            .await
+            .unwrap_or((0, 0));
+            if gone.0 > 0 {
+                tracing::info!(
+                    blobs = gone.0,
+                    bytes = gone.1,
+                    "registry blobs no manifest names removed"
+                );
+            }
+        }
         let wanted: BTreeSet<String> =
             sh.read(|s| s.registry_blobs().into_iter().map(str::to_owned).collect());
         let now = tokio::time::Instant::now();
