@@ -653,10 +653,14 @@ async fn get_blob(
     // the others, unless another manager asks (no chains of fetches).
     let size = match sh.blobs.size(digest) {
         Some(s) => s,
-        None if caller == Caller::Other => match sh.fetcher.ensure(sh, digest).await {
-            Ok(s) => s,
-            Err(_) => return blob_unknown(digest),
-        },
+        // Only a blob a manifest names: asking for made-up digests must
+        // not set off fetches from every other manager.
+        None if caller == Caller::Other && sh.read(|s| s.registry_blobs().contains(digest)) => {
+            match sh.fetcher.ensure(sh, digest).await {
+                Ok(s) => s,
+                Err(_) => return blob_unknown(digest),
+            }
+        }
         None => return blob_unknown(digest),
     };
     let range = headers
