@@ -147,6 +147,8 @@ struct Target {
 enum Kind {
     Http,
     Stream,
+    /// No time limit: the manager answers at the end of the work.
+    Upload,
 }
 
 impl Target {
@@ -185,6 +187,7 @@ impl Target {
         match kind {
             Kind::Http => &self.http,
             Kind::Stream => &self.stream,
+            Kind::Upload => &self.upload,
         }
     }
 
@@ -598,7 +601,9 @@ impl Client {
 
     /// A request to the cluster's registry (`/v2/...`), sent to the
     /// managers in turn until one is reached; the answer whatever its
-    /// status, its body unread (and read with a 6 s limit between reads).
+    /// status, its body unread. Reads wait at most 6 s between reads;
+    /// uploads as long as the manager takes to store them (a big blob is
+    /// hashed and synced before the answer).
     pub async fn registry(
         &self,
         method: reqwest::Method,
@@ -607,7 +612,12 @@ impl Client {
         body: Vec<u8>,
     ) -> Result<reqwest::Response, ApiError> {
         let body = bytes::Bytes::from(body);
-        self.send(Kind::Stream, path, |c, u| {
+        let kind = if matches!(method, reqwest::Method::GET | reqwest::Method::HEAD) {
+            Kind::Stream
+        } else {
+            Kind::Upload
+        };
+        self.send(kind, path, |c, u| {
             c.request(method.clone(), u)
                 .headers(headers.clone())
                 .body(body.clone())
