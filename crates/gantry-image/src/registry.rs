@@ -184,11 +184,46 @@ pub struct RegistryOptions {
     /// The cluster's own registry, reached over the cluster's mutual TLS
     /// (an agent's node certificate, the CLI's admin credential).
     pub cluster: Option<Arc<dyn Tunnel>>,
+    /// CAs to trust per registry, as Docker keeps them:
+    /// `DIR/HOST:PORT/*.crt` (default `/etc/docker/certs.d`). A registry
+    /// with one is reached over HTTPS, loopback or not.
+    pub certs_dir: Option<PathBuf>,
 }
 
 impl RegistryOptions {
     fn plain_http(&self, r: &ImageRef) -> bool {
+        if !self.cas_for(r.registry()).is_empty() {
+            return false;
+        }
         r.is_loopback() || self.insecure.iter().any(|i| i == r.registry())
+    }
+
+    /// The CAs given for a registry (`certs.d/HOST:PORT/*.crt`).
+    fn cas_for(&self, registry: &str) -> Vec<oci_client::client::Certificate> {
+        let dir = self
+            .certs_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/etc/docker/certs.d"));
+        if registry.contains('/') || registry.starts_with('.') {
+            return Vec::new();
+        }
+        let Ok(entries) = std::fs::read_dir(dir.join(registry)) else {
+            return Vec::new();
+        };
+        let mut files: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+            .collect();
+        files.sort();
+        files
+            .into_iter()
+            .filter_map(|p| std::fs::read(p).ok())
+            .map(|data| oci_client::client::Certificate {
+                encoding: oci_client::client::CertificateEncoding::Pem,
+                data,
+            })
+            .collect()
     }
 
     /// Adds what to do when HTTPS to a registry failed at the transport:
@@ -228,6 +263,7 @@ impl RegistryOptions {
         };
         Client::new(ClientConfig {
             protocol,
+            extra_root_certificates: self.cas_for(r.registry()),
             platform_resolver: None,
             max_concurrent_download: 4,
             connect_timeout: Some(std::time::Duration::from_secs(10)),

@@ -39,6 +39,15 @@ struct Cli {
         value_delimiter = ','
     )]
     insecure_registries: Vec<String>,
+    /// CAs to trust per registry: DIR/HOST:PORT/*.crt, as Docker's
+    /// certs.d (a registry with one is reached over HTTPS, loopback or not).
+    #[arg(
+        long = "registry-certs",
+        global = true,
+        env = "GANTRY_REGISTRY_CERTS",
+        default_value = "/etc/docker/certs.d"
+    )]
+    registry_certs: PathBuf,
     /// The manager to talk to (HOST[:PORT]); default: the one in the admin credential.
     #[arg(short = 'H', long, global = true, env = "GANTRY_HOST")]
     host: Option<String>,
@@ -273,6 +282,7 @@ fn main() -> ExitCode {
             insecure: cli.insecure_registries.clone(),
             credentials: None,
             cluster: cluster::registry_tunnel(cli.config_dir.as_deref(), cli.host.as_deref()),
+            certs_dir: Some(cli.registry_certs.clone()),
         },
     };
     match dispatch(&ctx, cli.cmd) {

@@ -478,6 +478,57 @@ fn the_cluster_registry_serves_gantry_skopeo_and_docker_as_the_spec_says() {
         },
     );
 
+    // --- Gantry's CLI on a host without the admin credential: gantry
+    // login with a user's password, the cluster CA in a certs.d folder as
+    // Docker keeps them.
+    let certs_d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(certs_d.path().join(&mgr)).unwrap();
+    std::fs::write(certs_d.path().join(&mgr).join("ca.crt"), &ca_pem).unwrap();
+    let ci_home = tempfile::tempdir().unwrap();
+    let as_ci = |args: &[&str], input: Option<&str>| {
+        use std::io::Write;
+        let mut child =
+            d.g.cmd()
+                .env("GANTRY_CONFIG_DIR", ci_home.path().join("gantry"))
+                .env("DOCKER_CONFIG", ci_home.path().join("docker"))
+                .env("GANTRY_REGISTRY_CERTS", certs_d.path())
+                .args(args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        if let Some(i) = input {
+            stdin.write_all(i.as_bytes()).unwrap();
+        }
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    };
+    let (ci_user, ci_pw) = ci.split_once(':').unwrap();
+    let o = as_ci(
+        &["login", &mgr, "-u", ci_user, "--password-stdin"],
+        Some("wrong"),
+    );
+    assert!(!o.status.success(), "a wrong password logged in");
+    let o = as_ci(
+        &["login", &mgr, "-u", ci_user, "--password-stdin"],
+        Some(ci_pw),
+    );
+    assert!(o.status.success(), "gantry login: {}", errtext(&o));
+    let ci_image = format!("{mgr}/ci/bb:7");
+    let o = d.cli(&["pull", "-q", &target]);
+    assert!(o.status.success(), "{}", errtext(&o));
+    d.g.ok(&["tag", &target, &ci_image]);
+    let o = as_ci(&["push", "-q", &ci_image], None);
+    assert!(o.status.success(), "push as ci: {}", errtext(&o));
+    let ls: Value =
+        serde_json::from_slice(&d.cli(&["registry", "ls", "--format", "json"]).stdout).unwrap();
+    assert!(
+        ls.as_array().unwrap().iter().any(|r| r["name"] == "ci/bb"),
+        "{ls}"
+    );
+
     // --- skopeo, with a user's password and the cluster CA
     let skopeo = |args: &[&str]| Command::new("skopeo").args(args).output().unwrap();
     let cert_dir = certs.path().to_str().unwrap();
