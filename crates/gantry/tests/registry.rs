@@ -125,6 +125,10 @@ fn the_cluster_registry_serves_gantry_skopeo_and_docker_as_the_spec_says() {
         return;
     };
     let (mgr, ca_pem) = admin(d.config_dir());
+    // What a registry client is told to trust is the cluster's CA.
+    let o = d.cli(&["ca", "inspect", "--pem"]);
+    assert!(o.status.success(), "{}", errtext(&o));
+    assert_eq!(text(&o).trim(), ca_pem.trim());
     let certs = tempfile::tempdir().unwrap();
     std::fs::write(certs.path().join("ca.crt"), &ca_pem).unwrap();
     let http = Http {

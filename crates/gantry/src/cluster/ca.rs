@@ -16,6 +16,10 @@ pub(crate) enum CaCmd {
         /// Output format.
         #[arg(long, value_enum, default_value_t)]
         format: Format,
+        /// Print the roots to trust (PEM) instead, as a registry client
+        /// wants them (`/etc/docker/certs.d/MANAGER:PORT/ca.crt`).
+        #[arg(long, conflicts_with = "format")]
+        pem: bool,
     },
     /// Replace the cluster CA with no downtime, as `docker swarm ca
     /// --rotate`: every node and manager gets a certificate of a new CA,
@@ -33,7 +37,14 @@ pub(crate) enum CaCmd {
 pub(crate) fn ca(ctx: &Ctx, cmd: CaCmd) -> anyhow::Result<u8> {
     let mut c = client(ctx)?;
     match cmd {
-        CaCmd::Inspect { format } => {
+        CaCmd::Inspect { pem: true, .. } => {
+            let roots: String = call(c.get("/v1/ca"))?;
+            print!("{roots}");
+            if !roots.ends_with('\n') {
+                println!();
+            }
+        }
+        CaCmd::Inspect { format, .. } => {
             let s: CaStatus = call(c.get("/v1/ca/status"))?;
             if format == Format::Json {
                 return output::json(&s).map(|()| 0);
