@@ -26,7 +26,8 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 /// The largest value, as Docker's (500 KiB).
 pub(crate) const MAX_VALUE: usize = 500 * 1024;
 
-fn time(ms: u64) -> String {
+/// A time (ms since the epoch) as RFC 3339.
+pub(crate) fn time(ms: u64) -> String {
     chrono::DateTime::from_timestamp_millis(ms as i64)
         .map(|t| t.to_rfc3339())
         .unwrap_or_default()

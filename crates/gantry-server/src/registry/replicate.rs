@@ -149,7 +149,8 @@ pub(crate) async fn run(sh: Arc<Shared>) {
             .filter(|d| sh.blobs.size(d).is_none())
             .filter(|d| failures.get(d).is_none_or(|(_, next)| *next <= now))
             .collect();
-        failures.retain(|d, _| missing.contains(d) || sh.blobs.size(d).is_none());
+        // A blob fetched meanwhile (by a client's GET) needs no backoff.
+        failures.retain(|d, _| sh.blobs.size(d).is_none());
         let results: Vec<(String, Result<u64, String>)> = futures::stream::iter(missing)
             .map(|d| {
                 let sh = sh.clone();

@@ -11,13 +11,8 @@ use gantry_store::{Command, RegistryUser};
 use sha2::Digest as _;
 
 use crate::api::{bad, Fail, JsonBody, Peer};
+use crate::files::time;
 use crate::{now_ms, Shared};
-
-fn time(ms: u64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms as i64)
-        .map(|t| t.to_rfc3339())
-        .unwrap_or_default()
-}
 
 fn name_ok(n: &str) -> bool {
     !n.is_empty()
