@@ -208,7 +208,7 @@ enum Rollout {
     Stop(Vec<Command>),
 }
 
-/// The rolling update (or rollback) of a replicated service, health-gated:
+/// The rolling update (or rollback) of a service's slots, health-gated:
 /// a new task counts once it has run for `monitor` without failing; at
 /// most `parallelism` are in flight; failures beyond `max_failure_ratio`
 /// trigger `failure_action`.
@@ -339,6 +339,92 @@ fn rollout(
         replace.push(o.slot);
     }
     Rollout::Steps { commands, replace }
+}
+
+/// The rolling update (or rollback) of a global service: the same
+/// [`rollout`] as a replicated service's, each node standing for a slot,
+/// so that its outdated tasks are replaced node by node as
+/// `update_config` says. Two tasks on one node (start-first): once the
+/// newest has run for `monitor`, the others go.
+fn global_rollout(
+    rec: &ServiceRecord,
+    svc: &Service,
+    tasks: &[&TaskRecord],
+    live_tasks: &[&TaskRecord],
+    now_ms: u64,
+    new_id: &mut dyn FnMut() -> String,
+    out: &mut Vec<Command>,
+) {
+    let mut nodes: Vec<&str> = tasks.iter().filter_map(|t| t.node.as_deref()).collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    let slotted = |ts: &[&TaskRecord]| -> Vec<TaskRecord> {
+        ts.iter()
+            .filter_map(|t| {
+                let i = nodes.binary_search(&t.node.as_deref()?).ok()?;
+                let mut t = (*t).clone();
+                t.slot = i as u32 + 1;
+                Some(t)
+            })
+            .collect()
+    };
+    // Global tasks have no slot of their own.
+    let unslotted = |c: Command| match c {
+        Command::PutTask(mut t) => {
+            t.slot = 0;
+            Command::PutTask(t)
+        }
+        c => c,
+    };
+    let all = slotted(tasks);
+    let kept = slotted(live_tasks);
+    let monitor_ms = svc.update_config.monitor_ns / 1_000_000;
+    let settled =
+        |t: &TaskRecord| t.state == TaskState::Running && now_ms >= t.updated_ms + monitor_ms;
+    let mut by_node: BTreeMap<u32, Vec<&TaskRecord>> = BTreeMap::new();
+    for t in &kept {
+        by_node.entry(t.slot).or_default().push(t);
+    }
+    for group in by_node.values().filter(|g| g.len() > 1) {
+        let newest = group
+            .iter()
+            .copied()
+            .max_by_key(|t| (t.updated_ms, t.id.clone()))
+            .expect("non-empty");
+        if settled(newest) {
+            for t in group.iter().filter(|t| t.id != newest.id) {
+                let mut t = (*t).clone();
+                t.desired = TaskState::Shutdown;
+                t.message = "superseded on its node".into();
+                out.push(unslotted(Command::PutTask(t)));
+            }
+        }
+    }
+    let on = by_node.len() as u32;
+    let all: Vec<&TaskRecord> = all.iter().collect();
+    let kept: Vec<&TaskRecord> = kept.iter().collect();
+    match rollout(rec, svc, &all, &kept, on, now_ms) {
+        Rollout::Stop(commands) => out.extend(commands.into_iter().map(unslotted)),
+        Rollout::Steps { commands, replace } => {
+            out.extend(commands.into_iter().map(unslotted));
+            for slot in replace {
+                out.push(Command::PutTask(TaskRecord {
+                    id: new_id(),
+                    service: rec.name.clone(),
+                    version: rec.version,
+                    slot: 0,
+                    node: Some(nodes[slot as usize - 1].to_owned()),
+                    desired: TaskState::Running,
+                    state: TaskState::Assigned,
+                    message: String::new(),
+                    exit_code: None,
+                    attempt: 0,
+                    updated_ms: now_ms,
+                    addr: None,
+                }));
+            }
+        }
+    }
 }
 
 /// Whether a dependency (a short name in the same stack) runs as wanted.
@@ -654,6 +740,7 @@ pub fn reconcile_in(
                     addr: None,
                 }));
             }
+            global_rollout(rec, svc, &tasks, &live_tasks, now_ms, new_id, &mut out);
             return Ok(out);
         }
     }

@@ -27,6 +27,7 @@ fn node(id: &str) -> NodeRecord {
         last_addr: None,
         held: false,
         volumes: Default::default(),
+        peer_port: None,
     }
 }
 
@@ -351,6 +352,40 @@ fn global_services_follow_nodes_that_join() {
             .collect::<Vec<_>>(),
         vec![1, 1, 1, 1]
     );
+}
+
+fn global(image: &str, extra: &str) -> String {
+    format!("services:\n  web:\n    image: {image}\n    deploy:\n      mode: global\n      update_config: {{parallelism: 1, monitor: 1s{extra}}}\n")
+}
+
+#[test]
+fn a_global_service_rolls_node_by_node_and_completes() {
+    let mut st = cluster(3, &global("web:1", ""));
+    roll(&mut st, "web", 0, None, 4);
+    assert_eq!(images(&st), BTreeMap::from([("web:1".to_string(), 3)]));
+    put_stack(&mut st, &global("web:2", ""));
+    let (max_new, min_running) = roll(&mut st, "web", 10_000, None, 40);
+    assert_eq!(max_new, 1, "parallelism 1: one node at a time");
+    assert!(min_running >= 2, "stop-first: one node down at a time");
+    assert_eq!(images(&st), BTreeMap::from([("web:2".to_string(), 3)]));
+    assert_eq!(running_per_node(&st, "web").len(), 3, "one per node");
+    assert_eq!(
+        st.services["web"].update,
+        gantry_state::UpdateStatus::Completed
+    );
+    // Start-first: a node runs both until the new task has settled.
+    put_stack(&mut st, &global("web:3", ", order: start-first"));
+    let (_, min_running) = roll(&mut st, "web", 40_000, None, 40);
+    assert!(min_running >= 3, "start-first dipped to {min_running}");
+    assert_eq!(images(&st), BTreeMap::from([("web:3".to_string(), 3)]));
+    // A broken image: the update pauses after the first node.
+    put_stack(&mut st, &global("web:4", ""));
+    roll(&mut st, "web", 70_000, Some("web:4"), 20);
+    assert!(matches!(
+        st.services["web"].update,
+        gantry_state::UpdateStatus::Paused { .. }
+    ));
+    assert_eq!(images(&st), BTreeMap::from([("web:3".to_string(), 2)]));
 }
 
 #[test]
