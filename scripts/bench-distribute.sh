@@ -7,14 +7,19 @@
 #   three  a global service on the three hosts: the same, until all
 #          three run.
 # Between cases the service goes and every node forgets the image. The
-# bench's goal: three at most 1.5x one. Prints each time, the medians and
-# the ratio.
+# bench's goal: three at most 1.5x one. Prints each time, the bytes the
+# manager's host sent, the medians and the ratio.
 #
-#   sudo bash scripts/bench-distribute.sh     # RUNS=5 SIZE_MB=200
+# LINK_MBIT gives every host's link that rate each way (tc tbf), as on a
+# LAN; 0 leaves them as veth pairs are, where all four hosts share this
+# machine's cores and the CPU, not the links, is what runs out.
+#
+#   sudo bash scripts/bench-distribute.sh     # RUNS=5 SIZE_MB=200 LINK_MBIT=1000
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-5}
 SIZE_MB=${SIZE_MB:-200}
+LINK_MBIT=${LINK_MBIT:-1000}
 bash scripts/install-deps.sh
 if [ -z "${GANTRY_BIN:-}" ]; then
   cargo build --release --locked -q -p gantry
@@ -44,6 +49,10 @@ for i in 0 1 2 3; do
   ip -n $tag-h$i addr add 192.168.251.$((10 + i))/24 dev eth0
   ip -n $tag-h$i link set eth0 up
   ip -n $tag-h$i link set lo up
+  if [ "$LINK_MBIT" != 0 ]; then
+    ip netns exec $tag-h$i tc qdisc add dev eth0 root tbf rate "${LINK_MBIT}mbit" burst 1mb latency 50ms
+    ip netns exec $tag-lan tc qdisc add dev h$i root tbf rate "${LINK_MBIT}mbit" burst 1mb latency 50ms
+  fi
 done
 on() { local h=$1; shift; nsenter --net=/run/netns/$tag-h$h "$@"; }
 
@@ -74,14 +83,18 @@ import json, sys
 print(sum(s.get("running", 0) for s in json.load(sys.stdin) if s["name"] == sys.argv[1]))' "$1"; }
 now() { date +%s.%N; }
 declare -A times
+# Bytes the manager's host has sent.
+sent() { ip -n $tag-h0 -s -j link show eth0 | python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["stats64"]["tx"]["bytes"])'; }
 round() { # CASE WANT STACKFILE
-  local case=$1 want=$2 file=$3 t0 t1
+  local case=$1 want=$2 file=$3 t0 t1 b0 b1
+  b0=$(sent)
   t0=$(now)
   on 0 "$G" deploy -d -f "$file" bench >/dev/null
   until [ "$(running bench_app)" = "$want" ]; do sleep 0.05; done
   t1=$(now)
+  b1=$(sent)
   local s; s=$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')
-  printf '%-6s %6.2f s\n' "$case" "$s"
+  printf '%-6s %6.2f s  the manager sent %4d MB\n' "$case" "$s" "$(( (b1 - b0) >> 20 ))"
   times[$case]+="$s "
   on 0 "$G" stack rm bench >/dev/null
   for i in 1 2 3; do
@@ -114,3 +127,4 @@ t=$(echo "${times[three]}" | median)
 echo
 awk -v o="$o" -v t="$t" -v mb="$SIZE_MB" -v n="$RUNS" 'BEGIN {
   printf "medians over %d runs, %d MB layer: one node %.2f s, three nodes %.2f s, ratio %.2fx\n", n, mb, o, t, t / o }'
+echo "links: $([ "$LINK_MBIT" = 0 ] && echo "veth, unshaped" || echo "$LINK_MBIT Mbit/s each way")"

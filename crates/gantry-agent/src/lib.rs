@@ -17,6 +17,7 @@
 //! single-threaded helper ([`helper_main`], a re-exec of the `gantry`
 //! binary), never from the agent's threads.
 
+mod builds;
 mod edge;
 mod exits;
 mod health;
@@ -183,6 +184,7 @@ pub fn node_info(cfg: &AgentConfig, manager: &str) -> NodeInfo {
         labels: cfg.labels.clone(),
         vtep_mac: None,
         volumes: None,
+        peer_port: cfg.peer_port,
     }
 }
 
@@ -276,7 +278,13 @@ pub async fn run(mut cfg: AgentConfig, id: Identity) -> Result<(), AgentError> {
                 let server = trust
                     .server_config_join(live.clone())
                     .map_err(|e| AgentError::Config(format!("node credential: {e}")))?;
-                tokio::spawn(peer::serve(l, Arc::new(server), cfg.data_dir.clone()));
+                crate::builds::clean(&cfg.data_dir);
+                let builder = crate::builds::Builder {
+                    data_dir: cfg.data_dir.clone(),
+                    exe: cfg.helper.clone(),
+                    insecure: cfg.registry.insecure.clone(),
+                };
+                tokio::spawn(peer::serve(l, Arc::new(server), builder));
                 serving = Some(port);
             }
             Err(e) => tracing::warn!(port, "not serving blobs to the other nodes: {e}"),

@@ -129,6 +129,7 @@ fn info(cfg: &SimConfig, i: usize) -> NodeInfo {
         labels: BTreeMap::new(),
         vtep_mac: Some(format!("02:5a:00:{:02x}:{a:02x}:{b:02x}", (i >> 16) as u8)),
         volumes: None,
+        peer_port: None,
     }
 }
 

@@ -11,11 +11,13 @@
 //! - everything else: the admin certificate.
 
 pub mod addrs;
+mod build;
 mod client;
 mod delta;
 mod types;
 
 pub use addrs::{AddrChange, ScopeChange, ScopedAddrs, ServiceAddrs, ServiceChange, INGRESS};
+pub use build::*;
 pub use client::{
     has_port, resolve, write_secret, AdminConfig, ApiError, Client, JoinError, DEFAULT_PEER_PORT,
     DIRECT_HEADER, ELECTION_WAIT, MANAGERS_HEADER, PEER_ADDR_HEADER, PEER_PORT_HEADER,

@@ -34,6 +34,10 @@ pub struct NodeInfo {
     /// reported (the list travels when it changes, and now and then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volumes: Option<Vec<String>>,
+    /// The port it serves its image blobs (and builds, when labelled a
+    /// builder) to the cluster on, if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_port: Option<u16>,
 }
 
 /// The most volume names a node reports.
@@ -900,25 +904,3 @@ pub struct RepoView {
     /// The newest push (RFC 3339).
     pub pushed: String,
 }
-
-/// A line of `POST /v1/builds`'s answer: the build's output as it comes,
-/// then how it ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BuildEvent {
-    /// A line of the builder's output.
-    Line(String),
-    /// Built and pushed: the image by digest in the cluster's registry.
-    Done {
-        /// `MANAGER/REPOSITORY@sha256:...`.
-        image: String,
-    },
-    /// The build failed; nothing was pushed.
-    Failed {
-        /// Why.
-        message: String,
-    },
-}
-
-/// The header that carries a build secret: `ID=BASE64`.
-pub const BUILD_SECRET_HEADER: &str = "x-gantry-build-secret";

@@ -10,6 +10,8 @@ pub mod build;
 pub mod container;
 pub mod digest;
 pub mod dockerfile;
+mod fetch;
+pub mod job;
 pub mod pack;
 pub mod reference;
 pub mod registry;
@@ -20,6 +22,7 @@ pub mod types;
 pub mod unpack;
 
 pub use digest::Digest;
+pub use fetch::{arriving, Arrived, Arriving};
 pub use reference::{BadReference, ImageRef};
 pub use registry::{pull, push, Progress, ProgressFn, RegistryError, RegistryOptions, Tunnel};
 pub use store::{ImageRecord, LocalImage, Store, StoreError};

@@ -46,7 +46,10 @@ fn opaque(p: &Path) -> bool {
 pub fn pack_dir(dir: &Path, out: &Path) -> io::Result<Packed> {
     let file = File::create(out)?;
     let blob = HashingWriter::new(io::BufWriter::new(file));
-    let gz = flate2::write::GzEncoder::new(blob, flate2::Compression::fast());
+    // Level 2, not 1: zlib-rs's level 1 codes every block with fixed
+    // trees, so data that does not compress grows and costs every pull a
+    // slow inflate; from level 2 such blocks are stored as they are.
+    let gz = flate2::write::GzEncoder::new(blob, flate2::Compression::new(2));
     let tar_hash = HashingWriter::new(gz);
     let mut builder = tar::Builder::new(tar_hash);
     builder.mode(tar::HeaderMode::Complete);

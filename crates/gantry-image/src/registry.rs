@@ -13,9 +13,9 @@ use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, RegistryOperation};
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWrite;
 
 use crate::digest::Digest;
+use crate::fetch;
 use crate::reference::ImageRef;
 use crate::remote::Remote;
 pub use crate::remote::Tunnel;
@@ -482,54 +482,9 @@ pub enum Progress {
 /// Where progress goes.
 pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
 
-/// Counts bytes written to a file and reports them.
-struct CountingWriter<W> {
-    inner: W,
-    hasher: sha2::Sha256,
-    done: u64,
-    last: u64,
-    digest: String,
-    progress: ProgressFn,
-}
-
-impl<W: AsyncWrite + Unpin> AsyncWrite for CountingWriter<W> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        let r = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let std::task::Poll::Ready(Ok(n)) = &r {
-            sha2::Digest::update(&mut this.hasher, &buf[..*n]);
-            this.done += *n as u64;
-            if this.done - this.last >= 256 * 1024 {
-                this.last = this.done;
-                (this.progress)(Progress::Bytes {
-                    digest: this.digest.clone(),
-                    done: this.done,
-                });
-            }
-        }
-        r
-    }
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 /// Pulls an image into the store and tags it with `r`. Every blob's digest
-/// is checked; layers download up to four at a time and each is unpacked
-/// as soon as it is complete.
+/// is checked; layers download up to four at a time, each unpacked while
+/// it arrives and kept only once its digest is right.
 pub async fn pull(
     store: &Store,
     r: &ImageRef,
@@ -601,7 +556,10 @@ async fn pull_inner(
             why: format!("unsupported manifest (only OCI and Docker schema 2 images): {e}"),
         })?;
 
-    let fetch = |desc: crate::types::Descriptor| {
+    // A blob (and, for a layer, its unpacked directory) into the store,
+    // from another node first when the cluster says one has it; its bytes
+    // wrong or its transfer broken, once more from the managers themselves.
+    let fetch = |desc: crate::types::Descriptor, layer: bool| {
         let remote = &remote;
         let store = store.clone();
         let progress = progress.clone();
@@ -618,42 +576,70 @@ async fn pull_inner(
                     digest: desc.digest.clone(),
                     how: "already here",
                 });
-            } else {
-                progress(Progress::Start {
-                    digest: desc.digest.clone(),
-                    size: desc.size,
-                });
-                // From another node first (when the cluster says one has
-                // it); its bytes wrong or its transfer broken, once more
-                // from the managers themselves.
-                let tmp = store.temp_path("pull");
-                let mut direct = false;
-                loop {
-                    let got = fetch_blob(remote, r, &desc, &tmp, &progress, direct).await;
-                    let why = match got {
-                        Ok(actual) if actual == d.as_str() => break,
-                        Ok(actual) => RegistryError::DigestMismatch {
-                            reference: name.clone(),
-                            expected: d.to_string(),
-                            actual,
-                        },
+                if layer && !store.layer_path(&d).exists() {
+                    progress(Progress::Extracting {
+                        digest: d.to_string(),
+                    });
+                    let (store, d) = (store.clone(), d.clone());
+                    tokio::task::spawn_blocking(move || store.ensure_layer(&d))
+                        .await
+                        .map_err(|e| RegistryError::Protocol {
+                            registry: String::new(),
+                            why: e.to_string(),
+                        })??;
+                }
+                return Ok(d);
+            }
+            progress(Progress::Start {
+                digest: desc.digest.clone(),
+                size: desc.size,
+            });
+            let unpack = layer && !store.layer_path(&d).exists();
+            let mut direct = false;
+            let got = loop {
+                let why =
+                    match fetch::fetch(remote, r, &store, &desc, unpack, &progress, direct).await {
+                        Ok(got) if got.actual == d.as_str() => break got,
+                        Ok(got) => {
+                            let actual = got.actual.clone();
+                            got.discard();
+                            RegistryError::DigestMismatch {
+                                reference: name.clone(),
+                                expected: d.to_string(),
+                                actual,
+                            }
+                        }
                         Err(e) => e,
                     };
-                    let _ = tokio::fs::remove_file(&tmp).await;
-                    if direct || !remote.peers() {
-                        return Err(why);
-                    }
-                    direct = true;
+                if direct || !remote.peers() {
+                    return Err(why);
                 }
-                store.commit_blob(&tmp, &d)?;
-                store.add_source(&d, &repo)?;
+                direct = true;
+            };
+            if let Err(e) = store.commit_blob(&got.blob, &d) {
+                got.discard();
+                return Err(e.into());
             }
+            match got.layer {
+                Some(Ok(dir)) => {
+                    store.commit_layer(&dir, &d)?;
+                }
+                Some(Err(err)) => {
+                    return Err(StoreError::Unpack {
+                        digest: d.to_string(),
+                        err,
+                    }
+                    .into())
+                }
+                None => {}
+            }
+            store.add_source(&d, &repo)?;
             Ok::<Digest, RegistryError>(d)
         }
     };
 
     // The config first: it is small and says what the layers must be.
-    let config_digest = fetch(manifest.config.clone()).await?;
+    let config_digest = fetch(manifest.config.clone(), false).await?;
     progress(Progress::Done {
         digest: config_digest.to_string(),
     });
@@ -666,22 +652,9 @@ async fn pull_inner(
     futures::stream::iter(manifest.layers.clone())
         .map(|desc| {
             let fetch = &fetch;
-            let store = store.clone();
             let progress = progress.clone();
             async move {
-                let d = fetch(desc).await?;
-                if !store.layer_path(&d).exists() {
-                    progress(Progress::Extracting {
-                        digest: d.to_string(),
-                    });
-                    let d2 = d.clone();
-                    tokio::task::spawn_blocking(move || store.ensure_layer(&d2))
-                        .await
-                        .map_err(|e| RegistryError::Protocol {
-                            registry: String::new(),
-                            why: e.to_string(),
-                        })??;
-                }
+                let d = fetch(desc, true).await?;
                 progress(Progress::Done {
                     digest: d.to_string(),
                 });
@@ -693,45 +666,6 @@ async fn pull_inner(
         .await?;
     let stored = store.put_blob(&bytes, Some(&manifest_digest))?;
     Ok(store.add_image(&stored, Some(r))?)
-}
-
-/// Fetches one blob into `tmp`, hashing what is written; the digest of
-/// exactly those bytes.
-async fn fetch_blob(
-    remote: &Remote<'_>,
-    r: &ImageRef,
-    desc: &crate::types::Descriptor,
-    tmp: &Path,
-    progress: &ProgressFn,
-    direct: bool,
-) -> Result<String, RegistryError> {
-    let file = tokio::fs::File::create(tmp)
-        .await
-        .map_err(|e| StoreError::Io {
-            what: "create",
-            path: tmp.to_owned(),
-            err: e,
-        })?;
-    let mut writer = CountingWriter {
-        inner: file,
-        hasher: sha2::Sha256::default(),
-        done: 0,
-        last: 0,
-        digest: desc.digest.clone(),
-        progress: progress.clone(),
-    };
-    remote.blob(r, desc, &mut writer, direct).await?;
-    tokio::io::AsyncWriteExt::flush(&mut writer.inner)
-        .await
-        .map_err(|e| StoreError::Io {
-            what: "write",
-            path: tmp.to_owned(),
-            err: e,
-        })?;
-    Ok(format!(
-        "sha256:{}",
-        hex::encode(sha2::Digest::finalize(writer.hasher))
-    ))
 }
 
 pub(crate) fn to_oci(d: &crate::types::Descriptor) -> oci_client::manifest::OciDescriptor {

@@ -110,6 +110,7 @@ mod tests {
                 last_addr: None,
                 held: false,
                 volumes: Default::default(),
+                peer_port: None,
             }))
             .unwrap();
         }

@@ -122,6 +122,7 @@ pub fn node_record(id: &str, info: &NodeInfo, manager: bool) -> NodeRecord {
         last_addr: None,
         held: false,
         volumes: info.volumes.iter().flatten().cloned().collect(),
+        peer_port: info.peer_port,
     }
 }
 
@@ -142,6 +143,7 @@ mod tests {
             labels: BTreeMap::new(),
             vtep_mac: Some("02:00:00:00:00:01".into()),
             volumes: None,
+            peer_port: None,
         }
     }
 

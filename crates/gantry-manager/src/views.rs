@@ -55,6 +55,7 @@ mod tests {
             labels: BTreeMap::new(),
             vtep_mac: None,
             volumes: None,
+            peer_port: None,
         }
     }
 

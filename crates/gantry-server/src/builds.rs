@@ -1,80 +1,88 @@
 //! Builds on the cluster (`gantry deploy` of a service with `build:`,
-//! `POST /v1/builds`): the context comes as a tar stream (the CLI applied
-//! `.dockerignore`), is unpacked in a private directory of this manager,
-//! and built by `gantry image build --push` (the same binary, so RUN
-//! steps run in its single-threaded helper) into the manager's host
-//! store, pushed to the cluster's registry with the manager host's admin
-//! credential. The answer streams the build's output as JSON lines and
-//! ends with the image by digest, or why it failed; a failed build
-//! pushes nothing.
+//! `POST /v1/builds`). The context comes as a tar stream (the CLI applied
+//! `.dockerignore`), and the build runs:
+//! - on a builder node (labelled `gantry.builder=true`, up and active)
+//!   when there is one: the manager sends the request on to that node's
+//!   agent (its peer port, the cluster's mutual TLS), which builds into
+//!   its own image store; the manager then copies the image's blobs from
+//!   the node, by digest and checked, into the cluster's registry and
+//!   records its manifest at the leader, as a push would;
+//! - else on this manager: `gantry image build --push` into the manager's
+//!   host store, pushed with the manager host's admin credential.
+//!
+//! The answer streams the build's output as JSON lines and ends with the
+//! image by digest, or why it failed; a failed build pushes nothing.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::Extension;
-use base64::Engine;
 use futures::StreamExt;
-use gantry_api::BuildEvent;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, Semaphore};
+use gantry_api::{BuildEvent, BuildParams};
+use gantry_store::{NodeRecord, State as ClusterState};
+use sha2::Digest as _;
+use tokio::sync::mpsc;
+use zeroize::Zeroizing;
 
 use crate::api::{bad, Fail, Peer};
 use crate::Shared;
 
-/// Builds at once on one manager (each takes the CPU it can).
-static RUNNING: Semaphore = Semaphore::const_new(2);
-
-/// The largest context accepted.
-const CONTEXT_LIMIT: u64 = 8 << 30;
-
-/// What to build, from the query.
-#[derive(Debug, Default)]
-struct Request {
-    repo: String,
-    tag: String,
-    dockerfile: Option<String>,
-    target: Option<String>,
-    args: Vec<String>,
-    no_cache: bool,
-}
-
-fn parse_query(q: &str) -> Result<Request, Fail> {
-    let mut r = Request::default();
-    for (k, v) in serde_urlencoded::from_str::<Vec<(String, String)>>(q)
-        .map_err(|e| bad(format!("query: {e}")))?
-    {
-        match k.as_str() {
-            "repo" => r.repo = v,
-            "tag" => r.tag = v,
-            "dockerfile" => r.dockerfile = Some(v),
-            "target" => r.target = Some(v),
-            "arg" if v.contains('=') => r.args.push(v),
-            "no_cache" => r.no_cache = v == "true",
-            other => return Err(bad(format!("unknown build parameter {other:?}"))),
-        }
-    }
-    crate::registry::check_name(&r.repo).map_err(bad)?;
-    if r.tag.is_empty() {
-        r.tag = "latest".into();
-    }
-    crate::registry::check_tag(&r.tag).map_err(bad)?;
-    if let Some(d) = &r.dockerfile {
-        if d.is_empty() || d.starts_with('/') || d.split('/').any(|p| p == "..") {
-            return Err(bad(format!(
-                "dockerfile {d:?} must be a path inside the context"
-            )));
-        }
-    }
-    Ok(r)
-}
+type Secrets = Vec<(String, Zeroizing<Vec<u8>>)>;
 
 fn line(e: &BuildEvent) -> Bytes {
     crate::api::json_line(e)
+}
+
+/// Builds this manager sent to each node and not yet ended.
+static SENT: Mutex<Option<HashMap<String, u32>>> = Mutex::new(None);
+
+/// A builder node to send a build to: one labelled
+/// [`gantry_api::BUILDER_LABEL`]`=true`, up, active and serving its peer
+/// port, with the fewest builds from this manager under way (then by id).
+fn pick_builder<'a>(s: &'a ClusterState, busy: &HashMap<String, u32>) -> Option<&'a NodeRecord> {
+    s.nodes
+        .values()
+        .filter(|n| {
+            n.labels.get(gantry_api::BUILDER_LABEL).map(String::as_str) == Some("true")
+                && n.up
+                && n.availability == gantry_sched::Availability::Active
+                && n.peer_port.is_some()
+                && n.addr.parse::<std::net::IpAddr>().is_ok()
+        })
+        .min_by_key(|n| (busy.get(&n.id).copied().unwrap_or(0), n.id.clone()))
+}
+
+/// Counts a build sent to a node while it lasts.
+struct Sent(String);
+
+impl Sent {
+    fn new(node: &str) -> Self {
+        *SENT
+            .lock()
+            .expect("builds lock")
+            .get_or_insert_with(HashMap::new)
+            .entry(node.to_owned())
+            .or_default() += 1;
+        Sent(node.to_owned())
+    }
+}
+
+impl Drop for Sent {
+    fn drop(&mut self) {
+        if let Some(m) = SENT.lock().expect("builds lock").as_mut() {
+            if let Some(n) = m.get_mut(&self.0) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&self.0);
+                }
+            }
+        }
+    }
 }
 
 /// `POST /v1/builds?repo=&tag=[&dockerfile=&target=&arg=K=V&no_cache=true]`.
@@ -86,242 +94,391 @@ pub(crate) async fn build(
     body: Body,
 ) -> Result<Body, Fail> {
     peer.admin()?;
-    let req = parse_query(query.as_deref().unwrap_or(""))?;
+    let params = BuildParams::parse(query.as_deref().unwrap_or("")).map_err(bad)?;
+    crate::registry::check_name(&params.repo).map_err(bad)?;
+    crate::registry::check_tag(&params.tag).map_err(bad)?;
     let mut secrets = Vec::new();
     for v in headers.get_all(gantry_api::BUILD_SECRET_HEADER) {
-        let v = v
-            .to_str()
-            .map_err(|_| bad("a build secret header is not text"))?;
-        let (id, b64) = v
-            .split_once('=')
-            .ok_or_else(|| bad("a build secret is ID=BASE64"))?;
-        let value = base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .map_err(|e| bad(format!("build secret {id}: {e}")))?;
-        if id.is_empty()
-            || !id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
-            return Err(bad(format!("invalid build secret id {id:?}")));
-        }
-        secrets.push((id.to_owned(), zeroize::Zeroizing::new(value)));
+        secrets.push(gantry_api::parse_build_secret(v.as_bytes()).map_err(bad)?);
     }
-    let dir = sh.cfg.data_dir.join("manager/builds").join(crate::new_id());
-    crate::private_dir(&dir).map_err(|e| {
-        Fail(
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            format!("build dir: {e}"),
-        )
-    })?;
+    let builder = {
+        let sent = SENT.lock().expect("builds lock");
+        let empty = HashMap::new();
+        let busy = sent.as_ref().unwrap_or(&empty);
+        sh.read(|s| pick_builder(s, busy).cloned())
+    };
     let (tx, rx) = mpsc::channel::<Bytes>(64);
-    tokio::spawn(async move {
-        let ended = run(&sh, &dir, req, secrets, body, &tx).await;
-        let _ = tokio::fs::remove_dir_all(&dir).await;
-        let _ = tx.send(line(&ended)).await;
-    });
+    match builder {
+        Some(node) => {
+            let sent = Sent::new(&node.id);
+            tokio::spawn(async move {
+                let ended = on_node(&sh, &peer, &node, &params, &secrets, body, &tx).await;
+                drop(sent);
+                let _ = tx.send(line(&ended)).await;
+            });
+        }
+        None => {
+            let dir = sh.cfg.data_dir.join("manager/builds").join(crate::new_id());
+            crate::private_dir(&dir).map_err(|e| {
+                Fail(
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("build dir: {e}"),
+                )
+            })?;
+            tokio::spawn(async move {
+                let ended = here(&sh, &dir, &params, &secrets, body, &tx).await;
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                let _ = tx.send(line(&ended)).await;
+            });
+        }
+    }
     Ok(crate::api::lines(rx))
 }
 
-async fn run(
+/// Sends each line of output on as a [`BuildEvent::Line`]; ends when the
+/// build's output does or the client goes.
+fn relay(tx: &mpsc::Sender<Bytes>) -> (mpsc::Sender<String>, tokio::task::JoinHandle<()>) {
+    let (out, mut lines) = mpsc::channel::<String>(64);
+    let tx = tx.clone();
+    let task = tokio::spawn(async move {
+        while let Some(l) = lines.recv().await {
+            if tx.send(line(&BuildEvent::Line(l))).await.is_err() {
+                return;
+            }
+        }
+    });
+    (out, task)
+}
+
+/// Builds on this manager and pushes to the cluster's registry.
+async fn here(
     sh: &Shared,
-    dir: &Path,
-    req: Request,
-    secrets: Vec<(String, zeroize::Zeroizing<Vec<u8>>)>,
+    dir: &std::path::Path,
+    params: &BuildParams,
+    secrets: &Secrets,
     body: Body,
     tx: &mpsc::Sender<Bytes>,
 ) -> BuildEvent {
-    let failed = |message: String| BuildEvent::Failed { message };
-    // The context, whole, before anything runs.
-    let tar = dir.join("context.tar");
-    if let Err(e) = receive(body, &tar).await {
-        return failed(format!("receiving the context: {e}"));
-    }
-    let ctx = dir.join("context");
-    let unpacked = {
-        let (tar, ctx) = (tar.clone(), ctx.clone());
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            std::fs::create_dir_all(&ctx)?;
-            let mut a = tar::Archive::new(std::fs::File::open(&tar)?);
-            a.set_preserve_permissions(true);
-            a.set_overwrite(true);
-            // Entries whose paths leave the folder are skipped by unpack.
-            a.unpack(&ctx)?;
-            std::fs::remove_file(&tar)
-        })
-        .await
-    };
-    match unpacked {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return failed(format!("unpacking the context: {e}")),
-        Err(e) => return failed(format!("unpacking the context: {e}")),
-    }
-    let secret_dir = dir.join("secrets");
-    let mut args: Vec<String> = Vec::new();
-    if !secrets.is_empty() {
-        if let Err(e) = crate::private_dir(&secret_dir) {
-            return failed(format!("secrets: {e}"));
-        }
-    }
-    for (i, (id, value)) in secrets.iter().enumerate() {
-        let p = secret_dir.join(i.to_string());
-        if let Err(e) = write_private(&p, value) {
-            return failed(format!("secret {id}: {e}"));
-        }
-        args.extend(["--secret".into(), format!("id={id},src={}", p.display())]);
-    }
-    let image = format!("{}/{}:{}", sh.reach, req.repo, req.tag);
-    let _turn = match RUNNING.acquire().await {
-        Ok(t) => t,
-        Err(_) => return failed("the manager is stopping".into()),
-    };
     let exe = match std::env::current_exe() {
         Ok(e) => e,
-        Err(e) => return failed(format!("this program's path: {e}")),
+        Err(e) => {
+            return BuildEvent::Failed {
+                message: format!("this program's path: {e}"),
+            }
+        }
     };
-    let mut cmd = tokio::process::Command::new(exe);
+    let mut global: Vec<std::ffi::OsString> = Vec::new();
     for r in &sh.cfg.insecure_registries {
-        cmd.args(["--insecure-registry", r]);
+        global.extend(["--insecure-registry".into(), r.into()]);
     }
-    cmd.arg("--data-dir")
-        .arg(&sh.cfg.data_dir)
-        .args(["image", "build", "--push", "-t", &image])
-        .args(args);
-    if let Some(d) = &req.dockerfile {
-        cmd.arg("-f").arg(ctx.join(d));
-    }
-    if let Some(t) = &req.target {
-        cmd.args(["--target", t]);
-    }
-    for a in &req.args {
-        cmd.args(["--build-arg", a]);
-    }
-    if req.no_cache {
-        cmd.arg("--no-cache");
-    }
-    let mut child = match cmd
-        .arg(&ctx)
-        .env("GANTRY_CONFIG_DIR", &sh.cfg.config_dir)
-        .env_remove("GANTRY_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => return failed(format!("starting the builder: {e}")),
+    global.extend(["--data-dir".into(), sh.cfg.data_dir.clone().into()]);
+    let job = gantry_image::job::Job {
+        exe,
+        global,
+        env: vec![("GANTRY_CONFIG_DIR".into(), sh.cfg.config_dir.clone().into())],
+        image: format!("{}/{}:{}", sh.reach, params.repo, params.tag),
+        push: true,
+        dockerfile: params.dockerfile.clone(),
+        target: params.target.clone(),
+        args: params.args.clone(),
+        no_cache: params.no_cache,
     };
-    let out = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
-    let err = tokio::io::BufReader::new(child.stderr.take().expect("piped")).lines();
-    let mut lines = futures::stream::select(tokio_stream_lines(out), tokio_stream_lines(err));
-    let mut last = String::new();
-    while let Some(l) = lines.next().await {
-        if !l.trim().is_empty() {
-            last.clone_from(&l);
-        }
-        // The client went away: the build stops (kill on drop).
-        if tx.send(line(&BuildEvent::Line(l))).await.is_err() {
-            return failed("the client went away".into());
-        }
-    }
-    let status = match child.wait().await {
-        Ok(s) => s,
-        Err(e) => return failed(format!("the builder: {e}")),
-    };
-    if !status.success() {
-        return failed(if last.is_empty() {
-            format!("the build failed ({status})")
-        } else {
-            last
-        });
+    let (out, relayed) = relay(tx);
+    let built = job.run(dir, body.into_data_stream(), secrets, &out).await;
+    drop(out);
+    let _ = relayed.await;
+    if let Err(message) = built {
+        return BuildEvent::Failed { message };
     }
     // Pushed: the tag names the digest once the push's write is applied
     // here too.
+    match tagged(sh, params).await {
+        Some(image) => BuildEvent::Done { image },
+        None => BuildEvent::Failed {
+            message: format!(
+                "built and pushed, but {}:{} is not in the registry's state",
+                params.repo, params.tag
+            ),
+        },
+    }
+}
+
+/// `REACH/REPO@DIGEST` once the state here has the tag (5 s at most).
+async fn tagged(sh: &Shared, params: &BuildParams) -> Option<String> {
     for _ in 0..50 {
         let digest = sh.read(|s| {
             s.registry
-                .get(&req.repo)
-                .and_then(|r| r.tags.get(&req.tag).cloned())
+                .get(&params.repo)
+                .and_then(|r| r.tags.get(&params.tag).cloned())
         });
         if let Some(d) = digest {
-            return BuildEvent::Done {
-                image: format!("{}/{}@{d}", sh.reach, req.repo),
-            };
+            return Some(format!("{}/{}@{d}", sh.reach, params.repo));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    failed(format!(
-        "built and pushed, but {image} is not in the registry's state"
-    ))
+    None
 }
 
-fn tokio_stream_lines<R: tokio::io::AsyncBufRead + Unpin + Send + 'static>(
-    l: tokio::io::Lines<R>,
-) -> impl futures::Stream<Item = String> + Unpin + Send {
-    Box::pin(futures::stream::unfold(l, |mut l| async move {
-        match l.next_line().await {
-            Ok(Some(s)) => Some((s, l)),
-            _ => None,
-        }
-    }))
+/// A client for `node`'s peer port, with this manager's certificate.
+fn node_client(sh: &Shared, node: &NodeRecord) -> Result<(reqwest::Client, String), String> {
+    let tls = sh
+        .peers
+        .tls()
+        .ok_or("this manager has no certificate yet")?;
+    let port = node.peer_port.ok_or("the node serves no peer port")?;
+    let ip: std::net::IpAddr = node
+        .addr
+        .parse()
+        .map_err(|_| format!("the node's address {:?} is not an IP", node.addr))?;
+    let c = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .resolve(&node.id, SocketAddr::new(ip, port))
+        .http1_only()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(5))
+        // A build may be silent for long; a node that died is found by
+        // its connection's keepalives.
+        .tcp_keepalive(Duration::from_secs(10))
+        .tcp_keepalive_interval(Duration::from_secs(5))
+        .tcp_keepalive_retries(3)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok((c, format!("https://{}:{port}", node.id)))
 }
 
-/// Streams the request body to `path` (up to [`CONTEXT_LIMIT`]).
-async fn receive(body: Body, path: &PathBuf) -> std::io::Result<()> {
-    let mut f = tokio::fs::File::create(path).await?;
-    let mut stream = body.into_data_stream();
-    let mut n = 0u64;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(std::io::Error::other)?;
-        n += chunk.len() as u64;
-        if n > CONTEXT_LIMIT {
-            return Err(std::io::Error::other(format!(
-                "the context is over {} GiB",
-                CONTEXT_LIMIT >> 30
-            )));
-        }
-        f.write_all(&chunk).await?;
+/// An error and its causes, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
     }
-    f.flush().await
+    s
 }
 
-fn write_private(p: &Path, value: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .mode(0o600)
-        .open(p)?;
-    f.write_all(value)
+/// Builds on `node`, then copies the image into the cluster's registry.
+async fn on_node(
+    sh: &Arc<Shared>,
+    peer: &Peer,
+    node: &NodeRecord,
+    params: &BuildParams,
+    secrets: &Secrets,
+    body: Body,
+    tx: &mpsc::Sender<Bytes>,
+) -> BuildEvent {
+    let failed = |message: String| BuildEvent::Failed {
+        message: format!("on builder node {}: {message}", node.hostname),
+    };
+    let _ = tx
+        .send(line(&BuildEvent::Line(format!(
+            "building on node {} ({})",
+            node.hostname, node.id
+        ))))
+        .await;
+    let (client, base) = match node_client(sh, node) {
+        Ok(c) => c,
+        Err(e) => return failed(e),
+    };
+    let mut req = client
+        .post(format!("{base}/builds?{}", params.to_query()))
+        .body(reqwest::Body::wrap_stream(body.into_data_stream()));
+    for (id, value) in secrets {
+        req = req.header(
+            gantry_api::BUILD_SECRET_HEADER,
+            gantry_api::build_secret_header(id, value),
+        );
+    }
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) => return failed(format!("unreachable: {}", chain(&e))),
+    };
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        return failed(format!("answered {status}: {}", text.trim()));
+    }
+    // Its lines go on as they come; its end says what it built.
+    let mut stream = resp.bytes_stream();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut ended = None;
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => return failed(format!("the build's answer broke: {e}")),
+        };
+        pending.extend_from_slice(&chunk);
+        while let Some(i) = pending.iter().position(|b| *b == b'\n') {
+            let l: Vec<u8> = pending.drain(..=i).collect();
+            match serde_json::from_slice::<BuildEvent>(&l) {
+                Ok(BuildEvent::Line(t)) => {
+                    if tx.send(line(&BuildEvent::Line(t))).await.is_err() {
+                        // The client went away: dropping the answer stops
+                        // the node's build.
+                        return failed("the client went away".into());
+                    }
+                }
+                Ok(e) => ended = Some(e),
+                Err(_) => {}
+            }
+        }
+        if pending.len() > 1 << 20 {
+            return failed("a line of the build's answer is over 1 MiB".into());
+        }
+    }
+    let digest = match ended {
+        Some(BuildEvent::Done { image }) => image,
+        Some(BuildEvent::Failed { message }) => return failed(message),
+        _ => return failed("its answer ended before the build did".into()),
+    };
+    let _ = tx
+        .send(line(&BuildEvent::Line(format!(
+            "copying {digest} from node {} into the cluster's registry",
+            node.hostname
+        ))))
+        .await;
+    if let Err(e) = import(sh, peer, &client, &base, &digest, params).await {
+        return failed(format!("copying the image from the node: {e}"));
+    }
+    match tagged(sh, params).await {
+        Some(image) => BuildEvent::Done { image },
+        None => failed(format!(
+            "built, but {}:{} is not in the registry's state",
+            params.repo, params.tag
+        )),
+    }
+}
+
+/// The descriptors a manifest names.
+#[derive(serde::Deserialize)]
+struct Named {
+    config: Desc,
+    layers: Vec<Desc>,
+    #[serde(rename = "mediaType")]
+    media_type: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct Desc {
+    digest: String,
+}
+
+/// Copies the image `digest` names from the node into this manager's
+/// registry blobs (each checked against its digest), then records its
+/// manifest under `params`' repository and tag, at the leader.
+async fn import(
+    sh: &Arc<Shared>,
+    peer: &Peer,
+    client: &reqwest::Client,
+    base: &str,
+    digest: &str,
+    params: &BuildParams,
+) -> Result<(), String> {
+    crate::registry::route::check_digest(digest).map_err(|e| e.message)?;
+    let get = |d: String| async move {
+        let r = client
+            .get(format!("{base}/blobs/{d}"))
+            .send()
+            .await
+            .map_err(|e| format!("{d}: {e}"))?;
+        if !r.status().is_success() {
+            return Err(format!("{d}: the node answered {}", r.status()));
+        }
+        Ok(r)
+    };
+    let resp = get(digest.to_owned()).await?;
+    if resp
+        .content_length()
+        .is_some_and(|n| n > crate::registry::MANIFEST_WIRE_LIMIT as u64)
+    {
+        return Err("the manifest is too large".into());
+    }
+    let manifest = resp.bytes().await.map_err(|e| e.to_string())?;
+    let actual = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&manifest)));
+    if actual != digest {
+        return Err(format!("the node sent {actual} for {digest}"));
+    }
+    let named: Named =
+        serde_json::from_slice(&manifest).map_err(|e| format!("the manifest: {e}"))?;
+    for d in std::iter::once(&named.config).chain(&named.layers) {
+        crate::registry::route::check_digest(&d.digest).map_err(|e| e.message)?;
+        if sh.blobs.size(&d.digest).is_some() {
+            continue;
+        }
+        let r = get(d.digest.clone()).await?;
+        sh.blobs
+            .put_stream(&d.digest, r.bytes_stream().boxed())
+            .await
+            .map_err(|e| format!("{}: {e:?}", d.digest))?;
+    }
+    let media_type = named
+        .media_type
+        .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".to_owned());
+    crate::registry::put_manifest_as(sh, peer, &params.repo, &params.tag, &media_type, manifest)
+        .await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gantry_store::Command;
+
+    fn node(id: &str, labels: &[(&str, &str)], up: bool, peer_port: Option<u16>) -> NodeRecord {
+        NodeRecord {
+            id: id.into(),
+            hostname: format!("h-{id}"),
+            addr: "10.0.0.1".into(),
+            manager: false,
+            arch: "x86_64".into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            availability: gantry_sched::Availability::Active,
+            up,
+            capacity: Default::default(),
+            disk: 0,
+            block: None,
+            vtep_mac: None,
+            last_addr: None,
+            held: false,
+            volumes: Default::default(),
+            peer_port,
+        }
+    }
 
     #[test]
-    fn the_query_is_checked() {
-        let r =
-            parse_query("repo=shop%2Fweb&tag=1.2&arg=A%3D1&arg=B%3Dx%3Dy&target=run&no_cache=true")
-                .ok()
-                .unwrap();
-        assert_eq!(r.repo, "shop/web");
-        assert_eq!(r.tag, "1.2");
-        assert_eq!(r.args, ["A=1", "B=x=y"]);
-        assert_eq!(r.target.as_deref(), Some("run"));
-        assert!(r.no_cache);
-        assert_eq!(parse_query("repo=a").ok().unwrap().tag, "latest");
-        for bad in [
-            "repo=Shop",
-            "repo=a&tag=.x",
-            "repo=a&dockerfile=../Dockerfile",
-            "repo=a&dockerfile=/etc/passwd",
-            "repo=a&what=1",
-            "tag=1",
+    fn builds_go_to_builder_nodes_that_can_take_them_the_least_busy_first() {
+        let mut s = ClusterState::default();
+        let b = [(gantry_api::BUILDER_LABEL, "true")];
+        for n in [
+            node("a", &[], true, Some(4244)),
+            node("b", &b, false, Some(4244)),
+            node("c", &b, true, None),
+            node(
+                "d",
+                &[(gantry_api::BUILDER_LABEL, "false")],
+                true,
+                Some(4244),
+            ),
         ] {
-            assert!(parse_query(bad).is_err(), "{bad}");
+            s.apply(&Command::PutNode(n)).unwrap();
         }
+        let none = HashMap::new();
+        // Not labelled, down, no peer port, labelled false: none is one.
+        assert!(pick_builder(&s, &none).is_none());
+        s.apply(&Command::PutNode(node("e", &b, true, Some(4244))))
+            .unwrap();
+        s.apply(&Command::PutNode(node("f", &b, true, Some(4244))))
+            .unwrap();
+        assert_eq!(pick_builder(&s, &none).unwrap().id, "e");
+        let busy = HashMap::from([("e".to_owned(), 1)]);
+        assert_eq!(pick_builder(&s, &busy).unwrap().id, "f");
+        let mut drained = node("f", &b, true, Some(4244));
+        drained.availability = gantry_sched::Availability::Drain;
+        s.apply(&Command::PutNode(drained)).unwrap();
+        assert_eq!(pick_builder(&s, &busy).unwrap().id, "e");
     }
 }

@@ -188,7 +188,11 @@ fn parse_peer(v: &str) -> Peer {
 
 /// Sends `req` on to the leader at `addr` and its answer back; an error
 /// says whether nothing was sent.
-async fn proxy(sh: &Shared, addr: &str, req: Request) -> Result<Response, (String, bool)> {
+pub(crate) async fn proxy(
+    sh: &Shared,
+    addr: &str,
+    req: Request,
+) -> Result<Response, (String, bool)> {
     let client = sh.to_leader.client(sh, addr).map_err(|e| (e, true))?;
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers.clone();

@@ -53,6 +53,10 @@ pub struct NodeRecord {
     /// The names of its local volumes, as it last reported them.
     #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
     pub volumes: std::collections::BTreeSet<String>,
+    /// The port it serves its image blobs (and builds, when it is a
+    /// builder) to the cluster on, if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_port: Option<u16>,
 }
 
 impl NodeRecord {

@@ -25,6 +25,7 @@ fn node(id: &str) -> NodeRecord {
         last_addr: None,
         held: false,
         volumes: Default::default(),
+        peer_port: None,
     }
 }
 

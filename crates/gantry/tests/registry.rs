@@ -651,6 +651,15 @@ fn a_stack_with_build_deploys_from_the_cluster_registry_and_a_failed_build_chang
     for i in 0..3 {
         cl.start_agent(i);
     }
+    // Builds go to the builder node while there is one.
+    let o = cl.admin(&[
+        "node",
+        "update",
+        "--label-add",
+        "gantry.builder=true",
+        "node-1",
+    ]);
+    assert!(o.status.success(), "{}", errtext(&o));
     let dir = tempfile::tempdir().unwrap();
     let app = dir.path().join("app");
     std::fs::create_dir_all(app.join("src")).unwrap();
@@ -679,8 +688,8 @@ fn a_stack_with_build_deploys_from_the_cluster_registry_and_a_failed_build_chang
         cl.tail("manager.log")
     );
     assert!(
-        errtext(&o).contains("[web] "),
-        "the build's output streams: {}",
+        errtext(&o).contains("[web] building on node node-1"),
+        "the build ran on the builder node, its output streamed: {}",
         errtext(&o)
     );
     cl.wait_total("shop_web", 3, Duration::from_secs(90));
@@ -717,22 +726,65 @@ fn a_stack_with_build_deploys_from_the_cluster_registry_and_a_failed_build_chang
         dockerfile("RUN echo about to fail && exit 3\n"),
     )
     .unwrap();
-    let o = cl.admin(&["deploy", "-d", "-f", stack.to_str().unwrap(), "shop"]);
-    assert!(!o.status.success(), "a failed build deployed: {}", text(&o));
-    let err = errtext(&o);
-    assert!(err.contains("nothing was deployed"), "{err}");
-    assert!(err.contains("about to fail"), "its output streamed: {err}");
-    let services = cl.json(&["service", "ls", "--format", "json"]);
-    let now = services
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "shop_web")
-        .map(|s| s["image"].as_str().unwrap_or_default().to_owned())
-        .unwrap_or_default();
-    assert_eq!(now, image);
+    let image_of = || {
+        let services = cl.json(&["service", "ls", "--format", "json"]);
+        services
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "shop_web")
+            .map(|s| s["image"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_default()
+    };
+    // On the builder node, then (no builder left) on the manager.
+    for builder in ["node node-1", "manager"] {
+        let o = cl.admin(&["deploy", "-d", "-f", stack.to_str().unwrap(), "shop"]);
+        assert!(!o.status.success(), "a failed build deployed: {}", text(&o));
+        let err = errtext(&o);
+        assert!(err.contains("nothing was deployed"), "{builder}: {err}");
+        assert!(
+            err.contains("about to fail"),
+            "{builder}: its output streamed: {err}"
+        );
+        assert_eq!(
+            err.contains("building on node node-1"),
+            builder != "manager",
+            "{err}"
+        );
+        assert_eq!(image_of(), image);
+        let o = cl.admin(&["node", "update", "--label-rm", "gantry.builder", "node-1"]);
+        assert!(o.status.success(), "{}", errtext(&o));
+    }
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(cl.containers(0), before, "the running tasks stayed");
+
+    // Built on the manager this time, and rolled out.
+    std::fs::write(app.join("Dockerfile"), dockerfile("")).unwrap();
+    std::fs::write(app.join("src/msg.txt"), "built on the manager\n").unwrap();
+    let o = cl.admin(&["deploy", "-d", "-f", stack.to_str().unwrap(), "shop"]);
+    assert!(o.status.success(), "{}", errtext(&o));
+    assert!(!errtext(&o).contains("building on node"), "{}", errtext(&o));
+    let rebuilt = image_of();
+    assert_ne!(rebuilt, image, "a new build is a new digest");
+    wait_for(
+        "the rebuilt image to run on node 0",
+        Duration::from_secs(90),
+        || {
+            let c = cl.container_of(0, "shop_web");
+            let o = cl.on_agent(0, &["exec", &c, "cat", "/ctx/src/msg.txt"]);
+            if text(&o).contains("built on the manager") {
+                Ok(())
+            } else {
+                let ps = cl.admin(&["service", "ps", "shop_web"]);
+                Err(format!(
+                    "{}\n{}\n{}",
+                    text(&o),
+                    text(&ps),
+                    cl.tail("manager.log")
+                ))
+            }
+        },
+    );
 }
 
 /// A node that pulls a blob another node already fetched gets it from

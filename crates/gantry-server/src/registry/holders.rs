@@ -1,9 +1,13 @@
-//! Which nodes hold which blobs, as far as this manager served them: a
-//! node that fetched a whole blob from it (and said on which port it
-//! serves its blobs) is where the next node that asks may be sent. In
+//! Which nodes hold which blobs, or are getting them, as far as this
+//! manager knows: a node it is sending a whole blob to (that said on
+//! which port it serves its blobs), and a node it sent to another for
+//! one, is where the next node that asks may be sent. A node serves a
+//! blob while it still arrives, so nodes that ask at the same moment
+//! form a chain (or a tree), and the managers send each blob once. In
 //! memory only (a restart forgets, and nodes fetch from the managers
-//! again); an entry lasts [`HOLD`], a node that no longer has the blob
-//! costs the asking node one failed request before it asks the managers.
+//! again); an entry lasts [`HOLD`], and one whose transfer broke is
+//! forgotten. A node that no longer has the blob costs the asking node
+//! one failed request before it asks the managers.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -54,6 +58,17 @@ impl Holders {
         }
     }
 
+    /// `node`'s transfer of `digest` broke: it is no holder.
+    pub(crate) fn forget(&self, digest: &str, node: &str) {
+        let mut m = self.0.lock().expect("holders lock");
+        if let Some(hs) = m.get_mut(digest) {
+            hs.retain(|h| h.node != node);
+            if hs.is_empty() {
+                m.remove(digest);
+            }
+        }
+    }
+
     /// A node other than `asking` that holds `digest` and is up, the one
     /// sent the fewest so far (the load spreads over the holders).
     pub(crate) fn pick(
@@ -99,5 +114,24 @@ mod tests {
         // Fetched again: one entry per node.
         h.record("d", "n1", a);
         assert_eq!(h.0.lock().unwrap()["d"].len(), 2);
+        h.forget("d", "n1");
+        assert_eq!(h.pick("d", "n3", |_| true).unwrap().0, "n2");
+        h.forget("d", "n2");
+        assert!(h.0.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn nodes_asking_at_once_form_a_chain() {
+        // The manager sends n1 the blob and counts it a holder at once;
+        // n2 is sent to n1 and counted a holder in turn; n3 goes to n2,
+        // the one sent the fewest, not to n1.
+        let h = Holders::default();
+        let addr = |i: u8| SocketAddr::from(([10, 0, 0, i], 4244));
+        h.record("d", "n1", addr(1));
+        let (to, _) = h.pick("d", "n2", |_| true).unwrap();
+        assert_eq!(to, "n1");
+        h.record("d", "n2", addr(2));
+        let (to, _) = h.pick("d", "n3", |_| true).unwrap();
+        assert_eq!(to, "n2");
     }
 }

@@ -13,7 +13,7 @@
 mod blobs;
 mod holders;
 mod replicate;
-mod route;
+pub(crate) mod route;
 pub(crate) mod users;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,7 +37,7 @@ use crate::api::Peer;
 use crate::{now_ms, Shared};
 
 /// The largest manifest accepted on the wire (Distribution's limit).
-const MANIFEST_WIRE_LIMIT: usize = 4 << 20;
+pub(crate) const MANIFEST_WIRE_LIMIT: usize = 4 << 20;
 
 /// Set on an anonymous connection once a request on it carried a
 /// registry user's password: it may then last as long as its uploads.
@@ -540,6 +540,51 @@ async fn put_manifest(
     r
 }
 
+/// Records a manifest whose blobs are in this manager's store, as if
+/// `peer` had pushed it under `repo:tag`: at the leader, which fetches
+/// the blobs it lacks from here (a build on a builder node ends so).
+pub(crate) async fn put_manifest_as(
+    sh: &Arc<Shared>,
+    peer: &Peer,
+    repo: &str,
+    tag: &str,
+    media_type: &str,
+    manifest: axum::body::Bytes,
+) -> Result<(), String> {
+    let ct = HeaderValue::from_str(media_type).map_err(|e| e.to_string())?;
+    let resp = match sh.leader() {
+        crate::group::Leader::Me => {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, ct);
+            put_manifest(sh, repo, tag, &h, Body::from(manifest)).await
+        }
+        crate::group::Leader::At(addr) => {
+            let mut req = Request::new(Body::from(manifest));
+            *req.method_mut() = Method::PUT;
+            *req.uri_mut() = format!("/v2/{repo}/manifests/{tag}")
+                .parse()
+                .map_err(|e| format!("{e}"))?;
+            req.headers_mut().insert(header::CONTENT_TYPE, ct);
+            req.extensions_mut().insert(peer.clone());
+            crate::forward::proxy(sh, &addr, req)
+                .await
+                .map_err(|(e, _)| format!("the leader at {addr}: {e}"))?
+        }
+        crate::group::Leader::Unknown => return Err(sh.no_leader_message()),
+    };
+    if resp.status() == StatusCode::CREATED {
+        return Ok(());
+    }
+    let status = resp.status();
+    let body = axum::body::to_bytes(resp.into_body(), 64 << 10)
+        .await
+        .unwrap_or_default();
+    Err(format!(
+        "the registry answered {status}: {}",
+        String::from_utf8_lossy(&body).trim()
+    ))
+}
+
 fn delete_manifest(sh: &Shared, name: &str, reference: &str) -> Response {
     let cmd = if reference.starts_with("sha256:") {
         Command::RemoveManifest {
@@ -638,14 +683,23 @@ async fn get_blob(
     peer: &Peer,
 ) -> Response {
     let node = asking_node(peer, headers, head);
-    // Another node has it: that node serves it (unless the asking one
-    // says that failed).
-    if let Some((id, _)) = node
+    // Where the asking node serves blobs from: once it is getting this
+    // one, the next node that asks may be sent to it.
+    let serves = |id: &str, port: Option<u16>| {
+        let ip: std::net::IpAddr = sh.read(|s| s.nodes.get(id)?.addr.parse().ok())?;
+        Some(std::net::SocketAddr::new(ip, port?))
+    };
+    // Another node has it, or is getting it: that node serves it (unless
+    // the asking one says that failed).
+    if let Some((id, port)) = node
         .as_ref()
         .filter(|_| !headers.contains_key(gantry_api::DIRECT_HEADER))
     {
         let up = |n: &str| sh.read(|s| s.nodes.get(n).is_some_and(|r| r.up));
         if let Some((holder, addr)) = sh.holders.pick(digest, id, up) {
+            if let Some(own) = serves(id, *port) {
+                sh.holders.record(digest, id, own);
+            }
             return redirect(&holder, addr, digest);
         }
     }
@@ -686,18 +740,17 @@ async fn get_blob(
     let body = if head || len == 0 {
         Body::empty()
     } else {
-        // A node that serves blobs holds this one once it got it whole.
-        let holder = node.and_then(|(id, port)| {
-            let ip: std::net::IpAddr = sh.read(|s| s.nodes.get(&id)?.addr.parse().ok())?;
-            Some((id, std::net::SocketAddr::new(ip, port?)))
-        });
+        // A node that serves blobs holds this one from now on (it serves
+        // it while it arrives), unless its transfer breaks.
+        let holder = node.and_then(|(id, port)| Some((serves(&id, port)?, id)));
         let whole = status == StatusCode::OK;
         match file_body(&sh.blobs.path(digest), start, len).await {
             Ok(b) => match holder.filter(|_| whole) {
-                Some((id, addr)) => {
+                Some((addr, id)) => {
+                    sh.holders.record(digest, &id, addr);
                     let sh = sh.clone();
                     let digest = digest.to_owned();
-                    on_end(b, len, move || sh.holders.record(&digest, &id, addr))
+                    unless_whole(b, len, move || sh.holders.forget(&digest, &id))
                 }
                 None => b,
             },
@@ -732,20 +785,37 @@ async fn file_body(path: &std::path::Path, start: u64, len: u64) -> std::io::Res
     Ok(Body::from_stream(stream))
 }
 
-/// The body, and `done` called once its `len` bytes were all sent (by
-/// count: with a known length, hyper stops polling a body at its end).
-fn on_end(body: Body, len: u64, done: impl FnOnce() + Send + 'static) -> Body {
+/// The body, and `broke` called if it is dropped before its `len` bytes
+/// were all sent (by count: with a known length, hyper stops polling a
+/// body at its end).
+fn unless_whole(body: Body, len: u64, broke: impl FnOnce() + Send + 'static) -> Body {
     use futures::StreamExt;
-    let mut done = Some(done);
-    let mut sent = 0u64;
-    let stream = body.into_data_stream().map(move |c| {
-        if let Ok(b) = &c {
-            sent += b.len() as u64;
-            if sent >= len {
-                if let Some(f) = done.take() {
+    struct Watch<F: FnOnce()> {
+        sent: u64,
+        len: u64,
+        broke: Option<F>,
+    }
+    impl<F: FnOnce()> Drop for Watch<F> {
+        fn drop(&mut self) {
+            if self.sent < self.len {
+                if let Some(f) = self.broke.take() {
                     f();
                 }
             }
+        }
+    }
+    let mut watch = Watch {
+        sent: 0,
+        len,
+        broke: Some(broke),
+    };
+    let stream = body.into_data_stream().map(move |c| {
+        // The whole of `watch` goes with the stream (not just its
+        // field), so that it is dropped with it.
+        let w = &mut watch;
+        match &c {
+            Ok(b) => w.sent += b.len() as u64,
+            Err(_) => w.sent = 0,
         }
         c
     });

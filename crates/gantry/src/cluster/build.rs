@@ -4,7 +4,6 @@
 //! service then deploys the image by digest. The builds' output streams
 //! here; the first that fails stops the deploy before anything changes.
 
-use base64::Engine;
 use gantry_api::{BuildEvent, Client};
 use gantry_stack::{Build, FileSource, Stack};
 use std::collections::BTreeMap;
@@ -140,30 +139,21 @@ fn build_one(
         crate::output::size(len),
         b.context.display()
     );
-    let mut q: Vec<(&str, String)> = vec![("repo", repo.to_owned()), ("tag", tag.to_owned())];
-    if let Some(d) = &b.dockerfile {
-        q.push(("dockerfile", d.clone()));
+    let query = gantry_api::BuildParams {
+        repo: repo.to_owned(),
+        tag: tag.to_owned(),
+        dockerfile: b.dockerfile.clone(),
+        target: b.target.clone(),
+        args: b.args.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        no_cache: b.no_cache,
     }
-    if let Some(t) = &b.target {
-        q.push(("target", t.clone()));
-    }
-    for (k, v) in &b.args {
-        q.push(("arg", format!("{k}={v}")));
-    }
-    if b.no_cache {
-        q.push(("no_cache", "true".into()));
-    }
-    let query = serde_urlencoded::to_string(&q)?;
+    .to_query();
     let mut headers = reqwest::header::HeaderMap::new();
     for (id, src) in &b.secrets {
         let v = zeroize::Zeroizing::new(secret_value(id, src, env)?);
-        let h = format!(
-            "{id}={}",
-            base64::engine::general_purpose::STANDARD.encode(&*v)
-        );
         headers.append(
             gantry_api::BUILD_SECRET_HEADER,
-            reqwest::header::HeaderValue::from_str(&h)?,
+            reqwest::header::HeaderValue::from_str(&gantry_api::build_secret_header(id, &v))?,
         );
     }
     let file = tokio::fs::File::from_std(file);

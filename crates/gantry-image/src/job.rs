@@ -1,0 +1,196 @@
+//! A build sent over the network (compose `build:` through `gantry
+//! deploy`), run where it arrives: on a manager, or on a builder node a
+//! manager sent it on to. The context comes as a tar stream (the CLI
+//! applied `.dockerignore`); it is kept whole in a private directory,
+//! unpacked there, and built by `gantry image build` (this program, so
+//! RUN steps run in its single-threaded helper), with the build's secrets
+//! written 0600 for the build only. Its output goes out line by line.
+
+use std::ffi::OsString;
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, Semaphore};
+
+/// Builds at once on one host (each takes the CPU it can).
+static RUNNING: Semaphore = Semaphore::const_new(2);
+
+/// The largest context accepted.
+pub const CONTEXT_LIMIT: u64 = 8 << 30;
+
+/// One build.
+#[derive(Debug, Clone, Default)]
+pub struct Job {
+    /// This program.
+    pub exe: PathBuf,
+    /// The flags that come before `image build` (`--data-dir`,
+    /// `--insecure-registry`).
+    pub global: Vec<OsString>,
+    /// Environment for the builder (`GANTRY_CONFIG_DIR`).
+    pub env: Vec<(OsString, OsString)>,
+    /// The name the image gets.
+    pub image: String,
+    /// Whether it is pushed to that name's registry once built.
+    pub push: bool,
+    /// The Dockerfile, a path inside the context.
+    pub dockerfile: Option<String>,
+    /// The stage to build.
+    pub target: Option<String>,
+    /// `KEY=VALUE` build arguments.
+    pub args: Vec<String>,
+    /// Build without the cache.
+    pub no_cache: bool,
+}
+
+impl Job {
+    /// Receives `context` into `dir` (which the caller made private and
+    /// removes afterwards), then builds it, sending every line of the
+    /// builder's output to `out`. An error says why the build failed (its
+    /// last line of output, when it ran); nothing is pushed then.
+    pub async fn run<S, E>(
+        &self,
+        dir: &Path,
+        context: S,
+        secrets: &[(String, zeroize::Zeroizing<Vec<u8>>)],
+        out: &mpsc::Sender<String>,
+    ) -> Result<(), String>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: Display,
+    {
+        // The context, whole, before anything runs.
+        let tar = dir.join("context.tar");
+        receive(context, &tar)
+            .await
+            .map_err(|e| format!("receiving the context: {e}"))?;
+        let ctx = dir.join("context");
+        {
+            let (tar, ctx) = (tar.clone(), ctx.clone());
+            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                std::fs::create_dir_all(&ctx)?;
+                let mut a = tar::Archive::new(std::fs::File::open(&tar)?);
+                a.set_preserve_permissions(true);
+                a.set_overwrite(true);
+                // Entries whose paths leave the folder are skipped by unpack.
+                a.unpack(&ctx)?;
+                std::fs::remove_file(&tar)
+            })
+            .await
+            .map_err(|e| format!("unpacking the context: {e}"))?
+            .map_err(|e| format!("unpacking the context: {e}"))?;
+        }
+        let mut cmd = tokio::process::Command::new(&self.exe);
+        cmd.args(&self.global)
+            .args(["image", "build", "-t", &self.image]);
+        if self.push {
+            cmd.arg("--push");
+        }
+        if !secrets.is_empty() {
+            let secret_dir = dir.join("secrets");
+            std::fs::create_dir(&secret_dir).map_err(|e| format!("secrets: {e}"))?;
+            for (i, (id, value)) in secrets.iter().enumerate() {
+                let p = secret_dir.join(i.to_string());
+                write_private(&p, value).map_err(|e| format!("secret {id}: {e}"))?;
+                cmd.arg("--secret")
+                    .arg(format!("id={id},src={}", p.display()));
+            }
+        }
+        if let Some(d) = &self.dockerfile {
+            cmd.arg("-f").arg(ctx.join(d));
+        }
+        if let Some(t) = &self.target {
+            cmd.args(["--target", t]);
+        }
+        for a in &self.args {
+            cmd.args(["--build-arg", a]);
+        }
+        if self.no_cache {
+            cmd.arg("--no-cache");
+        }
+        cmd.arg(&ctx)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env_remove("GANTRY_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let _turn = RUNNING.acquire().await.map_err(|_| "stopping".to_owned())?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("starting the builder: {e}"))?;
+        let stdout = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+        let stderr = tokio::io::BufReader::new(child.stderr.take().expect("piped")).lines();
+        let mut lines = futures::stream::select(stream_lines(stdout), stream_lines(stderr));
+        let mut last = String::new();
+        while let Some(l) = lines.next().await {
+            if !l.trim().is_empty() {
+                last.clone_from(&l);
+            }
+            // The client went away: the build stops (kill on drop).
+            if out.send(l).await.is_err() {
+                return Err("the client went away".into());
+            }
+        }
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| format!("the builder: {e}"))?;
+        if !status.success() {
+            return Err(if last.is_empty() {
+                format!("the build failed ({status})")
+            } else {
+                last
+            });
+        }
+        Ok(())
+    }
+}
+
+fn stream_lines<R: tokio::io::AsyncBufRead + Unpin + Send + 'static>(
+    l: tokio::io::Lines<R>,
+) -> impl Stream<Item = String> + Unpin + Send {
+    Box::pin(futures::stream::unfold(l, |mut l| async move {
+        match l.next_line().await {
+            Ok(Some(s)) => Some((s, l)),
+            _ => None,
+        }
+    }))
+}
+
+/// Streams `body` to `path` (up to [`CONTEXT_LIMIT`]).
+async fn receive<S, E>(mut body: S, path: &Path) -> std::io::Result<()>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: Display,
+{
+    let f = tokio::fs::File::create(path).await?;
+    let mut f = tokio::io::BufWriter::with_capacity(1 << 20, f);
+    let mut n = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()))?;
+        n += chunk.len() as u64;
+        if n > CONTEXT_LIMIT {
+            return Err(std::io::Error::other(format!(
+                "the context is over {} GiB",
+                CONTEXT_LIMIT >> 30
+            )));
+        }
+        f.write_all(&chunk).await?;
+    }
+    f.flush().await
+}
+
+fn write_private(p: &Path, value: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(p)?;
+    f.write_all(value)
+}
