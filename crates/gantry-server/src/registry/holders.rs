@@ -27,6 +27,8 @@ struct Holder {
     since: Instant,
     /// How many nodes were sent to it.
     sent: u32,
+    /// The node it was sent to for the blob (none: the managers).
+    from: Option<String>,
 }
 
 /// Blob digest to the nodes that fetched it.
@@ -34,8 +36,9 @@ struct Holder {
 pub(crate) struct Holders(Mutex<HashMap<String, Vec<Holder>>>);
 
 impl Holders {
-    /// `node` fetched the whole of `digest` and serves blobs at `addr`.
-    pub(crate) fn record(&self, digest: &str, node: &str, addr: SocketAddr) {
+    /// `node` is getting `digest`, from the node `from` or (none) from
+    /// the managers, and serves blobs at `addr`.
+    pub(crate) fn record(&self, digest: &str, node: &str, addr: SocketAddr, from: Option<&str>) {
         let mut m = self.0.lock().expect("holders lock");
         if m.len() >= MAX_BLOBS && !m.contains_key(digest) {
             m.retain(|_, hs| {
@@ -54,15 +57,23 @@ impl Holders {
                 addr,
                 since: Instant::now(),
                 sent: 0,
+                from: from.map(str::to_owned),
             });
         }
     }
 
-    /// `node`'s transfer of `digest` broke: it is no holder.
-    pub(crate) fn forget(&self, digest: &str, node: &str) {
+    /// `node` does not have `digest` (it asks for it, or its transfer
+    /// broke): it is no holder. With `failed_it`, the node it was sent to
+    /// for it failed it: that one is no holder either.
+    pub(crate) fn forget(&self, digest: &str, node: &str, failed_it: bool) {
         let mut m = self.0.lock().expect("holders lock");
         if let Some(hs) = m.get_mut(digest) {
-            hs.retain(|h| h.node != node);
+            let source = hs
+                .iter()
+                .find(|h| h.node == node)
+                .and_then(|h| h.from.clone())
+                .filter(|_| failed_it);
+            hs.retain(|h| h.node != node && Some(&h.node) != source.as_ref());
             if hs.is_empty() {
                 m.remove(digest);
             }
@@ -70,7 +81,9 @@ impl Holders {
     }
 
     /// A node other than `asking` that holds `digest` and is up, the one
-    /// sent the fewest so far (the load spreads over the holders).
+    /// sent the fewest so far (the load spreads over the holders), and
+    /// not one that gets it through `asking` (no cycles: each would wait
+    /// for the other).
     pub(crate) fn pick(
         &self,
         digest: &str,
@@ -80,10 +93,30 @@ impl Holders {
         let mut m = self.0.lock().expect("holders lock");
         let hs = m.get_mut(digest)?;
         hs.retain(|h| h.since.elapsed() < HOLD);
-        let h = hs
-            .iter_mut()
-            .filter(|h| h.node != asking && up(&h.node))
-            .min_by_key(|h| h.sent)?;
+        let through_asking = |h: &Holder| {
+            let mut from = h.from.as_deref();
+            // Bounded: a chain is at most every holder long.
+            for _ in 0..=hs.len() {
+                match from {
+                    None => return false,
+                    Some(f) if f == asking => return true,
+                    Some(f) => {
+                        from = hs
+                            .iter()
+                            .find(|x| x.node == f)
+                            .and_then(|x| x.from.as_deref())
+                    }
+                }
+            }
+            true
+        };
+        let i = hs
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.node != asking && up(&h.node) && !through_asking(h))
+            .min_by_key(|(_, h)| h.sent)?
+            .0;
+        let h = &mut hs[i];
         h.sent += 1;
         Some((h.node.clone(), h.addr))
     }
@@ -99,9 +132,9 @@ mod tests {
         let a: SocketAddr = "10.0.0.1:4244".parse().unwrap();
         let b: SocketAddr = "10.0.0.2:4244".parse().unwrap();
         assert_eq!(h.pick("d", "n3", |_| true), None);
-        h.record("d", "n1", a);
+        h.record("d", "n1", a, None);
         assert_eq!(h.pick("d", "n1", |_| true), None, "never itself");
-        h.record("d", "n2", b);
+        h.record("d", "n2", b, None);
         let first = h.pick("d", "n3", |_| true).unwrap();
         let second = h.pick("d", "n3", |_| true).unwrap();
         assert_ne!(first.0, second.0, "the least sent first");
@@ -112,11 +145,11 @@ mod tests {
             "down nodes are not named"
         );
         // Fetched again: one entry per node.
-        h.record("d", "n1", a);
+        h.record("d", "n1", a, None);
         assert_eq!(h.0.lock().unwrap()["d"].len(), 2);
-        h.forget("d", "n1");
+        h.forget("d", "n1", false);
         assert_eq!(h.pick("d", "n3", |_| true).unwrap().0, "n2");
-        h.forget("d", "n2");
+        h.forget("d", "n2", false);
         assert!(h.0.lock().unwrap().is_empty());
     }
 
@@ -127,11 +160,38 @@ mod tests {
         // the one sent the fewest, not to n1.
         let h = Holders::default();
         let addr = |i: u8| SocketAddr::from(([10, 0, 0, i], 4244));
-        h.record("d", "n1", addr(1));
+        h.record("d", "n1", addr(1), None);
         let (to, _) = h.pick("d", "n2", |_| true).unwrap();
         assert_eq!(to, "n1");
-        h.record("d", "n2", addr(2));
+        h.record("d", "n2", addr(2), Some("n1"));
         let (to, _) = h.pick("d", "n3", |_| true).unwrap();
         assert_eq!(to, "n2");
+    }
+
+    #[test]
+    fn no_node_is_sent_to_one_that_gets_the_blob_through_it() {
+        // n1 was sent to n2 (which has it no longer, say), n3 to n1: n2
+        // asking must not go to n1 or n3, which wait on it.
+        let h = Holders::default();
+        let addr = |i: u8| SocketAddr::from(([10, 0, 0, i], 4244));
+        h.record("d", "n2", addr(2), None);
+        h.record("d", "n1", addr(1), Some("n2"));
+        h.record("d", "n3", addr(3), Some("n1"));
+        h.forget("d", "n2", false);
+        assert_eq!(h.pick("d", "n2", |_| true), None);
+        h.record("d", "n4", addr(4), None);
+        assert_eq!(h.pick("d", "n2", |_| true).unwrap().0, "n4");
+        // A loop in the records (never made, but bounded all the same).
+        h.record("d", "n5", addr(5), Some("n6"));
+        h.record("d", "n6", addr(6), Some("n5"));
+        assert_eq!(h.pick("d", "n2", |n| n == "n5" || n == "n6"), None);
+        // n3 asks the managers directly: n1, which it was sent to,
+        // failed it, and is forgotten with it.
+        h.forget("d", "n3", true);
+        let left: Vec<String> = h.0.lock().unwrap()["d"]
+            .iter()
+            .map(|x| x.node.clone())
+            .collect();
+        assert_eq!(left, ["n4", "n5", "n6"]);
     }
 }

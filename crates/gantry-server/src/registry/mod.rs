@@ -689,6 +689,12 @@ async fn get_blob(
         let ip: std::net::IpAddr = sh.read(|s| s.nodes.get(id)?.addr.parse().ok())?;
         Some(std::net::SocketAddr::new(ip, port?))
     };
+    // A node that asks does not have it (any more); one that asks the
+    // managers directly was failed by the node it was sent to.
+    if let Some((id, _)) = &node {
+        let failed_it = headers.contains_key(gantry_api::DIRECT_HEADER);
+        sh.holders.forget(digest, id, failed_it);
+    }
     // Another node has it, or is getting it: that node serves it (unless
     // the asking one says that failed).
     if let Some((id, port)) = node
@@ -698,7 +704,7 @@ async fn get_blob(
         let up = |n: &str| sh.read(|s| s.nodes.get(n).is_some_and(|r| r.up));
         if let Some((holder, addr)) = sh.holders.pick(digest, id, up) {
             if let Some(own) = serves(id, *port) {
-                sh.holders.record(digest, id, own);
+                sh.holders.record(digest, id, own, Some(&holder));
             }
             return redirect(&holder, addr, digest);
         }
@@ -747,10 +753,10 @@ async fn get_blob(
         match file_body(&sh.blobs.path(digest), start, len).await {
             Ok(b) => match holder.filter(|_| whole) {
                 Some((addr, id)) => {
-                    sh.holders.record(digest, &id, addr);
+                    sh.holders.record(digest, &id, addr, None);
                     let sh = sh.clone();
                     let digest = digest.to_owned();
-                    unless_whole(b, len, move || sh.holders.forget(&digest, &id))
+                    unless_whole(b, len, move || sh.holders.forget(&digest, &id, false))
                 }
                 None => b,
             },
