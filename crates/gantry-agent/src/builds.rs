@@ -92,7 +92,10 @@ pub(crate) fn build(b: &Builder, req: Request<Incoming>) -> Response<Body> {
     let job = gantry_image::job::Job {
         exe: b.exe.clone(),
         global,
-        env: Vec::new(),
+        // No admin credential, even where this host has one: a build here
+        // reaches the cluster's registry with the node's own certificate
+        // (pulls only; the manager does the push).
+        env: vec![("GANTRY_CONFIG_DIR".into(), dir.join("no-config").into())],
         image: image.clone(),
         push: false,
         dockerfile: params.dockerfile.clone(),

@@ -43,6 +43,7 @@ pub(crate) async fn serve(l: TcpListener, tls: Arc<rustls::ServerConfig>, builde
                 continue;
             }
         };
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let blobs = blobs.clone();
         let builder = builder.clone();
@@ -103,8 +104,12 @@ async fn answer(blobs: &std::path::Path, req: &Request<Incoming>) -> Response<Bo
     };
     let Ok(f) = tokio::fs::File::open(blobs.join(hex)).await else {
         // Still arriving: what is here now, and the rest as it comes.
-        return match gantry_image::arriving(&format!("sha256:{hex}")) {
-            Some(a) => tail(a).await,
+        let digest = format!("sha256:{hex}");
+        return match gantry_image::arriving(&digest) {
+            Some(a) => {
+                tracing::info!(%digest, "serving a blob that is still arriving");
+                tail(a).await
+            }
             None => status(StatusCode::NOT_FOUND),
         };
     };

@@ -41,6 +41,25 @@ impl ClusterRegistry {
         }
     }
 
+    /// The node's, for a program other than the agent on its host (a
+    /// build a manager sent here, whose base image may be in the
+    /// cluster's registry): from the identity saved under `data_dir`,
+    /// pulling only, as the node may.
+    pub fn of_node(data_dir: &std::path::Path) -> Result<Self, String> {
+        let id = crate::Identity::load(data_dir).ok_or("this host is no node (no identity)")?;
+        let me = gantry_pki::Issued {
+            cert_pem: id.cert_pem.clone(),
+            key_pem: id.key_pem.clone(),
+        };
+        let live = gantry_pki::LiveCert::new(&me).map_err(|e| e.to_string())?;
+        let tls = gantry_pki::Trust::new(&id.ca_pem)
+            .and_then(|t| t.client_config(live))
+            .map_err(|e| e.to_string())?;
+        let client =
+            Client::with_managers(&id.manager, &id.managers, tls).map_err(|e| e.to_string())?;
+        Ok(Self::new(client))
+    }
+
     /// A node's: it serves blobs on `port` and fetches from its peers with
     /// `tls` (its certificate, the cluster's roots).
     pub(crate) fn with_peers(client: Client, port: u16, tls: rustls::ClientConfig) -> Self {

@@ -176,6 +176,9 @@ pub(crate) async fn serve(sh: Arc<Shared>, listener: TcpListener, tls: Arc<rustl
                 continue;
             }
         };
+        // Small answers go out at once, not after the client's delayed
+        // acknowledgement of the last (Nagle's algorithm).
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {

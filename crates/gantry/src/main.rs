@@ -281,7 +281,11 @@ fn main() -> ExitCode {
         registry: gantry_image::RegistryOptions {
             insecure: cli.insecure_registries.clone(),
             credentials: None,
-            cluster: cluster::registry_tunnel(cli.config_dir.as_deref(), cli.host.as_deref()),
+            cluster: cluster::registry_tunnel(
+                cli.config_dir.as_deref(),
+                cli.host.as_deref(),
+                &cli.data_dir,
+            ),
             certs_dir: Some(cli.registry_certs.clone()),
         },
     };

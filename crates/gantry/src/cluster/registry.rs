@@ -134,12 +134,46 @@ pub(crate) fn registry(ctx: &Ctx, cmd: RegistryCmd) -> anyhow::Result<u8> {
 }
 
 /// The cluster's registry as the CLI reaches it: with the admin
-/// credential, when this host has one; the connection is made on first
-/// use only.
+/// credential, when this host has one, else with the node's own (a build
+/// a manager sent to this builder node, pulling its base image); the
+/// connection is made on first use only.
 struct AdminTunnel {
     cfg: gantry_api::AdminConfig,
     host: Option<String>,
     made: std::sync::OnceLock<Result<gantry_agent::ClusterRegistry, String>>,
+}
+
+/// The tunnel with a node's identity (see [`AdminTunnel`]).
+#[derive(Debug)]
+struct NodeTunnel {
+    managers: Vec<String>,
+    data_dir: std::path::PathBuf,
+    made: std::sync::OnceLock<Result<gantry_agent::ClusterRegistry, String>>,
+}
+
+impl gantry_image::Tunnel for NodeTunnel {
+    fn serves(&self, registry: &str) -> bool {
+        self.managers.iter().any(|m| m == registry)
+    }
+
+    fn send(
+        &self,
+        method: reqwest::Method,
+        path: String,
+        headers: reqwest::header::HeaderMap,
+        body: Vec<u8>,
+    ) -> futures::future::BoxFuture<'_, Result<reqwest::Response, String>> {
+        let made = self
+            .made
+            .get_or_init(|| gantry_agent::ClusterRegistry::of_node(&self.data_dir));
+        match made {
+            Ok(t) => gantry_image::Tunnel::send(t, method, path, headers, body),
+            Err(e) => {
+                let e = e.clone();
+                Box::pin(async move { Err(e) })
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for AdminTunnel {
@@ -180,14 +214,22 @@ impl gantry_image::Tunnel for AdminTunnel {
 }
 
 /// The tunnel to the cluster's registry, when this host holds the admin
-/// credential.
+/// credential, or is a node (its identity under `data_dir`).
 pub(crate) fn registry_tunnel(
     config_dir: Option<&std::path::Path>,
     host: Option<&str>,
+    data_dir: &std::path::Path,
 ) -> Option<std::sync::Arc<dyn gantry_image::Tunnel>> {
     let dir = config_dir.map_or_else(gantry_api::AdminConfig::dir, std::path::Path::to_path_buf);
     if !gantry_api::AdminConfig::path_in(&dir).exists() {
-        return None;
+        let id = gantry_agent::Identity::load(data_dir)?;
+        let mut managers = id.managers.clone();
+        managers.push(id.manager.clone());
+        return Some(std::sync::Arc::new(NodeTunnel {
+            managers,
+            data_dir: data_dir.to_owned(),
+            made: std::sync::OnceLock::new(),
+        }));
     }
     let cfg = gantry_api::AdminConfig::load(&dir).ok()?;
     Some(std::sync::Arc::new(AdminTunnel {
