@@ -95,7 +95,10 @@ pub(crate) fn build(b: &Builder, req: Request<Incoming>) -> Response<Body> {
         // No admin credential, even where this host has one: a build here
         // reaches the cluster's registry with the node's own certificate
         // (pulls only; the manager does the push).
-        env: vec![("GANTRY_CONFIG_DIR".into(), dir.join("no-config").into())],
+        env: vec![
+            ("GANTRY_CONFIG_DIR".into(), dir.join("no-config").into()),
+            (gantry_image::job::NODE_REGISTRY_ENV.into(), "1".into()),
+        ],
         image: image.clone(),
         push: false,
         dockerfile: params.dockerfile.clone(),

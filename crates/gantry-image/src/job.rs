@@ -19,6 +19,10 @@ use tokio::sync::{mpsc, Semaphore};
 /// Builds at once on one host (each takes the CPU it can).
 static RUNNING: Semaphore = Semaphore::const_new(2);
 
+/// Set in the environment of a build a node's agent runs: the build
+/// reaches the cluster's registry with the node's identity.
+pub const NODE_REGISTRY_ENV: &str = "GANTRY_NODE_REGISTRY";
+
 /// The largest context accepted.
 pub const CONTEXT_LIMIT: u64 = 8 << 30;
 

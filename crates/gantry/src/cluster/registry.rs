@@ -214,7 +214,8 @@ impl gantry_image::Tunnel for AdminTunnel {
 }
 
 /// The tunnel to the cluster's registry, when this host holds the admin
-/// credential, or is a node (its identity under `data_dir`).
+/// credential, or, in a build an agent runs, with the node's identity
+/// under `data_dir`.
 pub(crate) fn registry_tunnel(
     config_dir: Option<&std::path::Path>,
     host: Option<&str>,
@@ -222,6 +223,9 @@ pub(crate) fn registry_tunnel(
 ) -> Option<std::sync::Arc<dyn gantry_image::Tunnel>> {
     let dir = config_dir.map_or_else(gantry_api::AdminConfig::dir, std::path::Path::to_path_buf);
     if !gantry_api::AdminConfig::path_in(&dir).exists() {
+        // Only for a build an agent runs (it says so): elsewhere a user's
+        // `gantry login` credential is what reaches the registry.
+        std::env::var_os(gantry_image::job::NODE_REGISTRY_ENV)?;
         let id = gantry_agent::Identity::load(data_dir)?;
         let mut managers = id.managers.clone();
         managers.push(id.manager.clone());
