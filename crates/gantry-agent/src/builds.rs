@@ -105,6 +105,7 @@ pub(crate) fn build(b: &Builder, req: Request<Incoming>) -> Response<Body> {
         target: params.target.clone(),
         args: params.args,
         no_cache: params.no_cache,
+        cache_from: params.cache_from,
     };
     let data_dir = b.data_dir.clone();
     let (tx, rx) = mpsc::channel::<Bytes>(64);

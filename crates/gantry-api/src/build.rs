@@ -34,7 +34,7 @@ pub const BUILD_SECRET_HEADER: &str = "x-gantry-build-secret";
 /// on such a node (up and active) rather than on the manager.
 pub const BUILDER_LABEL: &str = "gantry.builder";
 
-/// What to build: `POST /v1/builds?repo=&tag=[&dockerfile=&target=&arg=K=V&no_cache=true]`.
+/// What to build: `POST /v1/builds?repo=&tag=[&dockerfile=&target=&arg=K=V&no_cache=true&cache_from=IMAGE]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BuildParams {
     /// The repository in the cluster's registry.
@@ -49,6 +49,8 @@ pub struct BuildParams {
     pub args: Vec<String>,
     /// Build without the cache.
     pub no_cache: bool,
+    /// Images whose recorded steps serve as cache.
+    pub cache_from: Vec<String>,
 }
 
 impl BuildParams {
@@ -66,6 +68,9 @@ impl BuildParams {
         }
         if self.no_cache {
             q.push(("no_cache", "true"));
+        }
+        for c in &self.cache_from {
+            q.push(("cache_from", c));
         }
         serde_urlencoded::to_string(&q).unwrap_or_default()
     }
@@ -86,6 +91,8 @@ impl BuildParams {
                 "arg" if v.contains('=') => r.args.push(v),
                 "arg" => return Err(format!("build argument {v:?} is not KEY=VALUE")),
                 "no_cache" => r.no_cache = v == "true",
+                "cache_from" if !v.trim().is_empty() => r.cache_from.push(v),
+                "cache_from" => return Err("an empty cache_from".into()),
                 other => return Err(format!("unknown build parameter {other:?}")),
             }
         }
@@ -104,6 +111,23 @@ impl BuildParams {
         }
         Ok(r)
     }
+}
+
+/// The repository and tag an image name has in the cluster's registry:
+/// its registry host (a first part with `.` or `:`, or `localhost`)
+/// dropped, `latest` when it names no tag.
+pub fn cluster_name(image: &str) -> (String, String) {
+    let mut rest = image;
+    if let Some((first, after)) = image.split_once('/') {
+        if first.contains('.') || first.contains(':') || first == "localhost" {
+            rest = after;
+        }
+    }
+    let (repo, tag) = match rest.rsplit_once(':') {
+        Some((r, t)) if !t.contains('/') => (r, t),
+        _ => (rest, "latest"),
+    };
+    (repo.to_owned(), tag.to_owned())
 }
 
 /// A build secret as its header carries it.
@@ -148,6 +172,9 @@ mod tests {
         assert_eq!(r.target.as_deref(), Some("run"));
         assert!(r.no_cache);
         assert_eq!(BuildParams::parse(&r.to_query()).unwrap(), r);
+        let r = BuildParams::parse("repo=a&cache_from=shop%2Fweb%3A1&cache_from=b").unwrap();
+        assert_eq!(r.cache_from, ["shop/web:1", "b"]);
+        assert_eq!(BuildParams::parse(&r.to_query()).unwrap(), r);
         assert_eq!(BuildParams::parse("repo=a").unwrap().tag, "latest");
         for bad in [
             "repo=a&dockerfile=../Dockerfile",
@@ -155,6 +182,7 @@ mod tests {
             "repo=a&dockerfile=",
             "repo=a&what=1",
             "repo=a&arg=NOEQUALS",
+            "repo=a&cache_from=",
             "tag=1",
         ] {
             assert!(BuildParams::parse(bad).is_err(), "{bad}");

@@ -48,6 +48,8 @@ pub struct Job {
     pub args: Vec<String>,
     /// Build without the cache.
     pub no_cache: bool,
+    /// Images whose recorded steps serve as cache.
+    pub cache_from: Vec<String>,
 }
 
 impl Job {
@@ -107,13 +109,17 @@ impl Job {
             cmd.arg("-f").arg(ctx.join(d));
         }
         if let Some(t) = &self.target {
-            cmd.args(["--target", t]);
+            cmd.arg(format!("--target={t}"));
         }
+        // `--flag=value`: a value that starts with `-` stays a value.
         for a in &self.args {
-            cmd.args(["--build-arg", a]);
+            cmd.arg(format!("--build-arg={a}"));
         }
         if self.no_cache {
             cmd.arg("--no-cache");
+        }
+        for c in &self.cache_from {
+            cmd.arg(format!("--cache-from={c}"));
         }
         cmd.arg(&ctx)
             .envs(self.env.iter().map(|(k, v)| (k, v)))

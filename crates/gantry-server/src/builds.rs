@@ -85,7 +85,8 @@ impl Drop for Sent {
     }
 }
 
-/// `POST /v1/builds?repo=&tag=[&dockerfile=&target=&arg=K=V&no_cache=true]`.
+/// `POST /v1/builds?repo=&tag=[&dockerfile=&target=&arg=K=V&no_cache=true&cache_from=IMAGE]`:
+/// see [`BuildParams`].
 pub(crate) async fn build(
     State(sh): State<Arc<Shared>>,
     Extension(peer): Extension<Peer>,
@@ -94,9 +95,27 @@ pub(crate) async fn build(
     body: Body,
 ) -> Result<Body, Fail> {
     peer.admin()?;
-    let params = BuildParams::parse(query.as_deref().unwrap_or("")).map_err(bad)?;
+    let mut params = BuildParams::parse(query.as_deref().unwrap_or("")).map_err(bad)?;
     crate::registry::check_name(&params.repo).map_err(bad)?;
     crate::registry::check_tag(&params.tag).map_err(bad)?;
+    // A cache source the cluster's registry holds is read from it; the
+    // image being built, before its first push, is no source.
+    params.cache_from.retain_mut(|c| {
+        if c.contains('@') {
+            return true;
+        }
+        let (repo, tag) = gantry_api::cluster_name(c);
+        if sh.read(|s| {
+            s.registry
+                .get(&repo)
+                .is_some_and(|r| r.tags.contains_key(&tag))
+        }) {
+            *c = format!("{}/{repo}:{tag}", sh.reach);
+            true
+        } else {
+            repo != params.repo || tag != params.tag
+        }
+    });
     let mut secrets = Vec::new();
     for v in headers.get_all(gantry_api::BUILD_SECRET_HEADER) {
         secrets.push(gantry_api::parse_build_secret(v.as_bytes()).map_err(bad)?);
@@ -182,6 +201,7 @@ async fn here(
         target: params.target.clone(),
         args: params.args.clone(),
         no_cache: params.no_cache,
+        cache_from: params.cache_from.clone(),
     };
     let (out, relayed) = relay(tx);
     let built = job.run(dir, body.into_data_stream(), secrets, &out).await;

@@ -34,6 +34,41 @@ pub struct Build {
     /// Build every step again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_cache: bool,
+    /// Images whose recorded steps serve as cache (`cache_from`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cache_from: Vec<String>,
+}
+
+/// A `cache_from` entry (or `--cache-from` value): an image reference,
+/// or BuildKit's `type=registry,ref=IMAGE`; other cache types are refused.
+pub fn cache_source(v: &str) -> Result<String, String> {
+    let v = v.trim();
+    if !v.contains('=') {
+        if v.is_empty() {
+            return Err("an empty cache source".into());
+        }
+        return Ok(v.to_owned());
+    }
+    let mut kind = None;
+    let mut reference = None;
+    for part in v.split(',') {
+        match part.split_once('=') {
+            Some(("type", t)) => kind = Some(t),
+            Some(("ref", r)) if !r.is_empty() => reference = Some(r),
+            _ => {
+                return Err(format!(
+                    "cache source {v:?}: only type=registry,ref=IMAGE or an image name"
+                ))
+            }
+        }
+    }
+    match (kind, reference) {
+        (None | Some("registry"), Some(r)) => Ok(r.to_owned()),
+        (Some(t), _) if t != "registry" => Err(format!(
+            "cache source {v:?}: type={t} is not supported (only images: type=registry,ref=IMAGE)"
+        )),
+        _ => Err(format!("cache source {v:?} names no image (ref=)")),
+    }
 }
 
 /// `build:` as written: a context, or the long form.
@@ -51,6 +86,7 @@ pub(crate) struct LongBuild {
     pub(crate) target: Option<String>,
     pub(crate) secrets: Option<Vec<raw::FileUse>>,
     pub(crate) no_cache: Option<bool>,
+    pub(crate) cache_from: Option<Vec<String>>,
 }
 
 impl<'de> Deserialize<'de> for RawBuild {
@@ -132,7 +168,15 @@ pub(crate) fn build(
         }
         secret_ids.insert(id, decl.source.clone());
     }
+    let cache_from = long
+        .cache_from
+        .unwrap_or_default()
+        .iter()
+        .map(|v| cache_source(v))
+        .collect::<Result<Vec<_>, _>>()
+        .or_else(|why| ctx.err(&at, format!("service {service}: build {why}")))?;
     Ok(Build {
+        cache_from,
         context,
         dockerfile: long.dockerfile,
         args: crate::dict(long.args, lookup),
@@ -140,4 +184,29 @@ pub(crate) fn build(
         secrets: secret_ids,
         no_cache: long.no_cache.unwrap_or(false),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cache_source;
+
+    #[test]
+    fn cache_sources_are_images_or_registry_refs() {
+        assert_eq!(cache_source("shop/web:1").unwrap(), "shop/web:1");
+        assert_eq!(
+            cache_source("type=registry,ref=reg.io/a:b").unwrap(),
+            "reg.io/a:b"
+        );
+        assert_eq!(cache_source("ref=a").unwrap(), "a");
+        for (bad, says) in [
+            ("type=gha", "type=gha is not supported"),
+            ("type=local,src=/tmp/x", "only type=registry"),
+            ("type=registry", "names no image"),
+            ("type=registry,ref=", "only type=registry"),
+            ("", "empty"),
+        ] {
+            let e = cache_source(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
 }

@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
-pub use build::Build;
+pub use build::{cache_source, Build};
 pub use files::{FileDecl, FileSource};
 pub use interpolate::{expand, parse_env_file, MAX_FILE};
 pub use keys::{support_table, Class};

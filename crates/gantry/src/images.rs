@@ -106,6 +106,10 @@ pub(crate) struct BuildArgs {
     /// Do not use the layer cache.
     #[arg(long)]
     no_cache: bool,
+    /// An image built by Gantry whose recorded steps serve as cache
+    /// (found locally or pulled; one that cannot be had is a warning).
+    #[arg(long = "cache-from", value_name = "IMAGE")]
+    cache_from: Vec<String>,
     /// The stage to build (its name, `FROM ... AS name`); the last one
     /// by default. Stages it does not need are not built.
     #[arg(long)]
@@ -408,6 +412,13 @@ pub(crate) fn run(ctx: &Ctx, cmd: ImageCmd) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// A `--cache-from` value: an image reference, or BuildKit's
+/// `type=registry,ref=IMAGE`.
+fn cache_source(v: &str) -> anyhow::Result<ImageRef> {
+    let r = gantry_stack::cache_source(v).map_err(anyhow::Error::msg)?;
+    Ok(ImageRef::parse(&r)?)
+}
+
 fn build(ctx: &Ctx, store: &Store, a: BuildArgs) -> anyhow::Result<u8> {
     anyhow::ensure!(
         !a.push || a.tag.is_some(),
@@ -427,6 +438,11 @@ fn build(ctx: &Ctx, store: &Store, a: BuildArgs) -> anyhow::Result<u8> {
         build_args,
         no_cache: a.no_cache,
         target: a.target.clone(),
+        cache_from: a
+            .cache_from
+            .iter()
+            .map(|r| cache_source(r))
+            .collect::<anyhow::Result<_>>()?,
         secrets: a
             .secrets
             .iter()

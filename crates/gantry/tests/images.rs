@@ -1119,6 +1119,38 @@ fn multi_stage_builds_copy_between_stages_and_skip_what_the_target_does_not_need
     assert!(!pruned.contains(": 0 B"), "{pruned}");
     let cold = g.ok(&["build", "-t", "ms", dir]);
     assert_eq!(cold.matches("Using cache").count(), 0, "{cold}");
+    // --cache-from: an image built by Gantry records its steps, which
+    // serve a build whose own cache does not have them (here: pruned).
+    // Its stages before the last are not in the image, so they build
+    // again; the last stage's steps come from the image, which is the
+    // same image again. A source that cannot be had is a warning.
+    let id = g.inspect_image("ms")["Id"].clone();
+    g.ok(&["builder", "prune", "-f"]);
+    let warm = g.ok(&[
+        "build",
+        "-t",
+        "ms-again",
+        "--cache-from",
+        "ms",
+        "--cache-from",
+        "type=registry,ref=127.0.0.1:9/nowhere:1",
+        dir,
+    ]);
+    assert!(
+        warm.contains("Cache from docker.io/library/ms:latest: 4 step(s) recorded"),
+        "{warm}"
+    );
+    assert!(
+        warm.contains("[Warning] cache source 127.0.0.1:9/nowhere:1 is not used"),
+        "{warm}"
+    );
+    assert_eq!(warm.matches("Using cache").count(), 3, "{warm}");
+    assert_eq!(g.inspect_image("ms-again")["Id"], id);
+    // Taken into this host's cache: the next build needs no source.
+    let again = g.ok(&["build", "-t", "ms", dir]);
+    assert_eq!(again.matches("Using cache").count(), 6, "{again}");
+    let e = g.fails(&["build", "--cache-from", "type=gha", dir], 1);
+    assert!(e.contains("type=gha is not supported"), "{e}");
     let ctx4 = g.context("FROM scratch AS a\nFROM scratch\nCOPY --from=a /missing /x\n");
     let e = g.fails(&["build", ctx4.path().to_str().unwrap()], 1);
     assert!(e.contains("not found"), "{e}");

@@ -665,7 +665,8 @@ fn a_stack_with_build_deploys_from_the_cluster_registry_and_a_failed_build_chang
     std::fs::create_dir_all(app.join("src")).unwrap();
     std::fs::write(app.join("src/msg.txt"), "built on the cluster\n").unwrap();
     std::fs::write(app.join("secret.txt"), "never sent\n").unwrap();
-    std::fs::write(app.join(".dockerignore"), "secret.txt\n").unwrap();
+    // The Dockerfile is not copied: a change to it leaves COPY's key.
+    std::fs::write(app.join(".dockerignore"), "secret.txt\nDockerfile\n").unwrap();
     // The base image is in the cluster's registry: the builder node pulls
     // it with its own certificate.
     let base = format!("{}/base/bb:1", cl.manager_addr());
@@ -681,7 +682,7 @@ fn a_stack_with_build_deploys_from_the_cluster_registry_and_a_failed_build_chang
     let stack = dir.path().join("stack.yml");
     std::fs::write(
         &stack,
-        "services:\n  web:\n    build:\n      context: ./app\n      args:\n        GREETING: hello-from-build\n    image: shop/web:1\n    stop_grace_period: 1s\n    deploy:\n      mode: global\n",
+        "services:\n  web:\n    build:\n      context: ./app\n      cache_from: [shop/web:1]\n      args:\n        GREETING: hello-from-build\n    image: shop/web:1\n    stop_grace_period: 1s\n    deploy:\n      mode: global\n",
     )
     .unwrap();
     let o = cl.admin(&["deploy", "-d", "-f", stack.to_str().unwrap(), "shop"]);
@@ -763,6 +764,13 @@ fn a_stack_with_build_deploys_from_the_cluster_registry_and_a_failed_build_chang
             builder != "manager",
             "{err}"
         );
+        // The manager never built this: the image node-1 built, in the
+        // cluster's registry, serves COPY and the first RUN.
+        if builder == "manager" {
+            let from = format!("Cache from {}/shop/web:1: ", cl.manager_addr());
+            assert!(err.contains(&from), "{err}");
+            assert_eq!(err.matches("Using cache").count(), 2, "{err}");
+        }
         assert_eq!(image_of(), image);
         let o = cl.admin(&["node", "update", "--label-rm", "gantry.builder", "node-1"]);
         assert!(o.status.success(), "{}", errtext(&o));

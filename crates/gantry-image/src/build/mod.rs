@@ -22,9 +22,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use chrono::Utc;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+mod cache;
 mod copy;
 mod run;
 
@@ -35,6 +35,8 @@ use crate::reference::ImageRef;
 use crate::stages;
 use crate::store::{LocalImage, Store, StoreError};
 use crate::types::{Healthcheck, History, ImageConfig};
+pub use cache::RECORDS;
+use cache::{Cache, CacheEntry, Record};
 pub use copy::DockerIgnore;
 use copy::{copy_into, hash_tree, resolve_sources};
 use run::run_step;
@@ -94,6 +96,10 @@ pub struct BuildOptions {
     pub no_cache: bool,
     /// `--target`: the stage to build (the last one without it).
     pub target: Option<String>,
+    /// `--cache-from`: images built by Gantry whose recorded steps serve
+    /// as cache (found or pulled as FROM images are; one that cannot be
+    /// had is a warning, as in Docker).
+    pub cache_from: Vec<ImageRef>,
     /// `--secret id=...`: values RUN may mount (`--mount=type=secret`),
     /// never written to a layer or the cache.
     pub secrets: BTreeMap<String, Vec<u8>>,
@@ -111,13 +117,6 @@ pub const RUN_FAILED: &str = "gantry-run-failed: ";
 /// The base image lookup: returns a local image for a reference, pulling it
 /// if the caller wants to.
 pub type BaseResolver<'a> = dyn FnMut(&ImageRef) -> Result<LocalImage, String> + 'a;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct CacheEntry {
-    /// (blob digest, diff id, compressed size) when the step made a layer.
-    layer: Option<(String, String, u64)>,
-    created: String,
-}
 
 /// Docker's predefined proxy args, usable without an ARG line.
 const BUILTIN_ARGS: [&str; 8] = [
@@ -142,6 +141,8 @@ struct State {
     args: BTreeMap<String, String>,
     key: String,
     created: String,
+    /// The steps that made it, recorded in the image's config.
+    steps: Vec<Record>,
 }
 
 impl State {
@@ -200,41 +201,6 @@ fn chain(parent: &str, parts: &[&str]) -> String {
     hex::encode(h.finalize())
 }
 
-/// The build cache file, keyed by step key.
-struct Cache {
-    path: PathBuf,
-    /// Stages run side by side: one read-modify-write at a time.
-    writing: Mutex<()>,
-}
-
-impl Cache {
-    fn load(&self) -> BTreeMap<String, CacheEntry> {
-        fs::read(&self.path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
-    }
-    fn get(&self, store: &Store, key: &str) -> Option<CacheEntry> {
-        let e = self.load().remove(key)?;
-        if let Some((blob, _, _)) = &e.layer {
-            let d = Digest::parse(blob).ok()?;
-            if !store.has_blob(&d) || !store.layer_path(&d).exists() {
-                return None;
-            }
-        }
-        Some(e)
-    }
-    fn put(&self, key: &str, e: CacheEntry) {
-        let _one = self.writing.lock().expect("cache lock");
-        let mut all = self.load();
-        all.insert(key.to_owned(), e);
-        let tmp = self.path.with_extension("tmp");
-        if fs::write(&tmp, serde_json::to_vec(&all).unwrap_or_default()).is_ok() {
-            let _ = fs::rename(&tmp, &self.path);
-        }
-    }
-}
-
 /// Builds an image. `log` receives progress lines; `resolve_base` finds (or
 /// pulls) FROM images; `runtime` runs RUN steps.
 pub fn build(
@@ -262,10 +228,7 @@ pub fn build(
     }
     let plan = stages::split(dockerfile::parse(&text)?)?;
     let ignore = DockerIgnore::load(&opts.context)?;
-    let cache = Cache {
-        path: store.root().join(crate::store::BUILD_CACHE),
-        writing: Mutex::new(()),
-    };
+    let mut cache = Cache::open(store);
     let mut unused_args: BTreeSet<String> = opts.build_args.keys().cloned().collect();
     // The global args: usable in FROM lines and `COPY --from`, and as the
     // value of an ARG a stage declares again without a default.
@@ -312,6 +275,16 @@ pub fn build(
                     e.insert(got);
                 }
             }
+        }
+    }
+    for r in &opts.cache_from {
+        let name = r.to_string();
+        match base_image(store, &name, resolve_base) {
+            Ok((img, _)) => {
+                let n = cache.import(&img);
+                log(&format!("Cache from {name}: {n} step(s) recorded"));
+            }
+            Err(e) => log(&format!("[Warning] cache source {name} is not used: {e}")),
         }
     }
     let run = Run {
@@ -454,6 +427,7 @@ fn build_stage(
                 args: BTreeMap::new(),
                 key: parent.key.clone(),
                 created: parent.created.clone(),
+                steps: parent.steps.clone(),
             }
         }
         stages::Source::Image(image) => {
@@ -527,12 +501,14 @@ fn base_state(images: &Images, image: &str) -> Result<State, String> {
             args: BTreeMap::new(),
             key: chain("", &["scratch"]),
             created: Utc::now().to_rfc3339(),
+            steps: Vec::new(),
         });
     }
     let base = images.get(image)?;
     let mut config = base.0.config.clone();
     config.created = None;
     config.config.extra.remove("Image");
+    config.extra.remove(RECORDS);
     Ok(State {
         layers: base.1,
         history: config.history.clone(),
@@ -540,6 +516,7 @@ fn base_state(images: &Images, image: &str) -> Result<State, String> {
         args: BTreeMap::new(),
         key: chain("", &[&base.0.record.manifest]),
         created: base.0.config.created.clone().unwrap_or_default(),
+        steps: Vec::new(),
     })
 }
 
@@ -873,6 +850,11 @@ fn step(
         created_by: Some(ins.text.clone()),
         empty_layer: true,
     });
+    s.steps.push(Record {
+        key: s.key.clone(),
+        layer: None,
+        created: created.clone(),
+    });
     s.created = created;
     Ok(())
 }
@@ -1055,6 +1037,11 @@ fn layer_step(
         created_by: Some(ins.text.clone()),
         empty_layer: false,
     });
+    s.steps.push(Record {
+        key: key.clone(),
+        layer: Some(s.layers.len() - 1),
+        created: created.clone(),
+    });
     s.created = created;
     s.key = key;
     Ok(())
@@ -1098,6 +1085,10 @@ fn finish(store: &Store, s: State, tag: Option<&ImageRef>) -> Result<LocalImage,
     let mut config = s.config;
     config.created = Some(s.created);
     config.history = s.history;
+    config.extra.insert(
+        RECORDS.to_owned(),
+        serde_json::to_value(&s.steps).unwrap_or_default(),
+    );
     let layers: Vec<(Digest, Digest, u64)> = s.layers;
     Ok(store.put_image(config, &layers, tag)?)
 }

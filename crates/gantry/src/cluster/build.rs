@@ -23,17 +23,7 @@ pub(crate) fn target(stack: &str, service: &str, image: &str) -> anyhow::Result<
             "service {service}: image {image} names a digest; a built image is named by a tag"
         );
     }
-    let mut rest = image;
-    if let Some((first, after)) = image.split_once('/') {
-        if first.contains('.') || first.contains(':') || first == "localhost" {
-            rest = after;
-        }
-    }
-    let (repo, tag) = match rest.rsplit_once(':') {
-        Some((r, t)) if !t.contains('/') => (r, t),
-        _ => (rest, "latest"),
-    };
-    Ok((repo.to_owned(), tag.to_owned()))
+    Ok(gantry_api::cluster_name(image))
 }
 
 /// Packs a context as a tar file: every file `.dockerignore` keeps, and
@@ -107,9 +97,15 @@ pub(crate) fn build_all(
         .cloned()
         .collect();
     for name in order {
-        let b = stack.builds[&name].clone();
+        let mut b = stack.builds[&name].clone();
         let image = stack.services[&name].image.clone();
         let (repo, tag) = target(stack_name, &name, &image)?;
+        // `cache_from` naming the service's own image: as it is pushed.
+        for c in &mut b.cache_from {
+            if *c == image {
+                *c = format!("{repo}:{tag}");
+            }
+        }
         let built = build_one(c, &name, &b, &repo, &tag, env)
             .map_err(|e| anyhow::anyhow!("service {name}: {e}; nothing was deployed"))?;
         eprintln!("Built service {name}: {built}");
@@ -146,6 +142,7 @@ fn build_one(
         target: b.target.clone(),
         args: b.args.iter().map(|(k, v)| format!("{k}={v}")).collect(),
         no_cache: b.no_cache,
+        cache_from: b.cache_from.clone(),
     }
     .to_query();
     let mut headers = reqwest::header::HeaderMap::new();
