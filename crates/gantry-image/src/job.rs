@@ -19,6 +19,14 @@ use tokio::sync::{mpsc, Semaphore};
 /// Builds at once on one host (each takes the CPU it can).
 static RUNNING: Semaphore = Semaphore::const_new(2);
 
+/// Builds on one host running, waiting or receiving their context: one
+/// more is refused, so that contexts arriving at once cannot fill the disk.
+pub const QUEUE_LIMIT: usize = 6;
+static QUEUED: Semaphore = Semaphore::const_new(QUEUE_LIMIT);
+
+/// A context stops arriving when its disk has less free than this.
+const DISK_RESERVE: u64 = 1 << 30;
+
 /// Set in the environment of a build a node's agent runs: the build
 /// reaches the cluster's registry with the node's identity.
 pub const NODE_REGISTRY_ENV: &str = "GANTRY_NODE_REGISTRY";
@@ -68,6 +76,9 @@ impl Job {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Display,
     {
+        let _queued = QUEUED.try_acquire().map_err(|_| {
+            format!("this host has {QUEUE_LIMIT} builds under way or waiting: try again later")
+        })?;
         // The context, whole, before anything runs.
         let tar = dir.join("context.tar");
         receive(context, &tar)
@@ -171,7 +182,8 @@ fn stream_lines<R: tokio::io::AsyncBufRead + Unpin + Send + 'static>(
     }))
 }
 
-/// Streams `body` to `path` (up to [`CONTEXT_LIMIT`]).
+/// Streams `body` to `path` (up to [`CONTEXT_LIMIT`], and while its disk
+/// keeps [`DISK_RESERVE`] free).
 async fn receive<S, E>(mut body: S, path: &Path) -> std::io::Result<()>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -182,7 +194,20 @@ where
     let mut n = 0u64;
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()))?;
+        let before = n;
         n += chunk.len() as u64;
+        if before >> 26 != n >> 26 || before == 0 {
+            let free = nix::sys::statvfs::statvfs(path)
+                .map(|s| s.blocks_available() * s.fragment_size())
+                .map_err(std::io::Error::other)?;
+            if free < DISK_RESERVE {
+                return Err(std::io::Error::other(format!(
+                    "the disk under {} has less than {} GiB free",
+                    path.display(),
+                    DISK_RESERVE >> 30
+                )));
+            }
+        }
         if n > CONTEXT_LIMIT {
             return Err(std::io::Error::other(format!(
                 "the context is over {} GiB",
@@ -203,4 +228,47 @@ fn write_private(p: &Path, value: &[u8]) -> std::io::Result<()> {
         .mode(0o600)
         .open(p)?;
     f.write_all(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Contexts that keep arriving hold their places; one build more is
+    /// refused at once, before it receives anything.
+    #[tokio::test]
+    async fn builds_beyond_the_queue_are_refused_before_their_context() {
+        let dir = tempfile::tempdir().unwrap();
+        let (out, _rx) = mpsc::channel(16);
+        let mut waiting = Vec::new();
+        for i in 0..QUEUE_LIMIT {
+            let d = dir.path().join(i.to_string());
+            std::fs::create_dir(&d).unwrap();
+            let out = out.clone();
+            waiting.push(tokio::spawn(async move {
+                let never = futures::stream::pending::<Result<Bytes, String>>();
+                Job::default().run(&d, never, &[], &out).await
+            }));
+        }
+        // Each has taken its place once its context file exists.
+        for i in 0..QUEUE_LIMIT {
+            let tar = dir.path().join(i.to_string()).join("context.tar");
+            for _ in 0..100 {
+                if tar.exists() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            assert!(tar.exists(), "build {i} is receiving");
+        }
+        let d = dir.path().join("extra");
+        std::fs::create_dir(&d).unwrap();
+        let one = futures::stream::iter([Ok::<_, String>(Bytes::from_static(b"x"))]);
+        let e = Job::default().run(&d, one, &[], &out).await.unwrap_err();
+        assert!(e.contains("builds under way or waiting"), "{e}");
+        assert!(!d.join("context.tar").exists(), "nothing was received");
+        for w in waiting {
+            w.abort();
+        }
+    }
 }

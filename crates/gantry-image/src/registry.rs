@@ -162,7 +162,8 @@ pub(crate) fn classify(registry: &str, reference: &str, e: OciDistributionError)
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its causes, on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

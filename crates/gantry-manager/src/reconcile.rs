@@ -298,11 +298,9 @@ fn rollout(
     }
     // New-version tasks by slot, and which of them are still being watched.
     let new: Vec<&TaskRecord> = live.iter().copied().filter(|t| !outdated(rec, t)).collect();
-    let settled =
-        |t: &TaskRecord| t.state == TaskState::Running && now_ms >= t.updated_ms + monitor_ms;
     let in_flight = new
         .iter()
-        .filter(|t| !settled(t) && t.updated_ms >= since)
+        .filter(|t| !settled(t, monitor_ms, now_ms) && t.updated_ms >= since)
         .count();
     if old.is_empty() {
         // Every old task is replaced; the update is done once the new
@@ -339,6 +337,40 @@ fn rollout(
         replace.push(o.slot);
     }
     Rollout::Steps { commands, replace }
+}
+
+/// Whether a task has run for `monitor_ms`.
+fn settled(t: &TaskRecord, monitor_ms: u64, now_ms: u64) -> bool {
+    t.state == TaskState::Running && now_ms >= t.updated_ms + monitor_ms
+}
+
+/// Where a slot (for a global service, a node) runs more than one task (a
+/// start-first update, a rebalance move): once the newest has run for
+/// `monitor_ms`, the others, to be shut down; and whether any slot had
+/// more than one.
+fn superseded<'a>(
+    tasks: &[&'a TaskRecord],
+    monitor_ms: u64,
+    now_ms: u64,
+) -> (Vec<&'a TaskRecord>, bool) {
+    let mut by_slot: BTreeMap<u32, Vec<&TaskRecord>> = BTreeMap::new();
+    for t in tasks {
+        by_slot.entry(t.slot).or_default().push(t);
+    }
+    let mut doubled = false;
+    let mut gone = Vec::new();
+    for group in by_slot.values().filter(|g| g.len() > 1) {
+        doubled = true;
+        let newest = group
+            .iter()
+            .copied()
+            .max_by_key(|t| (t.updated_ms, t.id.clone()))
+            .expect("non-empty");
+        if settled(newest, monitor_ms, now_ms) {
+            gone.extend(group.iter().copied().filter(|t| t.id != newest.id));
+        }
+    }
+    (gone, doubled)
 }
 
 /// The rolling update (or rollback) of a global service: the same
@@ -378,31 +410,16 @@ fn global_rollout(
     };
     let all = slotted(tasks);
     let kept = slotted(live_tasks);
-    let monitor_ms = svc.update_config.monitor_ns / 1_000_000;
-    let settled =
-        |t: &TaskRecord| t.state == TaskState::Running && now_ms >= t.updated_ms + monitor_ms;
-    let mut by_node: BTreeMap<u32, Vec<&TaskRecord>> = BTreeMap::new();
-    for t in &kept {
-        by_node.entry(t.slot).or_default().push(t);
-    }
-    for group in by_node.values().filter(|g| g.len() > 1) {
-        let newest = group
-            .iter()
-            .copied()
-            .max_by_key(|t| (t.updated_ms, t.id.clone()))
-            .expect("non-empty");
-        if settled(newest) {
-            for t in group.iter().filter(|t| t.id != newest.id) {
-                let mut t = (*t).clone();
-                t.desired = TaskState::Shutdown;
-                t.message = "superseded on its node".into();
-                out.push(unslotted(Command::PutTask(t)));
-            }
-        }
-    }
-    let on = by_node.len() as u32;
     let all: Vec<&TaskRecord> = all.iter().collect();
     let kept: Vec<&TaskRecord> = kept.iter().collect();
+    let monitor_ms = svc.update_config.monitor_ns / 1_000_000;
+    for t in superseded(&kept, monitor_ms, now_ms).0 {
+        let mut t = t.clone();
+        t.desired = TaskState::Shutdown;
+        t.message = "superseded on its node".into();
+        out.push(unslotted(Command::PutTask(t)));
+    }
+    let on = kept.iter().map(|t| t.slot).collect::<BTreeSet<u32>>().len() as u32;
     match rollout(rec, svc, &all, &kept, on, now_ms) {
         Rollout::Stop(commands) => out.extend(commands.into_iter().map(unslotted)),
         Rollout::Steps { commands, replace } => {
@@ -628,26 +645,9 @@ pub fn reconcile_in(
             // Two tasks in one slot (start-first update, rebalance move):
             // once the newest has run for `monitor`, the others go.
             let monitor_ms = svc.update_config.monitor_ns / 1_000_000;
-            let settled = |t: &TaskRecord| {
-                t.state == TaskState::Running && now_ms >= t.updated_ms + monitor_ms
-            };
-            let mut by_slot: BTreeMap<u32, Vec<&TaskRecord>> = BTreeMap::new();
-            for t in &kept {
-                by_slot.entry(t.slot).or_default().push(t);
-            }
-            let mut doubled = false;
-            for group in by_slot.values().filter(|g| g.len() > 1) {
-                doubled = true;
-                let newest = group
-                    .iter()
-                    .copied()
-                    .max_by_key(|t| (t.updated_ms, t.id.clone()))
-                    .expect("non-empty");
-                if settled(newest) {
-                    for t in group.iter().filter(|t| t.id != newest.id) {
-                        out.push(shutdown(t, "superseded in its slot"));
-                    }
-                }
+            let (gone, doubled) = superseded(&kept, monitor_ms, now_ms);
+            for t in gone {
+                out.push(shutdown(t, "superseded in its slot"));
             }
             let (commands, replace) = match rollout(rec, svc, &tasks, &kept, replicas, now_ms) {
                 Rollout::Steps { commands, replace } => (commands, replace),
@@ -660,7 +660,7 @@ pub fn reconcile_in(
                 && replace.is_empty()
                 && new_tasks.is_empty()
                 && !doubled
-                && kept.iter().all(|t| settled(t))
+                && kept.iter().all(|t| settled(t, monitor_ms, now_ms))
                 && !kept.iter().any(|t| outdated(rec, t));
             out.extend(commands);
             new_tasks.extend(replace.into_iter().map(|slot| (slot, 0)));

@@ -267,18 +267,6 @@ fn node_client(sh: &Shared, node: &NodeRecord) -> Result<(reqwest::Client, Strin
     Ok((c, format!("https://{}:{port}", node.id)))
 }
 
-/// An error and its causes, on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 /// Builds on `node`, then copies the image into the cluster's registry.
 async fn on_node(
     sh: &Arc<Shared>,
@@ -313,7 +301,12 @@ async fn on_node(
     }
     let resp = match req.send().await {
         Ok(r) => r,
-        Err(e) => return failed(format!("unreachable: {}", chain(&e))),
+        Err(e) => {
+            return failed(format!(
+                "unreachable: {}",
+                gantry_image::registry::error_chain(&e)
+            ))
+        }
     };
     if !resp.status().is_success() {
         let status = resp.status();

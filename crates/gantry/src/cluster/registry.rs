@@ -133,62 +133,26 @@ pub(crate) fn registry(ctx: &Ctx, cmd: RegistryCmd) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// The cluster's registry as the CLI reaches it: with the admin
-/// credential, when this host has one, else with the node's own (a build
-/// a manager sent to this builder node, pulling its base image); the
-/// connection is made on first use only.
-struct AdminTunnel {
-    cfg: gantry_api::AdminConfig,
-    host: Option<String>,
+/// The cluster's registry as the CLI reaches it (see [`registry_tunnel`]):
+/// through the managers named `serves`, the connection made on first use
+/// only.
+struct LazyTunnel {
+    serves: Vec<String>,
+    make: Box<dyn Fn() -> Result<gantry_agent::ClusterRegistry, String> + Send + Sync>,
     made: std::sync::OnceLock<Result<gantry_agent::ClusterRegistry, String>>,
 }
 
-/// The tunnel with a node's identity (see [`AdminTunnel`]).
-#[derive(Debug)]
-struct NodeTunnel {
-    managers: Vec<String>,
-    data_dir: std::path::PathBuf,
-    made: std::sync::OnceLock<Result<gantry_agent::ClusterRegistry, String>>,
-}
-
-impl gantry_image::Tunnel for NodeTunnel {
-    fn serves(&self, registry: &str) -> bool {
-        self.managers.iter().any(|m| m == registry)
-    }
-
-    fn send(
-        &self,
-        method: reqwest::Method,
-        path: String,
-        headers: reqwest::header::HeaderMap,
-        body: Vec<u8>,
-    ) -> futures::future::BoxFuture<'_, Result<reqwest::Response, String>> {
-        let made = self
-            .made
-            .get_or_init(|| gantry_agent::ClusterRegistry::of_node(&self.data_dir));
-        match made {
-            Ok(t) => gantry_image::Tunnel::send(t, method, path, headers, body),
-            Err(e) => {
-                let e = e.clone();
-                Box::pin(async move { Err(e) })
-            }
-        }
-    }
-}
-
-impl std::fmt::Debug for AdminTunnel {
+impl std::fmt::Debug for LazyTunnel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminTunnel")
-            .field("manager", &self.cfg.manager)
+        f.debug_struct("LazyTunnel")
+            .field("serves", &self.serves)
             .finish()
     }
 }
 
-impl gantry_image::Tunnel for AdminTunnel {
+impl gantry_image::Tunnel for LazyTunnel {
     fn serves(&self, registry: &str) -> bool {
-        self.cfg.manager == registry
-            || self.cfg.managers.iter().any(|m| m == registry)
-            || self.host.as_deref() == Some(registry)
+        self.serves.iter().any(|m| m == registry)
     }
 
     fn send(
@@ -198,12 +162,7 @@ impl gantry_image::Tunnel for AdminTunnel {
         headers: reqwest::header::HeaderMap,
         body: Vec<u8>,
     ) -> futures::future::BoxFuture<'_, Result<reqwest::Response, String>> {
-        let made = self.made.get_or_init(|| {
-            Client::admin(&self.cfg, self.host.as_deref())
-                .map(gantry_agent::ClusterRegistry::new)
-                .map_err(|e| e.to_string())
-        });
-        match made {
+        match self.made.get_or_init(&self.make) {
             Ok(t) => gantry_image::Tunnel::send(t, method, path, headers, body),
             Err(e) => {
                 let e = e.clone();
@@ -215,7 +174,7 @@ impl gantry_image::Tunnel for AdminTunnel {
 
 /// The tunnel to the cluster's registry, when this host holds the admin
 /// credential, or, in a build an agent runs, with the node's identity
-/// under `data_dir`.
+/// under `data_dir` (pulls only).
 pub(crate) fn registry_tunnel(
     config_dir: Option<&std::path::Path>,
     host: Option<&str>,
@@ -227,18 +186,27 @@ pub(crate) fn registry_tunnel(
         // `gantry login` credential is what reaches the registry.
         std::env::var_os(gantry_image::job::NODE_REGISTRY_ENV)?;
         let id = gantry_agent::Identity::load(data_dir)?;
-        let mut managers = id.managers.clone();
-        managers.push(id.manager.clone());
-        return Some(std::sync::Arc::new(NodeTunnel {
-            managers,
-            data_dir: data_dir.to_owned(),
+        let mut serves = id.managers.clone();
+        serves.push(id.manager.clone());
+        let data_dir = data_dir.to_owned();
+        return Some(std::sync::Arc::new(LazyTunnel {
+            serves,
+            make: Box::new(move || gantry_agent::ClusterRegistry::of_node(&data_dir)),
             made: std::sync::OnceLock::new(),
         }));
     }
     let cfg = gantry_api::AdminConfig::load(&dir).ok()?;
-    Some(std::sync::Arc::new(AdminTunnel {
-        cfg,
-        host: host.map(str::to_owned),
+    let mut serves = cfg.managers.clone();
+    serves.push(cfg.manager.clone());
+    serves.extend(host.map(str::to_owned));
+    let host = host.map(str::to_owned);
+    Some(std::sync::Arc::new(LazyTunnel {
+        serves,
+        make: Box::new(move || {
+            Client::admin(&cfg, host.as_deref())
+                .map(gantry_agent::ClusterRegistry::new)
+                .map_err(|e| e.to_string())
+        }),
         made: std::sync::OnceLock::new(),
     }))
 }
