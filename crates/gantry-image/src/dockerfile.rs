@@ -95,6 +95,9 @@ pub enum RunMount {
         source: String,
         /// A stage or image instead of the context.
         from: Option<String>,
+        /// `rw`: the step may write there; what it writes is thrown away
+        /// when it ends (as BuildKit's).
+        rw: bool,
     },
     /// `type=tmpfs`.
     Tmpfs {
@@ -236,18 +239,12 @@ fn run_mount(v: &str) -> Result<RunMount, String> {
                 gid: num("gid", 10)?.unwrap_or(0),
             })
         }
-        "bind" => {
-            if flag(&["rw", "readwrite"])? {
-                return Err(
-                    "--mount type=bind,rw is not supported: bind mounts are read-only".into(),
-                );
-            }
-            Ok(RunMount::Bind {
-                target: need_target()?,
-                source: get(&["source", "src"]).unwrap_or_default(),
-                from: get(&["from"]).filter(|f| !f.is_empty()),
-            })
-        }
+        "bind" => Ok(RunMount::Bind {
+            target: need_target()?,
+            source: get(&["source", "src"]).unwrap_or_default(),
+            from: get(&["from"]).filter(|f| !f.is_empty()),
+            rw: flag(&["rw", "readwrite"])?,
+        }),
         "tmpfs" => Ok(RunMount::Tmpfs {
             target: need_target()?,
             size: get(&["size"])
@@ -1226,6 +1223,21 @@ CMD httpd -f
     }
 
     #[test]
+    fn bind_mounts_may_be_writable() {
+        for (v, rw) in [
+            ("type=bind,target=/x", false),
+            ("type=bind,target=/x,rw", true),
+            ("type=bind,target=/x,readwrite=true", true),
+            ("target=/x,rw=false", false),
+        ] {
+            match run_mount(v).unwrap() {
+                RunMount::Bind { rw: got, .. } => assert_eq!(got, rw, "{v}"),
+                other => panic!("{v}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn run_mounts() {
         let d = parse(
             "FROM scratch\n\
@@ -1272,7 +1284,8 @@ CMD httpd -f
                 RunMount::Bind {
                     target: "/src".into(),
                     source: "app".into(),
-                    from: Some("build".into())
+                    from: Some("build".into()),
+                    rw: false,
                 },
                 RunMount::Tmpfs {
                     target: "/tmp".into(),
@@ -1282,7 +1295,6 @@ CMD httpd -f
         );
         for (bad, want) in [
             ("--mount=type=cache x", "needs target"),
-            ("--mount=type=bind,target=/x,rw x", "read-only"),
             ("--mount=type=ssh x", "not supported"),
             ("--mount=type=nfs,target=/x x", "unknown --mount type"),
             ("--mount=type=cache,target=/x,uid=me x", "not a number"),

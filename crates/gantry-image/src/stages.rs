@@ -91,6 +91,27 @@ pub fn split(instructions: Vec<Instruction>) -> Result<Plan, DockerfileError> {
     Ok(Plan { meta_args, stages })
 }
 
+/// The sources an instruction names (`COPY --from`, `RUN
+/// --mount=type=bind,from=`), unexpanded.
+fn froms(ins: &Instruction) -> Vec<&String> {
+    match &ins.kind {
+        Kind::Copy {
+            from: Some(from), ..
+        } => vec![from],
+        Kind::Run(_, opts) => opts
+            .mounts
+            .iter()
+            .filter_map(|m| match m {
+                RunMount::Bind {
+                    from: Some(from), ..
+                } => Some(from),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 impl Plan {
     /// The stage `--target` names (the last one without it).
     pub fn target(&self, name: Option<&str>) -> Result<usize, DockerfileError> {
@@ -156,25 +177,29 @@ impl Plan {
             out.push(self.resolve(stage, &image, s.from.line)?);
         }
         for ins in &s.body {
-            let froms: Vec<&String> = match &ins.kind {
-                Kind::Copy {
-                    from: Some(from), ..
-                } => vec![from],
-                Kind::Run(_, opts) => opts
-                    .mounts
-                    .iter()
-                    .filter_map(|m| match m {
-                        RunMount::Bind {
-                            from: Some(from), ..
-                        } => Some(from),
-                        _ => None,
-                    })
-                    .collect(),
-                _ => Vec::new(),
-            };
-            for from in froms {
+            for from in froms(ins) {
                 let from = expand(from).map_err(|e| err(ins.line, e))?;
                 out.push(self.resolve(stage, &from, ins.line)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// What the ONBUILD `triggers` of stage `stage`'s base image read
+    /// (`COPY --from`, `RUN --mount=from=`), resolved from that stage.
+    pub fn trigger_reads(
+        &self,
+        stage: usize,
+        triggers: &[String],
+        expand: &dyn Fn(&str) -> Result<String, String>,
+    ) -> Result<Vec<Source>, DockerfileError> {
+        let line = self.stages[stage].from.line;
+        let mut out = Vec::new();
+        for t in triggers {
+            let ins = crate::dockerfile::trigger(t)?;
+            for from in froms(&ins) {
+                let from = expand(from).map_err(|e| err(line, e))?;
+                out.push(self.resolve(stage, &from, line)?);
             }
         }
         Ok(out)

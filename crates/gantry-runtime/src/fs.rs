@@ -67,6 +67,22 @@ pub fn secure_join(root: &Path, unsafe_path: &str) -> io::Result<PathBuf> {
     Ok(out)
 }
 
+/// overlayfs's `lowerdir` value for layer directories given topmost
+/// first. A directory that appears again below its topmost use is left out
+/// there (overlayfs refuses a mount that names one twice, and images have
+/// identical layers, such as two steps that changed nothing): every path,
+/// whiteout and opaque directory of the lower copy is in the upper one,
+/// which hides all below it, so the view is the same.
+pub fn overlay_lowerdirs(layers: &[PathBuf]) -> String {
+    let mut seen = std::collections::HashSet::new();
+    layers
+        .iter()
+        .filter(|p| seen.insert(p.as_path()))
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 fn split(p: &str) -> Vec<String> {
     Path::new(p)
         .components()
@@ -80,6 +96,20 @@ fn split(p: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn lowerdirs_name_each_layer_once_at_its_topmost_place() {
+        let p = |v: &[&str]| v.iter().map(PathBuf::from).collect::<Vec<_>>();
+        assert_eq!(
+            super::overlay_lowerdirs(&p(&["/a", "/b", "/c"])),
+            "/a:/b:/c"
+        );
+        assert_eq!(
+            super::overlay_lowerdirs(&p(&["/e", "/b", "/e", "/a", "/e"])),
+            "/e:/b:/a"
+        );
+        assert_eq!(super::overlay_lowerdirs(&[]), "");
+    }
+
     use super::*;
     use std::os::unix::fs::symlink;
 

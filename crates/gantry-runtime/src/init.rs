@@ -392,12 +392,7 @@ fn setup_rootfs(a: &ChildArgs<'_>, rootfs: &Path) -> Result<(), InitError> {
         None,
     )?;
 
-    let lower = cfg
-        .layers
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(":");
+    let lower = crate::fs::overlay_lowerdirs(&cfg.layers);
     let upper = a.dir.join("upper");
     let work = a.dir.join("work");
     if cfg.layers.is_empty() {

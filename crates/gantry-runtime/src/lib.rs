@@ -40,7 +40,7 @@ use nix::unistd::{fork, ForkResult, Pid};
 pub use cgroup::{shares_to_weight, Cgroup, CgroupError, CgroupStats, CgroupVersion, Resources};
 pub use exec::ExecOptions;
 pub use files::FileContent;
-pub use fs::{private_dir, secure_join};
+pub use fs::{overlay_lowerdirs, private_dir, secure_join};
 pub use security::{capabilities, check as check_security, namespaced_sysctl, ulimit_resource};
 pub use spec::{
     new_id, ContainerConfig, Mount, MountKind, MountOptions, NetworkMode, OverlayAddr, PortMapping,

@@ -1192,6 +1192,9 @@ fn run_mounts_and_here_documents() {
          RUN --mount=type=secret,id=token,required test \"$(tr a-z A-Z < /run/secrets/token)\" = S3CRET-7F3A9 && echo secret-seen > /secret-seen\n\
          RUN --mount=type=bind,source=data,target=/data cp /data/input /copied-input\n\
          RUN --mount=type=bind,from=tools,source=/tools,target=/t cp /t/version /tool-version\n\
+         RUN --mount=type=bind,source=data,target=/data,rw echo scribbled >> /data/input && cat /data/input > /rw-seen\n\
+         RUN --mount=type=bind,from=tools,source=/tools,target=/t,rw rm /t/version && test ! -e /t/version && echo rw-from > /rw-from\n\
+         RUN --mount=type=bind,source=data/input,target=/one,rw echo more >> /one && test \"$(wc -l < /one)\" = 2\n\
          RUN --mount=type=tmpfs,target=/scratchpad echo x > /scratchpad/y && test -f /scratchpad/y\n\
          RUN <<EOF\n\
          echo heredoc-one > /heredoc\n\
@@ -1200,7 +1203,7 @@ fn run_mounts_and_here_documents() {
          COPY <<greeting.txt /etc/\n\
          hello from a heredoc\n\
          greeting.txt\n\
-         CMD [\"sh\", \"-c\", \"cat /count /secret-seen /copied-input /tool-version /heredoc /etc/greeting.txt; for p in /run/secrets /cache /data /t /scratchpad; do test -e $p && echo left $p; done; true\"]\n",
+         CMD [\"sh\", \"-c\", \"cat /count /secret-seen /copied-input /tool-version /rw-seen /rw-from /heredoc /etc/greeting.txt; for p in /run/secrets /cache /data /t /scratchpad; do test -e $p && echo left $p; done; true\"]\n",
     );
     std::fs::create_dir(ctx.path().join("data")).unwrap();
     std::fs::write(ctx.path().join("data/input"), "from the context\n").unwrap();
@@ -1214,8 +1217,45 @@ fn run_mounts_and_here_documents() {
     g.ok(&["build", "-q", "-t", "mounts", "--secret", &with_secret, dir]);
     assert_eq!(
         g.ok(&["run", "--rm", "mounts"]),
-        "1\nsecret-seen\nfrom the context\ntool-v1\nheredoc-one\nheredoc-two\nhello from a heredoc\n",
+        "1\nsecret-seen\nfrom the context\ntool-v1\nfrom the context\nscribbled\nrw-from\nheredoc-one\nheredoc-two\nhello from a heredoc\n",
         "the mounts' targets must not be left in the image"
+    );
+    // Steps that changed nothing made the same (empty) layer twice; the
+    // image runs and builds on all the same (overlayfs names each once).
+    let diffs = g.inspect_image("mounts")["Config"]["rootfs"]["diff_ids"].clone();
+    let diffs: Vec<&str> = diffs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    let distinct: std::collections::BTreeSet<&str> = diffs.iter().copied().collect();
+    assert!(distinct.len() < diffs.len(), "{diffs:?}");
+    // What a rw bind mount's step wrote went with the step: the context,
+    // the stage and the store's scratch are as they were.
+    assert_eq!(
+        std::fs::read_to_string(ctx.path().join("data/input")).unwrap(),
+        "from the context\n"
+    );
+    assert_eq!(
+        g.ok(&[
+            "run",
+            "--rm",
+            "mounts",
+            "sh",
+            "-c",
+            "ls /data /t /one 2>&1; true"
+        ])
+        .matches("No such file")
+        .count(),
+        3
+    );
+    let tmp: Vec<_> = std::fs::read_dir(g.data.path().join("images/tmp"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        !tmp.iter().any(|n| n.to_string_lossy().contains("bind-rw")),
+        "{tmp:?}"
     );
     // The secret is in no layer and nowhere in the store.
     let images = g.data.path().join("images");
@@ -1348,21 +1388,32 @@ fn onbuild_triggers_run_in_the_build_that_uses_the_image() {
     let Some(g) = G::new("onbuild_triggers") else {
         return;
     };
+    // A trigger may read an image, which the child's build then finds.
+    let src = g.context("FROM scratch\nCOPY src.txt /src.txt\n");
+    std::fs::write(src.path().join("src.txt"), "from an image\n").unwrap();
+    g.ok(&["build", "-q", "-t", "onb-src", src.path().to_str().unwrap()]);
     let base = g.context(
         "FROM scratch\n\
          COPY busybox /bin/busybox\n\
          RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
          ONBUILD COPY app.txt /app/\n\
-         ONBUILD RUN echo triggered > /triggered\n",
+         ONBUILD RUN echo triggered > /triggered\n\
+         ONBUILD COPY --from=onb-src /src.txt /from-image.txt\n",
     );
     g.ok(&["build", "-q", "-t", "onb", base.path().to_str().unwrap()]);
     let cfg = g.inspect_image("onb");
     assert_eq!(
         cfg["Config"]["config"]["OnBuild"],
-        serde_json::json!(["COPY app.txt /app/", "RUN echo triggered > /triggered"]),
+        serde_json::json!([
+            "COPY app.txt /app/",
+            "RUN echo triggered > /triggered",
+            "COPY --from=onb-src /src.txt /from-image.txt"
+        ]),
         "{cfg}"
     );
-    let child = g.context("FROM onb\nCMD [\"sh\", \"-c\", \"cat /app/app.txt /triggered\"]\n");
+    let child = g.context(
+        "FROM onb\nCMD [\"sh\", \"-c\", \"cat /app/app.txt /triggered /from-image.txt\"]\n",
+    );
     std::fs::write(child.path().join("app.txt"), "the child's file\n").unwrap();
     let out = g.ok(&["build", "-t", "onb-child", child.path().to_str().unwrap()]);
     assert!(
@@ -1371,7 +1422,7 @@ fn onbuild_triggers_run_in_the_build_that_uses_the_image() {
     );
     assert_eq!(
         g.ok(&["run", "--rm", "onb-child"]),
-        "the child's file\ntriggered\n"
+        "the child's file\ntriggered\nfrom an image\n"
     );
     // The triggers ran once: the child does not pass them on.
     assert!(g.inspect_image("onb-child")["Config"]["config"]["OnBuild"].is_null());

@@ -24,7 +24,14 @@ pub(super) struct RootView {
 impl RootView {
     /// `layers` bottom first, as an image lists them.
     pub(super) fn open(store: &Store, layers: &[super::Layer]) -> Result<Self, String> {
-        match layers {
+        // Topmost first; a layer found again below counts once.
+        let mut distinct: Vec<&crate::Digest> = Vec::new();
+        for (d, _, _) in layers.iter().rev() {
+            if !distinct.contains(&d) {
+                distinct.push(d);
+            }
+        }
+        match distinct[..] {
             [] => {
                 let dir = store.temp_path("from");
                 fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
@@ -33,24 +40,18 @@ impl RootView {
                     mounted: false,
                 })
             }
-            [(d, _, _)] => Ok(Self {
+            [d] => Ok(Self {
                 dir: store.ensure_layer(d).map_err(|e| e.to_string())?,
                 mounted: false,
             }),
             _ => {
                 let mut lower = Vec::new();
-                for (d, _, _) in layers.iter().rev() {
-                    lower.push(
-                        store
-                            .ensure_layer(d)
-                            .map_err(|e| e.to_string())?
-                            .to_string_lossy()
-                            .into_owned(),
-                    );
+                for d in &distinct {
+                    lower.push(store.ensure_layer(d).map_err(|e| e.to_string())?);
                 }
                 let dir = store.temp_path("from");
                 fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-                let opts = format!("lowerdir={}", lower.join(":"));
+                let opts = format!("lowerdir={}", gantry_runtime::overlay_lowerdirs(&lower));
                 nix::mount::mount(
                     Some("overlay"),
                     &dir,

@@ -277,6 +277,45 @@ pub fn build(
             }
         }
     }
+    // What the base images' ONBUILD triggers read: images, found or
+    // pulled now too, and stages, waited for.
+    for &i in &needed {
+        let Ok(stages::Source::Image(base)) = plan.reads(i, &expand).map(|r| r[0].clone()) else {
+            continue;
+        };
+        let Some(triggers) = images
+            .0
+            .get(&base)
+            .and_then(|(img, _)| img.config.config.on_build.clone())
+        else {
+            continue;
+        };
+        let line = plan.stages[i].from.line;
+        for src in plan.trigger_reads(i, &triggers, &expand)? {
+            match src {
+                stages::Source::Stage(j) if needed.contains(&j) => {
+                    waits.entry(i).or_default().insert(j);
+                }
+                stages::Source::Stage(j) => {
+                    return Err(BuildError::Step {
+                        line,
+                        msg: format!(
+                            "an ONBUILD trigger of {base} reads stage {}, which this build does not build",
+                            stage_label(&plan, j)
+                        ),
+                    })
+                }
+                stages::Source::Image(image) if image == "scratch" => {}
+                stages::Source::Image(image) => {
+                    if let std::collections::btree_map::Entry::Vacant(e) = images.0.entry(image) {
+                        let got = base_image(store, e.key(), resolve_base)
+                            .map_err(|msg| BuildError::Step { line, msg })?;
+                        e.insert(got);
+                    }
+                }
+            }
+        }
+    }
     for r in &opts.cache_from {
         let name = r.to_string();
         match base_image(store, &name, resolve_base) {
@@ -526,9 +565,10 @@ struct Images(BTreeMap<String, (LocalImage, Vec<Layer>)>);
 
 impl Images {
     fn get(&self, image: &str) -> Result<(LocalImage, Vec<Layer>), String> {
-        self.0.get(image).cloned().ok_or_else(|| {
-            format!("image {image} was not resolved before the build (an ONBUILD trigger naming an image is not supported)")
-        })
+        self.0
+            .get(image)
+            .cloned()
+            .ok_or_else(|| format!("image {image} was not resolved before the build"))
     }
 }
 

@@ -38,12 +38,14 @@ pub(super) enum Planned {
     Context {
         path: PathBuf,
         target: String,
+        rw: bool,
     },
     /// A path of a stage's or an image's filesystem.
     Layers {
         layers: Vec<Layer>,
         source: String,
         target: String,
+        rw: bool,
     },
     Tmpfs {
         target: String,
@@ -138,7 +140,13 @@ pub(super) fn plan_mounts(
                 }
                 key.push_str(&format!("secret {id} {target};"));
             }
-            RunMount::Bind { source, from, .. } => {
+            RunMount::Bind {
+                source, from, rw, ..
+            } => {
+                let rw = *rw;
+                if rw {
+                    key.push_str("rw ");
+                }
                 let source = word(source)?;
                 match from {
                     None => {
@@ -160,7 +168,7 @@ pub(super) fn plan_mounts(
                         super::copy::hash_tree(&mut h, &rel, &path, c.run.ignore)
                             .map_err(|e| err(format!("read {}: {e}", path.display())))?;
                         key.push_str(&format!("bind {} {target};", hex::encode(h.finalize())));
-                        out.push(Planned::Context { path, target });
+                        out.push(Planned::Context { path, target, rw });
                     }
                     Some(from) => {
                         let from = dockerfile_word(c, from).map_err(err)?;
@@ -182,6 +190,7 @@ pub(super) fn plan_mounts(
                             layers,
                             source,
                             target,
+                            rw,
                         });
                     }
                 }
@@ -213,6 +222,62 @@ struct Mounted {
     _locks: Vec<nix::fcntl::Flock<fs::File>>,
     /// Empty cache directories given to a private user of a busy cache.
     spare: Vec<PathBuf>,
+    /// Scratch copies of `rw` bind mounts: an overlay over a directory
+    /// (its upper and work directories beside it), or a file's copy.
+    scratch: Vec<(PathBuf, bool)>,
+}
+
+impl Mounted {
+    /// `path` as a `rw` bind mount shows it: a directory through an
+    /// overlay whose writes land in a scratch directory, a file as a copy;
+    /// both go when the step ends. As it is when not `rw`.
+    fn writable(&mut self, store: &Store, path: PathBuf, rw: bool) -> Result<PathBuf, String> {
+        if !rw {
+            return Ok(path);
+        }
+        if path.to_string_lossy().contains([',', ':']) {
+            return Err(format!(
+                "--mount rw: the path {} has a ',' or ':', which an overlay cannot name",
+                path.display()
+            ));
+        }
+        let base = store.temp_path("bind-rw");
+        fs::create_dir_all(&base).map_err(|e| format!("create {}: {e}", base.display()))?;
+        if !path.is_dir() {
+            self.scratch.push((base.clone(), false));
+            let copy = base.join("file");
+            fs::copy(&path, &copy).map_err(|e| format!("copy {}: {e}", path.display()))?;
+            return Ok(copy);
+        }
+        let (upper, work, merged) = (base.join("upper"), base.join("work"), base.join("merged"));
+        for d in [&upper, &work, &merged] {
+            fs::create_dir(d).map_err(|e| format!("create {}: {e}", d.display()))?;
+        }
+        // The upper directory takes the lower's owner and mode, as the
+        // mounted root shows them.
+        if let Ok(meta) = fs::metadata(&path) {
+            let _ = fs::set_permissions(&upper, fs::Permissions::from_mode(meta.mode() & 0o7777));
+            let _ = std::os::unix::fs::chown(&upper, Some(meta.uid()), Some(meta.gid()));
+        }
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            path.display(),
+            upper.display(),
+            work.display()
+        );
+        if let Err(e) = nix::mount::mount(
+            Some("overlay"),
+            &merged,
+            Some("overlay"),
+            nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOSUID,
+            Some(opts.as_str()),
+        ) {
+            let _ = fs::remove_dir_all(&base);
+            return Err(format!("mount a writable view of {}: {e}", path.display()));
+        }
+        self.scratch.push((base, true));
+        Ok(merged)
+    }
 }
 
 impl Drop for Mounted {
@@ -221,6 +286,12 @@ impl Drop for Mounted {
             let _ = fs::remove_dir_all(d);
         }
         for d in &self.spare {
+            let _ = fs::remove_dir_all(d);
+        }
+        for (d, mounted) in &self.scratch {
+            if *mounted {
+                let _ = nix::mount::umount2(&d.join("merged"), nix::mount::MntFlags::MNT_DETACH);
+            }
             let _ = fs::remove_dir_all(d);
         }
     }
@@ -233,6 +304,7 @@ fn set_up(store: &Store, planned: &[Planned]) -> Result<Mounted, String> {
         secrets: None,
         _locks: Vec::new(),
         spare: Vec::new(),
+        scratch: Vec::new(),
     };
     let bind = |source: PathBuf, target: &str, read_only: bool| gantry_runtime::Mount {
         kind: gantry_runtime::MountKind::Bind,
@@ -316,15 +388,20 @@ fn set_up(store: &Store, planned: &[Planned]) -> Result<Mounted, String> {
                     .map_err(|e| e.to_string())?;
                 m.mounts.push(bind(f, target, true));
             }
-            Planned::Context { path, target } => m.mounts.push(bind(path.clone(), target, true)),
+            Planned::Context { path, target, rw } => {
+                let path = m.writable(store, path.clone(), *rw)?;
+                m.mounts.push(bind(path, target, !*rw));
+            }
             Planned::Layers {
                 layers,
                 source,
                 target,
+                rw,
             } => {
                 let root = RootView::open(store, layers)?;
                 let path = resolve_in_root(root.path(), source)?;
-                m.mounts.push(bind(path, target, true));
+                let path = m.writable(store, path, *rw)?;
+                m.mounts.push(bind(path, target, !*rw));
                 m._roots.push(root);
             }
             Planned::Tmpfs { target, size } => m.mounts.push(gantry_runtime::Mount {
