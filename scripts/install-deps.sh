@@ -18,6 +18,7 @@ pkgs=(
   pebble                          # a real ACME CA (and its DNS server) for the certificate tests
   prometheus                      # promtool checks the metrics exposition
   jq                              # the scale harness reads the CLI's JSON
+  e2fsprogs                       # mkfs.ext4: sized volumes are ext4 images on loop devices
 )
 missing=()
 for p in "${pkgs[@]}"; do
@@ -32,6 +33,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   chmod +x /usr/sbin/policy-rc.d
   trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# moto's S3 server (PyPI): the S3-compatible target of the backup tests.
+if ! python3 -c 'import moto.server' 2>/dev/null; then
+  echo "installing: moto[server] (PyPI)"
+  python3 -m pip install -q --disable-pip-version-check 'moto[server]==5.*' 2>&1 \
+    | grep -v "Running pip as the 'root' user" || true
+  python3 -c 'import moto.server'
 fi
 if ! command -v cargo >/dev/null; then
   echo "cargo is missing: install Rust (rustup) first" >&2

@@ -32,6 +32,7 @@ mod reports;
 mod sim;
 mod stats;
 mod tasks;
+mod volumes;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -238,6 +239,8 @@ pub fn cleanup(data_dir: &Path) -> Result<usize, AgentError> {
                 }
             }
         }
+        // Sized volumes' filesystems (their files stay).
+        rt.volumes().unmount_all();
     }
     if let Err(e) = gantry_net::Overlay::cleanup() {
         failed.push(e.to_string());
@@ -272,6 +275,9 @@ pub async fn run(mut cfg: AgentConfig, id: Identity) -> Result<(), AgentError> {
     // the node's certificate, or from the other nodes that have them; the
     // blobs this node holds go to them in turn.
     let mut serving = None;
+    // The runtime, once the agent has made it (the peer port removes
+    // volumes with it).
+    let peer_rt: Arc<std::sync::OnceLock<Arc<gantry_runtime::Runtime>>> = Arc::default();
     if let Some(port) = cfg.peer_port {
         match tokio::net::TcpListener::bind(("0.0.0.0", port)).await {
             Ok(l) => {
@@ -284,7 +290,7 @@ pub async fn run(mut cfg: AgentConfig, id: Identity) -> Result<(), AgentError> {
                     exe: cfg.helper.clone(),
                     insecure: cfg.registry.insecure.clone(),
                 };
-                tokio::spawn(peer::serve(l, Arc::new(server), builder));
+                tokio::spawn(peer::serve(l, Arc::new(server), builder, peer_rt.clone()));
                 serving = Some(port);
             }
             Err(e) => tracing::warn!(port, "not serving blobs to the other nodes: {e}"),
@@ -323,8 +329,11 @@ pub async fn run(mut cfg: AgentConfig, id: Identity) -> Result<(), AgentError> {
     };
     let host = node_info(&cfg, &id.manager).hostname;
     let stats = Arc::new(stats::Stats::default());
+    let measured = Arc::new(volumes::Measured::default());
     if let Some(rt) = &agent.rt {
         tokio::spawn(stats.clone().run(rt.clone()));
+        tokio::spawn(measured.clone().run(rt.clone()));
+        let _ = peer_rt.set(rt.clone());
     }
     if let Some(addr) = cfg.metrics {
         let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -369,7 +378,7 @@ pub async fn run(mut cfg: AgentConfig, id: Identity) -> Result<(), AgentError> {
                 .build()
                 .map_err(|e| AgentError::Io("heartbeat runtime".into(), e))?;
             rt.block_on(async move {
-                report(agent, beat_client, cfg, manager, stats).await;
+                report(agent, beat_client, cfg, manager, stats, measured).await;
                 Ok(())
             })
         })
@@ -560,6 +569,7 @@ async fn report(
     cfg: AgentConfig,
     manager: String,
     stats: Arc<stats::Stats>,
+    measured: Arc<volumes::Measured>,
 ) {
     let info = Mutex::new(node_info(&cfg, &manager));
     let mut failing = false;
@@ -570,6 +580,7 @@ async fn report(
     // The volume list goes when it changed since the manager last took
     // it, and every minute (in case the manager's record was reset).
     let mut volumes_sent: Option<(Vec<String>, std::time::Instant)> = None;
+    let mut measured_sent = 0;
     loop {
         let mut facts = info.lock().expect("info lock").clone();
         facts.vtep_mac = agent.vtep_mac();
@@ -578,6 +589,9 @@ async fn report(
             *v != volumes || at.elapsed() > std::time::Duration::from_secs(60)
         });
         facts.volumes = stale.then(|| volumes.clone());
+        if volumes_sent.as_ref().is_some_and(|(v, _)| *v != volumes) {
+            measured.changed();
+        }
         let all = agent.statuses();
         let (tasks, partial) = reports.select(&all);
         let report = StatusReport {
@@ -585,6 +599,7 @@ async fn report(
             tasks,
             stats: stats.latest().filter(|s| s.time_ms != stats_sent),
             partial,
+            volumes: measured.latest().filter(|v| v.time_ms != measured_sent),
         };
         match client.post::<_, ()>("/v1/agent/status", &report).await {
             Ok(()) => {
@@ -594,6 +609,9 @@ async fn report(
                 }
                 if let Some(s) = &report.stats {
                     stats_sent = s.time_ms;
+                }
+                if let Some(v) = &report.volumes {
+                    measured_sent = v.time_ms;
                 }
                 if failing {
                     tracing::info!("manager reachable again");

@@ -30,7 +30,12 @@ fn status(s: StatusCode) -> Response<Body> {
 
 /// Serves the blobs of the image store under the builder's data dir on
 /// `l`, and builds.
-pub(crate) async fn serve(l: TcpListener, tls: Arc<rustls::ServerConfig>, builder: Builder) {
+pub(crate) async fn serve(
+    l: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    builder: Builder,
+    rt: Arc<std::sync::OnceLock<Arc<gantry_runtime::Runtime>>>,
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let blobs = Arc::new(builder.data_dir.join("images/blobs/sha256"));
     let builder = Arc::new(builder);
@@ -47,6 +52,7 @@ pub(crate) async fn serve(l: TcpListener, tls: Arc<rustls::ServerConfig>, builde
         let acceptor = acceptor.clone();
         let blobs = blobs.clone();
         let builder = builder.clone();
+        let rt = rt.clone();
         tokio::spawn(async move {
             let Ok(Ok(tls)) =
                 tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
@@ -71,12 +77,19 @@ pub(crate) async fn serve(l: TcpListener, tls: Arc<rustls::ServerConfig>, builde
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let blobs = blobs.clone();
                 let builder = builder.clone();
+                let rt = rt.clone();
                 async move {
                     if req.method() == hyper::Method::POST && req.uri().path() == "/builds" {
                         if !manager {
                             return Ok(status(StatusCode::FORBIDDEN));
                         }
                         return Ok::<_, Infallible>(crate::builds::build(&builder, req));
+                    }
+                    if let Some(name) = req.uri().path().strip_prefix("/volumes/") {
+                        if !manager {
+                            return Ok(status(StatusCode::FORBIDDEN));
+                        }
+                        return Ok(remove_volume(rt.get().cloned(), req.method(), name).await);
                     }
                     Ok::<_, Infallible>(answer(&blobs, &req).await)
                 }
@@ -87,6 +100,39 @@ pub(crate) async fn serve(l: TcpListener, tls: Arc<rustls::ServerConfig>, builde
                 .serve_connection(TokioIo::new(tls), svc)
                 .await;
         });
+    }
+}
+
+/// `DELETE /volumes/NAME`, from a manager: removes a volume no container
+/// here uses (409 with the reason otherwise).
+async fn remove_volume(
+    rt: Option<Arc<gantry_runtime::Runtime>>,
+    method: &hyper::Method,
+    name: &str,
+) -> Response<Body> {
+    if method != hyper::Method::DELETE {
+        return status(StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let Some(rt) = rt else {
+        return status(StatusCode::NOT_FOUND);
+    };
+    if !gantry_api::valid_volume_name(name) {
+        return status(StatusCode::BAD_REQUEST);
+    }
+    let name = name.to_owned();
+    let done = tokio::task::spawn_blocking(move || crate::volumes::remove(&rt, &name)).await;
+    match done {
+        Ok(Ok(())) => status(StatusCode::NO_CONTENT),
+        Ok(Err(why)) => {
+            let mut r = Response::new(
+                http_body_util::Full::new(bytes::Bytes::from(why))
+                    .map_err(|e: Infallible| match e {})
+                    .boxed(),
+            );
+            *r.status_mut() = StatusCode::CONFLICT;
+            r
+        }
+        Err(_) => status(StatusCode::INTERNAL_SERVER_ERROR),
     }
 }
 

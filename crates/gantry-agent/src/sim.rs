@@ -257,6 +257,7 @@ async fn beat(cfg: SimConfig, i: usize, node: Arc<Node>, client: Client) {
             tasks,
             stats: None,
             partial,
+            volumes: None,
         };
         if let Err(e) = client.post::<_, ()>("/v1/agent/status", &report).await {
             reports.failed();

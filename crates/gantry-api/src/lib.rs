@@ -15,6 +15,7 @@ mod build;
 mod client;
 mod delta;
 mod types;
+mod volumes;
 
 pub use addrs::{AddrChange, ScopeChange, ScopedAddrs, ServiceAddrs, ServiceChange, INGRESS};
 pub use build::*;
@@ -25,6 +26,7 @@ pub use client::{
 };
 pub use delta::{AssignmentDelta, AssignmentUpdate, Change};
 pub use types::*;
+pub use volumes::*;
 
 /// The manager's port when none is given.
 pub const DEFAULT_PORT: u16 = 4243;

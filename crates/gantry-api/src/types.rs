@@ -92,14 +92,8 @@ impl NodeInfo {
                 volumes.len()
             ));
         }
-        for v in volumes {
-            let ok = v.len() <= 255
-                && v.starts_with(|c: char| c.is_ascii_alphanumeric())
-                && v.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-            if !ok {
-                return Err(format!("invalid volume name {v:?}"));
-            }
+        if let Some(v) = volumes.iter().find(|v| !crate::valid_volume_name(v)) {
+            return Err(format!("invalid volume name {v:?}"));
         }
         Ok(())
     }
@@ -211,6 +205,10 @@ pub struct StatusReport {
     /// it does not list is gone from the node.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub partial: bool,
+    /// Its volumes, when it measured them since its last report the
+    /// manager accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<crate::VolumeReport>,
 }
 
 /// One task a node must run (or stop).

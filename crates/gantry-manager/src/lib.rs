@@ -14,6 +14,7 @@ pub mod report;
 pub mod scope;
 pub mod touch;
 pub mod views;
+pub mod volumes;
 
 pub use reconcile::{
     reconcile, reconcile_in, snapshot, task_spec, ReconcileError, DEFAULT_STRATEGY_KEY,

@@ -211,6 +211,7 @@ mod tests {
             ],
             stats: None,
             partial: false,
+            volumes: None,
         };
         let cmds = commands(&st, "n1", &r, 99);
         let tasks: BTreeMap<&str, &TaskRecord> = cmds
@@ -251,6 +252,7 @@ mod tests {
             ],
             stats: None,
             partial: true,
+            volumes: None,
         };
         let cmds = commands(&st, "n1", &r, 99);
         let put: Vec<(&str, TaskState)> = cmds
@@ -280,6 +282,7 @@ mod tests {
             tasks: Vec::new(),
             stats: None,
             partial: false,
+            volumes: None,
         };
         let cmds = commands(&st, "n1", &r, 1);
         assert!(cmds
@@ -292,6 +295,7 @@ mod tests {
             tasks: Vec::new(),
             stats: None,
             partial: false,
+            volumes: None,
         };
         let cmds = commands(&st, "n1", &r, 1);
         assert!(cmds
@@ -309,6 +313,7 @@ mod tests {
             tasks: Vec::new(),
             stats: None,
             partial: false,
+            volumes: None,
         };
         for c in commands(&st, "n1", &report(Some(vec!["data".into()])), 1) {
             st.apply(&c).unwrap();

@@ -19,6 +19,7 @@ mod files;
 mod fs;
 mod init;
 pub mod logs;
+mod loopdev;
 mod monitor;
 pub mod net;
 mod proxy;

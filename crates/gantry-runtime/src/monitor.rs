@@ -89,6 +89,16 @@ impl Runtime {
             .map_err(|e| RuntimeError::Other(format!("seccomp profile: {e}")))?;
         let mut log = crate::logs::LogWriter::open(&dir, config.log_max_size, config.log_max_files)
             .map_err(|e| RuntimeError::io("open log", &dir, e))?;
+        // Sized volumes' filesystems, mounted at their folders first.
+        for m in &config.mounts {
+            if let crate::spec::MountKind::Volume { name } = &m.kind {
+                if let Ok(v) = self.volumes().inspect(name) {
+                    self.volumes()
+                        .ensure_mounted(&v)
+                        .map_err(|e| RuntimeError::Other(e.to_string()))?;
+                }
+            }
+        }
         let mut fill = config
             .mounts
             .iter()

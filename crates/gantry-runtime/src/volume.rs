@@ -1,6 +1,12 @@
 //! Named volumes with the local driver: a directory under
 //! `<data>/volumes/<name>/_data`, created on first use and filled from the
 //! image's content at the mount point the first time a container mounts it.
+//!
+//! A volume with a `size` option has a hard limit: its `_data` is an ext4
+//! filesystem in a sparse file beside it (`disk.img`), on a loop device,
+//! mounted there (in the mount namespace that uses it) before a container
+//! mounts the volume. A write beyond the size fails with ENOSPC inside the
+//! volume only; the node's disk holds at most the size.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -90,6 +96,19 @@ impl Volume {
     }
 }
 
+impl Volume {
+    /// Its hard limit in bytes, when it has one.
+    pub fn limit(&self) -> Option<u64> {
+        self.options
+            .get("size")
+            .and_then(|s| gantry_units::size(s).ok())
+    }
+
+    fn disk(&self) -> PathBuf {
+        self.mountpoint.with_file_name("disk.img")
+    }
+}
+
 /// A volume operation that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
@@ -143,12 +162,18 @@ impl Volumes {
         self.root.join(name).join("volume.json")
     }
 
-    /// Creates a volume, or returns the existing one of that name.
+    /// Creates a volume without options, or returns the existing one of
+    /// that name.
     pub fn create(
         &self,
         name: &str,
         labels: BTreeMap<String, String>,
     ) -> Result<Volume, VolumeError> {
+        // An existing volume is used as it is (`-v NAME:/path`), whatever
+        // options it was made with.
+        if let Ok(v) = self.inspect(name) {
+            return Ok(v);
+        }
         self.create_with(name, labels, BTreeMap::new())
     }
 
@@ -164,17 +189,10 @@ impl Volumes {
         if !valid_name(name) {
             return Err(VolumeError::BadName(name.to_owned()));
         }
-        if let Some(k) = options
-            .keys()
-            .find(|k| !["type", "o", "device"].contains(&k.as_str()))
-        {
-            return Err(VolumeError::Io {
-                name: name.to_owned(),
-                err: io::Error::other(format!(
-                    "{k} is not an option of the local driver: use type, o and device"
-                )),
-            });
-        }
+        let size = gantry_units::volume_options(&options).map_err(|msg| VolumeError::Io {
+            name: name.to_owned(),
+            err: io::Error::other(msg),
+        })?;
         if let Ok(v) = self.inspect(name) {
             if v.options != options {
                 return Err(VolumeError::Io {
@@ -202,6 +220,14 @@ impl Volumes {
         };
         // Marks the volume as not yet filled from an image.
         fs::write(dir.join("fresh"), b"").map_err(io)?;
+        if let Some(size) = size {
+            if let Err(e) = make_disk(&v.disk(), size).and_then(|()| mount_disk(&v)) {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(io(e));
+            }
+            // A new volume is empty, as a folder's is.
+            let _ = fs::remove_dir(v.mountpoint.join("lost+found"));
+        }
         let tmp = dir.join("volume.json.tmp");
         fs::write(&tmp, serde_json::to_vec_pretty(&v).unwrap_or_default()).map_err(io)?;
         fs::rename(&tmp, self.meta(name)).map_err(io)?;
@@ -243,9 +269,58 @@ impl Volumes {
         out
     }
 
+    /// Mounts a sized volume's filesystem at its folder, unless it is
+    /// mounted there already (a volume without a size: nothing to do).
+    pub fn ensure_mounted(&self, v: &Volume) -> Result<(), VolumeError> {
+        if v.limit().is_none() || is_mountpoint(&v.mountpoint) {
+            return Ok(());
+        }
+        mount_disk(v).map_err(|err| VolumeError::Io {
+            name: v.name.clone(),
+            err,
+        })
+    }
+
+    /// Unmounts every sized volume's filesystem mounted in this mount
+    /// namespace (their data stays in their files); returns how many.
+    pub fn unmount_all(&self) -> usize {
+        self.list()
+            .iter()
+            .filter(|v| v.limit().is_some() && is_mountpoint(&v.mountpoint))
+            .filter(|v| {
+                nix::mount::umount2(&v.mountpoint, nix::mount::MntFlags::MNT_DETACH).is_ok()
+            })
+            .count()
+    }
+
+    /// What can still be written to a sized volume (mounted here).
+    pub fn free(&self, v: &Volume) -> Option<u64> {
+        if v.limit().is_none() || !is_mountpoint(&v.mountpoint) {
+            return None;
+        }
+        let s = nix::sys::statvfs::statvfs(&v.mountpoint).ok()?;
+        Some(s.blocks_available() * s.fragment_size())
+    }
+
+    /// The bytes a volume holds: its filesystem's use for a sized volume,
+    /// else what its files take on disk (a walk, as `du`; the caller keeps
+    /// it off hot paths).
+    pub fn used(&self, v: &Volume) -> u64 {
+        if v.limit().is_some() && is_mountpoint(&v.mountpoint) {
+            if let Ok(s) = nix::sys::statvfs::statvfs(&v.mountpoint) {
+                return (s.blocks() - s.blocks_free()) * s.fragment_size();
+            }
+        }
+        disk_usage(&v.mountpoint)
+    }
+
     /// Removes a volume and its data (the caller checks it is unused).
     pub fn remove(&self, name: &str) -> Result<(), VolumeError> {
-        self.inspect(name)?;
+        let v = self.inspect(name)?;
+        if v.limit().is_some() && is_mountpoint(&v.mountpoint) {
+            // The loop device goes with its last mount.
+            let _ = nix::mount::umount2(&v.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+        }
         fs::remove_dir_all(self.root.join(name)).map_err(|err| VolumeError::Io {
             name: name.to_owned(),
             err,
@@ -257,6 +332,85 @@ impl Volumes {
     pub fn take_fresh(&self, name: &str) -> bool {
         fs::remove_file(self.root.join(name).join("fresh")).is_ok()
     }
+}
+
+/// Whether `p` is the root of a mount (its device differs from its
+/// parent's).
+fn is_mountpoint(p: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(p), p.parent().map(fs::metadata)) {
+        (Ok(a), Some(Ok(b))) => a.dev() != b.dev(),
+        _ => false,
+    }
+}
+
+/// The bytes the files under `p` take on disk (hard links once).
+fn disk_usage(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    let mut todo = vec![p.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
+                continue;
+            }
+            total += m.blocks() * 512;
+            if m.is_dir() {
+                todo.push(e.path());
+            }
+        }
+    }
+    total
+}
+
+/// A sparse file of `size` bytes with an empty ext4 filesystem on it (no
+/// blocks kept for root: the size is the volume's).
+fn make_disk(path: &Path, size: u64) -> io::Result<()> {
+    let f = fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(path)?;
+    f.set_len(size)?;
+    drop(f);
+    let out = std::process::Command::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-F",
+            "-m",
+            "0",
+            "-E",
+            "nodiscard,root_owner=0:0",
+            "-L",
+        ])
+        .arg("gantry-volume")
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| io::Error::other(format!("mkfs.ext4 (e2fsprogs): {e}")))?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "mkfs.ext4: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Mounts a sized volume's filesystem at its folder.
+fn mount_disk(v: &Volume) -> io::Result<()> {
+    use nix::mount::MsFlags;
+    let a = crate::loopdev::attach(&v.disk())
+        .map_err(|e| io::Error::other(format!("attach {}: {e}", v.disk().display())))?;
+    nix::mount::mount(
+        Some(&a.dev),
+        &v.mountpoint,
+        Some("ext4"),
+        MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
+        None::<&str>,
+    )
+    .map_err(|e| io::Error::other(format!("mount {}: {e}", a.dev.display())))
 }
 
 #[cfg(test)]
@@ -343,7 +497,15 @@ mod tests {
             )
             .is_ok());
         assert!(v
-            .create_with("x", BTreeMap::new(), opts(&[("size", "1G")]))
+            .create_with("x", BTreeMap::new(), opts(&[("colour", "red")]))
             .is_err());
+        for bad in [
+            opts(&[("size", "1G"), ("device", "/srv")]),
+            opts(&[("size", "1m")]),
+            opts(&[("size", "lots")]),
+        ] {
+            assert!(v.create_with("x", BTreeMap::new(), bad).is_err());
+            assert!(v.inspect("x").is_err(), "nothing was left");
+        }
     }
 }

@@ -254,6 +254,11 @@ fn router(sh: Arc<Shared>) -> Router {
         .route("/v1/join-token", get(join_token))
         .route("/v1/join-token/rotate", post(rotate_token))
         .route("/v1/nodes", get(crate::nodes::nodes))
+        .route("/v1/volumes", get(crate::volumes::volumes))
+        .route(
+            "/v1/volumes/{name}",
+            axum::routing::delete(crate::volumes::volume_rm),
+        )
         .route(
             "/v1/nodes/{id}",
             get(crate::nodes::node_inspect)
@@ -458,6 +463,9 @@ async fn agent_status(
 ) -> Res<()> {
     let id = peer.node()?;
     report.info.check().map_err(bad)?;
+    if let Some(v) = &report.volumes {
+        v.check().map_err(bad)?;
+    }
     // Liveness first, before anything that waits for the store (whose lock
     // a long orchestration step may hold): a report that queues behind it
     // still counts, and no runtime worker blocks on the lock.
@@ -469,6 +477,7 @@ async fn agent_status(
     // every other request.
     let (sh2, id2) = (sh.clone(), id.clone());
     let stats = report.stats.clone();
+    let measured = report.volumes.clone();
     let known = tokio::task::spawn_blocking(move || {
         let mut known = true;
         sh2.update(|s| {
@@ -487,6 +496,12 @@ async fn agent_status(
         return Err(not_found(format!(
             "node {id} was removed from the cluster: join again with a token"
         )));
+    }
+    if let Some(v) = measured {
+        sh.volumes
+            .lock()
+            .expect("volumes lock")
+            .insert(id.clone(), v);
     }
     if let Some(st) = stats {
         sh.stats.lock().expect("stats lock").insert(id, st);

@@ -240,7 +240,10 @@ async fn tagged(sh: &Shared, params: &BuildParams) -> Option<String> {
 }
 
 /// A client for `node`'s peer port, with this manager's certificate.
-fn node_client(sh: &Shared, node: &NodeRecord) -> Result<(reqwest::Client, String), String> {
+pub(crate) fn node_client(
+    sh: &Shared,
+    node: &NodeRecord,
+) -> Result<(reqwest::Client, String), String> {
     let tls = sh
         .peers
         .tls()

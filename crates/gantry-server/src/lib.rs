@@ -34,6 +34,7 @@ mod services;
 mod setup;
 mod stacks;
 mod unlock;
+mod volumes;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -240,6 +241,8 @@ pub(crate) struct Shared {
     pub(crate) logs: logs::Broker,
     /// Each node's latest figures, from its reports.
     pub(crate) stats: Mutex<HashMap<String, gantry_api::NodeStats>>,
+    /// Each node's latest measurement of its volumes, from its reports.
+    pub(crate) volumes: Mutex<HashMap<String, gantry_api::VolumeReport>>,
     pub(crate) counters: metrics::Counters,
     /// The nodes' assignment streams.
     pub(crate) hub: assign::Hub,
@@ -598,6 +601,7 @@ impl Manager {
             events: events::Events::new(),
             logs: logs::Broker::default(),
             stats: Mutex::new(HashMap::new()),
+            volumes: Mutex::new(HashMap::new()),
             counters: metrics::Counters::default(),
             hub: assign::Hub::default(),
             restless: Mutex::new(Default::default()),

@@ -1,7 +1,8 @@
 //! The manager's Prometheus endpoint (`--manager-metrics`, text format
 //! 0.0.4): the cluster view (every node's and task container's figures
 //! from the agents' reports, labelled by node, stack, service and task),
-//! and the manager's own: nodes, services and tasks by state (pending
+//! volumes' use and limits, and the manager's own: nodes, services and
+//! tasks by state (pending
 //! tasks are the scheduler's backlog), the store, certificates and ACME
 //! orders.
 
@@ -152,6 +153,35 @@ pub(crate) fn encode(sh: &Shared) -> String {
         "manager_assignment_lines",
         "Assignment lines (whole sets and changes) sent to nodes",
         &[(vec![], c.assign_lines.load(Ordering::Relaxed))],
+    );
+    // Volumes, as their nodes last measured them.
+    let (mut used, mut limit) = (Vec::new(), Vec::new());
+    for (id, r) in sh.volumes.lock().expect("volumes lock").iter() {
+        let Some(node) = names.get(id) else {
+            continue;
+        };
+        for v in &r.volumes {
+            let l: Labels = vec![
+                ("node".into(), node.clone()),
+                ("volume".into(), v.name.clone()),
+            ];
+            used.push((l.clone(), v.used as f64));
+            if let Some(n) = v.limit {
+                limit.push((l, n as f64));
+            }
+        }
+    }
+    used.sort_by(|a, b| a.0.cmp(&b.0));
+    limit.sort_by(|a, b| a.0.cmp(&b.0));
+    f.gauge(
+        "volume_used_bytes",
+        "Bytes a volume holds, as its node last measured them",
+        &used,
+    );
+    f.gauge(
+        "volume_limit_bytes",
+        "A sized volume's hard limit, bytes",
+        &limit,
     );
     f.encode(&mut out);
     let mut nodes: Vec<(&str, &gantry_api::NodeStats)> = stats

@@ -259,15 +259,8 @@ pub fn service(name: &str, s: &Service) -> Result<(), String> {
             no_control("volume option", k).map_err(at)?;
             no_nul("volume option value", val).map_err(at)?;
         }
-        if let Some(k) = v
-            .driver_opts
-            .keys()
-            .find(|k| !crate::LOCAL_DRIVER_OPTS.contains(&k.as_str()))
-        {
-            return Err(at(format!(
-                "driver_opts.{k} is not an option of the local driver"
-            )));
-        }
+        gantry_units::volume_options(&v.driver_opts)
+            .map_err(|e| at(format!("driver_opts: {e}")))?;
         if v.external && !v.driver_opts.is_empty() {
             return Err(at("an external volume has no driver_opts".into()));
         }

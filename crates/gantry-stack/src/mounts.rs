@@ -9,8 +9,8 @@ use std::path::{Component, PathBuf};
 use crate::raw::{self, External, Scalar};
 use crate::{Ctx, Mount, MountType, StackError, VolumeOptions};
 
-/// The options of Docker's local driver.
-pub const LOCAL_DRIVER_OPTS: [&str; 3] = ["type", "o", "device"];
+/// The options of the local driver (Docker's, and `size`).
+pub const LOCAL_DRIVER_OPTS: [&str; 4] = gantry_units::VOLUME_OPTIONS;
 
 /// What a stack file is read against beyond its variables: where
 /// relative and `~` bind sources resolve, and the active profiles.
@@ -43,19 +43,10 @@ pub(crate) fn declared(
             }
         }
         for (k, val) in v.driver_opts.unwrap_or_default() {
-            if !LOCAL_DRIVER_OPTS.contains(&k.as_str()) {
-                return Err(ctx.nowhere(format!(
-                    "volume {key}: driver_opts.{k} is not an option of the local driver: use {}",
-                    LOCAL_DRIVER_OPTS.join(", ")
-                )));
-            }
             o.driver_opts.insert(k, val.text());
         }
-        if !o.driver_opts.is_empty() && !o.driver_opts.contains_key("device") {
-            return Err(ctx.nowhere(format!(
-                "volume {key}: driver_opts needs a device (with type and o), as `mount -t TYPE -o O DEVICE`"
-            )));
-        }
+        gantry_units::volume_options(&o.driver_opts)
+            .map_err(|e| ctx.nowhere(format!("volume {key}: driver_opts: {e}")))?;
         if let Some(n) = &v.name {
             o.name = Some(n.value.clone());
         }

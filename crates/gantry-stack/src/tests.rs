@@ -669,7 +669,15 @@ volumes:
         assert!(e.msg.contains(want), "{vols}: {e}");
     };
     bad("{driver: rexray}", "driver \"rexray\" is not available");
-    bad("{driver_opts: {size: 1G, device: x}}", "driver_opts.size");
+    bad("{driver_opts: {size: 1G, device: x}}", "does not go with");
+    bad("{driver_opts: {size: 1k}}", "under the smallest");
+    bad(
+        "{driver_opts: {colour: red}}",
+        "not an option of the local driver",
+    );
+    let t = "services:\n  db:\n    image: x\n    volumes: [\"v:/x\"]\nvolumes:\n  v: {driver_opts: {size: 10G}}\n";
+    let p = parse("stack.yml", t, &env(&[]), &no_files, &paths).unwrap();
+    check::service("db", &p.stack.services["db"]).unwrap();
     bad("{driver_opts: {type: nfs}}", "needs a device");
     bad(
         "{external: true, driver: local}",

@@ -102,6 +102,43 @@ pub const PROPAGATIONS: [&str; 6] = [
     "rprivate", "private", "rshared", "shared", "rslave", "slave",
 ];
 
+/// The local volume driver's options: Docker's `type`, `o` and `device`
+/// (what is mounted, as `mount -t TYPE -o O DEVICE`), or Gantry's `size`
+/// (a hard limit on a volume of its own).
+pub const VOLUME_OPTIONS: [&str; 4] = ["type", "o", "device", "size"];
+
+/// The smallest `size` a volume may have (its filesystem's own metadata
+/// needs room).
+pub const MIN_VOLUME_SIZE: u64 = 8 << 20;
+
+/// Checks a volume's driver options; returns its size limit, if it has
+/// one.
+pub fn volume_options(
+    opts: &std::collections::BTreeMap<String, String>,
+) -> Result<Option<u64>, String> {
+    if let Some(k) = opts.keys().find(|k| !VOLUME_OPTIONS.contains(&k.as_str())) {
+        return Err(format!(
+            "{k} is not an option of the local driver: use type, o and device (a mount), or size"
+        ));
+    }
+    match opts.get("size") {
+        Some(_) if opts.len() > 1 => Err(
+            "size limits a volume of Gantry's own: it does not go with type, o or device".into(),
+        ),
+        Some(s) => match size(s)? {
+            n if n < MIN_VOLUME_SIZE => Err(format!(
+                "size {s} is under the smallest, {} MiB",
+                MIN_VOLUME_SIZE >> 20
+            )),
+            n => Ok(Some(n)),
+        },
+        None if !opts.is_empty() && !opts.contains_key("device") => Err(
+            "driver_opts needs a device (with type and o), as `mount -t TYPE -o O DEVICE`".into(),
+        ),
+        None => Ok(None),
+    }
+}
+
 /// Parses `[SOURCE:]TARGET[:MODES]`, MODES a comma-separated list of
 /// `ro`/`rw`, `z`/`Z`, `nocopy`, a propagation, or Docker Desktop's
 /// `consistent`/`cached`/`delegated` (which mean nothing on Linux).
@@ -586,6 +623,31 @@ mod tests {
         assert_eq!(nano_cpus("2").unwrap(), 2_000_000_000);
         assert!(nano_cpus("0").is_err());
         assert!(nano_cpus("lots").is_err());
+    }
+
+    #[test]
+    fn volume_options_are_a_mount_or_a_size() {
+        let o = |kv: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(volume_options(&o(&[])), Ok(None));
+        assert_eq!(volume_options(&o(&[("size", "10G")])), Ok(Some(10 << 30)));
+        assert_eq!(
+            volume_options(&o(&[("type", "nfs"), ("o", "addr=x"), ("device", ":/e")])),
+            Ok(None)
+        );
+        for (bad, says) in [
+            (o(&[("size", "1G"), ("device", "/srv")]), "does not go with"),
+            (o(&[("size", "1m")]), "under the smallest"),
+            (o(&[("size", "lots")]), "invalid size"),
+            (o(&[("type", "nfs")]), "needs a device"),
+            (o(&[("colour", "red")]), "not an option"),
+        ] {
+            let e = volume_options(&bad).unwrap_err();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
     }
 
     #[test]

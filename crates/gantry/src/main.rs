@@ -2,6 +2,7 @@
 //! store and native runtime. This crate only parses arguments, wires the
 //! libraries together and prints; the work is in the library crates.
 
+mod backups;
 mod cluster;
 mod containers;
 mod demo;

@@ -22,31 +22,49 @@ pub(crate) enum VolumeCmd {
         /// Name.
         name: String,
     },
-    /// List volumes.
+    /// List volumes (on a cluster: every node's, with their size, limit
+    /// and users).
     #[command(alias = "list")]
     Ls {
         /// Only names.
         #[arg(short, long)]
         quiet: bool,
+        /// This host's volumes only, even on a cluster's manager.
+        #[arg(long)]
+        local: bool,
         /// Output format.
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
-    /// Show volumes as JSON.
+    /// Show volumes as JSON (on a cluster: each on every node that has it).
     Inspect {
+        /// This host's volumes only, even on a cluster's manager.
+        #[arg(long)]
+        local: bool,
         /// Volumes.
         #[arg(required = true)]
         names: Vec<String>,
     },
-    /// Remove volumes no container uses.
+    /// Remove volumes no container uses (on a cluster: no service or task
+    /// mounts, from every node that has them).
     Rm {
         /// Also when a stopped container refers to it.
         #[arg(short, long)]
         force: bool,
+        /// This host's volumes only, even on a cluster's manager.
+        #[arg(long)]
+        local: bool,
         /// Volumes.
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Back a volume up (on the host that holds it): a snapshot in a
+    /// repository, deduplicated, compressed and encrypted.
+    Backup(crate::backups::BackupArgs),
+    /// List a volume's snapshots in a repository.
+    Backups(crate::backups::BackupsArgs),
+    /// Restore a snapshot into the volume (stopped), or into a new one.
+    Restore(crate::backups::RestoreArgs),
     /// Remove all volumes no container refers to.
     Prune {
         /// Do not ask (prune never asks).
@@ -79,6 +97,30 @@ fn users(ctx: &Ctx) -> anyhow::Result<BTreeMap<String, (String, bool)>> {
 }
 
 pub(crate) fn run(ctx: &Ctx, cmd: VolumeCmd) -> anyhow::Result<u8> {
+    use crate::cluster::volumes as cluster;
+    let cmd = match cmd {
+        VolumeCmd::Backup(a) => return crate::backups::backup(ctx, a),
+        VolumeCmd::Backups(a) => return crate::backups::backups(a),
+        VolumeCmd::Restore(a) => return crate::backups::restore(ctx, a),
+        c => c,
+    };
+    match &cmd {
+        VolumeCmd::Ls {
+            quiet,
+            local: false,
+            format,
+        } if cluster::on_cluster(ctx) => return cluster::ls(ctx, *quiet, *format),
+        VolumeCmd::Inspect {
+            local: false,
+            names,
+        } if cluster::on_cluster(ctx) => return cluster::inspect(ctx, names),
+        VolumeCmd::Rm {
+            local: false,
+            names,
+            ..
+        } if cluster::on_cluster(ctx) => return cluster::rm(ctx, names),
+        _ => {}
+    }
     let rt = ctx.runtime()?;
     let vols = rt.volumes();
     match cmd {
@@ -93,7 +135,7 @@ pub(crate) fn run(ctx: &Ctx, cmd: VolumeCmd) -> anyhow::Result<u8> {
                 vols.create_with(&name, pairs(&label)?, pairs(&opt)?)?.name
             );
         }
-        VolumeCmd::Ls { quiet, format } => {
+        VolumeCmd::Ls { quiet, format, .. } => {
             let list = vols.list();
             if format == Format::Json {
                 return output::json(&list).map(|()| 0);
@@ -107,14 +149,14 @@ pub(crate) fn run(ctx: &Ctx, cmd: VolumeCmd) -> anyhow::Result<u8> {
                 list.into_iter().map(|v| vec![v.driver, v.name]).collect(),
             );
         }
-        VolumeCmd::Inspect { names } => {
+        VolumeCmd::Inspect { names, .. } => {
             let list = names
                 .iter()
                 .map(|n| vols.inspect(n))
                 .collect::<Result<Vec<_>, _>>()?;
             output::json(&list)?;
         }
-        VolumeCmd::Rm { force, names } => {
+        VolumeCmd::Rm { force, names, .. } => {
             let users = users(ctx)?;
             let mut failed = false;
             for n in &names {
@@ -148,6 +190,9 @@ pub(crate) fn run(ctx: &Ctx, cmd: VolumeCmd) -> anyhow::Result<u8> {
                 }
             }
             println!("Total: {n} volume(s) removed");
+        }
+        VolumeCmd::Backup(_) | VolumeCmd::Backups(_) | VolumeCmd::Restore(_) => {
+            unreachable!("handled above")
         }
     }
     Ok(0)

@@ -23,8 +23,11 @@ fn a_stack_file_reaches_the_container_as_written() {
     // An existing volume with data, for `external`.
     let o = d.cli(&["volume", "create", "legacy_data"]);
     assert!(o.status.success(), "{}", errtext(&o));
-    let v: Value =
-        serde_json::from_slice(&d.cli(&["volume", "inspect", "legacy_data"]).stdout).unwrap();
+    let v: Value = serde_json::from_slice(
+        &d.cli(&["volume", "inspect", "--local", "legacy_data"])
+            .stdout,
+    )
+    .unwrap();
     let mountpoint = v[0]["mountpoint"].as_str().unwrap().to_owned();
     std::fs::write(format!("{mountpoint}/hello.txt"), "kept\n").unwrap();
     // The node reports it (the manager places tasks that need it there).
@@ -110,7 +113,7 @@ volumes:
     let o = d.cli(&["exec", &id, "touch", "/init/x"]);
     assert!(!o.status.success(), "a :ro bind took a write");
     exec(&["touch", "/anon/x"]);
-    let vols = text(&d.cli(&["volume", "ls", "-q"]));
+    let vols = text(&d.cli(&["volume", "ls", "-q", "--local"]));
     assert_eq!(
         vols.lines().filter(|v| v.contains("-anon-")).count(),
         1,
@@ -223,7 +226,7 @@ volumes:
             Err(ps)
         }
     });
-    let vols = text(&d.cli(&["volume", "ls", "-q"]));
+    let vols = text(&d.cli(&["volume", "ls", "-q", "--local"]));
     assert!(!vols.contains("-anon-"), "{vols}");
     assert!(vols.contains("legacy_data"), "{vols}");
     assert!(opt_dir.path().join("opt.txt").exists());

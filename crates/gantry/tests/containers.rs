@@ -469,6 +469,97 @@ fn detached_containers_outlive_the_cli_and_restart_by_policy() {
     assert_eq!(s["State"]["RestartCount"].as_u64().unwrap(), count);
 }
 
+/// Whether a loop device is attached to `file`.
+fn loop_backs(file: &std::path::Path) -> bool {
+    std::fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("loop"))
+        .filter_map(|e| std::fs::read_to_string(e.path().join("loop/backing_file")).ok())
+        .any(|b| std::path::Path::new(b.trim_end()) == file)
+}
+
+#[test]
+fn a_sized_volume_fills_up_inside_and_nowhere_else() {
+    let Some(g) = G::new("a_sized_volume_fills_up_inside") else {
+        return;
+    };
+    let ctx = g.context("FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN mkdir -p /seed && echo seeded > /seed/file\n");
+    g.ok(&["build", "-q", "-t", "bb", ctx.path().to_str().unwrap()]);
+    let e = g.fails(&["volume", "create", "-o", "size=1m", "tiny"], 1);
+    assert!(e.contains("under the smallest"), "{e}");
+    let e = g.fails(
+        &[
+            "volume",
+            "create",
+            "-o",
+            "size=1g",
+            "-o",
+            "device=/srv",
+            "both",
+        ],
+        1,
+    );
+    assert!(e.contains("does not go with"), "{e}");
+    assert_eq!(g.ok(&["volume", "ls", "-q"]), "", "nothing was left");
+    g.ok(&["volume", "create", "-o", "size=16m", "capped"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&g.ok(&["volume", "inspect", "capped"])).unwrap();
+    assert_eq!(v[0]["options"]["size"], "16m", "{v}");
+    // Writing past the size fails in the container, with ENOSPC.
+    let o = g.out(&[
+        "run",
+        "--rm",
+        "-v",
+        "capped:/data",
+        "bb",
+        "sh",
+        "-c",
+        "echo kept > /data/small && dd if=/dev/zero of=/data/big bs=1M count=40",
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("No space left on device"), "{err}");
+    // What fitted is kept; the file on the node's disk holds at most the
+    // size (it is sparse).
+    assert_eq!(
+        g.ok(&[
+            "run",
+            "--rm",
+            "-v",
+            "capped:/data",
+            "bb",
+            "cat",
+            "/data/small"
+        ]),
+        "kept\n"
+    );
+    let disk = g.data.path().join("volumes/capped/disk.img");
+    let used = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&disk).unwrap()) * 512;
+    assert!(used <= 16 << 20, "{used} bytes on the node's disk");
+    // A new sized volume is empty, then filled from the image, as a
+    // folder is.
+    g.ok(&["volume", "create", "-o", "size=16m", "seeded"]);
+    assert_eq!(
+        g.ok(&[
+            "run",
+            "--rm",
+            "-v",
+            "seeded:/seed",
+            "bb",
+            "ls",
+            "-A",
+            "/seed"
+        ]),
+        "file\n"
+    );
+    // Removed: its loop device goes with it.
+    assert!(loop_backs(&disk));
+    g.ok(&["volume", "rm", "capped", "seeded"]);
+    assert!(!disk.exists());
+    assert!(!loop_backs(&disk), "the loop device was left attached");
+}
+
 #[test]
 fn volumes_outlive_containers_and_binds_and_tmpfs_work() {
     let Some(g) = G::new("volumes_outlive_containers_and_binds_and_tmpfs_work") else {

@@ -22,6 +22,7 @@ mod networks;
 mod nodes;
 mod registry;
 mod services;
+pub(crate) mod volumes;
 
 pub(crate) use ca::{ca, CaCmd};
 pub(crate) use certs::{cert, CertCmd};

@@ -1,0 +1,86 @@
+//! The node's volumes as the cluster sees them: measured every
+//! [`VOLUME_MEASURE_SECS`] on a blocking thread (a sized volume's use is
+//! its filesystem's; a folder's, a walk), the latest sent with the next
+//! heartbeat once; and removed at a manager's request (the peer port).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gantry_api::{VolumeReport, VolumeStat, MAX_NODE_VOLUMES, VOLUME_MEASURE_SECS};
+use gantry_runtime::Runtime;
+
+#[derive(Default)]
+pub(crate) struct Measured {
+    latest: Mutex<Option<VolumeReport>>,
+    /// Measures again at once (the node's volumes changed).
+    again: tokio::sync::Notify,
+}
+
+impl Measured {
+    /// The last measurement.
+    pub(crate) fn latest(&self) -> Option<VolumeReport> {
+        self.latest.lock().expect("volumes lock").clone()
+    }
+
+    /// Has the volumes measured again soon (one was made or removed).
+    pub(crate) fn changed(&self) {
+        self.again.notify_one();
+    }
+
+    /// Measures now, then every [`VOLUME_MEASURE_SECS`] or when told of a
+    /// change (at most once a second), until dropped.
+    pub(crate) async fn run(self: Arc<Self>, rt: Arc<Runtime>) {
+        loop {
+            let rt2 = rt.clone();
+            if let Ok(r) = tokio::task::spawn_blocking(move || measure(&rt2)).await {
+                *self.latest.lock().expect("volumes lock") = Some(r);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(VOLUME_MEASURE_SECS - 1),
+                self.again.notified(),
+            )
+            .await;
+        }
+    }
+}
+
+fn measure(rt: &Runtime) -> VolumeReport {
+    let vols = rt.volumes();
+    let mut list = vols.list();
+    list.truncate(MAX_NODE_VOLUMES);
+    VolumeReport {
+        time_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        volumes: list
+            .into_iter()
+            .map(|v| VolumeStat {
+                mountpoint: v.mountpoint.display().to_string(),
+                used: vols.used(&v),
+                limit: v.limit(),
+                free: vols.free(&v),
+                created: v.created.to_rfc3339(),
+                name: v.name,
+                labels: v.labels,
+                options: v.options,
+            })
+            .collect(),
+    }
+}
+
+/// Removes a volume no container on this node uses.
+pub(crate) fn remove(rt: &Runtime, name: &str) -> Result<(), String> {
+    if let Some(c) = rt.list().into_iter().find(|c| {
+        c.config
+            .mounts
+            .iter()
+            .any(|m| matches!(&m.kind, gantry_runtime::MountKind::Volume { name: n } if n == name))
+    }) {
+        return Err(format!(
+            "volume {name} is in use by container {}",
+            c.config.name
+        ));
+    }
+    rt.volumes().remove(name).map_err(|e| e.to_string())
+}

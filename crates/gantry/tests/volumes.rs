@@ -1,0 +1,142 @@
+//! Storage management on simulated hosts: the cluster knows its volumes
+//! (where they are, their size and limit, who mounts them), a sized
+//! volume fills up inside its container only, and a volume in use is not
+//! removed.
+
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::*;
+use common::*;
+use serde_json::Value;
+
+/// The cluster's view of volume `name`, once `ok` holds for it.
+fn wait_volume(cl: &Cluster, name: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    wait_for(what, Duration::from_secs(60), || {
+        let v = cl.json(&["volume", "ls", "--format", "json"]);
+        v.as_array()
+            .and_then(|a| a.iter().find(|x| x["name"] == name && ok(x)))
+            .cloned()
+            .ok_or_else(|| v.to_string())
+    })
+}
+
+#[test]
+fn the_cluster_knows_its_volumes_and_a_sized_one_holds_its_limit() {
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let m = metrics.clone();
+    let Some(mut cl) = Cluster::new_with("the_cluster_knows_its_volumes", 2, move |_| {
+        (vec!["--manager-metrics".into(), m], None)
+    }) else {
+        return;
+    };
+    for i in 0..2 {
+        cl.start_agent(i);
+    }
+    let o = cl.deploy(
+        "shop",
+        &format!(
+            "services:\n  db:\n    image: {}\n    command: [sleep, '100000']\n    stop_grace_period: 1s\n    volumes: [\"data:/data\", \"plain:/plain\"]\n    deploy:\n      placement: {{constraints: [node.hostname == node-1]}}\nvolumes:\n  data:\n    driver_opts: {{size: 32m}}\n  plain: {{}}\n",
+            cl.image
+        ),
+    );
+    assert!(o.status.success(), "{}", errtext(&o));
+    cl.wait_total("shop_db", 1, Duration::from_secs(60));
+    let c = cl.container_of(0, "shop_db");
+    // Past its size, a write fails inside the container.
+    let o = cl.on_agent(
+        0,
+        &[
+            "exec",
+            &c,
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/data/fill bs=1M count=64; dd if=/dev/zero of=/plain/p bs=1M count=3",
+        ],
+    );
+    assert!(
+        errtext(&o).contains("No space left on device"),
+        "{}{}",
+        text(&o),
+        errtext(&o)
+    );
+    // The node measures both and reports them: where, how full, the
+    // limit, the service and task that mount them.
+    let v = wait_volume(&cl, "shop_data", "shop_data measured full", |v| {
+        v["used"].as_u64().unwrap_or(0) > 20 << 20
+            && v["free"].as_u64().is_some_and(|f| f < 1 << 20)
+    });
+    assert_eq!(v["hostname"], "node-1", "{v}");
+    assert_eq!(v["limit"], 32 << 20, "{v}");
+    assert_eq!(v["services"], serde_json::json!(["shop_db"]), "{v}");
+    assert_eq!(v["tasks"], serde_json::json!(["shop_db.1"]), "{v}");
+    let p = wait_volume(&cl, "shop_plain", "shop_plain measured", |v| {
+        v["used"].as_u64().unwrap_or(0) >= 3 << 20
+    });
+    assert!(p["limit"].is_null(), "{p}");
+    let table = cl.admin_ok(&["volume", "ls"]);
+    assert!(
+        table.contains("shop_data") && table.contains("33.554MB"),
+        "{table}"
+    );
+    // The manager's metrics have them.
+    let body = metrics_on(&cl.lan.hosts[0], &metrics);
+    promtool_ok(&body);
+    assert_eq!(
+        sample(
+            &body,
+            "gantry_volume_limit_bytes",
+            &["node=\"node-1\"", "volume=\"shop_data\""]
+        ),
+        Some(f64::from(32u32 << 20)),
+        "{body}"
+    );
+    assert!(
+        sample(
+            &body,
+            "gantry_volume_used_bytes",
+            &["volume=\"shop_plain\""]
+        )
+        .is_some_and(|b| b >= f64::from(3u32 << 20)),
+        "{body}"
+    );
+    // In use: not removed, and the answer names the users.
+    let o = cl.admin(&["volume", "rm", "shop_data"]);
+    assert!(!o.status.success());
+    assert!(
+        errtext(&o).contains("in use by service shop_db and task shop_db.1"),
+        "{}",
+        errtext(&o)
+    );
+    let o = cl.admin(&["volume", "rm", "nothing_here"]);
+    assert!(errtext(&o).contains("no such volume"), "{}", errtext(&o));
+    // Once the stack is gone, removed from its node, loop device and all.
+    cl.admin_ok(&["stack", "rm", "shop"]);
+    wait_for("the container to go", Duration::from_secs(30), || {
+        if cl.containers(0).is_empty() {
+            Ok(())
+        } else {
+            Err("still there".into())
+        }
+    });
+    let disk = cl.agents[0].data.path().join("volumes/shop_data/disk.img");
+    assert!(disk.exists());
+    let o = cl.admin(&["volume", "rm", "shop_data", "shop_plain"]);
+    assert!(o.status.success(), "{}", errtext(&o));
+    assert!(!disk.exists());
+    let local = text(&cl.on_agent(0, &["volume", "ls", "-q", "--local"]));
+    assert!(!local.contains("shop_"), "{local}");
+    wait_for(
+        "the cluster to forget them",
+        Duration::from_secs(30),
+        || {
+            let names = cl.admin_ok(&["volume", "ls", "-q"]);
+            if names.contains("shop_") {
+                Err(names)
+            } else {
+                Ok(())
+            }
+        },
+    );
+}
