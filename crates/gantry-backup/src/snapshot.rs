@@ -26,6 +26,9 @@ pub struct Stats {
     pub stored_bytes: u64,
     /// Entries left out (devices, sockets, fifos).
     pub skipped: u64,
+    /// Entries that went while the backup read the folder.
+    #[serde(default)]
+    pub vanished: u64,
     /// How long it took, milliseconds.
     pub millis: u64,
 }

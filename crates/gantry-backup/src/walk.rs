@@ -179,8 +179,17 @@ impl Writer<'_> {
             .collect::<Result<_, _>>()?;
         entries.sort();
         let mut nodes = Vec::with_capacity(entries.len());
+        // An entry that goes between the listing and its reading (a live
+        // volume's temporary file) is left out, as if listed a moment later.
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
         for (name, path) in entries {
-            let md = fs::symlink_metadata(&path)?;
+            let md = match fs::symlink_metadata(&path) {
+                Err(e) if gone(&e) => {
+                    self.stats.vanished += 1;
+                    continue;
+                }
+                r => r?,
+            };
             let hexname = hex::encode(&name);
             let prev = before.get(hexname.as_str()).copied();
             let ft = md.file_type();
@@ -189,13 +198,17 @@ impl Writer<'_> {
                     Some(Kind::Dir { tree }) => Some(tree.as_str()),
                     _ => None,
                 };
-                let tree = self.dir(&path, prev_tree)?;
+                let tree = match self.dir(&path, prev_tree) {
+                    Err(BackupError::Io(e)) if gone(&e) => {
+                        self.stats.vanished += 1;
+                        continue;
+                    }
+                    r => r?,
+                };
                 self.stats.dirs += 1;
                 node_of(&name, &md, Kind::Dir { tree })
             } else if ft.is_file() {
                 let mut node = node_of(&name, &md, Kind::File { chunks: Vec::new() });
-                self.stats.files += 1;
-                self.stats.bytes += md.size();
                 let reuse = prev
                     .filter(|p| node.unchanged(p))
                     .and_then(|p| match &p.kind {
@@ -209,12 +222,26 @@ impl Writer<'_> {
                         self.stats.unchanged_files += 1;
                         c
                     }
-                    None => self.file(&path)?,
+                    None => match self.file(&path) {
+                        Err(BackupError::Io(e)) if gone(&e) => {
+                            self.stats.vanished += 1;
+                            continue;
+                        }
+                        r => r?,
+                    },
                 };
+                self.stats.files += 1;
+                self.stats.bytes += md.size();
                 node.kind = Kind::File { chunks };
                 node
             } else if ft.is_symlink() {
-                let target = fs::read_link(&path)?;
+                let target = match fs::read_link(&path) {
+                    Err(e) if gone(&e) => {
+                        self.stats.vanished += 1;
+                        continue;
+                    }
+                    r => r?,
+                };
                 node_of(
                     &name,
                     &md,

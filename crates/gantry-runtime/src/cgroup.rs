@@ -65,6 +65,24 @@ fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
     fs::write(path, value).map_err(io_err(path))
 }
 
+/// Waits (10 s at most) until `done` says a freeze or thaw took.
+fn wait_for_state(
+    done: impl Fn() -> Result<bool, CgroupError>,
+    path: &Path,
+) -> Result<(), CgroupError> {
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !done()? {
+        if std::time::Instant::now() > until {
+            return Err(CgroupError::Io {
+                path: path.to_owned(),
+                err: io::Error::new(io::ErrorKind::TimedOut, "the freezer did not settle"),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
 /// Which cgroup layout the host uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CgroupVersion {
@@ -195,6 +213,9 @@ pub trait Cgroup: Send + Sync {
     fn pids(&self) -> Result<Vec<i32>, CgroupError>;
     /// SIGKILLs every process in the cgroup and waits until it is empty.
     fn kill_all(&self, timeout: Duration) -> Result<(), CgroupError>;
+    /// Freezes every process in the cgroup (`true`) and waits until they
+    /// are, or thaws them.
+    fn freeze(&self, frozen: bool) -> Result<(), CgroupError>;
     /// Removes the cgroup; it must be empty.
     fn remove(&self) -> Result<(), CgroupError>;
     /// Reads usage figures.
@@ -358,6 +379,16 @@ impl Cgroup for V1 {
         kill_loop(|| read_pids(&procs), &procs, timeout)
     }
 
+    fn freeze(&self, frozen: bool) -> Result<(), CgroupError> {
+        let f = self.dir("freezer").join("freezer.state");
+        let want = if frozen { "FROZEN" } else { "THAWED" };
+        write(&f, want)?;
+        wait_for_state(
+            || Ok(fs::read_to_string(&f).map_err(io_err(&f))?.trim() == want),
+            &f,
+        )
+    }
+
     fn remove(&self) -> Result<(), CgroupError> {
         let mut first = None;
         for ctrl in self.present() {
@@ -476,6 +507,22 @@ impl Cgroup for V2 {
         }
         let procs = self.dir().join("cgroup.procs");
         kill_loop(|| read_pids(&procs), &procs, timeout)
+    }
+
+    fn freeze(&self, frozen: bool) -> Result<(), CgroupError> {
+        let f = self.dir().join("cgroup.freeze");
+        write(&f, if frozen { "1" } else { "0" })?;
+        let events = self.dir().join("cgroup.events");
+        let want = if frozen { "frozen 1" } else { "frozen 0" };
+        wait_for_state(
+            || {
+                Ok(fs::read_to_string(&events)
+                    .map_err(io_err(&events))?
+                    .lines()
+                    .any(|l| l == want))
+            },
+            &events,
+        )
     }
 
     fn remove(&self) -> Result<(), CgroupError> {

@@ -486,6 +486,18 @@ impl Runtime {
         Ok(())
     }
 
+    /// Freezes every process of a running container (`frozen`, as `docker
+    /// pause`), waiting until they are, or thaws them.
+    pub fn freeze(&self, id: &str, frozen: bool) -> Result<(), RuntimeError> {
+        let st = self.state(id)?;
+        match (st.status, st.pid) {
+            (Status::Running, Some(pid)) if alive(pid, st.pid_start) => {
+                Ok(self.cgroup(id).freeze(frozen)?)
+            }
+            _ => Err(RuntimeError::NotRunning(id.to_owned())),
+        }
+    }
+
     /// Waits until the monitor has recorded the container's end (or gone
     /// away); returns the state.
     fn wait_ended(&self, id: &str, timeout: Duration) -> Result<State, RuntimeError> {

@@ -31,11 +31,77 @@ pub(crate) struct BackupArgs {
     to: String,
     #[command(flatten)]
     repo: RepoArgs,
+    /// Leave the containers that mount the volume running while it is
+    /// read (by default they are frozen for the backup's length, so that
+    /// the snapshot is one moment of the volume).
+    #[arg(long)]
+    no_freeze: bool,
+    /// A command run (`sh -c`) in each running container that mounts the
+    /// volume before the backup (a database dump, a flush); the containers
+    /// are not frozen then. Its failure stops the backup.
+    #[arg(long, value_name = "CMD")]
+    pre: Option<String>,
+    /// A command run in each of them after the backup, even a failed one.
+    #[arg(long, value_name = "CMD")]
+    post: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     format: Format,
     /// The volume.
     name: String,
+}
+
+/// Containers frozen while a volume is read, thawed when dropped.
+struct Frozen<'a> {
+    rt: &'a gantry_runtime::Runtime,
+    ids: Vec<String>,
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        for id in &self.ids {
+            if let Err(e) = self.rt.freeze(id, false) {
+                eprintln!("Warning: thawing container {id}: {e}");
+            }
+        }
+    }
+}
+
+/// The running containers that mount volume `name`: (id, name).
+fn users_of(rt: &gantry_runtime::Runtime, name: &str) -> Vec<(String, String)> {
+    rt.list()
+        .into_iter()
+        .filter(|c| c.state.status == gantry_runtime::Status::Running)
+        .filter(|c| {
+            c.config.mounts.iter().any(
+                |m| matches!(&m.kind, gantry_runtime::MountKind::Volume { name: n } if n == name),
+            )
+        })
+        .map(|c| (c.config.id, c.config.name))
+        .collect()
+}
+
+/// Runs a hook in each container; the first failure is the error.
+fn hook(
+    rt: &gantry_runtime::Runtime,
+    users: &[(String, String)],
+    cmd: &str,
+    what: &str,
+) -> anyhow::Result<()> {
+    for (id, name) in users {
+        let code = rt.exec(
+            id,
+            &gantry_runtime::ExecOptions {
+                args: vec!["sh".into(), "-c".into(), cmd.to_owned()],
+                ..Default::default()
+            },
+        )?;
+        anyhow::ensure!(
+            code == 0,
+            "the {what} command exited with {code} in container {name}"
+        );
+    }
+    Ok(())
 }
 
 /// `gantry volume backups`.
@@ -104,23 +170,56 @@ pub(crate) fn backup(ctx: &Ctx, a: BackupArgs) -> anyhow::Result<u8> {
     let v = rt.volumes().inspect(&a.name)?;
     rt.volumes().ensure_mounted(&v)?;
     let k = key(&a.repo)?;
+    // One moment of the volume: its users frozen while it is read, or
+    // their own commands around it.
+    let users = users_of(&rt, &a.name);
+    if let Some(pre) = &a.pre {
+        if let Err(e) = hook(&rt, &users, pre, "--pre") {
+            if let Some(post) = &a.post {
+                let _ = hook(&rt, &users, post, "--post");
+            }
+            return Err(e);
+        }
+    }
+    let mut frozen = Frozen {
+        rt: &rt,
+        ids: Vec::new(),
+    };
+    if !a.no_freeze && a.pre.is_none() {
+        for (id, name) in &users {
+            rt.freeze(id, true)
+                .map_err(|e| anyhow::anyhow!("freezing container {name}: {e}"))?;
+            frozen.ids.push(id.clone());
+        }
+    }
     let snap = run(async {
         let repo = Arc::new(Repo::open_or_init(&a.to, &k).await?);
         Ok(gantry_backup::backup(repo, v.mountpoint.clone(), &a.name, &host()).await?)
-    })?;
+    });
+    let n_frozen = frozen.ids.len();
+    drop(frozen);
+    if let Some(post) = &a.post {
+        hook(&rt, &users, post, "--post")?;
+    }
+    let snap = snap?;
     if a.format == Format::Json {
         output::json(&snap)?;
     } else {
         let s = &snap.stats;
         println!(
-            "snapshot {} saved: {} files, {} ({} unchanged), {} new, {} stored, in {:.1}s",
+            "snapshot {} saved: {} files, {} ({} unchanged), {} new, {} stored, in {:.1}s{}",
             &snap.id[..8],
             s.files,
             output::size(s.bytes),
             s.unchanged_files,
             output::size(s.new_bytes),
             output::size(s.stored_bytes),
-            s.millis as f64 / 1000.0
+            s.millis as f64 / 1000.0,
+            if n_frozen > 0 {
+                format!(" ({n_frozen} container(s) frozen meanwhile)")
+            } else {
+                String::new()
+            }
         );
     }
     Ok(0)
