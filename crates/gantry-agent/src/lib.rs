@@ -580,7 +580,13 @@ async fn report(
     // The volume list goes when it changed since the manager last took
     // it, and every minute (in case the manager's record was reset).
     let mut volumes_sent: Option<(Vec<String>, std::time::Instant)> = None;
+    // The volumes' figures: the changes since what the manager took, and
+    // all of them now and then.
     let mut measured_sent = 0;
+    let mut held: Option<(
+        std::collections::BTreeMap<String, gantry_api::VolumeStat>,
+        std::time::Instant,
+    )> = None;
     loop {
         let mut facts = info.lock().expect("info lock").clone();
         facts.vtep_mac = agent.vtep_mac();
@@ -592,6 +598,16 @@ async fn report(
         if volumes_sent.as_ref().is_some_and(|(v, _)| *v != volumes) {
             measured.changed();
         }
+        let full = measured.latest().filter(|v| v.time_ms != measured_sent);
+        let figures = full.as_ref().map(|f| match &held {
+            Some((h, at))
+                if at.elapsed()
+                    < std::time::Duration::from_secs(gantry_api::VOLUME_FULL_REPORT_SECS) =>
+            {
+                gantry_api::VolumeReport::delta(h, &f.volumes, f.time_ms)
+            }
+            _ => f.clone(),
+        });
         let all = agent.statuses();
         let (tasks, partial) = reports.select(&all);
         let report = StatusReport {
@@ -599,7 +615,7 @@ async fn report(
             tasks,
             stats: stats.latest().filter(|s| s.time_ms != stats_sent),
             partial,
-            volumes: measured.latest().filter(|v| v.time_ms != measured_sent),
+            volumes: figures.filter(|v| !v.partial || !v.volumes.is_empty() || !v.gone.is_empty()),
         };
         match client.post::<_, ()>("/v1/agent/status", &report).await {
             Ok(()) => {
@@ -610,8 +626,17 @@ async fn report(
                 if let Some(s) = &report.stats {
                     stats_sent = s.time_ms;
                 }
-                if let Some(v) = &report.volumes {
-                    measured_sent = v.time_ms;
+                if let Some(f) = full {
+                    measured_sent = f.time_ms;
+                    let at = match (&report.volumes, &held) {
+                        (Some(v), Some((_, at))) if v.partial => *at,
+                        (None, Some((_, at))) => *at,
+                        _ => std::time::Instant::now(),
+                    };
+                    held = Some((
+                        f.volumes.into_iter().map(|v| (v.name.clone(), v)).collect(),
+                        at,
+                    ));
                 }
                 if failing {
                     tracing::info!("manager reachable again");

@@ -38,25 +38,74 @@ pub struct VolumeStat {
     pub options: BTreeMap<String, String>,
 }
 
-/// A node's volumes, measured at one time.
+/// A node's volumes, measured at one time: all of them, or (`partial`)
+/// those whose figures changed since its last report the manager took,
+/// and the names of those that went.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeReport {
     /// When they were measured, milliseconds since the epoch.
     pub time_ms: u64,
-    /// Every volume the node has.
+    /// Every volume the node has, or those that changed.
     pub volumes: Vec<VolumeStat>,
+    /// Whether `volumes` holds only the changed ones.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
+    /// In a partial report: the volumes that are gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gone: Vec<String>,
 }
 
+/// How often a node sends all its volumes' figures, not only the changed
+/// ones (a manager that restarted learns the rest by then), seconds.
+pub const VOLUME_FULL_REPORT_SECS: u64 = 300;
+
 impl VolumeReport {
+    /// A report of `now` for a manager that holds `before`: the volumes
+    /// whose figures differ, and those gone.
+    pub fn delta(before: &BTreeMap<String, VolumeStat>, now: &[VolumeStat], time_ms: u64) -> Self {
+        let names: std::collections::BTreeSet<&str> = now.iter().map(|v| v.name.as_str()).collect();
+        VolumeReport {
+            time_ms,
+            volumes: now
+                .iter()
+                .filter(|v| before.get(&v.name) != Some(v))
+                .cloned()
+                .collect(),
+            partial: true,
+            gone: before
+                .keys()
+                .filter(|n| !names.contains(n.as_str()))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// Takes a report into what a manager holds of a node's volumes (a
+    /// whole report replaces it).
+    pub fn apply(self, held: &mut BTreeMap<String, VolumeStat>) {
+        if !self.partial {
+            held.clear();
+        }
+        for g in &self.gone {
+            held.remove(g);
+        }
+        for v in self.volumes {
+            held.insert(v.name.clone(), v);
+        }
+    }
+
     /// What the manager takes from a node: at most
     /// [`MAX_NODE_VOLUMES`] volumes, valid names, labels and options
     /// without control characters.
     pub fn check(&self) -> Result<(), String> {
-        if self.volumes.len() > MAX_NODE_VOLUMES {
+        if self.volumes.len() > MAX_NODE_VOLUMES || self.gone.len() > MAX_NODE_VOLUMES {
             return Err(format!(
                 "{} volumes: at most {MAX_NODE_VOLUMES}",
-                self.volumes.len()
+                self.volumes.len().max(self.gone.len())
             ));
+        }
+        if let Some(g) = self.gone.iter().find(|g| !valid_volume_name(g)) {
+            return Err(format!("invalid volume name {g:?}"));
         }
         for v in &self.volumes {
             if !valid_volume_name(&v.name) {
@@ -79,6 +128,23 @@ impl VolumeReport {
             }
         }
         Ok(())
+    }
+}
+
+/// What a manager holds of a node's volumes: each one's latest figures.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeldVolumes {
+    /// When the latest report was measured.
+    pub time_ms: u64,
+    /// By name.
+    pub volumes: BTreeMap<String, VolumeStat>,
+}
+
+impl HeldVolumes {
+    /// Takes a node's report in.
+    pub fn take(&mut self, r: VolumeReport) {
+        self.time_ms = r.time_ms;
+        r.apply(&mut self.volumes);
     }
 }
 
@@ -166,12 +232,23 @@ mod tests {
         let ok = VolumeReport {
             time_ms: 1,
             volumes: vec![stat("data"), stat("shop_db.1")],
+            partial: false,
+            gone: vec![],
         };
         assert!(ok.check().is_ok());
         for bad in ["", "a", "../x", "a b", "x\n"] {
             let r = VolumeReport {
                 time_ms: 1,
                 volumes: vec![stat(bad)],
+                partial: false,
+                gone: vec![],
+            };
+            assert!(r.check().is_err(), "{bad:?}");
+            let r = VolumeReport {
+                time_ms: 1,
+                volumes: vec![],
+                partial: true,
+                gone: vec![bad.to_owned()],
             };
             assert!(r.check().is_err(), "{bad:?}");
         }
@@ -180,6 +257,8 @@ mod tests {
         let r = VolumeReport {
             time_ms: 1,
             volumes: vec![s],
+            partial: false,
+            gone: vec![],
         };
         assert!(r.check().is_err());
         let many = VolumeReport {
@@ -187,7 +266,31 @@ mod tests {
             volumes: (0..=MAX_NODE_VOLUMES)
                 .map(|i| stat(&format!("v{i}")))
                 .collect(),
+            partial: false,
+            gone: vec![],
         };
         assert!(many.check().is_err());
+    }
+
+    proptest::proptest! {
+        /// What a manager holds, with a delta of a new measurement
+        /// applied, is that measurement; the delta carries only changes.
+        #[test]
+        fn a_delta_applied_gives_the_measurement(
+            before in proptest::collection::btree_map("[a-d][a-d]", 0u64..4, 0..6),
+            now in proptest::collection::btree_map("[a-d][a-d]", 0u64..4, 0..6),
+        ) {
+            let to = |m: &BTreeMap<String, u64>| -> Vec<VolumeStat> {
+                m.iter().map(|(n, u)| VolumeStat { used: *u, ..stat(n) }).collect()
+            };
+            let mut held: BTreeMap<String, VolumeStat> =
+                to(&before).into_iter().map(|v| (v.name.clone(), v)).collect();
+            let now_v = to(&now);
+            let d = VolumeReport::delta(&held, &now_v, 5);
+            let changed = now.iter().filter(|(n, u)| before.get(*n) != Some(u)).count();
+            proptest::prop_assert_eq!(d.volumes.len(), changed);
+            d.apply(&mut held);
+            proptest::prop_assert_eq!(held.into_values().collect::<Vec<_>>(), now_v);
+        }
     }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use gantry_api::{VolumeReport, VolumeStat, VolumeView};
+use gantry_api::{HeldVolumes, VolumeStat, VolumeView};
 use gantry_spec::{MountType, Service};
 use gantry_state::{State, TaskRecord, TaskState};
 
@@ -62,7 +62,7 @@ pub fn users(s: &State, name: &str, node: Option<&str>) -> (Vec<String>, Vec<Str
 
 /// Every volume on every node: those the state knows a node has, and
 /// those its latest measurement lists, with their figures.
-pub fn views(s: &State, reports: &HashMap<String, VolumeReport>) -> Vec<VolumeView> {
+pub fn views(s: &State, reports: &HashMap<String, HeldVolumes>) -> Vec<VolumeView> {
     // name -> services that mount it.
     let mut by_name: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for r in s.services.values() {
@@ -89,7 +89,7 @@ pub fn views(s: &State, reports: &HashMap<String, VolumeReport>) -> Vec<VolumeVi
     for n in s.nodes.values() {
         let report = reports.get(&n.id);
         let stats: BTreeMap<&str, &VolumeStat> = report
-            .map(|r| r.volumes.iter().map(|v| (v.name.as_str(), v)).collect())
+            .map(|r| r.volumes.values().map(|v| (v.name.as_str(), v)).collect())
             .unwrap_or_default();
         let names: BTreeSet<&str> = n
             .volumes
@@ -212,22 +212,23 @@ mod tests {
     fn views_join_the_nodes_volumes_users_and_figures() {
         let s = state();
         let mut reports = HashMap::new();
-        reports.insert(
-            "n2".to_owned(),
-            VolumeReport {
-                time_ms: 7,
-                volumes: vec![VolumeStat {
-                    name: "fresh".into(),
-                    mountpoint: "/d/fresh/_data".into(),
-                    used: 4096,
-                    limit: Some(1 << 30),
-                    free: Some(1 << 29),
-                    created: "t".into(),
-                    labels: BTreeMap::new(),
-                    options: BTreeMap::new(),
-                }],
-            },
-        );
+        let mut held = HeldVolumes::default();
+        held.take(gantry_api::VolumeReport {
+            time_ms: 7,
+            partial: false,
+            gone: vec![],
+            volumes: vec![VolumeStat {
+                name: "fresh".into(),
+                mountpoint: "/d/fresh/_data".into(),
+                used: 4096,
+                limit: Some(1 << 30),
+                free: Some(1 << 29),
+                created: "t".into(),
+                labels: BTreeMap::new(),
+                options: BTreeMap::new(),
+            }],
+        });
+        reports.insert("n2".to_owned(), held);
         let v = views(&s, &reports);
         let names: Vec<(&str, &str)> = v
             .iter()

@@ -501,7 +501,9 @@ async fn agent_status(
         sh.volumes
             .lock()
             .expect("volumes lock")
-            .insert(id.clone(), v);
+            .entry(id.clone())
+            .or_default()
+            .take(v);
     }
     if let Some(st) = stats {
         sh.stats.lock().expect("stats lock").insert(id, st);

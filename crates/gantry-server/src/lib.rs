@@ -242,7 +242,7 @@ pub(crate) struct Shared {
     /// Each node's latest figures, from its reports.
     pub(crate) stats: Mutex<HashMap<String, gantry_api::NodeStats>>,
     /// Each node's latest measurement of its volumes, from its reports.
-    pub(crate) volumes: Mutex<HashMap<String, gantry_api::VolumeReport>>,
+    pub(crate) volumes: Mutex<HashMap<String, gantry_api::HeldVolumes>>,
     pub(crate) counters: metrics::Counters,
     /// The nodes' assignment streams.
     pub(crate) hub: assign::Hub,

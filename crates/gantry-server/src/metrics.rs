@@ -160,7 +160,7 @@ pub(crate) fn encode(sh: &Shared) -> String {
         let Some(node) = names.get(id) else {
             continue;
         };
-        for v in &r.volumes {
+        for v in r.volumes.values() {
             let l: Labels = vec![
                 ("node".into(), node.clone()),
                 ("volume".into(), v.name.clone()),
