@@ -598,7 +598,7 @@ async fn report(
         if volumes_sent.as_ref().is_some_and(|(v, _)| *v != volumes) {
             measured.changed();
         }
-        let full = measured.latest().filter(|v| v.time_ms != measured_sent);
+        let full = measured.newer_than(measured_sent);
         let figures = full.as_ref().map(|f| match &held {
             Some((h, at))
                 if at.elapsed()

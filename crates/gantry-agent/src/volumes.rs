@@ -17,9 +17,15 @@ pub(crate) struct Measured {
 }
 
 impl Measured {
-    /// The last measurement.
-    pub(crate) fn latest(&self) -> Option<VolumeReport> {
-        self.latest.lock().expect("volumes lock").clone()
+    /// The last measurement, if it is not the one taken at `sent_ms`
+    /// (copied only then: heartbeats come far more often).
+    pub(crate) fn newer_than(&self, sent_ms: u64) -> Option<VolumeReport> {
+        self.latest
+            .lock()
+            .expect("volumes lock")
+            .as_ref()
+            .filter(|r| r.time_ms != sent_ms)
+            .cloned()
     }
 
     /// Has the volumes measured again soon (one was made or removed).
@@ -54,9 +60,7 @@ fn measure(rt: &Runtime) -> VolumeReport {
     let mut list = vols.list();
     list.truncate(MAX_NODE_VOLUMES);
     VolumeReport {
-        time_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
+        time_ms: crate::stats::now_ms(),
         partial: false,
         gone: Vec::new(),
         volumes: list
@@ -77,12 +81,7 @@ fn measure(rt: &Runtime) -> VolumeReport {
 
 /// Removes a volume no container on this node uses.
 pub(crate) fn remove(rt: &Runtime, name: &str) -> Result<(), String> {
-    if let Some(c) = rt.list().into_iter().find(|c| {
-        c.config
-            .mounts
-            .iter()
-            .any(|m| matches!(&m.kind, gantry_runtime::MountKind::Volume { name: n } if n == name))
-    }) {
+    if let Some(c) = rt.volume_users(name).first() {
         return Err(format!(
             "volume {name} is in use by container {}",
             c.config.name

@@ -148,14 +148,7 @@ impl HeldVolumes {
     }
 }
 
-/// Docker's volume names: `[a-zA-Z0-9][a-zA-Z0-9_.-]+`, at most 255.
-pub fn valid_volume_name(v: &str) -> bool {
-    v.len() >= 2
-        && v.len() <= 255
-        && v.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-}
+pub use gantry_units::valid_volume_name;
 
 /// `GET /v1/volumes`: a volume on a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

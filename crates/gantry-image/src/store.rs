@@ -620,14 +620,14 @@ impl Store {
     /// mounts, then deletes what no image needs any more; returns the bytes
     /// freed.
     pub fn prune_build_cache(&self) -> Result<u64, StoreError> {
-        let before = disk_use(&self.root);
+        let before = gantry_runtime::disk_usage(&self.root);
         self.with_index(|_| {
             let _ = fs::remove_file(self.root.join(BUILD_CACHE));
             let _ = fs::remove_dir_all(self.root.join(BUILD_CACHE_MOUNTS));
             Ok(())
         })?;
         self.gc()?;
-        Ok(before.saturating_sub(disk_use(&self.root)))
+        Ok(before.saturating_sub(gantry_runtime::disk_usage(&self.root)))
     }
 
     /// Deletes blobs and unpacked layers no image in the index refers to,
@@ -734,18 +734,6 @@ fn rand_suffix() -> String {
 }
 
 /// Bytes of the files under `dir` (symlinks not followed).
-fn disk_use(dir: &Path) -> u64 {
-    let mut n = 0;
-    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-        match e.file_type() {
-            Ok(t) if t.is_dir() => n += disk_use(&e.path()),
-            Ok(t) if t.is_file() => n += e.metadata().map(|m| m.len()).unwrap_or(0),
-            _ => {}
-        }
-    }
-    n
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

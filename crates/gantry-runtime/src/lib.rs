@@ -41,7 +41,7 @@ use nix::unistd::{fork, ForkResult, Pid};
 pub use cgroup::{shares_to_weight, Cgroup, CgroupError, CgroupStats, CgroupVersion, Resources};
 pub use exec::ExecOptions;
 pub use files::FileContent;
-pub use fs::{overlay_lowerdirs, private_dir, secure_join};
+pub use fs::{disk_usage, overlay_lowerdirs, private_dir, secure_join};
 pub use security::{capabilities, check as check_security, namespaced_sysctl, ulimit_resource};
 pub use spec::{
     new_id, ContainerConfig, Mount, MountKind, MountOptions, NetworkMode, OverlayAddr, PortMapping,
@@ -266,6 +266,19 @@ impl Runtime {
             .collect();
         out.sort_by_key(|c| std::cmp::Reverse(c.config.created));
         out
+    }
+
+    /// The containers (in any state) that mount volume `name`.
+    pub fn volume_users(&self, name: &str) -> Vec<Listed> {
+        self.list()
+            .into_iter()
+            .filter(|c| {
+                c.config
+                    .mounts
+                    .iter()
+                    .any(|m| matches!(&m.kind, MountKind::Volume { name: n } if n == name))
+            })
+            .collect()
     }
 
     /// Finds a container by name, full id or unique id prefix.

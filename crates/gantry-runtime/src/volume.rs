@@ -142,13 +142,8 @@ pub struct Volumes {
     root: PathBuf,
 }
 
-/// Whether `name` is a valid volume name (Docker's `[a-zA-Z0-9][a-zA-Z0-9_.-]+`).
-pub fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
-        && name.len() >= 2
-        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-}
+/// Whether `name` is a valid volume name (Docker's rule).
+pub use gantry_units::valid_volume_name as valid_name;
 
 impl Volumes {
     /// Volumes under `<data_dir>/volumes`.
@@ -311,7 +306,7 @@ impl Volumes {
                 return (s.blocks() - s.blocks_free()) * s.fragment_size();
             }
         }
-        disk_usage(&v.mountpoint)
+        crate::fs::disk_usage(&v.mountpoint)
     }
 
     /// Removes a volume and its data (the caller checks it is unused).
@@ -342,27 +337,6 @@ fn is_mountpoint(p: &Path) -> bool {
         (Ok(a), Some(Ok(b))) => a.dev() != b.dev(),
         _ => false,
     }
-}
-
-/// The bytes the files under `p` take on disk (hard links once).
-fn disk_usage(p: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut seen = std::collections::HashSet::new();
-    let mut total = 0;
-    let mut todo = vec![p.to_owned()];
-    while let Some(d) = todo.pop() {
-        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
-            let Ok(m) = e.metadata() else { continue };
-            if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
-                continue;
-            }
-            total += m.blocks() * 512;
-            if m.is_dir() {
-                todo.push(e.path());
-            }
-        }
-    }
-    total
 }
 
 /// A sparse file of `size` bytes with an empty ext4 filesystem on it (no

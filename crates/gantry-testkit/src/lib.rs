@@ -68,6 +68,27 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// A free TCP port on loopback (bound and released; good enough for tests).
+/// Unmounts (lazily) every mount under `dir`, deepest first: a sized
+/// volume's filesystem stays mounted on the host until its volume is
+/// removed, and a test's data dir goes with the test. Its loop device goes
+/// with the mount.
+pub fn unmount_under(dir: &Path) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return;
+    };
+    let mut under: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        // /proc/mounts escapes spaces and such as octal; test dirs have none.
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    under.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in under {
+        let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -102,6 +102,16 @@ pub const PROPAGATIONS: [&str; 6] = [
     "rprivate", "private", "rshared", "shared", "rslave", "slave",
 ];
 
+/// Docker's volume names: `[a-zA-Z0-9][a-zA-Z0-9_.-]+`, at most 255
+/// bytes (a file name on the node).
+pub fn valid_volume_name(v: &str) -> bool {
+    v.len() >= 2
+        && v.len() <= 255
+        && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
 /// The local volume driver's options: Docker's `type`, `o` and `device`
 /// (what is mounted, as `mount -t TYPE -o O DEVICE`), or Gantry's `size`
 /// (a hard limit on a volume of its own).

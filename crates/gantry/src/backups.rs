@@ -69,14 +69,9 @@ impl Drop for Frozen<'_> {
 
 /// The running containers that mount volume `name`: (id, name).
 fn users_of(rt: &gantry_runtime::Runtime, name: &str) -> Vec<(String, String)> {
-    rt.list()
+    rt.volume_users(name)
         .into_iter()
         .filter(|c| c.state.status == gantry_runtime::Status::Running)
-        .filter(|c| {
-            c.config.mounts.iter().any(
-                |m| matches!(&m.kind, gantry_runtime::MountKind::Volume { name: n } if n == name),
-            )
-        })
         .map(|c| (c.config.id, c.config.name))
         .collect()
 }
@@ -289,11 +284,7 @@ pub(crate) fn restore(ctx: &Ctx, a: RestoreArgs) -> anyhow::Result<u8> {
     let target = a.to.clone().unwrap_or_else(|| a.name.clone());
     let in_place = a.to.is_none();
     let v = if in_place {
-        if let Some(c) = rt.list().into_iter().find(|c| {
-            c.config.mounts.iter().any(|m| {
-                matches!(&m.kind, gantry_runtime::MountKind::Volume { name } if *name == a.name)
-            })
-        }) {
+        if let Some(c) = rt.volume_users(&a.name).first() {
             anyhow::bail!(
                 "volume {} is in use by container {}: stop it to restore in place, or give --to NEW",
                 a.name,

@@ -1,4 +1,5 @@
-//! `gantry volume create|ls|inspect|rm|prune`.
+//! `gantry volume create|ls|inspect|rm|prune` (on a cluster, `ls`, `inspect`
+//! and `rm` go to its managers), and `backup|backups|restore` (`backups.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 

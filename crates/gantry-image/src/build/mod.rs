@@ -260,58 +260,35 @@ pub fn build(
     let mut images = Images(BTreeMap::new());
     let mut waits: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
     for &i in &needed {
-        for src in plan.reads(i, &expand)? {
-            if let stages::Source::Stage(j) = &src {
-                waits.entry(i).or_default().insert(*j);
-            }
-            if let stages::Source::Image(image) = src {
-                if image == "scratch" {
-                    continue;
-                }
-                if let std::collections::btree_map::Entry::Vacant(e) = images.0.entry(image) {
-                    let line = plan.stages[i].from.line;
-                    let got = base_image(store, e.key(), resolve_base)
-                        .map_err(|msg| BuildError::Step { line, msg })?;
-                    e.insert(got);
+        let line = plan.stages[i].from.line;
+        let mut sources = plan.reads(i, &expand)?;
+        // The FROM image first: its ONBUILD triggers may read more.
+        if let Some(stages::Source::Image(base)) = sources.first().cloned() {
+            if base != "scratch" {
+                images.resolve(store, &base, resolve_base, line)?;
+                if let Some(t) = images.0[&base].0.config.config.on_build.clone() {
+                    sources.extend(plan.trigger_reads(i, &t, &expand)?);
                 }
             }
         }
-    }
-    // What the base images' ONBUILD triggers read: images, found or
-    // pulled now too, and stages, waited for.
-    for &i in &needed {
-        let Ok(stages::Source::Image(base)) = plan.reads(i, &expand).map(|r| r[0].clone()) else {
-            continue;
-        };
-        let Some(triggers) = images
-            .0
-            .get(&base)
-            .and_then(|(img, _)| img.config.config.on_build.clone())
-        else {
-            continue;
-        };
-        let line = plan.stages[i].from.line;
-        for src in plan.trigger_reads(i, &triggers, &expand)? {
+        for src in sources {
             match src {
                 stages::Source::Stage(j) if needed.contains(&j) => {
                     waits.entry(i).or_default().insert(j);
                 }
+                // (Only a trigger can read a stage the target does not need.)
                 stages::Source::Stage(j) => {
                     return Err(BuildError::Step {
                         line,
                         msg: format!(
-                            "an ONBUILD trigger of {base} reads stage {}, which this build does not build",
+                            "an ONBUILD trigger reads stage {}, which this build does not build",
                             stage_label(&plan, j)
                         ),
                     })
                 }
                 stages::Source::Image(image) if image == "scratch" => {}
                 stages::Source::Image(image) => {
-                    if let std::collections::btree_map::Entry::Vacant(e) = images.0.entry(image) {
-                        let got = base_image(store, e.key(), resolve_base)
-                            .map_err(|msg| BuildError::Step { line, msg })?;
-                        e.insert(got);
-                    }
+                    images.resolve(store, &image, resolve_base, line)?;
                 }
             }
         }
@@ -564,6 +541,22 @@ fn base_state(images: &Images, image: &str) -> Result<State, String> {
 struct Images(BTreeMap<String, (LocalImage, Vec<Layer>)>);
 
 impl Images {
+    /// Finds or pulls `image` (once), its layers unpacked.
+    fn resolve(
+        &mut self,
+        store: &Store,
+        image: &str,
+        resolve_base: &mut BaseResolver<'_>,
+        line: usize,
+    ) -> Result<(), BuildError> {
+        if !self.0.contains_key(image) {
+            let got = base_image(store, image, resolve_base)
+                .map_err(|msg| BuildError::Step { line, msg })?;
+            self.0.insert(image.to_owned(), got);
+        }
+        Ok(())
+    }
+
     fn get(&self, image: &str) -> Result<(LocalImage, Vec<Layer>), String> {
         self.0
             .get(image)

@@ -404,6 +404,7 @@ impl Drop for Cluster {
         self.kill_manager();
         for i in 0..self.agents.len() {
             self.kill_containers(i);
+            unmount_under(self.agents[i].data.path());
         }
         if std::thread::panicking() {
             for f in std::fs::read_dir(self.logs.path()).unwrap().flatten() {

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 pub use gantry_testkit::{
-    free_port, require_root, self_signed_cert, unique, wait_for, DockerEngine, Host, Lan, Pebble,
-    Registry,
+    free_port, require_root, self_signed_cert, unique, unmount_under, wait_for, DockerEngine, Host,
+    Lan, Pebble, Registry,
 };
 
 pub struct G {
@@ -250,6 +250,7 @@ impl Drop for G {
         for id in text(&ids).split_whitespace() {
             let _ = self.out(&["rm", "-f", id]);
         }
+        unmount_under(self.data.path());
         if !std::thread::panicking() {
             for id in full {
                 assert_nothing_left(&id);
