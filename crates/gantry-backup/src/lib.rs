@@ -14,12 +14,14 @@
 mod blob;
 mod chunk;
 pub mod crypto;
+mod prune;
 mod repo;
 mod snapshot;
 mod tree;
 mod walk;
 
-pub use repo::{target, Config, Index, Location, Repo};
+pub use prune::{forget, prune, Pruned};
+pub use repo::{target, target_with, Config, Index, Location, Repo};
 pub use snapshot::{find, snapshots, Snapshot, Stats};
 pub use walk::{backup, restore, Restored};
 

@@ -102,6 +102,16 @@ impl std::fmt::Debug for Repo {
 /// variables, or from `?endpoint=URL&region=R` after it), `file:///DIR`,
 /// or an absolute folder.
 pub fn target(url: &str) -> Result<(Arc<dyn ObjectStore>, StorePath), BackupError> {
+    target_with(url, &[])
+}
+
+/// [`target`], with S3 settings given as environment variables
+/// (`AWS_ACCESS_KEY_ID=...`: an agent takes them from a secret, not from
+/// its own environment); they win over the process's own.
+pub fn target_with(
+    url: &str,
+    env: &[(String, String)],
+) -> Result<(Arc<dyn ObjectStore>, StorePath), BackupError> {
     let bad = |why: &str| BackupError::Target(format!("{url}: {why}"));
     if let Some(rest) = url.strip_prefix("s3://") {
         let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
@@ -110,6 +120,13 @@ pub fn target(url: &str) -> Result<(Arc<dyn ObjectStore>, StorePath), BackupErro
             return Err(bad("no bucket"));
         }
         let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        for (k, v) in env {
+            let key: object_store::aws::AmazonS3ConfigKey = k
+                .to_ascii_lowercase()
+                .parse()
+                .map_err(|_| bad(&format!("{k} is not an S3 setting")))?;
+            b = b.with_config(key, v);
+        }
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             match pair.split_once('=') {
                 Some(("endpoint", e)) => {
@@ -141,7 +158,16 @@ impl Repo {
     /// Opens the repository at `url` with `secret`, making it first if
     /// there is none. A wrong secret is [`BackupError::WrongKeyOrCorrupt`].
     pub async fn open_or_init(url: &str, secret: &[u8]) -> Result<Self, BackupError> {
-        let (store, root) = target(url)?;
+        Self::open_or_init_with(url, secret, &[]).await
+    }
+
+    /// [`Repo::open_or_init`] with S3 settings ([`target_with`]).
+    pub async fn open_or_init_with(
+        url: &str,
+        secret: &[u8],
+        env: &[(String, String)],
+    ) -> Result<Self, BackupError> {
+        let (store, root) = target_with(url, env)?;
         let path = root.child("config");
         let config: Config = match store.get(&path).await {
             Ok(g) => serde_json::from_slice(&g.bytes().await?)
@@ -208,6 +234,14 @@ impl Repo {
             .put(&self.path(kind, id), PutPayload::from(body))
             .await?;
         Ok(())
+    }
+
+    /// Removes an object (gone already is fine).
+    pub(crate) async fn delete(&self, kind: &str, id: &str) -> Result<(), BackupError> {
+        match self.store.delete(&self.path(kind, id)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Reads an object whole.

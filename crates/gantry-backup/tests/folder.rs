@@ -222,3 +222,90 @@ async fn the_same_data_in_another_volume_is_stored_once() {
         .await
         .is_err());
 }
+
+/// Counts the files under `dir` and their bytes.
+fn files_under(dir: &Path) -> (usize, u64) {
+    let mut out = (0, 0);
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let md = e.metadata().unwrap();
+            if md.is_dir() {
+                todo.push(e.path());
+            } else {
+                out.0 += 1;
+                out.1 += md.len();
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_keeps_the_newest_and_prune_gives_space_back() {
+    let t = tempfile::tempdir().unwrap();
+    let vol = t.path().join("vol");
+    std::fs::create_dir(&vol).unwrap();
+    let repo_dir = t.path().join("repo");
+    let url = format!("file://{}", repo_dir.display());
+    let key = b"a secret of the cluster, 32 bytes";
+    let repo = Arc::new(Repo::open_or_init(&url, key).await.unwrap());
+    // Three backups whose content shares nothing, and one of another
+    // volume, which the forgetting of this one leaves alone.
+    let mut snaps = Vec::new();
+    for round in 0..3u64 {
+        std::fs::write(vol.join("data"), noise(3_000_000, 10 + round)).unwrap();
+        snaps.push(
+            gantry_backup::backup(repo.clone(), vol.clone(), "shop_db", "node-1")
+                .await
+                .unwrap(),
+        );
+    }
+    let other = t.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("o"), noise(1_000_000, 99)).unwrap();
+    gantry_backup::backup(repo.clone(), other.clone(), "shop_other", "node-1")
+        .await
+        .unwrap();
+    let (packs_before, bytes_before) = files_under(&repo_dir.join("packs"));
+    assert_eq!(packs_before, 4);
+
+    let gone = gantry_backup::forget(&repo, "shop_db", 1).await.unwrap();
+    assert_eq!(
+        gone.iter().map(|s| &s.id).collect::<Vec<_>>(),
+        vec![&snaps[0].id, &snaps[1].id]
+    );
+    // keep 0 still keeps one: a schedule never empties its repository.
+    assert!(gantry_backup::forget(&repo, "shop_db", 0)
+        .await
+        .unwrap()
+        .is_empty());
+    let pruned = gantry_backup::prune(&repo).await.unwrap();
+    assert_eq!(pruned.packs, 2, "{pruned:?}");
+    let (packs_after, bytes_after) = files_under(&repo_dir.join("packs"));
+    assert_eq!(packs_after, 2);
+    assert!(
+        bytes_after < bytes_before / 2 + 500_000,
+        "{bytes_before} -> {bytes_after}"
+    );
+    assert_eq!(bytes_before - bytes_after, pruned.bytes);
+    // What stays restores whole; a second prune finds nothing.
+    let out = t.path().join("restored");
+    gantry_backup::restore(repo.clone(), &snaps[2], out.clone())
+        .await
+        .unwrap();
+    assert_eq!(describe(&vol), describe(&out));
+    let latest = gantry_backup::find(&repo, "latest", Some("shop_other"))
+        .await
+        .unwrap();
+    let out = t.path().join("restored-other");
+    gantry_backup::restore(repo.clone(), &latest, out.clone())
+        .await
+        .unwrap();
+    assert_eq!(describe(&other), describe(&out));
+    assert_eq!(
+        gantry_backup::prune(&repo).await.unwrap(),
+        gantry_backup::Pruned::default()
+    );
+}
