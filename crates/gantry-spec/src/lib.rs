@@ -129,6 +129,41 @@ pub struct VolumeOptions {
     /// Not filled from the image's content at the mount point.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub nocopy: bool,
+    /// Its scheduled backups (`x-gantry: {backup: ...}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupPolicy>,
+}
+
+/// A volume's scheduled backups: when, where, with which key, and how
+/// many are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupPolicy {
+    /// When: cron, five fields (minute hour day month weekday) or six
+    /// (seconds first), in UTC.
+    pub schedule: String,
+    /// The repository: `s3://BUCKET/PREFIX[?endpoint=URL&region=R]`, or a
+    /// node's absolute folder (`file:///DIR`).
+    pub to: String,
+    /// The secret whose value encrypts the repository (its cluster name).
+    pub key: String,
+    /// A secret holding S3 settings as `AWS_ACCESS_KEY_ID=...` lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<String>,
+    /// How many of the volume's snapshots the repository keeps (the
+    /// newest; 0: all of them).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub keep: u64,
+    /// A command run (`sh -c`) in each running task that mounts the
+    /// volume before the backup; the tasks are not frozen then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre: Option<String>,
+    /// A command run in each of them after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post: Option<String>,
+    /// Leave the tasks running while the volume is read (by default they
+    /// are frozen, without `pre`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_freeze: bool,
 }
 
 impl VolumeOptions {

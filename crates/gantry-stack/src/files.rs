@@ -321,6 +321,17 @@ impl Stack {
                     f.source = n.clone();
                 }
             }
+            for b in s
+                .volumes
+                .iter_mut()
+                .filter_map(|m| m.volume.backup.as_mut())
+            {
+                for name in std::iter::once(&mut b.key).chain(b.credentials.as_mut()) {
+                    if let Some(n) = secrets.get(name) {
+                        *name = n.clone();
+                    }
+                }
+            }
         }
     }
 }

@@ -158,3 +158,84 @@ fn wrong_declarations_and_uses_are_refused_where_they_are() {
         assert!(e.line > 0, "{text}: {e}");
     }
 }
+
+#[test]
+fn volume_backups_and_sizes_come_from_x_gantry() {
+    let text = r#"
+services:
+  db:
+    image: postgres:16
+    volumes: ["data:/var/lib/postgresql/data"]
+volumes:
+  data:
+    x-gantry:
+      size: 10G
+      backup:
+        schedule: "0 3 * * *"
+        keep: 7
+        to: s3://backups/shop?endpoint=http://10.0.0.5:9000
+        key: backup_key
+        credentials: s3
+        pre: pg_dump -U postgres -f /var/lib/postgresql/data/dump.sql
+secrets:
+  backup_key: {external: true}
+  s3: {file: /srv/s3.env}
+"#;
+    let p = parse_in(text, None).unwrap();
+    let s = &p.stack;
+    let m = &s.services["db"].volumes[0];
+    assert_eq!(m.volume.driver_opts["size"], "10G");
+    let b = m.volume.backup.as_ref().unwrap();
+    assert_eq!((b.schedule.as_str(), b.keep), ("0 3 * * *", 7));
+    assert_eq!(b.key, "backup_key");
+    assert!(!b.no_freeze && b.pre.is_some());
+    // Deployed: the secrets by their cluster names.
+    let mut d = s.clone();
+    d.resolve_files("shop");
+    let b = d.services["db"].volumes[0].volume.backup.as_ref().unwrap();
+    assert_eq!(
+        (b.key.as_str(), b.credentials.as_deref()),
+        ("backup_key", Some("shop_s3"))
+    );
+    // `stack config` reads back as the same stack.
+    let again = parse_in(&s.to_yaml(), None).unwrap();
+    assert_eq!(&again.stack, s);
+
+    let bad = |x: &str, want: &str| {
+        let t = format!(
+            "services:\n  db:\n    image: x\n    volumes: [\"v:/x\"]\nvolumes:\n  v:\n    x-gantry: {x}\nsecrets:\n  k: {{external: true}}\n"
+        );
+        let e = parse_in(&t, None).unwrap_err();
+        assert!(e.msg.contains(want), "{x}: {e}");
+    };
+    let ok = "schedule: '0 3 * * *', to: /srv/backups, key: k";
+    bad("{size: 1k}", "under the smallest");
+    bad(&format!("{{backup: {{{ok}, colour: red}}}}"), "colour");
+    bad("{replicas: 2, size: 1g}", "replicas");
+    bad(
+        "{backup: {schedule: nightly, to: /srv/b, key: k}}",
+        "five fields",
+    );
+    bad(
+        "{backup: {schedule: '0 3 * * *', to: srv/b, key: k}}",
+        "absolute folder",
+    );
+    bad(
+        "{backup: {schedule: '0 3 * * *', to: 's3:///x', key: k}}",
+        "no bucket",
+    );
+    bad(
+        "{backup: {schedule: '0 3 * * *', to: /srv/b, key: nope}}",
+        "key \"nope\" is not declared under secrets",
+    );
+    bad(
+        &format!("{{backup: {{{ok}, pre: 'sync', no_freeze: true}}}}"),
+        "no_freeze goes without it",
+    );
+    let e = parse_in(
+        "services:\n  db:\n    image: x\n    volumes: [\"v:/x\"]\nvolumes:\n  v:\n    driver_opts: {size: 1g}\n    x-gantry: {size: 2g}\n",
+        None,
+    )
+    .unwrap_err();
+    assert!(e.msg.contains("give one"), "{e}");
+}

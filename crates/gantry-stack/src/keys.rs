@@ -282,6 +282,7 @@ const VOLUME: &[(&str, Class)] = &[
         Y("mounted as it is, never created; on a node without it the task fails, saying so"),
     ),
     ("name", Y("the volume's name on the nodes, as given")),
+    ("x-gantry", Y("Gantry's own settings: size, backup")),
 ];
 
 const SECRET: &[(&str, Class)] = &[
@@ -377,7 +378,7 @@ pub(crate) fn check(doc: &Tree) -> Result<Vec<String>, (Location, String)> {
             for (fk, fv) in fields {
                 let f = fk.value.as_str();
                 let shown = format!("{what}.{}.{f}", name.value);
-                if f.starts_with("x-") && !(what == "services" && f == "x-gantry") {
+                if f.starts_with("x-") && f != "x-gantry" {
                     continue;
                 }
                 match class(table, f) {

@@ -299,8 +299,8 @@ pub fn parse(
                 se
             },
         )?;
-    let volumes = mounts::declared(&ctx, raw.volumes.unwrap_or_default())?;
     let secrets = files::declared(&ctx, "secret", raw.secrets.unwrap_or_default(), paths)?;
+    let volumes = mounts::declared(&ctx, raw.volumes.unwrap_or_default(), &secrets)?;
     let configs = files::declared(&ctx, "config", raw.configs.unwrap_or_default(), paths)?;
     // External networks are the cluster's (`gantry network create`), by
     // the name they have there.

@@ -29,6 +29,7 @@ pub struct ParseOptions {
 pub(crate) fn declared(
     ctx: &Ctx<'_>,
     top: BTreeMap<String, Option<raw::TopVolume>>,
+    secrets: &BTreeMap<String, crate::FileDecl>,
 ) -> Result<BTreeMap<String, VolumeOptions>, StackError> {
     let mut out = BTreeMap::new();
     for (key, v) in top {
@@ -44,6 +45,21 @@ pub(crate) fn declared(
         }
         for (k, val) in v.driver_opts.unwrap_or_default() {
             o.driver_opts.insert(k, val.text());
+        }
+        if let Some(x) = &v.x_gantry {
+            let at = &x.referenced;
+            if let Some(size) = &x.value.size {
+                if o.driver_opts.contains_key("size") {
+                    return ctx.err(
+                        at,
+                        format!("volume {key}: x-gantry size and driver_opts size: give one"),
+                    );
+                }
+                o.driver_opts.insert("size".into(), size.text());
+            }
+            if let Some(b) = &x.value.backup {
+                o.backup = Some(backup_policy(&key, b, secrets).or_else(|e| ctx.err(at, e))?);
+            }
         }
         gantry_units::volume_options(&o.driver_opts)
             .map_err(|e| ctx.nowhere(format!("volume {key}: driver_opts: {e}")))?;
@@ -83,6 +99,60 @@ pub(crate) fn declared(
         out.insert(key, o);
     }
     Ok(out)
+}
+
+/// A volume's `x-gantry: {backup: ...}`, checked; its secrets by their
+/// keys in the stack file (named as in the cluster by
+/// [`crate::Stack::resolve_files`]).
+fn backup_policy(
+    volume: &str,
+    b: &raw::XBackup,
+    secrets: &BTreeMap<String, crate::FileDecl>,
+) -> Result<gantry_spec::BackupPolicy, String> {
+    let at = |why: String| format!("volume {volume}: x-gantry backup: {why}");
+    b.schedule.parse::<gantry_units::Schedule>().map_err(at)?;
+    let to = b.to.trim();
+    let folder = to.strip_prefix("file://").unwrap_or(to);
+    let s3_bucket = to
+        .strip_prefix("s3://")
+        .map(|r| r.split(['/', '?']).next().unwrap_or(""));
+    match s3_bucket {
+        Some("") => return Err(at(format!("to {to:?} names no bucket"))),
+        Some(_) => {}
+        None if folder.starts_with('/') => {}
+        None => {
+            return Err(at(format!(
+                "to {to:?}: give s3://BUCKET/PREFIX or a node's absolute folder (file:///DIR)"
+            )))
+        }
+    }
+    for (what, name) in [
+        ("key", Some(&b.key)),
+        ("credentials", b.credentials.as_ref()),
+    ] {
+        if let Some(n) = name {
+            if !secrets.contains_key(n) {
+                return Err(at(format!(
+                    "{what} {n:?} is not declared under secrets: (an existing one: external: true)"
+                )));
+            }
+        }
+    }
+    if b.pre.is_some() && b.no_freeze == Some(true) {
+        return Err(at(
+            "pre already leaves the tasks running; no_freeze goes without it".into(),
+        ));
+    }
+    Ok(gantry_spec::BackupPolicy {
+        schedule: b.schedule.trim().to_owned(),
+        to: to.to_owned(),
+        key: b.key.clone(),
+        credentials: b.credentials.clone(),
+        keep: b.keep.unwrap_or(0),
+        pre: b.pre.clone(),
+        post: b.post.clone(),
+        no_freeze: b.no_freeze.unwrap_or(false),
+    })
 }
 
 /// Resolves a bind source written relative (`./x`, `../x`) or in the home

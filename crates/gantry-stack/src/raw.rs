@@ -273,6 +273,30 @@ pub(crate) struct TopVolume {
     pub(crate) external: Option<Spanned<External>>,
     pub(crate) name: Option<Spanned<String>>,
     pub(crate) labels: Option<ListOrDict>,
+    #[serde(rename = "x-gantry")]
+    pub(crate) x_gantry: Option<Spanned<XVolume>>,
+}
+
+/// A top-level volume's `x-gantry`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct XVolume {
+    pub(crate) size: Option<Scalar>,
+    pub(crate) backup: Option<XBackup>,
+}
+
+/// `x-gantry: {backup: ...}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct XBackup {
+    pub(crate) schedule: String,
+    pub(crate) to: String,
+    pub(crate) key: String,
+    pub(crate) credentials: Option<String>,
+    pub(crate) keep: Option<u64>,
+    pub(crate) pre: Option<String>,
+    pub(crate) post: Option<String>,
+    pub(crate) no_freeze: Option<bool>,
 }
 
 /// A top-level `networks:` entry (what Gantry reads of it).

@@ -367,6 +367,9 @@ pub(crate) fn compose(stack: &Stack) -> Value {
             put(&mut o, "name", json!(v.name));
             put(&mut o, "driver_opts", json!(v.driver_opts));
             put(&mut o, "labels", json!(v.labels));
+            if let Some(b) = &v.backup {
+                o.insert("x-gantry".into(), json!({ "backup": b }));
+            }
             (n.clone(), Value::Object(o))
         })
         .collect();

@@ -181,6 +181,13 @@ pub enum Command {
         /// The user.
         name: String,
     },
+    /// How a volume's last backup went.
+    PutBackup(BackupRecord),
+    /// Forget a removed volume's backups record.
+    RemoveBackup {
+        /// The volume.
+        volume: String,
+    },
     /// A piece of cluster metadata (join token hash, CA certificate, ...).
     SetMeta {
         /// The key.
@@ -291,6 +298,9 @@ pub struct State {
     /// Its password users, by name.
     #[serde(default)]
     pub registry_users: BTreeMap<String, RegistryUser>,
+    /// The volumes' last backups, by volume name.
+    #[serde(default)]
+    pub backups: BTreeMap<String, BackupRecord>,
     /// The last events, oldest first (see [`State::record_events`]).
     #[serde(default)]
     pub events: std::collections::VecDeque<EventRecord>,
@@ -318,6 +328,7 @@ enum Key {
     Config(String),
     Repo(String),
     RegistryUser(String),
+    Backup(String),
 }
 
 /// The entries a batch of commands can change, as they were before it:
@@ -443,6 +454,8 @@ impl State {
             | Command::RemoveTag { repo, .. } => vec![Key::Repo(repo.clone())],
             Command::PutRegistryUser(u) => vec![Key::RegistryUser(u.name.clone())],
             Command::RemoveRegistryUser { name } => vec![Key::RegistryUser(name.clone())],
+            Command::PutBackup(r) => vec![Key::Backup(r.volume.clone())],
+            Command::RemoveBackup { volume } => vec![Key::Backup(volume.clone())],
         }
     }
 
@@ -475,6 +488,7 @@ impl State {
                     Key::RegistryUser(id) => {
                         copy_entry(&mut st.registry_users, &self.registry_users, id)
                     }
+                    Key::Backup(id) => copy_entry(&mut st.backups, &self.backups, id),
                 }
                 b.keys.push(k);
             }
@@ -506,6 +520,7 @@ impl State {
                 Key::RegistryUser(id) => {
                     copy_entry(&mut self.registry_users, &b.registry_users, id)
                 }
+                Key::Backup(id) => copy_entry(&mut self.backups, &b.backups, id),
             }
         }
     }
@@ -558,7 +573,9 @@ impl State {
                     Err(Rejected::NoSuchImage(format!("{repo}:{tag}")))
                 }
             }
-            Command::PutRegistryUser(_) => Ok(()),
+            Command::PutRegistryUser(_) | Command::PutBackup(_) | Command::RemoveBackup { .. } => {
+                Ok(())
+            }
             Command::RemoveRegistryUser { name } => {
                 if self.registry_users.contains_key(name) {
                     Ok(())
@@ -816,6 +833,12 @@ impl State {
             }
             Command::RemoveRegistryUser { name } => {
                 self.registry_users.remove(&name);
+            }
+            Command::PutBackup(r) => {
+                self.backups.insert(r.volume.clone(), r);
+            }
+            Command::RemoveBackup { volume } => {
+                self.backups.remove(&volume);
             }
         }
         Ok(())

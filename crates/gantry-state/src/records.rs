@@ -289,3 +289,36 @@ impl ChallengeRecord {
         }
     }
 }
+
+/// How a volume's last backup went (a schedule's or one asked for).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupRecord {
+    /// The volume.
+    pub volume: String,
+    /// The node it ran on.
+    pub node: String,
+    /// The repository.
+    pub repo: String,
+    /// When it ended, ms since the epoch.
+    pub at_ms: u64,
+    /// How long it took, ms.
+    pub millis: u64,
+    /// Its snapshot, when it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// Bytes in the snapshot.
+    #[serde(default)]
+    pub bytes: u64,
+    /// What the repository grew by.
+    #[serde(default)]
+    pub stored: u64,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When the last one that succeeded ended (this one, or an earlier).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ok_ms: Option<u64>,
+    /// Failures in a row.
+    #[serde(default)]
+    pub failures: u32,
+}

@@ -104,3 +104,51 @@ fn a_put_bumps_the_version_only_for_a_new_value() {
         (2, 10, 30)
     );
 }
+
+#[test]
+fn a_volume_backup_key_is_a_secret_in_use() {
+    let key = DataKey::generate();
+    let mut s = State::default();
+    let mut spec = gantry_spec::Service::new("db:1");
+    let mut m = gantry_spec::Mount::new(gantry_spec::MountType::Volume, "data", "/data");
+    m.volume.backup = Some(gantry_spec::BackupPolicy {
+        schedule: "0 3 * * *".into(),
+        to: "/srv/backups".into(),
+        key: "shop_backup_key".into(),
+        credentials: Some("shop_s3".into()),
+        keep: 7,
+        pre: None,
+        post: None,
+        no_freeze: false,
+    });
+    spec.volumes = vec![m];
+    let put = Command::PutService {
+        name: "shop_db".into(),
+        stack: "shop".into(),
+        spec: Box::new(spec),
+        vip: None,
+    };
+    assert_eq!(
+        s.apply(&put).unwrap_err().to_string(),
+        "no such secret: shop_backup_key"
+    );
+    s.apply(&Command::PutSecret(secret(&key, "shop_backup_key", b"k")))
+        .unwrap();
+    assert_eq!(
+        s.apply(&put).unwrap_err().to_string(),
+        "no such secret: shop_s3"
+    );
+    s.apply(&Command::PutSecret(secret(
+        &key,
+        "shop_s3",
+        b"AWS_REGION=x",
+    )))
+    .unwrap();
+    s.apply(&put).unwrap();
+    for name in ["shop_backup_key", "shop_s3"] {
+        let e = s
+            .apply(&Command::RemoveSecret { name: name.into() })
+            .unwrap_err();
+        assert_eq!(e.to_string(), format!("secret {name} is in use by shop_db"));
+    }
+}

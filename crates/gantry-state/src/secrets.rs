@@ -149,17 +149,26 @@ impl std::fmt::Display for FileKind {
     }
 }
 
+/// The secrets a service's volume backups name (their keys and S3
+/// settings).
+fn backup_secrets(spec: &gantry_spec::Service) -> impl Iterator<Item = &String> {
+    spec.volumes
+        .iter()
+        .filter_map(|m| m.volume.backup.as_ref())
+        .flat_map(|b| std::iter::once(&b.key).chain(b.credentials.as_ref()))
+}
+
 impl State {
     /// The services that use secret (or config) `name`, comma-separated.
     pub fn file_users(&self, kind: FileKind, name: &str) -> Vec<String> {
         self.services
             .values()
-            .filter(|r| {
-                let refs = match kind {
-                    FileKind::Secret => &r.spec.secrets,
-                    FileKind::Config => &r.spec.configs,
-                };
-                refs.iter().any(|f| f.source == name)
+            .filter(|r| match kind {
+                FileKind::Secret => {
+                    r.spec.secrets.iter().any(|f| f.source == name)
+                        || backup_secrets(&r.spec).any(|n| n == name)
+                }
+                FileKind::Config => r.spec.configs.iter().any(|f| f.source == name),
             })
             .map(|r| r.name.clone())
             .collect()
@@ -174,6 +183,9 @@ impl State {
                 .is_none_or(|r| f.version != 0 && r.at(f.version).is_none())
         }) {
             return Err(Rejected::NoSuchFile(FileKind::Secret, f.source.clone()));
+        }
+        if let Some(n) = backup_secrets(spec).find(|n| !self.secrets.contains_key(*n)) {
+            return Err(Rejected::NoSuchFile(FileKind::Secret, n.clone()));
         }
         if let Some(f) = spec.configs.iter().find(|f| {
             self.configs

@@ -1,6 +1,10 @@
 //! Units as Docker users write them, parsed the same way in every part of
 //! Gantry (command-line flags, Dockerfiles, stack files). Pure.
 
+mod schedule;
+
+pub use schedule::Schedule;
+
 /// A size like Docker's `-m`: `512`, `64k`, `64m`, `1g`, `1.5g`, an optional
 /// trailing `b` (binary units), case-insensitive.
 pub fn size(s: &str) -> Result<u64, String> {
