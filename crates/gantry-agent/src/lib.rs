@@ -17,6 +17,7 @@
 //! single-threaded helper ([`helper_main`], a re-exec of the `gantry`
 //! binary), never from the agent's threads.
 
+pub mod backup;
 mod builds;
 mod edge;
 mod exits;
@@ -32,6 +33,7 @@ mod reports;
 mod sim;
 mod stats;
 mod tasks;
+mod volume_jobs;
 mod volumes;
 
 use std::collections::BTreeMap;

@@ -5,7 +5,8 @@
 //! so that deploying to many nodes does not take every byte from the
 //! managers. What is served is checked by the fetching node against its
 //! digest; a node that no longer has a blob answers 404. A manager may
-//! also send a build here (`POST /builds`, see `builds.rs`).
+//! also send a build here (`POST /builds`, see `builds.rs`), and jobs
+//! on volumes (`/volumes/...`, see `volume_jobs.rs`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use crate::builds::Builder;
 
 pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
 
-fn status(s: StatusCode) -> Response<Body> {
+pub(crate) fn status(s: StatusCode) -> Response<Body> {
     let mut r = Response::new(Empty::new().map_err(|e: Infallible| match e {}).boxed());
     *r.status_mut() = s;
     r
@@ -89,7 +90,8 @@ pub(crate) async fn serve(
                         if !manager {
                             return Ok(status(StatusCode::FORBIDDEN));
                         }
-                        return Ok(remove_volume(rt.get().cloned(), req.method(), name).await);
+                        let name = name.to_owned();
+                        return Ok(crate::volume_jobs::handle(rt.get().cloned(), &name, req).await);
                     }
                     Ok::<_, Infallible>(answer(&blobs, &req).await)
                 }
@@ -100,39 +102,6 @@ pub(crate) async fn serve(
                 .serve_connection(TokioIo::new(tls), svc)
                 .await;
         });
-    }
-}
-
-/// `DELETE /volumes/NAME`, from a manager: removes a volume no container
-/// here uses (409 with the reason otherwise).
-async fn remove_volume(
-    rt: Option<Arc<gantry_runtime::Runtime>>,
-    method: &hyper::Method,
-    name: &str,
-) -> Response<Body> {
-    if method != hyper::Method::DELETE {
-        return status(StatusCode::METHOD_NOT_ALLOWED);
-    }
-    let Some(rt) = rt else {
-        return status(StatusCode::NOT_FOUND);
-    };
-    if !gantry_api::valid_volume_name(name) {
-        return status(StatusCode::BAD_REQUEST);
-    }
-    let name = name.to_owned();
-    let done = tokio::task::spawn_blocking(move || crate::volumes::remove(&rt, &name)).await;
-    match done {
-        Ok(Ok(())) => status(StatusCode::NO_CONTENT),
-        Ok(Err(why)) => {
-            let mut r = Response::new(
-                http_body_util::Full::new(bytes::Bytes::from(why))
-                    .map_err(|e: Infallible| match e {})
-                    .boxed(),
-            );
-            *r.status_mut() = StatusCode::CONFLICT;
-            r
-        }
-        Err(_) => status(StatusCode::INTERNAL_SERVER_ERROR),
     }
 }
 

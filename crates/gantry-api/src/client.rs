@@ -469,6 +469,19 @@ impl Client {
         self.json(resp).await
     }
 
+    /// `POST path` for work that takes as long as it takes (a backup, a
+    /// restore): no time limit on the answer.
+    pub async fn post_long<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ApiError> {
+        let resp = self
+            .send(Kind::Upload, path, |c, u| c.post(u).json(body))
+            .await?;
+        self.json(resp).await
+    }
+
     /// `DELETE path`.
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiError> {
         let resp = self.send(Kind::Http, path, |c, u| c.delete(u)).await?;

@@ -11,6 +11,7 @@
 //! - everything else: the admin certificate.
 
 pub mod addrs;
+mod backups;
 mod build;
 mod client;
 mod delta;
@@ -18,6 +19,7 @@ mod types;
 mod volumes;
 
 pub use addrs::{AddrChange, ScopeChange, ScopedAddrs, ServiceAddrs, ServiceChange, INGRESS};
+pub use backups::*;
 pub use build::*;
 pub use client::{
     has_port, resolve, write_secret, AdminConfig, ApiError, Client, JoinError, DEFAULT_PEER_PORT,

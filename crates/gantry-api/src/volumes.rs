@@ -192,6 +192,12 @@ pub struct VolumeView {
     /// (`SERVICE.SLOT` names, or the task id of a global service).
     #[serde(default)]
     pub tasks: Vec<String>,
+    /// Its backup schedule (`x-gantry` backup of a service's volume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_schedule: Option<String>,
+    /// Its last backup on this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<gantry_state::BackupRecord>,
 }
 
 /// `DELETE /v1/volumes/{name}`: what was removed where.

@@ -278,7 +278,7 @@ impl Writer<'_> {
 }
 
 /// What a restore wrote.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Restored {
     /// Files.
     pub files: u64,

@@ -6,6 +6,7 @@
 //! of the store's [`gantry_state::State`]; the server only feeds them state
 //! and time and applies the commands they return through the store.
 
+pub mod backups;
 pub mod files;
 pub mod liveness;
 pub mod network;

@@ -85,6 +85,7 @@ pub fn views(s: &State, reports: &HashMap<String, HeldVolumes>) -> Vec<VolumeVie
             }
         }
     }
+    let policies = crate::backups::policies(s);
     let mut out = Vec::new();
     for n in s.nodes.values() {
         let report = reports.get(&n.id);
@@ -119,6 +120,11 @@ pub fn views(s: &State, reports: &HashMap<String, HeldVolumes>) -> Vec<VolumeVie
                 measured_ms: st.and(report.map(|r| r.time_ms)),
                 services: by_name.get(name).cloned().unwrap_or_default(),
                 tasks,
+                backup_schedule: policies.get(name).map(|p| p.schedule.clone()),
+                last_backup: s
+                    .backups
+                    .get(&crate::backups::record_key(&n.id, name))
+                    .cloned(),
             });
         }
     }
@@ -127,12 +133,12 @@ pub fn views(s: &State, reports: &HashMap<String, HeldVolumes>) -> Vec<VolumeVie
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use gantry_spec::Mount;
     use gantry_state::{NodeRecord, ServiceRecord};
 
-    fn node(id: &str, vols: &[&str]) -> NodeRecord {
+    pub(crate) fn node(id: &str, vols: &[&str]) -> NodeRecord {
         NodeRecord {
             id: id.into(),
             hostname: format!("host-{id}"),
@@ -156,7 +162,7 @@ mod tests {
         }
     }
 
-    fn service(name: &str, stack: &str, vol: &str) -> ServiceRecord {
+    pub(crate) fn service(name: &str, stack: &str, vol: &str) -> ServiceRecord {
         let mut spec = Service::new("db:1");
         spec.volumes
             .push(Mount::new(MountType::Volume, vol, "/data"));

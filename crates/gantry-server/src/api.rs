@@ -260,6 +260,18 @@ fn router(sh: Arc<Shared>) -> Router {
             axum::routing::delete(crate::volumes::volume_rm),
         )
         .route(
+            "/v1/volumes/{name}/backup",
+            post(crate::volume_backups::backup),
+        )
+        .route(
+            "/v1/volumes/{name}/backups",
+            post(crate::volume_backups::backups),
+        )
+        .route(
+            "/v1/volumes/{name}/restore",
+            post(crate::volume_backups::restore),
+        )
+        .route(
             "/v1/nodes/{id}",
             get(crate::nodes::node_inspect)
                 .post(crate::nodes::node_update)

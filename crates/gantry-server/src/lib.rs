@@ -34,6 +34,7 @@ mod services;
 mod setup;
 mod stacks;
 mod unlock;
+mod volume_backups;
 mod volumes;
 
 use std::collections::HashMap;
@@ -243,6 +244,8 @@ pub(crate) struct Shared {
     pub(crate) stats: Mutex<HashMap<String, gantry_api::NodeStats>>,
     /// Each node's latest measurement of its volumes, from its reports.
     pub(crate) volumes: Mutex<HashMap<String, gantry_api::HeldVolumes>>,
+    /// The backup repositories a job is using.
+    pub(crate) backup_jobs: volume_backups::Jobs,
     pub(crate) counters: metrics::Counters,
     /// The nodes' assignment streams.
     pub(crate) hub: assign::Hub,
@@ -602,6 +605,7 @@ impl Manager {
             logs: logs::Broker::default(),
             stats: Mutex::new(HashMap::new()),
             volumes: Mutex::new(HashMap::new()),
+            backup_jobs: Default::default(),
             counters: metrics::Counters::default(),
             hub: assign::Hub::default(),
             restless: Mutex::new(Default::default()),
@@ -666,6 +670,7 @@ impl Manager {
             tokio::spawn(orchestrate::run(shared.clone())),
             tokio::spawn(assign::run(shared.clone())),
             tokio::spawn(acme::run(shared.clone())),
+            tokio::spawn(volume_backups::run(shared.clone())),
             tokio::spawn(registry::run(shared.clone())),
         ]);
         tracing::info!(%addr, member = me, "manager listening");

@@ -183,6 +183,38 @@ pub(crate) fn encode(sh: &Shared) -> String {
         "A sized volume's hard limit, bytes",
         &limit,
     );
+    // Backups, as the state records them.
+    let now = crate::now_ms();
+    let (mut age, mut took, mut failing) = (Vec::new(), Vec::new(), Vec::new());
+    for r in sh.read(|s| s.backups.values().cloned().collect::<Vec<_>>()) {
+        let Some(node) = names.get(&r.node) else {
+            continue;
+        };
+        let l: Labels = vec![("node".into(), node.clone()), ("volume".into(), r.volume)];
+        if let Some(ok) = r.last_ok_ms {
+            age.push((l.clone(), now.saturating_sub(ok) as f64 / 1000.0));
+        }
+        took.push((l.clone(), r.millis as f64 / 1000.0));
+        failing.push((l, f64::from(r.failures)));
+    }
+    for v in [&mut age, &mut took, &mut failing] {
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    f.gauge(
+        "volume_backup_age_seconds",
+        "Seconds since the volume's last successful backup",
+        &age,
+    );
+    f.gauge(
+        "volume_backup_duration_seconds",
+        "How long the volume's last backup took",
+        &took,
+    );
+    f.gauge(
+        "volume_backup_failures",
+        "The volume's failed backups in a row",
+        &failing,
+    );
     f.encode(&mut out);
     let mut nodes: Vec<(&str, &gantry_api::NodeStats)> = stats
         .iter()

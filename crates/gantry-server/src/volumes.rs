@@ -26,6 +26,19 @@ pub(crate) async fn volumes(
     ))
 }
 
+/// The nodes that hold volume `name`: those the state says have it, and
+/// those whose last measurement lists it.
+pub(crate) fn holders(sh: &Shared, name: &str) -> Vec<gantry_store::NodeRecord> {
+    let reports = sh.volumes.lock().expect("volumes lock").clone();
+    sh.read(|s| {
+        gantry_manager::volumes::views(s, &reports)
+            .into_iter()
+            .filter(|v| v.name == name)
+            .filter_map(|v| s.nodes.get(&v.node).cloned())
+            .collect()
+    })
+}
+
 /// A list as a sentence: `a`, `a and b`, `a, b and c`.
 fn listed(v: &[String]) -> String {
     match v {
@@ -42,15 +55,8 @@ pub(crate) async fn volume_rm(
     Path(name): Path<String>,
 ) -> Result<Json<VolumeRemoved>, Fail> {
     peer.admin()?;
-    let reports = sh.volumes.lock().expect("volumes lock").clone();
-    let (holders, (services, tasks)) = sh.read(|s| {
-        let holders: Vec<gantry_store::NodeRecord> = gantry_manager::volumes::views(s, &reports)
-            .into_iter()
-            .filter(|v| v.name == name)
-            .filter_map(|v| s.nodes.get(&v.node).cloned())
-            .collect();
-        (holders, gantry_manager::volumes::users(s, &name, None))
-    });
+    let holders = holders(&sh, &name);
+    let (services, tasks) = sh.read(|s| gantry_manager::volumes::users(s, &name, None));
     if holders.is_empty() {
         return Err(not_found(format!("no such volume: {name}")));
     }
@@ -75,7 +81,13 @@ pub(crate) async fn volume_rm(
             continue;
         }
         match remove_on(&sh, n, &name).await {
-            Ok(()) => removed.push(n.hostname.clone()),
+            Ok(()) => {
+                removed.push(n.hostname.clone());
+                let key = gantry_manager::backups::record_key(&n.id, &name);
+                if sh.read(|s| s.backups.contains_key(&key)) {
+                    sh.apply(vec![gantry_store::Command::RemoveBackup { key }])?;
+                }
+            }
             Err(e) => failed.push(format!("{}: {e}", n.hostname)),
         }
     }

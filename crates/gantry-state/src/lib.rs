@@ -185,8 +185,8 @@ pub enum Command {
     PutBackup(BackupRecord),
     /// Forget a removed volume's backups record.
     RemoveBackup {
-        /// The volume.
-        volume: String,
+        /// Its key in [`State::backups`] (`NODE/VOLUME`).
+        key: String,
     },
     /// A piece of cluster metadata (join token hash, CA certificate, ...).
     SetMeta {
@@ -298,7 +298,7 @@ pub struct State {
     /// Its password users, by name.
     #[serde(default)]
     pub registry_users: BTreeMap<String, RegistryUser>,
-    /// The volumes' last backups, by volume name.
+    /// The volumes' last backups, by [`BackupRecord::key`].
     #[serde(default)]
     pub backups: BTreeMap<String, BackupRecord>,
     /// The last events, oldest first (see [`State::record_events`]).
@@ -454,8 +454,8 @@ impl State {
             | Command::RemoveTag { repo, .. } => vec![Key::Repo(repo.clone())],
             Command::PutRegistryUser(u) => vec![Key::RegistryUser(u.name.clone())],
             Command::RemoveRegistryUser { name } => vec![Key::RegistryUser(name.clone())],
-            Command::PutBackup(r) => vec![Key::Backup(r.volume.clone())],
-            Command::RemoveBackup { volume } => vec![Key::Backup(volume.clone())],
+            Command::PutBackup(r) => vec![Key::Backup(r.key())],
+            Command::RemoveBackup { key } => vec![Key::Backup(key.clone())],
         }
     }
 
@@ -835,10 +835,10 @@ impl State {
                 self.registry_users.remove(&name);
             }
             Command::PutBackup(r) => {
-                self.backups.insert(r.volume.clone(), r);
+                self.backups.insert(r.key(), r);
             }
-            Command::RemoveBackup { volume } => {
-                self.backups.remove(&volume);
+            Command::RemoveBackup { key } => {
+                self.backups.remove(&key);
             }
         }
         Ok(())

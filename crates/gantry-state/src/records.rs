@@ -322,3 +322,15 @@ pub struct BackupRecord {
     #[serde(default)]
     pub failures: u32,
 }
+
+impl BackupRecord {
+    /// Its key in [`crate::State::backups`]: `NODE/VOLUME`.
+    pub fn key(&self) -> String {
+        Self::key_of(&self.node, &self.volume)
+    }
+
+    /// The key of node `node`'s volume `volume`.
+    pub fn key_of(node: &str, volume: &str) -> String {
+        format!("{node}/{volume}")
+    }
+}

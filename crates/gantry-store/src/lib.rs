@@ -21,10 +21,10 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use serde::{Deserialize, Serialize};
 
 pub use gantry_state::{
-    Before, BlobRef, CertRecord, CertSource, ChallengeRecord, Command, ConfigRecord, ConfigValue,
-    EventRecord, FileKind, FileMeta, ManifestRecord, NetworkRecord, NodeRecord, RegistryUser,
-    Rejected, RepoRecord, RouteRecord, SecretRecord, ServiceRecord, State, TaskRecord, TaskState,
-    UpdateStatus,
+    BackupRecord, Before, BlobRef, CertRecord, CertSource, ChallengeRecord, Command, ConfigRecord,
+    ConfigValue, EventRecord, FileKind, FileMeta, ManifestRecord, NetworkRecord, NodeRecord,
+    RegistryUser, Rejected, RepoRecord, RouteRecord, SecretRecord, ServiceRecord, State,
+    TaskRecord, TaskState, UpdateStatus,
 };
 pub use raft::{Batch, LogId, LogStore, Machine, MemberId, Members, TypeConfig};
 

@@ -1,36 +1,74 @@
-//! `gantry volume backup|backups|restore` on the host that holds the
-//! volume: snapshots of its folder in a repository (a folder, or an
-//! S3-compatible bucket: `s3://BUCKET/PREFIX`, the `AWS_*` variables or
-//! `?endpoint=URL&region=R`), deduplicated, compressed and encrypted with
-//! the key in `--key-file` (a secret's value).
+//! `gantry volume backup|backups|restore`: snapshots of a volume's
+//! folder in a repository (a folder, or an S3-compatible bucket:
+//! `s3://BUCKET/PREFIX`, with `?endpoint=URL&region=R`), deduplicated,
+//! compressed and encrypted.
+//!
+//! On a cluster (the admin credential here, or `-H`), the manager opens
+//! the secrets named by `--key-secret` and `--credentials` (or those of
+//! the volume's `x-gantry` backup settings) and the node that holds the
+//! volume does the work. With `--key-file` (or `--local`), this host's
+//! volume, with the key in that file and S3 settings from the `AWS_*`
+//! variables.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
-use gantry_backup::{Repo, Snapshot};
+use gantry_agent::backup::{Consistency, Target};
+use gantry_api::{RepoRef, Snapshot};
 
 use crate::output::{self, Format};
 use crate::Ctx;
 
-/// Where the repository is and what opens it.
+/// What opens the repository.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct RepoArgs {
-    /// The key: a file holding the secret that encrypts the repository
-    /// (any bytes; the same for every backup of it).
-    #[arg(long, value_name = "FILE")]
-    key_file: PathBuf,
+    /// This host: a file holding the key that encrypts the repository
+    /// (any bytes, at least 16; the same for every backup of it).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["key_secret", "credentials"])]
+    key_file: Option<PathBuf>,
+    /// On a cluster: the secret whose value is the key (default: the
+    /// volume's x-gantry backup key).
+    #[arg(long, value_name = "SECRET")]
+    key_secret: Option<String>,
+    /// On a cluster: the secret holding S3 settings (AWS_ACCESS_KEY_ID=...
+    /// lines).
+    #[arg(long, value_name = "SECRET")]
+    credentials: Option<String>,
+    /// This host's volume, even on a cluster's manager (needs --key-file).
+    #[arg(long)]
+    local: bool,
+}
+
+impl RepoArgs {
+    /// Whether the cluster does it.
+    fn on_cluster(&self, ctx: &Ctx) -> bool {
+        !self.local && self.key_file.is_none() && crate::cluster::volumes::on_cluster(ctx)
+    }
+
+    fn cluster(&self, url: Option<&String>) -> RepoRef {
+        RepoRef {
+            repo: url.cloned(),
+            key_secret: self.key_secret.clone(),
+            credentials: self.credentials.clone(),
+        }
+    }
 }
 
 /// `gantry volume backup`.
 #[derive(Args, Debug)]
 pub(crate) struct BackupArgs {
     /// The repository: an absolute folder, file:///FOLDER or
-    /// s3://BUCKET/PREFIX (made at the first backup).
+    /// s3://BUCKET/PREFIX (made at the first backup; on a cluster, the
+    /// volume's x-gantry backup target when left out).
     #[arg(long, value_name = "URL")]
-    to: String,
+    to: Option<String>,
     #[command(flatten)]
     repo: RepoArgs,
+    /// On a cluster: the node whose volume (when several hold one of
+    /// that name).
+    #[arg(long, value_name = "NODE")]
+    node: Option<String>,
     /// Leave the containers that mount the volume running while it is
     /// read (by default they are frozen for the backup's length, so that
     /// the snapshot is one moment of the volume).
@@ -51,60 +89,13 @@ pub(crate) struct BackupArgs {
     name: String,
 }
 
-/// Containers frozen while a volume is read, thawed when dropped.
-struct Frozen<'a> {
-    rt: &'a gantry_runtime::Runtime,
-    ids: Vec<String>,
-}
-
-impl Drop for Frozen<'_> {
-    fn drop(&mut self) {
-        for id in &self.ids {
-            if let Err(e) = self.rt.freeze(id, false) {
-                eprintln!("Warning: thawing container {id}: {e}");
-            }
-        }
-    }
-}
-
-/// The running containers that mount volume `name`: (id, name).
-fn users_of(rt: &gantry_runtime::Runtime, name: &str) -> Vec<(String, String)> {
-    rt.volume_users(name)
-        .into_iter()
-        .filter(|c| c.state.status == gantry_runtime::Status::Running)
-        .map(|c| (c.config.id, c.config.name))
-        .collect()
-}
-
-/// Runs a hook in each container; the first failure is the error.
-fn hook(
-    rt: &gantry_runtime::Runtime,
-    users: &[(String, String)],
-    cmd: &str,
-    what: &str,
-) -> anyhow::Result<()> {
-    for (id, name) in users {
-        let code = rt.exec(
-            id,
-            &gantry_runtime::ExecOptions {
-                args: vec!["sh".into(), "-c".into(), cmd.to_owned()],
-                ..Default::default()
-            },
-        )?;
-        anyhow::ensure!(
-            code == 0,
-            "the {what} command exited with {code} in container {name}"
-        );
-    }
-    Ok(())
-}
-
 /// `gantry volume backups`.
 #[derive(Args, Debug)]
 pub(crate) struct BackupsArgs {
-    /// The repository.
+    /// The repository (on a cluster, the volume's x-gantry backup target
+    /// when left out).
     #[arg(long, value_name = "URL")]
-    repo: String,
+    repo: Option<String>,
     #[command(flatten)]
     key: RepoArgs,
     /// Output format.
@@ -120,38 +111,60 @@ pub(crate) struct RestoreArgs {
     /// The snapshot: its id, a unique prefix of it, or `latest`.
     #[arg(long, value_name = "ID")]
     from: String,
-    /// The repository.
+    /// The repository (on a cluster, the volume's x-gantry backup target
+    /// when left out).
     #[arg(long, value_name = "URL")]
-    repo: String,
+    repo: Option<String>,
     #[command(flatten)]
     key: RepoArgs,
     /// A new volume to restore into (default: the volume itself, whose
-    /// content the snapshot's replaces once it is wholly restored).
+    /// content the snapshot's replaces once it is wholly restored; no
+    /// container may use it meanwhile).
     #[arg(long, value_name = "VOLUME")]
     to: Option<String>,
+    /// On a cluster: the node to restore on (default: the one that holds
+    /// the volume).
+    #[arg(long, value_name = "NODE")]
+    node: Option<String>,
     /// The volume the snapshot is of.
     name: String,
 }
 
 fn key(a: &RepoArgs) -> anyhow::Result<zeroize::Zeroizing<Vec<u8>>> {
+    let Some(file) = &a.key_file else {
+        anyhow::bail!("give --key-file FILE (on a cluster: --key-secret SECRET)");
+    };
     let k = zeroize::Zeroizing::new(
-        std::fs::read(&a.key_file)
-            .map_err(|e| anyhow::anyhow!("--key-file {}: {e}", a.key_file.display()))?,
+        std::fs::read(file).map_err(|e| anyhow::anyhow!("--key-file {}: {e}", file.display()))?,
     );
     anyhow::ensure!(
         k.len() >= 16,
         "--key-file {}: a key has at least 16 bytes",
-        a.key_file.display()
+        file.display()
     );
     Ok(k)
 }
 
-fn run<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+/// The repository at `url`, opened with `--key-file`; S3 settings from
+/// this process's environment.
+fn target(url: Option<&String>, flag: &str, a: &RepoArgs) -> anyhow::Result<Target> {
+    let Some(url) = url else {
+        anyhow::bail!("give {flag} URL: the repository");
+    };
+    Ok(Target {
+        url: url.to_owned(),
+        key: key(a)?,
+        env: Vec::new(),
+    })
+}
+
+fn run<T>(f: impl std::future::Future<Output = Result<T, String>>) -> anyhow::Result<T> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?
         .block_on(f)
+        .map_err(anyhow::Error::msg)
 }
 
 fn host() -> String {
@@ -161,42 +174,37 @@ fn host() -> String {
 }
 
 pub(crate) fn backup(ctx: &Ctx, a: BackupArgs) -> anyhow::Result<u8> {
-    let rt = ctx.runtime()?;
-    let v = rt.volumes().inspect(&a.name)?;
-    rt.volumes().ensure_mounted(&v)?;
-    let k = key(&a.repo)?;
-    // One moment of the volume: its users frozen while it is read, or
-    // their own commands around it.
-    let users = users_of(&rt, &a.name);
-    if let Some(pre) = &a.pre {
-        if let Err(e) = hook(&rt, &users, pre, "--pre") {
-            if let Some(post) = &a.post {
-                let _ = hook(&rt, &users, post, "--post");
-            }
-            return Err(e);
-        }
-    }
-    let mut frozen = Frozen {
-        rt: &rt,
-        ids: Vec::new(),
+    let (snap, n_frozen) = if a.repo.on_cluster(ctx) {
+        let req = gantry_api::BackupRequest {
+            repo: a.repo.cluster(a.to.as_ref()),
+            node: a.node.clone(),
+            no_freeze: a.no_freeze,
+            pre: a.pre.clone(),
+            post: a.post.clone(),
+        };
+        let done = crate::cluster::volumes::backup(ctx, &a.name, &req)?;
+        (done.snapshot, done.frozen)
+    } else {
+        anyhow::ensure!(
+            a.node.is_none(),
+            "--node is for a cluster (this host's volume: leave it out)"
+        );
+        let rt = Arc::new(ctx.runtime()?);
+        let to = target(a.to.as_ref(), "--to", &a.repo)?;
+        let how = Consistency {
+            no_freeze: a.no_freeze,
+            pre: a.pre.clone(),
+            post: a.post.clone(),
+        };
+        let done = run(gantry_agent::backup::backup(
+            rt,
+            &a.name,
+            &to,
+            &how,
+            &host(),
+        ))?;
+        (done.snapshot, done.frozen)
     };
-    if !a.no_freeze && a.pre.is_none() {
-        for (id, name) in &users {
-            rt.freeze(id, true)
-                .map_err(|e| anyhow::anyhow!("freezing container {name}: {e}"))?;
-            frozen.ids.push(id.clone());
-        }
-    }
-    let snap = run(async {
-        let repo = Arc::new(Repo::open_or_init(&a.to, &k).await?);
-        Ok(gantry_backup::backup(repo, v.mountpoint.clone(), &a.name, &host()).await?)
-    });
-    let n_frozen = frozen.ids.len();
-    drop(frozen);
-    if let Some(post) = &a.post {
-        hook(&rt, &users, post, "--post")?;
-    }
-    let snap = snap?;
     if a.format == Format::Json {
         output::json(&snap)?;
     } else {
@@ -220,15 +228,16 @@ pub(crate) fn backup(ctx: &Ctx, a: BackupArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-pub(crate) fn backups(a: BackupsArgs) -> anyhow::Result<u8> {
-    let k = key(&a.key)?;
-    let list: Vec<Snapshot> = run(async {
-        let repo = Repo::open_or_init(&a.repo, &k).await?;
-        Ok(gantry_backup::snapshots(&repo).await?)
-    })?
-    .into_iter()
-    .filter(|s| s.volume == a.name)
-    .collect();
+pub(crate) fn backups(ctx: &Ctx, a: BackupsArgs) -> anyhow::Result<u8> {
+    let list: Vec<Snapshot> = if a.key.on_cluster(ctx) {
+        let req = gantry_api::BackupsRequest {
+            repo: a.key.cluster(a.repo.as_ref()),
+        };
+        crate::cluster::volumes::backups(ctx, &a.name, &req)?
+    } else {
+        let repo = target(a.repo.as_ref(), "--repo", &a.key)?;
+        run(gantry_agent::backup::snapshots(&a.name, &repo))?
+    };
     if a.format == Format::Json {
         return output::json(&list).map(|()| 0);
     }
@@ -250,86 +259,35 @@ pub(crate) fn backups(a: BackupsArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// Moves what `from` holds into `into` (same filesystem), after removing
-/// everything else `into` holds.
-fn replace_contents(into: &Path, from: &Path) -> std::io::Result<()> {
-    for e in std::fs::read_dir(into)? {
-        let e = e?;
-        if e.path() == from {
-            continue;
-        }
-        if e.file_type()?.is_dir() {
-            std::fs::remove_dir_all(e.path())?;
-        } else {
-            std::fs::remove_file(e.path())?;
-        }
-    }
-    for e in std::fs::read_dir(from)? {
-        let e = e?;
-        std::fs::rename(e.path(), into.join(e.file_name()))?;
-    }
-    let md = std::fs::metadata(from)?;
-    std::fs::set_permissions(into, md.permissions())?;
-    std::os::unix::fs::chown(
-        into,
-        Some(std::os::unix::fs::MetadataExt::uid(&md)),
-        Some(std::os::unix::fs::MetadataExt::gid(&md)),
-    )?;
-    std::fs::remove_dir(from)
-}
-
 pub(crate) fn restore(ctx: &Ctx, a: RestoreArgs) -> anyhow::Result<u8> {
-    let rt = ctx.runtime()?;
-    let vols = rt.volumes();
-    let target = a.to.clone().unwrap_or_else(|| a.name.clone());
-    let in_place = a.to.is_none();
-    let v = if in_place {
-        if let Some(c) = rt.volume_users(&a.name).first() {
-            anyhow::bail!(
-                "volume {} is in use by container {}: stop it to restore in place, or give --to NEW",
-                a.name,
-                c.config.name
-            );
-        }
-        vols.inspect(&a.name)?
+    let (snap, target, node, done) = if a.key.on_cluster(ctx) {
+        let req = gantry_api::RestoreRequest {
+            repo: a.key.cluster(a.repo.as_ref()),
+            from: a.from.clone(),
+            to: a.to.clone(),
+            node: a.node.clone(),
+        };
+        let d = crate::cluster::volumes::restore(ctx, &a.name, &req)?;
+        (d.snapshot, d.volume, format!(" on {}", d.node), d.restored)
     } else {
         anyhow::ensure!(
-            vols.inspect(&target).is_err(),
-            "volume {target} exists: --to names a new volume"
+            a.node.is_none(),
+            "--node is for a cluster (this host's volume: leave it out)"
         );
-        let from = vols.inspect(&a.name).ok();
-        vols.create_with(
-            &target,
-            Default::default(),
-            from.map(|v| v.options).unwrap_or_default(),
-        )?
+        let rt = Arc::new(ctx.runtime()?);
+        let repo = target(a.repo.as_ref(), "--repo", &a.key)?;
+        let (snap, done) = run(gantry_agent::backup::restore(
+            rt,
+            &a.name,
+            &a.from,
+            &repo,
+            a.to.as_deref(),
+        ))?;
+        let target = a.to.clone().unwrap_or_else(|| a.name.clone());
+        (snap, target, String::new(), done)
     };
-    vols.ensure_mounted(&v)?;
-    let k = key(&a.key)?;
-    // Restored beside the content, which it replaces only when whole.
-    let tmp = v.mountpoint.join(".gantry-restore");
-    let _ = std::fs::remove_dir_all(&tmp);
-    let done = run(async {
-        let repo = Arc::new(Repo::open_or_init(&a.repo, &k).await?);
-        let snap = gantry_backup::find(&repo, &a.from, Some(&a.name)).await?;
-        let done = gantry_backup::restore(repo, &snap, tmp.clone()).await?;
-        Ok((snap, done))
-    });
-    let (snap, done) = match done {
-        Ok(d) => d,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            if !in_place {
-                let _ = vols.remove(&target);
-            }
-            return Err(e);
-        }
-    };
-    replace_contents(&v.mountpoint, &tmp)?;
-    // The volume is no longer fresh: an image does not fill it.
-    vols.take_fresh(&target);
     println!(
-        "restored snapshot {} of {} into {target}: {} files, {}",
+        "restored snapshot {} of {} into {target}{node}: {} files, {}",
         &snap.id[..8],
         a.name,
         done.files,

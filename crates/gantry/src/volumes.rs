@@ -101,7 +101,7 @@ pub(crate) fn run(ctx: &Ctx, cmd: VolumeCmd) -> anyhow::Result<u8> {
     use crate::cluster::volumes as cluster;
     let cmd = match cmd {
         VolumeCmd::Backup(a) => return crate::backups::backup(ctx, a),
-        VolumeCmd::Backups(a) => return crate::backups::backups(a),
+        VolumeCmd::Backups(a) => return crate::backups::backups(ctx, a),
         VolumeCmd::Restore(a) => return crate::backups::restore(ctx, a),
         c => c,
     };

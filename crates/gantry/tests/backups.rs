@@ -306,7 +306,7 @@ fn volume_backups_restore_byte_identical_from_s3_and_a_folder() {
         1,
     );
     assert!(
-        e.contains("the --pre command exited with 4 in container writer"),
+        e.contains("the pre command exited with 4 in container writer"),
         "{e}"
     );
     g.ok(&["rm", "-f", "writer"]);

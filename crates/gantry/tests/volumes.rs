@@ -140,3 +140,164 @@ fn the_cluster_knows_its_volumes_and_a_sized_one_holds_its_limit() {
         },
     );
 }
+
+/// The numbers in a writer's sequence file: each line whole and one more
+/// than the line before, from 1.
+fn whole_sequence(text: &str) -> Result<u64, String> {
+    let mut last = 0;
+    for (i, line) in text.lines().enumerate() {
+        let n: u64 = line
+            .parse()
+            .map_err(|_| format!("line {} is torn: {line:?}", i + 1))?;
+        if n != last + 1 {
+            return Err(format!("line {}: {n} after {last}", i + 1));
+        }
+        last = n;
+    }
+    if !text.is_empty() && !text.ends_with('\n') {
+        return Err("the last line is torn".into());
+    }
+    Ok(last)
+}
+
+#[test]
+fn scheduled_backups_keep_their_count_and_restore_on_another_node() {
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let m = metrics.clone();
+    let Some(mut cl) = Cluster::new_with("scheduled_backups", 2, move |_| {
+        (vec!["--manager-metrics".into(), m], None)
+    }) else {
+        return;
+    };
+    for i in 0..2 {
+        cl.start_agent(i);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("backup.key");
+    std::fs::write(&key, "the key of the shop's backups, from a file").unwrap();
+    let repo = dir.path().join("repo");
+    // A writer appends numbers; its volume is backed up every 3 seconds
+    // (a six-field schedule) into a folder, and 2 snapshots are kept.
+    let o = cl.deploy(
+        "shop",
+        &format!(
+            "services:\n  db:\n    image: {}\n    command: [sh, -c, 'i=0; while true; do i=$$((i+1)); echo $$i >> /data/seq; sleep 0.05; done']\n    stop_grace_period: 1s\n    volumes: [\"data:/data\"]\n    deploy:\n      placement: {{constraints: [node.hostname == node-1]}}\nvolumes:\n  data:\n    x-gantry:\n      backup: {{schedule: '*/3 * * * * *', keep: 2, to: 'file://{}', key: bk}}\nsecrets:\n  bk: {{file: {}}}\n",
+            cl.image,
+            repo.display(),
+            key.display()
+        ),
+    );
+    assert!(o.status.success(), "{}", errtext(&o));
+    cl.wait_total("shop_db", 1, Duration::from_secs(60));
+    let mut seen = std::collections::BTreeSet::new();
+    wait_for("four scheduled backups", Duration::from_secs(90), || {
+        let v = cl.json(&["volume", "ls", "--format", "json"]);
+        let b = v
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["name"] == "shop_data"))
+            .map(|x| x["last_backup"].clone())
+            .unwrap_or_default();
+        assert!(b["error"].is_null(), "a scheduled backup failed: {b}");
+        if let Some(id) = b["snapshot"].as_str() {
+            seen.insert(id.to_owned());
+        }
+        if seen.len() >= 4 {
+            Ok(())
+        } else {
+            Err(format!("{seen:?} {b}"))
+        }
+    });
+    // Only the newest 2 stay (a backup may have just added a third, which
+    // its prune then removes).
+    let list = wait_for("the older snapshots to go", Duration::from_secs(30), || {
+        let l = cl.json(&["volume", "backups", "shop_data", "--format", "json"]);
+        match l.as_array().map(Vec::len) {
+            Some(2) => Ok(l),
+            _ => Err(l.to_string()),
+        }
+    });
+    assert_eq!(list[1]["host"], "node-1", "{list}");
+    let table = cl.admin_ok(&["volume", "ls"]);
+    assert!(
+        table.contains("LAST BACKUP") && table.contains(" ago"),
+        "{table}"
+    );
+    // The manager's metrics: the last backup's age and length.
+    let body = metrics_on(&cl.lan.hosts[0], &metrics);
+    promtool_ok(&body);
+    let age = sample(
+        &body,
+        "gantry_volume_backup_age_seconds",
+        &["node=\"node-1\"", "volume=\"shop_data\""],
+    );
+    assert!(age.is_some_and(|a| a < 60.0), "{body}");
+    assert!(
+        sample(
+            &body,
+            "gantry_volume_backup_duration_seconds",
+            &["volume=\"shop_data\""]
+        )
+        .is_some(),
+        "{body}"
+    );
+    // The key is in use by the schedule.
+    let o = cl.admin(&["secret", "rm", "shop_bk"]);
+    assert!(errtext(&o).contains("in use by shop_db"), "{}", errtext(&o));
+    // One asked for: the same settings, through the cluster.
+    let out = cl.admin_ok(&["volume", "backup", "shop_data"]);
+    assert!(
+        out.starts_with("snapshot ") && out.contains("(1 container(s) frozen meanwhile)"),
+        "{out}"
+    );
+    // Restored on the other node into a new volume: a whole prefix of the
+    // writer's sequence (the writer was frozen while it was read).
+    let out = cl.admin_ok(&[
+        "volume",
+        "restore",
+        "shop_data",
+        "--from",
+        "latest",
+        "--to",
+        "shop_copy",
+        "--node",
+        "node-2",
+    ]);
+    assert!(out.contains("into shop_copy on node-2"), "{out}");
+    let copy =
+        std::fs::read_to_string(cl.agents[1].data.path().join("volumes/shop_copy/_data/seq"))
+            .unwrap();
+    let restored = whole_sequence(&copy)
+        .map_err(|e| format!("{e}: {:?}", &copy[..copy.len().min(200)]))
+        .unwrap();
+    let live =
+        std::fs::read_to_string(cl.agents[0].data.path().join("volumes/shop_data/_data/seq"))
+            .unwrap();
+    assert!(
+        live.starts_with(&copy),
+        "the copy is not a prefix of the volume"
+    );
+    assert!(restored > 10, "{restored}");
+    wait_volume(&cl, "shop_copy", "the copy on node-2", |v| {
+        v["hostname"] == "node-2"
+    });
+    // In place is refused while the task runs on it; a bad key is a clear
+    // error.
+    let o = cl.admin(&["volume", "restore", "shop_data", "--from", "latest"]);
+    assert!(
+        errtext(&o).contains("in use by task shop_db.1 on node-1"),
+        "{}",
+        errtext(&o)
+    );
+    let o = cl.admin(&["volume", "backups", "shop_data", "--key-secret", "nope"]);
+    assert!(
+        errtext(&o).contains("no such secret: nope"),
+        "{}",
+        errtext(&o)
+    );
+    let o = cl.admin(&["volume", "backup", "shop_copy"]);
+    assert!(
+        errtext(&o).contains("has no backup settings"),
+        "{}",
+        errtext(&o)
+    );
+}

@@ -1,4 +1,4 @@
-//! `gantry volume ls|inspect|rm` on a cluster (this host holds the admin
+//! `gantry volume ls|inspect|rm|backup|backups|restore` on a cluster (this host holds the admin
 //! credential, or `-H` names a manager): every volume on every node, its
 //! size and limit as its node last measured them, and the services and
 //! tasks that mount it; `rm` is refused while any mounts it.
@@ -37,9 +37,11 @@ pub(crate) fn ls(ctx: &Ctx, quiet: bool, format: Format) -> anyhow::Result<u8> {
             "FREE",
             "SERVICES",
             "TASKS",
+            "LAST BACKUP",
         ],
         list.into_iter()
             .map(|v| {
+                let backup = last_backup(&v);
                 vec![
                     v.name,
                     if v.node_up {
@@ -56,11 +58,27 @@ pub(crate) fn ls(ctx: &Ctx, quiet: bool, format: Format) -> anyhow::Result<u8> {
                         v.services.join(",")
                     },
                     v.tasks.len().to_string(),
+                    backup,
                 ]
             })
             .collect(),
     );
     Ok(0)
+}
+
+/// `5 minutes ago`, `failed (2 in a row)`, `none yet` (scheduled) or
+/// `-`.
+fn last_backup(v: &VolumeView) -> String {
+    let at = |ms: u64| {
+        chrono::DateTime::from_timestamp_millis(i64::try_from(ms).unwrap_or(i64::MAX))
+            .map_or_else(|| "-".into(), |t| format!("{} ago", output::ago(t)))
+    };
+    match (&v.last_backup, &v.backup_schedule) {
+        (Some(b), _) if b.error.is_none() => at(b.at_ms),
+        (Some(b), _) => format!("failed ({} in a row)", b.failures),
+        (None, Some(_)) => "none yet".into(),
+        (None, None) => "-".into(),
+    }
 }
 
 pub(crate) fn inspect(ctx: &Ctx, names: &[String]) -> anyhow::Result<u8> {
@@ -89,4 +107,34 @@ pub(crate) fn rm(ctx: &Ctx, names: &[String]) -> anyhow::Result<u8> {
         }
     }
     Ok(u8::from(failed))
+}
+
+/// `POST /v1/volumes/{name}/backup`.
+pub(crate) fn backup(
+    ctx: &Ctx,
+    name: &str,
+    req: &gantry_api::BackupRequest,
+) -> anyhow::Result<gantry_api::BackupDone> {
+    let c = client(ctx)?;
+    call(c.post_long(&format!("/v1/volumes/{name}/backup"), req))
+}
+
+/// `POST /v1/volumes/{name}/backups`.
+pub(crate) fn backups(
+    ctx: &Ctx,
+    name: &str,
+    req: &gantry_api::BackupsRequest,
+) -> anyhow::Result<Vec<gantry_api::Snapshot>> {
+    let c = client(ctx)?;
+    call(c.post_long(&format!("/v1/volumes/{name}/backups"), req))
+}
+
+/// `POST /v1/volumes/{name}/restore`.
+pub(crate) fn restore(
+    ctx: &Ctx,
+    name: &str,
+    req: &gantry_api::RestoreRequest,
+) -> anyhow::Result<gantry_api::RestoreDone> {
+    let c = client(ctx)?;
+    call(c.post_long(&format!("/v1/volumes/{name}/restore"), req))
 }
