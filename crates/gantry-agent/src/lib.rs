@@ -33,6 +33,7 @@ mod reports;
 mod sim;
 mod stats;
 mod tasks;
+mod volume_copy;
 mod volume_jobs;
 mod volumes;
 

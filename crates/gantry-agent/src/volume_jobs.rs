@@ -2,7 +2,9 @@
 //! certificates only): `DELETE /volumes/NAME` removes one no container
 //! uses; `POST /volumes/NAME/job` backs one up, lists its snapshots,
 //! restores one, or prunes its repository ([`gantry_api::NodeVolumeJob`],
-//! with the key's value, which goes no further than this process).
+//! with the key's value, which goes no further than this process), or
+//! lists it for a copy; `POST /volumes/NAME/export` and `.../import` are
+//! the two ends of a copy between nodes, which the manager joins.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -50,17 +52,19 @@ pub(crate) async fn handle(
     let Some(rt) = rt else {
         return status(StatusCode::NOT_FOUND);
     };
-    let (name, job) = match rest.split_once('/') {
-        Some((n, "job")) => (n.to_owned(), true),
+    let (name, what) = match rest.split_once('/') {
+        Some((n, w @ ("job" | "export" | "import"))) => (n.to_owned(), w),
         Some(_) => return status(StatusCode::NOT_FOUND),
-        None => (rest.to_owned(), false),
+        None => (rest.to_owned(), ""),
     };
     if !gantry_api::valid_volume_name(&name) {
         return status(StatusCode::BAD_REQUEST);
     }
-    match (req.method().clone(), job) {
-        (hyper::Method::DELETE, false) => remove(rt, name).await,
-        (hyper::Method::POST, true) => {
+    match (req.method().clone(), what) {
+        (hyper::Method::DELETE, "") => remove(rt, name).await,
+        (hyper::Method::POST, "export") => export(rt, name, req).await,
+        (hyper::Method::POST, "import") => import(rt, name, req).await,
+        (hyper::Method::POST, "job") => {
             let body = match http_body_util::Limited::new(req.into_body(), MAX_JOB)
                 .collect()
                 .await
@@ -74,6 +78,102 @@ pub(crate) async fn handle(
             }
         }
         _ => status(StatusCode::METHOD_NOT_ALLOWED),
+    }
+}
+
+/// The largest listing a copy sends.
+const MAX_LISTING: usize = 64 << 20;
+
+/// The volume's folder, mounted.
+fn folder(rt: &gantry_runtime::Runtime, name: &str) -> Result<std::path::PathBuf, String> {
+    let v = rt.volumes().inspect(name).map_err(|e| e.to_string())?;
+    if v.options.contains_key("device") {
+        return Err(format!(
+            "volume {name} is mounted from {}: there is nothing of it here to copy",
+            v.options["device"]
+        ));
+    }
+    rt.volumes().ensure_mounted(&v).map_err(|e| e.to_string())?;
+    Ok(v.mountpoint)
+}
+
+/// `POST /volumes/NAME/export`: a tar of what differs from the listing
+/// sent (see `volume_copy.rs`), streamed as it is made.
+async fn export(
+    rt: Arc<gantry_runtime::Runtime>,
+    name: String,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_LISTING)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return status(StatusCode::PAYLOAD_TOO_LARGE),
+    };
+    let have: gantry_api::CopyListing = match serde_json::from_slice(&body) {
+        Ok(h) => h,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("listing: {e}")),
+    };
+    let root = match folder(&rt, &name) {
+        Ok(r) => r,
+        Err(e) => return text(StatusCode::CONFLICT, e),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
+    tokio::task::spawn_blocking(move || {
+        let out = ChanWriter(tx.clone());
+        let out = std::io::BufWriter::with_capacity(256 << 10, out);
+        if let Err(e) = crate::volume_copy::export(&root, &have, out) {
+            tracing::warn!(volume = name, "exporting a volume: {e}");
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|r| (r.map(hyper::body::Frame::data), rx))
+    });
+    Response::new(http_body_util::StreamBody::new(stream).boxed())
+}
+
+/// Bytes written go down a channel.
+struct ChanWriter(tokio::sync::mpsc::Sender<std::io::Result<Bytes>>);
+
+impl std::io::Write for ChanWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
+            .map_err(|_| std::io::Error::other("the reader went"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `POST /volumes/NAME/import`: a volume made what the stream says.
+async fn import(
+    rt: Arc<gantry_runtime::Runtime>,
+    name: String,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let root = match folder(&rt, &name) {
+        Ok(r) => r,
+        Err(e) => return text(StatusCode::CONFLICT, e),
+    };
+    use futures::TryStreamExt;
+    let frames = TryStreamExt::map_err(
+        http_body_util::BodyStream::new(req.into_body()),
+        std::io::Error::other,
+    )
+    .try_filter_map(|f| futures::future::ready(Ok(f.into_data().ok())));
+    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(frames));
+    let done = tokio::task::spawn_blocking(move || crate::volume_copy::import(&root, reader)).await;
+    match done {
+        Ok(Ok(d)) => json(&d),
+        Ok(Err(e)) => text(StatusCode::CONFLICT, format!("volume {name}: {e}")),
+        Err(_) => status(StatusCode::INTERNAL_SERVER_ERROR),
     }
 }
 
@@ -105,6 +205,7 @@ async fn run(
 ) -> Response<Body> {
     use gantry_api::NodeVolumeJob as J;
     let fail = |e: String| text(StatusCode::CONFLICT, e);
+    let name_owned = name.to_owned();
     match job {
         J::Backup {
             repo,
@@ -159,6 +260,24 @@ async fn run(
                     restored,
                 }),
                 Err(e) => fail(e),
+            }
+        }
+        J::Listing { options } => {
+            let done = tokio::task::spawn_blocking(move || {
+                let vols = rt.volumes();
+                let name = name_owned;
+                if vols.inspect(&name).is_err() {
+                    vols.create_with(&name, Default::default(), options)
+                        .map_err(|e| e.to_string())?;
+                }
+                let root = folder(&rt, &name)?;
+                crate::volume_copy::listing(&root).map_err(|e| e.to_string())
+            })
+            .await;
+            match done {
+                Ok(Ok(l)) => json(&l),
+                Ok(Err(e)) => fail(e),
+                Err(_) => status(StatusCode::INTERNAL_SERVER_ERROR),
             }
         }
         J::Prune { repo, keep } => match target(repo) {

@@ -144,6 +144,13 @@ pub enum NodeVolumeJob {
         #[serde(default)]
         to: Option<String>,
     },
+    /// List what it holds (made first, with `options`, when it is not
+    /// here), for a copy into it.
+    Listing {
+        /// The options it is made with.
+        #[serde(default)]
+        options: std::collections::BTreeMap<String, String>,
+    },
     /// Keep its newest `keep` snapshots and give back the space of the
     /// others.
     Prune {
@@ -152,6 +159,34 @@ pub enum NodeVolumeJob {
         /// How many stay.
         keep: u64,
     },
+}
+
+// A volume copied between nodes (`gantry volume move`): the receiver's
+// listing, and what an import did.
+
+/// What one entry is, as the quick check compares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyStat {
+    /// `d`, `f`, `l` (link) or `o` (other, left out).
+    pub kind: char,
+    /// Bytes (files).
+    pub size: u64,
+    /// Modification time, ns.
+    pub mtime_ns: i64,
+}
+
+/// Every entry under a folder, by path relative to it (`/`-separated).
+pub type CopyListing = std::collections::BTreeMap<String, CopyStat>;
+
+/// What an import did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyImported {
+    /// Entries written.
+    pub written: u64,
+    /// File bytes written.
+    pub bytes: u64,
+    /// Entries removed (the sender no longer has them).
+    pub removed: u64,
 }
 
 /// A node's answer to [`NodeVolumeJob::Prune`].

@@ -166,7 +166,12 @@ pub fn snapshot(state: &State) -> Cluster {
             }
         }
     }
-    let volumes: BTreeMap<String, String> = volumes.into_iter().map(|(v, (_, n))| (v, n)).collect();
+    let mut volumes: BTreeMap<String, String> =
+        volumes.into_iter().map(|(v, (_, n))| (v, n)).collect();
+    // A volume moved lives where it was moved to.
+    for (v, n) in &state.volume_homes {
+        volumes.insert(v.clone(), n.clone());
+    }
     let tasks: Vec<Assigned> = state
         .tasks
         .values()
@@ -537,6 +542,22 @@ pub fn reconcile_in(
         .collect();
     if !restamp.is_empty() {
         return Ok(restamp);
+    }
+
+    // A paused service (its volume is restored or moved) has no task.
+    if let Some(why) = &rec.paused {
+        for t in tasks.iter().copied().filter(|t| live(t)) {
+            out.push(shutdown(t, &format!("paused: {why}")));
+            if let Some(n) = &t.node {
+                cluster.remove(&Assigned {
+                    node: n.clone(),
+                    service: name.to_owned(),
+                    reservations: spec.reservations,
+                    host_ports: spec.host_ports.clone(),
+                });
+            }
+        }
+        return Ok(out);
     }
 
     // Live tasks whose node can no longer hold them go, and their slots

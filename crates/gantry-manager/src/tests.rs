@@ -261,6 +261,81 @@ fn drain_moves_tasks_off_a_node() {
 }
 
 #[test]
+fn a_paused_service_has_no_task_and_comes_back_as_it_was() {
+    let mut st = cluster(3, WEB6);
+    converge(&mut st, "web", 0);
+    let version = st.services["web"].version;
+    st.apply(&Command::PauseService {
+        name: "web".into(),
+        reason: Some("volume web_data is being restored".into()),
+    })
+    .unwrap();
+    converge(&mut st, "web", 10);
+    assert!(running_per_node(&st, "web").is_empty());
+    assert!(st
+        .tasks
+        .values()
+        .all(|t| t.message == "paused: volume web_data is being restored"));
+    // A deploy meanwhile keeps it paused.
+    put_stack(
+        &mut st,
+        "services:\n  web:\n    image: web:2\n    deploy:\n      replicas: 6\n",
+    );
+    converge(&mut st, "web", 15);
+    assert!(running_per_node(&st, "web").is_empty());
+    st.apply(&Command::PauseService {
+        name: "web".into(),
+        reason: None,
+    })
+    .unwrap();
+    converge(&mut st, "web", 20);
+    assert_eq!(running_per_node(&st, "web").values().sum::<usize>(), 6);
+    assert_eq!(st.services["web"].version, version + 1);
+    assert_eq!(images(&st).get("web:2"), Some(&6), "{:?}", images(&st));
+}
+
+#[test]
+fn a_moved_volume_takes_its_service_with_it() {
+    let mut st = cluster(
+        3,
+        "services:\n  db:\n    image: db:1\n    volumes: [\"data:/data\"]\nvolumes:\n  data: {}\n",
+    );
+    converge(&mut st, "db", 0);
+    let before: Vec<String> = running_per_node(&st, "db").into_keys().collect();
+    assert_eq!(before.len(), 1);
+    let to = if before[0] == "n3" { "n2" } else { "n3" };
+    // Stopped, the volume's home set elsewhere, and resumed: the task
+    // follows the volume, not where the last one ran.
+    st.apply(&Command::PauseService {
+        name: "db".into(),
+        reason: Some("volume app_data is moving".into()),
+    })
+    .unwrap();
+    converge(&mut st, "db", 10);
+    st.apply(&Command::SetVolumeHome {
+        volume: "app_data".into(),
+        node: Some(to.into()),
+    })
+    .unwrap();
+    st.apply(&Command::PauseService {
+        name: "db".into(),
+        reason: None,
+    })
+    .unwrap();
+    converge(&mut st, "db", 20);
+    let after: Vec<String> = running_per_node(&st, "db").into_keys().collect();
+    assert_eq!(after, vec![to.to_owned()]);
+    assert_eq!(
+        st.apply(&Command::SetVolumeHome {
+            volume: "app_data".into(),
+            node: Some("n9".into()),
+        })
+        .unwrap_err(),
+        gantry_state::Rejected::NoSuchNode("n9".into())
+    );
+}
+
+#[test]
 fn scaling_down_and_up() {
     let mut st = cluster(3, WEB6);
     converge(&mut st, "web", 0);

@@ -37,6 +37,7 @@ pub fn touched(before: &State, after: &State, cmds: &[Command]) -> Touched {
         match cmd {
             Command::PutService { name, .. }
             | Command::SetUpdate { name, .. }
+            | Command::PauseService { name, .. }
             | Command::RollbackService { name, .. }
             | Command::RemoveService { name } => {
                 out.services.insert(name.clone());
@@ -60,7 +61,8 @@ pub fn touched(before: &State, after: &State, cmds: &[Command]) -> Touched {
             | Command::SetNodeHeld { .. }
             | Command::SetAvailability { .. }
             | Command::SetLabels { .. }
-            | Command::RemoveNode { .. } => out.all = true,
+            | Command::RemoveNode { .. }
+            | Command::SetVolumeHome { .. } => out.all = true,
             Command::SetMeta { key, .. } if key == DEFAULT_STRATEGY_KEY => out.all = true,
             _ => {}
         }

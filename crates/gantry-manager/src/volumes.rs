@@ -176,6 +176,7 @@ pub(crate) mod tests {
             previous: None,
             update: Default::default(),
             vip: None,
+            paused: None,
         }
     }
 

@@ -93,6 +93,13 @@ pub enum Command {
         /// Now, milliseconds since the epoch.
         at_ms: u64,
     },
+    /// Hold a service with no task, or let it run again (`reason` none).
+    PauseService {
+        /// The service.
+        name: String,
+        /// Why it is held.
+        reason: Option<String>,
+    },
     /// Remove a service and its tasks.
     RemoveService {
         /// The service.
@@ -180,6 +187,14 @@ pub enum Command {
     RemoveRegistryUser {
         /// The user.
         name: String,
+    },
+    /// Where a volume lives now (`gantry volume move`), over where its
+    /// service's tasks last ran; none forgets it.
+    SetVolumeHome {
+        /// The volume.
+        volume: String,
+        /// The node.
+        node: Option<String>,
     },
     /// How a volume's last backup went.
     PutBackup(BackupRecord),
@@ -298,6 +313,9 @@ pub struct State {
     /// Its password users, by name.
     #[serde(default)]
     pub registry_users: BTreeMap<String, RegistryUser>,
+    /// Where volumes moved to live, by volume name (node ids).
+    #[serde(default)]
+    pub volume_homes: BTreeMap<String, String>,
     /// The volumes' last backups, by [`BackupRecord::key`].
     #[serde(default)]
     pub backups: BTreeMap<String, BackupRecord>,
@@ -329,6 +347,7 @@ enum Key {
     Repo(String),
     RegistryUser(String),
     Backup(String),
+    VolumeHome(String),
 }
 
 /// The entries a batch of commands can change, as they were before it:
@@ -428,6 +447,7 @@ impl State {
                 .collect(),
             Command::PutService { name, .. }
             | Command::SetUpdate { name, .. }
+            | Command::PauseService { name, .. }
             | Command::RollbackService { name, .. } => vec![Key::Service(name.clone())],
             Command::RemoveService { name } => std::iter::once(Key::Service(name.clone()))
                 .chain(self.tasks_of(name).map(|t| Key::Task(t.id.clone())))
@@ -455,6 +475,7 @@ impl State {
             Command::PutRegistryUser(u) => vec![Key::RegistryUser(u.name.clone())],
             Command::RemoveRegistryUser { name } => vec![Key::RegistryUser(name.clone())],
             Command::PutBackup(r) => vec![Key::Backup(r.key())],
+            Command::SetVolumeHome { volume, .. } => vec![Key::VolumeHome(volume.clone())],
             Command::RemoveBackup { key } => vec![Key::Backup(key.clone())],
         }
     }
@@ -489,6 +510,7 @@ impl State {
                         copy_entry(&mut st.registry_users, &self.registry_users, id)
                     }
                     Key::Backup(id) => copy_entry(&mut st.backups, &self.backups, id),
+                    Key::VolumeHome(id) => copy_entry(&mut st.volume_homes, &self.volume_homes, id),
                 }
                 b.keys.push(k);
             }
@@ -521,6 +543,7 @@ impl State {
                     copy_entry(&mut self.registry_users, &b.registry_users, id)
                 }
                 Key::Backup(id) => copy_entry(&mut self.backups, &b.backups, id),
+                Key::VolumeHome(id) => copy_entry(&mut self.volume_homes, &b.volume_homes, id),
             }
         }
     }
@@ -575,6 +598,16 @@ impl State {
             }
             Command::PutRegistryUser(_) | Command::PutBackup(_) | Command::RemoveBackup { .. } => {
                 Ok(())
+            }
+            Command::SetVolumeHome { node: None, .. } => Ok(()),
+            Command::SetVolumeHome {
+                node: Some(node), ..
+            } => {
+                if self.nodes.contains_key(node) {
+                    Ok(())
+                } else {
+                    Err(Rejected::NoSuchNode(node.clone()))
+                }
             }
             Command::RemoveRegistryUser { name } => {
                 if self.registry_users.contains_key(name) {
@@ -634,7 +667,9 @@ impl State {
                 }
                 Ok(())
             }
-            Command::RemoveService { name } | Command::SetUpdate { name, .. } => {
+            Command::RemoveService { name }
+            | Command::SetUpdate { name, .. }
+            | Command::PauseService { name, .. } => {
                 if self.services.contains_key(name) {
                     Ok(())
                 } else {
@@ -730,6 +765,7 @@ impl State {
                             previous: Some((old.version, old.spec.clone())),
                             update: UpdateStatus::Updating { since_ms: 0 },
                             vip: old.vip,
+                            paused: old.paused.clone(),
                         }
                     }
                     None => ServiceRecord {
@@ -740,6 +776,7 @@ impl State {
                         previous: None,
                         update: UpdateStatus::Completed,
                         vip: None,
+                        paused: None,
                     },
                 };
                 if rec.vip.is_none() {
@@ -750,6 +787,11 @@ impl State {
             Command::SetUpdate { name, status } => {
                 if let Some(s) = self.services.get_mut(&name) {
                     s.update = status;
+                }
+            }
+            Command::PauseService { name, reason } => {
+                if let Some(s) = self.services.get_mut(&name) {
+                    s.paused = reason;
                 }
             }
             Command::RollbackService {
@@ -837,6 +879,14 @@ impl State {
             Command::PutBackup(r) => {
                 self.backups.insert(r.key(), r);
             }
+            Command::SetVolumeHome { volume, node } => match node {
+                Some(n) => {
+                    self.volume_homes.insert(volume, n);
+                }
+                None => {
+                    self.volume_homes.remove(&volume);
+                }
+            },
             Command::RemoveBackup { key } => {
                 self.backups.remove(&key);
             }

@@ -88,6 +88,10 @@ pub struct ServiceRecord {
     /// rollback or a mode changed back and forth finds the same address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vip: Option<std::net::Ipv4Addr>,
+    /// Held with no task, and why (its volume is being restored or
+    /// moved); its spec is untouched, and it comes back as it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
 }
 
 /// The rollout of a service's current version.
