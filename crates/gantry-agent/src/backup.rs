@@ -213,7 +213,8 @@ fn replace_contents(into: &Path, from: &Path) -> std::io::Result<()> {
 
 /// Restores snapshot `from` (an id, a prefix of one, or `latest`) of
 /// volume `name` into volume `to` (made now, with `name`'s options when
-/// this host has it), or in place (refused while a container uses it).
+/// this host has it), or in place (refused while a container that mounts
+/// it runs; a stopped one sees the restored content when it starts).
 pub async fn restore(
     rt: Arc<Runtime>,
     name: &str,
@@ -225,7 +226,12 @@ pub async fn restore(
     let target = to.unwrap_or(name).to_owned();
     let v = match to {
         None => {
-            if let Some(c) = rt.volume_users(name).first() {
+            if let Some(c) = rt.volume_users(name).iter().find(|c| {
+                matches!(
+                    c.state.status,
+                    gantry_runtime::Status::Running | gantry_runtime::Status::Restarting
+                )
+            }) {
                 return Err(format!(
                     "volume {name} is in use by container {}: stop it to restore in place, or give a new volume to restore into",
                     c.config.name

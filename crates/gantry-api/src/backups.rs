@@ -189,6 +189,38 @@ pub struct CopyImported {
     pub removed: u64,
 }
 
+/// `POST /v1/volumes/{name}/move`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveRequest {
+    /// The node to move it to (an id, a prefix, or a host name); none:
+    /// the manager picks one where its services may run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// The node it is on, when several hold one of that name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+/// `POST /v1/volumes/{name}/move`: what moved where, and how long its
+/// services were stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveDone {
+    /// The volume.
+    pub volume: String,
+    /// The host name it left.
+    pub from: String,
+    /// The host name it is on now.
+    pub to: String,
+    /// The copy while its services ran.
+    pub first: CopyImported,
+    /// The copy with them stopped.
+    pub last: CopyImported,
+    /// The services stopped for the last copy.
+    pub stopped: Vec<String>,
+    /// How long they were stopped, ms.
+    pub stopped_ms: u64,
+}
+
 /// A node's answer to [`NodeVolumeJob::Prune`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PruneDone {

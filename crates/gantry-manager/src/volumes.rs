@@ -60,8 +60,8 @@ pub fn users(s: &State, name: &str, node: Option<&str>) -> (Vec<String>, Vec<Str
     (services, tasks)
 }
 
-/// Every volume on every node: those the state knows a node has, and
-/// those its latest measurement lists, with their figures.
+/// Every volume on every node, as the node's list has them, with the
+/// figures of its latest measurement.
 pub fn views(s: &State, reports: &HashMap<String, HeldVolumes>) -> Vec<VolumeView> {
     // name -> services that mount it.
     let mut by_name: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -92,12 +92,9 @@ pub fn views(s: &State, reports: &HashMap<String, HeldVolumes>) -> Vec<VolumeVie
         let stats: BTreeMap<&str, &VolumeStat> = report
             .map(|r| r.volumes.values().map(|v| (v.name.as_str(), v)).collect())
             .unwrap_or_default();
-        let names: BTreeSet<&str> = n
-            .volumes
-            .iter()
-            .map(String::as_str)
-            .chain(stats.keys().copied())
-            .collect();
+        // The node's list says which it has (it sends it as soon as it
+        // changes); a measurement only adds figures, and may be older.
+        let names: BTreeSet<&str> = n.volumes.iter().map(String::as_str).collect();
         for name in names {
             let st = stats.get(name);
             let mut tasks = running
@@ -130,6 +127,42 @@ pub fn views(s: &State, reports: &HashMap<String, HeldVolumes>) -> Vec<VolumeVie
     }
     out.sort_by(|a, b| (&a.name, &a.hostname).cmp(&(&b.name, &b.hostname)));
     out
+}
+
+/// Where node `from`'s volume `name` can move (`gantry volume move`
+/// without a node, `node drain --with-volumes`): an up, active node other
+/// than `from` where every service that mounts it may run (constraints,
+/// room) and whose disk has room for `used` bytes and a tenth more; of
+/// those, the one with the most free disk. A node that runs another of
+/// the services' tasks is no target (it has its own volume of that name).
+pub fn move_target(s: &State, name: &str, from: &str, used: u64) -> Result<String, String> {
+    let mut ok: BTreeSet<String> = s
+        .nodes
+        .values()
+        .filter(|n| n.id != from && n.up && n.availability == gantry_sched::Availability::Active)
+        .map(|n| n.id.clone())
+        .collect();
+    for r in s.services.values() {
+        if !mounted(&r.spec, &r.stack).contains(name) {
+            continue;
+        }
+        let mut spec =
+            crate::reconcile::task_spec(&r.name, &r.stack, &r.spec, gantry_sched::Strategy::Spread);
+        // The volume goes with it.
+        spec.volumes.clear();
+        let (targets, _) = crate::reconcile::snapshot(s).global_targets(&spec);
+        let here: BTreeSet<String> = targets.into_iter().collect();
+        ok.retain(|n| here.contains(n));
+    }
+    let room = used.saturating_add(used / 10);
+    ok.into_iter()
+        .filter_map(|id| s.nodes.get(&id))
+        .filter(|n| n.disk == 0 || n.disk > room)
+        .max_by_key(|n| (n.disk, std::cmp::Reverse(n.id.clone())))
+        .map(|n| n.id.clone())
+        .ok_or_else(|| {
+            format!("volume {name}: no other node can take it and run its services (constraints, room, disk)")
+        })
 }
 
 #[cfg(test)]
@@ -216,24 +249,49 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_volume_moves_where_its_services_may_run_and_there_is_room() {
+        let mut s = state();
+        s.nodes.insert("n3".into(), node("n3", &[]));
+        s.nodes.get_mut("n2").unwrap().disk = 10 << 30;
+        s.nodes.get_mut("n3").unwrap().disk = 50 << 30;
+        assert_eq!(move_target(&s, "shop_db", "n1", 1 << 30).unwrap(), "n3");
+        // Too big for n3's disk: n2 cannot hold it either.
+        assert!(move_target(&s, "shop_db", "n1", 48 << 30)
+            .unwrap_err()
+            .contains("no other node"));
+        // The service may not run on n3.
+        let db = s.services.get_mut("shop_db").unwrap();
+        db.spec.constraints = vec!["node.hostname != host-n3".into()];
+        assert_eq!(move_target(&s, "shop_db", "n1", 1 << 30).unwrap(), "n2");
+        s.nodes.get_mut("n2").unwrap().up = false;
+        assert!(move_target(&s, "shop_db", "n1", 1 << 30).is_err());
+    }
+
+    #[test]
     fn views_join_the_nodes_volumes_users_and_figures() {
-        let s = state();
+        let mut s = state();
+        // n2 lists "fresh"; a measurement of "gone", no longer listed
+        // (removed since), is left out.
+        s.nodes.get_mut("n2").unwrap().volumes = ["fresh".to_owned()].into();
         let mut reports = HashMap::new();
         let mut held = HeldVolumes::default();
         held.take(gantry_api::VolumeReport {
             time_ms: 7,
             partial: false,
             gone: vec![],
-            volumes: vec![VolumeStat {
-                name: "fresh".into(),
-                mountpoint: "/d/fresh/_data".into(),
-                used: 4096,
-                limit: Some(1 << 30),
-                free: Some(1 << 29),
-                created: "t".into(),
-                labels: BTreeMap::new(),
-                options: BTreeMap::new(),
-            }],
+            volumes: ["fresh", "gone"]
+                .into_iter()
+                .map(|n| VolumeStat {
+                    name: n.into(),
+                    mountpoint: format!("/d/{n}/_data"),
+                    used: 4096,
+                    limit: Some(1 << 30),
+                    free: Some(1 << 29),
+                    created: "t".into(),
+                    labels: BTreeMap::new(),
+                    options: BTreeMap::new(),
+                })
+                .collect(),
         });
         reports.insert("n2".to_owned(), held);
         let v = views(&s, &reports);

@@ -272,6 +272,10 @@ fn router(sh: Arc<Shared>) -> Router {
             post(crate::volume_backups::restore),
         )
         .route(
+            "/v1/volumes/{name}/move",
+            post(crate::volume_move::move_volume),
+        )
+        .route(
             "/v1/nodes/{id}",
             get(crate::nodes::node_inspect)
                 .post(crate::nodes::node_update)

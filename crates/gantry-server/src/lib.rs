@@ -35,6 +35,7 @@ mod setup;
 mod stacks;
 mod unlock;
 mod volume_backups;
+mod volume_move;
 mod volumes;
 
 use std::collections::HashMap;

@@ -152,7 +152,7 @@ fn node_repo(sh: &Shared, r: &Resolved) -> Result<NodeRepo, Fail> {
 }
 
 /// Asks `node`'s agent to do `job` on its volume `volume`.
-async fn on_node<T: serde::de::DeserializeOwned>(
+pub(crate) async fn on_node<T: serde::de::DeserializeOwned>(
     sh: &Shared,
     node: &NodeRecord,
     volume: &str,
@@ -222,7 +222,7 @@ fn nodes_for(sh: &Shared, volume: &str, want: Option<&str>) -> Result<Vec<NodeRe
 }
 
 /// The one node that holds `volume` (or the one named).
-fn holder(sh: &Shared, volume: &str, want: Option<&str>) -> Result<NodeRecord, Fail> {
+pub(crate) fn holder(sh: &Shared, volume: &str, want: Option<&str>) -> Result<NodeRecord, Fail> {
     let mut nodes = nodes_for(sh, volume, want)?;
     match nodes.len() {
         1 => Ok(nodes.remove(0)),
@@ -370,7 +370,8 @@ pub(crate) async fn backups(
 }
 
 /// `POST /v1/volumes/{name}/restore`: on the node named, or the one that
-/// holds the volume; in place only when no task there mounts it.
+/// holds the volume; in place, the services whose tasks there mount it
+/// are paused meanwhile.
 pub(crate) async fn restore(
     State(sh): State<Arc<Shared>>,
     Extension(peer): Extension<Peer>,
@@ -385,18 +386,25 @@ pub(crate) async fn restore(
     }
     let node = holder(&sh, &name, req.node.as_deref())?;
     let mut to = req.to.clone();
+    let r = resolve(&sh, &name, &req.repo)?;
+    let repo = node_repo(&sh, &r)?;
+    let _held = sh
+        .backup_jobs
+        .try_hold(&r.url)
+        .ok_or_else(|| busy(&r.url))?;
+    // In place: the services whose tasks there mount it stop meanwhile,
+    // and start again after.
+    let mut _paused = None;
     if to.is_none() {
-        let (_, tasks) = sh.read(|s| gantry_manager::volumes::users(s, &name, Some(&node.id)));
-        if !tasks.is_empty() {
-            return Err(Fail(
-                StatusCode::CONFLICT,
-                format!(
-                    "volume {name} is in use by task {} on {}: scale its service to 0 to restore in place, or restore into a new volume",
-                    tasks.join(", "),
-                    node.hostname
-                ),
-            ));
-        }
+        _paused = Some(
+            crate::volume_move::pause_users(
+                &sh,
+                &name,
+                &node,
+                &format!("volume {name} is being restored"),
+            )
+            .await?,
+        );
         // A node without the volume gets it made.
         if !crate::volumes::holders(&sh, &name)
             .iter()
@@ -405,12 +413,6 @@ pub(crate) async fn restore(
             to = Some(name.clone());
         }
     }
-    let r = resolve(&sh, &name, &req.repo)?;
-    let repo = node_repo(&sh, &r)?;
-    let _held = sh
-        .backup_jobs
-        .try_hold(&r.url)
-        .ok_or_else(|| busy(&r.url))?;
     let job = NodeVolumeJob::Restore {
         repo,
         from: req.from.clone(),

@@ -26,14 +26,24 @@ pub(crate) async fn volumes(
     ))
 }
 
-/// The nodes that hold volume `name`: those the state says have it, and
-/// those whose last measurement lists it.
-pub(crate) fn holders(sh: &Shared, name: &str) -> Vec<gantry_store::NodeRecord> {
+/// Volume `name` on every node that holds it.
+pub(crate) fn views_of(sh: &Shared, name: &str) -> Vec<VolumeView> {
     let reports = sh.volumes.lock().expect("volumes lock").clone();
     sh.read(|s| {
         gantry_manager::volumes::views(s, &reports)
             .into_iter()
             .filter(|v| v.name == name)
+            .collect()
+    })
+}
+
+/// The nodes that hold volume `name`: those the state says have it, and
+/// those whose last measurement lists it.
+pub(crate) fn holders(sh: &Shared, name: &str) -> Vec<gantry_store::NodeRecord> {
+    let views = views_of(sh, name);
+    sh.read(|s| {
+        views
+            .iter()
             .filter_map(|v| s.nodes.get(&v.node).cloned())
             .collect()
     })
@@ -108,8 +118,13 @@ pub(crate) async fn volume_rm(
     }))
 }
 
-/// Asks `node`'s agent to remove the volume.
-async fn remove_on(sh: &Shared, node: &gantry_store::NodeRecord, name: &str) -> Result<(), String> {
+/// Asks `node`'s agent to remove the volume (refused while a container
+/// there mounts it).
+pub(crate) async fn remove_on(
+    sh: &Shared,
+    node: &gantry_store::NodeRecord,
+    name: &str,
+) -> Result<(), String> {
     let (client, base) = crate::builds::node_client(sh, node)?;
     let resp = client
         .delete(format!("{base}/volumes/{name}"))
@@ -118,6 +133,10 @@ async fn remove_on(sh: &Shared, node: &gantry_store::NodeRecord, name: &str) -> 
         .await
         .map_err(|e| gantry_image::registry::error_chain(&e))?;
     if resp.status().is_success() {
+        // Its figures go now; its list says so at its next heartbeat.
+        if let Some(h) = sh.volumes.lock().expect("volumes lock").get_mut(&node.id) {
+            h.volumes.remove(name);
+        }
         return Ok(());
     }
     let status = resp.status();

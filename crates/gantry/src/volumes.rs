@@ -66,6 +66,22 @@ pub(crate) enum VolumeCmd {
     Backups(crate::backups::BackupsArgs),
     /// Restore a snapshot into the volume (stopped), or into a new one.
     Restore(crate::backups::RestoreArgs),
+    /// Move a volume to another node of the cluster, its services with
+    /// it: copied while they run, then, with them stopped, what changed.
+    Move {
+        /// The node to move it to (default: one where its services may
+        /// run, with the most free disk).
+        #[arg(long, value_name = "NODE")]
+        to: Option<String>,
+        /// The node it is on, when several have a volume of that name.
+        #[arg(long, value_name = "NODE")]
+        node: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+        /// The volume.
+        name: String,
+    },
     /// Remove all volumes no container refers to.
     Prune {
         /// Do not ask (prune never asks).
@@ -103,6 +119,15 @@ pub(crate) fn run(ctx: &Ctx, cmd: VolumeCmd) -> anyhow::Result<u8> {
         VolumeCmd::Backup(a) => return crate::backups::backup(ctx, a),
         VolumeCmd::Backups(a) => return crate::backups::backups(ctx, a),
         VolumeCmd::Restore(a) => return crate::backups::restore(ctx, a),
+        VolumeCmd::Move {
+            to,
+            node,
+            format,
+            name,
+        } => {
+            let req = gantry_api::MoveRequest { to, node };
+            return cluster::move_volume(ctx, &name, &req, format);
+        }
         c => c,
     };
     match &cmd {
@@ -192,7 +217,10 @@ pub(crate) fn run(ctx: &Ctx, cmd: VolumeCmd) -> anyhow::Result<u8> {
             }
             println!("Total: {n} volume(s) removed");
         }
-        VolumeCmd::Backup(_) | VolumeCmd::Backups(_) | VolumeCmd::Restore(_) => {
+        VolumeCmd::Backup(_)
+        | VolumeCmd::Backups(_)
+        | VolumeCmd::Restore(_)
+        | VolumeCmd::Move { .. } => {
             unreachable!("handled above")
         }
     }

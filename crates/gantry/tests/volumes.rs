@@ -280,14 +280,17 @@ fn scheduled_backups_keep_their_count_and_restore_on_another_node() {
     wait_volume(&cl, "shop_copy", "the copy on node-2", |v| {
         v["hostname"] == "node-2"
     });
-    // In place is refused while the task runs on it; a bad key is a clear
-    // error.
-    let o = cl.admin(&["volume", "restore", "shop_data", "--from", "latest"]);
-    assert!(
-        errtext(&o).contains("in use by task shop_db.1 on node-1"),
-        "{}",
-        errtext(&o)
-    );
+    // In place: the service is paused meanwhile and runs again after.
+    let out = cl.admin_ok(&["volume", "restore", "shop_data", "--from", "latest"]);
+    assert!(out.contains("into shop_data on node-1"), "{out}");
+    let stopped = cl
+        .tasks("shop_db")
+        .iter()
+        .filter(|t| t["desired"] == "shutdown")
+        .count();
+    assert!(stopped >= 1, "the task was not stopped for the restore");
+    cl.wait_total("shop_db", 1, Duration::from_secs(60));
+    // A bad key is a clear error.
     let o = cl.admin(&["volume", "backups", "shop_data", "--key-secret", "nope"]);
     assert!(
         errtext(&o).contains("no such secret: nope"),
@@ -300,4 +303,105 @@ fn scheduled_backups_keep_their_count_and_restore_on_another_node() {
         "{}",
         errtext(&o)
     );
+}
+
+/// The host running `service`'s one task, once it runs.
+fn running_on(cl: &Cluster, service: &str, not: Option<&str>) -> String {
+    wait_for("the task to run", Duration::from_secs(90), || {
+        let r = cl.running(service);
+        match r.keys().collect::<Vec<_>>()[..] {
+            [one] if Some(one.as_str()) != not => Ok(one.clone()),
+            _ => Err(format!("{r:?}")),
+        }
+    })
+}
+
+/// The writer's sequence in volume `vol` on host `host` (node-N).
+fn sequence_on(cl: &Cluster, host: &str, vol: &str) -> u64 {
+    let i: usize = host.trim_start_matches("node-").parse::<usize>().unwrap() - 1;
+    let p = cl.agents[i]
+        .data
+        .path()
+        .join(format!("volumes/{vol}/_data/seq"));
+    let t = std::fs::read_to_string(&p).unwrap_or_default();
+    whole_sequence(&t).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn volumes_move_with_their_service_and_drain_with_the_node() {
+    let Some(mut cl) = Cluster::new("volumes_move", 3) else {
+        return;
+    };
+    for i in 0..3 {
+        cl.start_agent(i);
+    }
+    // A writer that carries on from the last number in its file: after a
+    // move, the sequence goes on with no gap and no torn line only if
+    // every write made before the stop reached the new node.
+    let o = cl.deploy(
+        "shop",
+        &format!(
+            "services:\n  db:\n    image: {}\n    command: [sh, -c, 'i=$$(tail -n 1 /data/seq 2>/dev/null || echo 0); while true; do i=$$((i+1)); echo $$i >> /data/seq; sleep 0.02; done']\n    stop_grace_period: 1s\n    volumes: [\"data:/data\"]\nvolumes:\n  data:\n    x-gantry: {{size: 64m}}\n",
+            cl.image
+        ),
+    );
+    assert!(o.status.success(), "{}", errtext(&o));
+    let first = running_on(&cl, "shop_db", None);
+    wait_for("writes", Duration::from_secs(30), || {
+        let n = sequence_on(&cl, &first, "shop_data");
+        if n > 50 {
+            Ok(())
+        } else {
+            Err(n.to_string())
+        }
+    });
+    let to = if first == "node-1" {
+        "node-2"
+    } else {
+        "node-1"
+    };
+    let out = cl.admin_ok(&["volume", "move", "shop_data", "--to", to]);
+    assert!(
+        out.contains(&format!("moved from {first} to {to}")) && out.contains("shop_db stopped for"),
+        "{out}"
+    );
+    let second = running_on(&cl, "shop_db", Some(&first));
+    assert_eq!(second, to);
+    let at_move = sequence_on(&cl, to, "shop_data");
+    wait_for("writes on the new node", Duration::from_secs(30), || {
+        let n = sequence_on(&cl, to, "shop_data");
+        if n > at_move + 20 {
+            Ok(())
+        } else {
+            Err(format!("{n} (at the move: {at_move})"))
+        }
+    });
+    // The old copy is gone; the new one keeps its size.
+    let i = first.trim_start_matches("node-").parse::<usize>().unwrap() - 1;
+    assert!(!cl.agents[i].data.path().join("volumes/shop_data").exists());
+    let v = wait_volume(&cl, "shop_data", "the volume on its new node", |v| {
+        v["hostname"] == to && !v["limit"].is_null()
+    });
+    assert_eq!(v["limit"], 64 << 20, "{v}");
+    // Errors: to where it is, to a node that does not exist.
+    let o = cl.admin(&["volume", "move", "shop_data", "--to", to]);
+    assert!(errtext(&o).contains("already"), "{}", errtext(&o));
+    let o = cl.admin(&["volume", "move", "shop_data", "--to", "node-9"]);
+    assert!(errtext(&o).contains("no such node"), "{}", errtext(&o));
+    // Draining the node with its volumes: the volume and its writer go
+    // to a node the manager picks, and the sequence goes on whole.
+    let out = cl.admin_ok(&["node", "drain", "--with-volumes", to]);
+    assert!(out.contains("volume shop_data moved from"), "{out}");
+    assert!(out.contains("drained"), "{out}");
+    let third = running_on(&cl, "shop_db", Some(to));
+    let at_drain = sequence_on(&cl, &third, "shop_data");
+    assert!(at_drain > at_move, "{at_drain} after {at_move}");
+    wait_for("writes after the drain", Duration::from_secs(30), || {
+        let n = sequence_on(&cl, &third, "shop_data");
+        if n > at_drain + 20 {
+            Ok(())
+        } else {
+            Err(n.to_string())
+        }
+    });
 }

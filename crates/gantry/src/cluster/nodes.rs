@@ -57,6 +57,10 @@ pub(crate) enum NodeCmd {
         /// Return at once.
         #[arg(short, long)]
         detach: bool,
+        /// First move the volumes there that services mount to other
+        /// nodes, the services with them (gantry volume move).
+        #[arg(long)]
+        with_volumes: bool,
         /// The node.
         node: String,
     },
@@ -260,7 +264,14 @@ pub(crate) fn node(ctx: &Ctx, cmd: NodeCmd) -> anyhow::Result<u8> {
         }
         NodeCmd::Promote { nodes } => set_role(&c, &nodes, "voter")?,
         NodeCmd::Demote { nodes } => set_role(&c, &nodes, "learner")?,
-        NodeCmd::Drain { detach, node } => {
+        NodeCmd::Drain {
+            detach,
+            with_volumes,
+            node,
+        } => {
+            if with_volumes {
+                move_volumes_off(&c, &node)?;
+            }
             let v = update_node(
                 &c,
                 &node,
@@ -377,4 +388,23 @@ pub(crate) fn manager(ctx: &Ctx, cmd: ManagerCmd) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// Moves the volumes on `node` that services mount to other nodes.
+fn move_volumes_off(c: &Client, node: &str) -> anyhow::Result<()> {
+    let n: NodeView = call(c.get(&format!("/v1/nodes/{node}")))?;
+    let vols: Vec<gantry_api::VolumeView> = call(c.get("/v1/volumes"))?;
+    for v in vols
+        .iter()
+        .filter(|v| v.node == n.record.id && !v.services.is_empty())
+    {
+        let req = gantry_api::MoveRequest {
+            to: None,
+            node: Some(n.record.id.clone()),
+        };
+        let d: gantry_api::MoveDone =
+            call(c.post_long(&format!("/v1/volumes/{}/move", v.name), &req))?;
+        super::volumes::print_moved(&d);
+    }
+    Ok(())
 }

@@ -1,4 +1,4 @@
-//! `gantry volume ls|inspect|rm|backup|backups|restore` on a cluster (this host holds the admin
+//! `gantry volume ls|inspect|rm|backup|backups|restore|move` on a cluster (this host holds the admin
 //! credential, or `-H` names a manager): every volume on every node, its
 //! size and limit as its node last measured them, and the services and
 //! tasks that mount it; `rm` is refused while any mounts it.
@@ -137,4 +137,45 @@ pub(crate) fn restore(
 ) -> anyhow::Result<gantry_api::RestoreDone> {
     let c = client(ctx)?;
     call(c.post_long(&format!("/v1/volumes/{name}/restore"), req))
+}
+
+/// `POST /v1/volumes/{name}/move`.
+pub(crate) fn move_volume(
+    ctx: &Ctx,
+    name: &str,
+    req: &gantry_api::MoveRequest,
+    format: Format,
+) -> anyhow::Result<u8> {
+    anyhow::ensure!(
+        on_cluster(ctx),
+        "volume move is for a cluster: run it where the admin credential is, or give -H"
+    );
+    let c = client(ctx)?;
+    let d: gantry_api::MoveDone = call(c.post_long(&format!("/v1/volumes/{name}/move"), req))?;
+    if format == Format::Json {
+        return output::json(&d).map(|()| 0);
+    }
+    print_moved(&d);
+    Ok(0)
+}
+
+/// One line for a move done.
+pub(crate) fn print_moved(d: &gantry_api::MoveDone) {
+    let stopped = if d.stopped.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; {} stopped for {:.1}s",
+            d.stopped.join(", "),
+            d.stopped_ms as f64 / 1000.0
+        )
+    };
+    println!(
+        "volume {} moved from {} to {}: {} copied while running, {} at the end{stopped}",
+        d.volume,
+        d.from,
+        d.to,
+        output::size(d.first.bytes),
+        output::size(d.last.bytes),
+    );
 }
