@@ -56,7 +56,7 @@ pub struct Backed {
 }
 
 /// Containers frozen while a volume is read, thawed when dropped.
-struct Frozen {
+pub(crate) struct Frozen {
     rt: Arc<Runtime>,
     ids: Vec<String>,
 }
@@ -69,6 +69,21 @@ impl Drop for Frozen {
             }
         }
     }
+}
+
+/// Freezes the running containers that mount volume `name` until the
+/// guard is dropped.
+pub(crate) fn freeze_users(rt: &Arc<Runtime>, name: &str) -> Result<Frozen, String> {
+    let mut frozen = Frozen {
+        rt: rt.clone(),
+        ids: Vec::new(),
+    };
+    for (id, cname) in users_of(rt, name) {
+        rt.freeze(&id, true)
+            .map_err(|e| format!("freezing container {cname}: {e}"))?;
+        frozen.ids.push(id);
+    }
+    Ok(frozen)
 }
 
 /// The running containers that mount volume `name`: (id, name).
@@ -130,17 +145,14 @@ pub async fn backup(
             return Err(e);
         }
     }
-    let mut frozen = Frozen {
-        rt: rt.clone(),
-        ids: Vec::new(),
-    };
-    if !how.no_freeze && how.pre.is_none() {
-        for (id, cname) in &users {
-            rt.freeze(id, true)
-                .map_err(|e| format!("freezing container {cname}: {e}"))?;
-            frozen.ids.push(id.clone());
+    let frozen = if !how.no_freeze && how.pre.is_none() {
+        freeze_users(&rt, name)?
+    } else {
+        Frozen {
+            rt: rt.clone(),
+            ids: Vec::new(),
         }
-    }
+    };
     let snap = gantry_backup::backup(repo, v.mountpoint.clone(), name, host)
         .await
         .map_err(|e| e.to_string());

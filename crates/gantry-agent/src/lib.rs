@@ -29,6 +29,7 @@ mod logs;
 mod metrics;
 mod peer;
 mod registry;
+mod replica;
 mod reports;
 mod sim;
 mod stats;

@@ -33,6 +33,8 @@ pub struct SimConfig {
     pub heartbeat: Duration,
     /// Joins under way at once.
     pub joins: usize,
+    /// Volumes each node has and reports.
+    pub volumes: usize,
 }
 
 /// Counts the harness prints.
@@ -239,11 +241,58 @@ fn settle(node: &Node, set: &Assignments, stats: &SimStats) {
 /// Heartbeats: every interval and at once on a change, with the tasks that
 /// changed (every task in every tenth, as the agent does).
 async fn beat(cfg: SimConfig, i: usize, node: Arc<Node>, client: Client) {
-    let facts = info(&cfg, i);
+    let mut facts = info(&cfg, i);
     // Spread the nodes' heartbeats over the interval.
     tokio::time::sleep(cfg.heartbeat.mul_f64((i % 100) as f64 / 100.0)).await;
     let mut reports = crate::reports::TaskReports::default();
+    // Volumes as an agent reports them: the list and every figure first
+    // (and the list every minute), then every 30 s one volume's figures
+    // that changed.
+    let names: Vec<String> = (0..cfg.volumes).map(|k| format!("vol-{k}")).collect();
+    let stat = |name: &str, used: u64| gantry_api::VolumeStat {
+        name: name.to_owned(),
+        mountpoint: format!("/var/lib/gantry/volumes/{name}/_data"),
+        used,
+        limit: Some(10 << 30),
+        free: Some((10 << 30) - used),
+        created: "2026-12-04T00:00:00Z".into(),
+        labels: BTreeMap::new(),
+        options: [("size".to_owned(), "10g".to_owned())].into(),
+    };
+    let mut list_at: Option<std::time::Instant> = None;
+    let mut figures_at: Option<std::time::Instant> = None;
+    let mut round = 0u64;
     loop {
+        let now = std::time::Instant::now();
+        facts.volumes = (cfg.volumes > 0
+            && list_at.is_none_or(|t| now - t > Duration::from_secs(60)))
+        .then(|| names.clone());
+        if facts.volumes.is_some() {
+            list_at = Some(now);
+        }
+        let volumes = if cfg.volumes == 0 {
+            None
+        } else if figures_at.is_none() {
+            figures_at = Some(now);
+            Some(gantry_api::VolumeReport {
+                time_ms: crate::stats::now_ms(),
+                volumes: names.iter().map(|n| stat(n, 1 << 20)).collect(),
+                partial: false,
+                gone: Vec::new(),
+            })
+        } else if figures_at.is_some_and(|t| now - t > Duration::from_secs(30)) {
+            figures_at = Some(now);
+            round += 1;
+            let k = (round as usize) % names.len();
+            Some(gantry_api::VolumeReport {
+                time_ms: crate::stats::now_ms(),
+                volumes: vec![stat(&names[k], (1 << 20) + round * 4096)],
+                partial: true,
+                gone: Vec::new(),
+            })
+        } else {
+            None
+        };
         let all: Vec<TaskStatus> = node
             .tasks
             .lock()
@@ -257,7 +306,7 @@ async fn beat(cfg: SimConfig, i: usize, node: Arc<Node>, client: Client) {
             tasks,
             stats: None,
             partial,
-            volumes: None,
+            volumes,
         };
         if let Err(e) = client.post::<_, ()>("/v1/agent/status", &report).await {
             reports.failed();

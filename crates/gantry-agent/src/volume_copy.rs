@@ -19,6 +19,14 @@ const MANIFEST: &str = ".gantry-copy-manifest";
 
 pub(crate) use gantry_api::{CopyImported as Imported, CopyListing as Listing, CopyStat as Stat};
 
+/// The first entry of a copy: the sender's folder itself (mode, owner,
+/// group) and its listing.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Manifest {
+    root: (u32, u32, u32),
+    entries: Listing,
+}
+
 fn stat_of(md: &std::fs::Metadata) -> Stat {
     let ft = md.file_type();
     let kind = if ft.is_dir() {
@@ -75,7 +83,12 @@ pub(crate) fn export(root: &Path, have: &Listing, out: impl Write) -> io::Result
     let mut tar = tar::Builder::new(out);
     tar.mode(tar::HeaderMode::Complete);
     tar.follow_symlinks(false);
-    let manifest = serde_json::to_vec(&mine).map_err(io::Error::other)?;
+    let md = std::fs::metadata(root)?;
+    let manifest = serde_json::to_vec(&Manifest {
+        root: (md.mode() & 0o7777, md.uid(), md.gid()),
+        entries: mine.clone(),
+    })
+    .map_err(io::Error::other)?;
     let mut h = tar::Header::new_gnu();
     h.set_size(manifest.len() as u64);
     h.set_mode(0o600);
@@ -133,7 +146,10 @@ pub(crate) fn import(root: &Path, input: impl Read) -> io::Result<Imported> {
     }
     let mut body = Vec::new();
     first.read_to_end(&mut body)?;
-    let theirs: Listing = serde_json::from_slice(&body).map_err(io::Error::other)?;
+    let Manifest {
+        root: top,
+        entries: theirs,
+    } = serde_json::from_slice(&body).map_err(io::Error::other)?;
     let mine = listing(root)?;
     let mut done = Imported::default();
     // Deepest first, so that a folder is empty when its turn comes.
@@ -175,6 +191,9 @@ pub(crate) fn import(root: &Path, input: impl Read) -> io::Result<Imported> {
         done.written += 1;
         written.push(path);
     }
+    // The folder itself as the sender's.
+    std::os::unix::fs::chown(root, Some(top.1), Some(top.2))?;
+    std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(top.0))?;
     // Times to the nanosecond, as the sender listed them (tar has whole
     // seconds), so that the next pass's quick check matches; children
     // before their folders.
@@ -236,11 +255,13 @@ mod tests {
         let (a, b) = (t.path().join("a"), t.path().join("b"));
         std::fs::create_dir_all(a.join("db/base")).unwrap();
         std::fs::create_dir_all(&b).unwrap();
+        std::fs::set_permissions(&a, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
         std::fs::write(a.join("db/base/table"), vec![7u8; 100_000]).unwrap();
         std::fs::write(a.join("db/log"), b"one\n").unwrap();
         std::os::unix::fs::symlink("db/log", a.join("current")).unwrap();
         let (_, first) = pass(&a, &b);
         assert_eq!(tree(&a), tree(&b));
+        assert_eq!(std::fs::metadata(&b).unwrap().mode() & 0o7777, 0o700);
         assert_eq!(first.bytes, 100_004);
         // A second pass with nothing changed sends no file.
         let (_, again) = pass(&a, &b);

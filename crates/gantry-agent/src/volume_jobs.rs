@@ -53,7 +53,7 @@ pub(crate) async fn handle(
         return status(StatusCode::NOT_FOUND);
     };
     let (name, what) = match rest.split_once('/') {
-        Some((n, w @ ("job" | "export" | "import"))) => (n.to_owned(), w),
+        Some((n, w @ ("job" | "export" | "import" | "replica"))) => (n.to_owned(), w),
         Some(_) => return status(StatusCode::NOT_FOUND),
         None => (rest.to_owned(), ""),
     };
@@ -63,7 +63,8 @@ pub(crate) async fn handle(
     match (req.method().clone(), what) {
         (hyper::Method::DELETE, "") => remove(rt, name).await,
         (hyper::Method::POST, "export") => export(rt, name, req).await,
-        (hyper::Method::POST, "import") => import(rt, name, req).await,
+        (hyper::Method::POST, "import") => import(rt, name, req, false).await,
+        (hyper::Method::POST, "replica") => import(rt, name, req, true).await,
         (hyper::Method::POST, "job") => {
             let body = match http_body_util::Limited::new(req.into_body(), MAX_JOB)
                 .collect()
@@ -104,6 +105,9 @@ async fn export(
     name: String,
     req: Request<Incoming>,
 ) -> Response<Body> {
+    // `?freeze=1`: one moment of the volume (a replica's copy): its
+    // running users frozen until every byte is read.
+    let freeze = req.uri().query() == Some("freeze=1");
     let body = match http_body_util::Limited::new(req.into_body(), MAX_LISTING)
         .collect()
         .await
@@ -119,8 +123,17 @@ async fn export(
         Ok(r) => r,
         Err(e) => return text(StatusCode::CONFLICT, e),
     };
+    let frozen = if freeze {
+        match crate::backup::freeze_users(&rt, &name) {
+            Ok(f) => Some(f),
+            Err(e) => return text(StatusCode::CONFLICT, e),
+        }
+    } else {
+        None
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
     tokio::task::spawn_blocking(move || {
+        let _frozen = frozen;
         let out = ChanWriter(tx.clone());
         let out = std::io::BufWriter::with_capacity(256 << 10, out);
         if let Err(e) = crate::volume_copy::export(&root, &have, out) {
@@ -152,15 +165,21 @@ impl std::io::Write for ChanWriter {
     }
 }
 
-/// `POST /volumes/NAME/import`: a volume made what the stream says.
+/// `POST /volumes/NAME/import`: a volume made what the stream says;
+/// `POST /volumes/NAME/replica`: this node's standby copy of it.
 async fn import(
     rt: Arc<gantry_runtime::Runtime>,
     name: String,
     req: Request<Incoming>,
+    replica: bool,
 ) -> Response<Body> {
-    let root = match folder(&rt, &name) {
-        Ok(r) => r,
-        Err(e) => return text(StatusCode::CONFLICT, e),
+    let root = if replica {
+        rt.data_dir().to_owned()
+    } else {
+        match folder(&rt, &name) {
+            Ok(r) => r,
+            Err(e) => return text(StatusCode::CONFLICT, e),
+        }
     };
     use futures::TryStreamExt;
     let frames = TryStreamExt::map_err(
@@ -169,7 +188,15 @@ async fn import(
     )
     .try_filter_map(|f| futures::future::ready(Ok(f.into_data().ok())));
     let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(frames));
-    let done = tokio::task::spawn_blocking(move || crate::volume_copy::import(&root, reader)).await;
+    let n = name.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        if replica {
+            crate::replica::import(&root, &n, reader)
+        } else {
+            crate::volume_copy::import(&root, reader)
+        }
+    })
+    .await;
     match done {
         Ok(Ok(d)) => json(&d),
         Ok(Err(e)) => text(StatusCode::CONFLICT, format!("volume {name}: {e}")),
@@ -280,6 +307,19 @@ async fn run(
                 Err(_) => status(StatusCode::INTERNAL_SERVER_ERROR),
             }
         }
+        J::ReplicaListing => {
+            let dir = rt.data_dir().to_owned();
+            let n = name.to_owned();
+            match tokio::task::spawn_blocking(move || crate::replica::listing(&dir, &n)).await {
+                Ok(Ok(l)) => json(&l),
+                Ok(Err(e)) => fail(e.to_string()),
+                Err(_) => status(StatusCode::INTERNAL_SERVER_ERROR),
+            }
+        }
+        J::DropReplica => match crate::replica::drop_copy(rt.data_dir(), name) {
+            Ok(()) => json(&()),
+            Err(e) => fail(e.to_string()),
+        },
         J::Prune { repo, keep } => match target(repo) {
             Ok(t) => {
                 let keep = usize::try_from(keep).unwrap_or(usize::MAX);

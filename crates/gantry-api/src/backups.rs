@@ -151,6 +151,10 @@ pub enum NodeVolumeJob {
         #[serde(default)]
         options: std::collections::BTreeMap<String, String>,
     },
+    /// List this node's standby copy of it (nothing when there is none).
+    ReplicaListing,
+    /// Forget this node's standby copy of it.
+    DropReplica,
     /// Keep its newest `keep` snapshots and give back the space of the
     /// others.
     Prune {

@@ -198,6 +198,10 @@ pub struct VolumeView {
     /// Its last backup on this node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_backup: Option<gantry_state::BackupRecord>,
+    /// A replicated volume's standby and last complete copy (on the
+    /// volume's node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<gantry_state::ReplicaRecord>,
 }
 
 /// `DELETE /v1/volumes/{name}`: what was removed where.

@@ -11,6 +11,7 @@ pub mod files;
 pub mod liveness;
 pub mod network;
 pub mod reconcile;
+pub mod replicas;
 pub mod report;
 pub mod scope;
 pub mod touch;

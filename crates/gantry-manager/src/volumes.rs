@@ -122,6 +122,7 @@ pub fn views(s: &State, reports: &HashMap<String, HeldVolumes>) -> Vec<VolumeVie
                     .backups
                     .get(&crate::backups::record_key(&n.id, name))
                     .cloned(),
+                replica: s.replicas.get(name).filter(|r| r.primary == n.id).cloned(),
             });
         }
     }

@@ -177,6 +177,11 @@ impl Runtime {
         })
     }
 
+    /// Its data dir.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
     /// The volumes of this data dir.
     pub fn volumes(&self) -> Volumes {
         Volumes::new(&self.data_dir)

@@ -36,6 +36,7 @@ mod stacks;
 mod unlock;
 mod volume_backups;
 mod volume_move;
+mod volume_replicas;
 mod volumes;
 
 use std::collections::HashMap;
@@ -672,6 +673,7 @@ impl Manager {
             tokio::spawn(assign::run(shared.clone())),
             tokio::spawn(acme::run(shared.clone())),
             tokio::spawn(volume_backups::run(shared.clone())),
+            tokio::spawn(volume_replicas::run(shared.clone())),
             tokio::spawn(registry::run(shared.clone())),
         ]);
         tracing::info!(%addr, member = me, "manager listening");

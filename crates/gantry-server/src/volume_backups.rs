@@ -34,38 +34,70 @@ pub(crate) const MAX_RUNNING: usize = 2;
 /// How long a node may take over one job.
 const JOB_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
-/// The repositories in use by a job.
+/// The repositories in use by jobs: backups, listings and restores share
+/// one (each writes only its own packs, index and snapshot); a prune has
+/// it alone (it removes what a backup beside it could reuse).
 #[derive(Default)]
 pub(crate) struct Jobs {
-    busy: Arc<Mutex<HashSet<String>>>,
+    /// URL to the jobs sharing it, or `usize::MAX` for a prune.
+    busy: Arc<Mutex<HashMap<String, usize>>>,
+    /// Scheduled backups running.
+    running: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A repository held for one job; freed when dropped.
 struct Held {
-    busy: Arc<Mutex<HashSet<String>>>,
+    busy: Arc<Mutex<HashMap<String, usize>>>,
     url: String,
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.busy.lock().expect("jobs lock").remove(&self.url);
+        let mut busy = self.busy.lock().expect("jobs lock");
+        match busy.get_mut(&self.url) {
+            Some(n) if *n > 1 && *n != usize::MAX => *n -= 1,
+            _ => {
+                busy.remove(&self.url);
+            }
+        }
     }
 }
 
 impl Jobs {
+    /// Shares the repository with other backups (not with a prune).
     fn try_hold(&self, url: &str) -> Option<Held> {
         let mut busy = self.busy.lock().expect("jobs lock");
-        if !busy.insert(url.to_owned()) {
+        let n = busy.entry(url.to_owned()).or_insert(0);
+        if *n == usize::MAX {
             return None;
         }
+        *n += 1;
         Some(Held {
             busy: self.busy.clone(),
             url: url.to_owned(),
         })
     }
 
-    fn running(&self) -> usize {
-        self.busy.lock().expect("jobs lock").len()
+    /// The repository alone, for a prune.
+    fn try_hold_alone(&self, url: &str) -> Option<Held> {
+        let mut busy = self.busy.lock().expect("jobs lock");
+        if busy.contains_key(url) {
+            return None;
+        }
+        busy.insert(url.to_owned(), usize::MAX);
+        Some(Held {
+            busy: self.busy.clone(),
+            url: url.to_owned(),
+        })
+    }
+}
+
+/// A scheduled backup counted while it runs.
+struct Running(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -430,6 +462,7 @@ pub(crate) async fn run(sh: Arc<Shared>) {
     // When the loop first saw each scheduled volume (its first run is the
     // schedule's first time after that).
     let mut first_seen: HashMap<String, u64> = HashMap::new();
+    let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut schedules: HashMap<String, gantry_units::Schedule> = HashMap::new();
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -449,7 +482,8 @@ pub(crate) async fn run(sh: Arc<Shared>) {
         let live: HashSet<String> = scheduled.iter().map(|j| j.key()).collect();
         first_seen.retain(|k, _| live.contains(k));
         for job in scheduled {
-            if sh.backup_jobs.running() >= MAX_RUNNING {
+            let running = &sh.backup_jobs.running;
+            if running.load(std::sync::atomic::Ordering::Relaxed) >= MAX_RUNNING {
                 break;
             }
             let key = job.key();
@@ -468,22 +502,33 @@ pub(crate) async fn run(sh: Arc<Shared>) {
             if due.is_none_or(|d| d > now) {
                 continue;
             }
-            // Held before the spawn, so that this pass starts no second
-            // job on the same repository.
+            // Held before the spawn: no prune starts under it.
             let Some(held) = sh.backup_jobs.try_hold(&job.policy.to) else {
                 continue;
             };
-            let sh2 = sh.clone();
+            // The same volume on the same node is not backed up twice
+            // at once.
+            if !in_flight
+                .lock()
+                .expect("in flight lock")
+                .insert(key.clone())
+            {
+                continue;
+            }
+            running.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let counted = Running(running.clone());
+            let (sh2, flight) = (sh.clone(), in_flight.clone());
             tokio::spawn(async move {
-                scheduled_backup(&sh2, &job).await;
-                drop(held);
+                scheduled_backup(&sh2, &job, held).await;
+                flight.lock().expect("in flight lock").remove(&key);
+                drop(counted);
             });
         }
     }
 }
 
 /// One scheduled backup, then the repository's forget and prune.
-async fn scheduled_backup(sh: &Shared, job: &gantry_manager::backups::Scheduled) {
+async fn scheduled_backup(sh: &Shared, job: &gantry_manager::backups::Scheduled, held: Held) {
     let p = &job.policy;
     let Some(node) = sh.read(|s| s.nodes.get(&job.node).cloned()) else {
         return;
@@ -517,7 +562,13 @@ async fn scheduled_backup(sh: &Shared, job: &gantry_manager::backups::Scheduled)
             return;
         }
     }
+    drop(held);
     if p.keep > 0 {
+        // Alone in the repository; when another job uses it, the prune
+        // waits for the next backup.
+        let Some(_alone) = sh.backup_jobs.try_hold_alone(&p.to) else {
+            return;
+        };
         let prune = NodeVolumeJob::Prune { repo, keep: p.keep };
         match on_node::<PruneDone>(sh, &node, &job.volume, &prune).await {
             Ok(d) if d.forgotten > 0 => tracing::info!(

@@ -132,6 +132,15 @@ pub struct VolumeOptions {
     /// Its scheduled backups (`x-gantry: {backup: ...}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupPolicy>,
+    /// Copies kept (`x-gantry: {replicas: 2}`): 2 keeps a standby on a
+    /// second node, brought up to date every few seconds, where its
+    /// service restarts when the volume's node dies. 0 or 1: none.
+    #[serde(default, skip_serializing_if = "is_zero_u8")]
+    pub replicas: u8,
+}
+
+fn is_zero_u8(n: &u8) -> bool {
+    *n == 0
 }
 
 /// A volume's scheduled backups: when, where, with which key, and how

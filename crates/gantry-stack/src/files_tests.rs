@@ -170,6 +170,7 @@ volumes:
   data:
     x-gantry:
       size: 10G
+      replicas: 2
       backup:
         schedule: "0 3 * * *"
         keep: 7
@@ -185,6 +186,7 @@ secrets:
     let s = &p.stack;
     let m = &s.services["db"].volumes[0];
     assert_eq!(m.volume.driver_opts["size"], "10G");
+    assert_eq!(m.volume.replicas, 2);
     let b = m.volume.backup.as_ref().unwrap();
     assert_eq!((b.schedule.as_str(), b.keep), ("0 3 * * *", 7));
     assert_eq!(b.key, "backup_key");
@@ -211,7 +213,11 @@ secrets:
     let ok = "schedule: '0 3 * * *', to: /srv/backups, key: k";
     bad("{size: 1k}", "under the smallest");
     bad(&format!("{{backup: {{{ok}, colour: red}}}}"), "colour");
-    bad("{replicas: 2, size: 1g}", "replicas");
+    bad(
+        "{replicas: 3}",
+        "2 (a standby on a second node) is the most",
+    );
+    bad("{colour: red}", "colour");
     bad(
         "{backup: {schedule: nightly, to: /srv/b, key: k}}",
         "five fields",

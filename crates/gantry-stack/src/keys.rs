@@ -282,7 +282,10 @@ const VOLUME: &[(&str, Class)] = &[
         Y("mounted as it is, never created; on a node without it the task fails, saying so"),
     ),
     ("name", Y("the volume's name on the nodes, as given")),
-    ("x-gantry", Y("Gantry's own settings: size, backup")),
+    (
+        "x-gantry",
+        Y("Gantry's own settings: size, backup, replicas"),
+    ),
 ];
 
 const SECRET: &[(&str, Class)] = &[

@@ -57,6 +57,28 @@ pub(crate) fn declared(
                 }
                 o.driver_opts.insert("size".into(), size.text());
             }
+            match x.value.replicas {
+                None | Some(0 | 1) => {}
+                Some(2) if v.external.is_some() => {
+                    return ctx.err(
+                        at,
+                        format!("volume {key}: x-gantry replicas is for volumes the stack makes, not external ones"),
+                    );
+                }
+                Some(2) if !o.driver_opts.is_empty() && !o.driver_opts.contains_key("size") => {
+                    return ctx.err(
+                        at,
+                        format!("volume {key}: x-gantry replicas copies the volume's own files; a volume mounted from a device (type, o, device) has none here"),
+                    );
+                }
+                Some(2) => o.replicas = 2,
+                Some(n) => {
+                    return ctx.err(
+                        at,
+                        format!("volume {key}: x-gantry replicas: {n}: 2 (a standby on a second node) is the most"),
+                    );
+                }
+            }
             if let Some(b) = &x.value.backup {
                 o.backup = Some(backup_policy(&key, b, secrets).or_else(|e| ctx.err(at, e))?);
             }

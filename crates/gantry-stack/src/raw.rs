@@ -283,6 +283,7 @@ pub(crate) struct TopVolume {
 pub(crate) struct XVolume {
     pub(crate) size: Option<Scalar>,
     pub(crate) backup: Option<XBackup>,
+    pub(crate) replicas: Option<u64>,
 }
 
 /// `x-gantry: {backup: ...}`.

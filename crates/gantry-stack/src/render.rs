@@ -367,8 +367,15 @@ pub(crate) fn compose(stack: &Stack) -> Value {
             put(&mut o, "name", json!(v.name));
             put(&mut o, "driver_opts", json!(v.driver_opts));
             put(&mut o, "labels", json!(v.labels));
+            let mut x = Map::new();
             if let Some(b) = &v.backup {
-                o.insert("x-gantry".into(), json!({ "backup": b }));
+                x.insert("backup".into(), json!(b));
+            }
+            if v.replicas > 1 {
+                x.insert("replicas".into(), json!(v.replicas));
+            }
+            if !x.is_empty() {
+                o.insert("x-gantry".into(), Value::Object(x));
             }
             (n.clone(), Value::Object(o))
         })

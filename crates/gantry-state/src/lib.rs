@@ -196,6 +196,8 @@ pub enum Command {
         /// The node.
         node: Option<String>,
     },
+    /// Where a replicated volume and its standby are.
+    PutReplica(ReplicaRecord),
     /// How a volume's last backup went.
     PutBackup(BackupRecord),
     /// Forget a removed volume's backups record.
@@ -313,6 +315,9 @@ pub struct State {
     /// Its password users, by name.
     #[serde(default)]
     pub registry_users: BTreeMap<String, RegistryUser>,
+    /// Replicated volumes, by name.
+    #[serde(default)]
+    pub replicas: BTreeMap<String, ReplicaRecord>,
     /// Where volumes moved to live, by volume name (node ids).
     #[serde(default)]
     pub volume_homes: BTreeMap<String, String>,
@@ -348,6 +353,7 @@ enum Key {
     RegistryUser(String),
     Backup(String),
     VolumeHome(String),
+    Replica(String),
 }
 
 /// The entries a batch of commands can change, as they were before it:
@@ -476,6 +482,7 @@ impl State {
             Command::RemoveRegistryUser { name } => vec![Key::RegistryUser(name.clone())],
             Command::PutBackup(r) => vec![Key::Backup(r.key())],
             Command::SetVolumeHome { volume, .. } => vec![Key::VolumeHome(volume.clone())],
+            Command::PutReplica(r) => vec![Key::Replica(r.volume.clone())],
             Command::RemoveBackup { key } => vec![Key::Backup(key.clone())],
         }
     }
@@ -511,6 +518,7 @@ impl State {
                     }
                     Key::Backup(id) => copy_entry(&mut st.backups, &self.backups, id),
                     Key::VolumeHome(id) => copy_entry(&mut st.volume_homes, &self.volume_homes, id),
+                    Key::Replica(id) => copy_entry(&mut st.replicas, &self.replicas, id),
                 }
                 b.keys.push(k);
             }
@@ -544,6 +552,7 @@ impl State {
                 }
                 Key::Backup(id) => copy_entry(&mut self.backups, &b.backups, id),
                 Key::VolumeHome(id) => copy_entry(&mut self.volume_homes, &b.volume_homes, id),
+                Key::Replica(id) => copy_entry(&mut self.replicas, &b.replicas, id),
             }
         }
     }
@@ -596,9 +605,10 @@ impl State {
                     Err(Rejected::NoSuchImage(format!("{repo}:{tag}")))
                 }
             }
-            Command::PutRegistryUser(_) | Command::PutBackup(_) | Command::RemoveBackup { .. } => {
-                Ok(())
-            }
+            Command::PutRegistryUser(_)
+            | Command::PutBackup(_)
+            | Command::RemoveBackup { .. }
+            | Command::PutReplica(_) => Ok(()),
             Command::SetVolumeHome { node: None, .. } => Ok(()),
             Command::SetVolumeHome {
                 node: Some(node), ..
@@ -878,6 +888,9 @@ impl State {
             }
             Command::PutBackup(r) => {
                 self.backups.insert(r.key(), r);
+            }
+            Command::PutReplica(r) => {
+                self.replicas.insert(r.volume.clone(), r);
             }
             Command::SetVolumeHome { volume, node } => match node {
                 Some(n) => {

@@ -338,3 +338,26 @@ impl BackupRecord {
         format!("{node}/{volume}")
     }
 }
+
+/// A replicated volume (`x-gantry: {replicas: 2}`): where it lives, where
+/// its standby copy is, and the last complete copy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaRecord {
+    /// The volume.
+    pub volume: String,
+    /// The node whose volume it is.
+    pub primary: String,
+    /// The node that keeps the standby copy (none: not chosen yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby: Option<String>,
+    /// When the standby's last complete copy was taken on the primary
+    /// (the writes it holds), ms since the epoch; 0: none yet.
+    #[serde(default)]
+    pub copied_ms: u64,
+    /// Complete copies sent to the current standby.
+    #[serde(default)]
+    pub copies: u64,
+    /// The last failure, if the last pass failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}

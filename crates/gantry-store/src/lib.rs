@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 pub use gantry_state::{
     BackupRecord, Before, BlobRef, CertRecord, CertSource, ChallengeRecord, Command, ConfigRecord,
     ConfigValue, EventRecord, FileKind, FileMeta, ManifestRecord, NetworkRecord, NodeRecord,
-    RegistryUser, Rejected, RepoRecord, RouteRecord, SecretRecord, ServiceRecord, State,
-    TaskRecord, TaskState, UpdateStatus,
+    RegistryUser, Rejected, ReplicaRecord, RepoRecord, RouteRecord, SecretRecord, ServiceRecord,
+    State, TaskRecord, TaskState, UpdateStatus,
 };
 pub use raft::{Batch, LogId, LogStore, Machine, MemberId, Members, TypeConfig};
 

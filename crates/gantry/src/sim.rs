@@ -29,6 +29,9 @@ pub(crate) struct SimArgs {
     /// Joins under way at once.
     #[arg(long, default_value_t = 16)]
     joins: usize,
+    /// Volumes each node has and reports (their figures change every 30 s).
+    #[arg(long, default_value_t = 0)]
+    volumes: usize,
 }
 
 pub(crate) fn run(a: SimArgs) -> anyhow::Result<u8> {
@@ -43,6 +46,7 @@ pub(crate) fn run(a: SimArgs) -> anyhow::Result<u8> {
         prefix: a.prefix,
         heartbeat: crate::cluster::duration(&a.heartbeat, "--heartbeat")?,
         joins: a.joins,
+        volumes: a.volumes,
     };
     let stats = Arc::new(gantry_agent::SimStats::default());
     let rt = tokio::runtime::Runtime::new()?;

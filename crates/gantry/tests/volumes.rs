@@ -405,3 +405,95 @@ fn volumes_move_with_their_service_and_drain_with_the_node() {
         }
     });
 }
+
+/// A writer's lines `N WHO`: N goes up by one from 1 with no gap, each
+/// line whole; returns each line's (N, WHO).
+fn whole_records(text: &str) -> Result<Vec<(u64, String)>, String> {
+    let mut out: Vec<(u64, String)> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let (n, who) = line
+            .split_once(' ')
+            .ok_or_else(|| format!("line {} is torn: {line:?}", i + 1))?;
+        let n: u64 = n
+            .parse()
+            .map_err(|_| format!("line {} is torn: {line:?}", i + 1))?;
+        let want = out.last().map_or(1, |l| l.0 + 1);
+        if n != want || who.len() < 4 {
+            return Err(format!("line {}: {line:?} after {:?}", i + 1, out.last()));
+        }
+        out.push((n, who.to_owned()));
+    }
+    if !text.is_empty() && !text.ends_with('\n') {
+        return Err("the last line is torn".into());
+    }
+    Ok(out)
+}
+
+#[test]
+fn a_replicated_volume_comes_back_on_its_standby_when_its_host_dies() {
+    let Some(mut cl) = Cluster::new("replicated_volume", 3) else {
+        return;
+    };
+    for i in 0..3 {
+        cl.start_agent(i);
+    }
+    // Each line: the next number and the writing container's host name.
+    let o = cl.deploy(
+        "shop",
+        &format!(
+            "services:\n  db:\n    image: {}\n    command: [sh, -c, 'i=$$(tail -n 1 /data/seq 2>/dev/null | cut -d \" \" -f 1); i=$${{i:-0}}; while true; do i=$$((i+1)); echo \"$$i $$(hostname)\" >> /data/seq; sleep 0.05; done']\n    stop_grace_period: 1s\n    volumes: [\"data:/data\"]\nvolumes:\n  data:\n    x-gantry: {{replicas: 2}}\n",
+            cl.image
+        ),
+    );
+    assert!(o.status.success(), "{}", errtext(&o));
+    let first = running_on(&cl, "shop_db", None);
+    let v = wait_volume(&cl, "shop_data", "copies on the standby", |v| {
+        v["replica"]["copies"].as_u64().unwrap_or(0) >= 3
+    });
+    let standby = v["replica"]["standby"].as_str().unwrap().to_owned();
+    // The host dies with its containers.
+    let i = first.trim_start_matches("node-").parse::<usize>().unwrap() - 1;
+    let t0 = std::time::Instant::now();
+    cl.kill_agent(i);
+    cl.kill_containers(i);
+    let lost_file = cl.agents[i].data.path().join("volumes/shop_data/_data/seq");
+    let written = whole_records(&std::fs::read_to_string(&lost_file).unwrap()).unwrap();
+    let last_written = written.last().unwrap().0;
+    let second = running_on(&cl, "shop_db", Some(&first));
+    let rto = t0.elapsed();
+    let names = cl.hostnames();
+    assert_eq!(
+        names.get(&standby).map(String::as_str),
+        Some(second.as_str()),
+        "the task came back on {second}, not on the standby"
+    );
+    // The new node's file: what the copy held (the dead writer's lines, a
+    // whole prefix) and then the new writer's, with no gap.
+    let j = second.trim_start_matches("node-").parse::<usize>().unwrap() - 1;
+    let p = cl.agents[j].data.path().join("volumes/shop_data/_data/seq");
+    let records = wait_for("the new writer's lines", Duration::from_secs(30), || {
+        let t = std::fs::read_to_string(&p).unwrap_or_default();
+        let r = whole_records(&t)?;
+        let old_who = &written[0].1;
+        if r.iter().any(|l| &l.1 != old_who) {
+            Ok(r)
+        } else {
+            Err(format!("{} lines", r.len()))
+        }
+    });
+    let restored = records.iter().take_while(|l| l.1 == written[0].1).count() as u64;
+    assert_eq!(
+        &records[..restored as usize],
+        &written[..restored as usize],
+        "the copy is not what the writer wrote"
+    );
+    let lost = last_written - restored;
+    // 20 lines a second (at most; sleep 0.05 and the write).
+    let rpo = lost as f64 * 0.05;
+    eprintln!(
+        "REPLICA: {lost} of {last_written} lines lost (RPO at most {rpo:.1} s), serving again after {:.1} s",
+        rto.as_secs_f64()
+    );
+    assert!(rpo <= 15.0, "lost {lost} lines, {rpo:.1} s of writes");
+    assert!(rto < Duration::from_secs(60), "{rto:?}");
+}

@@ -121,6 +121,19 @@ impl Agent {
                         let vname = fill(&m.volume_name(&a.stack));
                         let mut labels = m.volume.labels.clone();
                         labels.insert(STACK_LABEL.to_owned(), a.stack.clone());
+                        // A replicated volume whose node died: made from
+                        // this node's standby copy.
+                        if vols.inspect(&vname).is_err()
+                            && crate::replica::has(rt.data_dir(), &vname)
+                        {
+                            crate::replica::promote(
+                                rt,
+                                &vname,
+                                labels.clone(),
+                                m.volume.driver_opts.clone(),
+                            )
+                            .map_err(|e| format!("volume {vname}: {e}"))?;
+                        }
                         vols.create_with(&vname, labels, m.volume.driver_opts.clone())
                             .map_err(|e| format!("volume {vname}: {e}"))?
                     };
