@@ -451,7 +451,17 @@ fn a_replicated_volume_comes_back_on_its_standby_when_its_host_dies() {
         v["replica"]["copies"].as_u64().unwrap_or(0) >= 3
     });
     let standby = v["replica"]["standby"].as_str().unwrap().to_owned();
-    // The host dies with its containers.
+    // The host dies with its containers, at some moment between two
+    // copies (they start every 3 s).
+    let phase = Duration::from_millis(
+        u64::from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos(),
+        ) % 3000,
+    );
+    std::thread::sleep(phase);
     let i = first.trim_start_matches("node-").parse::<usize>().unwrap() - 1;
     let t0 = std::time::Instant::now();
     cl.kill_agent(i);
@@ -491,8 +501,9 @@ fn a_replicated_volume_comes_back_on_its_standby_when_its_host_dies() {
     // 20 lines a second (at most; sleep 0.05 and the write).
     let rpo = lost as f64 * 0.05;
     eprintln!(
-        "REPLICA: {lost} of {last_written} lines lost (RPO at most {rpo:.1} s), serving again after {:.1} s",
-        rto.as_secs_f64()
+        "REPLICA: {lost} of {last_written} lines lost (RPO at most {rpo:.1} s), serving again after {:.1} s (killed {:.1} s after a copy was seen)",
+        rto.as_secs_f64(),
+        phase.as_secs_f64()
     );
     assert!(rpo <= 15.0, "lost {lost} lines, {rpo:.1} s of writes");
     assert!(rto < Duration::from_secs(60), "{rto:?}");
