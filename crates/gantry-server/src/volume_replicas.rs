@@ -43,6 +43,7 @@ pub(crate) async fn run(sh: Arc<Shared>) {
         }
         let wanted = sh.read(gantry_manager::replicas::replicated);
         last.retain(|v, _| wanted.contains_key(v));
+        forget_unwanted(&sh, &wanted).await;
         for name in wanted.keys() {
             stale_copies(&sh, name, &mut removing).await;
             if in_flight.lock().expect("flight lock").len() >= MAX_COPIES {
@@ -63,6 +64,47 @@ pub(crate) async fn run(sh: Arc<Shared>) {
                 copy(&sh2, &name, &primary, &standby).await;
                 flight.lock().expect("flight lock").remove(&name);
             });
+        }
+    }
+}
+
+/// Volumes replicated no more (their stack gone, or `replicas` taken
+/// out): the standby's copy goes, then the record.
+async fn forget_unwanted(sh: &Shared, wanted: &std::collections::BTreeMap<String, Vec<String>>) {
+    let gone: Vec<(ReplicaRecord, Option<NodeRecord>)> = sh.read(|s| {
+        s.replicas
+            .values()
+            .filter(|r| !wanted.contains_key(&r.volume))
+            .map(|r| {
+                (
+                    r.clone(),
+                    r.standby.as_ref().and_then(|n| s.nodes.get(n).cloned()),
+                )
+            })
+            .collect()
+    });
+    for (r, standby) in gone {
+        if let Some(n) = &standby {
+            if !n.up {
+                // Its copy goes when it is back.
+                continue;
+            }
+            if let Err(e) =
+                crate::volume_backups::on_node::<()>(sh, n, &r.volume, &NodeVolumeJob::DropReplica)
+                    .await
+            {
+                tracing::warn!(
+                    volume = r.volume,
+                    node = n.hostname,
+                    "dropping a standby copy: {e}"
+                );
+                continue;
+            }
+        }
+        if let Err(e) = sh.apply(vec![Command::RemoveReplica {
+            volume: r.volume.clone(),
+        }]) {
+            tracing::warn!(volume = r.volume, "forgetting a replica: {e}");
         }
     }
 }

@@ -198,6 +198,11 @@ pub enum Command {
     },
     /// Where a replicated volume and its standby are.
     PutReplica(ReplicaRecord),
+    /// Forget a volume that is replicated no more.
+    RemoveReplica {
+        /// The volume.
+        volume: String,
+    },
     /// How a volume's last backup went.
     PutBackup(BackupRecord),
     /// Forget a removed volume's backups record.
@@ -483,6 +488,7 @@ impl State {
             Command::PutBackup(r) => vec![Key::Backup(r.key())],
             Command::SetVolumeHome { volume, .. } => vec![Key::VolumeHome(volume.clone())],
             Command::PutReplica(r) => vec![Key::Replica(r.volume.clone())],
+            Command::RemoveReplica { volume } => vec![Key::Replica(volume.clone())],
             Command::RemoveBackup { key } => vec![Key::Backup(key.clone())],
         }
     }
@@ -608,7 +614,8 @@ impl State {
             Command::PutRegistryUser(_)
             | Command::PutBackup(_)
             | Command::RemoveBackup { .. }
-            | Command::PutReplica(_) => Ok(()),
+            | Command::PutReplica(_)
+            | Command::RemoveReplica { .. } => Ok(()),
             Command::SetVolumeHome { node: None, .. } => Ok(()),
             Command::SetVolumeHome {
                 node: Some(node), ..
@@ -891,6 +898,9 @@ impl State {
             }
             Command::PutReplica(r) => {
                 self.replicas.insert(r.volume.clone(), r);
+            }
+            Command::RemoveReplica { volume } => {
+                self.replicas.remove(&volume);
             }
             Command::SetVolumeHome { volume, node } => match node {
                 Some(n) => {

@@ -5,61 +5,12 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 
 /// moto's S3 server on loopback, stopped when dropped.
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Moto {
-    fn start() -> Self {
-        let port = free_port();
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 -m moto.server (scripts/install-deps.sh installs moto)");
-        let m = Moto { child, port };
-        wait_for("moto to answer", Duration::from_secs(30), || {
-            let o = Command::new("curl")
-                .args([
-                    "-sf",
-                    "-X",
-                    "PUT",
-                    &format!("http://127.0.0.1:{port}/backups"),
-                ])
-                .output()
-                .unwrap();
-            if o.status.success() {
-                Ok(())
-            } else {
-                Err(format!("{o:?}"))
-            }
-        });
-        m
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The volume's files as `find | md5sum` sees them inside a container.
 /// `len` bytes that look random and are the same for the same `seed`
 /// (xorshift64*).
@@ -101,7 +52,11 @@ fn volume_backups_restore_byte_identical_from_s3_and_a_folder() {
     std::fs::write(ctx.path().join("table"), noise(1, 8_000_000)).unwrap();
     std::fs::write(ctx.path().join("patch"), noise(2, 80_000)).unwrap();
     g.ok(&["build", "-q", "-t", "bb", ctx.path().to_str().unwrap()]);
-    let moto = Moto::start();
+    let moto = Moto::start(
+        Command::new("python3"),
+        || Command::new("curl"),
+        "127.0.0.1",
+    );
     let keys = tempfile::tempdir().unwrap();
     let key = keys.path().join("key");
     std::fs::write(&key, "a backup key from the cluster's secrets").unwrap();

@@ -175,16 +175,27 @@ fn scheduled_backups_keep_their_count_and_restore_on_another_node() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("backup.key");
     std::fs::write(&key, "the key of the shop's backups, from a file").unwrap();
-    let repo = dir.path().join("repo");
+    let s3 = dir.path().join("s3.env");
+    std::fs::write(&s3, "AWS_ACCESS_KEY_ID=test\nAWS_SECRET_ACCESS_KEY=test\n").unwrap();
+    // An S3-compatible server on the manager's host, which the nodes
+    // reach over the LAN; the nodes' agents have no AWS variables: the
+    // settings come from a secret.
+    let h0 = &cl.lan.hosts[0];
+    let moto = Moto::start(h0.command("python3"), || h0.command("curl"), &h0.addr);
+    let repo = format!(
+        "s3://backups/shop?endpoint=http://{}:{}&region=us-east-1",
+        h0.addr, moto.port
+    );
     // A writer appends numbers; its volume is backed up every 3 seconds
-    // (a six-field schedule) into a folder, and 2 snapshots are kept.
+    // (a six-field schedule) into the bucket, and 2 snapshots are kept.
     let o = cl.deploy(
         "shop",
         &format!(
-            "services:\n  db:\n    image: {}\n    command: [sh, -c, 'i=0; while true; do i=$$((i+1)); echo $$i >> /data/seq; sleep 0.05; done']\n    stop_grace_period: 1s\n    volumes: [\"data:/data\"]\n    deploy:\n      placement: {{constraints: [node.hostname == node-1]}}\nvolumes:\n  data:\n    x-gantry:\n      backup: {{schedule: '*/3 * * * * *', keep: 2, to: 'file://{}', key: bk}}\nsecrets:\n  bk: {{file: {}}}\n",
+            "services:\n  db:\n    image: {}\n    command: [sh, -c, 'i=0; while true; do i=$$((i+1)); echo $$i >> /data/seq; sleep 0.05; done']\n    stop_grace_period: 1s\n    volumes: [\"data:/data\"]\n    deploy:\n      placement: {{constraints: [node.hostname == node-1]}}\nvolumes:\n  data:\n    x-gantry:\n      backup: {{schedule: '*/3 * * * * *', keep: 2, to: '{}', key: bk, credentials: s3}}\nsecrets:\n  bk: {{file: {}}}\n  s3: {{file: {}}}\n",
             cl.image,
-            repo.display(),
-            key.display()
+            repo,
+            key.display(),
+            s3.display()
         ),
     );
     assert!(o.status.success(), "{}", errtext(&o));

@@ -258,3 +258,43 @@ impl Drop for G {
         }
     }
 }
+
+/// moto's S3 server (PyPI, `scripts/install-deps.sh`), with a bucket
+/// `backups`; stopped when dropped.
+pub struct Moto {
+    child: std::process::Child,
+    /// Its port.
+    pub port: u16,
+}
+
+impl Moto {
+    /// Starts it with `python3` and checks it with `curl` (commands, so
+    /// that it may run on a simulated host), listening on `addr`.
+    pub fn start(mut python3: Command, curl: impl Fn() -> Command, addr: &str) -> Self {
+        let port = free_port();
+        let child = python3
+            .args(["-m", "moto.server", "-H", addr, "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m moto.server (scripts/install-deps.sh installs moto)");
+        let m = Moto { child, port };
+        let url = format!("http://{addr}:{port}/backups");
+        wait_for("moto to answer", std::time::Duration::from_secs(30), || {
+            let o = curl().args(["-sf", "-X", "PUT", &url]).output().unwrap();
+            if o.status.success() {
+                Ok(())
+            } else {
+                Err(format!("{o:?}"))
+            }
+        });
+        m
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
