@@ -106,8 +106,34 @@ fn link_tree(from: &Path, to: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// The copies being built here (one at a time per volume: two managers
+/// that both believe they lead must not build one `next` together).
+static BUILDING: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Holds a volume's `next` for one import.
+struct Building(String);
+
+impl Drop for Building {
+    fn drop(&mut self) {
+        BUILDING
+            .lock()
+            .expect("building lock")
+            .retain(|n| *n != self.0);
+    }
+}
+
 /// Builds the next complete copy from the stream and swaps it in.
 pub(crate) fn import(data_dir: &Path, name: &str, input: impl io::Read) -> io::Result<Imported> {
+    let _building = {
+        let mut b = BUILDING.lock().expect("building lock");
+        if b.iter().any(|n| n == name) {
+            return Err(io::Error::other(format!(
+                "a copy of {name} is being built here already"
+            )));
+        }
+        b.push(name.to_owned());
+        Building(name.to_owned())
+    };
     let r = root(data_dir, name);
     std::fs::create_dir_all(&r)?;
     recover(&r)?;

@@ -544,24 +544,10 @@ pub fn reconcile_in(
         return Ok(restamp);
     }
 
-    // A paused service (its volume is restored or moved) has no task.
-    if let Some(why) = &rec.paused {
-        for t in tasks.iter().copied().filter(|t| live(t)) {
-            out.push(shutdown(t, &format!("paused: {why}")));
-            if let Some(n) = &t.node {
-                cluster.remove(&Assigned {
-                    node: n.clone(),
-                    service: name.to_owned(),
-                    reservations: spec.reservations,
-                    host_ports: spec.host_ports.clone(),
-                });
-            }
-        }
-        return Ok(out);
-    }
-
     // Live tasks whose node can no longer hold them go, and their slots
-    // are refilled below.
+    // are refilled below; a paused service (its volume is restored or
+    // moved) keeps none.
+    let paused = rec.paused.as_ref().map(|why| format!("paused: {why}"));
     let mut live_tasks: Vec<&TaskRecord> = Vec::new();
     for t in tasks.iter().copied().filter(|t| live(t)) {
         let node_ok = match &t.node {
@@ -570,13 +556,14 @@ pub fn reconcile_in(
                 n.keeps_tasks() && n.availability == gantry_sched::Availability::Active
             }),
         };
-        if node_ok {
+        if node_ok && paused.is_none() {
             live_tasks.push(t);
         } else {
-            let why = match t.node.as_ref().and_then(|n| state.nodes.get(n)) {
-                None => "node removed; rescheduled",
-                Some(n) if !n.up => "node down; rescheduled",
-                Some(_) => "node drained; rescheduled",
+            let why = match (&paused, t.node.as_ref().and_then(|n| state.nodes.get(n))) {
+                (Some(p), _) => p.as_str(),
+                (None, None) => "node removed; rescheduled",
+                (None, Some(n)) if !n.up => "node down; rescheduled",
+                (None, Some(_)) => "node drained; rescheduled",
             };
             out.push(shutdown(t, why));
             if let Some(n) = &t.node {
@@ -588,6 +575,9 @@ pub fn reconcile_in(
                 });
             }
         }
+    }
+    if paused.is_some() {
+        return Ok(out);
     }
 
     // Failed tasks: restart in their slot per policy, or let them rest.

@@ -130,6 +130,22 @@ async fn copy_pass(
         },
     )
     .await?;
+    relay(sh, name, src, dst, &have, false, "import").await
+}
+
+/// The copy itself: `src` sends what differs from `have` (its users
+/// frozen while it reads, with `freeze`), and this manager streams it to
+/// `dst`'s `POST /volumes/NAME/{into}` (`import` into the volume,
+/// `replica` into its standby copy).
+pub(crate) async fn relay(
+    sh: &Shared,
+    name: &str,
+    src: &NodeRecord,
+    dst: &NodeRecord,
+    have: &CopyListing,
+    freeze: bool,
+    into: &str,
+) -> Result<CopyImported, String> {
     let err = |n: &NodeRecord, e: reqwest::Error| {
         format!(
             "{}: {}",
@@ -137,10 +153,11 @@ async fn copy_pass(
             gantry_image::registry::error_chain(&e)
         )
     };
+    let query = if freeze { "?freeze=1" } else { "" };
     let (c, base) = crate::builds::node_client(sh, src)?;
     let out = c
-        .post(format!("{base}/volumes/{name}/export"))
-        .json(&have)
+        .post(format!("{base}/volumes/{name}/export{query}"))
+        .json(have)
         .timeout(COPY_TIMEOUT)
         .send()
         .await
@@ -155,7 +172,7 @@ async fn copy_pass(
     }
     let (c, base) = crate::builds::node_client(sh, dst)?;
     let resp = c
-        .post(format!("{base}/volumes/{name}/import"))
+        .post(format!("{base}/volumes/{name}/{into}"))
         .body(reqwest::Body::wrap_stream(out.bytes_stream()))
         .timeout(COPY_TIMEOUT)
         .send()

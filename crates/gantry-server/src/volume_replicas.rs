@@ -21,14 +21,12 @@ pub(crate) const COPY_EVERY: Duration = Duration::from_secs(3);
 /// Copies running at once in the cluster.
 const MAX_COPIES: usize = 4;
 
-/// One copy's time limit.
-const COPY_TIMEOUT: Duration = Duration::from_secs(600);
-
 /// The leader's loop.
 pub(crate) async fn run(sh: Arc<Shared>) {
     let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut last: HashMap<String, Instant> = HashMap::new();
     let mut removing: HashMap<(String, String), Instant> = HashMap::new();
+    let mut swept = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         if !sh.is_leader() {
@@ -43,9 +41,15 @@ pub(crate) async fn run(sh: Arc<Shared>) {
         }
         let wanted = sh.read(gantry_manager::replicas::replicated);
         last.retain(|v, _| wanted.contains_key(v));
-        forget_unwanted(&sh, &wanted).await;
+        // Leftovers are looked for every 10 s, not at every turn.
+        if swept.elapsed() > Duration::from_secs(10) {
+            swept = Instant::now();
+            forget_unwanted(&sh, &wanted).await;
+            for name in wanted.keys() {
+                stale_copies(&sh, name, &mut removing).await;
+            }
+        }
         for name in wanted.keys() {
-            stale_copies(&sh, name, &mut removing).await;
             if in_flight.lock().expect("flight lock").len() >= MAX_COPIES {
                 continue;
             }
@@ -111,13 +115,16 @@ async fn forget_unwanted(sh: &Shared, wanted: &std::collections::BTreeMap<String
 
 /// The volume's node (up) and its standby, chosen if need be.
 fn pair(sh: &Shared, name: &str) -> Option<(NodeRecord, NodeRecord)> {
-    let used = crate::volumes::views_of(sh, name)
-        .iter()
-        .filter_map(|v| v.used)
-        .max()
-        .unwrap_or(0);
+    let p = sh.read(|s| gantry_manager::replicas::primary(s, name))?;
+    // What the volume holds, as its node last measured it.
+    let used = sh
+        .volumes
+        .lock()
+        .expect("volumes lock")
+        .get(&p)
+        .and_then(|h| h.volumes.get(name))
+        .map_or(0, |v| v.used);
     sh.read(|s| {
-        let p = gantry_manager::replicas::primary(s, name)?;
         let primary = s
             .nodes
             .get(&p)
@@ -182,51 +189,12 @@ async fn pass(
 ) -> Result<CopyImported, String> {
     let have: CopyListing =
         crate::volume_backups::on_node(sh, standby, name, &NodeVolumeJob::ReplicaListing).await?;
-    let err = |n: &NodeRecord, e: reqwest::Error| {
-        format!(
-            "{}: {}",
-            n.hostname,
-            gantry_image::registry::error_chain(&e)
-        )
-    };
-    let (c, base) = crate::builds::node_client(sh, primary)?;
-    let out = c
-        .post(format!("{base}/volumes/{name}/export?freeze=1"))
-        .json(&have)
-        .timeout(COPY_TIMEOUT)
-        .send()
-        .await
-        .map_err(|e| err(primary, e))?;
-    if !out.status().is_success() {
-        let status = out.status();
-        return Err(format!(
-            "{}: {status}: {}",
-            primary.hostname,
-            out.text().await.unwrap_or_default()
-        ));
-    }
-    let (c, base) = crate::builds::node_client(sh, standby)?;
-    let resp = c
-        .post(format!("{base}/volumes/{name}/replica"))
-        .body(reqwest::Body::wrap_stream(out.bytes_stream()))
-        .timeout(COPY_TIMEOUT)
-        .send()
-        .await
-        .map_err(|e| err(standby, e))?;
-    if !resp.status().is_success() {
-        let status = resp.status();
-        return Err(format!(
-            "{}: {status}: {}",
-            standby.hostname,
-            resp.text().await.unwrap_or_default()
-        ));
-    }
-    resp.json().await.map_err(|e| err(standby, e))
+    crate::volume_move::relay(sh, name, primary, standby, &have, true, "replica").await
 }
 
 /// Removes the volume from up nodes that hold it but are not its home
 /// (an old primary back after a failover), once no live task there
-/// mounts it; at most every 10 s per node.
+/// mounts it.
 async fn stale_copies(sh: &Shared, name: &str, removing: &mut HashMap<(String, String), Instant>) {
     let stale: Vec<NodeRecord> = sh.read(|s| {
         let Some(home) = s.volume_homes.get(name) else {
