@@ -256,6 +256,15 @@ fn nodes_for(sh: &Shared, volume: &str, want: Option<&str>) -> Result<Vec<NodeRe
 /// The one node that holds `volume` (or the one named).
 pub(crate) fn holder(sh: &Shared, volume: &str, want: Option<&str>) -> Result<NodeRecord, Fail> {
     let mut nodes = nodes_for(sh, volume, want)?;
+    // Several: where the volume lives (moved, or failed over; the node it
+    // left may still list its old copy), else the one that is up.
+    if nodes.len() > 1 {
+        if let Some(home) = sh.read(|s| s.volume_homes.get(volume).cloned()) {
+            nodes.retain(|n| n.id == home);
+        } else if nodes.iter().filter(|n| n.up).count() == 1 {
+            nodes.retain(|n| n.up);
+        }
+    }
     match nodes.len() {
         1 => Ok(nodes.remove(0)),
         0 => Err(not_found(format!("no such volume: {volume}"))),

@@ -517,5 +517,23 @@ fn a_replicated_volume_comes_back_on_its_standby_when_its_host_dies() {
         phase.as_secs_f64()
     );
     assert!(rpo <= 15.0, "lost {lost} lines, {rpo:.1} s of writes");
+    // The dead node still lists its old copy; the volume is the one on
+    // its new home (a missing secret is the error, not the ambiguity).
+    let o = cl.admin(&[
+        "volume",
+        "restore",
+        "shop_data",
+        "--from",
+        "latest",
+        "--repo",
+        "/srv/none",
+        "--key-secret",
+        "nope",
+    ]);
+    assert!(
+        errtext(&o).contains("no such secret: nope"),
+        "{}",
+        errtext(&o)
+    );
     assert!(rto < Duration::from_secs(60), "{rto:?}");
 }
