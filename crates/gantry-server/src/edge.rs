@@ -553,12 +553,7 @@ fn put_cert(sh: &Shared, req: CertAdd) -> Result<Json<CertView>, Fail> {
     };
     let out = view(&rec);
     let guard = sh.data_key.read().expect("data key lock");
-    let key = guard.as_ref().ok_or_else(|| {
-        Fail(
-            StatusCode::SERVICE_UNAVAILABLE,
-            crate::unlock::LOCKED_MESSAGE.into(),
-        )
-    })?;
+    let key = guard.as_ref().ok_or_else(crate::unlock::locked)?;
     sh.apply(vec![Command::PutCert(seal_key(key, rec))])?;
     Ok(Json(out))
 }

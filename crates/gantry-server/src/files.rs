@@ -119,10 +119,7 @@ pub(crate) fn put(
         FileKind::Secret => {
             let key = key?;
             let old = s.secrets.get(name);
-            let same = old.is_some_and(|o| {
-                key.open(&o.value, &SecretRecord::aad(name, o.meta.version))
-                    .is_ok_and(|v| v[..] == *value)
-            });
+            let same = old.is_some_and(|o| o.open(key).is_ok_and(|v| v[..] == *value));
             let meta = FileMeta::after_put(old.map(|o| &o.meta), name, labels, same, now)?;
             let value = match old {
                 Some(o) if same => o.value.clone(),
@@ -183,12 +180,7 @@ async fn create_of(
     let value = zeroize::Zeroizing::new(check(kind, &req).map_err(bad)?);
     let guard = sh.data_key.read().expect("data key lock");
     let key = match (kind, guard.as_ref()) {
-        (FileKind::Secret, None) => {
-            return Err(Fail(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                crate::unlock::LOCKED_MESSAGE.into(),
-            ))
-        }
+        (FileKind::Secret, None) => return Err(crate::unlock::locked()),
         (FileKind::Secret, k) => k,
         // A config needs no key.
         (FileKind::Config, _) => None,

@@ -69,10 +69,7 @@ pub(crate) async fn deploy(
     }
     let guard = sh.data_key.read().expect("data key lock");
     if guard.is_none() && !req.secrets.is_empty() {
-        return Err(Fail(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            crate::unlock::LOCKED_MESSAGE.into(),
-        ));
+        return Err(crate::unlock::locked());
     }
     let mut resp = DeployResponse::default();
     let stored = sh.update(|s| {

@@ -32,6 +32,14 @@ pub(crate) const LOCKED: &str = "data.key.locked";
 pub(crate) const LOCKED_MESSAGE: &str =
     "the manager is locked (autolock): give it its unlock key with gantry unlock";
 
+/// The answer to a request that needs the data key while it is locked.
+pub(crate) fn locked() -> crate::api::Fail {
+    crate::api::Fail(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        LOCKED_MESSAGE.into(),
+    )
+}
+
 /// The data key at start: none while locked; with the unlock key just made
 /// when autolock was turned on now (to be shown once).
 pub(crate) fn open(
@@ -106,12 +114,7 @@ pub(crate) async fn rotate(
         ));
     }
     let guard = sh.data_key.read().expect("data key lock");
-    let key = guard.as_ref().ok_or_else(|| {
-        Fail(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            LOCKED_MESSAGE.into(),
-        )
-    })?;
+    let key = guard.as_ref().ok_or_else(locked)?;
     let unlock = write_locked(&dir, key)
         .map_err(|e| Fail(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     tracing::info!(key = key.id(), "unlock key rotated");

@@ -23,7 +23,7 @@ use gantry_api::{
     BackupDone, BackupRequest, BackupsRequest, NodeRepo, NodeVolumeJob, PruneDone, RepoRef,
     RestoreDone, RestoreRequest, Snapshot,
 };
-use gantry_store::{BackupRecord, Command, NodeRecord, SecretRecord};
+use gantry_store::{BackupRecord, Command, NodeRecord};
 
 use crate::api::{bad, not_found, Fail, Peer};
 use crate::{now_ms, Shared};
@@ -138,28 +138,17 @@ fn resolve(sh: &Shared, volume: &str, r: &RepoRef) -> Result<Resolved, Fail> {
 
 /// A secret's value, opened.
 fn secret_value(sh: &Shared, name: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, Fail> {
-    let sealed = sh
-        .read(|s| {
-            s.secrets
-                .get(name)
-                .map(|r| (r.value.clone(), r.meta.version))
-        })
+    let rec = sh
+        .read(|s| s.secrets.get(name).cloned())
         .ok_or_else(|| not_found(format!("no such secret: {name}")))?;
     let guard = sh.data_key.read().expect("data key lock");
-    let key = guard.as_ref().ok_or_else(|| {
+    let key = guard.as_ref().ok_or_else(crate::unlock::locked)?;
+    rec.open(key).map_err(|_| {
         Fail(
-            StatusCode::SERVICE_UNAVAILABLE,
-            crate::unlock::LOCKED_MESSAGE.into(),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("secret {name} does not open"),
         )
-    })?;
-    key.open(&sealed.0, &SecretRecord::aad(name, sealed.1))
-        .map(|v| zeroize::Zeroizing::new(v.to_vec()))
-        .map_err(|_| {
-            Fail(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("secret {name} does not open"),
-            )
-        })
+    })
 }
 
 /// The repository as a node gets it.

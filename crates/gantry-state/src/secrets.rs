@@ -109,6 +109,14 @@ pub struct ConfigValue {
 }
 
 impl SecretRecord {
+    /// Its current value, opened with the cluster's data key.
+    pub fn open(
+        &self,
+        key: &gantry_pki::seal::DataKey,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, gantry_pki::seal::SealError> {
+        key.open(&self.value, &Self::aad(&self.meta.name, self.meta.version))
+    }
+
     /// The sealed value of `version`, if kept.
     pub fn at(&self, version: u64) -> Option<&Sealed> {
         if version == self.meta.version {
